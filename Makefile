@@ -1,0 +1,58 @@
+# aiotask — every target that needs the virtualenv builds it first, so each works on a fresh clone.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.bench-installed
+
+.DEFAULT_GOAL := help
+.PHONY: help install format lint typecheck test test-unit test-fast demo bench bench-smoke docs clean
+
+help:  ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-12s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (Python >= 3.11) on PATH, or run make PYTHON=python3.12"; exit 2; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)  ## make .venv and install aiotask with its dev tools
+
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/pip install -q -e '.[dev,bench]'
+	@touch $(BENCH_STAMP)
+
+format: $(STAMP)  ## format and autofix
+	$(BIN)/ruff format aiotask tests benchmarks
+	$(BIN)/ruff check --fix aiotask tests benchmarks
+
+lint: $(STAMP)  ## ruff check, format check, and the layer contract
+	$(BIN)/ruff check aiotask tests benchmarks
+	$(BIN)/ruff format --check aiotask tests benchmarks
+	$(BIN)/lint-imports
+
+typecheck: $(STAMP)  ## mypy --strict over aiotask and tests
+	$(BIN)/mypy
+
+test: lint typecheck $(STAMP)  ## lint, typecheck, then the whole test suite (needs Redis and RabbitMQ or skips)
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+
+test-unit: $(STAMP)  ## only the pure unit tests
+	$(BIN)/python -m pytest -q tests/unit
+
+demo: $(STAMP)  ## a worker and a producer in two processes on the embedded SQLite default
+	$(BIN)/python examples/demo.py
+
+bench: $(BENCH_STAMP)  ## the full benchmark, aiotask vs Celery and peers; writes docs/benchmarks.md
+	$(BIN)/python -m benchmarks.harness --full
+
+bench-smoke: $(BENCH_STAMP)  ## a small benchmark for CI; prints ratios, fails if aiotask is slower than Celery
+	$(BIN)/python -m benchmarks.harness --smoke
+
+docs: $(STAMP)  ## check the docs' links and code blocks
+	$(BIN)/python -m tests.docs_check
+
+clean:  ## remove the virtualenv and caches
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build dist *.egg-info aiotask.db*

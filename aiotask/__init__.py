@@ -1,0 +1,3 @@
+"""aiotask."""
+
+from __future__ import annotations

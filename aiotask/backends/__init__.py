@@ -1,0 +1,44 @@
+"""Result backends, chosen by URL scheme; client libraries are imported lazily."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from aiotask._urls import BACKEND_SCHEMES, parse_url
+from aiotask.backends.base import (
+    EncodedResult,
+    GroupProgress,
+    ResultBackend,
+    ResultRecord,
+    decode_record,
+    encode_record,
+)
+
+if TYPE_CHECKING:
+    from aiotask.settings import Settings
+
+__all__ = [
+    "EncodedResult",
+    "GroupProgress",
+    "ResultBackend",
+    "ResultRecord",
+    "decode_record",
+    "encode_record",
+    "from_url",
+]
+
+
+def from_url(url: str, settings: Settings) -> ResultBackend:
+    """The result backend for a URL; raises ConfigurationError for a bad or unknown one."""
+    scheme = parse_url(url, allowed=BACKEND_SCHEMES, what="result backend").scheme
+    if scheme == "memory":
+        from aiotask.backends.memory import MemoryBackend
+
+        return MemoryBackend()
+    if scheme in {"redis", "rediss"}:
+        from aiotask.backends.redis import RedisBackend
+
+        return RedisBackend(url, settings)
+    from aiotask.backends.sqlite import SQLiteBackend
+
+    return SQLiteBackend(url, settings)

@@ -1,0 +1,154 @@
+"""The result-backend seam: stores result records (bytes) by task id, and group progress.
+
+Contract, for every implementation:
+- `store` is batched. For a task already in a ready state (SUCCESS, FAILURE, REVOKED) later
+  writes are ignored: the first final writer wins, so a duplicate execution cannot overwrite
+  a result. Non-final states (RETRY, STARTED, custom progress) overwrite each other.
+- Every record expires after its `ttl` seconds.
+- `wait` returns the record once it is ready, woken by the store where it can notify (no
+  polling), and raises ResultTimeout when `timeout` passes first. A record stored before the
+  wait began is seen.
+- `add_to_group` is atomic and idempotent per index: a duplicated call for the same index
+  neither counts twice nor fires twice. Exactly one caller sees `fire=True` (all members
+  succeeded) and at most one sees `first_failure=True`.
+- `revoke` writes tombstones with a ttl; `revoked` returns which of the ids carry one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+import orjson
+
+from aiotask.exceptions import SerializationError
+from aiotask.serializer import ExceptionInfo
+from aiotask.states import READY_STATES
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+
+@dataclass(frozen=True, slots=True)
+class ResultRecord:
+    """What a task ended with (or its latest state while running)."""
+
+    task_id: str
+    state: str
+    #: the return value, or the custom meta of a progress state
+    result: Any = None
+    exception: ExceptionInfo | None = None
+    task: str | None = None
+    retries: int = 0
+    date_done: float | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.state in READY_STATES
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedResult:
+    """A record already turned into bytes once, by the worker; backends store `data` as is."""
+
+    task_id: str
+    state: str
+    data: bytes
+    ttl: float
+
+    @property
+    def ready(self) -> bool:
+        return self.state in READY_STATES
+
+    @classmethod
+    def of(cls, record: ResultRecord, ttl: float) -> EncodedResult:
+        """Encode a record. Raises SerializationError if its result is not JSON."""
+        return cls(record.task_id, record.state, encode_record(record), ttl)
+
+
+@dataclass(frozen=True, slots=True)
+class GroupProgress:
+    """The state of a group after one member reported."""
+
+    size: int
+    done: int
+    #: True for exactly one caller: the one whose report completed a fully successful group
+    fire: bool = False
+    #: True for exactly one caller: the first to report a failure
+    first_failure: bool = False
+    #: the group's stored body (e.g. a chord body), returned with `fire` or `first_failure`
+    body: bytes | None = None
+    #: the members' records in index order, returned with `fire`
+    records: list[ResultRecord] = field(default_factory=list)
+
+
+def encode_record(record: ResultRecord) -> bytes:
+    """The stored bytes of a record (a small JSON object)."""
+    data: dict[str, object] = {"id": record.task_id, "state": record.state}
+    if record.result is not None:
+        data["result"] = record.result
+    if record.exception is not None:
+        data["exc"] = record.exception.to_dict()
+    if record.task:
+        data["task"] = record.task
+    if record.retries:
+        data["retries"] = record.retries
+    if record.date_done is not None:
+        data["date_done"] = record.date_done
+    try:
+        return orjson.dumps(data, option=orjson.OPT_NON_STR_KEYS)
+    except TypeError as exc:
+        raise SerializationError(
+            f"result of task {record.task or record.task_id} cannot be encoded as JSON: {exc}"
+        ) from exc
+
+
+def decode_record(data: bytes) -> ResultRecord:
+    """Parse stored bytes back into a record."""
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise SerializationError(f"stored result is not JSON: {exc}") from exc
+    if not isinstance(obj, dict) or "id" not in obj or "state" not in obj:
+        raise SerializationError("stored result lacks 'id' or 'state'")
+    exc_data = obj.get("exc")
+    return ResultRecord(
+        task_id=str(obj["id"]),
+        state=str(obj["state"]),
+        result=obj.get("result"),
+        exception=ExceptionInfo.from_dict(exc_data) if exc_data is not None else None,
+        task=obj.get("task"),
+        retries=int(obj.get("retries", 0)),
+        date_done=obj.get("date_done"),
+    )
+
+
+@runtime_checkable
+class ResultBackend(Protocol):
+    """Where results and group progress live; see the module docstring for the contract."""
+
+    async def connect(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def store(self, results: Sequence[EncodedResult]) -> None: ...
+
+    async def get(self, task_id: str) -> ResultRecord | None: ...
+
+    async def get_many(self, task_ids: Sequence[str]) -> list[ResultRecord | None]: ...
+
+    async def wait(self, task_id: str, timeout: float | None) -> ResultRecord: ...
+
+    async def forget(self, task_ids: Sequence[str]) -> None: ...
+
+    async def open_group(
+        self, group_id: str, size: int, body: bytes | None, ttl: float
+    ) -> None: ...
+
+    async def add_to_group(
+        self, group_id: str, index: int, result: EncodedResult
+    ) -> GroupProgress: ...
+
+    async def revoke(self, task_ids: Sequence[str], ttl: float) -> None: ...
+
+    async def revoked(self, task_ids: Sequence[str]) -> frozenset[str]: ...

@@ -1,0 +1,33 @@
+"""Broker implementations, chosen by URL scheme; client libraries are imported lazily."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from aiotask._urls import BROKER_SCHEMES, parse_url
+from aiotask.brokers.base import Broker, BrokerCapabilities, DeadLetter, Delivery, Outgoing
+
+if TYPE_CHECKING:
+    from aiotask.settings import Settings
+
+__all__ = ["Broker", "BrokerCapabilities", "DeadLetter", "Delivery", "Outgoing", "from_url"]
+
+
+def from_url(url: str, settings: Settings, app_name: str) -> Broker:
+    """The broker for a URL; raises ConfigurationError for a bad or unknown one."""
+    scheme = parse_url(url, allowed=BROKER_SCHEMES, what="broker").scheme
+    if scheme == "memory":
+        from aiotask.brokers.memory import MemoryBroker
+
+        return MemoryBroker(settings)
+    if scheme in {"redis", "rediss"}:
+        from aiotask.brokers.redis_streams import RedisStreamsBroker
+
+        return RedisStreamsBroker(url, settings, app_name)
+    if scheme == "sqlite":
+        from aiotask.brokers.sqlite import SQLiteBroker
+
+        return SQLiteBroker(url, settings)
+    from aiotask.brokers.rabbitmq import RabbitMQBroker
+
+    return RabbitMQBroker(url, settings, app_name)

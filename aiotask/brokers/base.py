@@ -1,0 +1,99 @@
+"""The broker seam: bytes plus routing, nothing about tasks.
+
+A broker moves opaque message bodies between producers and workers with at-least-once
+delivery. It knows queues, priorities, delays, leases and dead letters; it never decodes a
+body. Every method takes a batch so an implementation can spend one round trip per call.
+
+Delivery contract, for every implementation:
+- `publish` returns once the broker holds the whole batch durably (as durably as the server is
+  configured); a message with `eta` in the future is not delivered before it.
+- `receive` waits (without busy polling where the server can notify) until at least one
+  message is ready and returns at most `limit`; each is then *owned* by this consumer until
+  it is acked, nacked, or its lease (`visibility_timeout`) lapses without `extend`.
+- A delivered message that is neither acked nor nacked (its worker died) is delivered again
+  after its lease lapses, with `deliveries` incremented. Past `max_deliveries` the broker
+  dead-letters it with a reason instead of delivering it.
+- `nack(requeue=True)` hands a message back for immediate redelivery and does not count it as
+  a failed delivery; `nack(requeue=False, reason=...)` dead-letters it.
+- `receive` is cancel-safe: a message it took from the server when cancelled is returned to
+  the queue by `close()` or by lease expiry, never lost.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """A message to publish: its bytes and where they go."""
+
+    queue: str
+    body: bytes
+    message_id: str  # == task id; lets brokers de-duplicate and logs correlate
+    priority: int = 0  # 0..9, higher first, on brokers that support priorities
+    eta: float | None = None  # unix seconds; the broker holds the message until then
+
+
+@dataclass(slots=True, eq=False)
+class Delivery:
+    """A message handed to a consumer, owned by it until settled."""
+
+    body: bytes
+    queue: str
+    message_id: str
+    #: times this message has been delivered, this delivery included (1 on the first)
+    deliveries: int
+    #: the broker's own handle (stream entry id, delivery tag, row id); opaque to callers
+    token: object = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A dead-lettered message, for inspection and tests."""
+
+    message_id: str
+    body: bytes
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerCapabilities:
+    """What a broker does natively; the worker and docs adapt to it, nothing is emulated."""
+
+    priorities: bool = False
+    max_priority: int = 0
+    native_delay: bool = True
+    #: receive() is woken by the server (no polling interval)
+    push: bool = True
+
+
+@runtime_checkable
+class Broker(Protocol):
+    """A message transport; see the module docstring for the delivery contract."""
+
+    capabilities: BrokerCapabilities
+
+    async def connect(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def publish(self, batch: Sequence[Outgoing]) -> None: ...
+
+    async def receive(self, queues: Sequence[str], limit: int) -> list[Delivery]: ...
+
+    async def ack(self, deliveries: Sequence[Delivery]) -> None: ...
+
+    async def nack(
+        self, deliveries: Sequence[Delivery], *, requeue: bool, reason: str = ""
+    ) -> None: ...
+
+    async def extend(self, deliveries: Sequence[Delivery]) -> None: ...
+
+    async def purge(self, queue: str) -> int: ...
+
+    async def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]: ...

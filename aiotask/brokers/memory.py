@@ -1,0 +1,171 @@
+"""An in-process broker with the full delivery contract: leases, redelivery, delays, dead letters.
+
+For tests and demos in one process; it exercises the same worker paths as a server broker.
+Waiting is event-driven: `receive` sleeps until a publish, a nack, or the next due eta or
+lease expiry, never on a fixed interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from aiotask._time import monotonic, now
+from aiotask.brokers.base import BrokerCapabilities, DeadLetter, Delivery, Outgoing
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from aiotask.settings import Settings
+
+
+@dataclass(slots=True, eq=False)
+class _Entry:
+    message_id: str
+    body: bytes
+    queue: str
+    priority: int
+    deliveries: int = 0
+
+
+class MemoryBroker:
+    """memory:// — one instance per App; nothing crosses processes."""
+
+    capabilities = BrokerCapabilities(priorities=True, max_priority=9, native_delay=True, push=True)
+
+    def __init__(self, settings: Settings) -> None:
+        self._lease = settings.visibility_timeout
+        self._max_deliveries = settings.max_deliveries
+        self._seq = itertools.count()
+        self._ready: dict[str, list[tuple[int, int, _Entry]]] = {}
+        self._delayed: list[tuple[float, int, _Entry]] = []
+        self._leased: dict[int, tuple[_Entry, float]] = {}
+        self._dead: dict[str, list[DeadLetter]] = {}
+        self._changed: asyncio.Event | None = None
+
+    async def connect(self) -> None:
+        self._changed = asyncio.Event()
+
+    async def close(self) -> None:
+        # Unsettled messages go back to their queues, as a server broker would redeliver them.
+        for entry, _deadline in self._leased.values():
+            self._push(entry)
+        self._leased.clear()
+
+    def _event(self) -> asyncio.Event:
+        if self._changed is None:
+            self._changed = asyncio.Event()
+        return self._changed
+
+    def _push(self, entry: _Entry) -> None:
+        heap = self._ready.setdefault(entry.queue, [])
+        heapq.heappush(heap, (-entry.priority, next(self._seq), entry))
+        self._event().set()
+
+    async def publish(self, batch: Sequence[Outgoing]) -> None:
+        wall = now()
+        for out in batch:
+            entry = _Entry(out.message_id, out.body, out.queue, out.priority)
+            if out.eta is not None and out.eta > wall:
+                heapq.heappush(self._delayed, (out.eta, next(self._seq), entry))
+                self._event().set()
+            else:
+                self._push(entry)
+
+    def _promote(self) -> float | None:
+        """Move due delayed messages and lapsed leases to their queues; seconds to the next."""
+        wall, mono = now(), monotonic()
+        while self._delayed and self._delayed[0][0] <= wall:
+            self._push(heapq.heappop(self._delayed)[2])
+        for token, (entry, deadline) in list(self._leased.items()):
+            if deadline <= mono:
+                del self._leased[token]
+                self._push(entry)
+        waits = [self._delayed[0][0] - wall] if self._delayed else []
+        waits += [deadline - mono for _, deadline in self._leased.values()]
+        return max(min(waits), 0.0) if waits else None
+
+    def _take(self, queues: Sequence[str], limit: int) -> list[Delivery]:
+        out: list[Delivery] = []
+        for queue in queues:
+            heap = self._ready.get(queue)
+            while heap and len(out) < limit:
+                entry = heapq.heappop(heap)[2]
+                if entry.deliveries >= self._max_deliveries:
+                    self._bury(
+                        entry,
+                        f"delivered {entry.deliveries} times without being settled "
+                        f"(max_deliveries={self._max_deliveries})",
+                    )
+                    continue
+                entry.deliveries += 1
+                token = next(self._seq)
+                self._leased[token] = (entry, monotonic() + self._lease)
+                out.append(Delivery(entry.body, queue, entry.message_id, entry.deliveries, token))
+        return out
+
+    async def receive(self, queues: Sequence[str], limit: int) -> list[Delivery]:
+        event = self._event()
+        while True:
+            event.clear()
+            next_due = self._promote()
+            got = self._take(queues, limit)
+            if got:
+                return got
+            try:
+                async with asyncio.timeout(next_due):
+                    await event.wait()
+            except TimeoutError:
+                pass
+
+    def _settle(self, deliveries: Sequence[Delivery]) -> list[_Entry]:
+        entries = []
+        for d in deliveries:
+            leased = self._leased.pop(_token(d), None)
+            if leased is not None:
+                entries.append(leased[0])
+        return entries
+
+    async def ack(self, deliveries: Sequence[Delivery]) -> None:
+        self._settle(deliveries)
+
+    async def nack(
+        self, deliveries: Sequence[Delivery], *, requeue: bool, reason: str = ""
+    ) -> None:
+        for entry in self._settle(deliveries):
+            if requeue:
+                entry.deliveries -= 1  # a hand-back is not a failed delivery
+                self._push(entry)
+            else:
+                self._bury(entry, reason or "rejected")
+
+    def _bury(self, entry: _Entry, reason: str) -> None:
+        self._dead.setdefault(entry.queue, []).append(
+            DeadLetter(entry.message_id, entry.body, reason)
+        )
+
+    async def extend(self, deliveries: Sequence[Delivery]) -> None:
+        deadline = monotonic() + self._lease
+        for d in deliveries:
+            leased = self._leased.get(_token(d))
+            if leased is not None:
+                self._leased[_token(d)] = (leased[0], deadline)
+
+    async def purge(self, queue: str) -> int:
+        count = len(self._ready.pop(queue, []))
+        kept = [item for item in self._delayed if item[2].queue != queue]
+        count += len(self._delayed) - len(kept)
+        self._delayed = kept
+        heapq.heapify(self._delayed)
+        return count
+
+    async def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
+        return self._dead.get(queue, [])[:limit]
+
+
+def _token(delivery: Delivery) -> int:
+    token = delivery.token
+    return token if isinstance(token, int) else -1

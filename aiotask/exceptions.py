@@ -1,0 +1,133 @@
+"""The single error hierarchy of aiotask.
+
+```
+AiotaskError
+├── NotRegistered            a task name no App in this process knows
+├── TaskError                a task failed remotely and its type cannot be imported here
+├── ResultTimeout            (also TimeoutError) get(timeout=...) ran out
+├── Retry                    control flow: re-queue this task (raised by ctx.retry())
+├── Reject                   control flow: reject this message (requeue or dead-letter)
+├── SoftTimeLimitExceeded    raised inside a task at its soft time limit
+├── TimeLimitExceeded        a task ran past its hard time limit and was stopped
+├── TaskRevoked              a task was revoked before or while it ran
+├── WorkerLost               the process running a task died under it
+├── ConfigurationError       a bad setting, URL or option
+├── SerializationError       a value cannot be encoded or decoded
+│   └── ProtocolError        a message envelope is malformed or of an unknown version
+└── BrokerConnectionError    a broker or backend cannot be reached
+```
+
+Every message says what happened and what to do; URLs in messages pass through `redact()`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from datetime import datetime
+
+__all__ = [
+    "AiotaskError",
+    "BrokerConnectionError",
+    "ConfigurationError",
+    "NotRegistered",
+    "ProtocolError",
+    "Reject",
+    "ResultTimeout",
+    "Retry",
+    "SerializationError",
+    "SoftTimeLimitExceeded",
+    "TaskError",
+    "TaskRevoked",
+    "TimeLimitExceeded",
+    "WorkerLost",
+]
+
+
+class AiotaskError(Exception):
+    """Root of every error aiotask raises."""
+
+
+class NotRegistered(AiotaskError):
+    """A task name that no registered task answers to."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(
+            f"task {name!r} is not registered: import the module that defines it in the "
+            "worker (-A module:app) or check the name"
+        )
+        self.name = name
+
+
+class TaskError(AiotaskError):
+    """A remote failure whose exception type cannot be rebuilt in this process."""
+
+    def __init__(self, message: str, *, remote_type: str = "", remote_traceback: str = "") -> None:
+        super().__init__(message)
+        self.remote_type = remote_type
+        self.remote_message = message
+        self.remote_traceback = remote_traceback
+
+
+class ResultTimeout(AiotaskError, TimeoutError):
+    """`AsyncResult.get(timeout=...)` waited that long and the task is not ready."""
+
+
+class Retry(AiotaskError):
+    """Raised (via `ctx.retry()`) to re-queue the current task with retries + 1."""
+
+    def __init__(
+        self,
+        exc: BaseException | None = None,
+        *,
+        countdown: float | None = None,
+        eta: datetime | None = None,
+        max_retries: int | None = None,
+    ) -> None:
+        super().__init__(f"retry requested: {exc!r}" if exc else "retry requested")
+        self.exc = exc
+        self.countdown = countdown
+        self.eta = eta
+        self.max_retries = max_retries
+
+
+class Reject(AiotaskError):
+    """Raised by a task to refuse its message: requeue it, or dead-letter it."""
+
+    def __init__(self, reason: str = "rejected by task", *, requeue: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.requeue = requeue
+
+
+class SoftTimeLimitExceeded(AiotaskError):
+    """The task passed its soft time limit; it may clean up before the hard limit."""
+
+
+class TimeLimitExceeded(AiotaskError):
+    """The task passed its hard time limit and was stopped."""
+
+
+class TaskRevoked(AiotaskError):
+    """The task was revoked; it did not run, or was terminated."""
+
+
+class WorkerLost(AiotaskError):
+    """The worker process running the task died (killed, crashed, out of memory)."""
+
+
+class ConfigurationError(AiotaskError):
+    """A setting, URL or option is invalid; the message says which and how to fix it."""
+
+
+class SerializationError(AiotaskError):
+    """A value cannot be encoded for the wire, or bytes cannot be decoded."""
+
+
+class ProtocolError(SerializationError):
+    """A message envelope is malformed or has a version this code does not speak."""
+
+
+class BrokerConnectionError(AiotaskError):
+    """A broker or result backend cannot be reached."""

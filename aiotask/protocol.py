@@ -1,0 +1,140 @@
+"""The message envelope, version 1: what travels on every broker (spec: docs/protocol.md).
+
+A message is one JSON object. Fields at their default value are omitted on the wire and
+restored on decode, so a no-argument task is a few dozen bytes. Brokers never look inside.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import orjson
+
+from aiotask.exceptions import ProtocolError, SerializationError
+
+VERSION = 1
+
+Payload = Any  # user data: args, kwargs, results
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One task invocation. Immutable: a retry or continuation is a new Message."""
+
+    id: str
+    task: str
+    args: list[Payload] = field(default_factory=list)
+    kwargs: dict[str, Payload] = field(default_factory=dict)
+    queue: str = "default"
+    priority: int = 0
+    #: unix seconds before which the message must not run (countdown / eta / retry delay)
+    eta: float | None = None
+    #: unix seconds after which the message is not run (state REVOKED)
+    expires: float | None = None
+    retries: int = 0
+    root_id: str | None = None
+    parent_id: str | None = None
+    group_id: str | None = None
+    group_index: int | None = None
+    group_size: int | None = None
+    #: canvas: remaining chain steps (innermost last), callbacks, errbacks, chord reference
+    chain: list[Payload] = field(default_factory=list)
+    links: list[Payload] = field(default_factory=list)
+    errbacks: list[Payload] = field(default_factory=list)
+    chord: Payload = None
+    headers: dict[str, str] = field(default_factory=dict)
+    ignore_result: bool = False
+
+    def evolve(self, **changes: Any) -> Message:
+        """A copy with some fields changed (e.g. retries + 1 and a new eta)."""
+        return replace(self, **changes)
+
+
+_DEFAULTS: dict[str, object] = {
+    "args": [],
+    "kwargs": {},
+    "queue": "default",
+    "priority": 0,
+    "eta": None,
+    "expires": None,
+    "retries": 0,
+    "root_id": None,
+    "parent_id": None,
+    "group_id": None,
+    "group_index": None,
+    "group_size": None,
+    "chain": [],
+    "links": [],
+    "errbacks": [],
+    "chord": None,
+    "headers": {},
+    "ignore_result": False,
+}
+_TYPES: dict[str, type | tuple[type, ...]] = {
+    "args": list,
+    "kwargs": dict,
+    "queue": str,
+    "priority": int,
+    "eta": (int, float),
+    "expires": (int, float),
+    "retries": int,
+    "root_id": str,
+    "parent_id": str,
+    "group_id": str,
+    "group_index": int,
+    "group_size": int,
+    "chain": list,
+    "links": list,
+    "errbacks": list,
+    "headers": dict,
+    "ignore_result": bool,
+}
+
+
+def encode(message: Message) -> bytes:
+    """The wire bytes of a message. Raises SerializationError if a payload is not JSON."""
+    data: dict[str, object] = {"v": VERSION, "id": message.id, "task": message.task}
+    for name, default in _DEFAULTS.items():
+        value = getattr(message, name)
+        if value != default:
+            data[name] = value
+    try:
+        return orjson.dumps(data, option=orjson.OPT_NON_STR_KEYS)
+    except TypeError as exc:
+        raise SerializationError(f"task {message.task!r}: cannot encode message: {exc}") from exc
+
+
+def decode(body: bytes) -> Message:
+    """Parse and validate wire bytes. Raises ProtocolError naming what is wrong."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise ProtocolError(f"message is not JSON ({exc}): {preview(body)}") from None
+    if not isinstance(data, dict):
+        raise ProtocolError(f"message is not a JSON object: {preview(body)}")
+    version = data.get("v")
+    if version != VERSION:
+        raise ProtocolError(f"unknown message version {version!r} (this worker speaks {VERSION})")
+    ident, task = data.get("id"), data.get("task")
+    if not isinstance(ident, str) or not ident or not isinstance(task, str) or not task:
+        raise ProtocolError(f"message lacks a string 'id' or 'task': {preview(body)}")
+    values: dict[str, Any] = {}
+    for name, value in data.items():
+        expected = _TYPES.get(name)
+        if expected is None:
+            if name == "chord":
+                values[name] = value
+            continue  # "v", "id", "task", and unknown fields (forward compatibility)
+        if value is None:
+            continue
+        if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+            raise ProtocolError(f"message field {name!r} has the wrong type: {value!r}")
+        values[name] = value
+    return Message(ident, task, **values)
+
+
+def preview(body: bytes, limit: int = 120) -> str:
+    """A short, printable look at some bytes, for logs about bad messages."""
+    text = repr(body[:limit])
+    return text + ("..." if len(body) > limit else "")

@@ -1,0 +1,145 @@
+"""Serialization of payloads and of exceptions, with orjson by default."""
+
+from __future__ import annotations
+
+import builtins
+import sys
+import traceback
+from dataclasses import dataclass
+from typing import Protocol
+
+import orjson
+
+from aiotask.exceptions import SerializationError, TaskError
+
+
+class Serializer(Protocol):
+    """Turns user payloads into bytes and back; must be pure and thread-safe."""
+
+    content_type: str
+
+    def dumps(self, value: object) -> bytes: ...
+
+    def loads(self, data: bytes) -> object: ...
+
+
+class OrjsonSerializer:
+    """JSON via orjson: fast, language-neutral; dataclasses, datetimes and UUIDs encode natively."""
+
+    content_type = "application/json"
+
+    def dumps(self, value: object) -> bytes:
+        try:
+            return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
+        except TypeError as exc:
+            raise SerializationError(f"cannot encode as JSON: {exc}") from exc
+
+    def loads(self, data: bytes) -> object:
+        try:
+            return orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            raise SerializationError(f"cannot decode JSON: {exc}") from exc
+
+
+DEFAULT_SERIALIZER = OrjsonSerializer()
+
+
+def find_unencodable(values: dict[str, object]) -> str | None:
+    """The name of the first value JSON cannot encode, for error messages; None if all can."""
+    for name, value in values.items():
+        try:
+            orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
+        except TypeError:
+            return name
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class ExceptionInfo:
+    """A remote exception as data: its type's import path, message, args and traceback."""
+
+    type: str
+    message: str
+    traceback: str = ""
+    args: tuple[object, ...] = ()
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "type": self.type,
+            "message": self.message,
+            "traceback": self.traceback,
+            "args": list(self.args),
+        }
+
+    @classmethod
+    def from_dict(cls, data: object) -> ExceptionInfo:
+        if not isinstance(data, dict):
+            return cls("builtins.Exception", repr(data))
+        args = data.get("args") or []
+        return cls(
+            str(data.get("type", "builtins.Exception")),
+            str(data.get("message", "")),
+            str(data.get("traceback", "")),
+            tuple(args) if isinstance(args, list) else (),
+        )
+
+    @property
+    def type_name(self) -> str:
+        """The bare class name, e.g. 'ValueError'."""
+        return self.type.rpartition(".")[2]
+
+
+def exception_to_info(exc: BaseException) -> ExceptionInfo:
+    """Capture an exception for storage; its args are kept only if JSON can carry them."""
+    cls = type(exc)
+    module = cls.__module__
+    qualname = f"{module}.{cls.__qualname__}"
+    tb = "".join(traceback.format_exception(exc))
+    args: tuple[object, ...] = ()
+    try:
+        orjson.dumps(list(exc.args))
+        args = tuple(exc.args)
+    except TypeError:
+        args = ()
+    return ExceptionInfo(qualname, str(exc), tb, args)
+
+
+def info_to_exception(info: ExceptionInfo) -> BaseException:
+    """Rebuild the original exception when its class is importable here, else `TaskError`.
+
+    Only modules already imported in this process are consulted (a result cannot make the
+    caller import code). Either way the remote type, message and traceback are attached.
+    """
+    module_name, _, qualname = info.type.rpartition(".")
+    cls: object = None
+    module = builtins if module_name == "builtins" else sys.modules.get(module_name)
+    if module is not None:
+        cls = module
+        for part in qualname.split("."):
+            cls = getattr(cls, part, None)
+    exc: BaseException
+    if isinstance(cls, type) and issubclass(cls, BaseException):
+        exc = _construct(cls, info)
+    else:
+        exc = TaskError(
+            f"{info.type_name}: {info.message}",
+            remote_type=info.type,
+            remote_traceback=info.traceback,
+        )
+    exc.remote_type = info.type  # type: ignore[attr-defined]
+    exc.remote_message = info.message  # type: ignore[attr-defined]
+    exc.remote_traceback = info.traceback  # type: ignore[attr-defined]
+    if info.traceback:
+        exc.add_note(f"Remote traceback:\n{info.traceback.rstrip()}")
+    return exc
+
+
+def _construct(cls: type[BaseException], info: ExceptionInfo) -> BaseException:
+    for args in (info.args, (info.message,)):
+        try:
+            return cls(*args)
+        except Exception:  # noqa: S112 - an exotic __init__: try the next form
+            continue
+    return TaskError(
+        f"{info.type_name}: {info.message}", remote_type=info.type, remote_traceback=info.traceback
+    )

@@ -1,0 +1,148 @@
+"""Settings: one frozen, typed object, from keyword arguments and AIOTASK_* environment variables.
+
+Precedence, lowest first: defaults, then `AIOTASK_*` environment variables, then keyword
+arguments to `App(...)`. Per-task options and per-call options override these at their level.
+This is the only module that reads the environment.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields, replace
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from aiotask._urls import BACKEND_SCHEMES, BROKER_SCHEMES, parse_url
+from aiotask.exceptions import ConfigurationError
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+ENV_PREFIX = "AIOTASK_"
+DEFAULT_BROKER_URL = "sqlite:///aiotask.db"
+#: `result_backend` value meaning "derive from the broker URL".
+FROM_BROKER = "from-broker"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything configurable about an App and its workers, validated on creation."""
+
+    broker_url: str = DEFAULT_BROKER_URL
+    #: A backend URL, None for no results, or FROM_BROKER: the broker's server/file for
+    #: Redis and SQLite brokers, memory:// for memory://, none for AMQP.
+    result_backend: str | None = FROM_BROKER
+    result_expires: float = 86400.0
+    default_queue: str = "default"
+    #: task name (or a `prefix.*` pattern) -> queue name.
+    task_routes: Mapping[str, str] = field(default_factory=dict)
+    default_priority: int = 0
+    #: Prefix of every key/queue/table aiotask creates, so apps can share a server.
+    key_prefix: str = "aiotask"
+    #: Concurrent coroutine tasks per worker.
+    concurrency: int = 100
+    #: Child processes for plain-function tasks; 0 means the number of CPUs.
+    processes: int = 0
+    #: Messages a worker holds unacknowledged (running + waiting); 0 means `concurrency`.
+    prefetch: int = 0
+    #: Seconds a delivered message stays owned by its worker without a renewal.
+    visibility_timeout: float = 30.0
+    #: Deliveries after which a message that keeps failing to settle is dead-lettered.
+    max_deliveries: int = 5
+    #: Seconds a warm shutdown waits for running tasks.
+    shutdown_grace: float = 30.0
+    #: Seconds a worker keeps trying to reach its broker before it exits non-zero.
+    broker_unreachable_timeout: float = 60.0
+    #: Store STARTED when a task starts (one more write per task).
+    task_track_started: bool = False
+    max_tasks_per_child: int = 0
+    max_memory_per_child: int = 0
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        parse_url(self.broker_url, allowed=BROKER_SCHEMES, what="broker")
+        if self.result_backend not in (None, FROM_BROKER):
+            parse_url(str(self.result_backend), allowed=BACKEND_SCHEMES, what="result backend")
+        _positive(self, "result_expires", "visibility_timeout", "shutdown_grace")
+        _positive(self, "concurrency", "max_deliveries", "broker_unreachable_timeout")
+        _non_negative(self, "processes", "prefetch", "max_tasks_per_child", "max_memory_per_child")
+        if not 0 <= self.default_priority <= 9:
+            raise ConfigurationError("default_priority must be between 0 and 9")
+        if not self.default_queue or not self.key_prefix:
+            raise ConfigurationError("default_queue and key_prefix must not be empty")
+
+    @property
+    def effective_prefetch(self) -> int:
+        """Unacknowledged messages a worker may hold."""
+        return self.prefetch or self.concurrency
+
+    @property
+    def backend_url(self) -> str | None:
+        """The result backend URL after applying the FROM_BROKER rule."""
+        if self.result_backend != FROM_BROKER:
+            return self.result_backend
+        scheme = self.broker_url.split("://", 1)[0].lower()
+        if scheme in {"redis", "rediss", "sqlite", "memory"}:
+            return self.broker_url
+        return None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Defaults, overlaid with AIOTASK_<FIELD> variables, overlaid with `overrides`."""
+        env = os.environ if environ is None else environ
+        known = {f.name: f for f in fields(cls)}
+        unknown = set(overrides) - set(known)
+        if unknown:
+            raise ConfigurationError(
+                f"unknown setting(s) {', '.join(sorted(unknown))}: known settings are "
+                f"{', '.join(sorted(known))}"
+            )
+        values: dict[str, Any] = {}
+        for name, f in known.items():
+            raw = env.get(ENV_PREFIX + name.upper())
+            if raw is not None:
+                values[name] = _coerce(name, str(f.type), raw)
+        values.update(overrides)
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with some fields changed, validated again."""
+        return replace(self, **changes)
+
+
+def _coerce(name: str, type_name: str, raw: str) -> object:
+    """Turn an environment string into the field's type, or explain what was expected."""
+    env_name = ENV_PREFIX + name.upper()
+    try:
+        if type_name == "bool":
+            lowered = raw.strip().lower()
+            if lowered not in {"1", "0", "true", "false", "yes", "no", "on", "off"}:
+                raise ValueError(raw)
+            return lowered in {"1", "true", "yes", "on"}
+        if type_name == "int":
+            return int(raw)
+        if type_name == "float":
+            return float(raw)
+        if type_name.startswith("Mapping"):
+            value = orjson.loads(raw)
+            if not isinstance(value, dict):
+                raise ValueError(raw)
+            return value
+        if type_name == "str | None":
+            return None if raw.strip().lower() in {"", "none", "null"} else raw
+    except (ValueError, orjson.JSONDecodeError):
+        raise ConfigurationError(f"{env_name}={raw!r} is not a valid {type_name}") from None
+    return raw
+
+
+def _positive(s: Settings, *names: str) -> None:
+    for name in names:
+        if getattr(s, name) <= 0:
+            raise ConfigurationError(f"setting {name} must be positive, got {getattr(s, name)!r}")
+
+
+def _non_negative(s: Settings, *names: str) -> None:
+    for name in names:
+        if getattr(s, name) < 0:
+            raise ConfigurationError(f"setting {name} must be >= 0, got {getattr(s, name)!r}")

@@ -1,0 +1,3 @@
+"""The aiotask pytest plugin."""
+
+from __future__ import annotations

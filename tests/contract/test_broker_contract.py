@@ -1,0 +1,177 @@
+"""The broker delivery contract (aiotask/brokers/base.py), run on every broker."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from aiotask.brokers import Broker, Delivery, Outgoing
+from tests.contract.conftest import LEASE, MAX_DELIVERIES
+
+
+def out(i: int, queue: str = "q", **kw: object) -> Outgoing:
+    return Outgoing(queue=queue, body=f"body-{i}".encode(), message_id=f"m{i}", **kw)  # type: ignore[arg-type]
+
+
+async def receive_all(
+    broker: Broker, queues: list[str], want: int, timeout: float = 5.0
+) -> list[Delivery]:
+    got: list[Delivery] = []
+    async with asyncio.timeout(timeout):
+        while len(got) < want:
+            got += await broker.receive(queues, want - len(got))
+    return got
+
+
+async def nothing_within(broker: Broker, queues: list[str], seconds: float) -> bool:
+    try:
+        async with asyncio.timeout(seconds):
+            await broker.receive(queues, 10)
+    except TimeoutError:
+        return True
+    return False
+
+
+async def test_publish_then_receive_carries_body_and_id(broker: Broker) -> None:
+    await broker.publish([out(1)])
+    [d] = await receive_all(broker, ["q"], 1)
+    assert (d.body, d.message_id, d.queue, d.deliveries) == (b"body-1", "m1", "q", 1)
+    await broker.ack([d])
+
+
+async def test_batch_publish_and_limit(broker: Broker) -> None:
+    await broker.publish([out(i) for i in range(50)])
+    first = await broker.receive(["q"], 10)
+    assert 1 <= len(first) <= 10
+    rest = await receive_all(broker, ["q"], 50 - len(first))
+    ids = {d.message_id for d in first + rest}
+    assert ids == {f"m{i}" for i in range(50)}
+    await broker.ack(first + rest)
+
+
+async def test_receive_waits_for_a_publish(broker: Broker) -> None:
+    async def later() -> None:
+        await asyncio.sleep(0.2)
+        await broker.publish([out(7)])
+
+    task = asyncio.create_task(later())
+    started = time.monotonic()
+    got = await receive_all(broker, ["q"], 1, timeout=5)
+    assert got[0].message_id == "m7"
+    assert time.monotonic() - started < 3.0
+    await broker.ack(got)
+    await task
+
+
+async def test_acked_message_is_not_redelivered(broker: Broker) -> None:
+    await broker.publish([out(1)])
+    got = await receive_all(broker, ["q"], 1)
+    await broker.ack(got)
+    assert await nothing_within(broker, ["q"], LEASE * 2.5)
+
+
+async def test_unsettled_message_is_redelivered_after_lease(broker: Broker) -> None:
+    await broker.publish([out(1)])
+    [first] = await receive_all(broker, ["q"], 1)
+    [again] = await receive_all(broker, ["q"], 1, timeout=LEASE * 6)
+    assert again.message_id == "m1"
+    assert again.deliveries == first.deliveries + 1
+    await broker.ack([again])
+
+
+async def test_extend_keeps_ownership_past_the_lease(broker: Broker) -> None:
+    await broker.publish([out(1)])
+    got = await receive_all(broker, ["q"], 1)
+    for _ in range(4):
+        await asyncio.sleep(LEASE * 0.4)
+        await broker.extend(got)
+    assert await nothing_within(broker, ["q"], LEASE * 0.4)
+    await broker.ack(got)
+
+
+async def test_nack_requeue_redelivers_at_once_without_counting(broker: Broker) -> None:
+    await broker.publish([out(1)])
+    [d] = await receive_all(broker, ["q"], 1)
+    await broker.nack([d], requeue=True)
+    [again] = await receive_all(broker, ["q"], 1, timeout=LEASE * 0.9)
+    assert again.message_id == "m1"
+    assert again.deliveries == d.deliveries
+    await broker.ack([again])
+
+
+async def test_nack_without_requeue_dead_letters_with_reason(broker: Broker) -> None:
+    await broker.publish([out(1)])
+    got = await receive_all(broker, ["q"], 1)
+    await broker.nack(got, requeue=False, reason="undecodable: garbage")
+    assert await nothing_within(broker, ["q"], LEASE * 1.5)
+    [dead] = await broker.dead_letters("q")
+    assert dead.message_id == "m1"
+    assert dead.body == b"body-1"
+    assert "garbage" in dead.reason
+
+
+async def test_message_over_max_deliveries_is_dead_lettered(broker: Broker) -> None:
+    await broker.publish([out(1)])
+    seen = 0
+    deadline = time.monotonic() + LEASE * (MAX_DELIVERIES + 3) * 2
+    while time.monotonic() < deadline:
+        try:
+            async with asyncio.timeout(LEASE * 2.5):
+                got = await broker.receive(["q"], 1)
+        except TimeoutError:
+            break
+        seen += len(got)  # never settled: the lease lapses each time
+    assert seen == MAX_DELIVERIES
+    dead = await broker.dead_letters("q")
+    assert [d.message_id for d in dead] == ["m1"]
+    assert "max_deliveries" in dead[0].reason
+
+
+async def test_eta_delays_delivery(broker: Broker) -> None:
+    await broker.publish([out(1, eta=time.time() + 1.0), out(2)])
+    [first] = await receive_all(broker, ["q"], 1)
+    assert first.message_id == "m2"
+    started = time.monotonic()
+    [later] = await receive_all(broker, ["q"], 1, timeout=5)
+    assert later.message_id == "m1"
+    assert time.monotonic() - started > 0.5
+    await broker.ack([first, later])
+
+
+async def test_priorities_order_a_backlog(broker: Broker) -> None:
+    if not broker.capabilities.priorities:
+        pytest.skip("this broker does not support priorities (documented)")
+    await broker.publish([out(i, priority=p) for i, p in enumerate([0, 9, 5, 1])])
+    got = await receive_all(broker, ["q"], 4)
+    assert [d.message_id for d in got][:2] == ["m1", "m2"]
+    await broker.ack(got)
+
+
+async def test_several_queues(broker: Broker) -> None:
+    await broker.publish([out(1, queue="qa"), out(2, queue="qb")])
+    got = await receive_all(broker, ["qa", "qb"], 2)
+    assert {d.message_id for d in got} == {"m1", "m2"}
+    await broker.ack(got)
+    await broker.publish([out(3, queue="q2")])
+    assert await nothing_within(broker, ["qa"], 0.3)
+    assert await broker.purge("q2") == 1
+
+
+async def test_purge_counts_and_removes(broker: Broker) -> None:
+    await broker.publish([out(i) for i in range(5)])
+    assert await broker.purge("q") == 5
+    assert await nothing_within(broker, ["q"], 0.3)
+
+
+async def test_cancelled_receive_loses_nothing(broker: Broker) -> None:
+    waiter = asyncio.create_task(broker.receive(["q"], 5))
+    await asyncio.sleep(0.1)
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    await broker.publish([out(1)])
+    got = await receive_all(broker, ["q"], 1, timeout=LEASE * 6)
+    assert got[0].message_id == "m1"
+    await broker.ack(got)
