@@ -3,7 +3,12 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-BENCH_STAMP := $(VENV)/.bench-installed
+# Benchmarks run from their own virtualenvs so the peers' version pins never touch .venv:
+# .venv-bench holds aiotask (editable) + Celery and the asyncio peers; arq pins redis<6, so it
+# lives in .venv-bench/arq. The harness runs each framework's processes with the right python.
+BENCH_VENV := .venv-bench
+BENCH_BIN := $(BENCH_VENV)/bin
+BENCH_STAMP := $(BENCH_VENV)/.installed
 
 .DEFAULT_GOAL := help
 .PHONY: help install format lint typecheck test test-unit test-fast demo bench bench-smoke docs clean
@@ -20,8 +25,14 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)  ## make .venv and install aiotask with its dev tools
 
-$(BENCH_STAMP): $(STAMP)
-	$(BIN)/pip install -q -e '.[dev,bench]'
+$(BENCH_STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (Python >= 3.11) on PATH, or run make PYTHON=python3.12"; exit 2; }
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_BIN)/pip install -q --upgrade pip
+	$(BENCH_BIN)/pip install -q -e '.[bench]'
+	$(PYTHON) -m venv $(BENCH_VENV)/arq
+	$(BENCH_VENV)/arq/bin/pip install -q --upgrade pip
+	$(BENCH_VENV)/arq/bin/pip install -q -e '.[bench-arq]'
 	@touch $(BENCH_STAMP)
 
 format: $(STAMP)  ## format and autofix
@@ -46,10 +57,10 @@ demo: $(STAMP)  ## a worker and a producer in two processes on the embedded SQLi
 	$(BIN)/python examples/demo.py
 
 bench: $(BENCH_STAMP)  ## the full benchmark, aiotask vs Celery and peers; writes docs/benchmarks.md
-	$(BIN)/python -m benchmarks.harness --full
+	$(BENCH_BIN)/python -m benchmarks.harness --full
 
 bench-smoke: $(BENCH_STAMP)  ## a small benchmark for CI; prints ratios, fails if aiotask is slower than Celery
-	$(BIN)/python -m benchmarks.harness --smoke
+	$(BENCH_BIN)/python -m benchmarks.harness --smoke
 
 docs: $(STAMP)  ## check the docs' links and code blocks
 	$(BIN)/python -m tests.docs_check

@@ -94,7 +94,8 @@ def exception_to_info(exc: BaseException) -> ExceptionInfo:
     cls = type(exc)
     module = cls.__module__
     qualname = f"{module}.{cls.__qualname__}"
-    tb = "".join(traceback.format_exception(exc))
+    remote_tb = getattr(exc, "remote_traceback", None)
+    tb = remote_tb if isinstance(remote_tb, str) else "".join(traceback.format_exception(exc))
     args: tuple[object, ...] = ()
     try:
         orjson.dumps(list(exc.args))
@@ -140,6 +141,13 @@ def _construct(cls: type[BaseException], info: ExceptionInfo) -> BaseException:
             return cls(*args)
         except Exception:  # noqa: S112 - an exotic __init__: try the next form
             continue
-    return TaskError(
-        f"{info.type_name}: {info.message}", remote_type=info.type, remote_traceback=info.traceback
-    )
+    try:  # keep the type (so `except OddError:` works) without running its __init__
+        exc = cls.__new__(cls)
+        exc.args = (info.message,)
+    except Exception:
+        return TaskError(
+            f"{info.type_name}: {info.message}",
+            remote_type=info.type,
+            remote_traceback=info.traceback,
+        )
+    return exc

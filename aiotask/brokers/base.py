@@ -12,7 +12,9 @@ Delivery contract, for every implementation:
   it is acked, nacked, or its lease (`visibility_timeout`) lapses without `extend`.
 - A delivered message that is neither acked nor nacked (its worker died) is delivered again
   after its lease lapses, with `deliveries` incremented. Past `max_deliveries` the broker
-  dead-letters it with a reason instead of delivering it.
+  dead-letters it with a reason instead of delivering it. A broker without leases
+  (`capabilities.leases` is False: AMQP) redelivers it when the consumer's connection closes
+  (`close()` or process death) instead, never on a timer; `extend` is then a no-op.
 - `nack(requeue=True)` hands a message back for immediate redelivery and does not count it as
   a failed delivery; `nack(requeue=False, reason=...)` dead-letters it.
 - `receive` is cancel-safe: a message it took from the server when cancelled is returned to
@@ -70,6 +72,8 @@ class BrokerCapabilities:
     native_delay: bool = True
     #: receive() is woken by the server (no polling interval)
     push: bool = True
+    #: unsettled messages return when a lease lapses; False: only when the consumer closes/dies
+    leases: bool = True
 
 
 @runtime_checkable

@@ -1,0 +1,255 @@
+"""App: the task registry, settings, and broker/backend connections."""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import weakref
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, Protocol, TypeVar, Unpack, overload
+
+from aiotask import backends, brokers, protocol
+from aiotask._log import get_logger
+from aiotask._urls import redact
+from aiotask.brokers.base import Outgoing
+from aiotask.exceptions import ConfigurationError, NotRegistered, SerializationError
+from aiotask.result import AsyncResult, encode_revoked
+from aiotask.serializer import find_unencodable
+from aiotask.settings import FROM_BROKER, Settings
+from aiotask.task import KNOWN_OPTIONS, Task, TaskOptions, TaskOptionsDict
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
+    from types import TracebackType
+    from typing import Concatenate, Self
+
+    from aiotask.backends.base import ResultBackend
+    from aiotask.brokers.base import Broker
+    from aiotask.context import TaskContext
+    from aiotask.protocol import Message
+
+P = ParamSpec("P")
+R = TypeVar("R")
+log = get_logger(__name__)
+
+_UNSET: Any = object()
+#: every App created in this process, so pool children can find a task by name
+_APPS: weakref.WeakSet[App] = weakref.WeakSet()
+
+
+class _Decorator(Protocol):
+    @overload
+    def __call__(self, fn: Callable[P, Coroutine[Any, Any, R]], /) -> Task[P, R]: ...
+    @overload
+    def __call__(self, fn: Callable[P, R], /) -> Task[P, R]: ...
+
+
+class _BoundDecorator(Protocol):
+    @overload
+    def __call__(
+        self, fn: Callable[Concatenate[TaskContext, P], Coroutine[Any, Any, R]], /
+    ) -> Task[P, R]: ...
+    @overload
+    def __call__(self, fn: Callable[Concatenate[TaskContext, P], R], /) -> Task[P, R]: ...
+
+
+class App:
+    """An aiotask application: `App("proj", broker=..., backend=...)`.
+
+    With no `broker`, the URL comes from AIOTASK_BROKER_URL, else the embedded SQLite file.
+    With no `backend`, Redis and SQLite brokers keep results on the same server/file;
+    `backend=None` disables results.
+    """
+
+    def __init__(
+        self,
+        main: str = "aiotask",
+        *,
+        broker: str | None = None,
+        backend: str | None = _UNSET,
+        **settings: Any,
+    ) -> None:
+        overrides = dict(settings)
+        if broker is not None:
+            overrides["broker_url"] = broker
+            if backend is _UNSET:
+                overrides.setdefault("result_backend", FROM_BROKER)
+        if backend is not _UNSET:
+            overrides["result_backend"] = backend
+        self.main = main
+        self.conf: Settings = Settings.from_env(**overrides)
+        self.tasks: dict[str, Task[Any, Any]] = {}
+        self._broker: Broker | None = None
+        self._backend: ResultBackend | None = None
+        self._connected = False
+        self._lock: asyncio.Lock | None = None
+        _APPS.add(self)
+
+    def __repr__(self) -> str:
+        return f"<App {self.main} broker={redact(self.conf.broker_url)}>"
+
+    # --- tasks ---------------------------------------------------------------------------
+    @overload
+    def task(self, fn: Callable[P, Coroutine[Any, Any, R]], /) -> Task[P, R]: ...
+    @overload
+    def task(self, fn: Callable[P, R], /) -> Task[P, R]: ...
+    @overload
+    def task(
+        self, /, *, bind: Literal[True], **options: Unpack[TaskOptionsDict]
+    ) -> _BoundDecorator: ...
+    @overload
+    def task(
+        self, /, *, bind: Literal[False] = False, **options: Unpack[TaskOptionsDict]
+    ) -> _Decorator: ...
+    def task(self, fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
+        """Register a coroutine (runs on the worker's loop) or a plain function (process pool)."""
+        unknown = set(options) - KNOWN_OPTIONS
+        if unknown:
+            raise ConfigurationError(
+                f"unknown task option(s) {', '.join(sorted(unknown))}; known: "
+                f"{', '.join(sorted(KNOWN_OPTIONS))}"
+            )
+
+        def register(func: Callable[..., Any]) -> Task[Any, Any]:
+            name = options.get("name") or f"{func.__module__}.{func.__qualname__}"
+            if name in self.tasks:
+                raise ConfigurationError(
+                    f"task name {name!r} is already registered in app {self.main!r}: "
+                    "give one of them name=..."
+                )
+            base: type[Task[Any, Any]] = options.get("base", Task)
+            opts = TaskOptions.build(name, bool(options.get("bind", False)), options)
+            task = base(self, func, opts)
+            self.tasks[name] = task
+            return task
+
+        return register(fn) if fn is not None else register
+
+    def route(self, task_name: str) -> str:
+        """The queue for a task with no explicit queue: `task_routes`, else the default queue."""
+        routes = self.conf.task_routes
+        if routes:
+            if task_name in routes:
+                return routes[task_name]
+            for pattern, queue in routes.items():
+                if fnmatch.fnmatchcase(task_name, pattern):
+                    return queue
+        return self.conf.default_queue
+
+    # --- connections -----------------------------------------------------------------------
+    @property
+    def broker(self) -> Broker:
+        if self._broker is None:
+            self._broker = brokers.from_url(self.conf.broker_url, self.conf, self.main)
+        return self._broker
+
+    @property
+    def backend(self) -> ResultBackend | None:
+        url = self.conf.backend_url
+        if self._backend is None and url is not None:
+            self._backend = backends.from_url(url, self.conf)
+        return self._backend
+
+    async def connect(self) -> None:
+        """Open broker and backend connections (idempotent); for a FastAPI lifespan."""
+        if self._connected:
+            return
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            if self._connected:
+                return
+            await self.broker.connect()
+            backend = self.backend
+            if backend is not None:
+                await backend.connect()
+            self._connected = True
+
+    async def close(self) -> None:
+        """Close connections; unsettled deliveries are handed back by the broker."""
+        if not self._connected:
+            return
+        self._connected = False
+        try:
+            if self._broker is not None:
+                await self._broker.close()
+        finally:
+            if self._backend is not None:
+                await self._backend.close()
+        # The instances are kept: connect() reopens them, and memory:// keeps its data.
+
+    async def __aenter__(self) -> Self:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def result_backend(self) -> ResultBackend:
+        """The connected backend, or a clear error when results are disabled."""
+        await self.connect()
+        backend = self.backend
+        if backend is None:
+            raise ConfigurationError(
+                f"app {self.main!r} has no result backend: pass backend='redis://...' (or "
+                "sqlite:///...) to App(), or set AIOTASK_RESULT_BACKEND"
+            )
+        return backend
+
+    # --- sending -----------------------------------------------------------------------------
+    async def publish(self, messages: Sequence[Message]) -> None:
+        """Encode and publish a batch in one broker call. Nothing is sent if one fails to encode."""
+        batch = [Outgoing(m.queue, _encode(m), m.id, m.priority, m.eta) for m in messages]
+        if not self._connected:
+            await self.connect()
+        await self.broker.publish(batch)
+
+    async def send_task(
+        self,
+        name: str,
+        args: Iterable[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> AsyncResult[Any]:
+        """Send by name, without importing the task (a stand-in with defaults is used)."""
+        task = self.tasks.get(name) or Task(self, _never, TaskOptions(name=name))
+        return await task.apply_async(args, kwargs, **options)
+
+    def AsyncResult(self, task_id: str) -> AsyncResult[Any]:  # noqa: N802 - Celery's name
+        """Rebuild a result handle from an id."""
+        return AsyncResult(task_id, self)
+
+    async def revoke(self, task_ids: Sequence[str], *, terminate: bool = False) -> None:
+        """Tombstone the ids (workers skip them) and record REVOKED where no result exists."""
+        backend = await self.result_backend()
+        ttl = self.conf.result_expires
+        await backend.revoke(task_ids, ttl)
+        await backend.store(encode_revoked(task_ids, ttl))
+
+
+def _never(*args: Any, **kwargs: Any) -> Awaitable[None]:
+    raise NotRegistered("<send_task stand-in>")
+
+
+def _encode(message: Message) -> bytes:
+    try:
+        return protocol.encode(message)
+    except SerializationError:
+        values = {f"args[{i}]": v for i, v in enumerate(message.args)}
+        values.update({f"kwargs[{k!r}]": v for k, v in message.kwargs.items()})
+        bad = find_unencodable(values)
+        what = f"argument {bad} ({type(values[bad]).__name__})" if bad else "an argument"
+        raise SerializationError(
+            f"cannot send task {message.task!r}: {what} is not JSON-serializable; pass plain "
+            "data (str, int, float, bool, None, list, dict, datetime, UUID, dataclass)"
+        ) from None
+
+
+def find_task(name: str) -> Task[Any, Any]:
+    """Look a task up in every App of this process (used by pool children)."""
+    for app in list(_APPS):
+        task = app.tasks.get(name)
+        if task is not None:
+            return task
+    raise NotRegistered(name)

@@ -1,0 +1,165 @@
+"""The `aiotask` command: worker, result, call, purge."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from typing import Annotated, Any
+
+import orjson
+import typer
+
+from aiotask import _log
+from aiotask._urls import redact
+from aiotask.cli._loader import load_app
+from aiotask.exceptions import AiotaskError, ConfigurationError
+from aiotask.states import PENDING
+from aiotask.worker import Worker
+
+cli = typer.Typer(
+    name="aiotask",
+    help="aiotask: asyncio-native distributed tasks.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+AppOpt = Annotated[str, typer.Option("-A", "--app", help="module:attribute of your App")]
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    typer.echo(f"Error: {redact(message)}", err=True)
+    return typer.Exit(code)
+
+
+@cli.command()
+def worker(
+    app: AppOpt,
+    queues: Annotated[str, typer.Option("-Q", "--queues", help="comma-separated queues")] = "",
+    concurrency: Annotated[int, typer.Option("-c", "--concurrency", min=0)] = 0,
+    processes: Annotated[int, typer.Option("-P", "--processes")] = -1,
+    prefetch: Annotated[int, typer.Option("--prefetch", min=0)] = 0,
+    name: Annotated[str, typer.Option("-n", "--hostname", "--name")] = "",
+    loglevel: Annotated[str, typer.Option("-l", "--loglevel")] = "",
+    max_tasks_per_child: Annotated[int, typer.Option("--max-tasks-per-child", min=0)] = 0,
+    max_memory_per_child: Annotated[
+        int, typer.Option("--max-memory-per-child", min=0, help="KB")
+    ] = 0,
+) -> None:
+    """Consume queues and run tasks until SIGTERM (warm) or a second signal / SIGQUIT (cold)."""
+    the_app, _ = load_app(app)
+    level = (loglevel or the_app.conf.log_level).upper()
+    if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+        raise ConfigurationError(f"bad -l {loglevel!r}: use DEBUG, INFO, WARNING or ERROR")
+    _log.configure(level)
+    w = Worker(
+        the_app,
+        queues=[q.strip() for q in queues.split(",") if q.strip()] or None,
+        concurrency=concurrency or None,
+        processes=processes if processes >= 0 else None,
+        prefetch=prefetch or None,
+        name=name or None,
+        max_tasks_per_child=max_tasks_per_child or None,
+        max_memory_per_child=max_memory_per_child or None,
+    )
+    typer.echo(w.banner(), err=True)
+    raise typer.Exit(asyncio.run(_serve(w)))
+
+
+async def _serve(w: Worker) -> int:
+    loop = asyncio.get_running_loop()
+    w.shutdown.install(loop)
+    try:
+        return await w.run()
+    finally:
+        w.shutdown.uninstall(loop)
+
+
+@cli.command()
+def result(
+    app: AppOpt,
+    task_id: Annotated[str, typer.Argument(help="the task id")],
+) -> None:
+    """Print a task's state and result (or error) as JSON."""
+    the_app, _ = load_app(app)
+
+    async def show() -> dict[str, Any]:
+        async with the_app:
+            record = await (await the_app.result_backend()).get(task_id)
+        if record is None:
+            return {"id": task_id, "state": PENDING}
+        out: dict[str, Any] = {"id": task_id, "state": record.state, "result": record.result}
+        if record.exception is not None:
+            out["error"] = {"type": record.exception.type, "message": record.exception.message}
+        return out
+
+    typer.echo(orjson.dumps(asyncio.run(show()), option=orjson.OPT_INDENT_2).decode())
+
+
+@cli.command()
+def call(
+    app: AppOpt,
+    task_name: Annotated[str, typer.Argument(help="registered task name, e.g. proj.add")],
+    args: Annotated[str, typer.Option("--args", help="JSON list")] = "[]",
+    kwargs: Annotated[str, typer.Option("--kwargs", help="JSON object")] = "{}",
+    queue: Annotated[str, typer.Option("-Q", "--queue")] = "",
+    countdown: Annotated[float, typer.Option("--countdown", min=0)] = 0.0,
+) -> None:
+    """Send a task by name and print its id."""
+    the_app, _ = load_app(app)
+    try:
+        parsed_args, parsed_kwargs = orjson.loads(args), orjson.loads(kwargs)
+    except orjson.JSONDecodeError as exc:
+        raise ConfigurationError(f"--args/--kwargs must be JSON: {exc}") from None
+    if not isinstance(parsed_args, list) or not isinstance(parsed_kwargs, dict):
+        raise ConfigurationError("--args must be a JSON list and --kwargs a JSON object")
+
+    async def send() -> str:
+        async with the_app:
+            options: dict[str, Any] = {"queue": queue or None}
+            if countdown:
+                options["countdown"] = countdown
+            r = await the_app.send_task(task_name, parsed_args, parsed_kwargs, **options)
+            return r.id
+
+    typer.echo(asyncio.run(send()))
+
+
+@cli.command()
+def purge(
+    app: AppOpt,
+    queues: Annotated[str, typer.Option("-Q", "--queues", help="comma-separated queues")] = "",
+    force: Annotated[bool, typer.Option("-f", "--force", help="do not ask")] = False,
+) -> None:
+    """Delete every waiting message of the queues (default: the app's default queue)."""
+    the_app, _ = load_app(app)
+    names = [q.strip() for q in queues.split(",") if q.strip()] or [the_app.conf.default_queue]
+    if not force and sys.stdin.isatty():
+        typer.confirm(f"Delete all waiting messages in {', '.join(names)}?", abort=True)
+
+    async def run() -> dict[str, int]:
+        async with the_app:
+            return {q: await the_app.broker.purge(q) for q in names}
+
+    for queue, count in asyncio.run(run()).items():
+        typer.echo(f"purged {count} messages from {queue}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: our errors become one line on stderr and exit code 2 (bad input) or 1."""
+    try:
+        code = cli(args=argv, standalone_mode=False)
+    except typer.Exit as exc:
+        raise SystemExit(exc.exit_code) from None
+    except typer.Abort:
+        raise SystemExit(1) from None
+    except typer.TyperException as exc:  # usage errors: one line, not a box
+        message = exc.format_message() if hasattr(exc, "format_message") else ""
+        if not message:  # e.g. `aiotask` alone: help was printed
+            raise SystemExit(2) from None
+        raise SystemExit(_fail(f"{message} (see aiotask --help)", 2).exit_code) from None
+    except ConfigurationError as exc:
+        raise SystemExit(_fail(str(exc), 2).exit_code) from None
+    except AiotaskError as exc:
+        raise SystemExit(_fail(f"{type(exc).__name__}: {exc}", 1).exit_code) from None
+    raise SystemExit(code if isinstance(code, int) else 0)

@@ -1,0 +1,143 @@
+"""Result handles: AsyncResult and GroupResult, thin views over a ResultBackend."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+
+from aiotask._time import now
+from aiotask.backends.base import EncodedResult, ResultBackend, ResultRecord
+from aiotask.exceptions import TaskRevoked
+from aiotask.serializer import ExceptionInfo, info_to_exception
+from aiotask.states import FAILURE, PENDING, READY_STATES, REVOKED, SUCCESS
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+R = TypeVar("R")
+
+
+class ResultSource(Protocol):
+    """What a result handle needs from its App (kept abstract so results never import the App)."""
+
+    async def result_backend(self) -> ResultBackend: ...
+
+    async def revoke(self, task_ids: Sequence[str], *, terminate: bool = False) -> None: ...
+
+
+class AsyncResult(Generic[R]):
+    """A handle on one task's outcome; cheap to create, does I/O only when awaited."""
+
+    __slots__ = ("_source", "id")
+
+    def __init__(self, task_id: str, source: ResultSource) -> None:
+        self.id = task_id
+        self._source = source
+
+    def __repr__(self) -> str:
+        return f"<AsyncResult {self.id}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, AsyncResult) and other.id == self.id
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    async def _record(self) -> ResultRecord | None:
+        return await (await self._source.result_backend()).get(self.id)
+
+    async def get(self, timeout: float | None = None, propagate: bool = True) -> R:
+        """Wait for the result (no polling). A failure re-raises the task's exception."""
+        backend = await self._source.result_backend()
+        record = await backend.wait(self.id, timeout)
+        return outcome_of(record, propagate)  # type: ignore[no-any-return]
+
+    async def state(self) -> str:
+        """PENDING, RECEIVED, STARTED, RETRY, SUCCESS, FAILURE, REVOKED or a custom state."""
+        record = await self._record()
+        return record.state if record is not None else PENDING
+
+    async def info(self) -> Any:
+        """The result, the exception, or the custom meta of a progress state."""
+        record = await self._record()
+        if record is None:
+            return None
+        if record.exception is not None:
+            return info_to_exception(record.exception)
+        return record.result
+
+    async def ready(self) -> bool:
+        return await self.state() in READY_STATES
+
+    async def successful(self) -> bool:
+        return await self.state() == SUCCESS
+
+    async def failed(self) -> bool:
+        return await self.state() == FAILURE
+
+    async def revoke(self, terminate: bool = False) -> None:
+        """Stop the task: a pending one never runs; with terminate=True a running one is stopped."""
+        await self._source.revoke([self.id], terminate=terminate)
+
+    async def forget(self) -> None:
+        """Delete the stored result."""
+        await (await self._source.result_backend()).forget([self.id])
+
+
+class GroupResult(Generic[R]):
+    """Handles on a group's members, in order."""
+
+    def __init__(self, group_id: str, results: list[AsyncResult[R]], source: ResultSource) -> None:
+        self.id = group_id
+        self.results = results
+        self._source = source
+
+    def __repr__(self) -> str:
+        return f"<GroupResult {self.id} ({len(self.results)} results)>"
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+    async def get(self, timeout: float | None = None, propagate: bool = True) -> list[R]:
+        """All results in order; one backend read for the ready ones, then waits for the rest."""
+        backend = await self._source.result_backend()
+        ids = [r.id for r in self.results]
+        records = await backend.get_many(ids)
+        missing = [i for i, rec in enumerate(records) if rec is None or not rec.ready]
+        if missing:
+            async with asyncio.timeout(timeout):
+                waited = await asyncio.gather(*(backend.wait(ids[i], None) for i in missing))
+            for i, rec in zip(missing, waited, strict=True):
+                records[i] = rec
+        return [outcome_of(rec, propagate) for rec in records if rec is not None]
+
+    async def completed_count(self) -> int:
+        records = await (await self._source.result_backend()).get_many([r.id for r in self.results])
+        return sum(1 for rec in records if rec is not None and rec.state == SUCCESS)
+
+    async def ready(self) -> bool:
+        records = await (await self._source.result_backend()).get_many([r.id for r in self.results])
+        return all(rec is not None and rec.ready for rec in records)
+
+
+def outcome_of(record: ResultRecord, propagate: bool) -> Any:
+    """The value of a ready record, or its exception (raised when `propagate`)."""
+    if record.state == SUCCESS:
+        return record.result
+    if record.state == REVOKED:
+        exc: BaseException = TaskRevoked(f"task {record.task_id} was revoked")
+    else:
+        info = record.exception or ExceptionInfo("builtins.Exception", str(record.result))
+        exc = info_to_exception(info)
+    if propagate:
+        raise exc
+    return exc
+
+
+def revoked_record(task_id: str) -> ResultRecord:
+    """The REVOKED record a revoke writes at once, so state() answers REVOKED immediately."""
+    return ResultRecord(task_id, REVOKED, date_done=now())
+
+
+def encode_revoked(task_ids: Sequence[str], ttl: float) -> list[EncodedResult]:
+    return [EncodedResult.of(revoked_record(t), ttl) for t in task_ids]

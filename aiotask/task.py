@@ -1,0 +1,234 @@
+"""Task: a registered function plus its options; sends itself to workers or runs locally."""
+
+from __future__ import annotations
+
+import inspect
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypedDict, TypeVar
+
+from aiotask._time import now, parse_rate, to_timestamp
+from aiotask.context import TaskContext
+from aiotask.exceptions import ConfigurationError
+from aiotask.protocol import Message
+from aiotask.retry import RetryPolicy
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Mapping
+
+    from aiotask.app import App
+    from aiotask.result import AsyncResult
+    from aiotask.states import State
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class TaskOptionsDict(TypedDict, total=False):
+    """The keyword options of `@app.task(...)` (Celery's names)."""
+
+    name: str
+    queue: str
+    priority: int
+    max_retries: int | None
+    autoretry_for: tuple[type[BaseException], ...]
+    retry_backoff: bool | float
+    retry_backoff_max: float
+    retry_jitter: bool
+    default_retry_delay: float
+    time_limit: float
+    soft_time_limit: float
+    rate_limit: str | float
+    ignore_result: bool
+    acks_late: bool
+    expires: float
+    base: type[Task[Any, Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class TaskOptions:
+    """Validated per-task options; call options override them, they override settings."""
+
+    name: str
+    queue: str | None = None
+    priority: int | None = None
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    time_limit: float | None = None
+    soft_time_limit: float | None = None
+    rate_limit: float | None = None  # tasks per second
+    ignore_result: bool = False
+    acks_late: bool = True
+    expires: float | None = None
+    bind: bool = False
+
+    @classmethod
+    def build(cls, name: str, bind: bool, raw: Mapping[str, Any]) -> TaskOptions:
+        """Check options at definition time, so a typo fails at import, not in production."""
+        retry_keys = set(RetryPolicy.__dataclass_fields__)
+        retry = RetryPolicy(**{k: v for k, v in raw.items() if k in retry_keys})
+        if isinstance(retry.autoretry_for, type):
+            retry = RetryPolicy(**{**_fields(retry), "autoretry_for": (retry.autoretry_for,)})
+        priority = raw.get("priority")
+        if priority is not None and not 0 <= priority <= 9:
+            raise ConfigurationError(f"task {name}: priority must be 0..9, got {priority!r}")
+        for key in ("time_limit", "soft_time_limit", "expires"):
+            value = raw.get(key)
+            if value is not None and value <= 0:
+                raise ConfigurationError(f"task {name}: {key} must be positive, got {value!r}")
+        return cls(
+            name=name,
+            queue=raw.get("queue"),
+            priority=priority,
+            retry=retry,
+            time_limit=raw.get("time_limit"),
+            soft_time_limit=raw.get("soft_time_limit"),
+            rate_limit=parse_rate(raw.get("rate_limit")),
+            ignore_result=bool(raw.get("ignore_result", False)),
+            acks_late=bool(raw.get("acks_late", True)),
+            expires=raw.get("expires"),
+            bind=bind,
+        )
+
+
+def _fields(policy: RetryPolicy) -> dict[str, Any]:
+    return {f: getattr(policy, f) for f in RetryPolicy.__dataclass_fields__}
+
+
+KNOWN_OPTIONS = frozenset(TaskOptionsDict.__annotations__) | {"bind"}
+
+
+class Task(Generic[P, R]):
+    """A registered task. Subclass it (`base=`) to add async lifecycle hooks.
+
+    Calling the task runs the function here, in this process (a coroutine for async tasks);
+    `send()` / `apply_async()` run it on a worker.
+    """
+
+    def __init__(self, app: App, fn: Callable[..., Any], options: TaskOptions) -> None:
+        self.app = app
+        self.fn = fn
+        self.options = options
+        self.name = options.name
+        self.is_async = inspect.iscoroutinefunction(fn)
+        cls = type(self)
+        #: hooks run only when a subclass overrides them: no per-task cost otherwise
+        self.has_hooks = any(
+            getattr(cls, hook) is not getattr(Task, hook)
+            for hook in ("on_success", "on_failure", "on_retry", "after_return")
+        )
+        self.__doc__ = fn.__doc__
+        self.__wrapped__ = fn
+
+    def __repr__(self) -> str:
+        return f"<Task {self.name}>"
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Any:
+        if self.options.bind:
+            ctx = TaskContext(str(uuid.uuid4()), self.name, list(args), dict(kwargs))
+            return self.fn(ctx, *args, **kwargs)
+        return self.fn(*args, **kwargs)
+
+    async def send(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult[R]:
+        """Send with default options; returns once the broker holds the message."""
+        return await self.apply_async(args, kwargs)
+
+    async def apply_async(
+        self,
+        args: Iterable[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        countdown: float | None = None,
+        eta: datetime | float | None = None,
+        expires: float | datetime | None = None,
+        priority: int | None = None,
+        queue: str | None = None,
+        task_id: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        ignore_result: bool | None = None,
+    ) -> AsyncResult[R]:
+        """Send with per-call options (Celery's names); returns once the broker holds it."""
+        message = self.message(
+            args,
+            kwargs,
+            countdown=countdown,
+            eta=eta,
+            expires=expires,
+            priority=priority,
+            queue=queue,
+            task_id=task_id,
+            headers=headers,
+            ignore_result=ignore_result,
+        )
+        await self.app.publish([message])
+        return self.app.AsyncResult(message.id)
+
+    async def send_batch(self, calls: Iterable[Iterable[Any]]) -> list[AsyncResult[R]]:
+        """Send one message per positional-argument tuple, in one pipelined publish."""
+        messages = [self.message(args) for args in calls]
+        await self.app.publish(messages)
+        return [self.app.AsyncResult(m.id) for m in messages]
+
+    def message(
+        self,
+        args: Iterable[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        countdown: float | None = None,
+        eta: datetime | float | None = None,
+        expires: float | datetime | None = None,
+        priority: int | None = None,
+        queue: str | None = None,
+        task_id: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        ignore_result: bool | None = None,
+    ) -> Message:
+        """The envelope a send would publish; options resolved call > task > settings."""
+        opts = self.options
+        conf = self.app.conf
+        when: float | None = None
+        if countdown is not None:
+            when = now() + countdown
+        elif eta is not None:
+            when = to_timestamp(eta) if isinstance(eta, datetime) else float(eta)
+        exp = expires if expires is not None else opts.expires
+        expires_at: float | None = None
+        if isinstance(exp, datetime):
+            expires_at = to_timestamp(exp)
+        elif exp is not None:
+            expires_at = now() + exp
+        ident = task_id or str(uuid.uuid4())
+        return Message(
+            id=ident,
+            task=self.name,
+            args=list(args) if args is not None else [],
+            kwargs=dict(kwargs) if kwargs else {},
+            queue=queue or opts.queue or self.app.route(self.name),
+            priority=priority
+            if priority is not None
+            else (opts.priority if opts.priority is not None else conf.default_priority),
+            eta=when,
+            expires=expires_at,
+            root_id=ident,
+            headers=dict(headers) if headers else {},
+            ignore_result=opts.ignore_result if ignore_result is None else ignore_result,
+        )
+
+    # Lifecycle hooks, for subclasses (`base=`). Async only; Celery's signatures.
+    async def on_success(self, retval: Any, task_id: str, args: Any, kwargs: Any) -> None:
+        """Called on the worker after the task returned."""
+
+    async def on_failure(
+        self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: str
+    ) -> None:
+        """Called on the worker after the task failed for good."""
+
+    async def on_retry(
+        self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: str
+    ) -> None:
+        """Called on the worker when the task will be retried."""
+
+    async def after_return(
+        self, status: State, retval: Any, task_id: str, args: Any, kwargs: Any, einfo: str | None
+    ) -> None:
+        """Called on the worker after any of the above."""

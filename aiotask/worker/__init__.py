@@ -1,0 +1,157 @@
+"""The worker: one TaskGroup of long-lived loops (consumer, settler, leases) and a dispatcher."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from typing import TYPE_CHECKING
+
+from aiotask._log import get_logger
+from aiotask._urls import redact
+from aiotask.worker.consumer import Dispatcher, consume, renew_leases
+from aiotask.worker.executor import Executor
+from aiotask.worker.pool import SyncPool
+from aiotask.worker.settle import Settler
+from aiotask.worker.shutdown import Phase, Shutdown
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from aiotask.app import App
+    from aiotask.brokers.base import Delivery
+
+__all__ = ["Worker"]
+
+log = get_logger(__name__)
+#: Seconds a cold shutdown spends handing abandoned deliveries back before it just closes.
+HANDBACK_TIMEOUT = 5.0
+
+
+class Worker:
+    """Consumes queues and runs tasks until shut down; `run()` returns the exit code."""
+
+    def __init__(
+        self,
+        app: App,
+        *,
+        queues: Sequence[str] | None = None,
+        concurrency: int | None = None,
+        processes: int | None = None,
+        prefetch: int | None = None,
+        name: str | None = None,
+        max_tasks_per_child: int | None = None,
+        max_memory_per_child: int | None = None,
+        shutdown_grace: float | None = None,
+    ) -> None:
+        conf = app.conf
+        self.app = app
+        self.queues = list(queues) if queues else [conf.default_queue]
+        self.concurrency = concurrency or conf.concurrency
+        self.prefetch = prefetch or conf.prefetch or self.concurrency
+        self.name = name or f"aiotask@{socket.gethostname()}-{os.getpid()}"
+        self.grace = shutdown_grace if shutdown_grace is not None else conf.shutdown_grace
+        self.max_memory_per_child = max_memory_per_child or conf.max_memory_per_child
+        self.pool = SyncPool(
+            processes if processes is not None else conf.processes,
+            max_tasks_per_child or conf.max_tasks_per_child,
+        )
+        self.shutdown = Shutdown()
+        self.ready = asyncio.Event()
+        self.settler = Settler(app, self._settled)
+        self.dispatcher = Dispatcher(
+            Executor(app, self.pool), self.settler, self.concurrency, self.prefetch
+        )
+
+    def _settled(self, deliveries: Sequence[Delivery]) -> None:
+        self.dispatcher.settled(deliveries)
+
+    def banner(self) -> str:
+        """What this worker is about to do, for the startup log (URLs redacted)."""
+        conf = self.app.conf
+        tasks = sorted(self.app.tasks) or ["(none registered: check -A)"]
+        return "\n".join(
+            [
+                f"aiotask worker {self.name}",
+                f"  app:          {self.app.main}",
+                f"  broker:       {redact(conf.broker_url)}",
+                f"  results:      {redact(conf.backend_url) if conf.backend_url else 'disabled'}",
+                f"  queues:       {', '.join(self.queues)}",
+                f"  concurrency:  {self.concurrency} coroutines, {self.pool.processes} processes, "
+                f"prefetch {self.prefetch}",
+                "  tasks:",
+                *(f"    . {name}" for name in tasks),
+            ]
+        )
+
+    async def run(self) -> int:
+        """Run until shutdown; 0 after a warm shutdown, 1 after a cold one or a fatal error."""
+        app = self.app
+        await app.connect()
+        failed = False
+        try:
+            async with asyncio.TaskGroup() as group:
+                consumer = group.create_task(
+                    consume(app.broker, app.backend, self.queues, self.dispatcher),
+                    name="aiotask-consumer",
+                )
+                settler = group.create_task(self.settler.run(), name="aiotask-settler")
+                leases = None
+                if getattr(app.broker.capabilities, "leases", True):
+                    leases = group.create_task(
+                        renew_leases(app.broker, self.dispatcher, app.conf.visibility_timeout / 3),
+                        name="aiotask-leases",
+                    )
+                self.ready.set()
+                log.info("worker %s ready", self.name)
+                await self.shutdown.requested.wait()
+                consumer.cancel()
+                await self._drain()
+                self.settler.stop()
+                await settler
+                if leases is not None:
+                    leases.cancel()
+        except* Exception as group_error:
+            for exc in group_error.exceptions:
+                log.critical("worker %s stopped: %s", self.name, exc, exc_info=exc)
+            failed = True
+        finally:
+            self.pool.close()
+            await app.close()
+        return 1 if failed or self.shutdown.phase is Phase.COLD else 0
+
+    async def _drain(self) -> None:
+        """Warm: hand back unstarted, wait for running up to the grace. Cold: abandon running."""
+        broker = self.app.broker
+        unstarted = self.dispatcher.take_buffer()
+        if unstarted:
+            await broker.nack(unstarted, requeue=True)
+            log.info("handed back %d unstarted messages", len(unstarted))
+        if self.dispatcher.running and self.shutdown.phase is Phase.WARM:
+            log.info(
+                "waiting up to %.0fs for %d running tasks", self.grace, len(self.dispatcher.running)
+            )
+            idle = asyncio.ensure_future(self.dispatcher.idle.wait())
+            cold = asyncio.ensure_future(self.shutdown.cold.wait())
+            done, pending = await asyncio.wait(
+                {idle, cold}, timeout=self.grace, return_when=asyncio.FIRST_COMPLETED
+            )
+            for fut in pending:
+                fut.cancel()
+            if idle not in done and self.shutdown.phase is Phase.WARM:
+                log.warning(
+                    "grace period over: abandoning %d running tasks", len(self.dispatcher.running)
+                )
+                self.shutdown.phase = Phase.COLD
+        if self.dispatcher.running:
+            abandoned = self.dispatcher.cancel_running()
+            await asyncio.sleep(0)
+            try:
+                async with asyncio.timeout(HANDBACK_TIMEOUT):
+                    await broker.nack(abandoned, requeue=True)
+            except Exception as exc:
+                log.warning(
+                    "could not hand back %d messages (%s); they return after their lease",
+                    len(abandoned),
+                    exc,
+                )

@@ -1,0 +1,242 @@
+"""One delivery -> one Settlement: decode, skip revoked/expired, look up, run, classify, record."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from aiotask._log import get_logger
+from aiotask._time import now
+from aiotask.backends.base import EncodedResult, ResultRecord
+from aiotask.context import TaskContext, current_task
+from aiotask.exceptions import NotRegistered, ProtocolError, SerializationError, TimeLimitExceeded
+from aiotask.protocol import Message, decode
+from aiotask.serializer import exception_to_info
+from aiotask.states import FAILURE, RETRY, REVOKED, SUCCESS, State
+from aiotask.worker.outcome import (
+    Failed,
+    Outcome,
+    Rejected,
+    Retrying,
+    Revoked,
+    Settlement,
+    Succeeded,
+    classify,
+)
+
+if TYPE_CHECKING:
+    from aiotask.app import App
+    from aiotask.brokers.base import Delivery
+    from aiotask.task import Task
+    from aiotask.worker.pool import SyncPool
+
+log = get_logger(__name__)
+
+
+class Executor:
+    """Runs tasks; never raises for anything a task or a message does."""
+
+    def __init__(self, app: App, pool: SyncPool) -> None:
+        self.app = app
+        self.pool = pool
+        self.ttl = app.conf.result_expires
+        self.track_started = app.conf.task_track_started
+
+    async def execute(self, delivery: Delivery, revoked: bool = False) -> Settlement:
+        try:
+            message = decode(delivery.body)
+        except ProtocolError as exc:
+            log.warning(
+                "dead-lettering undecodable message %s from %s: %s",
+                delivery.message_id,
+                delivery.queue,
+                exc,
+            )
+            return Settlement(delivery, "dead", reason=f"undecodable: {exc}")
+        if revoked or (message.expires is not None and now() > message.expires):
+            why = "revoked" if revoked else "expired"
+            log.info("skipping %s task %s[%s]", why, message.task, message.id)
+            return self._final(delivery, message, REVOKED, None, None)
+        task = self.app.tasks.get(message.task)
+        if task is None:
+            missing = NotRegistered(message.task)
+            log.error("%s (message %s dead-lettered)", missing, message.id)
+            settlement = self._final(delivery, message, FAILURE, None, missing)
+            settlement.action, settlement.reason = "dead", str(missing)
+            return settlement
+        return await self._run(delivery, message, task)
+
+    async def _run(self, delivery: Delivery, message: Message, task: Task[Any, Any]) -> Settlement:
+        ctx = TaskContext(
+            message.id,
+            message.task,
+            message.args,
+            message.kwargs,
+            message.retries,
+            message.root_id,
+            message.parent_id,
+            message.group_id,
+            message.headers,
+            delivery.deliveries,
+            self.app.backend,
+            self.ttl,
+        )
+        token = current_task.set(ctx)
+        started = time.perf_counter()
+        try:
+            if self.track_started and self.app.backend is not None:
+                await ctx.update_state(State.STARTED)
+            value = await self._call(task, ctx, message)
+            outcome: Outcome = Succeeded(value)
+        except asyncio.CancelledError:
+            raise  # cold shutdown or terminate: the settler never sees this delivery
+        except BaseException as exc:
+            outcome = classify(exc, task.options.retry, message.retries)
+        finally:
+            current_task.reset(token)
+        elapsed = time.perf_counter() - started
+        settlement = self._settle(delivery, message, task, outcome, elapsed)
+        if task.has_hooks:
+            await _run_hooks(task, message, outcome)
+        return settlement
+
+    async def _call(self, task: Task[Any, Any], ctx: TaskContext, message: Message) -> Any:
+        args, kwargs = message.args, message.kwargs
+        if task.is_async:
+            coro = task.fn(ctx, *args, **kwargs) if task.options.bind else task.fn(*args, **kwargs)
+            limit = task.options.time_limit
+            if limit is None:
+                return await coro
+            try:
+                async with asyncio.timeout(limit):
+                    return await coro
+            except TimeoutError:
+                raise TimeLimitExceeded(
+                    f"task {message.task}[{message.id}] exceeded its time limit of {limit}s"
+                ) from None
+        if task.options.bind:
+            raise NotImplementedError(
+                f"task {message.task}: bind=True is supported for coroutine tasks only so far"
+            )
+        return await self.pool.run(task.fn.__module__, task.name, args, kwargs)
+
+    def _settle(
+        self,
+        delivery: Delivery,
+        message: Message,
+        task: Task[Any, Any],
+        outcome: Outcome,
+        elapsed: float,
+    ) -> Settlement:
+        name, ident = message.task, message.id
+        match outcome:
+            case Succeeded(value):
+                if log.isEnabledFor(logging.INFO):
+                    log.info(
+                        "task %s[%s] succeeded in %.4fs",
+                        name,
+                        ident,
+                        elapsed,
+                        extra={"task_name": name, "task_id": ident},
+                    )
+                return self._final(delivery, message, SUCCESS, value, None)
+            case Retrying(decision):
+                log.warning(
+                    "task %s[%s] retry %d in %.1fs: %r",
+                    name,
+                    ident,
+                    message.retries + 1,
+                    decision.delay,
+                    decision.exc,
+                    extra={"task_name": name, "task_id": ident},
+                )
+                again = message.evolve(retries=message.retries + 1, eta=now() + decision.delay)
+                settlement = self._record(delivery, message, RETRY, None, decision.exc)
+                settlement.publish.append(again)
+                return settlement
+            case Failed(exc):
+                log.error(
+                    "task %s[%s] failed after %.4fs: %r",
+                    name,
+                    ident,
+                    elapsed,
+                    exc,
+                    exc_info=exc,
+                    extra={"task_name": name, "task_id": ident},
+                )
+                return self._final(delivery, message, FAILURE, None, exc)
+            case Rejected(requeue, reason):
+                log.warning(
+                    "task %s[%s] rejected (%s)",
+                    name,
+                    ident,
+                    reason,
+                    extra={"task_name": name, "task_id": ident},
+                )
+                return Settlement(delivery, "requeue" if requeue else "dead", reason=reason)
+            case Revoked(reason):
+                return self._final(delivery, message, REVOKED, None, None)
+
+    def _final(
+        self,
+        delivery: Delivery,
+        message: Message,
+        state: str,
+        value: Any,
+        exc: BaseException | None,
+    ) -> Settlement:
+        if message.ignore_result and state == SUCCESS:
+            return Settlement(delivery)
+        return self._record(delivery, message, state, value, exc)
+
+    def _record(
+        self,
+        delivery: Delivery,
+        message: Message,
+        state: str,
+        value: Any,
+        exc: BaseException | None,
+    ) -> Settlement:
+        if self.app.backend is None:
+            return Settlement(delivery)
+        info = exception_to_info(exc) if exc is not None else None
+        record = ResultRecord(message.id, state, value, info, message.task, message.retries, now())
+        try:
+            stored = EncodedResult.of(record, self.ttl)
+        except SerializationError as err:
+            log.error("task %s[%s]: %s", message.task, message.id, err)
+            failed = ResultRecord(
+                message.id,
+                FAILURE,
+                None,
+                exception_to_info(err),
+                message.task,
+                message.retries,
+                now(),
+            )
+            stored = EncodedResult.of(failed, self.ttl)
+        return Settlement(delivery, store=stored)
+
+
+async def _run_hooks(task: Task[Any, Any], message: Message, outcome: Outcome) -> None:
+    """Celery's hooks, in Celery's order; a failing hook is logged, never fatal."""
+    ident, args, kwargs = message.id, message.args, message.kwargs
+    try:
+        match outcome:
+            case Succeeded(value):
+                await task.on_success(value, ident, args, kwargs)
+                await task.after_return(State.SUCCESS, value, ident, args, kwargs, None)
+            case Retrying(decision):
+                einfo = exception_to_info(decision.exc).traceback
+                await task.on_retry(decision.exc, ident, args, kwargs, einfo)
+                await task.after_return(State.RETRY, decision.exc, ident, args, kwargs, einfo)
+            case Failed(exc):
+                einfo = exception_to_info(exc).traceback
+                await task.on_failure(exc, ident, args, kwargs, einfo)
+                await task.after_return(State.FAILURE, exc, ident, args, kwargs, einfo)
+            case _:
+                pass
+    except Exception:
+        log.exception("a hook of task %s[%s] raised", message.task, ident)

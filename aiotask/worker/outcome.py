@@ -1,0 +1,69 @@
+"""Outcomes of one execution (a closed sum type) and the pure classification of exceptions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from aiotask.exceptions import Reject, TaskRevoked
+from aiotask.retry import RetryDecision, RetryPolicy, decide, final_exception
+
+if TYPE_CHECKING:
+    from aiotask.backends.base import EncodedResult
+    from aiotask.brokers.base import Delivery
+    from aiotask.protocol import Message
+
+
+@dataclass(frozen=True, slots=True)
+class Succeeded:
+    value: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    exc: BaseException
+
+
+@dataclass(frozen=True, slots=True)
+class Retrying:
+    decision: RetryDecision
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    requeue: bool
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Revoked:
+    reason: str
+
+
+Outcome = Succeeded | Failed | Retrying | Rejected | Revoked
+
+
+def classify(exc: BaseException, policy: RetryPolicy, retries: int) -> Outcome:
+    """What an exception raised by a task means: retry, fail, reject or revoked."""
+    if isinstance(exc, Reject):
+        return Rejected(exc.requeue, exc.reason)
+    if isinstance(exc, TaskRevoked):
+        return Revoked(str(exc) or "revoked")
+    decision = decide(policy, exc, retries)
+    if decision is not None:
+        return Retrying(decision)
+    return Failed(final_exception(exc))
+
+
+Action = Literal["ack", "requeue", "dead"]
+
+
+@dataclass(slots=True)
+class Settlement:
+    """What the settler must do for one delivery, in order: store, publish, then ack/nack."""
+
+    delivery: Delivery
+    action: Action = "ack"
+    store: EncodedResult | None = None
+    publish: list[Message] = field(default_factory=list)
+    reason: str = ""

@@ -1,0 +1,91 @@
+"""Settles finished deliveries in batches: store results, publish follow-ups, then ack/nack.
+
+Order of durability: a result is stored and follow-up messages are published *before* the
+ack. A crash between the steps causes a redelivery and a duplicate run, never a loss.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from itertools import groupby
+from typing import TYPE_CHECKING
+
+from aiotask._log import get_logger
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    from aiotask.app import App
+    from aiotask.brokers.base import Delivery
+    from aiotask.worker.outcome import Settlement
+
+log = get_logger(__name__)
+
+#: Attempts at flushing one batch before the worker gives up and exits (to be restarted).
+FLUSH_ATTEMPTS = 5
+
+
+class Settler:
+    """Collects settlements while a flush is in flight, so the next flush carries them all."""
+
+    def __init__(self, app: App, on_settled: Callable[[Sequence[Delivery]], None]) -> None:
+        self.app = app
+        self._on_settled = on_settled
+        self._pending: list[Settlement] = []
+        self._wake = asyncio.Event()
+        self._stopping = False
+
+    def add(self, settlement: Settlement) -> None:
+        self._pending.append(settlement)
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Flush whenever something is pending; after stop(), flush once more and return."""
+        while not self._stopping:
+            await self._wake.wait()
+            self._wake.clear()
+            await self.flush()
+        await self.flush()
+
+    def stop(self) -> None:
+        """Ask run() to finish its current flush, flush the rest, and return (never cancel it)."""
+        self._stopping = True
+        self._wake.set()
+
+    async def flush(self) -> None:
+        """Settle everything pending now; retried with backoff, raises if the servers stay down."""
+        while self._pending:
+            batch, self._pending = self._pending, []
+            for attempt in range(1, FLUSH_ATTEMPTS + 1):
+                try:
+                    await self._settle(batch)
+                    break
+                except Exception as exc:
+                    if attempt == FLUSH_ATTEMPTS:
+                        log.critical("cannot settle %d deliveries, giving up: %s", len(batch), exc)
+                        raise
+                    log.error(
+                        "settling %d deliveries failed (attempt %d): %s", len(batch), attempt, exc
+                    )
+                    await asyncio.sleep(min(0.2 * 2**attempt, 5.0))
+            self._on_settled([s.delivery for s in batch])
+
+    async def _settle(self, batch: list[Settlement]) -> None:
+        stores = [s.store for s in batch if s.store is not None]
+        if stores:
+            backend = self.app.backend
+            if backend is not None:
+                await backend.store(stores)
+        publish = [m for s in batch for m in s.publish]
+        if publish:
+            await self.app.publish(publish)
+        broker = self.app.broker
+        acks = [s.delivery for s in batch if s.action == "ack"]
+        if acks:
+            await broker.ack(acks)
+        requeue = [s.delivery for s in batch if s.action == "requeue"]
+        if requeue:
+            await broker.nack(requeue, requeue=True)
+        dead = sorted((s for s in batch if s.action == "dead"), key=lambda s: s.reason)
+        for reason, group in groupby(dead, key=lambda s: s.reason):
+            await broker.nack([s.delivery for s in group], requeue=False, reason=reason)

@@ -1,0 +1,277 @@
+"""End-to-end through a real Worker on memory:// (same code paths as `aiotask worker`)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+import pytest
+
+from aiotask import App
+from aiotask.brokers import Outgoing
+from aiotask.exceptions import (
+    ConfigurationError,
+    NotRegistered,
+    ResultTimeout,
+    SerializationError,
+    TaskRevoked,
+    TimeLimitExceeded,
+)
+from aiotask.protocol import Message, encode
+from aiotask.testing import start_worker
+from tests.integration import tasks_memory as t
+
+app = t.app
+
+
+async def test_result_of_a_coroutine_task() -> None:
+    async with start_worker(app):
+        r = await t.add.send(2, 3)
+        assert await r.get(timeout=5) == 5
+        assert await r.state() == "SUCCESS"
+        assert await r.successful()
+        again = app.AsyncResult(r.id)
+        assert await again.get(timeout=1) == 5
+
+
+async def test_failure_raises_the_original_type_with_remote_traceback() -> None:
+    async with start_worker(app):
+        r = await t.fail.send("kaboom")
+        with pytest.raises(t.Flaky, match="kaboom") as info:
+            await r.get(timeout=5)
+        assert "raise Flaky(message)" in info.value.remote_traceback  # type: ignore[attr-defined]
+        assert await r.failed()
+        assert isinstance(await app.AsyncResult(r.id).get(timeout=1, propagate=False), t.Flaky)
+
+
+async def test_wrong_argument_count_is_a_type_error() -> None:
+    async with start_worker(app):
+        r = await t.add.apply_async(args=(1,))
+        with pytest.raises(TypeError):
+            await r.get(timeout=5)
+
+
+async def test_unknown_task_fails_fast_and_is_dead_lettered() -> None:
+    async with start_worker(app):
+        r = await app.send_task("no.such.task", args=[1])
+        with pytest.raises(NotRegistered, match=r"no\.such\.task"):
+            await r.get(timeout=5)
+        dead = await app.broker.dead_letters("default")
+        assert any(d.message_id == r.id and "not registered" in d.reason for d in dead)
+        assert await (await t.add.send(1, 1)).get(timeout=5) == 2
+
+
+async def test_garbage_is_dead_lettered_and_the_worker_keeps_going() -> None:
+    async with start_worker(app):
+        await app.broker.publish(
+            [
+                Outgoing("default", b"\x00\x01garbage", "junk-1"),
+                Outgoing("default", b'{"v": 99, "id": "x", "task": "t"}', "junk-2"),
+            ]
+        )
+        assert await (await t.add.send(2, 2)).get(timeout=5) == 4
+        reasons = {d.message_id: d.reason for d in await app.broker.dead_letters("default")}
+        assert "undecodable" in reasons["junk-1"]
+        assert "version" in reasons["junk-2"]
+
+
+async def test_unencodable_argument_is_refused_at_send_naming_it() -> None:
+    await app.connect()
+    try:
+        with pytest.raises(SerializationError, match=r"kwargs\['y'\].*object"):
+            await t.add.send(1, y=object())  # type: ignore[arg-type]
+        assert await app.broker.purge("default") == 0
+    finally:
+        await app.close()
+
+
+async def test_unencodable_result_is_a_failure() -> None:
+    async with start_worker(app):
+        with pytest.raises(SerializationError):
+            await (await t.unencodable_result.send()).get(timeout=5)
+
+
+async def test_bind_context_and_progress_state() -> None:
+    async with start_worker(app):
+        r = await t.introspect.send(3)
+        for _ in range(50):
+            if await r.state() == "PROGRESS":
+                break
+            await asyncio.sleep(0.01)
+        assert await r.state() == "PROGRESS"
+        assert await r.info() == {"done": 3}
+        out = await r.get(timeout=5)
+        assert out == {"id": r.id, "retries": 0, "args": [3], "root": r.id}
+
+
+async def test_retry_succeeds_on_the_third_attempt() -> None:
+    async with start_worker(app):
+        r = await t.retry_until.send("k3", 3)
+        assert await r.get(timeout=5) == 2
+        assert t.calls["k3"] == 3
+
+
+async def test_autoretry_gives_up_after_max_with_the_last_exception() -> None:
+    async with start_worker(app):
+        r = await t.always_flaky.send("kf")
+        with pytest.raises(t.Flaky, match="call 3"):
+            await r.get(timeout=5)
+        assert t.calls["kf"] == 3
+
+
+async def test_hooks_run_in_order() -> None:
+    t.events.clear()
+    async with start_worker(app):
+        assert await (await t.hooked.send(None)).get(timeout=5) == "ok"
+        with pytest.raises(t.Flaky):
+            await (await t.hooked.send("bad")).get(timeout=5)
+    assert t.events == [
+        "success:ok",
+        "after:SUCCESS",
+        "retry",
+        "after:RETRY",
+        "failure:Flaky",
+        "after:FAILURE",
+    ]
+
+
+async def test_time_limit_on_a_coroutine() -> None:
+    async with start_worker(app):
+        started = time.monotonic()
+        with pytest.raises(TimeLimitExceeded):
+            await (await t.too_slow.send()).get(timeout=5)
+        assert time.monotonic() - started < 2
+        assert await (await t.add.send(1, 2)).get(timeout=5) == 3
+
+
+async def test_revoke_pending_task_never_runs() -> None:
+    async with start_worker(app):
+        r = await t.sleeper.apply_async(args=(0, "revoked-key"), countdown=0.3)
+        await r.revoke()
+        assert await r.state() == "REVOKED"
+        with pytest.raises(TaskRevoked):
+            await r.get(timeout=5)
+        await asyncio.sleep(0.6)
+        assert "revoked-key" not in t.calls
+
+
+async def test_expired_message_is_not_run() -> None:
+    async with start_worker(app):
+        r = await t.sleeper.apply_async(args=(0, "expired-key"), countdown=0.3, expires=0.1)
+        with pytest.raises(TaskRevoked):
+            await r.get(timeout=5)
+        assert "expired-key" not in t.calls
+
+
+async def test_get_timeout() -> None:
+    async with start_worker(app, queues=["elsewhere"]):
+        r = await t.add.send(1, 1)
+        with pytest.raises(ResultTimeout):
+            await r.get(timeout=0.2)
+
+
+async def test_routing_by_option_and_by_settings() -> None:
+    routed = App(
+        "routed", broker="memory://", backend="memory://", task_routes={"routed.img.*": "images"}
+    )
+
+    @routed.task(name="routed.img.resize")
+    async def resize() -> str:
+        return "resized"
+
+    @routed.task(name="routed.plain", queue="special")
+    async def plain() -> str:
+        return "plain"
+
+    assert resize.message().queue == "images"
+    assert plain.message().queue == "special"
+    assert plain.message(queue="override").queue == "override"
+    async with start_worker(routed, queues=["images", "special"]):
+        assert await (await resize.send()).get(timeout=5) == "resized"
+        assert await (await plain.send()).get(timeout=5) == "plain"
+
+
+async def test_reject_requeue_and_dead_letter() -> None:
+    async with start_worker(app):
+        r = await t.rejecter.send(False)
+        for _ in range(100):
+            if any(d.message_id == r.id for d in await app.broker.dead_letters("default")):
+                break
+            await asyncio.sleep(0.01)
+        dead = await app.broker.dead_letters("default")
+        assert any(d.message_id == r.id and d.reason == "not today" for d in dead)
+
+
+async def test_ignore_result() -> None:
+    async with start_worker(app):
+        r = await t.add.apply_async(args=(1, 2), ignore_result=True)
+        r2 = await t.add.send(5, 5)
+        assert await r2.get(timeout=5) == 10
+        assert await r.state() == "PENDING"
+
+
+async def test_sync_task_runs_in_a_child_process() -> None:
+    async with start_worker(app, processes=1):
+        out = await (await t.pid_of_child.send(21)).get(timeout=30)
+        assert out["x"] == 42
+        assert out["pid"] != os.getpid()
+        with pytest.raises(KeyError):
+            await (await t.sync_fail.send()).get(timeout=30)
+
+
+async def test_prefetch_bounds_what_the_worker_holds() -> None:
+    async with start_worker(app, concurrency=2, prefetch=3) as worker:
+        results = await t.sleeper.send_batch([(0.05,) for _ in range(12)])
+        peak = 0
+        while not all([await r.ready() for r in results]):
+            peak = max(peak, len(worker.dispatcher.held))
+            assert len(worker.dispatcher.running) <= 2
+            await asyncio.sleep(0.01)
+        assert 0 < peak <= 3
+
+
+async def test_warm_shutdown_finishes_running_and_hands_back_the_rest() -> None:
+    async with start_worker(app, concurrency=2, prefetch=4) as worker:
+        results = await t.sleeper.send_batch([(0.3, f"warm-{i}") for i in range(4)])
+        while len(worker.dispatcher.running) < 2:
+            await asyncio.sleep(0.01)
+    # the block exit was a warm shutdown: two ran to the end, two went back to the queue
+    done = [await r.state() for r in results]
+    assert done.count("SUCCESS") == 2
+    async with start_worker(app):
+        assert [await r.get(timeout=5) for r in results] == ["slept"] * 4
+    assert sum(t.calls.get(f"warm-{i}", 0) for i in range(4)) == 4
+
+
+async def test_cold_shutdown_abandons_running_tasks_for_redelivery() -> None:
+    async with start_worker(app) as worker:
+        r = await t.sleeper.send(0.5, "cold-key")
+        while not worker.dispatcher.running:
+            await asyncio.sleep(0.01)
+        worker.shutdown.request(cold=True)
+    assert "cold-key" not in t.calls
+    async with start_worker(app):
+        assert await r.get(timeout=5) == "slept"
+    assert t.calls["cold-key"] == 1
+
+
+def test_definition_errors() -> None:
+    with pytest.raises(ConfigurationError, match="already registered"):
+        app.task(name="e2e.fail")(t.add.fn)
+    with pytest.raises(ConfigurationError, match="unknown task option"):
+        app.task(retries=3)  # type: ignore[call-overload]
+    with pytest.raises(ConfigurationError, match="priority"):
+        app.task(name="x.y", priority=12)(t.add.fn)
+
+
+async def test_local_call_runs_here() -> None:
+    assert await t.add(2, 3) == 5
+    assert t.pid_of_child(1)["pid"] == os.getpid()
+
+
+def test_message_is_what_send_publishes() -> None:
+    m = t.add.message((1, 2), countdown=10, priority=3)
+    assert isinstance(m, Message) and m.args == [1, 2] and m.priority == 3
+    assert m.eta is not None and m.eta > time.time() + 9
+    assert encode(m)

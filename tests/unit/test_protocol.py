@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from aiotask.exceptions import ProtocolError, SerializationError
+from aiotask.protocol import Message, decode, encode, preview
+
+
+def test_round_trip_keeps_every_field() -> None:
+    m = Message(
+        id="a",
+        task="p.add",
+        args=[1, "x"],
+        kwargs={"k": [1]},
+        queue="q",
+        priority=7,
+        eta=1.5,
+        expires=9.0,
+        retries=2,
+        root_id="r",
+        parent_id="p",
+        group_id="g",
+        group_index=3,
+        group_size=4,
+        chain=[{"task": "n"}],
+        links=[{"t": 1}],
+        errbacks=[{"t": 2}],
+        chord={"id": "c"},
+        headers={"h": "v"},
+        ignore_result=True,
+    )
+    assert decode(encode(m)) == m
+
+
+def test_defaults_are_omitted_on_the_wire() -> None:
+    data = orjson.loads(encode(Message(id="a", task="t")))
+    assert data == {"v": 1, "id": "a", "task": "t"}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"\x00\xff garbage",
+        b"[1, 2]",
+        b'{"v": 2, "id": "a", "task": "t"}',
+        b'{"v": 1, "task": "t"}',
+        b'{"v": 1, "id": "a", "task": "t", "args": "notalist"}',
+        b'{"v": 1, "id": "a", "task": "t", "retries": true}',
+    ],
+)
+def test_bad_bodies_raise_protocol_error(body: bytes) -> None:
+    with pytest.raises(ProtocolError):
+        decode(body)
+
+
+def test_unknown_fields_are_ignored_for_forward_compatibility() -> None:
+    m = decode(b'{"v": 1, "id": "a", "task": "t", "future_field": 1}')
+    assert m.task == "t"
+
+
+def test_unencodable_payload_raises_serialization_error() -> None:
+    with pytest.raises(SerializationError, match=r"p\.add"):
+        encode(Message(id="a", task="p.add", args=[object()]))
+
+
+def test_preview_truncates() -> None:
+    assert preview(b"x" * 500).endswith("...")
+    assert len(preview(b"x" * 500)) < 140

@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+import pytest
+
+from aiotask.exceptions import SerializationError, TaskError
+from aiotask.serializer import (
+    ExceptionInfo,
+    OrjsonSerializer,
+    exception_to_info,
+    find_unencodable,
+    info_to_exception,
+)
+
+
+class LocalError(Exception):
+    pass
+
+
+class OddInit(Exception):
+    def __init__(self, a: int, b: int) -> None:
+        super().__init__(f"{a}-{b}")
+
+
+def test_dumps_loads() -> None:
+    s = OrjsonSerializer()
+    assert s.loads(s.dumps({"a": [1, 2.5, None]})) == {"a": [1, 2.5, None]}
+    with pytest.raises(SerializationError):
+        s.dumps({1, 2})
+    with pytest.raises(SerializationError):
+        s.loads(b"{")
+
+
+def test_builtin_exception_round_trip_keeps_type_and_remote_info() -> None:
+    try:
+        raise ValueError("bad value")
+    except ValueError as exc:
+        info = exception_to_info(exc)
+    rebuilt = info_to_exception(ExceptionInfo.from_dict(info.to_dict()))
+    assert isinstance(rebuilt, ValueError)
+    assert str(rebuilt) == "bad value"
+    assert rebuilt.remote_type == "builtins.ValueError"  # type: ignore[attr-defined]
+    assert "raise ValueError" in rebuilt.remote_traceback  # type: ignore[attr-defined]
+
+
+def test_importable_user_exception_is_rebuilt() -> None:
+    rebuilt = info_to_exception(exception_to_info(LocalError("x")))
+    assert type(rebuilt) is LocalError
+
+
+def test_exception_with_odd_init_is_rebuilt_from_args() -> None:
+    rebuilt = info_to_exception(exception_to_info(OddInit(1, 2)))
+    assert type(rebuilt) is OddInit
+
+
+def test_unknown_type_becomes_task_error() -> None:
+    info = ExceptionInfo("not_a_module_xyz.Boom", "kaput", "Traceback...")
+    rebuilt = info_to_exception(info)
+    assert isinstance(rebuilt, TaskError)
+    assert rebuilt.remote_type == "not_a_module_xyz.Boom"
+    assert "Boom: kaput" in str(rebuilt)
+
+
+def test_non_exception_type_name_is_not_instantiated() -> None:
+    rebuilt = info_to_exception(ExceptionInfo("builtins.print", "x"))
+    assert isinstance(rebuilt, TaskError)
+
+
+def test_find_unencodable_names_the_argument() -> None:
+    assert find_unencodable({"args[0]": 1, "args[1]": object()}) == "args[1]"
+    assert find_unencodable({"a": 1}) is None
