@@ -1,0 +1,146 @@
+"""`aiotask worker` as a real process: results, warm shutdown losing nothing, kill -9 recovery."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from aiotask import App
+from tests.procs import lines, start_worker, stop, worker_env, write_tasks
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def broker_url(request: pytest.FixtureRequest, tmp_path: Path, namespace: str) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/proc.db"
+    url: str = request.getfixturevalue("redis_url")
+    return url
+
+
+def producer(url: str, namespace: str, **settings: object) -> App:
+    return App("proc", broker=url, key_prefix=namespace, **settings)
+
+
+async def wait_all(app: App, ids: list[str], timeout: float) -> list[object]:
+    async with asyncio.timeout(timeout):
+        return [await app.AsyncResult(i).get() for i in ids]
+
+
+async def test_worker_process_runs_tasks(tmp_path: Path, broker_url: str, namespace: str) -> None:
+    env = worker_env(write_tasks(tmp_path), broker_url, AIOTASK_KEY_PREFIX=namespace)
+    proc = start_worker(tmp_path, env, "-c", "10", "-P", "1")
+    try:
+        async with producer(broker_url, namespace) as app:
+            r = await app.send_task("proc.add", args=[2, 3])
+            assert await app.AsyncResult(r.id).get(timeout=15) == 5
+            pid = await (await app.send_task("proc.cpu", args=[1])).get(timeout=30)
+            assert pid not in (proc.pid, None)
+    finally:
+        assert stop(proc) == 0
+
+
+async def test_sigterm_finishes_running_and_loses_nothing(
+    tmp_path: Path, broker_url: str, namespace: str
+) -> None:
+    env = worker_env(write_tasks(tmp_path), broker_url, AIOTASK_KEY_PREFIX=namespace)
+    proc = start_worker(tmp_path, env, "-c", "4", "--prefetch", "8")
+    async with producer(broker_url, namespace) as app:
+        keys = [f"k{i}" for i in range(20)]
+        sent = [await app.send_task("proc.slow", args=[k, 0.4]) for k in keys]
+        deadline = time.monotonic() + 15
+        while len(lines(tmp_path, "started")) < 4 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert stop(proc, signal.SIGTERM) == 0
+        started_before = set(lines(tmp_path, "started"))
+        assert started_before <= set(lines(tmp_path, "finished"))  # running tasks finished
+        second = start_worker(tmp_path, env, "-c", "10")
+        try:
+            assert await wait_all(app, [r.id for r in sent], 30) == keys
+        finally:
+            assert stop(second) == 0
+    assert Counter(lines(tmp_path, "finished")) == Counter(keys)  # each ran exactly once
+
+
+async def test_kill_9_mid_task_is_redelivered_and_finished_once(
+    tmp_path: Path, broker_url: str, namespace: str
+) -> None:
+    env = worker_env(write_tasks(tmp_path), broker_url, AIOTASK_KEY_PREFIX=namespace,
+                     AIOTASK_VISIBILITY_TIMEOUT="2")
+    victim = start_worker(tmp_path, env, "-c", "4")
+    async with producer(broker_url, namespace) as app:
+        keys = [f"x{i}" for i in range(4)]
+        sent = [await app.send_task("proc.slow", args=[k, 1.0]) for k in keys]
+        deadline = time.monotonic() + 15
+        while len(lines(tmp_path, "started")) < 4 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        stop(victim, signal.SIGKILL)  # no shutdown at all: nothing acked
+        assert lines(tmp_path, "finished") == []
+        rescuer = start_worker(tmp_path, env, "-c", "4")
+        try:
+            assert await wait_all(app, [r.id for r in sent], 30) == keys
+        finally:
+            assert stop(rescuer) == 0
+    assert Counter(lines(tmp_path, "finished")) == Counter(keys)
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragment"),
+    [(["worker", "-A", "no_such_module_xyz:app"], "cannot import"),
+     (["worker", "-A", "os:path"], "not an aiotask App"),
+     (["worker", "--bogus"], "No such option"),
+     (["worker", "-A", "proc_tasks:app", "-l", "LOUD"], "bad -l"),
+     (["call", "-A", "proc_tasks:app", "proc.add", "--args", "{not json"], "must be JSON")],
+)
+def test_bad_input_is_one_clear_line_and_exit_2(
+    tmp_path: Path, argv: list[str], fragment: str
+) -> None:
+    env = worker_env(write_tasks(tmp_path), "memory://")
+    out = subprocess.run([sys.executable, "-m", "aiotask", *argv], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=30, check=False)
+    assert out.returncode == 2, out.stderr
+    assert fragment in out.stderr
+    assert "Traceback" not in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_bad_broker_url_does_not_leak_the_password(tmp_path: Path) -> None:
+    env = worker_env(write_tasks(tmp_path), "kafka://user:hunter2@host:9092")
+    out = subprocess.run([sys.executable, "-m", "aiotask", "worker", "-A", "proc_tasks:app"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=30,
+                         check=False)
+    assert out.returncode == 2
+    assert "unsupported broker URL scheme" in out.stderr
+    assert "hunter2" not in out.stderr
+
+
+async def test_call_result_and_purge_commands(tmp_path: Path, namespace: str) -> None:
+    url = f"sqlite:///{tmp_path}/cli.db"
+    env = worker_env(write_tasks(tmp_path), url, AIOTASK_KEY_PREFIX=namespace)
+
+    def cli(*argv: str) -> str:
+        out = subprocess.run([sys.executable, "-m", "aiotask", *argv], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=30, check=False)
+        assert out.returncode == 0, out.stderr
+        return out.stdout.strip()
+
+    task_id = cli("call", "-A", "proc_tasks:app", "proc.add", "--args", "[20, 22]")
+    assert '"PENDING"' in cli("result", "-A", "proc_tasks:app", task_id)
+    proc = start_worker(tmp_path, env)
+    try:
+        async with producer(url, namespace) as app:
+            assert await app.AsyncResult(task_id).get(timeout=15) == 42
+    finally:
+        stop(proc)
+    shown = cli("result", "-A", "proc_tasks:app", task_id)
+    assert '"SUCCESS"' in shown and "42" in shown
+    cli("call", "-A", "proc_tasks:app", "proc.add", "--args", "[1, 1]")
+    assert cli("purge", "-A", "proc_tasks:app", "-Q", "default", "-f") == (
+        "purged 1 messages from default"
+    )

@@ -1,0 +1,96 @@
+"""Helpers for tests that run `aiotask worker` as a real OS process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+TASKS_MODULE = textwrap.dedent(
+    '''
+    import asyncio, os, time
+    from aiotask import App
+
+    app = App("proc", shutdown_grace=20.0)
+    LOG = os.environ["TEST_LOG_DIR"]
+
+    def _mark(kind: str, key: str) -> None:
+        with open(os.path.join(LOG, kind), "a") as f:
+            f.write(key + "\\n")
+
+    @app.task(name="proc.add")
+    async def add(x: int, y: int) -> int:
+        return x + y
+
+    @app.task(name="proc.slow")
+    async def slow(key: str, seconds: float) -> str:
+        _mark("started", key)
+        await asyncio.sleep(seconds)
+        _mark("finished", key)
+        return key
+
+    @app.task(name="proc.cpu")
+    def cpu(n: int) -> int:
+        return os.getpid()
+    '''
+)
+
+
+def write_tasks(directory: Path) -> Path:
+    (directory / "proc_tasks.py").write_text(TASKS_MODULE)
+    (directory / "logs").mkdir(exist_ok=True)
+    return directory
+
+
+def worker_env(directory: Path, broker_url: str, **settings: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIOTASK_")}
+    env.update({"AIOTASK_BROKER_URL": broker_url, "TEST_LOG_DIR": str(directory / "logs"),
+                "PYTHONPATH": str(directory), **settings})
+    return env
+
+
+def start_worker(directory: Path, env: dict[str, str], *args: str) -> subprocess.Popen[str]:
+    """Start `aiotask worker` and return once it logs that it is ready."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "aiotask", "worker", "-A", "proc_tasks:app", "-l", "INFO", *args],
+        cwd=directory, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+    )
+    assert proc.stderr is not None
+    deadline = time.monotonic() + 30
+    seen: list[str] = []
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if not line:
+            break
+        seen.append(line)
+        if " ready" in line:
+            os.set_blocking(proc.stderr.fileno(), False)
+            return proc
+    proc.kill()
+    proc.wait()
+    proc.stderr.close()
+    raise AssertionError("worker did not start:\n" + "".join(seen))
+
+
+def stop(proc: subprocess.Popen[str], sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+    """Signal the worker and wait for its exit code; kill it if it hangs (and fail)."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise
+    finally:
+        if proc.stderr is not None:
+            proc.stderr.close()
+
+
+def lines(directory: Path, kind: str) -> list[str]:
+    path = directory / "logs" / kind
+    return path.read_text().split() if path.exists() else []
