@@ -36,12 +36,12 @@ $(BENCH_STAMP): pyproject.toml
 	@touch $(BENCH_STAMP)
 
 format: $(STAMP)  ## format and autofix
-	$(BIN)/ruff format aiotask tests benchmarks
-	$(BIN)/ruff check --fix aiotask tests benchmarks
+	$(BIN)/ruff format aiotask tests benchmarks examples
+	$(BIN)/ruff check --fix aiotask tests benchmarks examples
 
 lint: $(STAMP)  ## ruff check, format check, and the layer contract
-	$(BIN)/ruff check aiotask tests benchmarks
-	$(BIN)/ruff format --check aiotask tests benchmarks
+	$(BIN)/ruff check aiotask tests benchmarks examples
+	$(BIN)/ruff format --check aiotask tests benchmarks examples
 	$(BIN)/lint-imports
 
 typecheck: $(STAMP)  ## mypy --strict over aiotask and tests

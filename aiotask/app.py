@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
+import inspect
 import weakref
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, Protocol, TypeVar, Unpack, overload
 
@@ -11,11 +12,13 @@ from aiotask import backends, brokers, protocol
 from aiotask._log import get_logger
 from aiotask._urls import redact
 from aiotask.brokers.base import Outgoing
+from aiotask.canvas.compile import compile_step, freeze, prepend_args, result_ids
+from aiotask.canvas.primitives import MAP_TASK, STARMAP_TASK
 from aiotask.exceptions import ConfigurationError, NotRegistered, SerializationError
-from aiotask.result import AsyncResult, encode_revoked
+from aiotask.result import AsyncResult, GroupResult, encode_revoked
 from aiotask.serializer import find_unencodable
 from aiotask.settings import FROM_BROKER, Settings
-from aiotask.task import KNOWN_OPTIONS, Task, TaskOptions, TaskOptionsDict
+from aiotask.task import CALL_OPTIONS, KNOWN_OPTIONS, Task, TaskOptions, TaskOptionsDict
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
@@ -24,6 +27,7 @@ if TYPE_CHECKING:
 
     from aiotask.backends.base import ResultBackend
     from aiotask.brokers.base import Broker
+    from aiotask.canvas.primitives import Canvas
     from aiotask.context import TaskContext
     from aiotask.protocol import Message
 
@@ -82,6 +86,8 @@ class App:
         self._backend: ResultBackend | None = None
         self._connected = False
         self._lock: asyncio.Lock | None = None
+        for builtin in (MAP_TASK, STARMAP_TASK):  # run by the worker's executor itself
+            self.tasks[builtin] = Task(self, _never, TaskOptions(name=builtin))
         _APPS.add(self)
 
     def __repr__(self) -> str:
@@ -219,6 +225,51 @@ class App:
     def AsyncResult(self, task_id: str) -> AsyncResult[Any]:  # noqa: N802 - Celery's name
         """Rebuild a result handle from an id."""
         return AsyncResult(task_id, self)
+
+    # --- canvas ------------------------------------------------------------------------------
+    def message_factory(
+        self,
+        task: str,
+        args: list[Any],
+        kwargs: dict[str, Any],
+        options: dict[str, Any],
+        task_id: str,
+    ) -> Message:
+        """A routed message for a canvas step, with the task's own options applied."""
+        unknown = set(options) - CALL_OPTIONS
+        if unknown:
+            raise ConfigurationError(
+                f"unknown call option(s) {', '.join(sorted(unknown))} on {task}; known: "
+                f"{', '.join(sorted(CALL_OPTIONS))}"
+            )
+        stand_in = self.tasks.get(task) or Task(self, _never, TaskOptions(name=task))
+        return stand_in.message(args, kwargs, task_id=task_id, **options)
+
+    async def send_canvas(self, canvas: Canvas, args: tuple[Any, ...] = ()) -> Any:
+        """Compile a canvas, register its chord groups, publish every message in one batch."""
+        step = prepend_args(freeze(canvas), args)
+        plan = compile_step(step, self.message_factory)
+        if plan.groups:
+            backend = await self.result_backend()
+            for g in plan.groups:
+                await backend.open_group(g.group_id, g.size, g.body, self.conf.result_expires)
+        await self.publish(plan.messages)
+        ids = result_ids(step)
+        if isinstance(ids, str):
+            return self.AsyncResult(ids)
+        return GroupResult(ids[0], [self.AsyncResult(i) for i in ids[1]], self)
+
+    async def call_local(self, task: str, args: list[Any], kwargs: dict[str, Any]) -> Any:
+        """Run a task in this process (what calling a signature does)."""
+        if task in (MAP_TASK, STARMAP_TASK):
+            target, items = args
+            spread = task == STARMAP_TASK
+            return [await self.call_local(target, list(i) if spread else [i], {}) for i in items]
+        found = self.tasks.get(task)
+        if found is None:
+            raise NotRegistered(task)
+        out = found(*args, **kwargs)
+        return await out if inspect.isawaitable(out) else out
 
     async def revoke(self, task_ids: Sequence[str], *, terminate: bool = False) -> None:
         """Tombstone the ids (workers skip them) and record REVOKED where no result exists."""

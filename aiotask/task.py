@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypedDict, TypeVar
 
 from aiotask._time import now, parse_rate, to_timestamp
+from aiotask.canvas.primitives import Group, Signature, chunks, xmap, xstarmap
 from aiotask.context import TaskContext
 from aiotask.exceptions import ConfigurationError
 from aiotask.protocol import Message
@@ -96,6 +97,10 @@ def _fields(policy: RetryPolicy) -> dict[str, Any]:
 
 
 KNOWN_OPTIONS = frozenset(TaskOptionsDict.__annotations__) | {"bind"}
+#: Per-call options a signature may carry (`sig.set(...)`, `signature(options=...)`).
+CALL_OPTIONS = frozenset(
+    {"countdown", "eta", "expires", "priority", "queue", "headers", "ignore_result"}
+)
 
 
 class Task(Generic[P, R]):
@@ -213,6 +218,27 @@ class Task(Generic[P, R]):
             headers=dict(headers) if headers else {},
             ignore_result=opts.ignore_result if ignore_result is None else ignore_result,
         )
+
+    # Canvas ------------------------------------------------------------------------------
+    def s(self, *args: Any, **kwargs: Any) -> Signature:
+        """A signature: the parent's result (in a chain) is prepended to `args`."""
+        return Signature(self.name, args, kwargs, runner=self.app)
+
+    def si(self, *args: Any, **kwargs: Any) -> Signature:
+        """An immutable signature: ignores the parent's result."""
+        return Signature(self.name, args, kwargs, immutable=True, runner=self.app)
+
+    def map(self, items: Iterable[Any]) -> Signature:
+        """One message calling the task once per item; the result is the list of results."""
+        return xmap(self.s(), items)
+
+    def starmap(self, items: Iterable[Iterable[Any]]) -> Signature:
+        """One message calling the task once per argument tuple."""
+        return xstarmap(self.s(), items)
+
+    def chunks(self, items: Iterable[Iterable[Any]], size: int) -> Group:
+        """A group of starmap messages of `size` calls each (one pipelined publish)."""
+        return chunks(self.s(), items, size)
 
     # Lifecycle hooks, for subclasses (`base=`). Async only; Celery's signatures.
     async def on_success(self, retval: Any, task_id: str, args: Any, kwargs: Any) -> None:

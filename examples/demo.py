@@ -22,9 +22,23 @@ def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     print("$ aiotask worker -A examples.demo_tasks:app -c 20 -P 2   (log: worker.log)")
     with log.open("wb") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "aiotask", "worker", "-A", "examples.demo_tasks:app",
-             "-c", "20", "-P", "2", "-l", "INFO"],
-            cwd=ROOT, env=env, stderr=out,
+            [
+                sys.executable,
+                "-m",
+                "aiotask",
+                "worker",
+                "-A",
+                "examples.demo_tasks:app",
+                "-c",
+                "20",
+                "-P",
+                "2",
+                "-l",
+                "INFO",
+            ],
+            cwd=ROOT,
+            env=env,
+            stderr=out,
         )
 
 
@@ -36,16 +50,20 @@ async def produce() -> None:
         print(f"add(2, 3)            -> {await r.get(timeout=30)}")
         started = time.perf_counter()
         await (await add.send(1, 1)).get(timeout=30)
-        print(f"  warm round trip: {1000 * (time.perf_counter() - started):.1f} ms "
-              "(SQLite polls; Redis and RabbitMQ push)")
+        print(
+            f"  warm round trip: {1000 * (time.perf_counter() - started):.1f} ms "
+            "(SQLite polls; Redis and RabbitMQ push)"
+        )
 
         results = await add.send_batch([(i, i) for i in range(100)])
         values = [await x.get(timeout=30) for x in results]
         print(f"100 x add(i, i)      -> sum {sum(values)} (sent in one batch)")
 
         out = await (await fib.send(30)).get(timeout=60)
-        print(f"fib(30) in the pool  -> {out['fib']} (child pid {out['pid']}, "
-              f"producer pid {os.getpid()})")
+        print(
+            f"fib(30) in the pool  -> {out['fib']} (child pid {out['pid']}, "
+            f"producer pid {os.getpid()})"
+        )
 
         print(f"flaky(succeed_on=3)  -> {await (await flaky.send(3)).get(timeout=30)}")
 
@@ -58,8 +76,11 @@ async def produce() -> None:
 def main() -> int:
     with tempfile.TemporaryDirectory(prefix="aiotask-demo-") as tmp:
         url = f"sqlite:///{tmp}/demo.db"
-        env = {**os.environ, "AIOTASK_BROKER_URL": url,
-               "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+        env = {
+            **os.environ,
+            "AIOTASK_BROKER_URL": url,
+            "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+        }
         os.environ["AIOTASK_BROKER_URL"] = url
         print(f"embedded broker and results: {url}")
         log = Path(tmp) / "worker.log"
@@ -70,8 +91,10 @@ def main() -> int:
             worker.send_signal(signal.SIGTERM)
             code = worker.wait(timeout=60)
         text = log.read_text().splitlines()
-        print(f"worker stopped (warm shutdown), exit code {code}; worker.log has {len(text)} "
-              "lines, its banner:")
+        print(
+            f"worker stopped (warm shutdown), exit code {code}; worker.log has {len(text)} "
+            "lines, its banner:"
+        )
         print("\n".join("  | " + line for line in text[:6]))
         return code
 

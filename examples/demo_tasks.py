@@ -1,4 +1,4 @@
-"""The demo's tasks: one module, imported by the worker (-A examples.demo_tasks:app) and the producer."""
+"""The demo's tasks, imported by the worker (-A examples.demo_tasks:app) and the producer."""
 
 from __future__ import annotations
 

@@ -8,10 +8,13 @@ import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 TASKS_MODULE = textwrap.dedent(
-    '''
+    """
     import asyncio, os, time
     from aiotask import App
 
@@ -36,7 +39,7 @@ TASKS_MODULE = textwrap.dedent(
     @app.task(name="proc.cpu")
     def cpu(n: int) -> int:
         return os.getpid()
-    '''
+    """
 )
 
 
@@ -48,8 +51,14 @@ def write_tasks(directory: Path) -> Path:
 
 def worker_env(directory: Path, broker_url: str, **settings: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIOTASK_")}
-    env.update({"AIOTASK_BROKER_URL": broker_url, "TEST_LOG_DIR": str(directory / "logs"),
-                "PYTHONPATH": str(directory), **settings})
+    env.update(
+        {
+            "AIOTASK_BROKER_URL": broker_url,
+            "TEST_LOG_DIR": str(directory / "logs"),
+            "PYTHONPATH": str(directory),
+            **settings,
+        }
+    )
     return env
 
 
@@ -57,7 +66,11 @@ def start_worker(directory: Path, env: dict[str, str], *args: str) -> subprocess
     """Start `aiotask worker` and return once it logs that it is ready."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "aiotask", "worker", "-A", "proc_tasks:app", "-l", "INFO", *args],
-        cwd=directory, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+        cwd=directory,
+        env=env,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
     )
     assert proc.stderr is not None
     deadline = time.monotonic() + 30

@@ -69,7 +69,8 @@ class Worker:
     def banner(self) -> str:
         """What this worker is about to do, for the startup log (URLs redacted)."""
         conf = self.app.conf
-        tasks = sorted(self.app.tasks) or ["(none registered: check -A)"]
+        tasks = sorted(t for t in self.app.tasks if not t.startswith("aiotask."))
+        tasks = tasks or ["(none registered: check -A)"]
         return "\n".join(
             [
                 f"aiotask worker {self.name}",

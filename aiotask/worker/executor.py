@@ -10,8 +10,16 @@ from typing import TYPE_CHECKING, Any
 from aiotask._log import get_logger
 from aiotask._time import now
 from aiotask.backends.base import EncodedResult, ResultRecord
+from aiotask.canvas.compile import on_failure, on_success
+from aiotask.canvas.primitives import MAP_TASK, STARMAP_TASK
 from aiotask.context import TaskContext, current_task
-from aiotask.exceptions import NotRegistered, ProtocolError, SerializationError, TimeLimitExceeded
+from aiotask.exceptions import (
+    NotRegistered,
+    ProtocolError,
+    SerializationError,
+    TaskRevoked,
+    TimeLimitExceeded,
+)
 from aiotask.protocol import Message, decode
 from aiotask.serializer import exception_to_info
 from aiotask.states import FAILURE, RETRY, REVOKED, SUCCESS, State
@@ -33,6 +41,7 @@ if TYPE_CHECKING:
     from aiotask.worker.pool import SyncPool
 
 log = get_logger(__name__)
+BUILTINS = frozenset({MAP_TASK, STARMAP_TASK})
 
 
 class Executor:
@@ -58,7 +67,10 @@ class Executor:
         if revoked or (message.expires is not None and now() > message.expires):
             why = "revoked" if revoked else "expired"
             log.info("skipping %s task %s[%s]", why, message.task, message.id)
-            return self._final(delivery, message, REVOKED, None, None)
+            settlement = self._final(delivery, message, REVOKED, None, None)
+            if message.chain or message.errbacks or message.chord is not None:
+                self._advance(settlement, message, Revoked(why))
+            return settlement
         task = self.app.tasks.get(message.task)
         if task is None:
             missing = NotRegistered(message.task)
@@ -98,12 +110,29 @@ class Executor:
             current_task.reset(token)
         elapsed = time.perf_counter() - started
         settlement = self._settle(delivery, message, task, outcome, elapsed)
+        if message.chain or message.links or message.errbacks or message.chord is not None:
+            self._advance(settlement, message, outcome)
         if task.has_hooks:
             await _run_hooks(task, message, outcome)
         return settlement
 
     async def _call(self, task: Task[Any, Any], ctx: TaskContext, message: Message) -> Any:
-        args, kwargs = message.args, message.kwargs
+        if message.task in BUILTINS:
+            return await self._map(ctx, message)
+        return await self._invoke(task, ctx, message.args, message.kwargs)
+
+    async def _map(self, ctx: TaskContext, message: Message) -> list[Any]:
+        """aiotask.map / aiotask.starmap: call the target once per item, in order."""
+        target_name, items = message.args
+        target = self.app.tasks.get(target_name)
+        if target is None:
+            raise NotRegistered(target_name)
+        spread = message.task == STARMAP_TASK
+        return [await self._invoke(target, ctx, list(i) if spread else [i], {}) for i in items]
+
+    async def _invoke(
+        self, task: Task[Any, Any], ctx: TaskContext, args: list[Any], kwargs: dict[str, Any]
+    ) -> Any:
         if task.is_async:
             coro = task.fn(ctx, *args, **kwargs) if task.options.bind else task.fn(*args, **kwargs)
             limit = task.options.time_limit
@@ -114,11 +143,11 @@ class Executor:
                     return await coro
             except TimeoutError:
                 raise TimeLimitExceeded(
-                    f"task {message.task}[{message.id}] exceeded its time limit of {limit}s"
+                    f"task {task.name}[{ctx.id}] exceeded its time limit of {limit}s"
                 ) from None
         if task.options.bind:
             raise NotImplementedError(
-                f"task {message.task}: bind=True is supported for coroutine tasks only so far"
+                f"task {task.name}: bind=True is supported for coroutine tasks only so far"
             )
         return await self.pool.run(task.fn.__module__, task.name, args, kwargs)
 
@@ -179,6 +208,22 @@ class Executor:
             case Revoked(reason):
                 return self._final(delivery, message, REVOKED, None, None)
 
+    def _advance(self, settlement: Settlement, message: Message, outcome: Outcome) -> None:
+        """Canvas: attach what this outcome starts (chain, links) or fails (rest, chord)."""
+        factory = self.app.message_factory
+        match outcome:
+            case Succeeded(value):
+                settlement.plan = on_success(message, value, factory)
+            case Failed(exc):
+                settlement.plan = on_failure(message, factory)
+                settlement.exc = exception_to_info(exc)
+            case Revoked(reason):
+                settlement.plan = on_failure(message, factory)
+                settlement.exc = exception_to_info(TaskRevoked(f"{message.id}: {reason}"))
+            case _:
+                return
+        settlement.message = message
+
     def _final(
         self,
         delivery: Delivery,
@@ -187,7 +232,7 @@ class Executor:
         value: Any,
         exc: BaseException | None,
     ) -> Settlement:
-        if message.ignore_result and state == SUCCESS:
+        if message.ignore_result and state == SUCCESS and message.chord is None:
             return Settlement(delivery)
         return self._record(delivery, message, state, value, exc)
 

@@ -11,12 +11,18 @@ from itertools import groupby
 from typing import TYPE_CHECKING
 
 from aiotask._log import get_logger
+from aiotask._time import now
+from aiotask.backends.base import EncodedResult, ResultRecord
+from aiotask.canvas.compile import on_chord_complete, on_chord_failure
+from aiotask.serializer import ExceptionInfo
+from aiotask.states import FAILURE
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
     from aiotask.app import App
     from aiotask.brokers.base import Delivery
+    from aiotask.protocol import Message
     from aiotask.worker.outcome import Settlement
 
 log = get_logger(__name__)
@@ -71,12 +77,14 @@ class Settler:
             self._on_settled([s.delivery for s in batch])
 
     async def _settle(self, batch: list[Settlement]) -> None:
+        backend = self.app.backend
         stores = [s.store for s in batch if s.store is not None]
-        if stores:
-            backend = self.app.backend
-            if backend is not None:
-                await backend.store(stores)
+        if stores and backend is not None:
+            await backend.store(stores)
         publish = [m for s in batch for m in s.publish]
+        canvas = [s for s in batch if s.plan is not None]
+        if canvas:
+            publish += await self._advance(canvas)
         if publish:
             await self.app.publish(publish)
         broker = self.app.broker
@@ -87,5 +95,60 @@ class Settler:
         if requeue:
             await broker.nack(requeue, requeue=True)
         dead = sorted((s for s in batch if s.action == "dead"), key=lambda s: s.reason)
+        # (canvas follow-ups were published above, before any ack)
         for reason, group in groupby(dead, key=lambda s: s.reason):
             await broker.nack([s.delivery for s in group], requeue=False, reason=reason)
+
+    async def _advance(self, settlements: list[Settlement]) -> list[Message]:
+        """Canvas: open groups, record failed steps, report chord members; return messages.
+
+        Runs before the ack: a crash here redelivers the finished task, and the backend's
+        idempotent group reports make the repeat harmless.
+        """
+        backend = self.app.backend
+        if backend is None:
+            log.error("canvas needs a result backend; follow-up steps were dropped")
+            return []
+        ttl = self.app.conf.result_expires
+        factory = self.app.message_factory
+        messages: list[Message] = []
+        failed: list[EncodedResult] = []
+        work = [(s, s.plan) for s in settlements if s.plan is not None]
+        while work:
+            settlement, plan = work.pop()
+            assert settlement.message is not None  # noqa: S101 - set with plan
+            exc = settlement.exc or ExceptionInfo(
+                "aiotask.exceptions.TaskError", "an earlier step of the workflow failed"
+            )
+            for group in plan.groups:
+                await backend.open_group(group.group_id, group.size, group.body, ttl)
+            failed += [_failure(task_id, exc, ttl) for task_id in plan.failed]
+            for report in plan.reports:
+                own = settlement.store
+                record = (
+                    own
+                    if own is not None and own.task_id == report.task_id
+                    else (_failure(report.task_id, exc, ttl))
+                )
+                progress = await backend.add_to_group(report.group_id, report.index, record)
+                if progress.fire and progress.body is not None:
+                    results = [r.result for r in progress.records]
+                    work.append(
+                        (
+                            settlement,
+                            on_chord_complete(progress.body, results, settlement.message, factory),
+                        )
+                    )
+                elif progress.first_failure and progress.body is not None:
+                    work.append(
+                        (settlement, on_chord_failure(progress.body, report.task_id, factory))
+                    )
+            messages += plan.messages
+        if failed:
+            await backend.store(failed)
+        return messages
+
+
+def _failure(task_id: str, exc: ExceptionInfo, ttl: float) -> EncodedResult:
+    record = ResultRecord(task_id, FAILURE, exception=exc, date_done=now())
+    return EncodedResult.of(record, ttl)

@@ -8,12 +8,15 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from aiotask import App
 from tests.procs import lines, start_worker, stop, worker_env, write_tasks
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 @pytest.fixture(params=["sqlite", "redis"])
@@ -24,8 +27,8 @@ def broker_url(request: pytest.FixtureRequest, tmp_path: Path, namespace: str) -
     return url
 
 
-def producer(url: str, namespace: str, **settings: object) -> App:
-    return App("proc", broker=url, key_prefix=namespace, **settings)
+def producer(url: str, namespace: str) -> App:
+    return App("proc", broker=url, key_prefix=namespace)
 
 
 async def wait_all(app: App, ids: list[str], timeout: float) -> list[object]:
@@ -71,8 +74,12 @@ async def test_sigterm_finishes_running_and_loses_nothing(
 async def test_kill_9_mid_task_is_redelivered_and_finished_once(
     tmp_path: Path, broker_url: str, namespace: str
 ) -> None:
-    env = worker_env(write_tasks(tmp_path), broker_url, AIOTASK_KEY_PREFIX=namespace,
-                     AIOTASK_VISIBILITY_TIMEOUT="2")
+    env = worker_env(
+        write_tasks(tmp_path),
+        broker_url,
+        AIOTASK_KEY_PREFIX=namespace,
+        AIOTASK_VISIBILITY_TIMEOUT="2",
+    )
     victim = start_worker(tmp_path, env, "-c", "4")
     async with producer(broker_url, namespace) as app:
         keys = [f"x{i}" for i in range(4)]
@@ -92,18 +99,27 @@ async def test_kill_9_mid_task_is_redelivered_and_finished_once(
 
 @pytest.mark.parametrize(
     ("argv", "fragment"),
-    [(["worker", "-A", "no_such_module_xyz:app"], "cannot import"),
-     (["worker", "-A", "os:path"], "not an aiotask App"),
-     (["worker", "--bogus"], "No such option"),
-     (["worker", "-A", "proc_tasks:app", "-l", "LOUD"], "bad -l"),
-     (["call", "-A", "proc_tasks:app", "proc.add", "--args", "{not json"], "must be JSON")],
+    [
+        (["worker", "-A", "no_such_module_xyz:app"], "cannot import"),
+        (["worker", "-A", "os:path"], "not an aiotask App"),
+        (["worker", "--bogus"], "No such option"),
+        (["worker", "-A", "proc_tasks:app", "-l", "LOUD"], "bad -l"),
+        (["call", "-A", "proc_tasks:app", "proc.add", "--args", "{not json"], "must be JSON"),
+    ],
 )
 def test_bad_input_is_one_clear_line_and_exit_2(
     tmp_path: Path, argv: list[str], fragment: str
 ) -> None:
     env = worker_env(write_tasks(tmp_path), "memory://")
-    out = subprocess.run([sys.executable, "-m", "aiotask", *argv], cwd=tmp_path, env=env,
-                         capture_output=True, text=True, timeout=30, check=False)
+    out = subprocess.run(
+        [sys.executable, "-m", "aiotask", *argv],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     assert out.returncode == 2, out.stderr
     assert fragment in out.stderr
     assert "Traceback" not in out.stderr
@@ -112,9 +128,15 @@ def test_bad_input_is_one_clear_line_and_exit_2(
 
 def test_bad_broker_url_does_not_leak_the_password(tmp_path: Path) -> None:
     env = worker_env(write_tasks(tmp_path), "kafka://user:hunter2@host:9092")
-    out = subprocess.run([sys.executable, "-m", "aiotask", "worker", "-A", "proc_tasks:app"],
-                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=30,
-                         check=False)
+    out = subprocess.run(
+        [sys.executable, "-m", "aiotask", "worker", "-A", "proc_tasks:app"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     assert out.returncode == 2
     assert "unsupported broker URL scheme" in out.stderr
     assert "hunter2" not in out.stderr
@@ -125,8 +147,15 @@ async def test_call_result_and_purge_commands(tmp_path: Path, namespace: str) ->
     env = worker_env(write_tasks(tmp_path), url, AIOTASK_KEY_PREFIX=namespace)
 
     def cli(*argv: str) -> str:
-        out = subprocess.run([sys.executable, "-m", "aiotask", *argv], cwd=tmp_path, env=env,
-                             capture_output=True, text=True, timeout=30, check=False)
+        out = subprocess.run(
+            [sys.executable, "-m", "aiotask", *argv],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
         assert out.returncode == 0, out.stderr
         return out.stdout.strip()
 
