@@ -43,7 +43,8 @@ def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
 
 
 async def produce() -> None:
-    from examples.demo_tasks import add, app, broken, fib, flaky
+    from aiotask import chord, group
+    from examples.demo_tasks import add, app, broken, fib, flaky, tsum
 
     async with app:
         r = await add.send(2, 3)
@@ -58,6 +59,10 @@ async def produce() -> None:
         results = await add.send_batch([(i, i) for i in range(100)])
         values = [await x.get(timeout=30) for x in results]
         print(f"100 x add(i, i)      -> sum {sum(values)} (sent in one batch)")
+
+        workflow = chord(group(add.s(i, i) for i in range(10)), tsum.s()) | add.s(1000)
+        total = await (await workflow.send()).get(timeout=30)
+        print(f"chord(10 x add) | tsum | add(1000) -> {total}")
 
         out = await (await fib.send(30)).get(timeout=60)
         print(
