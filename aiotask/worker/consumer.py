@@ -11,6 +11,9 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 from aiotask._log import get_logger
+from aiotask.exceptions import ProtocolError
+from aiotask.protocol import decode
+from aiotask.ratelimit import RateLimiter
 from aiotask.worker.outcome import Settlement
 
 if TYPE_CHECKING:
@@ -22,6 +25,8 @@ if TYPE_CHECKING:
     from aiotask.worker.settle import Settler
 
 log = get_logger(__name__)
+#: How many prefetches' worth of rate-limited messages a worker may hold waiting for tokens.
+DEFER_FACTOR = 10
 
 
 class Dispatcher:
@@ -36,6 +41,14 @@ class Dispatcher:
         self.prefetch = max(prefetch, 1)
         self.held: set[Delivery] = set()
         self.buffer: deque[tuple[Delivery, bool]] = deque()
+        #: rate-limited deliveries waiting for their token: timers, not worker slots
+        self.deferred: dict[Delivery, asyncio.TimerHandle] = {}
+        self.limiter = RateLimiter()
+        self.rates = {
+            name: task.options.rate_limit
+            for name, task in executor.app.tasks.items()
+            if task.options.rate_limit is not None
+        }
         self.running: dict[Delivery, asyncio.Task[Settlement]] = {}
         self.space = asyncio.Event()
         self.idle = asyncio.Event()
@@ -43,16 +56,41 @@ class Dispatcher:
         self.processed = 0
 
     def free(self) -> int:
-        return self.prefetch - len(self.held)
+        # Rate-limited messages waiting for a token do not count against the prefetch (up to
+        # DEFER_FACTOR x prefetch of them), so a throttled backlog ahead in the queue does not
+        # keep other tasks from being fetched.
+        room = min(len(self.deferred), DEFER_FACTOR * self.prefetch)
+        return self.prefetch - len(self.held) + room
 
     def accept(self, deliveries: Sequence[Delivery], revoked: frozenset[str]) -> None:
         for delivery in deliveries:
             self.held.add(delivery)
             is_revoked = delivery.message_id in revoked
-            if len(self.running) < self.concurrency:
+            delay = self._rate_delay(delivery) if self.rates and not is_revoked else 0.0
+            if delay > 0:
+                loop = asyncio.get_running_loop()
+                self.deferred[delivery] = loop.call_later(delay, self._undefer, delivery)
+            elif len(self.running) < self.concurrency:
                 self._start(delivery, is_revoked)
             else:
                 self.buffer.append((delivery, is_revoked))
+
+    def _rate_delay(self, delivery: Delivery) -> float:
+        """Seconds this delivery must wait for its task's rate limit (0 if none)."""
+        try:
+            name = decode(delivery.body).task
+        except ProtocolError:
+            return 0.0  # the executor dead-letters it
+        rate = self.rates.get(name)
+        return self.limiter.reserve(name, rate) if rate is not None else 0.0
+
+    def _undefer(self, delivery: Delivery) -> None:
+        if self.deferred.pop(delivery, None) is None:
+            return
+        if len(self.running) < self.concurrency:
+            self._start(delivery, False)
+        else:
+            self.buffer.append((delivery, False))
 
     def _start(self, delivery: Delivery, revoked: bool) -> None:
         task = asyncio.create_task(self.executor.execute(delivery, revoked))
@@ -88,6 +126,10 @@ class Dispatcher:
         """Unstarted deliveries, removed from the worker, to hand back on shutdown."""
         taken = [d for d, _ in self.buffer]
         self.buffer.clear()
+        for delivery, timer in self.deferred.items():
+            timer.cancel()
+            taken.append(delivery)
+        self.deferred.clear()
         self.held.difference_update(taken)
         return taken
 

@@ -23,6 +23,7 @@ from aiotask.exceptions import (
 from aiotask.protocol import Message, decode
 from aiotask.serializer import exception_to_info
 from aiotask.states import FAILURE, RETRY, REVOKED, SUCCESS, State
+from aiotask.worker._limits import SoftLimited
 from aiotask.worker.outcome import (
     Failed,
     Outcome,
@@ -135,7 +136,9 @@ class Executor:
     ) -> Any:
         if task.is_async:
             coro = task.fn(ctx, *args, **kwargs) if task.options.bind else task.fn(*args, **kwargs)
-            limit = task.options.time_limit
+            soft, limit = task.options.soft_time_limit, task.options.time_limit
+            if soft is not None:
+                coro = SoftLimited(coro, soft, f"{task.name}[{ctx.id}]")
             if limit is None:
                 return await coro
             try:

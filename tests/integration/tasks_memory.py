@@ -7,7 +7,7 @@ import os
 from typing import Any
 
 from aiotask import App, Task, TaskContext
-from aiotask.exceptions import Reject
+from aiotask.exceptions import Reject, SoftTimeLimitExceeded
 
 app = App("e2e", broker="memory://", backend="memory://", shutdown_grace=5.0)
 calls: dict[str, int] = {}
@@ -107,3 +107,18 @@ async def hooked(fail_with: str | None) -> str:
     if fail_with:
         raise Flaky(fail_with)
     return "ok"
+
+
+@app.task(rate_limit="5/s")
+async def throttled(i: int) -> int:
+    return i
+
+
+@app.task(soft_time_limit=0.2, time_limit=2)
+async def soft_limited() -> str:
+    try:
+        await asyncio.sleep(5)
+    except SoftTimeLimitExceeded:
+        await asyncio.sleep(0.01)  # cleanup may still await
+        return "cleaned up"
+    return "not reached"

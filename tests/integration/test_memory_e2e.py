@@ -275,3 +275,20 @@ def test_message_is_what_send_publishes() -> None:
     assert isinstance(m, Message) and m.args == [1, 2] and m.priority == 3
     assert m.eta is not None and m.eta > time.time() + 9
     assert encode(m)
+
+
+async def test_soft_time_limit_raises_inside_a_coroutine() -> None:
+    async with start_worker(app):
+        assert await (await t.soft_limited.send()).get(timeout=5) == "cleaned up"
+
+
+async def test_rate_limit_holds_and_does_not_block_other_tasks() -> None:
+    async with start_worker(app, concurrency=4):
+        started = time.monotonic()
+        results = await t.throttled.send_batch([(i,) for i in range(30)])
+        other = await t.add.send(1, 1)
+        assert await other.get(timeout=2) == 2  # not stuck behind the throttled backlog
+        await asyncio.sleep(3.0 - (time.monotonic() - started))
+        done = sum([await r.ready() for r in results])
+        assert 13 <= done <= 18  # 5/s over 3 s, first one immediate
+        assert [await r.get(timeout=1) for r in results[:done]] == list(range(done))  # in order

@@ -46,4 +46,4 @@ def test_states() -> None:
         "FAILURE",
         "REVOKED",
     }
-    assert READY_STATES == {"SUCCESS", "FAILURE", "REVOKED"}
+    assert {"SUCCESS", "FAILURE", "REVOKED"} == READY_STATES
