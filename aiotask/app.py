@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from aiotask.backends.base import ResultBackend
     from aiotask.brokers.base import Broker
     from aiotask.canvas.primitives import Canvas
+    from aiotask.middleware import Middleware
     from aiotask.context import TaskContext
     from aiotask.protocol import Message
 
@@ -70,6 +71,7 @@ class App:
         *,
         broker: str | None = None,
         backend: str | None = _UNSET,
+        middleware: Sequence[Middleware] = (),
         **settings: Any,
     ) -> None:
         overrides = dict(settings)
@@ -80,6 +82,7 @@ class App:
         if backend is not _UNSET:
             overrides["result_backend"] = backend
         self.main = main
+        self.middleware: list[Middleware] = list(middleware)
         self.conf: Settings = Settings.from_env(**overrides)
         self.tasks: dict[str, Task[Any, Any]] = {}
         self._broker: Broker | None = None
@@ -206,10 +209,17 @@ class App:
     # --- sending -----------------------------------------------------------------------------
     async def publish(self, messages: Sequence[Message]) -> None:
         """Encode and publish a batch in one broker call. Nothing is sent if one fails to encode."""
+        if self.middleware:
+            messages = [await self._before_send(m) for m in messages]
         batch = [Outgoing(m.queue, _encode(m), m.id, m.priority, m.eta) for m in messages]
         if not self._connected:
             await self.connect()
         await self.broker.publish(batch)
+
+    async def _before_send(self, message: Message) -> Message:
+        for mw in self.middleware:
+            message = await mw.before_send(message)
+        return message
 
     async def send_task(
         self,

@@ -89,6 +89,8 @@ class Worker:
         """Run until shutdown; 0 after a warm shutdown, 1 after a cold one or a fatal error."""
         app = self.app
         await app.connect()
+        for mw in app.middleware:
+            await mw.startup(app)
         failed = False
         try:
             async with asyncio.TaskGroup() as group:
@@ -118,6 +120,11 @@ class Worker:
             failed = True
         finally:
             self.pool.close()
+            for mw in reversed(app.middleware):
+                try:
+                    await mw.shutdown(app)
+                except Exception:
+                    log.exception("middleware %r failed at shutdown", mw)
             await app.close()
         return 1 if failed or self.shutdown.phase is Phase.COLD else 0
 

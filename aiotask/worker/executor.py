@@ -23,6 +23,7 @@ from aiotask.exceptions import (
 from aiotask.protocol import Message, decode
 from aiotask.serializer import exception_to_info
 from aiotask.states import FAILURE, RETRY, REVOKED, SUCCESS, State
+from aiotask.middleware.base import run_around
 from aiotask.worker._limits import SoftLimited
 from aiotask.worker.outcome import (
     Failed,
@@ -101,7 +102,12 @@ class Executor:
         try:
             if self.track_started and self.app.backend is not None:
                 await ctx.update_state(State.STARTED)
-            value = await self._call(task, ctx, message)
+            if self.app.middleware:
+                value = await run_around(
+                    self.app.middleware, ctx, lambda: self._call(task, ctx, message)
+                )
+            else:
+                value = await self._call(task, ctx, message)
             outcome: Outcome = Succeeded(value)
         except asyncio.CancelledError:
             raise  # cold shutdown or terminate: the settler never sees this delivery

@@ -292,3 +292,40 @@ async def test_rate_limit_holds_and_does_not_block_other_tasks() -> None:
         done = sum([await r.ready() for r in results])
         assert 13 <= done <= 18  # 5/s over 3 s, first one immediate
         assert [await r.get(timeout=1) for r in results[:done]] == list(range(done))  # in order
+
+
+async def test_middleware_wraps_send_and_execution() -> None:
+    from aiotask.context import TaskContext
+    from aiotask.middleware import CallNext, Middleware
+
+    seen: list[str] = []
+
+    class Tracing(Middleware):
+        async def startup(self, app: object) -> None:
+            seen.append("startup")
+
+        async def shutdown(self, app: object) -> None:
+            seen.append("shutdown")
+
+        async def before_send(self, message: Message) -> Message:
+            return message.evolve(headers={**message.headers, "trace": "t-1"})
+
+        async def around_task(self, ctx: TaskContext, call_next: CallNext) -> object:
+            seen.append(f"before:{ctx.headers.get('trace')}")
+            result = await call_next()
+            seen.append("after")
+            return result
+
+    class Doubling(Middleware):
+        async def around_task(self, ctx: TaskContext, call_next: CallNext) -> object:
+            return 2 * await call_next()
+
+    mapp = App("mw", broker="memory://", backend="memory://", middleware=[Tracing(), Doubling()])
+
+    @mapp.task
+    async def five() -> int:
+        return 5
+
+    async with start_worker(mapp):
+        assert await (await five.send()).get(timeout=5) == 10
+    assert seen == ["startup", "before:t-1", "after", "shutdown"]
