@@ -28,8 +28,8 @@ if TYPE_CHECKING:
     from aiotask.backends.base import ResultBackend
     from aiotask.brokers.base import Broker
     from aiotask.canvas.primitives import Canvas
-    from aiotask.middleware import Middleware
     from aiotask.context import TaskContext
+    from aiotask.middleware import Middleware
     from aiotask.protocol import Message
 
 P = ParamSpec("P")

@@ -6,9 +6,8 @@ onion (the first is outermost). Core semantics (retries, acks, canvas) never liv
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from aiotask.context import TaskContext

@@ -20,10 +20,10 @@ from aiotask.exceptions import (
     TaskRevoked,
     TimeLimitExceeded,
 )
+from aiotask.middleware.base import run_around
 from aiotask.protocol import Message, decode
 from aiotask.serializer import exception_to_info
 from aiotask.states import FAILURE, RETRY, REVOKED, SUCCESS, State
-from aiotask.middleware.base import run_around
 from aiotask.worker._limits import SoftLimited
 from aiotask.worker.outcome import (
     Failed,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -21,6 +22,9 @@ from aiotask.exceptions import (
 from aiotask.protocol import Message, encode
 from aiotask.testing import start_worker
 from tests.integration import tasks_memory as t
+
+if TYPE_CHECKING:
+    from aiotask.context import TaskContext
 
 app = t.app
 
@@ -295,7 +299,6 @@ async def test_rate_limit_holds_and_does_not_block_other_tasks() -> None:
 
 
 async def test_middleware_wraps_send_and_execution() -> None:
-    from aiotask.context import TaskContext
     from aiotask.middleware import CallNext, Middleware
 
     seen: list[str] = []
