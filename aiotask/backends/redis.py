@@ -1,0 +1,429 @@
+"""redis:// and rediss:// result backend: one key per task, Lua for atomicity, pub/sub for waits.
+
+A result key holds one flag byte (`1` ready, `0` not) and the record's bytes, with its ttl; the
+store script keeps the first ready value and PUBLISHes it on a channel named like the key.
+Waits share ONE pub/sub connection per backend: subscribe, then read the key (a record stored
+before the wait is seen), then let the single reader task resolve the future. See docs/redis.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+from typing import TYPE_CHECKING, Any
+
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from aiotask._urls import redact
+from aiotask.backends.base import EncodedResult, GroupProgress, ResultRecord, decode_record
+from aiotask.exceptions import BrokerConnectionError, ResultTimeout
+from aiotask.states import FAILURE, SUCCESS
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Iterator, Sequence
+
+    from redis.asyncio.connection import AbstractConnection
+    from redis.commands.core import AsyncScript
+
+    from aiotask.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+#: KEYS: result keys. ARGV: value (flag byte + data), ttl_ms, ... per key.
+_STORE = """
+for i, key in ipairs(KEYS) do
+  local value = ARGV[2 * i - 1]
+  local cur = redis.call('GET', key)
+  if not (cur and string.sub(cur, 1, 1) == '1') then
+    redis.call('SET', key, value, 'PX', ARGV[2 * i])
+    if string.sub(value, 1, 1) == '1' then redis.call('PUBLISH', key, string.sub(value, 2)) end
+  end
+end
+return #KEYS
+"""
+
+#: KEYS: group hash. ARGV: size, ttl_ms, body (optional).
+_OPEN_GROUP = """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('HSET', KEYS[1], 'size', ARGV[1])
+  if ARGV[3] then redis.call('HSET', KEYS[1], 'body', ARGV[3]) end
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 1
+"""
+
+#: KEYS: group hash, member hash. ARGV: index, kind byte (s/f/o) + data.
+#: Returns {size, done, fire, first_failure, body, {values in index order}}.
+_ADD_TO_GROUP = """
+local size = tonumber(redis.call('HGET', KEYS[1], 'size') or '0')
+if size == 0 then return {0, 0, 0, 0} end
+redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[2])
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
+local done = redis.call('HLEN', KEYS[2])
+if string.sub(ARGV[2], 1, 1) == 'f' and redis.call('HSETNX', KEYS[1], 'failed', '1') == 1 then
+  return {size, done, 0, 1, redis.call('HGET', KEYS[1], 'body')}
+end
+if done < size or redis.call('HEXISTS', KEYS[1], 'failed') == 1
+    or redis.call('HEXISTS', KEYS[1], 'fired') == 1 then
+  return {size, done, 0, 0}
+end
+local all, values = redis.call('HGETALL', KEYS[2]), {}
+for i = 1, #all, 2 do values[tonumber(all[i]) + 1] = all[i + 1] end
+for i = 1, size do
+  if not values[i] or string.sub(values[i], 1, 1) ~= 's' then return {size, done, 0, 0} end
+end
+redis.call('HSET', KEYS[1], 'fired', '1')
+return {size, done, 1, 0, redis.call('HGET', KEYS[1], 'body'), values}
+"""
+
+_ERRORS = (RedisError, OSError)
+
+
+def _bytes(value: bytes | str) -> bytes:
+    return value if isinstance(value, bytes) else value.encode()
+
+
+def _ms(seconds: float) -> int:
+    return max(1, int(seconds * 1000))
+
+
+class RedisBackend:
+    """A ResultBackend on Redis: batched Lua writes, MGET reads, multiplexed pub/sub waits."""
+
+    def __init__(self, url: str, settings: Settings) -> None:
+        self._url = url
+        self._prefix = settings.key_prefix
+        self._redis: Redis | None = None
+        self._scripts: tuple[AsyncScript, AsyncScript, AsyncScript] | None = None
+        self._sub: _Subscriber | None = None
+        self._gets: dict[str, asyncio.Future[bytes | None]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @contextlib.contextmanager
+    def _map_errors(self) -> Iterator[None]:
+        """Redis errors -> BrokerConnectionError naming the (redacted) server."""
+        try:
+            yield
+        except _ERRORS as exc:
+            raise BrokerConnectionError(
+                f"result backend Redis at {redact(self._url)} failed: {exc}; is the server running?"
+            ) from exc
+
+    def _client(self) -> Redis:
+        if self._redis is None:
+            raise BrokerConnectionError("the Redis result backend is not connected")
+        return self._redis
+
+    def _script(self, index: int) -> AsyncScript:
+        if self._scripts is None:
+            raise BrokerConnectionError("the Redis result backend is not connected")
+        return self._scripts[index]
+
+    def _key(self, task_id: str) -> str:
+        return f"{self._prefix}:result:{task_id}"
+
+    def _group_keys(self, group_id: str) -> tuple[str, str]:
+        base = f"{self._prefix}:group:{{{group_id}}}"
+        return base, f"{base}:members"
+
+    async def connect(self) -> None:
+        if self._redis is not None:
+            return
+        self._redis = Redis.from_url(self._url, protocol=2, retry=Retry(NoBackoff(), 0))
+        register = self._redis.register_script
+        self._scripts = (register(_STORE), register(_OPEN_GROUP), register(_ADD_TO_GROUP))
+        self._sub = _Subscriber(self._redis.connection_pool.make_connection, self._fetch_many)
+        try:
+            with self._map_errors():
+                await self._redis.ping()
+        except BrokerConnectionError:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        if self._sub is not None:
+            await self._sub.close()
+            self._sub = None
+        for task in list(self._tasks):
+            task.cancel()
+        if self._redis is not None:
+            await self._redis.aclose()
+            self._redis = None
+
+    async def store(self, results: Sequence[EncodedResult]) -> None:
+        """One script call for the batch: first ready writer wins; ready records are published."""
+        if not results:
+            return
+        args: list[bytes | int] = []
+        for r in results:
+            args += (b"1" + r.data if r.ready else b"0" + r.data, _ms(r.ttl))
+        with self._map_errors():
+            await self._script(0)(keys=[self._key(r.task_id) for r in results], args=args)
+
+    async def get(self, task_id: str) -> ResultRecord | None:
+        with self._map_errors():
+            raw = await self._client().get(self._key(task_id))
+        return decode_record(_bytes(raw)[1:]) if raw else None
+
+    async def get_many(self, task_ids: Sequence[str]) -> list[ResultRecord | None]:
+        if not task_ids:
+            return []
+        raws = await self._fetch_many([self._key(t) for t in task_ids])
+        return [decode_record(raw[1:]) if raw else None for raw in raws]
+
+    async def _fetch_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        with self._map_errors():
+            return [None if v is None else _bytes(v) for v in await self._client().mget(keys)]
+
+    def _fetch(self, key: str) -> asyncio.Future[bytes | None]:
+        """GET coalesced with every other GET of this loop iteration into one MGET."""
+        fut = self._gets.get(key)
+        if fut is None:
+            if not self._gets:
+                asyncio.get_running_loop().call_soon(self._spawn, self._flush_gets())
+            fut = self._gets[key] = asyncio.get_running_loop().create_future()
+        return fut
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _flush_gets(self) -> None:
+        batch, self._gets = self._gets, {}
+        try:
+            values = await self._fetch_many(list(batch))
+        except BrokerConnectionError as exc:
+            for fut in batch.values():
+                if not fut.done():
+                    fut.set_exception(exc)
+            return
+        for fut, value in zip(batch.values(), values, strict=True):
+            if not fut.done():
+                fut.set_result(value)
+
+    async def wait(self, task_id: str, timeout: float | None) -> ResultRecord:
+        key = self._key(task_id)
+        sub = self._sub
+        if sub is None:
+            raise BrokerConnectionError("the Redis result backend is not connected")
+        try:
+            async with asyncio.timeout(timeout):
+                raw = await asyncio.shield(self._fetch(key))
+                if raw is not None and raw[:1] == b"1":
+                    return decode_record(raw[1:])
+                data = await sub.wait(key.encode(), lambda: asyncio.shield(self._fetch(key)))
+        except TimeoutError:
+            raise ResultTimeout(
+                f"task {task_id} not ready after {timeout}s; is a worker consuming its queue?"
+            ) from None
+        return decode_record(data)
+
+    async def forget(self, task_ids: Sequence[str]) -> None:
+        if task_ids:
+            with self._map_errors():
+                await self._client().unlink(*(self._key(t) for t in task_ids))
+
+    async def open_group(self, group_id: str, size: int, body: bytes | None, ttl: float) -> None:
+        meta, _ = self._group_keys(group_id)
+        args: list[bytes | int] = [size, _ms(ttl)] + ([body] if body is not None else [])
+        with self._map_errors():
+            await self._script(1)(keys=[meta], args=args)
+
+    async def add_to_group(self, group_id: str, index: int, result: EncodedResult) -> GroupProgress:
+        kind = b"s" if result.state == SUCCESS else b"f" if result.state == FAILURE else b"o"
+        with self._map_errors():
+            args: list[bytes | int] = [index, kind + result.data]
+            reply = await self._script(2)(keys=self._group_keys(group_id), args=args)
+        size, done, fire, first_failure = (int(x) for x in reply[:4])
+        body = reply[4] if len(reply) > 4 else None
+        records = [decode_record(v[1:]) for v in reply[5]] if fire else []
+        return GroupProgress(size, done, bool(fire), bool(first_failure), body, records)
+
+    async def revoke(self, task_ids: Sequence[str], ttl: float) -> None:
+        pipe = self._client().pipeline(transaction=False)
+        for task_id in task_ids:
+            pipe.set(f"{self._prefix}:revoked:{task_id}", b"1", px=_ms(ttl))
+        with self._map_errors():
+            await pipe.execute()
+
+    async def revoked(self, task_ids: Sequence[str]) -> frozenset[str]:
+        if not task_ids:
+            return frozenset()
+        with self._map_errors():
+            flags = await self._client().mget([f"{self._prefix}:revoked:{t}" for t in task_ids])
+        return frozenset(t for t, flag in zip(task_ids, flags, strict=True) if flag is not None)
+
+
+class _Subscriber:
+    """One pub/sub connection for any number of waits; one reader task resolves their futures.
+
+    SUBSCRIBE and UNSUBSCRIBE are batched per loop iteration. A channel is unsubscribed only
+    once its subscription was confirmed and no wait uses it, so replies stay in order.
+    """
+
+    def __init__(
+        self,
+        make_connection: Callable[[], AbstractConnection],
+        fetch_many: Callable[[Sequence[str]], Awaitable[list[bytes | None]]],
+    ) -> None:
+        self._make = make_connection
+        self._fetch_many = fetch_many
+        self._conn: AbstractConnection | None = None
+        self._lock = asyncio.Lock()
+        self._reader: asyncio.Task[None] | None = None
+        self._waiters: dict[bytes, set[asyncio.Future[bytes]]] = {}
+        self._confirmed: dict[bytes, asyncio.Future[None]] = {}
+        self._to_sub: set[bytes] = set()
+        self._to_unsub: set[bytes] = set()
+        self._flush: asyncio.Handle | None = None
+        self._reconnect = False
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def wait(self, channel: bytes, check: Callable[[], Awaitable[bytes | None]]) -> bytes:
+        loop = asyncio.get_running_loop()
+        if self._reader is None:
+            self._reader = loop.create_task(self._read_loop())
+        fut: asyncio.Future[bytes] = loop.create_future()
+        self._waiters.setdefault(channel, set()).add(fut)
+        self._to_unsub.discard(channel)
+        confirmed = self._confirmed.get(channel)
+        if confirmed is None:
+            confirmed = self._confirmed[channel] = loop.create_future()
+            self._to_sub.add(channel)
+            self._schedule()
+        try:
+            await asyncio.shield(confirmed)
+            raw = await check()  # read after subscribe: a record stored before is seen
+            if raw is not None and raw[:1] == b"1":
+                return raw[1:]
+            return await fut
+        finally:
+            waiters = self._waiters.get(channel)
+            if waiters is not None:
+                waiters.discard(fut)
+                if not waiters:
+                    del self._waiters[channel]
+                    self._to_unsub.add(channel)
+                    self._schedule()
+
+    def _schedule(self) -> None:
+        if self._flush is None:
+            self._flush = asyncio.get_running_loop().call_soon(self._start_flush)
+
+    def _start_flush(self) -> None:
+        self._flush = None
+        task = asyncio.get_running_loop().create_task(self._send_changes())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _send_changes(self) -> None:
+        subs = []
+        for ch in self._to_sub:
+            if ch in self._waiters:
+                subs.append(ch)
+            else:  # its waits ended before the flush: never subscribed
+                self._confirmed.pop(ch, None)
+        self._to_sub.clear()
+        unsubs = []
+        for ch in list(self._to_unsub):
+            confirmed = self._confirmed.get(ch)
+            if ch in self._waiters or confirmed is None:
+                self._to_unsub.discard(ch)
+            elif confirmed.done():  # else: after its confirmation, so replies stay ordered
+                unsubs.append(ch)
+                self._to_unsub.discard(ch)
+                del self._confirmed[ch]
+        try:
+            conn = await self._connection()
+            if unsubs:
+                await conn.send_command("UNSUBSCRIBE", *unsubs)
+            if subs:
+                await conn.send_command("SUBSCRIBE", *subs)
+        except _ERRORS as exc:
+            logger.debug("pub/sub send failed, the reader reconnects: %s", exc)
+
+    async def _connection(self) -> AbstractConnection:
+        async with self._lock:
+            if self._conn is None:
+                conn = self._make()
+                await conn.connect()  # type: ignore[no-untyped-call]
+                self._conn = conn
+                if self._reconnect and self._confirmed:
+                    # subscribe again, then re-read the keys: a notification may be lost
+                    channels = list(self._confirmed)
+                    await conn.send_command("SUBSCRIBE", *channels)
+                    self._spawn_recheck(channels)
+                self._reconnect = True
+            return self._conn
+
+    def _spawn_recheck(self, channels: list[bytes]) -> None:
+        loop = asyncio.get_running_loop()
+        for ch in channels:
+            if self._confirmed[ch].done():
+                self._confirmed[ch] = loop.create_future()
+        task = loop.create_task(self._recheck(channels))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _recheck(self, channels: list[bytes]) -> None:
+        await asyncio.gather(*(asyncio.shield(self._confirmed[ch]) for ch in channels))
+        raws = await self._fetch_many([ch.decode() for ch in channels])
+        for ch, raw in zip(channels, raws, strict=True):
+            if raw is not None and raw[:1] == b"1":
+                self._resolve(ch, raw[1:])
+
+    async def _read_loop(self) -> None:
+        delay = 0.05
+        while True:
+            try:
+                conn = await self._connection()
+                reply = await conn.read_response(timeout=math.inf)
+                delay = 0.05
+            except _ERRORS as exc:
+                logger.warning("result backend pub/sub connection lost, reconnecting: %s", exc)
+                await self._drop()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                continue
+            self._dispatch(reply)
+
+    def _dispatch(self, reply: list[Any]) -> None:
+        kind, channel = reply[0], reply[1]
+        if kind == b"message":
+            self._resolve(channel, reply[2])
+        elif kind == b"subscribe":
+            confirmed = self._confirmed.get(channel)
+            if confirmed is not None and not confirmed.done():
+                confirmed.set_result(None)
+            if channel not in self._waiters and channel in self._to_unsub:
+                self._schedule()
+
+    def _resolve(self, channel: bytes, data: bytes) -> None:
+        for fut in self._waiters.get(channel, ()):
+            if not fut.done():
+                fut.set_result(data)
+
+    async def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(*_ERRORS):
+                await conn.disconnect()
+
+    async def close(self) -> None:
+        tasks = [t for t in (self._reader, *self._tasks) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._reader = None
+        closed = BrokerConnectionError("the Redis result backend was closed during a wait")
+        for fut in [f for futs in self._waiters.values() for f in futs]:
+            if not fut.done():
+                fut.set_exception(closed)
+        await self._drop()

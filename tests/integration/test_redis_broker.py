@@ -1,0 +1,305 @@
+"""Redis-specific behaviour of the Streams broker and the Redis backend (real servers only).
+
+Tests that kill or restart Redis run their own redis-server on a free port in a temp dir,
+started and stopped by PID; the shared server on 6379 only sees keys under the test prefix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import socket
+import subprocess
+import time
+from typing import TYPE_CHECKING
+
+import pytest
+from redis.asyncio import Redis
+
+from aiotask.backends.redis import RedisBackend
+from aiotask.brokers import Delivery, Outgoing
+from aiotask.brokers.redis_streams import RedisStreamsBroker
+from aiotask.exceptions import BrokerConnectionError
+from aiotask.settings import Settings
+from tests.conftest import REQUIRE_SERVICES
+from tests.contract.conftest import delete_prefix
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Iterator
+    from pathlib import Path
+
+pytestmark = pytest.mark.redis
+
+
+def settings(url: str, namespace: str, **kw: object) -> Settings:
+    return Settings(broker_url=url, key_prefix=namespace, **kw)  # type: ignore[arg-type]
+
+
+def out(i: int, queue: str = "q", **kw: object) -> Outgoing:
+    return Outgoing(queue=queue, body=f"body-{i}".encode(), message_id=f"m{i}", **kw)  # type: ignore[arg-type]
+
+
+async def receive_n(broker: RedisStreamsBroker, n: int, timeout: float = 5.0) -> list[Delivery]:
+    got: list[Delivery] = []
+    async with asyncio.timeout(timeout):
+        while len(got) < n:
+            got += await broker.receive(["q"], n - len(got))
+    return got
+
+
+@pytest.fixture
+async def raw(redis_url: str, namespace: str) -> AsyncIterator[Redis]:
+    client = Redis.from_url(redis_url)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+        await delete_prefix(redis_url, namespace)
+
+
+@pytest.fixture
+async def broker(redis_url: str, namespace: str, raw: Redis) -> AsyncIterator[RedisStreamsBroker]:
+    b = RedisStreamsBroker(redis_url, settings(redis_url, namespace, visibility_timeout=0.6), "app")
+    await b.connect()
+    try:
+        yield b
+    finally:
+        await b.close()
+
+
+async def test_ack_deletes_entries_so_streams_do_not_grow(
+    broker: RedisStreamsBroker, raw: Redis, namespace: str
+) -> None:
+    await broker.publish([out(i) for i in range(20)])
+    stream = f"{namespace}:{{q}}:s0"
+    assert await raw.xlen(stream) == 20
+    got = await receive_n(broker, 20)
+    await broker.ack(got)
+    assert await raw.xlen(stream) == 0
+    assert (await raw.xpending(stream, "app"))["pending"] == 0
+
+
+async def test_dead_consumers_messages_are_taken_over_by_a_live_one(
+    redis_url: str, namespace: str, raw: Redis, broker: RedisStreamsBroker
+) -> None:
+    await broker.publish([out(i) for i in range(6)])
+    stream = f"{namespace}:{{q}}:s0"
+    await raw.xgroup_create(stream, "app", id="0")
+    # a consumer that reads three messages and dies without a word
+    await raw.xreadgroup("app", "dead-worker", {stream: ">"}, count=3)
+    conf = settings(redis_url, namespace, visibility_timeout=0.6)
+    other = RedisStreamsBroker(redis_url, conf, "app")
+    await other.connect()
+    try:
+        fresh = await broker.receive(["q"], 10)
+        assert {d.message_id for d in fresh} == {"m3", "m4", "m5"}
+        assert all(d.deliveries == 1 for d in fresh)
+        await broker.ack(fresh)
+        started = time.monotonic()
+        async with asyncio.timeout(5):
+            taken = await other.receive(["q"], 10)  # once the dead one's 0.6 s lease lapsed
+        assert time.monotonic() - started > 0.3
+        assert {d.message_id for d in taken} == {"m0", "m1", "m2"}
+        assert all(d.deliveries == 2 for d in taken)
+        await other.ack(taken)
+    finally:
+        await other.close()
+    assert await raw.xlen(stream) == 0
+    pending = await raw.xpending(stream, "app")
+    assert pending["pending"] == 0
+
+
+async def test_garbage_entry_is_delivered_as_bytes_and_can_be_dead_lettered(
+    broker: RedisStreamsBroker, raw: Redis, namespace: str
+) -> None:
+    stream = f"{namespace}:{{q}}:s0"
+    await raw.xadd(stream, {b"junk": b"\xff\x00not a message"})
+    [d] = await receive_n(broker, 1)
+    assert d.body == b"\xff\x00not a message"
+    await broker.nack([d], requeue=False, reason="undecodable: garbage")
+    [dead] = await broker.dead_letters("q")
+    assert dead.body == b"\xff\x00not a message" and "garbage" in dead.reason
+    assert await raw.xlen(stream) == 0
+
+
+async def test_close_hands_back_unsettled_messages_at_once(
+    redis_url: str, namespace: str, raw: Redis
+) -> None:
+    conf = settings(redis_url, namespace, visibility_timeout=30.0)
+    a = RedisStreamsBroker(redis_url, conf, "app")
+    b = RedisStreamsBroker(redis_url, conf, "app")
+    await a.connect()
+    await b.connect()
+    try:
+        await a.publish([out(1), out(2)])
+        assert len(await receive_n(a, 2)) == 2
+        await a.close()  # a cold shutdown: nothing settled
+        again = await receive_n(b, 2, timeout=2.0)  # long before the 30 s lease
+        assert {d.message_id for d in again} == {"m1", "m2"}
+        await b.ack(again)
+    finally:
+        await b.close()
+
+
+async def test_new_delayed_message_wakes_a_blocked_consumer(
+    redis_url: str, namespace: str, raw: Redis
+) -> None:
+    conf = settings(redis_url, namespace, visibility_timeout=60.0)  # reclaim every 30 s
+    consumer = RedisStreamsBroker(redis_url, conf, "app")
+    producer = RedisStreamsBroker(redis_url, conf, "app")
+    await consumer.connect()
+    await producer.connect()
+    try:
+        waiter = asyncio.create_task(consumer.receive(["q"], 5))
+        await asyncio.sleep(0.3)  # consumer is now blocked with no known eta
+        assert await raw.zcard(f"{namespace}:{{q}}:delayed") == 0
+        started = time.monotonic()
+        await producer.publish([out(1, eta=time.time() + 0.5)])
+        assert await raw.zcard(f"{namespace}:{{q}}:delayed") == 1
+        async with asyncio.timeout(5):
+            [d] = await waiter
+        assert d.message_id == "m1"
+        assert 0.4 < time.monotonic() - started < 2.0
+        await consumer.ack([d])
+    finally:
+        await consumer.close()
+        await producer.close()
+
+
+async def test_many_waits_share_one_connection(redis_url: str, namespace: str, raw: Redis) -> None:
+    from aiotask.backends.base import EncodedResult, ResultRecord
+
+    backend = RedisBackend(redis_url, settings(redis_url, namespace))
+    await backend.connect()
+    try:
+        before = int((await raw.info("clients"))["connected_clients"])
+        ids = [f"{namespace}-{i}" for i in range(1000)]
+        waits = [asyncio.create_task(backend.wait(t, timeout=10)) for t in ids]
+        await asyncio.sleep(0.3)
+        during = int((await raw.info("clients"))["connected_clients"])
+        # one pub/sub connection plus at most a couple of pooled ones, whatever the count
+        assert during - before <= 3
+        await backend.store(
+            [EncodedResult.of(ResultRecord(t, "SUCCESS", i), 60) for i, t in enumerate(ids)]
+        )
+        results = await asyncio.gather(*waits)
+        assert [r.result for r in results] == list(range(1000))
+    finally:
+        await backend.close()
+
+
+# -- a private redis-server ------------------------------------------------------------------
+
+
+class PrivateRedis:
+    """A redis-server of our own on a free port; started and killed by PID, never by name."""
+
+    def __init__(self, directory: Path, *extra: str) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1"]
+        self.args += ["--dir", str(directory), "--save", "", "--appendonly", "no", *extra]
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(self.args, stdout=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                time.sleep(0.02)
+        raise RuntimeError("private redis-server did not start")
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()  # by the PID we started
+            self.proc.wait()
+            self.proc = None
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    if shutil.which("redis-server") is None:
+        if REQUIRE_SERVICES:
+            pytest.fail("redis-server is not installed and AIOTASK_REQUIRE_SERVICES=1")
+        pytest.skip("redis-server is not installed")
+    server = PrivateRedis(tmp_path, "--maxmemory-policy", "allkeys-lru")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+async def test_warns_about_persistence_and_eviction(
+    private_redis: PrivateRedis, caplog: pytest.LogCaptureFixture
+) -> None:
+    b = RedisStreamsBroker(private_redis.url, settings(private_redis.url, "w"), "app")
+    with caplog.at_level(logging.WARNING, logger="aiotask.brokers.redis_streams"):
+        await b.connect()
+    await b.close()
+    text = caplog.text
+    assert "appendonly yes" in text and "maxmemory-policy noeviction" in text
+
+
+async def test_receive_resumes_after_a_restart_without_persistence(
+    private_redis: PrivateRedis,
+) -> None:
+    b = RedisStreamsBroker(private_redis.url, settings(private_redis.url, "r"), "app")
+    await b.connect()
+    try:
+        await b.publish([out(1)])
+        await b.ack(await receive_n(b, 1))
+        waiter = asyncio.create_task(b.receive(["q"], 1))
+        await asyncio.sleep(0.2)
+        private_redis.kill()
+        await asyncio.sleep(0.3)
+        private_redis.start()  # empty: the stream and the group are gone
+        await b.publish([out(2)])
+        async with asyncio.timeout(10):
+            [d] = await waiter
+        assert d.message_id == "m2"
+        await b.ack([d])
+    finally:
+        await b.close()
+
+
+async def test_receive_gives_up_after_broker_unreachable_timeout(
+    private_redis: PrivateRedis,
+) -> None:
+    conf = settings(private_redis.url, "u", broker_unreachable_timeout=1.0)
+    b = RedisStreamsBroker(private_redis.url, conf, "app")
+    await b.connect()
+    try:
+        private_redis.kill()
+        started = time.monotonic()
+        with pytest.raises(BrokerConnectionError, match="unreachable"):
+            await b.receive(["q"], 1)
+        assert 0.9 < time.monotonic() - started < 5
+    finally:
+        await b.close()
+
+
+async def test_wait_survives_a_backend_restart(private_redis: PrivateRedis) -> None:
+    from aiotask.backends.base import EncodedResult, ResultRecord
+
+    backend = RedisBackend(private_redis.url, settings(private_redis.url, "b"))
+    await backend.connect()
+    try:
+        waiter = asyncio.create_task(backend.wait("t1", timeout=10))
+        await asyncio.sleep(0.2)
+        private_redis.kill()
+        await asyncio.sleep(0.2)
+        private_redis.start()
+        # stored maybe before the reader is back: it re-reads the key after subscribing again
+        await backend.store([EncodedResult.of(ResultRecord("t1", "SUCCESS", 7), 60)])
+        assert (await waiter).result == 7
+    finally:
+        await backend.close()
