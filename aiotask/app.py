@@ -8,6 +8,8 @@ import inspect
 import weakref
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, Protocol, TypeVar, Unpack, overload
 
+import orjson
+
 from aiotask import backends, brokers, protocol
 from aiotask._log import get_logger
 from aiotask._urls import redact
@@ -287,6 +289,9 @@ class App:
         ttl = self.conf.result_expires
         await backend.revoke(task_ids, ttl)
         await backend.store(encode_revoked(task_ids, ttl))
+        # Workers already holding (or running) one of these learn it now, not at the next message.
+        command = {"op": "revoke", "ids": list(task_ids), "terminate": terminate}
+        await backend.broadcast(orjson.dumps(command))
 
 
 def _never(*args: Any, **kwargs: Any) -> Awaitable[None]:

@@ -12,6 +12,8 @@ Contract, for every implementation:
   neither counts twice nor fires twice. Exactly one caller sees `fire=True` (all members
   succeeded) and at most one sees `first_failure=True`.
 - `revoke` writes tombstones with a ttl; `revoked` returns which of the ids carry one.
+- `broadcast` sends a small control payload to every live `control()` iterator (every worker):
+  best effort, no persistence (a worker that is down learns from the tombstones instead).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from aiotask.serializer import ExceptionInfo
 from aiotask.states import READY_STATES
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import AsyncIterator, Sequence
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,3 +154,7 @@ class ResultBackend(Protocol):
     async def revoke(self, task_ids: Sequence[str], ttl: float) -> None: ...
 
     async def revoked(self, task_ids: Sequence[str]) -> frozenset[str]: ...
+
+    async def broadcast(self, payload: bytes) -> None: ...
+
+    def control(self) -> AsyncIterator[bytes]: ...

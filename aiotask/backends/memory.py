@@ -17,7 +17,7 @@ from aiotask.exceptions import ResultTimeout
 from aiotask.states import FAILURE, SUCCESS
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import AsyncIterator, Sequence
 
 
 @dataclass(slots=True)
@@ -38,6 +38,7 @@ class MemoryBackend:
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._groups: dict[str, _Group] = {}
         self._revoked: dict[str, float] = {}
+        self._listeners: set[asyncio.Queue[bytes]] = set()
 
     async def connect(self) -> None:
         return None
@@ -126,3 +127,16 @@ class MemoryBackend:
     async def revoked(self, task_ids: Sequence[str]) -> frozenset[str]:
         mono = monotonic()
         return frozenset(t for t in task_ids if self._revoked.get(t, 0.0) > mono)
+
+    async def broadcast(self, payload: bytes) -> None:
+        for queue in self._listeners:
+            queue.put_nowait(payload)
+
+    async def control(self) -> AsyncIterator[bytes]:
+        queue: asyncio.Queue[bytes] = asyncio.Queue()
+        self._listeners.add(queue)
+        try:
+            while True:
+                yield await queue.get()
+        finally:
+            self._listeners.discard(queue)

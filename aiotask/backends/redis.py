@@ -25,7 +25,7 @@ from aiotask.exceptions import BrokerConnectionError, ResultTimeout
 from aiotask.states import FAILURE, SUCCESS
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Iterator, Sequence
+    from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 
     from redis.asyncio.connection import AbstractConnection
     from redis.commands.core import AsyncScript
@@ -259,6 +259,28 @@ class RedisBackend:
         with self._map_errors():
             flags = await self._client().mget([f"{self._prefix}:revoked:{t}" for t in task_ids])
         return frozenset(t for t, flag in zip(task_ids, flags, strict=True) if flag is not None)
+
+    async def broadcast(self, payload: bytes) -> None:
+        with self._map_errors():
+            await self._client().publish(f"{self._prefix}:control", payload)
+
+    async def control(self) -> AsyncIterator[bytes]:
+        """Control payloads from PUBLISH on `{prefix}:control`; resubscribes after a drop."""
+        channel = f"{self._prefix}:control"
+        while True:
+            pubsub = self._client().pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(channel)
+                while True:
+                    message = await pubsub.get_message(timeout=None)
+                    if message is not None and message.get("type") == "message":
+                        yield _bytes(message["data"])
+            except (RedisError, OSError) as exc:
+                logger.warning("control channel lost (%s); resubscribing", exc)
+                await asyncio.sleep(1.0)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
 
 
 class _Subscriber:

@@ -7,6 +7,8 @@ import os
 import socket
 from typing import TYPE_CHECKING
 
+import orjson
+
 from aiotask._log import get_logger
 from aiotask._urls import redact
 from aiotask.worker.consumer import Dispatcher, consume, renew_leases
@@ -26,6 +28,8 @@ __all__ = ["Worker"]
 log = get_logger(__name__)
 #: Seconds a cold shutdown spends handing abandoned deliveries back before it just closes.
 HANDBACK_TIMEOUT = 5.0
+#: Broadcast revocations remembered in memory (tombstones in the backend cover the rest).
+REVOKED_MEMORY = 100_000
 
 
 class Worker:
@@ -105,6 +109,9 @@ class Worker:
                         renew_leases(app.broker, self.dispatcher, app.conf.visibility_timeout / 3),
                         name="aiotask-leases",
                     )
+                control = None
+                if app.backend is not None:
+                    control = group.create_task(self._control(), name="aiotask-control")
                 self.ready.set()
                 log.info("worker %s ready", self.name)
                 await self.shutdown.requested.wait()
@@ -112,8 +119,9 @@ class Worker:
                 await self._drain()
                 self.settler.stop()
                 await settler
-                if leases is not None:
-                    leases.cancel()
+                for loop_task in (leases, control):
+                    if loop_task is not None:
+                        loop_task.cancel()
         except* Exception as group_error:
             for exc in group_error.exceptions:
                 log.critical("worker %s stopped: %s", self.name, exc, exc_info=exc)
@@ -127,6 +135,29 @@ class Worker:
                     log.exception("middleware %r failed at shutdown", mw)
             await app.close()
         return 1 if failed or self.shutdown.phase is Phase.COLD else 0
+
+    async def _control(self) -> None:
+        """Obey broadcasts: revoke (skip if not started; with terminate, stop if running)."""
+        backend = self.app.backend
+        if backend is None:
+            return
+        executor = self.dispatcher.executor
+        async for payload in backend.control():
+            try:
+                command = orjson.loads(payload)
+                ids = [str(i) for i in command.get("ids", [])]
+            except (orjson.JSONDecodeError, AttributeError, TypeError):
+                log.warning("ignoring a malformed control message: %r", payload[:120])
+                continue
+            if command.get("op") != "revoke":
+                continue
+            if len(executor.revoked) > REVOKED_MEMORY:
+                executor.revoked.clear()  # the durable tombstones still cover older ones
+            executor.revoked.update(ids)
+            if command.get("terminate"):
+                for task_id in ids:
+                    if await executor.terminate(task_id):
+                        log.warning("terminating task %s (revoked)", task_id)
 
     async def _drain(self) -> None:
         """Warm: hand back unstarted, wait for running up to the grace. Cold: abandon running."""

@@ -54,6 +54,23 @@ class Executor:
         self.pool = pool
         self.ttl = app.conf.result_expires
         self.track_started = app.conf.task_track_started
+        #: task id -> the asyncio task executing it, for revoke(terminate=True)
+        self.running: dict[str, asyncio.Task[Any]] = {}
+        self.terminating: set[str] = set()
+        #: ids revoked by broadcast while their messages were already here
+        self.revoked: set[str] = set()
+
+    async def terminate(self, task_id: str) -> bool:
+        """Stop a running task (revoke with terminate=True): cancel its coroutine, or kill the
+        pool child running it. False if it is not running here."""
+        running = self.running.get(task_id)
+        if running is None:
+            return False
+        self.terminating.add(task_id)
+        killed = await self.pool.terminate(task_id) if hasattr(self.pool, "terminate") else False
+        if not killed:
+            running.cancel(msg="aiotask: terminated by revoke")
+        return True
 
     async def execute(self, delivery: Delivery, revoked: bool = False) -> Settlement:
         try:
@@ -66,6 +83,7 @@ class Executor:
                 exc,
             )
             return Settlement(delivery, "dead", reason=f"undecodable: {exc}")
+        revoked = revoked or message.id in self.revoked
         if revoked or (message.expires is not None and now() > message.expires):
             why = "revoked" if revoked else "expired"
             log.info("skipping %s task %s[%s]", why, message.task, message.id)
@@ -99,6 +117,9 @@ class Executor:
         )
         token = current_task.set(ctx)
         started = time.perf_counter()
+        this = asyncio.current_task()
+        if this is not None:
+            self.running[message.id] = this
         try:
             if self.track_started and self.app.backend is not None:
                 await ctx.update_state(State.STARTED)
@@ -110,11 +131,19 @@ class Executor:
                 value = await self._call(task, ctx, message)
             outcome: Outcome = Succeeded(value)
         except asyncio.CancelledError:
-            raise  # cold shutdown or terminate: the settler never sees this delivery
+            if message.id not in self.terminating:
+                raise  # cold shutdown: the settler never sees this delivery, it is handed back
+            self.terminating.discard(message.id)
+            if this is not None:
+                this.uncancel()
+            log.warning("task %s[%s] terminated by revoke", message.task, message.id)
+            outcome = Revoked("terminated")
         except BaseException as exc:
             outcome = classify(exc, task.options.retry, message.retries)
         finally:
             current_task.reset(token)
+            self.running.pop(message.id, None)
+            self.terminating.discard(message.id)
         elapsed = time.perf_counter() - started
         settlement = self._settle(delivery, message, task, outcome, elapsed)
         if message.chain or message.links or message.errbacks or message.chord is not None:

@@ -138,3 +138,19 @@ async def test_revoke_tombstones(backend: ResultBackend, namespace: str) -> None
     a, b = f"{namespace}-ra", f"{namespace}-rb"
     await backend.revoke([a], ttl=60)
     assert await backend.revoked([a, b]) == frozenset({a})
+
+
+async def test_broadcast_reaches_every_listener(backend: ResultBackend) -> None:
+    async def first(n: int) -> bytes:
+        async for payload in backend.control():
+            if n == 0:
+                return payload
+            n -= 1
+        raise AssertionError("control() ended")
+
+    listeners = [asyncio.create_task(first(0)) for _ in range(2)]
+    async with asyncio.timeout(5):
+        while not all(t.done() for t in listeners):
+            await backend.broadcast(b'{"op": "ping"}')
+            await asyncio.sleep(0.05)
+    assert [t.result() for t in listeners] == [b'{"op": "ping"}'] * 2

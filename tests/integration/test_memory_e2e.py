@@ -332,3 +332,31 @@ async def test_middleware_wraps_send_and_execution() -> None:
     async with start_worker(mapp):
         assert await (await five.send()).get(timeout=5) == 10
     assert seen == ["startup", "before:t-1", "after", "shutdown"]
+
+
+async def test_revoke_terminate_cancels_a_running_coroutine() -> None:
+    async with start_worker(app) as worker:
+        r = await t.sleeper.send(30, "terminated-key")
+        while r.id not in worker.dispatcher.executor.running:
+            await asyncio.sleep(0.01)
+        started = time.monotonic()
+        await r.revoke(terminate=True)
+        with pytest.raises(TaskRevoked):
+            await r.get(timeout=5)
+        assert time.monotonic() - started < 2
+        assert await r.state() == "REVOKED"
+        assert await (await t.add.send(1, 2)).get(timeout=5) == 3  # the worker goes on
+    assert "terminated-key" not in t.calls
+
+
+async def test_revoke_reaches_messages_already_prefetched() -> None:
+    async with start_worker(app, concurrency=1, prefetch=5) as worker:
+        first = await t.sleeper.send(0.3, "blocker")
+        queued = await t.sleeper.send(0, "prefetched-key")
+        while len(worker.dispatcher.held) < 2:
+            await asyncio.sleep(0.01)
+        await queued.revoke()
+        assert await first.get(timeout=5) == "slept"
+        with pytest.raises(TaskRevoked):
+            await queued.get(timeout=5)
+    assert "prefetched-key" not in t.calls
