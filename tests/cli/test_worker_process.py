@@ -13,22 +13,40 @@ from typing import TYPE_CHECKING
 import pytest
 
 from aiotask import App
+from tests.conftest import REDIS_URL
 from tests.procs import lines, start_worker, stop, worker_env, write_tasks
 
 if TYPE_CHECKING:
     from pathlib import Path
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.fixture(params=["sqlite", "redis", "amqp"])
 def broker_url(request: pytest.FixtureRequest, tmp_path: Path, namespace: str) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path}/proc.db"
-    url: str = request.getfixturevalue("redis_url")
+    url: str = request.getfixturevalue(f"{request.param}_url")
+    if request.param == "amqp":
+        request.getfixturevalue("redis_url")
     return url
 
 
+def results_for(url: str) -> str | None:
+    """AMQP keeps no results: those tests store them in Redis."""
+    return REDIS_URL if url.startswith("amqp") else None
+
+
 def producer(url: str, namespace: str) -> App:
+    backend = results_for(url)
+    if backend:
+        return App("proc", broker=url, backend=backend, key_prefix=namespace)
     return App("proc", broker=url, key_prefix=namespace)
+
+
+def env_for(directory: Path, url: str, namespace: str, **settings: str) -> dict[str, str]:
+    backend = results_for(url)
+    if backend:
+        settings["AIOTASK_RESULT_BACKEND"] = backend
+    return worker_env(write_tasks(directory), url, AIOTASK_KEY_PREFIX=namespace, **settings)
 
 
 async def wait_all(app: App, ids: list[str], timeout: float) -> list[object]:
@@ -37,7 +55,7 @@ async def wait_all(app: App, ids: list[str], timeout: float) -> list[object]:
 
 
 async def test_worker_process_runs_tasks(tmp_path: Path, broker_url: str, namespace: str) -> None:
-    env = worker_env(write_tasks(tmp_path), broker_url, AIOTASK_KEY_PREFIX=namespace)
+    env = env_for(tmp_path, broker_url, namespace)
     proc = start_worker(tmp_path, env, "-c", "10", "-P", "1")
     try:
         async with producer(broker_url, namespace) as app:
@@ -52,7 +70,7 @@ async def test_worker_process_runs_tasks(tmp_path: Path, broker_url: str, namesp
 async def test_sigterm_finishes_running_and_loses_nothing(
     tmp_path: Path, broker_url: str, namespace: str
 ) -> None:
-    env = worker_env(write_tasks(tmp_path), broker_url, AIOTASK_KEY_PREFIX=namespace)
+    env = env_for(tmp_path, broker_url, namespace)
     proc = start_worker(tmp_path, env, "-c", "4", "--prefetch", "8")
     async with producer(broker_url, namespace) as app:
         keys = [f"k{i}" for i in range(20)]
@@ -74,12 +92,7 @@ async def test_sigterm_finishes_running_and_loses_nothing(
 async def test_kill_9_mid_task_is_redelivered_and_finished_once(
     tmp_path: Path, broker_url: str, namespace: str
 ) -> None:
-    env = worker_env(
-        write_tasks(tmp_path),
-        broker_url,
-        AIOTASK_KEY_PREFIX=namespace,
-        AIOTASK_VISIBILITY_TIMEOUT="2",
-    )
+    env = env_for(tmp_path, broker_url, namespace, AIOTASK_VISIBILITY_TIMEOUT="2")
     victim = start_worker(tmp_path, env, "-c", "4")
     async with producer(broker_url, namespace) as app:
         keys = [f"x{i}" for i in range(4)]

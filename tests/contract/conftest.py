@@ -23,6 +23,19 @@ MAX_DELIVERIES = 3
 Cleanup = Callable[[], Awaitable[None]]
 
 
+#: Queues the broker contract tests use; the fixture empties (AMQP: deletes) them afterwards.
+TEST_QUEUES = ("q", "q2", "qa", "qb")
+
+
+async def delete_amqp_queues(b: Broker) -> None:
+    """Delete this test's queues (its unique prefix only), so the shared server stays clean."""
+    from aiotask.brokers.rabbitmq import RabbitMQBroker
+
+    assert isinstance(b, RabbitMQBroker)
+    for queue in TEST_QUEUES:
+        await b.delete_queue(queue)
+
+
 async def _nothing() -> None:
     return None
 
@@ -62,8 +75,21 @@ async def make_backend(kind: str, request: pytest.FixtureRequest, namespace: str
     return backend
 
 
-BROKERS = ["memory"]
-BACKENDS = ["memory"]
+BROKERS = ["memory", "sqlite", "redis", "amqp"]
+BACKENDS = ["memory", "sqlite", "redis"]
+
+
+async def delete_prefix(url: str, prefix: str) -> None:
+    """Remove every key under `prefix:` (SCAN + UNLINK; never FLUSH a shared server)."""
+    from redis.asyncio import Redis
+
+    client = Redis.from_url(url)
+    try:
+        batch = [key async for key in client.scan_iter(match=f"{prefix}:*", count=1000)]
+        if batch:
+            await client.unlink(*batch)
+    finally:
+        await client.aclose()
 
 
 @pytest.fixture(params=BROKERS)
@@ -72,9 +98,55 @@ async def broker(request: pytest.FixtureRequest, namespace: str) -> AsyncIterato
     try:
         yield b
     finally:
-        for queue in ("q", "q2", "qa", "qb"):
+        for queue in TEST_QUEUES:
             await b.purge(queue)
+        if request.param == "amqp":
+            await delete_amqp_queues(b)
         await b.close()
+        if request.param == "redis":
+            await delete_prefix(request.getfixturevalue("redis_url"), namespace)
+
+
+class MoreBrokers:
+    """More consumers of the same kind and namespace as `broker`: a fresh process, in effect.
+
+    memory:// has no shared server, so "another instance" is the same in-process broker,
+    reopened after close() (which hands its unsettled messages back, as a server would).
+    """
+
+    def __init__(self, kind: str, request: pytest.FixtureRequest, namespace: str, shared: Broker):
+        self._kind, self._request, self._namespace, self._shared = kind, request, namespace, shared
+        self._open: list[Broker] = []
+
+    async def new(self) -> Broker:
+        if self._kind == "memory":
+            await self._shared.connect()
+            return self._shared
+        b = await make_broker(self._kind, self._request, self._namespace)
+        self._open.append(b)
+        return b
+
+    async def close(self, b: Broker) -> None:
+        """The consumer goes away without settling what it holds."""
+        if b in self._open:
+            self._open.remove(b)
+        await b.close()
+
+    async def close_all(self) -> None:
+        for b in list(self._open):
+            await self.close(b)
+
+
+@pytest.fixture
+async def more_brokers(
+    request: pytest.FixtureRequest, namespace: str, broker: Broker
+) -> AsyncIterator[MoreBrokers]:
+    kind = request.node.callspec.params["broker"]
+    more = MoreBrokers(kind, request, namespace, broker)
+    try:
+        yield more
+    finally:
+        await more.close_all()
 
 
 @pytest.fixture(params=BACKENDS)
@@ -84,3 +156,5 @@ async def backend(request: pytest.FixtureRequest, namespace: str) -> AsyncIterat
         yield b
     finally:
         await b.close()
+        if request.param == "redis":
+            await delete_prefix(request.getfixturevalue("redis_url"), namespace)

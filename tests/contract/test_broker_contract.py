@@ -8,7 +8,7 @@ import time
 import pytest
 
 from aiotask.brokers import Broker, Delivery, Outgoing
-from tests.contract.conftest import LEASE, MAX_DELIVERIES
+from tests.contract.conftest import LEASE, MAX_DELIVERIES, MoreBrokers
 
 
 def out(i: int, queue: str = "q", **kw: object) -> Outgoing:
@@ -72,22 +72,50 @@ async def test_acked_message_is_not_redelivered(broker: Broker) -> None:
     assert await nothing_within(broker, ["q"], LEASE * 2.5)
 
 
-async def test_unsettled_message_is_redelivered_after_lease(broker: Broker) -> None:
+async def test_unsettled_message_is_redelivered_after_lease(
+    broker: Broker, more_brokers: MoreBrokers
+) -> None:
+    # Without leases (AMQP) the consumer's death is what returns the message: close() it and
+    # receive on a fresh instance, as another worker process would.
+    leases = broker.capabilities.leases
     await broker.publish([out(1)])
-    [first] = await receive_all(broker, ["q"], 1)
-    [again] = await receive_all(broker, ["q"], 1, timeout=LEASE * 6)
+    consumer = broker if leases else await more_brokers.new()
+    [first] = await receive_all(consumer, ["q"], 1)
+    if not leases:
+        await more_brokers.close(consumer)
+        consumer = await more_brokers.new()
+    [again] = await receive_all(consumer, ["q"], 1, timeout=LEASE * 6)
     assert again.message_id == "m1"
     assert again.deliveries == first.deliveries + 1
-    await broker.ack([again])
+    await consumer.ack([again])
 
 
-async def test_extend_keeps_ownership_past_the_lease(broker: Broker) -> None:
+async def test_consumer_closing_unsettled_hands_message_to_another(
+    broker: Broker, more_brokers: MoreBrokers
+) -> None:
+    await broker.publish([out(1)])
+    first = await more_brokers.new()
+    [held] = await receive_all(first, ["q"], 1)
+    await more_brokers.close(first)  # neither acked nor nacked
+    second = await more_brokers.new()
+    [again] = await receive_all(second, ["q"], 1, timeout=LEASE * 6)
+    assert (again.message_id, again.body) == ("m1", b"body-1")
+    assert again.deliveries == held.deliveries + 1
+    await second.ack([again])
+
+
+async def test_extend_keeps_ownership_past_the_lease(
+    broker: Broker, more_brokers: MoreBrokers
+) -> None:
     await broker.publish([out(1)])
     got = await receive_all(broker, ["q"], 1)
     for _ in range(4):
         await asyncio.sleep(LEASE * 0.4)
         await broker.extend(got)
     assert await nothing_within(broker, ["q"], LEASE * 0.4)
+    if not broker.capabilities.leases:
+        # No lease to lapse: another consumer must not see it while this one lives.
+        assert await nothing_within(await more_brokers.new(), ["q"], LEASE * 0.4)
     await broker.ack(got)
 
 
@@ -112,17 +140,25 @@ async def test_nack_without_requeue_dead_letters_with_reason(broker: Broker) -> 
     assert "garbage" in dead.reason
 
 
-async def test_message_over_max_deliveries_is_dead_lettered(broker: Broker) -> None:
+async def test_message_over_max_deliveries_is_dead_lettered(
+    broker: Broker, more_brokers: MoreBrokers
+) -> None:
+    leases = broker.capabilities.leases
     await broker.publish([out(1)])
     seen = 0
     deadline = time.monotonic() + LEASE * (MAX_DELIVERIES + 3) * 2
     while time.monotonic() < deadline:
+        # never settled: the lease lapses each time, or (no leases) the consumer dies
+        consumer = broker if leases else await more_brokers.new()
         try:
             async with asyncio.timeout(LEASE * 2.5):
-                got = await broker.receive(["q"], 1)
+                got = await consumer.receive(["q"], 1)
         except TimeoutError:
             break
-        seen += len(got)  # never settled: the lease lapses each time
+        finally:
+            if not leases:
+                await more_brokers.close(consumer)
+        seen += len(got)
     assert seen == MAX_DELIVERIES
     dead = await broker.dead_letters("q")
     assert [d.message_id for d in dead] == ["m1"]

@@ -13,6 +13,7 @@ from aiotask import App, Task
 from aiotask.brokers import Outgoing
 from aiotask.canvas import chain, chord, group, signature
 from aiotask.protocol import Message, encode
+from aiotask.settings import FROM_BROKER
 from aiotask.testing import start_worker
 
 if TYPE_CHECKING:
@@ -33,8 +34,14 @@ class Kit:
     seen: Counter[str] = field(default_factory=Counter)
 
 
-def make_kit(url: str, namespace: str) -> Kit:
-    app = App(f"canvas-{namespace}", broker=url, key_prefix=namespace, visibility_timeout=5)
+def make_kit(url: str, namespace: str, backend: str | None = None) -> Kit:
+    app = App(
+        f"canvas-{namespace}",
+        broker=url,
+        backend=backend or FROM_BROKER,
+        key_prefix=namespace,
+        visibility_timeout=5,
+    )
     seen: Counter[str] = Counter()
 
     @app.task(name="c.add")
@@ -58,15 +65,19 @@ def make_kit(url: str, namespace: str) -> Kit:
     return Kit(app, add, tsum, fail, record, seen)
 
 
-@pytest.fixture(params=["memory", "sqlite", "redis"])
+@pytest.fixture(params=["memory", "sqlite", "redis", "amqp"])
 async def kit(request: pytest.FixtureRequest, namespace: str, tmp_path: Any) -> AsyncIterator[Kit]:
+    backend = None
     if request.param == "memory":
         url = "memory://"
     elif request.param == "sqlite":
         url = f"sqlite:///{tmp_path}/canvas.db"
-    else:
+    elif request.param == "redis":
         url = request.getfixturevalue("redis_url")
-    k = make_kit(url, namespace)
+    else:
+        url = request.getfixturevalue("amqp_url")
+        backend = request.getfixturevalue("redis_url")
+    k = make_kit(url, namespace, backend)
     async with start_worker(k.app, concurrency=50):
         yield k
 

@@ -1,0 +1,232 @@
+"""Shared plumbing of the SQLite broker and backend: one connection on one thread, and wakeups.
+
+Why a dedicated thread per connection (a one-worker executor) rather than `asyncio.to_thread`:
+- a sqlite3 connection must not be used from two threads at once; one thread gives that for
+  free (calls run in FIFO order, no lock) and keeps the connection on the thread that made it;
+- the loop's default executor is shared with user code (`to_thread` in tasks, blocking
+  libraries); a saturated default pool would stall every broker call behind it.
+
+SQLite cannot notify another process, so waiting polls (see POLL_MIN / POLL_MAX). Inside one
+process, a publish or a store wakes every waiter on the same file at once through `notify`,
+whatever event loop or thread it runs on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import os
+import sqlite3
+import threading
+import weakref
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Concatenate, ParamSpec, TypeVar
+
+from aiotask._urls import parse_url, redact
+from aiotask.exceptions import BrokerConnectionError, ConfigurationError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+#: First and longest pause between two polls of an idle file; reset after each hit.
+POLL_MIN = 0.002
+POLL_MAX = 0.1
+#: Seconds a writer waits for the file lock before failing with "database is locked".
+BUSY_TIMEOUT = 5.0
+#: RETURNING needs 3.35; json_each (one query for many ids) is built in since 3.38.
+MIN_SQLITE = (3, 35, 0)
+
+
+def resolve_path(url: str) -> str:
+    """The absolute file of a sqlite:// URL, taken relative to the current directory now."""
+    path = parse_url(url, allowed=frozenset({"sqlite"}), what="SQLite").sqlite_path
+    if path == ":memory:" or path.startswith("file:"):
+        raise ConfigurationError(
+            f"{redact(url)!r}: an SQLite broker needs a file shared by processes; use "
+            "memory:// for an in-process broker, or sqlite:///path/to/file.db"
+        )
+    return os.path.abspath(path)
+
+
+class Connection:
+    """One sqlite3 connection, used only from its own thread; `run` awaits a call on it."""
+
+    def __init__(self, path: str, schema: str) -> None:
+        self.path = path
+        self._schema = schema
+        self._executor: ThreadPoolExecutor | None = None
+        self._conn: sqlite3.Connection | None = None
+
+    @property
+    def is_open(self) -> bool:
+        return self._executor is not None
+
+    async def open(self) -> None:
+        """Open the file, set WAL mode, create the tables; a no-op when already open."""
+        if self._executor is not None:
+            return
+        if sqlite3.sqlite_version_info < MIN_SQLITE:
+            raise ConfigurationError(
+                f"SQLite {sqlite3.sqlite_version} is too old for aiotask (needs 3.35+ for "
+                "RETURNING): upgrade Python's sqlite3 or use Redis"
+            )
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="aiotask-sqlite")
+        try:
+            await self._submit(self._open_sync)
+        except BaseException:
+            executor, self._executor = self._executor, None
+            executor.shutdown(wait=False)
+            raise
+
+    def _open_sync(self) -> None:
+        try:
+            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None)
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+                # NORMAL in WAL mode: a commit survives a process crash, not a power cut.
+                conn.execute("PRAGMA synchronous=NORMAL")
+                conn.execute("PRAGMA journal_size_limit=67108864")
+                with transaction(conn):
+                    _run_script(conn, self._schema)
+            except BaseException:
+                conn.close()
+                raise
+        except sqlite3.Error as exc:
+            raise BrokerConnectionError(
+                f"cannot open SQLite file {self.path}: {exc}: check that its directory exists "
+                "and is writable, and that the file is an SQLite database"
+            ) from exc
+        self._conn = conn
+
+    async def run(
+        self, fn: Callable[Concatenate[sqlite3.Connection, P], T], *args: P.args, **kw: P.kwargs
+    ) -> T:
+        """Run `fn(conn, *args)` on the connection's thread (opening it lazily)."""
+        if self._executor is None:
+            await self.open()
+        return await self._submit(functools.partial(self._call, fn, *args, **kw))
+
+    def submit_nowait(self, fn: Callable[[sqlite3.Connection], object]) -> None:
+        """Queue a call behind the pending ones without waiting (from a done-callback)."""
+        if self._executor is not None:
+            with contextlib.suppress(RuntimeError):  # already shut down: close() covered it
+                self._executor.submit(self._call, fn)
+
+    async def _submit(self, call: Callable[[], T]) -> T:
+        if self._executor is None:
+            raise BrokerConnectionError(f"SQLite file {self.path} is not open: call connect()")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, call)
+
+    def _call(self, fn: Callable[..., T], *args: object, **kw: object) -> T:
+        conn = self._conn
+        if conn is None:
+            raise BrokerConnectionError(f"SQLite file {self.path} is closed: call connect()")
+        try:
+            return fn(conn, *args, **kw)
+        except sqlite3.Error as exc:
+            raise BrokerConnectionError(
+                f"SQLite file {self.path}: {exc}: is it on a local disk, writable, and not "
+                f"held by a long transaction elsewhere?"
+            ) from exc
+
+    async def close(self) -> None:
+        executor, self._executor = self._executor, None
+        if executor is None:
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(executor, self._close_sync)
+        finally:
+            executor.shutdown(wait=False)
+
+    def _close_sync(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+
+def _run_script(conn: sqlite3.Connection, script: str) -> None:
+    # executescript() would COMMIT our BEGIN IMMEDIATE; run statement by statement instead.
+    for statement in script.split(";"):
+        if statement.strip():
+            conn.execute(statement)
+
+
+@contextlib.contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """BEGIN IMMEDIATE ... COMMIT: takes the write lock up front, so no upgrade deadlock."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def placeholders(n: int) -> str:
+    """'?,?,?' for n parameters."""
+    return ",".join("?" * n)
+
+
+class Signal:
+    """A wakeup for one waiter, settable from any thread or loop; fired by `notify`."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self._event = asyncio.Event()
+
+    def fire(self) -> None:
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self.loop:
+            self._event.set()
+        else:
+            with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits
+                self.loop.call_soon_threadsafe(self._event.set)
+
+    def clear(self) -> None:
+        self._event.clear()
+
+    async def wait(self, timeout: float) -> bool:
+        """True when fired before `timeout` seconds passed."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self._event.wait()
+        except TimeoutError:
+            return False
+        return True
+
+
+_listeners: dict[tuple[str, str], weakref.WeakSet[Signal]] = {}
+_listeners_lock = threading.Lock()
+
+
+def subscribe(path: str, topic: str, signal: Signal) -> None:
+    """Have `notify(path, topic)` fire `signal` (held weakly)."""
+    with _listeners_lock:
+        _listeners.setdefault((path, topic), weakref.WeakSet()).add(signal)
+
+
+def unsubscribe(path: str, topic: str, signal: Signal) -> None:
+    with _listeners_lock:
+        listeners = _listeners.get((path, topic))
+        if listeners is not None:
+            listeners.discard(signal)
+            if not listeners:
+                del _listeners[(path, topic)]
+
+
+def notify(path: str, topic: str) -> None:
+    """Wake every waiter of this process on `topic` of the file at `path`."""
+    with _listeners_lock:
+        signals = list(_listeners.get((path, topic), ()))
+    for signal in signals:
+        signal.fire()

@@ -1,0 +1,411 @@
+"""sqlite:///path — the embedded default broker: one WAL file, a lease column, polling waits.
+
+A message is a row of `aiotask_messages`; `eta` is when it is next claimable. A claim is one
+`BEGIN IMMEDIATE` transaction whose `UPDATE ... RETURNING` sets `lease_until = eta = now +
+lease`, `lease_owner` and `deliveries + 1` on up to `limit` rows with `eta <= now`, ordered by
+priority (high first), then eta, then insertion. SQLite's write lock plays the part of Postgres'
+`FOR UPDATE SKIP LOCKED` (saq), so two processes never claim one row. Moving `eta` with the
+lease keeps the ready rows a prefix of the claim index, and puts a redelivered message behind
+the ones that became ready before its lease lapsed (as the memory broker does).
+
+`lease_owner` is unique per claim call; ack, nack and extend match it, so a consumer whose
+lease lapsed and was re-claimed by another cannot settle or extend the new owner's claim.
+Waiting polls with a backoff from POLL_MIN to POLL_MAX, and is woken at once by a publish in
+the same process. See docs/sqlite.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import socket
+import uuid
+from typing import TYPE_CHECKING
+
+from aiotask import _sqlite
+from aiotask._sqlite import placeholders, transaction
+from aiotask._time import now
+from aiotask.brokers.base import BrokerCapabilities, DeadLetter, Delivery, Outgoing
+
+if TYPE_CHECKING:
+    import sqlite3
+    from collections.abc import Sequence
+
+    from aiotask.settings import Settings
+
+log = logging.getLogger(__name__)
+
+TOPIC = "messages"
+#: Dead letters kept per queue; older ones are deleted as new ones arrive.
+MAX_DEAD_LETTERS = 10_000
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS aiotask_messages (
+    id INTEGER PRIMARY KEY,
+    message_id TEXT NOT NULL,
+    queue TEXT NOT NULL,
+    priority INTEGER NOT NULL DEFAULT 0,
+    eta REAL NOT NULL,
+    lease_until REAL,
+    lease_owner TEXT,
+    deliveries INTEGER NOT NULL DEFAULT 0,
+    body BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS aiotask_messages_claim
+    ON aiotask_messages (queue, priority DESC, eta, id);
+CREATE INDEX IF NOT EXISTS aiotask_messages_leased
+    ON aiotask_messages (lease_until) WHERE lease_until IS NOT NULL;
+CREATE TABLE IF NOT EXISTS aiotask_dead_letters (
+    id INTEGER PRIMARY KEY,
+    message_id TEXT NOT NULL,
+    queue TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    deliveries INTEGER NOT NULL,
+    body BLOB NOT NULL,
+    reason TEXT NOT NULL,
+    died_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS aiotask_dead_letters_queue ON aiotask_dead_letters (queue, id)
+"""
+
+_READY = "eta <= ?"
+# CAST AS BLOB: a body or id written as TEXT with invalid UTF-8 still comes back, as bytes.
+_COLUMNS = "CAST(message_id AS BLOB), queue, priority, deliveries, CAST(body AS BLOB)"
+_BURY = (
+    "INSERT INTO aiotask_dead_letters "
+    "(message_id, queue, priority, deliveries, body, reason, died_at) VALUES (?,?,?,?,?,?,?)"
+)
+
+#: (row id, lease owner): what a Delivery's token holds.
+Token = tuple[int, str]
+#: (row id, message id, queue, priority, deliveries, body) of a claimed row.
+Row = tuple[int, bytes, str, int, int, bytes]
+Buried = tuple[bytes, str, int, int, bytes]
+
+
+class SQLiteBroker:
+    """sqlite:///relative.db or sqlite:////absolute.db — one machine, no server."""
+
+    capabilities = BrokerCapabilities(
+        priorities=True, max_priority=9, native_delay=True, push=False
+    )
+
+    def __init__(self, url: str, settings: Settings) -> None:
+        self._lease = settings.visibility_timeout
+        self._max_deliveries = settings.max_deliveries
+        self._db = _sqlite.Connection(_sqlite.resolve_path(url), _SCHEMA)
+        self._owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._seq = itertools.count()
+        self._signal: _sqlite.Signal | None = None
+        self._maybe_more = True
+
+    @property
+    def path(self) -> str:
+        """The absolute file, resolved against the working directory at construction."""
+        return self._db.path
+
+    async def connect(self) -> None:
+        await self._loop_signal()
+
+    async def _loop_signal(self) -> _sqlite.Signal:
+        """This instance's wakeup, bound to the running loop (connect() may have run on another)."""
+        if self._signal is not None and self._signal.loop is asyncio.get_running_loop():
+            return self._signal
+        if not self._db.is_open:
+            await self._db.open()
+        if self._signal is not None:
+            _sqlite.unsubscribe(self.path, TOPIC, self._signal)
+        self._signal = _sqlite.Signal()
+        _sqlite.subscribe(self.path, TOPIC, self._signal)
+        return self._signal
+
+    async def close(self) -> None:
+        """Hand back every row this instance claimed and did not settle, then close the file."""
+        if self._signal is not None:
+            _sqlite.unsubscribe(self.path, TOPIC, self._signal)
+            self._signal = None
+        if not self._db.is_open:
+            return
+        try:
+            released = await self._db.run(_release_all, self._owner)
+        except Exception:
+            log.exception("could not hand back unsettled messages; their leases will lapse")
+        else:
+            if released:
+                log.info("handed back %d unsettled message(s) on close", released)
+                _sqlite.notify(self.path, TOPIC)
+        finally:
+            await self._db.close()
+
+    async def publish(self, batch: Sequence[Outgoing]) -> None:
+        if not batch:
+            return
+        wall = now()
+        rows = [
+            (o.message_id, o.queue, min(max(o.priority, 0), 9), max(o.eta or wall, 0.0), o.body)
+            for o in batch
+        ]
+        await self._db.run(_insert, rows)
+        if any(o.eta is None or o.eta <= wall for o in batch):
+            _sqlite.notify(self.path, TOPIC)
+
+    async def receive(self, queues: Sequence[str], limit: int) -> list[Delivery]:
+        """Claim up to `limit` ready messages, polling with backoff until there is one."""
+        if limit < 1 or not queues:
+            return []
+        signal = await self._loop_signal()
+        delay = _sqlite.POLL_MIN
+        while True:
+            signal.clear()
+            got = await self._claim(list(queues), limit)
+            if got:
+                return got
+            if await signal.wait(delay):
+                delay = _sqlite.POLL_MIN
+            else:
+                delay = min(delay * 2, _sqlite.POLL_MAX)
+
+    async def _claim(self, queues: list[str], limit: int) -> list[Delivery]:
+        owner = f"{self._owner}:{next(self._seq)}"
+        claim = asyncio.ensure_future(
+            self._db.run(
+                _claim_rows,
+                queues,
+                limit,
+                owner,
+                lease=self._lease,
+                max_deliveries=self._max_deliveries,
+                check_first=not self._maybe_more,
+            )
+        )
+        try:
+            rows, buried = await asyncio.shield(claim)
+        except asyncio.CancelledError:
+            # The claim may still commit on the thread; hand its rows back once it does.
+            claim.add_done_callback(lambda fut: self._release_orphans(fut, owner))
+            raise
+        self._maybe_more = len(rows) >= limit
+        for message_id, queue, _priority, deliveries, _body in buried:
+            log.warning(
+                "dead-lettered message %s from queue %s: delivered %d times without being "
+                "settled (max_deliveries=%d)",
+                _text(message_id),
+                queue,
+                deliveries,
+                self._max_deliveries,
+            )
+        # RETURNING has no order; within one batch, priority then insertion order is enough.
+        rows.sort(key=lambda r: (-r[3], r[0]))
+        return [
+            Delivery(body, queue, _text(mid), deliveries, (rowid, owner))
+            for rowid, mid, queue, _prio, deliveries, body in rows
+        ]
+
+    def _release_orphans(
+        self, fut: asyncio.Future[tuple[list[Row], list[Buried]]], owner: str
+    ) -> None:
+        if fut.cancelled() or fut.exception() is not None or not fut.result()[0]:
+            return
+        log.debug("receive was cancelled after claiming; handing the messages back")
+        self._db.submit_nowait(lambda conn: _requeue_owner(conn, owner))
+        _sqlite.notify(self.path, TOPIC)
+
+    async def ack(self, deliveries: Sequence[Delivery]) -> None:
+        tokens = _tokens(deliveries)
+        if tokens:
+            await self._db.run(
+                _settle, "DELETE FROM aiotask_messages WHERE id=? AND lease_owner=?", tokens
+            )
+
+    async def nack(
+        self, deliveries: Sequence[Delivery], *, requeue: bool, reason: str = ""
+    ) -> None:
+        tokens = _tokens(deliveries)
+        if not tokens:
+            return
+        if requeue:
+            # A hand-back is not a failed delivery: undo the claim's increment.
+            wall = now()
+            await self._db.run(
+                _settle,
+                "UPDATE aiotask_messages SET lease_until=NULL, lease_owner=NULL, eta=?, "
+                "deliveries=max(deliveries - 1, 0) WHERE id=? AND lease_owner=?",
+                [(wall, *t) for t in tokens],
+            )
+            _sqlite.notify(self.path, TOPIC)
+        else:
+            await self._db.run(_bury_tokens, tokens, reason or "rejected")
+
+    async def extend(self, deliveries: Sequence[Delivery]) -> None:
+        tokens = _tokens(deliveries)
+        if tokens:
+            until = now() + self._lease
+            await self._db.run(
+                _settle,
+                "UPDATE aiotask_messages SET lease_until=?1, eta=?1 WHERE id=?2 AND lease_owner=?3",
+                [(until, *t) for t in tokens],
+            )
+
+    async def purge(self, queue: str) -> int:
+        """Delete the messages of `queue` that nobody holds (running ones finish normally)."""
+        return await self._db.run(_purge, queue)
+
+    async def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
+        rows = await self._db.run(_dead_letters, queue, limit)
+        return [DeadLetter(_text(mid), body, reason) for mid, body, reason in rows]
+
+
+def _text(raw: bytes | str) -> str:
+    return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+
+
+def _tokens(deliveries: Sequence[Delivery]) -> list[Token]:
+    out: list[Token] = []
+    for d in deliveries:
+        token = d.token
+        if (
+            isinstance(token, tuple)
+            and len(token) == 2
+            and isinstance(token[0], int)
+            and isinstance(token[1], str)
+        ):
+            out.append((token[0], token[1]))
+    return out
+
+
+# --- the functions below run on the connection's thread --------------------------------
+
+
+def _insert(conn: sqlite3.Connection, rows: list[tuple[str, str, int, float, bytes]]) -> None:
+    with transaction(conn):
+        conn.executemany(
+            "INSERT INTO aiotask_messages (message_id, queue, priority, eta, body) "
+            "VALUES (?,?,?,?,?)",
+            rows,
+        )
+
+
+def _claim_rows(
+    conn: sqlite3.Connection,
+    queues: list[str],
+    limit: int,
+    owner: str,
+    *,
+    lease: float,
+    max_deliveries: int,
+    check_first: bool,
+) -> tuple[list[Row], list[Buried]]:
+    qs = placeholders(len(queues))
+    wall = now()
+    if check_first:
+        # A read needs no write lock: an idle poll never blocks the producers.
+        hit = conn.execute(
+            f"SELECT 1 FROM aiotask_messages WHERE queue IN ({qs}) AND {_READY} LIMIT 1",  # noqa: S608
+            (*queues, wall),
+        ).fetchone()
+        if hit is None:
+            return [], []
+    with transaction(conn):
+        wall = now()
+        # Lapsed too often: dead-letter instead of delivering (max_deliveries deliveries done).
+        # The unary + keeps the planner on the small partial index of leased rows.
+        buried: list[Buried] = conn.execute(
+            f"DELETE FROM aiotask_messages WHERE lease_until IS NOT NULL AND lease_until <= ? "  # noqa: S608
+            f"AND +deliveries >= ? AND +queue IN ({qs}) RETURNING {_COLUMNS}",
+            (wall, max_deliveries, *queues),
+        ).fetchall()
+        if buried:
+            reason = (
+                f"delivered {max_deliveries} times without being settled "
+                f"(max_deliveries={max_deliveries})"
+            )
+            conn.executemany(_BURY, [(*b, reason, wall) for b in buried])
+            _trim_dead(conn, {b[1] for b in buried})
+        rows: list[Row] = conn.execute(
+            "UPDATE aiotask_messages SET lease_until=?1, eta=?1, lease_owner=?2, "  # noqa: S608
+            "deliveries=deliveries + 1 "
+            f"WHERE id IN (SELECT id FROM aiotask_messages WHERE queue IN ({qs}) AND {_READY} "
+            "ORDER BY priority DESC, eta, id LIMIT ?) "
+            "RETURNING id, CAST(message_id AS BLOB), queue, priority, deliveries, "
+            "CAST(body AS BLOB)",
+            (wall + lease, owner, *queues, wall, limit),
+        ).fetchall()
+    return rows, buried
+
+
+def _settle(conn: sqlite3.Connection, sql: str, params: Sequence[tuple[object, ...]]) -> None:
+    with transaction(conn):
+        conn.executemany(sql, params)
+
+
+def _bury_tokens(conn: sqlite3.Connection, tokens: list[Token], reason: str) -> None:
+    wall = now()
+    with transaction(conn):
+        conn.executemany(
+            f"INSERT INTO aiotask_dead_letters "  # noqa: S608
+            f"(message_id, queue, priority, deliveries, body, reason, died_at) "
+            f"SELECT {_COLUMNS}, ?, ? FROM aiotask_messages WHERE id=? AND lease_owner=?",
+            [(reason, wall, *t) for t in tokens],
+        )
+        ids = placeholders(len(tokens))
+        gone = conn.execute(
+            f"SELECT DISTINCT queue FROM aiotask_messages WHERE id IN ({ids})",  # noqa: S608
+            [t[0] for t in tokens],
+        ).fetchall()
+        conn.executemany("DELETE FROM aiotask_messages WHERE id=? AND lease_owner=?", tokens)
+        _trim_dead(conn, {q for (q,) in gone})
+
+
+def _trim_dead(conn: sqlite3.Connection, queues: set[str]) -> None:
+    """Keep the newest MAX_DEAD_LETTERS per queue, as the Redis broker caps its dead stream."""
+    conn.executemany(
+        "DELETE FROM aiotask_dead_letters WHERE queue=?1 AND id <= (SELECT id FROM "
+        "aiotask_dead_letters WHERE queue=?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)",
+        [(q, MAX_DEAD_LETTERS) for q in queues],
+    )
+
+
+def _requeue_owner(conn: sqlite3.Connection, owner: str) -> None:
+    with transaction(conn):
+        conn.execute(
+            "UPDATE aiotask_messages SET lease_until=NULL, lease_owner=NULL, eta=?, "
+            "deliveries=max(deliveries - 1, 0) WHERE lease_until IS NOT NULL AND lease_owner=?",
+            (now(), owner),
+        )
+
+
+def _release_all(conn: sqlite3.Connection, owner_prefix: str) -> int:
+    # A lapsed lease, not a nack: claimable at once and still counted as a delivery, since
+    # the work may have run; a cold shutdown's messages go on towards max_deliveries.
+    prefix = owner_prefix + ":"
+    with transaction(conn):
+        cur = conn.execute(
+            "UPDATE aiotask_messages SET lease_until=?1, eta=?1, lease_owner=NULL "
+            "WHERE lease_until IS NOT NULL AND substr(lease_owner, 1, ?2) = ?3",
+            (now(), len(prefix), prefix),
+        )
+    return cur.rowcount
+
+
+def _purge(conn: sqlite3.Connection, queue: str) -> int:
+    wall = now()
+    with transaction(conn):
+        cur = conn.execute(
+            "DELETE FROM aiotask_messages WHERE queue=? "
+            "AND (lease_until IS NULL OR lease_until <= ?)",
+            (queue, wall),
+        )
+    return cur.rowcount
+
+
+def _dead_letters(
+    conn: sqlite3.Connection, queue: str, limit: int
+) -> list[tuple[bytes, bytes, str]]:
+    rows: list[tuple[bytes, bytes, str]] = conn.execute(
+        "SELECT CAST(message_id AS BLOB), CAST(body AS BLOB), reason "
+        "FROM aiotask_dead_letters WHERE queue=? ORDER BY id LIMIT ?",
+        (queue, limit),
+    ).fetchall()
+    return rows

@@ -1,0 +1,441 @@
+"""RabbitMQ-specific behaviour beyond the broker contract, plus faults on a private node.
+
+The shared server (5672) is only used with per-test queue prefixes; anything that closes
+connections or restarts the server runs against a private node started here (see
+../shared/private-servers.md): its own node name, ports and temp dirs, stopped by PID.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from typing import TYPE_CHECKING
+
+import aio_pika
+import pytest
+
+from aiotask.brokers import Delivery, Outgoing
+from aiotask.brokers import _rabbitmq_topology as topo
+from aiotask.brokers.rabbitmq import RabbitMQBroker
+from aiotask.exceptions import BrokerConnectionError, ConfigurationError
+from aiotask.settings import Settings
+from tests.conftest import REQUIRE_SERVICES
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Iterator
+    from pathlib import Path
+
+pytestmark = pytest.mark.amqp
+
+RABBITMQ_SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
+RABBITMQCTL = "/usr/lib/rabbitmq/bin/rabbitmqctl"
+
+
+def out(i: int, queue: str = "q", **kw: object) -> Outgoing:
+    return Outgoing(queue=queue, body=f"body-{i}".encode(), message_id=f"m{i}", **kw)  # type: ignore[arg-type]
+
+
+async def receive_n(broker: RabbitMQBroker, want: int, timeout: float = 5.0) -> list[Delivery]:
+    got: list[Delivery] = []
+    async with asyncio.timeout(timeout):
+        while len(got) < want:
+            got += await broker.receive(["q"], want - len(got))
+    return got
+
+
+async def nothing_within(broker: RabbitMQBroker, seconds: float) -> bool:
+    try:
+        async with asyncio.timeout(seconds):
+            await broker.receive(["q"], 10)
+    except TimeoutError:
+        return True
+    return False
+
+
+def make(url: str, namespace: str, **settings: object) -> RabbitMQBroker:
+    conf = Settings(broker_url=url, key_prefix=namespace, max_deliveries=3, **settings)  # type: ignore[arg-type]
+    return RabbitMQBroker(url, conf, f"app-{namespace}")
+
+
+@pytest.fixture
+async def brokers(amqp_url: str, namespace: str) -> AsyncIterator[list[RabbitMQBroker]]:
+    """Instances on the shared server; the first one deletes the test's queues afterwards."""
+    made: list[RabbitMQBroker] = []
+    try:
+        yield made
+    finally:
+        for b in made[1:]:
+            await b.close()
+        if made:
+            await made[0].delete_queue("q")
+            await made[0].close()
+
+
+@pytest.fixture
+async def broker(amqp_url: str, namespace: str, brokers: list[RabbitMQBroker]) -> RabbitMQBroker:
+    b = make(amqp_url, namespace)
+    await b.connect()
+    brokers.append(b)
+    return b
+
+
+@pytest.fixture
+async def raw(amqp_url: str) -> AsyncIterator[aio_pika.abc.AbstractChannel]:
+    """A plain aio-pika channel, to look at or tamper with what the broker wrote."""
+    conn = await aio_pika.connect(amqp_url)
+    try:
+        yield await conn.channel()
+    finally:
+        await conn.close()
+
+
+# -- pure topology rules ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seconds", [0.001, 0.3, 1.0, 5.0, 61.7, 3600.0, 86400.0 * 3])
+def test_delay_buckets_are_never_early_and_at_most_3_percent_late(seconds: float) -> None:
+    ms = topo.delay_bucket_ms(seconds)
+    assert ms >= seconds * 1000
+    assert ms <= max(seconds * 1000 * 1.032, seconds * 1000 + 16)
+
+
+def test_delay_buckets_are_few_and_capped() -> None:
+    buckets = {topo.delay_bucket_ms(s / 10) for s in range(10, 600)}  # 1.0 s .. 60 s
+    assert len(buckets) < 200
+    assert topo.delay_bucket_ms(10**9) == topo.MAX_DELAY_MS
+    assert topo.delay_bucket_ms(0) == 0
+    assert topo.delay_bucket_ms(-5) == 0
+
+
+def test_delivery_counting_rules() -> None:
+    assert topo.prior_deliveries(None, False) == (0, False)
+    assert topo.prior_deliveries({topo.HEADER_DELIVERIES: 2}, False) == (2, False)
+    assert topo.prior_deliveries({topo.HEADER_DELIVERIES: 2}, True) == (3, True)
+    # quorum queues count returns themselves: nothing to persist
+    assert topo.prior_deliveries({topo.HEADER_QUORUM_COUNT: 2}, True) == (2, False)
+    assert topo.dead_reason({"x-first-death-reason": "expired"}).endswith("expired")
+
+
+# -- shared server, private prefixes ------------------------------------------------------
+
+
+async def test_unroutable_publish_raises(
+    broker: RabbitMQBroker, raw: aio_pika.abc.AbstractChannel, namespace: str
+) -> None:
+    await broker.publish([out(1)])  # declares the queue, waits for the confirm
+    await raw.queue_delete(f"{namespace}.q")  # gone behind the broker's back
+    with pytest.raises(BrokerConnectionError, match="unroutable"):
+        await broker.publish([out(2)])
+    await broker.publish([out(3)])  # declared again
+    [d] = await receive_n(broker, 1)
+    assert d.message_id == "m3"
+    await broker.ack([d])
+
+
+async def test_batch_publish_is_confirmed_and_persistent(
+    broker: RabbitMQBroker, raw: aio_pika.abc.AbstractChannel, namespace: str
+) -> None:
+    await broker.publish([out(i, priority=i % 10) for i in range(200)])
+    queue = await raw.declare_queue(f"{namespace}.q", passive=True)
+    assert queue.declaration_result.message_count == 200
+    msg = await queue.get(no_ack=False)
+    assert msg.delivery_mode == aio_pika.DeliveryMode.PERSISTENT
+    assert msg.priority == 9  # highest first
+    await msg.reject(requeue=True)
+
+
+async def test_dead_letter_keeps_body_and_carries_the_reason_header(
+    broker: RabbitMQBroker, raw: aio_pika.abc.AbstractChannel, namespace: str
+) -> None:
+    await broker.publish([out(1)])
+    got = await receive_n(broker, 1)
+    await broker.nack(got, requeue=False, reason="undecodable: garbage")
+    first = await broker.dead_letters("q")
+    assert await broker.dead_letters("q") == first  # reading does not consume
+    assert [(d.message_id, d.body, d.reason) for d in first] == [
+        ("m1", b"body-1", "undecodable: garbage")
+    ]
+    dead = await raw.declare_queue(f"{namespace}.q.dead", passive=True)
+    msg = await dead.get(no_ack=True)
+    assert msg.headers[topo.HEADER_REASON] == "undecodable: garbage"
+    assert msg.message_id == "m1"
+    await raw.queue_delete(f"{namespace}.q.dead")
+
+
+async def test_garbage_bytes_on_the_queue_are_delivered_as_bytes(
+    broker: RabbitMQBroker, raw: aio_pika.abc.AbstractChannel, namespace: str
+) -> None:
+    await broker.publish([out(1)])
+    [d] = await receive_n(broker, 1)
+    await broker.ack([d])
+    garbage = b"\x00\xff\xfe not json \x80"
+    await raw.default_exchange.publish(aio_pika.Message(garbage), routing_key=f"{namespace}.q")
+    [g] = await receive_n(broker, 1)
+    assert (g.body, g.deliveries) == (garbage, 1)  # bytes untouched; decoding is the worker's
+    await broker.nack([g], requeue=False, reason="undecodable")
+    assert [d.body for d in await broker.dead_letters("q")] == [garbage]
+
+
+async def test_short_delay_does_not_wait_behind_a_long_one(broker: RabbitMQBroker) -> None:
+    now = time.time()
+    await broker.publish([out(1, eta=now + 30), out(2, eta=now + 0.3)])
+    started = time.monotonic()
+    [d] = await receive_n(broker, 1, timeout=3)
+    assert d.message_id == "m2"
+    assert 0.2 < time.monotonic() - started < 2.0
+    await broker.ack([d])
+    assert await broker.purge("q") == 1  # the 30 s one, still in its delay queue
+
+
+async def test_warm_close_hands_back_prefetched_messages_without_counting(
+    amqp_url: str, namespace: str, broker: RabbitMQBroker, brokers: list[RabbitMQBroker]
+) -> None:
+    await broker.publish([out(i) for i in range(5)])
+    first = make(amqp_url, namespace)
+    brokers.append(first)
+    [held] = await receive_n(first, 1)  # the other four sit in first's prefetch buffer
+    await asyncio.sleep(0.2)
+    await first.close()
+    second = make(amqp_url, namespace)
+    brokers.append(second)
+    got = await receive_n(second, 5)
+    counts = {d.message_id: d.deliveries for d in got}
+    assert counts.pop(held.message_id) == 2  # it was handed out and never settled
+    assert set(counts.values()) == {1}  # the prefetched ones were never charged
+    await second.ack(got)
+
+
+async def test_nack_requeue_on_a_delivery_from_a_closed_broker_is_ignored(
+    amqp_url: str, namespace: str, broker: RabbitMQBroker, brokers: list[RabbitMQBroker]
+) -> None:
+    await broker.publish([out(1)])
+    first = make(amqp_url, namespace)
+    brokers.append(first)
+    [d] = await receive_n(first, 1)
+    await first.close()
+    await broker.nack([d], requeue=True)  # stale: dropped, no duplicate copy
+    await broker.ack([d])
+    [again] = await receive_n(broker, 1)
+    assert again.deliveries == 2
+    await broker.ack([again])
+    assert await nothing_within(broker, 0.5)
+
+
+async def test_quorum_queues_count_with_x_delivery_count(
+    amqp_url: str, namespace: str, brokers: list[RabbitMQBroker]
+) -> None:
+    url = f"{amqp_url}?queue_type=quorum"
+    producer = make(url, namespace)
+    brokers.append(producer)
+    assert not producer.capabilities.priorities
+    await producer.publish([out(1)])
+    seen = []
+    for _ in range(4):  # each consumer dies holding it; the 4th delivery is over the limit
+        consumer = make(url, namespace)
+        brokers.append(consumer)
+        try:
+            async with asyncio.timeout(1.5):
+                seen += [d.deliveries for d in await consumer.receive(["q"], 1)]
+        except TimeoutError:
+            pass
+        await consumer.close()
+    assert seen == [1, 2, 3]
+    [dead] = await producer.dead_letters("q")
+    assert dead.message_id == "m1"
+    assert "max_deliveries" in dead.reason
+
+
+def test_unknown_queue_type_is_a_configuration_error(namespace: str) -> None:
+    with pytest.raises(ConfigurationError, match="queue_type"):
+        make("amqp://guest:pw@127.0.0.1/?queue_type=stream", namespace)
+
+
+async def test_bad_url_errors_never_show_the_password(
+    namespace: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = "amqp://guest:s3cret-pw@127.0.0.1:1/"
+    b = make(url, namespace, broker_unreachable_timeout=2.0)
+    with caplog.at_level(logging.DEBUG), pytest.raises(BrokerConnectionError) as info:
+        await b.connect()
+    assert "s3cret-pw" not in str(info.value)
+    assert "guest:***@" in str(info.value)
+    assert "s3cret-pw" not in caplog.text
+    await b.close()
+
+
+# -- a private node for faults ------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class PrivateRabbit:
+    """One RabbitMQ node in a temp dir, no plugins; restarts keep its durable queues."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.port, self.dist_port = _free_port(), _free_port()
+        self.node = f"test-{uuid.uuid4().hex[:10]}@localhost"
+        self.url = f"amqp://guest:guest@127.0.0.1:{self.port}/"
+        self.proc: subprocess.Popen[bytes] | None = None
+        (base / "rabbitmq.conf").write_text("loopback_users = none\n")
+        (base / "enabled_plugins").write_text("[].\n")
+        self.env = {
+            **os.environ,
+            "HOME": str(base),
+            "RABBITMQ_NODENAME": self.node,
+            "RABBITMQ_NODE_PORT": str(self.port),
+            "RABBITMQ_DIST_PORT": str(self.dist_port),
+            "RABBITMQ_MNESIA_BASE": str(base / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(base / "log"),
+            "RABBITMQ_CONFIG_FILE": str(base / "rabbitmq"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(base / "enabled_plugins"),
+        }
+
+    def start(self) -> None:
+        if self.proc is not None:
+            return
+        with (self.base / "server.out").open("ab") as log:
+            self.proc = subprocess.Popen(
+                [RABBITMQ_SERVER], env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return
+            except OSError:
+                if self.proc.poll() is not None:
+                    break
+                time.sleep(0.1)
+        self.kill()
+        pytest.fail(f"private RabbitMQ did not start; see {self.base / 'server.out'}")
+
+    def kill(self) -> None:
+        """kill -9 the node (a crash): the group of the process this fixture started."""
+        if self.proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=10)
+        self.proc = None
+
+    def close_all_connections(self) -> None:
+        subprocess.run(
+            [RABBITMQCTL, "-n", self.node, "close_all_connections", "aiotask fault test"],
+            env=self.env, check=True, capture_output=True, timeout=30,
+        )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def private_rabbit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateRabbit]:
+    if not (os.path.exists(RABBITMQ_SERVER) and shutil.which("erl")):
+        if REQUIRE_SERVICES:
+            pytest.fail("rabbitmq-server is not installed and AIOTASK_REQUIRE_SERVICES=1")
+        pytest.skip("rabbitmq-server is not installed; fault tests need a private node")
+    node = PrivateRabbit(tmp_path_factory.mktemp("rabbit"))
+    node.start()
+    try:
+        yield node
+    finally:
+        node.kill()
+
+
+@pytest.fixture
+async def private(
+    private_rabbit: PrivateRabbit, namespace: str
+) -> AsyncIterator[tuple[PrivateRabbit, list[RabbitMQBroker]]]:
+    private_rabbit.start()
+    made: list[RabbitMQBroker] = []
+    try:
+        yield private_rabbit, made
+    finally:
+        for b in made:
+            await b.close()
+
+
+async def publish_when_back(broker: RabbitMQBroker, batch: list[Outgoing], within: float) -> None:
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            await broker.publish(batch)
+            return
+        except BrokerConnectionError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.2)
+
+
+@pytest.mark.slow
+async def test_stale_ack_after_connections_are_closed_is_harmless(
+    private: tuple[PrivateRabbit, list[RabbitMQBroker]], namespace: str
+) -> None:
+    node, made = private
+    b = make(node.url, namespace, broker_unreachable_timeout=10.0)
+    made.append(b)
+    await b.connect()
+    await b.publish([out(1)])
+    [old] = await receive_n(b, 1)
+    await asyncio.to_thread(node.close_all_connections)
+    [again] = await receive_n(b, 1, timeout=10)  # consumer resumed; the server redelivered
+    assert again.message_id == "m1"
+    assert again.deliveries == 2
+    await b.ack([old])  # a tag from the dead channel: dropped, not sent on the new one
+    await b.nack([old], requeue=False, reason="stale")  # also dropped: no dead letter
+    await b.ack([again])
+    await publish_when_back(b, [out(2)], within=10)
+    [fresh] = await receive_n(b, 1)
+    assert (fresh.message_id, fresh.deliveries) == ("m2", 1)
+    await b.ack([fresh])
+    assert await b.dead_letters("q") == []
+    assert await nothing_within(b, 0.5)
+
+
+@pytest.mark.slow
+async def test_server_restart_under_a_receiving_consumer(
+    private: tuple[PrivateRabbit, list[RabbitMQBroker]], namespace: str
+) -> None:
+    node, made = private
+    b = make(node.url, namespace, broker_unreachable_timeout=30.0)
+    made.append(b)
+    await b.connect()
+    await b.publish([out(1)])  # durable queue, persistent message: survives the crash
+    [held] = await receive_n(b, 1)
+    waiting = asyncio.create_task(receive_n(b, 2, timeout=25))
+    await asyncio.sleep(0.2)
+    node.kill()
+    await asyncio.to_thread(node.start)
+    await publish_when_back(b, [out(2)], within=15)
+    got = await waiting
+    assert sorted((d.message_id, d.deliveries) for d in got) == [("m1", 2), ("m2", 1)]
+    await b.ack([held, *got])
+    assert await nothing_within(b, 0.5)
+
+
+@pytest.mark.slow
+async def test_receive_gives_up_after_broker_unreachable_timeout(
+    private: tuple[PrivateRabbit, list[RabbitMQBroker]], namespace: str
+) -> None:
+    node, made = private
+    b = make(node.url, namespace, broker_unreachable_timeout=1.5)
+    made.append(b)
+    await b.connect()
+    waiting = asyncio.create_task(b.receive(["q"], 1))
+    await asyncio.sleep(0.3)
+    started = time.monotonic()
+    node.kill()
+    with pytest.raises(BrokerConnectionError, match="unreachable"):
+        await asyncio.wait_for(waiting, 10)
+    assert 1.0 < time.monotonic() - started < 5.0

@@ -1,0 +1,299 @@
+"""SQLite broker and backend: what the contract suite cannot show in one process.
+
+Real files in tmp_path; other processes are real subprocesses running a short script.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sqlite3
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import orjson
+import pytest  # noqa: TC002 - fixtures' annotations
+
+from aiotask.backends import EncodedResult, ResultBackend, ResultRecord
+from aiotask.backends.sqlite import SQLiteBackend
+from aiotask.brokers import Broker, Outgoing
+from aiotask.brokers.sqlite import SQLiteBroker
+from aiotask.settings import DEFAULT_BROKER_URL, Settings
+from aiotask.states import SUCCESS
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# A consumer process: claims from the file until idle, prints each claimed id as a JSON line.
+# argv: url, lease, mode ("drain": ack everything until idle; "die": claim one and hang).
+CONSUMER = """
+import asyncio, sys, orjson
+from aiotask.brokers.sqlite import SQLiteBroker
+from aiotask.settings import Settings
+
+async def main(url, lease, mode):
+    broker = SQLiteBroker(url, Settings(broker_url=url, visibility_timeout=lease))
+    await broker.connect()
+    print("ready", flush=True)
+    idle = 30.0  # until the first message; then "idle" means drained
+    while True:
+        try:
+            async with asyncio.timeout(idle):
+                got = await broker.receive(["q"], 1 if mode == "die" else 10)
+        except TimeoutError:
+            break
+        print(orjson.dumps([d.message_id for d in got]).decode(), flush=True)
+        idle = 1.0
+        if mode == "die":
+            await asyncio.sleep(3600)
+        await asyncio.sleep(0.002)  # some work, so that neither process drains it all
+        await broker.ack(got)
+    await broker.close()
+
+asyncio.run(main(sys.argv[1], float(sys.argv[2]), sys.argv[3]))
+"""
+
+
+@contextmanager
+def raw_db(path: str | Path) -> Iterator[sqlite3.Connection]:
+    """Another writer on the file, in autocommit mode: what a second process would do."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def settings(url: str, lease: float = 30.0) -> Settings:
+    return Settings(broker_url=url, visibility_timeout=lease, max_deliveries=3)
+
+
+def out(i: int, **kw: object) -> Outgoing:
+    return Outgoing(queue="q", body=f"body-{i}".encode(), message_id=f"m{i}", **kw)  # type: ignore[arg-type]
+
+
+async def start_consumer(url: str, lease: float, mode: str) -> asyncio.subprocess.Process:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        CONSUMER,
+        url,
+        str(lease),
+        mode,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    line = await asyncio.wait_for(proc.stdout.readline(), 30)
+    assert line.strip() == b"ready"
+    return proc
+
+
+async def claimed_ids(proc: asyncio.subprocess.Process) -> list[str]:
+    assert proc.stdout is not None
+    data = await asyncio.wait_for(proc.stdout.read(), 60)
+    assert await proc.wait() == 0
+    return [i for line in data.splitlines() for i in orjson.loads(line)]
+
+
+async def test_two_processes_never_claim_the_same_message(sqlite_url: str) -> None:
+    broker = SQLiteBroker(sqlite_url, settings(sqlite_url))
+    await broker.connect()
+    procs = [await start_consumer(sqlite_url, 30.0, "drain") for _ in range(2)]
+    for start in range(0, 2000, 100):  # claims interleave with publishes
+        await broker.publish([out(i) for i in range(start, start + 100)])
+        await asyncio.sleep(0.005)
+    first, second = [await claimed_ids(p) for p in procs]
+    assert len(first) + len(second) == 2000
+    assert set(first) | set(second) == {f"m{i}" for i in range(2000)}
+    assert first and second, "both processes should have claimed some"
+    with raw_db(broker.path) as raw:
+        assert raw.execute("SELECT count(*) FROM aiotask_messages").fetchone() == (0,)
+    await broker.close()
+
+
+async def test_lapsed_lease_of_a_killed_consumer_is_redelivered(sqlite_url: str) -> None:
+    broker = SQLiteBroker(sqlite_url, settings(sqlite_url, lease=1.0))
+    await broker.connect()
+    proc = await start_consumer(sqlite_url, 1.0, "die")
+    await broker.publish([out(1)])
+    assert proc.stdout is not None
+    assert orjson.loads(await asyncio.wait_for(proc.stdout.readline(), 10)) == ["m1"]
+    proc.send_signal(signal.SIGKILL)  # never acked, never closed
+    await proc.wait()
+    started = time.monotonic()
+    async with asyncio.timeout(5):
+        [again] = await broker.receive(["q"], 10)
+    assert (again.message_id, again.deliveries) == ("m1", 2)
+    assert time.monotonic() - started < 1.5
+    await broker.ack([again])
+    await broker.close()
+
+
+async def test_close_hands_back_unsettled_claims_at_once(sqlite_url: str) -> None:
+    first = SQLiteBroker(sqlite_url, settings(sqlite_url, lease=30.0))
+    second = SQLiteBroker(sqlite_url, settings(sqlite_url, lease=30.0))
+    await first.connect()
+    await second.connect()
+    await first.publish([out(1), out(2)])
+    assert len(await first.receive(["q"], 10)) == 2
+    await first.close()  # a cold shutdown: no ack, no nack
+    async with asyncio.timeout(1):
+        got = await second.receive(["q"], 10)
+    assert sorted((d.message_id, d.deliveries) for d in got) == [("m1", 2), ("m2", 2)]
+    await second.close()
+
+
+async def test_cancelled_claim_is_handed_back_without_counting(sqlite_url: str) -> None:
+    broker = SQLiteBroker(sqlite_url, settings(sqlite_url, lease=30.0))
+    await broker.connect()
+    for _ in range(20):  # cancel at various points of the claim's trip through the thread
+        await broker.publish([out(1)])
+        waiter = asyncio.create_task(broker.receive(["q"], 5))
+        await asyncio.sleep(0)
+        waiter.cancel()
+        try:
+            got = await waiter
+        except asyncio.CancelledError:
+            async with asyncio.timeout(1):  # far less than the 30 s lease
+                got = await broker.receive(["q"], 5)
+        assert [(d.message_id, d.deliveries) for d in got] == [("m1", 1)]
+        await broker.ack(got)
+    await broker.close()
+
+
+async def test_corrupt_rows_are_delivered_as_bytes(sqlite_url: str, tmp_path: Path) -> None:
+    broker = SQLiteBroker(sqlite_url, settings(sqlite_url))
+    await broker.connect()
+    with raw_db(broker.path) as raw:
+        raw.execute(
+            "INSERT INTO aiotask_messages (message_id, queue, priority, eta, body) "
+            "VALUES (CAST(x'ff61' AS TEXT), 'q', 0, 0, CAST(x'fffe00' AS TEXT)), "
+            "('int-body', 'q', 0, 0, 42), ('blob', 'q', 0, 0, x'00ff')"
+        )
+    got = await broker.receive(["q"], 10)
+    assert sorted(d.body for d in got) == [b"\x00\xff", b"42", b"\xff\xfe\x00"]
+    assert all(isinstance(d.message_id, str) for d in got)
+    await broker.nack(got, requeue=False, reason="undecodable")
+    dead = await broker.dead_letters("q")
+    assert sorted(d.body for d in dead) == [b"\x00\xff", b"42", b"\xff\xfe\x00"]
+    await broker.publish([out(1)])  # the broker carries on
+    [d] = await broker.receive(["q"], 10)
+    assert d.body == b"body-1"
+    await broker.close()
+
+
+async def test_publish_in_the_same_process_wakes_an_idle_receiver(sqlite_url: str) -> None:
+    consumer = SQLiteBroker(sqlite_url, settings(sqlite_url))
+    producer = SQLiteBroker(sqlite_url, settings(sqlite_url))
+    await consumer.connect()
+    await producer.connect()
+    waiter = asyncio.create_task(consumer.receive(["q"], 1))
+    await asyncio.sleep(0.5)  # long enough for the poll interval to reach its maximum
+    started = time.monotonic()
+    await producer.publish([out(1)])
+    [d] = await waiter
+    assert time.monotonic() - started < 0.05
+    await consumer.ack([d])
+    await consumer.close()
+    await producer.close()
+
+
+async def test_file_is_in_wal_mode_and_paths_resolve(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert SQLiteBroker(DEFAULT_BROKER_URL, Settings()).path == str(tmp_path / "aiotask.db")
+    assert SQLiteBackend("sqlite:///sub/r.db", Settings()).path == str(tmp_path / "sub/r.db")
+    absolute = f"sqlite:///{tmp_path}/abs.db"  # sqlite:////tmp/.../abs.db
+    assert absolute.startswith("sqlite:////")
+    assert SQLiteBroker(absolute, Settings()).path == str(tmp_path / "abs.db")
+    broker = SQLiteBroker(DEFAULT_BROKER_URL, Settings())
+    await broker.connect()
+    await broker.close()
+    with raw_db(tmp_path / "aiotask.db") as raw:
+        assert raw.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
+
+def rec(task_id: str, ttl: float) -> EncodedResult:
+    return EncodedResult.of(ResultRecord(task_id, SUCCESS, task_id), ttl)
+
+
+async def test_expired_results_are_invisible_then_deleted(sqlite_url: str) -> None:
+    backend = SQLiteBackend(sqlite_url, settings(sqlite_url))
+    await backend.connect()
+    await backend.store([rec("short", 0.2), rec("long", 60)])
+    await backend.revoke(["gone"], ttl=0.2)
+    await backend.open_group("g", 2, None, ttl=0.2)
+    await backend.add_to_group("g", 0, rec("g0", 60))
+    await asyncio.sleep(0.3)
+    assert await backend.get("short") is None
+    assert await backend.revoked(["gone"]) == frozenset()
+    assert (await backend.add_to_group("g", 1, rec("g1", 60))).size == 0
+    with raw_db(backend.path) as raw:
+        assert raw.execute("SELECT count(*) FROM aiotask_results").fetchone() == (2,)
+    assert await backend.cleanup() == 3  # one result, one tombstone, one group
+    with raw_db(backend.path) as raw:
+        assert raw.execute("SELECT task_id FROM aiotask_results").fetchall() == [("long",)]
+        assert raw.execute("SELECT count(*) FROM aiotask_group_members").fetchone() == (0,)
+    # An expired final record no longer blocks a new one with the same id.
+    await backend.store([rec("short", 60)])
+    assert await backend.get("short") is not None
+    await backend.close()
+
+
+async def test_wait_polls_for_a_record_written_by_another_process(sqlite_url: str) -> None:
+    backend = SQLiteBackend(sqlite_url, settings(sqlite_url))
+    await backend.connect()
+    waits = [asyncio.create_task(backend.wait(f"t{i}", timeout=5)) for i in range(50)]
+    await asyncio.sleep(0.3)
+    with raw_db(backend.path) as raw:  # no in-process wakeup: only polling sees it
+        raw.executemany(
+            "INSERT INTO aiotask_results VALUES (?, ?, 1, ?, ?)",
+            [
+                (
+                    f"t{i}",
+                    SUCCESS,
+                    EncodedResult.of(ResultRecord(f"t{i}", SUCCESS, i), 60).data,
+                    time.time() + 60,
+                )
+                for i in range(50)
+            ],
+        )
+    started = time.monotonic()
+    results = await asyncio.gather(*waits)
+    assert [r.result for r in results] == list(range(50))
+    assert time.monotonic() - started < 0.5
+    await backend.close()
+
+
+async def test_control_payloads_reach_a_listener_by_polling(sqlite_url: str) -> None:
+    listener = SQLiteBackend(sqlite_url, settings(sqlite_url))
+    await listener.connect()
+
+    async def first_payload() -> bytes:
+        async for payload in listener.control():
+            return payload
+        raise AssertionError("control() ended")
+
+    first = asyncio.create_task(first_payload())
+    await asyncio.sleep(0.3)
+    with raw_db(listener.path) as raw:  # another process's broadcast: no in-process wakeup
+        raw.execute("INSERT INTO aiotask_control (payload, sent_at) VALUES (x'7b7d', ?)", (0,))
+    assert await asyncio.wait_for(first, 2) == b"{}"
+    await listener.close()
+
+
+def test_implements_the_seams(sqlite_url: str) -> None:
+    broker: Broker = SQLiteBroker(sqlite_url, settings(sqlite_url))
+    backend: ResultBackend = SQLiteBackend(sqlite_url, settings(sqlite_url))
+    assert isinstance(broker, Broker)
+    assert isinstance(backend, ResultBackend)
+    assert broker.capabilities.priorities and not broker.capabilities.push
