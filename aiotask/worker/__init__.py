@@ -59,6 +59,7 @@ class Worker:
         self.pool = SyncPool(
             processes if processes is not None else conf.processes,
             max_tasks_per_child or conf.max_tasks_per_child,
+            self.max_memory_per_child,
         )
         self.shutdown = Shutdown()
         self.ready = asyncio.Event()
@@ -127,7 +128,7 @@ class Worker:
                 log.critical("worker %s stopped: %s", self.name, exc, exc_info=exc)
             failed = True
         finally:
-            self.pool.close()
+            await self.pool.aclose()
             for mw in reversed(app.middleware):
                 try:
                     await mw.shutdown(app)

@@ -67,8 +67,7 @@ class Executor:
         if running is None:
             return False
         self.terminating.add(task_id)
-        killed = await self.pool.terminate(task_id) if hasattr(self.pool, "terminate") else False
-        if not killed:
+        if not await self.pool.terminate(task_id):  # not a pool job: a coroutine
             running.cancel(msg="aiotask: terminated by revoke")
         return True
 
@@ -183,11 +182,16 @@ class Executor:
                 raise TimeLimitExceeded(
                     f"task {task.name}[{ctx.id}] exceeded its time limit of {limit}s"
                 ) from None
-        if task.options.bind:
-            raise NotImplementedError(
-                f"task {task.name}: bind=True is supported for coroutine tasks only so far"
-            )
-        return await self.pool.run(task.fn.__module__, task.name, args, kwargs)
+        return await self.pool.run(
+            task.fn.__module__,
+            task.name,
+            args,
+            kwargs,
+            task_id=ctx.id,
+            soft_time_limit=task.options.soft_time_limit,
+            time_limit=task.options.time_limit,
+            ctx=ctx if task.options.bind else None,
+        )
 
     def _settle(
         self,
