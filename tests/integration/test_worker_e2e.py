@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 import pytest
@@ -29,6 +28,8 @@ from aiotask.testing import start_worker
 from tests.integration import tasks_memory as t
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
     from aiotask.context import TaskContext
 
 app = t.app
@@ -41,6 +42,8 @@ async def broker_kind(request: pytest.FixtureRequest, namespace: str) -> AsyncIt
         url = "memory://"
     else:
         url = request.getfixturevalue(f"{request.param}_url")
+    t.calls.clear()
+    t.events.clear()
     original = app.conf
     app.conf = original.replace(broker_url=url, result_backend=url, key_prefix=namespace)
     app._broker = app._backend = None
