@@ -135,7 +135,11 @@ class RedisBackend:
     async def connect(self) -> None:
         if self._redis is not None:
             return
-        self._redis = Redis.from_url(self._url, protocol=2, retry=Retry(NoBackoff(), 0))
+        # socket_timeout stays None: with it, redis-py writes through asyncio.wait_for, which
+        # on Python 3.11 can swallow a cancellation (see brokers/redis_streams.py).
+        self._redis = Redis.from_url(
+            self._url, protocol=2, retry=Retry(NoBackoff(), 0), socket_timeout=None
+        )
         register = self._redis.register_script
         self._scripts = (register(_STORE), register(_OPEN_GROUP), register(_ADD_TO_GROUP))
         self._sub = _Subscriber(self._redis.connection_pool.make_connection, self._fetch_many)

@@ -120,3 +120,20 @@ end
 redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
 return moved
 """
+
+# Read new entries from the streams in KEYS, in order (highest priority band first), at most
+# ARGV[3] in all: strict priority with no over-fetch, in one round trip. Never blocks.
+# ARGV: group, consumer, limit.
+READ_BANDS = """
+local left = tonumber(ARGV[3])
+local out = {}
+for _, key in ipairs(KEYS) do
+  if left <= 0 then break end
+  local r = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', left, 'STREAMS', key, '>')
+  if r then
+    left = left - #r[1][2]
+    out[#out + 1] = r[1]
+  end
+end
+return out
+"""

@@ -50,6 +50,8 @@ DEAD_MAXLEN = 10_000
 MOVE_BATCH = 1000
 _CAPPED = ("MAXLEN", "~", DEAD_MAXLEN, "*")
 _RETRYABLE = (RedisConnectionError, RedisTimeoutError, OSError)
+#: Seconds a non-blocking round trip may take before the server counts as unreachable.
+OP_TIMEOUT = 10.0
 _warned: set[str] = set()
 
 
@@ -159,7 +161,8 @@ class RedisStreamsBroker:
         for cmd in cmds:
             # XCLAIM ... JUSTID replies with ids only; tell redis-py's parser so
             pipe.execute_command(*cmd, parse_justid=cmd[0] == "XCLAIM")
-        return list(await pipe.execute(raise_on_error=False))
+        async with asyncio.timeout(OP_TIMEOUT):  # a hung server becomes a retryable error
+            return list(await pipe.execute(raise_on_error=False))
 
     async def _load_scripts(self) -> None:
         client = self._client()
@@ -188,10 +191,13 @@ class RedisStreamsBroker:
             self._url,
             protocol=2,
             retry=Retry(NoBackoff(), 0),  # we retry ourselves, within broker_unreachable_timeout
-            socket_timeout=10.0,
+            # No socket_timeout: redis-py would route every write through asyncio.wait_for,
+            # which on Python 3.11 can swallow a cancellation (worker shutdown hangs). Hung
+            # servers are caught by our own asyncio.timeout guards (OP_TIMEOUT, BLOCK + 10 s).
+            socket_timeout=None,
             socket_connect_timeout=5.0,
         )
-        for name in ("SCHEDULE", "MOVE_DUE", "RECLAIM", "HAND_BACK"):
+        for name in ("SCHEDULE", "MOVE_DUE", "RECLAIM", "HAND_BACK", "READ_BANDS"):
             self._scripts[name] = self._redis.register_script(getattr(lua, name))
         try:
             with self._map_errors():
@@ -308,22 +314,29 @@ class RedisStreamsBroker:
         wall, mono = now(), monotonic()
         due = min(self._next_due.get(k.queue, 0.0) for k in qkeys) - wall
         wait = max(min(due, self._next_reclaim - mono), 0.001)
-        # with reclaimed entries in hand, only look (no BLOCK) for new ones to serve first
-        block = ("BLOCK", math.ceil(wait * 1000)) if not claimed else ()
         streams = [s for k in qkeys for s in reversed(k.streams)]  # high band first
-        reader = self._reader
-        if reader is None:
-            pool = self._client().connection_pool
-            reader = self._reader = pool.make_connection()  # type: ignore[no-untyped-call]
-        args = ("XREADGROUP", "GROUP", self._group, self._consumer, "COUNT", limit, *block)
         try:
+            # First a strict-priority look: bands in order, exactly `limit` at most, no BLOCK.
+            sha = self._scripts["READ_BANDS"].sha
+            look = ("EVALSHA", sha, len(streams), *streams, self._group, self._consumer, limit)
+            [reply] = await self._run([look])
+            if reply or claimed:
+                got = await self._parse(reply) if reply else []
+                return self._cap(got + claimed, limit)
+            # Every stream is empty: BLOCK on all of them, one entry per band at most.
+            reader = self._reader
+            if reader is None:
+                pool = self._client().connection_pool
+                reader = self._reader = pool.make_connection()  # type: ignore[no-untyped-call]
+            args = ("XREADGROUP", "GROUP", self._group, self._consumer, "COUNT", 1)
+            block = ("BLOCK", math.ceil(wait * 1000))
             # The guard only catches a hung server; a cancelled read drops the connection and
             # anything delivered meanwhile stays in our PEL until reclaim or close().
             async with self._read_lock, asyncio.timeout(wait + 10.0):
-                await reader.send_command(*args, "STREAMS", *streams, *[">"] * len(streams))
+                await reader.send_command(*args, *block, "STREAMS", *streams, *[">"] * len(streams))
                 reply = await reader.read_response(timeout=math.inf)
         except ResponseError as exc:
-            if str(exc).startswith("NOGROUP"):
+            if "NOGROUP" in str(exc):  # the stream or group vanished (e.g. a restart)
                 self._ready.clear()
                 return self._cap(claimed, limit)
             raise

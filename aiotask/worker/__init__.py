@@ -116,7 +116,7 @@ class Worker:
                 self.ready.set()
                 log.info("worker %s ready", self.name)
                 await self.shutdown.requested.wait()
-                consumer.cancel()
+                await _stop(consumer)
                 await self._drain()
                 self.settler.stop()
                 await settler
@@ -195,3 +195,14 @@ class Worker:
                     len(abandoned),
                     exc,
                 )
+
+
+async def _stop(task: asyncio.Task[None]) -> None:
+    """Cancel a loop and wait until it has really stopped.
+
+    A cancellation can be lost inside a client library (on Python 3.11, asyncio.wait_for
+    swallows one that races with completion), so cancel again until the task is done.
+    """
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=0.5)

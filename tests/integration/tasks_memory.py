@@ -122,3 +122,11 @@ async def soft_limited() -> str:
         await asyncio.sleep(0.01)  # cleanup may still await
         return "cleaned up"
     return "not reached"
+
+
+order: list[int] = []
+
+
+@app.task
+async def note(priority: int) -> None:
+    order.append(priority)

@@ -391,3 +391,19 @@ async def test_revoke_reaches_messages_already_prefetched() -> None:
         with pytest.raises(TaskRevoked):
             await queued.get(timeout=5)
     assert "prefetched-key" not in t.calls
+
+
+async def test_priorities_order_a_backlog(broker_kind: str) -> None:
+    t.order.clear()
+    await app.connect()
+    for p in [0, 9, 5, 0, 9, 5, 1, 8]:  # a backlog, published before any worker runs
+        await t.note.apply_async(args=(p,), priority=p)
+    await app.close()
+    async with start_worker(app, concurrency=1, prefetch=1):
+        while len(t.order) < 8:
+            await asyncio.sleep(0.02)
+    if broker_kind == "redis":  # three bands: 7-9, 4-6, 0-3 (docs/redis.md)
+        bands = [0 if p <= 3 else 1 if p <= 6 else 2 for p in t.order]
+        assert bands == sorted(bands, reverse=True)
+    else:
+        assert t.order == sorted(t.order, reverse=True)
