@@ -1,0 +1,221 @@
+"""The frameworks the harness drives: their interpreter, task module and worker command line.
+
+Every framework gets the same workloads; the worker settings below are each framework's usual
+way to run that kind of work, at the same concurrency (100 coroutines / threads for I/O, one
+process per core for CPU-bound work).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH_PY = Path(sys.executable)
+ARQ_PY = ROOT / ".venv-bench" / "arq" / "bin" / "python"
+CORES = os.cpu_count() or 1
+CONCURRENCY = 100
+
+WORKLOADS = ("enqueue", "drain", "latency", "io", "cpu", "chord")
+
+#: workloads whose worker starts before the producer (drain starts it after the enqueue)
+PRESTART = frozenset({"latency", "io", "cpu", "chord"})
+
+
+def _script(py: Path, name: str) -> str:
+    return str(py.parent / name)
+
+
+def aiotask_worker(py: Path, workload: str, ns: str) -> list[str]:
+    return [
+        _script(py, "aiotask"),
+        "worker",
+        "-A",
+        "benchmarks.workloads.aiotask_app:app",
+        "-c",
+        str(CONCURRENCY),
+        "-P",
+        str(CORES),
+        "--prefetch",
+        str(2 * CONCURRENCY),
+        "-l",
+        "WARNING",
+    ]
+
+
+def celery_worker(py: Path, workload: str, ns: str) -> list[str]:
+    if workload == "io":
+        pool = ["-P", "threads", "-c", str(CONCURRENCY)]
+    else:
+        pool = ["-P", "prefork", "-c", str(CORES)]
+    return [
+        str(py),
+        "-m",
+        "celery",
+        "-A",
+        "benchmarks.workloads.celery_app",
+        "worker",
+        *pool,
+        "-Q",
+        ns,
+        "-l",
+        "WARNING",
+        "--without-mingle",
+        "--without-gossip",
+        "--without-heartbeat",
+    ]
+
+
+def taskiq_worker(py: Path, workload: str, ns: str) -> list[str]:
+    argv = [
+        _script(py, "taskiq"),
+        "worker",
+        "benchmarks.workloads.taskiq_app:broker",
+        "--workers",
+        "1",
+        "--max-async-tasks",
+        str(CONCURRENCY),
+        "--log-level",
+        "WARNING",
+    ]
+    if workload == "cpu":
+        argv += ["--use-process-pool", "--max-process-pool-processes", str(CORES)]
+    return argv
+
+
+def arq_worker(py: Path, workload: str, ns: str) -> list[str]:
+    return [_script(py, "arq"), "benchmarks.workloads.arq_app.WorkerSettings"]
+
+
+def saq_worker(py: Path, workload: str, ns: str) -> list[str]:
+    return [_script(py, "saq"), "benchmarks.workloads.saq_app.settings", "--workers", "1", "-q"]
+
+
+def streaq_worker(py: Path, workload: str, ns: str) -> list[str]:
+    return [_script(py, "streaq"), "run", "benchmarks.workloads.streaq_app:worker"]
+
+
+def floor_worker(py: Path, workload: str, ns: str) -> list[str]:
+    return [str(py), "-m", "benchmarks.workloads.floor"]
+
+
+@dataclass(frozen=True)
+class Framework:
+    key: str
+    label: str
+    module: str
+    worker: Callable[[Path, str, str], list[str]]
+    python: Path = BENCH_PY
+    broker: str = "redis"
+    #: workload -> why it is not run ("n/a ..." or "not yet ...")
+    skips: dict[str, str] = field(default_factory=dict)
+    setup: str = ""
+    #: the packages whose versions the report lists
+    distributions: tuple[str, ...] = ()
+
+    def worker_argv(self, workload: str, ns: str) -> list[str]:
+        return self.worker(self.python, workload, ns)
+
+
+NO_CHORD = "n/a: no chord primitive"
+NO_POOL = "n/a: no process pool for sync tasks"
+
+FRAMEWORKS: dict[str, Framework] = {
+    f.key: f
+    for f in (
+        Framework(
+            "aiotask",
+            "aiotask",
+            "aiotask_app",
+            aiotask_worker,
+            setup=f"-c {CONCURRENCY} -P {CORES} --prefetch {2 * CONCURRENCY}",
+            distributions=("aiotask", "redis", "hiredis", "orjson"),
+        ),
+        Framework(
+            "celery",
+            "Celery",
+            "celery_app",
+            celery_worker,
+            setup=f"prefork -c {CORES} (I/O: threads -c {CONCURRENCY}), defaults otherwise",
+            distributions=("celery", "kombu", "redis"),
+        ),
+        Framework(
+            "taskiq",
+            "taskiq",
+            "taskiq_app",
+            taskiq_worker,
+            skips={"chord": NO_CHORD},
+            setup=f"RedisStreamBroker, --workers 1 --max-async-tasks {CONCURRENCY}"
+            f" (CPU: --use-process-pool {CORES})",
+            distributions=("taskiq", "taskiq-redis", "redis"),
+        ),
+        Framework(
+            "arq",
+            "arq",
+            "arq_app",
+            arq_worker,
+            python=ARQ_PY,
+            skips={"chord": NO_CHORD, "cpu": NO_POOL},
+            setup=f"max_jobs={CONCURRENCY}, poll_delay 10 ms (default 500 ms); own venv (redis<6)",
+            distributions=("arq", "redis"),
+        ),
+        Framework(
+            "saq",
+            "SAQ",
+            "saq_app",
+            saq_worker,
+            skips={"chord": NO_CHORD, "cpu": NO_POOL},
+            setup=f"concurrency={CONCURRENCY}, --workers 1",
+            distributions=("saq", "redis"),
+        ),
+        Framework(
+            "streaq",
+            "streaq",
+            "streaq_app",
+            streaq_worker,
+            skips={"chord": NO_CHORD, "cpu": NO_POOL},
+            setup=f"concurrency={CONCURRENCY}, --workers 1",
+            distributions=("streaq", "coredis"),
+        ),
+        Framework(
+            "aiotask-amqp",
+            "aiotask (RabbitMQ)",
+            "aiotask_app",
+            aiotask_worker,
+            broker="amqp",
+            setup="as aiotask; RabbitMQ broker, Redis results",
+            distributions=("aiotask", "redis", "hiredis", "orjson"),
+        ),
+        Framework(
+            "celery-amqp",
+            "Celery (RabbitMQ)",
+            "celery_app",
+            celery_worker,
+            broker="amqp",
+            setup="as Celery; RabbitMQ broker, Redis results",
+            distributions=("celery", "kombu", "redis"),
+        ),
+        Framework(
+            "floor",
+            "floor (raw redis-py)",
+            "floor",
+            floor_worker,
+            skips={
+                "chord": NO_CHORD,
+                "cpu": "n/a: the floor covers enqueue, drain and round trip",
+                "io": "n/a: the floor covers enqueue, drain and round trip",
+            },
+            setup="XADD / XREADGROUP + SET + PUBLISH + XACK, nothing else",
+            distributions=("redis", "hiredis"),
+        ),
+    )
+}
+
+SMOKE_FRAMEWORKS = ("aiotask", "celery", "taskiq", "arq", "saq", "streaq", "floor")
+FULL_FRAMEWORKS = tuple(FRAMEWORKS)

@@ -1,0 +1,419 @@
+"""Tables, machine info, the docs page and the chart for the harness."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+import time
+from typing import TYPE_CHECKING, Any
+
+from benchmarks.common import CPU_N, SLEEP_S, spin
+from benchmarks.frameworks import CONCURRENCY, CORES, FRAMEWORKS, ROOT, Framework
+
+if TYPE_CHECKING:
+    from benchmarks.harness import Measurement
+
+DOC = ROOT / "docs" / "benchmarks.md"
+CHART = ROOT / "docs" / "benchmarks.png"
+
+#: metric -> (label, unit, +1 if higher is better else -1)
+METRICS: dict[str, tuple[str, str, int]] = {
+    "enqueue_one": ("enqueue, one at a time", "tasks/s", 1),
+    "enqueue_batch": ("enqueue, batched", "tasks/s", 1),
+    "drain": ("drain, no-op tasks", "tasks/s", 1),
+    "p50_ms": ("round trip p50", "ms", -1),
+    "p90_ms": ("round trip p90", "ms", -1),
+    "p99_ms": ("round trip p99", "ms", -1),
+    "io_pct": (f"I/O-bound, {SLEEP_S * 1000:.0f} ms sleeps at c={CONCURRENCY}", "% of ideal", 1),
+    "cpu": ("CPU-bound sync, process pool", "tasks/s", 1),
+    "chord_s": ("chord, end to end", "s", -1),
+    "idle_rss_mib": ("worker idle RSS (process tree)", "MiB", -1),
+    "idle_pss_mib": ("worker idle PSS (process tree)", "MiB", -1),
+}
+
+#: which workload produces each metric (for skip / error cells)
+METRIC_WORKLOAD = {
+    "enqueue_one": "enqueue",
+    "enqueue_batch": "enqueue",
+    "drain": "drain",
+    "p50_ms": "latency",
+    "p90_ms": "latency",
+    "p99_ms": "latency",
+    "io_pct": "io",
+    "cpu": "cpu",
+    "chord_s": "chord",
+    "idle_rss_mib": "latency",
+    "idle_pss_mib": "latency",
+}
+
+#: en dash and multiplication sign, escaped for the linter
+DASH = "\u2013"
+TIMES = "\u00d7"
+ARROW = "\u2192"
+
+CHART_METRICS = ("drain", "enqueue_batch", "p50_ms", "io_pct", "cpu", "idle_rss_mib")
+
+
+def calibrate_cpu() -> dict[str, float]:
+    """Time the CPU-bound body in this process: the ideal pool rate is cores / that time."""
+    best = min(_timed_spin() for _ in range(5))
+    return {"task_s": best, "ideal_tasks_per_s": CORES / best, "cpu_n": float(CPU_N)}
+
+
+def _timed_spin() -> float:
+    t0 = time.perf_counter()
+    spin(CPU_N)
+    return time.perf_counter() - t0
+
+
+def print_progress(m: Measurement, elapsed: float) -> None:
+    if m.skipped:
+        return
+    if m.error:
+        status = "ERROR " + m.error.splitlines()[0]
+    else:
+        status = ", ".join(f"{k}={_num(v)}" for k, v in m.values.items())
+    print(
+        f"[bench {elapsed:6.1f}s] {m.framework:<13} {m.workload:<8} #{m.repeat}"
+        f" ({m.seconds:4.1f}s) {status}",
+        flush=True,
+    )
+
+
+def _num(v: float) -> str:
+    if v != v:
+        return "nan"
+    if abs(v) >= 100:
+        return f"{v:,.0f}"
+    if abs(v) >= 10:
+        return f"{v:.1f}"
+    return f"{v:.2f}"
+
+
+# ---------------------------------------------------------------- machine
+
+
+def _run(argv: list[str]) -> str:
+    try:
+        return subprocess.run(
+            argv, capture_output=True, text=True, timeout=30, check=False
+        ).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _redis_version(url: str) -> str:
+    import redis
+
+    try:
+        r = redis.Redis.from_url(url)
+        v = str(r.info("server").get("redis_version", "?"))
+        r.close()
+        return v
+    except Exception as exc:
+        return f"unknown ({type(exc).__name__})"
+
+
+def _rabbitmq_version() -> str:
+    out = _run(["rabbitmqctl", "-q", "version"])
+    return out.splitlines()[-1] if out else "unknown"
+
+
+def _versions(fw: Framework) -> str:
+    code = (
+        "import importlib.metadata as m\n"
+        "out = []\n"
+        f"for n in {list(fw.distributions)!r}:\n"
+        "    try:\n"
+        "        out.append(n + ' ' + m.version(n))\n"
+        "    except m.PackageNotFoundError:\n"
+        "        pass\n"
+        "print(', '.join(out))\n"
+    )
+    return _run([str(fw.python), "-c", code])
+
+
+def machine_info(redis_url: str, amqp_url: str, frameworks: list[Framework]) -> dict[str, Any]:
+    packages: dict[str, str] = {}
+    for fw in frameworks:
+        if fw.python.exists() and fw.distributions and fw.broker == "redis":
+            packages[fw.key] = _versions(fw)
+    return {
+        "cpu": _cpu_model(),
+        "cores": CORES,
+        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "os": f"{platform.system()} {platform.release()}",
+        "python": sys.version.split()[0],
+        "redis_server": _redis_version(redis_url),
+        "rabbitmq_server": _rabbitmq_version()
+        if any(f.broker == "amqp" for f in frameworks)
+        else "not used",
+        "packages": packages,
+    }
+
+
+# ---------------------------------------------------------------- tables
+
+
+def _columns(doc: dict[str, Any]) -> list[str]:
+    return [k for k in doc["plan"]["frameworks"] if k in FRAMEWORKS]
+
+
+def _cell(doc: dict[str, Any], fw: str, metric: str) -> str:
+    agg = doc["aggregate"].get(fw, {}).get(metric)
+    if agg:
+        med, lo, hi = agg["median"], agg["min"], agg["max"]
+        if agg["n"] > 1:
+            return f"{_num(med)} ({_num(lo)}{DASH}{_num(hi)})"
+        return _num(med)
+    if fw in doc["unavailable"]:
+        return "unavailable"
+    workload = METRIC_WORKLOAD[metric]
+    if workload not in doc["plan"]["workloads"]:
+        return DASH
+    for m in doc["measurements"]:
+        if m["framework"] == fw and m["workload"] == workload:
+            if m["skipped"]:
+                return m["skipped"].split(":")[0]
+            if m["error"]:
+                return "error"
+    return DASH
+
+
+def _base(peer: str) -> str:
+    """The aiotask column a peer is compared with: same broker, like for like."""
+    return "aiotask-amqp" if FRAMEWORKS[peer].broker == "amqp" else "aiotask"
+
+
+def _ratio(doc: dict[str, Any], peer: str, metric: str) -> str:
+    a = doc["aggregate"].get(_base(peer), {}).get(metric)
+    p = doc["aggregate"].get(peer, {}).get(metric)
+    if not a or not p or not p["median"]:
+        return DASH
+    return f"{a['median'] / p['median']:.2f}"
+
+
+def markdown_tables(doc: dict[str, Any]) -> str:
+    cols = _columns(doc)
+    labels = [FRAMEWORKS[c].label for c in cols]
+    lines = [
+        "| workload | unit | " + " | ".join(labels) + " |",
+        "|---|---|" + "---:|" * len(cols),
+    ]
+    for metric, (label, unit, better) in METRICS.items():
+        arrow = "↑" if better > 0 else "↓"
+        cells = [_cell(doc, c, metric) for c in cols]
+        lines.append(f"| {label} | {unit} {arrow} | " + " | ".join(cells) + " |")
+    peers = [c for c in cols if not c.startswith("aiotask") and _base(c) in cols]
+    if peers:
+        heads = [
+            FRAMEWORKS[p].label + (" vs aiotask (RabbitMQ)" if _base(p) != "aiotask" else "")
+            for p in peers
+        ]
+        lines += [
+            "",
+            "Ratios aiotask / peer (medians; a RabbitMQ peer is compared with aiotask on"
+            " RabbitMQ). ↑ rows: above 1 means aiotask is better; ↓ rows: below 1 means aiotask"
+            " is better.",
+            "",
+            "| workload | " + " | ".join(heads) + " |",
+            "|---|" + "---:|" * len(peers),
+        ]
+        for metric, (label, _unit, better) in METRICS.items():
+            arrow = "↑" if better > 0 else "↓"
+            cells = [_ratio(doc, p, metric) for p in peers]
+            lines.append(f"| {label} {arrow} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- docs + chart
+
+
+def write_chart(doc: dict[str, Any]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = _columns(doc)
+    fig, axes = plt.subplots(2, 3, figsize=(15, 8.5))
+    for ax, metric in zip(axes.flat, CHART_METRICS, strict=True):
+        label, unit, better = METRICS[metric]
+        names, meds, lo, hi, colors = [], [], [], [], []
+        for c in cols:
+            agg = doc["aggregate"].get(c, {}).get(metric)
+            if not agg:
+                continue
+            names.append(FRAMEWORKS[c].label.replace(" (", "\n("))
+            meds.append(agg["median"])
+            lo.append(agg["median"] - agg["min"])
+            hi.append(agg["max"] - agg["median"])
+            colors.append(
+                "#d62728" if c.startswith("aiotask") else "#7f7f7f" if c == "floor" else "#1f77b4"
+            )
+        ys = range(len(names))
+        ax.barh(ys, meds, xerr=[lo, hi], color=colors, capsize=3)
+        ax.set_yticks(list(ys), names, fontsize=8)
+        ax.invert_yaxis()
+        ax.set_title(
+            f"{label} ({unit}, {'higher' if better > 0 else 'lower'} is better)", fontsize=9
+        )
+        ax.tick_params(axis="x", labelsize=8)
+        ax.grid(axis="x", alpha=0.3)
+    m = doc["machine"]
+    fig.suptitle(
+        f"aiotask vs Celery and asyncio peers: medians, bars show min{DASH}max over repeats\n"
+        f"{m['cpu']}, {m['cores']} cores, Python {m['python']}, Redis {m['redis_server']}",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    fig.savefig(CHART, dpi=90)
+    plt.close(fig)
+
+
+def _workload_table(sizes: dict[str, dict[str, int]], cal: dict[str, float]) -> str:
+    enq, n_io = sizes["enqueue"], sizes["io"]["n"]
+    rows = [
+        (
+            "enqueue, one at a time",
+            f"{enq['n_one']:,} no-op tasks, each send awaited before the next; no worker",
+        ),
+        (
+            "enqueue, batched",
+            f"{enq['n']:,} no-op tasks in batches of {enq['batch']:,} through the framework's"
+            " batch API (aiotask `send_batch`, Celery `group`, streaQ `enqueue_many`, the floor"
+            " a pipeline) or, where there is none, `asyncio.gather`",
+        ),
+        (
+            "drain",
+            f"{sizes['drain']['n']:,} no-op tasks pre-enqueued, then one worker process started;"
+            " tasks/s from the first completion to the last (the worker's boot time is left out"
+            " and kept in the JSON as `boot_s`)",
+        ),
+        (
+            "round trip",
+            f"{sizes['latency']['n']:,} sequential send {ARROW} result waits on a warm worker,"
+            " through each framework's own result API",
+        ),
+        (
+            "I/O-bound",
+            f"{n_io:,} tasks sleeping {SLEEP_S * 1000:.0f} ms at concurrency {CONCURRENCY},"
+            f" enqueue to last result, as % of the ideal N{TIMES}{SLEEP_S}/{CONCURRENCY} s"
+            f" = {n_io * SLEEP_S / CONCURRENCY:.2f} s",
+        ),
+        (
+            "CPU-bound",
+            f"{sizes['cpu']['n']:,} sync tasks of about {cal['task_s'] * 1000:.0f} ms of pure"
+            " Python each, in the worker's process pool (ideal on this machine:"
+            f" {cal['ideal_tasks_per_s']:.0f} tasks/s)",
+        ),
+        (
+            "chord",
+            f"a chord of {sizes['chord']['n']:,} header tasks and a summing body, send to the"
+            " body's result, where the framework has chords",
+        ),
+        (
+            "idle memory",
+            "RSS (and PSS, which does not count twice the pages that forked children share) of"
+            " the worker's whole process tree, 1.5 s after a warm-up, idle",
+        ),
+    ]
+    head = "| workload | what is measured |\n|---|---|\n"
+    return head + "\n".join(f"| {a} | {b} |" for a, b in rows)
+
+
+def write_docs(doc: dict[str, Any], table: str) -> None:
+    write_chart(doc)
+    m = doc["machine"]
+    plan = doc["plan"]
+    sizes = plan["sizes"]
+    cal = doc["cpu_calibration"]
+    pkgs = "\n".join(f"  - {FRAMEWORKS[k].label}: {v}" for k, v in m["packages"].items())
+    setups = "\n".join(
+        f"| {FRAMEWORKS[k].label} | {v['setup']} |" for k, v in doc["frameworks"].items()
+    )
+    unavailable = "".join(
+        f"\n- {FRAMEWORKS[k].label} was not run: {why}" for k, why in doc["unavailable"].items()
+    )
+    reps = sorted(set(plan["repeats"].values()))
+    workload_table = _workload_table(sizes, cal)
+    text = f"""# Benchmarks
+
+aiotask against Celery, the asyncio task queues taskiq, arq, SAQ and streaQ, and a "floor": a
+raw redis-py loop doing only the Redis commands a task strictly needs. Every framework runs the
+same workloads, as separate producer and worker processes, against the same local Redis (and
+RabbitMQ for the two RabbitMQ columns), in the same run.
+
+Generated by `make bench` (`python -m benchmarks.harness --full`), {doc["started"]}, in
+{doc["duration_s"] / 60:.0f} minutes. Each figure is the median of {"/".join(map(str, reps))} runs,
+with the min{DASH}max range in brackets. ↑: higher is better, ↓: lower is better.
+
+![aiotask vs Celery and peers](benchmarks.png)
+
+{table}
+
+## Machine
+
+- CPU: {m["cpu"]}, {m["cores"]} cores, {m["memory_gib"]} GiB; {m["os"]}
+- Python {m["python"]}; Redis {m["redis_server"]}; RabbitMQ {m["rabbitmq_server"]}
+- Packages:
+{pkgs}
+
+The producer, the worker and the servers share these {m["cores"]} cores, and other work on the
+machine adds noise, so absolute figures are modest and vary between runs; the ratios measured in
+the same run are the point.{unavailable}
+
+## Workloads
+
+{workload_table}
+
+Completion is detected the same way for every framework: the producer checks, in pipelined
+batches of 1,000, whether each task's result is stored (its result key exists; for aiotask and
+SAQ, the stored state is final), polling every 20 ms. Round trips use each framework's own
+result wait: aiotask, Celery, streaQ and the floor are woken by pub/sub; taskiq, arq and SAQ poll,
+here every 1 ms (their defaults are 200-500 ms). SAQ's pub/sub wait, `Job.refresh(until_complete=)`,
+subscribes anew on every call and misses the wake-up when a warm worker is faster, so it cannot
+be used for a latency loop. arq's worker polls its queue: it runs with `poll_delay` 10 ms instead
+of its default 500 ms, which would otherwise set every round trip.
+
+Each measurement gets fresh processes and its own key namespace (a key prefix, or for frameworks
+without one, a unique queue name and task ids); its keys are deleted afterwards with SCAN MATCH.
+
+## Worker settings
+
+| framework | worker |
+|---|---|
+{setups}
+
+Celery keeps its defaults (prefork, early acknowledgement, prefetch multiplier 4); aiotask
+acknowledges after the result is stored (at-least-once), which is more work per task. aiotask
+starts its process pool lazily, at the first sync task, so its idle tree holds no pool children,
+while Celery's prefork children are always up; taskiq always runs a supervisor and one worker
+process. streaQ's round trip (about 100 ms) is its own `Task.result()`: it appears to wait out
+coredis's 0.1 s unsubscribe timeout on every call.
+
+## Running it
+
+```
+make bench-smoke   # about 3 minutes; prints the table; fails if aiotask is slower than Celery
+make bench         # this page and its chart
+.venv-bench/bin/python -m benchmarks.harness --smoke --frameworks aiotask,celery --workloads drain
+```
+
+Both build `.venv-bench` (aiotask editable plus the peers, so their pins never touch `.venv`)
+and `.venv-bench/arq` (arq pins `redis<6`). Raw results: `benchmarks/.results/*.json`.
+"""
+    DOC.write_text(text)
