@@ -11,7 +11,9 @@ Contract, for every implementation:
 - `add_to_group` is atomic and idempotent per index: a duplicated call for the same index
   neither counts twice nor fires twice. Exactly one caller sees `fire=True` (all members
   succeeded) and at most one sees `first_failure=True`.
-- `revoke` writes tombstones with a ttl; `revoked` returns which of the ids carry one.
+- `revoke` writes tombstones with a ttl; `revoked` returns which of the ids carry one;
+  `revocations` returns every live tombstone (a worker loads them when it starts, then
+  follows `broadcast`s, so checking a message costs no round trip).
 - `broadcast` sends a small control payload to every live `control()` iterator (every worker):
   best effort, no persistence (a worker that is down learns from the tombstones instead).
 """
@@ -154,6 +156,8 @@ class ResultBackend(Protocol):
     async def revoke(self, task_ids: Sequence[str], ttl: float) -> None: ...
 
     async def revoked(self, task_ids: Sequence[str]) -> frozenset[str]: ...
+
+    async def revocations(self) -> frozenset[str]: ...
 
     async def broadcast(self, payload: bytes) -> None: ...
 

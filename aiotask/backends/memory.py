@@ -128,6 +128,10 @@ class MemoryBackend:
         mono = monotonic()
         return frozenset(t for t in task_ids if self._revoked.get(t, 0.0) > mono)
 
+    async def revocations(self) -> frozenset[str]:
+        mono = monotonic()
+        return frozenset(t for t, deadline in self._revoked.items() if deadline > mono)
+
     async def broadcast(self, payload: bytes) -> None:
         for queue in self._listeners:
             queue.put_nowait(payload)

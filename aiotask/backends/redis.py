@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import time
 from typing import TYPE_CHECKING, Any
 
 from redis.asyncio import Redis
@@ -251,11 +252,28 @@ class RedisBackend:
         return GroupProgress(size, done, bool(fire), bool(first_failure), body, records)
 
     async def revoke(self, task_ids: Sequence[str], ttl: float) -> None:
+        """A key per id (for `revoked`), and the id in one sorted set scored by its expiry
+        (for `revocations`); the set's own TTL follows its newest member."""
         pipe = self._client().pipeline(transaction=False)
+        index = f"{self._prefix}:revocations"
+        expires_ms = int((time.time() + ttl) * 1000)
         for task_id in task_ids:
             pipe.set(f"{self._prefix}:revoked:{task_id}", b"1", px=_ms(ttl))
+        if task_ids:
+            pipe.zadd(index, dict.fromkeys(task_ids, expires_ms))
+            pipe.pexpire(index, _ms(ttl), gt=True)
+            pipe.pexpire(index, _ms(ttl), nx=True)
         with self._map_errors():
             await pipe.execute()
+
+    async def revocations(self) -> frozenset[str]:
+        index = f"{self._prefix}:revocations"
+        pipe = self._client().pipeline(transaction=False)
+        pipe.zremrangebyscore(index, "-inf", int(time.time() * 1000))
+        pipe.zrange(index, 0, -1)
+        with self._map_errors():
+            _, members = await pipe.execute()
+        return frozenset(_bytes(m).decode() for m in members)
 
     async def revoked(self, task_ids: Sequence[str]) -> frozenset[str]:
         if not task_ids:

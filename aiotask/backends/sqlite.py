@@ -215,6 +215,9 @@ class SQLiteBackend:
             expires = now() + ttl
             await self._db.run(_revoke, [(t, expires) for t in task_ids])
 
+    async def revocations(self) -> frozenset[str]:
+        return frozenset(await self._db.run(_revocations, now()))
+
     async def revoked(self, task_ids: Sequence[str]) -> frozenset[str]:
         if not task_ids:
             return frozenset()
@@ -388,3 +391,8 @@ def _revoked(conn: sqlite3.Connection, task_ids: list[str], wall: float) -> list
         (orjson.dumps(task_ids).decode(), wall),
     ).fetchall()
     return [r[0] for r in rows]
+
+
+def _revocations(conn: sqlite3.Connection, wall: float) -> list[str]:
+    rows = conn.execute("SELECT task_id FROM aiotask_revoked WHERE expires_at > ?", (wall,))
+    return [r[0] for r in rows.fetchall()]

@@ -30,6 +30,8 @@ log = get_logger(__name__)
 HANDBACK_TIMEOUT = 5.0
 #: Broadcast revocations remembered in memory (tombstones in the backend cover the rest).
 REVOKED_MEMORY = 100_000
+#: Seconds between full reloads of the tombstones (the broadcast is the fast path).
+REVOCATIONS_REFRESH = 10.0
 
 
 class Worker:
@@ -99,9 +101,10 @@ class Worker:
         failed = False
         try:
             async with asyncio.TaskGroup() as group:
+                if app.backend is not None:  # before consuming: skip what was revoked
+                    self.dispatcher.executor.revoked.update(await app.backend.revocations())
                 consumer = group.create_task(
-                    consume(app.broker, app.backend, self.queues, self.dispatcher),
-                    name="aiotask-consumer",
+                    consume(app.broker, self.queues, self.dispatcher), name="aiotask-consumer"
                 )
                 settler = group.create_task(self.settler.run(), name="aiotask-settler")
                 leases = None
@@ -110,9 +113,10 @@ class Worker:
                         renew_leases(app.broker, self.dispatcher, app.conf.visibility_timeout / 3),
                         name="aiotask-leases",
                     )
-                control = None
+                control = refresh = None
                 if app.backend is not None:
                     control = group.create_task(self._control(), name="aiotask-control")
+                    refresh = group.create_task(self._refresh(), name="aiotask-revocations")
                 self.ready.set()
                 log.info("worker %s ready", self.name)
                 await self.shutdown.requested.wait()
@@ -120,7 +124,7 @@ class Worker:
                 await self._drain()
                 self.settler.stop()
                 await settler
-                for loop_task in (leases, control):
+                for loop_task in (leases, control, refresh):
                     if loop_task is not None:
                         loop_task.cancel()
         except* Exception as group_error:
@@ -159,6 +163,23 @@ class Worker:
                 for task_id in ids:
                     if await executor.terminate(task_id):
                         log.warning("terminating task %s (revoked)", task_id)
+
+    async def _refresh(self) -> None:
+        """Reload every tombstone now and then: covers a broadcast missed while (re)subscribing."""
+        backend = self.app.backend
+        if backend is None:
+            return
+        executor = self.dispatcher.executor
+        while True:
+            await asyncio.sleep(REVOCATIONS_REFRESH)
+            try:
+                live = await backend.revocations()
+            except Exception as exc:
+                log.warning("reloading revocations failed: %s", exc)
+                continue
+            if len(executor.revoked) > REVOKED_MEMORY:
+                executor.revoked.clear()
+            executor.revoked.update(live)
 
     async def _drain(self) -> None:
         """Warm: hand back unstarted, wait for running up to the grace. Cold: abandon running."""

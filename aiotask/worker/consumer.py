@@ -17,9 +17,8 @@ from aiotask.ratelimit import RateLimiter
 from aiotask.worker.outcome import Settlement
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Sequence, Set
 
-    from aiotask.backends.base import ResultBackend
     from aiotask.brokers.base import Broker, Delivery
     from aiotask.worker.executor import Executor
     from aiotask.worker.settle import Settler
@@ -62,7 +61,7 @@ class Dispatcher:
         room = min(len(self.deferred), DEFER_FACTOR * self.prefetch)
         return self.prefetch - len(self.held) + room
 
-    def accept(self, deliveries: Sequence[Delivery], revoked: frozenset[str]) -> None:
+    def accept(self, deliveries: Sequence[Delivery], revoked: Set[str]) -> None:
         for delivery in deliveries:
             self.held.add(delivery)
             is_revoked = delivery.message_id in revoked
@@ -142,10 +141,9 @@ class Dispatcher:
         return cancelled
 
 
-async def consume(
-    broker: Broker, backend: ResultBackend | None, queues: Sequence[str], dispatcher: Dispatcher
-) -> None:
-    """Fetch only what there is room for; check revoke tombstones once per batch."""
+async def consume(broker: Broker, queues: Sequence[str], dispatcher: Dispatcher) -> None:
+    """Fetch only what there is room for. Revocations are known locally (loaded at start,
+    then broadcast), so a batch costs no extra round trip before its tasks start."""
     while True:
         free = dispatcher.free()
         if free <= 0:
@@ -154,12 +152,8 @@ async def consume(
                 await dispatcher.space.wait()
             continue
         batch = await broker.receive(queues, free)
-        if not batch:
-            continue
-        revoked: frozenset[str] = frozenset()
-        if backend is not None:
-            revoked = await backend.revoked([d.message_id for d in batch])
-        dispatcher.accept(batch, revoked)
+        if batch:
+            dispatcher.accept(batch, dispatcher.executor.revoked)
 
 
 async def renew_leases(broker: Broker, dispatcher: Dispatcher, interval: float) -> None:

@@ -154,3 +154,14 @@ async def test_broadcast_reaches_every_listener(backend: ResultBackend) -> None:
             await backend.broadcast(b'{"op": "ping"}')
             await asyncio.sleep(0.05)
     assert [t.result() for t in listeners] == [b'{"op": "ping"}'] * 2
+
+
+async def test_revocations_lists_live_tombstones(backend: ResultBackend, namespace: str) -> None:
+    a, b = f"{namespace}-la", f"{namespace}-lb"
+    await backend.revoke([a], ttl=60)
+    await backend.revoke([b], ttl=1)
+    assert {a, b} <= await backend.revocations()
+    await asyncio.sleep(1.2)
+    live = await backend.revocations()
+    assert a in live
+    assert b not in live

@@ -407,3 +407,15 @@ async def test_priorities_order_a_backlog(broker_kind: str) -> None:
         assert bands == sorted(bands, reverse=True)
     else:
         assert t.order == sorted(t.order, reverse=True)
+
+
+async def test_a_worker_started_after_the_revoke_still_honours_it() -> None:
+    await app.connect()
+    r = await t.sleeper.send(0, "offline-revoke")
+    await r.revoke()  # no worker is running: only the tombstone remembers
+    await app.close()
+    async with start_worker(app):
+        after = await t.sleeper.send(0, "after-revoke")
+        assert await after.get(timeout=5) == "slept"  # the revoked one was ahead of it
+    assert "offline-revoke" not in t.calls
+    assert t.calls["after-revoke"] == 1
