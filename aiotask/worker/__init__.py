@@ -107,39 +107,47 @@ class Worker:
                     consume(app.broker, self.queues, self.dispatcher), name="aiotask-consumer"
                 )
                 settler = group.create_task(self.settler.run(), name="aiotask-settler")
-                leases = None
-                if getattr(app.broker.capabilities, "leases", True):
-                    leases = group.create_task(
-                        renew_leases(app.broker, self.dispatcher, app.conf.visibility_timeout / 3),
-                        name="aiotask-leases",
-                    )
-                control = refresh = None
-                if app.backend is not None:
-                    control = group.create_task(self._control(), name="aiotask-control")
-                    refresh = group.create_task(self._refresh(), name="aiotask-revocations")
+                side_loops = self._side_loops(group)
                 self.ready.set()
                 log.info("worker %s ready", self.name)
                 await self.shutdown.requested.wait()
                 await _stop(consumer)
                 await self._drain()
                 self.settler.stop()
-                await settler
-                for loop_task in (leases, control, refresh):
-                    if loop_task is not None:
-                        loop_task.cancel()
+                await settler  # settles everything that ran, then returns
+                for loop_task in side_loops:
+                    loop_task.cancel()
         except* Exception as group_error:
             for exc in group_error.exceptions:
                 log.critical("worker %s stopped: %s", self.name, exc, exc_info=exc)
             failed = True
         finally:
-            await self.pool.aclose()
-            for mw in reversed(app.middleware):
-                try:
-                    await mw.shutdown(app)
-                except Exception:
-                    log.exception("middleware %r failed at shutdown", mw)
-            await app.close()
+            await self._close()
         return 1 if failed or self.shutdown.phase is Phase.COLD else 0
+
+    def _side_loops(self, group: asyncio.TaskGroup) -> list[asyncio.Task[None]]:
+        """Lease renewal (brokers with leases), revoke broadcasts and tombstone reloads."""
+        app, loops = self.app, []
+        if getattr(app.broker.capabilities, "leases", True):
+            interval = app.conf.visibility_timeout / 3
+            loops.append(
+                group.create_task(
+                    renew_leases(app.broker, self.dispatcher, interval), name="aiotask-leases"
+                )
+            )
+        if app.backend is not None:
+            loops.append(group.create_task(self._control(), name="aiotask-control"))
+            loops.append(group.create_task(self._refresh(), name="aiotask-revocations"))
+        return loops
+
+    async def _close(self) -> None:
+        await self.pool.aclose()
+        for mw in reversed(self.app.middleware):
+            try:
+                await mw.shutdown(self.app)
+            except Exception:
+                log.exception("middleware %r failed at shutdown", mw)
+        await self.app.close()
 
     async def _control(self) -> None:
         """Obey broadcasts: revoke (skip if not started; with terminate, stop if running)."""
