@@ -39,6 +39,16 @@ TASKS_MODULE = textwrap.dedent(
     @app.task(name="proc.cpu")
     def cpu(n: int) -> int:
         return os.getpid()
+
+    @app.task(name="proc.tsum")
+    async def tsum(values: list[str]) -> str:
+        _mark("body", ",".join(values))
+        return "+".join(values)
+
+    @app.task(name="proc.die")
+    async def die() -> None:
+        _mark("died", "x")
+        os._exit(3)  # a poison message: the worker process dies every time it runs this
     """
 )
 

@@ -58,6 +58,9 @@ class Worker:
         self.name = name or f"aiotask@{socket.gethostname()}-{os.getpid()}"
         self.grace = shutdown_grace if shutdown_grace is not None else conf.shutdown_grace
         self.max_memory_per_child = max_memory_per_child or conf.max_memory_per_child
+        # Command-line options override the settings for this process; brokers created from
+        # here on (e.g. AMQP's basic.qos) see the worker's real prefetch.
+        app.conf = conf.replace(concurrency=self.concurrency, prefetch=self.prefetch)
         self.pool = SyncPool(
             processes if processes is not None else conf.processes,
             max_tasks_per_child or conf.max_tasks_per_child,

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from aiotask import App
+from aiotask import App, chord, signature
 from tests.conftest import REDIS_URL
 from tests.procs import lines, start_worker, stop, worker_env, write_tasks
 
@@ -186,3 +186,51 @@ async def test_call_result_and_purge_commands(tmp_path: Path, namespace: str) ->
     assert cli("purge", "-A", "proc_tasks:app", "-Q", "default", "-f") == (
         "purged 1 messages from default"
     )
+
+
+async def test_chord_whose_worker_is_killed_mid_header_fires_once(
+    tmp_path: Path, broker_url: str, namespace: str
+) -> None:
+    env = env_for(tmp_path, broker_url, namespace, AIOTASK_VISIBILITY_TIMEOUT="2")
+    victim = start_worker(tmp_path, env, "-c", "4")
+    async with producer(broker_url, namespace) as app:
+        header = [signature("proc.slow", (f"h{i}", 1.0), app=app) for i in range(4)]
+        result = await chord(header, signature("proc.tsum", app=app)).send()
+        deadline = time.monotonic() + 15
+        while len(lines(tmp_path, "started")) < 4 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        stop(victim, signal.SIGKILL)  # every header task is mid-flight
+        rescuer = start_worker(tmp_path, env, "-c", "4")
+        try:
+            assert await app.AsyncResult(result.id).get(timeout=30) == "h0+h1+h2+h3"
+            await asyncio.sleep(0.5)
+        finally:
+            assert stop(rescuer) == 0
+    assert lines(tmp_path, "body") == ["h0,h1,h2,h3"]  # the body ran exactly once, in order
+
+
+async def test_poison_message_is_dead_lettered_after_max_deliveries(
+    tmp_path: Path, broker_url: str, namespace: str
+) -> None:
+    env = env_for(
+        tmp_path, broker_url, namespace, AIOTASK_VISIBILITY_TIMEOUT="1", AIOTASK_MAX_DELIVERIES="2"
+    )
+    async with producer(broker_url, namespace) as app:
+        poison = await app.send_task("proc.die")
+        ok = await app.send_task("proc.add", args=[1, 2])
+        for _ in range(4):  # supervisor: restart the worker each time the poison kills it
+            proc = start_worker(tmp_path, env, "-c", "1", "--prefetch", "1")
+            try:
+                code = proc.wait(timeout=4)
+            except subprocess.TimeoutExpired:
+                break  # it survived: the poison is gone
+            if proc.stderr is not None:
+                proc.stderr.close()
+            assert code == 3
+        try:
+            assert await app.AsyncResult(ok.id).get(timeout=15) == 3
+        finally:
+            assert stop(proc) == 0
+        assert len(lines(tmp_path, "died")) == 2  # max_deliveries, then never again
+        dead = await app.broker.dead_letters("default")
+        assert [d.message_id for d in dead] == [poison.id]

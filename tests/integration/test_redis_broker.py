@@ -9,8 +9,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
-import socket
-import subprocess
 import time
 from typing import TYPE_CHECKING
 
@@ -24,6 +22,7 @@ from aiotask.exceptions import BrokerConnectionError
 from aiotask.settings import Settings
 from tests.conftest import REQUIRE_SERVICES
 from tests.contract.conftest import delete_prefix
+from tests.servers import PrivateRedis
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
@@ -187,41 +186,6 @@ async def test_many_waits_share_one_connection(redis_url: str, namespace: str, r
         assert [r.result for r in results] == list(range(1000))
     finally:
         await backend.close()
-
-
-# -- a private redis-server ------------------------------------------------------------------
-
-
-class PrivateRedis:
-    """A redis-server of our own on a free port; started and killed by PID, never by name."""
-
-    def __init__(self, directory: Path, *extra: str) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1"]
-        self.args += ["--dir", str(directory), "--save", "", "--appendonly", "no", *extra]
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(self.args, stdout=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
-                    s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
-                        return
-            except OSError:
-                time.sleep(0.02)
-        raise RuntimeError("private redis-server did not start")
-
-    def kill(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()  # by the PID we started
-            self.proc.wait()
-            self.proc = None
 
 
 @pytest.fixture
