@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import subprocess
 import time
@@ -45,7 +46,7 @@ async def test_worker_resumes_after_redis_restarts(
             first = await app.send_task("proc.add", args=[1, 1])
             assert await app.AsyncResult(first.id).get(timeout=10) == 2
             redis_server.kill()  # kill -9 the server under the running worker
-            time.sleep(0.5)
+            await asyncio.sleep(0.5)
             redis_server.start()  # same port, same data directory (append-only file)
             second = await app.send_task("proc.add", args=[2, 2])
             assert await app.AsyncResult(second.id).get(timeout=20) == 4
