@@ -51,26 +51,6 @@ class Message:
         return replace(self, **changes)
 
 
-_DEFAULTS: dict[str, object] = {
-    "args": [],
-    "kwargs": {},
-    "queue": "default",
-    "priority": 0,
-    "eta": None,
-    "expires": None,
-    "retries": 0,
-    "root_id": None,
-    "parent_id": None,
-    "group_id": None,
-    "group_index": None,
-    "group_size": None,
-    "chain": [],
-    "links": [],
-    "errbacks": [],
-    "chord": None,
-    "headers": {},
-    "ignore_result": False,
-}
 _TYPES: dict[str, type | tuple[type, ...]] = {
     "args": list,
     "kwargs": dict,
@@ -94,15 +74,56 @@ _TYPES: dict[str, type | tuple[type, ...]] = {
 
 def encode(message: Message) -> bytes:
     """The wire bytes of a message. Raises SerializationError if a payload is not JSON."""
-    data: dict[str, object] = {"v": VERSION, "id": message.id, "task": message.task}
-    for name, default in _DEFAULTS.items():
-        value = getattr(message, name)
-        if value != default:
-            data[name] = value
+    m = message
+    data: dict[str, object] = {"v": VERSION, "id": m.id, "task": m.task}
+    # Straight-line checks (not a loop over fields): this runs once per message sent.
+    if m.args:
+        data["args"] = m.args
+    if m.kwargs:
+        data["kwargs"] = m.kwargs
+    if m.root_id is not None:
+        data["root_id"] = m.root_id
+    _delivery_fields(m, data)
+    if m.group_id is not None or m.chain or m.links or m.errbacks or m.chord is not None:
+        _canvas_fields(m, data)
     try:
         return orjson.dumps(data, option=orjson.OPT_NON_STR_KEYS)
     except TypeError as exc:
-        raise SerializationError(f"task {message.task!r}: cannot encode message: {exc}") from exc
+        raise SerializationError(f"task {m.task!r}: cannot encode message: {exc}") from exc
+
+
+def _delivery_fields(m: Message, data: dict[str, object]) -> None:
+    if m.queue != "default":
+        data["queue"] = m.queue
+    if m.priority:
+        data["priority"] = m.priority
+    if m.eta is not None:
+        data["eta"] = m.eta
+    if m.expires is not None:
+        data["expires"] = m.expires
+    if m.retries:
+        data["retries"] = m.retries
+    if m.parent_id is not None:
+        data["parent_id"] = m.parent_id
+    if m.headers:
+        data["headers"] = m.headers
+    if m.ignore_result:
+        data["ignore_result"] = True
+
+
+def _canvas_fields(m: Message, data: dict[str, object]) -> None:
+    if m.group_id is not None:
+        data["group_id"] = m.group_id
+        data["group_index"] = m.group_index
+        data["group_size"] = m.group_size
+    if m.chain:
+        data["chain"] = m.chain
+    if m.links:
+        data["links"] = m.links
+    if m.errbacks:
+        data["errbacks"] = m.errbacks
+    if m.chord is not None:
+        data["chord"] = m.chord
 
 
 def decode(body: bytes) -> Message:

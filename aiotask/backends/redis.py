@@ -22,6 +22,7 @@ from redis.exceptions import RedisError
 
 from aiotask._urls import redact
 from aiotask.backends.base import EncodedResult, GroupProgress, ResultRecord, decode_record
+from aiotask.brokers._redis_conn import connection_class
 from aiotask.exceptions import BrokerConnectionError, ResultTimeout
 from aiotask.states import FAILURE, SUCCESS
 
@@ -139,7 +140,11 @@ class RedisBackend:
         # socket_timeout stays None: with it, redis-py writes through asyncio.wait_for, which
         # on Python 3.11 can swallow a cancellation (see brokers/redis_streams.py).
         self._redis = Redis.from_url(
-            self._url, protocol=2, retry=Retry(NoBackoff(), 0), socket_timeout=None
+            self._url,
+            protocol=2,
+            retry=Retry(NoBackoff(), 0),
+            socket_timeout=None,
+            connection_class=connection_class(self._url),
         )
         register = self._redis.register_script
         self._scripts = (register(_STORE), register(_OPEN_GROUP), register(_ADD_TO_GROUP))

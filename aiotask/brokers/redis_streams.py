@@ -29,6 +29,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from aiotask._time import monotonic, now
 from aiotask._urls import redact
 from aiotask.brokers import _redis_lua as lua
+from aiotask.brokers._redis_conn import connection_class
 from aiotask.brokers.base import BrokerCapabilities, DeadLetter, Delivery, Outgoing
 from aiotask.exceptions import BrokerConnectionError
 
@@ -189,6 +190,7 @@ class RedisStreamsBroker:
             return
         self._redis = Redis.from_url(
             self._url,
+            connection_class=connection_class(self._url),
             protocol=2,
             retry=Retry(NoBackoff(), 0),  # we retry ourselves, within broker_unreachable_timeout
             # No socket_timeout: redis-py would route every write through asyncio.wait_for,

@@ -1,0 +1,52 @@
+"""redis-py connections that pack commands with hiredis' C packer.
+
+redis-py's asyncio connection packs RESP in Python, which is the largest single cost of a
+pipelined batch publish. hiredis (installed with `redis[hiredis]`) ships a C `pack_command`;
+this connection class uses it and leaves everything else (pooling, parsing, retries) to
+redis-py. Arguments hiredis cannot pack fall back to redis-py's own packer.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from redis.asyncio.connection import Connection, SSLConnection
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+_hiredis_pack: Callable[[tuple[Any, ...]], bytes] | None
+try:
+    from hiredis import pack_command as _hiredis_pack
+except ImportError:  # pragma: no cover - hiredis is a dependency, but stay correct without it
+    _hiredis_pack = None
+
+
+def _pack(conn: Connection, args: tuple[Any, ...]) -> list[bytes]:
+    if _hiredis_pack is not None:
+        if isinstance(args[0], str) and " " in args[0]:  # "CONFIG GET" -> two arguments
+            args = (*args[0].split(), *args[1:])
+        try:
+            return [_hiredis_pack(args)]
+        except TypeError:  # e.g. a memoryview: let redis-py encode it
+            pass
+    return Connection.pack_command(conn, *args)
+
+
+class FastPackConnection(Connection):
+    """redis:// connection with C command packing."""
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        return _pack(self, args)
+
+
+class FastPackSSLConnection(SSLConnection):
+    """rediss:// connection with C command packing."""
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        return _pack(self, args)
+
+
+def connection_class(url: str) -> type[Connection]:
+    """The fast connection class matching the URL's scheme."""
+    return FastPackSSLConnection if url.lower().startswith("rediss:") else FastPackConnection
