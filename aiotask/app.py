@@ -13,8 +13,9 @@ import orjson
 from aiotask import backends, brokers, protocol
 from aiotask._log import get_logger
 from aiotask._urls import redact
+from aiotask.backends.base import EncodedResult, ResultRecord
 from aiotask.brokers.base import Outgoing
-from aiotask.canvas.compile import compile_step, freeze, prepend_args, result_ids
+from aiotask.canvas.compile import CHAIN_STATE, compile_step, freeze, prepend_args, result_ids
 from aiotask.canvas.primitives import MAP_TASK, STARMAP_TASK
 from aiotask.exceptions import ConfigurationError, NotRegistered, SerializationError
 from aiotask.result import AsyncResult, GroupResult, encode_revoked
@@ -261,10 +262,18 @@ class App:
         """Compile a canvas, register its chord groups, publish every message in one batch."""
         step = prepend_args(freeze(canvas), args)
         plan = compile_step(step, self.message_factory)
-        if plan.groups:
+        if plan.groups or plan.blobs:
             backend = await self.result_backend()
+            ttl = self.conf.result_expires
+            if plan.blobs:  # long chain remainders, stored once, before anything refers to them
+                await backend.store(
+                    [
+                        EncodedResult.of(ResultRecord(key, CHAIN_STATE, steps), ttl)
+                        for key, steps in plan.blobs
+                    ]
+                )
             for g in plan.groups:
-                await backend.open_group(g.group_id, g.size, g.body, self.conf.result_expires)
+                await backend.open_group(g.group_id, g.size, g.body, ttl)
         await self.publish(plan.messages)
         ids = result_ids(step)
         if isinstance(ids, str):

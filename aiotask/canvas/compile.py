@@ -7,6 +7,8 @@ redelivered message always produces the same follow-up ids (duplicates are harml
 
 Step forms:
   {"t": "task", "id", "task", "args", "kwargs", "opts", "imm", "links", "errbacks", "member"}
+  {"t": "ref", "key", "end"}: the first `end` steps of a chain remainder stored once in the
+      backend under `key` (long chains: message size stays flat however long the chain is)
   {"t": "chain", "steps": [...]}
   {"t": "group", "id", "tasks": [...]}
   {"t": "chord", "id", "header": [...], "body": step}
@@ -31,6 +33,11 @@ if TYPE_CHECKING:
 
 Step = dict[str, Any]
 NOTHING: Any = object()
+#: A chain remainder whose JSON is larger than this is stored once and travels as a reference.
+CHAIN_INLINE_LIMIT = 8192
+#: Backend key prefix and record state of stored chain remainders (kept as long as results).
+CHAIN_KEY_PREFIX = "aiotask-chain:"
+CHAIN_STATE = "CANVAS"
 
 
 class MessageFactory(Protocol):
@@ -72,12 +79,15 @@ class Plan:
     groups: list[OpenGroup] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     reports: list[GroupReport] = field(default_factory=list)
+    #: chain remainders to store (key, steps) before the messages referring to them go out
+    blobs: list[tuple[str, list[Step]]] = field(default_factory=list)
 
     def extend(self, other: Plan) -> None:
         self.messages += other.messages
         self.groups += other.groups
         self.failed += other.failed
         self.reports += other.reports
+        self.blobs += other.blobs
 
 
 # --- freezing ---------------------------------------------------------------------------------
@@ -217,12 +227,17 @@ def compile_step(
         plan.messages.append(_task_message(step, factory, parent, rest, parent_id, root_id))
     elif kind == "chain":
         steps = step["steps"]
+        tail: list[Step] = list(reversed(steps[1:]))  # innermost last: the next step at the end
+        if len(tail) > 2 and len(orjson.dumps(tail)) > CHAIN_INLINE_LIMIT:
+            key = CHAIN_KEY_PREFIX + all_ids(steps[0])[0]
+            plan.blobs.append((key, tail))
+            tail = [{"t": "ref", "key": key, "end": len(tail)}]
         plan.extend(
             compile_step(
                 steps[0],
                 factory,
                 parent=parent,
-                rest=[*rest, *reversed(steps[1:])],
+                rest=[*rest, *tail],
                 parent_id=parent_id,
                 root_id=root_id,
             )
@@ -354,3 +369,29 @@ def on_chord_failure(body: bytes, failed_task_id: str, factory: MessageFactory) 
         if member and member["c"]:
             plan.reports.append(GroupReport(member["g"], member["i"], end["id"]))
     return plan
+
+
+# --- chain remainders stored by reference ------------------------------------------------------
+def chain_refs(chain: list[Step]) -> list[str]:
+    """Backend keys a message's chain refers to (usually none, at most a few)."""
+    return [step["key"] for step in chain if step.get("t") == "ref"]
+
+
+def expand_next(chain: list[Step], stored: dict[str, list[Step]]) -> list[Step]:
+    """Materialize only the next step of a chain ending in a reference (the success path):
+    the rest stays a reference with `end - 1`, so nothing is stored or copied again."""
+    if not chain or chain[-1].get("t") != "ref":
+        return chain
+    ref = chain[-1]
+    end = int(ref["end"])
+    steps = stored[ref["key"]]
+    rest = [{**ref, "end": end - 1}] if end > 1 else []
+    return [*chain[:-1], *rest, steps[end - 1]]
+
+
+def expand_all(chain: list[Step], stored: dict[str, list[Step]]) -> list[Step]:
+    """Materialize every step (the failure path: each remaining id is recorded FAILURE)."""
+    out: list[Step] = []
+    for step in chain:
+        out += stored[step["key"]][: int(step["end"])] if step.get("t") == "ref" else [step]
+    return out

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from aiotask._log import get_logger
 from aiotask._time import now
 from aiotask.backends.base import EncodedResult, ResultRecord
-from aiotask.canvas.compile import on_failure, on_success
+from aiotask.canvas.compile import chain_refs, expand_all, expand_next, on_failure, on_success
 from aiotask.canvas.primitives import MAP_TASK, STARMAP_TASK
 from aiotask.context import TaskContext, current_task
 from aiotask.exceptions import (
@@ -88,7 +88,7 @@ class Executor:
             log.info("skipping %s task %s[%s]", why, message.task, message.id)
             settlement = self._final(delivery, message, REVOKED, None, None)
             if message.chain or message.errbacks or message.chord is not None:
-                self._advance(settlement, message, Revoked(why))
+                await self._advance(settlement, message, Revoked(why))
             return settlement
         task = self.app.tasks.get(message.task)
         if task is None:
@@ -146,7 +146,7 @@ class Executor:
         elapsed = time.perf_counter() - started
         settlement = self._settle(delivery, message, task, outcome, elapsed)
         if message.chain or message.links or message.errbacks or message.chord is not None:
-            self._advance(settlement, message, outcome)
+            await self._advance(settlement, message, outcome)
         if task.has_hooks:
             await _run_hooks(task, message, outcome)
         return settlement
@@ -250,21 +250,44 @@ class Executor:
             case Revoked(reason):
                 return self._final(delivery, message, REVOKED, None, None)
 
-    def _advance(self, settlement: Settlement, message: Message, outcome: Outcome) -> None:
+    async def _advance(self, settlement: Settlement, message: Message, outcome: Outcome) -> None:
         """Canvas: attach what this outcome starts (chain, links) or fails (rest, chord)."""
         factory = self.app.message_factory
+        stored = await self._stored_chains(message) if message.chain else {}
+        if stored is None:
+            return  # the remainder expired: logged, nothing more can run
         match outcome:
             case Succeeded(value):
+                message = message.evolve(chain=expand_next(message.chain, stored))
                 settlement.plan = on_success(message, value, factory)
             case Failed(exc):
+                message = message.evolve(chain=expand_all(message.chain, stored))
                 settlement.plan = on_failure(message, factory)
                 settlement.exc = exception_to_info(exc)
             case Revoked(reason):
+                message = message.evolve(chain=expand_all(message.chain, stored))
                 settlement.plan = on_failure(message, factory)
                 settlement.exc = exception_to_info(TaskRevoked(f"{message.id}: {reason}"))
             case _:
                 return
         settlement.message = message
+
+    async def _stored_chains(self, message: Message) -> dict[str, list[Any]] | None:
+        """Load the chain remainders a message refers to (one read), or None if expired."""
+        keys = chain_refs(message.chain)
+        if not keys:
+            return {}
+        backend = self.app.backend
+        records = await backend.get_many(keys) if backend is not None else [None] * len(keys)
+        if any(r is None or not isinstance(r.result, list) for r in records):
+            log.error(
+                "task %s[%s]: its chain's stored remainder is gone (expired after "
+                "result_expires?); the rest of the chain does not run",
+                message.task,
+                message.id,
+            )
+            return None
+        return {k: r.result for k, r in zip(keys, records, strict=True) if r is not None}
 
     def _final(
         self,

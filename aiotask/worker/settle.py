@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import asyncio
 from itertools import groupby
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiotask._log import get_logger
 from aiotask._time import now
 from aiotask.backends.base import EncodedResult, ResultRecord
-from aiotask.canvas.compile import on_chord_complete, on_chord_failure
+from aiotask.canvas.compile import CHAIN_STATE, on_chord_complete, on_chord_failure
 from aiotask.serializer import ExceptionInfo
 from aiotask.states import FAILURE
 
@@ -122,6 +122,7 @@ class Settler:
             )
             for group in plan.groups:
                 await backend.open_group(group.group_id, group.size, group.body, ttl)
+            failed += [_blob(key, steps, ttl) for key, steps in plan.blobs]
             failed += [_failure(task_id, exc, ttl) for task_id in plan.failed]
             for report in plan.reports:
                 own = settlement.store
@@ -145,8 +146,12 @@ class Settler:
                     )
             messages += plan.messages
         if failed:
-            await backend.store(failed)
+            await backend.store(failed)  # failures and stored chain remainders, before publishing
         return messages
+
+
+def _blob(key: str, steps: list[Any], ttl: float) -> EncodedResult:
+    return EncodedResult.of(ResultRecord(key, CHAIN_STATE, steps), ttl)
 
 
 def _failure(task_id: str, exc: ExceptionInfo, ttl: float) -> EncodedResult:

@@ -184,3 +184,14 @@ async def test_duplicate_header_deliveries_fire_the_body_once(kit: Kit) -> None:
     assert await app.AsyncResult(body_id).get(timeout=20) == sum(2 * i for i in range(20))
     await asyncio.sleep(0.3)
     assert kit.seen["tsum"] == 1
+
+
+async def test_long_chain_runs_with_its_remainder_stored_once(kit: Kit) -> None:
+    steps = [kit.add.s(1)] + [kit.add.s(1) for _ in range(149)]
+    r = await chain(*steps).send(0)
+    assert await r.get(timeout=60) == 150
+    broken = [kit.add.s(1) for _ in range(100)]
+    broken[50] = kit.fail.s()
+    r = await chain(*broken).send(0)
+    with pytest.raises(Boom):
+        await r.get(timeout=60)  # the last step's result is the failure, not a hang

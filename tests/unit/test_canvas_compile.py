@@ -220,3 +220,35 @@ def test_steps_are_json() -> None:
     step, plan = start(chord([s("a") | s("b")], s("sum")) | s("x"))
     assert orjson.loads(orjson.dumps(step)) == step
     assert all(orjson.dumps(m.chain) for m in plan.messages)
+
+
+def test_long_chain_remainder_is_stored_once_and_messages_stay_small() -> None:
+    from aiotask.canvas.compile import chain_refs, expand_all, expand_next
+    from aiotask.protocol import encode
+
+    steps = [s("inc", "x" * 100) for _ in range(500)]
+    step, plan = start(chain(*steps))
+    [(key, stored)] = plan.blobs
+    assert len(stored) == 499
+    [first] = plan.messages
+    assert chain_refs(first.chain) == [key]
+    assert len(encode(first)) < 1000
+    sizes = []
+    message = first
+    for value in range(1, 500):  # walk the chain: only the next step is materialized each time
+        expanded = message.evolve(chain=expand_next(message.chain, {key: stored}))
+        [message] = on_success(expanded, value, factory).messages
+        sizes.append(len(encode(message)))
+        assert not on_success(expanded, value, factory).blobs  # nothing stored again
+    assert max(sizes) < 1000
+    assert message.id == result_ids(step)  # walked to the last step
+    assert message.chain == []
+    second_last = first.evolve(chain=expand_all(first.chain, {key: stored}))
+    failed = on_failure(second_last, factory)
+    assert len(failed.failed) == 499  # a failing first step fails every stored step
+
+
+def test_short_chains_stay_inline() -> None:
+    _, plan = start(chain(*[s("inc") for _ in range(20)]))
+    assert not plan.blobs
+    assert len(plan.messages[0].chain) == 19
