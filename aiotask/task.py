@@ -6,7 +6,7 @@ import inspect
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypedDict, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypedDict, TypeVar, Unpack
 
 from aiotask._time import now, parse_rate, to_timestamp
 from aiotask.canvas.primitives import Group, Signature, chunks, xmap, xstarmap
@@ -97,10 +97,24 @@ def _fields(policy: RetryPolicy) -> dict[str, Any]:
 
 
 KNOWN_OPTIONS = frozenset(TaskOptionsDict.__annotations__) | {"bind"}
-#: Per-call options a signature may carry (`sig.set(...)`, `signature(options=...)`).
-CALL_OPTIONS = frozenset(
-    {"countdown", "eta", "expires", "priority", "queue", "headers", "ignore_result"}
-)
+
+
+class CallOptions(TypedDict, total=False):
+    """Per-call options of `apply_async(...)` (Celery's names)."""
+
+    countdown: float | None
+    eta: datetime | float | None
+    expires: float | datetime | None
+    priority: int | None
+    queue: str | None
+    task_id: str | None
+    headers: Mapping[str, str] | None
+    ignore_result: bool | None
+
+
+#: Per-call options a signature may carry (`sig.set(...)`, `signature(options=...)`);
+#: a signature's id is frozen by the canvas instead.
+CALL_OPTIONS = frozenset(CallOptions.__annotations__) - {"task_id"}
 
 
 class Task(Generic[P, R]):
@@ -142,29 +156,10 @@ class Task(Generic[P, R]):
         self,
         args: Iterable[Any] | None = None,
         kwargs: Mapping[str, Any] | None = None,
-        *,
-        countdown: float | None = None,
-        eta: datetime | float | None = None,
-        expires: float | datetime | None = None,
-        priority: int | None = None,
-        queue: str | None = None,
-        task_id: str | None = None,
-        headers: Mapping[str, str] | None = None,
-        ignore_result: bool | None = None,
+        **options: Unpack[CallOptions],
     ) -> AsyncResult[R]:
         """Send with per-call options (Celery's names); returns once the broker holds it."""
-        message = self.message(
-            args,
-            kwargs,
-            countdown=countdown,
-            eta=eta,
-            expires=expires,
-            priority=priority,
-            queue=queue,
-            task_id=task_id,
-            headers=headers,
-            ignore_result=ignore_result,
-        )
+        message = self.message(args, kwargs, **options)
         await self.app.publish([message])
         return self.app.AsyncResult(message.id)
 

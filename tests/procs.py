@@ -117,3 +117,16 @@ def stop(proc: subprocess.Popen[str], sig: int = signal.SIGTERM, timeout: float 
 def lines(directory: Path, kind: str) -> list[str]:
     path = directory / "logs" / kind
     return path.read_text().split() if path.exists() else []
+
+
+def run_cli(directory: Path, env: dict[str, str], *argv: str) -> subprocess.CompletedProcess[str]:
+    """Run `python -m aiotask ARGV` to completion in `directory`."""
+    return subprocess.run(
+        [sys.executable, "-m", "aiotask", *argv],
+        cwd=directory,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from typing import TYPE_CHECKING
@@ -14,7 +13,7 @@ import pytest
 
 from aiotask import App, chord, signature
 from tests.conftest import REDIS_URL
-from tests.procs import lines, start_worker, stop, worker_env, write_tasks
+from tests.procs import lines, run_cli, start_worker, stop, worker_env, write_tasks
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -124,15 +123,7 @@ def test_bad_input_is_one_clear_line_and_exit_2(
     tmp_path: Path, argv: list[str], fragment: str
 ) -> None:
     env = worker_env(write_tasks(tmp_path), "memory://")
-    out = subprocess.run(
-        [sys.executable, "-m", "aiotask", *argv],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    out = run_cli(tmp_path, env, *argv)
     assert out.returncode == 2, out.stderr
     assert fragment in out.stderr
     assert "Traceback" not in out.stderr
@@ -141,15 +132,7 @@ def test_bad_input_is_one_clear_line_and_exit_2(
 
 def test_bad_broker_url_does_not_leak_the_password(tmp_path: Path) -> None:
     env = worker_env(write_tasks(tmp_path), "kafka://user:hunter2@host:9092")
-    out = subprocess.run(
-        [sys.executable, "-m", "aiotask", "worker", "-A", "proc_tasks:app"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    out = run_cli(tmp_path, env, "worker", "-A", "proc_tasks:app")
     assert out.returncode == 2
     assert "unsupported broker URL scheme" in out.stderr
     assert "hunter2" not in out.stderr
@@ -160,15 +143,7 @@ async def test_call_result_and_purge_commands(tmp_path: Path, namespace: str) ->
     env = worker_env(write_tasks(tmp_path), url, AIOTASK_KEY_PREFIX=namespace)
 
     def cli(*argv: str) -> str:
-        out = subprocess.run(
-            [sys.executable, "-m", "aiotask", *argv],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
+        out = run_cli(tmp_path, env, *argv)
         assert out.returncode == 0, out.stderr
         return out.stdout.strip()
 
