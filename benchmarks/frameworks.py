@@ -118,6 +118,10 @@ class Framework:
     setup: str = ""
     #: the packages whose versions the report lists
     distributions: tuple[str, ...] = ()
+    #: RabbitMQ queues and exchanges it declares, as templates of the namespace (`{ns}`): the
+    #: harness deletes them by name afterwards, besides those `rabbitmqctl` lists for the namespace
+    amqp_queues: tuple[str, ...] = ()
+    amqp_exchanges: tuple[str, ...] = ()
 
     def worker_argv(self, workload: str, ns: str) -> list[str]:
         return self.worker(self.python, workload, ns)
@@ -200,6 +204,19 @@ FRAMEWORKS: dict[str, Framework] = {
             broker="amqp",
             setup="as Celery; RabbitMQ broker, Redis results",
             distributions=("celery", "kombu", "redis"),
+        ),
+        Framework(
+            "taskiq-amqp",
+            "taskiq (RabbitMQ)",
+            "taskiq_app",
+            taskiq_worker,
+            broker="amqp",
+            skips={"chord": NO_CHORD},
+            setup="as taskiq; taskiq-aio-pika AioPikaBroker on a classic queue (its default is"
+            f" quorum), qos {2 * CONCURRENCY} (default 10), Redis results",
+            distributions=("taskiq", "taskiq-aio-pika", "aio-pika", "taskiq-redis", "redis"),
+            amqp_queues=("{ns}", "{ns}.dead_letter"),
+            amqp_exchanges=("{ns}",),
         ),
         Framework(
             "floor",

@@ -209,11 +209,22 @@ def _rabbit_names(kind: str, ns: str) -> list[str]:
     return [line.strip() for line in out.splitlines() if ns in line]
 
 
-async def cleanup_amqp(amqp_url: str, ns: str) -> int:
+async def cleanup_amqp(
+    amqp_url: str,
+    ns: str,
+    known_queues: tuple[str, ...] = (),
+    known_exchanges: tuple[str, ...] = (),
+) -> int:
+    """Delete, by name, the namespace's queues and exchanges: those `rabbitmqctl` lists and
+    those the framework is known to declare (templates of `{ns}`), never any other."""
     import aio_pika
 
     queues = await asyncio.to_thread(_rabbit_names, "queues", ns)
     exchanges = await asyncio.to_thread(_rabbit_names, "exchanges", ns)
+    queues += [q.format(ns=ns) for q in known_queues if q.format(ns=ns) not in queues]
+    exchanges += [e.format(ns=ns) for e in known_exchanges if e.format(ns=ns) not in exchanges]
+    queues = [q for q in queues if ns in q]
+    exchanges = [e for e in exchanges if ns in e]
     if not queues and not exchanges:
         return 0
     conn = await aio_pika.connect(amqp_url)
@@ -285,7 +296,7 @@ class Runner:
             try:
                 await cleanup_redis(self.redis_url, ns)
                 if fw.broker == "amqp":
-                    await cleanup_amqp(self.amqp_url, ns)
+                    await cleanup_amqp(self.amqp_url, ns, fw.amqp_queues, fw.amqp_exchanges)
             except Exception as exc:
                 m.notes["cleanup"] = f"{type(exc).__name__}: {exc}"
         if m.error:
@@ -386,7 +397,8 @@ def check_available(fw: Framework) -> str | None:
     """None if the framework's interpreter can import its task module, else why not."""
     if not fw.python.exists():
         return f"no interpreter at {fw.python} (run `make bench` to build .venv-bench)"
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    # with its broker selected, so a module that imports a broker's client lazily is checked too
+    env = dict(os.environ, PYTHONPATH=str(ROOT), **{BROKER_ENV: fw.broker})
     code = f"import benchmarks.workloads.{fw.module}"
     try:
         proc = subprocess.run(
@@ -520,7 +532,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
         metavar="JSON",
         help="only rewrite docs/benchmarks.md and its chart from a results file of a --full run",
     )
-    p.add_argument("--frameworks", help="comma-separated subset, e.g. aiotask,celery,floor")
+    p.add_argument("--frameworks", help=f"comma-separated subset of {','.join(FRAMEWORKS)}")
     p.add_argument("--workloads", help=f"comma-separated subset of {','.join(WORKLOADS)}")
     p.add_argument("--repeats", type=int, help="override the number of repeats")
     p.add_argument("--no-docs", action="store_true", help="--full without touching docs/")
