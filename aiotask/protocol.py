@@ -18,9 +18,11 @@ VERSION = 1
 Payload = Any  # user data: args, kwargs, results
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Message:
-    """One task invocation. Immutable: a retry or continuation is a new Message."""
+    """One task invocation. Treated as immutable: a retry or continuation is a new Message
+    (`evolve()`); nothing mutates one. Not `frozen=True` on purpose: a frozen dataclass
+    costs about 2 µs more per instance, paid on every send and every receive."""
 
     id: str
     task: str
