@@ -209,3 +209,20 @@ async def test_poison_message_is_dead_lettered_after_max_deliveries(
         assert len(lines(tmp_path, "died")) == 2  # max_deliveries, then never again
         dead = await app.broker.dead_letters("default")
         assert [d.message_id for d in dead] == [poison.id]
+
+
+async def test_a_task_longer_than_the_lease_runs_once_on_a_live_worker(
+    tmp_path: Path, broker_url: str, namespace: str
+) -> None:
+    env = env_for(tmp_path, broker_url, namespace, AIOTASK_VISIBILITY_TIMEOUT="1")
+    workers = [start_worker(tmp_path, env, "-c", "2") for _ in range(2)]  # one could steal it
+    try:
+        async with producer(broker_url, namespace) as app:
+            r = await app.send_task("proc.slow", args=["long", 3.5])  # 3.5 leases
+            assert await app.AsyncResult(r.id).get(timeout=20) == "long"
+            await asyncio.sleep(1.5)  # a wrongful reclaim would have started it again by now
+    finally:
+        for worker in workers:
+            assert stop(worker) == 0
+    assert lines(tmp_path, "started") == ["long"]
+    assert lines(tmp_path, "finished") == ["long"]
