@@ -1,35 +1,16 @@
-"""Logging: module loggers, a task adapter carrying task name and id, and the CLI setup."""
+"""Logging: module loggers, and the CLI setup that shows task name and id when a record has them."""
 
 from __future__ import annotations
 
 import logging
 import sys
-from typing import TYPE_CHECKING, Any
 
 from aiotask._urls import redact
-
-if TYPE_CHECKING:
-    from collections.abc import MutableMapping
 
 
 def get_logger(name: str) -> logging.Logger:
     """The logger for a module; one per module, named after it."""
     return logging.getLogger(name)
-
-
-class TaskLogger(logging.LoggerAdapter[logging.Logger]):
-    """Puts `task_name` and `task_id` into each record's `extra`, so every line names its task."""
-
-    def process(
-        self, msg: Any, kwargs: MutableMapping[str, Any]
-    ) -> tuple[Any, MutableMapping[str, Any]]:
-        kwargs["extra"] = {**(self.extra or {}), **kwargs.get("extra", {})}
-        return msg, kwargs
-
-
-def task_logger(logger: logging.Logger, task_name: str, task_id: str) -> TaskLogger:
-    """An adapter for log lines about one task execution."""
-    return TaskLogger(logger, {"task_name": task_name, "task_id": task_id})
 
 
 class _Formatter(logging.Formatter):

@@ -1,4 +1,4 @@
-"""Serialization of payloads and of exceptions, with orjson by default."""
+"""Payload checks and the exception <-> data round trip (payloads are JSON, via orjson)."""
 
 from __future__ import annotations
 
@@ -6,42 +6,10 @@ import builtins
 import sys
 import traceback
 from dataclasses import dataclass
-from typing import Protocol
 
 import orjson
 
-from aiotask.exceptions import SerializationError, TaskError
-
-
-class Serializer(Protocol):
-    """Turns user payloads into bytes and back; must be pure and thread-safe."""
-
-    content_type: str
-
-    def dumps(self, value: object) -> bytes: ...
-
-    def loads(self, data: bytes) -> object: ...
-
-
-class OrjsonSerializer:
-    """JSON via orjson: fast, language-neutral; dataclasses, datetimes and UUIDs encode natively."""
-
-    content_type = "application/json"
-
-    def dumps(self, value: object) -> bytes:
-        try:
-            return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
-        except TypeError as exc:
-            raise SerializationError(f"cannot encode as JSON: {exc}") from exc
-
-    def loads(self, data: bytes) -> object:
-        try:
-            return orjson.loads(data)
-        except orjson.JSONDecodeError as exc:
-            raise SerializationError(f"cannot decode JSON: {exc}") from exc
-
-
-DEFAULT_SERIALIZER = OrjsonSerializer()
+from aiotask.exceptions import TaskError
 
 
 def find_unencodable(values: dict[str, object]) -> str | None:

@@ -17,7 +17,7 @@ from aiotask.ratelimit import RateLimiter
 from aiotask.worker.outcome import Settlement
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence, Set
+    from collections.abc import Sequence
 
     from aiotask.brokers.base import Broker, Delivery
     from aiotask.worker.executor import Executor
@@ -61,7 +61,8 @@ class Dispatcher:
         room = min(len(self.deferred), DEFER_FACTOR * self.prefetch)
         return self.prefetch - len(self.held) + room
 
-    def accept(self, deliveries: Sequence[Delivery], revoked: Set[str]) -> None:
+    def accept(self, deliveries: Sequence[Delivery]) -> None:
+        revoked = self.executor.revoked
         for delivery in deliveries:
             self.held.add(delivery)
             is_revoked = delivery.message_id in revoked
@@ -153,7 +154,7 @@ async def consume(broker: Broker, queues: Sequence[str], dispatcher: Dispatcher)
             continue
         batch = await broker.receive(queues, free)
         if batch:
-            dispatcher.accept(batch, dispatcher.executor.revoked)
+            dispatcher.accept(batch)
 
 
 async def renew_leases(broker: Broker, dispatcher: Dispatcher, interval: float) -> None:

@@ -1,11 +1,8 @@
 from __future__ import annotations
 
-import pytest
-
-from aiotask.exceptions import SerializationError, TaskError
+from aiotask.exceptions import TaskError
 from aiotask.serializer import (
     ExceptionInfo,
-    OrjsonSerializer,
     exception_to_info,
     find_unencodable,
     info_to_exception,
@@ -19,15 +16,6 @@ class LocalError(Exception):
 class OddInit(Exception):
     def __init__(self, a: int, b: int) -> None:
         super().__init__(f"{a}-{b}")
-
-
-def test_dumps_loads() -> None:
-    s = OrjsonSerializer()
-    assert s.loads(s.dumps({"a": [1, 2.5, None]})) == {"a": [1, 2.5, None]}
-    with pytest.raises(SerializationError):
-        s.dumps({1, 2})
-    with pytest.raises(SerializationError):
-        s.loads(b"{")
 
 
 def test_builtin_exception_round_trip_keeps_type_and_remote_info() -> None:
