@@ -50,6 +50,13 @@ class Settings:
     visibility_timeout: float = 30.0
     #: Deliveries after which a message that keeps failing to settle is dead-lettered.
     max_deliveries: int = 5
+    #: Seconds between a worker's heartbeats (liveness for fast takeover of a dead worker's work).
+    worker_heartbeat_interval: float = 2.0
+    #: Seconds without a heartbeat after which a worker counts as lost and its messages are
+    #: taken over at once (a live worker's long task is never taken).
+    worker_lost_after: float = 10.0
+    #: Largest encoded message `send` accepts, in bytes (MessageTooLarge past it; 0: no cap).
+    max_message_size: int = 10 * 1024 * 1024
     #: Seconds a warm shutdown waits for running tasks.
     shutdown_grace: float = 30.0
     #: Seconds a worker keeps trying to reach its broker before it exits non-zero.
@@ -66,6 +73,13 @@ class Settings:
             parse_url(str(self.result_backend), allowed=BACKEND_SCHEMES, what="result backend")
         _positive(self, "result_expires", "visibility_timeout", "shutdown_grace")
         _positive(self, "concurrency", "max_deliveries", "broker_unreachable_timeout")
+        _positive(self, "worker_heartbeat_interval", "worker_lost_after")
+        _non_negative(self, "max_message_size")
+        if self.worker_lost_after <= self.worker_heartbeat_interval:
+            raise ConfigurationError(
+                "worker_lost_after must be longer than worker_heartbeat_interval "
+                f"({self.worker_lost_after!r} <= {self.worker_heartbeat_interval!r})"
+            )
         _non_negative(self, "processes", "prefetch", "max_tasks_per_child", "max_memory_per_child")
         if not 0 <= self.default_priority <= 9:
             raise ConfigurationError("default_priority must be between 0 and 9")

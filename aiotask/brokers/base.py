@@ -16,7 +16,15 @@ Delivery contract, for every implementation:
   (`capabilities.leases` is False: AMQP) redelivers it when the consumer's connection closes
   (`close()` or process death) instead, never on a timer; `extend` is then a no-op.
 - `nack(requeue=True)` hands a message back for immediate redelivery and does not count it as
-  a failed delivery; `nack(requeue=False, reason=...)` dead-letters it.
+  a failed delivery (an unstarted, prefetched message); `nack(requeue=True, counted=True)`
+  hands back a message whose task was started and abandoned (shutdown grace over): it is
+  redelivered at once but counts as a delivery, so a task that always hangs reaches
+  `max_deliveries` and is dead-lettered. `nack(requeue=False, reason=...)` dead-letters it.
+- `heartbeat()` tells the broker this consumer is alive (the worker calls it every
+  `worker_heartbeat_interval`). A lease broker takes over the messages of a consumer whose
+  heartbeat lapsed for `worker_lost_after` at once, without waiting for their leases, and never
+  takes a message from a consumer whose heartbeat is fresh. A no-op where the server itself
+  notices a dead consumer (AMQP: the connection closes).
 - `receive` is cancel-safe: a message it took from the server when cancelled is returned to
   the queue by `close()` or by lease expiry, never lost.
 """
@@ -93,8 +101,15 @@ class Broker(Protocol):
     async def ack(self, deliveries: Sequence[Delivery]) -> None: ...
 
     async def nack(
-        self, deliveries: Sequence[Delivery], *, requeue: bool, reason: str = ""
+        self,
+        deliveries: Sequence[Delivery],
+        *,
+        requeue: bool,
+        reason: str = "",
+        counted: bool = False,
     ) -> None: ...
+
+    async def heartbeat(self) -> None: ...
 
     async def extend(self, deliveries: Sequence[Delivery]) -> None: ...
 

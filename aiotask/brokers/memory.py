@@ -132,8 +132,16 @@ class MemoryBroker:
     async def ack(self, deliveries: Sequence[Delivery]) -> None:
         self._settle(deliveries)
 
+    async def heartbeat(self) -> None:
+        """Liveness for fast takeover (see brokers/base.py); not implemented yet here."""
+
     async def nack(
-        self, deliveries: Sequence[Delivery], *, requeue: bool, reason: str = ""
+        self,
+        deliveries: Sequence[Delivery],
+        *,
+        requeue: bool,
+        reason: str = "",
+        counted: bool = False,
     ) -> None:
         for entry in self._settle(deliveries):
             if requeue:

@@ -424,8 +424,16 @@ class RabbitMQBroker:
         for d in deliveries:
             await _settle(_held(d)[3].ack)
 
+    async def heartbeat(self) -> None:
+        """Liveness for fast takeover (see brokers/base.py); not implemented yet here."""
+
     async def nack(
-        self, deliveries: Sequence[Delivery], *, requeue: bool, reason: str = ""
+        self,
+        deliveries: Sequence[Delivery],
+        *,
+        requeue: bool,
+        reason: str = "",
+        counted: bool = False,
     ) -> None:
         """requeue: a copy with the same count goes back (not a failed delivery); else .dead."""
         copies: list[_Copy] = []

@@ -437,8 +437,16 @@ class RedisStreamsBroker:
         if cmds:
             await self._retrying(lambda: self._run(cmds, ignore=("NOGROUP",)))
 
+    async def heartbeat(self) -> None:
+        """Liveness for fast takeover (see brokers/base.py); not implemented yet here."""
+
     async def nack(
-        self, deliveries: Sequence[Delivery], *, requeue: bool, reason: str = ""
+        self,
+        deliveries: Sequence[Delivery],
+        *,
+        requeue: bool,
+        reason: str = "",
+        counted: bool = False,
     ) -> None:
         if not deliveries:
             return

@@ -219,8 +219,16 @@ class SQLiteBroker:
                 _settle, "DELETE FROM aiotask_messages WHERE id=? AND lease_owner=?", tokens
             )
 
+    async def heartbeat(self) -> None:
+        """Liveness for fast takeover (see brokers/base.py); not implemented yet here."""
+
     async def nack(
-        self, deliveries: Sequence[Delivery], *, requeue: bool, reason: str = ""
+        self,
+        deliveries: Sequence[Delivery],
+        *,
+        requeue: bool,
+        reason: str = "",
+        counted: bool = False,
     ) -> None:
         tokens = _tokens(deliveries)
         if not tokens:
