@@ -13,7 +13,7 @@ hash and a short Lua script (Redis) or a transaction (SQLite).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
@@ -45,7 +45,6 @@ class StoredState:
 
     watermark_ms: int | None = None
     state: bytes | None = None
-    skips: dict[str, int] = field(default_factory=dict)
 
 
 class ScheduleStore(Protocol):
@@ -68,7 +67,11 @@ class ScheduleStore(Protocol):
     async def set_paused(self, name: str, paused: bool) -> None: ...
 
     async def states(self, names: Sequence[str]) -> dict[str, StoredState]:
-        """Watermarks, states and skip counters of these entries, in one round trip."""
+        """Watermarks and states of these entries (absent: never claimed), in one round trip."""
+        ...
+
+    async def skip_counts(self, names: Sequence[str]) -> dict[str, dict[str, int]]:
+        """Slots skipped so far per entry, by reason (for `schedule list`)."""
         ...
 
     async def claim(self, claims: Sequence[Claim]) -> list[bool]:
@@ -90,6 +93,7 @@ class MemoryScheduleStore:
         self._entries: dict[str, bytes] = {}
         self._paused: set[str] = set()
         self._states: dict[str, StoredState] = {}
+        self._skips: dict[str, dict[str, int]] = {}
 
     async def entries(self) -> dict[str, bytes]:
         return dict(self._entries)
@@ -99,6 +103,7 @@ class MemoryScheduleStore:
 
     async def remove_entry(self, name: str) -> bool:
         self._states.pop(name, None)
+        self._skips.pop(name, None)
         self._paused.discard(name)
         return self._entries.pop(name, None) is not None
 
@@ -113,8 +118,11 @@ class MemoryScheduleStore:
         for name in names:
             st = self._states.get(name)
             if st is not None:
-                out[name] = StoredState(st.watermark_ms, st.state, dict(st.skips))
+                out[name] = StoredState(st.watermark_ms, st.state)
         return out
+
+    async def skip_counts(self, names: Sequence[str]) -> dict[str, dict[str, int]]:
+        return {n: dict(self._skips[n]) for n in names if n in self._skips}
 
     async def claim(self, claims: Sequence[Claim]) -> list[bool]:
         won = []
@@ -140,5 +148,5 @@ class MemoryScheduleStore:
             if st is not None and st.watermark_ms == through:
                 st.state = state
         for name, reason, n in skips:
-            st = self._states.setdefault(name, StoredState())
-            st.skips[reason] = st.skips.get(reason, 0) + n
+            counts = self._skips.setdefault(name, {})
+            counts[reason] = counts.get(reason, 0) + n

@@ -1,0 +1,132 @@
+"""The beat store contract (aiotask/beat/store.py) on memory, SQLite and Redis."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+
+from aiotask._sqlite import Connection
+from aiotask.backends._schedule_redis import RedisScheduleStore
+from aiotask.backends._schedule_sqlite import SQLiteScheduleStore
+from aiotask.beat.store import Claim, MemoryScheduleStore, ScheduleStore
+
+Factory = Callable[[], ScheduleStore]
+
+
+@pytest.fixture(params=["memory", "sqlite", "redis"])
+async def stores(
+    request: pytest.FixtureRequest, namespace: str, tmp_path: object
+) -> AsyncIterator[Factory]:
+    """A factory of stores on one shared store: each call is another beat process, in effect."""
+    kind = request.param
+    if kind == "memory":
+        shared = MemoryScheduleStore()
+
+        def make() -> ScheduleStore:
+            return shared
+
+    elif kind == "sqlite":
+        path = f"{tmp_path}/beat.db"
+        conns: list[Connection] = []
+
+        def make() -> ScheduleStore:
+            conn = Connection(path, "")
+            conns.append(conn)
+            return SQLiteScheduleStore(conn, "app")
+
+    else:
+        from redis.asyncio import Redis
+
+        url = request.getfixturevalue("redis_url")
+        clients: list[Redis] = []
+        made: list[RedisScheduleStore] = []
+
+        def make() -> ScheduleStore:
+            client = Redis.from_url(url)
+            clients.append(client)
+            store = RedisScheduleStore(client, namespace, "app")
+            made.append(store)
+            return store
+
+    try:
+        yield make
+    finally:
+        if kind == "sqlite":
+            for conn in conns:
+                await conn.close()
+        if kind == "redis":
+            if made:
+                await clients[0].delete(*made[0].keys)
+            for client in clients:
+                await client.aclose()
+
+
+async def test_entries_pauses_and_removal(stores: Factory) -> None:
+    s = stores()
+    assert await s.entries() == {}
+    await s.put_entry("a", b'{"task": "t", "every": 1}')
+    await s.put_entry("a", b'{"task": "t", "every": 2}')
+    assert await s.entries() == {"a": b'{"task": "t", "every": 2}'}
+    await s.set_paused("a", True)
+    await s.set_paused("static-one", True)
+    assert await s.paused() == {"a", "static-one"}
+    assert await s.entries() == {"a": b'{"task": "t", "every": 2}'}  # pauses are not entries
+    await s.set_paused("static-one", False)
+    assert await s.paused() == {"a"}
+    await s.claim([Claim("a", 1000, b"{}")])
+    await s.settle([], [("a", "missed", 2)])
+    assert await s.remove_entry("a") is True
+    assert (await s.entries(), await s.paused()) == ({}, set())
+    assert await s.states(["a"]) == {}
+    assert await s.skip_counts(["a"]) == {}
+    assert await s.remove_entry("a") is False
+
+
+async def test_claims_move_the_watermark_forward_only(stores: Factory) -> None:
+    s = stores()
+    assert await s.claim([Claim("e", 1000, b"i", init=True)]) == [True]
+    assert await s.claim([Claim("e", 5000, b"x", init=True)]) == [False]  # never moves one
+    assert await s.claim([Claim("e", 2000, b"s2"), Claim("f", 10, b"f")]) == [True, True]
+    assert await s.claim([Claim("e", 2000, b"again")]) == [False]
+    assert await s.claim([Claim("e", 1500, b"older")]) == [False]
+    states = await s.states(["e", "f", "never"])
+    assert {n: (st.watermark_ms, st.state) for n, st in states.items()} == {
+        "e": (2000, b"s2"),
+        "f": (10, b"f"),
+    }
+
+
+async def test_expect_claims_take_over_a_state_once(stores: Factory) -> None:
+    s = stores()
+    await s.claim([Claim("e", 2000, b"pending")])
+    take = Claim("e", 2000, b"mine", expect=b"pending")
+    assert await s.claim([take]) == [True]
+    assert await s.claim([Claim("e", 2000, b"theirs", expect=b"pending")]) == [False]
+    [st] = (await s.states(["e"])).values()
+    assert (st.watermark_ms, st.state) == (2000, b"mine")
+
+
+async def test_confirms_only_land_on_their_own_claim(stores: Factory) -> None:
+    s = stores()
+    await s.claim([Claim("e", 2000, b"pending")])
+    await s.settle([("e", 2000, b"done")], [("e", "overlap", 1), ("e", "overlap", 2)])
+    await s.claim([Claim("e", 3000, b"pending-3")])
+    await s.settle([("e", 2000, b"late confirm of 2000")], [("e", "expired", 1)])
+    [st] = (await s.states(["e"])).values()
+    assert (st.watermark_ms, st.state) == (3000, b"pending-3")
+    assert await s.skip_counts(["e", "x"]) == {"e": {"overlap": 3, "expired": 1}}
+
+
+async def test_racing_beats_win_each_slot_once(stores: Factory) -> None:
+    beats = [stores() for _ in range(4)]
+    wins = 0
+    for slot in range(1, 21):
+        results = await asyncio.gather(
+            *(b.claim([Claim("e", slot * 1000, b"%d" % i)]) for i, b in enumerate(beats))
+        )
+        wins_here = sum(r[0] for r in results)
+        assert wins_here == 1, f"slot {slot} won {wins_here} times"
+        wins += wins_here
+    assert wins == 20
