@@ -4,63 +4,64 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING
 
 import pytest
+from redis.asyncio import Redis
 
 from aiotask._sqlite import Connection
 from aiotask.backends._schedule_redis import RedisScheduleStore
 from aiotask.backends._schedule_sqlite import SQLiteScheduleStore
 from aiotask.beat.store import Claim, MemoryScheduleStore, ScheduleStore
 
+if TYPE_CHECKING:
+    from pathlib import Path
+
 Factory = Callable[[], ScheduleStore]
+
+
+class Stores:
+    """Stores on one shared store: each `make()` is another beat process, in effect."""
+
+    def __init__(self, kind: str, path: str, redis_url: str, namespace: str) -> None:
+        self.kind, self.path, self.redis_url, self.namespace = kind, path, redis_url, namespace
+        self.memory = MemoryScheduleStore()
+        self.conns: list[Connection] = []
+        self.clients: list[Redis] = []
+        self.keys: list[str] = []
+
+    def make(self) -> ScheduleStore:
+        if self.kind == "memory":
+            return self.memory
+        if self.kind == "sqlite":
+            conn = Connection(self.path, "")
+            self.conns.append(conn)
+            return SQLiteScheduleStore(conn, "app")
+        client = Redis.from_url(self.redis_url)
+        self.clients.append(client)
+        store = RedisScheduleStore(client, self.namespace, "app")
+        self.keys = store.keys
+        return store
+
+    async def close(self) -> None:
+        for conn in self.conns:
+            await conn.close()
+        if self.clients and self.keys:
+            await self.clients[0].delete(*self.keys)
+        for client in self.clients:
+            await client.aclose()
 
 
 @pytest.fixture(params=["memory", "sqlite", "redis"])
 async def stores(
-    request: pytest.FixtureRequest, namespace: str, tmp_path: object
+    request: pytest.FixtureRequest, namespace: str, tmp_path: Path
 ) -> AsyncIterator[Factory]:
-    """A factory of stores on one shared store: each call is another beat process, in effect."""
-    kind = request.param
-    if kind == "memory":
-        shared = MemoryScheduleStore()
-
-        def make() -> ScheduleStore:
-            return shared
-
-    elif kind == "sqlite":
-        path = f"{tmp_path}/beat.db"
-        conns: list[Connection] = []
-
-        def make() -> ScheduleStore:
-            conn = Connection(path, "")
-            conns.append(conn)
-            return SQLiteScheduleStore(conn, "app")
-
-    else:
-        from redis.asyncio import Redis
-
-        url = request.getfixturevalue("redis_url")
-        clients: list[Redis] = []
-        made: list[RedisScheduleStore] = []
-
-        def make() -> ScheduleStore:
-            client = Redis.from_url(url)
-            clients.append(client)
-            store = RedisScheduleStore(client, namespace, "app")
-            made.append(store)
-            return store
-
+    url = request.getfixturevalue("redis_url") if request.param == "redis" else ""
+    made = Stores(request.param, str(tmp_path / "beat.db"), url, namespace)
     try:
-        yield make
+        yield made.make
     finally:
-        if kind == "sqlite":
-            for conn in conns:
-                await conn.close()
-        if kind == "redis":
-            if made:
-                await clients[0].delete(*made[0].keys)
-            for client in clients:
-                await client.aclose()
+        await made.close()
 
 
 async def test_entries_pauses_and_removal(stores: Factory) -> None:
