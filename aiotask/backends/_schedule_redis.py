@@ -1,6 +1,6 @@
 """The beat store on Redis: five hashes under one hash tag, claims and confirms in Lua.
 
-Keys (one slot, so it works on Redis Cluster too): `{<prefix>:beat:<app>}:` followed by
+Keys (one slot, so it works on Redis Cluster too): `<prefix>:{beat:<app>}:` followed by
 `entries` (name -> JSON), `paused` (name -> 1), `marks` (name -> watermark ms), `states`
 (name -> JSON) and `skips` (name NUL reason -> count).
 """
@@ -66,7 +66,7 @@ class RedisScheduleStore:
 
     def __init__(self, client: Redis, prefix: str, app_name: str) -> None:
         self._client = client
-        tag = f"{{{prefix}:beat:{app_name}}}"
+        tag = f"{prefix}:{{beat:{app_name}}}"
         self._entries, self._paused = f"{tag}:entries", f"{tag}:paused"
         self._marks, self._states, self._skips = f"{tag}:marks", f"{tag}:states", f"{tag}:skips"
         self._claim = client.register_script(CLAIM)
