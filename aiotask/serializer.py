@@ -58,7 +58,13 @@ class ExceptionInfo:
 
 
 def exception_to_info(exc: BaseException) -> ExceptionInfo:
-    """Capture an exception for storage; its args are kept only if JSON can carry them."""
+    """Capture an exception for storage; its args are kept only if JSON can carry them.
+
+    A TaskError standing in for a remote exception (e.g. a pool child's SystemExit, rebuilt
+    in the worker) is captured as that remote exception, so the caller sees the real type.
+    """
+    if isinstance(exc, TaskError) and exc.remote_type:
+        return ExceptionInfo(exc.remote_type, exc.remote_message, exc.remote_traceback)
     cls = type(exc)
     module = cls.__module__
     qualname = f"{module}.{cls.__qualname__}"
@@ -73,11 +79,14 @@ def exception_to_info(exc: BaseException) -> ExceptionInfo:
     return ExceptionInfo(qualname, str(exc), tb, args)
 
 
-def info_to_exception(info: ExceptionInfo) -> BaseException:
+def info_to_exception(info: ExceptionInfo) -> Exception:
     """Rebuild the original exception when its class is importable here, else `TaskError`.
 
     Only modules already imported in this process are consulted (a result cannot make the
-    caller import code). Either way the remote type, message and traceback are attached.
+    caller import code). Only `Exception` subclasses are rebuilt: a task that called
+    `sys.exit()` (SystemExit), or raised KeyboardInterrupt or CancelledError, must not make
+    the caller's `get()` exit or cancel the caller; those become TaskError. Either way the
+    remote type, message and traceback are attached.
     """
     module_name, _, qualname = info.type.rpartition(".")
     cls: object = None
@@ -86,8 +95,8 @@ def info_to_exception(info: ExceptionInfo) -> BaseException:
         cls = module
         for part in qualname.split("."):
             cls = getattr(cls, part, None)
-    exc: BaseException
-    if isinstance(cls, type) and issubclass(cls, BaseException):
+    exc: Exception
+    if isinstance(cls, type) and issubclass(cls, Exception):
         exc = _construct(cls, info)
     else:
         exc = TaskError(
@@ -103,7 +112,7 @@ def info_to_exception(info: ExceptionInfo) -> BaseException:
     return exc
 
 
-def _construct(cls: type[BaseException], info: ExceptionInfo) -> BaseException:
+def _construct(cls: type[Exception], info: ExceptionInfo) -> Exception:
     for args in (info.args, (info.message,)):
         try:
             return cls(*args)

@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+import asyncio
+
+import pytest
+
 from aiotask.exceptions import TaskError
 from aiotask.serializer import (
     ExceptionInfo,
@@ -56,3 +60,28 @@ def test_non_exception_type_name_is_not_instantiated() -> None:
 def test_find_unencodable_names_the_argument() -> None:
     assert find_unencodable({"args[0]": 1, "args[1]": object()}) == "args[1]"
     assert find_unencodable({"a": 1}) is None
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [SystemExit(3), KeyboardInterrupt(), asyncio.CancelledError(), GeneratorExit()],
+    ids=lambda e: type(e).__name__,
+)
+def test_only_exception_subclasses_are_rebuilt(exc: BaseException) -> None:
+    """A task's sys.exit() must not make the caller exit: non-Exceptions become TaskError."""
+    rebuilt = info_to_exception(exception_to_info(exc))
+    assert type(rebuilt) is TaskError
+    assert rebuilt.remote_type == f"{type(exc).__module__}.{type(exc).__qualname__}"
+    assert str(rebuilt).startswith(type(exc).__name__)
+
+
+def test_a_task_error_standing_in_for_a_remote_exception_keeps_its_type() -> None:
+    """What the worker stores for a pool child's SystemExit: still SystemExit, not TaskError."""
+    stand_in = info_to_exception(exception_to_info(SystemExit(3)))
+    info = exception_to_info(stand_in)
+    assert info.type == "builtins.SystemExit"
+    assert info.message == "3"
+    assert "SystemExit" in info.traceback
+    again = info_to_exception(info)
+    assert isinstance(again, TaskError)
+    assert str(again) == "SystemExit: 3"
