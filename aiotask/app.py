@@ -17,9 +17,14 @@ from aiotask.backends.base import EncodedResult, ResultRecord
 from aiotask.brokers.base import Outgoing
 from aiotask.canvas.compile import CHAIN_STATE, compile_step, freeze, prepend_args, result_ids
 from aiotask.canvas.primitives import MAP_TASK, STARMAP_TASK
-from aiotask.exceptions import ConfigurationError, NotRegistered, SerializationError
+from aiotask.exceptions import (
+    ConfigurationError,
+    MessageTooLarge,
+    NotRegistered,
+    SerializationError,
+)
 from aiotask.result import AsyncResult, GroupResult, encode_revoked
-from aiotask.serializer import find_unencodable
+from aiotask.serializer import unencodable_message
 from aiotask.settings import FROM_BROKER, Settings
 from aiotask.task import CALL_OPTIONS, KNOWN_OPTIONS, Task, TaskOptions, TaskOptionsDict
 
@@ -211,10 +216,15 @@ class App:
 
     # --- sending -----------------------------------------------------------------------------
     async def publish(self, messages: Sequence[Message]) -> None:
-        """Encode and publish a batch in one broker call. Nothing is sent if one fails to encode."""
+        """Encode and publish a batch in one broker call.
+
+        Every send path (send, apply_async, send_task, send_batch, canvas) ends here. Nothing
+        is sent if one message fails to encode or is over `max_message_size` (MessageTooLarge).
+        """
         if self.middleware:
             messages = [await self._before_send(m) for m in messages]
-        batch = [Outgoing(m.queue, _encode(m), m.id, m.priority, m.eta) for m in messages]
+        cap = self.conf.max_message_size
+        batch = [Outgoing(m.queue, _encode(m, cap), m.id, m.priority, m.eta) for m in messages]
         if not self._connected:
             await self.connect()
         await self.broker.publish(batch)
@@ -307,18 +317,17 @@ def _never(*args: Any, **kwargs: Any) -> Awaitable[None]:
     raise NotRegistered("<send_task stand-in>")
 
 
-def _encode(message: Message) -> bytes:
+def _encode(message: Message, limit: int) -> bytes:
+    """The wire bytes, or an error naming the task and what to change."""
     try:
-        return protocol.encode(message)
+        body = protocol.encode(message)
     except SerializationError:
-        values = {f"args[{i}]": v for i, v in enumerate(message.args)}
+        values: dict[str, object] = {f"args[{i}]": v for i, v in enumerate(message.args)}
         values.update({f"kwargs[{k!r}]": v for k, v in message.kwargs.items()})
-        bad = find_unencodable(values)
-        what = f"argument {bad} ({type(values[bad]).__name__})" if bad else "an argument"
-        raise SerializationError(
-            f"cannot send task {message.task!r}: {what} is not JSON-serializable; pass plain "
-            "data (str, int, float, bool, None, list, dict, datetime, UUID, dataclass)"
-        ) from None
+        raise SerializationError(unencodable_message(message.task, values)) from None
+    if limit and len(body) > limit:
+        raise MessageTooLarge(message.task, len(body), limit)
+    return body
 
 
 def find_task(name: str) -> Task[Any, Any]:

@@ -11,15 +11,53 @@ import orjson
 
 from aiotask.exceptions import TaskError
 
+#: orjson refuses more nested containers than this (a value that contains itself hits it
+#: too); the envelope uses two levels (the message object and the args list or kwargs).
+JSON_MAX_DEPTH = 254
+_TOO_DEEP = "Recursion limit reached"
+
 
 def find_unencodable(values: dict[str, object]) -> str | None:
     """The name of the first value JSON cannot encode, for error messages; None if all can."""
+    found = why_unencodable(values)
+    return found[0] if found else None
+
+
+def why_unencodable(values: dict[str, object]) -> tuple[str, str] | None:
+    """The first value JSON cannot encode and what is wrong with it, in words; None if all can."""
     for name, value in values.items():
         try:
             orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
-        except TypeError:
-            return name
+        except TypeError as exc:
+            return name, _reason(str(exc), value)
     return None
+
+
+def unencodable_message(task: str, values: dict[str, object]) -> str:
+    """Why a message for `task` cannot be sent, naming the argument and the rule it breaks."""
+    found = why_unencodable(values)
+    if found is None:  # each argument alone is fine: together (or headers, canvas) too deep
+        return (
+            f"cannot send task {task!r}: the message is nested deeper than the JSON nesting "
+            f"depth limit ({JSON_MAX_DEPTH} levels, the message itself included); flatten "
+            "the arguments"
+        )
+    name, reason = found
+    return f"cannot send task {task!r}: argument {name} {reason}"
+
+
+def _reason(error: str, value: object) -> str:
+    if error == _TOO_DEEP:
+        return (
+            f"is nested deeper than the JSON nesting depth limit ({JSON_MAX_DEPTH} levels, "
+            "the message itself included) or contains itself; flatten it"
+        )
+    if "64-bit" in error:
+        return f"holds an integer outside the 64-bit range ({error}); send it as a string"
+    return (
+        f"({type(value).__name__}) is not JSON-serializable ({error}); pass plain data (str, "
+        "int, float, bool, None, list, dict, datetime, UUID, dataclass)"
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 import pytest
 
-from aiotask import App
-from aiotask.exceptions import TaskError
+from aiotask import App, group
+from aiotask.exceptions import MessageTooLarge, SerializationError, TaskError
 from aiotask.testing import start_worker
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
 
 app = App("api-e2e", broker="memory://", backend="memory://", shutdown_grace=5.0)
 TIMEOUT = 30
@@ -46,3 +50,79 @@ async def test_sys_exit_in_a_task_is_a_task_error_for_the_caller(task: object) -
         assert str(info.value) == "SystemExit: 3"
         # the worker survived the task's exit and still runs the next one
         assert await (await still_alive.send()).get(timeout=TIMEOUT) == "alive"
+
+
+# --- what cannot be sent --------------------------------------------------------------------
+
+capped = App("api-e2e-capped", broker="memory://", backend="memory://", max_message_size=2048)
+
+
+@capped.task
+async def store(blob: object, note: str = "") -> None:
+    return None
+
+
+def nested(depth: int) -> list[object]:
+    value: list[object] = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+async def waiting(queue: str = "default") -> int:
+    """Messages the broker holds (purging them: every test starts from an empty queue)."""
+    return await capped.broker.purge(queue)
+
+
+async def test_too_deep_an_argument_names_the_depth_limit_and_the_task() -> None:
+    async with capped:
+        await store.send(nested(200))  # deep, but within the limit
+        assert await waiting() == 1
+        with pytest.raises(SerializationError) as info:
+            await store.send(nested(300))
+        assert type(info.value) is SerializationError
+        text = str(info.value)
+        assert "nesting depth limit (254 levels" in text
+        assert "args[0]" in text
+        assert repr(store.name) in text
+        assert "not JSON-serializable" not in text
+        loop: dict[str, object] = {}
+        loop["self"] = loop
+        with pytest.raises(SerializationError, match=r"nesting depth limit.*contains itself"):
+            await store.apply_async(kwargs={"blob": loop})
+        assert await waiting() == 0
+
+
+async def test_a_message_over_max_message_size_is_refused_and_nothing_is_sent() -> None:
+    big = "x" * 4096
+    async with capped:
+        sends: dict[str, Callable[[], Awaitable[object]]] = {
+            "send": lambda: store.send(big),
+            "apply_async": lambda: store.apply_async(args=(big,), countdown=5),
+            "send_task": lambda: capped.send_task(store.name, args=(big,), queue="default"),
+            "send_batch": lambda: store.send_batch([("small",), (big,), ("small",)]),
+            "group": lambda: group(store.s("small"), store.s(big)).send(),
+            "chain": lambda: (store.si("small") | store.si(big)).send(),
+        }
+        for how, send in sends.items():
+            with pytest.raises(MessageTooLarge) as info:
+                await send()
+            assert info.value.task == store.name, how
+            assert info.value.limit == 2048
+            assert info.value.size > 4096
+            assert f"{info.value.size} bytes" in str(info.value)
+            assert repr(store.name) in str(info.value)
+            assert await waiting() == 0, how
+        assert isinstance(info.value, SerializationError)
+
+
+async def test_max_message_size_zero_means_no_cap() -> None:
+    uncapped = App("api-e2e-uncapped", broker="memory://", backend="memory://", max_message_size=0)
+
+    @uncapped.task
+    async def take(blob: str) -> None:
+        return None
+
+    async with uncapped:
+        await take.send("x" * 11 * 1024 * 1024)  # over the 10 MiB default
+        assert await uncapped.broker.purge("default") == 1

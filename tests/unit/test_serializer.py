@@ -2,14 +2,17 @@ from __future__ import annotations
 
 import asyncio
 
+import orjson
 import pytest
 
 from aiotask.exceptions import TaskError
 from aiotask.serializer import (
+    JSON_MAX_DEPTH,
     ExceptionInfo,
     exception_to_info,
     find_unencodable,
     info_to_exception,
+    unencodable_message,
 )
 
 
@@ -85,3 +88,29 @@ def test_a_task_error_standing_in_for_a_remote_exception_keeps_its_type() -> Non
     again = info_to_exception(info)
     assert isinstance(again, TaskError)
     assert str(again) == "SystemExit: 3"
+
+
+def test_unencodable_message_says_why() -> None:
+    deep: list[object] = []
+    for _ in range(300):
+        deep = [deep]
+    text = unencodable_message("p.t", {"args[0]": 1, "args[1]": deep})
+    assert "'p.t'" in text
+    assert "args[1]" in text
+    assert f"nesting depth limit ({JSON_MAX_DEPTH} levels" in text
+    assert "64-bit range" in unencodable_message("p.t", {"args[0]": 2**70})
+    assert "(object) is not JSON-serializable" in unencodable_message("p.t", {"x": object()})
+    # every argument alone is fine, the whole message is not: still the depth limit
+    assert "message is nested deeper" in unencodable_message("p.t", {"args[0]": 1})
+
+
+def test_json_max_depth_is_orjson_s() -> None:
+    def nest(n: int) -> object:
+        value: object = 1
+        for _ in range(n):
+            value = [value]
+        return value
+
+    orjson.dumps(nest(JSON_MAX_DEPTH))
+    with pytest.raises(TypeError, match="Recursion limit"):
+        orjson.dumps(nest(JSON_MAX_DEPTH + 1))
