@@ -26,7 +26,15 @@ from aiotask.exceptions import (
 from aiotask.result import AsyncResult, GroupResult, encode_revoked
 from aiotask.serializer import unencodable_message
 from aiotask.settings import FROM_BROKER, Settings
-from aiotask.task import CALL_OPTIONS, KNOWN_OPTIONS, Task, TaskOptions, TaskOptionsDict
+from aiotask.task import (
+    CALL_OPTIONS,
+    KNOWN_OPTIONS,
+    CallOptions,
+    Task,
+    TaskOptions,
+    TaskOptionsDict,
+    check_call_options,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
@@ -51,18 +59,20 @@ _APPS: weakref.WeakSet[App] = weakref.WeakSet()
 
 class _Decorator(Protocol):
     @overload
-    def __call__(self, fn: Callable[P, Coroutine[Any, Any, R]], /) -> Task[P, R]: ...
+    def __call__(
+        self, fn: Callable[P, Coroutine[Any, Any, R]], /
+    ) -> Task[P, R, Coroutine[Any, Any, R]]: ...
     @overload
-    def __call__(self, fn: Callable[P, R], /) -> Task[P, R]: ...
+    def __call__(self, fn: Callable[P, R], /) -> Task[P, R, R]: ...
 
 
 class _BoundDecorator(Protocol):
     @overload
     def __call__(
         self, fn: Callable[Concatenate[TaskContext, P], Coroutine[Any, Any, R]], /
-    ) -> Task[P, R]: ...
+    ) -> Task[P, R, Coroutine[Any, Any, R]]: ...
     @overload
-    def __call__(self, fn: Callable[Concatenate[TaskContext, P], R], /) -> Task[P, R]: ...
+    def __call__(self, fn: Callable[Concatenate[TaskContext, P], R], /) -> Task[P, R, R]: ...
 
 
 class App:
@@ -106,9 +116,11 @@ class App:
 
     # --- tasks ---------------------------------------------------------------------------
     @overload
-    def task(self, fn: Callable[P, Coroutine[Any, Any, R]], /) -> Task[P, R]: ...
+    def task(
+        self, fn: Callable[P, Coroutine[Any, Any, R]], /
+    ) -> Task[P, R, Coroutine[Any, Any, R]]: ...
     @overload
-    def task(self, fn: Callable[P, R], /) -> Task[P, R]: ...
+    def task(self, fn: Callable[P, R], /) -> Task[P, R, R]: ...
     @overload
     def task(
         self, /, *, bind: Literal[True], **options: Unpack[TaskOptionsDict]
@@ -239,7 +251,7 @@ class App:
         name: str,
         args: Iterable[Any] | None = None,
         kwargs: Mapping[str, Any] | None = None,
-        **options: Any,
+        **options: Unpack[CallOptions],
     ) -> AsyncResult[Any]:
         """Send by name, without importing the task (a stand-in with defaults is used)."""
         task = self.tasks.get(name) or Task(self, _never, TaskOptions(name=name))
@@ -259,12 +271,7 @@ class App:
         task_id: str,
     ) -> Message:
         """A routed message for a canvas step, with the task's own options applied."""
-        unknown = set(options) - CALL_OPTIONS
-        if unknown:
-            raise ConfigurationError(
-                f"unknown call option(s) {', '.join(sorted(unknown))} on {task}; known: "
-                f"{', '.join(sorted(CALL_OPTIONS))}"
-            )
+        check_call_options(task, options, CALL_OPTIONS)
         stand_in = self.tasks.get(task) or Task(self, _never, TaskOptions(name=task))
         return stand_in.message(args, kwargs, task_id=task_id, **options)
 

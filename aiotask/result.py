@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from aiotask._time import now
 from aiotask.backends.base import EncodedResult, ResultBackend, ResultRecord
-from aiotask.exceptions import TaskRevoked
+from aiotask.exceptions import ResultTimeout, TaskRevoked
 from aiotask.serializer import ExceptionInfo, info_to_exception
 from aiotask.states import FAILURE, PENDING, READY_STATES, REVOKED, SUCCESS
 
@@ -105,8 +105,16 @@ class GroupResult(Generic[R]):
         records = await backend.get_many(ids)
         missing = [i for i, rec in enumerate(records) if rec is None or not rec.ready]
         if missing:
-            async with asyncio.timeout(timeout):
-                waited = await asyncio.gather(*(backend.wait(ids[i], None) for i in missing))
+            try:
+                async with asyncio.timeout(timeout):
+                    waited = await asyncio.gather(*(backend.wait(ids[i], None) for i in missing))
+            except TimeoutError as exc:  # asyncio's plain TimeoutError: ours, like AsyncResult's
+                if isinstance(exc, ResultTimeout):
+                    raise
+                raise ResultTimeout(
+                    f"group {self.id}: {len(missing)} of {len(ids)} results not ready after "
+                    f"{timeout}s; is a worker consuming their queues?"
+                ) from None
             for i, rec in zip(missing, waited, strict=True):
                 records[i] = rec
         return [outcome_of(rec, propagate) for rec in records if rec is not None]

@@ -8,7 +8,13 @@ from typing import TYPE_CHECKING
 import pytest
 
 from aiotask import App, group
-from aiotask.exceptions import MessageTooLarge, SerializationError, TaskError
+from aiotask.exceptions import (
+    ConfigurationError,
+    MessageTooLarge,
+    ResultTimeout,
+    SerializationError,
+    TaskError,
+)
 from aiotask.testing import start_worker
 
 if TYPE_CHECKING:
@@ -126,3 +132,42 @@ async def test_max_message_size_zero_means_no_cap() -> None:
     async with uncapped:
         await take.send("x" * 11 * 1024 * 1024)  # over the 10 MiB default
         assert await uncapped.broker.purge("default") == 1
+
+
+# --- one API: the same errors on every path -------------------------------------------------
+
+
+async def test_group_get_timeout_is_result_timeout_like_async_result() -> None:
+    async with app:  # no worker: nothing ever finishes
+        single = await still_alive.send()
+        with pytest.raises(ResultTimeout):
+            await single.get(timeout=0.05)
+        gr = await group(still_alive.s(), still_alive.s()).send()
+        with pytest.raises(ResultTimeout) as info:
+            await gr.get(timeout=0.05)
+        assert gr.id in str(info.value)
+        assert "2 of 2" in str(info.value)
+
+
+async def test_unknown_call_option_is_one_error_on_every_path() -> None:
+    async with app:
+        errors: list[ConfigurationError] = []
+        for send in (
+            lambda: still_alive.apply_async(bogus=1),  # type: ignore[call-arg]
+            lambda: app.send_task(still_alive.name, bogus=1),  # type: ignore[call-arg]
+            lambda: still_alive.s().set(bogus=1).send(),
+            lambda: group(still_alive.s().set(bogus=1)).send(),
+        ):
+            with pytest.raises(ConfigurationError) as info:
+                await send()
+            errors.append(info.value)
+        assert all("unknown call option(s) bogus on " in str(e) for e in errors)
+        assert await app.broker.purge("default") == 0  # nothing was sent
+
+
+async def test_send_batch_takes_checked_calls_and_tuples() -> None:
+    async with app, start_worker(app):
+        rs = await exits_async.send_batch([exits_async.call(4), (5,), exits_async.call(code=6)])
+        for r, code in zip(rs, (4, 5, 6), strict=True):
+            with pytest.raises(TaskError, match=f"SystemExit: {code}"):
+                await r.get(timeout=TIMEOUT)
