@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 from aiotask._time import now
 from aiotask.backends.base import EncodedResult, ResultBackend, ResultRecord
 from aiotask.exceptions import ResultTimeout, TaskRevoked
-from aiotask.serializer import ExceptionInfo, info_to_exception
+from aiotask.serializer import ExceptionInfo, caller_exception
 from aiotask.states import FAILURE, PENDING, READY_STATES, REVOKED, SUCCESS
 
 if TYPE_CHECKING:
@@ -63,7 +63,7 @@ class AsyncResult(Generic[R]):
         if record is None:
             return None
         if record.exception is not None:
-            return info_to_exception(record.exception)
+            return caller_exception(record.exception)
         return record.result
 
     async def ready(self) -> bool:
@@ -136,7 +136,7 @@ def outcome_of(record: ResultRecord, propagate: bool) -> Any:
         exc: BaseException = TaskRevoked(f"task {record.task_id} was revoked")
     else:
         info = record.exception or ExceptionInfo("builtins.Exception", str(record.result))
-        exc = info_to_exception(info)
+        exc = caller_exception(info)
     if propagate:
         raise exc
     return exc

@@ -6,10 +6,13 @@ import builtins
 import sys
 import traceback
 from dataclasses import dataclass
+from typing import TypeVar
 
 import orjson
 
 from aiotask.exceptions import TaskError
+
+E = TypeVar("E", bound=BaseException)
 
 #: orjson refuses more nested containers than this (a value that contains itself hits it
 #: too); the envelope uses two levels (the message object and the args list or kwargs).
@@ -117,14 +120,13 @@ def exception_to_info(exc: BaseException) -> ExceptionInfo:
     return ExceptionInfo(qualname, str(exc), tb, args)
 
 
-def info_to_exception(info: ExceptionInfo) -> Exception:
+def info_to_exception(info: ExceptionInfo) -> BaseException:
     """Rebuild the original exception when its class is importable here, else `TaskError`.
 
-    Only modules already imported in this process are consulted (a result cannot make the
-    caller import code). Only `Exception` subclasses are rebuilt: a task that called
-    `sys.exit()` (SystemExit), or raised KeyboardInterrupt or CancelledError, must not make
-    the caller's `get()` exit or cancel the caller; those become TaskError. Either way the
-    remote type, message and traceback are attached.
+    For the worker side (a pool child's error, classified by the parent as if raised there),
+    so any BaseException is rebuilt; the caller's side uses `caller_exception()`. Only modules
+    already imported in this process are consulted (a result cannot make the caller import
+    code). Either way the remote type, message and traceback are attached.
     """
     module_name, _, qualname = info.type.rpartition(".")
     cls: object = None
@@ -133,15 +135,33 @@ def info_to_exception(info: ExceptionInfo) -> Exception:
         cls = module
         for part in qualname.split("."):
             cls = getattr(cls, part, None)
-    exc: Exception
-    if isinstance(cls, type) and issubclass(cls, Exception):
-        exc = _construct(cls, info)
-    else:
-        exc = TaskError(
-            f"{info.type_name}: {info.message}",
-            remote_type=info.type,
-            remote_traceback=info.traceback,
-        )
+    exc = (
+        _construct(cls, info)
+        if isinstance(cls, type) and issubclass(cls, BaseException)
+        else _task_error(info)
+    )
+    return _attach(exc, info)
+
+
+def caller_exception(info: ExceptionInfo) -> Exception:
+    """What `get()` raises for a failed task: the original class when it is an `Exception`
+    importable here, else TaskError. A task that called `sys.exit()` (SystemExit), or raised
+    KeyboardInterrupt or CancelledError, must not make the caller exit or look cancelled."""
+    exc = info_to_exception(info)
+    if isinstance(exc, Exception):
+        return exc
+    return _attach(_task_error(info), info)
+
+
+def _task_error(info: ExceptionInfo) -> TaskError:
+    return TaskError(
+        f"{info.type_name}: {info.message}",
+        remote_type=info.type,
+        remote_traceback=info.traceback,
+    )
+
+
+def _attach(exc: E, info: ExceptionInfo) -> E:
     exc.remote_type = info.type  # type: ignore[attr-defined]
     exc.remote_message = info.message  # type: ignore[attr-defined]
     exc.remote_traceback = info.traceback  # type: ignore[attr-defined]
@@ -150,7 +170,7 @@ def info_to_exception(info: ExceptionInfo) -> Exception:
     return exc
 
 
-def _construct(cls: type[Exception], info: ExceptionInfo) -> Exception:
+def _construct(cls: type[BaseException], info: ExceptionInfo) -> BaseException:
     for args in (info.args, (info.message,)):
         try:
             return cls(*args)
@@ -160,9 +180,5 @@ def _construct(cls: type[Exception], info: ExceptionInfo) -> Exception:
         exc = cls.__new__(cls)
         exc.args = (info.message,)
     except Exception:
-        return TaskError(
-            f"{info.type_name}: {info.message}",
-            remote_type=info.type,
-            remote_traceback=info.traceback,
-        )
+        return _task_error(info)
     return exc

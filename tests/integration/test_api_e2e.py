@@ -19,6 +19,7 @@ from aiotask.testing import start_worker
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
+    from pathlib import Path
 
 app = App("api-e2e", broker="memory://", backend="memory://", shutdown_grace=5.0)
 TIMEOUT = 30
@@ -32,6 +33,13 @@ async def exits_async(code: int) -> None:
 @app.task
 def exits_in_pool(code: int) -> None:
     sys.exit(code)
+
+
+@app.task(autoretry_for=(Exception,), max_retries=2, default_retry_delay=0)
+def exits_despite_autoretry(where: str) -> None:
+    with open(where, "a") as f:
+        f.write("ran\n")
+    sys.exit(4)
 
 
 @app.task
@@ -56,6 +64,17 @@ async def test_sys_exit_in_a_task_is_a_task_error_for_the_caller(task: object) -
         assert str(info.value) == "SystemExit: 3"
         # the worker survived the task's exit and still runs the next one
         assert await (await still_alive.send()).get(timeout=TIMEOUT) == "alive"
+
+
+async def test_sys_exit_is_not_retried_by_autoretry_for_exception(tmp_path: Path) -> None:
+    """SystemExit is no Exception: autoretry_for=(Exception,) does not retry it, in the pool
+    either (the worker classifies the child's SystemExit as such, not as a TaskError)."""
+    runs = tmp_path / "runs"
+    async with app, start_worker(app, processes=1):
+        r = await exits_despite_autoretry.send(str(runs))
+        with pytest.raises(TaskError, match="SystemExit: 4"):
+            await r.get(timeout=TIMEOUT)
+    assert runs.read_text() == "ran\n"
 
 
 # --- what cannot be sent --------------------------------------------------------------------

@@ -9,6 +9,7 @@ from aiotask.exceptions import TaskError
 from aiotask.serializer import (
     JSON_MAX_DEPTH,
     ExceptionInfo,
+    caller_exception,
     exception_to_info,
     find_unencodable,
     info_to_exception,
@@ -70,22 +71,24 @@ def test_find_unencodable_names_the_argument() -> None:
     [SystemExit(3), KeyboardInterrupt(), asyncio.CancelledError(), GeneratorExit()],
     ids=lambda e: type(e).__name__,
 )
-def test_only_exception_subclasses_are_rebuilt(exc: BaseException) -> None:
+def test_only_exception_subclasses_are_rebuilt_for_the_caller(exc: BaseException) -> None:
     """A task's sys.exit() must not make the caller exit: non-Exceptions become TaskError."""
-    rebuilt = info_to_exception(exception_to_info(exc))
+    info = exception_to_info(exc)
+    assert type(info_to_exception(info)) is type(exc)  # worker side: classified as raised
+    rebuilt = caller_exception(info)
     assert type(rebuilt) is TaskError
     assert rebuilt.remote_type == f"{type(exc).__module__}.{type(exc).__qualname__}"
     assert str(rebuilt).startswith(type(exc).__name__)
 
 
 def test_a_task_error_standing_in_for_a_remote_exception_keeps_its_type() -> None:
-    """What the worker stores for a pool child's SystemExit: still SystemExit, not TaskError."""
-    stand_in = info_to_exception(exception_to_info(SystemExit(3)))
+    """What the worker stores for a pool child's unimportable error: its type, not TaskError."""
+    stand_in = caller_exception(exception_to_info(SystemExit(3)))
     info = exception_to_info(stand_in)
     assert info.type == "builtins.SystemExit"
     assert info.message == "3"
     assert "SystemExit" in info.traceback
-    again = info_to_exception(info)
+    again = caller_exception(info)
     assert isinstance(again, TaskError)
     assert str(again) == "SystemExit: 3"
 
