@@ -328,10 +328,11 @@ def _encode(message: Message, limit: int) -> bytes:
     """The wire bytes, or an error naming the task and what to change."""
     try:
         body = protocol.encode(message)
-    except SerializationError:
+    except SerializationError as exc:
         values: dict[str, object] = {f"args[{i}]": v for i, v in enumerate(message.args)}
         values.update({f"kwargs[{k!r}]": v for k, v in message.kwargs.items()})
-        raise SerializationError(unencodable_message(message.task, values)) from None
+        error = str(exc.__cause__ or exc)
+        raise SerializationError(unencodable_message(message.task, values, error)) from None
     if limit and len(body) > limit:
         raise MessageTooLarge(message.task, len(body), limit)
     return body

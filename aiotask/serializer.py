@@ -27,26 +27,31 @@ def find_unencodable(values: dict[str, object]) -> str | None:
 
 
 def why_unencodable(values: dict[str, object]) -> tuple[str, str] | None:
-    """The first value JSON cannot encode and what is wrong with it, in words; None if all can."""
+    """The first value JSON cannot encode and what is wrong with it, in words; None if all can.
+
+    Each value is tried two levels deep, where it sits in a message (the message object, then
+    `args` or `kwargs`), so an argument that is too deep only there is found too."""
     for name, value in values.items():
         try:
-            orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
+            orjson.dumps([[value]], option=orjson.OPT_NON_STR_KEYS)
         except TypeError as exc:
             return name, _reason(str(exc), value)
     return None
 
 
-def unencodable_message(task: str, values: dict[str, object]) -> str:
-    """Why a message for `task` cannot be sent, naming the argument and the rule it breaks."""
+def unencodable_message(task: str, values: dict[str, object], error: str = "") -> str:
+    """Why a message for `task` cannot be sent, naming the argument and the rule it breaks.
+    `error` is the encoder's own message, used when no single argument is to blame."""
     found = why_unencodable(values)
-    if found is None:  # each argument alone is fine: together (or headers, canvas) too deep
+    if found is not None:
+        name, reason = found
+        return f"cannot send task {task!r}: argument {name} {reason}"
+    if _TOO_DEEP in error:  # e.g. canvas fields or headers added by middleware
         return (
             f"cannot send task {task!r}: the message is nested deeper than the JSON nesting "
-            f"depth limit ({JSON_MAX_DEPTH} levels, the message itself included); flatten "
-            "the arguments"
+            f"depth limit ({JSON_MAX_DEPTH} levels, the message itself included)"
         )
-    name, reason = found
-    return f"cannot send task {task!r}: argument {name} {reason}"
+    return f"cannot send task {task!r}: the message cannot be encoded as JSON: {error}"
 
 
 def _reason(error: str, value: object) -> str:

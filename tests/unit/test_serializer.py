@@ -103,8 +103,19 @@ def test_unencodable_message_says_why() -> None:
     assert f"nesting depth limit ({JSON_MAX_DEPTH} levels" in text
     assert "64-bit range" in unencodable_message("p.t", {"args[0]": 2**70})
     assert "(object) is not JSON-serializable" in unencodable_message("p.t", {"x": object()})
-    # every argument alone is fine, the whole message is not: still the depth limit
-    assert "message is nested deeper" in unencodable_message("p.t", {"args[0]": 1})
+    # too deep only inside a message (two levels more): still found and named
+    edge: list[object] = []
+    for _ in range(JSON_MAX_DEPTH - 2):
+        edge = [edge]
+    orjson.dumps(edge)
+    assert "argument args[0] is nested deeper" in unencodable_message("p.t", {"args[0]": edge})
+    # no argument to blame: the encoder's reason
+    assert "message is nested deeper" in unencodable_message(
+        "p.t", {"args[0]": 1}, "Recursion limit reached"
+    )
+    assert unencodable_message("p.t", {}, "Type is not JSON serializable: X").endswith(
+        "cannot be encoded as JSON: Type is not JSON serializable: X"
+    )
 
 
 def test_json_max_depth_is_orjson_s() -> None:
