@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import orjson
 import typer
@@ -15,6 +15,9 @@ from aiotask.cli._loader import load_app
 from aiotask.exceptions import AiotaskError, ConfigurationError
 from aiotask.states import PENDING
 from aiotask.worker import Worker
+
+if TYPE_CHECKING:
+    from aiotask.task import CallOptions
 
 cli = typer.Typer(
     name="aiotask",
@@ -130,7 +133,7 @@ def call(
 
     async def send() -> str:
         async with the_app:
-            options: dict[str, Any] = {"queue": queue or None}
+            options: CallOptions = {"queue": queue or None}
             if countdown:
                 options["countdown"] = countdown
             r = await the_app.send_task(task_name, parsed_args, parsed_kwargs, **options)
