@@ -4,16 +4,27 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from aiotask.exceptions import ConfigurationError
 
 BROKER_SCHEMES = frozenset({"redis", "rediss", "amqp", "amqps", "memory", "sqlite"})
 BACKEND_SCHEMES = frozenset({"redis", "rediss", "memory", "sqlite"})
 
-_USERINFO = re.compile(
-    r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:@/\s]*):(?P<pw>[^@/\s]*)@"
+MASK = "***"
+#: A URL inside free text: a scheme, then everything up to whitespace, `"`, `<`, `>`, or the
+#: start of another URL after `;`, `,` or `'` (lists of URLs). `'` is legal in a password.
+_URL = re.compile(
+    r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)"
+    r"(?P<rest>(?:(?![;,'][a-zA-Z][a-zA-Z0-9+.-]*://)[^\s\"<>`])*)"
 )
+#: Query keys whose values are secrets. redis-py passes *every* unknown query key to its
+#: connection as a keyword (so `?password=`, `?ssl_password=`, `?sentinel_password=` all work);
+#: aio-pika takes credentials from the userinfo only. Matched as substrings of the
+#: lower-cased, percent-decoded key, so new variants (`certificate_password`) are covered.
+_SECRET_KEY_PARTS = ("password", "passwd", "pwd", "secret", "token", "credential", "apikey")
+_SECRET_KEYS = frozenset({"pass", "api_key", "auth_key", "key_password"})
+_PORT = re.compile(r"\d*")
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,8 +44,65 @@ class ParsedURL:
 
 
 def redact(text: str) -> str:
-    """Replace the password of every URL in `text` with '***'. Use it before logging or raising."""
-    return _USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
+    """Mask every credential of every URL in `text`; use it before logging or raising.
+
+    Masked: the password of the userinfo (`user:***@`, also when the password holds raw
+    `@`, `/`, `?` or `#` that make the URL malformed), and the value of every query parameter
+    that names a secret (`?password=***`, `ssl_password`, `sentinel_password`, `token`, ...).
+    User names, hosts, ports and paths stay, so the message still says where it went.
+    """
+    if "://" not in text:
+        return text
+    return _URL.sub(_redact_one, text)
+
+
+def _redact_one(match: re.Match[str]) -> str:
+    rest = _redact_userinfo(match["rest"])
+    query_at = rest.find("?")
+    if query_at >= 0:
+        rest = rest[: query_at + 1] + _redact_query(rest[query_at + 1 :])
+    return match["scheme"] + rest
+
+
+def _redact_userinfo(rest: str) -> str:
+    end = len(rest)
+    for stop in "/?#":
+        at = rest.find(stop)
+        if 0 <= at < end:
+            end = at
+    authority = rest[:end]
+    if "@" in authority:  # well formed: the userinfo ends at the authority's last '@'
+        at = authority.rindex("@")
+    else:
+        # A password with a raw '/', '?' or '#' splits the authority early. `host:port` is not
+        # a password; anything else before a later '@' is.
+        colon = authority.find(":")
+        at = rest.rfind("@")
+        if colon < 0 or at < end:
+            return rest
+        user, port = authority[:colon], authority[colon + 1 :]
+        before_query = rest[: rest.find("?")] if "?" in rest else rest
+        if user and _PORT.fullmatch(port) and "@" not in before_query:
+            return rest
+    userinfo = rest[:at]
+    user, colon_sep, password = userinfo.partition(":")
+    if not colon_sep or not password:
+        return rest  # a user name alone is not a secret
+    return f"{user}:{MASK}{rest[at:]}"
+
+
+def _redact_query(query: str) -> str:
+    parts = re.split(r"([&;])", query)
+    for i in range(0, len(parts), 2):
+        key, eq, value = parts[i].partition("=")
+        if eq and value and _is_secret(key):
+            parts[i] = f"{key}={MASK}"
+    return "".join(parts)
+
+
+def _is_secret(key: str) -> bool:
+    name = unquote(key.replace("+", " ")).strip().lower().replace("-", "_")
+    return name in _SECRET_KEYS or any(part in name for part in _SECRET_KEY_PARTS)
 
 
 def parse_url(url: str, *, allowed: frozenset[str], what: str) -> ParsedURL:
@@ -47,8 +115,11 @@ def parse_url(url: str, *, allowed: frozenset[str], what: str) -> ParsedURL:
     try:
         parts = urlsplit(url)
         port = parts.port
-    except ValueError as exc:
-        raise ConfigurationError(f"bad {what} URL {redact(url)!r}: {exc}") from None
+    except ValueError:  # its text can quote a password taken for a port: not shown
+        raise ConfigurationError(
+            f"bad {what} URL {redact(url)!r}: the host or port part is not valid (in a "
+            "password, percent-encode '@', ':', '/', '?' and '#')"
+        ) from None
     scheme = parts.scheme.lower()
     if scheme not in allowed:
         raise ConfigurationError(

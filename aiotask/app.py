@@ -17,11 +17,24 @@ from aiotask.backends.base import EncodedResult, ResultRecord
 from aiotask.brokers.base import Outgoing
 from aiotask.canvas.compile import CHAIN_STATE, compile_step, freeze, prepend_args, result_ids
 from aiotask.canvas.primitives import MAP_TASK, STARMAP_TASK
-from aiotask.exceptions import ConfigurationError, NotRegistered, SerializationError
+from aiotask.exceptions import (
+    ConfigurationError,
+    MessageTooLarge,
+    NotRegistered,
+    SerializationError,
+)
 from aiotask.result import AsyncResult, GroupResult, encode_revoked
-from aiotask.serializer import find_unencodable
+from aiotask.serializer import unencodable_message
 from aiotask.settings import FROM_BROKER, Settings
-from aiotask.task import CALL_OPTIONS, KNOWN_OPTIONS, Task, TaskOptions, TaskOptionsDict
+from aiotask.task import (
+    CALL_OPTIONS,
+    KNOWN_OPTIONS,
+    CallOptions,
+    Task,
+    TaskOptions,
+    TaskOptionsDict,
+    check_call_options,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
@@ -46,18 +59,20 @@ _APPS: weakref.WeakSet[App] = weakref.WeakSet()
 
 class _Decorator(Protocol):
     @overload
-    def __call__(self, fn: Callable[P, Coroutine[Any, Any, R]], /) -> Task[P, R]: ...
+    def __call__(
+        self, fn: Callable[P, Coroutine[Any, Any, R]], /
+    ) -> Task[P, R, Coroutine[Any, Any, R]]: ...
     @overload
-    def __call__(self, fn: Callable[P, R], /) -> Task[P, R]: ...
+    def __call__(self, fn: Callable[P, R], /) -> Task[P, R, R]: ...
 
 
 class _BoundDecorator(Protocol):
     @overload
     def __call__(
         self, fn: Callable[Concatenate[TaskContext, P], Coroutine[Any, Any, R]], /
-    ) -> Task[P, R]: ...
+    ) -> Task[P, R, Coroutine[Any, Any, R]]: ...
     @overload
-    def __call__(self, fn: Callable[Concatenate[TaskContext, P], R], /) -> Task[P, R]: ...
+    def __call__(self, fn: Callable[Concatenate[TaskContext, P], R], /) -> Task[P, R, R]: ...
 
 
 class App:
@@ -101,9 +116,11 @@ class App:
 
     # --- tasks ---------------------------------------------------------------------------
     @overload
-    def task(self, fn: Callable[P, Coroutine[Any, Any, R]], /) -> Task[P, R]: ...
+    def task(
+        self, fn: Callable[P, Coroutine[Any, Any, R]], /
+    ) -> Task[P, R, Coroutine[Any, Any, R]]: ...
     @overload
-    def task(self, fn: Callable[P, R], /) -> Task[P, R]: ...
+    def task(self, fn: Callable[P, R], /) -> Task[P, R, R]: ...
     @overload
     def task(
         self, /, *, bind: Literal[True], **options: Unpack[TaskOptionsDict]
@@ -211,10 +228,15 @@ class App:
 
     # --- sending -----------------------------------------------------------------------------
     async def publish(self, messages: Sequence[Message]) -> None:
-        """Encode and publish a batch in one broker call. Nothing is sent if one fails to encode."""
+        """Encode and publish a batch in one broker call.
+
+        Every send path (send, apply_async, send_task, send_batch, canvas) ends here. Nothing
+        is sent if one message fails to encode or is over `max_message_size` (MessageTooLarge).
+        """
         if self.middleware:
             messages = [await self._before_send(m) for m in messages]
-        batch = [Outgoing(m.queue, _encode(m), m.id, m.priority, m.eta) for m in messages]
+        cap = self.conf.max_message_size
+        batch = [Outgoing(m.queue, _encode(m, cap), m.id, m.priority, m.eta) for m in messages]
         if not self._connected:
             await self.connect()
         await self.broker.publish(batch)
@@ -229,7 +251,7 @@ class App:
         name: str,
         args: Iterable[Any] | None = None,
         kwargs: Mapping[str, Any] | None = None,
-        **options: Any,
+        **options: Unpack[CallOptions],
     ) -> AsyncResult[Any]:
         """Send by name, without importing the task (a stand-in with defaults is used)."""
         task = self.tasks.get(name) or Task(self, _never, TaskOptions(name=name))
@@ -249,12 +271,7 @@ class App:
         task_id: str,
     ) -> Message:
         """A routed message for a canvas step, with the task's own options applied."""
-        unknown = set(options) - CALL_OPTIONS
-        if unknown:
-            raise ConfigurationError(
-                f"unknown call option(s) {', '.join(sorted(unknown))} on {task}; known: "
-                f"{', '.join(sorted(CALL_OPTIONS))}"
-            )
+        check_call_options(task, options, CALL_OPTIONS)
         stand_in = self.tasks.get(task) or Task(self, _never, TaskOptions(name=task))
         return stand_in.message(args, kwargs, task_id=task_id, **options)
 
@@ -307,18 +324,18 @@ def _never(*args: Any, **kwargs: Any) -> Awaitable[None]:
     raise NotRegistered("<send_task stand-in>")
 
 
-def _encode(message: Message) -> bytes:
+def _encode(message: Message, limit: int) -> bytes:
+    """The wire bytes, or an error naming the task and what to change."""
     try:
-        return protocol.encode(message)
-    except SerializationError:
-        values = {f"args[{i}]": v for i, v in enumerate(message.args)}
+        body = protocol.encode(message)
+    except SerializationError as exc:
+        values: dict[str, object] = {f"args[{i}]": v for i, v in enumerate(message.args)}
         values.update({f"kwargs[{k!r}]": v for k, v in message.kwargs.items()})
-        bad = find_unencodable(values)
-        what = f"argument {bad} ({type(values[bad]).__name__})" if bad else "an argument"
-        raise SerializationError(
-            f"cannot send task {message.task!r}: {what} is not JSON-serializable; pass plain "
-            "data (str, int, float, bool, None, list, dict, datetime, UUID, dataclass)"
-        ) from None
+        error = str(exc.__cause__ or exc)
+        raise SerializationError(unencodable_message(message.task, values, error)) from None
+    if limit and len(body) > limit:
+        raise MessageTooLarge(message.task, len(body), limit)
+    return body
 
 
 def find_task(name: str) -> Task[Any, Any]:

@@ -13,6 +13,7 @@ AiotaskError
 ├── WorkerLost               the process running a task died under it
 ├── ConfigurationError       a bad setting, URL or option
 ├── SerializationError       a value cannot be encoded or decoded
+│   ├── MessageTooLarge      an encoded message is over max_message_size; nothing was sent
 │   └── ProtocolError        a message envelope is malformed or of an unknown version
 └── BrokerConnectionError    a broker or backend cannot be reached
 ```
@@ -31,6 +32,7 @@ __all__ = [
     "AiotaskError",
     "BrokerConnectionError",
     "ConfigurationError",
+    "MessageTooLarge",
     "NotRegistered",
     "ProtocolError",
     "Reject",
@@ -123,6 +125,20 @@ class ConfigurationError(AiotaskError):
 
 class SerializationError(AiotaskError):
     """A value cannot be encoded for the wire, or bytes cannot be decoded."""
+
+
+class MessageTooLarge(SerializationError):
+    """A message encodes to more bytes than `max_message_size`; nothing was sent."""
+
+    def __init__(self, task: str, size: int, limit: int) -> None:
+        super().__init__(
+            f"cannot send task {task!r}: its message is {size} bytes, over max_message_size "
+            f"({limit} bytes); nothing was sent. Pass a reference (a key, a path, a URL) instead "
+            "of the data, or raise max_message_size (0: no cap)"
+        )
+        self.task = task
+        self.size = size
+        self.limit = limit
 
 
 class ProtocolError(SerializationError):

@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from aiotask._time import now
 from aiotask.backends.base import EncodedResult, ResultBackend, ResultRecord
-from aiotask.exceptions import TaskRevoked
-from aiotask.serializer import ExceptionInfo, info_to_exception
+from aiotask.exceptions import ResultTimeout, TaskRevoked
+from aiotask.serializer import ExceptionInfo, caller_exception
 from aiotask.states import FAILURE, PENDING, READY_STATES, REVOKED, SUCCESS
 
 if TYPE_CHECKING:
@@ -63,7 +63,7 @@ class AsyncResult(Generic[R]):
         if record is None:
             return None
         if record.exception is not None:
-            return info_to_exception(record.exception)
+            return caller_exception(record.exception)
         return record.result
 
     async def ready(self) -> bool:
@@ -105,8 +105,16 @@ class GroupResult(Generic[R]):
         records = await backend.get_many(ids)
         missing = [i for i, rec in enumerate(records) if rec is None or not rec.ready]
         if missing:
-            async with asyncio.timeout(timeout):
-                waited = await asyncio.gather(*(backend.wait(ids[i], None) for i in missing))
+            try:
+                async with asyncio.timeout(timeout):
+                    waited = await asyncio.gather(*(backend.wait(ids[i], None) for i in missing))
+            except TimeoutError as exc:  # asyncio's plain TimeoutError: ours, like AsyncResult's
+                if isinstance(exc, ResultTimeout):
+                    raise
+                raise ResultTimeout(
+                    f"group {self.id}: {len(missing)} of {len(ids)} results not ready after "
+                    f"{timeout}s; is a worker consuming their queues?"
+                ) from None
             for i, rec in zip(missing, waited, strict=True):
                 records[i] = rec
         return [outcome_of(rec, propagate) for rec in records if rec is not None]
@@ -128,7 +136,7 @@ def outcome_of(record: ResultRecord, propagate: bool) -> Any:
         exc: BaseException = TaskRevoked(f"task {record.task_id} was revoked")
     else:
         info = record.exception or ExceptionInfo("builtins.Exception", str(record.result))
-        exc = info_to_exception(info)
+        exc = caller_exception(info)
     if propagate:
         raise exc
     return exc

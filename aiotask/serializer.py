@@ -6,20 +6,66 @@ import builtins
 import sys
 import traceback
 from dataclasses import dataclass
+from typing import TypeVar
 
 import orjson
 
 from aiotask.exceptions import TaskError
 
+E = TypeVar("E", bound=BaseException)
+
+#: orjson refuses more nested containers than this (a value that contains itself hits it
+#: too); the envelope uses two levels (the message object and the args list or kwargs).
+JSON_MAX_DEPTH = 254
+_TOO_DEEP = "Recursion limit reached"
+
 
 def find_unencodable(values: dict[str, object]) -> str | None:
     """The name of the first value JSON cannot encode, for error messages; None if all can."""
+    found = why_unencodable(values)
+    return found[0] if found else None
+
+
+def why_unencodable(values: dict[str, object]) -> tuple[str, str] | None:
+    """The first value JSON cannot encode and what is wrong with it, in words; None if all can.
+
+    Each value is tried two levels deep, where it sits in a message (the message object, then
+    `args` or `kwargs`), so an argument that is too deep only there is found too."""
     for name, value in values.items():
         try:
-            orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
-        except TypeError:
-            return name
+            orjson.dumps([[value]], option=orjson.OPT_NON_STR_KEYS)
+        except TypeError as exc:
+            return name, _reason(str(exc), value)
     return None
+
+
+def unencodable_message(task: str, values: dict[str, object], error: str = "") -> str:
+    """Why a message for `task` cannot be sent, naming the argument and the rule it breaks.
+    `error` is the encoder's own message, used when no single argument is to blame."""
+    found = why_unencodable(values)
+    if found is not None:
+        name, reason = found
+        return f"cannot send task {task!r}: argument {name} {reason}"
+    if _TOO_DEEP in error:  # e.g. canvas fields or headers added by middleware
+        return (
+            f"cannot send task {task!r}: the message is nested deeper than the JSON nesting "
+            f"depth limit ({JSON_MAX_DEPTH} levels, the message itself included)"
+        )
+    return f"cannot send task {task!r}: the message cannot be encoded as JSON: {error}"
+
+
+def _reason(error: str, value: object) -> str:
+    if error == _TOO_DEEP:
+        return (
+            f"is nested deeper than the JSON nesting depth limit ({JSON_MAX_DEPTH} levels, "
+            "the message itself included) or contains itself; flatten it"
+        )
+    if "64-bit" in error:
+        return f"holds an integer outside the 64-bit range ({error}); send it as a string"
+    return (
+        f"({type(value).__name__}) is not JSON-serializable ({error}); pass plain data (str, "
+        "int, float, bool, None, list, dict, datetime, UUID, dataclass)"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +104,13 @@ class ExceptionInfo:
 
 
 def exception_to_info(exc: BaseException) -> ExceptionInfo:
-    """Capture an exception for storage; its args are kept only if JSON can carry them."""
+    """Capture an exception for storage; its args are kept only if JSON can carry them.
+
+    A TaskError standing in for a remote exception (e.g. a pool child's SystemExit, rebuilt
+    in the worker) is captured as that remote exception, so the caller sees the real type.
+    """
+    if isinstance(exc, TaskError) and exc.remote_type:
+        return ExceptionInfo(exc.remote_type, exc.remote_message, exc.remote_traceback)
     cls = type(exc)
     module = cls.__module__
     qualname = f"{module}.{cls.__qualname__}"
@@ -76,8 +128,10 @@ def exception_to_info(exc: BaseException) -> ExceptionInfo:
 def info_to_exception(info: ExceptionInfo) -> BaseException:
     """Rebuild the original exception when its class is importable here, else `TaskError`.
 
-    Only modules already imported in this process are consulted (a result cannot make the
-    caller import code). Either way the remote type, message and traceback are attached.
+    For the worker side (a pool child's error, classified by the parent as if raised there),
+    so any BaseException is rebuilt; the caller's side uses `caller_exception()`. Only modules
+    already imported in this process are consulted (a result cannot make the caller import
+    code). Either way the remote type, message and traceback are attached.
     """
     module_name, _, qualname = info.type.rpartition(".")
     cls: object = None
@@ -86,15 +140,33 @@ def info_to_exception(info: ExceptionInfo) -> BaseException:
         cls = module
         for part in qualname.split("."):
             cls = getattr(cls, part, None)
-    exc: BaseException
-    if isinstance(cls, type) and issubclass(cls, BaseException):
-        exc = _construct(cls, info)
-    else:
-        exc = TaskError(
-            f"{info.type_name}: {info.message}",
-            remote_type=info.type,
-            remote_traceback=info.traceback,
-        )
+    exc = (
+        _construct(cls, info)
+        if isinstance(cls, type) and issubclass(cls, BaseException)
+        else _task_error(info)
+    )
+    return _attach(exc, info)
+
+
+def caller_exception(info: ExceptionInfo) -> Exception:
+    """What `get()` raises for a failed task: the original class when it is an `Exception`
+    importable here, else TaskError. A task that called `sys.exit()` (SystemExit), or raised
+    KeyboardInterrupt or CancelledError, must not make the caller exit or look cancelled."""
+    exc = info_to_exception(info)
+    if isinstance(exc, Exception):
+        return exc
+    return _attach(_task_error(info), info)
+
+
+def _task_error(info: ExceptionInfo) -> TaskError:
+    return TaskError(
+        f"{info.type_name}: {info.message}",
+        remote_type=info.type,
+        remote_traceback=info.traceback,
+    )
+
+
+def _attach(exc: E, info: ExceptionInfo) -> E:
     exc.remote_type = info.type  # type: ignore[attr-defined]
     exc.remote_message = info.message  # type: ignore[attr-defined]
     exc.remote_traceback = info.traceback  # type: ignore[attr-defined]
@@ -113,9 +185,5 @@ def _construct(cls: type[BaseException], info: ExceptionInfo) -> BaseException:
         exc = cls.__new__(cls)
         exc.args = (info.message,)
     except Exception:
-        return TaskError(
-            f"{info.type_name}: {info.message}",
-            remote_type=info.type,
-            remote_traceback=info.traceback,
-        )
+        return _task_error(info)
     return exc

@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from aiotask._urls import BACKEND_SCHEMES, BROKER_SCHEMES, parse_url
+from aiotask._urls import BACKEND_SCHEMES, BROKER_SCHEMES, parse_url, redact
 from aiotask.exceptions import ConfigurationError
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
 
 ENV_PREFIX = "AIOTASK_"
 DEFAULT_BROKER_URL = "sqlite:///aiotask.db"
@@ -101,22 +101,27 @@ class Settings:
             return self.broker_url
         return None
 
+    def __repr__(self) -> str:
+        """Every field, with URL credentials masked (the repr ends up in logs and tracebacks)."""
+        shown = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in fields(self))
+        return redact(f"Settings({shown})")
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Defaults, overlaid with AIOTASK_<FIELD> variables, overlaid with `overrides`."""
         env = os.environ if environ is None else environ
-        known = {f.name: f for f in fields(cls)}
-        unknown = set(overrides) - set(known)
+        known = {f.name for f in fields(cls)}
+        unknown = set(overrides) - known
         if unknown:
             raise ConfigurationError(
                 f"unknown setting(s) {', '.join(sorted(unknown))}: known settings are "
                 f"{', '.join(sorted(known))}"
             )
         values: dict[str, Any] = {}
-        for name, f in known.items():
+        for name in known:
             raw = env.get(ENV_PREFIX + name.upper())
             if raw is not None:
-                values[name] = _coerce(name, str(f.type), raw)
+                values[name] = parse_env(name, raw)
         values.update(overrides)
         return cls(**values)
 
@@ -125,29 +130,77 @@ class Settings:
         return replace(self, **changes)
 
 
-def _coerce(name: str, type_name: str, raw: str) -> object:
-    """Turn an environment string into the field's type, or explain what was expected."""
-    env_name = ENV_PREFIX + name.upper()
-    try:
-        if type_name == "bool":
-            lowered = raw.strip().lower()
-            if lowered not in {"1", "0", "true", "false", "yes", "no", "on", "off"}:
-                raise ValueError(raw)
-            return lowered in {"1", "true", "yes", "on"}
-        if type_name == "int":
-            return int(raw)
-        if type_name == "float":
-            return float(raw)
-        if type_name.startswith("Mapping"):
-            value = orjson.loads(raw)
-            if not isinstance(value, dict):
-                raise ValueError(raw)
-            return value
-        if type_name == "str | None":
-            return None if raw.strip().lower() in {"", "none", "null"} else raw
-    except (ValueError, orjson.JSONDecodeError):
-        raise ConfigurationError(f"{env_name}={raw!r} is not a valid {type_name}") from None
+# --- environment parsing: one explicit parser per field -----------------------------------
+
+
+def _str(raw: str) -> str:
     return raw
+
+
+def _optional_url(raw: str) -> str | None:
+    return None if raw.strip().lower() in {"", "none", "null"} else raw
+
+
+def _int(raw: str) -> int:
+    return int(raw)
+
+
+def _float(raw: str) -> float:
+    return float(raw)
+
+
+def _bool(raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered not in {"1", "0", "true", "false", "yes", "no", "on", "off"}:
+        raise ValueError(raw)
+    return lowered in {"1", "true", "yes", "on"}
+
+
+def _str_mapping(raw: str) -> dict[str, str]:
+    value = orjson.loads(raw)
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise ValueError(raw)
+    return value
+
+
+#: AIOTASK_<FIELD> parsers, with what the error message calls the expected form. Every
+#: field of Settings has one (a unit test fails when a new field is missing here).
+ENV_PARSERS: dict[str, tuple[Callable[[str], object], str]] = {
+    "broker_url": (_str, "URL"),
+    "result_backend": (_optional_url, "URL or 'none'"),
+    "result_expires": (_float, "number of seconds"),
+    "default_queue": (_str, "queue name"),
+    "task_routes": (_str_mapping, 'JSON object of strings, e.g. {"proj.*": "q"}'),
+    "default_priority": (_int, "integer"),
+    "key_prefix": (_str, "prefix"),
+    "concurrency": (_int, "integer"),
+    "processes": (_int, "integer"),
+    "prefetch": (_int, "integer"),
+    "visibility_timeout": (_float, "number of seconds"),
+    "max_deliveries": (_int, "integer"),
+    "worker_heartbeat_interval": (_float, "number of seconds"),
+    "worker_lost_after": (_float, "number of seconds"),
+    "max_message_size": (_int, "integer number of bytes"),
+    "shutdown_grace": (_float, "number of seconds"),
+    "broker_unreachable_timeout": (_float, "number of seconds"),
+    "task_track_started": (_bool, "boolean (true/false, 1/0, yes/no, on/off)"),
+    "max_tasks_per_child": (_int, "integer"),
+    "max_memory_per_child": (_int, "integer number of KB"),
+    "log_level": (_str, "log level"),
+}
+
+
+def parse_env(name: str, raw: str) -> object:
+    """Turn the AIOTASK_<NAME> string into the field's value, or say what was expected."""
+    env_name = ENV_PREFIX + name.upper()
+    entry = ENV_PARSERS.get(name)
+    if entry is None:  # a field added without a parser: a bug here, caught by a unit test
+        raise ConfigurationError(f"{env_name} cannot be set from the environment")
+    parser, expected = entry
+    try:
+        return parser(raw)
+    except (ValueError, orjson.JSONDecodeError):
+        raise ConfigurationError(f"{env_name}={redact(raw)!r} is not a valid {expected}") from None
 
 
 def _positive(s: Settings, *names: str) -> None:

@@ -6,7 +6,9 @@ import inspect
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypedDict, TypeVar, Unpack
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypedDict, Unpack
+
+from typing_extensions import TypeVar  # PEP 696 defaults (in `typing` from 3.13)
 
 from aiotask._time import now, parse_rate, to_timestamp
 from aiotask.canvas.primitives import Group, Signature, chunks, xmap, xstarmap
@@ -24,6 +26,9 @@ if TYPE_CHECKING:
 
 P = ParamSpec("P")
 R = TypeVar("R")
+#: What calling the task object returns: a coroutine of R for an async task, R for a plain
+#: function. `@app.task` fills it in; an annotation `Task[P, R]` leaves it Any.
+L = TypeVar("L", default=Any)
 
 
 class TaskOptionsDict(TypedDict, total=False):
@@ -112,12 +117,33 @@ class CallOptions(TypedDict, total=False):
     ignore_result: bool | None
 
 
+#: Per-call options of apply_async / send_task.
+SEND_OPTIONS = frozenset(CallOptions.__annotations__)
 #: Per-call options a signature may carry (`sig.set(...)`, `signature(options=...)`);
 #: a signature's id is frozen by the canvas instead.
-CALL_OPTIONS = frozenset(CallOptions.__annotations__) - {"task_id"}
+CALL_OPTIONS = SEND_OPTIONS - {"task_id"}
 
 
-class Task(Generic[P, R]):
+def check_call_options(task: str, options: Mapping[str, object], known: frozenset[str]) -> None:
+    """One error for an unknown per-call option, on every path (apply_async, send_task,
+    canvas): ConfigurationError, like an unknown `@app.task` option, and naming the task."""
+    unknown = options.keys() - known
+    if unknown:
+        raise ConfigurationError(
+            f"unknown call option(s) {', '.join(sorted(unknown))} on {task}; known: "
+            f"{', '.join(sorted(known))}"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Call(Generic[P]):
+    """One call's arguments, checked against the task's signature: `add.call(1, y=2)`."""
+
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+
+
+class Task(Generic[P, R, L]):
     """A registered task. Subclass it (`base=`) to add async lifecycle hooks.
 
     Calling the task runs the function here, in this process (a coroutine for async tasks);
@@ -142,11 +168,12 @@ class Task(Generic[P, R]):
     def __repr__(self) -> str:
         return f"<Task {self.name}>"
 
-    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Any:
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> L:
+        """Run here: a coroutine (await it) for an async task, the value for a plain one."""
         if self.options.bind:
             ctx = TaskContext(str(uuid.uuid4()), self.name, list(args), dict(kwargs))
-            return self.fn(ctx, *args, **kwargs)
-        return self.fn(*args, **kwargs)
+            return self.fn(ctx, *args, **kwargs)  # type: ignore[no-any-return]
+        return self.fn(*args, **kwargs)  # type: ignore[no-any-return]
 
     async def send(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult[R]:
         """Send with default options; returns once the broker holds the message."""
@@ -159,13 +186,25 @@ class Task(Generic[P, R]):
         **options: Unpack[CallOptions],
     ) -> AsyncResult[R]:
         """Send with per-call options (Celery's names); returns once the broker holds it."""
+        if options:
+            check_call_options(self.name, options, SEND_OPTIONS)
         message = self.message(args, kwargs, **options)
         await self.app.publish([message])
         return self.app.AsyncResult(message.id)
 
-    async def send_batch(self, calls: Iterable[Iterable[Any]]) -> list[AsyncResult[R]]:
-        """Send one message per positional-argument tuple, in one pipelined publish."""
-        messages = [self.message(args) for args in calls]
+    def call(self, *args: P.args, **kwargs: P.kwargs) -> Call[P]:
+        """One call's arguments for `send_batch`, type-checked like a direct call."""
+        return Call(args, kwargs)
+
+    async def send_batch(
+        self, calls: Iterable[Call[P] | tuple[object, ...]]
+    ) -> list[AsyncResult[R]]:
+        """Send one message per call, in one pipelined publish: `task.call(...)` values
+        (checked against the task's parameters), or tuples of positional arguments."""
+        messages = [
+            self.message(c.args, c.kwargs) if isinstance(c, Call) else self.message(c)
+            for c in calls
+        ]
         await self.app.publish(messages)
         return [self.app.AsyncResult(m.id) for m in messages]
 

@@ -1,4 +1,5 @@
-"""`make docs`: every relative link in README.md and docs/ resolves, every Python block parses."""
+"""`make docs`: every relative link in README.md and docs/ resolves, every Python block parses,
+and every option of every `aiotask` command is documented in docs/cli.md, under its command."""
 
 from __future__ import annotations
 
@@ -6,10 +7,13 @@ import ast
 import re
 import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 BLOCK = re.compile(r"```python\n(.*?)```", re.S)
+HEADING = re.compile(r"^(#+) .*$", re.M)
+CLI_PAGE = ROOT / "docs" / "cli.md"
 
 
 def problems() -> list[str]:
@@ -28,6 +32,73 @@ def problems() -> list[str]:
                 ast.parse(block)
             except SyntaxError as exc:
                 found.append(f"{page.relative_to(ROOT)}: python block {number}: {exc}")
+    found.extend(undocumented_cli_options(CLI_PAGE.read_text() if CLI_PAGE.exists() else ""))
+    found.extend(undocumented_settings((ROOT / "docs" / "settings.md").read_text()))
+    return found
+
+
+def undocumented_settings(text: str) -> list[str]:
+    """Every Settings field and its AIOTASK_* variable must appear in docs/settings.md."""
+    from dataclasses import fields
+
+    from aiotask.settings import ENV_PREFIX, Settings
+
+    return [
+        f"docs/settings.md: setting {f.name} is not documented"
+        for f in fields(Settings)
+        if f"`{f.name}`" not in text or f"`{ENV_PREFIX}{f.name.upper()}`" not in text
+    ]
+
+
+def cli_options() -> dict[str, list[list[str]]]:
+    """Every `aiotask ...` command (subcommands too) -> the names of each of its options."""
+    import typer.main
+
+    from aiotask.cli import cli
+
+    out: dict[str, list[list[str]]] = {}
+
+    def walk(prefix: str, command: Any) -> None:
+        for name, sub in sorted(getattr(command, "commands", {}).items()):
+            walk(f"{prefix} {name}", sub)
+        if prefix != "aiotask" or not getattr(command, "commands", None):
+            out[prefix] = [
+                [*p.opts, *p.secondary_opts]
+                for p in command.params
+                if p.param_type_name == "option" and not p.hidden
+            ]
+
+    walk("aiotask", typer.main.get_command(cli))
+    return out
+
+
+def section(text: str, command: str) -> str | None:
+    """The part of the page under the heading that names `command`, up to the next heading
+    of the same or a higher level; None when no heading names it."""
+    headings = list(HEADING.finditer(text))
+    for i, h in enumerate(headings):
+        if re.search(rf"`{re.escape(command)}`", h.group(0)):
+            level = len(h.group(1))
+            end = next(
+                (n.start() for n in headings[i + 1 :] if len(n.group(1)) <= level), len(text)
+            )
+            return text[h.end() : end]
+    return None
+
+
+def undocumented_cli_options(text: str) -> list[str]:
+    """Each command needs a heading in docs/cli.md, and each name of each of its options
+    (`-c` and `--concurrency`) must appear under it."""
+    found: list[str] = []
+    for command, options in cli_options().items():
+        body = section(text, command)
+        if body is None:
+            found.append(f"docs/cli.md: no heading for `{command}`")
+            continue
+        for names in options:
+            for name in names:
+                if not re.search(rf"(?<![\w-]){re.escape(name)}(?![\w-])", body):
+                    found.append(f"docs/cli.md: `{command}` option {name} is not documented")
     return found
 
 

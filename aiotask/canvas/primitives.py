@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from aiotask.exceptions import ConfigurationError
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
     from typing import Self
+
+    from aiotask.result import AsyncResult, GroupResult  # noqa: F401 - in _Base["..."]
 
 #: Built-in task names that run a task over many argument tuples in one message.
 MAP_TASK = "aiotask.map"
@@ -31,7 +33,12 @@ class Runner(Protocol):
     async def call_local(self, task: str, args: list[Any], kwargs: dict[str, Any]) -> Any: ...
 
 
-class _Base:
+#: The handle `send()` returns (typing only): a signature gives an AsyncResult, a group a
+#: GroupResult, a chain or chord whatever its last step gives.
+H = TypeVar("H")
+
+
+class _Base(Generic[H]):
     """`|` and send/local-call for every canvas type."""
 
     runner: Runner | None
@@ -47,17 +54,17 @@ class _Base:
     def __or__(self, other: Canvas) -> Canvas:
         return _pipe(self, other)  # type: ignore[arg-type]
 
-    async def send(self, *args: Any) -> Any:
+    async def send(self, *args: Any) -> H:
         """Run on workers; returns AsyncResult (or GroupResult) once the broker has it all.
         `args` are prepended to the first task's arguments (partial application)."""
-        return await self._runner().send_canvas(self, args)  # type: ignore[arg-type]
+        return await self._runner().send_canvas(self, args)  # type: ignore[arg-type, no-any-return]
 
-    async def apply_async(self, args: Iterable[Any] = ()) -> Any:
+    async def apply_async(self, args: Iterable[Any] = ()) -> H:
         return await self.send(*args)
 
 
 @dataclass(eq=False)
-class Signature(_Base):
+class Signature(_Base["AsyncResult[Any]"]):
     """One task invocation described as data: `add.s(2, 3)`, `add.si(2)`, `signature("p.add")`."""
 
     task: str
@@ -113,7 +120,7 @@ class Signature(_Base):
 
 
 @dataclass(eq=False)
-class Chain(_Base):
+class Chain(_Base["AsyncResult[Any] | GroupResult[Any]"]):
     """Tasks run one after another, each result prepended to the next task's arguments."""
 
     tasks: list[Canvas]
@@ -139,7 +146,7 @@ class Chain(_Base):
 
 
 @dataclass(eq=False)
-class Group(_Base):
+class Group(_Base["GroupResult[Any]"]):
     """Tasks run in parallel; the result is the list of their results, in order."""
 
     tasks: list[Canvas]
@@ -161,7 +168,7 @@ class Group(_Base):
 
 
 @dataclass(eq=False)
-class Chord(_Base):
+class Chord(_Base["AsyncResult[Any] | GroupResult[Any]"]):
     """A group whose body runs once, after every header task succeeded, with their results."""
 
     header: Group

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import orjson
 import typer
@@ -15,6 +15,9 @@ from aiotask.cli._loader import load_app
 from aiotask.exceptions import AiotaskError, ConfigurationError
 from aiotask.states import PENDING
 from aiotask.worker import Worker
+
+if TYPE_CHECKING:
+    from aiotask.task import CallOptions
 
 cli = typer.Typer(
     name="aiotask",
@@ -36,14 +39,26 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
 def worker(
     app: AppOpt,
     queues: Annotated[str, typer.Option("-Q", "--queues", help="comma-separated queues")] = "",
-    concurrency: Annotated[int, typer.Option("-c", "--concurrency", min=0)] = 0,
-    processes: Annotated[int, typer.Option("-P", "--processes")] = -1,
-    prefetch: Annotated[int, typer.Option("--prefetch", min=0)] = 0,
-    name: Annotated[str, typer.Option("-n", "--hostname", "--name")] = "",
-    loglevel: Annotated[str, typer.Option("-l", "--loglevel")] = "",
-    max_tasks_per_child: Annotated[int, typer.Option("--max-tasks-per-child", min=0)] = 0,
+    concurrency: Annotated[
+        int, typer.Option("-c", "--concurrency", min=0, help="coroutine tasks at once")
+    ] = 0,
+    processes: Annotated[
+        int, typer.Option("-P", "--processes", help="children for plain-function tasks; 0: CPUs")
+    ] = -1,
+    prefetch: Annotated[
+        int, typer.Option("--prefetch", min=0, help="messages held unacknowledged; 0: -c")
+    ] = 0,
+    name: Annotated[
+        str, typer.Option("-n", "--hostname", "--name", help="worker name in logs and inspect")
+    ] = "",
+    loglevel: Annotated[
+        str, typer.Option("-l", "--loglevel", help="DEBUG, INFO, WARNING or ERROR")
+    ] = "",
+    max_tasks_per_child: Annotated[
+        int, typer.Option("--max-tasks-per-child", min=0, help="replace a child after N tasks")
+    ] = 0,
     max_memory_per_child: Annotated[
-        int, typer.Option("--max-memory-per-child", min=0, help="KB")
+        int, typer.Option("--max-memory-per-child", min=0, help="replace a child past N KB RSS")
     ] = 0,
 ) -> None:
     """Consume queues and run tasks until SIGTERM (warm) or a second signal / SIGQUIT (cold)."""
@@ -102,8 +117,10 @@ def call(
     task_name: Annotated[str, typer.Argument(help="registered task name, e.g. proj.add")],
     args: Annotated[str, typer.Option("--args", help="JSON list")] = "[]",
     kwargs: Annotated[str, typer.Option("--kwargs", help="JSON object")] = "{}",
-    queue: Annotated[str, typer.Option("-Q", "--queue")] = "",
-    countdown: Annotated[float, typer.Option("--countdown", min=0)] = 0.0,
+    queue: Annotated[str, typer.Option("-Q", "--queue", help="queue (default: routed)")] = "",
+    countdown: Annotated[
+        float, typer.Option("--countdown", min=0, help="seconds before it may run")
+    ] = 0.0,
 ) -> None:
     """Send a task by name and print its id."""
     the_app, _ = load_app(app)
@@ -116,7 +133,7 @@ def call(
 
     async def send() -> str:
         async with the_app:
-            options: dict[str, Any] = {"queue": queue or None}
+            options: CallOptions = {"queue": queue or None}
             if countdown:
                 options["countdown"] = countdown
             r = await the_app.send_task(task_name, parsed_args, parsed_kwargs, **options)

@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from aiotask.app import App
     from aiotask.context import TaskContext
     from aiotask.protocol import Message
 
@@ -21,10 +22,10 @@ CallNext = Callable[[], Awaitable[Any]]
 class Middleware:
     """Subclass and override; instances are shared by every task of the app."""
 
-    async def startup(self, app: Any) -> None:
+    async def startup(self, app: App) -> None:
         """The worker is starting (before it consumes)."""
 
-    async def shutdown(self, app: Any) -> None:
+    async def shutdown(self, app: App) -> None:
         """The worker has stopped consuming and settled what it ran."""
 
     async def before_send(self, message: Message) -> Message:
