@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -13,6 +13,9 @@ from aiotask.brokers import from_url as broker_from_url
 from aiotask.settings import Settings
 from tests.contract.conftest import MAX_DELIVERIES, delete_amqp_queues, delete_prefix
 from tests.contract.test_broker_contract import receive_all
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
 
 #: Leases far longer than the test: only a lapsed heartbeat can explain a fast takeover.
 LONG_LEASE = 60.0
