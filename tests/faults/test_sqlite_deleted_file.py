@@ -11,10 +11,13 @@ import contextlib
 import os
 from typing import TYPE_CHECKING
 
+import pytest
+
 from aiotask import App
 from aiotask.backends.sqlite import SQLiteBackend
 from aiotask.brokers import Outgoing
 from aiotask.brokers.sqlite import SQLiteBroker
+from aiotask.exceptions import BrokerConnectionError
 from aiotask.settings import Settings
 from tests.procs import start_worker, stop, worker_env, write_tasks
 
@@ -29,6 +32,12 @@ def delete_database(path: str) -> None:
     for suffix in ("", "-wal", "-shm"):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path + suffix)
+
+
+def replace_with_garbage(path: str) -> None:
+    delete_database(path)
+    with open(path, "wb") as f:  # something that is not an SQLite database
+        f.write(b"not a database" * 1000)
 
 
 async def test_worker_follows_a_deleted_and_recreated_file(tmp_path: Path, namespace: str) -> None:
@@ -109,3 +118,19 @@ async def test_worker_backend_stores_into_the_new_file(tmp_path: Path) -> None:
     finally:
         await waiter.close()
         await writer.close()
+
+
+async def test_wait_fails_loudly_when_the_file_stays_unreadable(tmp_path: Path) -> None:
+    db = str(tmp_path / "r.db")
+    url = f"sqlite:///{db}"
+    backend = SQLiteBackend(url, Settings(broker_url=url, broker_unreachable_timeout=1.0))
+    await backend.connect()
+    try:
+        waiting = asyncio.create_task(backend.wait("t1", timeout=None))
+        await asyncio.sleep(0.2)
+        replace_with_garbage(db)
+        with pytest.raises(BrokerConnectionError, match="not a database"):
+            async with asyncio.timeout(10):  # broker_unreachable_timeout, not forever
+                await waiting
+    finally:
+        await backend.close()
