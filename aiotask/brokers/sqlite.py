@@ -402,21 +402,21 @@ def _settle(conn: sqlite3.Connection, sql: str, params: Sequence[tuple[object, .
         conn.executemany(sql, params)
 
 
-def _bury_tokens(conn: sqlite3.Connection, tokens: list[Token], reason: str) -> None:
+def _bury_tokens(conn: sqlite3.Connection, held: list[Token], reason: str) -> None:
     wall = now()
     with transaction(conn):
         conn.executemany(
             f"INSERT INTO aiotask_dead_letters "  # noqa: S608
             f"(message_id, queue, priority, deliveries, body, reason, died_at) "
             f"SELECT {_COLUMNS}, ?, ? FROM aiotask_messages WHERE id=? AND lease_owner=?",
-            [(reason, wall, *t) for t in tokens],
+            [(reason, wall, *t) for t in held],
         )
-        ids = placeholders(len(tokens))
+        ids = placeholders(len(held))
         gone = conn.execute(
             f"SELECT DISTINCT queue FROM aiotask_messages WHERE id IN ({ids})",  # noqa: S608
-            [t[0] for t in tokens],
+            [t[0] for t in held],
         ).fetchall()
-        conn.executemany("DELETE FROM aiotask_messages WHERE id=? AND lease_owner=?", tokens)
+        conn.executemany("DELETE FROM aiotask_messages WHERE id=? AND lease_owner=?", held)
         _trim_dead(conn, {q for (q,) in gone})
 
 
