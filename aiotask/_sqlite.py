@@ -116,7 +116,10 @@ class Connection:
                 "and is writable, and that the file is an SQLite database"
             ) from exc
         self._conn = conn
-        self._file = _file_id(self.path)
+        try:
+            self._file = _file_id(self.path)
+        except OSError:
+            self._file = None
         self._check_at = time.monotonic() + CHECK_INTERVAL
         return conn
 
@@ -164,7 +167,10 @@ class Connection:
         checkpoint and WAL delete when the database file has moved (SQLITE_FCNTL_HAS_MOVED).
         """
         self._check_at = time.monotonic() + CHECK_INTERVAL
-        current = _file_id(self.path)
+        try:
+            current = _file_id(self.path)
+        except OSError:  # cannot tell (permissions, I/O error): keep the file we have
+            return conn
         if current is not None and current == self._file:
             return conn
         log.warning(
@@ -202,10 +208,10 @@ class Connection:
 
 
 def _file_id(path: str) -> tuple[int, int] | None:
-    """(device, inode) of the file at `path`; None when there is none (or it cannot be read)."""
+    """(device, inode) of the file at `path`; None when there is none (other errors raise)."""
     try:
         st = os.stat(path)
-    except OSError:
+    except (FileNotFoundError, NotADirectoryError):
         return None
     return st.st_dev, st.st_ino
 
