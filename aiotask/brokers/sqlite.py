@@ -216,11 +216,11 @@ class SQLiteBroker:
             raise
         self._maybe_more = len(rows) >= limit
         for consumer, count in lost:
-            log.warning(
-                "consumer %s missed its heartbeats for %.1fs or more: took over its %d "
-                "unsettled message(s)",
+            log.log(
+                logging.WARNING if count else logging.INFO,
+                "consumer %s is lost (its heartbeat expired): took over its %d unsettled "
+                "message(s)",
                 consumer,
-                self._lost_after,
                 count,
             )
         for message_id, queue, _priority, deliveries, _body in buried:
