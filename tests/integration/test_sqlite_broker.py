@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import orjson
 import pytest  # noqa: TC002 - fixtures' annotations
 
+from aiotask import _sqlite
 from aiotask.backends import EncodedResult, ResultBackend, ResultRecord
 from aiotask.backends.sqlite import SQLiteBackend
 from aiotask.brokers import Broker, Outgoing
@@ -249,17 +250,21 @@ async def test_corrupt_rows_are_delivered_as_bytes(sqlite_url: str, tmp_path: Pa
     await broker.close()
 
 
-async def test_publish_in_the_same_process_wakes_an_idle_receiver(sqlite_url: str) -> None:
+async def test_publish_in_the_same_process_wakes_an_idle_receiver(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Polls 60 s apart: only the in-process wakeup can deliver within the 10 s below.
+    monkeypatch.setattr(_sqlite, "POLL_MIN", 60.0)
+    monkeypatch.setattr(_sqlite, "POLL_MAX", 60.0)
     consumer = SQLiteBroker(sqlite_url, settings(sqlite_url))
     producer = SQLiteBroker(sqlite_url, settings(sqlite_url))
     await consumer.connect()
     await producer.connect()
     waiter = asyncio.create_task(consumer.receive(["q"], 1))
-    await asyncio.sleep(0.5)  # long enough for the poll interval to reach its maximum
-    started = time.monotonic()
+    await asyncio.sleep(0.3)  # the receiver has polled once and sleeps
     await producer.publish([out(1)])
-    [d] = await waiter
-    assert time.monotonic() - started < 0.05
+    async with asyncio.timeout(10):
+        [d] = await waiter
     await consumer.ack([d])
     await consumer.close()
     await producer.close()
