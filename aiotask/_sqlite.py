@@ -9,6 +9,11 @@ Why a dedicated thread per connection (a one-worker executor) rather than `async
 SQLite cannot notify another process, so waiting polls (see POLL_MIN / POLL_MAX). Inside one
 process, a publish or a store wakes every waiter on the same file at once through `notify`,
 whatever event loop or thread it runs on.
+
+A deleted file (`rm aiotask.db*` under a running worker) would leave this connection on the
+unlinked inode while producers create a new file at the path: the worker would poll a file
+nobody writes to, silently. So a call looks at the path's inode (at most every CHECK_INTERVAL
+seconds, one stat) and, when the file was deleted or replaced, reopens the path with a WARNING.
 """
 
 from __future__ import annotations
@@ -16,9 +21,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 import os
 import sqlite3
 import threading
+import time
 import weakref
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Concatenate, ParamSpec, TypeVar
@@ -29,12 +36,16 @@ from aiotask.exceptions import BrokerConnectionError, ConfigurationError
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
+log = logging.getLogger(__name__)
+
 P = ParamSpec("P")
 T = TypeVar("T")
 
 #: First and longest pause between two polls of an idle file; reset after each hit.
 POLL_MIN = 0.002
 POLL_MAX = 0.1
+#: Longest time between two checks that the path still names the file this connection has open.
+CHECK_INTERVAL = 0.1
 #: Seconds a writer waits for the file lock before failing with "database is locked".
 BUSY_TIMEOUT = 5.0
 #: RETURNING needs 3.35; json_each (one query for many ids) is built in since 3.38.
@@ -60,6 +71,10 @@ class Connection:
         self._schema = schema
         self._executor: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None
+        #: (st_dev, st_ino) of the file `_conn` has open
+        self._file: tuple[int, int] | None = None
+        self._check_at = 0.0
+        self._reopening = False
 
     @property
     def is_open(self) -> bool:
@@ -82,7 +97,7 @@ class Connection:
             executor.shutdown(wait=False)
             raise
 
-    def _open_sync(self) -> None:
+    def _open_sync(self) -> sqlite3.Connection:
         try:
             conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None)
             try:
@@ -101,6 +116,12 @@ class Connection:
                 "and is writable, and that the file is an SQLite database"
             ) from exc
         self._conn = conn
+        try:
+            self._file = _file_id(self.path)
+        except OSError:
+            self._file = None
+        self._check_at = time.monotonic() + CHECK_INTERVAL
+        return conn
 
     async def run(
         self, fn: Callable[Concatenate[sqlite3.Connection, P], T], *args: P.args, **kw: P.kwargs
@@ -124,7 +145,11 @@ class Connection:
     def _call(self, fn: Callable[..., T], *args: object, **kw: object) -> T:
         conn = self._conn
         if conn is None:
-            raise BrokerConnectionError(f"SQLite file {self.path} is closed: call connect()")
+            if not self._reopening:
+                raise BrokerConnectionError(f"SQLite file {self.path} is closed: call connect()")
+            conn = self._reopen()  # the last reopen failed: try again, failing loudly
+        elif time.monotonic() >= self._check_at:
+            conn = self._follow_path(conn)
         try:
             return fn(conn, *args, **kw)
         except sqlite3.Error as exc:
@@ -132,6 +157,38 @@ class Connection:
                 f"SQLite file {self.path}: {exc}: is it on a local disk, writable, and not "
                 f"held by a long transaction elsewhere?"
             ) from exc
+
+    def _follow_path(self, conn: sqlite3.Connection) -> sqlite3.Connection:
+        """The connection to use: this one, or a new one when the path names another file now.
+
+        Reopening by path (not failing) means a worker follows `rm aiotask.db*` plus a producer
+        that recreates the file, and nothing sent to the new file waits forever. Closing the
+        old connection does not touch the new file's -wal/-shm: SQLite skips its close-time
+        checkpoint and WAL delete when the database file has moved (SQLITE_FCNTL_HAS_MOVED).
+        """
+        self._check_at = time.monotonic() + CHECK_INTERVAL
+        try:
+            current = _file_id(self.path)
+        except OSError:  # cannot tell (permissions, I/O error): keep the file we have
+            return conn
+        if current is not None and current == self._file:
+            return conn
+        log.warning(
+            "SQLite file %s was deleted or replaced while open (%s); reopening it: what the old "
+            "file held is gone, what producers write to the new one is consumed",
+            self.path,
+            "no file at the path now" if current is None else "another file at the path now",
+        )
+        with contextlib.suppress(sqlite3.Error):
+            conn.close()
+        self._conn = None
+        self._reopening = True
+        return self._reopen()
+
+    def _reopen(self) -> sqlite3.Connection:
+        conn = self._open_sync()  # creates the file if nobody has yet, or raises
+        self._reopening = False
+        return conn
 
     async def close(self) -> None:
         executor, self._executor = self._executor, None
@@ -144,9 +201,19 @@ class Connection:
             executor.shutdown(wait=False)
 
     def _close_sync(self) -> None:
+        self._reopening = False
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.close()
+
+
+def _file_id(path: str) -> tuple[int, int] | None:
+    """(device, inode) of the file at `path`; None when there is none (other errors raise)."""
+    try:
+        st = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _run_script(conn: sqlite3.Connection, script: str) -> None:

@@ -5,6 +5,8 @@
 - Expired rows are invisible to every read and deleted lazily (`cleanup`, run from `store`).
 - `wait` cannot be woken across processes, so one poller per backend checks every waited id in
   ONE query per tick (backoff POLL_MIN..POLL_MAX); a store in this process wakes it at once.
+  When the file cannot be read it retries for `broker_unreachable_timeout`, then fails the
+  waits with BrokerConnectionError instead of leaving them hanging.
 - Groups: members are rows keyed by (group_id, idx), so a duplicate report is a no-op; the
   count, the fire decision and the flags change in one BEGIN IMMEDIATE transaction.
 """
@@ -19,6 +21,7 @@ from typing import TYPE_CHECKING
 import orjson
 
 from aiotask import _sqlite
+from aiotask._backoff import Backoff
 from aiotask._sqlite import transaction
 from aiotask._time import monotonic, now
 from aiotask.backends.base import EncodedResult, GroupProgress, ResultRecord, decode_record
@@ -89,6 +92,7 @@ class SQLiteBackend:
 
     def __init__(self, url: str, settings: Settings) -> None:
         self._db = _sqlite.Connection(_sqlite.resolve_path(url), _SCHEMA)
+        self._unreachable = settings.broker_unreachable_timeout
         self._signal: _sqlite.Signal | None = None
         self._waiters: dict[str, list[asyncio.Future[bytes]]] = {}
         self._poller: asyncio.Task[None] | None = None
@@ -174,31 +178,44 @@ class SQLiteBackend:
     async def _poll(self, signal: _sqlite.Signal) -> None:
         """One query per tick for every waited id; exits when nobody waits."""
         _sqlite.subscribe(self.path, TOPIC, signal)
-        delay = _sqlite.POLL_MIN
-        failing = False
+        poll = Backoff(_sqlite.POLL_MIN, _sqlite.POLL_MAX)
+        outage = Backoff(_sqlite.POLL_MIN, _sqlite.POLL_MAX, deadline=self._unreachable)
         try:
             while self._waiters:
                 signal.clear()
                 try:
                     found = await self._db.run(_fetch, list(self._waiters), now(), True)
                 except BrokerConnectionError as exc:
-                    if not failing:  # once per outage, not once per tick
+                    if not outage.failing:  # once per outage, not once per tick
                         log.warning(
-                            "cannot read results, retrying until the waits time out: %s", exc
+                            "cannot read results, retrying for up to %.0fs: %s",
+                            self._unreachable,
+                            exc,
                         )
-                    failing, found = True, []
-                else:
-                    failing = False
+                    if not await outage.sleep():
+                        self._fail_waits(exc)
+                    continue
+                outage.reset()
                 for task_id, data in found:
                     for fut in self._waiters.pop(task_id, []):
                         if not fut.done():
                             fut.set_result(data)
-                if found or await signal.wait(delay):
-                    delay = _sqlite.POLL_MIN
-                else:
-                    delay = min(delay * 2, _sqlite.POLL_MAX)
+                if found or await signal.wait(poll.next_delay()):
+                    poll.reset()
         finally:
             _sqlite.unsubscribe(self.path, TOPIC, signal)
+
+    def _fail_waits(self, exc: BrokerConnectionError) -> None:
+        log.error(
+            "gave up reading results after %.0fs; failing %d wait(s)",
+            self._unreachable,
+            len(self._waiters),
+        )
+        for futures in self._waiters.values():
+            for fut in futures:
+                if not fut.done():
+                    fut.set_exception(BrokerConnectionError(str(exc)))
+        self._waiters.clear()
 
     async def forget(self, task_ids: Sequence[str]) -> None:
         if task_ids:
@@ -234,7 +251,7 @@ class SQLiteBackend:
         _sqlite.subscribe(self.path, CONTROL_TOPIC, signal)
         try:
             last = await self._db.run(_control_head)
-            delay = _sqlite.POLL_MIN
+            poll = Backoff(_sqlite.POLL_MIN, CONTROL_POLL_MAX)
             while True:
                 signal.clear()
                 rows = await self._db.run(_control_after, last)
@@ -242,11 +259,9 @@ class SQLiteBackend:
                     last = rows[-1][0]
                     for _id, payload in rows:
                         yield payload
-                    delay = _sqlite.POLL_MIN
-                elif await signal.wait(delay):
-                    delay = _sqlite.POLL_MIN
-                else:
-                    delay = min(delay * 2, CONTROL_POLL_MAX)
+                    poll.reset()
+                elif await signal.wait(poll.next_delay()):
+                    poll.reset()
         finally:
             _sqlite.unsubscribe(self.path, CONTROL_TOPIC, signal)
 

@@ -14,6 +14,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from aiotask._time import monotonic, now
+from aiotask.brokers._common import (
+    DEAD_LETTER_CAP,
+    MAX_PRIORITY,
+    clamp_priority,
+    exhausted,
+    exhausted_reason,
+    tokens,
+)
 from aiotask.brokers.base import BrokerCapabilities, DeadLetter, Delivery, Outgoing
 
 if TYPE_CHECKING:
@@ -34,7 +42,9 @@ class _Entry:
 class MemoryBroker:
     """memory:// — one instance per App; nothing crosses processes."""
 
-    capabilities = BrokerCapabilities(priorities=True, max_priority=9, native_delay=True, push=True)
+    capabilities = BrokerCapabilities(
+        priorities=True, max_priority=MAX_PRIORITY, native_delay=True, push=True
+    )
 
     def __init__(self, settings: Settings) -> None:
         self._lease = settings.visibility_timeout
@@ -68,7 +78,7 @@ class MemoryBroker:
     async def publish(self, batch: Sequence[Outgoing]) -> None:
         wall = now()
         for out in batch:
-            entry = _Entry(out.message_id, out.body, out.queue, out.priority)
+            entry = _Entry(out.message_id, out.body, out.queue, clamp_priority(out.priority))
             if out.eta is not None and out.eta > wall:
                 heapq.heappush(self._delayed, (out.eta, next(self._seq), entry))
                 self._event().set()
@@ -94,12 +104,8 @@ class MemoryBroker:
             heap = self._ready.get(queue)
             while heap and len(out) < limit:
                 entry = heapq.heappop(heap)[2]
-                if entry.deliveries >= self._max_deliveries:
-                    self._bury(
-                        entry,
-                        f"delivered {entry.deliveries} times without being settled "
-                        f"(max_deliveries={self._max_deliveries})",
-                    )
+                if exhausted(entry.deliveries, self._max_deliveries):
+                    self._bury(entry, exhausted_reason(entry.deliveries, self._max_deliveries))
                     continue
                 entry.deliveries += 1
                 token = next(self._seq)
@@ -123,8 +129,8 @@ class MemoryBroker:
 
     def _settle(self, deliveries: Sequence[Delivery]) -> list[_Entry]:
         entries = []
-        for d in deliveries:
-            leased = self._leased.pop(_token(d), None)
+        for token in tokens(deliveries, int):
+            leased = self._leased.pop(token, None)
             if leased is not None:
                 entries.append(leased[0])
         return entries
@@ -133,7 +139,8 @@ class MemoryBroker:
         self._settle(deliveries)
 
     async def heartbeat(self) -> None:
-        """Liveness for fast takeover (see brokers/base.py); not implemented yet here."""
+        """A no-op: producer and consumers share one process, so a dead consumer is a closed
+        broker (close() hands its messages back at once), and a live one is never taken over."""
 
     async def nack(
         self,
@@ -144,23 +151,26 @@ class MemoryBroker:
         counted: bool = False,
     ) -> None:
         for entry in self._settle(deliveries):
-            if requeue:
-                entry.deliveries -= 1  # a hand-back is not a failed delivery
-                self._push(entry)
-            else:
+            if not requeue:
                 self._bury(entry, reason or "rejected")
+                continue
+            if not counted:
+                entry.deliveries -= 1  # an unstarted hand-back is not a failed delivery
+            # counted (started, abandoned): _take dead-letters it once it is exhausted
+            self._push(entry)
 
     def _bury(self, entry: _Entry, reason: str) -> None:
-        self._dead.setdefault(entry.queue, []).append(
-            DeadLetter(entry.message_id, entry.body, reason)
-        )
+        dead = self._dead.setdefault(entry.queue, [])
+        dead.append(DeadLetter(entry.message_id, entry.body, reason))
+        if len(dead) > DEAD_LETTER_CAP:
+            del dead[: len(dead) - DEAD_LETTER_CAP]
 
     async def extend(self, deliveries: Sequence[Delivery]) -> None:
         deadline = monotonic() + self._lease
-        for d in deliveries:
-            leased = self._leased.get(_token(d))
+        for token in tokens(deliveries, int):
+            leased = self._leased.get(token)
             if leased is not None:
-                self._leased[_token(d)] = (leased[0], deadline)
+                self._leased[token] = (leased[0], deadline)
 
     async def purge(self, queue: str) -> int:
         count = len(self._ready.pop(queue, []))
@@ -172,8 +182,3 @@ class MemoryBroker:
 
     async def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
         return self._dead.get(queue, [])[:limit]
-
-
-def _token(delivery: Delivery) -> int:
-    token = delivery.token
-    return token if isinstance(token, int) else -1

@@ -8,10 +8,13 @@ priority (high first), then eta, then insertion. SQLite's write lock plays the p
 lease keeps the ready rows a prefix of the claim index, and puts a redelivered message behind
 the ones that became ready before its lease lapsed (as the memory broker does).
 
-`lease_owner` is unique per claim call; ack, nack and extend match it, so a consumer whose
-lease lapsed and was re-claimed by another cannot settle or extend the new owner's claim.
-Waiting polls with a backoff from POLL_MIN to POLL_MAX, and is woken at once by a publish in
-the same process. See docs/sqlite.md.
+`lease_owner` is unique per claim call (`consumer:n`); ack, nack and extend match it, so a
+consumer whose lease lapsed and was re-claimed by another cannot settle or extend the new owner's
+claim. `heartbeat()` writes `consumer -> expires_at` to `aiotask_consumers`; a claim first takes
+over (lapses at once) every leased row of a consumer whose heartbeat expired, so a dead worker's
+messages move in `worker_lost_after`, not `visibility_timeout`. A consumer that never beat keeps
+the lease rule alone. Waiting polls with a backoff from POLL_MIN to POLL_MAX, and is woken at
+once by a publish in the same process. See docs/sqlite.md.
 """
 
 from __future__ import annotations
@@ -22,11 +25,20 @@ import logging
 import os
 import socket
 import uuid
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from aiotask import _sqlite
+from aiotask._backoff import Backoff
 from aiotask._sqlite import placeholders, transaction
 from aiotask._time import now
+from aiotask.brokers._common import (
+    DEAD_LETTER_CAP,
+    MAX_PRIORITY,
+    clamp_priority,
+    exhausted_reason,
+    text,
+    tokens,
+)
 from aiotask.brokers.base import BrokerCapabilities, DeadLetter, Delivery, Outgoing
 
 if TYPE_CHECKING:
@@ -38,8 +50,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TOPIC = "messages"
-#: Dead letters kept per queue; older ones are deleted as new ones arrive.
-MAX_DEAD_LETTERS = 10_000
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS aiotask_messages (
@@ -67,8 +77,14 @@ CREATE TABLE IF NOT EXISTS aiotask_dead_letters (
     reason TEXT NOT NULL,
     died_at REAL NOT NULL
 );
-CREATE INDEX IF NOT EXISTS aiotask_dead_letters_queue ON aiotask_dead_letters (queue, id)
+CREATE INDEX IF NOT EXISTS aiotask_dead_letters_queue ON aiotask_dead_letters (queue, id);
+CREATE TABLE IF NOT EXISTS aiotask_consumers (
+    owner TEXT PRIMARY KEY,
+    expires_at REAL NOT NULL
+) WITHOUT ROWID
 """
+# Schema changes are additive (CREATE ... IF NOT EXISTS): a file made by an older version gets
+# the new tables when it is next opened, and an older version ignores them.
 
 _READY = "eta <= ?"
 # CAST AS BLOB: a body or id written as TEXT with invalid UTF-8 still comes back, as bytes.
@@ -78,23 +94,37 @@ _BURY = (
     "(message_id, queue, priority, deliveries, body, reason, died_at) VALUES (?,?,?,?,?,?,?)"
 )
 
-#: (row id, lease owner): what a Delivery's token holds.
-Token = tuple[int, str]
+
+class Token(NamedTuple):
+    """What a Delivery's token holds; a tuple, so it binds as (id, lease_owner) parameters."""
+
+    row: int
+    owner: str
+
+
 #: (row id, message id, queue, priority, deliveries, body) of a claimed row.
 Row = tuple[int, bytes, str, int, int, bytes]
 Buried = tuple[bytes, str, int, int, bytes]
+
+
+class Claimed(NamedTuple):
+    rows: list[Row]
+    buried: list[Buried]
+    #: consumers whose heartbeat expired, and how many leased rows they lost
+    lost: list[tuple[str, int]]
 
 
 class SQLiteBroker:
     """sqlite:///relative.db or sqlite:////absolute.db — one machine, no server."""
 
     capabilities = BrokerCapabilities(
-        priorities=True, max_priority=9, native_delay=True, push=False
+        priorities=True, max_priority=MAX_PRIORITY, native_delay=True, push=False
     )
 
     def __init__(self, url: str, settings: Settings) -> None:
         self._lease = settings.visibility_timeout
         self._max_deliveries = settings.max_deliveries
+        self._lost_after = settings.worker_lost_after
         self._db = _sqlite.Connection(_sqlite.resolve_path(url), _SCHEMA)
         self._owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._seq = itertools.count()
@@ -144,7 +174,7 @@ class SQLiteBroker:
             return
         wall = now()
         rows = [
-            (o.message_id, o.queue, min(max(o.priority, 0), 9), max(o.eta or wall, 0.0), o.body)
+            (o.message_id, o.queue, clamp_priority(o.priority), max(o.eta or wall, 0.0), o.body)
             for o in batch
         ]
         await self._db.run(_insert, rows)
@@ -156,16 +186,14 @@ class SQLiteBroker:
         if limit < 1 or not queues:
             return []
         signal = await self._loop_signal()
-        delay = _sqlite.POLL_MIN
+        poll = Backoff(_sqlite.POLL_MIN, _sqlite.POLL_MAX)
         while True:
             signal.clear()
             got = await self._claim(list(queues), limit)
             if got:
                 return got
-            if await signal.wait(delay):
-                delay = _sqlite.POLL_MIN
-            else:
-                delay = min(delay * 2, _sqlite.POLL_MAX)
+            if await signal.wait(poll.next_delay()):
+                poll.reset()
 
     async def _claim(self, queues: list[str], limit: int) -> list[Delivery]:
         owner = f"{self._owner}:{next(self._seq)}"
@@ -181,46 +209,51 @@ class SQLiteBroker:
             )
         )
         try:
-            rows, buried = await asyncio.shield(claim)
+            rows, buried, lost = await asyncio.shield(claim)
         except asyncio.CancelledError:
             # The claim may still commit on the thread; hand its rows back once it does.
             claim.add_done_callback(lambda fut: self._release_orphans(fut, owner))
             raise
         self._maybe_more = len(rows) >= limit
+        for consumer, count in lost:
+            log.log(
+                logging.WARNING if count else logging.INFO,
+                "consumer %s is lost (its heartbeat expired): took over its %d unsettled "
+                "message(s)",
+                consumer,
+                count,
+            )
         for message_id, queue, _priority, deliveries, _body in buried:
             log.warning(
-                "dead-lettered message %s from queue %s: delivered %d times without being "
-                "settled (max_deliveries=%d)",
-                _text(message_id),
+                "dead-lettered message %s from queue %s: %s",
+                text(message_id),
                 queue,
-                deliveries,
-                self._max_deliveries,
+                exhausted_reason(deliveries, self._max_deliveries),
             )
         # RETURNING has no order; within one batch, priority then insertion order is enough.
         rows.sort(key=lambda r: (-r[3], r[0]))
         return [
-            Delivery(body, queue, _text(mid), deliveries, (rowid, owner))
+            Delivery(body, queue, text(mid), deliveries, Token(rowid, owner))
             for rowid, mid, queue, _prio, deliveries, body in rows
         ]
 
-    def _release_orphans(
-        self, fut: asyncio.Future[tuple[list[Row], list[Buried]]], owner: str
-    ) -> None:
-        if fut.cancelled() or fut.exception() is not None or not fut.result()[0]:
+    def _release_orphans(self, fut: asyncio.Future[Claimed], owner: str) -> None:
+        if fut.cancelled() or fut.exception() is not None or not fut.result().rows:
             return
         log.debug("receive was cancelled after claiming; handing the messages back")
         self._db.submit_nowait(lambda conn: _requeue_owner(conn, owner))
         _sqlite.notify(self.path, TOPIC)
 
     async def ack(self, deliveries: Sequence[Delivery]) -> None:
-        tokens = _tokens(deliveries)
-        if tokens:
+        held = tokens(deliveries, Token)
+        if held:
             await self._db.run(
-                _settle, "DELETE FROM aiotask_messages WHERE id=? AND lease_owner=?", tokens
+                _settle, "DELETE FROM aiotask_messages WHERE id=? AND lease_owner=?", held
             )
 
     async def heartbeat(self) -> None:
-        """Liveness for fast takeover (see brokers/base.py); not implemented yet here."""
+        """This consumer is alive until now + worker_lost_after; then any claim takes its work."""
+        await self._db.run(_beat, self._owner, now() + self._lost_after)
 
     async def nack(
         self,
@@ -230,30 +263,37 @@ class SQLiteBroker:
         reason: str = "",
         counted: bool = False,
     ) -> None:
-        tokens = _tokens(deliveries)
-        if not tokens:
+        held = tokens(deliveries, Token)
+        if not held:
             return
-        if requeue:
-            # A hand-back is not a failed delivery: undo the claim's increment.
-            wall = now()
-            await self._db.run(
-                _settle,
-                "UPDATE aiotask_messages SET lease_until=NULL, lease_owner=NULL, eta=?, "
-                "deliveries=max(deliveries - 1, 0) WHERE id=? AND lease_owner=?",
-                [(wall, *t) for t in tokens],
+        if not requeue:
+            await self._db.run(_bury_tokens, held, reason or "rejected")
+            return
+        wall = now()
+        if counted:
+            # Started and abandoned: a lease lapsed now. Claimable at once, the delivery stays
+            # counted, and the claim dead-letters it once it has had max_deliveries.
+            sql = (
+                "UPDATE aiotask_messages SET lease_until=?1, eta=?1, lease_owner=NULL "
+                "WHERE id=?2 AND lease_owner=?3"
             )
-            _sqlite.notify(self.path, TOPIC)
         else:
-            await self._db.run(_bury_tokens, tokens, reason or "rejected")
+            # A hand-back is not a failed delivery: undo the claim's increment.
+            sql = (
+                "UPDATE aiotask_messages SET lease_until=NULL, lease_owner=NULL, eta=?1, "
+                "deliveries=max(deliveries - 1, 0) WHERE id=?2 AND lease_owner=?3"
+            )
+        await self._db.run(_settle, sql, [(wall, *t) for t in held])
+        _sqlite.notify(self.path, TOPIC)
 
     async def extend(self, deliveries: Sequence[Delivery]) -> None:
-        tokens = _tokens(deliveries)
-        if tokens:
+        held = tokens(deliveries, Token)
+        if held:
             until = now() + self._lease
             await self._db.run(
                 _settle,
                 "UPDATE aiotask_messages SET lease_until=?1, eta=?1 WHERE id=?2 AND lease_owner=?3",
-                [(until, *t) for t in tokens],
+                [(until, *t) for t in held],
             )
 
     async def purge(self, queue: str) -> int:
@@ -262,25 +302,7 @@ class SQLiteBroker:
 
     async def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
         rows = await self._db.run(_dead_letters, queue, limit)
-        return [DeadLetter(_text(mid), body, reason) for mid, body, reason in rows]
-
-
-def _text(raw: bytes | str) -> str:
-    return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
-
-
-def _tokens(deliveries: Sequence[Delivery]) -> list[Token]:
-    out: list[Token] = []
-    for d in deliveries:
-        token = d.token
-        if (
-            isinstance(token, tuple)
-            and len(token) == 2
-            and isinstance(token[0], int)
-            and isinstance(token[1], str)
-        ):
-            out.append((token[0], token[1]))
-    return out
+        return [DeadLetter(text(mid), body, reason) for mid, body, reason in rows]
 
 
 # --- the functions below run on the connection's thread --------------------------------
@@ -304,19 +326,22 @@ def _claim_rows(
     lease: float,
     max_deliveries: int,
     check_first: bool,
-) -> tuple[list[Row], list[Buried]]:
+) -> Claimed:
     qs = placeholders(len(queues))
     wall = now()
     if check_first:
-        # A read needs no write lock: an idle poll never blocks the producers.
+        # A read needs no write lock: an idle poll never blocks the producers. A lost
+        # consumer (tiny table, no index needed) is worth the write lock too.
         hit = conn.execute(
-            f"SELECT 1 FROM aiotask_messages WHERE queue IN ({qs}) AND {_READY} LIMIT 1",  # noqa: S608
-            (*queues, wall),
+            f"SELECT EXISTS (SELECT 1 FROM aiotask_messages WHERE queue IN ({qs}) AND {_READY}) "  # noqa: S608
+            "OR EXISTS (SELECT 1 FROM aiotask_consumers WHERE expires_at <= ?)",
+            (*queues, wall, wall),
         ).fetchone()
-        if hit is None:
-            return [], []
+        if not hit[0]:
+            return Claimed([], [], [])
     with transaction(conn):
         wall = now()
+        lost = _take_over(conn, wall)
         # Lapsed too often: dead-letter instead of delivering (max_deliveries deliveries done).
         # The unary + keeps the planner on the small partial index of leased rows.
         buried: list[Buried] = conn.execute(
@@ -325,11 +350,9 @@ def _claim_rows(
             (wall, max_deliveries, *queues),
         ).fetchall()
         if buried:
-            reason = (
-                f"delivered {max_deliveries} times without being settled "
-                f"(max_deliveries={max_deliveries})"
+            conn.executemany(
+                _BURY, [(*b, exhausted_reason(b[3], max_deliveries), wall) for b in buried]
             )
-            conn.executemany(_BURY, [(*b, reason, wall) for b in buried])
             _trim_dead(conn, {b[1] for b in buried})
         rows: list[Row] = conn.execute(
             "UPDATE aiotask_messages SET lease_until=?1, eta=?1, lease_owner=?2, "  # noqa: S608
@@ -340,7 +363,38 @@ def _claim_rows(
             "CAST(body AS BLOB)",
             (wall + lease, owner, *queues, wall, limit),
         ).fetchall()
-    return rows, buried
+    return Claimed(rows, buried, lost)
+
+
+def _take_over(conn: sqlite3.Connection, wall: float) -> list[tuple[str, int]]:
+    """Lapse every lease of the consumers whose heartbeat expired (inside the claim's lock)."""
+    gone = conn.execute(
+        "DELETE FROM aiotask_consumers WHERE expires_at <= ? RETURNING owner", (wall,)
+    ).fetchall()
+    return [(owner, _lapse_leases(conn, owner, wall)) for (owner,) in gone]
+
+
+def _lapse_leases(conn: sqlite3.Connection, consumer: str, wall: float) -> int:
+    """Make the rows `consumer` holds claimable now, still counted as a delivery.
+
+    Not a nack: the work may have run, so a message whose consumers keep dying still reaches
+    max_deliveries. The owner of a claim is `consumer:n`, hence the prefix match.
+    """
+    prefix = consumer + ":"
+    return conn.execute(
+        "UPDATE aiotask_messages SET lease_until=?1, eta=?1, lease_owner=NULL "
+        "WHERE lease_until IS NOT NULL AND substr(lease_owner, 1, ?2) = ?3",
+        (wall, len(prefix), prefix),
+    ).rowcount
+
+
+def _beat(conn: sqlite3.Connection, consumer: str, expires: float) -> None:
+    with transaction(conn):
+        conn.execute(
+            "INSERT INTO aiotask_consumers (owner, expires_at) VALUES (?, ?) "
+            "ON CONFLICT (owner) DO UPDATE SET expires_at=excluded.expires_at",
+            (consumer, expires),
+        )
 
 
 def _settle(conn: sqlite3.Connection, sql: str, params: Sequence[tuple[object, ...]]) -> None:
@@ -348,30 +402,30 @@ def _settle(conn: sqlite3.Connection, sql: str, params: Sequence[tuple[object, .
         conn.executemany(sql, params)
 
 
-def _bury_tokens(conn: sqlite3.Connection, tokens: list[Token], reason: str) -> None:
+def _bury_tokens(conn: sqlite3.Connection, held: list[Token], reason: str) -> None:
     wall = now()
     with transaction(conn):
         conn.executemany(
             f"INSERT INTO aiotask_dead_letters "  # noqa: S608
             f"(message_id, queue, priority, deliveries, body, reason, died_at) "
             f"SELECT {_COLUMNS}, ?, ? FROM aiotask_messages WHERE id=? AND lease_owner=?",
-            [(reason, wall, *t) for t in tokens],
+            [(reason, wall, *t) for t in held],
         )
-        ids = placeholders(len(tokens))
+        ids = placeholders(len(held))
         gone = conn.execute(
             f"SELECT DISTINCT queue FROM aiotask_messages WHERE id IN ({ids})",  # noqa: S608
-            [t[0] for t in tokens],
+            [t[0] for t in held],
         ).fetchall()
-        conn.executemany("DELETE FROM aiotask_messages WHERE id=? AND lease_owner=?", tokens)
+        conn.executemany("DELETE FROM aiotask_messages WHERE id=? AND lease_owner=?", held)
         _trim_dead(conn, {q for (q,) in gone})
 
 
 def _trim_dead(conn: sqlite3.Connection, queues: set[str]) -> None:
-    """Keep the newest MAX_DEAD_LETTERS per queue, as the Redis broker caps its dead stream."""
+    """Keep the newest DEAD_LETTER_CAP per queue, as the Redis broker caps its dead stream."""
     conn.executemany(
         "DELETE FROM aiotask_dead_letters WHERE queue=?1 AND id <= (SELECT id FROM "
         "aiotask_dead_letters WHERE queue=?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)",
-        [(q, MAX_DEAD_LETTERS) for q in queues],
+        [(q, DEAD_LETTER_CAP) for q in queues],
     )
 
 
@@ -384,17 +438,13 @@ def _requeue_owner(conn: sqlite3.Connection, owner: str) -> None:
         )
 
 
-def _release_all(conn: sqlite3.Connection, owner_prefix: str) -> int:
-    # A lapsed lease, not a nack: claimable at once and still counted as a delivery, since
-    # the work may have run; a cold shutdown's messages go on towards max_deliveries.
-    prefix = owner_prefix + ":"
+def _release_all(conn: sqlite3.Connection, consumer: str) -> int:
+    # A lapsed lease, not a nack: a cold shutdown's messages go on towards max_deliveries.
+    # A clean exit is not a lost consumer: its heartbeat row goes too.
     with transaction(conn):
-        cur = conn.execute(
-            "UPDATE aiotask_messages SET lease_until=?1, eta=?1, lease_owner=NULL "
-            "WHERE lease_until IS NOT NULL AND substr(lease_owner, 1, ?2) = ?3",
-            (now(), len(prefix), prefix),
-        )
-    return cur.rowcount
+        released = _lapse_leases(conn, consumer, now())
+        conn.execute("DELETE FROM aiotask_consumers WHERE owner=?", (consumer,))
+    return released
 
 
 def _purge(conn: sqlite3.Connection, queue: str) -> int:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import orjson
 import pytest  # noqa: TC002 - fixtures' annotations
 
+from aiotask import _sqlite
 from aiotask.backends import EncodedResult, ResultBackend, ResultRecord
 from aiotask.backends.sqlite import SQLiteBackend
 from aiotask.brokers import Broker, Outgoing
@@ -31,15 +32,28 @@ if TYPE_CHECKING:
 ROOT = Path(__file__).resolve().parents[2]
 
 # A consumer process: claims from the file until idle, prints each claimed id as a JSON line.
-# argv: url, lease, mode ("drain": ack everything until idle; "die": claim one and hang).
+# argv: url, lease, mode ("drain": ack everything until idle; "die": claim one and hang;
+# "beat": as "die", beating every 0.2 s with worker_lost_after=1).
 CONSUMER = """
 import asyncio, sys, orjson
 from aiotask.brokers.sqlite import SQLiteBroker
 from aiotask.settings import Settings
 
+async def beat(broker):
+    while True:
+        await broker.heartbeat()
+        await asyncio.sleep(0.2)
+
 async def main(url, lease, mode):
-    broker = SQLiteBroker(url, Settings(broker_url=url, visibility_timeout=lease))
+    broker = SQLiteBroker(url, Settings(
+        broker_url=url, visibility_timeout=lease, worker_heartbeat_interval=0.2,
+        worker_lost_after=1.0,
+    ))
     await broker.connect()
+    if mode == "beat":
+        await broker.heartbeat()
+        beating = asyncio.create_task(beat(broker))
+        mode = "die"
     print("ready", flush=True)
     idle = 30.0  # until the first message; then "idle" means drained
     while True:
@@ -137,6 +151,52 @@ async def test_lapsed_lease_of_a_killed_consumer_is_redelivered(sqlite_url: str)
     await broker.close()
 
 
+async def test_killed_consumer_with_a_heartbeat_is_taken_over_long_before_its_lease(
+    sqlite_url: str,
+) -> None:
+    broker = SQLiteBroker(sqlite_url, settings(sqlite_url, lease=60.0))
+    await broker.connect()
+    proc = await start_consumer(sqlite_url, 60.0, "beat")
+    await broker.publish([out(1)])
+    assert proc.stdout is not None
+    assert orjson.loads(await asyncio.wait_for(proc.stdout.readline(), 10)) == ["m1"]
+    try:  # past worker_lost_after while it beats: never taken
+        async with asyncio.timeout(2.0):
+            got = await broker.receive(["q"], 10)
+    except TimeoutError:
+        got = []
+    assert got == []
+    proc.send_signal(signal.SIGKILL)
+    await proc.wait()
+    async with asyncio.timeout(10):  # worker_lost_after (1 s) + a poll, not the 60 s lease
+        [again] = await broker.receive(["q"], 10)
+    assert (again.message_id, again.deliveries) == ("m1", 2)
+    await broker.ack([again])
+    with raw_db(broker.path) as raw:  # the lost consumer's heartbeat row went with it
+        assert raw.execute("SELECT count(*) FROM aiotask_consumers").fetchone() == (0,)
+    await broker.close()
+
+
+async def test_a_file_made_before_heartbeats_existed_gains_the_table(sqlite_url: str) -> None:
+    old = SQLiteBroker(sqlite_url, settings(sqlite_url))
+    await old.connect()
+    await old.publish([out(1)])
+    await old.close()
+    with raw_db(old.path) as raw:  # the schema of the previous release
+        raw.execute("DROP TABLE aiotask_consumers")
+    broker = SQLiteBroker(sqlite_url, settings(sqlite_url))
+    await broker.connect()
+    await broker.heartbeat()
+    [d] = await broker.receive(["q"], 10)
+    assert d.message_id == "m1"
+    await broker.ack([d])
+    with raw_db(broker.path) as raw:
+        assert raw.execute("SELECT count(*) FROM aiotask_consumers").fetchone() == (1,)
+    await broker.close()  # a clean exit is not a lost consumer: its row goes
+    with raw_db(broker.path) as raw:
+        assert raw.execute("SELECT count(*) FROM aiotask_consumers").fetchone() == (0,)
+
+
 async def test_close_hands_back_unsettled_claims_at_once(sqlite_url: str) -> None:
     first = SQLiteBroker(sqlite_url, settings(sqlite_url, lease=30.0))
     second = SQLiteBroker(sqlite_url, settings(sqlite_url, lease=30.0))
@@ -190,17 +250,21 @@ async def test_corrupt_rows_are_delivered_as_bytes(sqlite_url: str, tmp_path: Pa
     await broker.close()
 
 
-async def test_publish_in_the_same_process_wakes_an_idle_receiver(sqlite_url: str) -> None:
+async def test_publish_in_the_same_process_wakes_an_idle_receiver(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Polls 60 s apart: only the in-process wakeup can deliver within the 10 s below.
+    monkeypatch.setattr(_sqlite, "POLL_MIN", 60.0)
+    monkeypatch.setattr(_sqlite, "POLL_MAX", 60.0)
     consumer = SQLiteBroker(sqlite_url, settings(sqlite_url))
     producer = SQLiteBroker(sqlite_url, settings(sqlite_url))
     await consumer.connect()
     await producer.connect()
     waiter = asyncio.create_task(consumer.receive(["q"], 1))
-    await asyncio.sleep(0.5)  # long enough for the poll interval to reach its maximum
-    started = time.monotonic()
+    await asyncio.sleep(0.3)  # the receiver has polled once and sleeps
     await producer.publish([out(1)])
-    [d] = await waiter
-    assert time.monotonic() - started < 0.05
+    async with asyncio.timeout(10):
+        [d] = await waiter
     await consumer.ack([d])
     await consumer.close()
     await producer.close()
