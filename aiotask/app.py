@@ -14,6 +14,8 @@ from aiotask import backends, brokers, protocol
 from aiotask._log import get_logger
 from aiotask._urls import redact
 from aiotask.backends.base import EncodedResult, ResultRecord
+from aiotask.beat.api import Schedules
+from aiotask.beat.entry import Entry, entry_from_mapping
 from aiotask.brokers.base import Outgoing
 from aiotask.canvas.compile import CHAIN_STATE, compile_step, freeze, prepend_args, result_ids
 from aiotask.canvas.primitives import MAP_TASK, STARMAP_TASK
@@ -50,6 +52,7 @@ if TYPE_CHECKING:
 
 P = ParamSpec("P")
 R = TypeVar("R")
+T = TypeVar("T")
 log = get_logger(__name__)
 
 _UNSET: Any = object()
@@ -109,6 +112,11 @@ class App:
         self._lock: asyncio.Lock | None = None
         for builtin in (MAP_TASK, STARMAP_TASK):  # run by the worker's executor itself
             self.tasks[builtin] = Task(self, _never, TaskOptions(name=builtin))
+        #: periodic entries defined in code (`beat_schedule`, `@app.periodic`), by name
+        self.beat_entries: dict[str, Entry] = {
+            name: entry_from_mapping(name, spec) for name, spec in self.conf.beat_schedule.items()
+        }
+        self._schedules: Schedules | None = None
         _APPS.add(self)
 
     def __repr__(self) -> str:
@@ -152,6 +160,45 @@ class App:
             return task
 
         return register(fn) if fn is not None else register
+
+    def periodic(
+        self,
+        *,
+        cron: str | None = None,
+        every: float | None = None,
+        tz: str | None = None,
+        name: str | None = None,
+        **entry: Any,
+    ) -> Callable[[T], T]:
+        """Send a task on a schedule (stack above `@app.task`); see docs/periodic.md.
+
+        `entry` takes the other keys of a `beat_schedule` entry: args, kwargs, queue,
+        priority, overlap, catch_up, catch_up_limit, jitter, expires. Errors are raised here.
+        """
+        spec: dict[str, Any] = {k: v for k, v in entry.items() if v is not None}
+        spec.update({k: v for k, v in (("cron", cron), ("every", every), ("tz", tz)) if v})
+
+        def register(task: T) -> T:
+            if not isinstance(task, Task):
+                raise ConfigurationError(
+                    "@app.periodic(...) goes above @app.task: it schedules a registered task"
+                )
+            entry_name = name or task.name
+            if entry_name in self.beat_entries:
+                raise ConfigurationError(f"periodic entry {entry_name!r} is defined twice")
+            self.beat_entries[entry_name] = entry_from_mapping(
+                entry_name, {"task": task.name, **spec}
+            )
+            return task
+
+        return register
+
+    @property
+    def schedules(self) -> Schedules:
+        """Periodic entries at run time: add, change, pause, resume, remove, list, run_now."""
+        if self._schedules is None:
+            self._schedules = Schedules(self)
+        return self._schedules
 
     def route(self, task_name: str) -> str:
         """The queue for a task with no explicit queue: `task_routes`, else the default queue."""

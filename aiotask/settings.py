@@ -37,6 +37,9 @@ class Settings:
     default_queue: str = "default"
     #: task name (or a `prefix.*` pattern) -> queue name.
     task_routes: Mapping[str, str] = field(default_factory=dict)
+    #: Periodic entries, Celery-style: name -> {"task": ..., "cron"/"every": ..., ...}
+    #: (see docs/periodic.md); validated when the App is created.
+    beat_schedule: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     default_priority: int = 0
     #: Prefix of every key/queue/table aiotask creates, so apps can share a server.
     key_prefix: str = "aiotask"
@@ -163,6 +166,13 @@ def _str_mapping(raw: str) -> dict[str, str]:
     return value
 
 
+def _object_mapping(raw: str) -> dict[str, dict[str, Any]]:
+    value = orjson.loads(raw)
+    if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+        raise ValueError(raw)
+    return value
+
+
 #: AIOTASK_<FIELD> parsers, with what the error message calls the expected form. Every
 #: field of Settings has one (a unit test fails when a new field is missing here).
 ENV_PARSERS: dict[str, tuple[Callable[[str], object], str]] = {
@@ -171,6 +181,10 @@ ENV_PARSERS: dict[str, tuple[Callable[[str], object], str]] = {
     "result_expires": (_float, "number of seconds"),
     "default_queue": (_str, "queue name"),
     "task_routes": (_str_mapping, 'JSON object of strings, e.g. {"proj.*": "q"}'),
+    "beat_schedule": (
+        _object_mapping,
+        'JSON object of entries, e.g. {"t": {"task": "p.t", "every": 5}}',
+    ),
     "default_priority": (_int, "integer"),
     "key_prefix": (_str, "prefix"),
     "concurrency": (_int, "integer"),

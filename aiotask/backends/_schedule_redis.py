@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from aiotask.beat.store import StoredState
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from redis.asyncio import Redis
 
@@ -62,15 +62,20 @@ return 1
 
 
 class RedisScheduleStore:
-    """ScheduleStore over a connected redis-py client (the result backend's)."""
+    """ScheduleStore over the result backend's redis-py client (fetched per call, so a
+    reconnected backend is followed)."""
 
-    def __init__(self, client: Redis, prefix: str, app_name: str) -> None:
-        self._client = client
+    def __init__(self, client: Callable[[], Redis], prefix: str, app_name: str) -> None:
+        self._get = client
         tag = f"{prefix}:{{beat:{app_name}}}"
         self._entries, self._paused = f"{tag}:entries", f"{tag}:paused"
         self._marks, self._states, self._skips = f"{tag}:marks", f"{tag}:states", f"{tag}:skips"
-        self._claim = client.register_script(CLAIM)
-        self._settle = client.register_script(SETTLE)
+        self._claim = client().register_script(CLAIM)
+        self._settle = client().register_script(SETTLE)
+
+    @property
+    def _client(self) -> Redis:
+        return self._get()
 
     @property
     def keys(self) -> list[str]:
@@ -133,7 +138,7 @@ class RedisScheduleStore:
         for c in claims:
             mode = "e" if c.expect is not None else "i" if c.init else "n"
             args += [c.name, str(c.through_ms), c.state, mode, c.expect or b""]
-        won = await self._claim(keys=[self._marks, self._states], args=args)
+        won = await self._claim(keys=[self._marks, self._states], args=args, client=self._client)
         return [bool(w) for w in won]
 
     async def settle(
@@ -144,7 +149,9 @@ class RedisScheduleStore:
             args += [name, str(through), state]
         for name, reason, n in skips:
             args += [name, reason, n]
-        await self._settle(keys=[self._marks, self._states, self._skips], args=args)
+        await self._settle(
+            keys=[self._marks, self._states, self._skips], args=args, client=self._client
+        )
 
 
 def _bytes(value: bytes | str) -> bytes:

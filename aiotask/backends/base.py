@@ -32,6 +32,8 @@ from aiotask.states import READY_STATES
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence
 
+    from aiotask.beat.store import ScheduleStore
+
 
 @dataclass(frozen=True, slots=True)
 class ResultRecord:
@@ -162,3 +164,7 @@ class ResultBackend(Protocol):
     async def broadcast(self, payload: bytes) -> None: ...
 
     def control(self) -> AsyncIterator[bytes]: ...
+
+    def schedule_store(self, app_name: str) -> ScheduleStore:
+        """Where the beats of `app_name` agree on slots (aiotask/beat/store.py)."""
+        ...

@@ -13,6 +13,7 @@ from aiotask.backends.base import (
     ResultRecord,
     decode_record,
 )
+from aiotask.beat.store import MemoryScheduleStore
 from aiotask.exceptions import ResultTimeout
 from aiotask.states import FAILURE, SUCCESS
 
@@ -39,6 +40,7 @@ class MemoryBackend:
         self._groups: dict[str, _Group] = {}
         self._revoked: dict[str, float] = {}
         self._listeners: set[asyncio.Queue[bytes]] = set()
+        self._schedules: dict[str, MemoryScheduleStore] = {}
 
     async def connect(self) -> None:
         return None
@@ -144,3 +146,6 @@ class MemoryBackend:
                 yield await queue.get()
         finally:
             self._listeners.discard(queue)
+
+    def schedule_store(self, app_name: str) -> MemoryScheduleStore:
+        return self._schedules.setdefault(app_name, MemoryScheduleStore())

@@ -21,6 +21,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from aiotask._urls import redact
+from aiotask.backends._schedule_redis import RedisScheduleStore
 from aiotask.backends.base import EncodedResult, GroupProgress, ResultRecord, decode_record
 from aiotask.brokers._redis_conn import connection_class
 from aiotask.exceptions import BrokerConnectionError, ResultTimeout
@@ -308,6 +309,9 @@ class RedisBackend:
             finally:
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    def schedule_store(self, app_name: str) -> RedisScheduleStore:
+        return RedisScheduleStore(self._client, self._prefix, app_name)
 
 
 class _Subscriber:

@@ -24,6 +24,7 @@ from aiotask import _sqlite
 from aiotask._backoff import Backoff
 from aiotask._sqlite import transaction
 from aiotask._time import monotonic, now
+from aiotask.backends._schedule_sqlite import SQLiteScheduleStore
 from aiotask.backends.base import EncodedResult, GroupProgress, ResultRecord, decode_record
 from aiotask.exceptions import BrokerConnectionError, ResultTimeout
 from aiotask.states import FAILURE, SUCCESS
@@ -92,6 +93,7 @@ class SQLiteBackend:
 
     def __init__(self, url: str, settings: Settings) -> None:
         self._db = _sqlite.Connection(_sqlite.resolve_path(url), _SCHEMA)
+        self._prefix = settings.key_prefix
         self._unreachable = settings.broker_unreachable_timeout
         self._signal: _sqlite.Signal | None = None
         self._waiters: dict[str, list[asyncio.Future[bytes]]] = {}
@@ -264,6 +266,9 @@ class SQLiteBackend:
                     poll.reset()
         finally:
             _sqlite.unsubscribe(self.path, CONTROL_TOPIC, signal)
+
+    def schedule_store(self, app_name: str) -> SQLiteScheduleStore:
+        return SQLiteScheduleStore(self._db, f"{self._prefix}:{app_name}")
 
 
 # --- the functions below run on the connection's thread --------------------------------

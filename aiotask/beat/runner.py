@@ -23,7 +23,7 @@ from aiotask._backoff import Backoff
 from aiotask._log import get_logger
 from aiotask._time import now
 from aiotask.beat.entry import Entry, entry_from_mapping, plan
-from aiotask.beat.store import PENDING_TIMEOUT, Claim
+from aiotask.beat.store import CHANGED, PENDING_TIMEOUT, Claim
 from aiotask.exceptions import ConfigurationError
 from aiotask.states import READY_STATES
 
@@ -36,8 +36,6 @@ if TYPE_CHECKING:
     from aiotask.protocol import Message
 
 log = get_logger(__name__)
-#: The control-channel payload that makes every beat reload its entries.
-CHANGED = b'{"op":"schedules"}'
 #: Longest sleep between two looks at the store (covers a missed change broadcast).
 MAX_SLEEP = 30.0
 

@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Protocol
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+#: The control-channel payload that makes every beat reload its entries.
+CHANGED = b'{"op":"schedules"}'
 #: Seconds after which another beat re-sends a claimed slot that was never confirmed.
 PENDING_TIMEOUT = 10.0
 

@@ -11,6 +11,7 @@ import typer
 
 from aiotask import _log
 from aiotask._urls import redact
+from aiotask.cli._beat import register as register_beat
 from aiotask.cli._loader import load_app
 from aiotask.exceptions import AiotaskError, ConfigurationError
 from aiotask.states import PENDING
@@ -160,6 +161,9 @@ def purge(
 
     for queue, count in asyncio.run(run()).items():
         typer.echo(f"purged {count} messages from {queue}")
+
+
+register_beat(cli)
 
 
 def main(argv: list[str] | None = None) -> None:

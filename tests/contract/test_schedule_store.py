@@ -39,7 +39,7 @@ class Stores:
             return SQLiteScheduleStore(conn, "app")
         client = Redis.from_url(self.redis_url)
         self.clients.append(client)
-        store = RedisScheduleStore(client, self.namespace, "app")
+        store = RedisScheduleStore(lambda: client, self.namespace, "app")
         self.keys = store.keys
         return store
 

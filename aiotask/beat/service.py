@@ -1,0 +1,45 @@
+"""Running beat as a process (`aiotask beat`) or inside a worker (`aiotask worker --beat`)."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from typing import TYPE_CHECKING
+
+from aiotask._log import get_logger
+from aiotask._time import now
+from aiotask.beat.runner import Beat
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from aiotask.app import App
+
+log = get_logger(__name__)
+
+
+async def make_beat(app: App, *, clock: Callable[[], float] | None = None) -> Beat:
+    """A beat over the app's result-backend store; refuses entries naming unknown tasks."""
+    backend = await app.result_backend()
+    store = backend.schedule_store(app.main)
+    beat = Beat(app, store, app.beat_entries, clock=clock or now)
+    beat.check()
+    return beat
+
+
+async def serve(app: App, *, clock: Callable[[], float] | None = None) -> int:
+    """Run beat until SIGTERM/SIGINT; the exit code for the CLI."""
+    beat = await make_beat(app, clock=clock)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("beat %s started with %d entries in code", beat.name, len(beat.static))
+    try:
+        await beat.run(stop)
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        await app.close()
+    log.info("beat %s stopped after sending %d tasks", beat.name, beat.sent)
+    return 0

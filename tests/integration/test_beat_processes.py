@@ -1,0 +1,136 @@
+"""Real `aiotask beat` processes: three at once (one killed -9 mid-run) send each slot once."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from collections import Counter
+from typing import TYPE_CHECKING
+
+import pytest
+
+from aiotask.beat.entry import Entry
+from aiotask.beat.schedule import Every
+from tests.procs import stop
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+pytestmark = pytest.mark.slow
+
+MODULE = textwrap.dedent(
+    """
+    import os
+    from aiotask import App, TaskContext
+
+    app = App("beatproc")
+
+    @app.periodic(every=1)
+    @app.task(name="beatproc.tick", bind=True)
+    async def tick(ctx: TaskContext) -> None:
+        with open(os.environ["TEST_RUNS"], "a") as f:
+            f.write(ctx.id + "\\n")
+    """
+)
+RUN_FOR = 9.0
+
+
+def _env(tmp: Path, broker: str, backend: str, prefix: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIOTASK_")}
+    env.update(
+        AIOTASK_BROKER_URL=broker,
+        AIOTASK_RESULT_BACKEND=backend,
+        AIOTASK_KEY_PREFIX=prefix,
+        TEST_RUNS=str(tmp / "runs"),
+        PYTHONPATH=str(tmp),
+    )
+    return env
+
+
+def _start(tmp: Path, env: dict[str, str], *argv: str) -> subprocess.Popen[str]:
+    """Start a process whose log goes to a file (a pipe nobody reads would fill up)."""
+    log = tmp / f"{argv[0]}-{len(list(tmp.glob('*.log')))}.log"
+    with log.open("w") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "aiotask", *argv, "-A", "beat_tasks:app", "-l", "INFO"],
+            cwd=tmp,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=out,
+            text=True,
+        )
+
+
+def _logs(tmp: Path) -> str:
+    return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(tmp.glob("*.log")))
+
+
+def _urls(kind: str, request: pytest.FixtureRequest, tmp: Path) -> tuple[str, str]:
+    if kind == "sqlite":
+        url = f"sqlite:///{tmp}/beat.db"
+        return url, url
+    redis = request.getfixturevalue("redis_url")
+    if kind == "redis":
+        return redis, redis
+    return request.getfixturevalue("amqp_url"), redis
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "redis", "amqp"])
+def test_three_beats_one_killed_send_every_slot_once(
+    kind: str, request: pytest.FixtureRequest, tmp_path: Path, namespace: str
+) -> None:
+    (tmp_path / "beat_tasks.py").write_text(MODULE)
+    broker, backend = _urls(kind, request, tmp_path)
+    env = _env(tmp_path, broker, backend, namespace)
+    worker = _start(tmp_path, env, "worker")
+    started = time.time()
+    beats = [_start(tmp_path, env, "beat") for _ in range(3)]
+    try:
+        time.sleep(RUN_FOR / 2)
+        killed_at = time.time()
+        beats[0].kill()  # kill -9 one beat mid-run
+        beats[0].wait()
+        time.sleep(RUN_FOR / 2)
+        codes = [stop(b) for b in beats[1:]]
+        ended = time.time()
+        time.sleep(2.0)  # let the worker run the last slots
+    finally:
+        for b in beats:
+            if b.poll() is None:
+                b.kill()
+                b.wait()
+        worker_code = stop(worker)
+        asyncio.run(_cleanup(kind, broker, backend, namespace))
+    assert codes == [0, 0], _logs(tmp_path)
+    assert worker_code == 0, _logs(tmp_path)
+    entry = Entry(name="beatproc.tick", task="beatproc.tick", schedule=Every(1))
+    by_id = {entry.slot_id(float(s)): s for s in range(int(started) - 2, int(ended) + 3)}
+    runs = (tmp_path / "runs").read_text().split()
+    counts = Counter(runs)
+    assert {i: n for i, n in counts.items() if n > 1} == {}, "a slot ran twice"
+    slots = sorted(by_id[i] for i in counts)  # KeyError: a run that is not a slot of ours
+    assert slots == list(range(slots[0], slots[-1] + 1)), "a slot was lost"
+    # the checked run spans the kill: slots sent before it and after it, with no gap
+    assert slots[0] < killed_at - 1 and slots[-1] > killed_at + 2, (slots, killed_at)
+
+
+async def _cleanup(kind: str, broker: str, backend: str, prefix: str) -> None:
+    if kind == "sqlite":
+        return
+    from tests.contract.conftest import delete_prefix
+
+    await delete_prefix(backend, prefix)
+    if kind == "amqp":
+        from aiotask.brokers.rabbitmq import RabbitMQBroker
+        from aiotask.settings import Settings
+
+        b = RabbitMQBroker(broker, Settings(broker_url=broker, key_prefix=prefix), "beatproc")
+        await b.connect()
+        try:
+            await b.delete_queue("default")
+        finally:
+            await b.close()
