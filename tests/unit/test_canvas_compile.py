@@ -9,8 +9,8 @@ import pytest
 
 from aiotask.canvas import chain, chord, chunks, group, signature
 from aiotask.canvas.compile import compile_step, freeze, prepend_args, result_ids
-from aiotask.canvas.runtime import on_chord_failure, on_failure, on_success
 from aiotask.canvas.runtime import on_chord_complete as _on_chord_complete
+from aiotask.canvas.runtime import on_chord_failure, on_failure, on_success
 from aiotask.exceptions import ConfigurationError
 from aiotask.protocol import Message
 
