@@ -48,7 +48,8 @@ log = get_logger(__name__)
 #: Attempts at one stage before giving up, for errors other than an unreachable server.
 FLUSH_ATTEMPTS = 5
 #: Test-only fault injection: `AIOTASK_TEST_CRASH_AT=<point>` makes the worker process exit
-#: (os._exit) at that point; `<point>:raise` raises InjectedCrash instead (in-process tests).
+#: (os._exit) at that point; `<point>:raise` raises InjectedCrash instead (in-process tests),
+#: `<point>:error` a BrokerConnectionError (a server failing at that stage; retried).
 CRASH_AT_ENV = "AIOTASK_TEST_CRASH_AT"
 CRASH_EXIT_CODE = 70
 _EARLIER_STEP = ExceptionInfo(
@@ -70,6 +71,8 @@ def fault_point(point: str) -> None:
         return
     if mode == "raise":
         raise InjectedCrash(point)
+    if mode == "error":
+        raise BrokerConnectionError(f"injected failure at {point}")
     log.critical("injected crash at %s (%s is set): exiting now", point, CRASH_AT_ENV)
     os._exit(CRASH_EXIT_CODE)
 
@@ -288,12 +291,11 @@ class Settler:
         publish = [m for s in flush.batch for m in s.publish] + flush.messages
         if publish:
             await self.app.publish(publish)
-        if flush.decided:
-            fault_point("chord-published")
 
     async def _mark_sent(self, flush: _Flush) -> None:
         backend = self.app.backend
         if flush.decided and backend is not None:
+            fault_point("chord-published")
             await backend.groups_sent(sorted(flush.decided))
 
     async def _ack(self, flush: _Flush) -> None:
