@@ -121,7 +121,9 @@ class MemoryBackend:
             group.results[report.index] = report.result
         recorded = group.results[report.index]
         done = len(group.results)
-        succeeded = sum(r.state == SUCCESS for r in group.results.values())
+        # only a complete group can fire: count successes then (a 1000-member chord stays linear)
+        complete = done == group.size
+        succeeded = sum(r.state == SUCCESS for r in group.results.values()) if complete else 0
         step, group.fired, group.failed = group_step(
             size=group.size,
             done=done,
