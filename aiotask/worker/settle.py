@@ -21,7 +21,7 @@ import asyncio
 import os
 from dataclasses import dataclass, field
 from itertools import groupby
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 from aiotask._backoff import Backoff
 from aiotask._log import get_logger
@@ -81,17 +81,6 @@ def fault_point(point: str) -> None:
 class _Flush:
     """One batch and how far its settling got (a retry resumes at `stage`)."""
 
-    STAGES: ClassVar[tuple[str, ...]] = (
-        "store",
-        "canvas",
-        "store_canvas",
-        "publish",
-        "mark_sent",
-        "ack",
-        "requeue",
-        "dead",
-    )
-
     batch: list[Settlement]
     stage: int = 0
     #: derived by the canvas stage, used by the next ones
@@ -137,29 +126,32 @@ class Settler:
             self._on_settled([s.delivery for s in batch])
 
     async def _settle(self, flush: _Flush) -> None:
-        stages: tuple[Callable[[_Flush], Awaitable[None]], ...] = (
-            self._store,
-            self._canvas,
-            self._store_canvas,
-            self._publish,
-            self._mark_sent,
-            self._ack,
-            self._requeue,
-            self._dead,
+        """Run the stages in order; a failed stage is retried, then the next ones run."""
+        stages: tuple[tuple[str, Callable[[_Flush], Awaitable[None]]], ...] = (
+            ("store", self._store),
+            ("canvas", self._canvas),
+            ("store_canvas", self._store_canvas),
+            ("publish", self._publish),
+            ("mark_sent", self._mark_sent),
+            ("ack", self._ack),
+            ("requeue", self._requeue),
+            ("dead", self._dead),
         )
         backoff = Backoff(0.25, 5.0, self.app.conf.broker_unreachable_timeout)
         attempt = 0
         while flush.stage < len(stages):
-            where = _Flush.STAGES[flush.stage]
+            where, stage = stages[flush.stage]
             try:
-                await stages[flush.stage](flush)
+                await stage(flush)
             except InjectedCrash:
                 raise
             except Exception as exc:
                 attempt += 1
                 size = len(flush.batch)
+                # an unreachable server is waited out up to the deadline; anything else is
+                # retried a few times (it is unlikely to pass on its own)
                 unreachable = isinstance(exc, BrokerConnectionError | OSError)
-                if (not unreachable and attempt >= FLUSH_ATTEMPTS) or not await backoff.sleep():
+                if (not unreachable and attempt >= FLUSH_ATTEMPTS) or backoff.expired:
                     log.critical(
                         "cannot settle %d deliveries (%s failed %d times over %.0fs), giving "
                         "up: %s",
@@ -172,12 +164,15 @@ class Settler:
                     raise
                 if attempt == 1 or not unreachable:
                     log.error(
-                        "settling %d deliveries failed at %s (attempt %d), retrying: %s",
+                        "settling %d deliveries failed at %s (attempt %d), retrying for up to "
+                        "%.0fs: %s",
                         size,
                         where,
                         attempt,
+                        backoff.deadline,
                         exc,
                     )
+                await asyncio.sleep(backoff.next_delay())
                 continue
             if attempt:
                 log.warning("settling resumed at %s after %d failed attempts", where, attempt)
