@@ -17,7 +17,8 @@ from aiotask.backends.base import EncodedResult, ResultRecord
 from aiotask.beat.api import Schedules
 from aiotask.beat.entry import Entry, entry_from_mapping
 from aiotask.brokers.base import Outgoing
-from aiotask.canvas.compile import CHAIN_STATE, compile_step, freeze, prepend_args, result_ids
+from aiotask.canvas import runtime
+from aiotask.canvas.compile import CHAIN_STATE
 from aiotask.canvas.primitives import MAP_TASK, STARMAP_TASK
 from aiotask.exceptions import (
     ConfigurationError,
@@ -324,8 +325,7 @@ class App:
 
     async def send_canvas(self, canvas: Canvas, args: tuple[Any, ...] = ()) -> Any:
         """Compile a canvas, register its chord groups, publish every message in one batch."""
-        step = prepend_args(freeze(canvas), args)
-        plan = compile_step(step, self.message_factory)
+        plan, ids = runtime.start(canvas, args, self.message_factory)
         if plan.groups or plan.blobs:
             backend = await self.result_backend()
             ttl = self.conf.result_expires
@@ -339,7 +339,6 @@ class App:
             for g in plan.groups:
                 await backend.open_group(g.group_id, g.size, g.body, ttl)
         await self.publish(plan.messages)
-        ids = result_ids(step)
         if isinstance(ids, str):
             return self.AsyncResult(ids)
         return GroupResult(ids[0], [self.AsyncResult(i) for i in ids[1]], self)

@@ -8,6 +8,7 @@ from aiotask._urls import BACKEND_SCHEMES, parse_url
 from aiotask.backends.base import (
     EncodedResult,
     GroupProgress,
+    MemberReport,
     ResultBackend,
     ResultRecord,
     decode_record,
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
 __all__ = [
     "EncodedResult",
     "GroupProgress",
+    "MemberReport",
     "ResultBackend",
     "ResultRecord",
     "decode_record",

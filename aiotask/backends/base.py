@@ -8,9 +8,14 @@ Contract, for every implementation:
 - `wait` returns the record once it is ready, woken by the store where it can notify (no
   polling), and raises ResultTimeout when `timeout` passes first. A record stored before the
   wait began is seen.
-- `add_to_group` is atomic and idempotent per index: a duplicated call for the same index
-  neither counts twice nor fires twice. Exactly one caller sees `fire=True` (all members
-  succeeded) and at most one sees `first_failure=True`.
+- `add_to_groups` (and its one-report form `add_to_group`) records chord/group member reports,
+  a whole batch in one round trip; each report is atomic and idempotent per index: a
+  duplicated report for the same index neither counts twice nor fires twice. Exactly one
+  report sees `fire=True` (all members succeeded) and at most one sees `first_failure=True`
+  (see `group_step`, the state machine every backend implements; Redis mirrors it in Lua).
+  Until `groups_sent` records that the decision's follow-ups were published, a *duplicate*
+  report (a redelivered member) sees `fire_again` / `failure_again` with the same body and
+  records, so a worker that died between the decision and publishing is replaced.
 - `revoke` writes tombstones with a ttl; `revoked` returns which of the ids carry one;
   `revocations` returns every live tombstone (a worker loads them when it starts, then
   follows `broadcast`s, so checking a message costs no round trip).
@@ -21,7 +26,7 @@ Contract, for every implementation:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 import orjson
 
@@ -84,8 +89,57 @@ class GroupProgress:
     first_failure: bool = False
     #: the group's stored body (e.g. a chord body), returned with `fire` or `first_failure`
     body: bytes | None = None
-    #: the members' records in index order, returned with `fire`
+    #: the members' records in index order, returned with `fire` and `fire_again`
     records: list[ResultRecord] = field(default_factory=list)
+    #: a duplicate report found the group fired but its body not yet marked sent: fire again
+    fire_again: bool = False
+    #: a duplicate report of a failed member found the failure's follow-ups not marked sent
+    failure_again: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class MemberReport:
+    """One group member's report: its index in the group and its final record."""
+
+    group_id: str
+    index: int
+    result: EncodedResult
+
+
+#: Group decision flags: not decided, decided (follow-ups maybe unpublished), follow-ups sent.
+UNDECIDED, DECIDED, SENT = 0, 1, 2
+
+GroupStep = Literal["", "fire", "first_failure", "fire_again", "failure_again"]
+
+
+def group_step(
+    *,
+    size: int,
+    done: int,
+    succeeded: int,
+    fired: int,
+    failed: int,
+    new: bool,
+    member_failed: bool,
+) -> tuple[GroupStep, int, int]:
+    """The group state machine: (what this report means, new `fired`, new `failed`).
+
+    `done`/`succeeded` count recorded members after this report; `new` is False for a
+    duplicate index; `member_failed` is the *recorded* state of this index (the first report
+    wins, so a redelivery that ends differently changes nothing). Pure; memory and SQLite
+    call it, the Redis Lua script mirrors it line by line.
+    """
+    if new:
+        if member_failed and failed == UNDECIDED and fired == UNDECIDED:
+            return "first_failure", fired, DECIDED
+        if done == size and succeeded == size and fired == UNDECIDED and failed == UNDECIDED:
+            return "fire", DECIDED, failed
+        return "", fired, failed
+    if fired == DECIDED:
+        return "fire_again", fired, failed
+    if failed == DECIDED and member_failed:
+        return "failure_again", fired, failed
+    return "", fired, failed
 
 
 def encode_record(record: ResultRecord) -> bytes:
@@ -154,6 +208,10 @@ class ResultBackend(Protocol):
     async def add_to_group(
         self, group_id: str, index: int, result: EncodedResult
     ) -> GroupProgress: ...
+
+    async def add_to_groups(self, reports: Sequence[MemberReport]) -> list[GroupProgress]: ...
+
+    async def groups_sent(self, group_ids: Sequence[str]) -> None: ...
 
     async def revoke(self, task_ids: Sequence[str], ttl: float) -> None: ...
 

@@ -8,10 +8,14 @@ from typing import TYPE_CHECKING
 
 from aiotask._time import monotonic
 from aiotask.backends.base import (
+    DECIDED,
+    SENT,
     EncodedResult,
     GroupProgress,
+    MemberReport,
     ResultRecord,
     decode_record,
+    group_step,
 )
 from aiotask.beat.store import MemoryScheduleStore
 from aiotask.exceptions import ResultTimeout
@@ -27,8 +31,9 @@ class _Group:
     body: bytes | None
     expires: float
     results: dict[int, EncodedResult] = field(default_factory=dict)
-    fired: bool = False
-    failed: bool = False
+    #: UNDECIDED / DECIDED / SENT (see backends.base.group_step)
+    fired: int = 0
+    failed: int = 0
 
 
 class MemoryBackend:
@@ -104,22 +109,56 @@ class MemoryBackend:
             self._groups[group_id] = _Group(size, body, monotonic() + ttl)
 
     async def add_to_group(self, group_id: str, index: int, result: EncodedResult) -> GroupProgress:
-        group = self._groups.get(group_id)
-        if group is None:
+        return (await self.add_to_groups([MemberReport(group_id, index, result)]))[0]
+
+    async def add_to_groups(self, reports: Sequence[MemberReport]) -> list[GroupProgress]:
+        return [self._report(r) for r in reports]
+
+    def _report(self, report: MemberReport) -> GroupProgress:
+        group = self._groups.get(report.group_id)
+        if group is None or group.expires <= monotonic():
             return GroupProgress(size=0, done=0)
-        if index not in group.results:
-            group.results[index] = result
+        new = report.index not in group.results
+        if new:
+            group.results[report.index] = report.result
+        recorded = group.results[report.index]
         done = len(group.results)
-        first_failure = result.state == FAILURE and not group.failed
-        if first_failure:
-            group.failed = True
-            return GroupProgress(group.size, done, first_failure=True, body=group.body)
-        complete = done == group.size and not group.fired and not group.failed
-        if complete and all(r.state == SUCCESS for r in group.results.values()):
-            group.fired = True
+        # only a complete group can fire: count successes then (a 1000-member chord stays linear)
+        complete = done == group.size
+        succeeded = sum(r.state == SUCCESS for r in group.results.values()) if complete else 0
+        step, group.fired, group.failed = group_step(
+            size=group.size,
+            done=done,
+            succeeded=succeeded,
+            fired=group.fired,
+            failed=group.failed,
+            new=new,
+            member_failed=recorded.state == FAILURE,
+        )
+        if step in ("fire", "fire_again"):
             records = [decode_record(group.results[i].data) for i in range(group.size)]
-            return GroupProgress(group.size, done, fire=True, body=group.body, records=records)
+            again = step == "fire_again"
+            return GroupProgress(
+                group.size,
+                done,
+                fire=not again,
+                fire_again=again,
+                body=group.body,
+                records=records,
+            )
+        if step in ("first_failure", "failure_again"):
+            first = step == "first_failure"
+            return GroupProgress(
+                group.size, done, first_failure=first, failure_again=not first, body=group.body
+            )
         return GroupProgress(group.size, done)
+
+    async def groups_sent(self, group_ids: Sequence[str]) -> None:
+        for group_id in group_ids:
+            group = self._groups.get(group_id)
+            if group is not None:
+                group.fired = SENT if group.fired == DECIDED else group.fired
+                group.failed = SENT if group.failed == DECIDED else group.failed
 
     async def revoke(self, task_ids: Sequence[str], ttl: float) -> None:
         deadline = monotonic() + ttl

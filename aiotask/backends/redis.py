@@ -21,8 +21,15 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from aiotask._urls import redact
+from aiotask.backends._redis_groups import ADD_TO_GROUPS, GROUPS_SENT
 from aiotask.backends._schedule_redis import RedisScheduleStore
-from aiotask.backends.base import EncodedResult, GroupProgress, ResultRecord, decode_record
+from aiotask.backends.base import (
+    EncodedResult,
+    GroupProgress,
+    MemberReport,
+    ResultRecord,
+    decode_record,
+)
 from aiotask.brokers._redis_conn import connection_class
 from aiotask.exceptions import BrokerConnectionError, ResultTimeout
 from aiotask.states import FAILURE, SUCCESS
@@ -60,31 +67,6 @@ end
 return 1
 """
 
-#: KEYS: group hash, member hash. ARGV: index, kind byte (s/f/o) + data.
-#: Returns {size, done, fire, first_failure, body, {values in index order}}.
-_ADD_TO_GROUP = """
-local size = tonumber(redis.call('HGET', KEYS[1], 'size') or '0')
-if size == 0 then return {0, 0, 0, 0} end
-redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[2])
-local ttl = redis.call('PTTL', KEYS[1])
-if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
-local done = redis.call('HLEN', KEYS[2])
-if string.sub(ARGV[2], 1, 1) == 'f' and redis.call('HSETNX', KEYS[1], 'failed', '1') == 1 then
-  return {size, done, 0, 1, redis.call('HGET', KEYS[1], 'body')}
-end
-if done < size or redis.call('HEXISTS', KEYS[1], 'failed') == 1
-    or redis.call('HEXISTS', KEYS[1], 'fired') == 1 then
-  return {size, done, 0, 0}
-end
-local all, values = redis.call('HGETALL', KEYS[2]), {}
-for i = 1, #all, 2 do values[tonumber(all[i]) + 1] = all[i + 1] end
-for i = 1, size do
-  if not values[i] or string.sub(values[i], 1, 1) ~= 's' then return {size, done, 0, 0} end
-end
-redis.call('HSET', KEYS[1], 'fired', '1')
-return {size, done, 1, 0, redis.call('HGET', KEYS[1], 'body'), values}
-"""
-
 _ERRORS = (RedisError, OSError)
 
 
@@ -103,7 +85,7 @@ class RedisBackend:
         self._url = url
         self._prefix = settings.key_prefix
         self._redis: Redis | None = None
-        self._scripts: tuple[AsyncScript, AsyncScript, AsyncScript] | None = None
+        self._scripts: tuple[AsyncScript, ...] | None = None
         self._sub: _Subscriber | None = None
         self._gets: dict[str, asyncio.Future[bytes | None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -148,7 +130,12 @@ class RedisBackend:
             connection_class=connection_class(self._url),
         )
         register = self._redis.register_script
-        self._scripts = (register(_STORE), register(_OPEN_GROUP), register(_ADD_TO_GROUP))
+        self._scripts = (
+            register(_STORE),
+            register(_OPEN_GROUP),
+            register(ADD_TO_GROUPS),
+            register(GROUPS_SENT),
+        )
         self._sub = _Subscriber(self._redis.connection_pool.make_connection, self._fetch_many)
         try:
             with self._map_errors():
@@ -248,14 +235,27 @@ class RedisBackend:
             await self._script(1)(keys=[meta], args=args)
 
     async def add_to_group(self, group_id: str, index: int, result: EncodedResult) -> GroupProgress:
-        kind = b"s" if result.state == SUCCESS else b"f" if result.state == FAILURE else b"o"
+        return (await self.add_to_groups([MemberReport(group_id, index, result)]))[0]
+
+    async def add_to_groups(self, reports: Sequence[MemberReport]) -> list[GroupProgress]:
+        """Every report of a batch in one script call (one round trip, atomic)."""
+        if not reports:
+            return []
+        keys: list[str] = []
+        args: list[bytes | int] = []
+        for r in reports:
+            state = r.result.state
+            kind = b"s" if state == SUCCESS else b"f" if state == FAILURE else b"o"
+            keys += self._group_keys(r.group_id)
+            args += (r.index, kind + r.result.data)
         with self._map_errors():
-            args: list[bytes | int] = [index, kind + result.data]
-            reply = await self._script(2)(keys=self._group_keys(group_id), args=args)
-        size, done, fire, first_failure = (int(x) for x in reply[:4])
-        body = reply[4] if len(reply) > 4 else None
-        records = [decode_record(v[1:]) for v in reply[5]] if fire else []
-        return GroupProgress(size, done, bool(fire), bool(first_failure), body, records)
+            replies = await self._script(2)(keys=keys, args=args)
+        return [_progress(reply) for reply in replies]
+
+    async def groups_sent(self, group_ids: Sequence[str]) -> None:
+        if group_ids:
+            with self._map_errors():
+                await self._script(3)(keys=[self._group_keys(g)[0] for g in group_ids])
 
     async def revoke(self, task_ids: Sequence[str], ttl: float) -> None:
         """A key per id (for `revoked`), and the id in one sorted set scored by its expiry
@@ -312,6 +312,23 @@ class RedisBackend:
 
     def schedule_store(self, app_name: str) -> RedisScheduleStore:
         return RedisScheduleStore(self._client, self._prefix, app_name)
+
+
+def _progress(reply: list[Any]) -> GroupProgress:
+    """One ADD_TO_GROUPS reply -> GroupProgress (1: first decision, 2: again, unsent)."""
+    size, done, fire, failure = (int(x) for x in reply[:4])
+    body = _bytes(reply[4]) if len(reply) > 4 and reply[4] is not None else None
+    records = [decode_record(_bytes(v)[1:]) for v in reply[5]] if fire else []
+    return GroupProgress(
+        size,
+        done,
+        fire=fire == 1,
+        first_failure=failure == 1,
+        body=body,
+        records=records,
+        fire_again=fire == 2,
+        failure_again=failure == 2,
+    )
 
 
 class _Subscriber:

@@ -8,7 +8,8 @@
   When the file cannot be read it retries for `broker_unreachable_timeout`, then fails the
   waits with BrokerConnectionError instead of leaving them hanging.
 - Groups: members are rows keyed by (group_id, idx), so a duplicate report is a no-op; the
-  count, the fire decision and the flags change in one BEGIN IMMEDIATE transaction.
+  count, the fire decision and the flags change in one BEGIN IMMEDIATE transaction, one for
+  a whole batch of reports. `fired`/`failed` hold 0 (undecided), 1 (decided) or 2 (sent).
 """
 
 from __future__ import annotations
@@ -25,7 +26,16 @@ from aiotask._backoff import Backoff
 from aiotask._sqlite import transaction
 from aiotask._time import monotonic, now
 from aiotask.backends._schedule_sqlite import SQLiteScheduleStore
-from aiotask.backends.base import EncodedResult, GroupProgress, ResultRecord, decode_record
+from aiotask.backends.base import (
+    DECIDED,
+    SENT,
+    EncodedResult,
+    GroupProgress,
+    MemberReport,
+    ResultRecord,
+    decode_record,
+    group_step,
+)
 from aiotask.exceptions import BrokerConnectionError, ResultTimeout
 from aiotask.states import FAILURE, SUCCESS
 
@@ -227,7 +237,16 @@ class SQLiteBackend:
         await self._db.run(_open_group, group_id, size, body, now() + ttl)
 
     async def add_to_group(self, group_id: str, index: int, result: EncodedResult) -> GroupProgress:
-        return await self._db.run(_add_to_group, group_id, index, result, now())
+        return (await self.add_to_groups([MemberReport(group_id, index, result)]))[0]
+
+    async def add_to_groups(self, reports: Sequence[MemberReport]) -> list[GroupProgress]:
+        if not reports:
+            return []
+        return await self._db.run(_add_to_groups, list(reports), now())
+
+    async def groups_sent(self, group_ids: Sequence[str]) -> None:
+        if group_ids:
+            await self._db.run(_groups_sent, list(group_ids))
 
     async def revoke(self, task_ids: Sequence[str], ttl: float) -> None:
         if task_ids:
@@ -337,40 +356,70 @@ def _open_group(
         )
 
 
-def _add_to_group(
-    conn: sqlite3.Connection, group_id: str, index: int, result: EncodedResult, wall: float
-) -> GroupProgress:
+def _add_to_groups(
+    conn: sqlite3.Connection, reports: list[MemberReport], wall: float
+) -> list[GroupProgress]:
     with transaction(conn):
-        group = conn.execute(
-            "SELECT size, body, fired, failed FROM aiotask_groups "
-            "WHERE group_id=? AND expires_at > ?",
-            (group_id, wall),
-        ).fetchone()
-        if group is None:
-            return GroupProgress(size=0, done=0)
-        size, body, fired, failed = group
+        return [_report(conn, r, wall) for r in reports]
+
+
+def _report(conn: sqlite3.Connection, report: MemberReport, wall: float) -> GroupProgress:
+    group_id, result = report.group_id, report.result
+    group = conn.execute(
+        "SELECT size, body, fired, failed FROM aiotask_groups WHERE group_id=? AND expires_at > ?",
+        (group_id, wall),
+    ).fetchone()
+    if group is None:
+        return GroupProgress(size=0, done=0)
+    size, body, fired, failed = group
+    new = conn.execute(
+        "INSERT INTO aiotask_group_members (group_id, idx, state, data) VALUES (?,?,?,?) "
+        "ON CONFLICT (group_id, idx) DO NOTHING",
+        (group_id, report.index, result.state, result.data),
+    ).rowcount
+    done, succeeded, recorded = conn.execute(
+        "SELECT count(*), count(*) FILTER (WHERE state = ?1), "
+        "max(CASE WHEN idx = ?2 THEN state END) FROM aiotask_group_members WHERE group_id=?3",
+        (str(SUCCESS), report.index, group_id),
+    ).fetchone()
+    step, now_fired, now_failed = group_step(
+        size=size,
+        done=done,
+        succeeded=succeeded,
+        fired=fired,
+        failed=failed,
+        new=new == 1,
+        member_failed=recorded == FAILURE,
+    )
+    if (now_fired, now_failed) != (fired, failed):
         conn.execute(
-            "INSERT INTO aiotask_group_members (group_id, idx, state, data) VALUES (?,?,?,?) "
-            "ON CONFLICT (group_id, idx) DO NOTHING",
-            (group_id, index, result.state, result.data),
+            "UPDATE aiotask_groups SET fired=?, failed=? WHERE group_id=?",
+            (now_fired, now_failed, group_id),
         )
-        done, succeeded = conn.execute(
-            "SELECT count(*), count(*) FILTER (WHERE state = ?) FROM aiotask_group_members "
-            "WHERE group_id=?",
-            (str(SUCCESS), group_id),
-        ).fetchone()
-        if result.state == FAILURE and not failed:
-            conn.execute("UPDATE aiotask_groups SET failed=1 WHERE group_id=?", (group_id,))
-            return GroupProgress(size, done, first_failure=True, body=body)
-        if done == size and succeeded == size and not fired and not failed:
-            conn.execute("UPDATE aiotask_groups SET fired=1 WHERE group_id=?", (group_id,))
-            data = conn.execute(
-                "SELECT data FROM aiotask_group_members WHERE group_id=? ORDER BY idx",
-                (group_id,),
-            ).fetchall()
-            records = [decode_record(d) for (d,) in data]
-            return GroupProgress(size, done, fire=True, body=body, records=records)
-        return GroupProgress(size, done)
+    if step in ("fire", "fire_again"):
+        data = conn.execute(
+            "SELECT data FROM aiotask_group_members WHERE group_id=? ORDER BY idx", (group_id,)
+        ).fetchall()
+        records = [decode_record(d) for (d,) in data]
+        again = step == "fire_again"
+        return GroupProgress(
+            size, done, fire=not again, fire_again=again, body=body, records=records
+        )
+    if step in ("first_failure", "failure_again"):
+        first = step == "first_failure"
+        return GroupProgress(size, done, first_failure=first, failure_again=not first, body=body)
+    return GroupProgress(size, done)
+
+
+def _groups_sent(conn: sqlite3.Connection, group_ids: list[str]) -> None:
+    with transaction(conn):
+        conn.execute(
+            "UPDATE aiotask_groups SET "
+            "fired = CASE WHEN fired = ?1 THEN ?2 ELSE fired END, "
+            "failed = CASE WHEN failed = ?1 THEN ?2 ELSE failed END "
+            "WHERE group_id IN (SELECT value FROM json_each(?3))",
+            (DECIDED, SENT, orjson.dumps(group_ids).decode()),
+        )
 
 
 def _revoke(conn: sqlite3.Connection, rows: list[tuple[str, float]]) -> None:

@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Any
 from aiotask._log import get_logger
 from aiotask._time import now
 from aiotask.backends.base import EncodedResult, ResultRecord
-from aiotask.canvas.compile import chain_refs, expand_all, expand_next, on_failure, on_success
 from aiotask.canvas.primitives import MAP_TASK, STARMAP_TASK
+from aiotask.canvas.runtime import CHORD_BODY_HEADER, Finished
 from aiotask.context import TaskContext, current_task
 from aiotask.exceptions import (
     NotRegistered,
@@ -88,8 +88,10 @@ class Executor:
             log.info("skipping %s task %s[%s]", why, message.task, message.id)
             settlement = self._final(delivery, message, REVOKED, None, None)
             if message.chain or message.errbacks or message.chord is not None:
-                await self._advance(settlement, message, Revoked(why))
+                self._advance(settlement, message, Revoked(why))
             return settlement
+        if CHORD_BODY_HEADER in message.headers and await self._body_already_ran(delivery, message):
+            return Settlement(delivery)
         task = self.app.tasks.get(message.task)
         if task is None:
             missing = NotRegistered(message.task)
@@ -146,7 +148,7 @@ class Executor:
         elapsed = time.perf_counter() - started
         settlement = self._settle(delivery, message, task, outcome, elapsed)
         if message.chain or message.links or message.errbacks or message.chord is not None:
-            await self._advance(settlement, message, outcome)
+            self._advance(settlement, message, outcome)
         if task.has_hooks:
             await _run_hooks(task, message, outcome)
         return settlement
@@ -250,44 +252,44 @@ class Executor:
             case Revoked(reason):
                 return self._final(delivery, message, REVOKED, None, None)
 
-    async def _advance(self, settlement: Settlement, message: Message, outcome: Outcome) -> None:
-        """Canvas: attach what this outcome starts (chain, links) or fails (rest, chord)."""
-        factory = self.app.message_factory
-        stored = await self._stored_chains(message) if message.chain else {}
-        if stored is None:
-            return  # the remainder expired: logged, nothing more can run
+    def _advance(self, settlement: Settlement, message: Message, outcome: Outcome) -> None:
+        """Canvas: hand the settler what this outcome means for the workflow (it derives and
+        publishes the follow-ups, canvas/runtime.py, for the whole batch at once)."""
         match outcome:
             case Succeeded(value):
-                message = message.evolve(chain=expand_next(message.chain, stored))
-                settlement.plan = on_success(message, value, factory)
+                settlement.finished = Finished(message, True, value)
             case Failed(exc):
-                message = message.evolve(chain=expand_all(message.chain, stored))
-                settlement.plan = on_failure(message, factory)
-                settlement.exc = exception_to_info(exc)
+                settlement.finished = Finished(message, False, error=exception_to_info(exc))
             case Revoked(reason):
-                message = message.evolve(chain=expand_all(message.chain, stored))
-                settlement.plan = on_failure(message, factory)
-                settlement.exc = exception_to_info(TaskRevoked(f"{message.id}: {reason}"))
+                error = exception_to_info(TaskRevoked(f"{message.id}: {reason}"))
+                settlement.finished = Finished(message, False, error=error)
             case _:
                 return
-        settlement.message = message
 
-    async def _stored_chains(self, message: Message) -> dict[str, list[Any]] | None:
-        """Load the chain remainders a message refers to (one read), or None if expired."""
-        keys = chain_refs(message.chain)
-        if not keys:
-            return {}
+    async def _body_already_ran(self, delivery: Delivery, message: Message) -> bool:
+        """A chord body published again (its chord's completion was re-derived after a worker
+        died before marking it sent) whose result is already final: run it once only.
+
+        Only a first delivery is skipped: a redelivered body may have stored its result but
+        died before publishing its own follow-ups, so it runs again (at least once). If the
+        backend cannot answer, the body runs: twice is better than never.
+        """
         backend = self.app.backend
-        records = await backend.get_many(keys) if backend is not None else [None] * len(keys)
-        if any(r is None or not isinstance(r.result, list) for r in records):
-            log.error(
-                "task %s[%s]: its chain's stored remainder is gone (expired after "
-                "result_expires?); the rest of the chain does not run",
-                message.task,
-                message.id,
-            )
-            return None
-        return {k: r.result for k, r in zip(keys, records, strict=True) if r is not None}
+        if backend is None or delivery.deliveries > 1:
+            return False
+        try:
+            record = await backend.get(message.id)
+        except Exception as exc:
+            log.warning("cannot check chord body %s before running it: %s", message.id, exc)
+            return False
+        if record is None or not record.ready:
+            return False
+        log.info(
+            "skipping chord body %s[%s]: it already ran (a re-published copy)",
+            message.task,
+            message.id,
+        )
+        return True
 
     def _final(
         self,

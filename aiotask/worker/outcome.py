@@ -11,9 +11,8 @@ from aiotask.retry import RetryDecision, RetryPolicy, decide, final_exception
 if TYPE_CHECKING:
     from aiotask.backends.base import EncodedResult
     from aiotask.brokers.base import Delivery
-    from aiotask.canvas.compile import Plan
+    from aiotask.canvas.runtime import Finished
     from aiotask.protocol import Message
-    from aiotask.serializer import ExceptionInfo
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,8 +68,5 @@ class Settlement:
     store: EncodedResult | None = None
     publish: list[Message] = field(default_factory=list)
     reason: str = ""
-    #: canvas: what this outcome starts or fails next (advanced by the settler)
-    plan: Plan | None = None
-    message: Message | None = None
-    #: the failure recorded for `plan.failed` ids and failed chord reports
-    exc: ExceptionInfo | None = None
+    #: canvas: the finished task whose follow-ups the settler derives (canvas/runtime.py)
+    finished: Finished | None = None

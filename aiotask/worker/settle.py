@@ -2,33 +2,93 @@
 
 Order of durability: a result is stored and follow-up messages are published *before* the
 ack. A crash between the steps causes a redelivery and a duplicate run, never a loss.
+
+A flush runs in stages (`_Flush.STAGES`). A stage that fails is retried with backoff — for as
+long as `broker_unreachable_timeout` when a server is unreachable, the same deadline the broker
+path tolerates — and the flush resumes at that stage: what an earlier stage did (results
+stored, follow-ups published) is not done again.
+
+Canvas (chains, chords): the follow-ups of every finished task of the batch are derived by
+canvas/runtime.py; their chord reports go to the backend in one `add_to_groups` call. A chord
+whose completion was decided but not yet marked sent is decided again by a redelivered header
+task (`fire_again`), so a worker dying between the decision and the publish cannot lose the
+body; the decided groups are marked sent right after the publish.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+from dataclasses import dataclass, field
 from itertools import groupby
 from typing import TYPE_CHECKING, Any
 
+from aiotask._backoff import Backoff
 from aiotask._log import get_logger
 from aiotask._time import now
-from aiotask.backends.base import EncodedResult, ResultRecord
-from aiotask.canvas.compile import CHAIN_STATE, on_chord_complete, on_chord_failure
+from aiotask.backends.base import EncodedResult, MemberReport, ResultRecord
+from aiotask.canvas import runtime
+from aiotask.canvas.compile import CHAIN_STATE
+from aiotask.exceptions import BrokerConnectionError
 from aiotask.serializer import ExceptionInfo
 from aiotask.states import FAILURE
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Awaitable, Callable, Sequence
 
     from aiotask.app import App
+    from aiotask.backends.base import ResultBackend
     from aiotask.brokers.base import Delivery
+    from aiotask.canvas.compile import GroupReport, Plan
     from aiotask.protocol import Message
     from aiotask.worker.outcome import Settlement
 
 log = get_logger(__name__)
 
-#: Attempts at flushing one batch before the worker gives up and exits (to be restarted).
+#: Attempts at one stage before giving up, for errors other than an unreachable server.
 FLUSH_ATTEMPTS = 5
+#: Test-only fault injection: `AIOTASK_TEST_CRASH_AT=<point>` makes the worker process exit
+#: (os._exit) at that point; `<point>:raise` raises InjectedCrash instead (in-process tests),
+#: `<point>:error` a BrokerConnectionError (a server failing at that stage; retried).
+CRASH_AT_ENV = "AIOTASK_TEST_CRASH_AT"
+CRASH_EXIT_CODE = 70
+_EARLIER_STEP = ExceptionInfo(
+    "aiotask.exceptions.TaskError", "an earlier step of the workflow failed"
+)
+
+
+class InjectedCrash(Exception):
+    """A fault injected by a test at a named point; the settler never retries it."""
+
+
+def fault_point(point: str) -> None:
+    """Die here if a test asked for it (see CRASH_AT_ENV); a no-op otherwise."""
+    wanted = os.environ.get(CRASH_AT_ENV)
+    if wanted is None:
+        return
+    name, _, mode = wanted.partition(":")
+    if name != point:
+        return
+    if mode == "raise":
+        raise InjectedCrash(point)
+    if mode == "error":
+        raise BrokerConnectionError(f"injected failure at {point}")
+    log.critical("injected crash at %s (%s is set): exiting now", point, CRASH_AT_ENV)
+    os._exit(CRASH_EXIT_CODE)
+
+
+@dataclass(slots=True)
+class _Flush:
+    """One batch and how far its settling got (a retry resumes at `stage`)."""
+
+    batch: list[Settlement]
+    stage: int = 0
+    #: derived by the canvas stage, used by the next ones
+    messages: list[Message] = field(default_factory=list)
+    records: list[EncodedResult] = field(default_factory=list)
+    decided: set[str] = field(default_factory=set)
+    #: dead-letter reasons already nacked (a retry of the `dead` stage skips them)
+    dead_done: set[str] = field(default_factory=set)
 
 
 class Settler:
@@ -62,92 +122,194 @@ class Settler:
         """Settle everything pending now; retried with backoff, raises if the servers stay down."""
         while self._pending:
             batch, self._pending = self._pending, []
-            for attempt in range(1, FLUSH_ATTEMPTS + 1):
-                try:
-                    await self._settle(batch)
-                    break
-                except Exception as exc:
-                    if attempt == FLUSH_ATTEMPTS:
-                        log.critical("cannot settle %d deliveries, giving up: %s", len(batch), exc)
-                        raise
-                    log.error(
-                        "settling %d deliveries failed (attempt %d): %s", len(batch), attempt, exc
-                    )
-                    await asyncio.sleep(min(0.2 * 2**attempt, 5.0))
+            await self._settle(_Flush(batch))
             self._on_settled([s.delivery for s in batch])
 
-    async def _settle(self, batch: list[Settlement]) -> None:
+    async def _settle(self, flush: _Flush) -> None:
+        """Run the stages in order; a failed stage is retried, then the next ones run."""
+        stages: tuple[tuple[str, Callable[[_Flush], Awaitable[None]]], ...] = (
+            ("store", self._store),
+            ("canvas", self._canvas),
+            ("store_canvas", self._store_canvas),
+            ("publish", self._publish),
+            ("mark_sent", self._mark_sent),
+            ("ack", self._ack),
+            ("requeue", self._requeue),
+            ("dead", self._dead),
+        )
+        backoff = Backoff(0.25, 5.0, self.app.conf.broker_unreachable_timeout)
+        attempt = 0
+        while flush.stage < len(stages):
+            where, stage = stages[flush.stage]
+            try:
+                await stage(flush)
+            except InjectedCrash:
+                raise
+            except Exception as exc:
+                attempt += 1
+                size = len(flush.batch)
+                # an unreachable server is waited out up to the deadline; anything else is
+                # retried a few times (it is unlikely to pass on its own)
+                unreachable = isinstance(exc, BrokerConnectionError | OSError)
+                if (not unreachable and attempt >= FLUSH_ATTEMPTS) or backoff.expired:
+                    log.critical(
+                        "cannot settle %d deliveries (%s failed %d times over %.0fs), giving "
+                        "up: %s",
+                        size,
+                        where,
+                        attempt,
+                        backoff.elapsed,
+                        exc,
+                    )
+                    raise
+                if attempt == 1 or not unreachable:
+                    log.error(
+                        "settling %d deliveries failed at %s (attempt %d), retrying for up to "
+                        "%.0fs: %s",
+                        size,
+                        where,
+                        attempt,
+                        backoff.deadline,
+                        exc,
+                    )
+                await asyncio.sleep(backoff.next_delay())
+                continue
+            if attempt:
+                log.warning("settling resumed at %s after %d failed attempts", where, attempt)
+            flush.stage += 1
+            attempt = 0
+            backoff.reset()
+
+    async def _store(self, flush: _Flush) -> None:
         backend = self.app.backend
-        stores = [s.store for s in batch if s.store is not None]
+        stores = [s.store for s in flush.batch if s.store is not None]
         if stores and backend is not None:
             await backend.store(stores)
-        publish = [m for s in batch for m in s.publish]
-        canvas = [s for s in batch if s.plan is not None]
-        if canvas:
-            publish += await self._advance(canvas)
-        if publish:
-            await self.app.publish(publish)
-        broker = self.app.broker
-        acks = [s.delivery for s in batch if s.action == "ack"]
-        if acks:
-            await broker.ack(acks)
-        requeue = [s.delivery for s in batch if s.action == "requeue"]
-        if requeue:
-            await broker.nack(requeue, requeue=True)
-        dead = sorted((s for s in batch if s.action == "dead"), key=lambda s: s.reason)
-        # (canvas follow-ups were published above, before any ack)
-        for reason, group in groupby(dead, key=lambda s: s.reason):
-            await broker.nack([s.delivery for s in group], requeue=False, reason=reason)
 
-    async def _advance(self, settlements: list[Settlement]) -> list[Message]:
-        """Canvas: open groups, record failed steps, report chord members; return messages.
+    async def _canvas(self, flush: _Flush) -> None:
+        """Derive the batch's follow-ups; report chord members (one round trip per round).
 
-        Runs before the ack: a crash here redelivers the finished task, and the backend's
-        idempotent group reports make the repeat harmless.
+        Idempotent, so a retry redoes it whole: a report already recorded answers as a
+        duplicate, and a decided but unsent chord is decided again (`fire_again`).
         """
+        finished = [s for s in flush.batch if s.finished is not None]
+        flush.messages, flush.records, flush.decided = [], [], set()
+        if not finished:
+            return
         backend = self.app.backend
         if backend is None:
             log.error("canvas needs a result backend; follow-up steps were dropped")
-            return []
+            return
+        work = await self._follow_ups(backend, finished)
         ttl = self.app.conf.result_expires
-        factory = self.app.message_factory
-        messages: list[Message] = []
-        failed: list[EncodedResult] = []
-        work = [(s, s.plan) for s in settlements if s.plan is not None]
         while work:
-            settlement, plan = work.pop()
-            assert settlement.message is not None  # noqa: S101 - set with plan
-            exc = settlement.exc or ExceptionInfo(
-                "aiotask.exceptions.TaskError", "an earlier step of the workflow failed"
-            )
-            for group in plan.groups:
-                await backend.open_group(group.group_id, group.size, group.body, ttl)
-            failed += [_blob(key, steps, ttl) for key, steps in plan.blobs]
-            failed += [_failure(task_id, exc, ttl) for task_id in plan.failed]
-            for report in plan.reports:
+            reports: list[tuple[Settlement, GroupReport, EncodedResult]] = []
+            for settlement, plan in work:
+                assert settlement.finished is not None  # noqa: S101 - filtered above
+                for group in plan.groups:
+                    await backend.open_group(group.group_id, group.size, group.body, ttl)
+                error = settlement.finished.error or _EARLIER_STEP
+                flush.records += [_blob(key, steps, ttl) for key, steps in plan.blobs]
+                flush.records += [_failure(task_id, error, ttl) for task_id in plan.failed]
+                flush.messages += plan.messages
                 own = settlement.store
-                record = (
-                    own
-                    if own is not None and own.task_id == report.task_id
-                    else (_failure(report.task_id, exc, ttl))
+                for report in plan.reports:
+                    mine = own is not None and own.task_id == report.task_id
+                    record = (
+                        own if own is not None and mine else _failure(report.task_id, error, ttl)
+                    )
+                    reports.append((settlement, report, record))
+            work = await self._report(backend, reports, flush.decided) if reports else []
+
+    async def _follow_ups(
+        self, backend: ResultBackend, finished: list[Settlement]
+    ) -> list[tuple[Settlement, Plan]]:
+        """Each finished task's plan, with the chain remainders they refer to read at once."""
+        keys = runtime.chain_keys(s.finished for s in finished if s.finished is not None)
+        stored: dict[str, list[Any]] = {}
+        if keys:
+            found = await backend.get_many(keys)
+            stored = {
+                key: record.result
+                for key, record in zip(keys, found, strict=True)
+                if record is not None and isinstance(record.result, list)
+            }
+        work: list[tuple[Settlement, Plan]] = []
+        for settlement in finished:
+            assert settlement.finished is not None  # noqa: S101 - filtered by the caller
+            plan = runtime.follow_ups(settlement.finished, stored, self.app.message_factory)
+            if plan is None:
+                message = settlement.finished.message
+                log.error(
+                    "task %s[%s]: its chain's stored remainder is gone (expired after "
+                    "result_expires?); the rest of the chain does not run",
+                    message.task,
+                    message.id,
                 )
-                progress = await backend.add_to_group(report.group_id, report.index, record)
-                if progress.fire and progress.body is not None:
-                    results = [r.result for r in progress.records]
-                    work.append(
-                        (
-                            settlement,
-                            on_chord_complete(progress.body, results, settlement.message, factory),
-                        )
-                    )
-                elif progress.first_failure and progress.body is not None:
-                    work.append(
-                        (settlement, on_chord_failure(progress.body, report.task_id, factory))
-                    )
-            messages += plan.messages
-        if failed:
-            await backend.store(failed)  # failures and stored chain remainders, before publishing
-        return messages
+                continue
+            work.append((settlement, plan))
+        return work
+
+    async def _report(
+        self,
+        backend: ResultBackend,
+        reports: list[tuple[Settlement, GroupReport, EncodedResult]],
+        decided: set[str],
+    ) -> list[tuple[Settlement, Plan]]:
+        """One round trip for every report; the bodies and failures the answers call for."""
+        batch = [MemberReport(r.group_id, r.index, record) for _, r, record in reports]
+        progress = await backend.add_to_groups(batch)
+        if any(p.fire or p.fire_again for p in progress):
+            fault_point("chord-fired")
+        answers = []
+        for (settlement, report, _), verdict in zip(reports, progress, strict=True):
+            assert settlement.finished is not None  # noqa: S101 - only finished ones report
+            answers.append((settlement.finished.message, report, verdict))
+            if verdict.fire_again or verdict.failure_again:
+                log.warning(
+                    "chord %s: a redelivered member found its outcome not yet sent; "
+                    "deriving it again",
+                    report.group_id,
+                )
+        factory = self.app.message_factory
+        return [
+            (reports[i][0], plan) for i, plan in runtime.after_reports(answers, factory, decided)
+        ]
+
+    async def _store_canvas(self, flush: _Flush) -> None:
+        """Failed steps and stored chain remainders, before anything refers to them."""
+        backend = self.app.backend
+        if flush.records and backend is not None:
+            await backend.store(flush.records)
+
+    async def _publish(self, flush: _Flush) -> None:
+        publish = [m for s in flush.batch for m in s.publish] + flush.messages
+        if publish:
+            await self.app.publish(publish)
+
+    async def _mark_sent(self, flush: _Flush) -> None:
+        backend = self.app.backend
+        if flush.decided and backend is not None:
+            fault_point("chord-published")
+            await backend.groups_sent(sorted(flush.decided))
+
+    async def _ack(self, flush: _Flush) -> None:
+        acks = [s.delivery for s in flush.batch if s.action == "ack"]
+        if acks:
+            await self.app.broker.ack(acks)
+
+    async def _requeue(self, flush: _Flush) -> None:
+        requeue = [s.delivery for s in flush.batch if s.action == "requeue"]
+        if requeue:
+            await self.app.broker.nack(requeue, requeue=True)
+
+    async def _dead(self, flush: _Flush) -> None:
+        dead = sorted((s for s in flush.batch if s.action == "dead"), key=lambda s: s.reason)
+        for reason, group in groupby(dead, key=lambda s: s.reason):
+            if reason in flush.dead_done:
+                continue
+            await self.app.broker.nack([s.delivery for s in group], requeue=False, reason=reason)
+            flush.dead_done.add(reason)
 
 
 def _blob(key: str, steps: list[Any], ttl: float) -> EncodedResult:

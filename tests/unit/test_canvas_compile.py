@@ -8,16 +8,9 @@ import orjson
 import pytest
 
 from aiotask.canvas import chain, chord, chunks, group, signature
-from aiotask.canvas.compile import (
-    compile_step,
-    freeze,
-    on_chord_complete,
-    on_chord_failure,
-    on_failure,
-    on_success,
-    prepend_args,
-    result_ids,
-)
+from aiotask.canvas.compile import compile_step, freeze, prepend_args, result_ids
+from aiotask.canvas.runtime import on_chord_complete as _on_chord_complete
+from aiotask.canvas.runtime import on_chord_failure, on_failure, on_success
 from aiotask.exceptions import ConfigurationError
 from aiotask.protocol import Message
 
@@ -28,6 +21,10 @@ def factory(
     return Message(
         id=task_id, task=task, args=args, kwargs=kwargs, queue=options.get("queue", "default")
     )
+
+
+def on_chord_complete(body: bytes, results: list[Any], reporter: Message, fac: Any) -> Any:
+    return _on_chord_complete(body, results, reporter, fac, "g")
 
 
 def s(name: str, *args: Any) -> Any:
@@ -223,7 +220,7 @@ def test_steps_are_json() -> None:
 
 
 def test_long_chain_remainder_is_stored_once_and_messages_stay_small() -> None:
-    from aiotask.canvas.compile import chain_refs, expand_all, expand_next
+    from aiotask.canvas.runtime import chain_refs, expand_all, expand_next
     from aiotask.protocol import encode
 
     steps = [s("inc", "x" * 100) for _ in range(500)]
