@@ -20,9 +20,9 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from aiotask._redis.conn import connection_class
 from aiotask._urls import redact
 from aiotask.backends.base import EncodedResult, GroupProgress, ResultRecord, decode_record
-from aiotask.brokers._redis_conn import connection_class
 from aiotask.exceptions import BrokerConnectionError, ResultTimeout
 from aiotask.states import FAILURE, SUCCESS
 

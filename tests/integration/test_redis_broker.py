@@ -10,13 +10,14 @@ import asyncio
 import logging
 import shutil
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import pytest
 from redis.asyncio import Redis
 
 from aiotask.backends.redis import RedisBackend
 from aiotask.brokers import Delivery, Outgoing
+from aiotask.brokers._common import exhausted_reason
 from aiotask.brokers.redis_streams import RedisStreamsBroker
 from aiotask.exceptions import BrokerConnectionError
 from aiotask.settings import Settings
@@ -267,3 +268,93 @@ async def test_wait_survives_a_backend_restart(private_redis: PrivateRedis) -> N
         assert (await waiter).result == 7
     finally:
         await backend.close()
+
+
+async def _owner(raw: Redis, stream: str, entry_id: bytes) -> str:
+    [pending] = await raw.xpending_range(stream, "app", min=entry_id, max=entry_id, count=1)
+    return str(pending["consumer"].decode())
+
+
+async def test_lease_renewal_never_takes_back_a_message_taken_over_after_a_lapse(
+    redis_url: str, namespace: str, raw: Redis, broker: RedisStreamsBroker
+) -> None:
+    other = RedisStreamsBroker(
+        redis_url, settings(redis_url, namespace, visibility_timeout=0.6), "app"
+    )
+    await other.connect()
+    try:
+        await broker.publish([out(1)])
+        [mine] = await receive_n(broker, 1)
+        await asyncio.sleep(0.8)  # our lease lapses (a long GC pause, a stalled loop)
+        async with asyncio.timeout(5):
+            [theirs] = await other.receive(["q"], 1)  # taken over, legitimately
+        assert theirs.message_id == mine.message_id and theirs.deliveries == 2
+        stream, entry_id = cast("tuple[str, bytes]", theirs.token)
+        assert await _owner(raw, stream, entry_id) == other._consumer
+        await broker.extend([mine])  # the old owner's renewal timer fires
+        assert await _owner(raw, stream, entry_id) == other._consumer
+        await other.extend([theirs])  # the new owner's renewal still works
+        assert await _owner(raw, stream, entry_id) == other._consumer
+        await broker.nack([mine], requeue=True)  # a late hand-back must not duplicate it
+        assert await raw.xlen(stream) == 1
+        await other.ack([theirs])
+        assert await raw.xlen(stream) == 0
+    finally:
+        await other.close()
+
+
+async def test_counted_hand_back_carries_the_count_and_dead_letters_with_the_common_reason(
+    redis_url: str, namespace: str, raw: Redis
+) -> None:
+    conf = settings(redis_url, namespace, visibility_timeout=30.0, max_deliveries=2)
+    b = RedisStreamsBroker(redis_url, conf, "app")
+    await b.connect()
+    try:
+        await b.publish([out(1)])
+        [d] = await receive_n(b, 1)
+        await b.nack([d], requeue=True, counted=True)
+        [d] = await receive_n(b, 1)
+        assert d.deliveries == 2
+        await b.nack([d], requeue=True, counted=True)
+        [dead] = await b.dead_letters("q")
+        assert dead.reason == exhausted_reason(2, 2)
+        assert await raw.xlen(f"{namespace}:{{q}}:s0") == 0
+    finally:
+        await b.close()
+
+
+async def test_a_lost_consumers_entries_are_taken_over_but_a_silent_one_keeps_its_lease(
+    redis_url: str, namespace: str, raw: Redis
+) -> None:
+    conf = settings(
+        redis_url,
+        namespace,
+        visibility_timeout=60.0,
+        worker_heartbeat_interval=0.1,
+        worker_lost_after=0.5,
+    )
+    lost, silent, taker = (RedisStreamsBroker(redis_url, conf, "app") for _ in range(3))
+    for b in (lost, silent, taker):
+        await b.connect()
+    try:
+        await lost.heartbeat()
+        await lost.publish([out(1), out(2)])
+        held = await receive_n(lost, 1)
+        assert await raw.zscore(f"{namespace}:{{q}}:consumers", lost._consumer) is not None
+        [kept] = await receive_n(silent, 1)  # never sends a heartbeat: the lease rule only
+        await asyncio.sleep(0.6)
+        await taker.heartbeat()
+        async with asyncio.timeout(5):
+            taken = await taker.receive(["q"], 10)
+        assert [d.message_id for d in taken] == [held[0].message_id]
+        assert taken[0].deliveries == 2
+        # the lost consumer is forgotten once it owns nothing; the silent one keeps its entry
+        assert await raw.zscore(f"{namespace}:{{q}}:consumers", lost._consumer) is None
+        stream, entry_id = cast("tuple[str, bytes]", kept.token)
+        assert await _owner(raw, stream, entry_id) == silent._consumer
+        await taker.ack(taken)
+        await silent.ack([kept])
+    finally:
+        for b in (lost, silent, taker):
+            await b.close()
+    assert await raw.exists(f"{namespace}:{{q}}:consumers") == 0
