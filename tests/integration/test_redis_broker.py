@@ -272,7 +272,8 @@ async def test_wait_survives_a_backend_restart(private_redis: PrivateRedis) -> N
 
 async def _owner(raw: Redis, stream: str, entry_id: bytes) -> str:
     [pending] = await raw.xpending_range(stream, "app", min=entry_id, max=entry_id, count=1)
-    return str(pending["consumer"].decode())
+    consumer = pending["consumer"]
+    return consumer.decode() if isinstance(consumer, bytes) else str(consumer)
 
 
 async def test_lease_renewal_never_takes_back_a_message_taken_over_after_a_lapse(
