@@ -359,3 +359,13 @@ async def test_a_lost_consumers_entries_are_taken_over_but_a_silent_one_keeps_it
         for b in (lost, silent, taker):
             await b.close()
     assert await raw.exists(f"{namespace}:{{q}}:consumers") == 0
+
+
+async def test_publish_markers_do_not_pile_up(
+    broker: RedisStreamsBroker, raw: Redis, namespace: str
+) -> None:
+    for i in range(5):
+        await broker.publish([out(i)])
+    markers = [k async for k in raw.scan_iter(match=f"{namespace}:{{q}}:pub:*")]
+    assert len(markers) == 1  # each publish deletes the markers of confirmed earlier ones
+    assert 0 < await raw.pttl(markers[0]) <= broker._marker_ms
