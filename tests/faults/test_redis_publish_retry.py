@@ -65,7 +65,7 @@ async def test_publish_retried_across_a_paused_server_adds_each_message_once(
         os.kill(server.proc.pid, signal.SIGCONT)
         async with asyncio.timeout(20):
             await publishing
-        got = []
+        got: list[Delivery] = []
         async with asyncio.timeout(10):
             while len(got) < 3:
                 got += await broker.receive(["q"], 10)
