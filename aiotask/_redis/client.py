@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import secrets
+import socket
 from typing import TYPE_CHECKING, TypeVar
 
 from redis.asyncio import Redis
@@ -74,7 +77,7 @@ def map_errors(url: str, what: str = "Redis") -> Iterator[None]:
         ) from exc
 
 
-def make_client(url: str) -> Redis:
+def make_client(url: str, name: str | None = None) -> Redis:
     """A client with our connection class; redis-py's own retries and socket timeouts off.
 
     No socket_timeout: redis-py would route every write through asyncio.wait_for, which on
@@ -88,6 +91,7 @@ def make_client(url: str) -> Redis:
         retry=Retry(NoBackoff(), 0),
         socket_timeout=None,
         socket_connect_timeout=5.0,
+        client_name=name,
     )
 
 
@@ -100,12 +104,14 @@ class SharedClient:
 
     def __init__(self, url: str) -> None:
         self.url = url
+        #: CLIENT SETNAME of every connection: operators (and tests) can tell ours apart
+        self.name = f"aiotask-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self._client: Redis | None = None
         self._users = 0
 
     def acquire(self) -> Redis:
         if self._client is None:
-            self._client = make_client(self.url)
+            self._client = make_client(self.url, self.name)
         self._users += 1
         return self._client
 

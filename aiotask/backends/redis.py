@@ -15,20 +15,18 @@ import math
 import time
 from typing import TYPE_CHECKING, Any
 
-from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from aiotask._redis.conn import connection_class
-from aiotask._urls import redact
+from aiotask._backoff import Backoff
+from aiotask._redis.client import SharedClient, map_errors
 from aiotask.backends.base import EncodedResult, GroupProgress, ResultRecord, decode_record
 from aiotask.exceptions import BrokerConnectionError, ResultTimeout
 from aiotask.states import FAILURE, SUCCESS
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+    from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
+    from redis.asyncio import Redis
     from redis.asyncio.connection import AbstractConnection
     from redis.commands.core import AsyncScript
 
@@ -100,6 +98,8 @@ class RedisBackend:
 
     def __init__(self, url: str, settings: Settings) -> None:
         self._url = url
+        #: the client (connection pool); shared with a broker on the same server
+        self.shared_client = SharedClient(url)
         self._prefix = settings.key_prefix
         self._redis: Redis | None = None
         self._scripts: tuple[AsyncScript, AsyncScript, AsyncScript] | None = None
@@ -107,15 +107,15 @@ class RedisBackend:
         self._gets: dict[str, asyncio.Future[bytes | None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
-    @contextlib.contextmanager
-    def _map_errors(self) -> Iterator[None]:
-        """Redis errors -> BrokerConnectionError naming the (redacted) server."""
-        try:
-            yield
-        except _ERRORS as exc:
-            raise BrokerConnectionError(
-                f"result backend Redis at {redact(self._url)} failed: {exc}; is the server running?"
-            ) from exc
+    def use_client_of(self, broker: object) -> None:
+        """Share the broker's connection pool when it talks to the same server (same URL):
+        one pool for both, not two. Call before connect(); anything else is left alone."""
+        shared = getattr(broker, "shared_client", None)
+        if isinstance(shared, SharedClient) and shared.url == self._url and self._redis is None:
+            self.shared_client = shared
+
+    def _map_errors(self) -> contextlib.AbstractContextManager[None]:
+        return map_errors(self._url, "result backend Redis")
 
     def _client(self) -> Redis:
         if self._redis is None:
@@ -137,15 +137,7 @@ class RedisBackend:
     async def connect(self) -> None:
         if self._redis is not None:
             return
-        # socket_timeout stays None: with it, redis-py writes through asyncio.wait_for, which
-        # on Python 3.11 can swallow a cancellation (see brokers/redis_streams.py).
-        self._redis = Redis.from_url(
-            self._url,
-            protocol=2,
-            retry=Retry(NoBackoff(), 0),
-            socket_timeout=None,
-            connection_class=connection_class(self._url),
-        )
+        self._redis = self.shared_client.acquire()
         register = self._redis.register_script
         self._scripts = (register(_STORE), register(_OPEN_GROUP), register(_ADD_TO_GROUP))
         self._sub = _Subscriber(self._redis.connection_pool.make_connection, self._fetch_many)
@@ -163,8 +155,8 @@ class RedisBackend:
         for task in list(self._tasks):
             task.cancel()
         if self._redis is not None:
-            await self._redis.aclose()
             self._redis = None
+            await self.shared_client.release()
 
     async def store(self, results: Sequence[EncodedResult]) -> None:
         """One script call for the batch: first ready writer wins; ready records are published."""
@@ -294,17 +286,20 @@ class RedisBackend:
     async def control(self) -> AsyncIterator[bytes]:
         """Control payloads from PUBLISH on `{prefix}:control`; resubscribes after a drop."""
         channel = f"{self._prefix}:control"
+        backoff = Backoff(first=0.5)
         while True:
             pubsub = self._client().pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(channel)
+                backoff.reset()
                 while True:
                     message = await pubsub.get_message(timeout=None)
                     if message is not None and message.get("type") == "message":
                         yield _bytes(message["data"])
             except (RedisError, OSError) as exc:
-                logger.warning("control channel lost (%s); resubscribing", exc)
-                await asyncio.sleep(1.0)
+                if not backoff.failing:
+                    logger.warning("control channel lost (%s); resubscribing", exc)
+                await backoff.sleep()
             finally:
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
@@ -429,17 +424,17 @@ class _Subscriber:
                 self._resolve(ch, raw[1:])
 
     async def _read_loop(self) -> None:
-        delay = 0.05
+        backoff = Backoff()  # no deadline: waits fail by their own timeouts, not this loop
         while True:
             try:
                 conn = await self._connection()
                 reply = await conn.read_response(timeout=math.inf)
-                delay = 0.05
+                backoff.reset()
             except _ERRORS as exc:
-                logger.warning("result backend pub/sub connection lost, reconnecting: %s", exc)
+                if not backoff.failing:
+                    logger.warning("result backend pub/sub connection lost, reconnecting: %s", exc)
                 await self._drop()
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+                await backoff.sleep()
                 continue
             self._dispatch(reply)
 

@@ -167,19 +167,23 @@ async def test_new_delayed_message_wakes_a_blocked_consumer(
         await producer.close()
 
 
+async def _own_connections(raw: Redis, name: str) -> int:
+    """Connections of one client (by its CLIENT SETNAME), not the shared server's total."""
+    return sum(1 for c in await raw.client_list() if c.get("name") == name)
+
+
 async def test_many_waits_share_one_connection(redis_url: str, namespace: str, raw: Redis) -> None:
     from aiotask.backends.base import EncodedResult, ResultRecord
 
     backend = RedisBackend(redis_url, settings(redis_url, namespace))
     await backend.connect()
+    name = backend.shared_client.name
     try:
-        before = int((await raw.info("clients"))["connected_clients"])
         ids = [f"{namespace}-{i}" for i in range(1000)]
         waits = [asyncio.create_task(backend.wait(t, timeout=10)) for t in ids]
         await asyncio.sleep(0.3)
-        during = int((await raw.info("clients"))["connected_clients"])
         # one pub/sub connection plus at most a couple of pooled ones, whatever the count
-        assert during - before <= 3
+        assert 1 <= await _own_connections(raw, name) <= 3
         await backend.store(
             [EncodedResult.of(ResultRecord(t, "SUCCESS", i), 60) for i, t in enumerate(ids)]
         )
@@ -187,6 +191,31 @@ async def test_many_waits_share_one_connection(redis_url: str, namespace: str, r
         assert [r.result for r in results] == list(range(1000))
     finally:
         await backend.close()
+    assert await _own_connections(raw, name) == 0
+
+
+async def test_broker_and_backend_on_one_server_share_one_pool(
+    redis_url: str, namespace: str, raw: Redis
+) -> None:
+    from aiotask import App
+
+    app = App("share", broker=redis_url, key_prefix=namespace)
+    backend, broker = app.backend, app.broker
+    assert isinstance(backend, RedisBackend)
+    assert isinstance(broker, RedisStreamsBroker)
+    assert backend.shared_client is broker.shared_client
+    name = broker.shared_client.name
+    async with app:
+        assert backend._redis is broker._redis
+        await broker.publish([out(1)])
+        assert await backend.get("nothing") is None
+        assert await _own_connections(raw, name) >= 1
+    assert await _own_connections(raw, name) == 0
+    other = App("apart", broker=redis_url, backend=redis_url.rsplit("/", 1)[0] + "/1")
+    backend, broker = other.backend, other.broker
+    assert isinstance(backend, RedisBackend)
+    assert isinstance(broker, RedisStreamsBroker)
+    assert backend.shared_client is not broker.shared_client  # another database: another pool
 
 
 @pytest.fixture
@@ -369,3 +398,14 @@ async def test_publish_markers_do_not_pile_up(
     markers = [k async for k in raw.scan_iter(match=f"{namespace}:{{q}}:pub:*")]
     assert len(markers) == 1  # each publish deletes the markers of confirmed earlier ones
     assert 0 < await raw.pttl(markers[0]) <= broker._marker_ms
+
+
+async def test_a_server_error_is_not_called_an_outage(
+    broker: RedisStreamsBroker, raw: Redis, namespace: str
+) -> None:
+    await raw.set(f"{namespace}:{{q}}:dead", b"not a stream")
+    started = time.monotonic()
+    with pytest.raises(BrokerConnectionError, match="answered with an error") as caught:
+        await broker.dead_letters("q")
+    assert "WRONGTYPE" in str(caught.value) and "server running" not in str(caught.value)
+    assert time.monotonic() - started < 2.0  # not retried as if unreachable
