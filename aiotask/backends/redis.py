@@ -328,6 +328,7 @@ class _Subscriber:
         self._to_unsub: set[bytes] = set()
         self._flush: asyncio.Handle | None = None
         self._reconnect = False
+        self._closed = False  # after close(): no new subscriptions, connections or tasks
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def wait(self, channel: bytes, check: Callable[[], Awaitable[bytes | None]]) -> bytes:
@@ -358,11 +359,13 @@ class _Subscriber:
                     self._schedule()
 
     def _schedule(self) -> None:
-        if self._flush is None:
+        if self._flush is None and not self._closed:
             self._flush = asyncio.get_running_loop().call_soon(self._start_flush)
 
     def _start_flush(self) -> None:
         self._flush = None
+        if self._closed:
+            return
         task = asyncio.get_running_loop().create_task(self._send_changes())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -386,15 +389,19 @@ class _Subscriber:
                 del self._confirmed[ch]
         try:
             conn = await self._connection()
+            if self._closed:
+                return
             if unsubs:
                 await conn.send_command("UNSUBSCRIBE", *unsubs)
             if subs:
                 await conn.send_command("SUBSCRIBE", *subs)
-        except _ERRORS as exc:
+        except (*_ERRORS, BrokerConnectionError) as exc:
             logger.debug("pub/sub send failed, the reader reconnects: %s", exc)
 
     async def _connection(self) -> AbstractConnection:
         async with self._lock:
+            if self._closed:
+                raise BrokerConnectionError("the Redis result backend was closed")
             if self._conn is None:
                 conn = self._make()
                 await conn.connect()  # type: ignore[no-untyped-call]
@@ -461,6 +468,10 @@ class _Subscriber:
                 await conn.disconnect()
 
     async def close(self) -> None:
+        self._closed = True
+        if self._flush is not None:
+            self._flush.cancel()
+            self._flush = None
         tasks = [t for t in (self._reader, *self._tasks) if t is not None]
         for task in tasks:
             task.cancel()
