@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
+_warned: set[str] = set()
 
 #: Errors that say "the server could not be reached or stopped answering": worth a retry.
 RETRYABLE = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError)
@@ -151,3 +152,37 @@ async def retrying(
                     f"{what} at {redact(url)} unreachable for {deadline:g}s "
                     f"(broker_unreachable_timeout): {exc.__cause__}"
                 ) from exc.__cause__
+
+
+async def warn_if_volatile(client: Redis, url: str) -> None:
+    """Warn once per server when it may lose queued messages (no AOF, or evicting keys)."""
+    if redact(url) in _warned:
+        return
+    _warned.add(redact(url))
+    pipe = client.pipeline(transaction=False)
+    pipe.execute_command("CONFIG", "GET", "appendonly")
+    pipe.execute_command("CONFIG", "GET", "maxmemory-policy")
+    try:
+        results = await pipe.execute(raise_on_error=False)
+    except (RedisError, OSError):
+        return
+    if any(isinstance(r, Exception) for r in results):
+        return  # CONFIG renamed or disabled (managed Redis): nothing to check
+    appendonly, policy = (_text(r[1]) if len(r) == 2 else "" for r in results)
+    if appendonly == "no":
+        logger.warning(
+            "Redis at %s has appendonly=no: a restart loses queued messages; "
+            "set 'appendonly yes' (and appendfsync everysec) in redis.conf",
+            redact(url),
+        )
+    if policy != "noeviction":
+        logger.warning(
+            "Redis at %s has maxmemory-policy=%s: it may evict queued messages; "
+            "set 'maxmemory-policy noeviction'",
+            redact(url),
+            policy,
+        )
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)

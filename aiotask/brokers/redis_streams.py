@@ -21,9 +21,8 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from aiotask._redis.client import SharedClient, map_errors, retrying
+from aiotask._redis.client import SharedClient, map_errors, retrying, warn_if_volatile
 from aiotask._time import monotonic, now
-from aiotask._urls import redact
 from aiotask.brokers import _redis_lua as lua
 from aiotask.brokers._common import DEAD_LETTER_CAP, exhausted_reason, text
 from aiotask.brokers.base import BrokerCapabilities, DeadLetter, Delivery, Outgoing
@@ -49,7 +48,6 @@ MOVE_BATCH = 1000
 _CAPPED = ("MAXLEN", "~", DEAD_MAXLEN, "*")
 #: Seconds a non-blocking round trip may take before the server counts as unreachable.
 OP_TIMEOUT = 10.0
-_warned: set[str] = set()
 #: Scripts loaded on connect (and again after NOSCRIPT).
 _SCRIPTS = (
     "PUBLISH", "MOVE_DUE", "RECLAIM", "HAND_BACK", "READ_BANDS", "EXTEND", "NACK", "BEAT",
@@ -197,36 +195,7 @@ class RedisStreamsBroker:
             self._redis = None
             await self.shared_client.release()
             raise
-        await self._check_server()
-
-    async def _check_server(self) -> None:
-        """Warn once when the server may lose queued messages (no AOF, or evicting keys)."""
-        if redact(self._url) in _warned:
-            return
-        _warned.add(redact(self._url))
-        try:
-            with map_errors(self._url):
-                results = await self._pipeline(
-                    [("CONFIG", "GET", "appendonly"), ("CONFIG", "GET", "maxmemory-policy")]
-                )
-        except BrokerConnectionError:
-            return
-        if any(isinstance(r, Exception) for r in results):
-            return  # CONFIG renamed or disabled (managed Redis): nothing to check
-        appendonly, policy = (text(r[1]) if len(r) == 2 else "" for r in results)
-        if appendonly == "no":
-            logger.warning(
-                "Redis at %s has appendonly=no: a restart loses queued messages; "
-                "set 'appendonly yes' (and appendfsync everysec) in redis.conf",
-                redact(self._url),
-            )
-        if policy != "noeviction":
-            logger.warning(
-                "Redis at %s has maxmemory-policy=%s: it may evict queued messages; "
-                "set 'maxmemory-policy noeviction'",
-                redact(self._url),
-                policy,
-            )
+        await warn_if_volatile(self._client(), self._url)
 
     async def close(self) -> None:
         """Hand back what this consumer still owns (so it runs again at once), then close."""
@@ -450,8 +419,9 @@ class RedisStreamsBroker:
         got: list[Delivery] = []
         more = False
         for k, reply in zip(takers, results, strict=True):
-            if isinstance(reply, Exception):
-                raise reply
+            if isinstance(reply, Exception):  # NOGROUP: the server lost the group
+                self._ready.clear()
+                continue
             more = more or bool(reply[0])
             for band, entry_id, mid, body, count in reply[1]:
                 stream = k.streams[int(band)]

@@ -244,7 +244,7 @@ async def test_warns_about_persistence_and_eviction(
     private_redis: PrivateRedis, caplog: pytest.LogCaptureFixture
 ) -> None:
     b = RedisStreamsBroker(private_redis.url, settings(private_redis.url, "w"), "app")
-    with caplog.at_level(logging.WARNING, logger="aiotask.brokers.redis_streams"):
+    with caplog.at_level(logging.WARNING, logger="aiotask._redis.client"):
         await b.connect()
     await b.close()
     text = caplog.text
