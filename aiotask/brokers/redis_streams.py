@@ -554,8 +554,8 @@ class RedisStreamsBroker:
         lost = sum(len(ids) for ids in by.values()) - sum(r for r in results if isinstance(r, int))
         if lost > 0:
             logger.warning(
-                "%d message(s) were taken over by another consumer after their lease lapsed; "
-                "their leases are not renewed here",
+                "%d message(s) were taken over (or settled) by another consumer after their "
+                "lease lapsed; their leases are not renewed here",
                 lost,
             )
 
