@@ -223,7 +223,7 @@ return 1
 #: heartbeat, nor one that never sent any: those keep the lease rule), at most `count` in all;
 #: dead-letter those past max_deliveries; forget a lost consumer once it owns nothing.
 #: Returns {more (1 if a lost consumer still owns entries), {{band, id, message_id, body,
-#: deliveries}, ...}}.
+#: deliveries}, ...}, ms until the next other consumer's heartbeat expires (-1: none)}.
 #: KEYS: consumers zset, dead-letter stream, band 0, 1, 2 streams. ARGV: group, consumer,
 #: count, max_deliveries, dead-letter maxlen, queue, now (unix s), reason head, reason tail.
 TAKEOVER = """
@@ -279,5 +279,12 @@ for _, c in ipairs(lost) do
     more = 1
   end
 end
-return {more, out}
+local wait, head = -1, redis.call('ZRANGE', KEYS[1], 0, 1, 'WITHSCORES')
+for i = 1, #head, 2 do
+  if head[i] ~= ARGV[2] then
+    wait = math.max(tonumber(head[i + 1]) - now, 0)
+    break
+  end
+end
+return {more, out, wait}
 """

@@ -417,17 +417,19 @@ class RedisStreamsBroker:
 
     def _taken(self, takers: list[_Keys], results: list[Any], mono: float) -> list[Delivery]:
         got: list[Delivery] = []
-        more = False
+        delay = self._takeover_every
         for k, reply in zip(takers, results, strict=True):
             if isinstance(reply, Exception):  # NOGROUP: the server lost the group
                 self._ready.clear()
                 continue
-            more = more or bool(reply[0])
+            if reply[0]:  # a lost consumer still owns entries: look again on the next receive
+                delay = 0.0
+            elif int(reply[2]) >= 0:  # look right when the next heartbeat would lapse
+                delay = min(delay, int(reply[2]) / 1000 + 0.01)
             for band, entry_id, mid, body, count in reply[1]:
                 stream = k.streams[int(band)]
                 got.append(Delivery(body, k.queue, text(mid), int(count), (stream, entry_id)))
-        # a lost consumer that still owns entries: look again on the next receive
-        self._next_takeover = mono if more else mono + self._takeover_every
+        self._next_takeover = mono + delay
         if got:
             logger.warning(
                 "took over %d message(s) of a lost consumer (no heartbeat for %gs)",
