@@ -1,10 +1,12 @@
 """redis:// and rediss:// — Redis Streams with one consumer group per app; see docs/redis.md.
 
 Per queue (all keys hash-tagged `{queue}`): three priority-band streams, a sorted set of
-delayed messages and a dead-letter stream. `receive` is one XREADGROUP over every band of
-every queue; due delayed messages and a dead consumer's entries are moved in by Lua scripts
-that run on the receive path (the mover when the earliest known eta is due, XAUTOCLAIM every
-visibility_timeout/2), and BLOCK is bounded by whichever comes first, so nothing polls.
+delayed messages, a dead-letter stream and a set of consumers' heartbeat expiries. `receive`
+runs the due housekeeping in one round trip (wake-up acks, the delay mover, XAUTOCLAIM of
+lapsed leases every visibility_timeout/2, takeover of consumers whose heartbeat lapsed), then
+a strict-priority non-blocking read in Lua, and only when every stream is empty one blocking
+XREADGROUP bounded by the next due eta, reclaim or takeover check, so nothing polls. Every
+script touches the keys of one queue only.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from aiotask._redis.client import SharedClient, map_errors, retrying, warn_if_volatile
 from aiotask._time import monotonic, now
 from aiotask.brokers import _redis_lua as lua
-from aiotask.brokers._common import DEAD_LETTER_CAP, exhausted_reason, text
+from aiotask.brokers._common import DEAD_LETTER_CAP, exhausted, exhausted_reason, text
 from aiotask.brokers.base import BrokerCapabilities, DeadLetter, Delivery, Outgoing
 from aiotask.exceptions import BrokerConnectionError
 
@@ -65,7 +67,8 @@ def _reason_parts(max_deliveries: int) -> tuple[str, str]:
 
 
 def _band(priority: int) -> int:
-    """Priority 0-9 to a stream band: 0-3 low, 4-6 normal, 7-9 high (read high first)."""
+    """Priority 0-9 to a stream band: 0-3 low, 4-6 normal, 7-9 high (read high first); out of
+    range values land in the end bands, as `_common.clamp_priority` would put them."""
     return 2 if priority >= 7 else 1 if priority >= 4 else 0
 
 
@@ -455,7 +458,7 @@ class RedisStreamsBroker:
                 body = fields.get(b"b", f[1] if f else b"")  # foreign entries: the first value
                 mid = text(fields.get(b"m", entry_id))
                 d = Delivery(body, queue, mid, int(fields.get(b"n", 0)) + 1, (stream, entry_id))
-                (over if d.deliveries > self._max_deliveries else got).append(d)
+                (over if exhausted(d.deliveries - 1, self._max_deliveries) else got).append(d)
         for d in over:
             await self._bury([d], exhausted_reason(d.deliveries - 1, self._max_deliveries))
         return got
