@@ -50,6 +50,8 @@ MOVE_BATCH = 1000
 _CAPPED = ("MAXLEN", "~", DEAD_MAXLEN, "*")
 #: Seconds a non-blocking round trip may take before the server counts as unreachable.
 OP_TIMEOUT = 10.0
+#: Bytes per second a publish is granted on top of OP_TIMEOUT (a slow link, a busy server).
+TRANSFER_RATE = 8 * 2**20
 #: Scripts loaded on connect (and again after NOSCRIPT).
 _SCRIPTS = (
     "PUBLISH", "MOVE_DUE", "RECLAIM", "HAND_BACK", "READ_BANDS", "EXTEND", "NACK", "BEAT",
@@ -141,13 +143,15 @@ class RedisStreamsBroker:
         # after a restart without persistence the groups are gone: re-create them
         return await retrying(op, self._url, self._unreachable, on_retry=self._ready.clear)
 
-    async def _run(self, cmds: Sequence[Command], ignore: tuple[str, ...] = ()) -> list[Any]:
+    async def _run(
+        self, cmds: Sequence[Command], ignore: tuple[str, ...] = (), timeout: float = 0.0
+    ) -> list[Any]:
         """One non-transactional pipeline; re-runs scripts the server forgot (NOSCRIPT)."""
-        results = await self._pipeline(cmds)
+        results = await self._pipeline(cmds, timeout=timeout)
         failed = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
         if failed:
             await self._load_scripts()
-            again = await self._pipeline([cmds[i] for i in failed])
+            again = await self._pipeline([cmds[i] for i in failed], timeout=timeout)
             for i, result in zip(failed, again, strict=True):
                 results[i] = result
         for result in results:
@@ -155,12 +159,16 @@ class RedisStreamsBroker:
                 raise result
         return results
 
-    async def _pipeline(self, cmds: Sequence[Command], transaction: bool = False) -> list[Any]:
+    async def _pipeline(
+        self, cmds: Sequence[Command], transaction: bool = False, timeout: float = 0.0
+    ) -> list[Any]:
+        """Run `cmds` within op_timeout (or `timeout` when longer: large batches)."""
         pipe = self._client().pipeline(transaction=transaction)
         for cmd in cmds:
             # XCLAIM ... JUSTID replies with ids only; tell redis-py's parser so
             pipe.execute_command(*cmd, parse_justid=cmd[0] == "XCLAIM")
-        async with asyncio.timeout(self.op_timeout):  # a hung server becomes a retryable error
+        # a hung server becomes a retryable error
+        async with asyncio.timeout(max(self.op_timeout, timeout)):
             return list(await pipe.execute(raise_on_error=False))
 
     async def _load_scripts(self) -> None:
@@ -233,7 +241,9 @@ class RedisStreamsBroker:
         """
         wall = now()
         parts: dict[str, tuple[list[Any], list[Any]]] = {}
+        size = 0
         for out in batch:
+            size += len(out.body)
             part = parts.get(out.queue)
             if part is None:
                 part = parts[out.queue] = ([], [])
@@ -249,6 +259,9 @@ class RedisStreamsBroker:
             return
         batch_id = secrets.token_hex(8)
         sha = self._sha("PUBLISH")
+        # a large batch gets time to travel, so it is not resent (in full) while still arriving
+        extra = size / TRANSFER_RATE
+        marker_ms = self._marker_ms + int(2 * extra * 1000)
         cmds: list[Command] = []
         markers: list[tuple[str, str]] = []
         for queue, (ready, later) in parts.items():
@@ -256,7 +269,7 @@ class RedisStreamsBroker:
             marker = f"{k.base}:pub:{batch_id}"
             old = self._confirmed.pop(queue, [])[-_MARKERS_PER_CALL:]
             keys = (marker, *k.streams, k.delayed, *old)
-            args = (self._marker_ms, len(ready) // 3, *ready, *later)
+            args = (marker_ms, len(ready) // 3, *ready, *later)
             cmds.append(("EVALSHA", sha, len(keys), *keys, *args))
             markers.append((queue, marker))
         attempts = 0
@@ -264,7 +277,7 @@ class RedisStreamsBroker:
         async def attempt() -> list[Any]:
             nonlocal attempts
             attempts += 1
-            return await self._run(cmds)
+            return await self._run(cmds, timeout=self.op_timeout + extra)
 
         await self._retrying(attempt)
         if attempts == 1:  # no other copy can be in flight: the markers may go at once
