@@ -417,3 +417,10 @@ async def test_a_server_error_is_not_called_an_outage(
         await broker.dead_letters("q")
     assert "WRONGTYPE" in str(caught.value) and "server running" not in str(caught.value)
     assert time.monotonic() - started < 2.0  # not retried as if unreachable
+
+
+def test_lua_dead_letter_reason_is_worded_like_every_other_broker() -> None:
+    from aiotask.brokers.redis_streams import _reason_parts
+
+    head, tail = _reason_parts(5)
+    assert f"{head}7{tail}" == exhausted_reason(7, 5)
