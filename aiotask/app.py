@@ -224,6 +224,9 @@ class App:
         url = self.conf.backend_url
         if self._backend is None and url is not None:
             self._backend = backends.from_url(url, self.conf)
+            share = getattr(self._backend, "use_client_of", None)
+            if share is not None:  # Redis: one connection pool when both are the same server
+                share(self.broker)
         return self._backend
 
     async def connect(self) -> None:

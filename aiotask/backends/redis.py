@@ -15,12 +15,10 @@ import math
 import time
 from typing import TYPE_CHECKING, Any
 
-from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from aiotask._urls import redact
+from aiotask._backoff import Backoff
+from aiotask._redis.client import SharedClient, map_errors
 from aiotask.backends._redis_groups import ADD_TO_GROUPS, GROUPS_SENT
 from aiotask.backends._schedule_redis import RedisScheduleStore
 from aiotask.backends.base import (
@@ -30,13 +28,13 @@ from aiotask.backends.base import (
     ResultRecord,
     decode_record,
 )
-from aiotask.brokers._redis_conn import connection_class
 from aiotask.exceptions import BrokerConnectionError, ResultTimeout
 from aiotask.states import FAILURE, SUCCESS
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+    from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
+    from redis.asyncio import Redis
     from redis.asyncio.connection import AbstractConnection
     from redis.commands.core import AsyncScript
 
@@ -83,6 +81,8 @@ class RedisBackend:
 
     def __init__(self, url: str, settings: Settings) -> None:
         self._url = url
+        #: the client (connection pool); shared with a broker on the same server
+        self.shared_client = SharedClient(url)
         self._prefix = settings.key_prefix
         self._redis: Redis | None = None
         self._scripts: tuple[AsyncScript, ...] | None = None
@@ -90,15 +90,15 @@ class RedisBackend:
         self._gets: dict[str, asyncio.Future[bytes | None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
-    @contextlib.contextmanager
-    def _map_errors(self) -> Iterator[None]:
-        """Redis errors -> BrokerConnectionError naming the (redacted) server."""
-        try:
-            yield
-        except _ERRORS as exc:
-            raise BrokerConnectionError(
-                f"result backend Redis at {redact(self._url)} failed: {exc}; is the server running?"
-            ) from exc
+    def use_client_of(self, broker: object) -> None:
+        """Share the broker's connection pool when it talks to the same server (same URL):
+        one pool for both, not two. Call before connect(); anything else is left alone."""
+        shared = getattr(broker, "shared_client", None)
+        if isinstance(shared, SharedClient) and shared.url == self._url and self._redis is None:
+            self.shared_client = shared
+
+    def _map_errors(self) -> contextlib.AbstractContextManager[None]:
+        return map_errors(self._url, "result backend Redis")
 
     def _client(self) -> Redis:
         if self._redis is None:
@@ -120,15 +120,7 @@ class RedisBackend:
     async def connect(self) -> None:
         if self._redis is not None:
             return
-        # socket_timeout stays None: with it, redis-py writes through asyncio.wait_for, which
-        # on Python 3.11 can swallow a cancellation (see brokers/redis_streams.py).
-        self._redis = Redis.from_url(
-            self._url,
-            protocol=2,
-            retry=Retry(NoBackoff(), 0),
-            socket_timeout=None,
-            connection_class=connection_class(self._url),
-        )
+        self._redis = self.shared_client.acquire()
         register = self._redis.register_script
         self._scripts = (
             register(_STORE),
@@ -151,8 +143,8 @@ class RedisBackend:
         for task in list(self._tasks):
             task.cancel()
         if self._redis is not None:
-            await self._redis.aclose()
             self._redis = None
+            await self.shared_client.release()
 
     async def store(self, results: Sequence[EncodedResult]) -> None:
         """One script call for the batch: first ready writer wins; ready records are published."""
@@ -295,17 +287,20 @@ class RedisBackend:
     async def control(self) -> AsyncIterator[bytes]:
         """Control payloads from PUBLISH on `{prefix}:control`; resubscribes after a drop."""
         channel = f"{self._prefix}:control"
+        backoff = Backoff(first=0.5)
         while True:
             pubsub = self._client().pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(channel)
+                backoff.reset()
                 while True:
                     message = await pubsub.get_message(timeout=None)
                     if message is not None and message.get("type") == "message":
                         yield _bytes(message["data"])
             except (RedisError, OSError) as exc:
-                logger.warning("control channel lost (%s); resubscribing", exc)
-                await asyncio.sleep(1.0)
+                if not backoff.failing:
+                    logger.warning("control channel lost (%s); resubscribing", exc)
+                await backoff.sleep()
             finally:
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
@@ -354,6 +349,7 @@ class _Subscriber:
         self._to_unsub: set[bytes] = set()
         self._flush: asyncio.Handle | None = None
         self._reconnect = False
+        self._closed = False  # after close(): no new subscriptions, connections or tasks
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def wait(self, channel: bytes, check: Callable[[], Awaitable[bytes | None]]) -> bytes:
@@ -384,11 +380,13 @@ class _Subscriber:
                     self._schedule()
 
     def _schedule(self) -> None:
-        if self._flush is None:
+        if self._flush is None and not self._closed:
             self._flush = asyncio.get_running_loop().call_soon(self._start_flush)
 
     def _start_flush(self) -> None:
         self._flush = None
+        if self._closed:
+            return
         task = asyncio.get_running_loop().create_task(self._send_changes())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -412,15 +410,19 @@ class _Subscriber:
                 del self._confirmed[ch]
         try:
             conn = await self._connection()
+            if self._closed:
+                return
             if unsubs:
                 await conn.send_command("UNSUBSCRIBE", *unsubs)
             if subs:
                 await conn.send_command("SUBSCRIBE", *subs)
-        except _ERRORS as exc:
+        except (*_ERRORS, BrokerConnectionError) as exc:
             logger.debug("pub/sub send failed, the reader reconnects: %s", exc)
 
     async def _connection(self) -> AbstractConnection:
         async with self._lock:
+            if self._closed:
+                raise BrokerConnectionError("the Redis result backend was closed")
             if self._conn is None:
                 conn = self._make()
                 await conn.connect()  # type: ignore[no-untyped-call]
@@ -450,17 +452,17 @@ class _Subscriber:
                 self._resolve(ch, raw[1:])
 
     async def _read_loop(self) -> None:
-        delay = 0.05
+        backoff = Backoff()  # no deadline: waits fail by their own timeouts, not this loop
         while True:
             try:
                 conn = await self._connection()
                 reply = await conn.read_response(timeout=math.inf)
-                delay = 0.05
+                backoff.reset()
             except _ERRORS as exc:
-                logger.warning("result backend pub/sub connection lost, reconnecting: %s", exc)
+                if not backoff.failing:
+                    logger.warning("result backend pub/sub connection lost, reconnecting: %s", exc)
                 await self._drop()
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+                await backoff.sleep()
                 continue
             self._dispatch(reply)
 
@@ -487,6 +489,10 @@ class _Subscriber:
                 await conn.disconnect()
 
     async def close(self) -> None:
+        self._closed = True
+        if self._flush is not None:
+            self._flush.cancel()
+            self._flush = None
         tasks = [t for t in (self._reader, *self._tasks) if t is not None]
         for task in tasks:
             task.cancel()

@@ -10,19 +10,32 @@ deliveries it already had); `w` marks a wake-up entry that carries no message.
 
 from __future__ import annotations
 
-#: ZADD delayed messages; when one is due before the current head of the set, add a wake-up
-#: entry to the stream so a consumer blocked in XREADGROUP re-reads the earliest eta.
-#: KEYS: delayed zset, band-0 stream. ARGV: score, member, score, member, ...
-SCHEDULE = """
-local head = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-local earliest = nil
-for i = 1, #ARGV, 2 do
-  local score = tonumber(ARGV[i])
-  redis.call('ZADD', KEYS[1], score, ARGV[i + 1])
-  if earliest == nil or score < earliest then earliest = score end
+#: Publish one queue's part of a batch, at most once however often it is retried: the first
+#: run sets the batch's marker (SET NX) and adds the messages; a retry that finds the marker
+#: does nothing. Delayed messages go to the sorted set; one due before the current head adds a
+#: wake-up entry to the band-0 stream so a consumer blocked in XREADGROUP re-reads the
+#: earliest eta. Markers of batches whose reply already arrived are deleted on the way.
+#: KEYS: marker, band 0, 1, 2 streams, delayed zset, confirmed markers to delete...
+#: ARGV: marker ttl_ms, immediate count, then (band, message_id, body) per immediate message,
+#: then (score, member) per delayed one. Returns 1, or 0 for a batch already published.
+PUBLISH = """
+if #KEYS > 5 then redis.call('UNLINK', unpack(KEYS, 6)) end
+if not redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[1]) then return 0 end
+local last = 2 + 3 * tonumber(ARGV[2])
+for i = 3, last, 3 do
+  redis.call('XADD', KEYS[2 + tonumber(ARGV[i])], '*', 'm', ARGV[i + 1], 'b', ARGV[i + 2])
 end
-if head[2] == nil or earliest < tonumber(head[2]) then
-  redis.call('XADD', KEYS[2], '*', 'w', '1')
+if last < #ARGV then
+  local head = redis.call('ZRANGE', KEYS[5], 0, 0, 'WITHSCORES')
+  local earliest = nil
+  for i = last + 1, #ARGV, 2 do
+    local score = tonumber(ARGV[i])
+    redis.call('ZADD', KEYS[5], score, ARGV[i + 1])
+    if earliest == nil or score < earliest then earliest = score end
+  end
+  if head[2] == nil or earliest < tonumber(head[2]) then
+    redis.call('XADD', KEYS[2], '*', 'w', '1')
+  end
 end
 return 1
 """
@@ -48,7 +61,8 @@ return head[2]
 #: idle past prune_ms (re-created on their next read). Returns {next cursor, {{id,
 #: message_id, body, deliveries}, ...}}.
 #: KEYS: stream, dead-letter stream. ARGV: group, consumer, min_idle_ms, count,
-#: max_deliveries, dead-letter maxlen, prune_ms, queue, now (unix s), cursor.
+#: max_deliveries, dead-letter maxlen, prune_ms, queue, now (unix s), cursor, reason head,
+#: reason tail (the dead-letter reason is head .. deliveries .. tail, worded by _common).
 RECLAIM = """
 local claimed = redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[10],
   'COUNT', ARGV[4])
@@ -68,8 +82,7 @@ for _, e in ipairs(claimed[2]) do
     elseif count > max then
       redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[6], '*',
         'message_id', fields['m'] or id, 'body', fields['b'] or f[2] or '',
-        'reason', 'delivered ' .. (count - 1) .. ' times without being settled (max_deliveries='
-          .. max .. ')',
+        'reason', ARGV[11] .. (count - 1) .. ARGV[12],
         'queue', ARGV[8], 'time', ARGV[9])
       redis.call('XACK', KEYS[1], ARGV[1], id)
       redis.call('XDEL', KEYS[1], id)
@@ -136,4 +149,142 @@ for _, key in ipairs(KEYS) do
   end
 end
 return out
+"""
+
+#: Renew the lease of the ids this consumer still owns (XCLAIM ... 0 JUSTID resets their idle
+#: time); an id another consumer took over after a lapse is left alone, never taken back.
+#: Returns how many were renewed. KEYS: stream. ARGV: group, consumer, id, id, ...
+EXTEND = """
+local mine = {'XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0}
+for i = 3, #ARGV do
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
+  if p[1] and p[1][2] == ARGV[2] then mine[#mine + 1] = ARGV[i] end
+end
+local renewed = #mine - 5
+if renewed > 0 then
+  mine[#mine + 1] = 'JUSTID'
+  redis.call(unpack(mine))
+end
+return renewed
+"""
+
+#: Hand back entries this consumer still owns: re-add each at the tail with `n`, the deliveries
+#: the next delivery builds on (uncounted: the one being handed back is not counted; counted:
+#: it is), ack and delete the old entry. A counted hand-back of an exhausted message
+#: dead-letters it instead. Entries another consumer owns by now are left alone.
+#: KEYS: stream, dead-letter stream. ARGV: group, consumer, counted (0/1), max_deliveries,
+#: dead-letter maxlen, queue, now (unix s), reason head, reason tail, then (id, deliveries)...
+NACK = """
+local counted, max = ARGV[3] == '1', tonumber(ARGV[4])
+local buried = 0
+for i = 10, #ARGV, 2 do
+  local id, d = ARGV[i], tonumber(ARGV[i + 1])
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], id, id, 1)
+  if p[1] and p[1][2] == ARGV[2] then
+    local entry = redis.call('XRANGE', KEYS[1], id, id)
+    if entry[1] then
+      local f, fields = entry[1][2], {}
+      for j = 1, #f, 2 do fields[f[j]] = f[j + 1] end
+      local m, b = fields['m'] or id, fields['b'] or f[2] or ''
+      if fields['w'] then
+        -- a wake-up entry: nothing to hand back
+      elseif counted and d >= max then
+        redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'message_id', m, 'body', b,
+          'reason', ARGV[8] .. d .. ARGV[9], 'queue', ARGV[6], 'time', ARGV[7])
+        buried = buried + 1
+      else
+        local n = d - 1
+        if counted then n = d end
+        if n > 0 then
+          redis.call('XADD', KEYS[1], '*', 'm', m, 'b', b, 'n', n)
+        else
+          redis.call('XADD', KEYS[1], '*', 'm', m, 'b', b)
+        end
+      end
+    end
+    redis.call('XACK', KEYS[1], ARGV[1], id)
+    redis.call('XDEL', KEYS[1], id)
+  end
+end
+return buried
+"""
+
+#: A consumer's liveness: its heartbeat expiry (server clock, ms) in the queue's consumer set.
+#: KEYS: consumers zset. ARGV: consumer, lost_after_ms, key ttl_ms.
+BEAT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1
+"""
+
+#: Take over the entries of consumers whose heartbeat expired (never one with a fresh
+#: heartbeat, nor one that never sent any: those keep the lease rule), at most `count` in all;
+#: dead-letter those past max_deliveries; forget a lost consumer once it owns nothing.
+#: Returns {more (1 if a lost consumer still owns entries), {{band, id, message_id, body,
+#: deliveries}, ...}, ms until the next other consumer's heartbeat expires (-1: none)}.
+#: KEYS: consumers zset, dead-letter stream, band 0, 1, 2 streams. ARGV: group, consumer,
+#: count, max_deliveries, dead-letter maxlen, queue, now (unix s), reason head, reason tail.
+TAKEOVER = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local lost = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, 16)
+local left, max, more, out = tonumber(ARGV[3]), tonumber(ARGV[4]), 0, {}
+for _, c in ipairs(lost) do
+  if c ~= ARGV[2] and left > 0 then
+    local drained = true
+    for s = 3, 5 do
+      if left <= 0 then
+        drained = false
+        break
+      end
+      local pending = redis.pcall('XPENDING', KEYS[s], ARGV[1], '-', '+', left, c)
+      if type(pending) == 'table' and not pending.err and #pending > 0 then
+        if #pending >= left then drained = false end
+        local counts, claim = {}, {'XCLAIM', KEYS[s], ARGV[1], ARGV[2], 0}
+        for _, p in ipairs(pending) do
+          counts[p[1]] = p[4]
+          claim[#claim + 1] = p[1]
+        end
+        for _, e in ipairs(redis.call(unpack(claim))) do
+          if type(e) == 'table' and type(e[2]) == 'table' then
+            local id, f, fields = e[1], e[2], {}
+            for i = 1, #f, 2 do fields[f[i]] = f[i + 1] end
+            local count = (counts[id] or 0) + 1 + tonumber(fields['n'] or '0')
+            if fields['w'] then
+              redis.call('XACK', KEYS[s], ARGV[1], id)
+              redis.call('XDEL', KEYS[s], id)
+            elseif count > max then
+              redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*',
+                'message_id', fields['m'] or id, 'body', fields['b'] or f[2] or '',
+                'reason', ARGV[8] .. (count - 1) .. ARGV[9], 'queue', ARGV[6], 'time', ARGV[7])
+              redis.call('XACK', KEYS[s], ARGV[1], id)
+              redis.call('XDEL', KEYS[s], id)
+            else
+              out[#out + 1] = {s - 3, id, fields['m'] or id, fields['b'] or f[2] or '', count}
+              left = left - 1
+            end
+          end
+        end
+      end
+    end
+    if drained then
+      redis.call('ZREM', KEYS[1], c)
+      for s = 3, 5 do redis.pcall('XGROUP', 'DELCONSUMER', KEYS[s], ARGV[1], c) end
+    else
+      more = 1
+    end
+  elseif c ~= ARGV[2] then
+    more = 1
+  end
+end
+local wait, head = -1, redis.call('ZRANGE', KEYS[1], 0, 1, 'WITHSCORES')
+for i = 1, #head, 2 do
+  if head[i] ~= ARGV[2] then
+    wait = math.max(tonumber(head[i + 1]) - now, 0)
+    break
+  end
+end
+return {more, out, wait}
 """

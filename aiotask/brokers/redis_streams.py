@@ -1,16 +1,17 @@
 """redis:// and rediss:// — Redis Streams with one consumer group per app; see docs/redis.md.
 
 Per queue (all keys hash-tagged `{queue}`): three priority-band streams, a sorted set of
-delayed messages and a dead-letter stream. `receive` is one XREADGROUP over every band of
-every queue; due delayed messages and a dead consumer's entries are moved in by Lua scripts
-that run on the receive path (the mover when the earliest known eta is due, XAUTOCLAIM every
-visibility_timeout/2), and BLOCK is bounded by whichever comes first, so nothing polls.
+delayed messages, a dead-letter stream and a set of consumers' heartbeat expiries. `receive`
+runs the due housekeeping in one round trip (wake-up acks, the delay mover, XAUTOCLAIM of
+lapsed leases every visibility_timeout/2, takeover of consumers whose heartbeat lapsed), then
+a strict-priority non-blocking read in Lua, and only when every stream is empty one blocking
+XREADGROUP bounded by the next due eta, reclaim or takeover check, so nothing polls. Every
+script touches the keys of one queue only.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import os
@@ -19,23 +20,20 @@ import socket
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from aiotask._redis.client import SharedClient, map_errors, retrying, warn_if_volatile
 from aiotask._time import monotonic, now
-from aiotask._urls import redact
 from aiotask.brokers import _redis_lua as lua
-from aiotask.brokers._redis_conn import connection_class
+from aiotask.brokers._common import DEAD_LETTER_CAP, exhausted, exhausted_reason, text
 from aiotask.brokers.base import BrokerCapabilities, DeadLetter, Delivery, Outgoing
 from aiotask.exceptions import BrokerConnectionError
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Iterator, Sequence
+    from collections.abc import Awaitable, Callable, Sequence
 
+    from redis.asyncio import Redis
     from redis.asyncio.connection import AbstractConnection
     from redis.commands.core import AsyncScript
 
@@ -46,110 +44,114 @@ T = TypeVar("T")
 Command = tuple[Any, ...]
 
 #: Entries a dead-letter stream keeps (approximately); older ones are trimmed.
-DEAD_MAXLEN = 10_000
+DEAD_MAXLEN = DEAD_LETTER_CAP
 #: Delayed messages one mover call promotes; more are moved by the next receive.
 MOVE_BATCH = 1000
 _CAPPED = ("MAXLEN", "~", DEAD_MAXLEN, "*")
-_RETRYABLE = (RedisConnectionError, RedisTimeoutError, OSError)
 #: Seconds a non-blocking round trip may take before the server counts as unreachable.
 OP_TIMEOUT = 10.0
-_warned: set[str] = set()
+#: Bytes per second a publish is granted on top of OP_TIMEOUT (a slow link, a busy server).
+TRANSFER_RATE = 8 * 2**20
+#: Scripts loaded on connect (and again after NOSCRIPT).
+_SCRIPTS = (
+    "PUBLISH", "MOVE_DUE", "RECLAIM", "HAND_BACK", "READ_BANDS", "EXTEND", "NACK", "BEAT",
+    "TAKEOVER",
+)  # fmt: skip
+#: Confirmed publish markers one publish deletes on the way (the rest expire).
+_MARKERS_PER_CALL = 64
+
+
+def _reason_parts(max_deliveries: int) -> tuple[str, str]:
+    """exhausted_reason() split around the delivery count, for Lua to put the count between."""
+    mark = 987_654_321
+    head, _, tail = exhausted_reason(mark, max_deliveries).partition(str(mark))
+    return head, tail
 
 
 def _band(priority: int) -> int:
-    """Priority 0-9 to a stream band: 0-3 low, 4-6 normal, 7-9 high (read high first)."""
+    """Priority 0-9 to a stream band: 0-3 low, 4-6 normal, 7-9 high (read high first); out of
+    range values land in the end bands, as `_common.clamp_priority` would put them."""
     return 2 if priority >= 7 else 1 if priority >= 4 else 0
 
 
 @dataclass(frozen=True, slots=True)
 class _Keys:
     queue: str
+    base: str  # P:{Q}
     streams: tuple[str, str, str]  # by band, low to high
     delayed: str
     dead: str
+    alive: str  # consumer -> heartbeat expiry (server ms)
 
 
 class RedisStreamsBroker:
-    """A Broker over Redis Streams: at-least-once, leases renewed with XCLAIM, push wake-ups."""
+    """A Broker over Redis Streams: at-least-once, owner-checked lease renewal, push wake-ups."""
 
     capabilities = BrokerCapabilities(priorities=True, max_priority=9, native_delay=True, push=True)
 
     def __init__(self, url: str, settings: Settings, app_name: str) -> None:
         self._url = url
+        #: the client (connection pool); a backend on the same server may share it
+        self.shared_client = SharedClient(url)
         self._prefix = settings.key_prefix
         self._group = app_name
         self._consumer = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self._lease_ms = max(1, int(settings.visibility_timeout * 1000))
         self._reclaim_every = settings.visibility_timeout / 2
         self._max_deliveries = settings.max_deliveries
+        self._reason = _reason_parts(settings.max_deliveries)
         self._unreachable = settings.broker_unreachable_timeout
+        self._lost_ms = max(1, int(settings.worker_lost_after * 1000))
+        self._takeover_every = settings.worker_lost_after / 3
+        #: the consumer set outlives a few missed beats, then vanishes with its last consumer
+        self._alive_ttl_ms = max(60_000, 10 * self._lost_ms)
+        #: a publish marker outlives every retry of its batch (see publish)
+        self._marker_ms = int((self._unreachable + 2 * OP_TIMEOUT + 10.0) * 1000)
         self._keys_cache: dict[str, _Keys] = {}
         self._stream_queue: dict[bytes, tuple[str, str]] = {}  # stream key -> (queue, key)
         self._ready: set[str] = set()  # queues whose consumer groups exist
+        self._reading: set[str] = set()  # queues this consumer reads (heartbeat, hand back)
+        self._beating = False  # heartbeat() was called: announce every queue we read
         self._next_due: dict[str, float] = {}  # queue -> earliest known eta (unix s)
         self._next_reclaim = 0.0
+        self._next_takeover = 0.0
         self._cursors: dict[str, bytes] = {}  # stream -> XAUTOCLAIM cursor
         #: consumers owning nothing and idle this long are dropped from the group
         self._prune_ms = max(60_000, 10 * self._lease_ms)
         self._read_lock = asyncio.Lock()
         self._markers: dict[str, list[bytes]] = {}  # wake-up entries to ack
+        self._confirmed: dict[str, list[str]] = {}  # queue -> publish markers to delete
         self._spare: list[Delivery] = []
         self._redis: Redis | None = None
         self._reader: AbstractConnection | None = None
         self._scripts: dict[str, AsyncScript] = {}
+        #: seconds one non-blocking round trip may take (an attribute so tests can shorten it)
+        self.op_timeout = OP_TIMEOUT
 
     # -- plumbing -------------------------------------------------------------------------
-
-    @contextlib.contextmanager
-    def _map_errors(self) -> Iterator[None]:
-        """Redis errors -> BrokerConnectionError naming the (redacted) server."""
-        try:
-            yield
-        except _RETRYABLE as exc:
-            raise BrokerConnectionError(
-                f"cannot reach Redis at {redact(self._url)}: {exc}; is the server running?"
-            ) from exc
-        except RedisError as exc:
-            raise BrokerConnectionError(
-                f"Redis at {redact(self._url)} answered with an error: {exc}"
-            ) from exc
 
     def _client(self) -> Redis:
         if self._redis is None:
             raise BrokerConnectionError("the Redis broker is not connected: call connect() first")
         return self._redis
 
+    def _sha(self, name: str) -> str:
+        return self._scripts[name].sha
+
     async def _retrying(self, op: Callable[[], Awaitable[T]]) -> T:
         """Run `op`, reconnecting with backoff for up to broker_unreachable_timeout seconds."""
-        started: float | None = None
-        delay = 0.05
-        while True:
-            try:
-                with self._map_errors():
-                    return await op()
-            except BrokerConnectionError as exc:
-                if not isinstance(exc.__cause__, _RETRYABLE):
-                    raise
-                mono = monotonic()
-                if started is None:
-                    started = mono
-                    logger.warning("Redis at %s unreachable, retrying: %s", redact(self._url), exc)
-                if mono - started >= self._unreachable:
-                    raise BrokerConnectionError(
-                        f"Redis at {redact(self._url)} unreachable for {self._unreachable:g}s "
-                        f"(broker_unreachable_timeout): {exc.__cause__}"
-                    ) from exc.__cause__
-                self._ready.clear()  # after a restart without persistence groups are gone
-                await asyncio.sleep(min(delay, started + self._unreachable - mono))
-                delay = min(delay * 2, 2.0)
+        # after a restart without persistence the groups are gone: re-create them
+        return await retrying(op, self._url, self._unreachable, on_retry=self._ready.clear)
 
-    async def _run(self, cmds: Sequence[Command], ignore: tuple[str, ...] = ()) -> list[Any]:
+    async def _run(
+        self, cmds: Sequence[Command], ignore: tuple[str, ...] = (), timeout: float = 0.0
+    ) -> list[Any]:
         """One non-transactional pipeline; re-runs scripts the server forgot (NOSCRIPT)."""
-        results = await self._pipeline(cmds)
+        results = await self._pipeline(cmds, timeout=timeout)
         failed = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
         if failed:
             await self._load_scripts()
-            again = await self._pipeline([cmds[i] for i in failed])
+            again = await self._pipeline([cmds[i] for i in failed], timeout=timeout)
             for i, result in zip(failed, again, strict=True):
                 results[i] = result
         for result in results:
@@ -157,12 +159,16 @@ class RedisStreamsBroker:
                 raise result
         return results
 
-    async def _pipeline(self, cmds: Sequence[Command], transaction: bool = False) -> list[Any]:
+    async def _pipeline(
+        self, cmds: Sequence[Command], transaction: bool = False, timeout: float = 0.0
+    ) -> list[Any]:
+        """Run `cmds` within op_timeout (or `timeout` when longer: large batches)."""
         pipe = self._client().pipeline(transaction=transaction)
         for cmd in cmds:
             # XCLAIM ... JUSTID replies with ids only; tell redis-py's parser so
             pipe.execute_command(*cmd, parse_justid=cmd[0] == "XCLAIM")
-        async with asyncio.timeout(OP_TIMEOUT):  # a hung server becomes a retryable error
+        # a hung server becomes a retryable error
+        async with asyncio.timeout(max(self.op_timeout, timeout)):
             return list(await pipe.execute(raise_on_error=False))
 
     async def _load_scripts(self) -> None:
@@ -177,7 +183,9 @@ class RedisStreamsBroker:
         if keys is None:
             base = f"{self._prefix}:{{{queue}}}"
             streams = (f"{base}:s0", f"{base}:s1", f"{base}:s2")
-            keys = _Keys(queue, streams, f"{base}:delayed", f"{base}:dead")
+            keys = _Keys(
+                queue, base, streams, f"{base}:delayed", f"{base}:dead", f"{base}:consumers"
+            )
             self._keys_cache[queue] = keys
             for stream in streams:
                 self._stream_queue[stream.encode()] = (queue, stream)
@@ -188,66 +196,30 @@ class RedisStreamsBroker:
     async def connect(self) -> None:
         if self._redis is not None:
             return
-        self._redis = Redis.from_url(
-            self._url,
-            connection_class=connection_class(self._url),
-            protocol=2,
-            retry=Retry(NoBackoff(), 0),  # we retry ourselves, within broker_unreachable_timeout
-            # No socket_timeout: redis-py would route every write through asyncio.wait_for,
-            # which on Python 3.11 can swallow a cancellation (worker shutdown hangs). Hung
-            # servers are caught by our own asyncio.timeout guards (OP_TIMEOUT, BLOCK + 10 s).
-            socket_timeout=None,
-            socket_connect_timeout=5.0,
-        )
-        for name in ("SCHEDULE", "MOVE_DUE", "RECLAIM", "HAND_BACK", "READ_BANDS"):
+        self._redis = self.shared_client.acquire()
+        for name in _SCRIPTS:
             self._scripts[name] = self._redis.register_script(getattr(lua, name))
         try:
-            with self._map_errors():
+            with map_errors(self._url):
                 await self._load_scripts()
         except BrokerConnectionError:
-            await self._redis.aclose()
             self._redis = None
+            await self.shared_client.release()
             raise
-        await self._check_server()
-
-    async def _check_server(self) -> None:
-        """Warn once when the server may lose queued messages (no AOF, or evicting keys)."""
-        if redact(self._url) in _warned:
-            return
-        _warned.add(redact(self._url))
-        try:
-            with self._map_errors():
-                results = await self._pipeline(
-                    [("CONFIG", "GET", "appendonly"), ("CONFIG", "GET", "maxmemory-policy")]
-                )
-        except BrokerConnectionError:
-            return
-        if any(isinstance(r, Exception) for r in results):
-            return  # CONFIG renamed or disabled (managed Redis): nothing to check
-        appendonly, policy = (_text(r[1]) if len(r) == 2 else "" for r in results)
-        if appendonly == "no":
-            logger.warning(
-                "Redis at %s has appendonly=no: a restart loses queued messages; "
-                "set 'appendonly yes' (and appendfsync everysec) in redis.conf",
-                redact(self._url),
-            )
-        if policy != "noeviction":
-            logger.warning(
-                "Redis at %s has maxmemory-policy=%s: it may evict queued messages; "
-                "set 'maxmemory-policy noeviction'",
-                redact(self._url),
-                policy,
-            )
+        await warn_if_volatile(self._client(), self._url)
 
     async def close(self) -> None:
         """Hand back what this consumer still owns (so it runs again at once), then close."""
         if self._redis is None:
             return
-        streams = [s for q in self._ready for s in self._keys(q).streams]
-        sha = self._scripts["HAND_BACK"].sha
+        sha = self._sha("HAND_BACK")
+        cmds: list[Command] = []
+        for queue in self._reading:
+            k = self._keys(queue)
+            cmds += [("EVALSHA", sha, 1, s, self._group, self._consumer) for s in k.streams]
+            cmds.append(("ZREM", k.alive, self._consumer))  # gone, not lost
         try:
-            with self._map_errors():
-                cmds = [("EVALSHA", sha, 1, s, self._group, self._consumer) for s in streams]
+            with map_errors(self._url):
                 await self._run(cmds, ignore=("NOGROUP",))
         except BrokerConnectionError as exc:
             logger.warning("could not hand back unsettled messages on close: %s", exc)
@@ -255,32 +227,62 @@ class RedisStreamsBroker:
         if self._reader is not None:
             await self._reader.disconnect()
             self._reader = None
-        await self._redis.aclose()
         self._redis = None
+        await self.shared_client.release()
 
     # -- producing ------------------------------------------------------------------------
 
     async def publish(self, batch: Sequence[Outgoing]) -> None:
-        """XADD (or ZADD for a future eta) the whole batch in one round trip."""
-        cmds: list[Command] = []
-        delayed: dict[str, list[Any]] = {}
+        """The whole batch in one round trip: one PUBLISH script call per queue.
+
+        Each call carries a marker for this batch, so a retry after a timeout or a lost
+        connection (the first attempt may have run: a 500 MB batch outlasting op_timeout, a
+        paused server) adds nothing twice, whichever attempt the server runs first.
+        """
         wall = now()
+        parts: dict[str, tuple[list[Any], list[Any]]] = {}
+        size = 0
         for out in batch:
-            keys = self._keys_cache.get(out.queue) or self._keys(out.queue)
+            size += len(out.body)
+            part = parts.get(out.queue)
+            if part is None:
+                part = parts[out.queue] = ([], [])
             band = _band(out.priority)
             if out.eta is not None and out.eta > wall:
                 mid = out.message_id.encode()
                 member = b"%d%d:%s%s" % (band, len(mid), mid, out.body)
-                delayed.setdefault(out.queue, []).extend((int(out.eta * 1000), member))
+                part[1].extend((int(out.eta * 1000), member))
                 self._next_due[out.queue] = min(self._next_due.get(out.queue, math.inf), out.eta)
             else:
-                cmds.append(("XADD", keys.streams[band], "*", "m", out.message_id, "b", out.body))
-        sha = self._scripts["SCHEDULE"].sha if delayed else ""
-        for queue, args in delayed.items():
-            keys = self._keys(queue)
-            cmds.append(("EVALSHA", sha, 2, keys.delayed, keys.streams[0], *args))
-        if cmds:
-            await self._retrying(lambda: self._run(cmds))
+                part[0].extend((band, out.message_id, out.body))
+        if not parts:
+            return
+        batch_id = secrets.token_hex(8)
+        sha = self._sha("PUBLISH")
+        # a large batch gets time to travel, so it is not resent (in full) while still arriving
+        extra = size / TRANSFER_RATE
+        marker_ms = self._marker_ms + int(2 * extra * 1000)
+        cmds: list[Command] = []
+        markers: list[tuple[str, str]] = []
+        for queue, (ready, later) in parts.items():
+            k = self._keys_cache.get(queue) or self._keys(queue)
+            marker = f"{k.base}:pub:{batch_id}"
+            old = self._confirmed.pop(queue, [])[-_MARKERS_PER_CALL:]
+            keys = (marker, *k.streams, k.delayed, *old)
+            args = (marker_ms, len(ready) // 3, *ready, *later)
+            cmds.append(("EVALSHA", sha, len(keys), *keys, *args))
+            markers.append((queue, marker))
+        attempts = 0
+
+        async def attempt() -> list[Any]:
+            nonlocal attempts
+            attempts += 1
+            return await self._run(cmds, timeout=self.op_timeout + extra)
+
+        await self._retrying(attempt)
+        if attempts == 1:  # no other copy can be in flight: the markers may go at once
+            for queue, marker in markers:
+                self._confirmed.setdefault(queue, []).append(marker)
 
     # -- consuming ------------------------------------------------------------------------
 
@@ -290,6 +292,7 @@ class RedisStreamsBroker:
             if got:
                 return got
         qkeys = [self._keys(q) for q in queues]
+        self._reading.update(queues)
         while True:
             got = await self._retrying(lambda: self._receive_once(qkeys, limit))
             if got:
@@ -315,11 +318,11 @@ class RedisStreamsBroker:
         claimed = await self._housekeeping(qkeys, limit)
         wall, mono = now(), monotonic()
         due = min(self._next_due.get(k.queue, 0.0) for k in qkeys) - wall
-        wait = max(min(due, self._next_reclaim - mono), 0.001)
+        wait = max(min(due, self._next_reclaim - mono, self._next_takeover - mono), 0.001)
         streams = [s for k in qkeys for s in reversed(k.streams)]  # high band first
         try:
             # First a strict-priority look: bands in order, exactly `limit` at most, no BLOCK.
-            sha = self._scripts["READ_BANDS"].sha
+            sha = self._sha("READ_BANDS")
             look = ("EVALSHA", sha, len(streams), *streams, self._group, self._consumer, limit)
             [reply] = await self._run([look])
             if reply or claimed:
@@ -351,29 +354,52 @@ class RedisStreamsBroker:
         cmds = [
             ("XGROUP", "CREATE", s, self._group, "0", "MKSTREAM") for k in qkeys for s in k.streams
         ]
+        if self._beating:  # announce the new queues' consumer at once, not at the next beat
+            cmds += [self._beat(k) for k in qkeys]
         await self._run(cmds, ignore=("BUSYGROUP",))
         self._ready.update(k.queue for k in qkeys)
 
+    def _beat(self, k: _Keys) -> Command:
+        return (
+            "EVALSHA",
+            self._sha("BEAT"),
+            1,
+            k.alive,
+            self._consumer,
+            self._lost_ms,
+            self._alive_ttl_ms,
+        )
+
     async def _housekeeping(self, qkeys: list[_Keys], limit: int) -> list[Delivery]:
-        """Ack wake-ups, move due delayed messages, and (when due) reclaim idle entries."""
+        """Ack wake-ups, move due delayed messages and, when due, take over lost consumers'
+        entries (heartbeat lapsed: every worker_lost_after/3) and idle ones (lease lapsed:
+        every visibility_timeout/2). One round trip."""
         wall, mono = now(), monotonic()
         reclaim = mono >= self._next_reclaim
+        takeover = mono >= self._next_takeover
         cmds: list[Command] = []
         for stream, ids in self._markers.items():
             cmds += [("XACK", stream, self._group, *ids), ("XDEL", stream, *ids)]
         markers = len(cmds)
         movers = [k for k in qkeys if reclaim or self._next_due.get(k.queue, 0.0) <= wall]
-        sha = self._scripts["MOVE_DUE"].sha
+        sha = self._sha("MOVE_DUE")
         cmds += [
             ("EVALSHA", sha, 4, k.delayed, *k.streams, int(wall * 1000), MOVE_BATCH) for k in movers
         ]
         claims = [(k, s) for k in qkeys for s in k.streams] if reclaim else []
-        sha = self._scripts["RECLAIM"].sha
+        sha = self._sha("RECLAIM")
         who = (self._group, self._consumer, self._lease_ms, limit, self._max_deliveries)
         fixed = (*who, DEAD_MAXLEN, self._prune_ms)
         cmds += [
-            ("EVALSHA", sha, 2, s, k.dead, *fixed, k.queue, wall, self._cursors.get(s, "0-0"))
+            ("EVALSHA", sha, 2, s, k.dead, *fixed, k.queue, wall, self._cursor(s), *self._reason)
             for k, s in claims
+        ]
+        takers = qkeys if takeover else []
+        sha = self._sha("TAKEOVER")
+        who = (self._group, self._consumer, limit, self._max_deliveries, DEAD_MAXLEN)
+        cmds += [
+            ("EVALSHA", sha, 5, k.alive, k.dead, *k.streams, *who, k.queue, wall, *self._reason)
+            for k in takers
         ]
         if not cmds:
             return []
@@ -383,7 +409,14 @@ class RedisStreamsBroker:
             self._next_due[k.queue] = float(head) / 1000 if head is not None else math.inf
         if reclaim:
             self._next_reclaim = mono + self._reclaim_every
-        return self._claimed(claims, results[markers + len(movers) :])
+        done = markers + len(movers)
+        got = self._claimed(claims, results[done : done + len(claims)])
+        if takeover:
+            got += self._taken(takers, results[done + len(claims) :], mono)
+        return got
+
+    def _cursor(self, stream: str) -> bytes | str:
+        return self._cursors.get(stream, "0-0")
 
     def _claimed(self, claims: list[tuple[_Keys, str]], results: list[Any]) -> list[Delivery]:
         got: list[Delivery] = []
@@ -393,9 +426,32 @@ class RedisStreamsBroker:
                 continue
             self._cursors[stream] = claimed[0]  # resume the PEL scan where it stopped
             for entry_id, mid, body, count in claimed[1]:
-                got.append(Delivery(body, k.queue, _text(mid), int(count), (stream, entry_id)))
+                got.append(Delivery(body, k.queue, text(mid), int(count), (stream, entry_id)))
         if got:
             logger.warning("took over %d message(s) whose lease lapsed", len(got))
+        return got
+
+    def _taken(self, takers: list[_Keys], results: list[Any], mono: float) -> list[Delivery]:
+        got: list[Delivery] = []
+        delay = self._takeover_every
+        for k, reply in zip(takers, results, strict=True):
+            if isinstance(reply, Exception):  # NOGROUP: the server lost the group
+                self._ready.clear()
+                continue
+            if reply[0]:  # a lost consumer still owns entries: look again on the next receive
+                delay = 0.0
+            elif int(reply[2]) >= 0:  # look right when the next heartbeat would lapse
+                delay = min(delay, int(reply[2]) / 1000 + 0.01)
+            for band, entry_id, mid, body, count in reply[1]:
+                stream = k.streams[int(band)]
+                got.append(Delivery(body, k.queue, text(mid), int(count), (stream, entry_id)))
+        self._next_takeover = mono + delay
+        if got:
+            logger.warning(
+                "took over %d message(s) of a lost consumer (no heartbeat for %gs)",
+                len(got),
+                self._lost_ms / 1000,
+            )
         return got
 
     async def _parse(self, reply: list[Any]) -> list[Delivery]:
@@ -413,11 +469,11 @@ class RedisStreamsBroker:
                     self._next_due[queue] = 0.0
                     continue
                 body = fields.get(b"b", f[1] if f else b"")  # foreign entries: the first value
-                mid = _text(fields.get(b"m", entry_id))
+                mid = text(fields.get(b"m", entry_id))
                 d = Delivery(body, queue, mid, int(fields.get(b"n", 0)) + 1, (stream, entry_id))
-                (over if d.deliveries > self._max_deliveries else got).append(d)
-        if over:
-            await self._bury(over, f"delivered too often (max_deliveries={self._max_deliveries})")
+                (over if exhausted(d.deliveries - 1, self._max_deliveries) else got).append(d)
+        for d in over:
+            await self._bury([d], exhausted_reason(d.deliveries - 1, self._max_deliveries))
         return got
 
     # -- settling -------------------------------------------------------------------------
@@ -438,7 +494,14 @@ class RedisStreamsBroker:
             await self._retrying(lambda: self._run(cmds, ignore=("NOGROUP",)))
 
     async def heartbeat(self) -> None:
-        """Liveness for fast takeover (see brokers/base.py); not implemented yet here."""
+        """Push this consumer's heartbeat expiry (now + worker_lost_after, server clock) into
+        the consumer set of every queue it reads: one round trip. Until the first call the
+        consumer keeps the lease rule only; once lost, other consumers take its entries."""
+        self._beating = True
+        if self._redis is None or not self._reading:
+            return
+        cmds = [self._beat(self._keys(q)) for q in self._reading]
+        await self._retrying(lambda: self._run(cmds))
 
     async def nack(
         self,
@@ -448,22 +511,31 @@ class RedisStreamsBroker:
         reason: str = "",
         counted: bool = False,
     ) -> None:
+        """Hand back (counted or not) or dead-letter; only entries this consumer still owns
+        are handed back, so a message taken over after a lapse is never duplicated."""
         if not deliveries:
             return
         if not requeue:
             await self._bury(deliveries, reason or "rejected")
             return
-        cmds: list[Command] = []
+        by: dict[str, tuple[_Keys, list[Any]]] = {}
         for d in deliveries:
             stream, entry_id = _token(d)
-            # a hand-back is not a failed delivery: carry the count it had before this one
-            extra = ("n", d.deliveries - 1) if d.deliveries > 1 else ()
-            cmds += [
-                ("XADD", stream, "*", "m", d.message_id, "b", d.body, *extra),
-                ("XACK", stream, self._group, entry_id),
-                ("XDEL", stream, entry_id),
-            ]
-        await self._retrying(lambda: self._multi(cmds))
+            by.setdefault(stream, (self._keys(d.queue), []))[1].extend((entry_id, d.deliveries))
+        sha, wall = self._sha("NACK"), now()
+        who = (self._group, self._consumer, int(counted), self._max_deliveries, DEAD_MAXLEN)
+        cmds: list[Command] = [
+            ("EVALSHA", sha, 2, stream, k.dead, *who, k.queue, wall, *self._reason, *pairs)
+            for stream, (k, pairs) in by.items()
+        ]
+        results = await self._retrying(lambda: self._run(cmds, ignore=("NOGROUP",)))
+        buried = sum(r for r in results if isinstance(r, int))
+        if buried:
+            logger.warning(
+                "dead-lettered %d abandoned message(s): max_deliveries=%d reached",
+                buried,
+                self._max_deliveries,
+            )
 
     async def _bury(self, deliveries: Sequence[Delivery], reason: str) -> None:
         """Move to the queue's dead-letter stream, ack and delete: one MULTI."""
@@ -486,13 +558,24 @@ class RedisStreamsBroker:
                 raise result
 
     async def extend(self, deliveries: Sequence[Delivery]) -> None:
-        """Reset the idle time of owned entries (and of spare ones held for the next receive)."""
+        """Renew the leases of entries this consumer still owns (spare ones included); one
+        taken over by another consumer after a lapse stays with it (never stolen back)."""
+        sha = self._sha("EXTEND")
+        by = self._by_stream([*deliveries, *self._spare])
         cmds: list[Command] = [
-            ("XCLAIM", stream, self._group, self._consumer, 0, *ids, "JUSTID")
-            for stream, ids in self._by_stream([*deliveries, *self._spare]).items()
+            ("EVALSHA", sha, 1, stream, self._group, self._consumer, *ids)
+            for stream, ids in by.items()
         ]
-        if cmds:
-            await self._retrying(lambda: self._run(cmds, ignore=("NOGROUP",)))
+        if not cmds:
+            return
+        results = await self._retrying(lambda: self._run(cmds, ignore=("NOGROUP",)))
+        lost = sum(len(ids) for ids in by.values()) - sum(r for r in results if isinstance(r, int))
+        if lost > 0:
+            logger.warning(
+                "%d message(s) were taken over (or settled) by another consumer after their "
+                "lease lapsed; their leases are not renewed here",
+                lost,
+            )
 
     # -- inspection -----------------------------------------------------------------------
 
@@ -512,14 +595,10 @@ class RedisStreamsBroker:
         out = []
         for _id, fields in entries:
             mid, reason = fields.get(b"message_id", b""), fields.get(b"reason", b"")
-            out.append(DeadLetter(_text(mid), fields.get(b"body", b""), _text(reason)))
+            out.append(DeadLetter(text(mid), fields.get(b"body", b""), text(reason)))
         return out
 
 
 def _token(delivery: Delivery) -> tuple[str, bytes]:
     """The (stream key, entry id) this broker put in Delivery.token."""
     return cast("tuple[str, bytes]", delivery.token)
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode(errors="replace") if isinstance(value, bytes) else value

@@ -10,13 +10,14 @@ import asyncio
 import logging
 import shutil
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import pytest
 from redis.asyncio import Redis
 
 from aiotask.backends.redis import RedisBackend
 from aiotask.brokers import Delivery, Outgoing
+from aiotask.brokers._common import exhausted_reason
 from aiotask.brokers.redis_streams import RedisStreamsBroker
 from aiotask.exceptions import BrokerConnectionError
 from aiotask.settings import Settings
@@ -166,19 +167,31 @@ async def test_new_delayed_message_wakes_a_blocked_consumer(
         await producer.close()
 
 
+async def _own_connections(raw: Redis, name: str) -> int:
+    """Connections of one client (by its CLIENT SETNAME), not the shared server's total."""
+    return sum(1 for c in await raw.client_list() if c.get("name") == name)
+
+
+async def _all_closed(raw: Redis, name: str) -> bool:
+    """The server notices closed connections a moment later: look for up to 2 s."""
+    deadline = time.monotonic() + 2.0
+    while await _own_connections(raw, name) and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    return await _own_connections(raw, name) == 0
+
+
 async def test_many_waits_share_one_connection(redis_url: str, namespace: str, raw: Redis) -> None:
     from aiotask.backends.base import EncodedResult, ResultRecord
 
     backend = RedisBackend(redis_url, settings(redis_url, namespace))
     await backend.connect()
+    name = backend.shared_client.name
     try:
-        before = int((await raw.info("clients"))["connected_clients"])
         ids = [f"{namespace}-{i}" for i in range(1000)]
         waits = [asyncio.create_task(backend.wait(t, timeout=10)) for t in ids]
         await asyncio.sleep(0.3)
-        during = int((await raw.info("clients"))["connected_clients"])
         # one pub/sub connection plus at most a couple of pooled ones, whatever the count
-        assert during - before <= 3
+        assert 1 <= await _own_connections(raw, name) <= 3
         await backend.store(
             [EncodedResult.of(ResultRecord(t, "SUCCESS", i), 60) for i, t in enumerate(ids)]
         )
@@ -186,6 +199,31 @@ async def test_many_waits_share_one_connection(redis_url: str, namespace: str, r
         assert [r.result for r in results] == list(range(1000))
     finally:
         await backend.close()
+    assert await _all_closed(raw, name)
+
+
+async def test_broker_and_backend_on_one_server_share_one_pool(
+    redis_url: str, namespace: str, raw: Redis
+) -> None:
+    from aiotask import App
+
+    app = App("share", broker=redis_url, key_prefix=namespace)
+    backend, broker = app.backend, app.broker
+    assert isinstance(backend, RedisBackend)
+    assert isinstance(broker, RedisStreamsBroker)
+    assert backend.shared_client is broker.shared_client
+    name = broker.shared_client.name
+    async with app:
+        assert backend._redis is broker._redis
+        await broker.publish([out(1)])
+        assert await backend.get("nothing") is None
+        assert await _own_connections(raw, name) >= 1
+    assert await _all_closed(raw, name)
+    other = App("apart", broker=redis_url, backend=redis_url.rsplit("/", 1)[0] + "/1")
+    backend, broker = other.backend, other.broker
+    assert isinstance(backend, RedisBackend)
+    assert isinstance(broker, RedisStreamsBroker)
+    assert backend.shared_client is not broker.shared_client  # another database: another pool
 
 
 @pytest.fixture
@@ -206,7 +244,7 @@ async def test_warns_about_persistence_and_eviction(
     private_redis: PrivateRedis, caplog: pytest.LogCaptureFixture
 ) -> None:
     b = RedisStreamsBroker(private_redis.url, settings(private_redis.url, "w"), "app")
-    with caplog.at_level(logging.WARNING, logger="aiotask.brokers.redis_streams"):
+    with caplog.at_level(logging.WARNING, logger="aiotask._redis.client"):
         await b.connect()
     await b.close()
     text = caplog.text
@@ -267,3 +305,122 @@ async def test_wait_survives_a_backend_restart(private_redis: PrivateRedis) -> N
         assert (await waiter).result == 7
     finally:
         await backend.close()
+
+
+async def _owner(raw: Redis, stream: str, entry_id: bytes) -> str:
+    [pending] = await raw.xpending_range(stream, "app", min=entry_id, max=entry_id, count=1)
+    consumer = pending["consumer"]
+    return consumer.decode() if isinstance(consumer, bytes) else str(consumer)
+
+
+async def test_lease_renewal_never_takes_back_a_message_taken_over_after_a_lapse(
+    redis_url: str, namespace: str, raw: Redis, broker: RedisStreamsBroker
+) -> None:
+    other = RedisStreamsBroker(
+        redis_url, settings(redis_url, namespace, visibility_timeout=0.6), "app"
+    )
+    await other.connect()
+    try:
+        await broker.publish([out(1)])
+        [mine] = await receive_n(broker, 1)
+        await asyncio.sleep(0.8)  # our lease lapses (a long GC pause, a stalled loop)
+        async with asyncio.timeout(5):
+            [theirs] = await other.receive(["q"], 1)  # taken over, legitimately
+        assert theirs.message_id == mine.message_id and theirs.deliveries == 2
+        stream, entry_id = cast("tuple[str, bytes]", theirs.token)
+        assert await _owner(raw, stream, entry_id) == other._consumer
+        await broker.extend([mine])  # the old owner's renewal timer fires
+        assert await _owner(raw, stream, entry_id) == other._consumer
+        await other.extend([theirs])  # the new owner's renewal still works
+        assert await _owner(raw, stream, entry_id) == other._consumer
+        await broker.nack([mine], requeue=True)  # a late hand-back must not duplicate it
+        assert await raw.xlen(stream) == 1
+        await other.ack([theirs])
+        assert await raw.xlen(stream) == 0
+    finally:
+        await other.close()
+
+
+async def test_counted_hand_back_carries_the_count_and_dead_letters_with_the_common_reason(
+    redis_url: str, namespace: str, raw: Redis
+) -> None:
+    conf = settings(redis_url, namespace, visibility_timeout=30.0, max_deliveries=2)
+    b = RedisStreamsBroker(redis_url, conf, "app")
+    await b.connect()
+    try:
+        await b.publish([out(1)])
+        [d] = await receive_n(b, 1)
+        await b.nack([d], requeue=True, counted=True)
+        [d] = await receive_n(b, 1)
+        assert d.deliveries == 2
+        await b.nack([d], requeue=True, counted=True)
+        [dead] = await b.dead_letters("q")
+        assert dead.reason == exhausted_reason(2, 2)
+        assert await raw.xlen(f"{namespace}:{{q}}:s0") == 0
+    finally:
+        await b.close()
+
+
+async def test_a_lost_consumers_entries_are_taken_over_but_a_silent_one_keeps_its_lease(
+    redis_url: str, namespace: str, raw: Redis
+) -> None:
+    conf = settings(
+        redis_url,
+        namespace,
+        visibility_timeout=60.0,
+        worker_heartbeat_interval=0.1,
+        worker_lost_after=0.5,
+    )
+    lost, silent, taker = (RedisStreamsBroker(redis_url, conf, "app") for _ in range(3))
+    for b in (lost, silent, taker):
+        await b.connect()
+    try:
+        await lost.heartbeat()
+        await lost.publish([out(1), out(2)])
+        held = await receive_n(lost, 1)
+        assert await raw.zscore(f"{namespace}:{{q}}:consumers", lost._consumer) is not None
+        [kept] = await receive_n(silent, 1)  # never sends a heartbeat: the lease rule only
+        await asyncio.sleep(0.6)
+        await taker.heartbeat()
+        async with asyncio.timeout(5):
+            taken = await taker.receive(["q"], 10)
+        assert [d.message_id for d in taken] == [held[0].message_id]
+        assert taken[0].deliveries == 2
+        # the lost consumer is forgotten once it owns nothing; the silent one keeps its entry
+        assert await raw.zscore(f"{namespace}:{{q}}:consumers", lost._consumer) is None
+        stream, entry_id = cast("tuple[str, bytes]", kept.token)
+        assert await _owner(raw, stream, entry_id) == silent._consumer
+        await taker.ack(taken)
+        await silent.ack([kept])
+    finally:
+        for b in (lost, silent, taker):
+            await b.close()
+    assert await raw.exists(f"{namespace}:{{q}}:consumers") == 0
+
+
+async def test_publish_markers_do_not_pile_up(
+    broker: RedisStreamsBroker, raw: Redis, namespace: str
+) -> None:
+    for i in range(5):
+        await broker.publish([out(i)])
+    markers = [k async for k in raw.scan_iter(match=f"{namespace}:{{q}}:pub:*")]
+    assert len(markers) == 1  # each publish deletes the markers of confirmed earlier ones
+    assert 0 < await raw.pttl(markers[0]) <= broker._marker_ms
+
+
+async def test_a_server_error_is_not_called_an_outage(
+    broker: RedisStreamsBroker, raw: Redis, namespace: str
+) -> None:
+    await raw.set(f"{namespace}:{{q}}:dead", b"not a stream")
+    started = time.monotonic()
+    with pytest.raises(BrokerConnectionError, match="answered with an error") as caught:
+        await broker.dead_letters("q")
+    assert "WRONGTYPE" in str(caught.value) and "server running" not in str(caught.value)
+    assert time.monotonic() - started < 2.0  # not retried as if unreachable
+
+
+def test_lua_dead_letter_reason_is_worded_like_every_other_broker() -> None:
+    from aiotask.brokers.redis_streams import _reason_parts
+
+    head, tail = _reason_parts(5)
+    assert f"{head}7{tail}" == exhausted_reason(7, 5)

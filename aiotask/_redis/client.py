@@ -1,0 +1,188 @@
+"""One place for Redis client set-up, error mapping and retries (broker and backend alike).
+
+Errors are told apart because the advice differs: a refused password or a missing permission
+is a configuration problem (retrying cannot help, "is the server running?" would mislead); a
+connection failure may be an outage and is retried for `broker_unreachable_timeout`; any other
+error reply is the server refusing one command.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+import socket
+from typing import TYPE_CHECKING, TypeVar
+
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import (
+    AuthenticationError,
+    AuthenticationWrongNumberOfArgsError,
+    AuthorizationError,
+    NoPermissionError,
+    RedisError,
+)
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from aiotask._backoff import Backoff
+from aiotask._redis.conn import connection_class
+from aiotask._urls import redact
+from aiotask.exceptions import BrokerConnectionError
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Iterator
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+_warned: set[str] = set()
+
+#: Errors that say "the server could not be reached or stopped answering": worth a retry.
+RETRYABLE = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError)
+#: Errors that say "the server answered: these credentials may not do this": never retried.
+AUTH_ERRORS = (
+    AuthenticationError,
+    AuthenticationWrongNumberOfArgsError,
+    AuthorizationError,
+    NoPermissionError,
+)
+
+
+def retryable(exc: BaseException | None) -> bool:
+    """True for a connection failure or timeout, False for auth and other server errors."""
+    return isinstance(exc, RETRYABLE) and not isinstance(exc, AUTH_ERRORS)
+
+
+@contextlib.contextmanager
+def map_errors(url: str, what: str = "Redis") -> Iterator[None]:
+    """redis-py errors -> BrokerConnectionError naming the (redacted) server and the remedy."""
+    try:
+        yield
+    except AUTH_ERRORS as exc:
+        raise BrokerConnectionError(
+            f"{what} at {redact(url)} refused the credentials: {redact(str(exc))}; check the "
+            "user name and password in the URL (redis://user:password@host:port/db) and the "
+            "user's ACL permissions"
+        ) from exc
+    except RETRYABLE as exc:
+        raise BrokerConnectionError(
+            f"cannot reach {what} at {redact(url)}: {redact(str(exc)) or type(exc).__name__}; "
+            "is the server running and reachable?"
+        ) from exc
+    except RedisError as exc:
+        raise BrokerConnectionError(
+            f"{what} at {redact(url)} answered with an error: {redact(str(exc))}"
+        ) from exc
+
+
+def make_client(url: str, name: str | None = None) -> Redis:
+    """A client with our connection class; redis-py's own retries and socket timeouts off.
+
+    No socket_timeout: redis-py would route every write through asyncio.wait_for, which on
+    Python 3.11 can swallow a cancellation (worker shutdown hangs). Callers guard hung servers
+    with their own asyncio.timeout, and retry with `retrying()` within their deadline.
+    """
+    return Redis.from_url(
+        url,
+        connection_class=connection_class(url),
+        protocol=2,
+        retry=Retry(NoBackoff(), 0),
+        socket_timeout=None,
+        socket_connect_timeout=5.0,
+        client_name=name,
+    )
+
+
+class SharedClient:
+    """One redis-py client (one connection pool) for every user of the same server URL.
+
+    A broker and a result backend on the same server (the default: `App(broker="redis://...")`)
+    share one instance, so one pool serves both; the last `release()` closes it.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        #: CLIENT SETNAME of every connection: operators (and tests) can tell ours apart
+        self.name = f"aiotask-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        self._client: Redis | None = None
+        self._users = 0
+
+    def acquire(self) -> Redis:
+        if self._client is None:
+            self._client = make_client(self.url, self.name)
+        self._users += 1
+        return self._client
+
+    async def release(self) -> None:
+        self._users = max(self._users - 1, 0)
+        if self._users == 0 and self._client is not None:
+            client, self._client = self._client, None
+            await client.aclose()
+
+
+async def retrying(
+    op: Callable[[], Awaitable[T]],
+    url: str,
+    deadline: float,
+    *,
+    what: str = "Redis",
+    on_retry: Callable[[], None] | None = None,
+) -> T:
+    """Run `op`, retrying connection failures with one Backoff until `deadline` seconds passed.
+
+    Auth errors and other error replies are raised at once, mapped by `map_errors`.
+    """
+    backoff = Backoff(deadline=deadline)
+    while True:
+        try:
+            with map_errors(url, what):
+                return await op()
+        except BrokerConnectionError as exc:
+            if not retryable(exc.__cause__):
+                raise
+            if not backoff.failing:
+                logger.warning("%s at %s unreachable, retrying: %s", what, redact(url), exc)
+            if on_retry is not None:
+                on_retry()
+            if not await backoff.sleep():
+                raise BrokerConnectionError(
+                    f"{what} at {redact(url)} unreachable for {deadline:g}s "
+                    f"(broker_unreachable_timeout): {exc.__cause__}"
+                ) from exc.__cause__
+
+
+async def warn_if_volatile(client: Redis, url: str) -> None:
+    """Warn once per server when it may lose queued messages (no AOF, or evicting keys)."""
+    if redact(url) in _warned:
+        return
+    _warned.add(redact(url))
+    pipe = client.pipeline(transaction=False)
+    pipe.execute_command("CONFIG", "GET", "appendonly")
+    pipe.execute_command("CONFIG", "GET", "maxmemory-policy")
+    try:
+        results = await pipe.execute(raise_on_error=False)
+    except (RedisError, OSError):
+        return
+    if any(isinstance(r, Exception) for r in results):
+        return  # CONFIG renamed or disabled (managed Redis): nothing to check
+    appendonly, policy = (_text(r[1]) if len(r) == 2 else "" for r in results)
+    if appendonly == "no":
+        logger.warning(
+            "Redis at %s has appendonly=no: a restart loses queued messages; "
+            "set 'appendonly yes' (and appendfsync everysec) in redis.conf",
+            redact(url),
+        )
+    if policy != "noeviction":
+        logger.warning(
+            "Redis at %s has maxmemory-policy=%s: it may evict queued messages; "
+            "set 'maxmemory-policy noeviction'",
+            redact(url),
+            policy,
+        )
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
