@@ -1,5 +1,7 @@
-"""`make docs`: every relative link in README.md and docs/ resolves, every Python block parses,
-and every option of every `aiotask` command is documented in docs/cli.md, under its command."""
+"""`make docs`: every relative link in README.md and docs/ resolves, every Python block parses
+and runs (see tests/docs_run.py for the sandbox and the opt-out marker), every option of every
+`aiotask` command is documented in docs/cli.md under its command, and every setting in
+docs/settings.md. The site itself is built by `mkdocs build --strict` (also `make docs`)."""
 
 from __future__ import annotations
 
@@ -9,9 +11,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from tests.docs_run import python_blocks, run_page
+
 ROOT = Path(__file__).resolve().parent.parent
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
-BLOCK = re.compile(r"```python\n(.*?)```", re.S)
 HEADING = re.compile(r"^(#+) .*$", re.M)
 CLI_PAGE = ROOT / "docs" / "cli.md"
 
@@ -27,11 +30,15 @@ def problems() -> list[str]:
             path = (page.parent / target.split("#", 1)[0]).resolve()
             if not path.exists():
                 found.append(f"{page.relative_to(ROOT)}: broken link {target}")
-        for number, block in enumerate(BLOCK.findall(text), 1):
+        parsed = True
+        for block in python_blocks(page):
             try:
-                ast.parse(block)
+                ast.parse(block.code)
             except SyntaxError as exc:
-                found.append(f"{page.relative_to(ROOT)}: python block {number}: {exc}")
+                parsed = False
+                found.append(f"{block.where}: python block does not parse: {exc}")
+        if parsed:
+            found.extend(run_page(page))
     found.extend(undocumented_cli_options(CLI_PAGE.read_text() if CLI_PAGE.exists() else ""))
     found.extend(undocumented_settings((ROOT / "docs" / "settings.md").read_text()))
     return found
