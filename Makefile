@@ -3,6 +3,7 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+DOCS_STAMP := $(VENV)/.installed-docs
 # Benchmarks run from their own virtualenvs so the peers' version pins never touch .venv:
 # .venv-bench holds aiotask (editable) + Celery and the asyncio peers; arq pins redis<6, so it
 # lives in .venv-bench/arq. The harness runs each framework's processes with the right python.
@@ -24,6 +25,10 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 install: $(STAMP)  ## make .venv and install aiotask with its dev tools
+
+$(DOCS_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/pip install -q -e '.[dev,docs]'
+	@touch $(DOCS_STAMP)
 
 $(BENCH_STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (Python >= 3.11) on PATH, or run make PYTHON=python3.12"; exit 2; }
@@ -47,7 +52,7 @@ lint: $(STAMP)  ## ruff check, format check, and the layer contract
 typecheck: $(STAMP)  ## mypy --strict over aiotask and tests
 	$(BIN)/mypy
 
-test: lint typecheck $(STAMP)  ## lint, typecheck, then the whole test suite (needs Redis and RabbitMQ or skips)
+test: lint typecheck docs $(STAMP)  ## lint, typecheck, docs, then the whole test suite (needs Redis and RabbitMQ or skips)
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 
 test-unit: $(STAMP)  ## only the pure unit tests
@@ -62,8 +67,9 @@ bench: $(BENCH_STAMP)  ## the full benchmark, aiotask vs Celery and peers; write
 bench-smoke: $(BENCH_STAMP)  ## a small benchmark for CI; prints ratios, fails if aiotask is slower than Celery
 	$(BENCH_BIN)/python -m benchmarks.harness --smoke
 
-docs: $(STAMP)  ## check the docs' links and code blocks
+docs: $(DOCS_STAMP)  ## check the docs (links, every example runs, CLI, settings), build the site --strict into site/
 	$(BIN)/python -m tests.docs_check
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
 clean:  ## remove the virtualenv and caches
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build dist *.egg-info aiotask.db*
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build dist site *.egg-info aiotask.db*
