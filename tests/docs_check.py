@@ -1,6 +1,7 @@
 """`make docs`: every relative link in README.md and docs/ resolves, every Python block parses
-and runs (see tests/docs_run.py for the sandbox and the opt-out marker), every option of every
-`aiotask` command is documented in docs/cli.md under its command, and every setting in
+and runs (see tests/docs_run.py for the sandbox and the opt-out marker), every `aiotask ...`
+command line shown uses commands and options that exist, every option of every command is
+documented in docs/cli.md under its command, and every setting in
 docs/settings.md. The site itself is built by `mkdocs build --strict` (also `make docs`)."""
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from tests.docs_cli_usage import wrong_cli_usage
 from tests.docs_run import python_blocks, run_page
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -22,8 +24,10 @@ CLI_PAGE = ROOT / "docs" / "cli.md"
 def problems() -> list[str]:
     found: list[str] = []
     pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    commands = cli_options()
     for page in pages:
         text = page.read_text()
+        found.extend(wrong_cli_usage(page, commands, str(page.relative_to(ROOT))))
         for target in LINK.findall(text):
             if "://" in target or target.startswith("#"):
                 continue

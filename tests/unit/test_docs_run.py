@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from tests.docs_check import cli_options
+from tests.docs_cli_usage import check_line, wrong_cli_usage
 from tests.docs_nav_hook import add_missing, listed
 from tests.docs_run import blocks, run_page
 
@@ -127,3 +129,28 @@ def test_the_nav_hook_lists_pages_missing_from_the_nav(tmp_path: Path) -> None:
     assert nav[2] == "deployment.md"  # top level, before the last three
     assert nav[1] == {"User guide": ["canvas.md", "new.md", "reliability.md"]}
     assert {"index.md", "canvas.md", "reliability.md", "deployment.md", "new.md"} <= listed(nav)
+
+
+def test_command_lines_in_the_docs_must_use_commands_and_options_that_exist(
+    tmp_path: Path,
+) -> None:
+    commands = cli_options()
+    assert check_line(" worker -A proj:app --beat", commands) == [
+        "`aiotask worker` has no option --beat"
+    ]
+    assert check_line(" schedule -A proj:app list", commands) == [
+        "`aiotask schedule` has no option -A"
+    ]
+    assert check_line(" inspect active", commands) == ["unknown command `aiotask inspect`"]
+    assert check_line(" COMMAND --help", commands) == []
+    assert check_line(" schedule pause|resume -A proj:app NAME", commands) == []
+    assert check_line(" call -A p:app proj.add --args '[1, 2]' --countdown=5", commands) == []
+    doc = page(
+        tmp_path,
+        "Run `aiotask worker -A p:app --pool x`, not `from aiotask import App`.\n\n"
+        "~~~\naiotask beat -A p:app -B   # aiotask is fine here\n~~~\n",
+    )
+    assert wrong_cli_usage(doc, commands, "p.md") == [
+        "p.md:4: `aiotask beat` has no option -B",
+        "p.md:1: `aiotask worker` has no option --pool",
+    ]
