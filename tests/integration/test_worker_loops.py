@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiotask import App
 from aiotask.brokers.memory import MemoryBroker
@@ -43,7 +43,7 @@ class FaultyBroker(MemoryBroker):
             raise self.beat_error
 
 
-def make_app(**settings: object) -> tuple[App, FaultyBroker]:
+def make_app(**settings: Any) -> tuple[App, FaultyBroker]:
     app = App("loops", broker="memory://", backend="memory://", **settings)
     broker = app._broker = FaultyBroker(app.conf)
     return app, broker
