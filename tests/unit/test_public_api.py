@@ -39,7 +39,6 @@ def test_states() -> None:
 
     assert {s.value for s in State} == {
         "PENDING",
-        "RECEIVED",
         "STARTED",
         "RETRY",
         "SUCCESS",
