@@ -183,11 +183,18 @@ class Worker:
         broker = self.app.broker
         unstarted = self.dispatcher.take_buffer()
         if unstarted:
-            await broker.nack(unstarted, requeue=True)
-            log.info("handed back %d unstarted messages", len(unstarted))
+            try:  # uncounted: these never started
+                await broker.nack(unstarted, requeue=True)
+                log.info("handed back %d unstarted messages", len(unstarted))
+            except Exception as exc:
+                log.warning(
+                    "could not hand back %d unstarted messages (%s); they return after their lease",
+                    len(unstarted),
+                    exc,
+                )
         if self.dispatcher.running and self.shutdown.phase is Phase.WARM:
             log.info(
-                "waiting up to %.0fs for %d running tasks", self.grace, len(self.dispatcher.running)
+                "waiting up to %gs for %d running tasks", self.grace, len(self.dispatcher.running)
             )
             idle = asyncio.ensure_future(self.dispatcher.idle.wait())
             cold = asyncio.ensure_future(self.shutdown.cold.wait())
