@@ -14,7 +14,9 @@ from typing import TYPE_CHECKING
 
 from aiotask._log import get_logger
 from aiotask._urls import redact
-from aiotask.exceptions import BrokerConnectionError
+from aiotask.beat import service as beat_service
+from aiotask.beat.runner import check_entries
+from aiotask.exceptions import BrokerConnectionError, ConfigurationError
 from aiotask.worker import control, revocations
 from aiotask.worker._supervise import supervise
 from aiotask.worker.consumer import Dispatcher, consume
@@ -53,8 +55,17 @@ class Worker:
         max_tasks_per_child: int | None = None,
         max_memory_per_child: int | None = None,
         shutdown_grace: float | None = None,
+        beat: bool = False,
     ) -> None:
         conf = app.conf
+        #: run periodic entries here too (`--beat`); any number of workers may
+        self.embed_beat = beat
+        if beat:
+            if conf.backend_url is None:
+                raise ConfigurationError(
+                    "--beat needs a result backend (beats agree on slots in it): set backend="
+                )
+            check_entries(app, app.beat_entries.values())
         self.app = app
         self.queues = list(queues) if queues else [conf.default_queue]
         self.concurrency = concurrency or conf.concurrency
@@ -160,6 +171,8 @@ class Worker:
         if getattr(broker.capabilities, "leases", True):
             interval = conf.visibility_timeout / 3
             loops["leases"] = functools.partial(renew_leases, broker, self.dispatcher, interval)
+        if self.embed_beat:
+            loops["beat"] = functools.partial(beat_service.embedded, app)
         if backend is not None:
             executor = self.dispatcher.executor
             loops["control"] = functools.partial(control.obey, backend, executor)

@@ -134,3 +134,25 @@ async def _cleanup(kind: str, broker: str, backend: str, prefix: str) -> None:
             await b.delete_queue("default")
         finally:
             await b.close()
+
+
+def test_beat_embedded_in_two_workers_sends_each_slot_once(
+    tmp_path: Path, sqlite_url: str, namespace: str
+) -> None:
+    (tmp_path / "beat_tasks.py").write_text(MODULE)
+    env = _env(tmp_path, sqlite_url, sqlite_url, namespace)
+    workers = [_start(tmp_path, env, "worker", "--beat") for _ in range(2)]
+    try:
+        time.sleep(6.0)
+    finally:
+        codes = [stop(w) for w in workers]
+    assert codes == [0, 0], _logs(tmp_path)
+    counts = Counter((tmp_path / "runs").read_text().split())
+    assert counts, _logs(tmp_path)
+    assert max(counts.values()) == 1, "a slot ran twice"
+    entry = Entry(name="beatproc.tick", task="beatproc.tick", schedule=Every(1))
+    now = int(time.time())
+    by_id = {entry.slot_id(float(s)): s for s in range(now - 30, now + 2)}
+    slots = sorted(by_id[i] for i in counts)
+    assert slots == list(range(slots[0], slots[-1] + 1)), "a slot was lost"
+    assert len(slots) >= 3
