@@ -147,6 +147,11 @@ def prior_deliveries(headers: Mapping[str, object] | None, redelivered: bool) ->
     return counted, False
 
 
+def dead_headers(deliveries: int, reason: str) -> dict[str, object]:
+    """Headers of a dead-letter copy: the count so far and our reason."""
+    return {HEADER_DELIVERIES: deliveries, HEADER_REASON: reason}
+
+
 def dead_reason(headers: Mapping[str, object] | None) -> str:
     """Our reason header, else what RabbitMQ recorded when it dead-lettered the message."""
     headers = headers or {}
