@@ -8,15 +8,8 @@ connections or restarts the server runs against a private node started here (see
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import os
-import shutil
-import signal
-import socket
-import subprocess
 import time
-import uuid
 from typing import TYPE_CHECKING
 
 import aio_pika
@@ -27,16 +20,12 @@ from aiotask.brokers import _rabbitmq_topology as topo
 from aiotask.brokers.rabbitmq import RabbitMQBroker
 from aiotask.exceptions import BrokerConnectionError, ConfigurationError
 from aiotask.settings import Settings
-from tests.conftest import REQUIRE_SERVICES
+from tests.rabbit_server import PrivateRabbit, need_rabbitmq_server
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
-    from pathlib import Path
 
 pytestmark = pytest.mark.amqp
-
-RABBITMQ_SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
-RABBITMQCTL = "/usr/lib/rabbitmq/bin/rabbitmqctl"
 
 
 def out(i: int, queue: str = "q", **kw: object) -> Outgoing:
@@ -274,77 +263,9 @@ async def test_bad_url_errors_never_show_the_password(
 # -- a private node for faults ------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class PrivateRabbit:
-    """One RabbitMQ node in a temp dir, no plugins; restarts keep its durable queues."""
-
-    def __init__(self, base: Path) -> None:
-        self.base = base
-        self.port, self.dist_port = _free_port(), _free_port()
-        self.node = f"test-{uuid.uuid4().hex[:10]}@localhost"
-        self.url = f"amqp://guest:guest@127.0.0.1:{self.port}/"
-        self.proc: subprocess.Popen[bytes] | None = None
-        (base / "rabbitmq.conf").write_text("loopback_users = none\n")
-        (base / "enabled_plugins").write_text("[].\n")
-        self.env = {
-            **os.environ,
-            "HOME": str(base),
-            "RABBITMQ_NODENAME": self.node,
-            "RABBITMQ_NODE_PORT": str(self.port),
-            "RABBITMQ_DIST_PORT": str(self.dist_port),
-            "RABBITMQ_MNESIA_BASE": str(base / "mnesia"),
-            "RABBITMQ_LOG_BASE": str(base / "log"),
-            "RABBITMQ_CONFIG_FILE": str(base / "rabbitmq"),
-            "RABBITMQ_ENABLED_PLUGINS_FILE": str(base / "enabled_plugins"),
-        }
-
-    def start(self) -> None:
-        if self.proc is not None:
-            return
-        with (self.base / "server.out").open("ab") as log:
-            self.proc = subprocess.Popen(
-                [RABBITMQ_SERVER], env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )  # fmt: skip
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return
-            except OSError:
-                if self.proc.poll() is not None:
-                    break
-                time.sleep(0.1)
-        self.kill()
-        pytest.fail(f"private RabbitMQ did not start; see {self.base / 'server.out'}")
-
-    def kill(self) -> None:
-        """kill -9 the node (a crash): the group of the process this fixture started."""
-        if self.proc is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(timeout=10)
-        self.proc = None
-
-    def close_all_connections(self) -> None:
-        subprocess.run(
-            [RABBITMQCTL, "-n", self.node, "close_all_connections", "aiotask fault test"],
-            env=self.env, check=True, capture_output=True, timeout=30,
-        )  # fmt: skip
-
-
 @pytest.fixture(scope="module")
 def private_rabbit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateRabbit]:
-    if not (os.path.exists(RABBITMQ_SERVER) and shutil.which("erl")):
-        if REQUIRE_SERVICES:
-            pytest.fail("rabbitmq-server is not installed and AIOTASK_REQUIRE_SERVICES=1")
-        pytest.skip("rabbitmq-server is not installed; fault tests need a private node")
+    need_rabbitmq_server()
     node = PrivateRabbit(tmp_path_factory.mktemp("rabbit"))
     node.start()
     try:
