@@ -102,26 +102,37 @@ class PrivateRabbit:
         )  # fmt: skip
 
 
-class HoldingProxy:
-    """A TCP proxy to a node that can hold back the handshake of chosen connections.
+class FaultProxy:
+    """A TCP proxy to a node: holds back chosen handshakes, cuts or refuses connections.
 
     While `hold` is positive, client bytes containing `marker` (e.g. the connection name a
     client sends in Connection.Start-Ok) wait `hold` seconds: it decides which of a process's
-    connections comes back first after a restart.
+    connections comes back first after a restart. `cut()` resets every open connection (a
+    network fault mid-stream); while `refuse` is set, new connections are closed at once.
+    `forwarded` counts client bytes passed to the server.
     """
 
-    def __init__(self, upstream_port: int, marker: bytes) -> None:
+    def __init__(self, upstream_port: int, marker: bytes = b"") -> None:
         self.upstream_port = upstream_port
         self.marker = marker
         self.hold = 0.0
         self.held = 0
+        self.refuse = False
+        self.forwarded = 0
         self.port = 0
+        self.url = ""
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+
+    def cut(self) -> None:
+        """Drop every proxied connection now (both sides see a reset, nothing more flows)."""
+        for task in list(self._tasks):
+            task.cancel()
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
         self.port = self._server.sockets[0].getsockname()[1]
+        self.url = f"amqp://guest:guest@127.0.0.1:{self.port}/"
 
     async def close(self) -> None:
         if self._server is not None:
@@ -131,6 +142,9 @@ class HoldingProxy:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.refuse:
+            writer.close()
+            return
         try:
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
         except OSError:
@@ -143,12 +157,14 @@ class HoldingProxy:
         self._tasks.update(pumps)
         try:
             await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            pass
         finally:
             for task in pumps:
                 task.cancel()
                 self._tasks.discard(task)
             for w in (writer, up_writer):
-                w.close()
+                w.transport.abort()  # drop what is still buffered, like a reset
 
     async def _pump(
         self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, *, check: bool
@@ -158,5 +174,7 @@ class HoldingProxy:
                 if check and self.hold > 0 and self.marker in data:
                     self.held += 1
                     await asyncio.sleep(self.hold)
+                if check:
+                    self.forwarded += len(data)
                 dst.write(data)
                 await dst.drain()

@@ -1,21 +1,22 @@
 """amqp:// and amqps:// — RabbitMQ through aio-pika robust connections.
 
-Two robust connections: one publishes with confirms and mandatory routing (an unroutable
-message raises), the other consumes with basic.qos(prefetch_count=settings.effective_prefetch)
-into a local priority buffer that `receive` drains; the consume connection opens on the first
-`receive`, so a producer-only App holds one connection. Topology and counting rules live in
+Two robust connections: one publishes (`_rabbitmq_publish`: confirms, mandatory routing,
+waits through a reconnect, never re-sends a possibly stored message), the other consumes with
+basic.qos(prefetch_count=settings.effective_prefetch) into a local priority buffer that
+`receive` drains; the consume connection opens on the first `receive`, so a producer-only App
+holds one connection. Topology and counting rules live in
 `_rabbitmq_topology`; the operator's view is docs/rabbitmq.md.
 
 AMQP has no leases (capabilities.leases is False): an unacked message goes back to its queue
 when the consumer's channel closes, and `extend` does nothing. Classic queues only flag a
 redelivery, so the delivery count travels in a header that is rewritten by publishing a copy
 and acking the original (copy confirmed first: a crash in between duplicates, never loses).
+A copy that cannot be published falls back to settling the original on its own channel.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import heapq
 import itertools
 import logging
@@ -120,7 +121,7 @@ class RabbitMQBroker:
             conn = await open_connection(self._url, self._settings, self._app_name, "consume")
             conn.close_callbacks.add(self._on_connection_lost)
             conn.reconnect_callbacks.add(self._on_reconnected)
-            with self._map_errors("open consume channel"):
+            with map_errors(self._url, "open consume channel"):
                 channel = await conn.channel(publisher_confirms=False)
                 await channel.set_qos(prefetch_count=self._settings.effective_prefetch)
             self._con_conn, self._con = conn, channel
@@ -267,7 +268,7 @@ class RabbitMQBroker:
             for queue in queues:
                 if queue in self._consumers:
                     continue
-                with self._map_errors(f"consume {queue!r}"):
+                with map_errors(self._url, f"consume {queue!r}"):
                     # a robust channel waits for a reconnect: bound it like receive() does
                     async with asyncio.timeout(self._settings.broker_unreachable_timeout):
                         declared = await self._declare_on(channel, queue)
@@ -390,8 +391,16 @@ class RabbitMQBroker:
             redact(str(exc)),
             self._names.dead(queue),
         )
-        await _settle(partial(msg.reject, requeue=False))
+        await self._reject_to_dead(msg, queue)
         return None
+
+    async def _reject_to_dead(self, msg: AbstractIncomingMessage, queue: str) -> None:
+        """basic.reject: RabbitMQ dead-letters it to .dead itself (declared again if gone)."""
+        try:
+            await self._declare(queue)  # re-declares after an unroutable copy cleared the cache
+        except AiotaskError as exc:
+            log.debug("cannot re-declare %s before rejecting: %s", queue, exc)
+        await _settle(partial(msg.reject, requeue=False))
 
     async def _classify(self, item: _Held, now_ms: float) -> Delivery | _Copy:
         _, _, queue, msg = item
@@ -469,8 +478,10 @@ class RabbitMQBroker:
         basic.reject into the queue's dead-letter exchange (RabbitMQ's reason in x-death).
         """
         copies: list[_Copy] = []
+        queues: dict[int, str] = {}
         for d in deliveries:
             _, _, queue, msg = _held(d)
+            queues[id(msg)] = queue
             if requeue:
                 count = d.deliveries if counted else d.deliveries - 1
                 copies.append((self._names.work(queue), msg, {topo.HEADER_DELIVERIES: count}))
@@ -479,17 +490,21 @@ class RabbitMQBroker:
                 log.warning("dead-lettering message %s from %s: %s", d.message_id, queue, why)
                 copies.append((self._names.dead(queue), msg, topo.dead_headers(d.deliveries, why)))
         for (key, msg, _), exc in await self._republish_then_ack(copies):
-            dead = key.endswith(".dead")
+            queue = queues[id(msg)]
+            dead = key == self._names.dead(queue)
             log.error(
-                "could not publish the %s copy of message %s (%s); settling it on its own "
-                "channel instead (%s)",
+                "could not publish the %s copy of message %s from %s (%s); settling it on its "
+                "own channel instead (%s)",
                 "dead-letter" if dead else "requeued",
                 msg.message_id,
+                queue,
                 redact(str(exc)),
-                "basic.reject" if dead else "basic.nack requeue, counted",
+                "basic.reject into .dead" if dead else "basic.nack requeue, counted",
             )
-            action = partial(msg.reject, requeue=False) if dead else partial(msg.nack, requeue=True)
-            await _settle(action)
+            if dead:
+                await self._reject_to_dead(msg, queue)
+            else:
+                await _settle(partial(msg.nack, requeue=True))
 
     async def extend(self, deliveries: Sequence[Delivery]) -> None:
         """Nothing to renew: AMQP holds a delivery until its channel closes (consumer_timeout)."""
@@ -503,7 +518,7 @@ class RabbitMQBroker:
         conn = self._pub.conn
         assert conn is not None  # noqa: S101 - set by open()
         channel = aio_pika.Channel(conn, publisher_confirms=False)
-        with self._map_errors("open admin channel"):
+        with map_errors(self._url, "open admin channel"):
             await channel.initialize()
         try:
             async with asyncio.timeout(_ADMIN_TIMEOUT):
@@ -527,7 +542,7 @@ class RabbitMQBroker:
             if not _stale(msg):
                 count += 1
                 await _settle(msg.ack)
-        with self._map_errors(f"purge {queue!r}"):
+        with map_errors(self._url, f"purge {queue!r}"):
             count += await self._purge_named(self._names.work(queue))
             for name in list(self._delays.get(queue, {})):
                 count += await self._purge_named(name)
@@ -558,14 +573,10 @@ class RabbitMQBroker:
         self._declared.discard(queue)
         names = [self._names.work(queue), self._names.dead(queue)]
         names += list(self._delays.pop(queue, {}))
-        with self._map_errors(f"delete {queue!r}"):
+        with map_errors(self._url, f"delete {queue!r}"):
             async with self._admin() as channel:
                 for name in names:
                     await channel.queue_delete(name)
-
-    def _map_errors(self, doing: str) -> contextlib.AbstractContextManager[None]:
-        """Client-library errors -> our hierarchy, with the URL's password redacted."""
-        return map_errors(self._url, doing)
 
 
 def _held(delivery: Delivery) -> _Held:

@@ -21,7 +21,7 @@ import pytest
 
 from aiotask import App
 from tests.procs import lines, start_worker, stop, worker_env, write_tasks
-from tests.rabbit_server import HoldingProxy, PrivateRabbit, need_rabbitmq_server
+from tests.rabbit_server import FaultProxy, PrivateRabbit, need_rabbitmq_server
 
 if TYPE_CHECKING:
     import subprocess
@@ -49,9 +49,9 @@ def node(tmp_path: Path) -> Iterator[PrivateRabbit]:
 
 
 @pytest.fixture
-async def proxy(node: PrivateRabbit) -> AsyncIterator[HoldingProxy]:
+async def proxy(node: PrivateRabbit) -> AsyncIterator[FaultProxy]:
     # the worker's App is named "proc": its connections are "aiotask proc publish|consume"
-    p = HoldingProxy(node.port, marker=b"aiotask proc publish")
+    p = FaultProxy(node.port, marker=b"aiotask proc publish")
     await p.start()
     try:
         yield p
@@ -101,7 +101,7 @@ async def _until(
 
 
 async def test_worker_survives_a_rabbitmq_crash_and_restart(
-    tmp_path: Path, node: PrivateRabbit, proxy: HoldingProxy, namespace: str
+    tmp_path: Path, node: PrivateRabbit, proxy: FaultProxy, namespace: str
 ) -> None:
     via_proxy = f"amqp://guest:guest@127.0.0.1:{proxy.port}/"
     env = worker_env(write_tasks(tmp_path), via_proxy, AIOTASK_KEY_PREFIX=namespace)

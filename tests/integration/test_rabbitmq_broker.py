@@ -20,7 +20,7 @@ from aiotask.brokers import _rabbitmq_topology as topo
 from aiotask.brokers.rabbitmq import RabbitMQBroker
 from aiotask.exceptions import BrokerConnectionError, ConfigurationError
 from aiotask.settings import Settings
-from tests.rabbit_server import PrivateRabbit, need_rabbitmq_server
+from tests.rabbit_server import FaultProxy, PrivateRabbit, need_rabbitmq_server
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
@@ -218,6 +218,21 @@ async def test_nack_requeue_on_a_delivery_from_a_closed_broker_is_ignored(
     assert await nothing_within(broker, 0.5)
 
 
+async def test_a_dead_letter_that_cannot_be_published_does_not_break_receive(
+    broker: RabbitMQBroker, raw: aio_pika.abc.AbstractChannel, namespace: str
+) -> None:
+    await broker.publish([out(1)])
+    [d] = await receive_n(broker, 1)
+    await broker.ack([d])
+    await raw.queue_delete(f"{namespace}.q.dead")  # gone behind the broker's back
+    exhausted = aio_pika.Message(b"body-2", message_id="m2", headers={topo.HEADER_DELIVERIES: 3})
+    await raw.default_exchange.publish(exhausted, routing_key=f"{namespace}.q")
+    assert await nothing_within(broker, 1.0)  # no error out of receive(), nothing handed out
+    [dead] = await broker.dead_letters("q")  # rejected into a re-declared .dead instead
+    assert (dead.message_id, dead.body) == ("m2", b"body-2")
+    assert "rejected" in dead.reason
+
+
 async def test_quorum_queues_count_with_x_delivery_count(
     amqp_url: str, namespace: str, brokers: list[RabbitMQBroker]
 ) -> None:
@@ -360,3 +375,73 @@ async def test_receive_gives_up_after_broker_unreachable_timeout(
     with pytest.raises(BrokerConnectionError, match="unreachable"):
         await asyncio.wait_for(waiting, 10)
     assert 1.0 < time.monotonic() - started < 5.0
+
+
+@pytest.fixture
+async def proxy(private_rabbit: PrivateRabbit) -> AsyncIterator[FaultProxy]:
+    private_rabbit.start()
+    p = FaultProxy(private_rabbit.port)
+    await p.start()
+    try:
+        yield p
+    finally:
+        await p.close()
+
+
+async def stored_ids(url: str, name: str) -> list[str]:
+    """Every message id in a queue (drained with basic.get; the test owns the queue)."""
+    conn = await aio_pika.connect(url)
+    ids: list[str] = []
+    try:
+        channel = await conn.channel()
+        queue = await channel.declare_queue(name, passive=True)
+        while (msg := await queue.get(no_ack=True, fail=False)) is not None:
+            ids.append(msg.message_id or "")
+    finally:
+        await conn.close()
+    return ids
+
+
+@pytest.mark.slow
+async def test_publish_waits_for_a_reconnect_and_sends_each_message_once(
+    private: tuple[PrivateRabbit, list[RabbitMQBroker]], proxy: FaultProxy, namespace: str
+) -> None:
+    node, made = private
+    b = make(proxy.url, namespace, broker_unreachable_timeout=20.0)
+    made.append(b)
+    await b.connect()
+    await b.publish([out(0)])
+    proxy.refuse = True
+    proxy.cut()  # the connection drops and cannot come back yet
+    await asyncio.sleep(0.3)
+    sending = asyncio.create_task(b.publish([out(i) for i in range(1, 501)]))
+    await asyncio.sleep(2.0)
+    assert not sending.done()  # waiting for the channel, not failing on the closed one
+    proxy.refuse = False
+    await asyncio.wait_for(sending, 20)
+    ids = await stored_ids(node.url, f"{namespace}.q")
+    assert sorted(ids) == sorted(f"m{i}" for i in range(501))  # each exactly once
+
+
+@pytest.mark.slow
+async def test_a_batch_cut_mid_publish_is_not_sent_again(
+    private: tuple[PrivateRabbit, list[RabbitMQBroker]], proxy: FaultProxy, namespace: str
+) -> None:
+    node, made = private
+    b = make(proxy.url, namespace, broker_unreachable_timeout=20.0)
+    made.append(b)
+    await b.connect()
+    await b.publish([out(0)])
+    total = 20_000
+    start = proxy.forwarded
+    sending = asyncio.create_task(b.publish([out(i) for i in range(1, total + 1)]))
+    while proxy.forwarded - start < 300_000 and not sending.done():
+        await asyncio.sleep(0.001)
+    proxy.cut()  # mid-batch: some confirmed, some written without a confirm, some not written
+    with pytest.raises(BrokerConnectionError, match="may or may not have been stored") as info:
+        await asyncio.wait_for(sending, 30)
+    published = int(str(info.value).split(" of ", 1)[0])
+    assert 0 < published < total
+    ids = await stored_ids(node.url, f"{namespace}.q")
+    assert len(ids) == len(set(ids))  # nothing stored twice
+    assert len(ids) >= published + 1  # every confirmed one is there (and m0)
