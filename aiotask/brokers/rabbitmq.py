@@ -29,9 +29,7 @@ from urllib.parse import parse_qs, urlsplit
 import aio_pika
 from aio_pika.exceptions import (
     AMQPError,
-    ChannelInvalidStateError,
     ChannelNotFoundEntity,
-    MessageProcessError,
     PublishError,
 )
 
@@ -39,6 +37,7 @@ from aiotask._time import monotonic
 from aiotask._urls import parse_url, redact
 from aiotask.brokers import _rabbitmq_topology as topo
 from aiotask.brokers._common import exhausted, exhausted_reason
+from aiotask.brokers._rabbitmq_delivery import Held, held, settle, stale
 from aiotask.brokers._rabbitmq_publish import (
     Publisher,
     copy_of,
@@ -64,8 +63,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: (-priority, arrival sequence, queue, message): the local buffer's heap entries.
-_Held: TypeAlias = "tuple[int, int, str, AbstractIncomingMessage]"
 #: (routing key, original message, headers to set on the copy) for republish-then-ack.
 _Copy: TypeAlias = "tuple[str, AbstractIncomingMessage, dict[str, object]]"
 #: A copy whose publish failed, with the error (its original is neither acked nor returned).
@@ -101,7 +98,7 @@ class RabbitMQBroker:
         self._declared: set[str] = set()
         self._delays: dict[str, dict[str, float]] = {}  # queue -> delay queue -> declared at
         self._consumers: dict[str, tuple[AbstractRobustQueue, str]] = {}
-        self._buffers: dict[str, list[_Held]] = {}
+        self._buffers: dict[str, list[Held]] = {}
         self._seq = itertools.count()
         self._wake: asyncio.Event | None = None
         self._lock = asyncio.Lock()
@@ -137,7 +134,7 @@ class RabbitMQBroker:
     def _on_reconnected(self, _sender: object) -> None:
         # Tags from the dead channel mean nothing on the new one; the server redelivers them.
         for queue, heap in self._buffers.items():
-            self._buffers[queue] = live = [item for item in heap if not _stale(item[3])]
+            self._buffers[queue] = live = [item for item in heap if not stale(item[3])]
             heapq.heapify(live)
         log.info("RabbitMQ consume connection restored; consumers resumed")
         self._down_since = None
@@ -151,7 +148,9 @@ class RabbitMQBroker:
                 async with asyncio.timeout(_CLOSE_HANDBACK_TIMEOUT):
                     await self._hand_back_buffered()
             except (AiotaskError, AMQPError, OSError, TimeoutError) as exc:
-                log.debug("hand-back on close failed (%r); the server requeues them", exc)
+                log.debug(
+                    "hand-back on close failed (%s); the server requeues them", redact(repr(exc))
+                )
         if self._con_conn is not None:
             await self._con_conn.close()
         await self._pub.close()
@@ -168,7 +167,7 @@ class RabbitMQBroker:
         for declared, tag in list(self._consumers.values()):
             await declared.cancel(tag)
         self._consumers.clear()
-        held = [item for heap in self._buffers.values() for item in heap if not _stale(item[3])]
+        held = [item for heap in self._buffers.values() for item in heap if not stale(item[3])]
         self._buffers.clear()
         copies: list[_Copy] = []
         for _, _, queue, msg in held:
@@ -176,7 +175,11 @@ class RabbitMQBroker:
             copies.append((self._names.work(queue), msg, {topo.HEADER_DELIVERIES: prior}))
         failed = await self._republish_then_ack(copies)
         if failed:  # they return when the channel closes next, charged one delivery each
-            log.debug("could not hand back %d prefetched messages: %s", len(failed), failed[0][1])
+            log.debug(
+                "could not hand back %d prefetched messages: %s",
+                len(failed),
+                redact(str(failed[0][1])),
+            )
 
     # -- publishing ------------------------------------------------------------------------
 
@@ -306,25 +309,25 @@ class RabbitMQBroker:
         except TimeoutError:
             pass
 
-    def _take(self, queues: Sequence[str], limit: int) -> list[_Held]:
-        out: list[_Held] = []
+    def _take(self, queues: Sequence[str], limit: int) -> list[Held]:
+        out: list[Held] = []
         for queue in queues:
             heap = self._buffers.get(queue)
             while heap and len(out) < limit:
                 item = heapq.heappop(heap)
-                if _stale(item[3]):
+                if stale(item[3]):
                     log.debug("dropping a delivery from a closed channel; the server redelivers it")
                     continue
                 out.append(item)
         return out
 
-    def _push_back(self, items: Sequence[_Held]) -> None:
+    def _push_back(self, items: Sequence[Held]) -> None:
         for item in items:
-            if not _stale(item[3]):
+            if not stale(item[3]):
                 heapq.heappush(self._buffers.setdefault(item[2], []), item)
         self._event().set()
 
-    async def _triage_cancel_safe(self, raw: list[_Held]) -> list[Delivery]:
+    async def _triage_cancel_safe(self, raw: list[Held]) -> list[Delivery]:
         # Triage may publish; shielded so a cancelled receive() puts what it took back
         # into the buffer instead of leaving it unacked and invisible until close().
         task = asyncio.ensure_future(self._triage(raw))
@@ -336,9 +339,9 @@ class RabbitMQBroker:
 
     def _restore_after_cancel(self, task: asyncio.Future[list[Delivery]]) -> None:
         if not task.cancelled() and task.exception() is None:
-            self._push_back([_held(d) for d in task.result()])
+            self._push_back([held(d) for d in task.result()])
 
-    async def _triage(self, raw: list[_Held]) -> list[Delivery]:
+    async def _triage(self, raw: list[Held]) -> list[Delivery]:
         """Count deliveries; dead-letter, re-delay or persist a count before handing out.
 
         Never raises for one message: a copy that cannot be published (the publish side stays
@@ -346,7 +349,7 @@ class RabbitMQBroker:
         """
         keep: list[Delivery] = []
         again: list[_Copy] = []
-        held: dict[int, _Held] = {}
+        origin: dict[int, Held] = {}
         now_ms = time.time() * 1000
         try:
             for item in raw:
@@ -355,19 +358,19 @@ class RabbitMQBroker:
                     keep.append(verdict)
                 else:
                     again.append(verdict)
-                    held[id(verdict[1])] = item
+                    origin[id(verdict[1])] = item
         except BaseException:
             # Nothing was published or acked yet: all of it is still ours.
             self._push_back(raw)
             raise
         for copy, exc in await self._republish_then_ack(again):
-            got = await self._triage_fallback(held[id(copy[1])], copy, exc)
+            got = await self._triage_fallback(origin[id(copy[1])], copy, exc)
             if got is not None:
                 keep.append(got)
         return keep
 
     async def _triage_fallback(
-        self, item: _Held, copy: _Copy, exc: BaseException
+        self, item: Held, copy: _Copy, exc: BaseException
     ) -> Delivery | None:
         key, msg, headers = copy
         queue = item[2]
@@ -399,10 +402,10 @@ class RabbitMQBroker:
         try:
             await self._declare(queue)  # re-declares after an unroutable copy cleared the cache
         except AiotaskError as exc:
-            log.debug("cannot re-declare %s before rejecting: %s", queue, exc)
-        await _settle(partial(msg.reject, requeue=False))
+            log.debug("cannot re-declare %s before rejecting: %s", queue, redact(str(exc)))
+        await settle(partial(msg.reject, requeue=False))
 
-    async def _classify(self, item: _Held, now_ms: float) -> Delivery | _Copy:
+    async def _classify(self, item: Held, now_ms: float) -> Delivery | _Copy:
         _, _, queue, msg = item
         prior, persist = topo.prior_deliveries(msg.headers, bool(msg.redelivered))
         eta = topo.header_int(msg.headers, topo.HEADER_ETA)
@@ -415,7 +418,9 @@ class RabbitMQBroker:
             try:
                 target = await self._delay_queue(queue, ms)
             except AiotaskError as exc:  # falls back to a dead letter in _triage_fallback
-                log.warning("cannot declare a delay queue for %s: %s", msg.message_id, exc)
+                log.warning(
+                    "cannot declare a delay queue for %s: %s", msg.message_id, redact(str(exc))
+                )
                 target = self._names.delay(queue, ms)
             return (target, msg, {topo.HEADER_DELIVERIES: prior})
         if persist:
@@ -435,7 +440,7 @@ class RabbitMQBroker:
         Returns the copies that failed, originals untouched, for the caller to fall back on.
         A copy from a closed channel is skipped: the server redelivers its original anyway.
         """
-        live = [copy for copy in copies if not _stale(copy[1])]
+        live = [copy for copy in copies if not stale(copy[1])]
         if not live:
             return []
         results = await self._pub.send([(key, copy_of(msg, hdrs)) for key, msg, hdrs in live])
@@ -443,7 +448,7 @@ class RabbitMQBroker:
         failed: list[_Failed] = []
         for copy, result in zip(live, results, strict=True):
             if result is None:
-                await _settle(copy[1].ack)
+                await settle(copy[1].ack)
             else:
                 failed.append((copy, result))
         return failed
@@ -453,7 +458,7 @@ class RabbitMQBroker:
     async def ack(self, deliveries: Sequence[Delivery]) -> None:
         """basic.ack; a delivery from a channel that has since closed is dropped (redelivered)."""
         for d in deliveries:
-            await _settle(_held(d)[3].ack)
+            await settle(held(d)[3].ack)
 
     async def heartbeat(self) -> None:
         """A documented no-op: RabbitMQ itself notices a dead consumer.
@@ -480,7 +485,7 @@ class RabbitMQBroker:
         copies: list[_Copy] = []
         queues: dict[int, str] = {}
         for d in deliveries:
-            _, _, queue, msg = _held(d)
+            _, _, queue, msg = held(d)
             queues[id(msg)] = queue
             if requeue:
                 count = d.deliveries if counted else d.deliveries - 1
@@ -504,7 +509,7 @@ class RabbitMQBroker:
             if dead:
                 await self._reject_to_dead(msg, queue)
             else:
-                await _settle(partial(msg.nack, requeue=True))
+                await settle(partial(msg.nack, requeue=True))
 
     async def extend(self, deliveries: Sequence[Delivery]) -> None:
         """Nothing to renew: AMQP holds a delivery until its channel closes (consumer_timeout)."""
@@ -539,9 +544,9 @@ class RabbitMQBroker:
         """Drop the ready messages of a queue, its known delay queues and the local buffer."""
         count = 0
         for *_, msg in self._buffers.pop(queue, []):
-            if not _stale(msg):
+            if not stale(msg):
                 count += 1
-                await _settle(msg.ack)
+                await settle(msg.ack)
         with map_errors(self._url, f"purge {queue!r}"):
             count += await self._purge_named(self._names.work(queue))
             for name in list(self._delays.get(queue, {})):
@@ -577,26 +582,3 @@ class RabbitMQBroker:
             async with self._admin() as channel:
                 for name in names:
                     await channel.queue_delete(name)
-
-
-def _held(delivery: Delivery) -> _Held:
-    token = delivery.token
-    if not isinstance(token, tuple) or len(token) != 4:
-        raise TypeError(f"delivery {delivery.message_id!r} did not come from a RabbitMQBroker")
-    return token
-
-
-def _stale(msg: AbstractIncomingMessage) -> bool:
-    """True when the delivery's channel is gone: its tag means nothing on any other channel."""
-    try:
-        return bool(msg.channel.is_closed)
-    except ChannelInvalidStateError:
-        return True
-
-
-async def _settle(action: Callable[[], Awaitable[None]]) -> None:
-    # ack is a frame write, no round trip; a dead channel means the server requeued it.
-    try:
-        await action()
-    except (ChannelInvalidStateError, MessageProcessError, AMQPError, ConnectionError) as exc:
-        log.debug("dropping a settle on a closed channel (%r); the message is redelivered", exc)
