@@ -159,8 +159,8 @@ class Publisher:
         while True:
             channel = await self.ready(backoff)
             try:
-                async with asyncio.timeout(max(backoff.deadline - backoff.elapsed, 1.0)):
-                    with map_errors(self._url, doing):
+                with map_errors(self._url, doing):  # outside: a timeout is mapped (and retried)
+                    async with asyncio.timeout(max(backoff.deadline - backoff.elapsed, 1.0)):
                         return await op(channel)
             except BrokerConnectionError as exc:
                 if not isinstance(exc.__cause__, TRANSIENT) or backoff.expired:
