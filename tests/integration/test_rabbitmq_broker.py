@@ -14,9 +14,11 @@ from typing import TYPE_CHECKING
 
 import aio_pika
 import pytest
+from aio_pika.exceptions import DeliveryError, PublishError
 
 from aiotask.brokers import Delivery, Outgoing
 from aiotask.brokers import _rabbitmq_topology as topo
+from aiotask.brokers._rabbitmq_publish import Publisher
 from aiotask.brokers.rabbitmq import RabbitMQBroker
 from aiotask.exceptions import BrokerConnectionError, ConfigurationError
 from aiotask.settings import Settings
@@ -111,6 +113,45 @@ def test_delivery_counting_rules() -> None:
     # quorum queues count returns themselves: nothing to persist
     assert topo.prior_deliveries({topo.HEADER_QUORUM_COUNT: 2}, True) == (2, False)
     assert topo.dead_reason({"x-first-death-reason": "expired"}).endswith("expired")
+
+
+class _Returned(PublishError):
+    """What aio-pika raises for a basic.return, without a frame to build it from."""
+
+    def __init__(self) -> None:
+        Exception.__init__(self)
+
+    def __str__(self) -> str:
+        return "NO_ROUTE"
+
+
+class _Nacked(DeliveryError):
+    def __init__(self) -> None:
+        Exception.__init__(self)
+
+    def __str__(self) -> str:
+        return "basic.nack"
+
+
+def test_a_partial_publish_error_says_what_happened_to_which_messages() -> None:
+    url = "amqp://guest:s3cret@127.0.0.1:1/"
+    pub = Publisher(url, Settings(broker_url=url), "app")
+    items = [("q", aio_pika.Message(b"x", message_id=f"m{i}")) for i in range(9)]
+    lost = ConnectionResetError("reset by amqp://guest:s3cret@127.0.0.1:1/")
+    results: list[BaseException | None] = [None, None, lost, lost]
+    results += [_Returned(), _Nacked()]
+    results += [BrokerConnectionError("unreachable"), lost, lost]
+    assert pub.failure(items[:2], results[:2]) is None
+    error = pub.failure(items, results)
+    assert error is not None
+    text = str(error)
+    assert text.startswith("2 of 9 messages were published")
+    assert "4 (m2, m3, m7, m8) may or may not have been stored" in text
+    assert "not sent again" in text
+    assert "1 (m4) were returned as unroutable" in text
+    assert "1 (m5) were refused" in text
+    assert "1 (m6) were not published" in text
+    assert "s3cret" not in text
 
 
 # -- shared server, private prefixes ------------------------------------------------------
