@@ -57,6 +57,8 @@ T = TypeVar("T")
 log = get_logger(__name__)
 
 _UNSET: Any = object()
+#: task names whose queue App.route remembers (cleared when full)
+ROUTE_CACHE_SIZE = 10_000
 #: every App created in this process, so pool children can find a task by name
 _APPS: weakref.WeakSet[App] = weakref.WeakSet()
 
@@ -111,6 +113,7 @@ class App:
         self._backend: ResultBackend | None = None
         self._connected = False
         self._lock: asyncio.Lock | None = None
+        self._routes: tuple[Settings, dict[str, str]] = (self.conf, {})
         for builtin in (MAP_TASK, STARMAP_TASK):  # run by the worker's executor itself
             self.tasks[builtin] = Task(self, _never, TaskOptions(name=builtin))
         #: periodic entries defined in code (`beat_schedule`, `@app.periodic`), by name
@@ -202,15 +205,21 @@ class App:
         return self._schedules
 
     def route(self, task_name: str) -> str:
-        """The queue for a task with no explicit queue: `task_routes`, else the default queue."""
-        routes = self.conf.task_routes
-        if routes:
-            if task_name in routes:
-                return routes[task_name]
-            for pattern, queue in routes.items():
-                if fnmatch.fnmatchcase(task_name, pattern):
-                    return queue
-        return self.conf.default_queue
+        """The queue for a task with no explicit queue: `task_routes`, else the default queue.
+
+        Patterns are matched once per task name and the answer cached; the cache belongs to
+        one settings object, so assigning a new `app.conf` starts a fresh one.
+        """
+        conf = self.conf
+        cache = self._routes
+        if cache[0] is not conf:
+            cache = self._routes = (conf, {})
+        queue = cache[1].get(task_name)
+        if queue is None:
+            if len(cache[1]) >= ROUTE_CACHE_SIZE:  # send_task with endless distinct names
+                cache[1].clear()
+            queue = cache[1][task_name] = _match_route(conf, task_name)
+        return queue
 
     # --- connections -----------------------------------------------------------------------
     @property
@@ -367,6 +376,16 @@ class App:
         # Workers already holding (or running) one of these learn it now, not at the next message.
         command = {"op": "revoke", "ids": list(task_ids), "terminate": terminate}
         await backend.broadcast(orjson.dumps(command))
+
+
+def _match_route(conf: Settings, task_name: str) -> str:
+    routes = conf.task_routes
+    if task_name in routes:
+        return routes[task_name]
+    for pattern, queue in routes.items():
+        if fnmatch.fnmatchcase(task_name, pattern):
+            return queue
+    return conf.default_queue
 
 
 def _never(*args: Any, **kwargs: Any) -> Awaitable[None]:

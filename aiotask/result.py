@@ -53,7 +53,7 @@ class AsyncResult(Generic[R]):
         return outcome_of(record, propagate)  # type: ignore[no-any-return]
 
     async def state(self) -> str:
-        """PENDING, RECEIVED, STARTED, RETRY, SUCCESS, FAILURE, REVOKED or a custom state."""
+        """PENDING, STARTED, RETRY, SUCCESS, FAILURE, REVOKED or a custom state."""
         record = await self._record()
         return record.state if record is not None else PENDING
 

@@ -1,4 +1,9 @@
-"""Task states, as Celery users know them."""
+"""Task states, as Celery users know them.
+
+There is no RECEIVED: writing it when a worker takes a message would cost a backend write per
+task on the hot path (and could race with STARTED/SUCCESS written right after); PENDING covers
+"queued or held by a worker", STARTED (with `task_track_started`) says it is running.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,6 @@ class State(StrEnum):
     """A task's lifecycle state; custom states (from `update_state`) are plain strings."""
 
     PENDING = "PENDING"
-    RECEIVED = "RECEIVED"
     STARTED = "STARTED"
     RETRY = "RETRY"
     SUCCESS = "SUCCESS"
@@ -18,7 +22,6 @@ class State(StrEnum):
 
 
 PENDING = State.PENDING
-RECEIVED = State.RECEIVED
 STARTED = State.STARTED
 RETRY = State.RETRY
 SUCCESS = State.SUCCESS
@@ -27,7 +30,3 @@ REVOKED = State.REVOKED
 
 #: States after which a task never changes again (first writer wins).
 READY_STATES: frozenset[str] = frozenset({SUCCESS, FAILURE, REVOKED})
-#: States whose result is an exception.
-EXCEPTION_STATES: frozenset[str] = frozenset({FAILURE, REVOKED, RETRY})
-#: States that `get(propagate=True)` raises for.
-PROPAGATE_STATES: frozenset[str] = frozenset({FAILURE, REVOKED})

@@ -78,6 +78,12 @@ class TaskOptions:
         priority = raw.get("priority")
         if priority is not None and not 0 <= priority <= 9:
             raise ConfigurationError(f"task {name}: priority must be 0..9, got {priority!r}")
+        if raw.get("acks_late", True) is not True:
+            raise ConfigurationError(
+                f"task {name}: acks_late={raw['acks_late']!r} is not supported: aiotask always "
+                "acknowledges a message after its result is stored (at-least-once), so a worker "
+                "that dies mid-task never loses it; make the task idempotent instead"
+            )
         for key in ("time_limit", "soft_time_limit", "expires"):
             value = raw.get(key)
             if value is not None and value <= 0:
@@ -91,7 +97,7 @@ class TaskOptions:
             soft_time_limit=raw.get("soft_time_limit"),
             rate_limit=parse_rate(raw.get("rate_limit")),
             ignore_result=bool(raw.get("ignore_result", False)),
-            acks_late=bool(raw.get("acks_late", True)),
+            acks_late=True,
             expires=raw.get("expires"),
             bind=bind,
         )

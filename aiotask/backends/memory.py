@@ -165,10 +165,6 @@ class MemoryBackend:
         for task_id in task_ids:
             self._revoked[task_id] = deadline
 
-    async def revoked(self, task_ids: Sequence[str]) -> frozenset[str]:
-        mono = monotonic()
-        return frozenset(t for t in task_ids if self._revoked.get(t, 0.0) > mono)
-
     async def revocations(self) -> frozenset[str]:
         mono = monotonic()
         return frozenset(t for t, deadline in self._revoked.items() if deadline > mono)

@@ -273,13 +273,6 @@ class RedisBackend:
             _, members = await pipe.execute()
         return frozenset(_bytes(m).decode() for m in members)
 
-    async def revoked(self, task_ids: Sequence[str]) -> frozenset[str]:
-        if not task_ids:
-            return frozenset()
-        with self._map_errors():
-            flags = await self._client().mget([f"{self._prefix}:revoked:{t}" for t in task_ids])
-        return frozenset(t for t, flag in zip(task_ids, flags, strict=True) if flag is not None)
-
     async def broadcast(self, payload: bytes) -> None:
         with self._map_errors():
             await self._client().publish(f"{self._prefix}:control", payload)

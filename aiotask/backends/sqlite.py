@@ -256,11 +256,6 @@ class SQLiteBackend:
     async def revocations(self) -> frozenset[str]:
         return frozenset(await self._db.run(_revocations, now()))
 
-    async def revoked(self, task_ids: Sequence[str]) -> frozenset[str]:
-        if not task_ids:
-            return frozenset()
-        return frozenset(await self._db.run(_revoked, list(task_ids), now()))
-
     async def broadcast(self, payload: bytes) -> None:
         """Append to the control table; listeners in this process are woken at once."""
         await self._db.run(_broadcast, payload, now())
@@ -451,15 +446,6 @@ def _control_after(conn: sqlite3.Connection, after: int) -> list[tuple[int, byte
         (after,),
     ).fetchall()
     return rows
-
-
-def _revoked(conn: sqlite3.Connection, task_ids: list[str], wall: float) -> list[str]:
-    rows = conn.execute(
-        f"SELECT task_id FROM aiotask_revoked WHERE task_id IN ({_IDS}) "  # noqa: S608
-        "AND expires_at > ?",
-        (orjson.dumps(task_ids).decode(), wall),
-    ).fetchall()
-    return [r[0] for r in rows]
 
 
 def _revocations(conn: sqlite3.Connection, wall: float) -> list[str]:

@@ -28,7 +28,7 @@ from aiotask.exceptions import ConfigurationError
 from aiotask.states import READY_STATES
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping, Sequence
+    from collections.abc import Callable, Iterable, Mapping, Sequence
 
     from aiotask.app import App
     from aiotask.beat.entry import Plan
@@ -79,12 +79,7 @@ class Beat:
 
     def check(self) -> None:
         """Refuse to start with an entry whose task this app does not know (exit 2 in the CLI)."""
-        for entry in self.static.values():
-            if entry.task not in self.app.tasks:
-                raise ConfigurationError(
-                    f"periodic entry {entry.name!r}: task {entry.task!r} is not registered "
-                    "in this app (import its module in the app, or fix the name)"
-                )
+        check_entries(self.app, self.static.values())
 
     async def run(self, stop: asyncio.Event) -> None:
         """Tick until `stop` is set; store or broker outages are waited out, not fatal."""
@@ -262,6 +257,16 @@ class Beat:
         return self.app.message_factory(
             entry.task, list(entry.args), dict(entry.kwargs), options, task_id
         )
+
+
+def check_entries(app: App, entries: Iterable[Entry]) -> None:
+    """Every entry names a task registered in `app`, or a ConfigurationError says which."""
+    for entry in entries:
+        if entry.task not in app.tasks:
+            raise ConfigurationError(
+                f"periodic entry {entry.name!r}: task {entry.task!r} is not registered "
+                "in this app (import its module in the app, or fix the name)"
+            )
 
 
 def _replace(entry: Entry, **changes: Any) -> Entry:

@@ -27,6 +27,13 @@ async def make_beat(app: App, *, clock: Callable[[], float] | None = None) -> Be
     return beat
 
 
+async def embedded(app: App) -> None:
+    """Beat inside a worker (`aiotask worker --beat`): runs until cancelled."""
+    beat = await make_beat(app)
+    log.info("beat %s embedded in the worker, %d entries in code", beat.name, len(beat.static))
+    await beat.run(asyncio.Event())
+
+
 async def serve(app: App, *, clock: Callable[[], float] | None = None) -> int:
     """Run beat until SIGTERM/SIGINT; the exit code for the CLI."""
     beat = await make_beat(app, clock=clock)

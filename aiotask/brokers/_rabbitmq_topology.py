@@ -17,12 +17,14 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from aiotask.brokers._common import MAX_PRIORITY as MAX_PRIORITY
+from aiotask.brokers._common import text
 from aiotask.exceptions import ConfigurationError
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-MAX_PRIORITY = 9
+
 #: Deliveries already counted before the last (re)publish; absent on a fresh message.
 HEADER_DELIVERIES = "x-aiotask-deliveries"
 #: Why a message was dead-lettered (on copies in the .dead queue).
@@ -147,15 +149,17 @@ def prior_deliveries(headers: Mapping[str, object] | None, redelivered: bool) ->
     return counted, False
 
 
+def dead_headers(deliveries: int, reason: str) -> dict[str, object]:
+    """Headers of a dead-letter copy: the count so far and our reason."""
+    return {HEADER_DELIVERIES: deliveries, HEADER_REASON: reason}
+
+
 def dead_reason(headers: Mapping[str, object] | None) -> str:
     """Our reason header, else what RabbitMQ recorded when it dead-lettered the message."""
     headers = headers or {}
     reason = headers.get(HEADER_REASON)
-    if isinstance(reason, bytes):
-        reason = reason.decode("utf-8", "replace")
-    if isinstance(reason, str) and reason:
-        return reason
+    if isinstance(reason, bytes | str) and reason:
+        return text(reason)
     first = headers.get("x-first-death-reason")
-    if isinstance(first, bytes):
-        first = first.decode("utf-8", "replace")
-    return f"dead-lettered by RabbitMQ: {first or 'unknown reason'}"
+    shown = text(first) if isinstance(first, bytes | str) and first else "unknown reason"
+    return f"dead-lettered by RabbitMQ: {shown}"

@@ -1,15 +1,17 @@
 """amqp:// and amqps:// — RabbitMQ through aio-pika robust connections.
 
-Two robust connections: one publishes with confirms and mandatory routing (an unroutable
-message raises), the other consumes with basic.qos(prefetch_count=settings.effective_prefetch)
-into a local priority buffer that `receive` drains; the consume connection opens on the first
-`receive`, so a producer-only App holds one connection. Topology and counting rules live in
+Two robust connections: one publishes (`_rabbitmq_publish`: confirms, mandatory routing,
+waits through a reconnect, never re-sends a possibly stored message), the other consumes with
+basic.qos(prefetch_count=settings.effective_prefetch) into a local priority buffer that
+`receive` drains; the consume connection opens on the first `receive`, so a producer-only App
+holds one connection. Topology and counting rules live in
 `_rabbitmq_topology`; the operator's view is docs/rabbitmq.md.
 
 AMQP has no leases (capabilities.leases is False): an unacked message goes back to its queue
 when the consumer's channel closes, and `extend` does nothing. Classic queues only flag a
 redelivery, so the delivery count travels in a header that is rewritten by publishing a copy
 and acking the original (copy confirmed first: a crash in between duplicates, never loses).
+A copy that cannot be published falls back to settling the original on its own channel.
 """
 
 from __future__ import annotations
@@ -19,29 +21,35 @@ import heapq
 import itertools
 import logging
 import time
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager
+from functools import partial
 from typing import TYPE_CHECKING, TypeAlias
 from urllib.parse import parse_qs, urlsplit
 
 import aio_pika
 from aio_pika.exceptions import (
     AMQPError,
-    ChannelInvalidStateError,
     ChannelNotFoundEntity,
-    ChannelPreconditionFailed,
-    DeliveryError,
-    MessageProcessError,
     PublishError,
 )
 
 from aiotask._time import monotonic
 from aiotask._urls import parse_url, redact
 from aiotask.brokers import _rabbitmq_topology as topo
+from aiotask.brokers._common import exhausted, exhausted_reason
+from aiotask.brokers._rabbitmq_delivery import Held, held, settle, stale
+from aiotask.brokers._rabbitmq_publish import (
+    Publisher,
+    copy_of,
+    map_errors,
+    message,
+    open_connection,
+)
 from aiotask.brokers.base import BrokerCapabilities, DeadLetter, Delivery, Outgoing
-from aiotask.exceptions import AiotaskError, BrokerConnectionError, ConfigurationError
+from aiotask.exceptions import AiotaskError, BrokerConnectionError
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+    from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
     from aio_pika.abc import (
         AbstractChannel,
@@ -55,10 +63,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: (-priority, arrival sequence, queue, message): the local buffer's heap entries.
-_Held: TypeAlias = "tuple[int, int, str, AbstractIncomingMessage]"
 #: (routing key, original message, headers to set on the copy) for republish-then-ack.
 _Copy: TypeAlias = "tuple[str, AbstractIncomingMessage, dict[str, object]]"
+#: A copy whose publish failed, with the error (its original is neither acked nor returned).
+_Failed: TypeAlias = "tuple[_Copy, BaseException]"
 
 _ADMIN_TIMEOUT = 10.0
 _CLOSE_HANDBACK_TIMEOUT = 5.0
@@ -84,61 +92,33 @@ class RabbitMQBroker:
         self._settings = settings
         self._app_name = app_name
         self._names = topo.Names(settings.key_prefix)
-        self._pub_conn: AbstractRobustConnection | None = None
-        self._pub: AbstractRobustChannel | None = None
+        self._pub = Publisher(url, settings, app_name)
         self._con_conn: AbstractRobustConnection | None = None
         self._con: AbstractRobustChannel | None = None
         self._declared: set[str] = set()
         self._delays: dict[str, dict[str, float]] = {}  # queue -> delay queue -> declared at
         self._consumers: dict[str, tuple[AbstractRobustQueue, str]] = {}
-        self._buffers: dict[str, list[_Held]] = {}
+        self._buffers: dict[str, list[Held]] = {}
         self._seq = itertools.count()
         self._wake: asyncio.Event | None = None
         self._lock = asyncio.Lock()
-        self._connect_lock = asyncio.Lock()
         self._down_since: float | None = None
         self._closing = False
 
     # -- connections -----------------------------------------------------------------------
 
     async def connect(self) -> None:
-        """Open the publish connection; the consume side opens on the first receive()."""
-        await self._publisher()
-
-    async def _open(self, role: str) -> AbstractRobustConnection:
-        # Consumers come back ~1 s after the server does, unless the URL sets its own interval.
-        interval = None if "reconnect_interval" in parse_qs(urlsplit(self._url).query) else 1.0
-        with self._map_errors(f"connect ({role})"):
-            return await aio_pika.connect_robust(
-                self._url,
-                timeout=min(self._settings.broker_unreachable_timeout, 30.0),
-                client_properties={"connection_name": f"aiotask {self._app_name} {role}"},
-                reconnect_interval=interval,
-            )
-
-    async def _publisher(self) -> AbstractRobustChannel:
-        if self._pub is not None:
-            return self._pub
-        async with self._connect_lock:  # concurrent first publishes share one connection
-            if self._pub is None:
-                self._closing = False
-                conn = await self._open("publish")
-                try:
-                    with self._map_errors("open publish channel"):
-                        channel = await conn.channel(publisher_confirms=True, on_return_raises=True)
-                except BaseException:
-                    await conn.close()
-                    raise
-                self._pub_conn, self._pub = conn, channel
-            return self._pub
+        """Open the publish connection (one attempt); the consume side opens on receive()."""
+        self._closing = False
+        await self._pub.open()
 
     async def _consumer(self) -> AbstractRobustChannel:
         if self._con is None:
             self._closing = False
-            conn = await self._open("consume")
+            conn = await open_connection(self._url, self._settings, self._app_name, "consume")
             conn.close_callbacks.add(self._on_connection_lost)
             conn.reconnect_callbacks.add(self._on_reconnected)
-            with self._map_errors("open consume channel"):
+            with map_errors(self._url, "open consume channel"):
                 channel = await conn.channel(publisher_confirms=False)
                 await channel.set_qos(prefetch_count=self._settings.effective_prefetch)
             self._con_conn, self._con = conn, channel
@@ -154,7 +134,7 @@ class RabbitMQBroker:
     def _on_reconnected(self, _sender: object) -> None:
         # Tags from the dead channel mean nothing on the new one; the server redelivers them.
         for queue, heap in self._buffers.items():
-            self._buffers[queue] = live = [item for item in heap if not _stale(item[3])]
+            self._buffers[queue] = live = [item for item in heap if not stale(item[3])]
             heapq.heapify(live)
         log.info("RabbitMQ consume connection restored; consumers resumed")
         self._down_since = None
@@ -168,12 +148,13 @@ class RabbitMQBroker:
                 async with asyncio.timeout(_CLOSE_HANDBACK_TIMEOUT):
                     await self._hand_back_buffered()
             except (AiotaskError, AMQPError, OSError, TimeoutError) as exc:
-                log.debug("hand-back on close failed (%r); the server requeues them", exc)
+                log.debug(
+                    "hand-back on close failed (%s); the server requeues them", redact(repr(exc))
+                )
         if self._con_conn is not None:
             await self._con_conn.close()
-        if self._pub_conn is not None:
-            await self._pub_conn.close()
-        self._pub_conn = self._pub = self._con_conn = self._con = None
+        await self._pub.close()
+        self._con_conn = self._con = None
         self._consumers.clear()
         self._buffers.clear()
         self._declared.clear()
@@ -186,18 +167,28 @@ class RabbitMQBroker:
         for declared, tag in list(self._consumers.values()):
             await declared.cancel(tag)
         self._consumers.clear()
-        held = [item for heap in self._buffers.values() for item in heap if not _stale(item[3])]
+        held = [item for heap in self._buffers.values() for item in heap if not stale(item[3])]
         self._buffers.clear()
         copies: list[_Copy] = []
         for _, _, queue, msg in held:
             prior, _persist = topo.prior_deliveries(msg.headers, bool(msg.redelivered))
             copies.append((self._names.work(queue), msg, {topo.HEADER_DELIVERIES: prior}))
-        await self._republish_then_ack(copies)
+        failed = await self._republish_then_ack(copies)
+        if failed:  # they return when the channel closes next, charged one delivery each
+            log.debug(
+                "could not hand back %d prefetched messages: %s",
+                len(failed),
+                redact(str(failed[0][1])),
+            )
 
     # -- publishing ------------------------------------------------------------------------
 
     async def publish(self, batch: Sequence[Outgoing]) -> None:
-        """Publish the whole batch concurrently and wait for every confirm (one round trip)."""
+        """Publish the whole batch concurrently and wait for every confirm (one round trip).
+
+        Waits for the channel through a reconnect, up to broker_unreachable_timeout; never
+        sends a message twice (see _rabbitmq_publish), so an error may follow a partial publish.
+        """
         if not batch:
             return
         wall = time.time()
@@ -210,42 +201,26 @@ class RabbitMQBroker:
             if ms and out.eta is not None:
                 routing = await self._delay_queue(out.queue, ms)
                 headers[topo.HEADER_ETA] = int(out.eta * 1000)
-            items.append((routing, _message(out.body, out.message_id, out.priority, headers)))
-        await self._publish_raw(items)
+            items.append((routing, message(out.body, out.message_id, out.priority, headers)))
+        results = await self._pub.send(items)
+        error = self._pub.failure(items, results)
+        if error is not None:
+            self._forget_if_unroutable(results)
+            raise error
 
-    async def _publish_raw(self, items: Sequence[tuple[str, aio_pika.Message]]) -> None:
-        if not items:
-            return
-        exchange = (await self._publisher()).default_exchange
-        with self._map_errors("publish"):
-            async with asyncio.timeout(self._settings.broker_unreachable_timeout):
-                results = await asyncio.gather(
-                    *(exchange.publish(msg, routing_key=key, mandatory=True) for key, msg in items),
-                    return_exceptions=True,
-                )
-        for result in results:
-            if isinstance(result, PublishError):
-                self._declared.clear()  # a queue vanished under us: declare again next time
-                self._delays.clear()
-                raise BrokerConnectionError(
-                    f"RabbitMQ returned a message as unroutable ({result}): its queue does not "
-                    "exist (deleted after this process declared it?); publish again to re-declare"
-                ) from result
-            if isinstance(result, asyncio.CancelledError):  # its channel went away mid-publish
-                raise BrokerConnectionError("a publish to RabbitMQ was interrupted; publish again")
-            if isinstance(result, BaseException):
-                with self._map_errors("publish"):
-                    raise result
+    def _forget_if_unroutable(self, results: Sequence[BaseException | None]) -> None:
+        if any(isinstance(r, PublishError) for r in results):
+            self._declared.clear()  # a queue vanished under us: declare again next time
+            self._delays.clear()
 
     async def _declare(self, queue: str) -> None:
         if queue in self._declared:
             return
-        channel = await self._publisher()
-        await self._declare_on(channel, queue)
+        await self._pub.run(f"declare queue {queue!r}", lambda ch: self._declare_on(ch, queue))
         self._declared.add(queue)
 
     async def _declare_on(self, channel: AbstractRobustChannel, queue: str) -> AbstractRobustQueue:
-        with self._map_errors(f"declare queue {queue!r}"):
+        with map_errors(self._url, f"declare queue {queue!r}"):
             await channel.declare_queue(self._names.dead(queue), durable=True)
             return await channel.declare_queue(
                 self._names.work(queue),
@@ -258,14 +233,15 @@ class RabbitMQBroker:
         known = self._delays.setdefault(queue, {})
         declared = known.get(name)
         if declared is None or monotonic() - declared > topo.DELAY_REDECLARE_S:
-            channel = await self._publisher()
-            with self._map_errors(f"declare delay queue {name!r}"):
-                await channel.declare_queue(
+            await self._pub.run(
+                f"declare delay queue {name!r}",
+                lambda ch: ch.declare_queue(
                     name,
                     durable=True,
                     arguments=topo.delay_arguments(self._names, queue, ms),
                     robust=False,  # short-lived; declared again whenever it is used
-                )
+                ),
+            )
             known[name] = monotonic()
         return name
 
@@ -295,7 +271,7 @@ class RabbitMQBroker:
             for queue in queues:
                 if queue in self._consumers:
                     continue
-                with self._map_errors(f"consume {queue!r}"):
+                with map_errors(self._url, f"consume {queue!r}"):
                     # a robust channel waits for a reconnect: bound it like receive() does
                     async with asyncio.timeout(self._settings.broker_unreachable_timeout):
                         declared = await self._declare_on(channel, queue)
@@ -333,25 +309,25 @@ class RabbitMQBroker:
         except TimeoutError:
             pass
 
-    def _take(self, queues: Sequence[str], limit: int) -> list[_Held]:
-        out: list[_Held] = []
+    def _take(self, queues: Sequence[str], limit: int) -> list[Held]:
+        out: list[Held] = []
         for queue in queues:
             heap = self._buffers.get(queue)
             while heap and len(out) < limit:
                 item = heapq.heappop(heap)
-                if _stale(item[3]):
+                if stale(item[3]):
                     log.debug("dropping a delivery from a closed channel; the server redelivers it")
                     continue
                 out.append(item)
         return out
 
-    def _push_back(self, items: Sequence[_Held]) -> None:
+    def _push_back(self, items: Sequence[Held]) -> None:
         for item in items:
-            if not _stale(item[3]):
+            if not stale(item[3]):
                 heapq.heappush(self._buffers.setdefault(item[2], []), item)
         self._event().set()
 
-    async def _triage_cancel_safe(self, raw: list[_Held]) -> list[Delivery]:
+    async def _triage_cancel_safe(self, raw: list[Held]) -> list[Delivery]:
         # Triage may publish; shielded so a cancelled receive() puts what it took back
         # into the buffer instead of leaving it unacked and invisible until close().
         task = asyncio.ensure_future(self._triage(raw))
@@ -363,12 +339,17 @@ class RabbitMQBroker:
 
     def _restore_after_cancel(self, task: asyncio.Future[list[Delivery]]) -> None:
         if not task.cancelled() and task.exception() is None:
-            self._push_back([_held(d) for d in task.result()])
+            self._push_back([held(d) for d in task.result()])
 
-    async def _triage(self, raw: list[_Held]) -> list[Delivery]:
-        """Count deliveries; dead-letter, re-delay or persist a count before handing out."""
+    async def _triage(self, raw: list[Held]) -> list[Delivery]:
+        """Count deliveries; dead-letter, re-delay or persist a count before handing out.
+
+        Never raises for one message: a copy that cannot be published (the publish side stays
+        down, a queue vanished) falls back to what the consume channel alone can do.
+        """
         keep: list[Delivery] = []
         again: list[_Copy] = []
+        origin: dict[int, Held] = {}
         now_ms = time.time() * 1000
         try:
             for item in raw:
@@ -377,26 +358,70 @@ class RabbitMQBroker:
                     keep.append(verdict)
                 else:
                     again.append(verdict)
-            await self._republish_then_ack(again)
+                    origin[id(verdict[1])] = item
         except BaseException:
-            # Nothing was acked (acks follow a successful publish): all of it is still ours.
+            # Nothing was published or acked yet: all of it is still ours.
             self._push_back(raw)
             raise
+        for copy, exc in await self._republish_then_ack(again):
+            got = await self._triage_fallback(origin[id(copy[1])], copy, exc)
+            if got is not None:
+                keep.append(got)
         return keep
 
-    async def _classify(self, item: _Held, now_ms: float) -> Delivery | _Copy:
+    async def _triage_fallback(
+        self, item: Held, copy: _Copy, exc: BaseException
+    ) -> Delivery | None:
+        key, msg, headers = copy
+        queue = item[2]
+        if key == self._names.work(queue):  # only the new count was not written: run it anyway
+            prior = topo.header_int(headers, topo.HEADER_DELIVERIES) or 0
+            log.warning(
+                "could not record delivery %d of message %s from %s (%s); running it anyway",
+                prior + 1,
+                msg.message_id,
+                queue,
+                redact(str(exc)),
+            )
+            return Delivery(msg.body, queue, msg.message_id or "", prior + 1, item)
+        # Dead-letter (or an over-long delay hop): the work queue's own dead-letter exchange
+        # moves it to .dead without a publish; x-death then holds RabbitMQ's reason.
+        log.error(
+            "could not move message %s from %s to %s (%s); rejecting it into %s instead",
+            msg.message_id,
+            queue,
+            key,
+            redact(str(exc)),
+            self._names.dead(queue),
+        )
+        await self._reject_to_dead(msg, queue)
+        return None
+
+    async def _reject_to_dead(self, msg: AbstractIncomingMessage, queue: str) -> None:
+        """basic.reject: RabbitMQ dead-letters it to .dead itself (declared again if gone)."""
+        try:
+            await self._declare(queue)  # re-declares after an unroutable copy cleared the cache
+        except AiotaskError as exc:
+            log.debug("cannot re-declare %s before rejecting: %s", queue, redact(str(exc)))
+        await settle(partial(msg.reject, requeue=False))
+
+    async def _classify(self, item: Held, now_ms: float) -> Delivery | _Copy:
         _, _, queue, msg = item
         prior, persist = topo.prior_deliveries(msg.headers, bool(msg.redelivered))
         eta = topo.header_int(msg.headers, topo.HEADER_ETA)
-        if prior >= self._settings.max_deliveries:
-            reason = (
-                f"delivered {prior} times without being settled "
-                f"(max_deliveries={self._settings.max_deliveries})"
-            )
+        if exhausted(prior, self._settings.max_deliveries):
+            reason = exhausted_reason(prior, self._settings.max_deliveries)
             log.warning("dead-lettering message %s from %s: %s", msg.message_id, queue, reason)
-            return (self._names.dead(queue), msg, _dead_headers(prior, reason))
+            return (self._names.dead(queue), msg, topo.dead_headers(prior, reason))
         if eta is not None and (eta - now_ms) / 1000 > topo.ETA_TOLERANCE_S:
-            target = await self._delay_queue(queue, topo.delay_bucket_ms((eta - now_ms) / 1000))
+            ms = topo.delay_bucket_ms((eta - now_ms) / 1000)
+            try:
+                target = await self._delay_queue(queue, ms)
+            except AiotaskError as exc:  # falls back to a dead letter in _triage_fallback
+                log.warning(
+                    "cannot declare a delay queue for %s: %s", msg.message_id, redact(str(exc))
+                )
+                target = self._names.delay(queue, ms)
             return (target, msg, {topo.HEADER_DELIVERIES: prior})
         if persist:
             log.warning(
@@ -409,23 +434,39 @@ class RabbitMQBroker:
             return (self._names.work(queue), msg, {topo.HEADER_DELIVERIES: prior})
         return Delivery(msg.body, queue, msg.message_id or "", prior + 1, item)
 
-    async def _republish_then_ack(self, copies: Sequence[_Copy]) -> None:
-        if not copies:
-            return
-        live = [(key, msg, headers) for key, msg, headers in copies if not _stale(msg)]
-        await self._publish_raw([(key, _copy(msg, headers)) for key, msg, headers in live])
-        for _, msg, _ in live:
-            await _settle(msg.ack)
+    async def _republish_then_ack(self, copies: Sequence[_Copy]) -> list[_Failed]:
+        """Publish the copies (confirmed), then ack each original whose copy is stored.
+
+        Returns the copies that failed, originals untouched, for the caller to fall back on.
+        A copy from a closed channel is skipped: the server redelivers its original anyway.
+        """
+        live = [copy for copy in copies if not stale(copy[1])]
+        if not live:
+            return []
+        results = await self._pub.send([(key, copy_of(msg, hdrs)) for key, msg, hdrs in live])
+        self._forget_if_unroutable(results)
+        failed: list[_Failed] = []
+        for copy, result in zip(live, results, strict=True):
+            if result is None:
+                await settle(copy[1].ack)
+            else:
+                failed.append((copy, result))
+        return failed
 
     # -- settling --------------------------------------------------------------------------
 
     async def ack(self, deliveries: Sequence[Delivery]) -> None:
         """basic.ack; a delivery from a channel that has since closed is dropped (redelivered)."""
         for d in deliveries:
-            await _settle(_held(d)[3].ack)
+            await settle(held(d)[3].ack)
 
     async def heartbeat(self) -> None:
-        """Liveness for fast takeover (see brokers/base.py); not implemented yet here."""
+        """A documented no-op: RabbitMQ itself notices a dead consumer.
+
+        When a worker dies its connection closes (TCP reset, or AMQP heartbeats time out on a
+        silent network), and the server requeues every unacked delivery at once; there is no
+        lease to take over early, so there is nothing to beat for.
+        """
 
     async def nack(
         self,
@@ -435,18 +476,40 @@ class RabbitMQBroker:
         reason: str = "",
         counted: bool = False,
     ) -> None:
-        """requeue: a copy with the same count goes back (not a failed delivery); else .dead."""
+        """Requeue a copy (its count unchanged, or +1 when `counted`), or dead-letter to .dead.
+
+        If a copy cannot be published, the original is settled on its own channel instead:
+        basic.nack(requeue) (RabbitMQ marks it redelivered: it counts one delivery) or
+        basic.reject into the queue's dead-letter exchange (RabbitMQ's reason in x-death).
+        """
         copies: list[_Copy] = []
+        queues: dict[int, str] = {}
         for d in deliveries:
-            _, _, queue, msg = _held(d)
+            _, _, queue, msg = held(d)
+            queues[id(msg)] = queue
             if requeue:
-                headers: dict[str, object] = {topo.HEADER_DELIVERIES: d.deliveries - 1}
-                copies.append((self._names.work(queue), msg, headers))
+                count = d.deliveries if counted else d.deliveries - 1
+                copies.append((self._names.work(queue), msg, {topo.HEADER_DELIVERIES: count}))
             else:
                 why = reason or "rejected"
                 log.warning("dead-lettering message %s from %s: %s", d.message_id, queue, why)
-                copies.append((self._names.dead(queue), msg, _dead_headers(d.deliveries, why)))
-        await self._republish_then_ack(copies)
+                copies.append((self._names.dead(queue), msg, topo.dead_headers(d.deliveries, why)))
+        for (key, msg, _), exc in await self._republish_then_ack(copies):
+            queue = queues[id(msg)]
+            dead = key == self._names.dead(queue)
+            log.error(
+                "could not publish the %s copy of message %s from %s (%s); settling it on its "
+                "own channel instead (%s)",
+                "dead-letter" if dead else "requeued",
+                msg.message_id,
+                queue,
+                redact(str(exc)),
+                "basic.reject into .dead" if dead else "basic.nack requeue, counted",
+            )
+            if dead:
+                await self._reject_to_dead(msg, queue)
+            else:
+                await settle(partial(msg.nack, requeue=True))
 
     async def extend(self, deliveries: Sequence[Delivery]) -> None:
         """Nothing to renew: AMQP holds a delivery until its channel closes (consumer_timeout)."""
@@ -456,13 +519,11 @@ class RabbitMQBroker:
     @asynccontextmanager
     async def _admin(self) -> AsyncIterator[AbstractChannel]:
         # A plain (non-robust) channel: a 404 closes it, and nothing should reopen it.
-        conn = self._pub_conn
-        if conn is None:
-            await self._publisher()
-            conn = self._pub_conn
-        assert conn is not None  # noqa: S101 - set by _publisher()
+        await self._pub.open()
+        conn = self._pub.conn
+        assert conn is not None  # noqa: S101 - set by open()
         channel = aio_pika.Channel(conn, publisher_confirms=False)
-        with self._map_errors("open admin channel"):
+        with map_errors(self._url, "open admin channel"):
             await channel.initialize()
         try:
             async with asyncio.timeout(_ADMIN_TIMEOUT):
@@ -483,10 +544,10 @@ class RabbitMQBroker:
         """Drop the ready messages of a queue, its known delay queues and the local buffer."""
         count = 0
         for *_, msg in self._buffers.pop(queue, []):
-            if not _stale(msg):
+            if not stale(msg):
                 count += 1
-                await _settle(msg.ack)
-        with self._map_errors(f"purge {queue!r}"):
+                await settle(msg.ack)
+        with map_errors(self._url, f"purge {queue!r}"):
             count += await self._purge_named(self._names.work(queue))
             for name in list(self._delays.get(queue, {})):
                 count += await self._purge_named(name)
@@ -517,82 +578,7 @@ class RabbitMQBroker:
         self._declared.discard(queue)
         names = [self._names.work(queue), self._names.dead(queue)]
         names += list(self._delays.pop(queue, {}))
-        with self._map_errors(f"delete {queue!r}"):
+        with map_errors(self._url, f"delete {queue!r}"):
             async with self._admin() as channel:
                 for name in names:
                     await channel.queue_delete(name)
-
-    @contextmanager
-    def _map_errors(self, doing: str) -> Iterator[None]:
-        """Client-library errors -> our hierarchy, with the URL's password redacted."""
-        try:
-            yield
-        except AiotaskError:
-            raise
-        except ChannelPreconditionFailed as exc:
-            raise ConfigurationError(
-                f"RabbitMQ refused to {doing}: {redact(str(exc))}. A queue's arguments are fixed "
-                "when it is created: delete the queue or use another key_prefix"
-            ) from exc
-        except DeliveryError as exc:
-            raise BrokerConnectionError(
-                f"RabbitMQ did not confirm a message ({doing}): {redact(str(exc))}; publish again"
-            ) from exc
-        except (AMQPError, OSError, TimeoutError, RuntimeError) as exc:
-            raise BrokerConnectionError(
-                f"cannot {doing} on RabbitMQ at {redact(self._url)}: "
-                f"{type(exc).__name__}: {redact(str(exc))}"
-            ) from exc
-
-
-def _message(
-    body: bytes, message_id: str, priority: int, headers: dict[str, object]
-) -> aio_pika.Message:
-    return aio_pika.Message(
-        body,
-        message_id=message_id or None,
-        priority=min(max(priority, 0), topo.MAX_PRIORITY),
-        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-        headers=headers or None,  # type: ignore[arg-type]
-    )
-
-
-def _copy(msg: AbstractIncomingMessage, headers: dict[str, object]) -> aio_pika.Message:
-    """A fresh message with the original's body and identity, minus what the server added."""
-    merged: dict[str, object] = {
-        k: v
-        for k, v in (msg.headers or {}).items()
-        if k not in topo.SERVER_HEADERS and k != topo.HEADER_QUORUM_COUNT
-    }
-    merged.update(headers)
-    copy = _message(msg.body, msg.message_id or "", msg.priority or 0, merged)
-    copy.content_type = msg.content_type
-    copy.content_encoding = msg.content_encoding
-    return copy
-
-
-def _dead_headers(deliveries: int, reason: str) -> dict[str, object]:
-    return {topo.HEADER_DELIVERIES: deliveries, topo.HEADER_REASON: reason}
-
-
-def _held(delivery: Delivery) -> _Held:
-    token = delivery.token
-    if not isinstance(token, tuple) or len(token) != 4:
-        raise TypeError(f"delivery {delivery.message_id!r} did not come from a RabbitMQBroker")
-    return token
-
-
-def _stale(msg: AbstractIncomingMessage) -> bool:
-    """True when the delivery's channel is gone: its tag means nothing on any other channel."""
-    try:
-        return bool(msg.channel.is_closed)
-    except ChannelInvalidStateError:
-        return True
-
-
-async def _settle(action: Callable[[], Awaitable[None]]) -> None:
-    # ack is a frame write, no round trip; a dead channel means the server requeued it.
-    try:
-        await action()
-    except (ChannelInvalidStateError, MessageProcessError, AMQPError, ConnectionError) as exc:
-        log.debug("dropping a settle on a closed channel (%r); the message is redelivered", exc)

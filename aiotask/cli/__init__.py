@@ -61,6 +61,9 @@ def worker(
     max_memory_per_child: Annotated[
         int, typer.Option("--max-memory-per-child", min=0, help="replace a child past N KB RSS")
     ] = 0,
+    embed_beat: Annotated[
+        bool, typer.Option("--beat", help="also send periodic tasks (any number of workers may)")
+    ] = False,
 ) -> None:
     """Consume queues and run tasks until SIGTERM (warm) or a second signal / SIGQUIT (cold)."""
     the_app, _ = load_app(app)
@@ -77,6 +80,7 @@ def worker(
         name=name or None,
         max_tasks_per_child=max_tasks_per_child or None,
         max_memory_per_child=max_memory_per_child or None,
+        beat=embed_beat,
     )
     typer.echo(w.banner(), err=True)
     raise typer.Exit(asyncio.run(_serve(w)))

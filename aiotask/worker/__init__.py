@@ -1,18 +1,27 @@
-"""The worker: one TaskGroup of long-lived loops (consumer, settler, leases) and a dispatcher."""
+"""The worker: one TaskGroup of long-lived loops and a dispatcher.
+
+Loops: consumer (supervised: restarts after a crash), settler, and side loops for the
+heartbeat, lease renewal, the control channel and the revocation reload.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import socket
 from typing import TYPE_CHECKING
 
-import orjson
-
 from aiotask._log import get_logger
 from aiotask._urls import redact
-from aiotask.worker.consumer import Dispatcher, consume, renew_leases
+from aiotask.beat import service as beat_service
+from aiotask.beat.runner import check_entries
+from aiotask.exceptions import BrokerConnectionError, ConfigurationError
+from aiotask.worker import control, revocations
+from aiotask.worker._supervise import supervise
+from aiotask.worker.consumer import Dispatcher, consume
 from aiotask.worker.executor import Executor
+from aiotask.worker.heartbeat import beat, heartbeat, renew_leases
 from aiotask.worker.pool import SyncPool
 from aiotask.worker.settle import Settler
 from aiotask.worker.shutdown import Phase, Shutdown
@@ -22,16 +31,13 @@ if TYPE_CHECKING:
 
     from aiotask.app import App
     from aiotask.brokers.base import Delivery
+    from aiotask.settings import Settings
 
 __all__ = ["Worker"]
 
 log = get_logger(__name__)
 #: Seconds a cold shutdown spends handing abandoned deliveries back before it just closes.
 HANDBACK_TIMEOUT = 5.0
-#: Broadcast revocations remembered in memory (tombstones in the backend cover the rest).
-REVOKED_MEMORY = 100_000
-#: Seconds between full reloads of the tombstones (the broadcast is the fast path).
-REVOCATIONS_REFRESH = 10.0
 
 
 class Worker:
@@ -49,8 +55,17 @@ class Worker:
         max_tasks_per_child: int | None = None,
         max_memory_per_child: int | None = None,
         shutdown_grace: float | None = None,
+        beat: bool = False,
     ) -> None:
         conf = app.conf
+        #: run periodic entries here too (`--beat`); any number of workers may
+        self.embed_beat = beat
+        if beat:
+            if conf.backend_url is None:
+                raise ConfigurationError(
+                    "--beat needs a result backend (beats agree on slots in it): set backend="
+                )
+            check_entries(app, app.beat_entries.values())
         self.app = app
         self.queues = list(queues) if queues else [conf.default_queue]
         self.concurrency = concurrency or conf.concurrency
@@ -58,9 +73,9 @@ class Worker:
         self.name = name or f"aiotask@{socket.gethostname()}-{os.getpid()}"
         self.grace = shutdown_grace if shutdown_grace is not None else conf.shutdown_grace
         self.max_memory_per_child = max_memory_per_child or conf.max_memory_per_child
-        # Command-line options override the settings for this process; brokers created from
-        # here on (e.g. AMQP's basic.qos) see the worker's real prefetch.
-        app.conf = conf.replace(concurrency=self.concurrency, prefetch=self.prefetch)
+        #: the app's settings with this worker's options applied; app.conf itself is untouched,
+        #: so the next Worker (start_worker) on the same app starts from the app's own settings
+        self.conf: Settings = conf.replace(concurrency=self.concurrency, prefetch=self.prefetch)
         self.pool = SyncPool(
             processes if processes is not None else conf.processes,
             max_tasks_per_child or conf.max_tasks_per_child,
@@ -78,7 +93,7 @@ class Worker:
 
     def banner(self) -> str:
         """What this worker is about to do, for the startup log (URLs redacted)."""
-        conf = self.app.conf
+        conf = self.conf
         tasks = sorted(t for t in self.app.tasks if not t.startswith("aiotask."))
         tasks = tasks or ["(none registered: check -A)"]
         return "\n".join(
@@ -98,6 +113,7 @@ class Worker:
     async def run(self) -> int:
         """Run until shutdown; 0 after a warm shutdown, 1 after a cold one or a fatal error."""
         app = self.app
+        _create_broker(app, self.conf)
         await app.connect()
         for mw in app.middleware:
             await mw.startup(app)
@@ -105,9 +121,22 @@ class Worker:
         try:
             async with asyncio.TaskGroup() as group:
                 if app.backend is not None:  # before consuming: skip what was revoked
-                    self.dispatcher.executor.revoked.update(await app.backend.revocations())
+                    revocations.remember(
+                        self.dispatcher.executor.revoked, await app.backend.revocations()
+                    )
+                # Alive before the first message is taken: never look lost while holding work.
+                await beat(app.broker, self.conf.worker_heartbeat_interval)
+                fetch = functools.partial(consume, app.broker, self.queues, self.dispatcher)
                 consumer = group.create_task(
-                    consume(app.broker, self.queues, self.dispatcher), name="aiotask-consumer"
+                    supervise(
+                        "consumer",
+                        fetch,
+                        # the broker already retried for broker_unreachable_timeout: exit, and
+                        # let the process supervisor restart the worker
+                        fatal=(BrokerConnectionError,),
+                        give_up_after=self.conf.broker_unreachable_timeout,
+                    ),
+                    name="aiotask-consumer",
                 )
                 settler = group.create_task(self.settler.run(), name="aiotask-settler")
                 side_loops = self._side_loops(group)
@@ -129,19 +158,29 @@ class Worker:
         return 1 if failed or self.shutdown.phase is Phase.COLD else 0
 
     def _side_loops(self, group: asyncio.TaskGroup) -> list[asyncio.Task[None]]:
-        """Lease renewal (brokers with leases), revoke broadcasts and tombstone reloads."""
-        app, loops = self.app, []
-        if getattr(app.broker.capabilities, "leases", True):
-            interval = app.conf.visibility_timeout / 3
-            loops.append(
-                group.create_task(
-                    renew_leases(app.broker, self.dispatcher, interval), name="aiotask-leases"
-                )
-            )
-        if app.backend is not None:
-            loops.append(group.create_task(self._control(), name="aiotask-control"))
-            loops.append(group.create_task(self._refresh(), name="aiotask-revocations"))
-        return loops
+        """Heartbeat, lease renewal (brokers with leases), revoke broadcasts, tombstone reloads.
+
+        Each is supervised: a crash is logged CRITICAL and the loop restarts; none can stop
+        the worker.
+        """
+        app, conf = self.app, self.conf
+        broker, backend = app.broker, app.backend
+        loops = {
+            "heartbeat": functools.partial(heartbeat, broker, conf.worker_heartbeat_interval),
+        }
+        if getattr(broker.capabilities, "leases", True):
+            interval = conf.visibility_timeout / 3
+            loops["leases"] = functools.partial(renew_leases, broker, self.dispatcher, interval)
+        if self.embed_beat:
+            loops["beat"] = functools.partial(beat_service.embedded, app)
+        if backend is not None:
+            executor = self.dispatcher.executor
+            loops["control"] = functools.partial(control.obey, backend, executor)
+            loops["revocations"] = functools.partial(revocations.refresh, backend, executor.revoked)
+        return [
+            group.create_task(supervise(name, run), name=f"aiotask-{name}")
+            for name, run in loops.items()
+        ]
 
     async def _close(self) -> None:
         await self.pool.aclose()
@@ -152,56 +191,23 @@ class Worker:
                 log.exception("middleware %r failed at shutdown", mw)
         await self.app.close()
 
-    async def _control(self) -> None:
-        """Obey broadcasts: revoke (skip if not started; with terminate, stop if running)."""
-        backend = self.app.backend
-        if backend is None:
-            return
-        executor = self.dispatcher.executor
-        async for payload in backend.control():
-            try:
-                command = orjson.loads(payload)
-                ids = [str(i) for i in command.get("ids", [])]
-            except (orjson.JSONDecodeError, AttributeError, TypeError):
-                log.warning("ignoring a malformed control message: %r", payload[:120])
-                continue
-            if command.get("op") != "revoke":
-                continue
-            if len(executor.revoked) > REVOKED_MEMORY:
-                executor.revoked.clear()  # the durable tombstones still cover older ones
-            executor.revoked.update(ids)
-            if command.get("terminate"):
-                for task_id in ids:
-                    if await executor.terminate(task_id):
-                        log.warning("terminating task %s (revoked)", task_id)
-
-    async def _refresh(self) -> None:
-        """Reload every tombstone now and then: covers a broadcast missed while (re)subscribing."""
-        backend = self.app.backend
-        if backend is None:
-            return
-        executor = self.dispatcher.executor
-        while True:
-            await asyncio.sleep(REVOCATIONS_REFRESH)
-            try:
-                live = await backend.revocations()
-            except Exception as exc:
-                log.warning("reloading revocations failed: %s", exc)
-                continue
-            if len(executor.revoked) > REVOKED_MEMORY:
-                executor.revoked.clear()
-            executor.revoked.update(live)
-
     async def _drain(self) -> None:
         """Warm: hand back unstarted, wait for running up to the grace. Cold: abandon running."""
         broker = self.app.broker
         unstarted = self.dispatcher.take_buffer()
         if unstarted:
-            await broker.nack(unstarted, requeue=True)
-            log.info("handed back %d unstarted messages", len(unstarted))
+            try:  # uncounted: these never started
+                await broker.nack(unstarted, requeue=True)
+                log.info("handed back %d unstarted messages", len(unstarted))
+            except Exception as exc:
+                log.warning(
+                    "could not hand back %d unstarted messages (%s); they return after their lease",
+                    len(unstarted),
+                    exc,
+                )
         if self.dispatcher.running and self.shutdown.phase is Phase.WARM:
             log.info(
-                "waiting up to %.0fs for %d running tasks", self.grace, len(self.dispatcher.running)
+                "waiting up to %gs for %d running tasks", self.grace, len(self.dispatcher.running)
             )
             idle = asyncio.ensure_future(self.dispatcher.idle.wait())
             cold = asyncio.ensure_future(self.shutdown.cold.wait())
@@ -219,8 +225,10 @@ class Worker:
             abandoned = self.dispatcher.cancel_running()
             await asyncio.sleep(0)
             try:
+                # Counted: a task that always hangs must reach max_deliveries and be
+                # dead-lettered, not run forever across restarts (unstarted ones above are not).
                 async with asyncio.timeout(HANDBACK_TIMEOUT):
-                    await broker.nack(abandoned, requeue=True)
+                    await broker.nack(abandoned, requeue=True, counted=True)
             except Exception as exc:
                 log.warning(
                     "could not hand back %d messages (%s); they return after their lease",
@@ -238,3 +246,18 @@ async def _stop(task: asyncio.Task[None]) -> None:
     while not task.done():
         task.cancel()
         await asyncio.wait({task}, timeout=0.5)
+
+
+def _create_broker(app: App, conf: Settings) -> None:
+    """Create the app's broker (if not yet created) from the worker's settings.
+
+    A broker reads the prefetch once, when created (AMQP's basic.qos), so it must see the
+    worker's copy; app.conf is swapped only for this synchronous call and restored at once.
+    An app whose broker already exists (it sent messages first) keeps that broker.
+    """
+    original = app.conf
+    app.conf = conf
+    try:
+        app.broker  # noqa: B018 - the property creates it
+    finally:
+        app.conf = original

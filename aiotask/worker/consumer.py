@@ -2,6 +2,7 @@
 
 Flow control: the worker holds at most `prefetch` unsettled deliveries. The consumer asks the
 broker for exactly the free room, so prefetch never exceeds what the worker can start soon.
+Each body is decoded once, here: the rate limiter and the executor share the Message.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from aiotask.brokers.base import Broker, Delivery
+    from aiotask.protocol import Message
     from aiotask.worker.executor import Executor
     from aiotask.worker.settle import Settler
 
@@ -38,16 +40,13 @@ class Dispatcher:
         self.settler = settler
         self.concurrency = concurrency
         self.prefetch = max(prefetch, 1)
+        #: the app's live registry: a task (or rate limit) registered later is seen too
+        self.tasks = executor.app.tasks
         self.held: set[Delivery] = set()
-        self.buffer: deque[tuple[Delivery, bool]] = deque()
+        self.buffer: deque[tuple[Delivery, Message, bool]] = deque()
         #: rate-limited deliveries waiting for their token: timers, not worker slots
         self.deferred: dict[Delivery, asyncio.TimerHandle] = {}
         self.limiter = RateLimiter()
-        self.rates = {
-            name: task.options.rate_limit
-            for name, task in executor.app.tasks.items()
-            if task.options.rate_limit is not None
-        }
         self.running: dict[Delivery, asyncio.Task[Settlement]] = {}
         self.space = asyncio.Event()
         self.idle = asyncio.Event()
@@ -62,38 +61,62 @@ class Dispatcher:
         return self.prefetch - len(self.held) + room
 
     def accept(self, deliveries: Sequence[Delivery]) -> None:
-        revoked = self.executor.revoked
+        """Start, buffer or defer each delivery; one that cannot be handled is dead-lettered
+        alone, never taking the consumer (or the rest of its batch) down with it."""
         for delivery in deliveries:
             self.held.add(delivery)
-            is_revoked = delivery.message_id in revoked
-            delay = self._rate_delay(delivery) if self.rates and not is_revoked else 0.0
-            if delay > 0:
-                loop = asyncio.get_running_loop()
-                self.deferred[delivery] = loop.call_later(delay, self._undefer, delivery)
-            elif len(self.running) < self.concurrency:
-                self._start(delivery, is_revoked)
-            else:
-                self.buffer.append((delivery, is_revoked))
+            try:
+                self._accept(delivery)
+            except Exception as exc:
+                self._internal_error(delivery, exc)
 
-    def _rate_delay(self, delivery: Delivery) -> float:
-        """Seconds this delivery must wait for its task's rate limit (0 if none)."""
+    def _accept(self, delivery: Delivery) -> None:
         try:
-            name = decode(delivery.body).task
-        except ProtocolError:
-            return 0.0  # the executor dead-letters it
-        rate = self.rates.get(name)
-        return self.limiter.reserve(name, rate) if rate is not None else 0.0
+            message = decode(delivery.body)
+        except ProtocolError as exc:
+            log.warning(
+                "dead-lettering undecodable message %s from %s: %s",
+                delivery.message_id,
+                delivery.queue,
+                exc,
+            )
+            self.settler.add(Settlement(delivery, "dead", reason=f"undecodable: {exc}"))
+            return
+        revoked = message.id in self.executor.revoked
+        if not revoked:
+            task = self.tasks.get(message.task)
+            rate = task.options.rate_limit if task is not None else None
+            if rate is not None:
+                delay = self.limiter.reserve(message.task, rate)
+                if delay > 0:
+                    loop = asyncio.get_running_loop()
+                    timer = loop.call_later(delay, self._undefer, delivery, message)
+                    self.deferred[delivery] = timer
+                    return
+        if len(self.running) < self.concurrency:
+            self._start(delivery, message, revoked)
+        else:
+            self.buffer.append((delivery, message, revoked))
 
-    def _undefer(self, delivery: Delivery) -> None:
+    def _internal_error(self, delivery: Delivery, exc: BaseException) -> None:
+        log.critical(
+            "internal error handling message %s: %r (dead-lettered)",
+            delivery.message_id,
+            exc,
+            exc_info=exc,
+        )
+        self.settler.add(Settlement(delivery, "dead", reason=f"internal error: {exc!r}"))
+
+    def _undefer(self, delivery: Delivery, message: Message) -> None:
         if self.deferred.pop(delivery, None) is None:
             return
         if len(self.running) < self.concurrency:
-            self._start(delivery, False)
+            self._start(delivery, message, False)
         else:
-            self.buffer.append((delivery, False))
+            self.buffer.append((delivery, message, False))
 
-    def _start(self, delivery: Delivery, revoked: bool) -> None:
-        task = asyncio.create_task(self.executor.execute(delivery, revoked))
+    def _start(self, delivery: Delivery, message: Message, revoked: bool) -> None:
+        task = asyncio.create_task(self.executor.execute(delivery, message, revoked))
         self.running[delivery] = task
         self.idle.clear()
         task.add_done_callback(lambda t, d=delivery: self._done(d, t))  # type: ignore[misc]
@@ -105,13 +128,7 @@ class Dispatcher:
             if exc is None:
                 self.settler.add(task.result())
             else:
-                log.critical(
-                    "internal error running message %s: %r (dead-lettered)",
-                    delivery.message_id,
-                    exc,
-                    exc_info=exc,
-                )
-                self.settler.add(Settlement(delivery, "dead", reason=f"internal error: {exc!r}"))
+                self._internal_error(delivery, exc)
             self.processed += 1
         while self.buffer and len(self.running) < self.concurrency:
             self._start(*self.buffer.popleft())
@@ -124,7 +141,7 @@ class Dispatcher:
 
     def take_buffer(self) -> list[Delivery]:
         """Unstarted deliveries, removed from the worker, to hand back on shutdown."""
-        taken = [d for d, _ in self.buffer]
+        taken = [d for d, _, _ in self.buffer]
         self.buffer.clear()
         for delivery, timer in self.deferred.items():
             timer.cancel()
@@ -144,7 +161,9 @@ class Dispatcher:
 
 async def consume(broker: Broker, queues: Sequence[str], dispatcher: Dispatcher) -> None:
     """Fetch only what there is room for. Revocations are known locally (loaded at start,
-    then broadcast), so a batch costs no extra round trip before its tasks start."""
+    then broadcast), so a batch costs no extra round trip before its tasks start.
+
+    Run under `supervise`: a crash (a broker raising for one receive) restarts this loop."""
     while True:
         free = dispatcher.free()
         if free <= 0:
@@ -155,16 +174,3 @@ async def consume(broker: Broker, queues: Sequence[str], dispatcher: Dispatcher)
         batch = await broker.receive(queues, free)
         if batch:
             dispatcher.accept(batch)
-
-
-async def renew_leases(broker: Broker, dispatcher: Dispatcher, interval: float) -> None:
-    """Keep every held delivery owned; runs on its own timer so busy tasks cannot starve it."""
-    while True:
-        await asyncio.sleep(interval)
-        held = list(dispatcher.held)
-        if not held:
-            continue
-        try:
-            await broker.extend(held)
-        except Exception as exc:
-            log.warning("renewing %d leases failed: %s", len(held), exc)

@@ -1,4 +1,4 @@
-"""One delivery -> one Settlement: decode, skip revoked/expired, look up, run, classify, record."""
+"""One decoded delivery -> one Settlement: skip revoked/expired, look up, run, classify, record."""
 
 from __future__ import annotations
 
@@ -15,13 +15,11 @@ from aiotask.canvas.runtime import CHORD_BODY_HEADER, Finished
 from aiotask.context import TaskContext, current_task
 from aiotask.exceptions import (
     NotRegistered,
-    ProtocolError,
     SerializationError,
     TaskRevoked,
     TimeLimitExceeded,
 )
 from aiotask.middleware.base import run_around
-from aiotask.protocol import Message, decode
 from aiotask.serializer import exception_to_info
 from aiotask.states import FAILURE, RETRY, REVOKED, SUCCESS, State
 from aiotask.worker._limits import SoftLimited
@@ -39,6 +37,7 @@ from aiotask.worker.outcome import (
 if TYPE_CHECKING:
     from aiotask.app import App
     from aiotask.brokers.base import Delivery
+    from aiotask.protocol import Message
     from aiotask.task import Task
     from aiotask.worker.pool import SyncPool
 
@@ -71,17 +70,10 @@ class Executor:
             running.cancel(msg="aiotask: terminated by revoke")
         return True
 
-    async def execute(self, delivery: Delivery, revoked: bool = False) -> Settlement:
-        try:
-            message = decode(delivery.body)
-        except ProtocolError as exc:
-            log.warning(
-                "dead-lettering undecodable message %s from %s: %s",
-                delivery.message_id,
-                delivery.queue,
-                exc,
-            )
-            return Settlement(delivery, "dead", reason=f"undecodable: {exc}")
+    async def execute(
+        self, delivery: Delivery, message: Message, revoked: bool = False
+    ) -> Settlement:
+        """Run one delivery whose body the dispatcher already decoded (once) into `message`."""
         revoked = revoked or message.id in self.revoked
         if revoked or (message.expires is not None and now() > message.expires):
             why = "revoked" if revoked else "expired"

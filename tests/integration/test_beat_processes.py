@@ -80,7 +80,7 @@ def _urls(kind: str, request: pytest.FixtureRequest, tmp: Path) -> tuple[str, st
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "redis", "amqp"])
-def test_three_beats_one_killed_send_every_slot_once(
+async def test_three_beats_one_killed_send_every_slot_once(
     kind: str, request: pytest.FixtureRequest, tmp_path: Path, namespace: str
 ) -> None:
     (tmp_path / "beat_tasks.py").write_text(MODULE)
@@ -90,21 +90,21 @@ def test_three_beats_one_killed_send_every_slot_once(
     started = time.time()
     beats = [_start(tmp_path, env, "beat") for _ in range(3)]
     try:
-        time.sleep(RUN_FOR / 2)
+        await asyncio.sleep(RUN_FOR / 2)
         killed_at = time.time()
         beats[0].kill()  # kill -9 one beat mid-run
         beats[0].wait()
-        time.sleep(RUN_FOR / 2)
-        codes = [stop(b) for b in beats[1:]]
+        await asyncio.sleep(RUN_FOR / 2)
+        codes = [await asyncio.to_thread(stop, b) for b in beats[1:]]
         ended = time.time()
-        time.sleep(2.0)  # let the worker run the last slots
+        await asyncio.sleep(2.0)  # let the worker run the last slots
     finally:
         for b in beats:
             if b.poll() is None:
                 b.kill()
                 b.wait()
-        worker_code = stop(worker)
-        asyncio.run(_cleanup(kind, broker, backend, namespace))
+        worker_code = await asyncio.to_thread(stop, worker)
+        await _cleanup(kind, broker, backend, namespace)
     assert codes == [0, 0], _logs(tmp_path)
     assert worker_code == 0, _logs(tmp_path)
     entry = Entry(name="beatproc.tick", task="beatproc.tick", schedule=Every(1))
@@ -134,3 +134,25 @@ async def _cleanup(kind: str, broker: str, backend: str, prefix: str) -> None:
             await b.delete_queue("default")
         finally:
             await b.close()
+
+
+def test_beat_embedded_in_two_workers_sends_each_slot_once(
+    tmp_path: Path, sqlite_url: str, namespace: str
+) -> None:
+    (tmp_path / "beat_tasks.py").write_text(MODULE)
+    env = _env(tmp_path, sqlite_url, sqlite_url, namespace)
+    workers = [_start(tmp_path, env, "worker", "--beat") for _ in range(2)]
+    try:
+        time.sleep(6.0)
+    finally:
+        codes = [stop(w) for w in workers]
+    assert codes == [0, 0], _logs(tmp_path)
+    counts = Counter((tmp_path / "runs").read_text().split())
+    assert counts, _logs(tmp_path)
+    assert max(counts.values()) == 1, "a slot ran twice"
+    entry = Entry(name="beatproc.tick", task="beatproc.tick", schedule=Every(1))
+    now = int(time.time())
+    by_id = {entry.slot_id(float(s)): s for s in range(now - 30, now + 2)}
+    slots = sorted(by_id[i] for i in counts)
+    assert slots == list(range(slots[0], slots[-1] + 1)), "a slot was lost"
+    assert len(slots) >= 3

@@ -8,35 +8,26 @@ connections or restarts the server runs against a private node started here (see
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import os
-import shutil
-import signal
-import socket
-import subprocess
 import time
-import uuid
 from typing import TYPE_CHECKING
 
 import aio_pika
 import pytest
+from aio_pika.exceptions import DeliveryError, PublishError
 
 from aiotask.brokers import Delivery, Outgoing
 from aiotask.brokers import _rabbitmq_topology as topo
+from aiotask.brokers._rabbitmq_publish import Publisher
 from aiotask.brokers.rabbitmq import RabbitMQBroker
 from aiotask.exceptions import BrokerConnectionError, ConfigurationError
 from aiotask.settings import Settings
-from tests.conftest import REQUIRE_SERVICES
+from tests.rabbit_server import FaultProxy, PrivateRabbit, need_rabbitmq_server
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
-    from pathlib import Path
 
 pytestmark = pytest.mark.amqp
-
-RABBITMQ_SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
-RABBITMQCTL = "/usr/lib/rabbitmq/bin/rabbitmqctl"
 
 
 def out(i: int, queue: str = "q", **kw: object) -> Outgoing:
@@ -122,6 +113,45 @@ def test_delivery_counting_rules() -> None:
     # quorum queues count returns themselves: nothing to persist
     assert topo.prior_deliveries({topo.HEADER_QUORUM_COUNT: 2}, True) == (2, False)
     assert topo.dead_reason({"x-first-death-reason": "expired"}).endswith("expired")
+
+
+class _Returned(PublishError):
+    """What aio-pika raises for a basic.return, without a frame to build it from."""
+
+    def __init__(self) -> None:
+        Exception.__init__(self)
+
+    def __str__(self) -> str:
+        return "NO_ROUTE"
+
+
+class _Nacked(DeliveryError):
+    def __init__(self) -> None:
+        Exception.__init__(self)
+
+    def __str__(self) -> str:
+        return "basic.nack"
+
+
+def test_a_partial_publish_error_says_what_happened_to_which_messages() -> None:
+    url = "amqp://guest:s3cret@127.0.0.1:1/"
+    pub = Publisher(url, Settings(broker_url=url), "app")
+    items = [("q", aio_pika.Message(b"x", message_id=f"m{i}")) for i in range(9)]
+    lost = ConnectionResetError("reset by amqp://guest:s3cret@127.0.0.1:1/")
+    results: list[BaseException | None] = [None, None, lost, lost]
+    results += [_Returned(), _Nacked()]
+    results += [BrokerConnectionError("unreachable"), lost, lost]
+    assert pub.failure(items[:2], results[:2]) is None
+    error = pub.failure(items, results)
+    assert error is not None
+    text = str(error)
+    assert text.startswith("2 of 9 messages were published")
+    assert "4 (m2, m3, m7, m8) may or may not have been stored" in text
+    assert "not sent again" in text
+    assert "1 (m4) were returned as unroutable" in text
+    assert "1 (m5) were refused" in text
+    assert "1 (m6) were not published" in text
+    assert "s3cret" not in text
 
 
 # -- shared server, private prefixes ------------------------------------------------------
@@ -229,6 +259,21 @@ async def test_nack_requeue_on_a_delivery_from_a_closed_broker_is_ignored(
     assert await nothing_within(broker, 0.5)
 
 
+async def test_a_dead_letter_that_cannot_be_published_does_not_break_receive(
+    broker: RabbitMQBroker, raw: aio_pika.abc.AbstractChannel, namespace: str
+) -> None:
+    await broker.publish([out(1)])
+    [d] = await receive_n(broker, 1)
+    await broker.ack([d])
+    await raw.queue_delete(f"{namespace}.q.dead")  # gone behind the broker's back
+    exhausted = aio_pika.Message(b"body-2", message_id="m2", headers={topo.HEADER_DELIVERIES: 3})
+    await raw.default_exchange.publish(exhausted, routing_key=f"{namespace}.q")
+    assert await nothing_within(broker, 1.0)  # no error out of receive(), nothing handed out
+    [dead] = await broker.dead_letters("q")  # rejected into a re-declared .dead instead
+    assert (dead.message_id, dead.body) == ("m2", b"body-2")
+    assert "rejected" in dead.reason
+
+
 async def test_quorum_queues_count_with_x_delivery_count(
     amqp_url: str, namespace: str, brokers: list[RabbitMQBroker]
 ) -> None:
@@ -274,77 +319,9 @@ async def test_bad_url_errors_never_show_the_password(
 # -- a private node for faults ------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class PrivateRabbit:
-    """One RabbitMQ node in a temp dir, no plugins; restarts keep its durable queues."""
-
-    def __init__(self, base: Path) -> None:
-        self.base = base
-        self.port, self.dist_port = _free_port(), _free_port()
-        self.node = f"test-{uuid.uuid4().hex[:10]}@localhost"
-        self.url = f"amqp://guest:guest@127.0.0.1:{self.port}/"
-        self.proc: subprocess.Popen[bytes] | None = None
-        (base / "rabbitmq.conf").write_text("loopback_users = none\n")
-        (base / "enabled_plugins").write_text("[].\n")
-        self.env = {
-            **os.environ,
-            "HOME": str(base),
-            "RABBITMQ_NODENAME": self.node,
-            "RABBITMQ_NODE_PORT": str(self.port),
-            "RABBITMQ_DIST_PORT": str(self.dist_port),
-            "RABBITMQ_MNESIA_BASE": str(base / "mnesia"),
-            "RABBITMQ_LOG_BASE": str(base / "log"),
-            "RABBITMQ_CONFIG_FILE": str(base / "rabbitmq"),
-            "RABBITMQ_ENABLED_PLUGINS_FILE": str(base / "enabled_plugins"),
-        }
-
-    def start(self) -> None:
-        if self.proc is not None:
-            return
-        with (self.base / "server.out").open("ab") as log:
-            self.proc = subprocess.Popen(
-                [RABBITMQ_SERVER], env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )  # fmt: skip
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return
-            except OSError:
-                if self.proc.poll() is not None:
-                    break
-                time.sleep(0.1)
-        self.kill()
-        pytest.fail(f"private RabbitMQ did not start; see {self.base / 'server.out'}")
-
-    def kill(self) -> None:
-        """kill -9 the node (a crash): the group of the process this fixture started."""
-        if self.proc is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(timeout=10)
-        self.proc = None
-
-    def close_all_connections(self) -> None:
-        subprocess.run(
-            [RABBITMQCTL, "-n", self.node, "close_all_connections", "aiotask fault test"],
-            env=self.env, check=True, capture_output=True, timeout=30,
-        )  # fmt: skip
-
-
 @pytest.fixture(scope="module")
 def private_rabbit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateRabbit]:
-    if not (os.path.exists(RABBITMQ_SERVER) and shutil.which("erl")):
-        if REQUIRE_SERVICES:
-            pytest.fail("rabbitmq-server is not installed and AIOTASK_REQUIRE_SERVICES=1")
-        pytest.skip("rabbitmq-server is not installed; fault tests need a private node")
+    need_rabbitmq_server()
     node = PrivateRabbit(tmp_path_factory.mktemp("rabbit"))
     node.start()
     try:
@@ -439,3 +416,73 @@ async def test_receive_gives_up_after_broker_unreachable_timeout(
     with pytest.raises(BrokerConnectionError, match="unreachable"):
         await asyncio.wait_for(waiting, 10)
     assert 1.0 < time.monotonic() - started < 5.0
+
+
+@pytest.fixture
+async def proxy(private_rabbit: PrivateRabbit) -> AsyncIterator[FaultProxy]:
+    private_rabbit.start()
+    p = FaultProxy(private_rabbit.port)
+    await p.start()
+    try:
+        yield p
+    finally:
+        await p.close()
+
+
+async def stored_ids(url: str, name: str) -> list[str]:
+    """Every message id in a queue (drained with basic.get; the test owns the queue)."""
+    conn = await aio_pika.connect(url)
+    ids: list[str] = []
+    try:
+        channel = await conn.channel()
+        queue = await channel.declare_queue(name, passive=True)
+        while (msg := await queue.get(no_ack=True, fail=False)) is not None:
+            ids.append(msg.message_id or "")
+    finally:
+        await conn.close()
+    return ids
+
+
+@pytest.mark.slow
+async def test_publish_waits_for_a_reconnect_and_sends_each_message_once(
+    private: tuple[PrivateRabbit, list[RabbitMQBroker]], proxy: FaultProxy, namespace: str
+) -> None:
+    node, made = private
+    b = make(proxy.url, namespace, broker_unreachable_timeout=20.0)
+    made.append(b)
+    await b.connect()
+    await b.publish([out(0)])
+    proxy.refuse = True
+    proxy.cut()  # the connection drops and cannot come back yet
+    await asyncio.sleep(0.3)
+    sending = asyncio.create_task(b.publish([out(i) for i in range(1, 501)]))
+    await asyncio.sleep(2.0)
+    assert not sending.done()  # waiting for the channel, not failing on the closed one
+    proxy.refuse = False
+    await asyncio.wait_for(sending, 20)
+    ids = await stored_ids(node.url, f"{namespace}.q")
+    assert sorted(ids) == sorted(f"m{i}" for i in range(501))  # each exactly once
+
+
+@pytest.mark.slow
+async def test_a_batch_cut_mid_publish_is_not_sent_again(
+    private: tuple[PrivateRabbit, list[RabbitMQBroker]], proxy: FaultProxy, namespace: str
+) -> None:
+    node, made = private
+    b = make(proxy.url, namespace, broker_unreachable_timeout=20.0)
+    made.append(b)
+    await b.connect()
+    await b.publish([out(0)])
+    total = 20_000
+    start = proxy.forwarded
+    sending = asyncio.create_task(b.publish([out(i) for i in range(1, total + 1)]))
+    while proxy.forwarded - start < 300_000 and not sending.done():
+        await asyncio.sleep(0.001)
+    proxy.cut()  # mid-batch: some confirmed, some written without a confirm, some not written
+    with pytest.raises(BrokerConnectionError, match="may or may not have been stored") as info:
+        await asyncio.wait_for(sending, 30)
+    published = int(str(info.value).split(" of ", 1)[0])
+    assert 0 < published < total
+    ids = await stored_ids(node.url, f"{namespace}.q")
+    assert len(ids) == len(set(ids))  # nothing stored twice
+    assert len(ids) >= published + 1  # every confirmed one is there (and m0)

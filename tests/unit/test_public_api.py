@@ -87,7 +87,7 @@ def current() -> str:
     for name in exceptions.__all__:
         lines += describe(f"aiotask.exceptions.{name}", getattr(exceptions, name))
     lines.append(f"aiotask.states.State = {[s.value for s in states.State]}")
-    for name in ("READY_STATES", "EXCEPTION_STATES", "PROPAGATE_STATES"):
+    for name in ("READY_STATES",):
         lines.append(f"aiotask.states.{name} = {sorted(str(v) for v in getattr(states, name))}")
     return "\n".join(lines) + "\n"
 

@@ -1,0 +1,308 @@
+"""The publish side of brokers/rabbitmq.py: one robust connection with confirms.
+
+Every publish, from a producer or from the worker's own republish-then-ack, waits for the
+channel through a reconnect (aiotask._backoff.Backoff, deadline `broker_unreachable_timeout`)
+instead of failing on the closed channel of a restarting server. A message is sent again only
+when its channel was closed before any of its bytes were written; one whose confirm was lost
+may already be stored, so it is never re-sent (that would duplicate it): its error says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, TypeVar
+from urllib.parse import parse_qs, urlsplit
+
+import aio_pika
+from aio_pika.exceptions import (
+    AMQPConnectionError,
+    AMQPError,
+    ChannelInvalidStateError,
+    ChannelPreconditionFailed,
+    DeliveryError,
+    PublishError,
+)
+
+from aiotask._backoff import Backoff
+from aiotask._urls import redact
+from aiotask.brokers._common import clamp_priority
+from aiotask.brokers._rabbitmq_topology import HEADER_QUORUM_COUNT, MAX_PRIORITY, SERVER_HEADERS
+from aiotask.exceptions import AiotaskError, BrokerConnectionError, ConfigurationError
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Iterator, Sequence
+
+    from aio_pika.abc import (
+        AbstractIncomingMessage,
+        AbstractRobustChannel,
+        AbstractRobustConnection,
+    )
+
+    from aiotask.settings import Settings
+
+T = TypeVar("T")
+
+#: Errors of a connection or channel that went away: worth waiting for a reconnect.
+TRANSIENT = (AMQPConnectionError, ChannelInvalidStateError, ConnectionError, OSError, TimeoutError)
+
+
+class NotSent(Exception):
+    """The channel was closed before this message was written: sending it again is safe."""
+
+
+@contextmanager
+def map_errors(url: str, doing: str) -> Iterator[None]:
+    """Client-library errors -> our hierarchy, with the URL's password redacted."""
+    try:
+        yield
+    except AiotaskError:
+        raise
+    except ChannelPreconditionFailed as exc:
+        raise ConfigurationError(
+            f"RabbitMQ refused to {doing}: {redact(str(exc))}. A queue's arguments are fixed "
+            "when it is created: delete the queue or use another key_prefix"
+        ) from exc
+    except DeliveryError as exc:
+        raise BrokerConnectionError(
+            f"RabbitMQ did not confirm a message ({doing}): {redact(str(exc))}; publish again"
+        ) from exc
+    except (AMQPError, OSError, TimeoutError, RuntimeError) as exc:
+        raise BrokerConnectionError(
+            f"cannot {doing} on RabbitMQ at {redact(url)}: {type(exc).__name__}: {redact(str(exc))}"
+        ) from exc
+
+
+async def open_connection(
+    url: str, settings: Settings, app_name: str, role: str
+) -> AbstractRobustConnection:
+    """One connect_robust attempt; afterwards aio-pika reconnects by itself."""
+    # Connections come back ~1 s after the server does, unless the URL sets its own interval.
+    interval = None if "reconnect_interval" in parse_qs(urlsplit(url).query) else 1.0
+    with map_errors(url, f"connect ({role})"):
+        return await aio_pika.connect_robust(
+            url,
+            timeout=min(settings.broker_unreachable_timeout, 30.0),
+            client_properties={"connection_name": f"aiotask {app_name} {role}"},
+            reconnect_interval=interval,
+        )
+
+
+class Publisher:
+    """The publish connection and channel (confirms, mandatory routing), waited for on use."""
+
+    def __init__(self, url: str, settings: Settings, app_name: str) -> None:
+        self._url = url
+        self._settings = settings
+        self._app_name = app_name
+        self.conn: AbstractRobustConnection | None = None
+        self.channel: AbstractRobustChannel | None = None
+        self._lock = asyncio.Lock()
+
+    def backoff(self) -> Backoff:
+        """One wait budget per call: the outage may last `broker_unreachable_timeout`."""
+        return Backoff(first=0.05, cap=1.0, deadline=self._settings.broker_unreachable_timeout)
+
+    async def open(self) -> AbstractRobustChannel:
+        """The channel, connecting once if this process has none yet (no waiting)."""
+        if self.channel is not None:
+            return self.channel
+        async with self._lock:  # concurrent first publishes share one connection
+            if self.channel is None:
+                conn = await open_connection(self._url, self._settings, self._app_name, "publish")
+                try:
+                    with map_errors(self._url, "open publish channel"):
+                        channel = await conn.channel(publisher_confirms=True, on_return_raises=True)
+                except BaseException:
+                    await conn.close()
+                    raise
+                self.conn, self.channel = conn, channel
+            return self.channel
+
+    async def close(self) -> None:
+        conn, self.conn, self.channel = self.conn, None, None
+        if conn is not None:
+            await conn.close()
+
+    async def ready(self, backoff: Backoff) -> AbstractRobustChannel:
+        """An open channel, waiting through a reconnect until the backoff's deadline."""
+        error: BaseException | None = None
+        while True:
+            channel: AbstractRobustChannel | None = None
+            try:
+                channel = await self.open()
+                if not channel.is_closed:
+                    return channel
+            except BrokerConnectionError as exc:  # the very first connection failed
+                error = exc
+            if backoff.expired:
+                raise BrokerConnectionError(
+                    f"RabbitMQ at {redact(self._url)} has been unreachable for "
+                    f"{backoff.deadline:g} s (broker_unreachable_timeout): nothing more was "
+                    "published; check the server and the URL"
+                ) from error
+            delay = backoff.next_delay()
+            if channel is None:
+                await asyncio.sleep(delay)
+                continue
+            try:  # a robust channel reopens by itself: wake as soon as it has
+                async with asyncio.timeout(delay):
+                    await channel.ready()
+                    if channel.is_closed:
+                        await asyncio.sleep(delay)
+            except TimeoutError:
+                pass
+
+    async def run(self, doing: str, op: Callable[[AbstractRobustChannel], Awaitable[T]]) -> T:
+        """An idempotent channel operation (a declare), retried through an outage."""
+        backoff = self.backoff()
+        while True:
+            channel = await self.ready(backoff)
+            try:
+                with map_errors(self._url, doing):  # outside: a timeout is mapped (and retried)
+                    async with asyncio.timeout(max(backoff.deadline - backoff.elapsed, 1.0)):
+                        return await op(channel)
+            except BrokerConnectionError as exc:
+                if not isinstance(exc.__cause__, TRANSIENT) or backoff.expired:
+                    raise
+                await backoff.sleep()
+
+    async def send(
+        self, items: Sequence[tuple[str, aio_pika.Message]]
+    ) -> list[BaseException | None]:
+        """Publish every item with confirms; per item None (confirmed) or its error.
+
+        Items are sent concurrently (one round trip for the batch). Only items that met a
+        closed channel before being written are sent again, after the reconnect; any other
+        error is final for its item, and the others are unaffected.
+        """
+        results: list[BaseException | None] = [None] * len(items)
+        todo = list(range(len(items)))
+        backoff = self.backoff()
+        while todo:
+            try:
+                channel = await self.ready(backoff)
+            except BrokerConnectionError as exc:
+                for i in todo:
+                    results[i] = exc
+                break
+            timeout = max(backoff.deadline - backoff.elapsed, 1.0)
+            outcomes = await _attempt(channel, {i: items[i] for i in todo}, timeout)
+            todo = [i for i, r in outcomes.items() if isinstance(r, NotSent)]
+            for i, r in outcomes.items():
+                if not isinstance(r, NotSent):
+                    results[i] = r
+        return results
+
+    def failure(
+        self,
+        items: Sequence[tuple[str, aio_pika.Message]],
+        results: Sequence[BaseException | None],
+    ) -> BrokerConnectionError | None:
+        """One error that says what happened to which messages, per kind of failure."""
+        failed = [
+            (msg.message_id or "?", r)
+            for (_, msg), r in zip(items, results, strict=True)
+            if r is not None
+        ]
+        if not failed:
+            return None
+        kinds: dict[str, list[tuple[str, BaseException]]] = {}
+        for mid, r in failed:
+            kinds.setdefault(_kind(r), []).append((mid, r))
+        parts = [f"{len(items) - len(failed)} of {len(items)} messages were published"]
+        for kind, group in kinds.items():
+            first = group[0][1]
+            parts.append(
+                f"{len(group)} ({_ids(group)}) {_WHAT[kind]} "
+                f"[{type(first).__name__}: {redact(str(first))}]"
+            )
+        error = BrokerConnectionError("; ".join(parts))
+        error.__cause__ = failed[0][1]
+        return error
+
+
+_WHAT = {
+    "unknown": "may or may not have been stored: the connection failed before RabbitMQ "
+    "confirmed them, and they were not sent again so that no retry can duplicate them",
+    "unroutable": "were returned as unroutable: their queue does not exist (deleted after this "
+    "process declared it?); publish them again to re-declare it",
+    "refused": "were refused by RabbitMQ (basic.nack) and not stored; publish them again",
+    "unsent": "were not published",
+}
+
+
+def _kind(result: BaseException) -> str:
+    if isinstance(result, PublishError):
+        return "unroutable"
+    if isinstance(result, DeliveryError):
+        return "refused"
+    if isinstance(result, BrokerConnectionError):
+        return "unsent"
+    return "unknown"
+
+
+def _ids(group: Sequence[tuple[str, BaseException]], shown: int = 5) -> str:
+    ids = ", ".join(mid for mid, _ in group[:shown])
+    return ids if len(group) <= shown else f"{ids} and {len(group) - shown} more"
+
+
+async def _attempt(
+    channel: AbstractRobustChannel,
+    items: dict[int, tuple[str, aio_pika.Message]],
+    timeout: float,
+) -> dict[int, BaseException | None]:
+    """One concurrent publish of `items` on `channel`; per index None or the error."""
+    tasks = {i: asyncio.ensure_future(_publish_one(channel, *item)) for i, item in items.items()}
+    try:
+        _, pending = await asyncio.wait(tasks.values(), timeout=timeout)
+    except BaseException:
+        for task in tasks.values():
+            task.cancel()
+        raise
+    for task in pending:
+        task.cancel()
+    if pending:
+        await asyncio.wait(pending)
+    out: dict[int, BaseException | None] = {}
+    for i, task in tasks.items():
+        if task in pending:
+            out[i] = TimeoutError("no confirm within broker_unreachable_timeout")
+        elif task.cancelled():
+            out[i] = asyncio.CancelledError("its channel closed mid-publish")
+        else:
+            out[i] = task.exception()
+    return out
+
+
+def message(
+    body: bytes, message_id: str, priority: int, headers: dict[str, object]
+) -> aio_pika.Message:
+    """A persistent message with the task id and a clamped priority."""
+    return aio_pika.Message(
+        body,
+        message_id=message_id or None,
+        priority=clamp_priority(priority, MAX_PRIORITY),
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        headers=headers or None,  # type: ignore[arg-type]
+    )
+
+
+def copy_of(msg: AbstractIncomingMessage, headers: dict[str, object]) -> aio_pika.Message:
+    """A fresh message with the original's body and identity, minus what the server added."""
+    merged: dict[str, object] = {
+        k: v
+        for k, v in (msg.headers or {}).items()
+        if k not in SERVER_HEADERS and k != HEADER_QUORUM_COUNT
+    }
+    merged.update(headers)
+    copy = message(msg.body, msg.message_id or "", msg.priority or 0, merged)
+    copy.content_type = msg.content_type
+    copy.content_encoding = msg.content_encoding
+    return copy
+
+
+async def _publish_one(channel: AbstractRobustChannel, key: str, msg: aio_pika.Message) -> None:
+    if channel.is_closed:  # checked in the same step as aio-pika's own check: nothing written
+        raise NotSent
+    await channel.default_exchange.publish(msg, routing_key=key, mandatory=True)
