@@ -135,8 +135,8 @@ def test_command_lines_in_the_docs_must_use_commands_and_options_that_exist(
     tmp_path: Path,
 ) -> None:
     commands = cli_options()
-    assert check_line(" worker -A proj:app --beat", commands) == [
-        "`aiotask worker` has no option --beat"
+    assert check_line(" worker -A proj:app --autoscale", commands) == [
+        "`aiotask worker` has no option --autoscale"
     ]
     assert check_line(" schedule -A proj:app list", commands) == [
         "`aiotask schedule` has no option -A"
