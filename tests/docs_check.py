@@ -1,7 +1,7 @@
-"""`make docs`: every relative link in README.md and docs/ resolves, every Python block parses
-and runs (see tests/docs_run.py for the sandbox and the opt-out marker), every `aiotask ...`
-command line shown uses commands and options that exist, every option of every command is
-documented in docs/cli.md under its command, and every setting in
+"""`make docs`: every relative link in README.md and docs/ resolves; every Python and TOML
+block parses; every Python block runs (tests/docs_run.py: the sandbox, the opt-out marker);
+every `aiotask ...` command line shown uses commands and options that exist; every option of
+every command is documented in docs/cli.md under its command, and every setting in
 docs/settings.md. The site itself is built by `mkdocs build --strict` (also `make docs`)."""
 
 from __future__ import annotations
@@ -9,11 +9,12 @@ from __future__ import annotations
 import ast
 import re
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
 from tests.docs_cli_usage import wrong_cli_usage
-from tests.docs_run import python_blocks, run_page
+from tests.docs_run import PYTHON, blocks, run_page
 
 ROOT = Path(__file__).resolve().parent.parent
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
@@ -26,25 +27,39 @@ def problems() -> list[str]:
     pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
     commands = cli_options()
     for page in pages:
-        text = page.read_text()
         found.extend(wrong_cli_usage(page, commands, str(page.relative_to(ROOT))))
-        for target in LINK.findall(text):
-            if "://" in target or target.startswith("#"):
-                continue
-            path = (page.parent / target.split("#", 1)[0]).resolve()
-            if not path.exists():
-                found.append(f"{page.relative_to(ROOT)}: broken link {target}")
-        parsed = True
-        for block in python_blocks(page):
-            try:
-                ast.parse(block.code)
-            except SyntaxError as exc:
-                parsed = False
-                found.append(f"{block.where}: python block does not parse: {exc}")
-        if parsed:
+        found.extend(broken_links(page))
+        unparsed = unparsable_blocks(page)
+        found.extend(unparsed)
+        if not unparsed:
             found.extend(run_page(page))
     found.extend(undocumented_cli_options(CLI_PAGE.read_text() if CLI_PAGE.exists() else ""))
     found.extend(undocumented_settings((ROOT / "docs" / "settings.md").read_text()))
+    return found
+
+
+def broken_links(page: Path) -> list[str]:
+    found: list[str] = []
+    for target in LINK.findall(page.read_text()):
+        if "://" in target or target.startswith("#"):
+            continue
+        path = (page.parent / target.split("#", 1)[0]).resolve()
+        if not path.exists():
+            found.append(f"{page.relative_to(ROOT)}: broken link {target}")
+    return found
+
+
+def unparsable_blocks(page: Path) -> list[str]:
+    """Python and TOML blocks that do not parse (a page with one is not run)."""
+    found: list[str] = []
+    for block in blocks(page):
+        try:
+            if block.lang in PYTHON:
+                ast.parse(block.code)
+            elif block.lang == "toml":
+                tomllib.loads(block.code)
+        except (SyntaxError, tomllib.TOMLDecodeError) as exc:
+            found.append(f"{block.where}: {block.lang} block does not parse: {exc}")
     return found
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from tests.docs_check import cli_options
+from tests.docs_check import cli_options, unparsable_blocks
 from tests.docs_cli_usage import check_line, wrong_cli_usage
 from tests.docs_nav_hook import add_missing, listed
 from tests.docs_run import blocks, run_page
@@ -153,4 +153,13 @@ def test_command_lines_in_the_docs_must_use_commands_and_options_that_exist(
     assert wrong_cli_usage(doc, commands, "p.md") == [
         "p.md:4: `aiotask beat` has no option -B",
         "p.md:1: `aiotask worker` has no option --pool",
+    ]
+
+
+def test_a_block_that_does_not_parse_is_reported_and_its_page_not_run(tmp_path: Path) -> None:
+    doc = page(tmp_path, "~~~toml\n[tool.x\n~~~\n\n~~~python\nx = (\n~~~\n")
+    found = unparsable_blocks(doc)
+    assert [p.split(": ", 1)[1].split(":")[0] for p in found] == [
+        "toml block does not parse",
+        "python block does not parse",
     ]
