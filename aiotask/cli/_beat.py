@@ -11,7 +11,7 @@ import typer
 
 from aiotask import _log
 from aiotask.beat import service
-from aiotask.cli._loader import load_app
+from aiotask.cli._loader import group_app, load_app
 from aiotask.exceptions import ConfigurationError
 
 if TYPE_CHECKING:
@@ -21,12 +21,21 @@ if TYPE_CHECKING:
     from aiotask.beat.api import ScheduleInfo
 
 AppOpt = Annotated[str, typer.Option("-A", "--app", help="module:attribute of your App")]
+#: -A on a subcommand, or on the `schedule` group before it
+SubAppOpt = Annotated[
+    str, typer.Option("-A", "--app", help="module:attribute of your App (or give it before)")
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON document")]
 NameArg = Annotated[str, typer.Argument(help="the entry's name")]
 
 schedule_cli = typer.Typer(
     name="schedule", help="List and change periodic entries at run time.", no_args_is_help=True
 )
+
+
+@schedule_cli.callback()
+def _group(ctx: typer.Context, app: SubAppOpt = "") -> None:
+    ctx.obj = {"app": app}
 
 
 def beat(
@@ -64,9 +73,9 @@ def _line(info: ScheduleInfo) -> str:
 
 
 @schedule_cli.command("list")
-def list_(app: AppOpt, as_json: JsonOpt = False) -> None:
+def list_(ctx: typer.Context, as_json: JsonOpt = False, app: SubAppOpt = "") -> None:
     """Every entry with its schedule, next and last run, and skipped slots."""
-    the_app, _ = load_app(app)
+    the_app, _ = group_app(ctx.obj, app)
     infos = _run(the_app, lambda a: a.schedules.list())
     if as_json:
         typer.echo(orjson.dumps([i.to_dict() for i in infos]).decode())
@@ -89,7 +98,7 @@ def _json(option: str, raw: str, kind: type) -> Any:
 
 @schedule_cli.command()
 def add(
-    app: AppOpt,
+    ctx: typer.Context,
     name: NameArg,
     task: Annotated[str, typer.Option("--task", help="registered task name")],
     cron: Annotated[str, typer.Option("--cron", help="cron expression or @alias")] = "",
@@ -103,9 +112,10 @@ def add(
     jitter: Annotated[float, typer.Option("--jitter", min=0)] = 0.0,
     expires: Annotated[float, typer.Option("--expires", min=0)] = 0.0,
     as_json: JsonOpt = False,
+    app: SubAppOpt = "",
 ) -> None:
     """Add or replace a dynamic entry; every running beat picks it up at once."""
-    the_app, _ = load_app(app)
+    the_app, _ = group_app(ctx.obj, app)
     spec: dict[str, Any] = {
         "args": _json("--args", args, list),
         "kwargs": _json("--kwargs", kwargs, dict),
@@ -128,34 +138,34 @@ def add(
 
 
 @schedule_cli.command()
-def pause(app: AppOpt, name: NameArg) -> None:
+def pause(ctx: typer.Context, name: NameArg, app: SubAppOpt = "") -> None:
     """Stop sending an entry's slots (they are counted as skipped) until resumed."""
-    the_app, _ = load_app(app)
+    the_app, _ = group_app(ctx.obj, app)
     _run(the_app, lambda a: a.schedules.pause(name))
     typer.echo(f"paused {name}")
 
 
 @schedule_cli.command()
-def resume(app: AppOpt, name: NameArg) -> None:
+def resume(ctx: typer.Context, name: NameArg, app: SubAppOpt = "") -> None:
     """Send an entry's slots again, from the next one on."""
-    the_app, _ = load_app(app)
+    the_app, _ = group_app(ctx.obj, app)
     _run(the_app, lambda a: a.schedules.resume(name))
     typer.echo(f"resumed {name}")
 
 
 @schedule_cli.command()
-def remove(app: AppOpt, name: NameArg) -> None:
+def remove(ctx: typer.Context, name: NameArg, app: SubAppOpt = "") -> None:
     """Remove a dynamic entry."""
-    the_app, _ = load_app(app)
+    the_app, _ = group_app(ctx.obj, app)
     if not _run(the_app, lambda a: a.schedules.remove(name)):
         raise ConfigurationError(f"no dynamic periodic entry named {name!r}")
     typer.echo(f"removed {name}")
 
 
 @schedule_cli.command("run-now")
-def run_now(app: AppOpt, name: NameArg) -> None:
+def run_now(ctx: typer.Context, name: NameArg, app: SubAppOpt = "") -> None:
     """Send an entry's task now, outside its schedule; prints the task id."""
-    the_app, _ = load_app(app)
+    the_app, _ = group_app(ctx.obj, app)
     result = _run(the_app, lambda a: a.schedules.run_now(name))
     typer.echo(result.id)
 

@@ -35,3 +35,12 @@ def load_app(spec: str) -> tuple[App, str]:
             f"point -A at the module and attribute holding App(...)"
         )
     return app, f"{module_name}:{attr}"
+
+
+def group_app(ctx_obj: object, spec: str) -> tuple[App, str]:
+    """The app of a subcommand: its own -A, else the -A given to its group (`aiotask schedule
+    -A proj:app list` and `aiotask schedule list -A proj:app` both work)."""
+    given = spec or (ctx_obj.get("app", "") if isinstance(ctx_obj, dict) else "")
+    if not given:
+        raise ConfigurationError("missing -A/--app: e.g. aiotask schedule -A proj.tasks:app list")
+    return load_app(given)

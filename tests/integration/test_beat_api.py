@@ -120,7 +120,7 @@ def test_schedule_cli(tmp_path: Path) -> None:
                 "--cron", "30 2 * * *", "--tz", "Europe/Paris", "--json")  # fmt: skip
     assert added.returncode == 0, added.stderr
     assert orjson.loads(added.stdout)["schedule"] == "cron '30 2 * * *' (Europe/Paris)"
-    assert run(tmp_path, "schedule", "pause", "-A", "cliapp", "n1").returncode == 0
+    assert run(tmp_path, "schedule", "-A", "cliapp", "pause", "n1").returncode == 0  # contract
     listed = run(tmp_path, "schedule", "list", "-A", "cliapp", "--json")
     entries = {e["name"]: e for e in orjson.loads(listed.stdout)}
     assert entries["n1"]["paused"] is True
@@ -133,6 +133,9 @@ def test_schedule_cli(tmp_path: Path) -> None:
     removed = run(tmp_path, "schedule", "remove", "-A", "cliapp", "n1")
     assert removed.returncode == 0, removed.stderr
     assert "n1" not in run(tmp_path, "schedule", "list", "-A", "cliapp").stdout
+    missing = run(tmp_path, "schedule", "list")
+    assert missing.returncode == 2
+    assert "missing -A/--app" in missing.stderr
 
 
 def test_beat_refuses_an_unknown_task_with_exit_2(tmp_path: Path) -> None:
