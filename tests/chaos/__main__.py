@@ -39,7 +39,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.chaos", description=__doc__)
     parser.add_argument("--short", action="store_true", help="the small run CI does")
     parser.add_argument("--brokers", default="sqlite,redis,amqp")
-    parser.add_argument("--faults", default=",".join(ALL_FAULTS), help=",".join(ALL_FAULTS))
+    parser.add_argument(
+        "--faults",
+        default=",".join(ALL_FAULTS),
+        help=f"the kinds to inject, of {','.join(ALL_FAULTS)} (all by default); the profile "
+        "says how often each runs",
+    )
     parser.add_argument("--tasks", type=int)
     parser.add_argument("--duration", type=float, help="seconds of load")
     parser.add_argument("--canvas-every", type=float)

@@ -71,6 +71,7 @@ class Canvas:
     kind: str
     handle: Any  # AsyncResult or GroupResult
     expected: Any
+    nodes: list[str]  # every task id in it, in order
 
 
 @dataclass
@@ -177,7 +178,8 @@ class Run:
     def __init__(self, broker: str, profile: Profile, faults: tuple[str, ...], base: Path) -> None:
         self.broker = broker
         self.profile = profile
-        self.faults = [f for f in faults if f in SUPPORTED[broker]]
+        # The profile's sequence (e.g. every fault twice), less the kinds not selected.
+        self.faults = [f for f in profile.faults if f in faults and f in SUPPORTED[broker]]
         self.kill = "kill" in faults and profile.kill_every > 0
         self.directory = base / broker
         self.directory.mkdir(parents=True)
@@ -187,6 +189,7 @@ class Run:
         self.servers = Servers(broker, self.directory)
         self.plain: list[str] = []
         self.canvases: list[Canvas] = []
+        self.resent = 0  # messages a failed send may have published anyway
         self.faults_done = False  # the canvas load goes on until the last fault is over
 
     # --- setup ----------------------------------------------------------------------------------
@@ -259,14 +262,19 @@ class Run:
             await asyncio.sleep(self.profile.kill_every)
             fleet.kill_one(self.rng)
 
-    async def _send(self, make: Callable[[], Awaitable[Any]]) -> Any:
-        """Send until the broker confirms (the producer's side of at-least-once)."""
+    async def _send(self, make: Callable[[], Awaitable[Any]], messages: int = 1) -> Any:
+        """Send until the broker confirms (the producer's side of at-least-once).
+
+        A failed send may still have published some of its `messages`: each retry can add that
+        many duplicates, so it widens the duplicate bound by as much.
+        """
         give_up = time.monotonic() + 120
         while True:
             try:
                 return await asyncio.wait_for(make(), 10)
             except Exception as exc:
                 self.tally.send_retries += 1
+                self.resent += messages
                 if time.monotonic() > give_up:
                     raise
                 log.debug("send failed (%s: %s), again", type(exc).__name__, exc)
@@ -297,24 +305,28 @@ class Run:
         self.tally.canvases = len(self.canvases)
 
     async def _send_canvas(self, k: int, add: Any, tsum: Any) -> None:
+        """One canvas with ids we choose, so a stuck one can be told apart node by node."""
         kind = ("chain", "group", "chord", "chord|chain")[k % 4]
+        nodes: list[str] = []
+
+        def node(sig: Any, role: str) -> Any:
+            nodes.append(f"c{k}-{role}-{self.rng.getrandbits(32):08x}")
+            return sig.set(task_id=nodes[-1])
+
         if kind == "chain":
             expected: Any = k + 6
-            handle = await self._send(lambda: chain(add.s(k, 1), add.s(2), add.s(3)).send())
+            canvas: Any = chain(node(add.s(k, 1), "a"), node(add.s(2), "b"), node(add.s(3), "c"))
         elif kind == "group":
             expected = [k + j for j in range(4)]
-            handle = await self._send(lambda: group(add.s(k, j) for j in range(4)).send())
-        elif kind == "chord":
-            expected = 4 * k + 6
-            handle = await self._send(
-                lambda: chord(group(add.s(k, j) for j in range(4)), tsum.s()).send()
-            )
+            canvas = group(node(add.s(k, j), f"g{j}") for j in range(4))
         else:
-            expected = 4 * k + 7
-            handle = await self._send(
-                lambda: (chord(group(add.s(k, j) for j in range(4)), tsum.s()) | add.s(1)).send()
-            )
-        self.canvases.append(Canvas(kind, handle, expected))
+            header = group(node(add.s(k, j), f"h{j}") for j in range(4))
+            canvas = chord(header, node(tsum.s(), "body"))
+            expected = 4 * k + 6
+            if kind == "chord|chain":
+                canvas, expected = canvas | node(add.s(1), "tail"), expected + 1
+        handle = await self._send(canvas.send, len(nodes))  # a retry re-sends the same ids
+        self.canvases.append(Canvas(kind, handle, expected, nodes))
 
     async def _disrupt(self, app: App, fleet: Fleet) -> None:
         """The faults, one after another, spread over the load; each followed by a probe."""
@@ -393,7 +405,8 @@ class Run:
             state = await self._state(app, tid)
             self.tally.lost.append(f"{tid} {state} ran={ran[tid]}")
         for c in canvases:
-            self.tally.stuck.append(f"{c.kind} {await self._canvas_state(c)}")
+            states = [f"{n} {await self._state(app, n)} ran={ran[n]}" for n in c.nodes]
+            self.tally.stuck.append(f"{c.kind} {await self._canvas_state(c)}: {', '.join(states)}")
         return False
 
     async def _state(self, app: App, tid: str) -> str:
@@ -435,7 +448,7 @@ class Run:
         t.duplicates = sum(n - 1 for n in ran.values() if n > 1)
         t.completed = t.sent - t.lost_count
         whole_fleet = (t.restarts + t.proxy_faults) * p.workers
-        t.dup_bound = (t.kills + t.sigstops + whole_fleet) * p.concurrency + t.send_retries
+        t.dup_bound = (t.kills + t.sigstops + whole_fleet) * p.concurrency + self.resent
 
 
 async def run_broker(broker: str, profile: Profile, faults: tuple[str, ...], base: Path) -> Tally:
