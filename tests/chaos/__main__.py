@@ -1,8 +1,8 @@
 """`python -m tests.chaos [--short] [--brokers ...] [--faults ...] [--tasks N] [--duration S]`.
 
 Exits 1 when any broker lost a task, left a canvas unfinished, or ran more duplicate executions
-than its bound (in-flight x kills); 2 when a needed server is missing under
-AIOTASK_REQUIRE_SERVICES=1.
+than its bound (in-flight x kills), or with --strict when a running worker exited by itself;
+2 when a needed server is missing under AIOTASK_REQUIRE_SERVICES=1.
 """
 
 from __future__ import annotations
@@ -54,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--outage", type=float, help="seconds a server is down / black-holed")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--output", type=Path, help="also write the summary to this file")
+    parser.add_argument(
+        "--strict", action="store_true", help="also fail when a running worker exits by itself"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the run directory (logs)")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
@@ -90,7 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     if args.output:
         args.output.write_text(text + "\n")
-    failed = [t for t in tallies if not t.skipped and not t.ok]
+    failed = [
+        t for t in tallies if not t.skipped and (not t.ok or (args.strict and t.running_deaths))
+    ]
     missing = [t for t in tallies if t.skipped]
     if failed or args.keep:
         print(f"\nlogs kept in {base}")
