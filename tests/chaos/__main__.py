@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int)
     parser.add_argument("--lease", type=float, help="visibility timeout, seconds")
     parser.add_argument("--outage", type=float, help="seconds a server is down / black-holed")
+    parser.add_argument("--drain-timeout", type=float, help="seconds to wait for the last tasks")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--output", type=Path, help="also write the summary to this file")
     parser.add_argument(
@@ -75,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         "workers": args.workers,
         "lease": args.lease,
         "outage": args.outage,
+        "drain_timeout": args.drain_timeout,
         "seed": args.seed,
     }
     profile = dataclasses.replace(profile, **{k: v for k, v in overrides.items() if v is not None})
