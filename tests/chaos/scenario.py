@@ -238,7 +238,9 @@ class Run:
             asyncio.create_task(self._killer(fleet)),
         ]
         try:
-            await asyncio.gather(self._load(app), self._disrupt(app, fleet))
+            async with asyncio.TaskGroup() as tg:  # one fails: the other is cancelled too
+                tg.create_task(self._load(app))
+                tg.create_task(self._disrupt(app, fleet))
             background[1].cancel()  # faults end with the load: now everything must recover
             started = time.monotonic()
             if await self._drain(app, deadline=started + p.drain_timeout):
