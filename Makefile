@@ -12,7 +12,7 @@ BENCH_BIN := $(BENCH_VENV)/bin
 BENCH_STAMP := $(BENCH_VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install format lint typecheck test test-unit test-fast demo bench bench-smoke docs clean
+.PHONY: help install format lint typecheck test test-unit test-fast demo bench bench-smoke chaos chaos-short docs clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-12s %s\n", $$1, $$2}'
@@ -66,6 +66,12 @@ bench: $(BENCH_STAMP)  ## the full benchmark, aiotask vs Celery and peers; write
 
 bench-smoke: $(BENCH_STAMP)  ## a small benchmark for CI; prints ratios, fails if aiotask is slower than Celery
 	$(BENCH_BIN)/python -m benchmarks.harness --smoke
+
+chaos: $(STAMP)  ## the chaos suite: kill -9, broker restarts, proxy faults on private servers (long)
+	$(BIN)/python -m tests.chaos $(CHAOS_ARGS)
+
+chaos-short: $(STAMP)  ## a small chaos run (CI): every fault once per broker, ~3 minutes
+	$(BIN)/python -m tests.chaos --short $(CHAOS_ARGS)
 
 docs: $(DOCS_STAMP)  ## check the docs (links, every example runs, CLI, settings), build the site --strict into site/
 	$(BIN)/python -m tests.docs_check

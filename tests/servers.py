@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import time
@@ -39,5 +40,80 @@ class PrivateRedis:
     def kill(self) -> None:
         if self.proc is not None:
             self.proc.kill()  # by the PID we started
+            self.proc.wait()
+            self.proc = None
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now (the kernel's pick)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _answers(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+RABBITMQ_SERVER = (
+    "/usr/lib/rabbitmq/bin/rabbitmq-server"  # unwrapped: runs as us, not as `rabbitmq`
+)
+
+
+class PrivateRabbit:
+    """A RabbitMQ node of our own: own name, ports, Mnesia and HOME; killed by PID, never by name.
+
+    RUNNING_UNDER_SYSTEMD makes the script `exec erl`, so the PID we start is the beam process
+    itself: `kill()` is a crash (kill -9 of the VM), and `start()` with the same environment
+    brings the node back with its durable queues and persistent messages.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        import uuid
+
+        self.directory = directory
+        self.port = free_port()
+        self.url = f"amqp://guest:guest@127.0.0.1:{self.port}/"
+        (directory / "mnesia").mkdir(parents=True, exist_ok=True)
+        (directory / "log").mkdir(exist_ok=True)
+        (directory / "enabled_plugins").write_text("[].\n")
+        (directory / "rabbitmq.conf").write_text("loopback_users = none\n")
+        self.env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": str(directory),
+            "RABBITMQ_NODENAME": f"chaos-{uuid.uuid4().hex[:12]}@localhost",
+            "RABBITMQ_NODE_PORT": str(self.port),
+            "RABBITMQ_DIST_PORT": str(free_port()),
+            "RABBITMQ_MNESIA_BASE": str(directory / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(directory / "log"),
+            "RABBITMQ_CONFIG_FILE": str(directory / "rabbitmq"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(directory / "enabled_plugins"),
+            "RUNNING_UNDER_SYSTEMD": "1",
+        }
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 60) -> None:
+        with (self.directory / "stdout.log").open("ab") as out:
+            self.proc = subprocess.Popen(
+                [RABBITMQ_SERVER], env=self.env, stdout=out, stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"private RabbitMQ exited with {self.proc.returncode}")
+            if _answers(self.port):
+                return
+            time.sleep(0.1)
+        self.kill()
+        raise RuntimeError("private RabbitMQ did not start")
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()  # SIGKILL to the beam PID we started: a crash, no clean shutdown
             self.proc.wait()
             self.proc = None
