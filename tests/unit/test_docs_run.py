@@ -138,8 +138,8 @@ def test_command_lines_in_the_docs_must_use_commands_and_options_that_exist(
     assert check_line(" worker -A proj:app --autoscale", commands) == [
         "`aiotask worker` has no option --autoscale"
     ]
-    assert check_line(" schedule -A proj:app list", commands) == [
-        "`aiotask schedule` has no option -A"
+    assert check_line(" schedule list -A proj:app --every-day", commands) == [
+        "`aiotask schedule list` has no option --every-day"
     ]
     assert check_line(" inspect active", commands) == ["unknown command `aiotask inspect`"]
     assert check_line(" COMMAND --help", commands) == []
