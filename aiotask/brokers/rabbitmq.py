@@ -188,11 +188,20 @@ class RabbitMQBroker:
         self._consumers.clear()
         held = [item for heap in self._buffers.values() for item in heap if not _stale(item[3])]
         self._buffers.clear()
-        copies: list[_Copy] = []
-        for _, _, queue, msg in held:
-            prior, _persist = topo.prior_deliveries(msg.headers, bool(msg.redelivered))
-            copies.append((self._names.work(queue), msg, {topo.HEADER_DELIVERIES: prior}))
-        await self._republish_then_ack(copies)
+        await self._republish_then_ack([self._copy_back(item) for item in held])
+
+    def _copy_back(self, item: _Held) -> _Copy:
+        prior, _persist = topo.prior_deliveries(item[3].headers, bool(item[3].redelivered))
+        return (self._names.work(item[2]), item[3], {topo.HEADER_DELIVERIES: prior})
+
+    async def stop_consuming(self, queue: str) -> None:
+        """Stop consuming one queue (cancel-consumer): cancel, then hand its buffer back."""
+        consumer = self._consumers.pop(queue, None)
+        with self._map_errors(f"cancel the consumer of {queue!r}"):
+            if consumer is not None:
+                await consumer[0].cancel(consumer[1])
+            held = [item for item in self._buffers.pop(queue, []) if not _stale(item[3])]
+            await self._republish_then_ack([self._copy_back(item) for item in held])
 
     # -- publishing ------------------------------------------------------------------------
 

@@ -147,3 +147,27 @@ async def test_bad_input_and_a_lost_worker(tmp_path: Path, broker_url: str, name
     assert status["workers"][0]["state"] == "lost"
     done = run_cli(tmp_path, env, "inspect", "ping", *APP, "--timeout", "0.5")
     assert done.returncode == 1 and "no worker replied within 0.5s" in done.stderr
+
+
+async def test_cancel_consumer_leaves_the_queue_to_other_workers(
+    tmp_path: Path, broker_url: str, namespace: str
+) -> None:
+    """AMQP regression: the server-side consumer is cancelled too, so the worker no longer
+    takes (and sits on) messages of the queue it stopped consuming."""
+    env = env_for(tmp_path, broker_url, namespace)
+    w1 = start_worker(tmp_path, env, "-n", "w1", "-Q", "default,extra", "-c", "2")
+    w2 = None
+    try:
+        done = run_cli(tmp_path, env, "control", *APP, "cancel-consumer", "extra")
+        assert done.returncode == 0 and "no longer consuming extra" in done.stdout, done.stderr
+        async with producer(broker_url, namespace) as app:
+            sent = [await app.send_task("proc.add", args=[i, 1], queue="extra") for i in range(3)]
+            await asyncio.sleep(1.0)  # time for a still-open consumer to grab them
+            w2 = start_worker(tmp_path, env, "-n", "w2", "-Q", "extra", "-c", "2")
+            assert [await r.get(timeout=20) for r in sent] == [1, 2, 3]
+            code, stats = cli_json(tmp_path, env, "inspect", "stats", "-d", "w1")
+            assert code == 0 and stats["w1"]["done"] == 0 and stats["w1"]["queues"] == ["default"]
+    finally:
+        assert stop(w1) == 0
+        if w2 is not None:
+            assert stop(w2) == 0
