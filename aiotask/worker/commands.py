@@ -249,10 +249,25 @@ async def follow_queues(changed: asyncio.Event, run: Callable[[], Awaitable[None
             await asyncio.wait({consumer, waiter}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             waiter.cancel()
-            if not consumer.done():
-                consumer.cancel()
-                await asyncio.wait({consumer})
+            await _cancel(consumer)
         if not changed.is_set():
             return consumer.result()  # it returned or raised on its own
         if not consumer.cancelled():
             consumer.exception()  # retrieved: the restart on the new queues covers it
+
+
+async def _cancel(task: asyncio.Future[None]) -> None:
+    """Cancel and wait until it really stopped (never leave a consumer running behind us).
+
+    A cancellation can be lost inside a client library, so cancel again until done; a
+    cancellation of *this* call while waiting is re-raised once the task is done.
+    """
+    interrupted = False
+    while not task.done():
+        task.cancel()
+        try:
+            await asyncio.wait({task}, timeout=0.5)
+        except asyncio.CancelledError:
+            interrupted = True
+    if interrupted:
+        raise asyncio.CancelledError
