@@ -160,7 +160,7 @@ class Worker:
                 await settler  # settles everything that ran, then returns
                 for loop_task in side_loops:
                     loop_task.cancel()
-                await asyncio.wait(side_loops)
+                await asyncio.wait(side_loops, timeout=HANDBACK_TIMEOUT)
                 if app.backend is not None:  # stopped, not lost
                     await self.registry.remove(app.backend)
         except* Exception as group_error:

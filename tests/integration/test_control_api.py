@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import TYPE_CHECKING
 
 import orjson
@@ -31,6 +32,10 @@ async def app(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[A
     @the_app.task(name="ctl.add")
     async def add(x: int, y: int) -> int:
         return x + y
+
+    @the_app.task(name="ctl.limited", rate_limit="1/h")
+    async def limited() -> None:
+        return None
 
     @the_app.task(name="ctl.boom")
     async def boom() -> None:
@@ -158,3 +163,21 @@ async def test_destination_and_no_reply(app: App) -> None:
         assert await app.control.ping(destination=["w2"], timeout=5) == {"w2": "pong"}
     # both stopped: nothing answers, the call returns empty after its timeout
     assert await app.control.ping(timeout=0.3) == {}
+
+
+async def test_inspect_scheduled_shows_rate_limited_messages(app: App) -> None:
+    async with start_worker(app, name="w1"):
+        first = await app.send_task("ctl.limited")
+        second = await app.send_task("ctl.limited")  # 1/h: waits for its token, held here
+        await first.get(timeout=10)
+        await until(lambda: _has(app, "scheduled", second.id))
+        [held] = (await app.control.inspect("scheduled", timeout=5))["w1"]
+        assert held["name"] == "ctl.limited" and held["starts_at"] > time.time() + 3000
+
+
+async def test_no_result_backend_is_a_clear_error() -> None:
+    app = App("nobackend", broker="memory://", backend=None)
+    with pytest.raises(ConfigurationError, match="no result backend"):
+        await app.control.workers()
+    with pytest.raises(ConfigurationError, match="no result backend"):
+        await app.control.ping()
