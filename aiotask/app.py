@@ -20,6 +20,7 @@ from aiotask.brokers.base import Outgoing
 from aiotask.canvas import runtime
 from aiotask.canvas.compile import CHAIN_STATE
 from aiotask.canvas.primitives import MAP_TASK, STARMAP_TASK
+from aiotask.control import Control
 from aiotask.exceptions import (
     ConfigurationError,
     MessageTooLarge,
@@ -121,6 +122,7 @@ class App:
             name: entry_from_mapping(name, spec) for name, spec in self.conf.beat_schedule.items()
         }
         self._schedules: Schedules | None = None
+        self._control: Control | None = None
         _APPS.add(self)
 
     def __repr__(self) -> str:
@@ -203,6 +205,13 @@ class App:
         if self._schedules is None:
             self._schedules = Schedules(self)
         return self._schedules
+
+    @property
+    def control(self) -> Control:
+        """Running workers: the registry (`workers`), `inspect`, `revoke`, `rate_limit`..."""
+        if self._control is None:
+            self._control = Control(self)
+        return self._control
 
     def route(self, task_name: str) -> str:
         """The queue for a task with no explicit queue: `task_routes`, else the default queue.

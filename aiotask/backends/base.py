@@ -21,6 +21,12 @@ Contract, for every implementation:
   follows `broadcast`s, so checking a message costs no round trip).
 - `broadcast` sends a small control payload to every live `control()` iterator (every worker):
   best effort, no persistence (a worker that is down learns from the tombstones instead).
+- The worker registry: `register_worker` writes (or refreshes) one worker's record, which
+  expires after `ttl` unless written again; `workers` returns every live record by name, from
+  the store alone (it answers with every worker down); `unregister_worker` removes one.
+- Replies to control requests: `reply` appends a payload under a request's reply id (kept
+  `ttl` seconds); `replies` waits up to `wait` seconds for at least one and returns (and
+  removes) every payload there so far, [] when none came.
 """
 
 from __future__ import annotations
@@ -220,6 +226,16 @@ class ResultBackend(Protocol):
     async def broadcast(self, payload: bytes) -> None: ...
 
     def control(self) -> AsyncIterator[bytes]: ...
+
+    async def register_worker(self, name: str, record: bytes, ttl: float) -> None: ...
+
+    async def unregister_worker(self, name: str) -> None: ...
+
+    async def workers(self) -> dict[str, bytes]: ...
+
+    async def reply(self, reply_to: str, payload: bytes, ttl: float) -> None: ...
+
+    async def replies(self, reply_to: str, wait: float) -> list[bytes]: ...
 
     def schedule_store(self, app_name: str) -> ScheduleStore:
         """Where the beats of `app_name` agree on slots (aiotask/beat/store.py)."""

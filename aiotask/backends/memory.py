@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -46,6 +47,8 @@ class MemoryBackend:
         self._revoked: dict[str, float] = {}
         self._listeners: set[asyncio.Queue[bytes]] = set()
         self._schedules: dict[str, MemoryScheduleStore] = {}
+        self._workers: dict[str, tuple[bytes, float]] = {}
+        self._replies: dict[str, tuple[list[bytes], asyncio.Event]] = {}
 
     async def connect(self) -> None:
         return None
@@ -181,6 +184,38 @@ class MemoryBackend:
                 yield await queue.get()
         finally:
             self._listeners.discard(queue)
+
+    async def register_worker(self, name: str, record: bytes, ttl: float) -> None:
+        self._workers[name] = (record, monotonic() + ttl)
+
+    async def unregister_worker(self, name: str) -> None:
+        self._workers.pop(name, None)
+
+    async def workers(self) -> dict[str, bytes]:
+        mono = monotonic()
+        return {name: rec for name, (rec, deadline) in self._workers.items() if deadline > mono}
+
+    def _reply_box(self, reply_to: str) -> tuple[list[bytes], asyncio.Event]:
+        box = self._replies.get(reply_to)
+        if box is None:
+            box = self._replies[reply_to] = ([], asyncio.Event())
+        return box
+
+    async def reply(self, reply_to: str, payload: bytes, ttl: float) -> None:
+        items, event = self._reply_box(reply_to)
+        items.append(payload)
+        event.set()
+        asyncio.get_running_loop().call_later(ttl, self._replies.pop, reply_to, None)
+
+    async def replies(self, reply_to: str, wait: float) -> list[bytes]:
+        items, event = self._reply_box(reply_to)
+        if not items:
+            event.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(wait, 0.0)):
+                    await event.wait()
+        self._replies.pop(reply_to, None)  # taken: a later reply starts a new box
+        return items
 
     def schedule_store(self, app_name: str) -> MemoryScheduleStore:
         return self._schedules.setdefault(app_name, MemoryScheduleStore())

@@ -298,6 +298,59 @@ class RedisBackend:
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
 
+    async def register_worker(self, name: str, record: bytes, ttl: float) -> None:
+        """One round trip: the record's own key (with its ttl) and the name in an index
+        scored by expiry, as for revocations; the index's TTL follows its newest member."""
+        index = f"{self._prefix}:workers"
+        pipe = self._client().pipeline(transaction=False)
+        pipe.set(f"{index}:{name}", record, px=_ms(ttl))
+        pipe.zadd(index, {name: int((time.time() + ttl) * 1000)})
+        pipe.pexpire(index, _ms(ttl), gt=True)
+        pipe.pexpire(index, _ms(ttl), nx=True)
+        with self._map_errors():
+            await pipe.execute()
+
+    async def unregister_worker(self, name: str) -> None:
+        index = f"{self._prefix}:workers"
+        pipe = self._client().pipeline(transaction=False)
+        pipe.unlink(f"{index}:{name}")
+        pipe.zrem(index, name)
+        with self._map_errors():
+            await pipe.execute()
+
+    async def workers(self) -> dict[str, bytes]:
+        index = f"{self._prefix}:workers"
+        pipe = self._client().pipeline(transaction=False)
+        pipe.zremrangebyscore(index, "-inf", int(time.time() * 1000))
+        pipe.zrange(index, 0, -1)
+        with self._map_errors():
+            _, members = await pipe.execute()
+        names = sorted(_bytes(m).decode() for m in members)
+        if not names:
+            return {}
+        records = await self._fetch_many([f"{index}:{n}" for n in names])
+        return {n: r for n, r in zip(names, records, strict=True) if r is not None}
+
+    async def reply(self, reply_to: str, payload: bytes, ttl: float) -> None:
+        key = f"{self._prefix}:reply:{reply_to}"
+        pipe = self._client().pipeline(transaction=False)
+        pipe.rpush(key, payload)
+        pipe.pexpire(key, _ms(ttl))
+        with self._map_errors():
+            await pipe.execute()
+
+    async def replies(self, reply_to: str, wait: float) -> list[bytes]:
+        """BLPOP for the first reply (the server wakes us, no polling), then LPOP the rest."""
+        key = f"{self._prefix}:reply:{reply_to}"
+        client = self._client()
+        with self._map_errors():
+            # BLPOP's timeout 0 means forever: never pass less than 1 ms
+            first: Any = await client.blpop([key], timeout=max(wait, 0.001))
+            if first is None:
+                return []
+            rest: Any = await client.lpop(key, 1000)
+        return [_bytes(first[1]), *(_bytes(r) for r in rest or [])]
+
     def schedule_store(self, app_name: str) -> RedisScheduleStore:
         return RedisScheduleStore(self._client, self._prefix, app_name)
 

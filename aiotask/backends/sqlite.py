@@ -25,6 +25,7 @@ from aiotask import _sqlite
 from aiotask._backoff import Backoff
 from aiotask._sqlite import transaction
 from aiotask._time import monotonic, now
+from aiotask.backends import _control_sqlite as _control
 from aiotask.backends._schedule_sqlite import SQLiteScheduleStore
 from aiotask.backends.base import (
     DECIDED,
@@ -49,6 +50,7 @@ log = logging.getLogger(__name__)
 
 TOPIC = "results"
 CONTROL_TOPIC = "control"
+REPLIES_TOPIC = "replies"
 #: Control payloads are kept this long (seconds), for listeners between two polls.
 CONTROL_KEEP = 60.0
 #: Longest pause between two polls of the control table; broadcasts are rare and best effort.
@@ -102,7 +104,7 @@ class SQLiteBackend:
     """sqlite:///relative.db or sqlite:////absolute.db — shares the file with the broker."""
 
     def __init__(self, url: str, settings: Settings) -> None:
-        self._db = _sqlite.Connection(_sqlite.resolve_path(url), _SCHEMA)
+        self._db = _sqlite.Connection(_sqlite.resolve_path(url), _SCHEMA + ";" + _control.SCHEMA)
         self._prefix = settings.key_prefix
         self._unreachable = settings.broker_unreachable_timeout
         self._signal: _sqlite.Signal | None = None
@@ -280,6 +282,37 @@ class SQLiteBackend:
                     poll.reset()
         finally:
             _sqlite.unsubscribe(self.path, CONTROL_TOPIC, signal)
+
+    async def register_worker(self, name: str, record: bytes, ttl: float) -> None:
+        await self._db.run(_control.register, self._prefix, name, record, now() + ttl)
+
+    async def unregister_worker(self, name: str) -> None:
+        await self._db.run(_control.unregister, self._prefix, name)
+
+    async def workers(self) -> dict[str, bytes]:
+        return await self._db.run(_control.workers, self._prefix, now())
+
+    async def reply(self, reply_to: str, payload: bytes, ttl: float) -> None:
+        wall = now()
+        await self._db.run(_control.reply, reply_to, payload, wall + ttl, wall)
+        _sqlite.notify(self.path, REPLIES_TOPIC)
+
+    async def replies(self, reply_to: str, wait: float) -> list[bytes]:
+        """Polled (POLL_MIN..CONTROL_POLL_MAX); a reply from this process wakes it at once."""
+        signal = _sqlite.Signal()
+        _sqlite.subscribe(self.path, REPLIES_TOPIC, signal)
+        try:
+            deadline = monotonic() + wait
+            poll = Backoff(_sqlite.POLL_MIN, CONTROL_POLL_MAX)
+            while True:
+                signal.clear()
+                got = await self._db.run(_control.take_replies, reply_to)
+                left = deadline - monotonic()
+                if got or left <= 0:
+                    return got
+                await signal.wait(min(poll.next_delay(), left))
+        finally:
+            _sqlite.unsubscribe(self.path, REPLIES_TOPIC, signal)
 
     def schedule_store(self, app_name: str) -> SQLiteScheduleStore:
         return SQLiteScheduleStore(self._db, f"{self._prefix}:{app_name}")

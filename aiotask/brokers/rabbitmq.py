@@ -169,17 +169,26 @@ class RabbitMQBroker:
         self._consumers.clear()
         held = [item for heap in self._buffers.values() for item in heap if not stale(item[3])]
         self._buffers.clear()
-        copies: list[_Copy] = []
-        for _, _, queue, msg in held:
-            prior, _persist = topo.prior_deliveries(msg.headers, bool(msg.redelivered))
-            copies.append((self._names.work(queue), msg, {topo.HEADER_DELIVERIES: prior}))
-        failed = await self._republish_then_ack(copies)
+        failed = await self._republish_then_ack([self._copy_back(item) for item in held])
         if failed:  # they return when the channel closes next, charged one delivery each
             log.debug(
                 "could not hand back %d prefetched messages: %s",
                 len(failed),
                 redact(str(failed[0][1])),
             )
+
+    def _copy_back(self, item: Held) -> _Copy:
+        prior, _persist = topo.prior_deliveries(item[3].headers, bool(item[3].redelivered))
+        return (self._names.work(item[2]), item[3], {topo.HEADER_DELIVERIES: prior})
+
+    async def stop_consuming(self, queue: str) -> None:
+        """Stop consuming one queue (cancel-consumer): cancel, then hand its buffer back."""
+        consumer = self._consumers.pop(queue, None)
+        with map_errors(self._url, f"cancel the consumer of {queue!r}"):
+            if consumer is not None:
+                await consumer[0].cancel(consumer[1])
+            held = [item for item in self._buffers.pop(queue, []) if not stale(item[3])]
+            await self._republish_then_ack([self._copy_back(item) for item in held])
 
     # -- publishing ------------------------------------------------------------------------
 

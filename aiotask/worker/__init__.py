@@ -19,10 +19,12 @@ from aiotask.beat.runner import check_entries
 from aiotask.exceptions import BrokerConnectionError, ConfigurationError
 from aiotask.worker import control, revocations
 from aiotask.worker._supervise import supervise
+from aiotask.worker.commands import Commands, follow_queues
 from aiotask.worker.consumer import Dispatcher, consume
 from aiotask.worker.executor import Executor
 from aiotask.worker.heartbeat import beat, heartbeat, renew_leases
 from aiotask.worker.pool import SyncPool
+from aiotask.worker.registry import Registry
 from aiotask.worker.settle import Settler
 from aiotask.worker.shutdown import Phase, Shutdown
 
@@ -87,6 +89,9 @@ class Worker:
         self.dispatcher = Dispatcher(
             Executor(app, self.pool), self.settler, self.concurrency, self.prefetch
         )
+        #: set by add/cancel-consumer: the consumer restarts on the new queue list
+        self.queues_changed = asyncio.Event()
+        self.registry = Registry(self)
 
     def _settled(self, deliveries: Sequence[Delivery]) -> None:
         self.dispatcher.settled(deliveries)
@@ -126,7 +131,13 @@ class Worker:
                     )
                 # Alive before the first message is taken: never look lost while holding work.
                 await beat(app.broker, self.conf.worker_heartbeat_interval)
-                fetch = functools.partial(consume, app.broker, self.queues, self.dispatcher)
+                if app.backend is not None:  # in the registry (aiotask status) from the start
+                    await self.registry.write(app.backend)
+                fetch = functools.partial(
+                    follow_queues,
+                    self.queues_changed,
+                    functools.partial(consume, app.broker, self.queues, self.dispatcher),
+                )
                 consumer = group.create_task(
                     supervise(
                         "consumer",
@@ -149,6 +160,9 @@ class Worker:
                 await settler  # settles everything that ran, then returns
                 for loop_task in side_loops:
                     loop_task.cancel()
+                await asyncio.wait(side_loops, timeout=HANDBACK_TIMEOUT)
+                if app.backend is not None:  # stopped, not lost
+                    await self.registry.remove(app.backend)
         except* Exception as group_error:
             for exc in group_error.exceptions:
                 log.critical("worker %s stopped: %s", self.name, exc, exc_info=exc)
@@ -175,7 +189,9 @@ class Worker:
             loops["beat"] = functools.partial(beat_service.embedded, app)
         if backend is not None:
             executor = self.dispatcher.executor
-            loops["control"] = functools.partial(control.obey, backend, executor)
+            commands = Commands(self)
+            loops["control"] = functools.partial(control.obey, backend, executor, commands)
+            loops["registry"] = functools.partial(self.registry.run, backend)
             loops["revocations"] = functools.partial(revocations.refresh, backend, executor.revoked)
         return [
             group.create_task(supervise(name, run), name=f"aiotask-{name}")

@@ -15,6 +15,7 @@ from aiotask._log import get_logger
 from aiotask.exceptions import ProtocolError
 from aiotask.protocol import decode
 from aiotask.ratelimit import RateLimiter
+from aiotask.states import FAILURE
 from aiotask.worker.outcome import Settlement
 
 if TYPE_CHECKING:
@@ -52,6 +53,8 @@ class Dispatcher:
         self.idle = asyncio.Event()
         self.idle.set()
         self.processed = 0
+        #: tasks that ended FAILURE (for the registry and inspect stats)
+        self.failed = 0
 
     def free(self) -> int:
         # Rate-limited messages waiting for a token do not count against the prefetch (up to
@@ -126,7 +129,10 @@ class Dispatcher:
         if not task.cancelled():
             exc = task.exception()
             if exc is None:
-                self.settler.add(task.result())
+                settlement = task.result()
+                if settlement.store is not None and settlement.store.state == FAILURE:
+                    self.failed += 1
+                self.settler.add(settlement)
             else:
                 self._internal_error(delivery, exc)
             self.processed += 1
