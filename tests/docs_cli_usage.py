@@ -34,9 +34,18 @@ def _tokens(rest: str) -> list[str]:
 def check_line(rest: str, commands: dict[str, list[list[str]]]) -> list[str]:
     """Problems of one command line (`rest` is what follows `aiotask`)."""
     tokens = _tokens(rest)
+    if "|" in tokens:  # a shell pipe: what follows is another program
+        tokens = tokens[: tokens.index("|")]
     path = "aiotask"
     found: list[str] = []
+    skip = False
     for i, token in enumerate(tokens):
+        if skip:
+            skip = False
+            continue
+        if token in ("-A", "--app"):  # a group's -A may come before its subcommand
+            skip = True
+            continue
         if token.startswith("-"):
             break
         alternatives = re.split(r"[|/]", token)
