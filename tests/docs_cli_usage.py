@@ -31,6 +31,20 @@ def _tokens(rest: str) -> list[str]:
         return rest.split()
 
 
+def _without_app(tokens: list[str]) -> list[str]:
+    """The tokens less `-A VALUE` pairs (a group's -A may come before its subcommand)."""
+    out: list[str] = []
+    skip = False
+    for token in tokens:
+        if not skip and token in ("-A", "--app"):
+            skip = True
+        elif skip:
+            skip = False
+        else:
+            out.append(token)
+    return out
+
+
 def check_line(rest: str, commands: dict[str, list[list[str]]]) -> list[str]:
     """Problems of one command line (`rest` is what follows `aiotask`)."""
     tokens = _tokens(rest)
@@ -38,14 +52,7 @@ def check_line(rest: str, commands: dict[str, list[list[str]]]) -> list[str]:
         tokens = tokens[: tokens.index("|")]
     path = "aiotask"
     found: list[str] = []
-    skip = False
-    for i, token in enumerate(tokens):
-        if skip:
-            skip = False
-            continue
-        if token in ("-A", "--app"):  # a group's -A may come before its subcommand
-            skip = True
-            continue
+    for i, token in enumerate(_without_app(tokens)):
         if token.startswith("-"):
             break
         alternatives = re.split(r"[|/]", token)
