@@ -141,7 +141,7 @@ def test_command_lines_in_the_docs_must_use_commands_and_options_that_exist(
     assert check_line(" schedule list -A proj:app --every-day", commands) == [
         "`aiotask schedule list` has no option --every-day"
     ]
-    assert check_line(" inspect active", commands) == ["unknown command `aiotask inspect`"]
+    assert check_line(" inspekt active", commands) == ["unknown command `aiotask inspekt`"]
     assert check_line(" COMMAND --help", commands) == []
     assert check_line(" schedule pause|resume -A proj:app NAME", commands) == []
     assert check_line(" call -A p:app proj.add --args '[1, 2]' --countdown=5", commands) == []
