@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from aiotask.app import App
     from aiotask.brokers.base import Delivery
     from aiotask.settings import Settings
+    from aiotask.worker._probe import Probe
 
 __all__ = ["Worker"]
 
@@ -56,6 +57,7 @@ class Worker:
         max_memory_per_child: int | None = None,
         shutdown_grace: float | None = None,
         beat: bool = False,
+        probe: Probe | None = None,
     ) -> None:
         conf = app.conf
         #: run periodic entries here too (`--beat`); any number of workers may
@@ -87,6 +89,11 @@ class Worker:
         self.dispatcher = Dispatcher(
             Executor(app, self.pool), self.settler, self.concurrency, self.prefetch
         )
+        #: metrics hooks (aiotask.metrics); None: no per-task cost
+        self.probe = probe
+        if probe is not None:
+            self.dispatcher.probe = self.dispatcher.executor.probe = self.settler.probe = probe
+            probe.attached(self)
 
     def _settled(self, deliveries: Sequence[Delivery]) -> None:
         self.dispatcher.settled(deliveries)

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
     from aiotask.brokers.base import Broker, Delivery
     from aiotask.protocol import Message
+    from aiotask.worker._probe import Probe
     from aiotask.worker.executor import Executor
     from aiotask.worker.settle import Settler
 
@@ -52,6 +53,8 @@ class Dispatcher:
         self.idle = asyncio.Event()
         self.idle.set()
         self.processed = 0
+        #: metrics hooks (worker/_probe.py); None when nothing watches
+        self.probe: Probe | None = None
 
     def free(self) -> int:
         # Rate-limited messages waiting for a token do not count against the prefetch (up to
@@ -63,6 +66,8 @@ class Dispatcher:
     def accept(self, deliveries: Sequence[Delivery]) -> None:
         """Start, buffer or defer each delivery; one that cannot be handled is dead-lettered
         alone, never taking the consumer (or the rest of its batch) down with it."""
+        if self.probe is not None:
+            self.probe.received(deliveries)
         for delivery in deliveries:
             self.held.add(delivery)
             try:

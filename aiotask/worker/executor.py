@@ -22,6 +22,7 @@ from aiotask.exceptions import (
 from aiotask.middleware.base import run_around
 from aiotask.serializer import exception_to_info
 from aiotask.states import FAILURE, RETRY, REVOKED, SUCCESS, State
+from aiotask.worker import _probe
 from aiotask.worker._limits import SoftLimited
 from aiotask.worker.outcome import (
     Failed,
@@ -39,10 +40,18 @@ if TYPE_CHECKING:
     from aiotask.brokers.base import Delivery
     from aiotask.protocol import Message
     from aiotask.task import Task
+    from aiotask.worker._probe import Probe
     from aiotask.worker.pool import SyncPool
 
 log = get_logger(__name__)
 BUILTINS = frozenset({MAP_TASK, STARMAP_TASK})
+_STATES: dict[type, str] = {
+    Succeeded: _probe.SUCCEEDED,
+    Failed: _probe.FAILED,
+    Retrying: _probe.RETRIED,
+    Rejected: _probe.REJECTED,
+    Revoked: _probe.REVOKED,
+}
 
 
 class Executor:
@@ -58,6 +67,8 @@ class Executor:
         self.terminating: set[str] = set()
         #: ids revoked by broadcast while their messages were already here
         self.revoked: set[str] = set()
+        #: metrics hooks (worker/_probe.py); None when nothing watches
+        self.probe: Probe | None = None
 
     async def terminate(self, task_id: str) -> bool:
         """Stop a running task (revoke with terminate=True): cancel its coroutine, or kill the
@@ -78,6 +89,9 @@ class Executor:
         if revoked or (message.expires is not None and now() > message.expires):
             why = "revoked" if revoked else "expired"
             log.info("skipping %s task %s[%s]", why, message.task, message.id)
+            if self.probe is not None:
+                state = _probe.REVOKED if revoked else _probe.EXPIRED
+                self.probe.finished(delivery, message, state, None)
             settlement = self._final(delivery, message, REVOKED, None, None)
             if message.chain or message.errbacks or message.chord is not None:
                 self._advance(settlement, message, Revoked(why))
@@ -88,9 +102,13 @@ class Executor:
         if task is None:
             missing = NotRegistered(message.task)
             log.error("%s (message %s dead-lettered)", missing, message.id)
+            if self.probe is not None:
+                self.probe.finished(delivery, message, _probe.FAILED, None)
             settlement = self._final(delivery, message, FAILURE, None, missing)
             settlement.action, settlement.reason = "dead", str(missing)
             return settlement
+        if self.probe is not None:
+            self.probe.started(delivery, message)
         return await self._run(delivery, message, task)
 
     async def _run(self, delivery: Delivery, message: Message, task: Task[Any, Any]) -> Settlement:
@@ -196,6 +214,8 @@ class Executor:
         elapsed: float,
     ) -> Settlement:
         name, ident = message.task, message.id
+        if self.probe is not None:
+            self.probe.finished(delivery, message, _STATES[type(outcome)], elapsed)
         match outcome:
             case Succeeded(value):
                 if log.isEnabledFor(logging.INFO):

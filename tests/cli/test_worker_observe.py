@@ -1,0 +1,162 @@
+"""`aiotask worker --metrics-port --log-format json --logfile` as a real process: /metrics
+scraped over HTTP after known work, and the JSON log file it wrote."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.request
+from typing import TYPE_CHECKING
+
+import orjson
+import pytest
+
+from aiotask import App
+from tests.procs import stop, worker_env
+
+pytest.importorskip("prometheus_client", reason="the metrics extra is not installed")
+from prometheus_client.parser import text_string_to_metric_families
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+SECRET = "pa55-w0rd-xyz"
+TASKS = textwrap.dedent(
+    f"""
+    import logging
+    from aiotask import App
+    from aiotask.exceptions import Reject
+
+    app = App("obs")
+    log = logging.getLogger("obs.tasks")
+
+    @app.task(name="obs.add")
+    async def add(x: int, y: int) -> int:
+        log.info("adding, cache at redis://u:{SECRET}@cache:6379/0")
+        return x + y
+
+    @app.task(name="obs.fail")
+    async def fail() -> None:
+        raise RuntimeError("down: amqp://guest:{SECRET}@mq:5672//")
+
+    @app.task(name="obs.retry", bind=True, max_retries=3)
+    async def retry(ctx) -> int:
+        if ctx.retries == 0:
+            raise ctx.retry(countdown=0.05)
+        return ctx.retries
+
+    @app.task(name="obs.reject")
+    async def reject() -> None:
+        raise Reject("not for us", requeue=False)
+
+    @app.task(name="obs.cpu")
+    def cpu() -> int:
+        return 1
+    """
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def start(tmp_path: Path, url: str, *args: str) -> subprocess.Popen[str]:
+    (tmp_path / "obs_tasks.py").write_text(TASKS)
+    env = worker_env(tmp_path, url)
+    logfile = tmp_path / "worker.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "aiotask", "worker", "-A", "obs_tasks:app", *args],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and proc.poll() is None:
+        if logfile.exists() and " ready" in logfile.read_text():
+            return proc
+        time.sleep(0.05)
+    proc.kill()
+    _, err = proc.communicate()
+    raise AssertionError(f"worker did not start: {err}")
+
+
+def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
+        text = answer.read().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def value(
+    samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str
+) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+async def test_metrics_over_http_and_json_logfile(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/obs.db"
+    port = free_port()
+    logfile = tmp_path / "worker.log"
+    proc = start(
+        tmp_path, url, "-c", "4", "-P", "1", "--metrics-port", str(port),
+        "--log-format", "json", "--logfile", str(logfile),
+    )  # fmt: skip
+    try:
+        async with App("obs", broker=url) as app:
+            adds = [await app.send_task("obs.add", args=[i, i]) for i in range(5)]
+            assert [await r.get(timeout=15) for r in adds] == [0, 2, 4, 6, 8]
+            with pytest.raises(RuntimeError, match="down"):
+                await (await app.send_task("obs.fail")).get(timeout=15)
+            assert await (await app.send_task("obs.retry")).get(timeout=15) == 1
+            assert await (await app.send_task("obs.cpu")).get(timeout=30) == 1
+            await app.send_task("obs.reject")
+            samples: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+            for _ in range(100):  # the reject has no result to wait for: watch the counter
+                samples = await asyncio.to_thread(scrape, port)
+                if value(samples, "aiotask_dead_letters_total", queue="default"):
+                    break
+                await asyncio.sleep(0.1)
+    finally:
+        code = stop(proc)
+    assert code == 0
+
+    def tasks(task: str, state: str) -> float:
+        return value(samples, "aiotask_tasks_total", queue="default", task=task, state=state)
+
+    assert tasks("obs.add", "succeeded") == 5
+    assert tasks("obs.fail", "failed") == 1
+    assert tasks("obs.retry", "retried") == 1
+    assert tasks("obs.retry", "succeeded") == 1
+    assert tasks("obs.reject", "rejected") == 1
+    assert tasks("obs.cpu", "succeeded") == 1
+    assert value(samples, "aiotask_task_retries_total", queue="default", task="obs.retry") == 1
+    assert value(samples, "aiotask_dead_letters_total", queue="default") == 1
+    count = "aiotask_task_duration_seconds_count"
+    assert value(samples, count, queue="default", task="obs.add") == 5
+    waits = value(samples, "aiotask_queue_wait_seconds_count", queue="default", task="obs.add")
+    assert waits == 5
+    assert value(samples, "aiotask_pool_children") == 1  # the sync task started one child
+    assert value(samples, "aiotask_worker_concurrency") == 4
+    assert value(samples, "aiotask_tasks_in_flight") == 0
+    assert value(samples, "aiotask_prefetch_buffered") == 0
+
+    text = logfile.read_text()
+    assert SECRET not in text
+    records = [orjson.loads(line) for line in text.splitlines()]
+    adding = [r for r in records if r["logger"] == "obs.tasks"]
+    assert len(adding) == 5 and {r["task_id"] for r in adding} == {r.id for r in adds}
+    assert all(r["task_name"] == "obs.add" for r in adding)
+    failed = [r for r in records if r.get("task_name") == "obs.fail" and r["level"] == "ERROR"]
+    assert failed and "guest:***@mq" in failed[0]["exc"]
