@@ -76,7 +76,7 @@ def worker(
     """Consume queues and run tasks until SIGTERM (warm) or a second signal / SIGQUIT (cold)."""
     the_app, _ = load_app(app)
     _observe.setup_logging(the_app, loglevel, log_format, logfile, keep_logging)
-    probe, stop_metrics = _observe.setup_metrics(the_app, metrics_port)
+    probe, stop_metrics = _observe.setup_metrics(metrics_port)
     w = Worker(
         the_app,
         queues=[q.strip() for q in queues.split(",") if q.strip()] or None,
