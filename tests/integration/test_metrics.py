@@ -66,7 +66,7 @@ async def test_send_time_header_is_stamped_on_send() -> None:
     seen: list[dict[str, str]] = []
 
     @app.task(name="m.headers", bind=True)
-    async def headers(ctx) -> None:  # type: ignore[no-untyped-def]
+    async def headers(ctx) -> None:
         seen.append(dict(ctx.headers))
 
     async with app, start_worker(app):
