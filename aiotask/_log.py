@@ -7,6 +7,7 @@ import datetime
 import logging
 import logging.handlers
 import sys
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 import orjson
@@ -18,6 +19,21 @@ if TYPE_CHECKING:
 
 LogFormat = Literal["text", "json"]
 TEXT_FORMAT = "[%(asctime)s: %(levelname)s/%(processName)s] %(name)s: %(message)s"
+
+
+@dataclass(frozen=True, slots=True)
+class LogSettings:
+    """How a CLI process set up logging; its pool children repeat it (they are fresh
+    interpreters, so nothing is inherited)."""
+
+    level: int
+    fmt: LogFormat = "text"
+    logfile: str | None = None
+    keep: bool = False
+
+
+#: set by configure(); None while logging is the host application's business
+current_settings: LogSettings | None = None
 
 
 def get_logger(name: str) -> logging.Logger:
@@ -130,6 +146,8 @@ def configure(
             handler.addFilter(record_filter)
     if level is not None:
         root.setLevel(level if isinstance(level, int) else level.upper())
+    global current_settings
+    current_settings = LogSettings(root.level, fmt, logfile, keep)
 
 
 def _all_handlers() -> list[logging.Handler]:

@@ -54,7 +54,8 @@ TASKS = textwrap.dedent(
         raise Reject("not for us", requeue=False)
 
     @app.task(name="obs.cpu")
-    def cpu() -> int:
+    def cpu() -> int:  # a pool child: logs the same way, with its task's name and id
+        log.warning("in a child, cache at redis://u:{SECRET}@cache:6379/0")
         return 1
     """
 )
@@ -120,7 +121,8 @@ async def test_metrics_over_http_and_json_logfile(tmp_path: Path) -> None:
             with pytest.raises(RuntimeError, match="down"):
                 await (await app.send_task("obs.fail")).get(timeout=15)
             assert await (await app.send_task("obs.retry")).get(timeout=15) == 1
-            assert await (await app.send_task("obs.cpu")).get(timeout=30) == 1
+            cpu = await app.send_task("obs.cpu")
+            assert await cpu.get(timeout=30) == 1
             await app.send_task("obs.reject")
             samples: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
             for _ in range(100):  # the reject has no result to wait for: watch the counter
@@ -155,8 +157,11 @@ async def test_metrics_over_http_and_json_logfile(tmp_path: Path) -> None:
     text = logfile.read_text()
     assert SECRET not in text
     records = [orjson.loads(line) for line in text.splitlines()]
-    adding = [r for r in records if r["logger"] == "obs.tasks"]
+    adding = [r for r in records if r.get("task_name") == "obs.add" and r["logger"] == "obs.tasks"]
     assert len(adding) == 5 and {r["task_id"] for r in adding} == {r.id for r in adds}
     assert all(r["task_name"] == "obs.add" for r in adding)
+    (child,) = [r for r in records if r.get("task_name") == "obs.cpu" and r["level"] == "WARNING"]
+    assert child["task_id"] == cpu.id and child["process"] != proc.pid
+    assert "u:***@cache" in child["message"]
     failed = [r for r in records if r.get("task_name") == "obs.fail" and r["level"] == "ERROR"]
     assert failed and "guest:***@mq" in failed[0]["exc"]

@@ -26,8 +26,9 @@ URL = f"redis://admin:{SECRET}@cache.example:6379/0"
 @pytest.fixture(autouse=True)
 def restore_root_logger() -> Iterator[None]:
     root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
+    handlers, level, settings = root.handlers[:], root.level, _log.current_settings
     yield
+    _log.current_settings = settings
     for handler in root.handlers:
         if handler not in handlers:
             handler.close()
