@@ -68,18 +68,22 @@ def free_port() -> int:
         return port
 
 
-def start(tmp_path: Path, url: str, *args: str) -> subprocess.Popen[str]:
-    (tmp_path / "obs_tasks.py").write_text(TASKS)
-    env = worker_env(tmp_path, url)
-    logfile = tmp_path / "worker.log"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "aiotask", "worker", "-A", "obs_tasks:app", *args],
-        cwd=tmp_path,
+def spawn(directory: Path, env: dict[str, str], *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "aiotask", "worker", *args],
+        cwd=directory,
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def start(tmp_path: Path, url: str, *args: str) -> subprocess.Popen[str]:
+    (tmp_path / "obs_tasks.py").write_text(TASKS)
+    env = worker_env(tmp_path, url)
+    logfile = tmp_path / "worker.log"
+    proc = spawn(tmp_path, env, "-A", "obs_tasks:app", *args)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and proc.poll() is None:
         if logfile.exists() and " ready" in logfile.read_text():
@@ -165,3 +169,65 @@ async def test_metrics_over_http_and_json_logfile(tmp_path: Path) -> None:
     assert "u:***@cache" in child["message"]
     failed = [r for r in records if r.get("task_name") == "obs.fail" and r["level"] == "ERROR"]
     assert failed and "guest:***@mq" in failed[0]["exc"]
+
+
+KEEP_TASKS = textwrap.dedent(
+    f"""
+    import logging, logging.config, os
+    from aiotask import App
+
+    logging.config.dictConfig({{
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {{"mine": {{"format": "MINE %(levelname)s %(task_id)s %(message)s"}}}},
+        "handlers": {{"mine": {{
+            "class": "logging.FileHandler",
+            "filename": os.environ["MY_LOG"],
+            "formatter": "mine",
+        }}}},
+        "root": {{"handlers": ["mine"], "level": "INFO"}},
+    }})
+    app = App("keep")
+
+    @app.task(name="keep.hello")
+    async def hello() -> str:
+        logging.getLogger("keep").info("hello via amqp://guest:{SECRET}@mq//")
+        return "hi"
+    """
+)
+
+
+async def test_keep_logging_keeps_the_apps_dictconfig(tmp_path: Path) -> None:
+    (tmp_path / "keep_tasks.py").write_text(KEEP_TASKS)
+    url = f"sqlite:///{tmp_path}/keep.db"
+    mine = tmp_path / "mine.log"
+    env = worker_env(tmp_path, url, MY_LOG=str(mine))
+    proc = spawn(tmp_path, env, "-A", "keep_tasks:app", "--keep-logging")
+    try:
+        deadline = time.monotonic() + 30
+        while not (mine.exists() and " ready" in mine.read_text()):
+            assert time.monotonic() < deadline and proc.poll() is None, "worker did not start"
+            await asyncio.sleep(0.05)
+        async with App("keep", broker=url) as app:
+            r = await app.send_task("keep.hello")
+            assert await r.get(timeout=15) == "hi"
+    finally:
+        assert stop(proc) == 0
+    text = mine.read_text()
+    assert SECRET not in text
+    assert f"MINE INFO {r.id} hello via amqp://guest:***@mq//" in text.splitlines()
+
+
+def test_bad_log_format_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "obs_tasks.py").write_text(TASKS)
+    env = worker_env(tmp_path, f"sqlite:///{tmp_path}/bad.db")
+    done = subprocess.run(
+        [sys.executable, "-m", "aiotask", "worker", "-A", "obs_tasks:app", "--log-format", "xml"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 2
+    assert "--log-format 'xml'" in done.stderr
