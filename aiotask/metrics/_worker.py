@@ -148,26 +148,40 @@ class WorkerMetrics(Probe):
             received[delivery] = at
 
     def started(self, delivery: Delivery, message: Message) -> None:
+        # inlined (no helper calls): this and finished() run once per task
         at = time.time()
         since = self._received.pop(delivery, at)
         if message.headers:
             sent = message.headers.get(SENT_HEADER)
             if sent is not None:
                 since = _float(sent, since)
-        if message.eta is not None and message.eta > since:
-            since = message.eta
-        self._stats(delivery.queue, message.task).wait.observe(max(at - since, 0.0))
+        eta = message.eta
+        if eta is not None and eta > since:
+            since = eta
+        stats = self.stats.get((delivery.queue, message.task))
+        if stats is None:
+            stats = self._stats(delivery.queue, message.task)
+        wait = at - since
+        if wait < 0.0:
+            wait = 0.0
+        hist = stats.wait
+        hist.counts[bisect_left(WAIT_BUCKETS, wait)] += 1
+        hist.total += wait
 
     def finished(
         self, delivery: Delivery, message: Message, state: str, seconds: float | None
     ) -> None:
-        stats = self._stats(delivery.queue, message.task)
+        stats = self.stats.get((delivery.queue, message.task))
+        if stats is None:
+            stats = self._stats(delivery.queue, message.task)
         states = stats.states
         states[state] = states.get(state, 0) + 1
         if seconds is None:
             self._received.pop(delivery, None)
         else:
-            stats.duration.observe(seconds)
+            hist = stats.duration
+            hist.counts[bisect_left(DURATION_BUCKETS, seconds)] += 1
+            hist.total += seconds
 
     def dead_lettered(self, deliveries: Sequence[Delivery]) -> None:
         for delivery in deliveries:
