@@ -142,10 +142,7 @@ class WorkerMetrics(Probe):
         self._worker = worker
 
     def received(self, deliveries: Sequence[Delivery]) -> None:
-        at = time.time()
-        received = self._received
-        for delivery in deliveries:
-            received[delivery] = at
+        self._received.update(dict.fromkeys(deliveries, time.time()))
 
     def started(self, delivery: Delivery, message: Message) -> None:
         # inlined (no helper calls): this and finished() run once per task
