@@ -61,9 +61,6 @@ def worker(
     max_memory_per_child: Annotated[
         int, typer.Option("--max-memory-per-child", min=0, help="replace a child past N KB RSS")
     ] = 0,
-    embed_beat: Annotated[
-        bool, typer.Option("--beat", help="also send periodic tasks (any number of workers may)")
-    ] = False,
     metrics_port: Annotated[
         int, typer.Option("--metrics-port", min=0, help="serve Prometheus /metrics on this port")
     ] = 0,
@@ -71,6 +68,9 @@ def worker(
     logfile: Annotated[str, typer.Option("--logfile", help="log to this file, not stderr")] = "",
     keep_logging: Annotated[
         bool, typer.Option("--keep-logging", help="keep the logging handlers the app set up")
+    ] = False,
+    embed_beat: Annotated[
+        bool, typer.Option("--beat", help="also send periodic tasks (any number of workers may)")
     ] = False,
 ) -> None:
     """Consume queues and run tasks until SIGTERM (warm) or a second signal / SIGQUIT (cold)."""
@@ -86,8 +86,8 @@ def worker(
         name=name or None,
         max_tasks_per_child=max_tasks_per_child or None,
         max_memory_per_child=max_memory_per_child or None,
-        beat=embed_beat,
         probe=probe,
+        beat=embed_beat,
     )
     typer.echo(w.banner(), err=True)
     try:

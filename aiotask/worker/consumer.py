@@ -48,13 +48,13 @@ class Dispatcher:
         #: rate-limited deliveries waiting for their token: timers, not worker slots
         self.deferred: dict[Delivery, asyncio.TimerHandle] = {}
         self.limiter = RateLimiter()
+        #: metrics hooks (worker/_probe.py); None when nothing watches
+        self.probe: Probe | None = None
         self.running: dict[Delivery, asyncio.Task[Settlement]] = {}
         self.space = asyncio.Event()
         self.idle = asyncio.Event()
         self.idle.set()
         self.processed = 0
-        #: metrics hooks (worker/_probe.py); None when nothing watches
-        self.probe: Probe | None = None
 
     def free(self) -> int:
         # Rate-limited messages waiting for a token do not count against the prefetch (up to

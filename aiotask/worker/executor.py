@@ -62,13 +62,13 @@ class Executor:
         self.pool = pool
         self.ttl = app.conf.result_expires
         self.track_started = app.conf.task_track_started
+        #: metrics hooks (worker/_probe.py); None when nothing watches
+        self.probe: Probe | None = None
         #: task id -> the asyncio task executing it, for revoke(terminate=True)
         self.running: dict[str, asyncio.Task[Any]] = {}
         self.terminating: set[str] = set()
         #: ids revoked by broadcast while their messages were already here
         self.revoked: set[str] = set()
-        #: metrics hooks (worker/_probe.py); None when nothing watches
-        self.probe: Probe | None = None
 
     async def terminate(self, task_id: str) -> bool:
         """Stop a running task (revoke with terminate=True): cancel its coroutine, or kill the
@@ -89,10 +89,10 @@ class Executor:
         if revoked or (message.expires is not None and now() > message.expires):
             why = "revoked" if revoked else "expired"
             log.info("skipping %s task %s[%s]", why, message.task, message.id)
+            settlement = self._final(delivery, message, REVOKED, None, None)
             if self.probe is not None:
                 state = _probe.REVOKED if revoked else _probe.EXPIRED
                 self.probe.finished(delivery, message, state, None)
-            settlement = self._final(delivery, message, REVOKED, None, None)
             if message.chain or message.errbacks or message.chord is not None:
                 self._advance(settlement, message, Revoked(why))
             return settlement
@@ -102,10 +102,10 @@ class Executor:
         if task is None:
             missing = NotRegistered(message.task)
             log.error("%s (message %s dead-lettered)", missing, message.id)
-            if self.probe is not None:
-                self.probe.finished(delivery, message, _probe.FAILED, None)
             settlement = self._final(delivery, message, FAILURE, None, missing)
             settlement.action, settlement.reason = "dead", str(missing)
+            if self.probe is not None:
+                self.probe.finished(delivery, message, _probe.FAILED, None)
             return settlement
         if self.probe is not None:
             self.probe.started(delivery, message)
