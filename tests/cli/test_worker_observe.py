@@ -193,6 +193,11 @@ KEEP_TASKS = textwrap.dedent(
     async def hello() -> str:
         logging.getLogger("keep").info("hello via amqp://guest:{SECRET}@mq//")
         return "hi"
+
+    @app.task(name="keep.child")
+    def child() -> str:  # a pool child: the module's dictConfig runs there too
+        logging.getLogger("keep").info("child via amqp://guest:{SECRET}@mq//")
+        return "ok"
     """
 )
 
@@ -202,7 +207,7 @@ async def test_keep_logging_keeps_the_apps_dictconfig(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/keep.db"
     mine = tmp_path / "mine.log"
     env = worker_env(tmp_path, url, MY_LOG=str(mine))
-    proc = spawn(tmp_path, env, "-A", "keep_tasks:app", "--keep-logging")
+    proc = spawn(tmp_path, env, "-A", "keep_tasks:app", "--keep-logging", "-P", "1")
     try:
         deadline = time.monotonic() + 30
         while not (mine.exists() and " ready" in mine.read_text()):
@@ -211,11 +216,14 @@ async def test_keep_logging_keeps_the_apps_dictconfig(tmp_path: Path) -> None:
         async with App("keep", broker=url) as app:
             r = await app.send_task("keep.hello")
             assert await r.get(timeout=15) == "hi"
+            c = await app.send_task("keep.child")
+            assert await c.get(timeout=30) == "ok"
     finally:
         assert stop(proc) == 0
     text = mine.read_text()
     assert SECRET not in text
     assert f"MINE INFO {r.id} hello via amqp://guest:***@mq//" in text.splitlines()
+    assert f"MINE INFO {c.id} child via amqp://guest:***@mq//" in text.splitlines()
 
 
 def test_bad_log_format_is_refused(tmp_path: Path) -> None:
