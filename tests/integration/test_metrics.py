@@ -18,6 +18,7 @@ from aiotask import App
 from aiotask.exceptions import BrokerConnectionError
 from aiotask.metrics import SENT_HEADER, SendTime, WorkerMetrics
 from aiotask.testing import start_worker
+from tests.conftest import REQUIRE_SERVICES
 from tests.servers import PrivateRedis
 
 if TYPE_CHECKING:
@@ -77,6 +78,8 @@ async def test_send_time_header_is_stamped_on_send() -> None:
 @pytest.mark.redis
 async def test_broker_reconnects_are_counted(tmp_path: Path) -> None:
     if shutil.which("redis-server") is None:
+        if REQUIRE_SERVICES:
+            pytest.fail("redis-server is not installed and AIOTASK_REQUIRE_SERVICES=1")
         pytest.skip("redis-server is not installed")
     server = PrivateRedis(tmp_path)
     server.start()
