@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from bisect import bisect_left
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from aiotask import _hooks
 from aiotask.exceptions import ConfigurationError
@@ -295,8 +295,14 @@ def _children(worker: Worker) -> int:
     return 0
 
 
+class Served(Protocol):
+    """Anything with a registry to serve: WorkerMetrics, cluster.ClusterMetrics."""
+
+    registry: CollectorRegistry
+
+
 def serve(
-    metrics: WorkerMetrics,
+    metrics: Served,
     port: int,
     addr: str = "0.0.0.0",  # noqa: S104 - scraped from elsewhere
 ) -> tuple[WSGIServer, Thread]:
