@@ -29,6 +29,9 @@ def restore_root_logger() -> Iterator[None]:
     handlers, level, settings = root.handlers[:], root.level, _log.current_settings
     yield
     _log.current_settings = settings
+    for handler in _log._all_handlers():  # pytest's capture handlers too: leave them as found
+        for f in [f for f in handler.filters if isinstance(f, _log.RecordFilter)]:
+            handler.removeFilter(f)
     for handler in root.handlers:
         if handler not in handlers:
             handler.close()
