@@ -62,7 +62,10 @@ class RecordFilter(logging.Filter):
             running = self._current() if self._current is not None else None
             name, ident = running if running is not None else ("", "")
             record.task_name, record.task_id = name, ident
-        message = record.getMessage()
+        try:
+            message = record.getMessage()
+        except Exception:  # bad %-args: the handler reports it when formatting, as usual
+            return True
         clean = redact(message)
         if clean is not message or record.args:
             record.msg, record.args = clean, None

@@ -143,3 +143,13 @@ def test_replace_drops_other_root_handlers() -> None:
     (only,) = logging.getLogger().handlers
     assert isinstance(only.formatter, logging.Formatter)
     assert any(isinstance(f, _log.RecordFilter) for f in only.filters)
+
+
+def test_bad_format_args_do_not_raise_from_the_filter(tmp_path: Path) -> None:
+    logfile = tmp_path / "worker.log"
+    _log.configure("INFO", logfile=str(logfile))
+    handler = logging.getLogger().handlers[0]
+    handler.handleError = lambda record: None  # type: ignore[method-assign]
+    logging.getLogger("x").info("two %s %s", "one")  # must not raise here
+    logging.getLogger("x").info("fine %s", URL)
+    assert "fine redis://admin:***@" in logfile.read_text()
