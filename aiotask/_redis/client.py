@@ -28,6 +28,7 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from aiotask import _hooks
 from aiotask._backoff import Backoff
 from aiotask._redis.conn import connection_class
 from aiotask._urls import redact
@@ -145,6 +146,7 @@ async def retrying(
                 raise
             if not backoff.failing:
                 logger.warning("%s at %s unreachable, retrying: %s", what, redact(url), exc)
+                _hooks.reconnecting(what)
             if on_retry is not None:
                 on_retry()
             if not await backoff.sleep():

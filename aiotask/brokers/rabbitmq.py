@@ -33,6 +33,7 @@ from aio_pika.exceptions import (
     PublishError,
 )
 
+from aiotask import _hooks
 from aiotask._time import monotonic
 from aiotask._urls import parse_url, redact
 from aiotask.brokers import _rabbitmq_topology as topo
@@ -129,6 +130,7 @@ class RabbitMQBroker:
             return
         self._down_since = monotonic()
         log.warning("lost RabbitMQ consume connection (%s); reconnecting", redact(str(exc)))
+        _hooks.reconnecting("RabbitMQ")
         self._event().set()
 
     def _on_reconnected(self, _sender: object) -> None:

@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 import orjson
 import typer
 
-from aiotask import _log
 from aiotask._urls import redact
+from aiotask.cli import _observe
 from aiotask.cli._beat import register as register_beat
 from aiotask.cli._loader import load_app
 from aiotask.cli._ops import register as register_ops
@@ -62,16 +62,22 @@ def worker(
     max_memory_per_child: Annotated[
         int, typer.Option("--max-memory-per-child", min=0, help="replace a child past N KB RSS")
     ] = 0,
+    metrics_port: Annotated[
+        int, typer.Option("--metrics-port", min=0, help="serve Prometheus /metrics on this port")
+    ] = 0,
+    log_format: Annotated[str, typer.Option("--log-format", help="text or json (lines)")] = "text",
+    logfile: Annotated[str, typer.Option("--logfile", help="log to this file, not stderr")] = "",
+    keep_logging: Annotated[
+        bool, typer.Option("--keep-logging", help="keep the logging handlers the app set up")
+    ] = False,
     embed_beat: Annotated[
         bool, typer.Option("--beat", help="also send periodic tasks (any number of workers may)")
     ] = False,
 ) -> None:
     """Consume queues and run tasks until SIGTERM (warm) or a second signal / SIGQUIT (cold)."""
     the_app, _ = load_app(app)
-    level = (loglevel or the_app.conf.log_level).upper()
-    if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
-        raise ConfigurationError(f"bad -l {loglevel!r}: use DEBUG, INFO, WARNING or ERROR")
-    _log.configure(level)
+    _observe.setup_logging(the_app, loglevel, log_format, logfile, keep_logging)
+    probe, stop_metrics = _observe.setup_metrics(metrics_port)
     w = Worker(
         the_app,
         queues=[q.strip() for q in queues.split(",") if q.strip()] or None,
@@ -81,10 +87,15 @@ def worker(
         name=name or None,
         max_tasks_per_child=max_tasks_per_child or None,
         max_memory_per_child=max_memory_per_child or None,
+        probe=probe,
         beat=embed_beat,
     )
     typer.echo(w.banner(), err=True)
-    raise typer.Exit(asyncio.run(_serve(w)))
+    try:
+        code = asyncio.run(_serve(w))
+    finally:
+        stop_metrics()
+    raise typer.Exit(code)
 
 
 async def _serve(w: Worker) -> int:

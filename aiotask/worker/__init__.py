@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from aiotask.app import App
     from aiotask.brokers.base import Delivery
     from aiotask.settings import Settings
+    from aiotask.worker._probe import Probe
 
 __all__ = ["Worker"]
 
@@ -57,11 +58,14 @@ class Worker:
         max_tasks_per_child: int | None = None,
         max_memory_per_child: int | None = None,
         shutdown_grace: float | None = None,
+        probe: Probe | None = None,
         beat: bool = False,
     ) -> None:
         conf = app.conf
         #: run periodic entries here too (`--beat`); any number of workers may
         self.embed_beat = beat
+        #: metrics hooks (aiotask.metrics), wired in run(); None: no per-task cost
+        self.probe = probe
         if beat:
             if conf.backend_url is None:
                 raise ConfigurationError(
@@ -118,6 +122,10 @@ class Worker:
     async def run(self) -> int:
         """Run until shutdown; 0 after a warm shutdown, 1 after a cold one or a fatal error."""
         app = self.app
+        if self.probe is not None:
+            self.dispatcher.probe = self.dispatcher.executor.probe = self.probe
+            self.settler.probe = self.probe
+            self.probe.attached(self)
         _create_broker(app, self.conf)
         await app.connect()
         for mw in app.middleware:

@@ -19,6 +19,7 @@ from collections.abc import Coroutine, Generator
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from aiotask import _log
 from aiotask.app import find_task
 from aiotask.context import TaskContext
 from aiotask.exceptions import Reject, Retry, SerializationError, SoftTimeLimitExceeded
@@ -29,6 +30,8 @@ if TYPE_CHECKING:
     from datetime import datetime
     from types import FrameType
 
+    from aiotask._log import LogSettings
+
 HEADER = struct.Struct("!Q")
 #: where this aiotask lives, so a child imports the same copy as its parent
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -38,6 +41,8 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__
 class Init:
     sys_path: list[str]
     parent_pid: int
+    #: the worker's logging setup (CLI), repeated here so task logs look the same
+    log: LogSettings | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +60,8 @@ class Job:
     kwargs: dict[str, Any]
     #: TaskContext fields for bind=True tasks (no backend: states travel back as StateUpdate)
     context: dict[str, Any] | None = None
+    #: for log records (task_name / task_id)
+    task_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,10 +186,30 @@ class ChildContext(TaskContext):
 class _Child:
     """The child's main loop: one job at a time, in the main thread (signals land there)."""
 
-    def __init__(self, channel: _Channel) -> None:
+    def __init__(self, channel: _Channel, log: LogSettings | None = None) -> None:
         self.channel = channel
         self.running = False
         self.modules: set[str] = set()
+        self.log = log
+        #: (task name, task id) of the job running now, for log records
+        self.job: tuple[str, str] | None = None
+
+    def current(self) -> tuple[str, str] | None:
+        return self.job
+
+    def setup_logging(self) -> None:
+        """Repeat the worker's setup; after importing a task module again when the user's own
+        configuration is kept (it may have replaced the handlers: they get our filter)."""
+        log = self.log
+        if log is None:
+            return
+        try:
+            _log.configure(
+                log.level, fmt=log.fmt, logfile=log.logfile, keep=log.keep, current=self.current
+            )
+        except OSError as exc:  # the log file went away: keep running, log on stderr
+            _log.configure(log.level, fmt=log.fmt, current=self.current)
+            _log.get_logger(__name__).warning("cannot open log file %s: %s", log.logfile, exc)
 
     def on_soft_limit(self, signum: int, frame: FrameType | None) -> None:
         if self.running:  # late signals (job already done) are ignored
@@ -208,15 +235,19 @@ class _Child:
             if job.module not in self.modules:
                 importlib.import_module(job.module)
                 self.modules.add(job.module)
+                if self.log is not None and self.log.keep:
+                    self.setup_logging()
             fn = find_task(job.name).fn
             args = list(job.args)
             if job.context is not None:
                 args.insert(0, ChildContext(job.context, self.report_state))
             self.running = True
+            self.job = (job.name, job.task_id)
             try:
                 value = fn(*args, **job.kwargs)
             finally:
                 self.running = False
+                self.job = None
         except Retry as exc:
             cause = exception_to_info(exc.exc) if exc.exc is not None else None
             return Done(retry=RetrySpec(cause, exc.countdown, exc.eta, exc.max_retries))
@@ -290,7 +321,8 @@ def main() -> None:
         _exit_protocol_error(init)
     _die_with_parent(init.parent_pid)
     sys.path[:] = init.sys_path
-    child = _Child(channel)
+    child = _Child(channel, init.log)
+    child.setup_logging()
     signal.signal(signal.SIGUSR1, child.on_soft_limit)
     channel.send(Ready(os.getpid()))
     child.serve()

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
     from aiotask.brokers.base import Broker, Delivery
     from aiotask.protocol import Message
+    from aiotask.worker._probe import Probe
     from aiotask.worker.executor import Executor
     from aiotask.worker.settle import Settler
 
@@ -48,6 +49,8 @@ class Dispatcher:
         #: rate-limited deliveries waiting for their token: timers, not worker slots
         self.deferred: dict[Delivery, asyncio.TimerHandle] = {}
         self.limiter = RateLimiter()
+        #: metrics hooks (worker/_probe.py); None when nothing watches
+        self.probe: Probe | None = None
         self.running: dict[Delivery, asyncio.Task[Settlement]] = {}
         self.space = asyncio.Event()
         self.idle = asyncio.Event()
@@ -66,6 +69,8 @@ class Dispatcher:
     def accept(self, deliveries: Sequence[Delivery]) -> None:
         """Start, buffer or defer each delivery; one that cannot be handled is dead-lettered
         alone, never taking the consumer (or the rest of its batch) down with it."""
+        if self.probe is not None:
+            self.probe.received(deliveries)
         for delivery in deliveries:
             self.held.add(delivery)
             try:

@@ -22,6 +22,7 @@ from aiotask.exceptions import (
 from aiotask.middleware.base import run_around
 from aiotask.serializer import exception_to_info
 from aiotask.states import FAILURE, RETRY, REVOKED, SUCCESS, State
+from aiotask.worker import _probe
 from aiotask.worker._limits import SoftLimited
 from aiotask.worker.outcome import (
     Failed,
@@ -39,10 +40,18 @@ if TYPE_CHECKING:
     from aiotask.brokers.base import Delivery
     from aiotask.protocol import Message
     from aiotask.task import Task
+    from aiotask.worker._probe import Probe
     from aiotask.worker.pool import SyncPool
 
 log = get_logger(__name__)
 BUILTINS = frozenset({MAP_TASK, STARMAP_TASK})
+_STATES: dict[type, str] = {
+    Succeeded: _probe.SUCCEEDED,
+    Failed: _probe.FAILED,
+    Retrying: _probe.RETRIED,
+    Rejected: _probe.REJECTED,
+    Revoked: _probe.REVOKED,
+}
 
 
 class Executor:
@@ -53,6 +62,8 @@ class Executor:
         self.pool = pool
         self.ttl = app.conf.result_expires
         self.track_started = app.conf.task_track_started
+        #: metrics hooks (worker/_probe.py); None when nothing watches
+        self.probe: Probe | None = None
         #: task id -> the asyncio task executing it, for revoke(terminate=True)
         self.running: dict[str, asyncio.Task[Any]] = {}
         self.terminating: set[str] = set()
@@ -79,6 +90,9 @@ class Executor:
             why = "revoked" if revoked else "expired"
             log.info("skipping %s task %s[%s]", why, message.task, message.id)
             settlement = self._final(delivery, message, REVOKED, None, None)
+            if self.probe is not None:
+                state = _probe.REVOKED if revoked else _probe.EXPIRED
+                self.probe.finished(delivery, message, state, None)
             if message.chain or message.errbacks or message.chord is not None:
                 self._advance(settlement, message, Revoked(why))
             return settlement
@@ -90,7 +104,11 @@ class Executor:
             log.error("%s (message %s dead-lettered)", missing, message.id)
             settlement = self._final(delivery, message, FAILURE, None, missing)
             settlement.action, settlement.reason = "dead", str(missing)
+            if self.probe is not None:
+                self.probe.finished(delivery, message, _probe.FAILED, None)
             return settlement
+        if self.probe is not None:
+            self.probe.started(delivery, message)
         return await self._run(delivery, message, task)
 
     async def _run(self, delivery: Delivery, message: Message, task: Task[Any, Any]) -> Settlement:
@@ -196,6 +214,8 @@ class Executor:
         elapsed: float,
     ) -> Settlement:
         name, ident = message.task, message.id
+        if self.probe is not None:
+            self.probe.finished(delivery, message, _STATES[type(outcome)], elapsed)
         match outcome:
             case Succeeded(value):
                 if log.isEnabledFor(logging.INFO):

@@ -21,6 +21,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
+from aiotask import _log
 from aiotask._log import get_logger
 from aiotask.exceptions import (
     ConfigurationError,
@@ -126,7 +127,8 @@ class SyncPool:
             raise WorkerLost(f"task {name}[{task_id}]: the process pool is closed")
         if self._slots is None:
             self._slots = asyncio.Semaphore(self.processes)
-        job = Job(module, name, args, kwargs, _context_fields(ctx) if ctx is not None else None)
+        fields = _context_fields(ctx) if ctx is not None else None
+        job = Job(module, name, args, kwargs, fields, task_id)
         label = f"{name}[{task_id}]" if task_id else name
         async with self._slots:
             child = await self._checkout()
@@ -224,7 +226,7 @@ class SyncPool:
         child.busy = True
         try:
             async with asyncio.timeout(STARTUP_TIMEOUT):
-                await child.send(Init(list(sys.path), os.getpid()))
+                await child.send(Init(list(sys.path), os.getpid(), _log.current_settings))
                 ready = await child.next_frame()
         except BaseException as exc:
             self._discard(child)

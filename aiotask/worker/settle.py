@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from aiotask.brokers.base import Delivery
     from aiotask.canvas.compile import GroupReport, Plan
     from aiotask.protocol import Message
+    from aiotask.worker._probe import Probe
     from aiotask.worker.outcome import Settlement
 
 log = get_logger(__name__)
@@ -100,6 +101,8 @@ class Settler:
         self._pending: list[Settlement] = []
         self._wake = asyncio.Event()
         self._stopping = False
+        #: metrics hooks (worker/_probe.py); None when nothing watches
+        self.probe: Probe | None = None
 
     def add(self, settlement: Settlement) -> None:
         self._pending.append(settlement)
@@ -308,8 +311,11 @@ class Settler:
         for reason, group in groupby(dead, key=lambda s: s.reason):
             if reason in flush.dead_done:
                 continue
-            await self.app.broker.nack([s.delivery for s in group], requeue=False, reason=reason)
+            deliveries = [s.delivery for s in group]
+            await self.app.broker.nack(deliveries, requeue=False, reason=reason)
             flush.dead_done.add(reason)
+            if self.probe is not None:
+                self.probe.dead_lettered(deliveries)
 
 
 def _blob(key: str, steps: list[Any], ttl: float) -> EncodedResult:
