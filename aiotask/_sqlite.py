@@ -101,7 +101,7 @@ class Connection:
         try:
             conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None)
             try:
-                conn.execute("PRAGMA journal_mode=WAL")
+                _wal(conn)
                 # NORMAL in WAL mode: a commit survives a process crash, not a power cut.
                 conn.execute("PRAGMA synchronous=NORMAL")
                 conn.execute("PRAGMA journal_size_limit=67108864")
@@ -214,6 +214,22 @@ def _file_id(path: str) -> tuple[int, int] | None:
     except (FileNotFoundError, NotADirectoryError):
         return None
     return st.st_dev, st.st_ino
+
+
+def _wal(conn: sqlite3.Connection) -> None:
+    """Switch to WAL. SQLite does not apply busy_timeout to this pragma, so two processes
+    opening a new file at once can see "database is locked": retry up to BUSY_TIMEOUT."""
+    deadline = time.monotonic() + BUSY_TIMEOUT
+    delay = 0.005
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(delay)  # on the connection's own thread, never the event loop
+            delay = min(delay * 2, 0.1)
 
 
 def _run_script(conn: sqlite3.Connection, script: str) -> None:
