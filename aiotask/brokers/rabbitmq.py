@@ -35,6 +35,7 @@ from aio_pika.exceptions import (
 
 from aiotask._time import monotonic
 from aiotask._urls import parse_url, redact
+from aiotask.brokers import _rabbitmq_admin as admin
 from aiotask.brokers import _rabbitmq_topology as topo
 from aiotask.brokers._common import exhausted, exhausted_reason
 from aiotask.brokers._rabbitmq_delivery import Held, held, settle, stale
@@ -45,7 +46,7 @@ from aiotask.brokers._rabbitmq_publish import (
     message,
     open_connection,
 )
-from aiotask.brokers.base import BrokerCapabilities, DeadLetter, Delivery, Outgoing
+from aiotask.brokers.base import BrokerCapabilities, DeadLetter, Delivery, Outgoing, QueueStats
 from aiotask.exceptions import AiotaskError, BrokerConnectionError
 
 if TYPE_CHECKING:
@@ -564,10 +565,42 @@ class RabbitMQBroker:
                     if msg is None:
                         break
                     reason = topo.dead_reason(msg.headers)
-                    out.append(DeadLetter(msg.message_id or "", msg.body, reason))
+                    out.append(DeadLetter(msg.message_id or "", msg.body, reason, queue))
         except ChannelNotFoundEntity:
             return []
         return out
+
+    async def delete_dead_letters(self, queue: str, message_ids: Sequence[str]) -> int:
+        """Remove the dead letters with these ids: basic.get, ack the matching, requeue the rest."""
+        if not message_ids:
+            return 0
+        with map_errors(self._url, f"delete dead letters of {queue!r}"):
+            try:
+                async with self._admin() as channel:
+                    return await admin.take_dead(channel, self._names.dead(queue), message_ids)
+            except ChannelNotFoundEntity:
+                return 0
+
+    async def _count(self, name: str) -> int:
+        try:
+            async with self._admin() as channel:
+                return await admin.ready_count(channel, name)
+        except ChannelNotFoundEntity:
+            return 0
+
+    async def queue_stats(self, queues: Sequence[str]) -> list[QueueStats]:
+        """Ready and dead counts (passive declares); delayed and in flight are unknown."""
+        out = []
+        for queue in queues:
+            with map_errors(self._url, f"count {queue!r}"):
+                ready = await self._count(self._names.work(queue))
+                dead = await self._count(self._names.dead(queue))
+            out.append(QueueStats(queue, ready, None, None, dead))
+        return out
+
+    async def known_queues(self) -> list[str]:
+        """Only the queues this process used: AMQP cannot list queues (the management API can)."""
+        return sorted(self._declared | set(self._consumers))
 
     async def delete_queue(self, queue: str) -> None:
         """Delete a queue with its dead and known delay queues (tests, cleanup); idempotent."""

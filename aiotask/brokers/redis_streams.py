@@ -25,9 +25,10 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from aiotask._redis.client import SharedClient, map_errors, retrying, warn_if_volatile
 from aiotask._time import monotonic, now
+from aiotask.brokers import _redis_admin as admin
 from aiotask.brokers import _redis_lua as lua
 from aiotask.brokers._common import DEAD_LETTER_CAP, exhausted, exhausted_reason, text
-from aiotask.brokers.base import BrokerCapabilities, DeadLetter, Delivery, Outgoing
+from aiotask.brokers.base import BrokerCapabilities, DeadLetter, Delivery, Outgoing, QueueStats
 from aiotask.exceptions import BrokerConnectionError
 
 if TYPE_CHECKING:
@@ -592,11 +593,35 @@ class RedisStreamsBroker:
     async def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
         cmd = ("XRANGE", self._keys(queue).dead, "-", "+", "COUNT", limit)
         [entries] = await self._retrying(lambda: self._run([cmd]))
-        out = []
-        for _id, fields in entries:
-            mid, reason = fields.get(b"message_id", b""), fields.get(b"reason", b"")
-            out.append(DeadLetter(text(mid), fields.get(b"body", b""), text(reason)))
-        return out
+        return [admin.dead_letter(queue, fields) for _id, fields in entries]
+
+    async def delete_dead_letters(self, queue: str, message_ids: Sequence[str]) -> int:
+        """Remove the dead letters of `queue` with these message ids; returns how many."""
+        if not message_ids:
+            return 0
+        dead = self._keys(queue).dead
+        return await admin.delete_dead(
+            lambda cmds: self._retrying(lambda: self._run(cmds)), dead, message_ids
+        )
+
+    async def queue_stats(self, queues: Sequence[str]) -> list[QueueStats]:
+        """One script per queue, one round trip: ready, delayed, leased (pending), dead."""
+        keys = [self._keys(q) for q in queues]
+        cmds = [admin.stats_command(k.streams, k.delayed, k.dead, self._group) for k in keys]
+        replies = await self._retrying(lambda: self._run(cmds)) if cmds else []
+        return [admin.stats(q, r) for q, r in zip(queues, replies, strict=True)]
+
+    async def known_queues(self) -> list[str]:
+        """Queues with keys under this key_prefix (SCAN: one node of a cluster only)."""
+        found: set[str] = set()
+        match = admin.queue_match(self._prefix)
+        with map_errors(self._url):
+            async with asyncio.timeout(self.op_timeout * 6):
+                async for key in self._client().scan_iter(match=match, count=1000):
+                    queue = admin.queue_of(self._prefix, key)
+                    if queue is not None:
+                        found.add(queue)
+        return sorted(found)
 
 
 def _token(delivery: Delivery) -> tuple[str, bytes]:
