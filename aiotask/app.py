@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
+import functools
 import inspect
 import weakref
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, Protocol, TypeVar, Unpack, overload
@@ -20,6 +21,7 @@ from aiotask.brokers.base import Outgoing
 from aiotask.canvas import runtime
 from aiotask.canvas.compile import CHAIN_STATE
 from aiotask.canvas.primitives import MAP_TASK, STARMAP_TASK
+from aiotask.deadletters import DeadLetters
 from aiotask.exceptions import (
     ConfigurationError,
     MessageTooLarge,
@@ -203,6 +205,11 @@ class App:
         if self._schedules is None:
             self._schedules = Schedules(self)
         return self._schedules
+
+    @functools.cached_property
+    def dead_letters(self) -> DeadLetters:
+        """Dead letters of this app's queues: list, show, replay, purge; and queue counts."""
+        return DeadLetters(self)
 
     def route(self, task_name: str) -> str:
         """The queue for a task with no explicit queue: `task_routes`, else the default queue.
