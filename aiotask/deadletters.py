@@ -180,7 +180,9 @@ class DeadLetters:
         `reason` a case-insensitive substring of the reason."""
         return await self._scan(queue, _Filter(None, task, reason), limit)
 
-    async def show(self, task_id: str, *, queue: str | None = None) -> DeadLetterInfo | None:
+    async def show(
+        self, task_id: str, *, queue: str | Sequence[str] | None = None
+    ) -> DeadLetterInfo | None:
         """The dead letter of one task id, or None when it is not a dead letter."""
         found = await self._scan(queue, _Filter(frozenset({task_id}), None, None), 1)
         return found[0] if found else None

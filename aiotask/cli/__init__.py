@@ -13,6 +13,7 @@ from aiotask import _log
 from aiotask._urls import redact
 from aiotask.cli._beat import register as register_beat
 from aiotask.cli._loader import load_app
+from aiotask.cli._queues import register as register_queues
 from aiotask.exceptions import AiotaskError, ConfigurationError
 from aiotask.states import PENDING
 from aiotask.worker import Worker
@@ -168,6 +169,7 @@ def purge(
 
 
 register_beat(cli)
+register_queues(cli)
 
 
 def main(argv: list[str] | None = None) -> None:
