@@ -46,6 +46,8 @@ class DeadLetterInfo:
     died_at: float | None
     body: bytes = field(repr=False)
     message: Message | None = field(default=None, repr=False)
+    #: the broker's entry (its handle deletes exactly this one)
+    entry: DeadLetter | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self, *, full: bool = False) -> dict[str, Any]:
         """`dlq list --json` entries; `full` adds the message (`dlq show`)."""
@@ -122,6 +124,7 @@ def _info(dead: DeadLetter, queue: str) -> DeadLetterInfo:
         died_at=dead.died_at,
         body=dead.body,
         message=message,
+        entry=dead,
     )
 
 
@@ -193,11 +196,12 @@ class DeadLetters:
         queue: str | Sequence[str] | None,
         task: str | None,
         reason: str | None,
-    ) -> tuple[dict[str, dict[str, DeadLetterInfo]], builtins.list[str]]:
+    ) -> tuple[dict[str, dict[str, builtins.list[DeadLetterInfo]]], builtins.list[str]]:
+        """Matching entries by queue, then by id (a message dead-lettered twice: two)."""
         wanted = None if ids is None else frozenset(ids)
-        by_queue: dict[str, dict[str, DeadLetterInfo]] = {}
+        by_queue: dict[str, dict[str, builtins.list[DeadLetterInfo]]] = {}
         for info in await self._scan(queue, _Filter(wanted, task, reason)):
-            by_queue.setdefault(info.queue, {}).setdefault(info.id, info)  # one copy per id
+            by_queue.setdefault(info.queue, {}).setdefault(info.id, []).append(info)
         seen = {i for entries in by_queue.values() for i in entries}
         missing = sorted(wanted - seen) if wanted is not None else []
         return by_queue, missing
@@ -221,12 +225,14 @@ class DeadLetters:
         broker = self._app.broker
         done: builtins.list[str] = []
         for name, entries in by_queue.items():
-            items = builtins.list(entries.values())
-            for start in range(0, len(items), REPLAY_BATCH):
-                chunk = items[start : start + REPLAY_BATCH]
-                await broker.publish([_copy(info, name) for info in chunk])
-                await broker.delete_dead_letters(name, [info.id for info in chunk])
-                done += [info.id for info in chunk]
+            groups = builtins.list(entries.values())
+            for start in range(0, len(groups), REPLAY_BATCH):
+                chunk = groups[start : start + REPLAY_BATCH]
+                # one copy per id; then exactly the entries listed, never a newer dead letter
+                # of the same id (a fast worker may reject the copy before this delete runs)
+                await broker.publish([_copy(same[0], name) for same in chunk])
+                await broker.delete_dead_letters(name, _entries(chunk))
+                done += [same[0].id for same in chunk]
         return DeadLetterReport(done, missing)
 
     async def purge(
@@ -241,10 +247,13 @@ class DeadLetters:
         by_queue, missing = await self._select(ids, queue, task, reason)
         done: builtins.list[str] = []
         for name, entries in by_queue.items():
-            chosen = builtins.list(entries)
-            await self._app.broker.delete_dead_letters(name, chosen)
-            done += chosen
+            await self._app.broker.delete_dead_letters(name, _entries(entries.values()))
+            done += builtins.list(entries)
         return DeadLetterReport(done, missing)
+
+
+def _entries(groups: Iterable[list[DeadLetterInfo]]) -> list[DeadLetter]:
+    return [info.entry for same in groups for info in same if info.entry is not None]
 
 
 def _copy(info: DeadLetterInfo, queue: str) -> Outgoing:

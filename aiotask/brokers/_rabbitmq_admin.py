@@ -9,12 +9,17 @@ others go back to the queue when the admin channel closes (RabbitMQ keeps their 
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import TYPE_CHECKING
+
+from aiotask.brokers import _rabbitmq_topology as topo
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from aio_pika.abc import AbstractChannel
+
+    from aiotask.brokers.base import DeadLetter
 
 
 async def ready_count(channel: AbstractChannel, name: str) -> int:
@@ -23,21 +28,33 @@ async def ready_count(channel: AbstractChannel, name: str) -> int:
     return int(queue.declaration_result.message_count or 0)
 
 
-async def take_dead(channel: AbstractChannel, name: str, message_ids: Sequence[str]) -> int:
-    """Ack (remove) every message of dead-letter queue `name` whose id is one of these.
+async def take_dead(channel: AbstractChannel, name: str, dead: Sequence[DeadLetter]) -> int:
+    """Ack (remove) exactly these messages of dead-letter queue `name`, reading at most the
+    count at the start; the others return to their place when the channel closes.
 
-    Reads each message once, up to the count at the start (later arrivals are not looked
-    at); the unmatched stay unacked and return when the channel closes.
+    Our dead-letter copies carry a unique id header (the DeadLetter's token). One the server
+    dead-lettered itself has none: the oldest with its message id goes (the queue is FIFO, so
+    a later dead letter of the same id, e.g. a replayed copy that failed again, is kept).
     """
-    wanted = set(message_ids)
+    exact = {d.token for d in dead if isinstance(d.token, str)}
+    by_id = Counter(d.message_id for d in dead if not isinstance(d.token, str))
     queue = await channel.declare_queue(name, passive=True)
     total = int(queue.declaration_result.message_count or 0)
     removed = 0
     for _ in range(total):
+        if not exact and not +by_id:
+            break
         msg = await queue.get(no_ack=False, fail=False)
         if msg is None:
             break
-        if (msg.message_id or "") in wanted:
-            await msg.ack()
-            removed += 1
+        token, _ = topo.dead_identity(msg.headers)
+        mid = msg.message_id or ""
+        if token is not None and token in exact:
+            exact.discard(token)
+        elif token is None and by_id[mid] > 0:
+            by_id[mid] -= 1
+        else:
+            continue
+        await msg.ack()
+        removed += 1
     return removed

@@ -55,28 +55,25 @@ def queue_names(conn: sqlite3.Connection) -> list[str]:
 
 def dead_rows(
     conn: sqlite3.Connection, queue: str, limit: int
-) -> list[tuple[bytes, bytes, str, float]]:
-    """Oldest first: (message id, body, reason, died at)."""
-    rows: list[tuple[bytes, bytes, str, float]] = conn.execute(
-        "SELECT CAST(message_id AS BLOB), CAST(body AS BLOB), reason, died_at "
+) -> list[tuple[bytes, bytes, str, float, int]]:
+    """Oldest first: (message id, body, reason, died at, row id)."""
+    rows: list[tuple[bytes, bytes, str, float, int]] = conn.execute(
+        "SELECT CAST(message_id AS BLOB), CAST(body AS BLOB), reason, died_at, id "
         "FROM aiotask_dead_letters WHERE queue=? ORDER BY id LIMIT ?",
         (queue, limit),
     ).fetchall()
     return rows
 
 
-def delete_dead(conn: sqlite3.Connection, queue: str, message_ids: list[str]) -> int:
-    """Delete the dead letters of `queue` with these message ids; returns how many went.
-
-    Ids are compared as bytes: dead rows store the id as a BLOB (copied with CAST AS BLOB).
-    """
+def delete_dead(conn: sqlite3.Connection, queue: str, rows: list[int]) -> int:
+    """Delete these dead-letter rows of `queue`; returns how many were still there."""
     deleted = 0
     with transaction(conn):
-        for start in range(0, len(message_ids), _CHUNK):
-            chunk = [m.encode() for m in message_ids[start : start + _CHUNK]]
+        for start in range(0, len(rows), _CHUNK):
+            chunk = rows[start : start + _CHUNK]
             cur = conn.execute(
                 "DELETE FROM aiotask_dead_letters WHERE queue=? "  # noqa: S608
-                f"AND CAST(message_id AS BLOB) IN ({placeholders(len(chunk))})",
+                f"AND id IN ({placeholders(len(chunk))})",
                 (queue, *chunk),
             )
             deleted += cur.rowcount

@@ -30,13 +30,14 @@ Delivery contract, for every implementation:
 
 Administration (`aiotask queues`, `aiotask dlq`, `app.dead_letters`): `queue_stats` counts,
 `known_queues` names the queues the server can list, `dead_letters` reads without removing,
-`delete_dead_letters` removes by message id. Replay is built above the seam from these and
+`delete_dead_letters` removes exactly the entries `dead_letters` returned (not a later dead
+letter of the same message id). Replay is built above the seam from these and
 `publish` (copy first, delete second: a crash in between duplicates, never loses).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
@@ -78,6 +79,8 @@ class DeadLetter:
     queue: str = ""
     #: unix seconds it was dead-lettered, where the broker records it
     died_at: float | None = None
+    #: the broker's handle on this one entry (row id, stream entry id); opaque to callers
+    token: object = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,7 +144,7 @@ class Broker(Protocol):
 
     async def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]: ...
 
-    async def delete_dead_letters(self, queue: str, message_ids: Sequence[str]) -> int: ...
+    async def delete_dead_letters(self, queue: str, dead: Sequence[DeadLetter]) -> int: ...
 
     async def queue_stats(self, queues: Sequence[str]) -> list[QueueStats]: ...
 

@@ -161,7 +161,9 @@ class MemoryBroker:
 
     def _bury(self, entry: _Entry, reason: str) -> None:
         dead = self._dead.setdefault(entry.queue, [])
-        dead.append(DeadLetter(entry.message_id, entry.body, reason, entry.queue, now()))
+        dead.append(
+            DeadLetter(entry.message_id, entry.body, reason, entry.queue, now(), next(self._seq))
+        )
         if len(dead) > DEAD_LETTER_CAP:
             del dead[: len(dead) - DEAD_LETTER_CAP]
 
@@ -183,13 +185,13 @@ class MemoryBroker:
     async def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
         return self._dead.get(queue, [])[:limit]
 
-    async def delete_dead_letters(self, queue: str, message_ids: Sequence[str]) -> int:
-        """Remove every dead letter of `queue` with one of these ids; returns how many."""
-        wanted = set(message_ids)
-        dead = self._dead.get(queue, [])
-        kept = [d for d in dead if d.message_id not in wanted]
+    async def delete_dead_letters(self, queue: str, dead: Sequence[DeadLetter]) -> int:
+        """Remove these entries (by their token) from `queue`'s dead letters; returns how many."""
+        wanted = {d.token for d in dead if isinstance(d.token, int)}
+        current = self._dead.get(queue, [])
+        kept = [d for d in current if d.token not in wanted]
         self._dead[queue] = kept
-        return len(dead) - len(kept)
+        return len(current) - len(kept)
 
     async def queue_stats(self, queues: Sequence[str]) -> list[QueueStats]:
         self._promote()  # due delays and lapsed leases count as ready, as receive would see

@@ -565,19 +565,21 @@ class RabbitMQBroker:
                     if msg is None:
                         break
                     reason = topo.dead_reason(msg.headers)
-                    out.append(DeadLetter(msg.message_id or "", msg.body, reason, queue))
+                    ident, died_at = topo.dead_identity(msg.headers)
+                    mid = msg.message_id or ""
+                    out.append(DeadLetter(mid, msg.body, reason, queue, died_at, ident))
         except ChannelNotFoundEntity:
             return []
         return out
 
-    async def delete_dead_letters(self, queue: str, message_ids: Sequence[str]) -> int:
-        """Remove the dead letters with these ids: basic.get, ack the matching, requeue the rest."""
-        if not message_ids:
+    async def delete_dead_letters(self, queue: str, dead: Sequence[DeadLetter]) -> int:
+        """Remove these dead letters: basic.get, ack the listed ones, requeue the rest."""
+        if not dead:
             return 0
         with map_errors(self._url, f"delete dead letters of {queue!r}"):
             try:
                 async with self._admin() as channel:
-                    return await admin.take_dead(channel, self._names.dead(queue), message_ids)
+                    return await admin.take_dead(channel, self._names.dead(queue), dead)
             except ChannelNotFoundEntity:
                 return 0
 

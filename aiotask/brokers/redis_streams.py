@@ -593,16 +593,17 @@ class RedisStreamsBroker:
     async def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
         cmd = ("XRANGE", self._keys(queue).dead, "-", "+", "COUNT", limit)
         [entries] = await self._retrying(lambda: self._run([cmd]))
-        return [admin.dead_letter(queue, fields) for _id, fields in entries]
+        return [admin.dead_letter(queue, entry_id, fields) for entry_id, fields in entries]
 
-    async def delete_dead_letters(self, queue: str, message_ids: Sequence[str]) -> int:
-        """Remove the dead letters of `queue` with these message ids; returns how many."""
-        if not message_ids:
+    async def delete_dead_letters(self, queue: str, dead: Sequence[DeadLetter]) -> int:
+        """XDEL these entries of the dead-letter stream (idempotent: a retry deletes nothing
+        twice); returns how many were still there."""
+        ids = [d.token for d in dead if isinstance(d.token, bytes)]
+        if not ids:
             return 0
-        dead = self._keys(queue).dead
-        return await admin.delete_dead(
-            lambda cmds: self._retrying(lambda: self._run(cmds)), dead, message_ids
-        )
+        cmd = ("XDEL", self._keys(queue).dead, *ids)
+        [count] = await self._retrying(lambda: self._run([cmd]))
+        return int(count)
 
     async def queue_stats(self, queues: Sequence[str]) -> list[QueueStats]:
         """One script per queue, one round trip: ready, delayed, leased (pending), dead."""

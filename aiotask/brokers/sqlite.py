@@ -303,13 +303,17 @@ class SQLiteBroker:
 
     async def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
         rows = await self._db.run(admin.dead_rows, queue, limit)
-        return [DeadLetter(text(mid), body, reason, queue, at) for mid, body, reason, at in rows]
+        return [
+            DeadLetter(text(mid), body, reason, queue, at, row)
+            for mid, body, reason, at, row in rows
+        ]
 
-    async def delete_dead_letters(self, queue: str, message_ids: Sequence[str]) -> int:
-        """Remove the dead letters of `queue` with these message ids; returns how many."""
-        if not message_ids:
+    async def delete_dead_letters(self, queue: str, dead: Sequence[DeadLetter]) -> int:
+        """Delete these dead-letter rows (by row id); returns how many were still there."""
+        rows = [d.token for d in dead if isinstance(d.token, int)]
+        if not rows:
             return 0
-        return await self._db.run(admin.delete_dead, queue, list(message_ids))
+        return await self._db.run(admin.delete_dead, queue, rows)
 
     async def queue_stats(self, queues: Sequence[str]) -> list[QueueStats]:
         rows = await self._db.run(admin.queue_counts, list(queues))

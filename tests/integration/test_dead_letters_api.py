@@ -18,6 +18,7 @@ from tests.contract.test_broker_contract import receive_all
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence
 
+    from aiotask.brokers import DeadLetter
     from aiotask.deadletters import DeadLetterInfo
     from aiotask.settings import Settings
 
@@ -152,10 +153,10 @@ class CrashingBroker(MemoryBroker):
             raise BrokerConnectionError("publish failed")
         await super().publish(batch)
 
-    async def delete_dead_letters(self, queue: str, message_ids: Sequence[str]) -> int:
+    async def delete_dead_letters(self, queue: str, dead: Sequence[DeadLetter]) -> int:
         if self.fail_delete:
             raise BrokerConnectionError("delete failed")
-        return await super().delete_dead_letters(queue, message_ids)
+        return await super().delete_dead_letters(queue, dead)
 
 
 async def dead_lettered(app: App, *ids: str) -> None:
