@@ -555,19 +555,17 @@ class RabbitMQBroker:
         return count
 
     async def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
-        """Read without removing: basic.get, then the channel closes and requeues them all."""
+        """Read without removing: held unacked on an admin channel, then requeued in place."""
         out: list[DeadLetter] = []
         try:
             async with self._admin() as channel:
-                dead = await channel.declare_queue(self._names.dead(queue), passive=True)
-                while len(out) < limit:
-                    msg = await dead.get(no_ack=False, fail=False)
-                    if msg is None:
-                        break
+                held = await admin.hold(channel, self._names.dead(queue), limit)
+                for msg in held.messages:
                     reason = topo.dead_reason(msg.headers)
                     ident, died_at = topo.dead_identity(msg.headers)
                     mid = msg.message_id or ""
                     out.append(DeadLetter(mid, msg.body, reason, queue, died_at, ident))
+                await held.release(channel)
         except ChannelNotFoundEntity:
             return []
         return out
