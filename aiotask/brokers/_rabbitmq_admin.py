@@ -14,12 +14,19 @@ import asyncio
 from collections import Counter
 from typing import TYPE_CHECKING
 
+from aio_pika.exceptions import ChannelNotFoundEntity
+
 from aiotask.brokers import _rabbitmq_topology as topo
+from aiotask.brokers.base import QueueStats
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
+    from contextlib import AbstractAsyncContextManager
 
     from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
+
+    #: opens a plain admin channel (RabbitMQBroker._admin)
+    OpenChannel = Callable[[], AbstractAsyncContextManager[AbstractChannel]]
 
     from aiotask.brokers.base import DeadLetter
 
@@ -30,10 +37,21 @@ MAX_PREFETCH = 65535
 HOLD_IDLE = 2.0
 
 
-async def ready_count(channel: AbstractChannel, name: str) -> int:
-    """Ready messages of an existing queue (passive declare: ChannelNotFoundEntity if none)."""
-    queue = await channel.declare_queue(name, passive=True)
-    return int(queue.declaration_result.message_count or 0)
+async def ready_count(open_channel: OpenChannel, name: str) -> int:
+    """Ready messages of a queue (passive declare, on a channel of its own: a missing queue
+    closes it), 0 when the queue does not exist."""
+    try:
+        async with open_channel() as channel:
+            queue = await channel.declare_queue(name, passive=True)
+            return int(queue.declaration_result.message_count or 0)
+    except ChannelNotFoundEntity:
+        return 0
+
+
+async def stats(open_channel: OpenChannel, names: topo.Names, queue: str) -> QueueStats:
+    ready = await ready_count(open_channel, names.work(queue))
+    dead = await ready_count(open_channel, names.dead(queue))
+    return QueueStats(queue, ready, None, None, dead)
 
 
 class Held:

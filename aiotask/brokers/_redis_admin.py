@@ -6,6 +6,7 @@ Pure helpers, so the broker class keeps thin methods. Dead-letter entries carry 
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +16,8 @@ from aiotask.brokers.base import DeadLetter, QueueStats
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
+
+    from redis.asyncio import Redis
 
     Command = tuple[Any, ...]
 
@@ -43,6 +46,17 @@ def dead_letter(queue: str, entry_id: bytes, fields: dict[bytes, bytes]) -> Dead
         died_at = None
     body = fields.get(b"body", b"")
     return DeadLetter(text(mid), body, text(reason), queue, died_at, entry_id)
+
+
+async def scan_queues(client: Redis, prefix: str, timeout: float) -> list[str]:
+    """Every queue with a band stream, delayed set or dead-letter stream under `prefix`."""
+    found: set[str] = set()
+    async with asyncio.timeout(timeout):
+        async for key in client.scan_iter(match=queue_match(prefix), count=1000):
+            queue = queue_of(prefix, key)
+            if queue is not None:
+                found.add(queue)
+    return sorted(found)
 
 
 def queue_match(prefix: str) -> str:

@@ -581,22 +581,10 @@ class RabbitMQBroker:
             except ChannelNotFoundEntity:
                 return 0
 
-    async def _count(self, name: str) -> int:
-        try:
-            async with self._admin() as channel:
-                return await admin.ready_count(channel, name)
-        except ChannelNotFoundEntity:
-            return 0
-
     async def queue_stats(self, queues: Sequence[str]) -> list[QueueStats]:
         """Ready and dead counts (passive declares); delayed and in flight are unknown."""
-        out = []
-        for queue in queues:
-            with map_errors(self._url, f"count {queue!r}"):
-                ready = await self._count(self._names.work(queue))
-                dead = await self._count(self._names.dead(queue))
-            out.append(QueueStats(queue, ready, None, None, dead))
-        return out
+        with map_errors(self._url, "count queues"):
+            return [await admin.stats(self._admin, self._names, queue) for queue in queues]
 
     async def known_queues(self) -> list[str]:
         """Only the queues this process used: AMQP cannot list queues (the management API can)."""

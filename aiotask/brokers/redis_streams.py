@@ -614,15 +614,8 @@ class RedisStreamsBroker:
 
     async def known_queues(self) -> list[str]:
         """Queues with keys under this key_prefix (SCAN: one node of a cluster only)."""
-        found: set[str] = set()
-        match = admin.queue_match(self._prefix)
         with map_errors(self._url):
-            async with asyncio.timeout(self.op_timeout * 6):
-                async for key in self._client().scan_iter(match=match, count=1000):
-                    queue = admin.queue_of(self._prefix, key)
-                    if queue is not None:
-                        found.add(queue)
-        return sorted(found)
+            return await admin.scan_queues(self._client(), self._prefix, self.op_timeout * 6)
 
 
 def _token(delivery: Delivery) -> tuple[str, bytes]:
