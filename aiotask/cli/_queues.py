@@ -67,7 +67,16 @@ def _count(value: int | None) -> str:
     return "?" if value is None else str(value)
 
 
-def queues(app: AppOpt, names: QueueOpt = "", as_json: JsonOpt = False) -> None:
+def queues(
+    app: AppOpt,
+    names: Annotated[
+        str,
+        typer.Option(
+            "-Q", "--queues", help="comma-separated queues to show besides the known ones"
+        ),
+    ] = "",
+    as_json: JsonOpt = False,
+) -> None:
     """Per queue: ready, delayed, in flight and dead letters (? where the broker cannot tell)."""
     the_app, _ = load_app(app)
     stats: list[QueueStats] = _run(the_app, lambda a: a.dead_letters.queue_stats(_names(names)))
