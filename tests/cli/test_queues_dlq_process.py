@@ -4,6 +4,7 @@ message is dead-lettered, counted, listed, shown, replayed (it runs), and purged
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import textwrap
 import time
 from typing import TYPE_CHECKING, Any
@@ -29,6 +30,20 @@ TASKS = textwrap.dedent(
 
     app = App("dlqproc", task_routes={"dlqp.routed": "routed"})
     LOG = os.environ["TEST_LOG_DIR"]
+
+    @app.task(name="dlqp.crash")
+    async def crash() -> str:
+        budget = os.path.join(LOG, "budget")
+        left = int(open(budget).read()) if os.path.exists(budget) else 0
+        if left > 0:  # a poison message: it kills the worker process while budget lasts
+            with open(budget, "w") as f:
+                f.write(str(left - 1))
+            with open(os.path.join(LOG, "crashed"), "a") as f:
+                f.write("x\\n")
+            os._exit(3)
+        with open(os.path.join(LOG, "ran"), "a") as f:
+            f.write("crash\\n")
+        return "ok"
 
     @app.task(name="dlqp.poison")
     async def poison(x: int) -> int:
@@ -172,3 +187,51 @@ async def test_bad_input_has_clear_messages_and_exit_codes(
     assert code == 2 and "missing -A/--app" in err
     code, out, err = await cli(directory, env, "dlq", *APP, "replay", "--all", "--json")
     assert (code, orjson.loads(out)) == (0, {"replayed": [], "missing": []}), err
+
+
+def supervise(directory: Path, env: dict[str, str], runs: int) -> subprocess.Popen[str]:
+    """Start a worker again each time the poison kills it; returns the one that survives."""
+    for _ in range(runs):
+        proc = start_worker(directory, env, "-c", "1", "--prefetch", "1")
+        try:
+            code = proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            return proc  # it survived: the message is dead-lettered (or ran)
+        if proc.stderr is not None:
+            proc.stderr.close()
+        assert code == 3
+    raise AssertionError(f"the worker died {runs} times")
+
+
+async def test_a_message_dead_lettered_at_max_deliveries_is_replayed_with_a_fresh_count(
+    setup: tuple[Path, dict[str, str]],
+) -> None:
+    """It crashed its worker max_deliveries (2) times; after replay it crashes once more and
+    still runs on the next delivery: the replayed copy counts from zero."""
+    directory, env = setup
+    env = {**env, "AIOTASK_VISIBILITY_TIMEOUT": "1", "AIOTASK_MAX_DELIVERIES": "2"}
+    (directory / "logs" / "budget").write_text("3")
+    code, out, err = await cli(directory, env, "call", *APP, "dlqp.crash")
+    assert code == 0, err
+    task_id = out.strip()
+    survivor = await asyncio.to_thread(supervise, directory, env, 4)
+    try:
+        assert lines(directory, "crashed") == ["x", "x"]
+        [dead] = await cli_json(directory, env, "dlq", *APP, "list", "--task", "dlqp.crash")
+        assert dead["id"] == task_id and "max_deliveries=2" in dead["reason"]
+        replayed = await cli_json(directory, env, "dlq", *APP, "replay", "--all")
+        assert replayed == {"replayed": [task_id], "missing": []}
+        assert await asyncio.to_thread(survivor.wait, 15) == 3  # third crash: the copy's first
+    finally:
+        stop(survivor)
+    last = await asyncio.to_thread(supervise, directory, env, 2)
+    try:
+
+        async def ran() -> list[str]:
+            return lines(directory, "ran")
+
+        assert await wait_for(ran) == ["crash"]  # delivery 2 of the copy: within max_deliveries
+    finally:
+        assert stop(last) == 0
+    assert lines(directory, "crashed") == ["x", "x", "x"]
+    assert await cli_json(directory, env, "dlq", *APP, "list") == []
