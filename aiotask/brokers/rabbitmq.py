@@ -571,7 +571,7 @@ class RabbitMQBroker:
         return out
 
     async def delete_dead_letters(self, queue: str, dead: Sequence[DeadLetter]) -> int:
-        """Remove these dead letters: basic.get, ack the listed ones, requeue the rest."""
+        """Remove exactly these dead letters: hold the .dead queue, ack them, requeue the rest."""
         if not dead:
             return 0
         with map_errors(self._url, f"delete dead letters of {queue!r}"):
