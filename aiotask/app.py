@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
+import functools
 import inspect
 import weakref
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, Protocol, TypeVar, Unpack, overload
@@ -21,6 +22,7 @@ from aiotask.canvas import runtime
 from aiotask.canvas.compile import CHAIN_STATE
 from aiotask.canvas.primitives import MAP_TASK, STARMAP_TASK
 from aiotask.control import Control
+from aiotask.deadletters import DeadLetters
 from aiotask.exceptions import (
     ConfigurationError,
     MessageTooLarge,
@@ -212,6 +214,11 @@ class App:
         if self._control is None:
             self._control = Control(self)
         return self._control
+
+    @functools.cached_property
+    def dead_letters(self) -> DeadLetters:
+        """Dead letters of this app's queues: list, show, replay, purge; and queue counts."""
+        return DeadLetters(self)
 
     def route(self, task_name: str) -> str:
         """The queue for a task with no explicit queue: `task_routes`, else the default queue.

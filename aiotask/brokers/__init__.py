@@ -5,12 +5,27 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from aiotask._urls import BROKER_SCHEMES, parse_url
-from aiotask.brokers.base import Broker, BrokerCapabilities, DeadLetter, Delivery, Outgoing
+from aiotask.brokers.base import (
+    Broker,
+    BrokerCapabilities,
+    DeadLetter,
+    Delivery,
+    Outgoing,
+    QueueStats,
+)
 
 if TYPE_CHECKING:
     from aiotask.settings import Settings
 
-__all__ = ["Broker", "BrokerCapabilities", "DeadLetter", "Delivery", "Outgoing", "from_url"]
+__all__ = [
+    "Broker",
+    "BrokerCapabilities",
+    "DeadLetter",
+    "Delivery",
+    "Outgoing",
+    "QueueStats",
+    "from_url",
+]
 
 
 def from_url(url: str, settings: Settings, app_name: str) -> Broker:

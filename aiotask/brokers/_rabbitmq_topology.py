@@ -14,6 +14,8 @@ A queue's arguments are fixed when it is first declared; see docs/rabbitmq.md.
 from __future__ import annotations
 
 import math
+import time
+import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -29,6 +31,10 @@ if TYPE_CHECKING:
 HEADER_DELIVERIES = "x-aiotask-deliveries"
 #: Why a message was dead-lettered (on copies in the .dead queue).
 HEADER_REASON = "x-aiotask-reason"
+#: A unique id per dead letter (so `delete_dead_letters` removes exactly the one listed).
+HEADER_DEAD_ID = "x-aiotask-dead-id"
+#: Unix milliseconds the message was dead-lettered.
+HEADER_DIED_AT = "x-aiotask-died-at"
 #: Unix milliseconds before which the message must not run (delays past MAX_DELAY_MS hop again).
 HEADER_ETA = "x-aiotask-eta"
 #: Quorum queues count returned deliveries themselves.
@@ -150,8 +156,24 @@ def prior_deliveries(headers: Mapping[str, object] | None, redelivered: bool) ->
 
 
 def dead_headers(deliveries: int, reason: str) -> dict[str, object]:
-    """Headers of a dead-letter copy: the count so far and our reason."""
-    return {HEADER_DELIVERIES: deliveries, HEADER_REASON: reason}
+    """Headers of a dead-letter copy: the count so far, our reason, a unique id and the time."""
+    return {
+        HEADER_DELIVERIES: deliveries,
+        HEADER_REASON: reason,
+        HEADER_DEAD_ID: uuid.uuid4().hex,
+        HEADER_DIED_AT: int(time.time() * 1000),
+    }
+
+
+def dead_identity(headers: Mapping[str, object] | None) -> tuple[str | None, float | None]:
+    """A dead letter's unique id and time (unix seconds), where our copy recorded them."""
+    headers = headers or {}
+    ident = headers.get(HEADER_DEAD_ID)
+    died = header_int(headers, HEADER_DIED_AT)
+    return (
+        text(ident) if isinstance(ident, bytes | str) and ident else None,
+        died / 1000 if died is not None else None,
+    )
 
 
 def dead_reason(headers: Mapping[str, object] | None) -> str:

@@ -288,3 +288,29 @@ for i = 1, #head, 2 do
 end
 return {more, out, wait}
 """
+
+#: Counts for `aiotask queues`: {ready, delayed, in flight, dead}. Every acked entry is
+#: deleted, so a band's undelivered entries are its last XLEN - pending ones; wake-up entries
+#: among them (no message) are left out when there are at most ARGV[2] to look at.
+#: KEYS: band 0, 1, 2 streams, delayed zset, dead-letter stream. ARGV: group, scan cap.
+QUEUE_STATS = """
+local ready, leased, cap = 0, 0, tonumber(ARGV[2])
+for s = 1, 3 do
+  local len = redis.call('XLEN', KEYS[s])
+  local pending = 0
+  local p = redis.pcall('XPENDING', KEYS[s], ARGV[1])
+  if type(p) == 'table' and not p.err and p[1] then pending = tonumber(p[1]) end
+  local undelivered = math.max(len - pending, 0)
+  if undelivered > 0 and undelivered <= cap then
+    for _, e in ipairs(redis.call('XREVRANGE', KEYS[s], '+', '-', 'COUNT', undelivered)) do
+      local f, wake = e[2], false
+      for i = 1, #f, 2 do if f[i] == 'w' then wake = true end end
+      if not wake then ready = ready + 1 end
+    end
+  else
+    ready = ready + undelivered
+  end
+  leased = leased + pending
+end
+return {ready, redis.call('ZCARD', KEYS[4]), leased, redis.call('XLEN', KEYS[5])}
+"""

@@ -27,11 +27,17 @@ Delivery contract, for every implementation:
   notices a dead consumer (AMQP: the connection closes).
 - `receive` is cancel-safe: a message it took from the server when cancelled is returned to
   the queue by `close()` or by lease expiry, never lost.
+
+Administration (`aiotask queues`, `aiotask dlq`, `app.dead_letters`): `queue_stats` counts,
+`known_queues` names the queues the server can list, `dead_letters` reads without removing,
+`delete_dead_letters` removes exactly the entries `dead_letters` returned (not a later dead
+letter of the same message id). Replay is built above the seam from these and
+`publish` (copy first, delete second: a crash in between duplicates, never loses).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
@@ -69,6 +75,27 @@ class DeadLetter:
     message_id: str
     body: bytes
     reason: str
+    #: the queue it was dead-lettered from ("" where a broker does not say)
+    queue: str = ""
+    #: unix seconds it was dead-lettered, where the broker records it
+    died_at: float | None = None
+    #: the broker's handle on this one entry (row id, stream entry id); opaque to callers
+    token: object = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    """Counts for one queue at one moment; None where the broker cannot tell."""
+
+    queue: str
+    #: ready to be delivered now
+    ready: int
+    #: held until their eta (None: not countable, e.g. RabbitMQ's per-bucket delay queues)
+    delayed: int | None
+    #: delivered and not yet settled (leased; None: RabbitMQ without the management API)
+    in_flight: int | None
+    #: in the queue's dead letters
+    dead: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,3 +143,9 @@ class Broker(Protocol):
     async def purge(self, queue: str) -> int: ...
 
     async def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]: ...
+
+    async def delete_dead_letters(self, queue: str, dead: Sequence[DeadLetter]) -> int: ...
+
+    async def queue_stats(self, queues: Sequence[str]) -> list[QueueStats]: ...
+
+    async def known_queues(self) -> list[str]: ...

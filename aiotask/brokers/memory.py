@@ -22,7 +22,7 @@ from aiotask.brokers._common import (
     exhausted_reason,
     tokens,
 )
-from aiotask.brokers.base import BrokerCapabilities, DeadLetter, Delivery, Outgoing
+from aiotask.brokers.base import BrokerCapabilities, DeadLetter, Delivery, Outgoing, QueueStats
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -161,7 +161,9 @@ class MemoryBroker:
 
     def _bury(self, entry: _Entry, reason: str) -> None:
         dead = self._dead.setdefault(entry.queue, [])
-        dead.append(DeadLetter(entry.message_id, entry.body, reason))
+        dead.append(
+            DeadLetter(entry.message_id, entry.body, reason, entry.queue, now(), next(self._seq))
+        )
         if len(dead) > DEAD_LETTER_CAP:
             del dead[: len(dead) - DEAD_LETTER_CAP]
 
@@ -182,3 +184,28 @@ class MemoryBroker:
 
     async def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
         return self._dead.get(queue, [])[:limit]
+
+    async def delete_dead_letters(self, queue: str, dead: Sequence[DeadLetter]) -> int:
+        """Remove these entries (by their token) from `queue`'s dead letters; returns how many."""
+        wanted = {d.token for d in dead if isinstance(d.token, int)}
+        current = self._dead.get(queue, [])
+        kept = [d for d in current if d.token not in wanted]
+        self._dead[queue] = kept
+        return len(current) - len(kept)
+
+    async def queue_stats(self, queues: Sequence[str]) -> list[QueueStats]:
+        self._promote()  # due delays and lapsed leases count as ready, as receive would see
+        out = []
+        for queue in queues:
+            delayed = sum(1 for item in self._delayed if item[2].queue == queue)
+            leased = sum(1 for entry, _ in self._leased.values() if entry.queue == queue)
+            ready = len(self._ready.get(queue, []))
+            out.append(QueueStats(queue, ready, delayed, leased, len(self._dead.get(queue, []))))
+        return out
+
+    async def known_queues(self) -> list[str]:
+        names = {q for q, heap in self._ready.items() if heap}
+        names |= {q for q, dead in self._dead.items() if dead}
+        names |= {item[2].queue for item in self._delayed}
+        names |= {entry.queue for entry, _ in self._leased.values()}
+        return sorted(names)

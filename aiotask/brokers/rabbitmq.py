@@ -36,6 +36,7 @@ from aio_pika.exceptions import (
 from aiotask import _hooks
 from aiotask._time import monotonic
 from aiotask._urls import parse_url, redact
+from aiotask.brokers import _rabbitmq_admin as admin
 from aiotask.brokers import _rabbitmq_topology as topo
 from aiotask.brokers._common import exhausted, exhausted_reason
 from aiotask.brokers._rabbitmq_delivery import Held, held, settle, stale
@@ -46,7 +47,7 @@ from aiotask.brokers._rabbitmq_publish import (
     message,
     open_connection,
 )
-from aiotask.brokers.base import BrokerCapabilities, DeadLetter, Delivery, Outgoing
+from aiotask.brokers.base import BrokerCapabilities, DeadLetter, Delivery, Outgoing, QueueStats
 from aiotask.exceptions import AiotaskError, BrokerConnectionError
 
 if TYPE_CHECKING:
@@ -565,20 +566,40 @@ class RabbitMQBroker:
         return count
 
     async def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
-        """Read without removing: basic.get, then the channel closes and requeues them all."""
+        """Read without removing: held unacked on an admin channel, then requeued in place."""
         out: list[DeadLetter] = []
         try:
             async with self._admin() as channel:
-                dead = await channel.declare_queue(self._names.dead(queue), passive=True)
-                while len(out) < limit:
-                    msg = await dead.get(no_ack=False, fail=False)
-                    if msg is None:
-                        break
+                held = await admin.hold(channel, self._names.dead(queue), limit)
+                for msg in held.messages:
                     reason = topo.dead_reason(msg.headers)
-                    out.append(DeadLetter(msg.message_id or "", msg.body, reason))
+                    ident, died_at = topo.dead_identity(msg.headers)
+                    mid = msg.message_id or ""
+                    out.append(DeadLetter(mid, msg.body, reason, queue, died_at, ident))
+                await held.release(channel)
         except ChannelNotFoundEntity:
             return []
         return out
+
+    async def delete_dead_letters(self, queue: str, dead: Sequence[DeadLetter]) -> int:
+        """Remove exactly these dead letters: hold the .dead queue, ack them, requeue the rest."""
+        if not dead:
+            return 0
+        with map_errors(self._url, f"delete dead letters of {queue!r}"):
+            try:
+                async with self._admin() as channel:
+                    return await admin.take_dead(channel, self._names.dead(queue), dead)
+            except ChannelNotFoundEntity:
+                return 0
+
+    async def queue_stats(self, queues: Sequence[str]) -> list[QueueStats]:
+        """Ready and dead counts (passive declares); delayed and in flight are unknown."""
+        with map_errors(self._url, "count queues"):
+            return [await admin.stats(self._admin, self._names, queue) for queue in queues]
+
+    async def known_queues(self) -> list[str]:
+        """Only the queues this process used: AMQP cannot list queues (the management API can)."""
+        return sorted(self._declared | set(self._consumers))
 
     async def delete_queue(self, queue: str) -> None:
         """Delete a queue with its dead and known delay queues (tests, cleanup); idempotent."""

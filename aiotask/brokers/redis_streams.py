@@ -25,9 +25,10 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from aiotask._redis.client import SharedClient, map_errors, retrying, warn_if_volatile
 from aiotask._time import monotonic, now
+from aiotask.brokers import _redis_admin as admin
 from aiotask.brokers import _redis_lua as lua
 from aiotask.brokers._common import DEAD_LETTER_CAP, exhausted, exhausted_reason, text
-from aiotask.brokers.base import BrokerCapabilities, DeadLetter, Delivery, Outgoing
+from aiotask.brokers.base import BrokerCapabilities, DeadLetter, Delivery, Outgoing, QueueStats
 from aiotask.exceptions import BrokerConnectionError
 
 if TYPE_CHECKING:
@@ -592,11 +593,29 @@ class RedisStreamsBroker:
     async def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
         cmd = ("XRANGE", self._keys(queue).dead, "-", "+", "COUNT", limit)
         [entries] = await self._retrying(lambda: self._run([cmd]))
-        out = []
-        for _id, fields in entries:
-            mid, reason = fields.get(b"message_id", b""), fields.get(b"reason", b"")
-            out.append(DeadLetter(text(mid), fields.get(b"body", b""), text(reason)))
-        return out
+        return [admin.dead_letter(queue, entry_id, fields) for entry_id, fields in entries]
+
+    async def delete_dead_letters(self, queue: str, dead: Sequence[DeadLetter]) -> int:
+        """XDEL these entries of the dead-letter stream (idempotent: a retry deletes nothing
+        twice); returns how many were still there."""
+        ids = [d.token for d in dead if isinstance(d.token, bytes)]
+        if not ids:
+            return 0
+        cmd = ("XDEL", self._keys(queue).dead, *ids)
+        [count] = await self._retrying(lambda: self._run([cmd]))
+        return int(count)
+
+    async def queue_stats(self, queues: Sequence[str]) -> list[QueueStats]:
+        """One script per queue, one round trip: ready, delayed, leased (pending), dead."""
+        keys = [self._keys(q) for q in queues]
+        cmds = [admin.stats_command(k.streams, k.delayed, k.dead, self._group) for k in keys]
+        replies = await self._retrying(lambda: self._run(cmds)) if cmds else []
+        return [admin.stats(q, r) for q, r in zip(queues, replies, strict=True)]
+
+    async def known_queues(self) -> list[str]:
+        """Queues with keys under this key_prefix (SCAN: one node of a cluster only)."""
+        with map_errors(self._url):
+            return await admin.scan_queues(self._client(), self._prefix, self.op_timeout * 6)
 
 
 def _token(delivery: Delivery) -> tuple[str, bytes]:

@@ -31,6 +31,7 @@ from aiotask import _sqlite
 from aiotask._backoff import Backoff
 from aiotask._sqlite import placeholders, transaction
 from aiotask._time import now
+from aiotask.brokers import _sqlite_admin as admin
 from aiotask.brokers._common import (
     DEAD_LETTER_CAP,
     MAX_PRIORITY,
@@ -39,7 +40,7 @@ from aiotask.brokers._common import (
     text,
     tokens,
 )
-from aiotask.brokers.base import BrokerCapabilities, DeadLetter, Delivery, Outgoing
+from aiotask.brokers.base import BrokerCapabilities, DeadLetter, Delivery, Outgoing, QueueStats
 
 if TYPE_CHECKING:
     import sqlite3
@@ -301,8 +302,25 @@ class SQLiteBroker:
         return await self._db.run(_purge, queue)
 
     async def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
-        rows = await self._db.run(_dead_letters, queue, limit)
-        return [DeadLetter(text(mid), body, reason) for mid, body, reason in rows]
+        rows = await self._db.run(admin.dead_rows, queue, limit)
+        return [
+            DeadLetter(text(mid), body, reason, queue, at, row)
+            for mid, body, reason, at, row in rows
+        ]
+
+    async def delete_dead_letters(self, queue: str, dead: Sequence[DeadLetter]) -> int:
+        """Delete these dead-letter rows (by row id); returns how many were still there."""
+        rows = [d.token for d in dead if isinstance(d.token, int)]
+        if not rows:
+            return 0
+        return await self._db.run(admin.delete_dead, queue, rows)
+
+    async def queue_stats(self, queues: Sequence[str]) -> list[QueueStats]:
+        rows = await self._db.run(admin.queue_counts, list(queues))
+        return [QueueStats(*row) for row in rows]
+
+    async def known_queues(self) -> list[str]:
+        return await self._db.run(admin.queue_names)
 
 
 # --- the functions below run on the connection's thread --------------------------------
@@ -456,14 +474,3 @@ def _purge(conn: sqlite3.Connection, queue: str) -> int:
             (queue, wall),
         )
     return cur.rowcount
-
-
-def _dead_letters(
-    conn: sqlite3.Connection, queue: str, limit: int
-) -> list[tuple[bytes, bytes, str]]:
-    rows: list[tuple[bytes, bytes, str]] = conn.execute(
-        "SELECT CAST(message_id AS BLOB), CAST(body AS BLOB), reason "
-        "FROM aiotask_dead_letters WHERE queue=? ORDER BY id LIMIT ?",
-        (queue, limit),
-    ).fetchall()
-    return rows

@@ -14,6 +14,7 @@ from aiotask.cli import _observe
 from aiotask.cli._beat import register as register_beat
 from aiotask.cli._loader import load_app
 from aiotask.cli._ops import register as register_ops
+from aiotask.cli._queues import register as register_queues
 from aiotask.exceptions import AiotaskError, ConfigurationError
 from aiotask.states import PENDING
 from aiotask.worker import Worker
@@ -181,6 +182,7 @@ def purge(
 
 register_beat(cli)
 register_ops(cli)
+register_queues(cli)
 
 
 def main(argv: list[str] | None = None) -> None:

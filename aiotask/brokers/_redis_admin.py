@@ -1,0 +1,74 @@
+"""Administration of brokers/redis_streams.py: counts, queue discovery, dead-letter entries.
+
+Pure helpers, so the broker class keeps thin methods. Dead-letter entries carry `message_id`,
+`body`, `reason`, `queue` and `time` fields (see redis_streams._bury and the Lua scripts).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import TYPE_CHECKING, Any
+
+from aiotask.brokers import _redis_lua as lua
+from aiotask.brokers._common import text
+from aiotask.brokers.base import DeadLetter, QueueStats
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from redis.asyncio import Redis
+
+    Command = tuple[Any, ...]
+
+#: Undelivered entries per band that QUEUE_STATS looks at to leave wake-ups out of `ready`.
+STATS_SCAN_CAP = 1000
+#: Key suffixes that make a queue known (not `consumers` or publish markers).
+_QUEUE_KEYS = frozenset({"s0", "s1", "s2", "delayed", "dead"})
+_GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
+
+
+def stats_command(streams: Sequence[str], delayed: str, dead: str, group: str) -> Command:
+    return ("EVAL", lua.QUEUE_STATS, 5, *streams, delayed, dead, group, STATS_SCAN_CAP)
+
+
+def stats(queue: str, reply: Sequence[Any]) -> QueueStats:
+    ready, delayed, leased, dead = (int(v) for v in reply)
+    return QueueStats(queue, ready, delayed, leased, dead)
+
+
+def dead_letter(queue: str, entry_id: bytes, fields: dict[bytes, bytes]) -> DeadLetter:
+    mid, reason = fields.get(b"message_id", b""), fields.get(b"reason", b"")
+    at = fields.get(b"time")
+    try:
+        died_at = float(at) if at is not None else None
+    except ValueError:
+        died_at = None
+    body = fields.get(b"body", b"")
+    return DeadLetter(text(mid), body, text(reason), queue, died_at, entry_id)
+
+
+async def scan_queues(client: Redis, prefix: str, timeout: float) -> list[str]:
+    """Every queue with a band stream, delayed set or dead-letter stream under `prefix`."""
+    found: set[str] = set()
+    async with asyncio.timeout(timeout):
+        async for key in client.scan_iter(match=queue_match(prefix), count=1000):
+            queue = queue_of(prefix, key)
+            if queue is not None:
+                found.add(queue)
+    return sorted(found)
+
+
+def queue_match(prefix: str) -> str:
+    """The SCAN pattern of every per-queue key under `prefix` (glob characters escaped)."""
+    return _GLOB_SPECIAL.sub(r"\\\1", prefix) + ":{*}:*"
+
+
+def queue_of(prefix: str, key: bytes | str) -> str | None:
+    """`prefix:{queue}:suffix` -> queue, for the suffixes a queue has; else None."""
+    name = text(key)
+    head = prefix + ":{"
+    if not name.startswith(head):
+        return None
+    queue, sep, suffix = name[len(head) :].rpartition("}:")
+    return queue if sep and queue and suffix in _QUEUE_KEYS else None
