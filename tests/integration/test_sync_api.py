@@ -16,7 +16,7 @@ import pytest
 
 from aiotask.exceptions import ResultTimeout, SyncCallInEventLoop, TaskRevoked
 from aiotask.result import SyncResult
-from aiotask.sync import LOOP
+from aiotask.sync import LOOP, run_sync
 from tests.sync_support import clean_sync, close_leftover_loop, make_app, worker_thread
 
 if TYPE_CHECKING:
@@ -155,3 +155,32 @@ def test_a_forked_child_reconnects_and_the_parent_keeps_working(app: App) -> Non
         assert first.get(timeout=10) == 2
         assert app.SyncResult(child_id).get(timeout=10) == 42
         assert again.get(timeout=10) == 4
+
+
+def test_run_sync_sends_a_canvas_and_a_batch(app: App) -> None:
+    from aiotask import chain
+
+    add = app.tasks["proj.add"]
+    with worker_thread(app):
+        r = run_sync(chain(add.s(1, 2), add.s(3)).send())
+        assert run_sync(r.get(timeout=10)) == 6
+        batch = run_sync(add.send_batch([(i, i) for i in range(5)]))
+        assert [SyncResult(b).get(timeout=10) for b in batch] == [0, 2, 4, 6, 8]
+
+
+def test_a_sync_task_in_a_pool_child_sends_with_delay(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.integration import sync_pool_tasks as mod
+
+    monkeypatch.setenv("AIOTASK_BROKER_URL", sqlite_url)  # for the pool children
+    monkeypatch.delenv("AIOTASK_RESULT_BACKEND", raising=False)
+    original = mod.app.conf
+    mod.app.conf = original.replace(broker_url=sqlite_url, result_backend=sqlite_url)
+    try:
+        with worker_thread(mod.app, processes=1):
+            ids = mod.fan_out.delay(3).get(timeout=30)
+            assert [mod.app.SyncResult(i).get(timeout=10) for i in ids] == [0, 2, 4]
+    finally:
+        clean_sync(mod.app, "sqlite", "")
+        mod.app.conf = original
