@@ -184,3 +184,38 @@ def test_a_sync_task_in_a_pool_child_sends_with_delay(
     finally:
         clean_sync(mod.app, "sqlite", "")
         mod.app.conf = original
+
+
+def test_the_sync_api_inside_the_loop_thread_itself_is_refused(app: App) -> None:
+    add = app.tasks["proj.add"]
+
+    async def nested() -> object:
+        return add.delay(1, 2)  # on aiotask's own loop thread: would deadlock
+
+    with pytest.raises(SyncCallInEventLoop):
+        run_sync(nested())
+
+
+def test_run_sync_timeout_cancels_the_work_on_the_loop_thread() -> None:
+    import asyncio
+
+    state: list[str] = []
+
+    async def slow() -> None:
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            state.append("cancelled")
+            raise
+
+    with pytest.raises(TimeoutError):
+        run_sync(slow(), timeout=0.2)
+
+    async def settled() -> list[str]:
+        for _ in range(100):
+            if state:
+                break
+            await asyncio.sleep(0.01)
+        return state
+
+    assert run_sync(settled()) == ["cancelled"]
