@@ -14,14 +14,15 @@ if TYPE_CHECKING:
 
 
 @contextlib.contextmanager
-def serving(app: App, url: str) -> Iterator[None]:
+def serving(app: App, url: str, kind: str = "sqlite", namespace: str = "") -> Iterator[None]:
     """The App on `url` (broker and results) with a real worker on it, in a thread."""
     close_leftover_loop()
     original = app.conf
-    app.conf = original.replace(broker_url=url, result_backend=url)
+    prefix = namespace or original.key_prefix
+    app.conf = original.replace(broker_url=url, result_backend=url, key_prefix=prefix)
     try:
         with worker_thread(app):
             yield
     finally:
-        clean_sync(app, "sqlite", "")
+        clean_sync(app, kind, namespace)
         app.conf = original

@@ -19,10 +19,13 @@ if TYPE_CHECKING:
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture
-def served(sqlite_url: str) -> Iterator[str]:
-    with serving(app, sqlite_url):
-        yield sqlite_url
+@pytest.fixture(params=["sqlite", "redis"])
+def served(request: pytest.FixtureRequest, namespace: str) -> Iterator[str]:
+    """The examples' App on this test's SQLite file (the default) or on Redis."""
+    kind = str(request.param)
+    url = str(request.getfixturevalue(f"{kind}_url"))
+    with serving(app, url, kind, namespace):
+        yield url
 
 
 def test_flask_handlers_send_and_read_results(served: str) -> None:
@@ -78,6 +81,7 @@ def test_fastapi_lifespan_dependency_and_a_thread_endpoint(served: str) -> None:
 
 def test_plain_script(served: str) -> None:
     env = {**os.environ, "AIOTASK_BROKER_URL": served, "PYTHONPATH": str(ROOT)}
+    env["AIOTASK_KEY_PREFIX"] = app.conf.key_prefix
     env.pop("AIOTASK_RESULT_BACKEND", None)
     done = subprocess.run(
         [sys.executable, "-m", "examples.script", "4", "5"],
