@@ -6,6 +6,7 @@ import asyncio
 import fnmatch
 import functools
 import inspect
+import os
 import weakref
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, Protocol, TypeVar, Unpack, overload
 
@@ -29,9 +30,10 @@ from aiotask.exceptions import (
     NotRegistered,
     SerializationError,
 )
-from aiotask.result import AsyncResult, GroupResult, encode_revoked
+from aiotask.result import AsyncResult, GroupResult, SyncResult, encode_revoked
 from aiotask.serializer import unencodable_message
 from aiotask.settings import FROM_BROKER, Settings
+from aiotask.sync import run_sync
 from aiotask.task import (
     CALL_OPTIONS,
     KNOWN_OPTIONS,
@@ -43,7 +45,15 @@ from aiotask.task import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
+    from collections.abc import (
+        AsyncGenerator,
+        Awaitable,
+        Callable,
+        Coroutine,
+        Iterable,
+        Mapping,
+        Sequence,
+    )
     from types import TracebackType
     from typing import Concatenate, Self
 
@@ -112,11 +122,12 @@ class App:
         self.middleware: list[Middleware] = list(middleware)
         self.conf: Settings = Settings.from_env(**overrides)
         self.tasks: dict[str, Task[Any, Any]] = {}
+        #: memory:// instances, shared by every event loop (their data lives in them)
         self._broker: Broker | None = None
         self._backend: ResultBackend | None = None
-        self._connected = False
-        self._lock: asyncio.Lock | None = None
         self._routes: tuple[Settings, dict[str, str]] = (self.conf, {})
+        #: one connection set per event loop (None: made from plain code, not yet bound)
+        self._sets: dict[asyncio.AbstractEventLoop | None, _Connections] = {}
         for builtin in (MAP_TASK, STARMAP_TASK):  # run by the worker's executor itself
             self.tasks[builtin] = Task(self, _never, TaskOptions(name=builtin))
         #: periodic entries defined in code (`beat_schedule`, `@app.periodic`), by name
@@ -238,49 +249,101 @@ class App:
         return queue
 
     # --- connections -----------------------------------------------------------------------
+    # A connection set (broker + backend) belongs to the event loop it was opened on and is
+    # used only there: `asyncio.run(add.send(1, 2))` twice opens two sets, and the second loop
+    # never touches the first loop's transports. A set closes itself when its loop shuts down
+    # (asyncio.run, pytest-asyncio), or on `await app.close()` from its own loop.
+    def _conns(self) -> _Connections:
+        """The connection set of the running loop (or of plain code, when no loop runs)."""
+        try:
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        sets = self._sets
+        found = sets.get(loop)
+        if found is not None:
+            return found
+        if loop is not None:
+            for old in [old for old in list(sets) if old is not None and old.is_closed()]:
+                # Its loop closed without shutting down its async generators: drop the set
+                # without I/O (its transports belong to a dead loop).
+                sets.pop(old, None)
+            unbound = sets.get(None)
+            if unbound is not None and not unbound.connected:
+                # Instances made from plain code (`app.broker` before any loop) serve the first
+                # loop that uses them.
+                del sets[None]
+                unbound.loop = loop
+                sets[loop] = unbound
+                return unbound
+        made = _Connections(loop, *self._instances())
+        sets[loop] = made
+        return made
+
+    def _instances(self) -> tuple[Broker, ResultBackend | None]:
+        """A fresh broker and backend, except memory:// ones: their data lives in the instance,
+        so every loop shares them (they are in-process and loop-agnostic)."""
+        conf = self.conf
+        if _is_memory(conf.broker_url):
+            if self._broker is None:
+                self._broker = brokers.from_url(conf.broker_url, conf, self.main)
+            broker = self._broker
+        else:
+            broker = brokers.from_url(conf.broker_url, conf, self.main)
+        url = conf.backend_url
+        backend: ResultBackend | None = None
+        if url is not None and _is_memory(url):
+            if self._backend is None:
+                self._backend = backends.from_url(url, conf)
+            backend = self._backend
+        elif url is not None:
+            backend = backends.from_url(url, conf)
+            share = getattr(backend, "use_client_of", None)
+            if share is not None:  # Redis: one connection pool when both are the same server
+                share(broker)
+        return broker, backend
+
     @property
     def broker(self) -> Broker:
-        if self._broker is None:
-            self._broker = brokers.from_url(self.conf.broker_url, self.conf, self.main)
-        return self._broker
+        """The broker of the running event loop's connection set."""
+        return self._conns().broker
 
     @property
     def backend(self) -> ResultBackend | None:
-        url = self.conf.backend_url
-        if self._backend is None and url is not None:
-            self._backend = backends.from_url(url, self.conf)
-            share = getattr(self._backend, "use_client_of", None)
-            if share is not None:  # Redis: one connection pool when both are the same server
-                share(self.broker)
-        return self._backend
+        """The result backend of the running event loop's connection set (None: disabled)."""
+        return self._conns().backend
 
     async def connect(self) -> None:
-        """Open broker and backend connections (idempotent); for a FastAPI lifespan."""
-        if self._connected:
+        """Open broker and backend connections for this event loop (idempotent); for a FastAPI
+        lifespan. Another event loop (another `asyncio.run`, a thread) gets its own set."""
+        conns = self._conns()
+        if conns.connected:
             return
-        if self._lock is None:
-            self._lock = asyncio.Lock()
-        async with self._lock:
-            if self._connected:
+        if conns.lock is None:
+            conns.lock = asyncio.Lock()
+        async with conns.lock:
+            if conns.connected:
                 return
-            await self.broker.connect()
-            backend = self.backend
-            if backend is not None:
-                await backend.connect()
-            self._connected = True
+            await conns.broker.connect()
+            if conns.backend is not None:
+                await conns.backend.connect()
+            conns.connected = True
+            if conns.loop is not None:
+                await conns.close_with_loop()
 
     async def close(self) -> None:
-        """Close connections; unsettled deliveries are handed back by the broker."""
-        if not self._connected:
-            return
-        self._connected = False
+        """Close this event loop's connections; unsettled deliveries are handed back by the
+        broker. The next connect() opens fresh instances (memory:// keeps its data)."""
         try:
-            if self._broker is not None:
-                await self._broker.close()
-        finally:
-            if self._backend is not None:
-                await self._backend.close()
-        # The instances are kept: connect() reopens them, and memory:// keeps its data.
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # pragma: no cover - an async def always has a running loop
+            return
+        conns = self._sets.get(loop)
+        if conns is None or not conns.connected:
+            return
+        if self._sets.get(loop) is conns:
+            del self._sets[loop]
+        await conns.close()
 
     async def __aenter__(self) -> Self:
         await self.connect()
@@ -313,9 +376,10 @@ class App:
             messages = [await self._before_send(m) for m in messages]
         cap = self.conf.max_message_size
         batch = [Outgoing(m.queue, _encode(m, cap), m.id, m.priority, m.eta) for m in messages]
-        if not self._connected:
+        conns = self._conns()
+        if not conns.connected:
             await self.connect()
-        await self.broker.publish(batch)
+        await conns.broker.publish(batch)
 
     async def _before_send(self, message: Message) -> Message:
         for mw in self.middleware:
@@ -333,9 +397,24 @@ class App:
         task = self.tasks.get(name) or Task(self, _never, TaskOptions(name=name))
         return await task.apply_async(args, kwargs, **options)
 
+    def send_task_sync(
+        self,
+        name: str,
+        args: Iterable[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        **options: Unpack[CallOptions],
+    ) -> SyncResult[Any]:
+        """`send_task` for plain (non-async) code; blocks until the broker holds the message.
+        Thread-safe; see docs/sync.md. On an event loop's thread: `await app.send_task(...)`."""
+        return SyncResult(run_sync(self.send_task(name, args, kwargs, **options)))
+
     def AsyncResult(self, task_id: str) -> AsyncResult[Any]:  # noqa: N802 - Celery's name
         """Rebuild a result handle from an id."""
         return AsyncResult(task_id, self)
+
+    def SyncResult(self, task_id: str) -> SyncResult[Any]:  # noqa: N802 - like AsyncResult
+        """Rebuild a blocking result handle from an id (plain code)."""
+        return SyncResult(AsyncResult(task_id, self))
 
     # --- canvas ------------------------------------------------------------------------------
     def message_factory(
@@ -402,6 +481,85 @@ def _match_route(conf: Settings, task_name: str) -> str:
         if fnmatch.fnmatchcase(task_name, pattern):
             return queue
     return conf.default_queue
+
+
+#: Seconds a connection set may take to close when its event loop shuts down.
+CLOSE_TIMEOUT = 10.0
+
+
+class _Connections:
+    """One broker and backend, opened on one event loop and used only from it."""
+
+    __slots__ = ("_closer", "backend", "broker", "connected", "lock", "loop")
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop | None,
+        broker: Broker,
+        backend: ResultBackend | None,
+    ) -> None:
+        self.loop = loop
+        self.broker = broker
+        self.backend = backend
+        self.lock: asyncio.Lock | None = None
+        self.connected = False
+        self._closer: AsyncGenerator[None, None] | None = None
+
+    async def close_with_loop(self) -> None:
+        """Close this set when its loop shuts down: asyncio.run (and pytest-asyncio) close
+        every suspended async generator then, while the loop still runs its transports."""
+        closer = _close_at_shutdown(self)
+        await anext(closer)
+        self._closer = closer
+
+    async def close(self) -> None:
+        if not self.connected:
+            return
+        self.connected = False
+        closer, self._closer = self._closer, None
+        try:
+            try:
+                await self.broker.close()
+            finally:
+                if self.backend is not None:
+                    await self.backend.close()
+        finally:
+            if closer is not None:
+                await closer.aclose()
+
+
+async def _close_at_shutdown(conns: _Connections) -> AsyncGenerator[None, None]:
+    try:
+        yield
+    finally:
+        conns._closer = None  # this generator is finishing: close() must not aclose() it
+        if conns.connected:
+            async with asyncio.timeout(CLOSE_TIMEOUT):
+                await conns.close()
+
+
+def _is_memory(url: str) -> bool:
+    return url.lower().startswith("memory:")
+
+
+#: Connection sets inherited through fork(): they share the parent's sockets, so the child
+#: never closes them (that would close the parent's AMQP connection); kept so that garbage
+#: collection does not close them either.
+_INHERITED: list[_Connections] = []
+
+
+def _forget_connections_after_fork() -> None:
+    """In a forked child (gunicorn, uwsgi, multiprocessing): open fresh connections on next use."""
+    for app in list(_APPS):
+        for conns in app._sets.values():
+            conns.connected = False
+            conns._closer = None
+            _INHERITED.append(conns)
+        app._sets = {}
+
+
+if hasattr(os, "register_at_fork"):  # pragma: no branch - POSIX
+    os.register_at_fork(after_in_child=_forget_connections_after_fork)
 
 
 def _never(*args: Any, **kwargs: Any) -> Awaitable[None]:

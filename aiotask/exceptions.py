@@ -15,7 +15,8 @@ AiotaskError
 ├── SerializationError       a value cannot be encoded or decoded
 │   ├── MessageTooLarge      an encoded message is over max_message_size; nothing was sent
 │   └── ProtocolError        a message envelope is malformed or of an unknown version
-└── BrokerConnectionError    a broker or backend cannot be reached
+├── BrokerConnectionError    a broker or backend cannot be reached
+└── SyncCallInEventLoop      (also RuntimeError) the sync API called on an event loop's thread
 ```
 
 Every message says what happened and what to do; URLs in messages pass through `redact()`.
@@ -40,6 +41,7 @@ __all__ = [
     "Retry",
     "SerializationError",
     "SoftTimeLimitExceeded",
+    "SyncCallInEventLoop",
     "TaskError",
     "TaskRevoked",
     "TimeLimitExceeded",
@@ -147,3 +149,8 @@ class ProtocolError(SerializationError):
 
 class BrokerConnectionError(AiotaskError):
     """A broker or result backend cannot be reached."""
+
+
+class SyncCallInEventLoop(AiotaskError, RuntimeError):
+    """The sync API (`delay`, `send_task_sync`, `SyncResult`) was called from a thread that
+    runs an event loop: it would block that loop (or deadlock); await the async API instead."""

@@ -1,4 +1,5 @@
-"""Result handles: AsyncResult and GroupResult, thin views over a ResultBackend."""
+"""Result handles: AsyncResult and GroupResult, thin views over a ResultBackend; SyncResult,
+the blocking handle for plain (non-async) code."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from aiotask.backends.base import EncodedResult, ResultBackend, ResultRecord
 from aiotask.exceptions import ResultTimeout, TaskRevoked
 from aiotask.serializer import ExceptionInfo, caller_exception
 from aiotask.states import FAILURE, PENDING, READY_STATES, REVOKED, SUCCESS
+from aiotask.sync import run_sync
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -82,6 +84,65 @@ class AsyncResult(Generic[R]):
     async def forget(self) -> None:
         """Delete the stored result."""
         await (await self._source.result_backend()).forget([self.id])
+
+
+class SyncResult(Generic[R]):
+    """The blocking twin of AsyncResult, for plain code (what `task.delay()` returns):
+    `r.id`, `r.get(timeout=10)`, `r.state`, `r.revoke()`. Each call runs the async call on the
+    process's loop thread (see aiotask.sync); calling it on an event loop's thread raises
+    SyncCallInEventLoop."""
+
+    __slots__ = ("async_result",)
+
+    def __init__(self, result: AsyncResult[R]) -> None:
+        #: the async handle, for code that also has an event loop
+        self.async_result = result
+
+    @property
+    def id(self) -> str:
+        return self.async_result.id
+
+    def __repr__(self) -> str:
+        return f"<SyncResult {self.id}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, SyncResult) and other.id == self.id
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    def get(self, timeout: float | None = None, propagate: bool = True) -> R:
+        """Block until the result is ready (ResultTimeout after `timeout` seconds); a failure
+        re-raises the task's exception."""
+        return run_sync(self.async_result.get(timeout, propagate))
+
+    @property
+    def state(self) -> str:
+        """PENDING, RECEIVED, STARTED, RETRY, SUCCESS, FAILURE, REVOKED or a custom state
+        (a property, as in Celery: one backend read per access)."""
+        return run_sync(self.async_result.state())
+
+    @property
+    def info(self) -> Any:
+        """The result, the exception, or the custom meta of a progress state."""
+        return run_sync(self.async_result.info())
+
+    def ready(self) -> bool:
+        return self.state in READY_STATES
+
+    def successful(self) -> bool:
+        return self.state == SUCCESS
+
+    def failed(self) -> bool:
+        return self.state == FAILURE
+
+    def revoke(self, terminate: bool = False) -> None:
+        """Stop the task: a pending one never runs; with terminate=True a running one is stopped."""
+        run_sync(self.async_result.revoke(terminate))
+
+    def forget(self) -> None:
+        """Delete the stored result."""
+        run_sync(self.async_result.forget())
 
 
 class GroupResult(Generic[R]):

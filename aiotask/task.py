@@ -15,7 +15,9 @@ from aiotask.canvas.primitives import Group, Signature, chunks, xmap, xstarmap
 from aiotask.context import TaskContext
 from aiotask.exceptions import ConfigurationError
 from aiotask.protocol import Message
+from aiotask.result import SyncResult
 from aiotask.retry import RetryPolicy
+from aiotask.sync import run_sync
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping
@@ -197,6 +199,12 @@ class Task(Generic[P, R, L]):
         message = self.message(args, kwargs, **options)
         await self.app.publish([message])
         return self.app.AsyncResult(message.id)
+
+    def delay(self, *args: P.args, **kwargs: P.kwargs) -> SyncResult[R]:
+        """Send from plain (non-async) code: Django/Flask views, scripts, threads. Blocks until
+        the broker holds the message; thread-safe; see docs/sync.md. On a thread that runs an
+        event loop it raises SyncCallInEventLoop: use `await task.send(...)` there."""
+        return SyncResult(run_sync(self.apply_async(args, kwargs)))
 
     def call(self, *args: P.args, **kwargs: P.kwargs) -> Call[P]:
         """One call's arguments for `send_batch`, type-checked like a direct call."""

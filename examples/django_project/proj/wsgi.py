@@ -1,0 +1,10 @@
+"""WSGI entry point: `gunicorn proj.wsgi` (each forked worker opens its own connections)."""
+
+from __future__ import annotations
+
+import os
+
+from django.core.wsgi import get_wsgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "proj.settings")
+application = get_wsgi_application()
