@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from typing import TYPE_CHECKING
 
@@ -130,3 +131,29 @@ def run_cli(directory: Path, env: dict[str, str], *argv: str) -> subprocess.Comp
         timeout=30,
         check=False,
     )
+
+
+def wait_with_stderr(proc: subprocess.Popen[str], timeout: float) -> tuple[int, str]:
+    """Wait for the process to exit; return its exit code and the rest of its stderr.
+
+    stderr is read on a thread while waiting, so a chatty process never blocks on a full pipe.
+    Kills the process (and fails) if it has not exited within `timeout`.
+    """
+    assert proc.stderr is not None
+    stream = proc.stderr
+    os.set_blocking(stream.fileno(), True)
+    chunks: list[str] = []
+    reader = threading.Thread(target=lambda: chunks.append(stream.read()), daemon=True)
+    reader.start()
+    try:
+        code = proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise
+    finally:
+        reader.join(5)
+    if reader.is_alive():  # something the worker started still holds the pipe open
+        raise AssertionError(f"stderr of pid {proc.pid} stayed open after it exited")
+    stream.close()
+    return code, "".join(chunks)

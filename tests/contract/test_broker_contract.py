@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import pytest
@@ -201,13 +202,86 @@ async def test_purge_counts_and_removes(broker: Broker) -> None:
     assert await nothing_within(broker, ["q"], 0.3)
 
 
-async def test_cancelled_receive_loses_nothing(broker: Broker) -> None:
+async def test_cancelled_waiting_receive_does_not_swallow_a_later_message(broker: Broker) -> None:
+    # A receive cancelled while nothing is ready must leave no reader behind (a blocked
+    # XREADGROUP, a registered waiter) that takes the next message into limbo: the message
+    # comes on its first delivery, not back from a lapsed lease.
     waiter = asyncio.create_task(broker.receive(["q"], 5))
     await asyncio.sleep(0.1)
     waiter.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiter
     await broker.publish([out(1)])
-    got = await receive_all(broker, ["q"], 1, timeout=LEASE * 6)
-    assert got[0].message_id == "m1"
-    await broker.ack(got)
+    [got] = await receive_all(broker, ["q"], 1, timeout=LEASE * 6)
+    assert (got.message_id, got.deliveries) == ("m1", 1)
+    await broker.ack([got])
+
+
+#: Event-loop turns after which a receive is cancelled: lands inside its first awaits (a
+#: shielded triage, a thread hand-off, a round trip's write) rather than before it starts.
+CANCEL_AFTER_TURNS = range(10)
+#: Fractions of an uncancelled receive's duration after which one is cancelled: lands while
+#: the server (or the thread) has already handed the messages over, before receive returns.
+CANCEL_AFTER_FRACTIONS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.2, 1.5)
+
+
+async def cancel_receives_at_many_points(broker: Broker, took: float) -> list[Delivery]:
+    """Start and cancel one receive per cancel point; return what completed receives got."""
+    got: list[Delivery] = []
+    delays = [("turns", float(n)) for n in CANCEL_AFTER_TURNS]
+    delays += [("seconds", took * f) for f in CANCEL_AFTER_FRACTIONS]
+    for kind, amount in delays:
+        waiter = asyncio.create_task(broker.receive(["q"], 2))
+        if kind == "turns":
+            for _ in range(int(amount)):
+                await asyncio.sleep(0)
+        else:
+            await asyncio.sleep(amount)
+        waiter.cancel()
+        # Finished before the cancel landed: a normal delivery. Cancelled: whatever it had
+        # taken must come back, which the caller checks.
+        with contextlib.suppress(asyncio.CancelledError):
+            got += await waiter
+    return got
+
+
+async def test_cancelled_receive_of_ready_messages_loses_nothing(
+    broker: Broker, more_brokers: MoreBrokers
+) -> None:
+    # Messages are published FIRST, so a cancelled receive may already have taken some from
+    # the server (claimed rows, entries in our PEL, AMQP deliveries in triage) when the
+    # cancellation lands. Those must come back: on lease expiry, or (no leases) when the
+    # consumer goes away.
+    leases = broker.capabilities.leases
+    consumer = broker if leases else await more_brokers.new()
+    await broker.publish([out(0)])
+    started = time.monotonic()
+    warm = await receive_all(consumer, ["q"], 1)
+    took = time.monotonic() - started
+    await consumer.ack(warm)
+
+    total = 2 * (len(CANCEL_AFTER_TURNS) + len(CANCEL_AFTER_FRACTIONS))
+    ids = {f"m{i}" for i in range(1, total + 1)}
+    await broker.publish([out(i) for i in range(1, total + 1)])
+    completed = await cancel_receives_at_many_points(consumer, took)
+    await consumer.ack(completed)
+    acked = [d.message_id for d in completed]
+    assert len(acked) == len(set(acked)), "a message was handed out twice without a lapse"
+
+    if not leases:
+        await more_brokers.close(consumer)  # unsettled ones return when the consumer dies
+        consumer = await more_brokers.new()
+    returned: list[str] = []
+    try:
+        async with asyncio.timeout(LEASE * 6):
+            while set(acked) | set(returned) != ids:
+                batch = await consumer.receive(["q"], total)
+                await consumer.ack(batch)
+                returned += [d.message_id for d in batch]
+    except TimeoutError:
+        pass
+    lost = ids - set(acked) - set(returned)
+    assert not lost, f"lost by a cancelled receive: {sorted(lost)}"
+    assert not set(acked) & set(returned), "an acked message came back"
+    assert len(acked) < total, "every receive completed: no cancellation was exercised"
+    assert await nothing_within(consumer, ["q"], LEASE * 1.5)

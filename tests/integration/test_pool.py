@@ -19,6 +19,8 @@ from tests.integration import tasks_pool as t
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from aiotask.worker import Worker
+
 app = t.app
 TIMEOUT = 30
 
@@ -118,6 +120,27 @@ async def test_bound_context_update_state_and_sigint_immunity(fifos: Path) -> No
         }
 
 
+async def settled(worker: Worker, count: int) -> None:
+    """The worker finished `count` messages and settled everything it held."""
+    async with asyncio.timeout(TIMEOUT):
+        while worker.dispatcher.processed < count or worker.dispatcher.held:
+            await asyncio.sleep(0.01)
+    assert worker.dispatcher.processed == count
+
+
+async def assert_queue_empty(*ids: str) -> None:
+    """After the worker has gone (memory://: close() hands back whatever it did not settle)."""
+    async with app:
+        try:
+            async with asyncio.timeout(0.5):
+                back = await app.broker.receive(["default"], 10)
+        except TimeoutError:
+            back = []
+        assert [d.message_id for d in back] == [], "a terminated message was not acked"
+        dead = {d.message_id for d in await app.broker.dead_letters("default")}
+        assert not dead & set(ids), "a terminated message was dead-lettered, not acked"
+
+
 async def test_terminate_kills_only_that_job(fifos: Path) -> None:
     async with start_worker(app, processes=1) as worker:
         r = await t.blocks.send(str(fifos))
@@ -125,23 +148,31 @@ async def test_terminate_kills_only_that_job(fifos: Path) -> None:
         assert not await worker.pool.terminate("not-running-here")
         assert await worker.pool.terminate(r.id)
         with pytest.raises(TaskRevoked):
-            await r.get(timeout=TIMEOUT)
+            await r.get(timeout=TIMEOUT)  # no revoke(): only the worker can have stored it
         assert await r.state() == "REVOKED"
         assert gone(pid)
         assert await (await t.whoami.send()).get(timeout=TIMEOUT) != pid
+        await settled(worker, 2)
+    await assert_queue_empty(r.id)
 
 
 async def test_revoke_terminate_reaches_a_pool_task(fifos: Path) -> None:
-    async with start_worker(app, processes=1):
+    async with start_worker(app, processes=1) as worker:
         r = await t.blocks.send(str(fifos))
         pid = await started(fifos)
-        await r.revoke(terminate=True)
-        with pytest.raises(TaskRevoked):
-            await r.get(timeout=TIMEOUT)  # the tombstone: immediate
-        # one process: this runs only once the killed child's job has ended and it is reaped
+        await r.revoke(terminate=True)  # records REVOKED itself: proves nothing on its own
+        # The child running it is killed (not left blocked on the FIFO)...
+        async with asyncio.timeout(TIMEOUT):
+            while not gone(pid):
+                await asyncio.sleep(0.01)
+        # ...and the worker settles the message: processed once, acked, the slot free again.
+        await settled(worker, 1)
         assert await (await t.whoami.send()).get(timeout=TIMEOUT) != pid
-        assert gone(pid)
+        with pytest.raises(TaskRevoked):
+            await r.get(timeout=TIMEOUT)
         assert await r.state() == "REVOKED"
+    assert worker.dispatcher.processed == 2
+    await assert_queue_empty(r.id)
 
 
 async def test_max_tasks_per_child_recycles_without_losing_jobs() -> None:
