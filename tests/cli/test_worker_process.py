@@ -77,6 +77,7 @@ async def test_sigterm_finishes_running_and_loses_nothing(
         deadline = time.monotonic() + 15
         while len(lines(tmp_path, "started")) < 4 and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
+        assert len(lines(tmp_path, "started")) >= 4  # tasks really were running at the signal
         assert stop(proc, signal.SIGTERM) == 0
         started_before = set(lines(tmp_path, "started"))
         assert started_before <= set(lines(tmp_path, "finished"))  # running tasks finished
@@ -99,6 +100,7 @@ async def test_kill_9_mid_task_is_redelivered_and_finished_once(
         deadline = time.monotonic() + 15
         while len(lines(tmp_path, "started")) < 4 and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
+        assert len(lines(tmp_path, "started")) == 4  # the kill lands mid-task
         stop(victim, signal.SIGKILL)  # no shutdown at all: nothing acked
         assert lines(tmp_path, "finished") == []
         rescuer = start_worker(tmp_path, env, "-c", "4")
@@ -154,7 +156,7 @@ async def test_call_result_and_purge_commands(tmp_path: Path, namespace: str) ->
         async with producer(url, namespace) as app:
             assert await app.AsyncResult(task_id).get(timeout=15) == 42
     finally:
-        stop(proc)
+        assert stop(proc) == 0
     shown = cli("result", "-A", "proc_tasks:app", task_id)
     assert '"SUCCESS"' in shown and "42" in shown
     cli("call", "-A", "proc_tasks:app", "proc.add", "--args", "[1, 1]")
@@ -174,6 +176,7 @@ async def test_chord_whose_worker_is_killed_mid_header_fires_once(
         deadline = time.monotonic() + 15
         while len(lines(tmp_path, "started")) < 4 and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
+        assert len(lines(tmp_path, "started")) == 4  # the kill lands mid-task
         stop(victim, signal.SIGKILL)  # every header task is mid-flight
         rescuer = start_worker(tmp_path, env, "-c", "4")
         try:
@@ -202,6 +205,8 @@ async def test_poison_message_is_dead_lettered_after_max_deliveries(
             if proc.stderr is not None:
                 proc.stderr.close()
             assert code == 3
+        else:
+            pytest.fail("the worker died on every one of 4 starts: the poison was never buried")
         try:
             assert await app.AsyncResult(ok.id).get(timeout=15) == 3
         finally:

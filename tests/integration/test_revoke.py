@@ -19,7 +19,7 @@ import pytest
 from aiotask import App, Task
 from aiotask.exceptions import TaskRevoked
 from aiotask.testing import start_worker
-from aiotask.worker import REVOCATIONS_REFRESH
+from aiotask.worker.revocations import REVOCATIONS_REFRESH
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator

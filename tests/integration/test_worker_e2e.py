@@ -182,17 +182,6 @@ async def test_time_limit_on_a_coroutine() -> None:
         assert await (await t.add.send(1, 2)).get(timeout=5) == 3
 
 
-async def test_revoke_pending_task_never_runs() -> None:
-    async with start_worker(app):
-        r = await t.sleeper.apply_async(args=(0, "revoked-key"), countdown=0.3)
-        await r.revoke()
-        assert await r.state() == "REVOKED"
-        with pytest.raises(TaskRevoked):
-            await r.get(timeout=5)
-        await asyncio.sleep(0.6)
-        assert "revoked-key" not in t.calls
-
-
 async def test_expired_message_is_not_run() -> None:
     async with start_worker(app):
         r = await t.sleeper.apply_async(args=(0, "expired-key"), countdown=0.3, expires=0.1)
@@ -238,14 +227,6 @@ async def test_reject_requeue_and_dead_letter() -> None:
             await asyncio.sleep(0.01)
         dead = await app.broker.dead_letters("default")
         assert any(d.message_id == r.id and d.reason == "not today" for d in dead)
-
-
-async def test_ignore_result() -> None:
-    async with start_worker(app):
-        r = await t.add.apply_async(args=(1, 2), ignore_result=True)
-        r2 = await t.add.send(5, 5)
-        assert await r2.get(timeout=5) == 10
-        assert await r.state() == "PENDING"
 
 
 async def test_sync_task_runs_in_a_child_process() -> None:
@@ -370,34 +351,6 @@ async def test_middleware_wraps_send_and_execution() -> None:
     assert seen == ["startup", "before:t-1", "after", "shutdown"]
 
 
-async def test_revoke_terminate_cancels_a_running_coroutine() -> None:
-    async with start_worker(app) as worker:
-        r = await t.sleeper.send(30, "terminated-key")
-        while r.id not in worker.dispatcher.executor.running:
-            await asyncio.sleep(0.01)
-        started = time.monotonic()
-        await r.revoke(terminate=True)
-        with pytest.raises(TaskRevoked):
-            await r.get(timeout=5)
-        assert time.monotonic() - started < 2
-        assert await r.state() == "REVOKED"
-        assert await (await t.add.send(1, 2)).get(timeout=5) == 3  # the worker goes on
-    assert "terminated-key" not in t.calls
-
-
-async def test_revoke_reaches_messages_already_prefetched() -> None:
-    async with start_worker(app, concurrency=1, prefetch=5) as worker:
-        first = await t.sleeper.send(0.3, "blocker")
-        queued = await t.sleeper.send(0, "prefetched-key")
-        while len(worker.dispatcher.held) < 2:
-            await asyncio.sleep(0.01)
-        await queued.revoke()
-        assert await first.get(timeout=5) == "slept"
-        with pytest.raises(TaskRevoked):
-            await queued.get(timeout=5)
-    assert "prefetched-key" not in t.calls
-
-
 async def test_priorities_order_a_backlog(broker_kind: str) -> None:
     t.order.clear()
     await app.connect()
@@ -412,15 +365,3 @@ async def test_priorities_order_a_backlog(broker_kind: str) -> None:
         assert bands == sorted(bands, reverse=True)
     else:
         assert t.order == sorted(t.order, reverse=True)
-
-
-async def test_a_worker_started_after_the_revoke_still_honours_it() -> None:
-    await app.connect()
-    r = await t.sleeper.send(0, "offline-revoke")
-    await r.revoke()  # no worker is running: only the tombstone remembers
-    await app.close()
-    async with start_worker(app):
-        after = await t.sleeper.send(0, "after-revoke")
-        assert await after.get(timeout=5) == "slept"  # the revoked one was ahead of it
-    assert "offline-revoke" not in t.calls
-    assert t.calls["after-revoke"] == 1
