@@ -20,6 +20,7 @@ from aiotask.brokers.base import Outgoing
 from aiotask.canvas import runtime
 from aiotask.canvas.compile import CHAIN_STATE
 from aiotask.canvas.primitives import MAP_TASK, STARMAP_TASK
+from aiotask.events.follow import emit_sent
 from aiotask.exceptions import (
     ConfigurationError,
     MessageTooLarge,
@@ -300,6 +301,8 @@ class App:
         if not self._connected:
             await self.connect()
         await self.broker.publish(batch)
+        if self.conf.events:  # one more call per batch, only with the `events` setting
+            await emit_sent(self, messages)
 
     async def _before_send(self, message: Message) -> Message:
         for mw in self.middleware:

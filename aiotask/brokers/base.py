@@ -35,7 +35,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import AsyncIterator, Sequence
+    from contextlib import AbstractAsyncContextManager
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,3 +117,25 @@ class Broker(Protocol):
     async def purge(self, queue: str) -> int: ...
 
     async def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]: ...
+
+
+#: Events a broker's capped event stream keeps (approximately, on Redis); older ones are dropped.
+EVENTS_CAP = 10_000
+
+
+@runtime_checkable
+class EventStream(Protocol):
+    """A broker that also carries monitoring events (see aiotask/events/): opaque bytes in a
+    capped, best-effort stream, apart from the task queues.
+
+    - `emit_events` appends a batch in one round trip; the stream keeps the last EVENTS_CAP
+      or so (a Redis Stream with MAXLEN ~, a capped SQLite table), or hands each event to the
+      followers bound at that moment (a RabbitMQ topic exchange: nobody bound, nothing kept).
+    - `events()` follows the stream live: entering the context subscribes (from now on: no
+      history), iterating yields each event emitted afterwards, in order per emitter.
+    Nothing is ever written when nobody calls `emit_events`.
+    """
+
+    async def emit_events(self, batch: Sequence[bytes]) -> None: ...
+
+    def events(self) -> AbstractAsyncContextManager[AsyncIterator[bytes]]: ...

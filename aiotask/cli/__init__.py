@@ -12,6 +12,7 @@ import typer
 from aiotask import _log
 from aiotask._urls import redact
 from aiotask.cli._beat import register as register_beat
+from aiotask.cli._events import register as register_events
 from aiotask.cli._loader import load_app
 from aiotask.exceptions import AiotaskError, ConfigurationError
 from aiotask.states import PENDING
@@ -64,6 +65,9 @@ def worker(
     embed_beat: Annotated[
         bool, typer.Option("--beat", help="also send periodic tasks (any number of workers may)")
     ] = False,
+    events: Annotated[
+        bool, typer.Option("-E", "--events", help="emit task and worker events (aiotask events)")
+    ] = False,
 ) -> None:
     """Consume queues and run tasks until SIGTERM (warm) or a second signal / SIGQUIT (cold)."""
     the_app, _ = load_app(app)
@@ -81,6 +85,7 @@ def worker(
         max_tasks_per_child=max_tasks_per_child or None,
         max_memory_per_child=max_memory_per_child or None,
         beat=embed_beat,
+        events=events or None,
     )
     typer.echo(w.banner(), err=True)
     raise typer.Exit(asyncio.run(_serve(w)))
@@ -168,6 +173,7 @@ def purge(
 
 
 register_beat(cli)
+register_events(cli)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -16,6 +16,9 @@ from aiotask._log import get_logger
 from aiotask._urls import redact
 from aiotask.beat import service as beat_service
 from aiotask.beat.runner import check_entries
+from aiotask.events.emitter import Emitter
+from aiotask.events.follow import event_stream
+from aiotask.events.model import EventType
 from aiotask.exceptions import BrokerConnectionError, ConfigurationError
 from aiotask.worker import control, revocations
 from aiotask.worker._supervise import supervise
@@ -56,6 +59,7 @@ class Worker:
         max_memory_per_child: int | None = None,
         shutdown_grace: float | None = None,
         beat: bool = False,
+        events: bool | None = None,
     ) -> None:
         conf = app.conf
         #: run periodic entries here too (`--beat`); any number of workers may
@@ -87,6 +91,11 @@ class Worker:
         self.dispatcher = Dispatcher(
             Executor(app, self.pool), self.settler, self.concurrency, self.prefetch
         )
+        #: monitoring events (`-E`, or the `events` setting): recorded here, sent in batches
+        self.events: Emitter | None = None
+        if conf.events if events is None else events:
+            self.events = Emitter(lambda: event_stream(app), self.name)
+            self.dispatcher.events = self.dispatcher.executor.events = self.events
 
     def _settled(self, deliveries: Sequence[Delivery]) -> None:
         self.dispatcher.settled(deliveries)
@@ -140,6 +149,7 @@ class Worker:
                 )
                 settler = group.create_task(self.settler.run(), name="aiotask-settler")
                 side_loops = self._side_loops(group)
+                self._event(EventType.WORKER_ONLINE)
                 self.ready.set()
                 log.info("worker %s ready", self.name)
                 await self.shutdown.requested.wait()
@@ -147,6 +157,9 @@ class Worker:
                 await self._drain()
                 self.settler.stop()
                 await settler  # settles everything that ran, then returns
+                if self.events is not None:
+                    self._event(EventType.WORKER_OFFLINE)
+                    await self.events.close()
                 for loop_task in side_loops:
                     loop_task.cancel()
         except* Exception as group_error:
@@ -173,6 +186,9 @@ class Worker:
             loops["leases"] = functools.partial(renew_leases, broker, self.dispatcher, interval)
         if self.embed_beat:
             loops["beat"] = functools.partial(beat_service.embedded, app)
+        if self.events is not None:
+            beats = (conf.worker_heartbeat_interval, self._stats)
+            loops["events"] = functools.partial(self.events.run, beats)
         if backend is not None:
             executor = self.dispatcher.executor
             loops["control"] = functools.partial(control.obey, backend, executor)
@@ -181,6 +197,16 @@ class Worker:
             group.create_task(supervise(name, run), name=f"aiotask-{name}")
             for name, run in loops.items()
         ]
+
+    def _stats(self) -> dict[str, object]:
+        """The fields of worker-online / heartbeat / offline events."""
+        running = len(self.dispatcher.running)
+        return {"pid": os.getpid(), "queues": self.queues, "active": running,
+                "processed": self.dispatcher.processed}  # fmt: skip
+
+    def _event(self, kind: EventType) -> None:
+        if self.events is not None:
+            self.events.worker(kind, {"freq": self.conf.worker_heartbeat_interval, **self._stats()})
 
     async def _close(self) -> None:
         await self.pool.aclose()

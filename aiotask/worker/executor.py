@@ -13,6 +13,7 @@ from aiotask.backends.base import EncodedResult, ResultRecord
 from aiotask.canvas.primitives import MAP_TASK, STARMAP_TASK
 from aiotask.canvas.runtime import CHORD_BODY_HEADER, Finished
 from aiotask.context import TaskContext, current_task
+from aiotask.events.model import EventType
 from aiotask.exceptions import (
     NotRegistered,
     SerializationError,
@@ -37,6 +38,7 @@ from aiotask.worker.outcome import (
 if TYPE_CHECKING:
     from aiotask.app import App
     from aiotask.brokers.base import Delivery
+    from aiotask.events.emitter import Emitter
     from aiotask.protocol import Message
     from aiotask.task import Task
     from aiotask.worker.pool import SyncPool
@@ -58,6 +60,8 @@ class Executor:
         self.terminating: set[str] = set()
         #: ids revoked by broadcast while their messages were already here
         self.revoked: set[str] = set()
+        #: monitoring events (`-E`); None: off, nothing recorded
+        self.events: Emitter | None = None
 
     async def terminate(self, task_id: str) -> bool:
         """Stop a running task (revoke with terminate=True): cancel its coroutine, or kill the
@@ -78,6 +82,14 @@ class Executor:
         if revoked or (message.expires is not None and now() > message.expires):
             why = "revoked" if revoked else "expired"
             log.info("skipping %s task %s[%s]", why, message.task, message.id)
+            if self.events is not None:
+                self.events.task(
+                    EventType.TASK_REVOKED,
+                    message.id,
+                    message.task,
+                    delivery.queue,
+                    {"reason": why},
+                )
             settlement = self._final(delivery, message, REVOKED, None, None)
             if message.chain or message.errbacks or message.chord is not None:
                 self._advance(settlement, message, Revoked(why))
@@ -88,6 +100,10 @@ class Executor:
         if task is None:
             missing = NotRegistered(message.task)
             log.error("%s (message %s dead-lettered)", missing, message.id)
+            if self.events is not None:
+                self.events.task_error(
+                    EventType.TASK_FAILED, message.id, message.task, delivery.queue, missing
+                )
             settlement = self._final(delivery, message, FAILURE, None, missing)
             settlement.action, settlement.reason = "dead", str(missing)
             return settlement
@@ -113,6 +129,7 @@ class Executor:
         this = asyncio.current_task()
         if this is not None:
             self.running[message.id] = this
+        _started_event(self.events, delivery, message)
         try:
             if self.track_started and self.app.backend is not None:
                 await ctx.update_state(State.STARTED)
@@ -138,6 +155,7 @@ class Executor:
             self.running.pop(message.id, None)
             self.terminating.discard(message.id)
         elapsed = time.perf_counter() - started
+        _outcome_event(self.events, delivery, message, outcome, elapsed)
         settlement = self._settle(delivery, message, task, outcome, elapsed)
         if message.chain or message.links or message.errbacks or message.chord is not None:
             self._advance(settlement, message, outcome)
@@ -344,3 +362,42 @@ async def _run_hooks(task: Task[Any, Any], message: Message, outcome: Outcome) -
                 pass
     except Exception:
         log.exception("a hook of task %s[%s] raised", message.task, ident)
+
+
+def _started_event(events: Emitter | None, delivery: Delivery, message: Message) -> None:
+    if events is not None:
+        events.task(
+            EventType.TASK_STARTED, message.id, message.task, delivery.queue,
+            {"retries": message.retries},
+        )  # fmt: skip
+
+
+def _outcome_event(
+    events: Emitter | None,
+    delivery: Delivery,
+    message: Message,
+    outcome: Outcome,
+    runtime: float,
+) -> None:
+    """Record the task-* event of one outcome (a buffer append; the emitter sends it)."""
+    if events is None:
+        return
+    ident, name, queue = message.id, message.task, delivery.queue
+    match outcome:
+        case Succeeded():
+            extra = {"runtime": runtime, "retries": message.retries}
+            events.task(EventType.TASK_SUCCEEDED, ident, name, queue, extra)
+        case Failed(exc):
+            extra = {"runtime": runtime, "retries": message.retries}
+            events.task_error(EventType.TASK_FAILED, ident, name, queue, exc, extra)
+        case Retrying(decision):
+            extra = {
+                "runtime": runtime,
+                "retries": message.retries,
+                "eta": now() + decision.delay,
+            }
+            events.task_error(EventType.TASK_RETRIED, ident, name, queue, decision.exc, extra)
+        case Rejected(_requeue, reason):
+            events.task(EventType.TASK_REJECTED, ident, name, queue, {"reason": reason})
+        case Revoked(reason):
+            events.task(EventType.TASK_REVOKED, ident, name, queue, {"reason": reason})
