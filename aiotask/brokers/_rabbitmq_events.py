@@ -1,16 +1,17 @@
 """The monitoring event stream of brokers/rabbitmq.py: a topic exchange, nothing stored.
 
-One flush of an emitter is one transient message to the topic exchange `{prefix}.events`,
-routing key `events`: its body is the batch's events, JSON objects separated by newlines (one
-publish and one confirm per flush, not per event: a worker emits about three events per task).
-It is published without `mandatory`: with nobody following, the server drops it, which is the
+Each record (aiotask.events packs one flush of an emitter, up to 500 events, per record) is one
+transient message to the topic exchange `{prefix}.events`, routing key `events`: one publish
+and one confirm per flush, not per event (a worker emits about three events per task). It is
+published without `mandatory`: with nobody following, the server drops it, which is the
 cap (nothing accumulates). A follower binds an exclusive, auto-delete, server-named queue with
-`#`, capped at EVENTS_CAP messages (x-max-length, oldest dropped), so a slow follower cannot
+`#`, capped at EVENTS_CAP records (x-max-length, oldest dropped), so a slow follower cannot
 grow the server's memory.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING
 
 import aio_pika
@@ -41,13 +42,22 @@ async def declare(channel: AbstractChannel, prefix: str) -> AbstractExchange:
 
 
 async def publish(exchange: AbstractExchange, batch: Sequence[bytes]) -> None:
-    """The batch as one message (confirmed); dropped by the server when nobody follows."""
-    message = aio_pika.Message(
-        b"\n".join(batch),
-        content_type="application/x-ndjson",
-        delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT,
+    """One message per record, concurrently (one round trip of confirms); the server drops
+    them when nobody follows."""
+    await asyncio.gather(
+        *(
+            exchange.publish(
+                aio_pika.Message(
+                    record,
+                    content_type="application/json",
+                    delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT,
+                ),
+                routing_key=ROUTING_KEY,
+                mandatory=False,
+            )
+            for record in batch
+        )
     )
-    await exchange.publish(message, routing_key=ROUTING_KEY, mandatory=False)
 
 
 class Follower:
@@ -79,9 +89,7 @@ class Follower:
         assert self._queue is not None  # noqa: S101 - open() ran
         async with self._queue.iterator(no_ack=True) as messages:
             async for message in messages:
-                for body in message.body.split(b"\n"):
-                    if body:
-                        yield body
+                yield message.body
 
     async def close(self) -> None:
         conn, self._conn = self._conn, None

@@ -1,17 +1,13 @@
-"""The monitoring event stream of brokers/redis_streams.py: one Redis Stream, capped.
+"""The monitoring event stream of brokers/redis_streams.py: one Redis Stream, MAXLEN ~ capped.
 
-`{prefix}:events` holds one entry per flush of an emitter: field `e` is the batch's events,
-each a JSON object, separated by newlines (JSON text never holds a raw newline), and field `n`
-their number. One XADD per flush keeps the server's cost per event tiny (a worker emits about
-three events per task). The stream is trimmed exactly to ceil(EVENTS_CAP / batch size) entries
-on each XADD, so it keeps about EVENTS_CAP events (at most about twice that when batch sizes
-vary). Followers XREAD BLOCK from the id that was last when they subscribed.
+`{prefix}:events` holds one entry per record (field `e`; aiotask.events packs one flush of an
+emitter, up to 500 events, per record), trimmed with MAXLEN ~ EVENTS_CAP on every XADD.
+Followers XREAD BLOCK from the id that was last when they subscribed.
 """
 
 from __future__ import annotations
 
 import asyncio
-import math
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -30,10 +26,9 @@ def key(prefix: str) -> str:
     return f"{prefix}:events"
 
 
-def xadd(stream: str, cap: int, batch: Sequence[bytes]) -> tuple[Any, ...]:
-    """The one XADD command of a batch."""
-    keep = max(1, math.ceil(cap / len(batch)))
-    return ("XADD", stream, "MAXLEN", "=", keep, "*", "n", len(batch), "e", b"\n".join(batch))
+def xadds(stream: str, cap: int, batch: Sequence[bytes]) -> list[tuple[Any, ...]]:
+    """One XADD per record, for one pipeline."""
+    return [("XADD", stream, "MAXLEN", "~", cap, "*", "e", record) for record in batch]
 
 
 async def end_id(client: Redis, stream: str) -> bytes | str:
@@ -48,7 +43,7 @@ async def follow(
     start: bytes | str,
     retrying: Callable[[Callable[[], Awaitable[Any]]], Awaitable[Any]],
 ) -> AsyncGenerator[bytes, None]:
-    """Every event after entry `start`, live; reconnects through an outage (the broker's rule)."""
+    """Every record after entry `start`, live; reconnects through an outage (broker's rule)."""
     last = start
 
     async def read() -> Any:
@@ -60,6 +55,6 @@ async def follow(
         for _stream, entries in reply or ():
             for entry_id, fields in entries:
                 last = entry_id
-                for body in (fields.get(b"e") or b"").split(b"\n"):
-                    if body:
-                        yield body
+                record = fields.get(b"e")
+                if record is not None:
+                    yield record

@@ -119,20 +119,22 @@ class Broker(Protocol):
     async def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]: ...
 
 
-#: Events a broker's capped event stream keeps (approximately, on Redis); older ones are dropped.
-EVENTS_CAP = 10_000
+#: Records a broker's capped event stream keeps (approximately, on Redis); older ones are
+#: dropped. A record is what aiotask.events packs per flush: up to 500 events.
+EVENTS_CAP = 1000
 
 
 @runtime_checkable
 class EventStream(Protocol):
-    """A broker that also carries monitoring events (see aiotask/events/): opaque bytes in a
+    """A broker that also carries monitoring events (see aiotask/events/): opaque records in a
     capped, best-effort stream, apart from the task queues.
 
-    - `emit_events` appends a batch in one round trip; the stream keeps the last EVENTS_CAP
-      or so (a Redis Stream with MAXLEN ~, a capped SQLite table), or hands each event to the
-      followers bound at that moment (a RabbitMQ topic exchange: nobody bound, nothing kept).
+    - `emit_events` appends a batch of records in one round trip; the stream keeps the last
+      EVENTS_CAP or so (a Redis Stream with MAXLEN ~, a capped SQLite table), or hands each
+      record to the followers bound at that moment (a RabbitMQ topic exchange: nobody bound,
+      nothing kept).
     - `events()` follows the stream live: entering the context subscribes (from now on: no
-      history), iterating yields each event emitted afterwards, in order per emitter.
+      history), iterating yields each record emitted afterwards, in order per emitter.
     Nothing is ever written when nobody calls `emit_events`.
     """
 

@@ -609,10 +609,10 @@ class RedisStreamsBroker:
     # -- monitoring events (EventStream; see _redis_events) ----------------------------------
 
     async def emit_events(self, batch: Sequence[bytes]) -> None:
-        """One XADD of the whole batch to `{prefix}:events`, trimmed to about EVENTS_CAP."""
+        """XADD the records to `{prefix}:events` (MAXLEN ~ EVENTS_CAP): one round trip."""
         if batch:
-            cmd = events.xadd(events.key(self._prefix), EVENTS_CAP, batch)
-            await self._retrying(lambda: self._run([cmd]))
+            cmds = events.xadds(events.key(self._prefix), EVENTS_CAP, batch)
+            await self._retrying(lambda: self._run(cmds))
 
     @asynccontextmanager
     async def events(self) -> AsyncIterator[AsyncIterator[bytes]]:

@@ -1,8 +1,9 @@
 """The batched emitter: events go to an in-memory buffer, a side loop flushes them.
 
-Recording an event is a dict append on the event loop (no await, no I/O on the task path);
-`run()` sends the buffer every FLUSH_INTERVAL seconds, or as soon as MAX_BATCH are waiting,
-as one `emit_events` call. Events are best-effort: a failed flush is logged and dropped, and
+Recording an event is a tuple appended to a list on the event loop (no await, no I/O, no
+encoding on the task path); `run()` sends the buffer every FLUSH_INTERVAL seconds, or as soon
+as MAX_BATCH are waiting: one JSON array (one `orjson.dumps`) per MAX_BATCH events, all in one
+`emit_events` call. Events are best-effort: a failed flush is logged and dropped, and
 past MAX_BUFFER unsent events new ones are dropped (and counted), so a broker outage never
 grows the worker's memory or slows its tasks.
 """
@@ -13,6 +14,7 @@ import asyncio
 import os
 import socket
 import time
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -21,7 +23,7 @@ from aiotask._log import get_logger
 from aiotask.events.model import EventType, safe_message
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Mapping, Sequence
 
     from aiotask.brokers.base import EventStream
 
@@ -29,8 +31,8 @@ log = get_logger(__name__)
 
 #: Seconds between two flushes of a non-empty buffer (how live a follower's view is).
 FLUSH_INTERVAL = 0.1
-#: Events sent per broker call; a buffer this full is flushed at once.
-MAX_BATCH = 1000
+#: Events per record (one JSON array); a buffer this full is flushed at once.
+MAX_BATCH = 500
 #: Unsent events kept at most; newer ones are dropped while the broker does not take them.
 MAX_BUFFER = 10_000
 #: Seconds the last flush (at shutdown) may take.
@@ -38,7 +40,9 @@ FINAL_FLUSH_TIMEOUT = 5.0
 
 
 #: (type, timestamp, task id or "" for worker-*, task name, queue, other keys or None)
-_Record = tuple[str, float, str, str, str, "dict[str, Any] | None"]
+_Record = tuple[str, float, str, str, str, "Mapping[str, Any]"]
+#: The `extra` of an event with no per-type keys (shared, never changed).
+_NO_EXTRA: Mapping[str, Any] = MappingProxyType({})
 
 
 def producer_name() -> str:
@@ -79,7 +83,7 @@ class Emitter:
         task_id: str,
         name: str,
         queue: str,
-        extra: dict[str, Any] | None = None,
+        extra: Mapping[str, Any] = _NO_EXTRA,
     ) -> None:
         """A task-* event; `extra` holds the per-type keys (runtime, retries, ...).
 
@@ -99,56 +103,53 @@ class Emitter:
         name: str,
         queue: str,
         exc: BaseException,
-        extra: dict[str, Any] | None = None,
+        extra: Mapping[str, Any] = _NO_EXTRA,
     ) -> None:
         """task-failed / task-retried: with the exception's type and redacted message."""
-        fields = {"exception_type": type(exc).__name__, "exception": safe_message(exc)}
-        if extra:
-            fields.update(extra)
+        fields = {"exception_type": type(exc).__name__, "exception": safe_message(exc), **extra}
         self.task(kind, task_id, name, queue, fields)
 
-    def worker(self, kind: str, fields: dict[str, Any]) -> None:
+    def worker(self, kind: str, fields: Mapping[str, Any]) -> None:
         """A worker-* event with its fields (pid, queues, active, processed, freq)."""
         self.task(kind, "", "", "", fields)
 
     # -- sending ------------------------------------------------------------------------------
 
     async def flush(self) -> int:
-        """Send what is buffered, MAX_BATCH per call; returns how many were sent."""
-        sent = 0
+        """Send what is buffered, MAX_BATCH per record, in one call; how many were sent."""
         async with self._lock:
             pending, self.buffer = self.buffer, []
             self._full.clear()
-            for start in range(0, len(pending), self.max_batch):
-                batch = pending[start : start + self.max_batch]
-                if not await self._send(self._encode(batch)):
-                    break
-                sent += len(batch)
-        self.sent += sent
-        return sent
+            if not pending:
+                return 0
+            step = self.max_batch
+            records = [self._encode(pending[i : i + step]) for i in range(0, len(pending), step)]
+            if not await self._send(records, len(pending)):
+                return 0
+        self.sent += len(pending)
+        return len(pending)
 
-    def _encode(self, batch: list[_Record]) -> list[bytes]:
-        host, dumps = self.hostname, orjson.dumps
-        out = []
-        for kind, stamp, task_id, name, queue, extra in batch:
-            if task_id:
-                event = {"type": kind, "timestamp": stamp, "hostname": host,
-                         "task_id": task_id, "task": name, "queue": queue}  # fmt: skip
-            else:  # worker-*
-                event = {"type": kind, "timestamp": stamp, "hostname": host}
-            if extra:
-                event.update(extra)
-            out.append(dumps(event))
-        return out
+    def _encode(self, batch: list[_Record]) -> bytes:
+        """One JSON array for the batch: one orjson call (a tenth of the cost of one per event)."""
+        host = self.hostname
+        return orjson.dumps(
+            [
+                {"type": kind, "timestamp": stamp, "hostname": host, "task_id": task_id,
+                 "task": name, "queue": queue, **extra}
+                if task_id
+                else {"type": kind, "timestamp": stamp, "hostname": host, **extra}
+                for kind, stamp, task_id, name, queue, extra in batch
+            ]
+        )  # fmt: skip
 
-    async def _send(self, batch: Sequence[bytes]) -> bool:
+    async def _send(self, records: Sequence[bytes], count: int) -> bool:
         try:
-            await self._stream().emit_events(batch)
+            await self._stream().emit_events(records)
         except Exception as exc:
             if not self._failing:
                 log.warning(
                     "could not emit %d events (dropped; the next flush tries again): %s",
-                    len(batch),
+                    count,
                     exc,
                 )
             self._failing = True

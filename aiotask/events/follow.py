@@ -12,7 +12,7 @@ import orjson
 from aiotask._log import get_logger
 from aiotask.brokers.base import EventStream
 from aiotask.events.emitter import producer_name
-from aiotask.events.model import EventType, decode
+from aiotask.events.model import EventType, decode_record
 from aiotask.exceptions import ConfigurationError
 
 if TYPE_CHECKING:
@@ -52,9 +52,14 @@ async def follow(app: App) -> AsyncIterator[AsyncIterator[Event]]:
 async def _decoded(feed: AsyncIterator[bytes]) -> AsyncIterator[Event]:
     async for raw in feed:
         try:
-            yield decode(raw)
-        except ValueError as exc:  # a foreign or newer entry: skip it, keep following
-            log.debug("skipping an event that does not decode: %s", exc)
+            events, skipped = decode_record(raw)
+        except ValueError as exc:  # a foreign entry: skip it, keep following
+            log.debug("skipping a record that does not decode: %s", exc)
+            continue
+        if skipped:  # unknown types (a newer emitter) or malformed entries
+            log.debug("skipped %d entries that are not events", skipped)
+        for event in events:
+            yield event
 
 
 @cache
@@ -63,11 +68,11 @@ def _hostname() -> str:
 
 
 async def emit_sent(app: App, messages: Sequence[Message]) -> None:
-    """task-sent for a published batch, in one call; a failure is logged, never raised (the
-    messages are already sent, and events are best-effort)."""
+    """task-sent for a published batch, one record in one call; a failure is logged, never
+    raised (the messages are already sent, and events are best-effort)."""
     stamp = time.time()
     host = _hostname()
-    batch: list[bytes] = []
+    batch: list[dict[str, Any]] = []
     for m in messages:
         event: dict[str, Any] = {
             "type": EventType.TASK_SENT,
@@ -80,8 +85,8 @@ async def emit_sent(app: App, messages: Sequence[Message]) -> None:
         }
         if m.eta is not None:
             event["eta"] = m.eta
-        batch.append(orjson.dumps(event))
+        batch.append(event)
     try:
-        await event_stream(app).emit_events(batch)
+        await event_stream(app).emit_events([orjson.dumps(batch)])
     except Exception as exc:
         log.warning("could not emit %d task-sent events: %s", len(batch), exc)

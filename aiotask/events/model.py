@@ -1,13 +1,16 @@
-"""Typed monitoring events and their wire form (one small JSON object per event).
+"""Typed monitoring events and their wire form (JSON objects, a JSON array per record).
 
 Events are observations, not state: a lost or duplicated event changes no task. They travel
-through the broker's capped event stream (`brokers.base.EventStream`) as opaque bytes, so a
-follower written in another language needs only this format:
+through the broker's capped event stream (`brokers.base.EventStream`) as records: one record
+is a JSON array of the events of one flush (one `orjson.dumps` per flush costs a tenth of one
+per event), so a follower written in another language needs only this format:
 
-    {"type": "task-succeeded", "timestamp": 1764430000.123, "hostname": "aiotask@web-1-4242",
-     "task_id": "...", "task": "proj.add", "queue": "default", "runtime": 0.0012, "retries": 0}
+    [{"type": "task-succeeded", "timestamp": 1764430000.123, "hostname": "aiotask@web-1-4242",
+      "task_id": "...", "task": "proj.add", "queue": "default", "runtime": 0.0012,
+      "retries": 0}, ...]
 
-Keys that do not apply to a type (runtime on task-sent, ...) are left out, not null.
+Keys that do not apply to a type (runtime on task-sent, ...) are left out, not null. A record
+holding a single object (not an array) is read as one event.
 """
 
 from __future__ import annotations
@@ -107,9 +110,27 @@ def encode(event: Event) -> bytes:
     return orjson.dumps(as_dict(event))
 
 
-def encode_raw(record: dict[str, Any]) -> bytes:
-    """Encode an event already built as a dict (the emitter's hot path skips the dataclass)."""
-    return orjson.dumps(record)
+def encode_record(events: list[Event]) -> bytes:
+    """One record (a JSON array) of events."""
+    return orjson.dumps([as_dict(e) for e in events])
+
+
+def decode_record(raw: bytes) -> tuple[list[Event], int]:
+    """The events of a record, and how many of its entries were not events (skipped).
+
+    Raises ValueError when the record is not JSON at all."""
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"not an event record: {exc}") from None
+    items = data if isinstance(data, list) else [data]
+    out: list[Event] = []
+    for item in items:
+        try:
+            out.append(_from_dict(item))
+        except ValueError:
+            continue
+    return out, len(items) - len(out)
 
 
 def decode(raw: bytes) -> Event:
@@ -121,6 +142,10 @@ def decode(raw: bytes) -> Event:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise ValueError(f"not an event: {exc}") from None
+    return _from_dict(data)
+
+
+def _from_dict(data: object) -> Event:
     if not isinstance(data, dict):
         raise ValueError("not an event: not a JSON object")
     try:
@@ -145,7 +170,8 @@ __all__ = [
     "WorkerEvent",
     "as_dict",
     "decode",
+    "decode_record",
     "encode",
-    "encode_raw",
+    "encode_record",
     "safe_message",
 ]
