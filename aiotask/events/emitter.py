@@ -14,7 +14,6 @@ import asyncio
 import os
 import socket
 import time
-from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -23,11 +22,12 @@ from aiotask._log import get_logger
 from aiotask.events.model import EventType, safe_message
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping, Sequence
+    from collections.abc import Callable, Sequence
 
     from aiotask.brokers.base import EventStream
 
 log = get_logger(__name__)
+_now = time.time
 
 #: Seconds between two flushes of a non-empty buffer (how live a follower's view is).
 FLUSH_INTERVAL = 0.1
@@ -40,9 +40,7 @@ FINAL_FLUSH_TIMEOUT = 5.0
 
 
 #: (type, timestamp, task id or "" for worker-*, task name, queue, other keys or None)
-_Record = tuple[str, float, str, str, str, "Mapping[str, Any]"]
-#: The `extra` of an event with no per-type keys (shared, never changed).
-_NO_EXTRA: Mapping[str, Any] = MappingProxyType({})
+_Record = tuple[str, float, str, str, str, "float | None", "dict[str, Any] | None"]
 
 
 def producer_name() -> str:
@@ -83,17 +81,19 @@ class Emitter:
         task_id: str,
         name: str,
         queue: str,
-        extra: Mapping[str, Any] = _NO_EXTRA,
+        runtime: float | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> None:
-        """A task-* event; `extra` holds the per-type keys (runtime, retries, ...).
+        """A task-* event; `extra` holds the other per-type keys (retries, exception, ...).
 
-        The hot path: a tuple appended to a list; the dict and its JSON are made at flush."""
+        The hot path: a tuple appended to a list; it is encoded as it is, at flush."""
         buffer = self.buffer
-        if len(buffer) >= self.max_buffer:
+        size = len(buffer)
+        if size >= self.max_buffer:
             self.dropped += 1
             return
-        buffer.append((kind, time.time(), task_id, name, queue, extra))
-        if len(buffer) >= self.max_batch:
+        buffer.append((kind, _now(), task_id, name, queue, runtime, extra))
+        if size + 1 == self.max_batch:
             self._full.set()
 
     def task_error(
@@ -103,15 +103,18 @@ class Emitter:
         name: str,
         queue: str,
         exc: BaseException,
-        extra: Mapping[str, Any] = _NO_EXTRA,
+        runtime: float | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> None:
         """task-failed / task-retried: with the exception's type and redacted message."""
-        fields = {"exception_type": type(exc).__name__, "exception": safe_message(exc), **extra}
-        self.task(kind, task_id, name, queue, fields)
+        fields = {"exception_type": type(exc).__name__, "exception": safe_message(exc)}
+        if extra:
+            fields.update(extra)
+        self.task(kind, task_id, name, queue, runtime, fields)
 
-    def worker(self, kind: str, fields: Mapping[str, Any]) -> None:
+    def worker(self, kind: str, fields: dict[str, Any]) -> None:
         """A worker-* event with its fields (pid, queues, active, processed, freq)."""
-        self.task(kind, "", "", "", fields)
+        self.task(kind, "", "", "", None, fields)
 
     # -- sending ------------------------------------------------------------------------------
 
@@ -130,17 +133,9 @@ class Emitter:
         return len(pending)
 
     def _encode(self, batch: list[_Record]) -> bytes:
-        """One JSON array for the batch: one orjson call (a tenth of the cost of one per event)."""
-        host = self.hostname
-        return orjson.dumps(
-            [
-                {"type": kind, "timestamp": stamp, "hostname": host, "task_id": task_id,
-                 "task": name, "queue": queue, **extra}
-                if task_id
-                else {"type": kind, "timestamp": stamp, "hostname": host, **extra}
-                for kind, stamp, task_id, name, queue, extra in batch
-            ]
-        )  # fmt: skip
+        """One record for the batch, in the compact form (see events/model.py): the tuples as
+        they are, in one orjson call (a tenth of the CPU of one object per event)."""
+        return orjson.dumps({"hostname": self.hostname, "events": batch})
 
     async def _send(self, records: Sequence[bytes], count: int) -> bool:
         try:

@@ -81,8 +81,9 @@ async def emit_sent(app: App, messages: Sequence[Message]) -> None:
             "task_id": m.id,
             "task": m.task,
             "queue": m.queue,
-            "retries": m.retries,
         }
+        if m.retries:
+            event["retries"] = m.retries
         if m.eta is not None:
             event["eta"] = m.eta
         batch.append(event)

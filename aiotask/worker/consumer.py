@@ -87,10 +87,10 @@ class Dispatcher:
             self.settler.add(Settlement(delivery, "dead", reason=f"undecodable: {exc}"))
             return
         if self.events is not None:
+            retries = {"retries": message.retries} if message.retries else None
             self.events.task(
-                EventType.TASK_RECEIVED, message.id, message.task, delivery.queue,
-                {"retries": message.retries},
-            )  # fmt: skip
+                EventType.TASK_RECEIVED, message.id, message.task, delivery.queue, None, retries
+            )
         revoked = message.id in self.executor.revoked
         if not revoked:
             task = self.tasks.get(message.task)

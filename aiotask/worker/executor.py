@@ -88,7 +88,7 @@ class Executor:
                     message.id,
                     message.task,
                     delivery.queue,
-                    {"reason": why},
+                    extra={"reason": why},
                 )
             settlement = self._final(delivery, message, REVOKED, None, None)
             if message.chain or message.errbacks or message.chord is not None:
@@ -367,8 +367,7 @@ async def _run_hooks(task: Task[Any, Any], message: Message, outcome: Outcome) -
 def _started_event(events: Emitter | None, delivery: Delivery, message: Message) -> None:
     if events is not None:
         events.task(
-            EventType.TASK_STARTED, message.id, message.task, delivery.queue,
-            {"retries": message.retries},
+            EventType.TASK_STARTED, message.id, message.task, delivery.queue
         )  # fmt: skip
 
 
@@ -383,21 +382,18 @@ def _outcome_event(
     if events is None:
         return
     ident, name, queue = message.id, message.task, delivery.queue
+    retries = {"retries": message.retries} if message.retries else None
     match outcome:
         case Succeeded():
-            extra = {"runtime": runtime, "retries": message.retries}
-            events.task(EventType.TASK_SUCCEEDED, ident, name, queue, extra)
+            events.task(EventType.TASK_SUCCEEDED, ident, name, queue, runtime, retries)
         case Failed(exc):
-            extra = {"runtime": runtime, "retries": message.retries}
-            events.task_error(EventType.TASK_FAILED, ident, name, queue, exc, extra)
+            events.task_error(EventType.TASK_FAILED, ident, name, queue, exc, runtime, retries)
         case Retrying(decision):
-            extra = {
-                "runtime": runtime,
-                "retries": message.retries,
-                "eta": now() + decision.delay,
-            }
-            events.task_error(EventType.TASK_RETRIED, ident, name, queue, decision.exc, extra)
+            extra = {"retries": message.retries, "eta": now() + decision.delay}
+            events.task_error(
+                EventType.TASK_RETRIED, ident, name, queue, decision.exc, runtime, extra
+            )
         case Rejected(_requeue, reason):
-            events.task(EventType.TASK_REJECTED, ident, name, queue, {"reason": reason})
+            events.task(EventType.TASK_REJECTED, ident, name, queue, None, {"reason": reason})
         case Revoked(reason):
-            events.task(EventType.TASK_REVOKED, ident, name, queue, {"reason": reason})
+            events.task(EventType.TASK_REVOKED, ident, name, queue, None, {"reason": reason})

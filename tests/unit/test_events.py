@@ -94,7 +94,7 @@ async def test_emitter_flushes_in_one_call_one_record_per_batch() -> None:
     assert isinstance(stream, EventStream)
     emitter = Emitter(lambda: stream, "w1", max_batch=3)
     for i in range(7):
-        emitter.task(EventType.TASK_RECEIVED, f"id-{i}", "t", "q", {"retries": 0})
+        emitter.task(EventType.TASK_RECEIVED, f"id-{i}", "t", "q", extra={"retries": 2})
     assert stream.calls == []  # recording does no I/O
     assert await emitter.flush() == 7
     [records] = stream.calls  # one broker call
@@ -108,7 +108,7 @@ async def test_emitter_flushes_in_one_call_one_record_per_batch() -> None:
         EventType.TASK_RECEIVED,
         "id-0",
         "w1",
-        0,
+        2,
     )
 
 
@@ -211,6 +211,6 @@ async def test_worker_option_overrides_the_setting() -> None:
         assert await r.get(timeout=5) == 1
     broker = app.broker
     assert isinstance(broker, MemoryBroker)
-    kinds = [e["type"] for record in broker.event_log for e in orjson.loads(record)]
+    kinds = [e.type for record in broker.event_log for e in decode_record(record)[0]]
     assert "task-sent" not in kinds  # the producer's setting is off
     assert {"worker-online", "task-received", "task-succeeded", "worker-offline"} <= set(kinds)
