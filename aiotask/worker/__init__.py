@@ -114,6 +114,7 @@ class Worker:
                 f"  queues:       {', '.join(self.queues)}",
                 f"  concurrency:  {self.concurrency} coroutines, {self.pool.processes} processes, "
                 f"prefetch {self.prefetch}",
+                f"  events:       {'on (aiotask events)' if self.events else 'off (-E to emit)'}",
                 "  tasks:",
                 *(f"    . {name}" for name in tasks),
             ]
