@@ -31,8 +31,9 @@ _now = time.time
 
 #: Seconds between two flushes of a non-empty buffer (how live a follower's view is).
 FLUSH_INTERVAL = 0.1
-#: Events per record (one JSON array); a buffer this full is flushed at once.
-MAX_BATCH = 500
+#: Events per record (one broker entry / message / row); a buffer this full is flushed at
+#: once. Larger batches mean fewer flushes (each costs a worker ~0.1 ms of CPU on Redis).
+MAX_BATCH = 1000
 #: Unsent events kept at most; newer ones are dropped while the broker does not take them.
 MAX_BUFFER = 10_000
 #: Seconds the last flush (at shutdown) may take.

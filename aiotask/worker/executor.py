@@ -107,6 +107,8 @@ class Executor:
             settlement = self._final(delivery, message, FAILURE, None, missing)
             settlement.action, settlement.reason = "dead", str(missing)
             return settlement
+        if self.events is not None:
+            self.events.task(EventType.TASK_STARTED, message.id, message.task, delivery.queue)
         return await self._run(delivery, message, task)
 
     async def _run(self, delivery: Delivery, message: Message, task: Task[Any, Any]) -> Settlement:
@@ -129,7 +131,6 @@ class Executor:
         this = asyncio.current_task()
         if this is not None:
             self.running[message.id] = this
-        _started_event(self.events, delivery, message)
         try:
             if self.track_started and self.app.backend is not None:
                 await ctx.update_state(State.STARTED)
@@ -362,13 +363,6 @@ async def _run_hooks(task: Task[Any, Any], message: Message, outcome: Outcome) -
                 pass
     except Exception:
         log.exception("a hook of task %s[%s] raised", message.task, ident)
-
-
-def _started_event(events: Emitter | None, delivery: Delivery, message: Message) -> None:
-    if events is not None:
-        events.task(
-            EventType.TASK_STARTED, message.id, message.task, delivery.queue
-        )  # fmt: skip
 
 
 def _outcome_event(
