@@ -180,8 +180,10 @@ async def test_worker_events_on_memory() -> None:
                 seen.append(event)
                 if event.type == EventType.WORKER_OFFLINE:
                     break
-    kinds = [(e.type, getattr(e, "task_id", None)) for e in seen]
-    assert kinds[0] == (EventType.WORKER_ONLINE, None) or (EventType.TASK_SENT, r.id) in kinds
+    kinds: list[tuple[str, str | None]] = [(e.type, getattr(e, "task_id", None)) for e in seen]
+    assert kinds.index(("worker-online", None)) < kinds.index(("task-received", r.id))
+    assert kinds.index(("task-received", r.id)) < kinds.index(("task-started", r.id))
+    assert kinds.index(("task-started", r.id)) < kinds.index(("task-succeeded", r.id))
     for kind in ("task-sent", "task-received", "task-started", "task-succeeded"):
         assert (kind, r.id) in kinds
     assert ("task-rejected", rejected.id) in kinds
