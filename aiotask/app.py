@@ -24,6 +24,7 @@ from aiotask.canvas.compile import CHAIN_STATE
 from aiotask.canvas.primitives import MAP_TASK, STARMAP_TASK
 from aiotask.control import Control
 from aiotask.deadletters import DeadLetters
+from aiotask.events.follow import emit_sent
 from aiotask.exceptions import (
     ConfigurationError,
     MessageTooLarge,
@@ -380,6 +381,8 @@ class App:
         if not conns.connected:
             await self.connect()
         await conns.broker.publish(batch)
+        if self.conf.events:  # one more call per batch, only with the `events` setting
+            await emit_sent(self, messages)
 
     async def _before_send(self, message: Message) -> Message:
         for mw in self.middleware:

@@ -66,6 +66,9 @@ class Settings:
     broker_unreachable_timeout: float = 60.0
     #: Store STARTED when a task starts (one more write per task).
     task_track_started: bool = False
+    #: Emit monitoring events (docs/monitoring.md): task-sent from producers, task and worker
+    #: events from workers (`aiotask worker -E` turns them on for one worker).
+    events: bool = False
     max_tasks_per_child: int = 0
     max_memory_per_child: int = 0
     log_level: str = "INFO"
@@ -198,6 +201,7 @@ ENV_PARSERS: dict[str, tuple[Callable[[str], object], str]] = {
     "shutdown_grace": (_float, "number of seconds"),
     "broker_unreachable_timeout": (_float, "number of seconds"),
     "task_track_started": (_bool, "boolean (true/false, 1/0, yes/no, on/off)"),
+    "events": (_bool, "boolean (true/false, 1/0, yes/no, on/off)"),
     "max_tasks_per_child": (_int, "integer"),
     "max_memory_per_child": (_int, "integer number of KB"),
     "log_level": (_str, "log level"),

@@ -41,7 +41,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import AsyncIterator, Sequence
+    from contextlib import AbstractAsyncContextManager
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,3 +150,27 @@ class Broker(Protocol):
     async def queue_stats(self, queues: Sequence[str]) -> list[QueueStats]: ...
 
     async def known_queues(self) -> list[str]: ...
+
+
+#: Records a broker's capped event stream keeps (approximately, on Redis); older ones are
+#: dropped. A record is what aiotask.events packs per flush: up to 1000 events.
+EVENTS_CAP = 1000
+
+
+@runtime_checkable
+class EventStream(Protocol):
+    """A broker that also carries monitoring events (see aiotask/events/): opaque records in a
+    capped, best-effort stream, apart from the task queues.
+
+    - `emit_events` appends a batch of records in one round trip; the stream keeps the last
+      EVENTS_CAP or so (a Redis Stream with MAXLEN ~, a capped SQLite table), or hands each
+      record to the followers bound at that moment (a RabbitMQ topic exchange: nobody bound,
+      nothing kept).
+    - `events()` follows the stream live: entering the context subscribes (from now on: no
+      history), iterating yields each record emitted afterwards, in order per emitter.
+    Nothing is ever written when nobody calls `emit_events`.
+    """
+
+    async def emit_events(self, batch: Sequence[bytes]) -> None: ...
+
+    def events(self) -> AbstractAsyncContextManager[AsyncIterator[bytes]]: ...

@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+from collections import deque
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -22,10 +24,17 @@ from aiotask.brokers._common import (
     exhausted_reason,
     tokens,
 )
-from aiotask.brokers.base import BrokerCapabilities, DeadLetter, Delivery, Outgoing, QueueStats
+from aiotask.brokers.base import (
+    EVENTS_CAP,
+    BrokerCapabilities,
+    DeadLetter,
+    Delivery,
+    Outgoing,
+    QueueStats,
+)
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import AsyncIterator, Sequence
 
     from aiotask.settings import Settings
 
@@ -55,6 +64,9 @@ class MemoryBroker:
         self._leased: dict[int, tuple[_Entry, float]] = {}
         self._dead: dict[str, list[DeadLetter]] = {}
         self._changed: asyncio.Event | None = None
+        #: the capped event stream, and each live follower's unread events
+        self.event_log: deque[bytes] = deque(maxlen=EVENTS_CAP)
+        self._followers: list[tuple[deque[bytes], asyncio.Event]] = []
 
     async def connect(self) -> None:
         self._changed = asyncio.Event()
@@ -209,3 +221,29 @@ class MemoryBroker:
         names |= {item[2].queue for item in self._delayed}
         names |= {entry.queue for entry, _ in self._leased.values()}
         return sorted(names)
+
+    # -- monitoring events (EventStream) ---------------------------------------------------
+
+    async def emit_events(self, batch: Sequence[bytes]) -> None:
+        """Append to the capped log and to every follower's (equally capped) backlog."""
+        self.event_log.extend(batch)
+        for backlog, wake in self._followers:
+            backlog.extend(batch)
+            wake.set()
+
+    @asynccontextmanager
+    async def events(self) -> AsyncIterator[AsyncIterator[bytes]]:
+        follower: tuple[deque[bytes], asyncio.Event] = (deque(maxlen=EVENTS_CAP), asyncio.Event())
+        self._followers.append(follower)
+        try:
+            yield _drain(*follower)
+        finally:
+            self._followers.remove(follower)
+
+
+async def _drain(backlog: deque[bytes], wake: asyncio.Event) -> AsyncIterator[bytes]:
+    while True:
+        while backlog:
+            yield backlog.popleft()
+        wake.clear()
+        await wake.wait()

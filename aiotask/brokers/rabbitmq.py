@@ -37,6 +37,7 @@ from aiotask import _hooks
 from aiotask._time import monotonic
 from aiotask._urls import parse_url, redact
 from aiotask.brokers import _rabbitmq_admin as admin
+from aiotask.brokers import _rabbitmq_events as events
 from aiotask.brokers import _rabbitmq_topology as topo
 from aiotask.brokers._common import exhausted, exhausted_reason
 from aiotask.brokers._rabbitmq_delivery import Held, held, settle, stale
@@ -55,6 +56,7 @@ if TYPE_CHECKING:
 
     from aio_pika.abc import (
         AbstractChannel,
+        AbstractExchange,
         AbstractIncomingMessage,
         AbstractRobustChannel,
         AbstractRobustConnection,
@@ -106,6 +108,7 @@ class RabbitMQBroker:
         self._lock = asyncio.Lock()
         self._down_since: float | None = None
         self._closing = False
+        self._events_exchange: tuple[AbstractRobustChannel, AbstractExchange] | None = None
 
     # -- connections -----------------------------------------------------------------------
 
@@ -614,3 +617,33 @@ class RabbitMQBroker:
             async with self._admin() as channel:
                 for name in names:
                     await channel.queue_delete(name)
+
+    # -- monitoring events (EventStream; see _rabbitmq_events) -------------------------------
+
+    async def emit_events(self, batch: Sequence[bytes]) -> None:
+        """Publish the batch to the `{prefix}.events` topic exchange (confirmed, not stored)."""
+        if not batch:
+            return
+
+        async def op(channel: AbstractRobustChannel) -> None:
+            known = self._events_exchange
+            if known is None or known[0] is not channel:
+                exchange = await events.declare(channel, self._settings.key_prefix)
+                self._events_exchange = known = (channel, exchange)
+            await events.publish(known[1], batch)
+
+        await self._pub.run("emit events", op)
+
+    @asynccontextmanager
+    async def events(self) -> AsyncIterator[AsyncIterator[bytes]]:
+        """Bind an exclusive auto-delete queue to the events exchange; follow it."""
+        follower = events.Follower(self._url, self._settings, self._app_name)
+        try:
+            await follower.open()
+            feed = follower.feed()
+            try:
+                yield feed
+            finally:
+                await feed.aclose()
+        finally:
+            await follower.close()

@@ -17,6 +17,7 @@ import math
 import os
 import secrets
 import socket
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
@@ -26,13 +27,21 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from aiotask._redis.client import SharedClient, map_errors, retrying, warn_if_volatile
 from aiotask._time import monotonic, now
 from aiotask.brokers import _redis_admin as admin
+from aiotask.brokers import _redis_events as events
 from aiotask.brokers import _redis_lua as lua
 from aiotask.brokers._common import DEAD_LETTER_CAP, exhausted, exhausted_reason, text
-from aiotask.brokers.base import BrokerCapabilities, DeadLetter, Delivery, Outgoing, QueueStats
+from aiotask.brokers.base import (
+    EVENTS_CAP,
+    BrokerCapabilities,
+    DeadLetter,
+    Delivery,
+    Outgoing,
+    QueueStats,
+)
 from aiotask.exceptions import BrokerConnectionError
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Sequence
+    from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
     from redis.asyncio import Redis
     from redis.asyncio.connection import AbstractConnection
@@ -616,6 +625,25 @@ class RedisStreamsBroker:
         """Queues with keys under this key_prefix (SCAN: one node of a cluster only)."""
         with map_errors(self._url):
             return await admin.scan_queues(self._client(), self._prefix, self.op_timeout * 6)
+
+    # -- monitoring events (EventStream; see _redis_events) ----------------------------------
+
+    async def emit_events(self, batch: Sequence[bytes]) -> None:
+        """XADD the records to `{prefix}:events` (MAXLEN ~ EVENTS_CAP): one round trip."""
+        if batch:
+            cmds = events.xadds(events.key(self._prefix), EVENTS_CAP, batch)
+            await self._retrying(lambda: self._run(cmds))
+
+    @asynccontextmanager
+    async def events(self) -> AsyncIterator[AsyncIterator[bytes]]:
+        """Follow `{prefix}:events` from its current end."""
+        client, stream = self._client(), events.key(self._prefix)
+        start = await self._retrying(lambda: events.end_id(client, stream))
+        feed = events.follow(client, stream, start, self._retrying)
+        try:
+            yield feed
+        finally:
+            await feed.aclose()
 
 
 def _token(delivery: Delivery) -> tuple[str, bytes]:

@@ -25,6 +25,7 @@ import logging
 import os
 import socket
 import uuid
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, NamedTuple
 
 from aiotask import _sqlite
@@ -40,17 +41,30 @@ from aiotask.brokers._common import (
     text,
     tokens,
 )
-from aiotask.brokers.base import BrokerCapabilities, DeadLetter, Delivery, Outgoing, QueueStats
+from aiotask.brokers.base import (
+    EVENTS_CAP,
+    BrokerCapabilities,
+    DeadLetter,
+    Delivery,
+    Outgoing,
+    QueueStats,
+)
 
 if TYPE_CHECKING:
     import sqlite3
-    from collections.abc import Sequence
+    from collections.abc import AsyncIterator, Sequence
 
     from aiotask.settings import Settings
 
 log = logging.getLogger(__name__)
 
 TOPIC = "messages"
+EVENTS_TOPIC = "events"
+#: A follower reads at most this many events per query.
+EVENTS_PAGE = 1000
+#: A follower of an idle table polls between these pauses (woken at once in one process).
+EVENTS_POLL_MIN = 0.01
+EVENTS_POLL_MAX = 0.25
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS aiotask_messages (
@@ -82,7 +96,11 @@ CREATE INDEX IF NOT EXISTS aiotask_dead_letters_queue ON aiotask_dead_letters (q
 CREATE TABLE IF NOT EXISTS aiotask_consumers (
     owner TEXT PRIMARY KEY,
     expires_at REAL NOT NULL
-) WITHOUT ROWID
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS aiotask_events (
+    id INTEGER PRIMARY KEY,
+    body BLOB NOT NULL
+)
 """
 # Schema changes are additive (CREATE ... IF NOT EXISTS): a file made by an older version gets
 # the new tables when it is next opened, and an older version ignores them.
@@ -322,6 +340,40 @@ class SQLiteBroker:
     async def known_queues(self) -> list[str]:
         return await self._db.run(admin.queue_names)
 
+    # -- monitoring events (EventStream): a capped table -----------------------------------
+
+    async def emit_events(self, batch: Sequence[bytes]) -> None:
+        """Insert the batch and trim the table to the newest EVENTS_CAP: one transaction."""
+        if batch:
+            await self._db.run(_emit_events, [(body,) for body in batch], EVENTS_CAP)
+            _sqlite.notify(self.path, EVENTS_TOPIC)
+
+    @asynccontextmanager
+    async def events(self) -> AsyncIterator[AsyncIterator[bytes]]:
+        """Follow the table from its current end (polling; woken at once in this process)."""
+        if not self._db.is_open:
+            await self._db.open()
+        last = await self._db.run(_events_end)
+        signal = _sqlite.Signal()
+        _sqlite.subscribe(self.path, EVENTS_TOPIC, signal)
+        try:
+            yield self._follow_events(signal, last)
+        finally:
+            _sqlite.unsubscribe(self.path, EVENTS_TOPIC, signal)
+
+    async def _follow_events(self, signal: _sqlite.Signal, last: int) -> AsyncIterator[bytes]:
+        poll = Backoff(EVENTS_POLL_MIN, EVENTS_POLL_MAX)
+        while True:
+            signal.clear()
+            rows = await self._db.run(_events_after, last, EVENTS_PAGE)
+            if rows:
+                poll.reset()
+                last = rows[-1][0]
+                for _id, body in rows:
+                    yield body
+                continue
+            await signal.wait(poll.next_delay())
+
 
 # --- the functions below run on the connection's thread --------------------------------
 
@@ -474,3 +526,26 @@ def _purge(conn: sqlite3.Connection, queue: str) -> int:
             (queue, wall),
         )
     return cur.rowcount
+
+
+def _emit_events(conn: sqlite3.Connection, rows: list[tuple[bytes]], cap: int) -> None:
+    with transaction(conn):
+        conn.executemany("INSERT INTO aiotask_events (body) VALUES (?)", rows)
+        # ids only grow (the newest row is never deleted), so the oldest are the lowest ids
+        conn.execute(
+            "DELETE FROM aiotask_events WHERE id <= (SELECT max(id) FROM aiotask_events) - ?",
+            (cap,),
+        )
+
+
+def _events_end(conn: sqlite3.Connection) -> int:
+    row = conn.execute("SELECT coalesce(max(id), 0) FROM aiotask_events").fetchone()
+    return int(row[0])
+
+
+def _events_after(conn: sqlite3.Connection, last: int, limit: int) -> list[tuple[int, bytes]]:
+    rows: list[tuple[int, bytes]] = conn.execute(
+        "SELECT id, CAST(body AS BLOB) FROM aiotask_events WHERE id > ? ORDER BY id LIMIT ?",
+        (last, limit),
+    ).fetchall()
+    return rows

@@ -12,6 +12,7 @@ import typer
 from aiotask._urls import redact
 from aiotask.cli import _observe
 from aiotask.cli._beat import register as register_beat
+from aiotask.cli._events import register as register_events
 from aiotask.cli._loader import load_app
 from aiotask.cli._ops import register as register_ops
 from aiotask.cli._queues import register as register_queues
@@ -74,6 +75,9 @@ def worker(
     embed_beat: Annotated[
         bool, typer.Option("--beat", help="also send periodic tasks (any number of workers may)")
     ] = False,
+    events: Annotated[
+        bool, typer.Option("-E", "--events", help="emit task and worker events (aiotask events)")
+    ] = False,
 ) -> None:
     """Consume queues and run tasks until SIGTERM (warm) or a second signal / SIGQUIT (cold)."""
     the_app, _ = load_app(app)
@@ -90,6 +94,7 @@ def worker(
         max_memory_per_child=max_memory_per_child or None,
         probe=probe,
         beat=embed_beat,
+        events=events or None,
     )
     typer.echo(w.banner(), err=True)
     try:
@@ -183,6 +188,7 @@ def purge(
 register_beat(cli)
 register_ops(cli)
 register_queues(cli)
+register_events(cli)
 
 
 def main(argv: list[str] | None = None) -> None:

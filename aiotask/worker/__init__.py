@@ -16,6 +16,9 @@ from aiotask._log import get_logger
 from aiotask._urls import redact
 from aiotask.beat import service as beat_service
 from aiotask.beat.runner import check_entries
+from aiotask.events.emitter import Emitter
+from aiotask.events.follow import event_stream
+from aiotask.events.model import EventType
 from aiotask.exceptions import BrokerConnectionError, ConfigurationError
 from aiotask.worker import control, revocations
 from aiotask.worker._supervise import supervise
@@ -60,6 +63,7 @@ class Worker:
         shutdown_grace: float | None = None,
         probe: Probe | None = None,
         beat: bool = False,
+        events: bool | None = None,
     ) -> None:
         conf = app.conf
         #: run periodic entries here too (`--beat`); any number of workers may
@@ -96,6 +100,11 @@ class Worker:
         #: set by add/cancel-consumer: the consumer restarts on the new queue list
         self.queues_changed = asyncio.Event()
         self.registry = Registry(self)
+        #: monitoring events (`-E`, or the `events` setting): recorded here, sent in batches
+        self.events: Emitter | None = None
+        if conf.events if events is None else events:
+            self.events = Emitter(lambda: event_stream(app), self.name)
+            self.dispatcher.events = self.dispatcher.executor.events = self.events
 
     def _settled(self, deliveries: Sequence[Delivery]) -> None:
         self.dispatcher.settled(deliveries)
@@ -114,6 +123,7 @@ class Worker:
                 f"  queues:       {', '.join(self.queues)}",
                 f"  concurrency:  {self.concurrency} coroutines, {self.pool.processes} processes, "
                 f"prefetch {self.prefetch}",
+                f"  events:       {'on (aiotask events)' if self.events else 'off (-E to emit)'}",
                 "  tasks:",
                 *(f"    . {name}" for name in tasks),
             ]
@@ -159,6 +169,7 @@ class Worker:
                 )
                 settler = group.create_task(self.settler.run(), name="aiotask-settler")
                 side_loops = self._side_loops(group)
+                self._event(EventType.WORKER_ONLINE)
                 self.ready.set()
                 log.info("worker %s ready", self.name)
                 await self.shutdown.requested.wait()
@@ -166,6 +177,9 @@ class Worker:
                 await self._drain()
                 self.settler.stop()
                 await settler  # settles everything that ran, then returns
+                if self.events is not None:
+                    self._event(EventType.WORKER_OFFLINE)
+                    await self.events.close()
                 for loop_task in side_loops:
                     loop_task.cancel()
                 await asyncio.wait(side_loops, timeout=HANDBACK_TIMEOUT)
@@ -195,6 +209,9 @@ class Worker:
             loops["leases"] = functools.partial(renew_leases, broker, self.dispatcher, interval)
         if self.embed_beat:
             loops["beat"] = functools.partial(beat_service.embedded, app)
+        if self.events is not None:
+            beats = (conf.worker_heartbeat_interval, self._stats)
+            loops["events"] = functools.partial(self.events.run, beats)
         if backend is not None:
             executor = self.dispatcher.executor
             commands = Commands(self)
@@ -205,6 +222,16 @@ class Worker:
             group.create_task(supervise(name, run), name=f"aiotask-{name}")
             for name, run in loops.items()
         ]
+
+    def _stats(self) -> dict[str, object]:
+        """The fields of worker-online / heartbeat / offline events."""
+        running = len(self.dispatcher.running)
+        return {"pid": os.getpid(), "queues": self.queues, "active": running,
+                "processed": self.dispatcher.processed}  # fmt: skip
+
+    def _event(self, kind: EventType) -> None:
+        if self.events is not None:
+            self.events.worker(kind, {"freq": self.conf.worker_heartbeat_interval, **self._stats()})
 
     async def _close(self) -> None:
         await self.pool.aclose()

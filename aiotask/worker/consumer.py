@@ -12,6 +12,7 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 from aiotask._log import get_logger
+from aiotask.events.model import EventType
 from aiotask.exceptions import ProtocolError
 from aiotask.protocol import decode
 from aiotask.ratelimit import RateLimiter
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from aiotask.brokers.base import Broker, Delivery
+    from aiotask.events.emitter import Emitter
     from aiotask.protocol import Message
     from aiotask.worker._probe import Probe
     from aiotask.worker.executor import Executor
@@ -58,6 +60,8 @@ class Dispatcher:
         self.processed = 0
         #: tasks that ended FAILURE (for the registry and inspect stats)
         self.failed = 0
+        #: monitoring events (`-E`); None: off, nothing recorded
+        self.events: Emitter | None = None
 
     def free(self) -> int:
         # Rate-limited messages waiting for a token do not count against the prefetch (up to
@@ -90,6 +94,11 @@ class Dispatcher:
             )
             self.settler.add(Settlement(delivery, "dead", reason=f"undecodable: {exc}"))
             return
+        if self.events is not None:
+            retries = {"retries": message.retries} if message.retries else None
+            self.events.task(
+                EventType.TASK_RECEIVED, message.id, message.task, delivery.queue, None, retries
+            )
         revoked = message.id in self.executor.revoked
         if not revoked:
             task = self.tasks.get(message.task)

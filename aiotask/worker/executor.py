@@ -13,6 +13,7 @@ from aiotask.backends.base import EncodedResult, ResultRecord
 from aiotask.canvas.primitives import MAP_TASK, STARMAP_TASK
 from aiotask.canvas.runtime import CHORD_BODY_HEADER, Finished
 from aiotask.context import TaskContext, current_task
+from aiotask.events.model import EventType
 from aiotask.exceptions import (
     NotRegistered,
     SerializationError,
@@ -38,6 +39,7 @@ from aiotask.worker.outcome import (
 if TYPE_CHECKING:
     from aiotask.app import App
     from aiotask.brokers.base import Delivery
+    from aiotask.events.emitter import Emitter
     from aiotask.protocol import Message
     from aiotask.task import Task
     from aiotask.worker._probe import Probe
@@ -69,6 +71,8 @@ class Executor:
         self.terminating: set[str] = set()
         #: ids revoked by broadcast while their messages were already here
         self.revoked: set[str] = set()
+        #: monitoring events (`-E`); None: off, nothing recorded
+        self.events: Emitter | None = None
 
     async def terminate(self, task_id: str) -> bool:
         """Stop a running task (revoke with terminate=True): cancel its coroutine, or kill the
@@ -87,29 +91,51 @@ class Executor:
         """Run one delivery whose body the dispatcher already decoded (once) into `message`."""
         revoked = revoked or message.id in self.revoked
         if revoked or (message.expires is not None and now() > message.expires):
-            why = "revoked" if revoked else "expired"
-            log.info("skipping %s task %s[%s]", why, message.task, message.id)
-            settlement = self._final(delivery, message, REVOKED, None, None)
-            if self.probe is not None:
-                state = _probe.REVOKED if revoked else _probe.EXPIRED
-                self.probe.finished(delivery, message, state, None)
-            if message.chain or message.errbacks or message.chord is not None:
-                self._advance(settlement, message, Revoked(why))
-            return settlement
+            return self._skip(delivery, message, revoked)
         if CHORD_BODY_HEADER in message.headers and await self._body_already_ran(delivery, message):
             return Settlement(delivery)
         task = self.app.tasks.get(message.task)
         if task is None:
-            missing = NotRegistered(message.task)
-            log.error("%s (message %s dead-lettered)", missing, message.id)
-            settlement = self._final(delivery, message, FAILURE, None, missing)
-            settlement.action, settlement.reason = "dead", str(missing)
-            if self.probe is not None:
-                self.probe.finished(delivery, message, _probe.FAILED, None)
-            return settlement
+            return self._unknown(delivery, message)
         if self.probe is not None:
             self.probe.started(delivery, message)
+        if self.events is not None:
+            self.events.task(EventType.TASK_STARTED, message.id, message.task, delivery.queue)
         return await self._run(delivery, message, task)
+
+    def _skip(self, delivery: Delivery, message: Message, revoked: bool) -> Settlement:
+        """A revoked or expired message: recorded REVOKED, never run; its canvas fails on."""
+        why = "revoked" if revoked else "expired"
+        log.info("skipping %s task %s[%s]", why, message.task, message.id)
+        if self.events is not None:
+            self.events.task(
+                EventType.TASK_REVOKED,
+                message.id,
+                message.task,
+                delivery.queue,
+                extra={"reason": why},
+            )
+        settlement = self._final(delivery, message, REVOKED, None, None)
+        if self.probe is not None:
+            state = _probe.REVOKED if revoked else _probe.EXPIRED
+            self.probe.finished(delivery, message, state, None)
+        if message.chain or message.errbacks or message.chord is not None:
+            self._advance(settlement, message, Revoked(why))
+        return settlement
+
+    def _unknown(self, delivery: Delivery, message: Message) -> Settlement:
+        """A task name this worker does not know: FAILURE, and the message is dead-lettered."""
+        missing = NotRegistered(message.task)
+        log.error("%s (message %s dead-lettered)", missing, message.id)
+        if self.events is not None:
+            self.events.task_error(
+                EventType.TASK_FAILED, message.id, message.task, delivery.queue, missing
+            )
+        settlement = self._final(delivery, message, FAILURE, None, missing)
+        settlement.action, settlement.reason = "dead", str(missing)
+        if self.probe is not None:
+            self.probe.finished(delivery, message, _probe.FAILED, None)
+        return settlement
 
     async def _run(self, delivery: Delivery, message: Message, task: Task[Any, Any]) -> Settlement:
         ctx = TaskContext(
@@ -156,6 +182,7 @@ class Executor:
             self.running.pop(message.id, None)
             self.terminating.discard(message.id)
         elapsed = time.perf_counter() - started
+        _outcome_event(self.events, delivery, message, outcome, elapsed)
         settlement = self._settle(delivery, message, task, outcome, elapsed)
         if message.chain or message.links or message.errbacks or message.chord is not None:
             self._advance(settlement, message, outcome)
@@ -364,3 +391,31 @@ async def _run_hooks(task: Task[Any, Any], message: Message, outcome: Outcome) -
                 pass
     except Exception:
         log.exception("a hook of task %s[%s] raised", message.task, ident)
+
+
+def _outcome_event(
+    events: Emitter | None,
+    delivery: Delivery,
+    message: Message,
+    outcome: Outcome,
+    runtime: float,
+) -> None:
+    """Record the task-* event of one outcome (a buffer append; the emitter sends it)."""
+    if events is None:
+        return
+    ident, name, queue = message.id, message.task, delivery.queue
+    retries = {"retries": message.retries} if message.retries else None
+    match outcome:
+        case Succeeded():
+            events.task(EventType.TASK_SUCCEEDED, ident, name, queue, runtime, retries)
+        case Failed(exc):
+            events.task_error(EventType.TASK_FAILED, ident, name, queue, exc, runtime, retries)
+        case Retrying(decision):
+            extra = {"retries": message.retries, "eta": now() + decision.delay}
+            events.task_error(
+                EventType.TASK_RETRIED, ident, name, queue, decision.exc, runtime, extra
+            )
+        case Rejected(_requeue, reason):
+            events.task(EventType.TASK_REJECTED, ident, name, queue, None, {"reason": reason})
+        case Revoked(reason):
+            events.task(EventType.TASK_REVOKED, ident, name, queue, None, {"reason": reason})

@@ -1,0 +1,60 @@
+"""The monitoring event stream of brokers/redis_streams.py: one Redis Stream, MAXLEN ~ capped.
+
+`{prefix}:events` holds one entry per record (field `e`; aiotask.events packs one flush of an
+emitter, up to 1000 events, per record), trimmed with MAXLEN ~ EVENTS_CAP on every XADD.
+Followers XREAD BLOCK from the id that was last when they subscribed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+
+    from redis.asyncio import Redis
+
+#: A follower's XREAD waits this long (ms) per call, and takes at most this many entries.
+BLOCK_MS = 1000
+PAGE = 100
+#: Guard against a hung server, on top of BLOCK_MS.
+READ_GUARD_S = 10.0
+
+
+def key(prefix: str) -> str:
+    return f"{prefix}:events"
+
+
+def xadds(stream: str, cap: int, batch: Sequence[bytes]) -> list[tuple[Any, ...]]:
+    """One XADD per record, for one pipeline."""
+    return [("XADD", stream, "MAXLEN", "~", cap, "*", "e", record) for record in batch]
+
+
+async def end_id(client: Redis, stream: str) -> bytes | str:
+    """The id of the newest entry ("0-0" for an empty or missing stream)."""
+    newest: Any = await client.xrevrange(stream, count=1)
+    return newest[0][0] if newest else "0-0"
+
+
+async def follow(
+    client: Redis,
+    stream: str,
+    start: bytes | str,
+    retrying: Callable[[Callable[[], Awaitable[Any]]], Awaitable[Any]],
+) -> AsyncGenerator[bytes, None]:
+    """Every record after entry `start`, live; reconnects through an outage (broker's rule)."""
+    last = start
+
+    async def read() -> Any:
+        async with asyncio.timeout(BLOCK_MS / 1000 + READ_GUARD_S):
+            return await client.xread({stream: last}, count=PAGE, block=BLOCK_MS)
+
+    while True:
+        reply = await retrying(read)
+        for _stream, entries in reply or ():
+            for entry_id, fields in entries:
+                last = entry_id
+                record = fields.get(b"e")
+                if record is not None:
+                    yield record
