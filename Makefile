@@ -29,10 +29,10 @@ $(BENCH_STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (Python >= 3.11) on PATH, or run make PYTHON=python3.12"; exit 2; }
 	$(PYTHON) -m venv $(BENCH_VENV)
 	$(BENCH_BIN)/pip install -q --upgrade pip
-	$(BENCH_BIN)/pip install -q -e '.[bench]'
+	$(BENCH_BIN)/pip install -q -e '.[all]' --group bench
 	$(PYTHON) -m venv $(BENCH_VENV)/arq
 	$(BENCH_VENV)/arq/bin/pip install -q --upgrade pip
-	$(BENCH_VENV)/arq/bin/pip install -q -e '.[bench-arq]'
+	$(BENCH_VENV)/arq/bin/pip install -q -e '.[all]' --group bench-arq
 	@touch $(BENCH_STAMP)
 
 format: $(STAMP)  ## format and autofix
