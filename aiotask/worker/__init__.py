@@ -17,7 +17,7 @@ from aiotask._urls import redact
 from aiotask.beat import service as beat_service
 from aiotask.beat.runner import check_entries
 from aiotask.exceptions import BrokerConnectionError, ConfigurationError
-from aiotask.worker import control, revocations
+from aiotask.worker import _startup, control, revocations
 from aiotask.worker._supervise import supervise
 from aiotask.worker.consumer import Dispatcher, consume
 from aiotask.worker.executor import Executor
@@ -114,7 +114,9 @@ class Worker:
         """Run until shutdown; 0 after a warm shutdown, 1 after a cold one or a fatal error."""
         app = self.app
         _create_broker(app, self.conf)
-        await app.connect()
+        if not await _startup.connect(app, self.conf, self.shutdown.requested):
+            await self._close()
+            return 0
         for mw in app.middleware:
             await mw.startup(app)
         failed = False
