@@ -70,17 +70,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     pids = [args.pid] if args.pid else find_workers()
     if not pids:
-        print("probe: no aiotask worker process found", file=sys.stderr)
+        sys.stderr.write("probe: no aiotask worker process found\n")
         return 1
     stuck = [pid for pid in pids if not alive(pid)]
     if stuck:
-        print(f"probe: worker {stuck} gone, stopped or a zombie", file=sys.stderr)
+        sys.stderr.write(f"probe: worker {stuck} gone, stopped or a zombie\n")
         return 1
     if args.check == "ready":
         url = os.environ.get("AIOTASK_BROKER_URL", "sqlite:///aiotask.db")
         if not broker_answers(url):
             host = urlsplit(url).hostname
-            print(f"probe: broker at {host} does not accept connections", file=sys.stderr)
+            sys.stderr.write(f"probe: broker at {host} does not accept connections\n")
             return 1
     return 0
 
