@@ -9,9 +9,12 @@ STAMP := $(VENV)/.installed
 BENCH_VENV := .venv-bench
 BENCH_BIN := $(BENCH_VENV)/bin
 BENCH_STAMP := $(BENCH_VENV)/.installed
+# The newest Python the machine has: unit and CLI tests also run there (.venv313).
+PY313 ?= python3.13
+VENV313 := .venv313
 
 .DEFAULT_GOAL := help
-.PHONY: help install format lint typecheck test test-unit test-fast demo bench bench-smoke docs clean
+.PHONY: help install format lint typecheck test test-unit test-fast test-py313 demo bench bench-smoke docs clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-12s %s\n", $$1, $$2}'
@@ -53,6 +56,22 @@ test: lint typecheck $(STAMP)  ## lint, typecheck, then the whole test suite (ne
 test-unit: $(STAMP)  ## only the pure unit tests
 	$(BIN)/python -m pytest -q tests/unit
 
+test-py313:  ## unit and CLI tests on python3.13 too (skipped, with a message, if it is absent)
+	@py=$(PY313); \
+	if ! $$py -c 'import sys' >/dev/null 2>&1; then \
+	  py=$$(ls -d $${PYENV_ROOT:-$$HOME/.pyenv}/versions/3.13*/bin/python3.13 2>/dev/null | tail -1); fi; \
+	if [ -z "$$py" ] || ! $$py -c 'import sys' >/dev/null 2>&1; then \
+	  echo "test-py313: skipped: $(PY313) is not on PATH (nor in pyenv)"; exit 0; fi; \
+	set -e; \
+	if [ ! -f $(VENV313)/.installed ] || [ pyproject.toml -nt $(VENV313)/.installed ]; then \
+	  $$py -m venv $(VENV313); \
+	  $(VENV313)/bin/pip install -q --upgrade pip; \
+	  $(VENV313)/bin/pip install -q -e '.[dev]'; \
+	  touch $(VENV313)/.installed; \
+	fi; \
+	echo "test-py313: $$($(VENV313)/bin/python --version)"; \
+	$(VENV313)/bin/python -m pytest -q -p no:cacheprovider tests/unit tests/cli
+
 demo: $(STAMP)  ## a worker and a producer in two processes on the embedded SQLite default
 	$(BIN)/python examples/demo.py
 
@@ -66,4 +85,4 @@ docs: $(STAMP)  ## check the docs' links and code blocks
 	$(BIN)/python -m tests.docs_check
 
 clean:  ## remove the virtualenv and caches
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build dist *.egg-info aiotask.db*
+	rm -rf $(VENV) $(VENV313) .mypy_cache .ruff_cache .pytest_cache build dist *.egg-info aiotask.db*

@@ -1,16 +1,36 @@
-"""Shared fixtures: service detection (skip, or fail when services are required) and namespaces."""
+"""Shared fixtures: service detection (skip, or fail when services are required), namespaces,
+and the end-of-session leak check (nothing a test created may stay on the shared servers).
+
+The servers the tests use are set by AIOTASK_TEST_REDIS_URL (default redis://127.0.0.1:6379/0:
+database 0) and AIOTASK_TEST_AMQP_URL (default amqp://guest:guest@127.0.0.1:5672/: vhost "/");
+see the Testing section of README.md.
+"""
 
 from __future__ import annotations
 
 import os
 import socket
 import uuid
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 import pytest
+
+from tests import leaks
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 REQUIRE_SERVICES = os.environ.get("AIOTASK_REQUIRE_SERVICES") == "1"
 REDIS_URL = os.environ.get("AIOTASK_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 AMQP_URL = os.environ.get("AIOTASK_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+#: every namespace handed out in this session: the leak check looks for exactly these
+NAMESPACES: set[str] = set()
+
+
+def _host_port(url: str, default_port: int) -> tuple[str, int]:
+    parts = urlsplit(url)
+    return parts.hostname or "127.0.0.1", parts.port or default_port
 
 
 def _answers(host: str, port: int) -> bool:
@@ -34,18 +54,41 @@ def need_service(name: str, host: str, port: int) -> None:
 @pytest.fixture
 def namespace() -> str:
     """A unique prefix for keys, queues and files, so tests never see each other's messages."""
-    return f"t{uuid.uuid4().hex[:12]}"
+    name = f"t{uuid.uuid4().hex[:12]}"
+    NAMESPACES.add(name)
+    return name
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _nothing_left_behind() -> Iterator[None]:
+    """After the last test: no key or queue named after this session's namespaces remains."""
+    yield
+    if not NAMESPACES:
+        return
+    found: list[str] = []
+    if _answers(*_host_port(REDIS_URL, 6379)):
+        found += [f"Redis key {k}" for k in leaks.redis_keys(REDIS_URL, NAMESPACES)]
+    if _answers(*_host_port(AMQP_URL, 5672)):
+        found += [f"RabbitMQ queue {q}" for q in leaks.amqp_queues(AMQP_URL, NAMESPACES)]
+    if found:
+        shown = "\n  ".join(sorted(found)[:50])
+        more = f"\n  ... and {len(found) - 50} more" if len(found) > 50 else ""
+        pytest.fail(
+            f"tests left {len(found)} key(s)/queue(s) on the shared servers (clean up in the test):"
+            f"\n  {shown}{more}",
+            pytrace=False,
+        )
 
 
 @pytest.fixture
 def redis_url() -> str:
-    need_service("Redis", "127.0.0.1", 6379)
+    need_service("Redis", *_host_port(REDIS_URL, 6379))
     return REDIS_URL
 
 
 @pytest.fixture
 def amqp_url() -> str:
-    need_service("RabbitMQ", "127.0.0.1", 5672)
+    need_service("RabbitMQ", *_host_port(AMQP_URL, 5672))
     return AMQP_URL
 
 

@@ -1,0 +1,79 @@
+"""What tests left on the shared Redis and RabbitMQ: names that carry one of the session's
+namespaces (t + 12 hex digits, from the `namespace` fixture), anywhere in the name."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shutil
+import subprocess
+from typing import TYPE_CHECKING
+from urllib.parse import unquote, urlsplit
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+NAMESPACE = re.compile(r"t[0-9a-f]{12}")
+LOCAL = {"127.0.0.1", "localhost", "::1"}
+
+
+def _ours(names: Iterable[str], namespaces: set[str]) -> list[str]:
+    return [n for n in names if any(m in namespaces for m in NAMESPACE.findall(n))]
+
+
+def redis_keys(url: str, namespaces: set[str]) -> list[str]:
+    """Keys of the test database that name one of `namespaces` (one SCAN over the database)."""
+    from redis import Redis
+
+    client = Redis.from_url(url, socket_timeout=10)
+    try:
+        keys = [k.decode(errors="replace") for k in client.scan_iter(count=2000)]
+    finally:
+        client.close()
+    return _ours(keys, namespaces)
+
+
+def amqp_queues(url: str, namespaces: set[str]) -> list[str]:
+    """Queues of the test vhost that name one of `namespaces`.
+
+    rabbitmqctl lists every queue of a local server in one call. Without it (a remote server,
+    no permission) each namespace's default queues are checked by passive declares: that
+    finds the common leak (a broker test that did not delete its queues), not every name.
+    """
+    parts = urlsplit(url)
+    vhost = unquote(parts.path[1:]) if len(parts.path) > 1 else "/"
+    if parts.hostname in LOCAL and shutil.which("rabbitmqctl"):
+        try:
+            done = subprocess.run(
+                ["rabbitmqctl", "-q", "list_queues", "-p", vhost, "name", "--no-table-headers"],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=True,
+            )
+        except (subprocess.SubprocessError, OSError):
+            pass
+        else:
+            return _ours(done.stdout.split(), namespaces)
+    return asyncio.run(_passive(url, namespaces))
+
+
+async def _passive(url: str, namespaces: set[str]) -> list[str]:
+    import aio_pika
+    from aio_pika.exceptions import ChannelClosed
+
+    found = []
+    connection = await aio_pika.connect(url)
+    try:
+        channel = await connection.channel()
+        for ns in sorted(namespaces):
+            for name in (f"{ns}.default", f"{ns}.default.dead"):
+                try:
+                    await channel.declare_queue(name, passive=True)
+                except ChannelClosed:
+                    channel = await connection.channel()
+                else:
+                    found.append(name)
+    finally:
+        await connection.close()
+    return found
