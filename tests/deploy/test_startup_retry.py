@@ -18,6 +18,7 @@ import pytest
 
 from aiotask import App
 from tests.procs import stop, worker_env, write_tasks
+from tests.faults.test_redis_auth import PasswordRedis
 from tests.servers import PrivateRedis
 
 if TYPE_CHECKING:
@@ -109,3 +110,21 @@ def test_sigterm_while_waiting_exits_zero(tmp_path: Path) -> None:
     finally:
         code = stop(proc, timeout=10)
     assert code == 0
+
+
+def test_refused_credentials_are_not_retried(tmp_path: Path) -> None:
+    """Waiting cannot fix a wrong password: the worker says so and exits 1 at once."""
+    redis = PasswordRedis(tmp_path)
+    redis.start()
+    try:
+        url = f"redis://:wrong-Pw-2@127.0.0.1:{redis.port}/0"
+        proc = _spawn(tmp_path, worker_env(write_tasks(tmp_path), url))
+        assert proc.wait(30) == 1
+        assert proc.stderr is not None
+        err = proc.stderr.read()
+        proc.stderr.close()
+    finally:
+        redis.kill()
+    assert "refused the credentials" in err, err
+    assert "cannot connect to the broker" not in err, err
+    assert "wrong-Pw-2" not in err
