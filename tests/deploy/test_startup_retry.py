@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING
 import pytest
 
 from aiotask import App
-from tests.procs import stop, worker_env, write_tasks
 from tests.faults.test_redis_auth import PasswordRedis
+from tests.procs import stop, worker_env, write_tasks
 from tests.servers import PrivateRedis
 
 if TYPE_CHECKING:
