@@ -24,8 +24,9 @@ if TYPE_CHECKING:
 REQUIRE_SERVICES = os.environ.get("AIOTASK_REQUIRE_SERVICES") == "1"
 REDIS_URL = os.environ.get("AIOTASK_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 AMQP_URL = os.environ.get("AIOTASK_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
-#: every namespace handed out in this session: the leak check looks for exactly these
-NAMESPACES: set[str] = set()
+#: every namespace handed out in this session -> the test that got it: the leak check looks
+#: for exactly these, and names the test
+NAMESPACES: dict[str, str] = {}
 
 
 def _host_port(url: str, default_port: int) -> tuple[str, int]:
@@ -52,10 +53,10 @@ def need_service(name: str, host: str, port: int) -> None:
 
 
 @pytest.fixture
-def namespace() -> str:
+def namespace(request: pytest.FixtureRequest) -> str:
     """A unique prefix for keys, queues and files, so tests never see each other's messages."""
     name = f"t{uuid.uuid4().hex[:12]}"
-    NAMESPACES.add(name)
+    NAMESPACES[name] = request.node.nodeid
     return name
 
 
@@ -65,19 +66,14 @@ def _nothing_left_behind() -> Iterator[None]:
     yield
     if not NAMESPACES:
         return
+    names = set(NAMESPACES)
     found: list[str] = []
     if _answers(*_host_port(REDIS_URL, 6379)):
-        found += [f"Redis key {k}" for k in leaks.redis_keys(REDIS_URL, NAMESPACES)]
+        found += [f"Redis key {k}" for k in leaks.redis_keys(REDIS_URL, names)]
     if _answers(*_host_port(AMQP_URL, 5672)):
-        found += [f"RabbitMQ queue {q}" for q in leaks.amqp_queues(AMQP_URL, NAMESPACES)]
+        found += [f"RabbitMQ queue {q}" for q in leaks.amqp_queues(AMQP_URL, names)]
     if found:
-        shown = "\n  ".join(sorted(found)[:50])
-        more = f"\n  ... and {len(found) - 50} more" if len(found) > 50 else ""
-        pytest.fail(
-            f"tests left {len(found)} key(s)/queue(s) on the shared servers (clean up in the test):"
-            f"\n  {shown}{more}",
-            pytrace=False,
-        )
+        pytest.fail(leaks.report(found, NAMESPACES), pytrace=False)
 
 
 @pytest.fixture

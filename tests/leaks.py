@@ -17,6 +17,19 @@ NAMESPACE = re.compile(r"t[0-9a-f]{12}")
 LOCAL = {"127.0.0.1", "localhost", "::1"}
 
 
+def report(found: list[str], owners: dict[str, str], per_test: int = 3) -> str:
+    """The leaks grouped by the test whose namespace they carry, a few names each."""
+    by_test: dict[str, list[str]] = {}
+    for item in sorted(found):
+        owner = next((owners[m] for m in NAMESPACE.findall(item) if m in owners), "?")
+        by_test.setdefault(owner, []).append(item)
+    lines = [f"tests left {len(found)} keys/queues on the shared servers (clean up in the test):"]
+    for test, items in sorted(by_test.items()):
+        more = f" (+{len(items) - per_test} more)" if len(items) > per_test else ""
+        lines.append(f"  {test}: {', '.join(items[:per_test])}{more}")
+    return "\n".join(lines)
+
+
 def _ours(names: Iterable[str], namespaces: set[str]) -> list[str]:
     return [n for n in names if any(m in namespaces for m in NAMESPACE.findall(n))]
 

@@ -115,7 +115,7 @@ class Worker:
         app = self.app
         _create_broker(app, self.conf)
         if not await _startup.connect(app, self.conf, self.shutdown.requested):
-            await self._close()
+            await self.pool.aclose()  # stopped while waiting for the broker: nothing ran
             return 0
         for mw in app.middleware:
             await mw.startup(app)
