@@ -19,7 +19,7 @@ import pytest
 from tests import leaks
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import AsyncIterator, Iterator
 
 REQUIRE_SERVICES = os.environ.get("AIOTASK_REQUIRE_SERVICES") == "1"
 REDIS_URL = os.environ.get("AIOTASK_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -27,6 +27,9 @@ AMQP_URL = os.environ.get("AIOTASK_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1
 #: every namespace handed out in this session -> the test that got it: the leak check looks
 #: for exactly these, and names the test
 NAMESPACES: dict[str, str] = {}
+#: tests (node ids) that asked for the shared Redis / RabbitMQ: their namespace is cleaned there
+USED_REDIS: set[str] = set()
+USED_AMQP: set[str] = set()
 
 
 def _host_port(url: str, default_port: int) -> tuple[str, int]:
@@ -53,11 +56,22 @@ def need_service(name: str, host: str, port: int) -> None:
 
 
 @pytest.fixture
-def namespace(request: pytest.FixtureRequest) -> str:
-    """A unique prefix for keys, queues and files, so tests never see each other's messages."""
+async def namespace(request: pytest.FixtureRequest) -> AsyncIterator[str]:
+    """A unique prefix for keys, queues and files, so tests never see each other's messages.
+
+    Afterwards (after every fixture that uses it, such as brokers and workers) it deletes the
+    test's keys on the shared Redis and its default queues on the shared RabbitMQ, for tests
+    that used them; the session's leak check reports anything else left. Async, so the
+    clean-up runs on the test's own event loop.
+    """
     name = f"t{uuid.uuid4().hex[:12]}"
-    NAMESPACES[name] = request.node.nodeid
-    return name
+    node = request.node.nodeid
+    NAMESPACES[name] = node
+    yield name
+    if node in USED_REDIS:
+        await leaks.clean_redis(REDIS_URL, name)
+    if node in USED_AMQP:
+        await leaks.clean_amqp(AMQP_URL, name)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -77,14 +91,16 @@ def _nothing_left_behind() -> Iterator[None]:
 
 
 @pytest.fixture
-def redis_url() -> str:
+def redis_url(request: pytest.FixtureRequest) -> str:
     need_service("Redis", *_host_port(REDIS_URL, 6379))
+    USED_REDIS.add(request.node.nodeid)
     return REDIS_URL
 
 
 @pytest.fixture
-def amqp_url() -> str:
+def amqp_url(request: pytest.FixtureRequest) -> str:
     need_service("RabbitMQ", *_host_port(AMQP_URL, 5672))
+    USED_AMQP.add(request.node.nodeid)
     return AMQP_URL
 
 

@@ -14,6 +14,9 @@ if TYPE_CHECKING:
     from collections.abc import Iterable
 
 NAMESPACE = re.compile(r"t[0-9a-f]{12}")
+#: RabbitMQ delay buckets (`<prefix>.<queue>.delay.<ms>`) carry x-expires: the server deletes
+#: them itself within ms + 120 s of their last use, so they are not leaks
+SELF_EXPIRING = re.compile(r"\.delay\.\d+$")
 LOCAL = {"127.0.0.1", "localhost", "::1"}
 
 
@@ -67,8 +70,48 @@ def amqp_queues(url: str, namespaces: set[str]) -> list[str]:
         except (subprocess.SubprocessError, OSError):
             pass
         else:
-            return _ours(done.stdout.split(), namespaces)
-    return asyncio.run(_passive(url, namespaces))
+            names = [n for n in done.stdout.split() if not SELF_EXPIRING.search(n)]
+            return _ours(names, namespaces)
+    return asyncio.run(_passive(url, namespaces))  # session end: no test loop is running
+
+
+async def clean_redis(url: str, namespace: str) -> None:
+    """Delete every key of the test database that carries `namespace` (SCAN MATCH, UNLINK)."""
+    from redis.asyncio import Redis
+
+    client = Redis.from_url(url)
+    try:
+        batch: list[bytes] = []
+        async for key in client.scan_iter(match=f"*{namespace}*", count=5000):
+            batch.append(key)
+            if len(batch) >= 500:
+                await client.unlink(*batch)
+                batch.clear()
+        if batch:
+            await client.unlink(*batch)
+    finally:
+        await client.aclose()
+
+
+#: the queues a test of `namespace` (its key_prefix) makes for the default queue
+DEFAULT_QUEUES = ("{ns}.default", "{ns}.default.dead")
+
+
+async def clean_amqp(url: str, namespace: str) -> None:
+    """Delete the default queue and its dead-letter queue under `namespace` (idempotent)."""
+    await delete_queues(url, [q.format(ns=namespace) for q in DEFAULT_QUEUES])
+
+
+async def delete_queues(url: str, names: list[str]) -> None:
+    import aio_pika
+
+    connection = await aio_pika.connect(url)
+    try:
+        channel = await connection.channel()
+        for name in names:
+            await channel.queue_delete(name)  # RabbitMQ: deleting a missing queue is fine
+    finally:
+        await connection.close()
 
 
 async def _passive(url: str, namespaces: set[str]) -> list[str]:
@@ -80,7 +123,7 @@ async def _passive(url: str, namespaces: set[str]) -> list[str]:
     try:
         channel = await connection.channel()
         for ns in sorted(namespaces):
-            for name in (f"{ns}.default", f"{ns}.default.dead"):
+            for name in (q.format(ns=ns) for q in DEFAULT_QUEUES):
                 try:
                     await channel.declare_queue(name, passive=True)
                 except ChannelClosed:
