@@ -10,9 +10,12 @@ DOCS_STAMP := $(VENV)/.installed-docs
 BENCH_VENV := .venv-bench
 BENCH_BIN := $(BENCH_VENV)/bin
 BENCH_STAMP := $(BENCH_VENV)/.installed
+# The newest Python the machine has: unit and CLI tests also run there (.venv313).
+PY313 ?= python3.13
+VENV313 := .venv313
 
 .DEFAULT_GOAL := help
-.PHONY: help install format lint typecheck test test-unit test-fast demo bench bench-smoke chaos chaos-short docs clean
+.PHONY: help install format lint typecheck test test-unit test-fast test-py313 demo bench bench-smoke chaos chaos-short docs clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-12s %s\n", $$1, $$2}'
@@ -34,10 +37,10 @@ $(BENCH_STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (Python >= 3.11) on PATH, or run make PYTHON=python3.12"; exit 2; }
 	$(PYTHON) -m venv $(BENCH_VENV)
 	$(BENCH_BIN)/pip install -q --upgrade pip
-	$(BENCH_BIN)/pip install -q -e '.[bench]'
+	$(BENCH_BIN)/pip install -q -e '.[all]' --group bench
 	$(PYTHON) -m venv $(BENCH_VENV)/arq
 	$(BENCH_VENV)/arq/bin/pip install -q --upgrade pip
-	$(BENCH_VENV)/arq/bin/pip install -q -e '.[bench-arq]'
+	$(BENCH_VENV)/arq/bin/pip install -q -e '.[all]' --group bench-arq
 	@touch $(BENCH_STAMP)
 
 format: $(STAMP)  ## format and autofix
@@ -57,6 +60,22 @@ test: lint typecheck docs $(STAMP)  ## lint, typecheck, docs, then the whole tes
 
 test-unit: $(STAMP)  ## only the pure unit tests
 	$(BIN)/python -m pytest -q tests/unit
+
+test-py313:  ## unit and CLI tests on python3.13 too (skipped, with a message, if it is absent)
+	@py=$(PY313); \
+	if ! $$py -c 'import sys' >/dev/null 2>&1; then \
+	  py=$$(ls -d $${PYENV_ROOT:-$$HOME/.pyenv}/versions/3.13*/bin/python3.13 2>/dev/null | tail -1); fi; \
+	if [ -z "$$py" ] || ! $$py -c 'import sys' >/dev/null 2>&1; then \
+	  echo "test-py313: skipped: $(PY313) is not on PATH (nor in pyenv)"; exit 0; fi; \
+	set -e; \
+	if [ ! -f $(VENV313)/.installed ] || [ pyproject.toml -nt $(VENV313)/.installed ]; then \
+	  $$py -m venv $(VENV313); \
+	  $(VENV313)/bin/pip install -q --upgrade pip; \
+	  $(VENV313)/bin/pip install -q -e '.[dev]'; \
+	  touch $(VENV313)/.installed; \
+	fi; \
+	echo "test-py313: $$($(VENV313)/bin/python --version)"; \
+	$(VENV313)/bin/python -m pytest -q -p no:cacheprovider tests/unit tests/cli
 
 demo: $(STAMP)  ## a worker and a producer in two processes on the embedded SQLite default
 	$(BIN)/python examples/demo.py
@@ -78,4 +97,4 @@ docs: $(DOCS_STAMP)  ## check the docs (links, every example runs, CLI, settings
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
 clean:  ## remove the virtualenv and caches
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build dist site *.egg-info aiotask.db*
+	rm -rf $(VENV) $(VENV313) .mypy_cache .ruff_cache .pytest_cache build dist site *.egg-info aiotask.db*

@@ -64,6 +64,11 @@ class Settings:
     shutdown_grace: float = 30.0
     #: Seconds a worker keeps trying to reach its broker before it exits non-zero.
     broker_unreachable_timeout: float = 60.0
+    #: A worker whose broker is unreachable at start retries with backoff (instead of exiting
+    #: at once, which drives supervisord to FATAL) ...
+    broker_connection_retry_on_startup: bool = True
+    #: ... for up to this many seconds, then exits 1 (the process supervisor restarts it).
+    broker_connection_startup_timeout: float = 300.0
     #: Store STARTED when a task starts (one more write per task).
     task_track_started: bool = False
     #: Emit monitoring events (docs/monitoring.md): task-sent from producers, task and worker
@@ -79,6 +84,7 @@ class Settings:
             parse_url(str(self.result_backend), allowed=BACKEND_SCHEMES, what="result backend")
         _positive(self, "result_expires", "visibility_timeout", "shutdown_grace")
         _positive(self, "concurrency", "max_deliveries", "broker_unreachable_timeout")
+        _positive(self, "broker_connection_startup_timeout")
         _positive(self, "worker_heartbeat_interval", "worker_lost_after")
         _non_negative(self, "max_message_size")
         if self.worker_lost_after <= self.worker_heartbeat_interval:
@@ -200,6 +206,8 @@ ENV_PARSERS: dict[str, tuple[Callable[[str], object], str]] = {
     "max_message_size": (_int, "integer number of bytes"),
     "shutdown_grace": (_float, "number of seconds"),
     "broker_unreachable_timeout": (_float, "number of seconds"),
+    "broker_connection_retry_on_startup": (_bool, "boolean (true/false, 1/0, yes/no, on/off)"),
+    "broker_connection_startup_timeout": (_float, "number of seconds"),
     "task_track_started": (_bool, "boolean (true/false, 1/0, yes/no, on/off)"),
     "events": (_bool, "boolean (true/false, 1/0, yes/no, on/off)"),
     "max_tasks_per_child": (_int, "integer"),

@@ -1,16 +1,40 @@
-"""Shared fixtures: service detection (skip, or fail when services are required) and namespaces."""
+"""Shared fixtures: service detection (skip, or fail when services are required), namespaces,
+and the end-of-session leak check (nothing a test created may stay on the shared servers).
+
+The servers the tests use are set by AIOTASK_TEST_REDIS_URL (default redis://127.0.0.1:6379/0:
+database 0) and AIOTASK_TEST_AMQP_URL (default amqp://guest:guest@127.0.0.1:5672/: vhost "/");
+see the Testing section of README.md.
+"""
 
 from __future__ import annotations
 
 import os
 import socket
 import uuid
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 import pytest
+
+from tests import leaks
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Iterator
 
 REQUIRE_SERVICES = os.environ.get("AIOTASK_REQUIRE_SERVICES") == "1"
 REDIS_URL = os.environ.get("AIOTASK_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 AMQP_URL = os.environ.get("AIOTASK_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+#: every namespace handed out in this session -> the test that got it: the leak check looks
+#: for exactly these, and names the test
+NAMESPACES: dict[str, str] = {}
+#: tests (node ids) that asked for the shared Redis / RabbitMQ: their namespace is cleaned there
+USED_REDIS: set[str] = set()
+USED_AMQP: set[str] = set()
+
+
+def _host_port(url: str, default_port: int) -> tuple[str, int]:
+    parts = urlsplit(url)
+    return parts.hostname or "127.0.0.1", parts.port or default_port
 
 
 def _answers(host: str, port: int) -> bool:
@@ -32,20 +56,51 @@ def need_service(name: str, host: str, port: int) -> None:
 
 
 @pytest.fixture
-def namespace() -> str:
-    """A unique prefix for keys, queues and files, so tests never see each other's messages."""
-    return f"t{uuid.uuid4().hex[:12]}"
+async def namespace(request: pytest.FixtureRequest) -> AsyncIterator[str]:
+    """A unique prefix for keys, queues and files, so tests never see each other's messages.
+
+    Afterwards (after every fixture that uses it, such as brokers and workers) it deletes the
+    test's keys on the shared Redis and its default queues on the shared RabbitMQ, for tests
+    that used them; the session's leak check reports anything else left. Async, so the
+    clean-up runs on the test's own event loop.
+    """
+    name = f"t{uuid.uuid4().hex[:12]}"
+    node = request.node.nodeid
+    NAMESPACES[name] = node
+    yield name
+    if node in USED_REDIS:
+        await leaks.clean_redis(REDIS_URL, name)
+    if node in USED_AMQP:
+        await leaks.clean_amqp(AMQP_URL, name)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _nothing_left_behind() -> Iterator[None]:
+    """After the last test: no key or queue named after this session's namespaces remains."""
+    yield
+    if not NAMESPACES:
+        return
+    names = set(NAMESPACES)
+    found: list[str] = []
+    if _answers(*_host_port(REDIS_URL, 6379)):
+        found += [f"Redis key {k}" for k in leaks.redis_keys(REDIS_URL, names)]
+    if _answers(*_host_port(AMQP_URL, 5672)):
+        found += [f"RabbitMQ queue {q}" for q in leaks.amqp_queues(AMQP_URL, names)]
+    if found:
+        pytest.fail(leaks.report(found, NAMESPACES), pytrace=False)
 
 
 @pytest.fixture
-def redis_url() -> str:
-    need_service("Redis", "127.0.0.1", 6379)
+def redis_url(request: pytest.FixtureRequest) -> str:
+    need_service("Redis", *_host_port(REDIS_URL, 6379))
+    USED_REDIS.add(request.node.nodeid)
     return REDIS_URL
 
 
 @pytest.fixture
-def amqp_url() -> str:
-    need_service("RabbitMQ", "127.0.0.1", 5672)
+def amqp_url(request: pytest.FixtureRequest) -> str:
+    need_service("RabbitMQ", *_host_port(AMQP_URL, 5672))
+    USED_AMQP.add(request.node.nodeid)
     return AMQP_URL
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from aiotask._extras import require
 from aiotask._urls import BACKEND_SCHEMES, parse_url
 from aiotask.backends.base import (
     EncodedResult,
@@ -38,9 +39,9 @@ def from_url(url: str, settings: Settings) -> ResultBackend:
 
         return MemoryBackend()
     if scheme in {"redis", "rediss"}:
-        from aiotask.backends.redis import RedisBackend
-
-        return RedisBackend(url, settings)
+        redis_backend = require("aiotask.backends.redis", what="the Redis result backend")
+        backend: ResultBackend = redis_backend.RedisBackend(url, settings)
+        return backend
     from aiotask.backends.sqlite import SQLiteBackend
 
     return SQLiteBackend(url, settings)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from aiotask._extras import require
 from aiotask._urls import BROKER_SCHEMES, parse_url
 from aiotask.brokers.base import (
     Broker,
@@ -36,13 +37,13 @@ def from_url(url: str, settings: Settings, app_name: str) -> Broker:
 
         return MemoryBroker(settings)
     if scheme in {"redis", "rediss"}:
-        from aiotask.brokers.redis_streams import RedisStreamsBroker
-
-        return RedisStreamsBroker(url, settings, app_name)
+        redis_streams = require("aiotask.brokers.redis_streams", what="the Redis broker")
+        broker: Broker = redis_streams.RedisStreamsBroker(url, settings, app_name)
+        return broker
     if scheme == "sqlite":
         from aiotask.brokers.sqlite import SQLiteBroker
 
         return SQLiteBroker(url, settings)
-    from aiotask.brokers.rabbitmq import RabbitMQBroker
-
-    return RabbitMQBroker(url, settings, app_name)
+    rabbitmq = require("aiotask.brokers.rabbitmq", what="the RabbitMQ broker")
+    amqp_broker: Broker = rabbitmq.RabbitMQBroker(url, settings, app_name)
+    return amqp_broker

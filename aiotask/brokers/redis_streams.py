@@ -216,7 +216,6 @@ class RedisStreamsBroker:
             self._redis = None
             await self.shared_client.release()
             raise
-        await warn_if_volatile(self._client(), self._url)
 
     async def close(self) -> None:
         """Hand back what this consumer still owns (so it runs again at once), then close."""
@@ -507,6 +506,9 @@ class RedisStreamsBroker:
         """Push this consumer's heartbeat expiry (now + worker_lost_after, server clock) into
         the consumer set of every queue it reads: one round trip. Until the first call the
         consumer keeps the lease rule only; once lost, other consumers take its entries."""
+        if not self._beating and self._redis is not None:
+            # only workers beat: warn at a worker's start, not on every producer/CLI connect
+            await warn_if_volatile(self._redis, self._url)
         self._beating = True
         if self._redis is None or not self._reading:
             return

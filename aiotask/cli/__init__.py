@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import platform
 import sys
 from typing import TYPE_CHECKING, Annotated, Any
 
 import orjson
 import typer
 
+from aiotask import __version__
 from aiotask._urls import redact
 from aiotask.cli import _observe
 from aiotask.cli._beat import register as register_beat
@@ -29,9 +31,29 @@ cli = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # plain click help: wraps to the terminal (80 columns fit) and never truncates option names
+    rich_markup_mode=None,
 )
 
 AppOpt = Annotated[str, typer.Option("-A", "--app", help="module:attribute of your App")]
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"aiotask {__version__} (Python {platform.python_version()})")
+        raise typer.Exit(0)
+
+
+@cli.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="print the version and exit"
+        ),
+    ] = False,
+) -> None:
+    """aiotask: asyncio-native distributed tasks."""
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
@@ -42,28 +64,73 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
 @cli.command()
 def worker(
     app: AppOpt,
-    queues: Annotated[str, typer.Option("-Q", "--queues", help="comma-separated queues")] = "",
+    queues: Annotated[
+        str,
+        typer.Option("-Q", "--queues", help="comma-separated queues", show_default="default_queue"),
+    ] = "",
     concurrency: Annotated[
-        int, typer.Option("-c", "--concurrency", min=0, help="coroutine tasks at once")
-    ] = 0,
+        int | None,
+        typer.Option(
+            "-c",
+            "--concurrency",
+            min=1,
+            help="coroutine tasks at once",
+            show_default="concurrency setting, 100",
+        ),
+    ] = None,
     processes: Annotated[
-        int, typer.Option("-P", "--processes", help="children for plain-function tasks; 0: CPUs")
-    ] = -1,
+        int | None,
+        typer.Option(
+            "-P",
+            "--processes",
+            min=0,
+            help="children for plain-function tasks; 0: CPUs",
+            show_default="processes setting, 0",
+        ),
+    ] = None,
     prefetch: Annotated[
-        int, typer.Option("--prefetch", min=0, help="messages held unacknowledged; 0: -c")
-    ] = 0,
+        int | None,
+        typer.Option(
+            "--prefetch",
+            min=1,
+            help="messages held unacknowledged",
+            show_default="prefetch setting, or -c",
+        ),
+    ] = None,
     name: Annotated[
-        str, typer.Option("-n", "--hostname", "--name", help="worker name in logs and inspect")
+        str,
+        typer.Option(
+            "-n",
+            "--hostname",
+            "--name",
+            help="worker name in logs and inspect",
+            show_default="aiotask@HOST-PID",
+        ),
     ] = "",
     loglevel: Annotated[
-        str, typer.Option("-l", "--loglevel", help="DEBUG, INFO, WARNING or ERROR")
+        str,
+        typer.Option(
+            "-l", "--loglevel", help="DEBUG, INFO, WARNING or ERROR", show_default="log_level"
+        ),
     ] = "",
     max_tasks_per_child: Annotated[
-        int, typer.Option("--max-tasks-per-child", min=0, help="replace a child after N tasks")
-    ] = 0,
+        int | None,
+        typer.Option(
+            "--max-tasks-per-child",
+            min=0,
+            help="replace a child after N tasks",
+            show_default="max_tasks_per_child setting; 0: never",
+        ),
+    ] = None,
     max_memory_per_child: Annotated[
-        int, typer.Option("--max-memory-per-child", min=0, help="replace a child past N KB RSS")
-    ] = 0,
+        int | None,
+        typer.Option(
+            "--max-memory-per-child",
+            min=0,
+            help="replace a child past N KB RSS",
+            show_default="max_memory_per_child setting; 0: never",
+        ),
+    ] = None,
     metrics_port: Annotated[
         int, typer.Option("--metrics-port", min=0, help="serve Prometheus /metrics on this port")
     ] = 0,
@@ -86,12 +153,12 @@ def worker(
     w = Worker(
         the_app,
         queues=[q.strip() for q in queues.split(",") if q.strip()] or None,
-        concurrency=concurrency or None,
-        processes=processes if processes >= 0 else None,
-        prefetch=prefetch or None,
+        concurrency=concurrency,
+        processes=processes,
+        prefetch=prefetch,
         name=name or None,
-        max_tasks_per_child=max_tasks_per_child or None,
-        max_memory_per_child=max_memory_per_child or None,
+        max_tasks_per_child=max_tasks_per_child,
+        max_memory_per_child=max_memory_per_child,
         probe=probe,
         beat=embed_beat,
         events=events or None,
@@ -168,7 +235,10 @@ def call(
 @cli.command()
 def purge(
     app: AppOpt,
-    queues: Annotated[str, typer.Option("-Q", "--queues", help="comma-separated queues")] = "",
+    queues: Annotated[
+        str,
+        typer.Option("-Q", "--queues", help="comma-separated queues", show_default="default_queue"),
+    ] = "",
     force: Annotated[bool, typer.Option("-f", "--force", help="do not ask")] = False,
 ) -> None:
     """Delete every waiting message of the queues (default: the app's default queue)."""
@@ -201,6 +271,9 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(1) from None
     except typer.TyperException as exc:  # usage errors: one line, not a box
         message = exc.format_message() if hasattr(exc, "format_message") else ""
+        if type(exc).__name__ == "NoArgsIsHelpError":  # `aiotask` alone: its help, exit 2
+            typer.echo(message)
+            raise SystemExit(2) from None
         if not message:  # e.g. `aiotask` alone: help was printed
             raise SystemExit(2) from None
         raise SystemExit(_fail(f"{message} (see aiotask --help)", 2).exit_code) from None

@@ -40,7 +40,12 @@ def _group(ctx: typer.Context, app: SubAppOpt = "") -> None:
 
 def beat(
     app: AppOpt,
-    loglevel: Annotated[str, typer.Option("-l", "--loglevel")] = "",
+    loglevel: Annotated[
+        str,
+        typer.Option(
+            "-l", "--loglevel", help="DEBUG, INFO, WARNING or ERROR", show_default="log_level"
+        ),
+    ] = "",
 ) -> None:
     """Send periodic tasks on time; run as many as you like, each slot is sent once."""
     the_app, _ = load_app(app)
@@ -102,15 +107,27 @@ def add(
     name: NameArg,
     task: Annotated[str, typer.Option("--task", help="registered task name")],
     cron: Annotated[str, typer.Option("--cron", help="cron expression or @alias")] = "",
-    every: Annotated[float, typer.Option("--every", help="seconds between runs")] = 0.0,
+    every: Annotated[
+        float, typer.Option("--every", help="seconds between runs (or --cron)", show_default=False)
+    ] = 0.0,
     tz: Annotated[str, typer.Option("--tz", help="time zone of --cron")] = "",
     args: Annotated[str, typer.Option("--args", help="JSON list")] = "[]",
     kwargs: Annotated[str, typer.Option("--kwargs", help="JSON object")] = "{}",
-    queue: Annotated[str, typer.Option("-Q", "--queue")] = "",
+    queue: Annotated[str, typer.Option("-Q", "--queue", help="queue (default: routed)")] = "",
     overlap: Annotated[str, typer.Option("--overlap", help="allow|skip|queue")] = "allow",
     catch_up: Annotated[str, typer.Option("--catch-up", help="none|latest|all")] = "latest",
-    jitter: Annotated[float, typer.Option("--jitter", min=0)] = 0.0,
-    expires: Annotated[float, typer.Option("--expires", min=0)] = 0.0,
+    jitter: Annotated[
+        float, typer.Option("--jitter", min=0, help="up to N s of delay per run, to spread load")
+    ] = 0.0,
+    expires: Annotated[
+        float,
+        typer.Option(
+            "--expires",
+            min=0,
+            help="skip a run not sent within N s (default: never)",
+            show_default=False,
+        ),
+    ] = 0.0,
     as_json: JsonOpt = False,
     app: SubAppOpt = "",
 ) -> None:

@@ -20,7 +20,7 @@ from aiotask.events.emitter import Emitter
 from aiotask.events.follow import event_stream
 from aiotask.events.model import EventType
 from aiotask.exceptions import BrokerConnectionError, ConfigurationError
-from aiotask.worker import control, revocations
+from aiotask.worker import _startup, control, revocations
 from aiotask.worker._supervise import supervise
 from aiotask.worker.commands import Commands, follow_queues
 from aiotask.worker.consumer import Dispatcher, consume
@@ -137,54 +137,17 @@ class Worker:
             self.settler.probe = self.probe
             self.probe.attached(self)
         _create_broker(app, self.conf)
-        await app.connect()
+        if not await _startup.connect(app, self.conf, self.shutdown.requested):
+            await self.pool.aclose()  # stopped while waiting for the broker: nothing ran
+            return 0
         for mw in app.middleware:
             await mw.startup(app)
         failed = False
         try:
             async with asyncio.TaskGroup() as group:
-                if app.backend is not None:  # before consuming: skip what was revoked
-                    revocations.remember(
-                        self.dispatcher.executor.revoked, await app.backend.revocations()
-                    )
-                # Alive before the first message is taken: never look lost while holding work.
-                await beat(app.broker, self.conf.worker_heartbeat_interval)
-                if app.backend is not None:  # in the registry (aiotask status) from the start
-                    await self.registry.write(app.backend)
-                fetch = functools.partial(
-                    follow_queues,
-                    self.queues_changed,
-                    functools.partial(consume, app.broker, self.queues, self.dispatcher),
-                )
-                consumer = group.create_task(
-                    supervise(
-                        "consumer",
-                        fetch,
-                        # the broker already retried for broker_unreachable_timeout: exit, and
-                        # let the process supervisor restart the worker
-                        fatal=(BrokerConnectionError,),
-                        give_up_after=self.conf.broker_unreachable_timeout,
-                    ),
-                    name="aiotask-consumer",
-                )
-                settler = group.create_task(self.settler.run(), name="aiotask-settler")
-                side_loops = self._side_loops(group)
-                self._event(EventType.WORKER_ONLINE)
-                self.ready.set()
-                log.info("worker %s ready", self.name)
+                consumer, settler, side_loops = await self._start(group)
                 await self.shutdown.requested.wait()
-                await _stop(consumer)
-                await self._drain()
-                self.settler.stop()
-                await settler  # settles everything that ran, then returns
-                if self.events is not None:
-                    self._event(EventType.WORKER_OFFLINE)
-                    await self.events.close()
-                for loop_task in side_loops:
-                    loop_task.cancel()
-                await asyncio.wait(side_loops, timeout=HANDBACK_TIMEOUT)
-                if app.backend is not None:  # stopped, not lost
-                    await self.registry.remove(app.backend)
+                await self._wind_down(consumer, settler, side_loops)
         except* Exception as group_error:
             for exc in group_error.exceptions:
                 log.critical("worker %s stopped: %s", self.name, exc, exc_info=exc)
@@ -192,6 +155,60 @@ class Worker:
         finally:
             await self._close()
         return 1 if failed or self.shutdown.phase is Phase.COLD else 0
+
+    async def _start(
+        self, group: asyncio.TaskGroup
+    ) -> tuple[asyncio.Task[None], asyncio.Task[None], list[asyncio.Task[None]]]:
+        """Load revocations, beat, register, then start the consumer, settler and side loops."""
+        app = self.app
+        if app.backend is not None:  # before consuming: skip what was revoked
+            revocations.remember(self.dispatcher.executor.revoked, await app.backend.revocations())
+        # Alive before the first message is taken: never look lost while holding work.
+        await beat(app.broker, self.conf.worker_heartbeat_interval)
+        if app.backend is not None:  # in the registry (aiotask status) from the start
+            await self.registry.write(app.backend)
+        fetch = functools.partial(
+            follow_queues,
+            self.queues_changed,
+            functools.partial(consume, app.broker, self.queues, self.dispatcher),
+        )
+        consumer = group.create_task(
+            supervise(
+                "consumer",
+                fetch,
+                # the broker already retried for broker_unreachable_timeout: exit, and let the
+                # process supervisor restart the worker
+                fatal=(BrokerConnectionError,),
+                give_up_after=self.conf.broker_unreachable_timeout,
+            ),
+            name="aiotask-consumer",
+        )
+        settler = group.create_task(self.settler.run(), name="aiotask-settler")
+        side_loops = self._side_loops(group)
+        self._event(EventType.WORKER_ONLINE)
+        self.ready.set()
+        log.info("worker %s ready", self.name)
+        return consumer, settler, side_loops
+
+    async def _wind_down(
+        self,
+        consumer: asyncio.Task[None],
+        settler: asyncio.Task[None],
+        side_loops: list[asyncio.Task[None]],
+    ) -> None:
+        """Stop fetching, drain (warm or cold), settle everything that ran, then the rest."""
+        await _stop(consumer)
+        await self._drain()
+        self.settler.stop()
+        await settler  # settles everything that ran, then returns
+        if self.events is not None:
+            self._event(EventType.WORKER_OFFLINE)
+            await self.events.close()
+        for loop_task in side_loops:
+            loop_task.cancel()
+        await asyncio.wait(side_loops, timeout=HANDBACK_TIMEOUT)
+        if self.app.backend is not None:  # stopped, not lost
+            await self.registry.remove(self.app.backend)
 
     def _side_loops(self, group: asyncio.TaskGroup) -> list[asyncio.Task[None]]:
         """Heartbeat, lease renewal (brokers with leases), revoke broadcasts, tombstone reloads.

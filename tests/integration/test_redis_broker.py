@@ -246,6 +246,8 @@ async def test_warns_about_persistence_and_eviction(
     b = RedisStreamsBroker(private_redis.url, settings(private_redis.url, "w"), "app")
     with caplog.at_level(logging.WARNING, logger="aiotask._redis.client"):
         await b.connect()
+        assert caplog.text == ""  # a producer connecting: no warning (only a worker's start)
+        await b.heartbeat()  # what a worker does first
     await b.close()
     text = caplog.text
     assert "appendonly yes" in text and "maxmemory-policy noeviction" in text

@@ -25,6 +25,7 @@ from aiotask.exceptions import (
 )
 from aiotask.protocol import Message, encode
 from aiotask.testing import start_worker
+from tests import leaks
 from tests.integration import tasks_memory as t
 
 if TYPE_CHECKING:
@@ -195,6 +196,11 @@ async def test_get_timeout() -> None:
         r = await t.add.send(1, 1)
         with pytest.raises(ResultTimeout):
             await r.get(timeout=0.2)
+    if app.conf.broker_url.startswith("amqp"):  # not one of the namespace's default queues
+        prefix = app.conf.key_prefix
+        await leaks.delete_queues(
+            app.conf.broker_url, [f"{prefix}.elsewhere", f"{prefix}.elsewhere.dead"]
+        )
 
 
 async def test_routing_by_option_and_by_settings() -> None:
