@@ -35,7 +35,7 @@ schedule_cli = typer.Typer(
 
 @schedule_cli.callback()
 def _group(ctx: typer.Context, app: SubAppOpt = "") -> None:
-    ctx.obj = {"app": app}
+    ctx.obj = app
 
 
 def beat(

@@ -38,9 +38,12 @@ def load_app(spec: str) -> tuple[App, str]:
 
 
 def group_app(ctx_obj: object, spec: str) -> tuple[App, str]:
-    """The app of a subcommand: its own -A, else the -A given to its group (`aiotask schedule
-    -A proj:app list` and `aiotask schedule list -A proj:app` both work)."""
-    given = spec or (ctx_obj.get("app", "") if isinstance(ctx_obj, dict) else "")
+    """The app of a subcommand: its own -A, else the -A its group's callback stored in
+    `ctx.obj` (`aiotask dlq -A proj:app list` and `aiotask dlq list -A proj:app` both work)."""
+    given = spec or (ctx_obj if isinstance(ctx_obj, str) else "")
     if not given:
-        raise ConfigurationError("missing -A/--app: e.g. aiotask schedule -A proj.tasks:app list")
+        raise ConfigurationError(
+            "missing -A/--app: give it before or after the subcommand, e.g. "
+            "aiotask schedule -A proj.tasks:app list"
+        )
     return load_app(given)

@@ -15,9 +15,8 @@ import orjson
 import typer
 
 from aiotask._time import now
-from aiotask.cli._loader import load_app
+from aiotask.cli._loader import group_app, load_app
 from aiotask.control import DEFAULT_TIMEOUT, INSPECT_COMMANDS
-from aiotask.exceptions import ConfigurationError
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -149,10 +148,7 @@ def control(ctx: typer.Context, app: OptionalAppOpt = "") -> None:
 
 
 def _app_of(ctx: typer.Context, app: str) -> App:
-    spec = app or (ctx.obj if isinstance(ctx.obj, str) else "")
-    if not spec:
-        raise ConfigurationError("missing -A/--app: module:attribute of your App")
-    return load_app(spec)[0]
+    return group_app(ctx.obj, app)[0]
 
 
 def _command(

@@ -15,7 +15,7 @@ import orjson
 import typer
 
 from aiotask._urls import redact
-from aiotask.cli._loader import load_app
+from aiotask.cli._loader import group_app, load_app
 from aiotask.exceptions import ConfigurationError
 
 if TYPE_CHECKING:
@@ -110,13 +110,7 @@ def dlq(ctx: typer.Context, app: AppOpt = "") -> None:
 
 
 def _app(ctx: typer.Context, app: str) -> App:
-    spec = app or (ctx.obj if isinstance(ctx.obj, str) else "")
-    if not spec:
-        raise ConfigurationError(
-            "missing -A/--app: give it before or after the subcommand, e.g. "
-            "aiotask dlq -A proj.tasks:app list"
-        )
-    return load_app(spec)[0]
+    return group_app(ctx.obj, app)[0]
 
 
 def _line(d: DeadLetterInfo) -> str:
