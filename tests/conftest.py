@@ -8,10 +8,12 @@ see the Testing section of README.md.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import uuid
-from typing import TYPE_CHECKING
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -19,7 +21,7 @@ import pytest
 from tests import leaks
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Iterator
+    from collections.abc import Coroutine, Iterator
 
 REQUIRE_SERVICES = os.environ.get("AIOTASK_REQUIRE_SERVICES") == "1"
 REDIS_URL = os.environ.get("AIOTASK_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -56,22 +58,29 @@ def need_service(name: str, host: str, port: int) -> None:
 
 
 @pytest.fixture
-async def namespace(request: pytest.FixtureRequest) -> AsyncIterator[str]:
+def namespace(request: pytest.FixtureRequest) -> Iterator[str]:
     """A unique prefix for keys, queues and files, so tests never see each other's messages.
 
     Afterwards (after every fixture that uses it, such as brokers and workers) it deletes the
     test's keys on the shared Redis and its default queues on the shared RabbitMQ, for tests
-    that used them; the session's leak check reports anything else left. Async, so the
-    clean-up runs on the test's own event loop.
+    that used them; the session's leak check reports anything else left. The clean-up runs
+    on an event loop of its own, in a thread: a sync fixture, so it never shares (or closes)
+    the loop of an async test, and sync tests may run their own loops.
     """
     name = f"t{uuid.uuid4().hex[:12]}"
     node = request.node.nodeid
     NAMESPACES[name] = node
     yield name
     if node in USED_REDIS:
-        await leaks.clean_redis(REDIS_URL, name)
+        _aside(leaks.clean_redis(REDIS_URL, name))
     if node in USED_AMQP:
-        await leaks.clean_amqp(AMQP_URL, name)
+        _aside(leaks.clean_amqp(AMQP_URL, name))
+
+
+def _aside(work: Coroutine[Any, Any, object]) -> None:
+    """Run a coroutine to the end on a fresh loop in another thread."""
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, work).result()
 
 
 @pytest.fixture(scope="session", autouse=True)
