@@ -34,7 +34,7 @@ from aiotask.brokers.base import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Sequence
+    from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 
     from aiotask.settings import Settings
 
@@ -235,13 +235,15 @@ class MemoryBroker:
     async def events(self) -> AsyncIterator[AsyncIterator[bytes]]:
         follower: tuple[deque[bytes], asyncio.Event] = (deque(maxlen=EVENTS_CAP), asyncio.Event())
         self._followers.append(follower)
+        stream = _drain(*follower)
         try:
-            yield _drain(*follower)
+            yield stream
         finally:
             self._followers.remove(follower)
+            await stream.aclose()  # a follower cancelled mid-iteration leaves it suspended
 
 
-async def _drain(backlog: deque[bytes], wake: asyncio.Event) -> AsyncIterator[bytes]:
+async def _drain(backlog: deque[bytes], wake: asyncio.Event) -> AsyncGenerator[bytes, None]:
     while True:
         while backlog:
             yield backlog.popleft()

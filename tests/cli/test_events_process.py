@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import sqlite3
 import subprocess
@@ -214,7 +215,7 @@ async def test_events_off_writes_nothing(tmp_path: Path, broker_url: str, namesp
         assert stop(worker) == 0
     if broker_url.startswith("sqlite"):
         path = broker_url.removeprefix("sqlite:///")
-        with sqlite3.connect(path) as conn:
+        with contextlib.closing(sqlite3.connect(path)) as conn:
             assert conn.execute("SELECT count(*) FROM aiotask_events").fetchone() == (0,)
     elif broker_url.startswith("redis"):
         from redis.asyncio import Redis

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 from typing import TYPE_CHECKING, Any
 
@@ -86,7 +87,7 @@ async def test_the_stream_is_capped(
         from aiotask.brokers.sqlite import SQLiteBroker
 
         assert isinstance(stream, SQLiteBroker)
-        with sqlite3.connect(stream.path) as conn:
+        with contextlib.closing(sqlite3.connect(stream.path)) as conn:
             count, newest = conn.execute(
                 "SELECT count(*), (SELECT body FROM aiotask_events ORDER BY id DESC LIMIT 1) "
                 "FROM aiotask_events"
