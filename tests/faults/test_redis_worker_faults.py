@@ -3,36 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
 import time
 from typing import TYPE_CHECKING
 
-import pytest
-
 from aiotask import App
-from tests.conftest import REQUIRE_SERVICES
 from tests.procs import start_worker, stop, wait_with_stderr, worker_env, write_tasks
-from tests.servers import PrivateRedis
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
     from pathlib import Path
 
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[PrivateRedis]:
-    if shutil.which("redis-server") is None:
-        if REQUIRE_SERVICES:
-            pytest.fail("redis-server is not installed and AIOTASK_REQUIRE_SERVICES=1")
-        pytest.skip("redis-server is not installed")
-    data = tmp_path / "redis"
-    data.mkdir()
-    server = PrivateRedis(data, "--appendonly", "yes", "--appendfsync", "always")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.kill()
+    from tests.servers import PrivateRedis
 
 
 async def test_worker_resumes_after_redis_restarts(

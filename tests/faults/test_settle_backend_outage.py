@@ -9,23 +9,19 @@ completes, and every follow-up (chain step, chord body) is published once: each 
 from __future__ import annotations
 
 import asyncio
-import shutil
 import textwrap
 import time
 from collections import Counter
 from typing import TYPE_CHECKING
 
-import pytest
-
 from aiotask import App
 from aiotask.canvas import chord, signature
-from tests.conftest import REQUIRE_SERVICES
 from tests.procs import lines, start_worker, stop, worker_env
-from tests.servers import PrivateRedis
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
     from pathlib import Path
+
+    from tests.servers import PrivateRedis
 
 OUTAGE = 10.0
 CHAINS = 12
@@ -45,23 +41,6 @@ TASKS = textwrap.dedent(
         return key
     """
 )
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[PrivateRedis]:
-    if shutil.which("redis-server") is None:
-        if REQUIRE_SERVICES:
-            pytest.fail("redis-server is not installed and AIOTASK_REQUIRE_SERVICES=1")
-        pytest.skip("redis-server is not installed")
-    data = tmp_path / "redis"
-    data.mkdir()
-    # every write on disk before it is acknowledged: a kill -9 loses nothing stored
-    server = PrivateRedis(data, "--appendonly", "yes", "--appendfsync", "always")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.kill()
 
 
 def step(app: App, key: str) -> object:

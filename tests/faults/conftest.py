@@ -1,0 +1,33 @@
+"""Fixtures of the fault tests: servers of their own, which the tests may kill and restart."""
+
+from __future__ import annotations
+
+import shutil
+from typing import TYPE_CHECKING
+
+import pytest
+
+from tests.conftest import REQUIRE_SERVICES
+from tests.servers import PrivateRedis
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[PrivateRedis]:
+    """A private redis-server that acknowledges a write only once it is on disk (append-only,
+    fsync always): a kill -9 of it loses nothing stored. Stopped by PID afterwards."""
+    if shutil.which("redis-server") is None:
+        if REQUIRE_SERVICES:
+            pytest.fail("redis-server is not installed and AIOTASK_REQUIRE_SERVICES=1")
+        pytest.skip("redis-server is not installed")
+    data = tmp_path / "redis"
+    data.mkdir()
+    server = PrivateRedis(data, "--appendonly", "yes", "--appendfsync", "always")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
