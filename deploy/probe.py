@@ -7,7 +7,7 @@
 Without --pid it looks for an `aiotask worker` process in /proc (in a container: the only one).
 A worker stopped (SIGSTOP, a debugger) or a zombie is not alive. `ready` reads the broker from
 AIOTASK_BROKER_URL (as the worker does); sqlite:// and memory:// need no server.
-This stands in for `aiotask status --local` until that command exists (see docs/deployment.md).
+For readiness, `aiotask status -A proj:app --local` asks the store instead (docs/deployment.md).
 """
 
 from __future__ import annotations

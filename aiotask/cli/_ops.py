@@ -1,13 +1,15 @@
 """`aiotask status`, `aiotask inspect WHAT` and `aiotask control COMMAND`: talk to workers.
 
 Exit codes: 0 when answered (`status` too, with every worker lost or none known: it read the
-store); 1 when no worker replied within the timeout or a worker refused a command, or the
+store); 1 when no worker replied within the timeout, `status --local` found no online worker
+on this host or a worker refused a command, or the
 store cannot be reached; 2 for bad input (an unknown destination or command, a bad rate).
 """
 
 from __future__ import annotations
 
 import asyncio
+import socket
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -72,11 +74,23 @@ def _status_line(w: WorkerInfo, at: float) -> str:
     )
 
 
-def status(app: AppOpt, as_json: JsonOpt = False) -> None:
+LocalOpt = Annotated[
+    bool,
+    typer.Option(
+        "--local",
+        help="only this host's workers; exit 1 unless one is online (a readiness probe)",
+    ),
+]
+
+
+def status(app: AppOpt, as_json: JsonOpt = False, local: LocalOpt = False) -> None:
     """Workers known from the store (online or lost); answers with every worker down."""
     the_app, _ = load_app(app)
     workers: list[WorkerInfo] = _run(the_app, lambda a: a.control.workers())
     at = now()
+    if local:
+        host = socket.gethostname()
+        workers = [w for w in workers if w.host == host]
     online = sum(w.state(at) == "online" for w in workers)
     if as_json:
         typer.echo(_json({"workers": [w.to_dict(at) for w in workers]}))
@@ -85,6 +99,9 @@ def status(app: AppOpt, as_json: JsonOpt = False) -> None:
             typer.echo(_status_line(w, at))
         lost = len(workers) - online
         typer.echo(f"{online} online, {lost} lost" if workers else "no workers in the registry")
+    if local and not online:
+        typer.echo(f"Error: no online worker on {socket.gethostname()}", err=True)
+        raise typer.Exit(1)
 
 
 def inspect(

@@ -133,6 +133,8 @@ async def test_bad_input_and_a_lost_worker(tmp_path: Path, broker_url: str, name
                 await backend.broadcast(junk)
         assert cli_json(tmp_path, env, "inspect", "ping") == (0, {"w1": "pong"})
         assert proc.poll() is None  # malformed control messages never stop a worker
+        done = run_cli(tmp_path, env, "status", *APP, "--local")
+        assert done.returncode == 0 and "1 online, 0 lost" in done.stdout, done.stderr
     finally:
         proc.send_signal(signal.SIGKILL)
         stop(proc)
@@ -145,6 +147,8 @@ async def test_bad_input_and_a_lost_worker(tmp_path: Path, broker_url: str, name
         await asyncio.sleep(0.3)
     assert code == 0 and status["workers"][0]["name"] == "w1"
     assert status["workers"][0]["state"] == "lost"
+    done = run_cli(tmp_path, env, "status", *APP, "--local")  # the readiness probe fails
+    assert done.returncode == 1 and "no online worker on" in done.stderr, done.stdout
     done = run_cli(tmp_path, env, "inspect", "ping", *APP, "--timeout", "0.5")
     assert done.returncode == 1 and "no worker replied within 0.5s" in done.stderr
 

@@ -36,4 +36,4 @@ def test_kubernetes_grace_and_probes() -> None:
     grace = _number(r'name: AIOTASK_SHUTDOWN_GRACE\n\s+value: "(\d+)"', text)
     assert _number(r"terminationGracePeriodSeconds: (\d+)", text) >= grace + STOP_MARGIN
     assert '"/usr/local/bin/aiotask-probe", "live"' in text
-    assert '"/usr/local/bin/aiotask-probe", "ready"' in text
+    assert '["aiotask", "status", "-A", "proj.tasks:app", "--local"]' in text
