@@ -6,9 +6,10 @@ Why a dedicated thread per connection (a one-worker executor) rather than `async
 - the loop's default executor is shared with user code (`to_thread` in tasks, blocking
   libraries); a saturated default pool would stall every broker call behind it.
 
-SQLite cannot notify another process, so waiting polls (see POLL_MIN / POLL_MAX). Inside one
-process, a publish or a store wakes every waiter on the same file at once through `notify`,
-whatever event loop or thread it runs on.
+A publish or a store wakes every waiter on the same file at once through `notify`: in this
+process whatever event loop or thread it runs on, in other processes on the host through their
+doorbells (UNIX datagram sockets, see _sqlite_wake). Waiters still poll with a backoff (POLL_MIN
+to POLL_MAX) as the fallback, and for what no writer announces (a delay or a lease running out).
 
 A deleted file (`rm aiotask.db*` under a running worker) would leave this connection on the
 unlinked inode while producers create a new file at the path: the worker would poll a file
@@ -30,6 +31,7 @@ import weakref
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Concatenate, ParamSpec, TypeVar
 
+from aiotask import _sqlite_wake
 from aiotask._urls import parse_url, redact
 from aiotask.exceptions import BrokerConnectionError, ConfigurationError
 
@@ -293,12 +295,14 @@ _listeners_lock = threading.Lock()
 
 
 def subscribe(path: str, topic: str, signal: Signal) -> None:
-    """Have `notify(path, topic)` fire `signal` (held weakly)."""
+    """Have `notify(path, topic)` fire `signal` (held weakly), in this process or another."""
     with _listeners_lock:
         _listeners.setdefault((path, topic), weakref.WeakSet()).add(signal)
+    _sqlite_wake.attach(path, topic, signal, signal.fire, signal.loop)
 
 
 def unsubscribe(path: str, topic: str, signal: Signal) -> None:
+    _sqlite_wake.detach(signal)
     with _listeners_lock:
         listeners = _listeners.get((path, topic))
         if listeners is not None:
@@ -308,8 +312,10 @@ def unsubscribe(path: str, topic: str, signal: Signal) -> None:
 
 
 def notify(path: str, topic: str) -> None:
-    """Wake every waiter of this process on `topic` of the file at `path`."""
+    """Wake every waiter on `topic` of the file at `path`: this process's in memory, the
+    others' through their doorbells (see _sqlite_wake)."""
     with _listeners_lock:
         signals = list(_listeners.get((path, topic), ()))
     for signal in signals:
         signal.fire()
+    _sqlite_wake.ringer.ring(path, topic)

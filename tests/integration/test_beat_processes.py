@@ -65,6 +65,14 @@ def _start(tmp: Path, env: dict[str, str], *argv: str) -> subprocess.Popen[str]:
         )
 
 
+async def _first_run(tmp: Path, beats: list[subprocess.Popen[str]], within: float = 60) -> None:
+    deadline = time.monotonic() + within
+    while not (tmp / "runs").exists() or not (tmp / "runs").read_text().strip():
+        assert all(b.poll() is None for b in beats), _logs(tmp)
+        assert time.monotonic() < deadline, _logs(tmp)
+        await asyncio.sleep(0.1)
+
+
 def _logs(tmp: Path) -> str:
     return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(tmp.glob("*.log")))
 
@@ -90,6 +98,7 @@ async def test_three_beats_one_killed_send_every_slot_once(
     started = time.time()
     beats = [_start(tmp_path, env, "beat") for _ in range(3)]
     try:
+        await _first_run(tmp_path, beats)  # process start-up is slow on a loaded machine
         await asyncio.sleep(RUN_FOR / 2)
         killed_at = time.time()
         beats[0].kill()  # kill -9 one beat mid-run
