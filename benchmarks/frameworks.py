@@ -197,6 +197,17 @@ FRAMEWORKS: dict[str, Framework] = {
             distributions=("aiotask", "redis", "hiredis", "orjson"),
         ),
         Framework(
+            "aiotask-sqlite",
+            "aiotask (SQLite)",
+            "aiotask_app",
+            aiotask_worker,
+            broker="sqlite",
+            skips={"chord": "not yet: the chord row is measured on Redis"},
+            setup="as aiotask; the embedded default: one SQLite file (WAL) for messages and"
+            " results, no server",
+            distributions=("aiotask", "orjson"),
+        ),
+        Framework(
             "celery-amqp",
             "Celery (RabbitMQ)",
             "celery_app",
@@ -234,5 +245,14 @@ FRAMEWORKS: dict[str, Framework] = {
     )
 }
 
-SMOKE_FRAMEWORKS = ("aiotask", "celery", "taskiq", "arq", "saq", "streaq", "floor")
+SMOKE_FRAMEWORKS = (
+    "aiotask",
+    "aiotask-sqlite",
+    "celery",
+    "taskiq",
+    "arq",
+    "saq",
+    "streaq",
+    "floor",
+)
 FULL_FRAMEWORKS = tuple(FRAMEWORKS)

@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -114,6 +115,11 @@ class MeasurementError(Exception):
 
 
 # ---------------------------------------------------------------- processes
+
+
+def sqlite_file(ns: str) -> Path:
+    """The SQLite file of one measurement of aiotask (SQLite), removed after it."""
+    return LOGS / f"{ns}.db"
 
 
 async def spawn(argv: list[str], env: dict[str, str], log: Path, pipes: bool) -> Any:
@@ -258,6 +264,9 @@ class Runner:
             if k.startswith(("AIOTASK_", "BENCH_")):
                 del env[k]
         broker = self.amqp_url if fw.broker == "amqp" else self.redis_url
+        backend = self.redis_url
+        if fw.broker == "sqlite":
+            broker = backend = f"sqlite:///{sqlite_file(ns)}"
         env.update(
             {
                 "PYTHONPATH": str(ROOT),
@@ -268,7 +277,7 @@ class Runner:
                 BROKER_ENV: fw.broker,
                 CONCURRENCY_ENV: str(CONCURRENCY),
                 "AIOTASK_BROKER_URL": broker,
-                "AIOTASK_RESULT_BACKEND": self.redis_url,
+                "AIOTASK_RESULT_BACKEND": backend,
                 "AIOTASK_KEY_PREFIX": ns,
             }
         )
@@ -293,6 +302,8 @@ class Runner:
         finally:
             await stop(procs.get("producer"))
             await stop(procs.get("worker"))
+            for path in sqlite_file(ns).parent.glob(f"{sqlite_file(ns).name}*"):
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
             try:
                 await cleanup_redis(self.redis_url, ns)
                 if fw.broker == "amqp":

@@ -1,4 +1,5 @@
-"""aiotask: Redis Streams (or RabbitMQ) broker, Redis results, all under the namespace prefix.
+"""aiotask: Redis Streams (or RabbitMQ) broker, Redis results, all under the namespace prefix;
+or one SQLite file for both (the embedded default).
 
 Worker: `aiotask worker -A benchmarks.workloads.aiotask_app:app -c 100 -P 2 --prefetch 200`.
 """
@@ -6,6 +7,7 @@ Worker: `aiotask worker -A benchmarks.workloads.aiotask_app:app -c 100 -P 2 --pr
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import Any
 
 import aiotask
@@ -23,12 +25,16 @@ from benchmarks.common import (
 
 NS = ns()
 
-app = App(
-    "bench",
-    broker=amqp_url() if broker_kind() == "amqp" else redis_url(),
-    backend=redis_url(),
-    key_prefix=NS,
-)
+if broker_kind() == "sqlite":  # one file for messages and results, as the embedded default
+    _SQLITE = os.environ["AIOTASK_BROKER_URL"]
+    app = App("bench", broker=_SQLITE, backend=_SQLITE, key_prefix=NS)
+else:
+    app = App(
+        "bench",
+        broker=amqp_url() if broker_kind() == "amqp" else redis_url(),
+        backend=redis_url(),
+        key_prefix=NS,
+    )
 
 
 @app.task(name="noop")
