@@ -1,0 +1,125 @@
+"""TLS options: URL query and settings merged, validated, and kept out of the client's URL."""
+
+from __future__ import annotations
+
+import ssl
+from typing import TYPE_CHECKING
+
+import pytest
+
+from aiotask._tls import TLSOptions, build_context, for_backend, for_broker, resolve
+from aiotask.exceptions import ConfigurationError
+from aiotask.settings import Settings
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+
+def test_query_keys_become_options_and_leave_the_url() -> None:
+    got = resolve(
+        "rediss://:pw@h:6380/2?ssl_ca_certs=/ca.pem&db=2&ssl_certfile=/c.pem&ssl_keyfile=/k.pem"
+        "&ssl_check_hostname=false&ssl_cert_reqs=optional&health_check_interval=5",
+        {},
+        what="broker",
+    )
+    assert got.url == "rediss://:pw@h:6380/2?db=2&health_check_interval=5"
+    assert got.tls == TLSOptions("/ca.pem", "/c.pem", "/k.pem", ssl.CERT_OPTIONAL, False)
+
+
+def test_tls_scheme_without_options_verifies_against_system_cas() -> None:
+    got = resolve("amqps://u:p@h/vhost", {}, what="broker")
+    assert got.url == "amqps://u:p@h/vhost"
+    assert got.tls == TLSOptions(None, None, None, ssl.CERT_REQUIRED, True)
+    assert resolve("redis://h/0", {}, what="broker").tls is None
+
+
+def test_url_wins_over_the_setting_key_by_key() -> None:
+    setting = {"ca_certs": "/from-setting.pem", "ssl_certfile": "/c.pem", "keyfile": "/k.pem"}
+    got = resolve("rediss://h/0?ssl_ca_certs=/from-url.pem", setting, what="broker")
+    assert got.tls == TLSOptions("/from-url.pem", "/c.pem", "/k.pem")
+
+
+def test_celery_style_values_are_understood() -> None:
+    got = resolve("rediss://h/0?ssl_cert_reqs=CERT_NONE", {}, what="broker")
+    assert got.tls is not None
+    assert got.tls.cert_reqs == ssl.CERT_NONE
+    got = resolve("rediss://h/0", {"cert_reqs": ssl.CERT_OPTIONAL}, what="broker")
+    assert got.tls is not None
+    assert got.tls.cert_reqs == ssl.CERT_OPTIONAL
+
+
+def test_aio_pika_query_names_work_on_amqps() -> None:
+    got = resolve(
+        "amqps://h/?cafile=/ca.pem&certfile=/c.pem&keyfile=/k.pem&heartbeat=5", {}, what="b"
+    )
+    assert got.url == "amqps://h/?heartbeat=5"
+    assert got.tls == TLSOptions("/ca.pem", "/c.pem", "/k.pem")
+    got = resolve("amqps://h/?no_verify_ssl=1", {}, what="broker")
+    assert got.tls is not None
+    assert got.tls.cert_reqs == ssl.CERT_NONE
+
+
+@pytest.mark.parametrize(
+    ("url", "setting", "fragment"),
+    [
+        ("redis://h/0?ssl_ca_certs=/ca.pem", {}, "use rediss://"),
+        ("amqp://h/", {"ca_certs": "/ca.pem"}, "use amqps://"),
+        ("rediss://h/0?ssl_ciphers=ALL", {}, "unsupported TLS option 'ssl_ciphers'"),
+        ("rediss://h/0", {"cipher": "x"}, "unknown broker TLS option 'cipher'"),
+        ("rediss://h/0?ssl_keyfile=/k.pem", {}, "without certfile"),
+        ("rediss://h/0?ssl_cert_reqs=always", {}, "cert_reqs must be one of"),
+        ("rediss://h/0?ssl_check_hostname=maybe", {}, "check_hostname must be true or false"),
+        ("rediss://h/0", {"ca_certs": 3}, "must be a file path"),
+    ],
+)
+def test_bad_options_are_configuration_errors(
+    url: str, setting: dict[str, object], fragment: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=fragment):
+        resolve(url, setting, what="broker")
+
+
+def test_settings_validate_tls_options_when_created() -> None:
+    with pytest.raises(ConfigurationError, match="use rediss://"):
+        Settings(broker_url="redis://h/0", broker_tls={"ca_certs": "/ca.pem"})
+    with pytest.raises(ConfigurationError, match="use rediss://"):
+        Settings(broker_url="amqps://h/", result_backend="redis://h/0", backend_tls={"a": "b"})
+    with pytest.raises(ConfigurationError, match="no result backend"):
+        Settings(broker_url="amqps://h/", backend_tls={"ca_certs": "/ca.pem"})
+
+
+def test_environment_form_is_a_json_object() -> None:
+    conf = Settings.from_env(
+        {
+            "AIOTASK_BROKER_URL": "amqps://h/",
+            "AIOTASK_RESULT_BACKEND": "rediss://h/0",
+            "AIOTASK_BROKER_TLS": '{"ca_certs": "/ca.pem", "check_hostname": false}',
+            "AIOTASK_BACKEND_TLS": '{"ca_certs": "/other.pem"}',
+        }
+    )
+    assert for_broker(conf).tls == TLSOptions("/ca.pem", check_hostname=False)
+    assert for_backend(conf, "rediss://h/0").tls == TLSOptions("/other.pem")
+    with pytest.raises(ConfigurationError, match="AIOTASK_BROKER_TLS"):
+        Settings.from_env({"AIOTASK_BROKER_TLS": '["ca.pem"]'})
+
+
+def test_a_rediss_backend_falls_back_to_broker_tls() -> None:
+    conf = Settings(broker_url="rediss://h/0", broker_tls={"ca_certs": "/ca.pem"})
+    assert conf.backend_url == "rediss://h/0"
+    assert for_backend(conf, "rediss://h/0").tls == TLSOptions("/ca.pem")
+    # a plain backend beside a TLS broker: broker_tls is not forced onto it
+    conf = conf.replace(result_backend="redis://h/1")
+    assert for_backend(conf, "redis://h/1").tls is None
+
+
+def test_build_context_reads_the_files_and_names_the_option(tmp_path: Path) -> None:
+    missing = str(tmp_path / "secret-dir" / "ca.pem")
+    with pytest.raises(ConfigurationError, match="ssl_ca_certs: No such file") as caught:
+        build_context(TLSOptions(ca_certs=missing))
+    assert "secret-dir" not in str(caught.value)
+    context = build_context(TLSOptions(cert_reqs=ssl.CERT_NONE))
+    assert context.verify_mode == ssl.CERT_NONE
+    assert context.check_hostname is False
+    context = build_context(TLSOptions())
+    assert context.verify_mode == ssl.CERT_REQUIRED
+    assert context.check_hostname is True
