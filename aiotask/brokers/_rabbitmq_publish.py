@@ -74,6 +74,7 @@ def map_errors(url: str, doing: str) -> Iterator[None]:
             raise BrokerConnectionError(_tls.describe(tls_error, "RabbitMQ", url)) from exc
         raise BrokerConnectionError(
             f"cannot {doing} on RabbitMQ at {redact(url)}: {type(exc).__name__}: {redact(str(exc))}"
+            f"{_tls.reset_hint(url, exc)}"
         ) from exc
 
 
