@@ -154,7 +154,7 @@ def describe(err: ssl.SSLError, server: str, url: str) -> str:
 
 
 def reset_hint(url: str, exc: BaseException | None) -> str:
-    """Advice for a TLS connection the server dropped right after connecting, else "".
+    """Advice for a TLS connection dropped right after connecting (or never answered), else "".
 
     With TLS 1.3 a server that refuses the client's certificate (or its absence) tells so
     after the client's side of the handshake is done; the alert is often lost in the reset.
@@ -167,6 +167,8 @@ def reset_hint(url: str, exc: BaseException | None) -> str:
             " (over TLS this often means the server refused the client certificate: it may "
             "require one, ssl_certfile and ssl_keyfile, signed by a CA it trusts)"
         )
+    if "timeout" in text or "timed out" in text:  # a plain redis-server ignores a ClientHello
+        return " (over TLS a connect timeout can also mean a plain, non-TLS port)"
     return ""
 
 

@@ -21,11 +21,14 @@ from aiotask.brokers.rabbitmq import RabbitMQBroker
 from aiotask.exceptions import BrokerConnectionError
 from aiotask.settings import Settings
 from tests.procs import run_cli, start_worker, stop, worker_env, write_tasks
+from tests.rabbit_server import PrivateRabbit
 from tests.tls_support import PKI, TLSRedis, make_pki, start_tls_rabbit
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
+
+    from tests.rabbit_server import PrivateRabbit
 
 pytestmark = [pytest.mark.amqp, pytest.mark.slow]
 
@@ -45,12 +48,17 @@ def pki(base: Path) -> PKI:
 
 
 @pytest.fixture(scope="module")
-def amqps_port(base: Path, pki: PKI) -> Iterator[int]:
+def node(base: Path, pki: PKI) -> Iterator[tuple[PrivateRabbit, int]]:
     node, port = start_tls_rabbit(base / "rabbit", pki)
     try:
-        yield port
+        yield node, port
     finally:
         node.kill()
+
+
+@pytest.fixture(scope="module")
+def amqps_port(node: tuple[PrivateRabbit, int]) -> int:
+    return node[1]
 
 
 @pytest.fixture(scope="module")
@@ -167,3 +175,12 @@ async def test_worker_cli_with_a_wrong_ca_exits_1_with_the_tls_line(
     assert "Traceback" not in done.stderr
     assert f":{PASSWORD}@" not in done.stdout + done.stderr
     assert str(base) not in done.stdout + done.stderr
+
+
+async def test_amqps_to_the_plain_port_asks_whether_it_is_a_tls_port(
+    node: tuple[PrivateRabbit, int], pki: PKI
+) -> None:
+    plain = node[0].port
+    message = await connect_error(amqps(plain), broker_tls=tls_setting(pki))
+    assert message.startswith(f"TLS handshake with RabbitMQ 127.0.0.1:{plain} failed")
+    assert "is that port a TLS port?" in message

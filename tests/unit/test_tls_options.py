@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import ssl
-from typing import TYPE_CHECKING
+from pathlib import Path
 
 import pytest
 
-from aiotask._tls import TLSOptions, build_context, for_backend, for_broker, resolve
+from aiotask._tls import TLSOptions, build_context, for_backend, for_broker, reset_hint, resolve
 from aiotask.exceptions import ConfigurationError
 from aiotask.settings import Settings
-
-if TYPE_CHECKING:
-    from pathlib import Path
 
 
 def test_query_keys_become_options_and_leave_the_url() -> None:
@@ -123,3 +120,32 @@ def test_build_context_reads_the_files_and_names_the_option(tmp_path: Path) -> N
     context = build_context(TLSOptions())
     assert context.verify_mode == ssl.CERT_REQUIRED
     assert context.check_hostname is True
+
+
+def test_hints_for_tls_connections_cut_or_never_answered() -> None:
+    reset = ConnectionResetError(104, "Connection reset by peer")
+    assert "client certificate" in reset_hint("rediss://h/0", reset)
+    assert "plain, non-TLS port" in reset_hint("amqps://h/", TimeoutError("Timeout connecting"))
+    assert reset_hint("redis://h/0", reset) == ""  # not TLS: the usual advice only
+    assert reset_hint("rediss://h/0", None) == ""
+
+
+#: The only modules that may open a Redis or AMQP connection: both build TLS from aiotask._tls.
+CONNECTING = {
+    "aiotask/_redis/client.py": {"Redis.from_url("},
+    "aiotask/brokers/_rabbitmq_publish.py": {"connect_robust("},
+}
+CALLS = ["Redis.from_url(", "Redis(", "connect_robust(", "aio_pika.connect(", "aiormq.connect("]
+CALLS += ["RedisCluster(", "Sentinel(", "ConnectionPool(", "asyncio.open_connection("]
+
+
+def test_every_connection_is_opened_where_tls_is_applied() -> None:
+    """A new place that connects on its own would bypass broker_tls / backend_tls: fail here."""
+    root = Path(__file__).resolve().parents[2]
+    found: dict[str, set[str]] = {}
+    for path in sorted((root / "aiotask").rglob("*.py")):
+        text = path.read_text()
+        calls = {c for c in CALLS if c in text and f"def {c}" not in text}
+        if calls:
+            found[str(path.relative_to(root))] = calls
+    assert found == CONNECTING
