@@ -14,6 +14,7 @@ certificate, a plain port): `permanent()` tells callers not to retry it for minu
 
 from __future__ import annotations
 
+import os
 import ssl
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -118,6 +119,32 @@ def build_context(options: TLSOptions) -> ssl.SSLContext:
         except (OSError, ssl.SSLError) as exc:
             raise ConfigurationError(_load_error("ssl_certfile / ssl_keyfile", exc)) from None
     return context
+
+
+#: (options, the files' stat) -> context. Loading the system CA store costs milliseconds on the
+#: event loop; a context is rebuilt only when a file changed (certificate rotation).
+_contexts: dict[tuple[TLSOptions, tuple[tuple[int, int, int], ...]], ssl.SSLContext] = {}
+
+
+def context_for(options: TLSOptions) -> ssl.SSLContext:
+    """build_context(), cached until one of the option's files is replaced or changed."""
+    stamps = tuple(_stamp(p) for p in (options.ca_certs, options.certfile, options.keyfile) if p)
+    key = (options, stamps)
+    context = _contexts.get(key)
+    if context is None:
+        context = build_context(options)
+        for old in [k for k in _contexts if k[0] == options]:
+            del _contexts[old]  # the files it was built from were replaced
+        _contexts[key] = context
+    return context
+
+
+def _stamp(path: str) -> tuple[int, int, int]:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return (0, 0, 0)  # build_context() names the problem
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
 
 
 def failure(exc: BaseException) -> ssl.SSLError | None:

@@ -98,7 +98,7 @@ def make_client(url: str, name: str | None = None, tls: _tls.TLSOptions | None =
     """
     extra: dict[str, Any] = {}  # `tls` only for FastPackSSLConnection
     if tls is not None:
-        _tls.build_context(tls)  # a missing or bad file: ConfigurationError now, not per retry
+        _tls.context_for(tls)  # a missing or bad file: ConfigurationError now, not per retry
         extra["tls"] = tls
     # redis-py swaps in its own SSLConnection for a rediss:// URL, dropping our class: give it
     # the redis:// form, our class decides TLS.

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from redis.asyncio.connection import Connection, SSLConnection
 
-from aiotask._tls import build_context
+from aiotask._tls import context_for
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -47,8 +47,8 @@ class FastPackConnection(Connection):
 class FastPackSSLConnection(SSLConnection):
     """rediss:// connection with C command packing and aiotask's SSLContext (aiotask._tls).
 
-    The context is built per new connection, so a rotated CA or client certificate file is
-    picked up by the next connection without a restart.
+    Each new connection asks for the context again: once a CA or client certificate file is
+    replaced, the next connection uses a context built from the new files, without a restart.
     """
 
     def __init__(self, *, tls: TLSOptions | None = None, **kwargs: Any) -> None:
@@ -58,7 +58,7 @@ class FastPackSSLConnection(SSLConnection):
     def _connection_arguments(self) -> Mapping[str, Any]:
         if self.tls is None:  # not built by make_client: redis-py's own ssl_* handling
             return super()._connection_arguments()
-        return {**Connection._connection_arguments(self), "ssl": build_context(self.tls)}
+        return {**Connection._connection_arguments(self), "ssl": context_for(self.tls)}
 
     def pack_command(self, *args: Any) -> list[bytes]:
         return _pack(self, args)

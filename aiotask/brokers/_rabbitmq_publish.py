@@ -89,7 +89,7 @@ async def open_connection(
     # Connections come back ~1 s after the server does, unless the URL sets its own interval.
     interval = None if "reconnect_interval" in parse_qs(urlsplit(url).query) else 1.0
     resolved = _tls.for_broker(settings, url)
-    context = _tls.build_context(resolved.tls) if resolved.tls is not None else None
+    context = _tls.context_for(resolved.tls) if resolved.tls is not None else None
     with map_errors(url, f"connect ({role})"):
         return await aio_pika.connect_robust(
             resolved.url,

@@ -7,9 +7,18 @@ from pathlib import Path
 
 import pytest
 
-from aiotask._tls import TLSOptions, build_context, for_backend, for_broker, reset_hint, resolve
+from aiotask._tls import (
+    TLSOptions,
+    build_context,
+    context_for,
+    for_backend,
+    for_broker,
+    reset_hint,
+    resolve,
+)
 from aiotask.exceptions import ConfigurationError
 from aiotask.settings import Settings
+from tests.tls_support import make_pki
 
 
 def test_query_keys_become_options_and_leave_the_url() -> None:
@@ -120,6 +129,21 @@ def test_build_context_reads_the_files_and_names_the_option(tmp_path: Path) -> N
     context = build_context(TLSOptions())
     assert context.verify_mode == ssl.CERT_REQUIRED
     assert context.check_hostname is True
+
+
+def test_contexts_are_reused_until_a_file_is_replaced(tmp_path: Path) -> None:
+    pki = make_pki(tmp_path)
+    live = tmp_path / "live-ca.pem"
+    live.write_bytes(pki.ca.read_bytes())
+    options = TLSOptions(ca_certs=str(live))
+    first = context_for(options)
+    assert context_for(options) is first
+    staged = tmp_path / "staged.pem"  # rotation: write aside, rename over
+    staged.write_bytes(pki.ca.read_bytes() + pki.other_ca.read_bytes())
+    staged.replace(live)
+    rotated = context_for(options)
+    assert rotated is not first
+    assert len(rotated.get_ca_certs()) == 2
 
 
 def test_hints_for_tls_connections_cut_or_never_answered() -> None:
