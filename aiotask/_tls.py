@@ -277,8 +277,8 @@ def _path(name: str, value: object, what: str) -> str | None:
 
 
 def _cert_reqs(value: object, what: str) -> ssl.VerifyMode:
-    if isinstance(value, ssl.VerifyMode):
-        return value
+    if isinstance(value, int) and not isinstance(value, bool) and value in _CERT_REQS.values():
+        return ssl.VerifyMode(value)  # ssl.CERT_REQUIRED, as Celery's broker_use_ssl has it
     if isinstance(value, str):
         mode = _CERT_REQS.get(value.strip().lower().removeprefix("cert_"))
         if mode is not None:

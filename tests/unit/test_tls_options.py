@@ -49,9 +49,11 @@ def test_celery_style_values_are_understood() -> None:
     got = resolve("rediss://h/0?ssl_cert_reqs=CERT_NONE", {}, what="broker")
     assert got.tls is not None
     assert got.tls.cert_reqs == ssl.CERT_NONE
-    got = resolve("rediss://h/0", {"cert_reqs": ssl.CERT_OPTIONAL}, what="broker")
+    got = resolve("rediss://h/0", {"ssl_cert_reqs": ssl.CERT_OPTIONAL}, what="broker")
     assert got.tls is not None
     assert got.tls.cert_reqs == ssl.CERT_OPTIONAL
+    with pytest.raises(ConfigurationError, match="cert_reqs"):
+        resolve("rediss://h/0", {"cert_reqs": 7}, what="broker")
 
 
 def test_aio_pika_query_names_work_on_amqps() -> None:
