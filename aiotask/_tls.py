@@ -76,10 +76,14 @@ def resolve(url: str, setting: Mapping[str, object], *, what: str) -> Resolved:
     clean = urlunsplit(parts._replace(query="&".join(kept))) if from_url else url
     if scheme not in TLS_SCHEMES:
         if from_url or setting:
-            plain = f"{scheme}://"
+            names = ", ".join(sorted({*from_url, *setting}))
+            fix = {
+                "redis": "use rediss:// instead of redis://",
+                "amqp": "use amqps:// instead of amqp://",
+            }
             raise ConfigurationError(
-                f"{what} TLS options ({', '.join(sorted({*from_url, *setting}))}) need a TLS "
-                f"URL: use {'rediss' if scheme == 'redis' else 'amqps'}:// instead of {plain}"
+                f"{what} TLS options ({names}) need a TLS URL: "
+                f"{fix.get(scheme, f'{scheme}:// has no TLS (rediss:// and amqps:// have)')}"
             )
         return Resolved(url, None)
     merged = {_option(key, what): value for key, value in setting.items()}
@@ -115,10 +119,24 @@ def build_context(options: TLSOptions) -> ssl.SSLContext:
     context.verify_mode = options.cert_reqs
     if options.certfile:
         try:
-            context.load_cert_chain(options.certfile, options.keyfile)
+            # with no password callback OpenSSL would prompt on the terminal: a hung worker
+            context.load_cert_chain(options.certfile, options.keyfile, password=_encrypted_key)
+        except _EncryptedKey:
+            raise ConfigurationError(
+                "the TLS private key (ssl_keyfile) is encrypted: aiotask takes an unencrypted "
+                "key, readable by the worker's user only (docs/tls.md)"
+            ) from None
         except (OSError, ssl.SSLError) as exc:
             raise ConfigurationError(_load_error("ssl_certfile / ssl_keyfile", exc)) from None
     return context
+
+
+class _EncryptedKey(Exception):
+    pass
+
+
+def _encrypted_key() -> bytes:
+    raise _EncryptedKey
 
 
 #: (options, the files' stat) -> context. Loading the system CA store costs milliseconds on the

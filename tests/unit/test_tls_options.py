@@ -6,6 +6,8 @@ import ssl
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from aiotask._tls import (
     TLSOptions,
@@ -72,6 +74,7 @@ def test_aio_pika_query_names_work_on_amqps() -> None:
     [
         ("redis://h/0?ssl_ca_certs=/ca.pem", {}, "use rediss://"),
         ("amqp://h/", {"ca_certs": "/ca.pem"}, "use amqps://"),
+        ("sqlite:///a.db", {"ca_certs": "/ca.pem"}, "sqlite:// has no TLS"),
         ("rediss://h/0?ssl_ciphers=ALL", {}, "unsupported TLS option 'ssl_ciphers'"),
         ("rediss://h/0", {"cipher": "x"}, "unknown broker TLS option 'cipher'"),
         ("rediss://h/0?ssl_keyfile=/k.pem", {}, "without certfile"),
@@ -131,6 +134,23 @@ def test_build_context_reads_the_files_and_names_the_option(tmp_path: Path) -> N
     context = build_context(TLSOptions())
     assert context.verify_mode == ssl.CERT_REQUIRED
     assert context.check_hostname is True
+
+
+def test_an_encrypted_key_is_refused_not_prompted_for(tmp_path: Path) -> None:
+    pki = make_pki(tmp_path)
+    key = serialization.load_pem_private_key(pki.client_key.read_bytes(), None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    encrypted = tmp_path / "encrypted.key"
+    encrypted.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"pass-phrase"),
+        )
+    )
+    options = TLSOptions(str(pki.ca), str(pki.client_cert), str(encrypted))
+    with pytest.raises(ConfigurationError, match="ssl_keyfile\\) is encrypted"):
+        build_context(options)
 
 
 def test_contexts_are_reused_until_a_file_is_replaced(tmp_path: Path) -> None:
