@@ -184,3 +184,23 @@ async def test_amqps_to_the_plain_port_asks_whether_it_is_a_tls_port(
     message = await connect_error(amqps(plain), broker_tls=tls_setting(pki))
     assert message.startswith(f"TLS handshake with RabbitMQ 127.0.0.1:{plain} failed")
     assert "is that port a TLS port?" in message
+
+
+async def test_the_events_connection_uses_tls_too(amqps_port: int, pki: PKI) -> None:
+    """Events follow on a connection of their own (aiotask events, the dashboard)."""
+    url = amqps(amqps_port)
+    conf = Settings(
+        broker_url=url,
+        result_backend=None,
+        broker_tls=tls_setting(pki),
+        key_prefix=f"tls-{uuid.uuid4().hex[:8]}",
+    )
+    broker = RabbitMQBroker(url, conf, "app")
+    try:
+        await broker.connect()
+        async with broker.events() as feed:
+            await broker.emit_events([b'{"type": "tls-check"}'])
+            async with asyncio.timeout(10):
+                assert await anext(feed) == b'{"type": "tls-check"}'
+    finally:
+        await broker.close()
