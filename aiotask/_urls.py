@@ -24,6 +24,12 @@ _URL = re.compile(
 #: lower-cased, percent-decoded key, so new variants (`certificate_password`) are covered.
 _SECRET_KEY_PARTS = ("password", "passwd", "pwd", "secret", "token", "credential", "apikey")
 _SECRET_KEYS = frozenset({"pass", "api_key", "auth_key", "key_password"})
+#: TLS file locations (and inline CA data) are masked too: where the private key lives is
+#: nobody's business in a log line. redis-py's names, then aio-pika's.
+_TLS_FILE_KEYS = frozenset(
+    {"ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_ca_path", "ssl_ca_data"}
+    | {"cafile", "capath", "cadata", "certfile", "keyfile"}
+)
 _PORT = re.compile(r"\d*")
 
 
@@ -48,7 +54,8 @@ def redact(text: str) -> str:
 
     Masked: the password of the userinfo (`user:***@`, also when the password holds raw
     `@`, `/`, `?` or `#` that make the URL malformed), and the value of every query parameter
-    that names a secret (`?password=***`, `ssl_password`, `sentinel_password`, `token`, ...).
+    that names a secret (`?password=***`, `ssl_password`, `sentinel_password`, `token`, ...)
+    or a TLS file (`ssl_keyfile=***`, `ssl_certfile`, `ssl_ca_certs`, `cafile`, ...).
     User names, hosts, ports and paths stay, so the message still says where it went.
     """
     if "://" not in text:
@@ -102,7 +109,11 @@ def _redact_query(query: str) -> str:
 
 def _is_secret(key: str) -> bool:
     name = unquote(key.replace("+", " ")).strip().lower().replace("-", "_")
-    return name in _SECRET_KEYS or any(part in name for part in _SECRET_KEY_PARTS)
+    return (
+        name in _SECRET_KEYS
+        or name in _TLS_FILE_KEYS
+        or any(part in name for part in _SECRET_KEY_PARTS)
+    )
 
 
 def parse_url(url: str, *, allowed: frozenset[str], what: str) -> ParsedURL:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from aiotask import _tls
 from aiotask._urls import BACKEND_SCHEMES, BROKER_SCHEMES, parse_url, redact
 from aiotask.exceptions import ConfigurationError
 
@@ -69,6 +70,12 @@ class Settings:
     broker_connection_retry_on_startup: bool = True
     #: ... for up to this many seconds, then exits 1 (the process supervisor restarts it).
     broker_connection_startup_timeout: float = 300.0
+    #: TLS of a rediss:// or amqps:// broker (docs/tls.md): {"ca_certs": path, "certfile": path,
+    #: "keyfile": path, "cert_reqs": "required", "check_hostname": True}; the URL query's
+    #: ssl_* keys win over these, key by key.
+    broker_tls: Mapping[str, str | bool | int] = field(default_factory=dict)
+    #: The same for a rediss:// result backend; when empty, a rediss:// backend uses broker_tls.
+    backend_tls: Mapping[str, str | bool | int] = field(default_factory=dict)
     #: Store STARTED when a task starts (one more write per task).
     task_track_started: bool = False
     #: Emit monitoring events (docs/monitoring.md): task-sent from producers, task and worker
@@ -82,6 +89,11 @@ class Settings:
         parse_url(self.broker_url, allowed=BROKER_SCHEMES, what="broker")
         if self.result_backend not in (None, FROM_BROKER):
             parse_url(str(self.result_backend), allowed=BACKEND_SCHEMES, what="result backend")
+        _tls.for_broker(self)  # TLS options: valid, and only with a TLS scheme
+        if self.backend_url is not None:
+            _tls.for_backend(self, self.backend_url)
+        elif self.backend_tls:
+            raise ConfigurationError("backend_tls is set but there is no result backend")
         _positive(self, "result_expires", "visibility_timeout", "shutdown_grace")
         _positive(self, "concurrency", "max_deliveries", "broker_unreachable_timeout")
         _positive(self, "broker_connection_startup_timeout")
@@ -175,6 +187,15 @@ def _str_mapping(raw: str) -> dict[str, str]:
     return value
 
 
+def _tls_mapping(raw: str) -> dict[str, str | bool | int]:
+    value = orjson.loads(raw)
+    if not isinstance(value, dict) or not all(
+        isinstance(v, str | bool | int) for v in value.values()
+    ):
+        raise ValueError(raw)
+    return value
+
+
 def _object_mapping(raw: str) -> dict[str, dict[str, Any]]:
     value = orjson.loads(raw)
     if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
@@ -208,6 +229,8 @@ ENV_PARSERS: dict[str, tuple[Callable[[str], object], str]] = {
     "broker_unreachable_timeout": (_float, "number of seconds"),
     "broker_connection_retry_on_startup": (_bool, "boolean (true/false, 1/0, yes/no, on/off)"),
     "broker_connection_startup_timeout": (_float, "number of seconds"),
+    "broker_tls": (_tls_mapping, 'JSON object, e.g. {"ca_certs": "/etc/aiotask/ca.pem"}'),
+    "backend_tls": (_tls_mapping, 'JSON object, e.g. {"ca_certs": "/etc/aiotask/ca.pem"}'),
     "task_track_started": (_bool, "boolean (true/false, 1/0, yes/no, on/off)"),
     "events": (_bool, "boolean (true/false, 1/0, yes/no, on/off)"),
     "max_tasks_per_child": (_int, "integer"),

@@ -13,7 +13,7 @@ import logging
 import os
 import secrets
 import socket
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
@@ -28,11 +28,11 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from aiotask import _hooks
+from aiotask import _hooks, _tls
 from aiotask._backoff import Backoff
 from aiotask._redis.conn import connection_class
 from aiotask._urls import redact
-from aiotask.exceptions import BrokerConnectionError
+from aiotask.exceptions import AiotaskError, BrokerConnectionError, ConfigurationError
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterator
@@ -53,7 +53,9 @@ AUTH_ERRORS = (
 
 
 def retryable(exc: BaseException | None) -> bool:
-    """True for a connection failure or timeout, False for auth and other server errors."""
+    """True for a connection failure or timeout; False for auth, TLS and other server errors."""
+    if exc is None or _tls.permanent(exc):
+        return False
     return isinstance(exc, RETRYABLE) and not isinstance(exc, AUTH_ERRORS)
 
 
@@ -62,6 +64,8 @@ def map_errors(url: str, what: str = "Redis") -> Iterator[None]:
     """redis-py errors -> BrokerConnectionError naming the (redacted) server and the remedy."""
     try:
         yield
+    except AiotaskError:
+        raise
     except AUTH_ERRORS as exc:
         raise BrokerConnectionError(
             f"{what} at {redact(url)} refused the credentials: {redact(str(exc))}; check the "
@@ -69,9 +73,14 @@ def map_errors(url: str, what: str = "Redis") -> Iterator[None]:
             "user's ACL permissions"
         ) from exc
     except RETRYABLE as exc:
+        tls_error = _tls.failure(exc)
+        if tls_error is not None:
+            raise BrokerConnectionError(_tls.describe(tls_error, what, url)) from exc
+        if isinstance(exc.__context__, ConfigurationError):  # a TLS file gone since start
+            raise exc.__context__ from None  # pragma: no cover - needs a file removed mid-run
         raise BrokerConnectionError(
             f"cannot reach {what} at {redact(url)}: {redact(str(exc)) or type(exc).__name__}; "
-            "is the server running and reachable?"
+            f"is the server running and reachable?{_tls.reset_hint(url, exc)}"
         ) from exc
     except RedisError as exc:
         raise BrokerConnectionError(
@@ -79,16 +88,25 @@ def map_errors(url: str, what: str = "Redis") -> Iterator[None]:
         ) from exc
 
 
-def make_client(url: str, name: str | None = None) -> Redis:
+def make_client(url: str, name: str | None = None, tls: _tls.TLSOptions | None = None) -> Redis:
     """A client with our connection class; redis-py's own retries and socket timeouts off.
 
     No socket_timeout: redis-py would route every write through asyncio.wait_for, which on
     Python 3.11 can swallow a cancellation (worker shutdown hangs). Callers guard hung servers
     with their own asyncio.timeout, and retry with `retrying()` within their deadline.
+    `url` is a `_tls.resolve()`d one: the TLS options are in `tls`, not in its query.
     """
+    extra: dict[str, Any] = {}  # `tls` only for FastPackSSLConnection
+    if tls is not None:
+        _tls.context_for(tls)  # a missing or bad file: ConfigurationError now, not per retry
+        extra["tls"] = tls
+    # redis-py swaps in its own SSLConnection for a rediss:// URL, dropping our class: give it
+    # the redis:// form, our class decides TLS.
+    pool_url = "redis" + url[6:] if url[:7].lower() == "rediss:" else url
     return Redis.from_url(
-        url,
+        pool_url,
         connection_class=connection_class(url),
+        **extra,
         protocol=2,
         retry=Retry(NoBackoff(), 0),
         socket_timeout=None,
@@ -104,8 +122,9 @@ class SharedClient:
     share one instance, so one pool serves both; the last `release()` closes it.
     """
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, tls: _tls.TLSOptions | None = None) -> None:
         self.url = url
+        self.tls = tls
         #: CLIENT SETNAME of every connection: operators (and tests) can tell ours apart
         self.name = f"aiotask-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self._client: Redis | None = None
@@ -113,7 +132,7 @@ class SharedClient:
 
     def acquire(self) -> Redis:
         if self._client is None:
-            self._client = make_client(self.url, self.name)
+            self._client = make_client(self.url, self.name, self.tls)
         self._users += 1
         return self._client
 
@@ -153,6 +172,7 @@ async def retrying(
                 raise BrokerConnectionError(
                     f"{what} at {redact(url)} unreachable for {deadline:g}s "
                     f"(broker_unreachable_timeout): {exc.__cause__}"
+                    f"{_tls.reset_hint(url, exc.__cause__)}"
                 ) from exc.__cause__
 
 

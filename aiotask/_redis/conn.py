@@ -12,8 +12,12 @@ from typing import TYPE_CHECKING, Any
 
 from redis.asyncio.connection import Connection, SSLConnection
 
+from aiotask._tls import context_for
+
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Mapping
+
+    from aiotask._tls import TLSOptions
 
 _hiredis_pack: Callable[[tuple[Any, ...]], bytes] | None
 try:
@@ -41,7 +45,20 @@ class FastPackConnection(Connection):
 
 
 class FastPackSSLConnection(SSLConnection):
-    """rediss:// connection with C command packing."""
+    """rediss:// connection with C command packing and aiotask's SSLContext (aiotask._tls).
+
+    Each new connection asks for the context again: once a CA or client certificate file is
+    replaced, the next connection uses a context built from the new files, without a restart.
+    """
+
+    def __init__(self, *, tls: TLSOptions | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.tls = tls
+
+    def _connection_arguments(self) -> Mapping[str, Any]:
+        if self.tls is None:  # not built by make_client: redis-py's own ssl_* handling
+            return super()._connection_arguments()
+        return {**Connection._connection_arguments(self), "ssl": context_for(self.tls)}
 
     def pack_command(self, *args: Any) -> list[bytes]:
         return _pack(self, args)

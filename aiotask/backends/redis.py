@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import RedisError
 
+from aiotask import _tls
 from aiotask._backoff import Backoff
 from aiotask._redis.client import SharedClient, map_errors
 from aiotask.backends._redis_groups import ADD_TO_GROUPS, GROUPS_SENT
@@ -82,7 +83,8 @@ class RedisBackend:
     def __init__(self, url: str, settings: Settings) -> None:
         self._url = url
         #: the client (connection pool); shared with a broker on the same server
-        self.shared_client = SharedClient(url)
+        resolved = _tls.for_backend(settings, url)
+        self.shared_client = SharedClient(resolved.url, resolved.tls)
         self._prefix = settings.key_prefix
         self._redis: Redis | None = None
         self._scripts: tuple[AsyncScript, ...] | None = None
@@ -91,10 +93,15 @@ class RedisBackend:
         self._tasks: set[asyncio.Task[None]] = set()
 
     def use_client_of(self, broker: object) -> None:
-        """Share the broker's connection pool when it talks to the same server (same URL):
-        one pool for both, not two. Call before connect(); anything else is left alone."""
+        """Share the broker's connection pool when it talks to the same server (same URL and
+        TLS options): one pool for both, not two. Call before connect(); else left alone."""
         shared = getattr(broker, "shared_client", None)
-        if isinstance(shared, SharedClient) and shared.url == self._url and self._redis is None:
+        mine = self.shared_client
+        if (
+            isinstance(shared, SharedClient)
+            and (shared.url, shared.tls) == (mine.url, mine.tls)
+            and self._redis is None
+        ):
             self.shared_client = shared
 
     def _map_errors(self) -> contextlib.AbstractContextManager[None]:

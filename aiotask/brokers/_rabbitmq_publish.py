@@ -24,6 +24,7 @@ from aio_pika.exceptions import (
     PublishError,
 )
 
+from aiotask import _tls
 from aiotask._backoff import Backoff
 from aiotask._urls import redact
 from aiotask.brokers._common import clamp_priority
@@ -68,20 +69,31 @@ def map_errors(url: str, doing: str) -> Iterator[None]:
             f"RabbitMQ did not confirm a message ({doing}): {redact(str(exc))}; publish again"
         ) from exc
     except (AMQPError, OSError, TimeoutError, RuntimeError) as exc:
+        tls_error = _tls.failure(exc)
+        if tls_error is not None:
+            raise BrokerConnectionError(_tls.describe(tls_error, "RabbitMQ", url)) from exc
         raise BrokerConnectionError(
             f"cannot {doing} on RabbitMQ at {redact(url)}: {type(exc).__name__}: {redact(str(exc))}"
+            f"{_tls.reset_hint(url, exc)}"
         ) from exc
 
 
 async def open_connection(
     url: str, settings: Settings, app_name: str, role: str
 ) -> AbstractRobustConnection:
-    """One connect_robust attempt; afterwards aio-pika reconnects by itself."""
+    """One connect_robust attempt; afterwards aio-pika reconnects by itself.
+
+    amqps://: our SSLContext (aiotask._tls), built now from the files of that moment; aio-pika's
+    reconnects reuse it, so a rotated client certificate is used from the next worker start.
+    """
     # Connections come back ~1 s after the server does, unless the URL sets its own interval.
     interval = None if "reconnect_interval" in parse_qs(urlsplit(url).query) else 1.0
+    resolved = _tls.for_broker(settings, url)
+    context = _tls.context_for(resolved.tls) if resolved.tls is not None else None
     with map_errors(url, f"connect ({role})"):
         return await aio_pika.connect_robust(
-            url,
+            resolved.url,
+            ssl_context=context,
             timeout=min(settings.broker_unreachable_timeout, 30.0),
             client_properties={"connection_name": f"aiotask {app_name} {role}"},
             reconnect_interval=interval,
@@ -134,6 +146,8 @@ class Publisher:
                 if not channel.is_closed:
                     return channel
             except BrokerConnectionError as exc:  # the very first connection failed
+                if _tls.permanent(exc):  # a certificate does not get better by waiting
+                    raise
                 error = exc
             if backoff.expired:
                 raise BrokerConnectionError(

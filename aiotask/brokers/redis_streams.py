@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from aiotask import _tls
 from aiotask._redis.client import SharedClient, map_errors, retrying, warn_if_volatile
 from aiotask._time import monotonic, now
 from aiotask.brokers import _redis_admin as admin
@@ -102,7 +103,8 @@ class RedisStreamsBroker:
     def __init__(self, url: str, settings: Settings, app_name: str) -> None:
         self._url = url
         #: the client (connection pool); a backend on the same server may share it
-        self.shared_client = SharedClient(url)
+        resolved = _tls.for_broker(settings, url)
+        self.shared_client = SharedClient(resolved.url, resolved.tls)
         self._prefix = settings.key_prefix
         self._group = app_name
         self._consumer = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"

@@ -5,7 +5,8 @@ exit within a fraction of a second; supervisord counts that as a failed start an
 `startretries`, gives up (FATAL) and never starts the worker again. With
 `broker_connection_retry_on_startup` (on by default) the worker retries with backoff, logging
 each attempt, for up to `broker_connection_startup_timeout` seconds, then exits 1 so the
-process supervisor restarts it. Refused credentials are not retried: waiting cannot fix them.
+process supervisor restarts it. Refused credentials and failed TLS handshakes (wrong CA, host
+name, client certificate) are not retried: waiting cannot fix them.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
+from aiotask import _tls
 from aiotask._backoff import Backoff
 from aiotask._log import get_logger
 from aiotask._urls import redact
@@ -28,7 +30,10 @@ _REFUSAL_WORDS = ("Authentication", "Authorization", "Permission", "AccessRefuse
 
 
 def refused(exc: BaseException) -> bool:
-    """True when the error chain says the server refused us (bad password, no permission)."""
+    """True when the error chain says the server refused us (bad password, no permission,
+    a TLS handshake that failed on certificates)."""
+    if _tls.permanent(exc):
+        return True
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:

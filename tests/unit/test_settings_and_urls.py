@@ -85,7 +85,11 @@ CREDENTIAL_FORMS = [
     ("redis://h/0?token=S3CR3T;db=1", "?token=***;db=1"),
     ("redis://h/0?access_token=S3CR3T#frag", "?access_token=***"),
     ("amqp://guest:S3CR3T@h:5672/vhost?heartbeat=30", "amqp://guest:***@h:5672/vhost?heartbeat=30"),
-    ("amqps://u:S3CR3T@h:5671/?cafile=/ca.pem&keyfile=/k.pem", "?cafile=/ca.pem&keyfile=/k.pem"),
+    ("amqps://u:S3CR3T@h:5671/?cafile=/ca.pem&keyfile=/k.pem", "?cafile=***&keyfile=***"),
+    (
+        "rediss://:S3CR3T@h/0?ssl_ca_certs=/ca.pem&ssl_certfile=/c.pem&ssl_keyfile=/k.pem&db=1",
+        "rediss://:***@h/0?ssl_ca_certs=***&ssl_certfile=***&ssl_keyfile=***&db=1",
+    ),
     ("amqp://u:S3CR3T@h/%2F?auth=plain&password=S3CR3T", "amqp://u:***@h/%2F?auth=plain"),
     # percent-encoded and raw special characters in the password
     ("redis://u:S3CR3T%40%2F@h/0", "redis://u:***@h/0"),
