@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence
 
     from aiotask.beat.store import ScheduleStore
+    from aiotask.coordination.unique import LockStore
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,4 +240,8 @@ class ResultBackend(Protocol):
 
     def schedule_store(self, app_name: str) -> ScheduleStore:
         """Where the beats of `app_name` agree on slots (aiotask/beat/store.py)."""
+        ...
+
+    def lock_store(self, app_name: str) -> LockStore:
+        """Unique-task and debounce locks of `app_name` (aiotask/coordination/unique.py)."""
         ...
