@@ -165,7 +165,8 @@ def key_value(
     missing = [n for n in names if n not in found]
     if missing:
         raise ConfigurationError(
-            f"unique/debounce key argument(s) {', '.join(missing)} not given in this call"
+            f"unique/debounce key argument(s) {', '.join(missing)} not given in this call "
+            "(send_task of a task this process did not import finds names among kwargs only)"
         )
     values = [found[n] for n in names]
     return values[0] if isinstance(spec, str) else values

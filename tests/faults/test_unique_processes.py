@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING
 import pytest
 
 from aiotask import App
-from aiotask.coordination.unique import unique_key
+from aiotask.coordination.unique import debounce_key, running_lock, unique_key
+from aiotask.exceptions import TaskRevoked
 from tests.procs import lines, start_worker, stop, worker_env
 
 if TYPE_CHECKING:
@@ -45,6 +46,12 @@ TASKS = textwrap.dedent(
         await asyncio.sleep(seconds)
         _mark("finished", key)
         return key
+
+    @app.task(name="proc.dslow", debounce=0.3, debounce_key="doc")
+    async def dslow(doc: str, text: str) -> str:
+        _mark("dstarted", text)
+        await asyncio.sleep(2.0)
+        return text
     """
 )
 
@@ -94,6 +101,12 @@ class Setup:
         backend = await self.app.result_backend()
         store = backend.lock_store("proc")
         return await store.get(unique_key("proc.uslow", None, args, {}))
+
+    async def running(self, doc: str) -> str | None:
+        """The send of `proc.dslow` for `doc` that holds the debounce running lock."""
+        backend = await self.app.result_backend()
+        key = debounce_key("proc.dslow", "doc", [], {"doc": doc})
+        return await backend.lock_store("proc").get(running_lock(key))
 
 
 @pytest.fixture(params=["sqlite", "redis", "amqp"])
@@ -200,3 +213,35 @@ async def _wait_for_free(setup: Setup, *args: object) -> bool:
             return True
         await asyncio.sleep(0.05)
     return False
+
+
+async def test_kill_9_of_a_debounced_run_then_a_later_send_runs_alone(setup: Setup) -> None:
+    first = start_worker(setup.dir, setup.env, "-c", "4")
+    second = None
+    app = setup.app
+    try:
+        async with app:
+            v1 = await app.send_task(
+                "proc.dslow", kwargs={"doc": "d", "text": "v1"}, debounce=0.3, debounce_key="doc"
+            )
+            assert await _wait_for(lambda: lines(setup.dir, "dstarted") == ["v1"], SOON)
+            stop(first, signal.SIGKILL)
+            assert await setup.running("d") == v1.id, "the killed run keeps its running lock"
+            v2 = await app.send_task(
+                "proc.dslow", kwargs={"doc": "d", "text": "v2"}, debounce=0.3, debounce_key="doc"
+            )
+            second = start_worker(setup.dir, setup.env, "-c", "4")
+            # v1 comes back, is no longer the latest: dropped, its lock released; v2 runs
+            assert await app.AsyncResult(v2.id).get(timeout=SOON) == "v2"
+            with pytest.raises(TaskRevoked):
+                await app.AsyncResult(v1.id).get(timeout=SOON)
+            assert lines(setup.dir, "dstarted") == ["v1", "v2"]
+            deadline = time.monotonic() + SOON
+            while await setup.running("d") is not None:
+                assert time.monotonic() < deadline, "the running lock was not released"
+                await asyncio.sleep(0.05)
+    finally:
+        if first.poll() is None:
+            stop(first, signal.SIGKILL)
+        if second is not None:
+            assert stop(second) == 0
