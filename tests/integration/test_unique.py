@@ -315,3 +315,31 @@ async def test_a_custom_key_by_argument_name(kit: Kit) -> None:
         assert (await kit.work.apply_async(["k1-other"], unique_key=lambda key: key[:2])).id == (
             by_fn.id
         )
+
+
+async def test_send_batch_takes_a_lock_per_call(kit: Kit) -> None:
+    async with kit.app:
+        results = await kit.work.send_batch([("b1",), ("b1",), kit.work.call("b2")])
+        assert results[0].id == results[1].id != results[2].id
+
+
+async def test_an_expired_message_releases_when_skipped(kit: Kit) -> None:
+    async with kit.app:
+        first = await kit.work.apply_async(["x"], expires=0.2)
+        await asyncio.sleep(0.4)
+        assert await kit.holder(kit.work, "x") == first.id  # no worker yet: still held
+    async with start_worker(kit.app) as worker:
+        await settled(worker, 1)
+        assert await kit.holder(kit.work, "x") is None
+    assert kit.ran["x"] == 0
+
+
+async def test_an_unknown_task_is_dead_lettered_and_released(kit: Kit) -> None:
+    async with start_worker(kit.app) as worker:
+        sent = await kit.app.send_task("u.nowhere", ["z"], unique=True)
+        await settled(worker, 1)
+        backend = await kit.app.result_backend()
+        key = unique_key("u.nowhere", None, ["z"], {})
+        assert await backend.lock_store(kit.app.main).get(key) is None
+        assert [d.message_id for d in await kit.app.broker.dead_letters("default")] == [sent.id]
+        await kit.app.dead_letters.purge()
