@@ -6,7 +6,7 @@ import inspect
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypedDict, Unpack
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypedDict, Unpack, cast
 
 from typing_extensions import TypeVar  # PEP 696 defaults (in `typing` from 3.13)
 
@@ -218,7 +218,7 @@ class Task(Generic[P, R, L]):
     ) -> AsyncResult[R]:
         """Send with per-call options (Celery's names); returns once the broker holds it."""
         coord = self.options.coordination
-        plain: dict[str, Any] = dict(options)
+        plain = cast("dict[str, Any]", options)  # this call's own dict: popping is safe
         if options:
             check_call_options(self.name, options, SEND_OPTIONS)
             if COORDINATION_OPTIONS & options.keys():

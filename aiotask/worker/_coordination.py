@@ -10,7 +10,7 @@ deferred debounce): its locks stay with it.
 from __future__ import annotations
 
 from enum import Enum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiotask._log import get_logger
 from aiotask._time import now
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from aiotask.brokers.base import Delivery
     from aiotask.coordination.unique import LockStore
     from aiotask.protocol import Message
+    from aiotask.task import Task
 
 log = get_logger(__name__)
 
@@ -57,7 +58,7 @@ class Gate:
         backend = self.app.backend
         return None if backend is None else backend.lock_store(self.app.main)
 
-    async def before(self, message: Message) -> Verdict:
+    async def before(self, message: Message, task: Task[Any, Any]) -> Verdict:
         """Whether a coordinated message runs now. A store error lets it run: the task runs
         twice at worst (at-least-once), never not at all."""
         store = self._store()
@@ -81,7 +82,9 @@ class Gate:
                     extra={"task_name": message.task, "task_id": message.id},
                 )
                 return Verdict.SUPERSEDED
-            holder = await store.acquire(running_lock(key), message.id, self.app.conf.unique_for)
+            coord = task.options.coordination
+            ttl = (coord.unique_for if coord is not None else None) or self.app.conf.unique_for
+            holder = await store.acquire(running_lock(key), message.id, ttl)
         except Exception as exc:
             log.warning(
                 "task %s[%s]: cannot check its unique/debounce lock, running it: %s",

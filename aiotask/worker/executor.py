@@ -108,7 +108,7 @@ class Executor:
         if task is None:
             return self._unknown(delivery, message)
         if coordinated(message):
-            verdict = await self.gate.before(message)
+            verdict = await self.gate.before(message, task)
             if verdict is Verdict.SUPERSEDED:
                 return self._skip(delivery, message, True)
             if verdict is Verdict.DEFER:

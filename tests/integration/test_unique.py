@@ -343,3 +343,17 @@ async def test_an_unknown_task_is_dead_lettered_and_released(kit: Kit) -> None:
         assert await backend.lock_store(kit.app.main).get(key) is None
         assert [d.message_id for d in await kit.app.broker.dead_letters("default")] == [sent.id]
         await kit.app.dead_letters.purge()
+
+
+async def test_fifty_concurrent_replacing_sends_leave_one_to_run(kit: Kit) -> None:
+    async with kit.app:
+        results = await asyncio.gather(
+            *(kit.work.apply_async(["rr"], on_conflict="replace") for _ in range(50))
+        )
+        holder = await kit.holder(kit.work, "rr")
+        assert holder in {r.id for r in results}
+    async with start_worker(kit.app) as worker:
+        assert await kit.app.AsyncResult(holder).get(timeout=SOON) == "rr"
+        await settled(worker, 1)
+        await until(lambda: worker.dispatcher.processed >= 50, "every sent copy was settled")
+    assert kit.ran == Counter({"rr": 1}), "a replaced send ran"
