@@ -109,9 +109,11 @@ class Gate:
         if any(m.id == message.id for m in settlement.publish):
             return  # a retry or a deferred debounce: the same task goes on, with its locks
         headers = message.headers
+        locks: list[tuple[str, str]] = []
         key = headers.get(UNIQUE_HEADER)
         if key is not None:
-            settlement.release.append((key, message.id))
+            locks.append((key, message.id))
         key = headers.get(DEBOUNCE_HEADER)
         if key is not None:
-            settlement.release.append((running_lock(key), message.id))
+            locks.append((running_lock(key), message.id))
+        settlement.release = tuple(locks)

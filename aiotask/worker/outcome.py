@@ -71,4 +71,4 @@ class Settlement:
     #: canvas: the finished task whose follow-ups the settler derives (canvas/runtime.py)
     finished: Finished | None = None
     #: unique/debounce locks (name, owner) released before the ack (worker/_coordination.py)
-    release: list[tuple[str, str]] = field(default_factory=list)
+    release: tuple[tuple[str, str], ...] = ()
