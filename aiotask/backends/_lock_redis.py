@@ -1,4 +1,4 @@
-"""Unique/debounce locks on Redis: one string key per lock (`<prefix>:lock:<app>:<name>`),
+"""Unique/debounce locks on Redis: one string key per lock (`<prefix>:lock:<name>`),
 holding the owner's task id, with a PX lifetime. Each operation is one short Lua script, so
 it is atomic; a batch of releases is one pipeline (one key per script: Cluster-safe)."""
 
@@ -42,9 +42,9 @@ def _text(value: Any) -> str | None:
 class RedisLockStore:
     """LockStore over the result backend's client (fetched per call: a reconnect is followed)."""
 
-    def __init__(self, client: Callable[[], Redis], prefix: str, app_name: str) -> None:
+    def __init__(self, client: Callable[[], Redis], prefix: str) -> None:
         self._get = client
-        self._base = f"{prefix}:lock:{app_name}:"
+        self._base = f"{prefix}:lock:"
 
     def _key(self, name: str) -> str:
         return self._base + name

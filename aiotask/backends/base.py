@@ -242,6 +242,7 @@ class ResultBackend(Protocol):
         """Where the beats of `app_name` agree on slots (aiotask/beat/store.py)."""
         ...
 
-    def lock_store(self, app_name: str) -> LockStore:
-        """Unique-task and debounce locks of `app_name` (aiotask/coordination/unique.py)."""
+    def lock_store(self) -> LockStore:
+        """Unique-task and debounce locks (aiotask/coordination/unique.py). Not per app name:
+        a producer app and a worker app of other names share them (key_prefix separates)."""
         ...

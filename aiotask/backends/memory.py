@@ -48,7 +48,7 @@ class MemoryBackend:
         self._revoked: dict[str, float] = {}
         self._listeners: set[asyncio.Queue[bytes]] = set()
         self._schedules: dict[str, MemoryScheduleStore] = {}
-        self._locks: dict[str, MemoryLockStore] = {}
+        self._locks = MemoryLockStore()
         self._workers: dict[str, tuple[bytes, float]] = {}
         self._replies: dict[str, tuple[list[bytes], asyncio.Event]] = {}
 
@@ -222,5 +222,5 @@ class MemoryBackend:
     def schedule_store(self, app_name: str) -> MemoryScheduleStore:
         return self._schedules.setdefault(app_name, MemoryScheduleStore())
 
-    def lock_store(self, app_name: str) -> MemoryLockStore:
-        return self._locks.setdefault(app_name, MemoryLockStore())
+    def lock_store(self) -> MemoryLockStore:
+        return self._locks

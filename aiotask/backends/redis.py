@@ -355,8 +355,8 @@ class RedisBackend:
     def schedule_store(self, app_name: str) -> RedisScheduleStore:
         return RedisScheduleStore(self._client, self._prefix, app_name)
 
-    def lock_store(self, app_name: str) -> RedisLockStore:
-        return RedisLockStore(self._client, self._prefix, app_name)
+    def lock_store(self) -> RedisLockStore:
+        return RedisLockStore(self._client, self._prefix)
 
 
 def _progress(reply: list[Any]) -> GroupProgress:

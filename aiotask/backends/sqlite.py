@@ -318,8 +318,8 @@ class SQLiteBackend:
     def schedule_store(self, app_name: str) -> SQLiteScheduleStore:
         return SQLiteScheduleStore(self._db, f"{self._prefix}:{app_name}")
 
-    def lock_store(self, app_name: str) -> SQLiteLockStore:
-        return SQLiteLockStore(self._db, f"{self._prefix}:{app_name}:")
+    def lock_store(self) -> SQLiteLockStore:
+        return SQLiteLockStore(self._db, f"{self._prefix}:")
 
 
 # --- the functions below run on the connection's thread --------------------------------

@@ -48,7 +48,7 @@ async def send(
     """Send `message` under its unique or debounce options; the handle the caller gets."""
     check(message.task, coord)
     backend = await app.result_backend()
-    store = backend.lock_store(app.main)
+    store = backend.lock_store()
     if coord.debounce is not None:
         return await _debounced(app, store, message, coord, sig)
     return await _unique(app, backend, store, message, coord, sig)
@@ -73,8 +73,10 @@ async def _unique(
     conflict = coord.on_conflict or "return_existing"
     for _ in range(ATTEMPTS):
         holder = await store.acquire(key, message.id, ttl)
-        if holder is None or holder == message.id:
+        if holder is None:
             return await _publish(app, store, key, message)
+        if holder == message.id:  # sent before with this task_id: not a second copy
+            return app.AsyncResult(holder)
         if await _finished(backend, holder):
             # its worker stored the outcome but has not released yet (or died in between)
             if await store.swap(key, holder, message.id, ttl):

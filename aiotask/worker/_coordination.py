@@ -56,7 +56,7 @@ class Gate:
 
     def _store(self) -> LockStore | None:
         backend = self.app.backend
-        return None if backend is None else backend.lock_store(self.app.main)
+        return None if backend is None else backend.lock_store()
 
     async def before(self, message: Message, task: Task[Any, Any]) -> Verdict:
         """Whether a coordinated message runs now. A store error lets it run: the task runs

@@ -303,7 +303,7 @@ class Settler:
         locks = [lock for s in flush.batch for lock in s.release]
         backend = self.app.backend
         if locks and backend is not None:
-            await backend.lock_store(self.app.main).release(locks)
+            await backend.lock_store().release(locks)
 
     async def _ack(self, flush: _Flush) -> None:
         acks = [s.delivery for s in flush.batch if s.action == "ack"]

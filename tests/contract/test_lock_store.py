@@ -10,7 +10,7 @@ if TYPE_CHECKING:
 
 
 async def test_acquire_answers_the_holder_until_released(backend: ResultBackend) -> None:
-    store = backend.lock_store("app")
+    store = backend.lock_store()
     assert await store.acquire("k", "a", 30) is None
     assert await store.acquire("k", "b", 30) == "a"
     assert await store.get("k") == "a"
@@ -21,16 +21,8 @@ async def test_acquire_answers_the_holder_until_released(backend: ResultBackend)
     assert await store.acquire("k", "b", 30) is None
 
 
-async def test_locks_of_two_apps_are_separate(backend: ResultBackend) -> None:
-    one, two = backend.lock_store("one"), backend.lock_store("two")
-    assert await one.acquire("k", "a", 30) is None
-    assert await two.acquire("k", "b", 30) is None
-    await one.release([("k", "a")])
-    await two.release([("k", "b")])
-
-
 async def test_swap_only_from_the_expected_holder(backend: ResultBackend) -> None:
-    store = backend.lock_store("app")
+    store = backend.lock_store()
     assert not await store.swap("k", "a", "b", 30)  # nobody holds it
     assert await store.acquire("k", "a", 30) is None
     assert not await store.swap("k", "x", "b", 30)
@@ -40,7 +32,7 @@ async def test_swap_only_from_the_expected_holder(backend: ResultBackend) -> Non
 
 
 async def test_put_overwrites_and_release_is_batched(backend: ResultBackend) -> None:
-    store = backend.lock_store("app")
+    store = backend.lock_store()
     await store.put("k", "a", 30)
     await store.put("k", "b", 30)
     assert await store.get("k") == "b"
@@ -51,7 +43,7 @@ async def test_put_overwrites_and_release_is_batched(backend: ResultBackend) -> 
 
 
 async def test_a_lock_lapses_after_its_lifetime(backend: ResultBackend) -> None:
-    store = backend.lock_store("app")
+    store = backend.lock_store()
     assert await store.acquire("k", "a", 0.2) is None
     assert await store.acquire("k", "b", 30) == "a"
     await asyncio.sleep(0.4)
@@ -61,7 +53,7 @@ async def test_a_lock_lapses_after_its_lifetime(backend: ResultBackend) -> None:
 
 
 async def test_one_of_a_hundred_concurrent_acquires_wins(backend: ResultBackend) -> None:
-    store = backend.lock_store("app")
+    store = backend.lock_store()
     answers = await asyncio.gather(*(store.acquire("k", f"o{i}", 30) for i in range(100)))
     winners = [i for i, held in enumerate(answers) if held is None]
     assert len(winners) == 1

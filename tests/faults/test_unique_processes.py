@@ -99,14 +99,14 @@ class Setup:
 
     async def holder(self, *args: object) -> str | None:
         backend = await self.app.result_backend()
-        store = backend.lock_store("proc")
+        store = backend.lock_store()
         return await store.get(unique_key("proc.uslow", None, args, {}))
 
     async def running(self, doc: str) -> str | None:
         """The send of `proc.dslow` for `doc` that holds the debounce running lock."""
         backend = await self.app.result_backend()
         key = debounce_key("proc.dslow", "doc", [], {"doc": doc})
-        return await backend.lock_store("proc").get(running_lock(key))
+        return await backend.lock_store().get(running_lock(key))
 
 
 @pytest.fixture(params=["sqlite", "redis", "amqp"])

@@ -44,7 +44,7 @@ class Kit:
     async def holder(self, task: Task[Any, Any], *args: Any) -> str | None:
         """Who holds the unique lock of `task(*args)` now (None: free)."""
         backend = await self.app.result_backend()
-        return await backend.lock_store(self.app.main).get(unique_key(task.name, None, args, {}))
+        return await backend.lock_store().get(unique_key(task.name, None, args, {}))
 
 
 def make_kit(url: str, backend: str, namespace: str) -> Kit:
@@ -340,7 +340,7 @@ async def test_an_unknown_task_is_dead_lettered_and_released(kit: Kit) -> None:
         await settled(worker, 1)
         backend = await kit.app.result_backend()
         key = unique_key("u.nowhere", None, ["z"], {})
-        assert await backend.lock_store(kit.app.main).get(key) is None
+        assert await backend.lock_store().get(key) is None
         assert [d.message_id for d in await kit.app.broker.dead_letters("default")] == [sent.id]
         await kit.app.dead_letters.purge()
 
@@ -357,3 +357,27 @@ async def test_fifty_concurrent_replacing_sends_leave_one_to_run(kit: Kit) -> No
         await settled(worker, 1)
         await until(lambda: worker.dispatcher.processed >= 50, "every sent copy was settled")
     assert kit.ran == Counter({"rr": 1}), "a replaced send ran"
+
+
+async def test_a_producer_app_of_another_name_shares_the_locks(kit: Kit) -> None:
+    conf = kit.app.conf
+    if conf.broker_url.startswith("memory"):
+        pytest.skip("memory:// is one app's: another App cannot reach it")
+    web = App("web", broker=conf.broker_url, backend=conf.backend_url, key_prefix=conf.key_prefix)
+    async with web:
+        sent = await web.send_task("u.work", ["p"], unique=True)
+        assert (await kit.work.send("p")).id == sent.id
+        async with start_worker(kit.app) as worker:
+            assert await web.AsyncResult(sent.id).get(timeout=SOON) == "p"
+            await settled(worker, 1)
+            assert await kit.holder(kit.work, "p") is None, "the worker released it"
+    assert kit.ran == Counter({"p": 1})
+
+
+async def test_a_resend_with_the_same_task_id_is_not_a_second_copy(kit: Kit) -> None:
+    async with kit.app:
+        first = await kit.work.apply_async(["same-id"], task_id="fixed-id")
+        again = await kit.work.apply_async(["same-id"], task_id="fixed-id", on_conflict="replace")
+        assert first.id == again.id == "fixed-id"
+        stats = await kit.app.broker.queue_stats(["default"])
+        assert stats[0].ready == 1
