@@ -1,6 +1,6 @@
 """Unique/debounce locks on Redis: one string key per lock (`<prefix>:lock:<name>`),
 holding the owner's task id, with a PX lifetime. Each operation is one short Lua script, so
-it is atomic; a batch of releases is one pipeline (one key per script: Cluster-safe)."""
+it is atomic; a batch of releases is one pipeline of single-key scripts."""
 
 from __future__ import annotations
 
