@@ -57,3 +57,16 @@ async def test_one_running_and_one_waiting_with_the_latest_arguments(kit: Kit) -
         assert await waiting[1].get(timeout=SOON) == "v3"
         await settled(worker, 3)
     assert kit.ran == Counter({"v1": 1, "v3": 1})
+
+
+async def test_concurrent_sends_of_one_key_run_once(kit: Kit) -> None:  # noqa: F811
+    async with start_worker(kit.app) as worker:
+        sent = await asyncio.gather(*(kit.save.send("doc", f"t{i}") for i in range(20)))
+        outcomes = await asyncio.gather(
+            *(r.get(timeout=SOON) for r in sent), return_exceptions=True
+        )
+        ran = [o for o in outcomes if isinstance(o, str)]
+        assert len(ran) == 1, outcomes
+        assert all(isinstance(o, TaskRevoked) for o in outcomes if not isinstance(o, str))
+        await settled(worker, 20)
+    assert sum(kit.ran.values()) == 1
