@@ -47,6 +47,9 @@ async def send(
 ) -> AsyncResult[Any]:
     """Send `message` under its unique or debounce options; the handle the caller gets."""
     check(message.task, coord)
+    if coord.debounce is None and not coord.is_unique:  # e.g. a call's unique=False
+        await app.publish([message])
+        return app.AsyncResult(message.id)
     backend = await app.result_backend()
     store = backend.lock_store()
     if coord.debounce is not None:

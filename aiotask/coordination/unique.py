@@ -88,6 +88,9 @@ class Coordination:
 
     @property
     def is_unique(self) -> bool:
+        """`unique=True`, or a `unique_key` (unless a call said `unique=False`)."""
+        if self.unique is False:
+            return False
         return bool(self.unique) or self.unique_key is not None
 
     def over(self, base: Coordination | None) -> Coordination:

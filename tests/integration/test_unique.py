@@ -381,3 +381,11 @@ async def test_a_resend_with_the_same_task_id_is_not_a_second_copy(kit: Kit) -> 
         assert first.id == again.id == "fixed-id"
         stats = await kit.app.broker.queue_stats(["default"])
         assert stats[0].ready == 1
+
+
+async def test_a_call_with_unique_false_is_sent_plainly(kit: Kit) -> None:
+    async with kit.app:
+        first = await kit.work.send("n")
+        other = await kit.work.apply_async(["n"], unique=False)
+        assert other.id != first.id
+        assert await kit.holder(kit.work, "n") == first.id

@@ -144,3 +144,10 @@ async def test_unknown_call_option_is_still_an_error() -> None:
 
     with pytest.raises(ConfigurationError, match="uniq"):
         await t.apply_async(uniq=True)  # type: ignore[call-arg]
+
+
+def test_a_call_can_turn_a_tasks_uniqueness_off() -> None:
+    task = Coordination(unique=True, unique_key="x")
+    assert task.is_unique
+    assert not Coordination(unique=False).over(task).is_unique
+    assert not Coordination(unique_for=5.0).is_unique  # a lifetime alone makes nothing unique
