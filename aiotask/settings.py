@@ -84,6 +84,9 @@ class Settings:
     max_tasks_per_child: int = 0
     max_memory_per_child: int = 0
     log_level: str = "INFO"
+    #: Seconds a unique or debounce lock lives at most when the task sets no `unique_for`: the
+    #: safety net behind the explicit releases (docs/task-options.md, "Unique tasks").
+    unique_for: float = 3600.0
 
     def __post_init__(self) -> None:
         parse_url(self.broker_url, allowed=BROKER_SCHEMES, what="broker")
@@ -96,7 +99,7 @@ class Settings:
             raise ConfigurationError("backend_tls is set but there is no result backend")
         _positive(self, "result_expires", "visibility_timeout", "shutdown_grace")
         _positive(self, "concurrency", "max_deliveries", "broker_unreachable_timeout")
-        _positive(self, "broker_connection_startup_timeout")
+        _positive(self, "broker_connection_startup_timeout", "unique_for")
         _positive(self, "worker_heartbeat_interval", "worker_lost_after")
         _non_negative(self, "max_message_size")
         if self.worker_lost_after <= self.worker_heartbeat_interval:
@@ -236,6 +239,7 @@ ENV_PARSERS: dict[str, tuple[Callable[[str], object], str]] = {
     "max_tasks_per_child": (_int, "integer"),
     "max_memory_per_child": (_int, "integer number of KB"),
     "log_level": (_str, "log level"),
+    "unique_for": (_float, "number of seconds"),
 }
 
 

@@ -6,13 +6,17 @@ import inspect
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypedDict, Unpack
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypedDict, Unpack, cast
 
 from typing_extensions import TypeVar  # PEP 696 defaults (in `typing` from 3.13)
 
 from aiotask._time import now, parse_rate, to_timestamp
 from aiotask.canvas.primitives import Group, Signature, chunks, xmap, xstarmap
 from aiotask.context import TaskContext
+from aiotask.coordination import sending as _coordinated
+from aiotask.coordination.unique import OPTION_NAMES as COORDINATION_OPTIONS
+from aiotask.coordination.unique import Coordination, KeySpec, OnConflict, Until, signature_of
+from aiotask.coordination.unique import build as build_coordination
 from aiotask.exceptions import ConfigurationError
 from aiotask.protocol import Message
 from aiotask.result import SyncResult
@@ -52,6 +56,14 @@ class TaskOptionsDict(TypedDict, total=False):
     acks_late: bool
     expires: float
     base: type[Task[Any, Any]]
+    # unique tasks and debounce (docs/task-options.md)
+    unique: bool
+    unique_key: KeySpec
+    unique_for: float
+    unique_until: Until
+    on_conflict: OnConflict
+    debounce: float
+    debounce_key: KeySpec
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +81,8 @@ class TaskOptions:
     acks_late: bool = True
     expires: float | None = None
     bind: bool = False
+    #: unique / debounce options (None: neither)
+    coordination: Coordination | None = None
 
     @classmethod
     def build(cls, name: str, bind: bool, raw: Mapping[str, Any]) -> TaskOptions:
@@ -102,6 +116,7 @@ class TaskOptions:
             acks_late=True,
             expires=raw.get("expires"),
             bind=bind,
+            coordination=build_coordination(name, raw),
         )
 
 
@@ -123,13 +138,21 @@ class CallOptions(TypedDict, total=False):
     task_id: str | None
     headers: Mapping[str, str] | None
     ignore_result: bool | None
+    # unique tasks and debounce: over the task's own (docs/task-options.md)
+    unique: bool | None
+    unique_key: KeySpec
+    unique_for: float | None
+    unique_until: Until | None
+    on_conflict: OnConflict | None
+    debounce: float | None
+    debounce_key: KeySpec
 
 
 #: Per-call options of apply_async / send_task.
 SEND_OPTIONS = frozenset(CallOptions.__annotations__)
 #: Per-call options a signature may carry (`sig.set(...)`, `signature(options=...)`);
-#: a signature's id is frozen by the canvas instead.
-CALL_OPTIONS = SEND_OPTIONS - {"task_id"}
+#: a signature's id is frozen by the canvas instead, and canvas steps are not unique.
+CALL_OPTIONS = SEND_OPTIONS - {"task_id"} - COORDINATION_OPTIONS
 
 
 def check_call_options(task: str, options: Mapping[str, object], known: frozenset[str]) -> None:
@@ -194,11 +217,26 @@ class Task(Generic[P, R, L]):
         **options: Unpack[CallOptions],
     ) -> AsyncResult[R]:
         """Send with per-call options (Celery's names); returns once the broker holds it."""
+        coord = self.options.coordination
+        plain = cast("dict[str, Any]", options)  # this call's own dict: popping is safe
         if options:
             check_call_options(self.name, options, SEND_OPTIONS)
-        message = self.message(args, kwargs, **options)
+            if COORDINATION_OPTIONS & options.keys():
+                coord = self._call_coordination(plain)
+        message = self.message(args, kwargs, **plain)
+        if coord is not None:
+            sig = signature_of(self.fn, self.options.bind)
+            return await _coordinated.send(self.app, message, coord, sig)
         await self.app.publish([message])
         return self.app.AsyncResult(message.id)
+
+    def _call_coordination(self, options: dict[str, Any]) -> Coordination | None:
+        """Pop the unique/debounce call options; merged over the task's own."""
+        raw = {k: options.pop(k) for k in COORDINATION_OPTIONS & options.keys()}
+        call = build_coordination(self.name, raw)
+        if call is None:
+            return self.options.coordination
+        return call.over(self.options.coordination)
 
     def delay(self, *args: P.args, **kwargs: P.kwargs) -> SyncResult[R]:
         """Send from plain (non-async) code: Django/Flask views, scripts, threads. Blocks until
@@ -215,6 +253,13 @@ class Task(Generic[P, R, L]):
     ) -> list[AsyncResult[R]]:
         """Send one message per call, in one pipelined publish: `task.call(...)` values
         (checked against the task's parameters), or tuples of positional arguments."""
+        if self.options.coordination is not None:  # each send takes its own lock
+            return [
+                await self.apply_async(c.args, c.kwargs)
+                if isinstance(c, Call)
+                else await self.apply_async(c)
+                for c in calls
+            ]
         messages = [
             self.message(c.args, c.kwargs) if isinstance(c, Call) else self.message(c)
             for c in calls

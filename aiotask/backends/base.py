@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence
 
     from aiotask.beat.store import ScheduleStore
+    from aiotask.coordination.unique import LockStore
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,4 +240,9 @@ class ResultBackend(Protocol):
 
     def schedule_store(self, app_name: str) -> ScheduleStore:
         """Where the beats of `app_name` agree on slots (aiotask/beat/store.py)."""
+        ...
+
+    def lock_store(self) -> LockStore:
+        """Unique-task and debounce locks (aiotask/coordination/unique.py). Not per app name:
+        a producer app and a worker app of other names share them (key_prefix separates)."""
         ...

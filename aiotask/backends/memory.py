@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from aiotask._time import monotonic
+from aiotask.backends._lock_memory import MemoryLockStore
 from aiotask.backends.base import (
     DECIDED,
     SENT,
@@ -47,6 +48,7 @@ class MemoryBackend:
         self._revoked: dict[str, float] = {}
         self._listeners: set[asyncio.Queue[bytes]] = set()
         self._schedules: dict[str, MemoryScheduleStore] = {}
+        self._locks = MemoryLockStore()
         self._workers: dict[str, tuple[bytes, float]] = {}
         self._replies: dict[str, tuple[list[bytes], asyncio.Event]] = {}
 
@@ -219,3 +221,6 @@ class MemoryBackend:
 
     def schedule_store(self, app_name: str) -> MemoryScheduleStore:
         return self._schedules.setdefault(app_name, MemoryScheduleStore())
+
+    def lock_store(self) -> MemoryLockStore:
+        return self._locks

@@ -26,6 +26,7 @@ from aiotask._backoff import Backoff
 from aiotask._sqlite import transaction
 from aiotask._time import monotonic, now
 from aiotask.backends import _control_sqlite as _control
+from aiotask.backends._lock_sqlite import SQLiteLockStore
 from aiotask.backends._schedule_sqlite import SQLiteScheduleStore
 from aiotask.backends.base import (
     DECIDED,
@@ -316,6 +317,9 @@ class SQLiteBackend:
 
     def schedule_store(self, app_name: str) -> SQLiteScheduleStore:
         return SQLiteScheduleStore(self._db, f"{self._prefix}:{app_name}")
+
+    def lock_store(self) -> SQLiteLockStore:
+        return SQLiteLockStore(self._db, f"{self._prefix}:")
 
 
 # --- the functions below run on the connection's thread --------------------------------

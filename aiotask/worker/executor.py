@@ -24,6 +24,7 @@ from aiotask.middleware.base import run_around
 from aiotask.serializer import exception_to_info
 from aiotask.states import FAILURE, RETRY, REVOKED, SUCCESS, State
 from aiotask.worker import _probe
+from aiotask.worker._coordination import Gate, Verdict, coordinated
 from aiotask.worker._limits import SoftLimited
 from aiotask.worker.outcome import (
     Failed,
@@ -73,6 +74,8 @@ class Executor:
         self.revoked: set[str] = set()
         #: monitoring events (`-E`); None: off, nothing recorded
         self.events: Emitter | None = None
+        #: unique / debounce locks (worker/_coordination.py)
+        self.gate = Gate(app)
 
     async def terminate(self, task_id: str) -> bool:
         """Stop a running task (revoke with terminate=True): cancel its coroutine, or kill the
@@ -89,6 +92,13 @@ class Executor:
         self, delivery: Delivery, message: Message, revoked: bool = False
     ) -> Settlement:
         """Run one delivery whose body the dispatcher already decoded (once) into `message`."""
+        if not coordinated(message):
+            return await self._execute(delivery, message, revoked)
+        settlement = await self._execute(delivery, message, revoked)
+        self.gate.after(settlement, message)
+        return settlement
+
+    async def _execute(self, delivery: Delivery, message: Message, revoked: bool) -> Settlement:
         revoked = revoked or message.id in self.revoked
         if revoked or (message.expires is not None and now() > message.expires):
             return self._skip(delivery, message, revoked)
@@ -97,6 +107,12 @@ class Executor:
         task = self.app.tasks.get(message.task)
         if task is None:
             return self._unknown(delivery, message)
+        if coordinated(message):
+            verdict = await self.gate.before(message, task)
+            if verdict is Verdict.SUPERSEDED:
+                return self._skip(delivery, message, True)
+            if verdict is Verdict.DEFER:
+                return self.gate.defer(delivery, message)
         if self.probe is not None:
             self.probe.started(delivery, message)
         if self.events is not None:

@@ -70,3 +70,5 @@ class Settlement:
     reason: str = ""
     #: canvas: the finished task whose follow-ups the settler derives (canvas/runtime.py)
     finished: Finished | None = None
+    #: unique/debounce locks (name, owner) released before the ack (worker/_coordination.py)
+    release: tuple[tuple[str, str], ...] = ()

@@ -136,6 +136,7 @@ class Settler:
             ("store_canvas", self._store_canvas),
             ("publish", self._publish),
             ("mark_sent", self._mark_sent),
+            ("release", self._release),
             ("ack", self._ack),
             ("requeue", self._requeue),
             ("dead", self._dead),
@@ -295,6 +296,14 @@ class Settler:
         if flush.decided and backend is not None:
             fault_point("chord-published")
             await backend.groups_sent(sorted(flush.decided))
+
+    async def _release(self, flush: _Flush) -> None:
+        """Unique/debounce locks of finished tasks, before the ack: a crash in between runs
+        the task again (at-least-once) instead of leaving the lock to expire."""
+        locks = [lock for s in flush.batch for lock in s.release]
+        backend = self.app.backend
+        if locks and backend is not None:
+            await backend.lock_store().release(locks)
 
     async def _ack(self, flush: _Flush) -> None:
         acks = [s.delivery for s in flush.batch if s.action == "ack"]
