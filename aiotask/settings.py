@@ -77,6 +77,9 @@ class Settings:
     max_tasks_per_child: int = 0
     max_memory_per_child: int = 0
     log_level: str = "INFO"
+    #: Seconds a concurrency slot (concurrency_limit) stays held without a renewal by its
+    #: worker; renewed every third of it, so a killed worker's slots free after at most this.
+    concurrency_slot_lease: float = 30.0
 
     def __post_init__(self) -> None:
         parse_url(self.broker_url, allowed=BROKER_SCHEMES, what="broker")
@@ -86,6 +89,7 @@ class Settings:
         _positive(self, "concurrency", "max_deliveries", "broker_unreachable_timeout")
         _positive(self, "broker_connection_startup_timeout")
         _positive(self, "worker_heartbeat_interval", "worker_lost_after")
+        _positive(self, "concurrency_slot_lease")
         _non_negative(self, "max_message_size")
         if self.worker_lost_after <= self.worker_heartbeat_interval:
             raise ConfigurationError(
@@ -213,6 +217,7 @@ ENV_PARSERS: dict[str, tuple[Callable[[str], object], str]] = {
     "max_tasks_per_child": (_int, "integer"),
     "max_memory_per_child": (_int, "integer number of KB"),
     "log_level": (_str, "log level"),
+    "concurrency_slot_lease": (_float, "number of seconds"),
 }
 
 

@@ -6,13 +6,14 @@ import inspect
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypedDict, Unpack
+from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypedDict, Unpack
 
 from typing_extensions import TypeVar  # PEP 696 defaults (in `typing` from 3.13)
 
 from aiotask._time import now, parse_rate, to_timestamp
 from aiotask.canvas.primitives import Group, Signature, chunks, xmap, xstarmap
 from aiotask.context import TaskContext
+from aiotask.coordination import spec as limit_spec
 from aiotask.exceptions import ConfigurationError
 from aiotask.protocol import Message
 from aiotask.result import SyncResult
@@ -48,6 +49,11 @@ class TaskOptionsDict(TypedDict, total=False):
     time_limit: float
     soft_time_limit: float
     rate_limit: str | float
+    # coordination (docs/task-options.md): cluster-wide rate and concurrency limits
+    rate_limit_scope: Literal["worker", "global"]
+    rate_limit_key: str | Callable[..., object] | None
+    concurrency_limit: int | None
+    concurrency_key: str | Callable[..., object] | None
     ignore_result: bool
     acks_late: bool
     expires: float
@@ -66,6 +72,11 @@ class TaskOptions:
     soft_time_limit: float | None = None
     rate_limit: float | None = None  # tasks per second
     ignore_result: bool = False
+    #: coordinated limits (aiotask/coordination): scope "global" shares the rate across workers
+    rate_limit_scope: str = "worker"
+    rate_limit_key: str | Callable[..., object] | None = None
+    concurrency_limit: int | None = None
+    concurrency_key: str | Callable[..., object] | None = None
     acks_late: bool = True
     expires: float | None = None
     bind: bool = False
@@ -90,6 +101,10 @@ class TaskOptions:
             value = raw.get(key)
             if value is not None and value <= 0:
                 raise ConfigurationError(f"task {name}: {key} must be positive, got {value!r}")
+        limit_keys = {k: raw.get(k) for k in ("rate_limit_key", "concurrency_key")}
+        limit_spec.check(
+            name, raw.get("rate_limit_scope"), raw.get("concurrency_limit"), limit_keys
+        )
         return cls(
             name=name,
             queue=raw.get("queue"),
@@ -102,6 +117,10 @@ class TaskOptions:
             acks_late=True,
             expires=raw.get("expires"),
             bind=bind,
+            rate_limit_scope=raw.get("rate_limit_scope") or "worker",
+            rate_limit_key=raw.get("rate_limit_key"),
+            concurrency_limit=raw.get("concurrency_limit"),
+            concurrency_key=raw.get("concurrency_key"),
         )
 
 
@@ -123,8 +142,18 @@ class CallOptions(TypedDict, total=False):
     task_id: str | None
     headers: Mapping[str, str] | None
     ignore_result: bool | None
+    # coordination: per-call limits, carried in headers with their keys resolved at send
+    rate_limit: str | float | None
+    rate_limit_scope: Literal["worker", "global"] | None
+    rate_limit_key: str | Callable[..., object] | None
+    concurrency_limit: int | None
+    concurrency_key: str | Callable[..., object] | None
 
 
+#: The per-call options that become limit headers (aiotask/coordination/spec.py).
+LIMIT_OPTIONS = frozenset(
+    ("rate_limit", "rate_limit_scope", "rate_limit_key", "concurrency_limit", "concurrency_key")
+)
 #: Per-call options of apply_async / send_task.
 SEND_OPTIONS = frozenset(CallOptions.__annotations__)
 #: Per-call options a signature may carry (`sig.set(...)`, `signature(options=...)`);
@@ -235,9 +264,17 @@ class Task(Generic[P, R, L]):
         task_id: str | None = None,
         headers: Mapping[str, str] | None = None,
         ignore_result: bool | None = None,
+        **limits: Any,
     ) -> Message:
         """The envelope a send would publish; options resolved call > task > settings."""
         opts = self.options
+        if limits:
+            check_call_options(self.name, limits, LIMIT_OPTIONS)
+            args = list(args) if args is not None else []
+            extra = limit_spec.call_headers(
+                self.name, limits, args, kwargs or {}, self.fn, opts.bind
+            )
+            headers = {**(headers or {}), **extra}
         conf = self.app.conf
         when: float | None = None
         if countdown is not None:

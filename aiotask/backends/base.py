@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence
 
     from aiotask.beat.store import ScheduleStore
+    from aiotask.coordination.store import CoordinationStore
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,4 +240,8 @@ class ResultBackend(Protocol):
 
     def schedule_store(self, app_name: str) -> ScheduleStore:
         """Where the beats of `app_name` agree on slots (aiotask/beat/store.py)."""
+        ...
+
+    def coordination_store(self, app_name: str) -> CoordinationStore:
+        """Where the workers of `app_name` share rate budgets and concurrency slots."""
         ...

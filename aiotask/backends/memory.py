@@ -19,6 +19,7 @@ from aiotask.backends.base import (
     group_step,
 )
 from aiotask.beat.store import MemoryScheduleStore
+from aiotask.coordination.store import MemoryCoordinationStore
 from aiotask.exceptions import ResultTimeout
 from aiotask.states import FAILURE, SUCCESS
 
@@ -47,6 +48,7 @@ class MemoryBackend:
         self._revoked: dict[str, float] = {}
         self._listeners: set[asyncio.Queue[bytes]] = set()
         self._schedules: dict[str, MemoryScheduleStore] = {}
+        self._coordination: dict[str, MemoryCoordinationStore] = {}
         self._workers: dict[str, tuple[bytes, float]] = {}
         self._replies: dict[str, tuple[list[bytes], asyncio.Event]] = {}
 
@@ -219,3 +221,6 @@ class MemoryBackend:
 
     def schedule_store(self, app_name: str) -> MemoryScheduleStore:
         return self._schedules.setdefault(app_name, MemoryScheduleStore())
+
+    def coordination_store(self, app_name: str) -> MemoryCoordinationStore:
+        return self._coordination.setdefault(app_name, MemoryCoordinationStore())

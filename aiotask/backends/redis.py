@@ -19,6 +19,7 @@ from redis.exceptions import RedisError
 
 from aiotask._backoff import Backoff
 from aiotask._redis.client import SharedClient, map_errors
+from aiotask.backends._coord_redis import RedisCoordinationStore
 from aiotask.backends._redis_groups import ADD_TO_GROUPS, GROUPS_SENT
 from aiotask.backends._schedule_redis import RedisScheduleStore
 from aiotask.backends.base import (
@@ -353,6 +354,9 @@ class RedisBackend:
 
     def schedule_store(self, app_name: str) -> RedisScheduleStore:
         return RedisScheduleStore(self._client, self._prefix, app_name)
+
+    def coordination_store(self, app_name: str) -> RedisCoordinationStore:
+        return RedisCoordinationStore(self._client, self._prefix, app_name)
 
 
 def _progress(reply: list[Any]) -> GroupProgress:
