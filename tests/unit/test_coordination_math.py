@@ -37,7 +37,8 @@ def test_requests_at_one_instant_are_spaced_by_the_interval_up_to_the_horizon() 
     granted, retry = answers[5]
     assert not granted and retry == pytest.approx(0.25)
     # asking again when told: booked exactly `ahead` ahead, right after the previous start
-    assert key.ask(100.0 + retry) == (True, pytest.approx(1.0))
+    granted, wait = key.ask(100.0 + retry)
+    assert granted and wait == pytest.approx(1.0)
     assert key.starts[-1] == pytest.approx(101.25)
 
 
