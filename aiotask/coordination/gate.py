@@ -10,7 +10,9 @@ makes about one store call per message plus one per retry-after, never a busy lo
   (SLOT_POLL_MIN..SLOT_POLL_MAX: a slot freed on another worker is seen within the cap).
 
 Waiting messages stay held by the worker (their broker leases keep being renewed) and are
-not delivery attempts; on shutdown `take()` hands them back uncounted.
+not delivery attempts; on shutdown `take()` hands them back uncounted. Past a bound, the
+dispatcher parks further ones back in the broker as delayed messages (`park_delay`), so a
+throttled backlog never fills the worker's prefetch and other tasks keep flowing.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import TYPE_CHECKING, Generic, TypeVar
 
 from aiotask._backoff import Backoff
 from aiotask._log import get_logger
-from aiotask.coordination.ratelimit import interval_of
+from aiotask.coordination.ratelimit import RESERVE_AHEAD, interval_of
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Hashable
@@ -38,6 +40,10 @@ SLOT_POLL_MIN = 0.05
 SLOT_POLL_MAX = 0.5
 #: Pause after a store error before the pump asks again.
 STORE_RETRY = 1.0
+#: Bounds of the delay of a message parked back in the broker (see Dispatcher._gate).
+PARK_MIN = 1.0
+PARK_MAX = 30.0
+PARK_RATE_MAX = 300.0
 
 T = TypeVar("T", bound="Hashable")
 
@@ -65,12 +71,32 @@ class Gates(Generic[T]):
         #: item -> the slot it holds while running
         self.slots: dict[T, Slot] = {}
         self._releases: set[asyncio.Task[None]] = set()
+        #: rate key -> when the next message parked for it should come back (unix seconds)
+        self._park_at: dict[str, float] = {}
 
     @property
     def waiting(self) -> int:
         """Items held here, not yet started."""
         queued = sum(map(len, self._rate_q.values())) + sum(map(len, self._slot_q.values()))
         return queued + len(self._timers)
+
+    def park_delay(self, limits: Limits, parked: int, now: float) -> float:
+        """How long a message that cannot be held here should wait in the broker (delayed).
+
+        Rate-limited: parked messages of a key are spread one interval apart after the local
+        queue and the reservation horizon, so they come back about when budget frees (a
+        message that comes back too early is parked again, further out). Slot-limited: a
+        backoff on how often this message was parked, PARK_MIN..PARK_MAX.
+        """
+        if limits.rate is None or limits.scope != "global":
+            return min(PARK_MIN * 2.0 ** min(parked, 10), PARK_MAX)
+        interval = interval_of(limits.rate)
+        queued = len(self._rate_q.get(limits.rate_key, ()))
+        due = max(self._park_at.get(limits.rate_key, 0.0), now + RESERVE_AHEAD + queued * interval)
+        self._park_at[limits.rate_key] = due + interval
+        if len(self._park_at) > 1000:  # forget keys whose parked messages are all due
+            self._park_at = {k: t for k, t in self._park_at.items() if t > now}
+        return min(due - now, PARK_RATE_MAX)
 
     def admit(self, item: T, limits: Limits) -> None:
         """Start `item` once its limits allow (never synchronously: the caller returns first)."""

@@ -12,6 +12,7 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 from aiotask._log import get_logger
+from aiotask._time import now
 from aiotask.coordination import spec as limit_spec
 from aiotask.coordination.gate import Gates
 from aiotask.events.model import EventType
@@ -62,6 +63,9 @@ class Dispatcher:
             self._coordination_store, self._ungate, app.conf.concurrency_slot_lease
         )
         self.gated: dict[Delivery, Message] = {}
+        #: held waiting for limits at most this many; further ones are parked in the broker
+        #: (under the prefetch, which is RabbitMQ's basic.qos, so other tasks still arrive)
+        self.park_after = max(self.prefetch // 2, 1)
         self._store: CoordinationStore | None = None
         #: metrics hooks (worker/_probe.py); None when nothing watches
         self.probe: Probe | None = None
@@ -146,8 +150,23 @@ class Dispatcher:
                 f"task {message.task}: a global rate limit or concurrency_limit needs a result "
                 "backend (the workers share their budgets in it): set backend="
             )
+        if len(self.gated) >= self.park_after:
+            self._park(delivery, message, limits)
+            return
         self.gated[delivery] = message
         self.gates.admit(delivery, limits)
+
+    def _park(self, delivery: Delivery, message: Message, limits: limit_spec.Limits) -> None:
+        """Too many held already: publish the message again with a delay and ack this copy
+        (publish first, so a crash duplicates, never loses). Its retries are untouched:
+        waiting for a limit is not a delivery attempt."""
+        parked = int(message.headers.get(PARKED, "0"))
+        wall = now()
+        delay = self.gates.park_delay(limits, parked, wall)
+        headers = {**message.headers, PARKED: str(parked + 1)}
+        again = message.evolve(eta=wall + delay, headers=headers)
+        log.debug("parking %s[%s] for %.1fs (limits)", message.task, message.id, delay)
+        self.settler.add(Settlement(delivery, "ack", publish=[again]))
 
     def _coordination_store(self) -> CoordinationStore:
         if self._store is None:
@@ -228,6 +247,8 @@ class Dispatcher:
 
 
 NO_LIMITS = limit_spec.Limits()
+#: Header counting how often a message was parked (its park delay backs off).
+PARKED = "aiotask-parked"
 
 
 def _limits(task: Task[..., object], message: Message) -> limit_spec.Limits:
