@@ -45,6 +45,10 @@ class CoordinationStore(Protocol):
         ...
 
 
+#: Keys the memory store keeps before it forgets the idle ones.
+PRUNE_AFTER = 10_000
+
+
 class MemoryCoordinationStore:
     """The store of memory:// backends: one process, shared by the workers on its loop."""
 
@@ -60,6 +64,8 @@ class MemoryCoordinationStore:
         tat, grant = gcra(self._tats.get(key), now, interval, burst, ahead)
         if tat is not None:
             self._tats[key] = tat
+            if len(self._tats) > PRUNE_AFTER:  # a TAT in the past carries no debt: forget it
+                self._tats = {k: t for k, t in self._tats.items() if t > now}
         return grant
 
     async def acquire_slot(self, key: str, limit: int, token: str, lease: float) -> bool:

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from aiotask import App, TaskContext
+from aiotask import App, TaskContext, group
 from aiotask.exceptions import ConfigurationError
 from aiotask.testing import start_worker
 
@@ -151,3 +151,34 @@ def test_bad_limit_options_fail_at_definition_and_at_send() -> None:
         task.message((), {}, concurrency_limit=-1)
     with pytest.raises(ConfigurationError, match="unknown call option"):
         task.message((), {}, rate_limits="1/s")
+
+
+async def test_canvas_steps_carry_per_call_limits() -> None:
+    app, seen = make_app()
+    async with app, start_worker(app, concurrency=50):
+        # the task allows 2 per customer; each signature narrows it to 1
+        steps = [app.tasks["cm.hold"].s("z").set(concurrency_limit=1) for _ in range(4)]
+        result = await group(steps).send()
+        assert len(await result.get(timeout=20)) == 4
+    assert [n for c, n in seen.peaks if c == "z"] == [1, 1, 1, 1]
+
+
+async def test_inspect_stats_counts_messages_waiting_for_limits() -> None:
+    app = App("coordstats", broker="memory://", backend="memory://")
+    release = asyncio.Event()
+
+    @app.task(name="cs.one", concurrency_limit=1)
+    async def one() -> None:
+        await release.wait()
+
+    async with app, start_worker(app, name="w1", concurrency=10):
+        first, second = await app.send_task("cs.one"), await app.send_task("cs.one")
+        for _ in range(200):
+            stats = (await app.control.inspect("stats", timeout=5))["w1"]
+            if stats["active"] == 1 and stats["waiting_for_limits"] == 1:
+                break
+            await asyncio.sleep(0.05)
+        assert stats["active"] == 1 and stats["waiting_for_limits"] == 1
+        release.set()
+        await first.get(timeout=10)
+        await second.get(timeout=10)  # the slot freed by the first let the second start
