@@ -119,7 +119,7 @@ class Dispatcher:
         if not revoked:
             task = self.tasks.get(message.task)
             limits = _limits(task, message) if task is not None else NO_LIMITS
-            if limits.rate is not None and limits.scope == "worker":
+            if limits.rate is not None and limits.scope != "global":
                 delay = self.limiter.reserve(limits.rate_key, limits.rate)
                 if delay > 0:
                     loop = asyncio.get_running_loop()
