@@ -118,7 +118,11 @@ class Dispatcher:
         revoked = message.id in self.executor.revoked
         if not revoked:
             task = self.tasks.get(message.task)
-            limits = _limits(task, message) if task is not None else NO_LIMITS
+            try:
+                limits = _limits(task, message) if task is not None else NO_LIMITS
+            except Exception as exc:  # a user's key callable: this message can never start
+                self._unusable_limits(delivery, message, f"its limit key failed: {exc!r}")
+                return
             if limits.rate is not None and limits.scope != "global":
                 delay = self.limiter.reserve(limits.rate_key, limits.rate)
                 if delay > 0:
@@ -146,15 +150,22 @@ class Dispatcher:
     def _gate(self, delivery: Delivery, message: Message, limits: limit_spec.Limits) -> None:
         """Wait for the global rate and/or a concurrency slot (coordination/gate.py)."""
         if self._store is None and self.executor.app.backend is None:
-            raise ConfigurationError(
-                f"task {message.task}: a global rate limit or concurrency_limit needs a result "
-                "backend (the workers share their budgets in it): set backend="
+            self._unusable_limits(
+                delivery,
+                message,
+                "a global rate limit or concurrency_limit needs a result backend (the workers "
+                "share their budgets in it): set backend=",
             )
+            return
         if len(self.gated) >= self.park_after:
             self._park(delivery, message, limits)
             return
         self.gated[delivery] = message
         self.gates.admit(delivery, limits)
+
+    def _unusable_limits(self, delivery: Delivery, message: Message, why: str) -> None:
+        log.error("task %s[%s] dead-lettered: %s", message.task, message.id, why)
+        self.settler.add(Settlement(delivery, "dead", reason=why))
 
     def _park(self, delivery: Delivery, message: Message, limits: limit_spec.Limits) -> None:
         """Too many held already: publish the message again with a delay and ack this copy

@@ -182,3 +182,23 @@ async def test_inspect_stats_counts_messages_waiting_for_limits() -> None:
         release.set()
         await first.get(timeout=10)
         await second.get(timeout=10)  # the slot freed by the first let the second start
+
+
+async def test_a_key_callable_that_raises_dead_letters_the_message() -> None:
+    app = App("coordkey", broker="memory://", backend="memory://")
+
+    def broken(*args: object, **kwargs: object) -> str:
+        raise KeyError("tenant")
+
+    @app.task(name="ck.t", concurrency_limit=1, concurrency_key=broken)
+    async def t() -> None: ...
+
+    async with app, start_worker(app):
+        sent = await app.send_task("ck.t")
+        for _ in range(200):
+            dead = await app.dead_letters.list()
+            if dead:
+                break
+            await asyncio.sleep(0.05)
+    [entry] = dead
+    assert entry.id == sent.id and "KeyError" in entry.reason
