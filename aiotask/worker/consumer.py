@@ -245,6 +245,8 @@ class Dispatcher:
         self.deferred.clear()
         taken += self.gates.take()
         self.gated.clear()
+        for delivery in taken:  # a buffered message may hold a concurrency slot: free it now
+            self.gates.finished(delivery)
         self.held.difference_update(taken)
         return taken
 

@@ -202,3 +202,29 @@ async def test_a_key_callable_that_raises_dead_letters_the_message() -> None:
             await asyncio.sleep(0.05)
     [entry] = dead
     assert entry.id == sent.id and "KeyError" in entry.reason
+
+
+async def test_warm_shutdown_frees_the_slot_of_a_buffered_message() -> None:
+    app = App("coordbuf", broker="memory://", backend="memory://")
+    release = asyncio.Event()
+
+    @app.task(name="cb.busy")
+    async def busy() -> None:
+        await release.wait()
+
+    @app.task(name="cb.limited", concurrency_limit=1)
+    async def limited() -> None: ...
+
+    async with app:
+        store = app.backend.coordination_store("coordbuf")  # type: ignore[union-attr]
+        async with start_worker(app, name="w1", concurrency=1, prefetch=4):
+            await app.send_task("cb.busy")  # takes the worker's only slot
+            await app.send_task("cb.limited")  # gets its cluster slot, then waits in the buffer
+            for _ in range(200):
+                if await store.slots_in_use("cb.limited") == 1:
+                    break
+                await asyncio.sleep(0.05)
+            assert await store.slots_in_use("cb.limited") == 1
+            asyncio.get_running_loop().call_later(0.3, release.set)
+        # handed back unstarted: its slot was released, not left to lapse
+        assert await store.slots_in_use("cb.limited") == 0
