@@ -228,3 +228,24 @@ async def test_warm_shutdown_frees_the_slot_of_a_buffered_message() -> None:
             asyncio.get_running_loop().call_later(0.3, release.set)
         # handed back unstarted: its slot was released, not left to lapse
         assert await store.slots_in_use("cb.limited") == 0
+
+
+async def test_a_worker_scope_rate_with_a_key_splits_the_local_bucket() -> None:
+    app, seen = make_app()
+    async with app, start_worker(app, concurrency=50):
+        sends = [
+            app.send_task(
+                "cm.tick",
+                args=(i, u),
+                rate_limit="4/s",
+                rate_limit_scope="worker",
+                rate_limit_key="user",
+            )
+            for i in range(5)
+            for u in "ab"
+        ]
+        results = [await s for s in sends]
+        assert len([await r.get(timeout=20) for r in results]) == 10
+    for user in "ab":
+        assert _max_in_window(seen.times(user), 1.0) <= 4 * (1.0 + 0.2) + 1
+    assert _max_in_window(seen.times(), 1.0) > 4 + 1  # two keys: two local buckets
