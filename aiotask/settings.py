@@ -87,6 +87,9 @@ class Settings:
     #: Seconds a unique or debounce lock lives at most when the task sets no `unique_for`: the
     #: safety net behind the explicit releases (docs/task-options.md, "Unique tasks").
     unique_for: float = 3600.0
+    #: Seconds a concurrency slot (concurrency_limit) stays held without a renewal by its
+    #: worker; renewed every third of it, so a killed worker's slots free after at most this.
+    concurrency_slot_lease: float = 30.0
 
     def __post_init__(self) -> None:
         parse_url(self.broker_url, allowed=BROKER_SCHEMES, what="broker")
@@ -101,6 +104,7 @@ class Settings:
         _positive(self, "concurrency", "max_deliveries", "broker_unreachable_timeout")
         _positive(self, "broker_connection_startup_timeout", "unique_for")
         _positive(self, "worker_heartbeat_interval", "worker_lost_after")
+        _positive(self, "concurrency_slot_lease")
         _non_negative(self, "max_message_size")
         if self.worker_lost_after <= self.worker_heartbeat_interval:
             raise ConfigurationError(
@@ -240,6 +244,7 @@ ENV_PARSERS: dict[str, tuple[Callable[[str], object], str]] = {
     "max_memory_per_child": (_int, "integer number of KB"),
     "log_level": (_str, "log level"),
     "unique_for": (_float, "number of seconds"),
+    "concurrency_slot_lease": (_float, "number of seconds"),
 }
 
 

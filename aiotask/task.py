@@ -6,7 +6,7 @@ import inspect
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypedDict, Unpack, cast
+from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypedDict, Unpack, cast
 
 from typing_extensions import TypeVar  # PEP 696 defaults (in `typing` from 3.13)
 
@@ -14,6 +14,7 @@ from aiotask._time import now, parse_rate, to_timestamp
 from aiotask.canvas.primitives import Group, Signature, chunks, xmap, xstarmap
 from aiotask.context import TaskContext
 from aiotask.coordination import sending as _coordinated
+from aiotask.coordination import spec as limit_spec
 from aiotask.coordination.unique import OPTION_NAMES as COORDINATION_OPTIONS
 from aiotask.coordination.unique import Coordination, KeySpec, OnConflict, Until, signature_of
 from aiotask.coordination.unique import build as build_coordination
@@ -52,6 +53,11 @@ class TaskOptionsDict(TypedDict, total=False):
     time_limit: float
     soft_time_limit: float
     rate_limit: str | float
+    # coordination (docs/task-options.md): cluster-wide rate and concurrency limits
+    rate_limit_scope: Literal["worker", "global"]
+    rate_limit_key: str | Callable[..., object] | None
+    concurrency_limit: int | None
+    concurrency_key: str | Callable[..., object] | None
     ignore_result: bool
     acks_late: bool
     expires: float
@@ -78,6 +84,11 @@ class TaskOptions:
     soft_time_limit: float | None = None
     rate_limit: float | None = None  # tasks per second
     ignore_result: bool = False
+    #: coordinated limits (aiotask/coordination): scope "global" shares the rate across workers
+    rate_limit_scope: str = "worker"
+    rate_limit_key: str | Callable[..., object] | None = None
+    concurrency_limit: int | None = None
+    concurrency_key: str | Callable[..., object] | None = None
     acks_late: bool = True
     expires: float | None = None
     bind: bool = False
@@ -104,6 +115,10 @@ class TaskOptions:
             value = raw.get(key)
             if value is not None and value <= 0:
                 raise ConfigurationError(f"task {name}: {key} must be positive, got {value!r}")
+        limit_keys = {k: raw.get(k) for k in ("rate_limit_key", "concurrency_key")}
+        limit_spec.check(
+            name, raw.get("rate_limit_scope"), raw.get("concurrency_limit"), limit_keys
+        )
         return cls(
             name=name,
             queue=raw.get("queue"),
@@ -117,6 +132,10 @@ class TaskOptions:
             expires=raw.get("expires"),
             bind=bind,
             coordination=build_coordination(name, raw),
+            rate_limit_scope=raw.get("rate_limit_scope") or "worker",
+            rate_limit_key=raw.get("rate_limit_key"),
+            concurrency_limit=raw.get("concurrency_limit"),
+            concurrency_key=raw.get("concurrency_key"),
         )
 
 
@@ -146,8 +165,18 @@ class CallOptions(TypedDict, total=False):
     on_conflict: OnConflict | None
     debounce: float | None
     debounce_key: KeySpec
+    # coordination: per-call limits, carried in headers with their keys resolved at send
+    rate_limit: str | float | None
+    rate_limit_scope: Literal["worker", "global"] | None
+    rate_limit_key: str | Callable[..., object] | None
+    concurrency_limit: int | None
+    concurrency_key: str | Callable[..., object] | None
 
 
+#: The per-call options that become limit headers (aiotask/coordination/spec.py).
+LIMIT_OPTIONS = frozenset(
+    ("rate_limit", "rate_limit_scope", "rate_limit_key", "concurrency_limit", "concurrency_key")
+)
 #: Per-call options of apply_async / send_task.
 SEND_OPTIONS = frozenset(CallOptions.__annotations__)
 #: Per-call options a signature may carry (`sig.set(...)`, `signature(options=...)`);
@@ -280,9 +309,17 @@ class Task(Generic[P, R, L]):
         task_id: str | None = None,
         headers: Mapping[str, str] | None = None,
         ignore_result: bool | None = None,
+        **limits: Any,
     ) -> Message:
         """The envelope a send would publish; options resolved call > task > settings."""
         opts = self.options
+        if limits:
+            check_call_options(self.name, limits, LIMIT_OPTIONS)
+            args = list(args) if args is not None else []
+            extra = limit_spec.call_headers(
+                self.name, limits, args, kwargs or {}, self.fn, opts.bind
+            )
+            headers = {**(headers or {}), **extra}
         conf = self.app.conf
         when: float | None = None
         if countdown is not None:

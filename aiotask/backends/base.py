@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence
 
     from aiotask.beat.store import ScheduleStore
+    from aiotask.coordination.store import CoordinationStore
     from aiotask.coordination.unique import LockStore
 
 
@@ -245,4 +246,7 @@ class ResultBackend(Protocol):
     def lock_store(self) -> LockStore:
         """Unique-task and debounce locks (aiotask/coordination/unique.py). Not per app name:
         a producer app and a worker app of other names share them (key_prefix separates)."""
+
+    def coordination_store(self, app_name: str) -> CoordinationStore:
+        """Where the workers of `app_name` share rate budgets and concurrency slots."""
         ...

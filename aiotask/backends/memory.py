@@ -20,6 +20,7 @@ from aiotask.backends.base import (
     group_step,
 )
 from aiotask.beat.store import MemoryScheduleStore
+from aiotask.coordination.store import MemoryCoordinationStore
 from aiotask.exceptions import ResultTimeout
 from aiotask.states import FAILURE, SUCCESS
 
@@ -49,6 +50,7 @@ class MemoryBackend:
         self._listeners: set[asyncio.Queue[bytes]] = set()
         self._schedules: dict[str, MemoryScheduleStore] = {}
         self._locks = MemoryLockStore()
+        self._coordination: dict[str, MemoryCoordinationStore] = {}
         self._workers: dict[str, tuple[bytes, float]] = {}
         self._replies: dict[str, tuple[list[bytes], asyncio.Event]] = {}
 
@@ -224,3 +226,6 @@ class MemoryBackend:
 
     def lock_store(self) -> MemoryLockStore:
         return self._locks
+
+    def coordination_store(self, app_name: str) -> MemoryCoordinationStore:
+        return self._coordination.setdefault(app_name, MemoryCoordinationStore())

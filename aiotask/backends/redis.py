@@ -20,6 +20,7 @@ from redis.exceptions import RedisError
 from aiotask import _tls
 from aiotask._backoff import Backoff
 from aiotask._redis.client import SharedClient, map_errors
+from aiotask.backends._coord_redis import RedisCoordinationStore
 from aiotask.backends._lock_redis import RedisLockStore
 from aiotask.backends._redis_groups import ADD_TO_GROUPS, GROUPS_SENT
 from aiotask.backends._schedule_redis import RedisScheduleStore
@@ -364,6 +365,9 @@ class RedisBackend:
 
     def lock_store(self) -> RedisLockStore:
         return RedisLockStore(self._client, self._prefix)
+
+    def coordination_store(self, app_name: str) -> RedisCoordinationStore:
+        return RedisCoordinationStore(self._client, self._prefix, app_name)
 
 
 def _progress(reply: list[Any]) -> GroupProgress:

@@ -26,6 +26,7 @@ from aiotask._backoff import Backoff
 from aiotask._sqlite import transaction
 from aiotask._time import monotonic, now
 from aiotask.backends import _control_sqlite as _control
+from aiotask.backends._coord_sqlite import SQLiteCoordinationStore
 from aiotask.backends._lock_sqlite import SQLiteLockStore
 from aiotask.backends._schedule_sqlite import SQLiteScheduleStore
 from aiotask.backends.base import (
@@ -320,6 +321,9 @@ class SQLiteBackend:
 
     def lock_store(self) -> SQLiteLockStore:
         return SQLiteLockStore(self._db, f"{self._prefix}:")
+
+    def coordination_store(self, app_name: str) -> SQLiteCoordinationStore:
+        return SQLiteCoordinationStore(self._db, f"{self._prefix}:{app_name}")
 
 
 # --- the functions below run on the connection's thread --------------------------------

@@ -16,6 +16,7 @@ from aiotask._log import get_logger
 from aiotask._urls import redact
 from aiotask.beat import service as beat_service
 from aiotask.beat.runner import check_entries
+from aiotask.coordination.gate import renew_slots
 from aiotask.events.emitter import Emitter
 from aiotask.events.follow import event_stream
 from aiotask.events.model import EventType
@@ -201,6 +202,7 @@ class Worker:
         await self._drain()
         self.settler.stop()
         await settler  # settles everything that ran, then returns
+        await self.dispatcher.gates.aclose()  # slots of finished tasks released, not left to lapse
         if self.events is not None:
             self._event(EventType.WORKER_OFFLINE)
             await self.events.close()
@@ -229,6 +231,8 @@ class Worker:
         if self.events is not None:
             beats = (conf.worker_heartbeat_interval, self._stats)
             loops["events"] = functools.partial(self.events.run, beats)
+        if backend is not None:  # coordinated limits: keep this worker's slots leased
+            loops["slots"] = functools.partial(renew_slots, self.dispatcher.gates)
         if backend is not None:
             executor = self.dispatcher.executor
             commands = Commands(self)

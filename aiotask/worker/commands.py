@@ -140,6 +140,7 @@ class Commands:
             held=len(d.held),
             reserved=len(d.buffer),
             scheduled=len(d.deferred),
+            waiting_for_limits=len(d.gated),  # global rate / concurrency slot (coordination)
             pool_pids=w.pool.pids,
             broker=redact(w.conf.broker_url),
             backend=redact(w.conf.backend_url) if w.conf.backend_url else None,

@@ -12,8 +12,11 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 from aiotask._log import get_logger
+from aiotask._time import now
+from aiotask.coordination import spec as limit_spec
+from aiotask.coordination.gate import Gates
 from aiotask.events.model import EventType
-from aiotask.exceptions import ProtocolError
+from aiotask.exceptions import ConfigurationError, ProtocolError
 from aiotask.protocol import decode
 from aiotask.ratelimit import RateLimiter
 from aiotask.states import FAILURE
@@ -23,8 +26,10 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from aiotask.brokers.base import Broker, Delivery
+    from aiotask.coordination.store import CoordinationStore
     from aiotask.events.emitter import Emitter
     from aiotask.protocol import Message
+    from aiotask.task import Task
     from aiotask.worker._probe import Probe
     from aiotask.worker.executor import Executor
     from aiotask.worker.settle import Settler
@@ -51,6 +56,17 @@ class Dispatcher:
         #: rate-limited deliveries waiting for their token: timers, not worker slots
         self.deferred: dict[Delivery, asyncio.TimerHandle] = {}
         self.limiter = RateLimiter()
+        # coordinated limits (global rate, concurrency): deliveries wait in the gates, not
+        # in worker slots; `gated` keeps their messages until they start
+        app = executor.app
+        self.gates: Gates[Delivery] = Gates(
+            self._coordination_store, self._ungate, app.conf.concurrency_slot_lease
+        )
+        self.gated: dict[Delivery, Message] = {}
+        #: held waiting for limits at most this many; further ones are parked in the broker
+        #: (under the prefetch, which is RabbitMQ's basic.qos, so other tasks still arrive)
+        self.park_after = max(self.prefetch // 2, 1)
+        self._store: CoordinationStore | None = None
         #: metrics hooks (worker/_probe.py); None when nothing watches
         self.probe: Probe | None = None
         self.running: dict[Delivery, asyncio.Task[Settlement]] = {}
@@ -67,7 +83,7 @@ class Dispatcher:
         # Rate-limited messages waiting for a token do not count against the prefetch (up to
         # DEFER_FACTOR x prefetch of them), so a throttled backlog ahead in the queue does not
         # keep other tasks from being fetched.
-        room = min(len(self.deferred), DEFER_FACTOR * self.prefetch)
+        room = min(len(self.deferred) + len(self.gated), DEFER_FACTOR * self.prefetch)
         return self.prefetch - len(self.held) + room
 
     def accept(self, deliveries: Sequence[Delivery]) -> None:
@@ -102,14 +118,21 @@ class Dispatcher:
         revoked = message.id in self.executor.revoked
         if not revoked:
             task = self.tasks.get(message.task)
-            rate = task.options.rate_limit if task is not None else None
-            if rate is not None:
-                delay = self.limiter.reserve(message.task, rate)
+            try:
+                limits = _limits(task, message) if task is not None else NO_LIMITS
+            except Exception as exc:  # a user's key callable: this message can never start
+                self._unusable_limits(delivery, message, f"its limit key failed: {exc!r}")
+                return
+            if limits.rate is not None and limits.scope != "global":
+                delay = self.limiter.reserve(limits.rate_key, limits.rate)
                 if delay > 0:
                     loop = asyncio.get_running_loop()
-                    timer = loop.call_later(delay, self._undefer, delivery, message)
+                    timer = loop.call_later(delay, self._undefer, delivery, message, limits)
                     self.deferred[delivery] = timer
                     return
+            if limits.coordinated:
+                self._gate(delivery, message, limits)
+                return
         if len(self.running) < self.concurrency:
             self._start(delivery, message, revoked)
         else:
@@ -124,8 +147,60 @@ class Dispatcher:
         )
         self.settler.add(Settlement(delivery, "dead", reason=f"internal error: {exc!r}"))
 
-    def _undefer(self, delivery: Delivery, message: Message) -> None:
+    def _gate(self, delivery: Delivery, message: Message, limits: limit_spec.Limits) -> None:
+        """Wait for the global rate and/or a concurrency slot (coordination/gate.py)."""
+        if self._store is None and self.executor.app.backend is None:
+            self._unusable_limits(
+                delivery,
+                message,
+                "a global rate limit or concurrency_limit needs a result backend (the workers "
+                "share their budgets in it): set backend=",
+            )
+            return
+        if len(self.gated) >= self.park_after:
+            self._park(delivery, message, limits)
+            return
+        self.gated[delivery] = message
+        self.gates.admit(delivery, limits)
+
+    def _unusable_limits(self, delivery: Delivery, message: Message, why: str) -> None:
+        log.error("task %s[%s] dead-lettered: %s", message.task, message.id, why)
+        self.settler.add(Settlement(delivery, "dead", reason=why))
+
+    def _park(self, delivery: Delivery, message: Message, limits: limit_spec.Limits) -> None:
+        """Too many held already: publish the message again with a delay and ack this copy
+        (publish first, so a crash duplicates, never loses). Its retries are untouched:
+        waiting for a limit is not a delivery attempt."""
+        parked = int(message.headers.get(PARKED, "0"))
+        wall = now()
+        delay = self.gates.park_delay(limits, parked, wall)
+        headers = {**message.headers, PARKED: str(parked + 1)}
+        again = message.evolve(eta=wall + delay, headers=headers)
+        log.debug("parking %s[%s] for %.1fs (limits)", message.task, message.id, delay)
+        self.settler.add(Settlement(delivery, "ack", publish=[again]))
+
+    def _coordination_store(self) -> CoordinationStore:
+        if self._store is None:
+            app = self.executor.app
+            if app.backend is None:
+                raise ConfigurationError("coordinated limits need a result backend")
+            self._store = app.backend.coordination_store(app.main)
+        return self._store
+
+    def _ungate(self, delivery: Delivery) -> None:
+        message = self.gated.pop(delivery, None)
+        if message is None:
+            return
+        if len(self.running) < self.concurrency:
+            self._start(delivery, message, False)
+        else:
+            self.buffer.append((delivery, message, False))
+
+    def _undefer(self, delivery: Delivery, message: Message, limits: limit_spec.Limits) -> None:
         if self.deferred.pop(delivery, None) is None:
+            return
+        if limits.coordinated:
+            self._gate(delivery, message, limits)
             return
         if len(self.running) < self.concurrency:
             self._start(delivery, message, False)
@@ -140,6 +215,7 @@ class Dispatcher:
 
     def _done(self, delivery: Delivery, task: asyncio.Task[Settlement]) -> None:
         self.running.pop(delivery, None)
+        self.gates.finished(delivery)  # its concurrency slot, if any, is free again
         if not task.cancelled():
             exc = task.exception()
             if exc is None:
@@ -167,6 +243,10 @@ class Dispatcher:
             timer.cancel()
             taken.append(delivery)
         self.deferred.clear()
+        taken += self.gates.take()
+        self.gated.clear()
+        for delivery in taken:  # a buffered message may hold a concurrency slot: free it now
+            self.gates.finished(delivery)
         self.held.difference_update(taken)
         return taken
 
@@ -177,6 +257,29 @@ class Dispatcher:
             task.cancel()
         self.held.difference_update(cancelled)
         return cancelled
+
+
+NO_LIMITS = limit_spec.Limits()
+#: Header counting how often a message was parked (its park delay backs off).
+PARKED = "aiotask-parked"
+
+
+def _limits(task: Task[..., object], message: Message) -> limit_spec.Limits:
+    """The rate and concurrency limits of one message: call headers over task options."""
+    o = task.options
+    if o.rate_limit is None and o.concurrency_limit is None and not message.headers:
+        return NO_LIMITS  # the common case costs nothing
+    defaults = limit_spec.Limits(o.rate_limit, o.rate_limit_scope, "", o.concurrency_limit)
+    return limit_spec.resolve(
+        task.name,
+        defaults,
+        (o.rate_limit_key, o.concurrency_key),
+        message.args,
+        message.kwargs,
+        message.headers,
+        task.fn,
+        o.bind,
+    )
 
 
 async def consume(broker: Broker, queues: Sequence[str], dispatcher: Dispatcher) -> None:
