@@ -9,9 +9,11 @@ dead letters and shut workers down. Credentials are never printed or logged.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
-from typing import Annotated
+import signal
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -19,6 +21,9 @@ from aiotask import _log
 from aiotask._extras import require
 from aiotask.cli._loader import load_app
 from aiotask.exceptions import ConfigurationError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 AppOpt = Annotated[str, typer.Option("-A", "--app", help="module:attribute of your App")]
 
@@ -76,7 +81,7 @@ def dashboard(
         lifespan="on",
         timeout_graceful_shutdown=3,
     )
-    server = uvicorn.Server(config)
+    server = _quiet_exit(uvicorn.Server)(config)
 
     async def serve() -> None:
         async with the_app:
@@ -90,6 +95,24 @@ def dashboard(
             await server.serve()
 
     asyncio.run(serve())
+
+
+def _quiet_exit(base: Any) -> Any:
+    """uvicorn's Server, but a SIGTERM/SIGINT shutdown exits 0 like `aiotask worker` (uvicorn
+    raises the signal again after its graceful stop, so the process would die of it)."""
+
+    class Server(base):  # type: ignore[misc]
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            handled = (signal.SIGINT, signal.SIGTERM)
+            original = {sig: signal.signal(sig, self.handle_exit) for sig in handled}
+            try:
+                yield
+            finally:
+                for sig, handler in original.items():
+                    signal.signal(sig, handler)
+
+    return Server
 
 
 def register(cli: typer.Typer) -> None:
