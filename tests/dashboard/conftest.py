@@ -100,3 +100,9 @@ async def stack(
     url = broker_url(request, tmp_path)
     async for s in open_stack(tmp_path, url, namespace):
         yield s
+
+
+@pytest.fixture
+async def redis_stack(tmp_path: Path, namespace: str, redis_url: str) -> AsyncIterator[Stack]:
+    async for s in open_stack(tmp_path, redis_url, namespace):
+        yield s
