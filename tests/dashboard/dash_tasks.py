@@ -14,7 +14,9 @@ from aiotask.exceptions import Reject
 
 
 def make_app(**settings: Any) -> App:
-    app = App("dash", **settings)
+    # a periodic entry for the Schedules page (no beat runs in these tests: it never fires)
+    nightly = {"task": "dash.add", "cron": "30 2 * * *", "args": [1, 2]}
+    app = App("dash", beat_schedule={"nightly-sum": nightly}, **settings)
 
     @app.task(name="dash.add")
     async def add(x: int, y: int) -> int:

@@ -77,7 +77,8 @@ async def test_every_page_renders(redis_stack: Stack) -> None:
     detail = (await stack.client.get(f"/tasks/{task_id}")).text
     assert "task-succeeded" in detail and "[\n  1,\n  2\n]" in detail
     assert "No dead letters" in (await stack.client.get("/dead-letters")).text
-    assert "No periodic entries" in (await stack.client.get("/schedules")).text
+    schedules = (await stack.client.get("/schedules")).text
+    assert 'data-schedule="nightly-sum"' in schedules and "dash.add" in schedules
     for partial in ("/partials", "/partials/tasks", f"/partials/tasks/{task_id}"):
         r = await stack.client.get(partial)
         assert r.status_code == 200 and "<html" not in r.text

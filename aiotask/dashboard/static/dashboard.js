@@ -26,7 +26,11 @@
   }
   function schedule() { if (timer === null) { timer = setTimeout(refresh, 300); } }
   var source = new EventSource(base + "/api/events");
-  source.onopen = function () { if (status) { status.className = "live on"; } };
+  source.onopen = function () {
+    if (status) { status.className = "live on"; }
+    // changes between the page's render and this (re)connection were not streamed: catch up
+    if (partial) { schedule(); }
+  };
   source.onerror = function () { if (status) { status.className = "live off"; } };
   source.onmessage = function (event) {
     if (!partial) { return; }
