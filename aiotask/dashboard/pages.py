@@ -26,6 +26,7 @@ from aiotask.dashboard.api import HIDDEN_TASKS, result_view
 from aiotask.dashboard.auth import CSRF_COOKIE, new_csrf_token
 from aiotask.dashboard.core import Problem, dashboard_of, query_int
 from aiotask.dashboard.history import STATES
+from aiotask.exceptions import ConfigurationError
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -76,11 +77,16 @@ ENV = _environment()
 async def overview(request: Request) -> dict[str, Any]:
     app = dashboard_of(request).app
     at = now()
-    workers = [w.to_dict(at) for w in await app.control.workers()]
+    try:
+        workers = [w.to_dict(at) for w in await app.control.workers()]
+        note = ""
+    except ConfigurationError as exc:  # no result backend: no registry to read
+        workers, note = [], str(exc)
     stats = await app.dead_letters.queue_stats()
     counts = Counter(r.state for r in dashboard_of(request).history.rows.values())
     return {
         "workers": workers,
+        "note": note,
         "online": sum(w["state"] == "online" for w in workers),
         "lost": sum(w["state"] == "lost" for w in workers),
         "queues": stats,
@@ -118,8 +124,12 @@ async def task(request: Request) -> dict[str, Any]:
     dash = dashboard_of(request)
     task_id = request.path_params["id"]
     row = dash.history.get(task_id)
-    backend = await dash.app.result_backend()
-    view = result_view(task_id, await backend.get(task_id))
+    try:
+        backend = await dash.app.result_backend()
+    except ConfigurationError:  # no result backend: what the events said is all there is
+        view = result_view(task_id, None)
+    else:
+        view = result_view(task_id, await backend.get(task_id))
     state = view["state"]
     if row is not None and (state == "PENDING" or row.state in ("REJECTED", "REVOKED")):
         state = row.state  # events know RECEIVED/STARTED/REJECTED before any result exists

@@ -230,3 +230,20 @@ def test_serves_with_basic_auth_and_token_and_logs_neither(tmp_path: Path) -> No
     assert proc.returncode == 0, out
     assert "dashboard of dash on http://0.0.0.0:" in out
     assert "pw-qrs" not in out and "env-token-zyx" not in out
+
+
+async def test_an_app_without_result_backend_still_serves_pages(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("AIOTASK_DASHBOARD_TOKEN", raising=False)
+    app = App("nobackend", broker="memory://", backend=None)
+    web = create_app(app)
+    async with app, await client_for(web) as client:
+        page = await client.get("/")
+        assert page.status_code == 200
+        assert "has no result backend" in page.text
+        assert (await client.get("/tasks/some-id")).status_code == 200
+        r = await client.get("/api/results/some-id")
+        assert r.status_code == 503
+        assert "results are not available" in r.json()["error"]
+    await web.state.dashboard.close()
