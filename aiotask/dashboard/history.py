@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 from aiotask._log import get_logger
@@ -39,18 +40,20 @@ SUBSCRIBER_BUFFER = 1_000
 RETRY_DELAY = 2.0
 
 STATE_OF: dict[str, str] = {  # event type -> the state it shows
-    EventType.TASK_SENT: PENDING,
+    EventType.TASK_SENT: str(PENDING),
     EventType.TASK_RECEIVED: RECEIVED,
-    EventType.TASK_STARTED: STARTED,
-    EventType.TASK_SUCCEEDED: SUCCESS,
-    EventType.TASK_FAILED: FAILURE,
-    EventType.TASK_RETRIED: RETRY,
-    EventType.TASK_REVOKED: REVOKED,
+    EventType.TASK_STARTED: str(STARTED),
+    EventType.TASK_SUCCEEDED: str(SUCCESS),
+    EventType.TASK_FAILED: str(FAILURE),
+    EventType.TASK_RETRIED: str(RETRY),
+    EventType.TASK_REVOKED: str(REVOKED),
     EventType.TASK_REJECTED: REJECTED,
 }
 #: A later event never moves a task back to an earlier state (events of one task may come
 #: from a producer and a worker, in any order).
-RANK: dict[str, int] = {PENDING: 0, RECEIVED: 1, STARTED: 2, RETRY: 3}
+RANK: dict[str, int] = {PENDING: 0, RECEIVED: 1, STARTED: 2, RETRY: 3, REJECTED: 3}
+#: States after which the same task id may run again: retried, or dead-lettered and replayed.
+AGAIN = frozenset({RETRY, REJECTED})
 FINAL_RANK = 9
 
 
@@ -69,6 +72,8 @@ class TaskRow:
     retries: int = 0
     exception_type: str | None = None
     exception: str | None = None
+    #: when it was last retried or dead-lettered (older events of it are stale)
+    again_at: float = 0.0
     args: list[Any] | None = None
     kwargs: dict[str, Any] | None = None
     #: (event type, unix seconds, who emitted it)
@@ -101,6 +106,22 @@ def _rank(state: str) -> int:
     return RANK.get(state, FINAL_RANK)
 
 
+def _next_state(row: TaskRow, event: TaskEvent) -> str:
+    """Events of one task come from a producer and workers, not always in order: a state
+    never goes back (a late task-started after task-succeeded changes nothing), the first
+    outcome stays, and after a retry or a dead-lettering (it may be replayed) the next
+    attempt's events, newer than that, count."""
+    new = STATE_OF.get(event.type, row.state)
+    if _rank(row.state) == FINAL_RANK:
+        return row.state
+    if new in AGAIN:
+        row.again_at = event.timestamp
+        return new
+    if row.state in AGAIN:
+        return new if event.timestamp >= row.again_at else row.state
+    return new if _rank(new) >= _rank(row.state) else row.state
+
+
 class History:
     """The newest tasks by id, kept up to date from events; see the module docstring."""
 
@@ -109,6 +130,8 @@ class History:
             raise ConfigurationError(f"history size must be at least 1, got {size!r}")
         self.size = size
         self.rows: OrderedDict[str, TaskRow] = OrderedDict()
+        #: rows per state, kept as rows change (the overview reads it on every refresh)
+        self.counts: Counter[str] = Counter()
         self.subscribers: set[asyncio.Queue[dict[str, Any]]] = set()
         #: why the stream is not followed (no event stream, broker down), for the pages
         self.problem: str | None = None
@@ -119,8 +142,10 @@ class History:
         row = self.rows.get(task_id)
         if row is None:
             row = self.rows[task_id] = TaskRow(task_id, name, seen_at=at, updated_at=at)
+            self.counts[row.state] += 1
             while len(self.rows) > self.size:
-                self.rows.popitem(last=False)
+                _, gone = self.rows.popitem(last=False)
+                self.counts[gone.state] -= 1
         elif name and not row.name:
             row.name = name
         return row
@@ -151,8 +176,10 @@ class History:
             row.retries = event.retries
         if event.exception_type is not None:
             row.exception_type, row.exception = event.exception_type, event.exception
-        new = STATE_OF.get(event.type, row.state)
-        if event.type == EventType.TASK_RETRIED or _rank(new) >= _rank(row.state):
+        new = _next_state(row, event)
+        if new != row.state:
+            self.counts[row.state] -= 1
+            self.counts[new] += 1
             row.state = new
         self._publish({"kind": "task", **row.to_dict(), "event": str(event.type)})
 
@@ -170,18 +197,34 @@ class History:
         limit: int = 50,
         offset: int = 0,
     ) -> tuple[list[TaskRow], int]:
-        """Newest first; `q` matches an id prefix or a substring of the name (any case)."""
-        needle = q.strip().lower()
-        found = []
-        for row in reversed(self.rows.values()):
-            if state and row.state != state:
-                continue
-            if name and row.name != name:
-                continue
-            if needle and not (row.id.startswith(needle) or needle in row.name.lower()):
-                continue
-            found.append(row)
-        return found[offset : offset + limit], len(found)
+        """Newest first, `limit` rows from `offset`, and how many match in all. `q` matches an
+        id (exactly, or as a prefix) or a substring of the name (any case).
+
+        Unfiltered, only the rows shown are visited; a filter visits every row once."""
+        needle = q.strip()
+        newest = reversed(self.rows.values())
+        if not (needle or state or name):
+            return list(islice(newest, offset, offset + limit)), len(self.rows)
+        exact = self.rows.get(needle) if needle else None
+        if exact is not None and self._fits(exact, "", state, name):
+            return ([exact] if offset == 0 else []), 1
+        lowered = needle.lower()
+        shown: list[TaskRow] = []
+        total = 0
+        for row in newest:
+            if self._fits(row, lowered, state, name):
+                if offset <= total < offset + limit:
+                    shown.append(row)
+                total += 1
+        return shown, total
+
+    @staticmethod
+    def _fits(row: TaskRow, needle: str, state: str, name: str) -> bool:
+        if state and row.state != state:
+            return False
+        if name and row.name != name:
+            return False
+        return not needle or row.id.startswith(needle) or needle in row.name.lower()
 
     def get(self, task_id: str) -> TaskRow | None:
         return self.rows.get(task_id)

@@ -9,7 +9,6 @@ updates included, is escaped on the server).
 from __future__ import annotations
 
 import time
-from collections import Counter
 from datetime import UTC, datetime
 from importlib import resources
 from typing import TYPE_CHECKING, Any
@@ -83,7 +82,7 @@ async def overview(request: Request) -> dict[str, Any]:
     except ConfigurationError as exc:  # no result backend: no registry to read
         workers, note = [], str(exc)
     stats = await app.dead_letters.queue_stats()
-    counts = Counter(r.state for r in dashboard_of(request).history.rows.values())
+    counts = dashboard_of(request).history.counts
     return {
         "workers": workers,
         "note": note,
@@ -131,7 +130,7 @@ async def task(request: Request) -> dict[str, Any]:
     else:
         view = result_view(task_id, await backend.get(task_id))
     state = view["state"]
-    if row is not None and (state == "PENDING" or row.state in ("REJECTED", "REVOKED")):
+    if row is not None and state == "PENDING":
         state = row.state  # events know RECEIVED/STARTED/REJECTED before any result exists
     return {
         "task_id": task_id,
