@@ -95,8 +95,9 @@ def parse_options(raw: dict[str, Any]) -> dict[str, Any]:
     for key in ("countdown", "expires"):
         if key in options and options[key] < 0:
             raise Problem(422, f"{key!r} must not be negative")
-    if "task_id" in options and not 0 < len(options["task_id"]) <= 200:
-        raise Problem(422, "'task_id' must be 1 to 200 characters")
+    for key in ("task_id", "queue"):
+        if key in options and not 0 < len(options[key]) <= 200:
+            raise Problem(422, f"{key!r} must be 1 to 200 characters")
     return options
 
 

@@ -102,7 +102,7 @@ SCHEMAS: dict[str, Schema] = {
                     },
                     "expires": {"type": "number", "minimum": 0},
                     "priority": {"type": "integer"},
-                    "queue": _STR,
+                    "queue": {"type": "string", "minLength": 1, "maxLength": 200},
                     "task_id": {"type": "string", "minLength": 1, "maxLength": 200},
                     "headers": {"type": "object", "additionalProperties": _STR},
                     "ignore_result": {"type": "boolean"},

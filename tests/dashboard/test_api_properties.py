@@ -2,8 +2,8 @@
 the document (and mangled: random JSON, random bytes, odd ids) never get a 5xx, every
 answer is one the document lists, and with auth on, nothing answers without credentials.
 
-The app runs on memory:// (what is tested here is the HTTP layer's input handling; the
-operations themselves are tested against real workers in test_api.py).
+No worker runs (what is tested here is the HTTP layer's input handling, on memory:// and on
+Redis; the operations themselves are tested against real workers in test_api.py).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ OPERATIONS = [
 ]
 CREDS = {"authorization": "Basic " + base64.b64encode(b"prop:erty").decode()}
 SETTINGS = settings(
-    max_examples=40,
+    max_examples=25,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
@@ -127,9 +127,11 @@ def url(path: str, values: dict[str, str]) -> str:
     return path
 
 
-@pytest.fixture(scope="module")
-def client() -> Iterator[TestClient]:
-    app = App("props", broker="memory://", backend="memory://")
+@pytest.fixture(params=["memory", "redis"])
+def client(request: pytest.FixtureRequest, namespace: str) -> Iterator[TestClient]:
+    """The API over memory://, and over Redis (odd queue names, ids and filters reach it)."""
+    url = "memory://" if request.param == "memory" else request.getfixturevalue("redis_url")
+    app = App("props", broker=url, backend=url, key_prefix=namespace)
 
     @app.task(name="dash.add")
     async def add(x: int, y: int) -> int:
@@ -138,6 +140,7 @@ def client() -> Iterator[TestClient]:
     web = create_app(app, auth=Auth("prop", "erty"))
     with TestClient(web, raise_server_exceptions=False) as c:
         yield c
+        c.portal.call(app.close)  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize(

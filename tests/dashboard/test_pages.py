@@ -121,3 +121,36 @@ async def test_dead_letter_replay_and_revoke_through_the_forms(redis_stack: Stac
     assert (await stack.result(waiting, "REVOKED"))["state"] == "REVOKED"
     page = (await stack.client.get(f"/tasks/{waiting}")).text
     assert 'id="task-state">REVOKED' in page and 'id="revoke"' not in page
+
+
+async def test_rate_limit_and_shutdown_reach_the_worker(redis_stack: Stack) -> None:
+    stack = redis_stack
+
+    async def online() -> list[str]:
+        r = await stack.client.get("/api/workers")
+        return [w["name"] for w in r.json()["workers"] if w["state"] == "online"]
+
+    names = await stack.until(online)
+    assert names, "the worker never came online"
+    r = await stack.client.post("/api/workers/rate-limit", json={"task": "dash.add", "rate": "5/s"})
+    assert r.status_code == 200
+    assert list(r.json()["replies"]) == names
+    assert "error" not in r.json()["replies"][names[0]]
+    r = await stack.client.post("/api/workers/rate-limit", json={"task": "dash.add", "rate": "x"})
+    assert r.status_code == 422 and "bad rate limit" in r.json()["error"]
+    r = await stack.client.post("/api/workers/shutdown", json={})
+    assert r.status_code == 422  # never "every worker" by default
+
+    page = await stack.client.get("/")
+    token = stack.client.cookies["aiotask_csrf"]
+    r = await stack.client.post(
+        "/actions/rate-limit", data={"csrf": token, "task": "dash.add", "rate": "0", "next": "/"}
+    )
+    assert r.status_code == 303
+    assert "rate+limit+of+dash.add+set+to+0+on+1+worker" in r.headers["location"]
+    assert f'name="worker" value="{names[0]}"' in page.text
+    r = await stack.client.post(
+        "/actions/shutdown", data={"csrf": token, "worker": names[0], "next": "/"}
+    )
+    assert r.status_code == 303
+    assert await asyncio.to_thread(stack.worker.wait, 30) == 0  # a warm shutdown
