@@ -52,6 +52,14 @@ def dashboard(
             show_default=False,
         ),
     ] = "",
+    read_only_auth: Annotated[
+        str,
+        typer.Option(
+            "--read-only-auth",
+            help="USER:PASSWORD that may look but not act (403 for any change)",
+            show_default=False,
+        ),
+    ] = "",
     history: Annotated[
         int, typer.Option("--history", min=1, help="recent tasks kept in memory")
     ] = 10_000,
@@ -63,7 +71,7 @@ def dashboard(
     the_app, _ = load_app(app)
     module = require("aiotask.dashboard", what="aiotask dashboard")
     uvicorn = require("uvicorn", what="aiotask dashboard")
-    credentials = module.Auth.build(auth or None)
+    credentials = module.Auth.build(auth or None, viewer=read_only_auth or None)
     if not credentials.enabled and not is_loopback(host):
         raise ConfigurationError(
             f"refusing to serve the dashboard on {host} without auth: anyone reaching it could "

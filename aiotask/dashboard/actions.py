@@ -13,7 +13,7 @@ from urllib.parse import parse_qs, urlencode
 from starlette.responses import RedirectResponse
 from starlette.routing import Route
 
-from aiotask._log import get_logger
+from aiotask.dashboard.audit import audit
 from aiotask.dashboard.auth import CSRF_COOKIE, CSRF_FIELD, csrf_ok
 from aiotask.dashboard.core import Problem, dashboard_of, read_body
 from aiotask.exceptions import AiotaskError
@@ -25,8 +25,6 @@ if TYPE_CHECKING:
     from starlette.responses import Response
 
     from aiotask.dashboard.core import Dashboard
-
-log = get_logger(__name__)
 
 Form = dict[str, str]
 
@@ -121,7 +119,9 @@ def _action(
             message = await work(dash, form)
         except (AiotaskError, Problem) as exc:
             message = f"failed: {exc}"
-        log.info("dashboard action %s: %s", request.url.path, message)
+        action = request.url.path.rsplit("/actions/", 1)[-1]
+        target = form.get("id") or form.get("worker") or form.get("task") or form.get("name") or "-"
+        audit(request, f"{action} {form.get('op', '')}".strip(), target, message)
         base = request.scope.get("root_path", "")
         target = _next(form)
         sep = "&" if "?" in target else "?"

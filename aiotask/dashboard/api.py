@@ -16,6 +16,7 @@ from starlette.routing import Route
 
 from aiotask._time import now
 from aiotask.canvas.primitives import MAP_TASK, STARMAP_TASK
+from aiotask.dashboard.audit import audit
 from aiotask.dashboard.core import (
     Problem,
     dashboard_of,
@@ -115,6 +116,7 @@ async def send_task(request: Request) -> Response:
     except ConfigurationError as exc:
         raise Problem(422, str(exc)) from None
     dash.history.sent(result.id, task.name, args, kwargs, time.time())
+    audit(request, "send", task.name, f"sent as {result.id}")
     return json_response({"id": result.id}, 202)
 
 
@@ -157,6 +159,7 @@ async def revoke(request: Request) -> Response:
     terminate = want(body, "terminate", bool, False)
     task_id = request.path_params["id"]
     await dash.app.control.revoke([task_id], terminate=terminate)
+    audit(request, "terminate" if terminate else "revoke", task_id)
     return json_response({"id": task_id, "revoked": True, "terminate": terminate}, 202)
 
 
@@ -209,6 +212,8 @@ async def _dead_letter_action(request: Request, verb: str) -> Response:
     dl = dashboard_of(request).app.dead_letters
     action = dl.replay if verb == "replayed" else dl.purge
     report = await action(ids, **filters)
+    what = ",".join(ids) if ids is not None else f"all {filters}"
+    audit(request, f"dead-letters {verb}", what, f"{len(report.ids)} done")
     return json_response({verb: report.ids, "missing": report.missing})
 
 
@@ -235,11 +240,13 @@ async def schedule_action(request: Request) -> Response:
             await api.resume(name)
         elif action == "run-now":
             result = await api.run_now(name)
+            audit(request, "schedule run-now", name, f"sent as {result.id}")
             return json_response({"name": name, "id": result.id}, 202)
         else:
             raise Problem(404, f"unknown schedule action {action!r}: pause, resume or run-now")
     except ConfigurationError as exc:
         raise Problem(404, str(exc)) from None
+    audit(request, f"schedule {action}", name)
     return json_response({"name": name, "done": action})
 
 
@@ -253,6 +260,7 @@ async def rate_limit(request: Request) -> Response:
     replies = await dashboard_of(request).app.control.rate_limit(
         task, rate, destination=str_list(body, "destination")
     )
+    audit(request, "rate-limit", task, f"{rate} on {', '.join(replies) or 'no worker'}")
     return json_response({"replies": replies})
 
 
@@ -263,6 +271,9 @@ async def shutdown(request: Request) -> Response:
     if not destination:
         raise Problem(422, '"destination" must list the workers to shut down')
     replies = await dashboard_of(request).app.control.shutdown(destination=destination)
+    audit(
+        request, "shutdown", ",".join(destination), f"replies from {', '.join(replies) or 'none'}"
+    )
     return json_response({"replies": replies})
 
 

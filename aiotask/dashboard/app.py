@@ -19,7 +19,7 @@ from starlette.middleware import Middleware
 
 from aiotask._log import get_logger
 from aiotask.dashboard.api import api_routes
-from aiotask.dashboard.auth import Auth, AuthMiddleware, _header, same_origin
+from aiotask.dashboard.auth import UNSAFE, Auth, AuthMiddleware, _header, same_origin
 from aiotask.dashboard.core import Dashboard, Problem, json_response
 from aiotask.dashboard.history import DEFAULT_SIZE
 from aiotask.dashboard.pages import page_routes, static_routes
@@ -41,8 +41,6 @@ if TYPE_CHECKING:
     from aiotask.app import App
 
 log = get_logger(__name__)
-
-UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
 class GuardMiddleware:

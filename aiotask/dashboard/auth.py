@@ -30,94 +30,155 @@ CSRF_FIELD = "csrf"
 REALM = 'Basic realm="aiotask", charset="UTF-8"'
 
 
+#: (user name, role): role "admin" may do everything, "viewer" only reads
+Identity = tuple[str, str]
+ADMIN, VIEWER = "admin", "viewer"
+ANONYMOUS: Identity = ("anonymous", ADMIN)
+
+
+def _pair(spec: str, option: str) -> tuple[str, str]:
+    user, sep, password = spec.partition(":")
+    if not sep:
+        raise ConfigurationError(f"{option} takes USER:PASSWORD (a ':' between them)")
+    return user, password
+
+
 @dataclass(frozen=True, slots=True)
 class Auth:
-    """Credentials the dashboard accepts: `user`/`password` (HTTP Basic), `token` (Bearer)."""
+    """Credentials the dashboard accepts: `user`/`password` (HTTP Basic) and `token` (Bearer)
+    may do everything; `viewer_user`/`viewer_password` (HTTP Basic) may only look."""
 
     user: str | None = field(default=None, repr=False)
     password: str | None = field(default=None, repr=False)
     token: str | None = field(default=None, repr=False)
+    viewer_user: str | None = field(default=None, repr=False)
+    viewer_password: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        if (self.user is None) != (self.password is None):
-            raise ConfigurationError("dashboard auth needs both a user and a password")
-        if self.user is not None and (not self.user or ":" in self.user or not self.password):
-            raise ConfigurationError(
-                "dashboard auth: the user must be non-empty without ':', the password non-empty"
-            )
+        for who, user, password in (
+            ("", self.user, self.password),
+            ("read-only ", self.viewer_user, self.viewer_password),
+        ):
+            if (user is None) != (password is None):
+                raise ConfigurationError(f"dashboard {who}auth needs both a user and a password")
+            if user is not None and (not user or ":" in user or not password):
+                raise ConfigurationError(
+                    f"dashboard {who}auth: the user must be non-empty without ':', "
+                    "the password non-empty"
+                )
         if self.token is not None and not self.token:
             raise ConfigurationError(f"dashboard auth: {TOKEN_ENV} is set but empty")
+        if self.user is not None and self.user == self.viewer_user:
+            raise ConfigurationError("the read-only user must not be the admin user")
 
     def __repr__(self) -> str:
-        kinds = [k for k, v in (("basic", self.user), ("token", self.token)) if v is not None]
+        kinds = [
+            kind
+            for kind, value in (
+                ("basic", self.user),
+                ("token", self.token),
+                ("read-only", self.viewer_user),
+            )
+            if value is not None
+        ]
         return f"Auth({'+'.join(kinds) or 'none'})"
 
     @property
     def enabled(self) -> bool:
-        return self.user is not None or self.token is not None
+        return any(v is not None for v in (self.user, self.token, self.viewer_user))
 
     @classmethod
-    def build(cls, basic: str | None = None, token: str | None = None) -> Auth:
-        """From `USER:PASSWORD` (the CLI's --auth) and a token (default: the environment)."""
-        user = password = None
-        if basic:
-            user, sep, password = basic.partition(":")
-            if not sep:
-                raise ConfigurationError("--auth takes USER:PASSWORD (a ':' between them)")
+    def build(
+        cls, basic: str | None = None, token: str | None = None, viewer: str | None = None
+    ) -> Auth:
+        """From `USER:PASSWORD` (the CLI's --auth), a token (None: the environment's; "": none)
+        and read-only `USER:PASSWORD` (--read-only-auth)."""
+        user, password = _pair(basic, "--auth") if basic else (None, None)
+        viewer_user, viewer_password = _pair(viewer, "--read-only-auth") if viewer else (None, None)
         if token is None:
-            token = os.environ.get(TOKEN_ENV) or None
-        return cls(user, password, token)
+            token = os.environ.get(TOKEN_ENV)
+        return cls(user, password, token or None, viewer_user, viewer_password)
 
-    def allows(self, authorization: str | None) -> bool:
-        """Whether an Authorization header carries valid credentials (constant-time compares)."""
+    def identify(self, authorization: str | None) -> Identity | None:
+        """Who an Authorization header proves to be, or None (constant-time compares)."""
         if not self.enabled:
-            return True
+            return ANONYMOUS
         if not authorization:
-            return False
+            return None
         scheme, _, value = authorization.partition(" ")
         scheme, value = scheme.lower(), value.strip()
         if scheme == "bearer" and self.token is not None:
-            return hmac.compare_digest(value.encode(), self.token.encode())
-        if scheme == "basic" and self.user is not None and self.password is not None:
-            try:
-                decoded = base64.b64decode(value, validate=True).decode()
-            except (binascii.Error, UnicodeDecodeError):
-                return False
-            user, _, password = decoded.partition(":")
-            ok_user = hmac.compare_digest(user.encode(), self.user.encode())
-            ok_password = hmac.compare_digest(password.encode(), self.password.encode())
-            return ok_user and ok_password
-        return False
+            ok = hmac.compare_digest(value.encode(), self.token.encode())
+            return ("token", ADMIN) if ok else None
+        if scheme != "basic":
+            return None
+        try:
+            user, _, password = base64.b64decode(value, validate=True).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+        for role, known_user, known_password in (
+            (ADMIN, self.user, self.password),
+            (VIEWER, self.viewer_user, self.viewer_password),
+        ):
+            if known_user is None or known_password is None:
+                continue
+            ok_user = hmac.compare_digest(user.encode(), known_user.encode())
+            ok_password = hmac.compare_digest(password.encode(), known_password.encode())
+            if ok_user and ok_password:
+                return known_user, role
+        return None
+
+    def allows(self, authorization: str | None) -> bool:
+        return self.identify(authorization) is not None
+
+
+#: Methods that change something: read-only credentials get 403 for them.
+UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
 class AuthMiddleware:
-    """401 (with a Basic challenge) for every HTTP request without valid credentials."""
+    """401 (with a Basic challenge) without valid credentials, 403 for a read-only user's
+    state change; the caller's (user, role) goes into the scope for pages and the audit log."""
 
     def __init__(self, app: ASGIApp, auth: Auth) -> None:
         self.app = app
         self.auth = auth
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self.auth.enabled:
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        header = _header(scope, b"authorization")
-        if self.auth.allows(header):
-            await self.app(scope, receive, send)
+        identity = self.auth.identify(_header(scope, b"authorization"))
+        if identity is None:
+            body = b'{"error":"authentication required: HTTP Basic or a bearer token"}'
+            await _answer(send, 401, body, [(b"www-authenticate", REALM.encode())])
             return
-        body = b'{"error":"authentication required: HTTP Basic or a bearer token"}'
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 401,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"www-authenticate", REALM.encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        if identity[1] != ADMIN and scope["method"] in UNSAFE:
+            body = b'{"error":"read-only credentials: this changes something, log in as admin"}'
+            await _answer(send, 403, body, [])
+            return
+        scope["aiotask.identity"] = identity
+        await self.app(scope, receive, send)
+
+
+async def _answer(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def identity_of(scope: Scope) -> Identity:
+    found: Identity = scope.get("aiotask.identity", ANONYMOUS)
+    return found
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

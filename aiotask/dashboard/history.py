@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from itertools import islice
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from aiotask._log import get_logger
 from aiotask.events import EventType, TaskEvent, WorkerEvent, follow
 from aiotask.exceptions import ConfigurationError
@@ -32,6 +34,8 @@ RECEIVED = "RECEIVED"
 REJECTED = "REJECTED"
 #: Every state the pages filter by.
 STATES = (PENDING, RECEIVED, STARTED, RETRY, SUCCESS, FAILURE, REVOKED, REJECTED)
+#: Characters of arguments and of error text kept per task for searching.
+MAX_TEXT = 2_000
 #: Tasks kept in memory (the oldest is dropped first).
 DEFAULT_SIZE = 10_000
 #: Changes queued per live page; a page that falls further behind misses some (it reloads).
@@ -76,6 +80,8 @@ class TaskRow:
     again_at: float = 0.0
     args: list[Any] | None = None
     kwargs: dict[str, Any] | None = None
+    #: lower-case arguments (JSON) and error text, what a search by content looks in
+    text: str = ""
     #: (event type, unix seconds, who emitted it)
     timeline: list[tuple[str, float, str]] = field(default_factory=list)
 
@@ -156,6 +162,8 @@ class History:
         """A task this dashboard sent: the only place its arguments are known."""
         row = self._row(task_id, name, at)
         row.args, row.kwargs = args, kwargs
+        encoded = orjson.dumps([args, kwargs], default=repr, option=orjson.OPT_NON_STR_KEYS)
+        row.text += encoded.decode().lower()[:MAX_TEXT] + "\n"
 
     def apply(self, event: Event) -> None:
         """Fold one event into the rows and tell the live pages."""
@@ -176,6 +184,7 @@ class History:
             row.retries = event.retries
         if event.exception_type is not None:
             row.exception_type, row.exception = event.exception_type, event.exception
+            row.text += f"{event.exception_type}: {event.exception or ''}".lower()[:MAX_TEXT] + "\n"
         new = _next_state(row, event)
         if new != row.state:
             self.counts[row.state] -= 1
@@ -198,7 +207,8 @@ class History:
         offset: int = 0,
     ) -> tuple[list[TaskRow], int]:
         """Newest first, `limit` rows from `offset`, and how many match in all. `q` matches an
-        id (exactly, or as a prefix) or a substring of the name (any case).
+        id (exactly, or as a prefix), or is a substring (any case) of the name, the error
+        (type and message) or the arguments (JSON; known for tasks sent here).
 
         Unfiltered, only the rows shown are visited; a filter visits every row once."""
         needle = q.strip()
@@ -224,7 +234,12 @@ class History:
             return False
         if name and row.name != name:
             return False
-        return not needle or row.id.startswith(needle) or needle in row.name.lower()
+        return (
+            not needle
+            or row.id.startswith(needle)
+            or needle in row.name.lower()
+            or needle in row.text
+        )
 
     def get(self, task_id: str) -> TaskRow | None:
         return self.rows.get(task_id)

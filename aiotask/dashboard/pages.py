@@ -22,7 +22,7 @@ from starlette.routing import Route
 from aiotask._time import now
 from aiotask.dashboard.actions import action_routes
 from aiotask.dashboard.api import HIDDEN_TASKS, result_view
-from aiotask.dashboard.auth import CSRF_COOKIE, new_csrf_token
+from aiotask.dashboard.auth import ADMIN, CSRF_COOKIE, identity_of, new_csrf_token
 from aiotask.dashboard.core import Problem, dashboard_of, query_int
 from aiotask.dashboard.history import STATES
 from aiotask.exceptions import ConfigurationError
@@ -176,6 +176,8 @@ def _render(
         "app_name": dash.app.main,
         "problem": dash.history.problem,
         "msg": request.query_params.get("msg", ""),
+        "user": identity_of(request.scope)[0],
+        "admin": identity_of(request.scope)[1] == ADMIN,
         "partial": partial,
         "partial_url": _partial_url(request, base),
         "watch": watch,

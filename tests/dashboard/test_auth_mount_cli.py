@@ -99,9 +99,13 @@ def test_auth_values_are_checked_and_never_shown() -> None:
     assert auth.password == "pa:ss"  # the first ':' splits
     assert "pa:ss" not in repr(auth) and "t0k" not in repr(auth)
     assert repr(auth) == "Auth(basic+token)"
-    for spec in ("nocolon", ":pw", "user:"):
-        with pytest.raises(Exception, match="auth"):
+    with pytest.raises(Exception, match="USER:PASSWORD"):
+        Auth.build("nocolon", token="")
+    for spec in (":pw", "user:"):
+        with pytest.raises(Exception, match="user must be non-empty"):
             Auth.build(spec, token="")
+    with pytest.raises(Exception, match="is set but empty"):
+        Auth(token="")
 
 
 async def test_forms_need_the_csrf_token_and_cross_origin_posts_are_refused(
@@ -247,3 +251,41 @@ async def test_an_app_without_result_backend_still_serves_pages(
         assert r.status_code == 503
         assert "results are not available" in r.json()["error"]
     await web.state.dashboard.close()
+
+
+async def test_read_only_credentials_look_but_do_not_act_and_actions_are_audited(
+    memory_app: App, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.delenv("AIOTASK_DASHBOARD_TOKEN", raising=False)
+    auth = Auth.build("boss:b-pw-1", viewer="peek:p-pw-2")
+    assert repr(auth) == "Auth(basic+read-only)"
+    web = create_app(memory_app, auth=auth)
+    viewer, admin = basic("peek", "p-pw-2"), basic("boss", "b-pw-1")
+    caplog.set_level("INFO", logger="aiotask.dashboard.audit")
+    async with await client_for(web) as client:
+        assert (await client.get("/api/workers", headers=viewer)).status_code == 200
+        r = await client.post("/api/tasks/authdash.add", json={"args": [1, 2]}, headers=viewer)
+        assert r.status_code == 403 and "read-only" in r.json()["error"]
+        r = await client.post("/api/results/x/revoke", json={}, headers=viewer)
+        assert r.status_code == 403
+        page = (await client.get("/", headers=viewer)).text
+        assert "peek (read-only)" in page and 'method="post"' not in page
+        assert 'action="/actions/rate-limit"' in (await client.get("/", headers=admin)).text
+        r = await client.post("/api/tasks/authdash.add", json={"args": [1, 2]}, headers=admin)
+        assert r.status_code == 202
+        sent = r.json()["id"]
+        r = await client.post(
+            f"/api/results/{sent}/revoke", json={"terminate": True}, headers=admin
+        )
+        assert r.status_code == 202
+    await web.state.dashboard.close()
+    lines = [r.getMessage() for r in caplog.records if r.name == "aiotask.dashboard.audit"]
+    assert lines[0].startswith(f"send authdash.add by boss (admin) from 127.0.0.1: sent as {sent}")
+    assert lines[1].startswith(f"terminate {sent} by boss (admin)")
+    assert len(lines) == 2  # the refused ones changed nothing
+    assert not any("pw" in r.getMessage() for r in caplog.records)
+
+
+def test_the_read_only_user_is_not_the_admin() -> None:
+    with pytest.raises(Exception, match="must not be the admin user"):
+        Auth.build("same:a", viewer="same:b", token="")

@@ -72,6 +72,27 @@ def test_search_pages_newest_first_with_totals() -> None:
     assert h.search(q="nothing") == ([], 0)
 
 
+def test_search_by_error_text_and_arguments() -> None:
+    h = History(10)
+    h.sent("s1", "p.mail", ["Alice@Example.org"], {"retry": True}, 1.0)
+    h.sent("s2", "p.mail", ["bob@example.org"], {}, 1.0)
+    failed = TaskEvent(
+        E.TASK_FAILED,
+        2.0,
+        "w1",
+        "s2",
+        "p.mail",
+        "default",
+        exception_type="SMTPError",
+        exception="Relay Denied",
+    )
+    h.apply(failed)
+    assert [r.id for r in h.search(q="alice@example")[0]] == ["s1"]
+    assert [r.id for r in h.search(q="relay denied")[0]] == ["s2"]
+    assert [r.id for r in h.search(q="smtperror", state="FAILURE")[0]] == ["s2"]
+    assert h.search(q='"retry":true')[1] == 1
+
+
 def test_sent_keeps_the_arguments() -> None:
     h = History(5)
     h.sent("x", "p.t", [1, "<b>"], {"k": None}, 1.0)
