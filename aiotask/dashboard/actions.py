@@ -15,6 +15,7 @@ from starlette.routing import Route
 
 from aiotask.dashboard.audit import audit
 from aiotask.dashboard.auth import CSRF_COOKIE, CSRF_FIELD, csrf_ok
+from aiotask.dashboard.bulk import revoke_matching, send_again
 from aiotask.dashboard.core import Problem, dashboard_of, read_body
 from aiotask.exceptions import AiotaskError
 
@@ -130,8 +131,21 @@ def _action(
     return handler
 
 
+async def _revoke_matching(dash: Dashboard, form: Form) -> str:
+    terminate = form.get("terminate") == "1"
+    ids = await revoke_matching(dash, form.get("q", ""), form.get("state", ""), "", terminate)
+    return f"{'terminated' if terminate else 'revoked'} {len(ids)} unfinished task(s)"
+
+
+async def _retry(dash: Dashboard, form: Form) -> str:
+    task_id = _need(form, "id")
+    return f"sent {task_id} again as {await send_again(dash, task_id)}"
+
+
 def action_routes() -> list[Route]:
     return [
+        Route("/actions/revoke-matching", _action(_revoke_matching), methods=["POST"]),
+        Route("/actions/retry", _action(_retry), methods=["POST"]),
         Route("/actions/revoke", _action(_revoke), methods=["POST"]),
         Route("/actions/rate-limit", _action(_rate_limit), methods=["POST"]),
         Route("/actions/shutdown", _action(_shutdown), methods=["POST"]),

@@ -20,6 +20,7 @@ from starlette.middleware import Middleware
 from aiotask._log import get_logger
 from aiotask.dashboard.api import api_routes
 from aiotask.dashboard.auth import UNSAFE, Auth, AuthMiddleware, _header, same_origin
+from aiotask.dashboard.bulk import bulk_routes
 from aiotask.dashboard.core import Dashboard, Problem, json_response
 from aiotask.dashboard.history import DEFAULT_SIZE
 from aiotask.dashboard.pages import page_routes, static_routes
@@ -105,7 +106,7 @@ def create_app(
             await dashboard.close()
 
     web = Starlette(
-        routes=[*api_routes(), *page_routes(), *static_routes()],
+        routes=[*bulk_routes(), *api_routes(), *page_routes(), *static_routes()],
         lifespan=lifespan,
         middleware=[
             Middleware(AuthMiddleware, auth=credentials),

@@ -31,6 +31,7 @@ def _errors(*codes: int) -> dict[str, Schema]:
         400: "the body is not JSON",
         401: "credentials missing or wrong (when auth is on)",
         404: "no such task, result entry or schedule",
+        409: "the task is not in a state this applies to",
         413: "the body is too large",
         415: "the body is not application/json",
         422: "the body or a parameter is invalid (the reason says which)",
@@ -282,6 +283,34 @@ def _paths() -> dict[str, Schema]:
             "get": _op(
                 "One task: timeline, arguments (when sent here) and result",
                 {"200": _json(_OBJ, "task and result"), **_errors(404, 503)},
+                parameters=[task_id],
+            )
+        },
+        "/api/history/revoke": {
+            "post": _op(
+                "Revoke every unfinished task of the history a filter matches",
+                {"200": _json(_OBJ, "the revoked ids"), **_errors(400, 413, 415, 422)},
+                requestBody=_body(
+                    {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "properties": {
+                            "q": _STR,
+                            "state": _STR,
+                            "task": _STR,
+                            "terminate": {"type": "boolean"},
+                        },
+                    }
+                ),
+            )
+        },
+        "/api/history/{id}/retry": {
+            "post": _op(
+                "Send a failed, revoked or dead task again (arguments known when sent here)",
+                {
+                    "202": _json(_ref("Sent"), "sent again, under a new id"),
+                    **_errors(404, 409, 422),
+                },
                 parameters=[task_id],
             )
         },

@@ -23,6 +23,7 @@ from aiotask._time import now
 from aiotask.dashboard.actions import action_routes
 from aiotask.dashboard.api import HIDDEN_TASKS, result_view
 from aiotask.dashboard.auth import ADMIN, CSRF_COOKIE, identity_of, new_csrf_token
+from aiotask.dashboard.bulk import RETRYABLE, unfinished
 from aiotask.dashboard.core import Problem, dashboard_of, query_int
 from aiotask.dashboard.history import STATES
 from aiotask.exceptions import ConfigurationError
@@ -52,7 +53,11 @@ def _ago(ts: float | None) -> str:
 
 
 def _seconds(value: float | None) -> str:
-    return "-" if value is None else f"{value * 1000:.1f} ms" if value < 1 else f"{value:.2f} s"
+    if value is None:
+        return "-"
+    if value < 0.001:
+        return f"{value * 1e6:.0f} µs"
+    return f"{value * 1000:.1f} ms" if value < 1 else f"{value:.2f} s"
 
 
 def _pretty(value: object, indent: bool = True) -> str:
@@ -107,9 +112,11 @@ async def tasks(request: Request) -> dict[str, Any]:
     def page_query(at: int) -> str:
         return urlencode({"q": q, "state": state, "offset": max(at, 0)})
 
+    filtered = bool(q.strip() or state)
     return {
         "rows": rows,
         "total": total,
+        "unfinished": len(unfinished(dashboard_of(request), q, state, "")) if filtered else 0,
         "q": q,
         "state": state,
         "states": STATES,
@@ -141,6 +148,7 @@ async def task(request: Request) -> dict[str, Any]:
         "kwargs": row.kwargs if row else None,
         "error": view.get("error"),
         "has_result": "result" in view and view["state"] != "PENDING",
+        "retryable": state in RETRYABLE and row is not None and row.args is not None,
         "result": view.get("result"),
     }
 

@@ -174,3 +174,40 @@ async def test_openapi_document_names_every_api_route(stack: Stack) -> None:
     routes = {p for p in paths if p.startswith("/api/")} - {"/api/openapi.json"}
     assert set(doc["paths"]) == routes
     assert doc["paths"]["/api/tasks/{name}"]["post"]["responses"]["202"]
+
+
+async def test_revoke_everything_a_filter_matches_and_retry_a_failure(stack: Stack) -> None:
+    await stack.client.get("/api/history")
+    await asyncio.wait_for(stack.web.state.dashboard.history.following.wait(), 10)
+    later = {"countdown": 60}
+    waiting = [
+        (
+            await stack.client.post("/api/tasks/dash.echo", json={"args": [i], "options": later})
+        ).json()["id"]
+        for i in range(3)
+    ]
+    done = (await stack.client.post("/api/tasks/dash.add", json={"args": [1, 1]})).json()["id"]
+    await stack.result(done, "SUCCESS")
+    r = await stack.client.post("/api/history/revoke", json={"q": "dash.echo"})
+    assert r.status_code == 200
+    assert sorted(r.json()["revoked"]) == sorted(waiting)
+    for task_id in waiting:
+        assert (await stack.result(task_id, "REVOKED"))["state"] == "REVOKED"
+    r = await stack.client.post("/api/history/revoke", json={"state": "BOGUS"})
+    assert r.status_code == 422
+
+    failed = (await stack.client.post("/api/tasks/dash.boom", json={"args": ["once"]})).json()["id"]
+    await stack.result(failed, "FAILURE")
+
+    async def failed_seen() -> bool:
+        row = stack.web.state.dashboard.history.get(failed)
+        return row is not None and row.state == "FAILURE"
+
+    assert await stack.until(failed_seen)
+    r = await stack.client.post(f"/api/history/{failed}/retry")
+    assert r.status_code == 202
+    again = r.json()["id"]
+    assert again != failed and r.json()["retry_of"] == failed
+    assert (await stack.result(again, "FAILURE"))["error"]["message"] == "once"
+    assert (await stack.client.post(f"/api/history/{done}/retry")).status_code == 409
+    assert (await stack.client.post("/api/history/unknown/retry")).status_code == 404

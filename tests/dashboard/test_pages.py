@@ -154,3 +154,36 @@ async def test_rate_limit_and_shutdown_reach_the_worker(redis_stack: Stack) -> N
     )
     assert r.status_code == 303
     assert await asyncio.to_thread(stack.worker.wait, 30) == 0  # a warm shutdown
+
+
+async def test_bulk_revoke_and_retry_forms(redis_stack: Stack) -> None:
+    stack = redis_stack
+    await follow(stack)
+    later = {"countdown": 60}
+    waiting = [
+        (
+            await stack.client.post("/api/tasks/dash.echo", json={"args": [i], "options": later})
+        ).json()["id"]
+        for i in range(2)
+    ]
+    page = (await stack.client.get("/tasks", params={"q": "dash.echo"})).text
+    assert "Revoke 2 unfinished" in page
+    assert 'id="revoke-matching"' not in (await stack.client.get("/tasks")).text  # no filter
+    token = stack.client.cookies["aiotask_csrf"]
+    r = await stack.client.post(
+        "/actions/revoke-matching",
+        data={"csrf": token, "q": "dash.echo", "state": "", "next": "/tasks"},
+    )
+    assert r.status_code == 303 and "revoked+2+unfinished" in r.headers["location"]
+    for task_id in waiting:
+        await stack.result(task_id, "REVOKED")
+
+    failed = (await stack.client.post("/api/tasks/dash.boom", json={"args": ["x"]})).json()["id"]
+    await stack.result(failed, "FAILURE")
+
+    async def retry_shown() -> bool:
+        return 'id="retry"' in (await stack.client.get(f"/tasks/{failed}")).text
+
+    assert await stack.until(retry_shown)
+    r = await stack.client.post("/actions/retry", data={"csrf": token, "id": failed, "next": "/"})
+    assert r.status_code == 303 and f"sent+{failed}+again+as" in r.headers["location"]
