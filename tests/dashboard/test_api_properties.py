@@ -41,6 +41,7 @@ OPERATIONS = [
 ]
 CREDS = {"authorization": "Basic " + base64.b64encode(b"prop:erty").decode()}
 SETTINGS = settings(
+    database=None,  # no .hypothesis/ directory in the work tree
     max_examples=25,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
