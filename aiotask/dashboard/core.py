@@ -20,6 +20,8 @@ if TYPE_CHECKING:
 
     from aiotask.app import App
 
+#: Seconds `close()` waits for a follower that is still subscribing.
+CLOSE_WAIT = 5.0
 #: Largest request body accepted (bytes); a send's arguments beyond this are refused.
 MAX_BODY = 1024 * 1024
 
@@ -49,12 +51,24 @@ class Dashboard:
             )
 
     async def close(self) -> None:
-        """Stop following events (the app's connections are its owner's to close)."""
+        """Stop following events (the app's connections are its owner's to close).
+
+        A follower still subscribing is given up to CLOSE_WAIT seconds to finish first: a
+        broker client cancelled halfway through connecting may leave its connection behind."""
         task, self._follower = self._follower, None
-        if task is not None:
-            task.cancel()
+        if task is None:
+            return
+        if not task.done() and not self.history.following.is_set():
+            subscribed = asyncio.ensure_future(self.history.following.wait())
+            await asyncio.wait(
+                {task, subscribed}, timeout=CLOSE_WAIT, return_when="FIRST_COMPLETED"
+            )
+            subscribed.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await task
+                await subscribed
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 def dashboard_of(request: Request) -> Dashboard:

@@ -67,20 +67,23 @@ def broker_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 async def open_stack(
-    directory: Path, url: str, namespace: str, **web_options: Any
+    directory: Path, url: str, namespace: str, backend: str | None = None, **web_options: Any
 ) -> AsyncIterator[Stack]:
     from aiotask.dashboard import create_app
 
     (directory / "proc_tasks.py").write_text(SHIM)
     (directory / "logs").mkdir(exist_ok=True)
+    extra = {"AIOTASK_RESULT_BACKEND": backend} if backend else {}
     env = worker_env(
         directory,
         url,
         AIOTASK_KEY_PREFIX=namespace,
         PYTHONPATH=f"{directory}:{ROOT}",
+        **extra,
     )
     worker = start_worker(directory, env, "-E", "-c", "8")
-    app = make_app(broker=url, key_prefix=namespace, events=True)
+    settings: dict[str, Any] = {"backend": backend} if backend else {}
+    app = make_app(broker=url, key_prefix=namespace, events=True, **settings)
     web = create_app(app, **web_options)
     transport = httpx.ASGITransport(app=web)
     try:
@@ -93,13 +96,27 @@ async def open_stack(
         stop(worker)
 
 
-@pytest.fixture(params=["redis", "sqlite"])
+@pytest.fixture(params=["redis", "sqlite", "amqp"])
 async def stack(
     request: pytest.FixtureRequest, tmp_path: Path, namespace: str
 ) -> AsyncIterator[Stack]:
-    url = broker_url(request, tmp_path)
-    async for s in open_stack(tmp_path, url, namespace):
-        yield s
+    if request.param != "amqp":
+        async for s in open_stack(tmp_path, broker_url(request, tmp_path), namespace):
+            yield s
+        return
+    # RabbitMQ keeps no results: the worker and the dashboard store them in Redis
+    url: str = request.getfixturevalue("amqp_url")
+    backend: str = request.getfixturevalue("redis_url")
+    try:
+        async for s in open_stack(tmp_path, url, namespace, backend):
+            yield s
+    finally:
+        from aiotask.brokers.rabbitmq import RabbitMQBroker
+
+        app = make_app(broker=url, backend=None, key_prefix=namespace)
+        assert isinstance(app.broker, RabbitMQBroker)
+        async with app:
+            await app.broker.delete_queue("default")
 
 
 @pytest.fixture
