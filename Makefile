@@ -48,7 +48,8 @@ $(BENCH_STAMP): pyproject.toml
 chromium:  ## Debian's chromium for the dashboard's browser tests (installed when missing)
 	@if [ ! -x /usr/bin/chromium ]; then \
 	  echo "installing chromium (apt-get) for the dashboard's browser tests"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; } \
+	    || echo "could not install chromium: the browser tests skip (or fail in CI)"; \
 	fi
 
 format: $(STAMP)  ## format and autofix
