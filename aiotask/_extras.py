@@ -17,7 +17,14 @@ if TYPE_CHECKING:
     from types import ModuleType
 
 #: top-level client module -> the extra that installs it
-EXTRA_OF: dict[str, str] = {"redis": "redis", "hiredis": "redis", "aio_pika": "rabbitmq"}
+EXTRA_OF: dict[str, str] = {
+    "redis": "redis",
+    "hiredis": "redis",
+    "aio_pika": "rabbitmq",
+    "starlette": "dashboard",
+    "uvicorn": "dashboard",
+    "jinja2": "dashboard",
+}
 
 
 def require(module: str, *, what: str) -> ModuleType:
