@@ -37,6 +37,9 @@ ALIASES = {
     "@midnight": "0 0 * * *",
     "@hourly": "0 * * * *",
 }
+#: The shortest interval: a beat claims, sends and records every slot, so an entry fires at
+#: most once a second (a cron expression, seconds field included, cannot fire more often).
+MIN_EVERY = 1.0
 
 
 def zone(name: str) -> ZoneInfo:
@@ -97,6 +100,11 @@ class Every:
         if not (isinstance(self.seconds, int | float) and 0 < self.seconds < math.inf):
             raise ConfigurationError(
                 f"every= must be a positive number of seconds, got {self.seconds!r}"
+            )
+        if self.seconds < MIN_EVERY:
+            raise ConfigurationError(
+                f"every={self.seconds!r} would fire more than once a second: the shortest "
+                f"interval is every={MIN_EVERY:g} (one slot per second per entry)"
             )
 
     def slots(self, after: float) -> Iterator[float]:

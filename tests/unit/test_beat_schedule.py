@@ -80,6 +80,7 @@ def test_every_is_aligned_so_all_beats_agree() -> None:
         ({"cron": "* * *"}, "expected 5 fields"),
         ({"cron": "* * * * *", "tz": "Mars/Olympus"}, "unknown time zone 'Mars/Olympus'"),
         ({"every": 0}, "positive number of seconds"),
+        ({"every": 0.5}, "every=0.5 would fire more than once a second"),
         ({"every": 5, "tz": "UTC"}, "tz= only applies to cron"),
         ({}, "exactly one of cron= or every="),
         ({"cron": "* * * * *", "every": 5}, "exactly one of cron= or every="),
