@@ -15,6 +15,7 @@ from aiotask._urls import redact
 from aiotask.cli import _observe
 from aiotask.cli._beat import register as register_beat
 from aiotask.cli._events import register as register_events
+from aiotask.cli._exporter import register as register_exporter
 from aiotask.cli._loader import load_app
 from aiotask.cli._ops import register as register_ops
 from aiotask.cli._queues import register as register_queues
@@ -259,6 +260,7 @@ register_beat(cli)
 register_ops(cli)
 register_queues(cli)
 register_events(cli)
+register_exporter(cli)
 
 
 def main(argv: list[str] | None = None) -> None:
