@@ -151,3 +151,38 @@ async def test_unregistered_task_refused_at_start(app: App) -> None:
     entries = {"x": Entry(name="x", task="nope.missing", schedule=Every(1))}
     with pytest.raises(ConfigurationError, match=r"'nope\.missing' is not registered"):
         Beat(app, MemoryScheduleStore(), entries).check()
+
+
+async def test_a_burst_is_sent_in_batches_each_slot_once_through_a_failed_batch(
+    app: App,
+) -> None:
+    """2,600 entries due at one instant: six batches; the third one's publish fails, its
+    slots are resent (same ids) once their claim is stale, the other batches' are not."""
+    from aiotask.beat import runner
+
+    static = {
+        f"e{i}": Entry(name=f"e{i}", task="beat.tick", schedule=Every(60)) for i in range(2600)
+    }
+    clock = Clock(1000.0)
+    beat = Beat(app, MemoryScheduleStore(), static, clock=clock)
+    await beat.tick()  # registers every entry
+    publish, calls = app.publish, []
+
+    async def flaky(messages: object) -> None:
+        calls.append(len(messages))  # type: ignore[arg-type]
+        if len(calls) == 3:
+            raise BrokerConnectionError("broker away for one batch")
+        await publish(messages)  # type: ignore[arg-type]
+
+    app.publish = flaky  # type: ignore[method-assign]
+    clock.t = 1020.0
+    with pytest.raises(BrokerConnectionError):
+        await beat.tick()
+    assert sorted(calls) == sorted([runner.FIRE_BATCH] * 5 + [2600 - 5 * runner.FIRE_BATCH])
+    first = [i for i, _ in await sent(app)]
+    assert len(first) == 2600 - calls[2]
+    clock.t = 1020.0 + PENDING_TIMEOUT + 1  # the failed batch's claims are stale: resent
+    await beat.tick()
+    again = [i for i, _ in await sent(app)]
+    assert len(again) == calls[2] and not set(again) & set(first)
+    assert {e.slot_id(1020.0) for e in static.values()} == set(first) | set(again)
