@@ -144,11 +144,12 @@ class Beat:
         if self.changed.is_set():
             await self.reload()
         wall = self.clock()
-        names: list[str] = []
-        while self._heap and self._heap[0][0] <= wall:
-            when, name = heapq.heappop(self._heap)
-            if self._wake.get(name) == when:
-                names.append(name)
+        due: dict[str, None] = {}  # once each: an entry can be in the heap twice at one
+        while self._heap and self._heap[0][0] <= wall:  # instant (a reload re-adds it), and
+            when, name = heapq.heappop(self._heap)  # two claims of one entry in one batch
+            if self._wake.get(name) == when:  # lose to each other after moving its watermark
+                due[name] = None
+        names = list(due)
         if names:
             await self._fire_batches(names, wall)
         return (self._heap[0][0] - self.clock()) if self._heap else MAX_SLEEP

@@ -54,7 +54,7 @@ def zone(name: str) -> ZoneInfo:
 
 @dataclass(frozen=True, slots=True)
 class Cron:
-    """A cron expression (5 fields, or 6 with seconds last, or an @alias) in a time zone."""
+    """A cron expression (5 fields, or 6 with seconds first, or an @alias) in a time zone."""
 
     expr: str
     tz: str = "UTC"
@@ -68,7 +68,7 @@ class Cron:
         if len(spec.split()) not in (5, 6):
             raise ConfigurationError(
                 f"bad cron expression {self.expr!r}: expected 5 fields (minute hour day month "
-                "weekday), 6 with seconds last, or an alias such as @hourly"
+                "weekday), 6 with seconds first, or an alias such as @hourly"
             )
         try:
             next(CronSim(spec, datetime(2000, 1, 1, tzinfo=self._zone)))
