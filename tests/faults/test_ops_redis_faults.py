@@ -8,6 +8,7 @@ import asyncio
 import subprocess
 import sys
 import time
+import uuid
 from typing import TYPE_CHECKING
 
 import orjson
@@ -36,6 +37,13 @@ def _cli(tmp: Path, env: dict[str, str], *argv: str) -> subprocess.Popen[str]:
     )
 
 
+def _status(tmp: Path, env: dict[str, str], *argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "aiotask", "status", "-A", "proc_tasks:app", *argv],
+        cwd=tmp, env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+
+
 async def _stats(app: App, queue: str) -> QueueStats:
     return next(s for s in await app.dead_letters.queue_stats([queue]) if s.queue == queue)
 
@@ -54,7 +62,10 @@ async def _drain_ids(app: App, queue: str) -> list[str]:
 
 
 async def _dead_letter(app: App, queue: str, n: int) -> list[str]:
-    sent = [app.message_factory("proc.add", [i, i], {}, {"queue": queue}, None) for i in range(n)]
+    sent = [
+        app.message_factory("proc.add", [i, i], {}, {"queue": queue}, str(uuid.uuid4()))
+        for i in range(n)
+    ]
     for start in range(0, n, 2000):
         await app.publish(sent[start : start + 2000])
     dead = 0
@@ -86,7 +97,7 @@ async def test_dlq_replay_killed_midway_loses_nothing(
             _, err = replay.communicate()
         assert replay.returncode == -9, err
         stats = await _stats(app, "replayq")
-        assert 0 < stats.ready and stats.dead > 0, stats  # killed midway
+        assert stats.ready > 0 and stats.dead > 0, stats  # killed midway
         # nothing lost: every id is queued again, still dead-lettered, or both (one batch)
         dead_now = {d.id for d in await app.dead_letters.list(queue="replayq")}
         queued = await _drain_ids(app, "replayq")
@@ -125,20 +136,14 @@ async def test_registry_and_status_are_right_after_a_redis_restart(
                 await asyncio.sleep(0.1)
             assert (info.name, info.done, info.pid) == ("regw", 2, worker.pid)
             assert info.state(time.time()) == "online"
-        done = subprocess.run(
-            [sys.executable, "-m", "aiotask", "status", "-A", "proc_tasks:app", "--json"],
-            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60, check=False,
-        )  # fmt: skip
+        done = await asyncio.to_thread(_status, tmp_path, env, "--json")
         assert done.returncode == 0, done.stderr
         [row] = orjson.loads(done.stdout)["workers"]
         assert (row["name"], row["state"], row["done"]) == ("regw", "online", 2)
         worker.kill()  # a worker that dies for good shows as lost, from the store alone
         worker.communicate()
         await asyncio.sleep(3.5)
-        done = subprocess.run(
-            [sys.executable, "-m", "aiotask", "status", "-A", "proc_tasks:app"],
-            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60, check=False,
-        )  # fmt: skip
+        done = await asyncio.to_thread(_status, tmp_path, env)
         assert done.returncode == 0 and "0 online, 1 lost" in done.stdout, done.stdout
     finally:
         if worker.poll() is None:
