@@ -90,6 +90,7 @@ async def test_three_beats_one_killed_send_every_slot_once(
     started = time.time()
     beats = [_start(tmp_path, env, "beat") for _ in range(3)]
     try:
+        await _wait_started(tmp_path, 3)  # a loaded machine may take seconds to import
         await asyncio.sleep(RUN_FOR / 2)
         killed_at = time.time()
         beats[0].kill()  # kill -9 one beat mid-run
