@@ -190,6 +190,8 @@ def plan(entry: Entry, last: float | None, now: float, previous_running: bool = 
     if entry.catch_up == "none" and (missed or len(due) > 1 or now > _on_time(entry, due[-1])):
         skipped["missed"] = skipped.get("missed", 0) + len(due)
         send = []
+    if entry.expires is None and not entry.paused and not previous_running:
+        return Plan(send, skipped, through, wake)  # nothing to drop (a burst's common case)
     for reason, drop in (
         ("expired", lambda s: entry.expires is not None and now > s + entry.expires),
         ("paused", lambda _s: entry.paused),
