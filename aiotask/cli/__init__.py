@@ -16,6 +16,7 @@ from aiotask.cli import _observe
 from aiotask.cli._beat import register as register_beat
 from aiotask.cli._dashboard import register as register_dashboard
 from aiotask.cli._events import register as register_events
+from aiotask.cli._exporter import register as register_exporter
 from aiotask.cli._loader import load_app
 from aiotask.cli._ops import register as register_ops
 from aiotask.cli._queues import register as register_queues
@@ -261,6 +262,7 @@ register_ops(cli)
 register_queues(cli)
 register_events(cli)
 register_dashboard(cli)
+register_exporter(cli)
 
 
 def main(argv: list[str] | None = None) -> None:

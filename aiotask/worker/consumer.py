@@ -15,7 +15,7 @@ from aiotask._log import get_logger
 from aiotask._time import now
 from aiotask.coordination import spec as limit_spec
 from aiotask.coordination.gate import Gates
-from aiotask.events.model import EventType
+from aiotask.events.emitter import TASK_RECEIVED
 from aiotask.exceptions import ConfigurationError, ProtocolError
 from aiotask.protocol import decode
 from aiotask.ratelimit import RateLimiter
@@ -112,9 +112,7 @@ class Dispatcher:
             return
         if self.events is not None:
             retries = {"retries": message.retries} if message.retries else None
-            self.events.task(
-                EventType.TASK_RECEIVED, message.id, message.task, delivery.queue, None, retries
-            )
+            self.events.task(TASK_RECEIVED, message.id, message.task, delivery.queue, None, retries)
         revoked = message.id in self.executor.revoked
         if not revoked:
             task = self.tasks.get(message.task)

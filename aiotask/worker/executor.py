@@ -13,6 +13,7 @@ from aiotask.backends.base import EncodedResult, ResultRecord
 from aiotask.canvas.primitives import MAP_TASK, STARMAP_TASK
 from aiotask.canvas.runtime import CHORD_BODY_HEADER, Finished
 from aiotask.context import TaskContext, current_task
+from aiotask.events.emitter import TASK_STARTED, TASK_SUCCEEDED
 from aiotask.events.model import EventType
 from aiotask.exceptions import (
     NotRegistered,
@@ -116,7 +117,7 @@ class Executor:
         if self.probe is not None:
             self.probe.started(delivery, message)
         if self.events is not None:
-            self.events.task(EventType.TASK_STARTED, message.id, message.task, delivery.queue)
+            self.events.task(TASK_STARTED, message.id, message.task, delivery.queue)
         return await self._run(delivery, message, task)
 
     def _skip(self, delivery: Delivery, message: Message, revoked: bool) -> Settlement:
@@ -423,7 +424,7 @@ def _outcome_event(
     retries = {"retries": message.retries} if message.retries else None
     match outcome:
         case Succeeded():
-            events.task(EventType.TASK_SUCCEEDED, ident, name, queue, runtime, retries)
+            events.task(TASK_SUCCEEDED, ident, name, queue, runtime, retries)
         case Failed(exc):
             events.task_error(EventType.TASK_FAILED, ident, name, queue, exc, runtime, retries)
         case Retrying(decision):
