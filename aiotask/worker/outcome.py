@@ -70,3 +70,6 @@ class Settlement:
     reason: str = ""
     #: canvas: the finished task whose follow-ups the settler derives (canvas/runtime.py)
     finished: Finished | None = None
+    #: the result could not be stored (not encodable, or over max_result_size): stored as
+    #: this FAILURE instead, and the canvas fails on with it
+    store_error: BaseException | None = None
