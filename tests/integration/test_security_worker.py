@@ -1,0 +1,199 @@
+"""Security settings through a real Worker (same code paths as `aiotask worker`): signed,
+compressed and msgpack messages drive retries and canvas (workers re-sign what they send),
+refusals are counted in metrics, results over the cap fail, and a message can only name a
+registered task: the worker never imports or resolves anything a message names."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from aiotask import App, chain, chord, group
+from aiotask.brokers import Outgoing
+from aiotask.exceptions import MessageTooLarge, NotRegistered, TaskError
+from aiotask.protocol import Message
+from aiotask.testing import start_worker
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+    from pathlib import Path
+
+    from aiotask.context import TaskContext
+
+SECRET = "in-process-signing-secret-0123456789"
+CONFIGS: dict[str, dict[str, Any]] = {
+    "signed": {"signing_keys": {"k1": SECRET}},
+    "signed-zlib-msgpack": {
+        "signing_keys": {"k1": SECRET},
+        "compression": "zlib",
+        "compression_threshold": 10,
+        "serializer": "msgpack",
+    },
+    "signed-zstd-pickle": {
+        "signing_keys": {"k0": "an-old-key-still-accepted-0123", "k1": SECRET},
+        "signing_key_id": "k1",
+        "compression": "zstd",
+        "compression_threshold": 10,
+        "serializer": "pickle",
+    },
+}
+
+
+def make_app(url: str, namespace: str, **settings: Any) -> App:
+    app = App("sec", broker=url, backend=url, key_prefix=namespace, **settings)
+    attempts: dict[str, int] = {}
+
+    @app.task(name="sec.add")
+    async def add(x: int, y: int) -> int:
+        return x + y
+
+    @app.task(name="sec.total")
+    async def total(values: list[int]) -> int:
+        return sum(values)
+
+    @app.task(name="sec.flaky", bind=True, max_retries=3)
+    async def flaky(ctx: TaskContext, key: str) -> int:
+        attempts[key] = attempts.get(key, 0) + 1
+        if attempts[key] < 3:
+            raise ctx.retry(countdown=0.01)
+        return attempts[key]
+
+    @app.task(name="sec.big")
+    async def big(n: int) -> str:
+        return "x" * n
+
+    return app
+
+
+@pytest.fixture(params=["memory", "sqlite", "redis"])
+def url(request: pytest.FixtureRequest) -> str:
+    if request.param == "memory":
+        return "memory://"
+    value: str = request.getfixturevalue(f"{request.param}_url")
+    return value
+
+
+@pytest.fixture
+async def cleanup(url: str, namespace: str) -> AsyncIterator[None]:
+    yield
+    if url.startswith("redis"):
+        from tests.contract.conftest import delete_prefix
+
+        await delete_prefix(url, namespace)
+
+
+@pytest.mark.parametrize("config", list(CONFIGS))
+async def test_retries_and_canvas_run_signed(
+    config: str, url: str, namespace: str, cleanup: None
+) -> None:
+    app = make_app(url, namespace, **CONFIGS[config])
+    add, total, flaky = app.tasks["sec.add"], app.tasks["sec.total"], app.tasks["sec.flaky"]
+    async with app, start_worker(app):
+        assert await (await flaky.send("a")).get(timeout=10) == 3  # two signed retries
+        assert await (await chain(add.s(1, 2), add.s(3), add.s(4)).send()).get(timeout=10) == 10
+        header = group(add.s(i, i) for i in range(5))
+        assert await (await chord(header, total.s()).send()).get(timeout=10) == 20
+
+
+async def test_refusals_are_counted_and_dead_lettered_with_their_reason() -> None:
+    pytest.importorskip("prometheus_client")
+    from aiotask.metrics import WorkerMetrics
+
+    app = make_app("memory://", "x", signing_keys={"k1": SECRET}, max_message_size=4096)
+    unsigned = App("sec", broker="memory://", backend="memory://")
+    metrics = WorkerMetrics()
+    async with app, start_worker(app, probe=metrics):
+        body = unsigned.wire.encode(Message("u1", "sec.add", [1, 2]))
+        await app.broker.publish(
+            [
+                Outgoing("default", body, "u1"),
+                Outgoing("default", b"[" * 3000, "junk"),
+                Outgoing("default", b"x" * 5000, "huge"),
+            ]
+        )
+        assert await (await app.tasks["sec.add"].send(2, 2)).get(timeout=5) == 4
+        reasons: dict[str, str] = {}
+        for _ in range(200):
+            reasons = {d.message_id: d.reason for d in await app.broker.dead_letters("default")}
+            if len(reasons) == 3:
+                break
+            await asyncio.sleep(0.02)
+    metrics.close()
+    assert reasons == {"u1": "bad-signature", "junk": "bad-signature", "huge": "too-large"}
+    assert metrics.refusals == {("default", "bad-signature"): 2, ("default", "too-large"): 1}
+    assert app.backend is not None and await app.backend.get("u1") is None  # it never ran
+
+
+async def test_a_result_over_the_cap_fails_with_message_too_large_and_its_chain_stops() -> None:
+    app = make_app("memory://", "x", max_result_size=1000)
+    big, add = app.tasks["sec.big"], app.tasks["sec.add"]
+    async with app, start_worker(app):
+        assert await (await big.send(10)).get(timeout=5) == "x" * 10
+        r = await big.send(5000)
+        with pytest.raises(MessageTooLarge, match=r"'sec\.big'.*max_result_size") as info:
+            await r.get(timeout=5)
+        assert await r.state() == "FAILURE"
+        assert isinstance(info.value, MessageTooLarge)
+        # the next chain step never receives a result nobody stored: it fails on
+        c = await (big.s(5000) | add.s(1)).send()
+        with pytest.raises(MessageTooLarge):
+            await c.get(timeout=5)
+
+
+EVIL = """
+import pathlib, os
+pathlib.Path(os.environ["EVIL_MARKER"]).write_text("imported")
+
+def run(*args, **kwargs):
+    pathlib.Path(os.environ["EVIL_MARKER"]).write_text("ran")
+"""
+
+
+async def test_a_message_never_makes_the_worker_import_or_resolve_a_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "evil_sidefx.py").write_text(EVIL)
+    marker = tmp_path / "marker"
+    monkeypatch.setenv("EVIL_MARKER", str(marker))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    app = make_app("memory://", "x")
+    names = [
+        "evil_sidefx.run",
+        "evil_sidefx:run",
+        "os.system",
+        "builtins.eval",
+        "subprocess:run",
+        "__import__",
+        "sec.add.__globals__",
+    ]
+    async with app, start_worker(app):
+        results = [await app.send_task(name, args=["touch /tmp/pwned"]) for name in names]
+        mapped = await app.send_task("aiotask.map", args=["evil_sidefx.run", [1]])
+        for r in [*results, mapped]:
+            with pytest.raises(NotRegistered):
+                await r.get(timeout=5)
+        assert await app.AsyncResult(results[0].id).state() == "FAILURE"
+        dead = {d.message_id: d.reason for d in await app.broker.dead_letters("default")}
+    assert all("not registered" in dead[r.id] for r in results)
+    assert not marker.exists()
+    assert "evil_sidefx" not in sys.modules
+
+
+def test_a_failure_record_naming_an_unimported_module_is_not_imported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from aiotask.serializer import ExceptionInfo, caller_exception
+
+    (tmp_path / "evil_sidefx.py").write_text(EVIL)
+    marker = tmp_path / "marker"
+    monkeypatch.setenv("EVIL_MARKER", str(marker))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    exc = caller_exception(ExceptionInfo("evil_sidefx.run", "boom"))
+    assert isinstance(exc, TaskError)
+    assert not marker.exists() and "evil_sidefx" not in sys.modules
+    # an attribute path through an imported module is not a way in either
+    exc = caller_exception(ExceptionInfo("os.system", "boom"))
+    assert isinstance(exc, TaskError)
