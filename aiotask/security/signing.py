@@ -1,9 +1,9 @@
 """HMAC-SHA256 message signing: producers sign with the current key, workers accept any key.
 
 Keys are parsed and held here only. A `Keyring` never shows a secret: its repr lists key ids,
-and every error names the key id, never the secret. The hot path is one `hmac` copy of a key
-object prepared once (the key's inner and outer pads are hashed a single time) plus two
-`update` calls over bytes already in memory.
+and every error names the key id, never the secret. The hot path is two copies of hash
+states prepared once per key (the RFC 2104 inner and outer pads), three updates over bytes
+already in memory and two digests, all in C.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiotask.exceptions import ConfigurationError
 
@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 TAG_SIZE = 32
 #: Longest key id (it travels in every signed message, so keep ids short: "k2", "2026-11").
 MAX_KEY_ID = 64
+#: SHA-256's block size, for the HMAC pads.
+_BLOCK = 64
 #: A key shorter than this is refused: HMAC is only as strong as its secret.
 MIN_SECRET = 16
 
@@ -64,41 +66,51 @@ def _check_key(kid: object, secret: object) -> None:
         )
 
 
+def _pads(secret: str | bytes) -> tuple[Any, Any]:
+    """HMAC-SHA256 (RFC 2104) with the key's inner and outer pads hashed once, up front: a
+    tag then costs two C-level hash copies, three updates and two digests, with no Python
+    `hmac` object per message (its `copy()` is a Python method, several times slower)."""
+    key = secret.encode() if isinstance(secret, str) else secret
+    if len(key) > _BLOCK:
+        key = hashlib.sha256(key).digest()
+    key = key.ljust(_BLOCK, b"\0")
+    inner = hashlib.sha256(bytes(b ^ 0x36 for b in key))
+    outer = hashlib.sha256(bytes(b ^ 0x5C for b in key))
+    return inner, outer
+
+
 @dataclass(frozen=True, slots=True, repr=False)
 class Keyring:
     """Prepared HMAC keys: `signer` signs, every key verifies (rotation)."""
 
-    #: key id (bytes, as on the wire) -> an HMAC object already keyed, copied per message
-    keys: Mapping[bytes, hmac.HMAC]
+    #: key id (bytes, as on the wire) -> the key's pre-hashed (inner, outer) pads
+    keys: Mapping[bytes, tuple[Any, Any]]
     signer: bytes
 
     @classmethod
     def of(cls, secrets: Mapping[str, str | bytes], key_id: str) -> Keyring:
-        prepared = {
-            kid.encode(): hmac.new(
-                s.encode() if isinstance(s, str) else s, digestmod=hashlib.sha256
-            )
-            for kid, s in secrets.items()
-        }
-        return cls(prepared, key_id.encode())
+        return cls({kid.encode(): _pads(s) for kid, s in secrets.items()}, key_id.encode())
 
-    def sign(self, *parts: bytes) -> bytes:
-        """The tag of `parts` (concatenated) under the signing key."""
-        mac = self.keys[self.signer].copy()
-        for part in parts:
-            mac.update(part)
-        return mac.digest()
+    def sign(self, head: bytes, payload: bytes) -> bytes:
+        """The tag of `head + payload` under the signing key."""
+        return _tag(self.keys[self.signer], head, payload)
 
-    def verify(self, key_id: bytes, tag: bytes, *parts: bytes) -> bool:
-        """True when `tag` is the tag of `parts` under key `key_id` (constant-time compare)."""
-        base = self.keys.get(key_id)
-        if base is None:
-            return False
-        mac = base.copy()
-        for part in parts:
-            mac.update(part)
-        return hmac.compare_digest(mac.digest(), tag)
+    def verify(self, key_id: bytes, tag: bytes, head: bytes, payload: bytes) -> bool:
+        """True when `tag` is the tag of `head + payload` under key `key_id` (constant-time
+        compare); False for an unknown key id."""
+        pads = self.keys.get(key_id)
+        return pads is not None and hmac.compare_digest(_tag(pads, head, payload), tag)
 
     def __repr__(self) -> str:
         ids = ", ".join(sorted(k.decode() for k in self.keys))
         return f"Keyring(signer={self.signer.decode()!r}, ids=[{ids}])"
+
+
+def _tag(pads: tuple[Any, Any], head: bytes, payload: bytes) -> bytes:
+    inner = pads[0].copy()
+    inner.update(head)
+    inner.update(payload)
+    outer = pads[1].copy()
+    outer.update(inner.digest())
+    digest: bytes = outer.digest()
+    return digest

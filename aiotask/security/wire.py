@@ -22,7 +22,7 @@ decodes anything: a forged message costs it one HMAC over bytes it already holds
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from aiotask import protocol
@@ -67,6 +67,14 @@ class Wire:
     threshold: int = 1024
     #: this side opted in to pickle (serializer="pickle", which requires keys)
     allow_pickle: bool = False
+    #: the frame's constant parts, computed once: prefix + serializer; key id length + id
+    _lead: bytes = field(init=False, default=b"")
+    _kid: bytes = field(init=False, default=b"\x00")
+
+    def __post_init__(self) -> None:
+        self._lead = PREFIX + codecs.CODES[self.serializer]
+        if self.keyring is not None:
+            self._kid = bytes([len(self.keyring.signer)]) + self.keyring.signer
 
     @classmethod
     def from_settings(cls, conf: Settings) -> Wire:
@@ -126,19 +134,8 @@ class Wire:
         else:
             packed = payload
         keyring = self.keyring
-        kid = keyring.signer if keyring is not None else b""
-        head = _HEAD.pack(
-            PREFIX,
-            codecs.CODES[self.serializer],
-            compression.CODES[algorithm],
-            size,
-            len(kid),
-        )
-        if keyring is not None:
-            head += kid
-            body = head + keyring.sign(head, packed) + packed
-        else:
-            body = head + packed
+        head = self._lead + compression.CODES[algorithm] + size.to_bytes(4, "big") + self._kid
+        body = head + keyring.sign(head, packed) + packed if keyring is not None else head + packed
         if limit and len(body) > limit:
             raise MessageTooLarge(message.task, len(body), limit)
         return body
@@ -157,6 +154,24 @@ class Wire:
             if self.keyring is not None:
                 raise Refused(BAD_SIGNATURE, "unsigned message (signing keys are configured)")
             return _parse(body, codecs.JSON)
+        keyring = self.keyring
+        if keyring is not None and body[4:6] == b"j-" and len(body) > _HEAD.size:
+            # the common signed frame (json, uncompressed), inlined; anything that does not
+            # verify here takes the general path below, which says what is wrong
+            start = _HEAD.size + body[10]
+            end = start + TAG_SIZE
+            payload = body[end:]
+            if (
+                start < end <= len(body)
+                and keyring.verify(body[_HEAD.size : start], body[start:end], body[:start], payload)
+                and len(payload) == int.from_bytes(body[6:10], "big")
+            ):
+                return _parse(payload, codecs.JSON)
+        return self._frame(body)
+
+    def _frame(self, body: bytes) -> Message:
+        """Any frame, checked step by step (the fast path above handles the common one)."""
+        limit = self.max_size
         if len(body) < _HEAD.size:
             raise Refused(UNDECODABLE, "truncated frame")
         _, ser_code, comp_code, size, klen = _HEAD.unpack_from(body)
