@@ -32,7 +32,7 @@ from aiotask.exceptions import (
     SerializationError,
 )
 from aiotask.result import AsyncResult, GroupResult, SyncResult, encode_revoked
-from aiotask.security import Wire
+from aiotask.security import Wire, seal
 from aiotask.serializer import unencodable_message
 from aiotask.settings import FROM_BROKER, Settings
 from aiotask.sync import run_sync
@@ -451,15 +451,18 @@ class App:
         if plan.groups or plan.blobs:
             backend = await self.result_backend()
             ttl = self.conf.result_expires
+            keyring = self.wire.keyring  # canvas state in the backend is sealed (signing)
             if plan.blobs:  # long chain remainders, stored once, before anything refers to them
                 await backend.store(
                     [
-                        EncodedResult.of(ResultRecord(key, CHAIN_STATE, steps), ttl)
+                        EncodedResult.of(
+                            ResultRecord(key, CHAIN_STATE, seal.seal_steps(keyring, steps)), ttl
+                        )
                         for key, steps in plan.blobs
                     ]
                 )
             for g in plan.groups:
-                await backend.open_group(g.group_id, g.size, g.body, ttl)
+                await backend.open_group(g.group_id, g.size, seal.seal(keyring, g.body), ttl)
         await self.publish(plan.messages)
         if isinstance(ids, str):
             return self.AsyncResult(ids)

@@ -11,9 +11,12 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from aiotask import App, chain, chord, group
+from aiotask import App, AsyncResult, chain, chord, group
+from aiotask.backends.base import EncodedResult, ResultRecord
+from aiotask.backends.memory import MemoryBackend
 from aiotask.brokers import Outgoing
-from aiotask.exceptions import MessageTooLarge, NotRegistered, TaskError
+from aiotask.canvas.compile import CHAIN_STATE
+from aiotask.exceptions import MessageTooLarge, NotRegistered, ResultTimeout, TaskError
 from aiotask.protocol import Message
 from aiotask.testing import start_worker
 
@@ -61,6 +64,10 @@ def make_app(url: str, namespace: str, **settings: Any) -> App:
             raise ctx.retry(countdown=0.01)
         return attempts[key]
 
+    @app.task(name="sec.pad")
+    async def pad(x: int, filler: str = "") -> int:
+        return x + 1
+
     @app.task(name="sec.big")
     async def big(n: int) -> str:
         return "x" * n
@@ -96,6 +103,63 @@ async def test_retries_and_canvas_run_signed(
         assert await (await chain(add.s(1, 2), add.s(3), add.s(4)).send()).get(timeout=10) == 10
         header = group(add.s(i, i) for i in range(5))
         assert await (await chord(header, total.s()).send()).get(timeout=10) == 20
+
+
+def long_chain(app: App) -> Any:
+    """A chain whose rest is too long to travel inline: kept in the backend (a blob)."""
+    pad = app.tasks["sec.pad"]
+    return chain(pad.s(0, filler="f" * 1000), *(pad.s(filler="f" * 1000) for _ in range(11)))
+
+
+async def test_a_long_chain_kept_in_the_backend_runs_signed(
+    url: str, namespace: str, cleanup: None
+) -> None:
+    app = make_app(url, namespace, signing_keys={"k1": SECRET})
+    async with app, start_worker(app):
+        assert await (await long_chain(app).send()).get(timeout=10) == 12
+
+
+def _backend(app: App) -> MemoryBackend:
+    assert isinstance(app.backend, MemoryBackend)
+    return app.backend
+
+
+async def test_a_forged_chord_body_in_the_backend_never_runs(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    app = make_app("memory://", "x", signing_keys={"k1": SECRET})
+    add, total = app.tasks["sec.add"], app.tasks["sec.total"]
+    async with app:
+        r = await chord(group(add.s(i, i) for i in range(3)), total.s()).send()
+        assert isinstance(r, AsyncResult)
+        (stored,) = _backend(app)._groups.values()
+        assert stored.body is not None and stored.body.startswith(b"\x00ATS")
+        # someone with write access to the backend swaps the body for an unsigned one
+        stored.body = stored.body[stored.body.index(b"{") :].replace(b"sec.total", b"sec.big")
+        async with start_worker(app):
+            with pytest.raises(ResultTimeout):
+                await r.get(timeout=1.5)
+    assert "stored body not used (bad-signature)" in caplog.text
+    assert await r.state() == "PENDING"
+
+
+async def test_a_forged_chain_remainder_in_the_backend_never_runs(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    app = make_app("memory://", "x", signing_keys={"k1": SECRET})
+    async with app:
+        r = await long_chain(app).send()
+        backend = _backend(app)
+        blobs = [k for k, (rec, _) in backend._results.items() if rec.state == CHAIN_STATE]
+        assert blobs
+        for key in blobs:  # replaced by plain (unsealed) steps
+            steps = [{"t": "task", "task": "sec.big", "id": "forged", "args": [1], "kwargs": {}}]
+            await backend.store([EncodedResult.of(ResultRecord(key, CHAIN_STATE, steps), 60)])
+        async with start_worker(app):
+            with pytest.raises(ResultTimeout):
+                await r.get(timeout=1.5)
+    assert "not used (bad-signature)" in caplog.text
+    assert await app.AsyncResult("forged").state() == "PENDING"
 
 
 async def test_refusals_are_counted_and_dead_lettered_with_their_reason() -> None:
