@@ -9,6 +9,7 @@ import asyncio
 import sys
 from typing import TYPE_CHECKING, Any
 
+import orjson
 import pytest
 
 from aiotask import App, AsyncResult, chain, chord, group
@@ -160,6 +161,53 @@ async def test_a_forged_chain_remainder_in_the_backend_never_runs(
                 await r.get(timeout=1.5)
     assert "not used (bad-signature)" in caplog.text
     assert await app.AsyncResult("forged").state() == "PENDING"
+
+
+HOSTILE: dict[str, bytes] = {
+    "dup": b'{"v":1,"id":"dup","task":"sec.add","task":"sec.big","args":[1,2]}',
+    "nan": b'{"v":1,"id":"nan","task":"sec.add","args":[1,2],"eta":NaN}',
+    "utf8": b'{"v":1,"id":"utf8","task":"sec.add","args":["\xff\xfe"]}',
+    "deep": b'{"v":1,"id":"deep","task":"sec.add","args":' + b"[" * 3000 + b"]" * 3000 + b"}",
+    "bool-v": b'{"v":true,"id":"bool-v","task":"sec.add"}',
+    "surrogate": b'{"v":1,"id":"surrogate","task":"sec.add","args":["\\ud800"]}',
+    **{
+        f"type-{name}": orjson.dumps({"v": 1, "id": f"type-{name}", "task": "sec.add", name: bad})
+        for name, bad in [
+            ("args", {"x": 1}),
+            ("kwargs", [1]),
+            ("eta", "soon"),
+            ("expires", True),
+            ("retries", 1.5),
+            ("headers", {"h": 1}),
+            ("chain", "x"),
+            ("links", {}),
+            ("errbacks", 3),
+            ("group_index", "0"),
+            ("ignore_result", 1),
+            ("queue", 5),
+            ("root_id", 7),
+        ]
+    },
+}
+
+
+async def test_hostile_envelopes_are_dead_lettered_and_the_worker_carries_on(
+    url: str, namespace: str, cleanup: None
+) -> None:
+    app = make_app(url, namespace)
+    async with app, start_worker(app):
+        await app.broker.publish([Outgoing("default", body, key) for key, body in HOSTILE.items()])
+        reasons: dict[str, str] = {}
+        for _ in range(300):
+            reasons = {d.message_id: d.reason for d in await app.broker.dead_letters("default")}
+            if len(reasons) == len(HOSTILE):
+                break
+            await asyncio.sleep(0.02)
+        assert await (await app.tasks["sec.add"].send(2, 3)).get(timeout=5) == 5
+    assert set(reasons) == set(HOSTILE)
+    assert all(reason.startswith("undecodable: ") for reason in reasons.values()), reasons
+    assert "duplicate key 'task'" in reasons["dup"]
+    assert "'retries' has the wrong type" in reasons["type-retries"]
 
 
 async def test_refusals_are_counted_and_dead_lettered_with_their_reason() -> None:
