@@ -107,8 +107,13 @@ def _strict_json(body: bytes) -> None:
 
 
 def _loads_msgpack(body: bytes) -> object:
-    import msgpack
-
+    try:
+        import msgpack
+    except ImportError:
+        raise ProtocolError(
+            "a msgpack message, but this worker lacks the msgpack package: "
+            "pip install 'aiotask[msgpack]'"
+        ) from None
     try:
         return msgpack.unpackb(body, raw=False, strict_map_key=True, timestamp=3)
     except Exception as exc:  # msgpack raises many types (ExtraData, StackError, ValueError)

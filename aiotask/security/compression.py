@@ -79,7 +79,13 @@ def decompress(data: bytes, algorithm: str, limit: int) -> bytes:
 
 
 def _unzstd(data: bytes, bound: int) -> bytes:
-    zstandard = _zstd()
+    try:
+        zstandard = _zstd()
+    except ImportError:
+        raise Corrupt(
+            "zstd-compressed, but this worker lacks the zstandard package: "
+            "pip install 'aiotask[zstd]'"
+        ) from None
     try:
         reader = zstandard.ZstdDecompressor().stream_reader(data, read_across_frames=False)
         with reader:

@@ -4,6 +4,7 @@ and the settings that configure them. Pure: no server."""
 from __future__ import annotations
 
 import struct
+import sys
 import zlib
 from typing import TYPE_CHECKING, Any
 
@@ -269,3 +270,16 @@ async def test_message_too_large_at_send_sends_nothing() -> None:
         with pytest.raises(MessageTooLarge, match=r"'t\.big'.*over max_message_size"):
             await app.send_task("t.big", args=["x" * 5000])
         assert await app.broker.purge("default") == 0
+
+
+def test_a_worker_without_the_optional_packages_dead_letters_their_messages(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    msgpack_body = wire(serializer="msgpack").encode(MSG)
+    zstd_body = wire(compression="zstd").encode(MSG)
+    monkeypatch.setitem(sys.modules, "msgpack", None)  # import msgpack -> ImportError
+    monkeypatch.setitem(sys.modules, "zstandard", None)
+    e = refused(wire(), msgpack_body)
+    assert e.reason == UNDECODABLE and "aiotask[msgpack]" in e.detail
+    e = refused(wire(), zstd_body)
+    assert e.reason == UNDECODABLE and "aiotask[zstd]" in e.detail
