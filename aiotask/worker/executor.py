@@ -16,6 +16,7 @@ from aiotask.context import TaskContext, current_task
 from aiotask.events.emitter import TASK_STARTED, TASK_SUCCEEDED
 from aiotask.events.model import EventType
 from aiotask.exceptions import (
+    MessageTooLarge,
     NotRegistered,
     SerializationError,
     TaskRevoked,
@@ -66,6 +67,7 @@ class Executor:
         self.pool = pool
         self.ttl = app.conf.result_expires
         self.track_started = app.conf.task_track_started
+        self.max_result = app.conf.max_result_size
         #: metrics hooks (worker/_probe.py); None when nothing watches
         self.probe: Probe | None = None
         #: task id -> the asyncio task executing it, for revoke(terminate=True)
@@ -201,6 +203,7 @@ class Executor:
         elapsed = time.perf_counter() - started
         _outcome_event(self.events, delivery, message, outcome, elapsed)
         settlement = self._settle(delivery, message, task, outcome, elapsed)
+        outcome = _as_stored(settlement, outcome)
         if message.chain or message.links or message.errbacks or message.chord is not None:
             self._advance(settlement, message, outcome)
         if task.has_hooks:
@@ -373,6 +376,8 @@ class Executor:
         record = ResultRecord(message.id, state, value, info, message.task, message.retries, now())
         try:
             stored = EncodedResult.of(record, self.ttl)
+            if self.max_result and len(stored.data) > self.max_result:
+                raise MessageTooLarge(message.task, len(stored.data), self.max_result, "result")
         except SerializationError as err:
             log.error("task %s[%s]: %s", message.task, message.id, err)
             failed = ResultRecord(
@@ -385,7 +390,16 @@ class Executor:
                 now(),
             )
             stored = EncodedResult.of(failed, self.ttl)
+            return Settlement(delivery, store=stored, store_error=err)
         return Settlement(delivery, store=stored)
+
+
+def _as_stored(settlement: Settlement, outcome: Outcome) -> Outcome:
+    """A success whose result could not be stored (over max_result_size, not encodable) is a
+    failure for the canvas too: the next chain step must not get a result nobody stored."""
+    if settlement.store_error is not None and type(outcome) is Succeeded:
+        return Failed(settlement.store_error)
+    return outcome
 
 
 async def _run_hooks(task: Task[Any, Any], message: Message, outcome: Outcome) -> None:
