@@ -127,8 +127,8 @@ class Database:
         self._topics: dict[str, Callable[[str], None]] = {}
         #: called when the LISTEN connection is lost (waiters look again, then poll)
         self.on_listen_lost: Callable[[], None] | None = None
-        #: set once after connect: the caller's migrations ran on this instance
-        self.migrated = False
+        #: components ("broker", "backend") whose migrations ran through this instance
+        self._migrated: set[str] = set()
 
     def _connect_kwargs(self) -> dict[str, Any]:
         kw: dict[str, Any] = {}
@@ -186,6 +186,17 @@ class Database:
                     f"cannot {what} on PostgreSQL {self.opts.shown}: {exc}"
                 ) from exc
 
+    async def migrate(self, component: str) -> None:
+        """Create or migrate `component`'s tables once per instance (idempotent anyway)."""
+        if component in self._migrated:
+            return
+        from aiotask._postgres import schema
+
+        await self.run(
+            lambda c: schema.migrate(c, self.opts.schema, component), "create the tables"
+        )
+        self._migrated.add(component)
+
     # -- LISTEN --------------------------------------------------------------------------
 
     def subscribe(self, topic: str, callback: Callable[[str], None]) -> None:
@@ -203,7 +214,15 @@ class Database:
         conn = self._listener
         if conn is not None and not conn.is_closed() and self._loop is asyncio.get_running_loop():
             return True
-        await self.pool()  # binds to this loop
+        await self.pool()  # binds to this loop (and makes the lock)
+        async with (
+            self._lock or asyncio.Lock()
+        ):  # one LISTEN connection, however many waiters ask at once
+            if self._listener is not None and not self._listener.is_closed():
+                return True
+            return await self._listen()
+
+    async def _listen(self) -> bool:
         try:
             conn = await asyncpg.connect(self.opts.dsn, **self._connect_kwargs())
         except ANY_ERROR as exc:

@@ -58,6 +58,13 @@ STEPS: dict[str, list[str]] = {
             expires_at double precision NOT NULL
         );
         """,
+        # 2: the monitoring event stream (capped by its writers)
+        """
+        CREATE TABLE {s}.events (
+            id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            body bytea NOT NULL
+        );
+        """,
     ],
     "backend": [
         """

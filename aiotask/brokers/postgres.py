@@ -28,16 +28,17 @@ from typing import TYPE_CHECKING
 
 from aiotask import _postgres
 from aiotask._backoff import Backoff
-from aiotask._postgres import schema as pg_schema
 from aiotask._time import now
 from aiotask.brokers import _postgres_admin as admin
 from aiotask.brokers import _postgres_sql as q
 from aiotask.brokers._common import MAX_PRIORITY, clamp_priority, exhausted_reason, tokens
+from aiotask.brokers._postgres_events import Events
 from aiotask.brokers._postgres_sql import Token
 from aiotask.brokers.base import BrokerCapabilities, DeadLetter, Delivery, Outgoing, QueueStats
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import AsyncIterator, Sequence
+    from contextlib import AbstractAsyncContextManager
 
     from aiotask.settings import Settings
 
@@ -56,7 +57,8 @@ class PostgresBroker:
     def __init__(self, url: str, settings: Settings) -> None:
         self._opts = _postgres.options(url, settings.key_prefix)
         self._db = _postgres.Database(self._opts, settings.broker_unreachable_timeout)
-        self._sql = q.SQL(_postgres.ident(settings.key_prefix))
+        self._sql_schema = _postgres.ident(settings.key_prefix)
+        self._sql = q.SQL(self._sql_schema)
         self._lease = settings.visibility_timeout
         self._max_deliveries = settings.max_deliveries
         self._lost_after = settings.worker_lost_after
@@ -66,6 +68,7 @@ class PostgresBroker:
         self._background: set[asyncio.Future[None]] = set()
         self._channel = _postgres.channel(settings.key_prefix, TOPIC)
         self._db.subscribe(TOPIC, self._notified)
+        self._events = Events(self._db, self._sql_schema, settings.key_prefix, self._opts.listen)
         self._db.on_listen_lost = self._wake_all
 
     @property
@@ -75,11 +78,7 @@ class PostgresBroker:
 
     async def connect(self) -> None:
         """Create or migrate the tables (idempotent), then start listening."""
-        if not self._db.migrated:
-            await self._db.run(
-                lambda c: pg_schema.migrate(c, self._opts.schema, "broker"), "create the tables"
-            )
-            self._db.migrated = True
+        await self._db.migrate("broker")
         await self._db.listening()
 
     async def close(self) -> None:
@@ -109,6 +108,7 @@ class PostgresBroker:
     def _wake_all(self) -> None:
         for event in self._wakeups:
             event.set()
+        self._events.wake()
 
     async def publish(self, batch: Sequence[Outgoing]) -> None:
         if not batch:
@@ -297,3 +297,11 @@ class PostgresBroker:
 
     async def known_queues(self) -> list[str]:
         return await self._db.run(lambda c: admin.queue_names(c, self.schema), "list queues")
+
+    # -- monitoring events (EventStream; see _postgres_events) -----------------------------
+
+    async def emit_events(self, batch: Sequence[bytes]) -> None:
+        await self._events.emit(batch)
+
+    def events(self) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
+        return self._events.follow()
