@@ -101,6 +101,13 @@ class PostgresBackend:
         if not results:
             return
         wall = now()
+        # One row per id (an UPSERT cannot touch a row twice), as if stored one by one: a
+        # later record replaces an earlier one unless the earlier one is final.
+        kept: dict[str, EncodedResult] = {}
+        for r in results:
+            if r.task_id not in kept or not kept[r.task_id].ready:
+                kept[r.task_id] = r
+        results = list(kept.values())
         rows = (
             [r.task_id for r in results],
             [r.state for r in results],

@@ -122,8 +122,9 @@ class PostgresBroker:
             [max(o.eta or wall, 0.0) for o in batch],
             [o.body for o in batch],
         )
-        ready = sorted({o.queue for o in batch if o.eta is None or o.eta <= wall})
-        notify = (self._channel, ready) if ready and self._opts.listen else None
+        # Delayed messages notify too: a sleeping consumer recomputes when to look next.
+        queues = sorted({o.queue for o in batch})
+        notify = (self._channel, queues) if self._opts.listen else None
         # Same pkeys on every attempt: a retry after a lost COMMIT reply inserts nothing twice.
         await self._db.run(lambda c: q.insert(c, self._sql, rows, notify), "publish")
 
