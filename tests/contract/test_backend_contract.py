@@ -45,10 +45,8 @@ async def test_one_batch_with_an_id_twice_is_stored_in_order(
 ) -> None:
     """A batch is stored as if record by record (a redelivered task settled twice at once)."""
     a, b = f"{namespace}-a", f"{namespace}-b"
-    await backend.store(
-        [rec(a, RETRY), rec(b, "PROGRESS", 1), rec(a, SUCCESS, 1), rec(b, "PROGRESS", 2)]
-        + [rec(a, FAILURE), rec(a, RETRY)]
-    )
+    batch = [rec(a, RETRY), rec(b, "PROGRESS", 1), rec(a, SUCCESS, 1), rec(b, "PROGRESS", 2)]
+    await backend.store([*batch, rec(a, FAILURE), rec(a, RETRY)])
     got_a, got_b = await backend.get_many([a, b])
     assert got_a is not None and (got_a.state, got_a.result) == (SUCCESS, 1)
     assert got_b is not None and got_b.result == 2
