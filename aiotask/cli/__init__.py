@@ -14,6 +14,7 @@ from aiotask import __version__
 from aiotask._urls import redact
 from aiotask.cli import _observe
 from aiotask.cli._beat import register as register_beat
+from aiotask.cli._db import register as register_db
 from aiotask.cli._events import register as register_events
 from aiotask.cli._loader import load_app
 from aiotask.cli._ops import register as register_ops
@@ -258,6 +259,7 @@ def purge(
 register_beat(cli)
 register_ops(cli)
 register_queues(cli)
+register_db(cli)
 register_events(cli)
 
 
