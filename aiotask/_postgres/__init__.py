@@ -148,9 +148,11 @@ class Database:
             self._loop = loop
         async with self._lock:
             if self._pool is None:
+                # min_size=0: connections are made on demand, so no background task of the
+                # pool's keeps reconnecting while the server is down (we retry in run()).
                 self._pool = await asyncpg.create_pool(
                     self.opts.dsn,
-                    min_size=1,
+                    min_size=0,
                     max_size=self.opts.pool_size,
                     **self._connect_kwargs(),
                 )

@@ -75,9 +75,12 @@ class SQL:
         )
         # When to look next: the earliest eta of these queues (delayed, leased) or the
         # earliest heartbeat expiry (a lost consumer to take over).
+        # Also whether a ready row exists that the claim skipped (locked by a transaction
+        # elsewhere): then look again soon, as no NOTIFY comes when that lock is released.
         self.next_due = (
             f"SELECT least((SELECT min(eta) FROM {s}.messages WHERE queue = ANY($1::text[]) "
-            f"AND eta > $2), (SELECT min(expires_at) FROM {s}.consumers))"
+            f"AND eta > $2), (SELECT min(expires_at) FROM {s}.consumers)), "
+            f"EXISTS (SELECT 1 FROM {s}.messages WHERE queue = ANY($1::text[]) AND eta <= $2)"
         )
         _held = "unnest($1::bigint[], $2::text[]) AS t(id, owner)"
         self.ack = (

@@ -93,7 +93,7 @@ class PostgresBroker:
                 5.0,
             )
         except Exception as exc:
-            log.warning("could not hand back unsettled messages (%s); their leases will lapse", exc)
+            log.warning("could not hand back unsettled messages (%r); their leases will lapse", exc)
         else:
             if released:
                 log.info("handed back %d unsettled message(s) on close", released)
@@ -143,14 +143,16 @@ class PostgresBroker:
                 got = await self._claim(wanted, limit)
                 if got:
                     return got
+                pause = poll.next_delay()
                 if listening:
-                    due = await self._db.run(
-                        lambda c: c.fetchval(self._sql.next_due, wanted, now()), "look ahead"
+                    row = await self._db.run(
+                        lambda c: c.fetchrow(self._sql.next_due, wanted, now()), "look ahead"
                     )
-                    pause = _postgres.IDLE_MAX if due is None else due - now()
-                    pause = min(max(pause, 0.0), _postgres.IDLE_MAX)
-                else:
-                    pause = poll.next_delay()
+                    due, skipped = row if row is not None else (None, True)
+                    if not skipped:  # else: rows locked elsewhere, poll until they are free
+                        poll.reset()
+                        pause = _postgres.IDLE_MAX if due is None else due - now()
+                        pause = min(max(pause, 0.0), _postgres.IDLE_MAX)
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(pause):
                         await event.wait()
