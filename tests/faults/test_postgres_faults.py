@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
     from tests.servers import PrivatePostgres
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.postgres, pytest.mark.slow, pytest.mark.timeout(180)]
 
 #: a lost worker's messages move after this (the default 10 s would only make the test slower)
 FAST_TAKEOVER = {"AIOTASK_WORKER_LOST_AFTER": "3", "AIOTASK_WORKER_HEARTBEAT_INTERVAL": "0.5"}

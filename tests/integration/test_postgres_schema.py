@@ -15,6 +15,8 @@ from aiotask.brokers import from_url as broker_from_url
 from aiotask.exceptions import ConfigurationError
 from aiotask.settings import Settings
 
+pytestmark = pytest.mark.postgres
+
 
 async def test_concurrent_migrations_apply_each_step_once(
     postgres_url: str, namespace: str
