@@ -153,6 +153,7 @@ class Database:
                 self._pool = await asyncpg.create_pool(
                     self.opts.dsn,
                     min_size=0,
+                    reset=_reset,
                     max_size=self.opts.pool_size,
                     **self._connect_kwargs(),
                 )
@@ -266,6 +267,12 @@ class Database:
                     pool.terminate()
             else:
                 pool.terminate()
+
+
+async def _reset(conn: asyncpg.Connection) -> None:
+    """Replaces the pool's reset query on release (one round trip per call saved): our calls
+    leave no session state (no LISTEN, SET or cursor on pooled connections; advisory locks are
+    transaction-scoped). asyncpg itself rolls back a transaction left open."""
 
 
 def _relay(callback: Callable[[str], None]) -> Callable[[object, int, str, str], None]:

@@ -25,24 +25,24 @@ async def upsert(
     s: str,
     rows: tuple[list[str], list[str], list[bool], list[bytes], list[float]],
     wall: float,
-    notify: tuple[str, list[str]] | None,
+    channel: str,
 ) -> None:
     """First final writer wins: the update applies only while the stored row is not ready
-    (or expired), in the same statement as the check."""
-    async with conn.transaction():
-        await conn.execute(
-            f"INSERT INTO {s}.results (task_id, state, ready, data, expires_at) "
-            "SELECT * FROM unnest($1::text[], $2::text[], $3::bool[], $4::bytea[], $5::float8[]) "
-            "ON CONFLICT (task_id) DO UPDATE SET state = excluded.state, "
-            "ready = excluded.ready, data = excluded.data, expires_at = excluded.expires_at "
-            f"WHERE NOT {s}.results.ready OR {s}.results.expires_at <= $6",
-            *rows,
-            wall,
-        )
-        if notify is not None:  # delivered at commit: a waiter woken now finds the row
-            await conn.execute(
-                "SELECT pg_notify($1, t) FROM unnest($2::text[]) AS t", notify[0], notify[1]
-            )
+    (or expired), in the same statement as the check. One statement, one round trip: the
+    NOTIFY of each stored ready result (`channel` "": none) is delivered at commit, so a
+    waiter woken by it finds the row."""
+    await conn.fetchval(
+        f"WITH up AS (INSERT INTO {s}.results (task_id, state, ready, data, expires_at) "
+        "SELECT * FROM unnest($1::text[], $2::text[], $3::bool[], $4::bytea[], $5::float8[]) "
+        "ON CONFLICT (task_id) DO UPDATE SET state = excluded.state, "
+        "ready = excluded.ready, data = excluded.data, expires_at = excluded.expires_at "
+        f"WHERE NOT {s}.results.ready OR {s}.results.expires_at <= $6 "
+        "RETURNING task_id, ready) "
+        "SELECT count(pg_notify($7, task_id)) FROM up WHERE ready AND $7 <> ''",
+        *rows,
+        wall,
+        channel,
+    )
 
 
 async def fetch(

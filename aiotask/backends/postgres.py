@@ -115,10 +115,8 @@ class PostgresBackend:
             [r.data for r in results],
             [wall + r.ttl for r in results],
         )
-        ready = [r.task_id for r in results if r.ready]
-        channel = self._channel(RESULTS)
-        notify = (channel, ready) if channel is not None and ready else None
-        await self._db.run(lambda c: sql.upsert(c, self._s, rows, wall, notify), "store results")
+        channel = self._channel(RESULTS) or ""
+        await self._db.run(lambda c: sql.upsert(c, self._s, rows, wall, channel), "store results")
         self._stores += 1
         if self._stores >= CLEANUP_EVERY or monotonic() - self._cleaned_at >= CLEANUP_INTERVAL:
             await self.cleanup()

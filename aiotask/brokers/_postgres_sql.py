@@ -37,14 +37,24 @@ class Claimed(NamedTuple):
     lost: list[tuple[str, int]]
 
 
+#: A FROM item that makes the statement's own (implicit) transaction commit without waiting
+#: for the WAL flush: for settles whose loss in a server crash only means a redelivery
+#: (at-least-once), never a lost message. Works through PgBouncer (no session state).
+NO_SYNC = "(SELECT set_config('synchronous_commit', 'off', true)) AS no_sync"
+
+
 class SQL:
     """The statements for one schema (formatted once)."""
 
     def __init__(self, s: str) -> None:
+        # One statement (one round trip): insert, then NOTIFY each queue that got a row.
         self.insert = (
-            f"INSERT INTO {s}.messages (pkey, message_id, queue, priority, eta, body) "
+            f"WITH ins AS (INSERT INTO {s}.messages "
+            "(pkey, message_id, queue, priority, eta, body) "
             "SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::smallint[], "
-            "$5::float8[], $6::bytea[]) ON CONFLICT (pkey) DO NOTHING"
+            "$5::float8[], $6::bytea[]) ON CONFLICT (pkey) DO NOTHING RETURNING queue) "
+            "SELECT count(pg_notify($7, q)) FROM (SELECT DISTINCT queue AS q FROM ins) AS d "
+            "WHERE $7 <> ''"
         )
         self.take_over = f"DELETE FROM {s}.consumers WHERE expires_at <= $1 RETURNING owner"
         # Not a nack: the work may have run, so the delivery stays counted.
@@ -65,12 +75,16 @@ class SQL:
             "deliveries, $2), $1 FROM gone RETURNING message_id, queue, deliveries"
         )
         # SKIP LOCKED: concurrent claimers take disjoint rows and never wait on each other.
+        # One statement; rows whose lease lapsed max_deliveries times are left for
+        # bury_exhausted. The claim commits without waiting for the WAL flush (NO_SYNC): a
+        # claim lost in a server crash only means the message is delivered again.
         self.claim = (
             f"WITH picked AS (SELECT id FROM {s}.messages "
             "WHERE queue = ANY($1::text[]) AND eta <= $2 "
+            "AND (lease_until IS NULL OR deliveries < $6) "
             "ORDER BY priority DESC, eta, id LIMIT $3 FOR UPDATE SKIP LOCKED) "
             f"UPDATE {s}.messages m SET lease_until = $4, eta = $4, lease_owner = $5, "
-            "deliveries = m.deliveries + 1 FROM picked WHERE m.id = picked.id "
+            f"deliveries = m.deliveries + 1 FROM picked, {NO_SYNC} WHERE m.id = picked.id "
             "RETURNING m.id, m.message_id, m.queue, m.priority, m.deliveries, m.body"
         )
         # When to look next: the earliest eta of these queues (delayed, leased) or the
@@ -84,22 +98,22 @@ class SQL:
         )
         _held = "unnest($1::bigint[], $2::text[]) AS t(id, owner)"
         self.ack = (
-            f"DELETE FROM {s}.messages m USING {_held} "
+            f"DELETE FROM {s}.messages m USING {_held}, {NO_SYNC} "
             "WHERE m.id = t.id AND m.lease_owner = t.owner"
         )
         self.nack_counted = (
             f"UPDATE {s}.messages m SET lease_until = $3, eta = $3, lease_owner = NULL "
-            f"FROM {_held} WHERE m.id = t.id AND m.lease_owner = t.owner"
+            f"FROM {_held}, {NO_SYNC} WHERE m.id = t.id AND m.lease_owner = t.owner"
         )
         # A hand-back is not a failed delivery: undo the claim's increment.
         self.nack_uncounted = (
             f"UPDATE {s}.messages m SET lease_until = NULL, lease_owner = NULL, eta = $3, "
             "deliveries = greatest(m.deliveries - 1, 0) "
-            f"FROM {_held} WHERE m.id = t.id AND m.lease_owner = t.owner"
+            f"FROM {_held}, {NO_SYNC} WHERE m.id = t.id AND m.lease_owner = t.owner"
         )
         self.extend = (
             f"UPDATE {s}.messages m SET lease_until = $3, eta = $3 "
-            f"FROM {_held} WHERE m.id = t.id AND m.lease_owner = t.owner"
+            f"FROM {_held}, {NO_SYNC} WHERE m.id = t.id AND m.lease_owner = t.owner"
         )
         self.bury = (
             f"WITH gone AS (DELETE FROM {s}.messages m USING {_held} "
@@ -134,16 +148,11 @@ async def insert(
     conn: asyncpg.Connection,
     sql: SQL,
     rows: tuple[list[uuid.UUID], list[str], list[str], list[int], list[float], list[bytes]],
-    notify: tuple[str, list[str]] | None,
+    channel: str,
 ) -> None:
-    """Insert a batch (a retried batch is skipped by its pkeys) and wake the consumers."""
-    async with conn.transaction():
-        await conn.execute(sql.insert, *rows)
-        if notify is not None:
-            # Delivered at commit; one per queue (PostgreSQL folds duplicates in a transaction).
-            await conn.execute(
-                "SELECT pg_notify($1, q) FROM unnest($2::text[]) AS q", notify[0], notify[1]
-            )
+    """Insert a batch (a retried batch is skipped by its pkeys) and wake the consumers
+    (`channel` "" : no NOTIFY). The NOTIFY is delivered at commit."""
+    await conn.fetchval(sql.insert, *rows, channel)
 
 
 async def claim(
@@ -156,7 +165,16 @@ async def claim(
     wall: float,
     lease: float,
     max_deliveries: int,
+) -> list[Row]:
+    rows = await conn.fetch(sql.claim, queues, wall, limit, wall + lease, owner, max_deliveries)
+    return [(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows]
+
+
+async def maintain(
+    conn: asyncpg.Connection, sql: SQL, queues: list[str], *, wall: float, max_deliveries: int
 ) -> Claimed:
+    """Take over the leases of lost consumers and dead-letter exhausted rows (one transaction,
+    run by each consumer every MAINTAIN_EVERY seconds and whenever it found nothing)."""
     async with conn.transaction():
         lost: list[tuple[str, int]] = []
         for (consumer,) in await conn.fetch(sql.take_over, wall):
@@ -165,12 +183,7 @@ async def claim(
         buried = await conn.fetch(sql.bury_exhausted, wall, max_deliveries, queues)
         for queue in {b[1] for b in buried}:
             await conn.execute(sql.trim_dead, queue)
-        rows = await conn.fetch(sql.claim, queues, wall, limit, wall + lease, owner)
-    return Claimed(
-        [tuple(r) for r in rows],
-        [(b[0], b[1], b[2]) for b in buried],
-        lost,
-    )
+    return Claimed([], [(b[0], b[1], b[2]) for b in buried], lost)
 
 
 async def settle(

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 from aiotask import _postgres
 from aiotask._backoff import Backoff
-from aiotask._time import now
+from aiotask._time import monotonic, now
 from aiotask.brokers import _postgres_admin as admin
 from aiotask.brokers import _postgres_sql as q
 from aiotask.brokers._common import MAX_PRIORITY, clamp_priority, exhausted_reason, tokens
@@ -45,6 +45,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TOPIC = "messages"
+#: A consumer takes over lost consumers and dead-letters exhausted rows at least this often
+#: (seconds) while busy, and whenever a claim finds nothing.
+MAINTAIN_EVERY = 1.0
 
 
 class PostgresBroker:
@@ -64,6 +67,7 @@ class PostgresBroker:
         self._lost_after = settings.worker_lost_after
         self._owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._seq = itertools.count()
+        self._maintain_at = 0.0
         self._wakeups: set[asyncio.Event] = set()
         self._background: set[asyncio.Future[None]] = set()
         self._channel = _postgres.channel(settings.key_prefix, TOPIC)
@@ -123,10 +127,9 @@ class PostgresBroker:
             [o.body for o in batch],
         )
         # Delayed messages notify too: a sleeping consumer recomputes when to look next.
-        queues = sorted({o.queue for o in batch})
-        notify = (self._channel, queues) if self._opts.listen else None
+        channel = self._channel if self._opts.listen else ""
         # Same pkeys on every attempt: a retry after a lost COMMIT reply inserts nothing twice.
-        await self._db.run(lambda c: q.insert(c, self._sql, rows, notify), "publish")
+        await self._db.run(lambda c: q.insert(c, self._sql, rows, channel), "publish")
 
     async def receive(self, queues: Sequence[str], limit: int) -> list[Delivery]:
         """Claim up to `limit` ready messages, sleeping until one is due or notified."""
@@ -143,6 +146,8 @@ class PostgresBroker:
                 got = await self._claim(wanted, limit)
                 if got:
                     return got
+                if await self._maintain(wanted):
+                    continue  # took over or buried something: claim again at once
                 pause = poll.next_delay()
                 if listening:
                     row = await self._db.run(
@@ -161,6 +166,8 @@ class PostgresBroker:
             self._wakeups.discard(event)
 
     async def _claim(self, queues: list[str], limit: int) -> list[Delivery]:
+        if monotonic() >= self._maintain_at:
+            await self._maintain(queues)
         owner = f"{self._owner}:{next(self._seq)}"
         claim = asyncio.ensure_future(
             self._db.run(
@@ -178,17 +185,28 @@ class PostgresBroker:
             )
         )
         try:
-            claimed = await asyncio.shield(claim)
+            rows = await asyncio.shield(claim)
         except asyncio.CancelledError:
             # The claim may still commit; hand its rows back once it does (cancel-safe).
             claim.add_done_callback(lambda fut: self._release_orphans(fut, owner))
             raise
-        self._log_claim(claimed)
-        rows = sorted(claimed.rows, key=lambda r: (-r[3], r[0]))  # RETURNING has no order
+        rows.sort(key=lambda r: (-r[3], r[0]))  # RETURNING has no order
         return [
             Delivery(body, queue, mid, deliveries, Token(rowid, owner))
             for rowid, mid, queue, _prio, deliveries, body in rows
         ]
+
+    async def _maintain(self, queues: list[str]) -> bool:
+        """Take over lost consumers' leases, dead-letter exhausted rows; True if it did."""
+        self._maintain_at = monotonic() + MAINTAIN_EVERY
+        done = await self._db.run(
+            lambda c: q.maintain(
+                c, self._sql, queues, wall=now(), max_deliveries=self._max_deliveries
+            ),
+            "take over lost consumers",
+        )
+        self._log_claim(done)
+        return bool(done.buried) or any(count for _consumer, count in done.lost)
 
     def _log_claim(self, claimed: q.Claimed) -> None:
         for consumer, count in claimed.lost:
@@ -207,8 +225,8 @@ class PostgresBroker:
                 exhausted_reason(deliveries, self._max_deliveries),
             )
 
-    def _release_orphans(self, fut: asyncio.Future[q.Claimed], owner: str) -> None:
-        if fut.cancelled() or fut.exception() is not None or not fut.result().rows:
+    def _release_orphans(self, fut: asyncio.Future[list[q.Row]], owner: str) -> None:
+        if fut.cancelled() or fut.exception() is not None or not fut.result():
             return
         log.debug("receive was cancelled after claiming; handing the messages back")
         with contextlib.suppress(RuntimeError):  # loop closing: close() or the lease covers it
