@@ -1,12 +1,14 @@
 """postgresql://user@host/db — a broker in a PostgreSQL schema: SKIP LOCKED claims, LISTEN wakes.
 
 A message is a row of `<key_prefix>.messages`; `eta` is when it is next claimable. A claim is
-one transaction that takes over the leases of consumers whose heartbeat expired, dead-letters
-rows whose lease lapsed `max_deliveries` times, then picks up to `limit` ready rows with
-`SELECT ... FOR UPDATE SKIP LOCKED` (priority high first, then eta, then insertion) and leases
-them: `lease_until = eta = now + visibility_timeout`, `lease_owner = <consumer>:<n>`,
-`deliveries + 1`. Ack deletes, nack and extend update, each matching the owner, so a consumer
-whose lease lapsed and was re-claimed cannot settle the new owner's claim (as on SQLite).
+one statement: `SELECT ... FOR UPDATE SKIP LOCKED` picks up to `limit` ready rows (priority high
+first, then eta, then insertion) and leases them: `lease_until = eta = now + visibility_timeout`,
+`lease_owner = <consumer>:<n>`, `deliveries + 1`. A lapsed lease is a ready row again. A
+maintenance transaction, run every MAINTAIN_EVERY seconds and whenever a claim finds nothing,
+takes over the leases of consumers whose heartbeat expired and dead-letters rows whose lease
+lapsed `max_deliveries` times (the claim skips those). Ack deletes, nack and extend update, each
+matching the owner, so a consumer whose lease lapsed and was re-claimed cannot settle the new
+owner's claim (as on SQLite).
 
 Waiting: a publish NOTIFYs the queue's channel in its transaction. An idle `receive` sleeps
 until a notification, the next eta of its queues (a delayed message or a lease end) or the
