@@ -83,9 +83,9 @@ class PostgresBroker:
         return self._opts.schema
 
     async def connect(self) -> None:
-        """Create or migrate the tables (idempotent), then start listening."""
+        """Create or migrate the tables (idempotent). LISTEN starts with the first receive,
+        so a producer-only process holds no LISTEN connection."""
         await self._db.migrate("broker")
-        await self._db.listening()
 
     async def close(self) -> None:
         """Hand back every row this instance claimed and did not settle, then disconnect."""
