@@ -30,7 +30,12 @@ async def upsert(
     """First final writer wins: the update applies only while the stored row is not ready
     (or expired), in the same statement as the check. One statement, one round trip: the
     NOTIFY of each stored ready result (`channel` "": none) is delivered at commit, so a
-    waiter woken by it finds the row."""
+    waiter woken by it finds the row.
+
+    The commit does not wait for the WAL flush: the worker acks the message only after this
+    returns, and the WAL is flushed in order, so a server crash that loses this result also
+    loses that ack, and the message runs again (at-least-once); it never leaves an acked
+    message without its result. A publish (synchronous) flushes everything before it."""
     await conn.fetchval(
         f"WITH up AS (INSERT INTO {s}.results (task_id, state, ready, data, expires_at) "
         "SELECT * FROM unnest($1::text[], $2::text[], $3::bool[], $4::bytea[], $5::float8[]) "
@@ -38,7 +43,9 @@ async def upsert(
         "ready = excluded.ready, data = excluded.data, expires_at = excluded.expires_at "
         f"WHERE NOT {s}.results.ready OR {s}.results.expires_at <= $6 "
         "RETURNING task_id, ready) "
-        "SELECT count(pg_notify($7, task_id)) FROM up WHERE ready AND $7 <> ''",
+        "SELECT count(pg_notify($7, task_id)) FROM up, "
+        "(SELECT set_config('synchronous_commit', 'off', true)) AS no_sync "
+        "WHERE ready AND $7 <> ''",
         *rows,
         wall,
         channel,
