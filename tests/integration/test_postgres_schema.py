@@ -89,3 +89,25 @@ def test_url_options_and_redaction() -> None:
     assert "s3cret" not in shown
     with pytest.raises(ConfigurationError, match="listen"):
         options("postgresql://db/app?listen=maybe", "p")
+
+
+async def test_a_worker_without_listen_runs_a_chord(postgres_url: str, namespace: str) -> None:
+    """End to end with ?listen=false (PgBouncer in transaction mode): the worker's claims and
+    the producer's result waits poll, and a chain and a chord still complete."""
+    from aiotask import App, chord, group
+    from aiotask.testing import start_worker
+
+    app = App("nolisten", broker=postgres_url + "?listen=false", key_prefix=namespace)
+
+    @app.task(name="nl.add")
+    async def add(x: int, y: int) -> int:
+        return x + y
+
+    @app.task(name="nl.tsum")
+    async def tsum(values: list[int]) -> int:
+        return sum(values)
+
+    async with app, start_worker(app, concurrency=20):
+        assert await (await (add.s(1, 2) | add.s(3)).send()).get(timeout=15) == 6
+        r = await chord(group(add.s(i, i) for i in range(10)), tsum.s()).send()
+        assert await r.get(timeout=15) == 90
