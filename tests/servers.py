@@ -119,6 +119,22 @@ class PrivateRabbit:
             self.proc = None
 
 
+def pg_bin(name: str) -> str | None:
+    """A PostgreSQL server program: on PATH, else in Debian's /usr/lib/postgresql/N/bin (the
+    packages put only wrappers on PATH), the newest version first."""
+    import glob
+    import shutil
+
+    found = shutil.which(name)
+    if found is not None:
+        return found
+    candidates = sorted(
+        glob.glob(f"/usr/lib/postgresql/*/bin/{name}"),
+        key=lambda p: int(p.split("/")[4]) if p.split("/")[4].isdigit() else 0,
+    )
+    return candidates[-1] if candidates else None
+
+
 class PrivatePostgres:
     """A PostgreSQL cluster of our own: `initdb` in a temp dir, own port, stopped by PID.
 
@@ -145,7 +161,16 @@ class PrivatePostgres:
             shutil.chown(self.directory, self.user, self.user)
         self.proc: subprocess.Popen[bytes] | None = None
         subprocess.run(
-            ["initdb", "-D", self.data, "-U", "postgres", "-A", "trust", "--no-sync"],
+            [
+                pg_bin("initdb") or "initdb",
+                "-D",
+                self.data,
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "--no-sync",
+            ],
             check=True,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -157,7 +182,15 @@ class PrivatePostgres:
         with open(os.path.join(self.directory, "server.log"), "ab") as out:
             self.proc = subprocess.Popen(
                 [
-                    *("postgres", "-D", self.data, "-p", str(self.port), "-k", self.directory),
+                    *(
+                        pg_bin("postgres") or "postgres",
+                        "-D",
+                        self.data,
+                        "-p",
+                        str(self.port),
+                        "-k",
+                        self.directory,
+                    ),
                     *("-c", "listen_addresses=127.0.0.1", "-c", "fsync=on"),
                 ],
                 stdout=out,
@@ -170,7 +203,15 @@ class PrivatePostgres:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"private postgres exited with {self.proc.returncode}")
             ready = subprocess.run(
-                ["pg_isready", "-h", "127.0.0.1", "-p", str(self.port), "-q"], check=False
+                [
+                    pg_bin("pg_isready") or "pg_isready",
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    str(self.port),
+                    "-q",
+                ],
+                check=False,
             )
             if ready.returncode == 0:
                 return
