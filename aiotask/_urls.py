@@ -8,8 +8,10 @@ from urllib.parse import unquote, urlsplit
 
 from aiotask.exceptions import ConfigurationError
 
-BROKER_SCHEMES = frozenset({"redis", "rediss", "amqp", "amqps", "memory", "sqlite"})
-BACKEND_SCHEMES = frozenset({"redis", "rediss", "memory", "sqlite"})
+BROKER_SCHEMES = frozenset(
+    {"redis", "rediss", "amqp", "amqps", "memory", "sqlite", "postgresql", "postgres"}
+)
+BACKEND_SCHEMES = frozenset({"redis", "rediss", "memory", "sqlite", "postgresql", "postgres"})
 
 MASK = "***"
 #: A URL inside free text: a scheme, then everything up to whitespace, `"`, `<`, `>`, or the

@@ -32,7 +32,7 @@ class Settings:
 
     broker_url: str = DEFAULT_BROKER_URL
     #: A backend URL, None for no results, or FROM_BROKER: the broker's server/file for
-    #: Redis and SQLite brokers, memory:// for memory://, none for AMQP.
+    #: Redis, SQLite and PostgreSQL brokers, memory:// for memory://, none for AMQP.
     result_backend: str | None = FROM_BROKER
     result_expires: float = 86400.0
     default_queue: str = "default"
@@ -149,7 +149,7 @@ class Settings:
         if self.result_backend != FROM_BROKER:
             return self.result_backend
         scheme = self.broker_url.split("://", 1)[0].lower()
-        if scheme in {"redis", "rediss", "sqlite", "memory"}:
+        if scheme in {"redis", "rediss", "sqlite", "memory", "postgresql", "postgres"}:
             return self.broker_url
         return None
 

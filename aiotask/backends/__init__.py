@@ -42,6 +42,10 @@ def from_url(url: str, settings: Settings) -> ResultBackend:
         redis_backend = require("aiotask.backends.redis", what="the Redis result backend")
         backend: ResultBackend = redis_backend.RedisBackend(url, settings)
         return backend
+    if scheme in {"postgresql", "postgres"}:
+        postgres = require("aiotask.backends.postgres", what="the PostgreSQL result backend")
+        pg_backend: ResultBackend = postgres.PostgresBackend(url, settings)
+        return pg_backend
     from aiotask.backends.sqlite import SQLiteBackend
 
     return SQLiteBackend(url, settings)

@@ -15,6 +15,7 @@ from aiotask._urls import redact
 from aiotask.cli import _observe
 from aiotask.cli._beat import register as register_beat
 from aiotask.cli._dashboard import register as register_dashboard
+from aiotask.cli._db import register as register_db
 from aiotask.cli._events import register as register_events
 from aiotask.cli._exporter import register as register_exporter
 from aiotask.cli._loader import load_app
@@ -260,6 +261,7 @@ def purge(
 register_beat(cli)
 register_ops(cli)
 register_queues(cli)
+register_db(cli)
 register_events(cli)
 register_dashboard(cli)
 register_exporter(cli)
