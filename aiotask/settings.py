@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from aiotask import _tls
-from aiotask._urls import BACKEND_SCHEMES, BROKER_SCHEMES, parse_url, redact
+from aiotask._urls import BACKEND_SCHEMES, BROKER_SCHEMES, REDIS_SCHEMES, parse_url, redact
 from aiotask.exceptions import ConfigurationError
 
 if TYPE_CHECKING:
@@ -128,7 +128,7 @@ class Settings:
         if self.result_backend != FROM_BROKER:
             return self.result_backend
         scheme = self.broker_url.split("://", 1)[0].lower()
-        if scheme in {"redis", "rediss", "sqlite", "memory"}:
+        if scheme in REDIS_SCHEMES | {"sqlite", "memory"}:
             return self.broker_url
         return None
 
