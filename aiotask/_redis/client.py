@@ -244,3 +244,23 @@ async def warn_if_volatile(client: Redis, url: str) -> None:
 
 def _text(value: bytes | str) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def wait_replicas(cmds: list[Any], wanted: int, wait_ms: int) -> float:
+    """`redis_wait_replicas`: end a pipeline with WAIT (same connection, so it covers exactly
+    these writes); returns the seconds it may add."""
+    if not wanted:
+        return 0.0
+    cmds.append(("WAIT", wanted, wait_ms))
+    return wait_ms / 1000
+
+
+def check_replicas(url: str, results: list[Any], wanted: int, wait_ms: int) -> None:
+    """After a pipeline ended by wait_replicas(): raise when too few replicas had the writes."""
+    got = results[-1] if wanted else 0
+    if got < wanted:
+        raise BrokerConnectionError(
+            f"publish to {redact(url)}: only {got} of {wanted} replicas had it within "
+            f"{wait_ms} ms (redis_wait_replicas): it is queued on the primary, but a failover "
+            "now could lose it; check the replicas"
+        )
