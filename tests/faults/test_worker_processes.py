@@ -145,6 +145,9 @@ async def test_two_children_share_the_work_show_in_status_and_stop_warm(
                                          "multi_tasks:app", "--json")  # fmt: skip
         names = {w["name"] for w in json.loads(status.stdout)["workers"] if w["state"] == "online"}
         assert {"multi-1", "multi-2"} <= names, status.stdout + status.stderr
+        ping = await asyncio.to_thread(run_cli, tmp_path, env, "inspect", "-A",
+                                       "multi_tasks:app", "ping", "--json")  # fmt: skip
+        assert {"multi-1", "multi-2"} <= set(json.loads(ping.stdout)), ping.stdout + ping.stderr
         async with App("multi", broker=broker, key_prefix=namespace) as app:
             sent = [await app.send_task("multi.work", args=[f"k{i}", 0.2]) for i in range(30)]
             results = [await app.AsyncResult(r.id).get(timeout=60) for r in sent]
