@@ -210,3 +210,23 @@ def test_a_child_failing_at_import_makes_the_parent_give_up(
     assert code == 1, sup.text()
     assert "keeps dying at start" in sup.text(), sup.text()
     assert "RuntimeError: boom" in sup.text()
+
+
+@pytest.mark.parametrize("broker", ["sqlite"], indirect=True)
+async def test_sigquit_is_a_cold_shutdown_of_every_child(
+    tmp_path: Path, env: dict[str, str], broker: str, namespace: str
+) -> None:
+    sup = Supervised(tmp_path, env, 2, "-c", "1", "--prefetch", "1")
+    try:
+        sup.wait_for(" ready", 2)
+        async with App("multi", broker=broker, key_prefix=namespace) as app:
+            for i in range(2):
+                await app.send_task("multi.work", args=[f"long{i}", 30.0])
+            assert await asyncio.to_thread(
+                wait_until, lambda: len(rows(tmp_path, "started")) == 2, 30
+            )
+    finally:
+        code = await asyncio.to_thread(sup.stop, signal.SIGQUIT)
+    assert code == 1, sup.text()  # cold: the running tasks were abandoned (redelivered later)
+    assert sup.text().count("cold shutdown:") == 2, sup.text()
+    assert rows(tmp_path, "finished") == []
