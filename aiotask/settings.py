@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from aiotask import _tls
-from aiotask._urls import BACKEND_SCHEMES, BROKER_SCHEMES, parse_url, redact
+from aiotask._urls import BACKEND_SCHEMES, BROKER_SCHEMES, REDIS_SCHEMES, parse_url, redact
 from aiotask.exceptions import ConfigurationError
 
 if TYPE_CHECKING:
@@ -105,6 +105,12 @@ class Settings:
     #: Seconds a concurrency slot (concurrency_limit) stays held without a renewal by its
     #: worker; renewed every third of it, so a killed worker's slots free after at most this.
     concurrency_slot_lease: float = 30.0
+    #: Redis broker: after each publish, WAIT until this many replicas have the message
+    #: (0: off). Closes the window in which a failover loses acknowledged sends
+    #: (docs/scaling.md); a send the replicas do not confirm in time raises.
+    redis_wait_replicas: int = 0
+    #: Seconds a publish waits for redis_wait_replicas.
+    redis_wait_timeout: float = 1.0
 
     def __post_init__(self) -> None:
         parse_url(self.broker_url, allowed=BROKER_SCHEMES, what="broker")
@@ -119,7 +125,8 @@ class Settings:
         _positive(self, "concurrency", "max_deliveries", "broker_unreachable_timeout")
         _positive(self, "broker_connection_startup_timeout", "unique_for")
         _positive(self, "worker_heartbeat_interval", "worker_lost_after")
-        _positive(self, "concurrency_slot_lease")
+        _positive(self, "concurrency_slot_lease", "redis_wait_timeout")
+        _non_negative(self, "redis_wait_replicas")
         _non_negative(self, "max_message_size", "max_result_size", "compression_threshold")
         if self.require_signed and not self.signing_keys:
             raise ConfigurationError(
@@ -149,7 +156,7 @@ class Settings:
         if self.result_backend != FROM_BROKER:
             return self.result_backend
         scheme = self.broker_url.split("://", 1)[0].lower()
-        if scheme in {"redis", "rediss", "sqlite", "memory", "postgresql", "postgres"}:
+        if scheme in REDIS_SCHEMES | {"sqlite", "memory", "postgresql", "postgres"}:
             return self.broker_url
         return None
 
@@ -322,6 +329,8 @@ ENV_PARSERS: dict[str, tuple[Callable[[str], object], str]] = {
     "log_level": (_str, "log level"),
     "unique_for": (_float, "number of seconds"),
     "concurrency_slot_lease": (_float, "number of seconds"),
+    "redis_wait_replicas": (_int, "integer"),
+    "redis_wait_timeout": (_float, "number of seconds"),
 }
 
 

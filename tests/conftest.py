@@ -133,3 +133,21 @@ def postgres_url(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def sqlite_url(tmp_path: os.PathLike[str]) -> str:
     return f"sqlite:///{os.fspath(tmp_path)}/aiotask.db"
+
+
+@pytest.fixture(scope="session")
+def sentinel_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A private Sentinel set (1 primary, 1 replica, 3 sentinels) shared by a session's tests;
+    its keys go with it. Tests that kill servers start their own (tests/sentinel_server.py)."""
+    from tests.sentinel_server import PrivateSentinelSet
+
+    if not PrivateSentinelSet.available():
+        if REQUIRE_SERVICES:
+            pytest.fail("redis-server is not installed and AIOTASK_REQUIRE_SERVICES=1")
+        pytest.skip("redis-server is not installed")
+    servers = PrivateSentinelSet(tmp_path_factory.mktemp("sentinel"))
+    servers.start()
+    try:
+        yield servers.url
+    finally:
+        servers.stop()

@@ -12,7 +12,7 @@ import typer
 
 from aiotask import __version__
 from aiotask._urls import redact
-from aiotask.cli import _observe
+from aiotask.cli import _observe, _supervisor
 from aiotask.cli._beat import register as register_beat
 from aiotask.cli._dashboard import register as register_dashboard
 from aiotask.cli._db import register as register_db
@@ -24,6 +24,7 @@ from aiotask.cli._queues import register as register_queues
 from aiotask.exceptions import AiotaskError, ConfigurationError
 from aiotask.states import PENDING
 from aiotask.worker import Worker
+from aiotask.worker.supervisor import parse_workers
 
 if TYPE_CHECKING:
     from aiotask.task import CallOptions
@@ -148,9 +149,29 @@ def worker(
     events: Annotated[
         bool, typer.Option("-E", "--events", help="emit task and worker events (aiotask events)")
     ] = False,
+    workers: Annotated[
+        str,
+        typer.Option(
+            "--workers",
+            help="worker processes (event loops) under one supervising parent; auto: CPUs",
+        ),
+    ] = "1",
 ) -> None:
     """Consume queues and run tasks until SIGTERM (warm) or a second signal / SIGQUIT (cold)."""
-    the_app, _ = load_app(app)
+    try:
+        n_workers = parse_workers(workers)
+    except ValueError:
+        raise _fail(f"--workers {workers!r}: expected a number of at least 1, or auto") from None
+    the_app, app_path = load_app(app)
+    if n_workers > 1:
+        opts = _supervisor.ChildOptions(
+            app=app_path, queues=queues, concurrency=concurrency, processes=processes,
+            prefetch=prefetch, name=name, loglevel=loglevel,
+            max_tasks_per_child=max_tasks_per_child, max_memory_per_child=max_memory_per_child,
+            metrics_port=metrics_port, log_format=log_format, logfile=logfile,
+            keep_logging=keep_logging, beat=embed_beat, events=events,
+        )  # fmt: skip
+        raise typer.Exit(_supervisor.supervise_workers(the_app, opts, n_workers))
     _observe.setup_logging(the_app, loglevel, log_format, logfile, keep_logging)
     probe, stop_metrics = _observe.setup_metrics(metrics_port)
     w = Worker(

@@ -88,14 +88,14 @@ def make_kit(url: str, namespace: str, backend: str | None = None) -> Kit:
     return Kit(app, add, tsum, fail, record, seen)
 
 
-@pytest.fixture(params=["memory", "sqlite", "redis", "amqp", "postgres"])
+@pytest.fixture(params=["memory", "sqlite", "redis", "amqp", "postgres", "sentinel"])
 async def kit(request: pytest.FixtureRequest, namespace: str, tmp_path: Any) -> AsyncIterator[Kit]:
     backend = None
     if request.param == "memory":
         url = "memory://"
     elif request.param == "sqlite":
         url = f"sqlite:///{tmp_path}/canvas.db"
-    elif request.param in ("redis", "postgres"):
+    elif request.param in {"redis", "postgres", "sentinel"}:
         url = request.getfixturevalue(f"{request.param}_url")
     else:
         url = request.getfixturevalue("amqp_url")

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 app = t.app
 
 
-@pytest.fixture(autouse=True, params=["memory", "redis", "sqlite", "amqp", "postgres"])
+@pytest.fixture(autouse=True, params=["memory", "redis", "sqlite", "amqp", "postgres", "sentinel"])
 async def broker_kind(request: pytest.FixtureRequest, namespace: str) -> AsyncIterator[str]:
     """Point the shared app at a fresh broker/backend of this kind for one test."""
     if request.param == "memory":
@@ -372,7 +372,7 @@ async def test_priorities_order_a_backlog(broker_kind: str) -> None:
     async with start_worker(app, concurrency=1, prefetch=1):
         while len(t.order) < 8:
             await asyncio.sleep(0.02)
-    if broker_kind == "redis":  # three bands: 7-9, 4-6, 0-3 (docs/redis.md)
+    if broker_kind in {"redis", "sentinel"}:  # three bands: 7-9, 4-6, 0-3 (docs/redis.md)
         bands = [0 if p <= 3 else 1 if p <= 6 else 2 for p in t.order]
         assert bands == sorted(bands, reverse=True)
     else:
