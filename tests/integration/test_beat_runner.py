@@ -94,7 +94,7 @@ async def test_a_slot_whose_beat_died_after_claiming_is_resent_by_another(app: A
     await dying.tick()  # registers the entry
     clock.t = 1010.0
 
-    async def broken(messages: object) -> None:
+    async def broken(messages: object, *, confirm: bool = True) -> None:
         raise BrokerConnectionError("killed between claim and publish")
 
     app.publish = broken  # type: ignore[method-assign]
