@@ -239,7 +239,9 @@ class Publisher:
             )
             return
         exc = task.exception()
-        if exc is not None:
+        if isinstance(exc, NotSent):
+            log.warning("unconfirmed message %s was not sent: its channel had closed", message_id)
+        elif exc is not None:
             log.warning(
                 "unconfirmed publish of message %s failed (%s: %s): it %s",
                 message_id,

@@ -52,6 +52,8 @@ def can_reexec() -> bool:
     Not when user code imported aiotask.cli and called main(): what it set up in-process (a
     patched module, a configured logger) would be lost in a new interpreter.
     """
+    if os.name != "posix":  # elsewhere exec starts a new process: supervisors lose the PID
+        return False
     main = sys.modules.get("__main__")
     spec = getattr(main, "__spec__", None)
     if spec is not None and spec.name in ("aiotask.__main__", "aiotask"):
@@ -64,8 +66,17 @@ def reexec(options: WorkerOptions) -> None:
     """Replace this process with a fresh interpreter running the worker (does not return)."""
     sys.stdout.flush()
     sys.stderr.flush()
-    argv = [sys.executable, "-m", __name__, orjson.dumps(options).decode()]
+    argv = [sys.executable, *_interpreter_options(), "-m", __name__, orjson.dumps(options).decode()]
     os.execv(sys.executable, argv)  # noqa: S606 - our own interpreter and module, no shell
+
+
+def _interpreter_options() -> list[str]:
+    """This interpreter's own options (`-X importtime`, `-W error`, `-O`), kept across the exec."""
+    given = sys.orig_argv[1:]
+    for i, arg in enumerate(given):
+        if (arg == "-m" and given[i + 1 : i + 2] == ["aiotask"]) or arg == sys.argv[0]:
+            return given[:i]
+    return []
 
 
 def run(options: WorkerOptions) -> int:
