@@ -219,7 +219,7 @@ class Publisher:
         return results
 
     def send_unconfirmed(self, items: Sequence[tuple[str, aio_pika.Message]]) -> None:
-        """Publish without waiting for confirms (the `confirm=False` call option).
+        """Publish without waiting for the write or the confirm (the `confirm=False` call option).
 
         The channel must be open (`ready()` first). Each publish runs on as its own task; one
         that fails later (a nack, an unroutable queue, a lost connection) is logged with its
@@ -243,7 +243,7 @@ class Publisher:
             log.warning("unconfirmed message %s was not sent: its channel had closed", message_id)
         elif exc is not None:
             log.warning(
-                "unconfirmed publish of message %s failed (%s: %s): it %s",
+                "unconfirmed publish of message %s failed (%s: %s); such messages %s",
                 message_id,
                 type(exc).__name__,
                 redact(str(exc)),
