@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 #: Idle worker RSS bounds (MiB: the worker process and its children, before any task), per
-#: row: measured after the CLI framework left the worker (SQLite 30.4, Redis 38.5, RabbitMQ
-#: with Redis results 41.5; the clients' own imports are most of the difference), plus 6 MiB
+#: row: measured after the CLI framework left the worker (SQLite 30.3, Redis 34.7-38.5, RabbitMQ
+#: with Redis results 37.3-41.5; the clients' own imports are most of the difference), plus 6 MiB
 #: for library updates. Memory does not vary with the machine's load. See docs/benchmarks.md.
 IDLE_RSS_BOUND_MIB = {"aiotask-sqlite": 36.0, "aiotask": 44.0, "aiotask-amqp": 48.0}
 #: aiotask (SQLite) round trip p50 at most this many times aiotask (Redis)'s of the same run.

@@ -14,7 +14,7 @@ frameworks, and every figure is the median with the min-max range.
 - aiotask (SQLite)'s p50 round trip is over 3x aiotask (Redis)'s (a ratio, generous for a noisy
   shared machine: the target is <= 2 ms and within 3x);
 - an aiotask worker idles above its row's RSS bound (its process tree: 36 MiB on SQLite, 44 on
-  Redis, 48 on RabbitMQ; measured 30-42, the rest is margin). The only absolute figure: memory
+  Redis, 48 on RabbitMQ; measured 30-38, the rest is margin). The only absolute figure: memory
   does not vary with the machine's load.
 """
 

@@ -430,8 +430,9 @@ shared machine (read the milliseconds as orders of magnitude).
 | `aiotask.brokers.rabbitmq` | 1.2 MiB | ~70 ms |
 | not in a worker: `typer` with click, rich and pydantic | ~11 MiB | ~600 ms |
 
-Idle worker RSS, the process tree (the harness's `idle_rss_mib`): **30.4 MiB on SQLite**, 38.5 MiB
-on Redis, 41.5 MiB on RabbitMQ with Redis results (before: 42-47 MiB). What keeps it there:
+Idle worker RSS, the process tree (the harness's `idle_rss_mib`, medians of 3 smoke runs):
+**30.3 MiB on SQLite**, 34.7 MiB on Redis, 37.3 MiB on RabbitMQ with Redis results (before, in
+the same session: 42.1, 45.5 and 47.6 MiB; Celery 140). What keeps it there:
 
 - `aiotask worker` parses its options with typer, then replaces itself (`os.execv`, same PID,
   same signals and file descriptors) with `python -m aiotask.cli._run_worker`, an interpreter
@@ -442,9 +443,9 @@ on Redis, 41.5 MiB on RabbitMQ with Redis results (before: 42-47 MiB). What keep
   a SQLite worker imports neither redis-py nor aio-pika.
 
 `make bench-smoke` guards each row's idle RSS: at most 36 MiB on SQLite, 44 on Redis, 48 on
-RabbitMQ (measured above plus 6 MiB for library updates), next to the ratios: aiotask not slower
-than Celery (drain, p50 round trip) and aiotask (SQLite)'s p50 round trip at most 3x aiotask
-(Redis)'s in the same run (generous for a noisy shared machine). The rules live in
+RabbitMQ (measured above plus 6-11 MiB for library updates), next to the ratios: aiotask not
+slower than Celery (drain, p50 round trip) and aiotask (SQLite)'s p50 round trip at most 3x
+aiotask (Redis)'s in the same run (generous for a noisy shared machine). The rules live in
 `benchmarks/gate.py`.
 
 ## Running it
