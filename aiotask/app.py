@@ -379,16 +379,19 @@ class App:
         return backend
 
     # --- sending -----------------------------------------------------------------------------
-    async def publish(self, messages: Sequence[Message]) -> None:
+    async def publish(self, messages: Sequence[Message], *, confirm: bool = True) -> None:
         """Encode and publish a batch in one broker call.
 
         Every send path (send, apply_async, send_task, send_batch, canvas) ends here. Nothing
         is sent if one message fails to encode or is over `max_message_size` (MessageTooLarge).
+        `confirm=False` (the `confirm` call option): return before the broker confirms.
         """
         if self.middleware:
             messages = [await self._before_send(m) for m in messages]
         wire = self.wire
-        batch = [Outgoing(m.queue, _encode(m, wire), m.id, m.priority, m.eta) for m in messages]
+        batch = [
+            Outgoing(m.queue, _encode(m, wire), m.id, m.priority, m.eta, confirm) for m in messages
+        ]
         conns = self._conns()
         if not conns.connected:
             await self.connect()

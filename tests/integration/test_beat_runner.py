@@ -95,7 +95,7 @@ async def test_a_slot_whose_beat_died_after_claiming_is_resent_by_another(app: A
     await dying.tick()  # registers the entry
     clock.t = 1010.0
 
-    async def broken(messages: object) -> None:
+    async def broken(messages: object, *, confirm: bool = True) -> None:
         raise BrokerConnectionError("killed between claim and publish")
 
     app.publish = broken  # type: ignore[method-assign]
@@ -169,11 +169,11 @@ async def test_a_burst_is_sent_in_batches_each_slot_once_through_a_failed_batch(
     await beat.tick()  # registers every entry
     publish, calls = app.publish, []
 
-    async def flaky(messages: object) -> None:
+    async def flaky(messages: object, *, confirm: bool = True) -> None:
         calls.append(len(messages))  # type: ignore[arg-type]
         if len(calls) == 3:
             raise BrokerConnectionError("broker away for one batch")
-        await publish(messages)  # type: ignore[arg-type]
+        await publish(messages, confirm=confirm)  # type: ignore[arg-type]
 
     app.publish = flaky  # type: ignore[method-assign]
     clock.t = 1020.0
