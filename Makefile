@@ -12,6 +12,9 @@ BENCH_BIN := $(BENCH_VENV)/bin
 BENCH_STAMP := $(BENCH_VENV)/.installed
 # The newest Python the machine has: unit and CLI tests also run there (.venv313).
 PY313 ?= python3.13
+# Test processes for `make test` (pytest-xdist; a file's tests stay in one process, so its
+# private servers start once). Most tests wait on servers and worker processes: 2 fill 2 cores.
+TEST_WORKERS ?= 2
 VENV313 := .venv313
 
 .DEFAULT_GOAL := help
@@ -65,7 +68,7 @@ typecheck: $(STAMP)  ## mypy --strict over aiotask and tests
 	$(BIN)/mypy
 
 test: lint typecheck docs chromium $(STAMP)  ## lint, typecheck, docs, then the whole test suite (needs Redis and RabbitMQ or skips)
-	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile tests
 
 test-unit: $(STAMP)  ## only the pure unit tests
 	$(BIN)/python -m pytest -q tests/unit

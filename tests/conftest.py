@@ -9,6 +9,7 @@ see the Testing section of README.md.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import socket
 import uuid
@@ -19,6 +20,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from tests import leaks
+from tests.sync_support import close_leftover_loop
 
 if TYPE_CHECKING:
     from collections.abc import Coroutine, Iterator
@@ -81,6 +83,21 @@ def namespace(request: pytest.FixtureRequest) -> Iterator[str]:
         _aside(leaks.clean_amqp(AMQP_URL, name))
     if node in USED_POSTGRES:
         _aside(leaks.clean_postgres(POSTGRES_URL, name))
+
+
+@pytest.fixture(autouse=True)
+def _no_idle_event_loop(request: pytest.FixtureRequest) -> None:
+    """Before a sync test: close the idle loop pytest-asyncio leaves current after an async one.
+
+    pytest-asyncio ends each async test by installing a fresh, unclosed loop as the thread's
+    current one. A sync test that then calls `asyncio.run()` replaces it, and the orphan warns
+    "unclosed event loop" when collected, failing whatever test runs then (filterwarnings is
+    error): it depended on the order of tests, which xdist changes. Tests that use pytest-asyncio's
+    loop (async fixtures pull in `event_loop`) keep it.
+    """
+    if inspect.iscoroutinefunction(request.function) or "event_loop" in request.fixturenames:
+        return
+    close_leftover_loop()
 
 
 def _aside(work: Coroutine[Any, Any, object]) -> None:

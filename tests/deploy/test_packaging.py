@@ -21,7 +21,8 @@ def test_user_extras_and_no_bench_extra() -> None:
     extras = PROJECT["optional-dependencies"]
     assert extras["redis"] == ["redis[hiredis]>=5.0"]
     assert extras["rabbitmq"] == ["aio-pika>=9.4"]
-    assert extras["all"] == ["aiotask[redis,rabbitmq]"]
+    assert extras["postgres"] == ["asyncpg>=0.29"]
+    assert extras["all"] == ["aiotask[redis,rabbitmq,postgres,dashboard]"]
     assert "aiotask[all]" in extras["dev"]
     assert not [name for name in extras if name.startswith("bench")]
 
