@@ -37,6 +37,8 @@ def _is_worker(pid: int) -> bool:
     except OSError:
         return False
     words = [os.path.basename(a.decode(errors="replace")) for a in argv if a]
+    if "aiotask.cli._run_worker" in words:  # `aiotask worker` re-executes itself as this
+        return True
     return "worker" in words and any(w in {"aiotask", "aiotask.__main__"} for w in words)
 
 
