@@ -8,8 +8,10 @@ from urllib.parse import unquote, urlsplit
 
 from aiotask.exceptions import ConfigurationError
 
-BROKER_SCHEMES = frozenset({"redis", "rediss", "amqp", "amqps", "memory", "sqlite"})
-BACKEND_SCHEMES = frozenset({"redis", "rediss", "memory", "sqlite"})
+#: redis+cluster:// and rediss+cluster:// name a Redis Cluster (host1:port1,host2:port2,...)
+REDIS_SCHEMES = frozenset({"redis", "rediss", "redis+cluster", "rediss+cluster"})
+BROKER_SCHEMES = REDIS_SCHEMES | {"amqp", "amqps", "memory", "sqlite"}
+BACKEND_SCHEMES = REDIS_SCHEMES | {"memory", "sqlite"}
 
 MASK = "***"
 #: A URL inside free text: a scheme, then everything up to whitespace, `"`, `<`, `>`, or the
@@ -116,6 +118,14 @@ def _is_secret(key: str) -> bool:
     )
 
 
+def as_cluster_url(url: str, cluster: bool) -> str:
+    """`redis://` -> `redis+cluster://` (and rediss) when the `redis_cluster` setting is on."""
+    scheme, sep, rest = url.partition("://")
+    if cluster and sep and scheme.lower() in {"redis", "rediss"}:
+        return f"{scheme.lower()}+cluster://{rest}"
+    return url
+
+
 def parse_url(url: str, *, allowed: frozenset[str], what: str) -> ParsedURL:
     """Validate a broker/backend URL, naming the problem without leaking the password."""
     if not isinstance(url, str) or "://" not in url:
@@ -125,6 +135,9 @@ def parse_url(url: str, *, allowed: frozenset[str], what: str) -> ParsedURL:
         )
     try:
         parts = urlsplit(url)
+        if parts.scheme.lower().endswith("+cluster"):  # h1:p1,h2:p2: the first node stands
+            first = parts.netloc.rpartition("@")[2].split(",", 1)[0]  # for all of them
+            parts = parts._replace(netloc=first)
         port = parts.port
     except ValueError:  # its text can quote a password taken for a port: not shown
         raise ConfigurationError(

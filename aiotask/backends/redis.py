@@ -13,12 +13,13 @@ import contextlib
 import logging
 import math
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from redis.exceptions import RedisError
 
 from aiotask import _tls
 from aiotask._backoff import Backoff
+from aiotask._redis import cluster
 from aiotask._redis.client import SharedClient, map_errors
 from aiotask.backends._coord_redis import RedisCoordinationStore
 from aiotask.backends._lock_redis import RedisLockStore
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
     from redis.asyncio.connection import AbstractConnection
     from redis.commands.core import AsyncScript
 
+    from aiotask._redis.client import Client
     from aiotask.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -88,7 +90,7 @@ class RedisBackend:
         resolved = _tls.for_backend(settings, url)
         self.shared_client = SharedClient(resolved.url, resolved.tls)
         self._prefix = settings.key_prefix
-        self._redis: Redis | None = None
+        self._redis: Client | None = None
         self._scripts: tuple[AsyncScript, ...] | None = None
         self._sub: _Subscriber | None = None
         self._gets: dict[str, asyncio.Future[bytes | None]] = {}
@@ -109,7 +111,7 @@ class RedisBackend:
     def _map_errors(self) -> contextlib.AbstractContextManager[None]:
         return map_errors(self._url, "result backend Redis")
 
-    def _client(self) -> Redis:
+    def _client(self) -> Client:
         if self._redis is None:
             raise BrokerConnectionError("the Redis result backend is not connected")
         return self._redis
@@ -137,7 +139,12 @@ class RedisBackend:
             register(ADD_TO_GROUPS),
             register(GROUPS_SENT),
         )
-        self._sub = _Subscriber(self._redis.connection_pool.make_connection, self._fetch_many)
+        client = self._redis
+        if cluster.is_cluster(client):  # PUBLISH reaches every node: subscribe on any one
+            make: Callable[[], AbstractConnection] = lambda: cluster.connection_to_any(client)  # noqa: E731
+        else:
+            make = cast("Redis", client).connection_pool.make_connection
+        self._sub = _Subscriber(make, self._fetch_many)
         try:
             with self._map_errors():
                 await self._redis.ping()
@@ -162,8 +169,20 @@ class RedisBackend:
         args: list[bytes | int] = []
         for r in results:
             args += (b"1" + r.data if r.ready else b"0" + r.data, _ms(r.ttl))
+        keys = [self._key(r.task_id) for r in results]
         with self._map_errors():
-            await self._script(0)(keys=[self._key(r.task_id) for r in results], args=args)
+            for idx in self._slots(keys):
+                await self._script(0)(
+                    keys=[keys[i] for i in idx],
+                    args=[a for i in idx for a in args[2 * i : 2 * i + 2]],
+                )
+
+    def _slots(self, keys: Sequence[str]) -> list[list[int]]:
+        """Indexes of `keys` per script call: all at once, or one call per hash slot on a
+        Redis Cluster (a script may touch keys of one slot only)."""
+        if cluster.is_cluster(self._redis):
+            return list(cluster.by_slot(keys).values())
+        return [list(range(len(keys)))]
 
     async def get(self, task_id: str) -> ResultRecord | None:
         with self._map_errors():
@@ -177,8 +196,13 @@ class RedisBackend:
         return [decode_record(raw[1:]) if raw else None for raw in raws]
 
     async def _fetch_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        client = self._client()
         with self._map_errors():
-            return [None if v is None else _bytes(v) for v in await self._client().mget(keys)]
+            if cluster.is_cluster(client):
+                values = await client.mget_nonatomic(keys)
+            else:
+                values = await client.mget(keys)
+            return [None if v is None else _bytes(v) for v in values]
 
     def _fetch(self, key: str) -> asyncio.Future[bytes | None]:
         """GET coalesced with every other GET of this loop iteration into one MGET."""
@@ -249,14 +273,22 @@ class RedisBackend:
             kind = b"s" if state == SUCCESS else b"f" if state == FAILURE else b"o"
             keys += self._group_keys(r.group_id)
             args += (r.index, kind + r.result.data)
+        replies: list[Any] = [None] * len(reports)
         with self._map_errors():
-            replies = await self._script(2)(keys=keys, args=args)
+            for idx in self._slots(keys[::2]):
+                part = await self._script(2)(
+                    keys=[key for i in idx for key in keys[2 * i : 2 * i + 2]],
+                    args=[a for i in idx for a in args[2 * i : 2 * i + 2]],
+                )
+                for i, reply in zip(idx, part, strict=True):
+                    replies[i] = reply
         return [_progress(reply) for reply in replies]
 
     async def groups_sent(self, group_ids: Sequence[str]) -> None:
-        if group_ids:
-            with self._map_errors():
-                await self._script(3)(keys=[self._group_keys(g)[0] for g in group_ids])
+        keys = [self._group_keys(g)[0] for g in group_ids]
+        with self._map_errors():
+            for idx in self._slots(keys) if keys else []:
+                await self._script(3)(keys=[keys[i] for i in idx])
 
     async def revoke(self, task_ids: Sequence[str], ttl: float) -> None:
         """A key per id (for `revoked`), and the id in one sorted set scored by its expiry
@@ -322,7 +354,7 @@ class RedisBackend:
     async def unregister_worker(self, name: str) -> None:
         index = f"{self._prefix}:workers"
         pipe = self._client().pipeline(transaction=False)
-        pipe.unlink(f"{index}:{name}")
+        pipe.execute_command("UNLINK", f"{index}:{name}")  # a cluster pipeline's unlink is async
         pipe.zrem(index, name)
         with self._map_errors():
             await pipe.execute()

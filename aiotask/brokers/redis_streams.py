@@ -25,9 +25,11 @@ from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from aiotask import _tls
+from aiotask._redis import cluster
 from aiotask._redis.client import SharedClient, map_errors, retrying, warn_if_volatile
 from aiotask._time import monotonic, now
 from aiotask.brokers import _redis_admin as admin
+from aiotask.brokers import _redis_cluster_reads as cluster_reads
 from aiotask.brokers import _redis_events as events
 from aiotask.brokers import _redis_lua as lua
 from aiotask.brokers._common import DEAD_LETTER_CAP, exhausted, exhausted_reason, text
@@ -48,6 +50,7 @@ if TYPE_CHECKING:
     from redis.asyncio.connection import AbstractConnection
     from redis.commands.core import AsyncScript
 
+    from aiotask._redis.client import Client
     from aiotask.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -134,15 +137,18 @@ class RedisStreamsBroker:
         self._markers: dict[str, list[bytes]] = {}  # wake-up entries to ack
         self._confirmed: dict[str, list[str]] = {}  # queue -> publish markers to delete
         self._spare: list[Delivery] = []
-        self._redis: Redis | None = None
+        self._redis: Client | None = None
         self._reader: AbstractConnection | None = None
+        #: Redis Cluster: one blocking read per queue (its node), kept across receive calls
+        self._blocking: dict[str, asyncio.Future[Any]] = {}
+        self._readers: dict[str, AbstractConnection] = {}
         self._scripts: dict[str, AsyncScript] = {}
         #: seconds one non-blocking round trip may take (an attribute so tests can shorten it)
         self.op_timeout = OP_TIMEOUT
 
     # -- plumbing -------------------------------------------------------------------------
 
-    def _client(self) -> Redis:
+    def _client(self) -> Client:
         if self._redis is None:
             raise BrokerConnectionError("the Redis broker is not connected: call connect() first")
         return self._redis
@@ -185,6 +191,10 @@ class RedisStreamsBroker:
 
     async def _load_scripts(self) -> None:
         client = self._client()
+        if cluster.is_cluster(client):  # SCRIPT LOAD goes to every primary
+            for script in self._scripts.values():
+                await client.script_load(script.script)
+            return
         pipe = client.pipeline(transaction=False)
         for script in self._scripts.values():
             pipe.script_load(script.script)
@@ -223,6 +233,7 @@ class RedisStreamsBroker:
         """Hand back what this consumer still owns (so it runs again at once), then close."""
         if self._redis is None:
             return
+        await cluster_reads.stop(self)  # first: what a pending read delivers is handed back
         sha = self._sha("HAND_BACK")
         cmds: list[Command] = []
         for queue in self._reading:
@@ -330,6 +341,8 @@ class RedisStreamsBroker:
         wall, mono = now(), monotonic()
         due = min(self._next_due.get(k.queue, 0.0) for k in qkeys) - wall
         wait = max(min(due, self._next_reclaim - mono, self._next_takeover - mono), 0.001)
+        if cluster.is_cluster(self._client()):  # no script or read may span queues (slots)
+            return await cluster_reads.receive(self, qkeys, limit, claimed, wait)
         streams = [s for k in qkeys for s in reversed(k.streams)]  # high band first
         try:
             # First a strict-priority look: bands in order, exactly `limit` at most, no BLOCK.
@@ -342,7 +355,7 @@ class RedisStreamsBroker:
             # Every stream is empty: BLOCK on all of them, one entry per band at most.
             reader = self._reader
             if reader is None:
-                pool = self._client().connection_pool
+                pool = cast("Redis", self._client()).connection_pool  # a single node here
                 reader = self._reader = pool.make_connection()  # type: ignore[no-untyped-call]
             args = ("XREADGROUP", "GROUP", self._group, self._consumer, "COUNT", 1)
             block = ("BLOCK", math.ceil(wait * 1000))
@@ -567,6 +580,15 @@ class RedisStreamsBroker:
         await self._retrying(lambda: self._multi(cmds))
 
     async def _multi(self, cmds: Sequence[Command]) -> None:
+        """One MULTI; on a Redis Cluster one per hash slot (a MULTI may not span slots)."""
+        if cluster.is_cluster(self._client()):
+            slots = cluster.by_slot(str(cmd[1]) for cmd in cmds)
+            for indexes in slots.values():
+                await self._multi_one([cmds[i] for i in indexes])
+            return
+        await self._multi_one(cmds)
+
+    async def _multi_one(self, cmds: Sequence[Command]) -> None:
         for result in await self._pipeline(cmds, transaction=True):
             if isinstance(result, Exception) and not str(result).startswith("NOGROUP"):
                 raise result
