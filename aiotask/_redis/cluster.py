@@ -77,6 +77,10 @@ def make_cluster_client(url: str, name: str | None, tls: TLSOptions | None) -> R
         protocol=2,
         socket_timeout=None,
         socket_connect_timeout=5.0,
+        # per node; redis-py's default of 100 raises "Too many connections" under a worker's
+        # concurrency, and its cluster client answers a connection error by closing every
+        # connection (all in-flight commands fail): no cap, as for a single node's pool
+        max_connections=2**31,
     )
     # RedisCluster has no connection_class argument: set it where nodes are made from
     client.connection_kwargs.update(connection_class=cls, **extra)

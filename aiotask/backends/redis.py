@@ -71,6 +71,8 @@ return 1
 """
 
 _ERRORS = (RedisError, OSError)
+#: Seconds one command may take on a Redis Cluster before it counts as a lost connection.
+OP_TIMEOUT = 10.0
 
 
 def _bytes(value: bytes | str) -> bytes:
@@ -111,6 +113,17 @@ class RedisBackend:
     def _map_errors(self) -> contextlib.AbstractContextManager[None]:
         return map_errors(self._url, "result backend Redis")
 
+    @contextlib.asynccontextmanager
+    async def _guard(self) -> AsyncIterator[None]:
+        """map_errors, and on a Redis Cluster a deadline: a command caught in a failover can
+        hang in redis-py's cluster client; as a timeout it is a retryable connection error."""
+        with self._map_errors():
+            if cluster.is_cluster(self._redis):
+                async with asyncio.timeout(OP_TIMEOUT):
+                    yield
+            else:
+                yield
+
     def _client(self) -> Client:
         if self._redis is None:
             raise BrokerConnectionError("the Redis result backend is not connected")
@@ -146,7 +159,7 @@ class RedisBackend:
             make = cast("Redis", client).connection_pool.make_connection
         self._sub = _Subscriber(make, self._fetch_many)
         try:
-            with self._map_errors():
+            async with self._guard():
                 await self._redis.ping()
         except BrokerConnectionError:
             await self.close()
@@ -170,12 +183,17 @@ class RedisBackend:
         for r in results:
             args += (b"1" + r.data if r.ready else b"0" + r.data, _ms(r.ttl))
         keys = [self._key(r.task_id) for r in results]
-        with self._map_errors():
-            for idx in self._slots(keys):
-                await self._script(0)(
-                    keys=[keys[i] for i in idx],
-                    args=[a for i in idx for a in args[2 * i : 2 * i + 2]],
+        async with self._guard():
+            # one call per slot on a cluster, all in flight at once (each goes to its node)
+            await asyncio.gather(
+                *(
+                    self._script(0)(
+                        keys=[keys[i] for i in idx],
+                        args=[a for i in idx for a in args[2 * i : 2 * i + 2]],
+                    )
+                    for idx in self._slots(keys)
                 )
+            )
 
     def _slots(self, keys: Sequence[str]) -> list[list[int]]:
         """Indexes of `keys` per script call: all at once, or one call per hash slot on a
@@ -185,7 +203,7 @@ class RedisBackend:
         return [list(range(len(keys)))]
 
     async def get(self, task_id: str) -> ResultRecord | None:
-        with self._map_errors():
+        async with self._guard():
             raw = await self._client().get(self._key(task_id))
         return decode_record(_bytes(raw)[1:]) if raw else None
 
@@ -197,7 +215,7 @@ class RedisBackend:
 
     async def _fetch_many(self, keys: Sequence[str]) -> list[bytes | None]:
         client = self._client()
-        with self._map_errors():
+        async with self._guard():
             if cluster.is_cluster(client):
                 values = await client.mget_nonatomic(keys)
             else:
@@ -250,13 +268,13 @@ class RedisBackend:
 
     async def forget(self, task_ids: Sequence[str]) -> None:
         if task_ids:
-            with self._map_errors():
+            async with self._guard():
                 await self._client().unlink(*(self._key(t) for t in task_ids))
 
     async def open_group(self, group_id: str, size: int, body: bytes | None, ttl: float) -> None:
         meta, _ = self._group_keys(group_id)
         args: list[bytes | int] = [size, _ms(ttl)] + ([body] if body is not None else [])
-        with self._map_errors():
+        async with self._guard():
             await self._script(1)(keys=[meta], args=args)
 
     async def add_to_group(self, group_id: str, index: int, result: EncodedResult) -> GroupProgress:
@@ -274,21 +292,27 @@ class RedisBackend:
             keys += self._group_keys(r.group_id)
             args += (r.index, kind + r.result.data)
         replies: list[Any] = [None] * len(reports)
-        with self._map_errors():
-            for idx in self._slots(keys[::2]):
-                part = await self._script(2)(
-                    keys=[key for i in idx for key in keys[2 * i : 2 * i + 2]],
-                    args=[a for i in idx for a in args[2 * i : 2 * i + 2]],
+        async with self._guard():
+            slots = self._slots(keys[::2])
+            parts = await asyncio.gather(
+                *(
+                    self._script(2)(
+                        keys=[key for i in idx for key in keys[2 * i : 2 * i + 2]],
+                        args=[a for i in idx for a in args[2 * i : 2 * i + 2]],
+                    )
+                    for idx in slots
                 )
+            )
+            for idx, part in zip(slots, parts, strict=True):
                 for i, reply in zip(idx, part, strict=True):
                     replies[i] = reply
         return [_progress(reply) for reply in replies]
 
     async def groups_sent(self, group_ids: Sequence[str]) -> None:
         keys = [self._group_keys(g)[0] for g in group_ids]
-        with self._map_errors():
-            for idx in self._slots(keys) if keys else []:
-                await self._script(3)(keys=[keys[i] for i in idx])
+        async with self._guard():
+            slots = self._slots(keys) if keys else []
+            await asyncio.gather(*(self._script(3)(keys=[keys[i] for i in idx]) for idx in slots))
 
     async def revoke(self, task_ids: Sequence[str], ttl: float) -> None:
         """A key per id (for `revoked`), and the id in one sorted set scored by its expiry
@@ -302,7 +326,7 @@ class RedisBackend:
             pipe.zadd(index, dict.fromkeys(task_ids, expires_ms))
             pipe.pexpire(index, _ms(ttl), gt=True)
             pipe.pexpire(index, _ms(ttl), nx=True)
-        with self._map_errors():
+        async with self._guard():
             await pipe.execute()
 
     async def revocations(self) -> frozenset[str]:
@@ -310,12 +334,12 @@ class RedisBackend:
         pipe = self._client().pipeline(transaction=False)
         pipe.zremrangebyscore(index, "-inf", int(time.time() * 1000))
         pipe.zrange(index, 0, -1)
-        with self._map_errors():
+        async with self._guard():
             _, members = await pipe.execute()
         return frozenset(_bytes(m).decode() for m in members)
 
     async def broadcast(self, payload: bytes) -> None:
-        with self._map_errors():
+        async with self._guard():
             await self._client().publish(f"{self._prefix}:control", payload)
 
     async def control(self) -> AsyncIterator[bytes]:
@@ -348,7 +372,7 @@ class RedisBackend:
         pipe.zadd(index, {name: int((time.time() + ttl) * 1000)})
         pipe.pexpire(index, _ms(ttl), gt=True)
         pipe.pexpire(index, _ms(ttl), nx=True)
-        with self._map_errors():
+        async with self._guard():
             await pipe.execute()
 
     async def unregister_worker(self, name: str) -> None:
@@ -356,7 +380,7 @@ class RedisBackend:
         pipe = self._client().pipeline(transaction=False)
         pipe.execute_command("UNLINK", f"{index}:{name}")  # a cluster pipeline's unlink is async
         pipe.zrem(index, name)
-        with self._map_errors():
+        async with self._guard():
             await pipe.execute()
 
     async def workers(self) -> dict[str, bytes]:
@@ -364,7 +388,7 @@ class RedisBackend:
         pipe = self._client().pipeline(transaction=False)
         pipe.zremrangebyscore(index, "-inf", int(time.time() * 1000))
         pipe.zrange(index, 0, -1)
-        with self._map_errors():
+        async with self._guard():
             _, members = await pipe.execute()
         names = sorted(_bytes(m).decode() for m in members)
         if not names:
@@ -377,7 +401,7 @@ class RedisBackend:
         pipe = self._client().pipeline(transaction=False)
         pipe.rpush(key, payload)
         pipe.pexpire(key, _ms(ttl))
-        with self._map_errors():
+        async with self._guard():
             await pipe.execute()
 
     async def replies(self, reply_to: str, wait: float) -> list[bytes]:
