@@ -8,8 +8,10 @@ Each script touches one key, so it also runs on Client Cluster.
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING, Any
 
+from aiotask._redis.cluster import is_cluster
 from aiotask.coordination.ratelimit import RESERVE_AHEAD, Grant
 
 if TYPE_CHECKING:
@@ -111,7 +113,16 @@ class RedisCoordinationStore:
     async def renew_slots(self, slots: Sequence[Slot], lease: float) -> list[bool]:
         if not slots:
             return []
-        pipe = self._get().pipeline(transaction=False)
+        client = self._get()
+        if is_cluster(client):  # a cluster pipeline refuses scripts: one call per key, at once
+            replies = await asyncio.gather(
+                *(
+                    self._renew(keys=[self._slots_key(k)], args=[t, lease * 1000.0], client=client)
+                    for k, t in slots
+                )
+            )
+            return [int(r) == 1 for r in replies]
+        pipe = client.pipeline(transaction=False)
         for key, token in slots:
             await self._renew(
                 keys=[self._slots_key(key)],
