@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 from aiotask.brokers._common import DEAD_LETTER_CAP
 from aiotask.brokers.base import Outgoing
 from aiotask.exceptions import AiotaskError
-from aiotask.protocol import decode, preview
+from aiotask.protocol import preview
+from aiotask.security import peek
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
@@ -113,7 +114,7 @@ def configured_queues(app: App) -> list[str]:
 
 def _info(dead: DeadLetter, queue: str) -> DeadLetterInfo:
     try:
-        message: Message | None = decode(dead.body)
+        message: Message | None = peek(dead.body)
     except AiotaskError:
         message = None
     return DeadLetterInfo(

@@ -20,6 +20,7 @@ from redis.crc import key_slot
 from redis.exceptions import RedisClusterException
 
 from aiotask._redis.conn import connection_class
+from aiotask._urls import CLUSTER_SCHEMES
 from aiotask.exceptions import ConfigurationError
 
 if TYPE_CHECKING:
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
     from aiotask._tls import TLSOptions
 
 #: URL schemes of a Redis Cluster (the `redis_cluster` setting turns redis:// into the first).
-SCHEMES = frozenset({"redis+cluster", "rediss+cluster"})
+SCHEMES = CLUSTER_SCHEMES
 
 
 def is_cluster_url(url: str) -> bool:
@@ -41,6 +42,17 @@ def single_node_url(url: str) -> str:
     """The URL with its scheme's `+cluster` removed (TLS and error texts reason per node)."""
     scheme, sep, rest = url.partition("://")
     return f"{scheme.lower().removesuffix('+cluster')}{sep}{rest}"
+
+
+def refuse_wait(url: str, wanted: int) -> None:
+    """`redis_wait_replicas` is for a single primary (Sentinel): WAIT has no key, so a cluster
+    pipeline cannot send it to the primary that took a queue's writes."""
+    if wanted and is_cluster_url(url):
+        raise ConfigurationError(
+            "redis_wait_replicas is not supported on a Redis Cluster (redis+cluster://): "
+            "WAIT covers one primary's connection, and a batch spans the primaries of its "
+            "queues; set redis_wait_replicas = 0 (see docs/redis-cluster.md)"
+        )
 
 
 def startup_nodes(url: str) -> list[tuple[str, int]]:

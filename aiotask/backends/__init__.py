@@ -43,6 +43,10 @@ def from_url(url: str, settings: Settings) -> ResultBackend:
         url = as_cluster_url(url, settings.redis_cluster)
         backend: ResultBackend = redis_backend.RedisBackend(url, settings)
         return backend
+    if scheme in {"postgresql", "postgres"}:
+        postgres = require("aiotask.backends.postgres", what="the PostgreSQL result backend")
+        pg_backend: ResultBackend = postgres.PostgresBackend(url, settings)
+        return pg_backend
     from aiotask.backends.sqlite import SQLiteBackend
 
     return SQLiteBackend(url, settings)

@@ -45,6 +45,10 @@ def from_url(url: str, settings: Settings, app_name: str) -> Broker:
         from aiotask.brokers.sqlite import SQLiteBroker
 
         return SQLiteBroker(url, settings)
+    if scheme in {"postgresql", "postgres"}:
+        postgres = require("aiotask.brokers.postgres", what="the PostgreSQL broker")
+        pg_broker: Broker = postgres.PostgresBroker(url, settings)
+        return pg_broker
     rabbitmq = require("aiotask.brokers.rabbitmq", what="the RabbitMQ broker")
     amqp_broker: Broker = rabbitmq.RabbitMQBroker(url, settings, app_name)
     return amqp_broker

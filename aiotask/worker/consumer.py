@@ -15,10 +15,10 @@ from aiotask._log import get_logger
 from aiotask._time import now
 from aiotask.coordination import spec as limit_spec
 from aiotask.coordination.gate import Gates
-from aiotask.events.model import EventType
-from aiotask.exceptions import ConfigurationError, ProtocolError
-from aiotask.protocol import decode
+from aiotask.events.emitter import TASK_RECEIVED
+from aiotask.exceptions import ConfigurationError
 from aiotask.ratelimit import RateLimiter
+from aiotask.security import UNDECODABLE, Refused
 from aiotask.states import FAILURE
 from aiotask.worker.outcome import Settlement
 
@@ -51,6 +51,8 @@ class Dispatcher:
         self.prefetch = max(prefetch, 1)
         #: the app's live registry: a task (or rate limit) registered later is seen too
         self.tasks = executor.app.tasks
+        #: verifies, bounds and decodes each body (aiotask/security)
+        self.wire = executor.app.wire
         self.held: set[Delivery] = set()
         self.buffer: deque[tuple[Delivery, Message, bool]] = deque()
         #: rate-limited deliveries waiting for their token: timers, not worker slots
@@ -100,21 +102,13 @@ class Dispatcher:
 
     def _accept(self, delivery: Delivery) -> None:
         try:
-            message = decode(delivery.body)
-        except ProtocolError as exc:
-            log.warning(
-                "dead-lettering undecodable message %s from %s: %s",
-                delivery.message_id,
-                delivery.queue,
-                exc,
-            )
-            self.settler.add(Settlement(delivery, "dead", reason=f"undecodable: {exc}"))
+            message = self.wire.decode(delivery.body)
+        except Refused as exc:
+            self._refuse(delivery, exc)
             return
         if self.events is not None:
             retries = {"retries": message.retries} if message.retries else None
-            self.events.task(
-                EventType.TASK_RECEIVED, message.id, message.task, delivery.queue, None, retries
-            )
+            self.events.task(TASK_RECEIVED, message.id, message.task, delivery.queue, None, retries)
         revoked = message.id in self.executor.revoked
         if not revoked:
             task = self.tasks.get(message.task)
@@ -137,6 +131,21 @@ class Dispatcher:
             self._start(delivery, message, revoked)
         else:
             self.buffer.append((delivery, message, revoked))
+
+    def _refuse(self, delivery: Delivery, exc: Refused) -> None:
+        """A body that must not run (bad signature, too large, undecodable): dead-lettered
+        before anything in it was decoded or run; the worker carries on."""
+        log.warning(
+            "dead-lettering message %s from %s (%s): %s",
+            delivery.message_id,
+            delivery.queue,
+            exc.reason,
+            exc.detail,
+        )
+        reason = exc.reason if exc.reason != UNDECODABLE else f"{UNDECODABLE}: {exc.detail}"
+        self.settler.add(Settlement(delivery, "dead", reason=reason))
+        if self.probe is not None:
+            self.probe.refused(delivery, exc.reason)
 
     def _internal_error(self, delivery: Delivery, exc: BaseException) -> None:
         log.critical(

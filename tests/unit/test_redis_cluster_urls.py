@@ -39,3 +39,18 @@ def test_setting_turns_redis_urls_into_cluster_urls() -> None:
 def test_cluster_has_database_zero_only() -> None:
     with pytest.raises(ConfigurationError, match="database 0 only"):
         make_cluster_client("redis+cluster://h:1/3", None, None)
+
+
+def test_wait_replicas_is_refused_on_a_cluster_with_a_clear_error() -> None:
+    """WAIT has no key: a cluster cannot send it to the primaries a batch wrote to."""
+    from aiotask.brokers import from_url
+
+    waiting = Settings(broker_url=URL, redis_wait_replicas=1)
+    with pytest.raises(ConfigurationError, match="redis_wait_replicas is not supported"):
+        from_url(URL, waiting, "app")
+    plain = Settings(broker_url="redis://h:1/0", redis_wait_replicas=1, redis_cluster=True)
+    with pytest.raises(ConfigurationError, match="redis_wait_replicas is not supported"):
+        from_url("redis://h:1/0", plain, "app")  # the redis_cluster setting: a cluster too
+    single = Settings(broker_url="redis://h:1/0", redis_wait_replicas=1)
+    assert from_url("redis://h:1/0", single, "app") is not None  # one primary: WAIT applies
+    assert from_url(URL, Settings(broker_url=URL), "app") is not None
