@@ -38,6 +38,7 @@ from aiotask._time import monotonic, now
 from aiotask.brokers import _redis_admin as admin
 from aiotask.brokers import _redis_cluster_reads as cluster_reads
 from aiotask.brokers import _redis_events as events
+from aiotask.brokers import _redis_housekeeping as housekeeping
 from aiotask.brokers import _redis_lua as lua
 from aiotask.brokers._common import DEAD_LETTER_CAP, exhausted, exhausted_reason, text
 from aiotask.brokers.base import (
@@ -66,8 +67,6 @@ Command = tuple[Any, ...]
 
 #: Entries a dead-letter stream keeps (approximately); older ones are trimmed.
 DEAD_MAXLEN = DEAD_LETTER_CAP
-#: Delayed messages one mover call promotes; more are moved by the next receive.
-MOVE_BATCH = 1000
 _CAPPED = ("MAXLEN", "~", DEAD_MAXLEN, "*")
 #: Seconds a non-blocking round trip may take before the server counts as unreachable.
 OP_TIMEOUT = 10.0
@@ -348,7 +347,7 @@ class RedisStreamsBroker:
     async def _receive_once(self, qkeys: list[_Keys], limit: int) -> list[Delivery]:
         if any(k.queue not in self._ready for k in qkeys):
             await self._create_groups(qkeys)
-        claimed = await self._housekeeping(qkeys, limit)
+        claimed = await housekeeping.run(self, qkeys, limit)
         wall, mono = now(), monotonic()
         due = min(self._next_due.get(k.queue, 0.0) for k in qkeys) - wall
         wait = max(min(due, self._next_reclaim - mono, self._next_takeover - mono), 0.001)
@@ -395,99 +394,8 @@ class RedisStreamsBroker:
         self._ready.update(k.queue for k in qkeys)
 
     def _beat(self, k: _Keys) -> Command:
-        return (
-            "EVALSHA",
-            self._sha("BEAT"),
-            1,
-            k.alive,
-            self._consumer,
-            self._lost_ms,
-            self._alive_ttl_ms,
-        )
-
-    async def _housekeeping(self, qkeys: list[_Keys], limit: int) -> list[Delivery]:
-        """Ack wake-ups, move due delayed messages and, when due, take over lost consumers'
-        entries (heartbeat lapsed: every worker_lost_after/3) and idle ones (lease lapsed:
-        every visibility_timeout/2). One round trip."""
-        wall, mono = now(), monotonic()
-        reclaim = mono >= self._next_reclaim
-        takeover = mono >= self._next_takeover
-        cmds: list[Command] = []
-        for stream, ids in self._markers.items():
-            cmds += [("XACK", stream, self._group, *ids), ("XDEL", stream, *ids)]
-        markers = len(cmds)
-        movers = [k for k in qkeys if reclaim or self._next_due.get(k.queue, 0.0) <= wall]
-        sha = self._sha("MOVE_DUE")
-        cmds += [
-            ("EVALSHA", sha, 4, k.delayed, *k.streams, int(wall * 1000), MOVE_BATCH) for k in movers
-        ]
-        claims = [(k, s) for k in qkeys for s in k.streams] if reclaim else []
-        sha = self._sha("RECLAIM")
-        who = (self._group, self._consumer, self._lease_ms, limit, self._max_deliveries)
-        fixed = (*who, DEAD_MAXLEN, self._prune_ms)
-        cmds += [
-            ("EVALSHA", sha, 2, s, k.dead, *fixed, k.queue, wall, self._cursor(s), *self._reason)
-            for k, s in claims
-        ]
-        takers = qkeys if takeover else []
-        sha = self._sha("TAKEOVER")
-        who = (self._group, self._consumer, limit, self._max_deliveries, DEAD_MAXLEN)
-        cmds += [
-            ("EVALSHA", sha, 5, k.alive, k.dead, *k.streams, *who, k.queue, wall, *self._reason)
-            for k in takers
-        ]
-        if not cmds:
-            return []
-        results = await self._run(cmds, ignore=("NOGROUP",))
-        self._markers.clear()
-        for k, head in zip(movers, results[markers:], strict=False):
-            self._next_due[k.queue] = float(head) / 1000 if head is not None else math.inf
-        if reclaim:
-            self._next_reclaim = mono + self._reclaim_every
-        done = markers + len(movers)
-        got = self._claimed(claims, results[done : done + len(claims)])
-        if takeover:
-            got += self._taken(takers, results[done + len(claims) :], mono)
-        return got
-
-    def _cursor(self, stream: str) -> bytes | str:
-        return self._cursors.get(stream, "0-0")
-
-    def _claimed(self, claims: list[tuple[_Keys, str]], results: list[Any]) -> list[Delivery]:
-        got: list[Delivery] = []
-        for (k, stream), claimed in zip(claims, results, strict=True):
-            if isinstance(claimed, Exception):  # NOGROUP: the server lost the group
-                self._ready.clear()
-                continue
-            self._cursors[stream] = claimed[0]  # resume the PEL scan where it stopped
-            for entry_id, mid, body, count in claimed[1]:
-                got.append(Delivery(body, k.queue, text(mid), int(count), (stream, entry_id)))
-        if got:
-            logger.warning("took over %d message(s) whose lease lapsed", len(got))
-        return got
-
-    def _taken(self, takers: list[_Keys], results: list[Any], mono: float) -> list[Delivery]:
-        got: list[Delivery] = []
-        delay = self._takeover_every
-        for k, reply in zip(takers, results, strict=True):
-            if isinstance(reply, Exception):  # NOGROUP: the server lost the group
-                self._ready.clear()
-                continue
-            if reply[0]:  # a lost consumer still owns entries: look again on the next receive
-                delay = 0.0
-            elif int(reply[2]) >= 0:  # look right when the next heartbeat would lapse
-                delay = min(delay, int(reply[2]) / 1000 + 0.01)
-            for band, entry_id, mid, body, count in reply[1]:
-                stream = k.streams[int(band)]
-                got.append(Delivery(body, k.queue, text(mid), int(count), (stream, entry_id)))
-        self._next_takeover = mono + delay
-        if got:
-            logger.warning(
-                "took over %d message(s) of a lost consumer (no heartbeat for %gs)",
-                len(got),
-                self._lost_ms / 1000,
-            )
-        return got
+        sha = self._sha("BEAT")
+        return ("EVALSHA", sha, 1, k.alive, self._consumer, self._lost_ms, self._alive_ttl_ms)
 
     async def _parse(self, reply: list[Any]) -> list[Delivery]:
         got: list[Delivery] = []

@@ -29,7 +29,20 @@ if TYPE_CHECKING:
 SHORT = {"test_worker_process_drains_queues_on_two_shards"}
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def _other_server(item: pytest.Item) -> bool:
+    """A contract test re-exported here but parametrized over other servers (memory, sqlite):
+    tests/contract runs those; here only its redis case runs, on the cluster."""
+    params = getattr(item, "callspec", None)
+    if params is None:
+        return False
+    return any(params.params.get(name, "redis") != "redis" for name in ("broker", "backend"))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    others = [i for i in items if "tests/cluster/" in i.nodeid and _other_server(i)]
+    if others:
+        config.hook.pytest_deselected(items=others)
+        items[:] = [i for i in items if i not in others]
     if os.environ.get("AIOTASK_CLUSTER_TESTS") == "full":
         return
     skip = pytest.mark.skip(reason="Redis Cluster suite: run `make cluster`")
