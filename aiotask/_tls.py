@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
     from aiotask.settings import Settings
 
-TLS_SCHEMES = frozenset({"rediss", "amqps"})
+TLS_SCHEMES = frozenset({"rediss", "rediss+cluster", "amqps"})
 #: option -> what its value is, for error messages and docs
 OPTIONS = {
     "ca_certs": "PEM file of the CA(s) that signed the server certificate",
@@ -79,6 +79,7 @@ def resolve(url: str, setting: Mapping[str, object], *, what: str) -> Resolved:
             names = ", ".join(sorted({*from_url, *setting}))
             fix = {
                 "redis": "use rediss:// instead of redis://",
+                "redis+cluster": "use rediss+cluster:// instead of redis+cluster://",
                 "amqp": "use amqps:// instead of amqp://",
             }
             raise ConfigurationError(
@@ -217,7 +218,7 @@ def reset_hint(url: str, exc: BaseException | None) -> str:
     return ""
 
 
-_DEFAULT_PORTS = {"rediss": 6379, "amqps": 5671}
+_DEFAULT_PORTS = {"rediss": 6379, "rediss+cluster": 6379, "amqps": 5671}
 _CA_HINT = "check ssl_ca_certs: it must hold the CA that signed the server's certificate"
 _HOSTNAME_HINT = (
     "the server's certificate does not name the host in the URL: connect by a name or IP "

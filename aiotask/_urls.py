@@ -10,7 +10,9 @@ from aiotask.exceptions import ConfigurationError
 
 #: Redis behind Sentinel: redis+sentinel://[user:pass@]host1:p1,host2:p2/db?service=NAME
 SENTINEL_SCHEMES = frozenset({"redis+sentinel"})
-REDIS_SCHEMES = frozenset({"redis", "rediss"}) | SENTINEL_SCHEMES
+#: redis+cluster:// and rediss+cluster:// name a Redis Cluster (host1:port1,host2:port2,...)
+CLUSTER_SCHEMES = frozenset({"redis+cluster", "rediss+cluster"})
+REDIS_SCHEMES = frozenset({"redis", "rediss"}) | SENTINEL_SCHEMES | CLUSTER_SCHEMES
 BROKER_SCHEMES = REDIS_SCHEMES | {"amqp", "amqps", "memory", "sqlite", "postgresql", "postgres"}
 BACKEND_SCHEMES = REDIS_SCHEMES | {"memory", "sqlite", "postgresql", "postgres"}
 
@@ -119,6 +121,14 @@ def _is_secret(key: str) -> bool:
     )
 
 
+def as_cluster_url(url: str, cluster: bool) -> str:
+    """`redis://` -> `redis+cluster://` (and rediss) when the `redis_cluster` setting is on."""
+    scheme, sep, rest = url.partition("://")
+    if cluster and sep and scheme.lower() in {"redis", "rediss"}:
+        return f"{scheme.lower()}+cluster://{rest}"
+    return url
+
+
 def parse_url(url: str, *, allowed: frozenset[str], what: str) -> ParsedURL:
     """Validate a broker/backend URL, naming the problem without leaking the password."""
     if not isinstance(url, str) or "://" not in url:
@@ -130,6 +140,9 @@ def parse_url(url: str, *, allowed: frozenset[str], what: str) -> ParsedURL:
         parts = urlsplit(url)
         if parts.scheme.lower() in SENTINEL_SCHEMES:
             return _sentinel(parts.scheme.lower(), url, what)
+        if parts.scheme.lower() in CLUSTER_SCHEMES:  # h1:p1,h2:p2: the first node stands
+            first = parts.netloc.rpartition("@")[2].split(",", 1)[0]  # for all of them
+            parts = parts._replace(netloc=first)
         port = parts.port
     except ValueError:  # its text can quote a password taken for a port: not shown
         raise ConfigurationError(

@@ -91,6 +91,9 @@ class Settings:
     broker_tls: Mapping[str, str | bool | int] = field(default_factory=dict)
     #: The same for a rediss:// result backend; when empty, a rediss:// backend uses broker_tls.
     backend_tls: Mapping[str, str | bool | int] = field(default_factory=dict)
+    #: A redis:// or rediss:// broker and backend URL names a Redis Cluster (as redis+cluster://
+    #: does); see docs/redis-cluster.md.
+    redis_cluster: bool = False
     #: Store STARTED when a task starts (one more write per task).
     task_track_started: bool = False
     #: Emit monitoring events (docs/monitoring.md): task-sent from producers, task and worker
@@ -323,6 +326,7 @@ ENV_PARSERS: dict[str, tuple[Callable[[str], object], str]] = {
     "broker_tls": (_tls_mapping, 'JSON object, e.g. {"ca_certs": "/etc/aiotask/ca.pem"}'),
     "backend_tls": (_tls_mapping, 'JSON object, e.g. {"ca_certs": "/etc/aiotask/ca.pem"}'),
     "task_track_started": (_bool, "boolean (true/false, 1/0, yes/no, on/off)"),
+    "redis_cluster": (_bool, "boolean (true/false, 1/0, yes/no, on/off)"),
     "events": (_bool, "boolean (true/false, 1/0, yes/no, on/off)"),
     "max_tasks_per_child": (_int, "integer"),
     "max_memory_per_child": (_int, "integer number of KB"),

@@ -119,6 +119,118 @@ class PrivateRabbit:
             self.proc = None
 
 
+def _bus_port_pair() -> int:
+    """A free port P below 55536 whose cluster bus port P + 10000 is free too."""
+    import random
+
+    while True:
+        port = random.randrange(20000, 30000)
+        if not _answers(port) and not _answers(port + 10000):
+            with socket.socket() as a, socket.socket() as b:
+                try:
+                    a.bind(("127.0.0.1", port))
+                    b.bind(("127.0.0.1", port + 10000))
+                except OSError:
+                    continue
+            return port
+
+
+class PrivateRedisCluster:
+    """Six redis-server processes in cluster mode (3 primaries, 3 replicas) on free ports.
+
+    Made with `redis-cli --cluster create ... --cluster-replicas 1`; a low cluster-node-timeout
+    lets a replica take over a killed primary within a few seconds. Stopped by PID.
+    """
+
+    def __init__(self, directory: Path, size: int = 6, node_timeout_ms: int = 2000) -> None:
+        self.nodes: list[PrivateRedis] = []
+        for _ in range(size):
+            port_dir = directory / f"n{len(self.nodes)}"
+            port_dir.mkdir()
+            node = PrivateRedis(port_dir, "--cluster-enabled", "yes")
+            node.port = _bus_port_pair()
+            node.args[2] = str(node.port)
+            node.url = f"redis://127.0.0.1:{node.port}/0"
+            node.args += ["--cluster-config-file", f"{port_dir}/nodes.conf"]
+            node.args += ["--cluster-node-timeout", str(node_timeout_ms)]
+            node.args += ["--repl-diskless-sync-delay", "0"]  # replicas in sync at once
+            self.nodes.append(node)
+        self.url = "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes[:3])
+        self.url += "/0"
+
+    def start(self) -> None:
+        for node in self.nodes:
+            node.start()
+        addrs = [f"127.0.0.1:{n.port}" for n in self.nodes]
+        subprocess.run(
+            [
+                "redis-cli",
+                "--cluster",
+                "create",
+                *addrs,
+                "--cluster-replicas",
+                "1",
+                "--cluster-yes",
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            timeout=60,
+        )
+        self.wait_ok()
+        deadline = time.monotonic() + 60  # a replica out of sync refuses to take over
+        while time.monotonic() < deadline:
+            roles = [self.info(n, "info", "replication") for n in self.nodes]
+            replicas = [r for r in roles if "role:slave" in r]
+            if len(replicas) == len(self.nodes) // 2 and all(
+                "master_link_status:up" in r for r in replicas
+            ):
+                return
+            time.sleep(0.2)
+        raise RuntimeError("the private Redis Cluster's replicas did not sync")
+
+    def info(self, node: PrivateRedis, *command: str) -> str:
+        out = subprocess.run(
+            ["redis-cli", "-p", str(node.port), *command],
+            capture_output=True,
+            timeout=10,
+            check=False,
+        )
+        return out.stdout.decode()
+
+    def wait_ok(self, timeout: float = 60.0) -> None:
+        """Until every live node says cluster_state:ok and sees all 16384 slots served."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            live = [n for n in self.nodes if n.proc is not None]
+            if all(
+                "cluster_state:ok" in self.info(n, "cluster", "info")
+                and "cluster_slots_ok:16384" in self.info(n, "cluster", "info")
+                for n in live
+            ):
+                return
+            time.sleep(0.2)
+        raise RuntimeError("private Redis Cluster did not reach cluster_state:ok")
+
+    def primary_of(self, key: str) -> PrivateRedis:
+        """The node serving `key`'s slot now (asked of a live node: CLUSTER KEYSLOT + SLOTS)."""
+        live = next(n for n in self.nodes if n.proc is not None)
+        slot = int(self.info(live, "cluster", "keyslot", key).strip())
+        for line in self.info(live, "cluster", "nodes").splitlines():
+            fields = line.split()
+            if "master" not in fields[2] or "fail" in fields[2]:
+                continue
+            for span in fields[8:]:
+                lo, _, hi = span.partition("-")
+                if lo.isdigit() and int(lo) <= slot <= int(hi or lo):
+                    port = int(fields[1].split("@")[0].rsplit(":", 1)[1])
+                    return next(n for n in self.nodes if n.port == port)
+        raise RuntimeError(f"no primary serves slot {slot}")
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.kill()
+
+
 def pg_bin(name: str) -> str | None:
     """A PostgreSQL server program: on PATH, else in Debian's /usr/lib/postgresql/N/bin (the
     packages put only wrappers on PATH), the newest version first."""

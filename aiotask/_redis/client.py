@@ -15,7 +15,7 @@ import secrets
 import socket
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
@@ -31,6 +31,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from aiotask import _hooks, _tls
 from aiotask._backoff import Backoff
+from aiotask._redis.cluster import is_cluster_url, make_cluster_client
 from aiotask._redis.conn import FastPackSentinelConnection, connection_class
 from aiotask._urls import parse_sentinel, redact
 from aiotask.exceptions import AiotaskError, BrokerConnectionError, ConfigurationError
@@ -40,6 +41,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
+#: A single-node client or a cluster client (redis+cluster://): most commands are common.
+Client = Redis | RedisCluster
 _warned: set[str] = set()
 
 #: Errors that say "the server could not be reached or stopped answering": worth a retry.
@@ -89,7 +92,7 @@ def map_errors(url: str, what: str = "Redis") -> Iterator[None]:
         ) from exc
 
 
-def make_client(url: str, name: str | None = None, tls: _tls.TLSOptions | None = None) -> Redis:
+def make_client(url: str, name: str | None = None, tls: _tls.TLSOptions | None = None) -> Client:
     """A client with our connection class; redis-py's own retries and socket timeouts off.
 
     No socket_timeout: redis-py would route every write through asyncio.wait_for, which on
@@ -101,6 +104,8 @@ def make_client(url: str, name: str | None = None, tls: _tls.TLSOptions | None =
     if tls is not None:
         _tls.context_for(tls)  # a missing or bad file: ConfigurationError now, not per retry
         extra["tls"] = tls
+    if is_cluster_url(url):
+        return make_cluster_client(url, name, tls)
     # redis-py swaps in its own SSLConnection for a rediss:// URL, dropping our class: give it
     # the redis:// form, our class decides TLS.
     pool_url = "redis" + url[6:] if url[:7].lower() == "rediss:" else url
@@ -156,11 +161,11 @@ class SharedClient:
         self.tls = tls
         #: CLIENT SETNAME of every connection: operators (and tests) can tell ours apart
         self.name = f"aiotask-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
-        self._client: Redis | None = None
+        self._client: Client | None = None
         self._sentinel: Sentinel | None = None
         self._users = 0
 
-    def acquire(self) -> Redis:
+    def acquire(self) -> Client:
         if self._client is None:
             if self.url.lower().startswith("redis+sentinel:"):
                 self._client, self._sentinel = _sentinel_client(self.url, self.name)
@@ -212,11 +217,13 @@ async def retrying(
                 ) from exc.__cause__
 
 
-async def warn_if_volatile(client: Redis, url: str) -> None:
+async def warn_if_volatile(client: Client, url: str) -> None:
     """Warn once per server when it may lose queued messages (no AOF, or evicting keys)."""
     if redact(url) in _warned:
         return
     _warned.add(redact(url))
+    if isinstance(client, RedisCluster):
+        return  # CONFIG per node: see docs/redis-cluster.md for what each node needs
     pipe = client.pipeline(transaction=False)
     pipe.execute_command("CONFIG", "GET", "appendonly")
     pipe.execute_command("CONFIG", "GET", "maxmemory-policy")

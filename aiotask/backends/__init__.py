@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from aiotask._extras import require
-from aiotask._urls import BACKEND_SCHEMES, REDIS_SCHEMES, parse_url
+from aiotask._urls import BACKEND_SCHEMES, REDIS_SCHEMES, as_cluster_url, parse_url
 from aiotask.backends.base import (
     EncodedResult,
     GroupProgress,
@@ -40,6 +40,7 @@ def from_url(url: str, settings: Settings) -> ResultBackend:
         return MemoryBackend()
     if scheme in REDIS_SCHEMES:
         redis_backend = require("aiotask.backends.redis", what="the Redis result backend")
+        url = as_cluster_url(url, settings.redis_cluster)
         backend: ResultBackend = redis_backend.RedisBackend(url, settings)
         return backend
     if scheme in {"postgresql", "postgres"}:

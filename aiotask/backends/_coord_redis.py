@@ -1,22 +1,23 @@
-"""The coordination store on Redis: GCRA and slot leases in Lua, on the server's clock.
+"""The coordination store on Client: GCRA and slot leases in Lua, on the server's clock.
 
 Every script reads `TIME` on the server, so workers with skewed clocks still share one
 timeline. Keys: `<prefix>:coord:<app>:rate:<key>` (a string: the TAT in ms, expiring once it
 is in the past) and `<prefix>:coord:<app>:slots:<key>` (a ZSET token -> lease expiry in ms).
-Each script touches one key, so it also runs on Redis Cluster.
+Each script touches one key, so it also runs on Client Cluster.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING, Any
 
+from aiotask._redis.cluster import is_cluster
 from aiotask.coordination.ratelimit import RESERVE_AHEAD, Grant
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
-    from redis.asyncio import Redis
-
+    from aiotask._redis.client import Client
     from aiotask.coordination.concurrency import Slot
 
 _NOW = """
@@ -82,7 +83,7 @@ class RedisCoordinationStore:
     """CoordinationStore over the result backend's redis-py client (fetched per call, so a
     reconnected backend is followed)."""
 
-    def __init__(self, client: Callable[[], Redis], prefix: str, app_name: str) -> None:
+    def __init__(self, client: Callable[[], Client], prefix: str, app_name: str) -> None:
         self._get = client
         self._base = f"{prefix}:coord:{app_name}"
         redis = client()
@@ -112,10 +113,21 @@ class RedisCoordinationStore:
     async def renew_slots(self, slots: Sequence[Slot], lease: float) -> list[bool]:
         if not slots:
             return []
-        pipe = self._get().pipeline(transaction=False)
+        client = self._get()
+        if is_cluster(client):  # a cluster pipeline refuses scripts: one call per key, at once
+            replies = await asyncio.gather(
+                *(
+                    self._renew(keys=[self._slots_key(k)], args=[t, lease * 1000.0], client=client)
+                    for k, t in slots
+                )
+            )
+            return [int(r) == 1 for r in replies]
+        pipe = client.pipeline(transaction=False)
         for key, token in slots:
             await self._renew(
-                keys=[self._slots_key(key)], args=[token, lease * 1000.0], client=pipe
+                keys=[self._slots_key(key)],
+                args=[token, lease * 1000.0],
+                client=pipe,  # type: ignore[arg-type]
             )
         return [int(r) == 1 for r in await pipe.execute()]
 

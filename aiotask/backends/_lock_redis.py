@@ -1,4 +1,4 @@
-"""Unique/debounce locks on Redis: one string key per lock (`<prefix>:lock:<name>`),
+"""Unique/debounce locks on Client: one string key per lock (`<prefix>:lock:<name>`),
 holding the owner's task id, with a PX lifetime. Each operation is one short Lua script, so
 it is atomic; a batch of releases is one pipeline of single-key scripts."""
 
@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
-    from redis.asyncio import Redis
+    from aiotask._redis.client import Client
 
 #: Take the lock if free; else answer the holder (nil: taken by us).
 ACQUIRE = """
@@ -42,7 +42,7 @@ def _text(value: Any) -> str | None:
 class RedisLockStore:
     """LockStore over the result backend's client (fetched per call: a reconnect is followed)."""
 
-    def __init__(self, client: Callable[[], Redis], prefix: str) -> None:
+    def __init__(self, client: Callable[[], Client], prefix: str) -> None:
         self._get = client
         self._base = f"{prefix}:lock:"
 

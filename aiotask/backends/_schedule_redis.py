@@ -1,6 +1,6 @@
-"""The beat store on Redis: five hashes under one hash tag, claims and confirms in Lua.
+"""The beat store on Client: five hashes under one hash tag, claims and confirms in Lua.
 
-Keys (one slot, so it works on Redis Cluster too): `<prefix>:{beat:<app>}:` followed by
+Keys (one slot, so it works on Client Cluster too): `<prefix>:{beat:<app>}:` followed by
 `entries` (name -> JSON), `paused` (name -> 1), `marks` (name -> watermark ms), `states`
 (name -> JSON) and `skips` (name NUL reason -> count).
 """
@@ -14,8 +14,7 @@ from aiotask.beat.store import StoredState
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
-    from redis.asyncio import Redis
-
+    from aiotask._redis.client import Client
     from aiotask.beat.store import Claim
 
 #: Compare-and-set each claim; returns 1/0 per claim. Modes: n(ormal) i(nit) e(xpect).
@@ -65,7 +64,7 @@ class RedisScheduleStore:
     """ScheduleStore over the result backend's redis-py client (fetched per call, so a
     reconnected backend is followed)."""
 
-    def __init__(self, client: Callable[[], Redis], prefix: str, app_name: str) -> None:
+    def __init__(self, client: Callable[[], Client], prefix: str, app_name: str) -> None:
         self._get = client
         tag = f"{prefix}:{{beat:{app_name}}}"
         self._entries, self._paused = f"{tag}:entries", f"{tag}:paused"
@@ -74,7 +73,7 @@ class RedisScheduleStore:
         self._settle = client().register_script(SETTLE)
 
     @property
-    def _client(self) -> Redis:
+    def _client(self) -> Client:
         return self._get()
 
     @property

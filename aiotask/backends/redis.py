@@ -13,12 +13,13 @@ import contextlib
 import logging
 import math
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from redis.exceptions import RedisError
 
 from aiotask import _tls
 from aiotask._backoff import Backoff
+from aiotask._redis import cluster
 from aiotask._redis.client import SharedClient, map_errors
 from aiotask.backends._coord_redis import RedisCoordinationStore
 from aiotask.backends._lock_redis import RedisLockStore
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
     from redis.asyncio.connection import AbstractConnection
     from redis.commands.core import AsyncScript
 
+    from aiotask._redis.client import Client
     from aiotask.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -69,6 +71,8 @@ return 1
 """
 
 _ERRORS = (RedisError, OSError)
+#: Seconds one command may take on a Redis Cluster before it counts as a lost connection.
+OP_TIMEOUT = 10.0
 
 
 def _bytes(value: bytes | str) -> bytes:
@@ -88,7 +92,7 @@ class RedisBackend:
         resolved = _tls.for_backend(settings, url)
         self.shared_client = SharedClient(resolved.url, resolved.tls)
         self._prefix = settings.key_prefix
-        self._redis: Redis | None = None
+        self._redis: Client | None = None
         self._scripts: tuple[AsyncScript, ...] | None = None
         self._sub: _Subscriber | None = None
         self._gets: dict[str, asyncio.Future[bytes | None]] = {}
@@ -109,7 +113,18 @@ class RedisBackend:
     def _map_errors(self) -> contextlib.AbstractContextManager[None]:
         return map_errors(self._url, "result backend Redis")
 
-    def _client(self) -> Redis:
+    @contextlib.asynccontextmanager
+    async def _guard(self) -> AsyncIterator[None]:
+        """map_errors, and on a Redis Cluster a deadline: a command caught in a failover can
+        hang in redis-py's cluster client; as a timeout it is a retryable connection error."""
+        with self._map_errors():
+            if cluster.is_cluster(self._redis):
+                async with asyncio.timeout(OP_TIMEOUT):
+                    yield
+            else:
+                yield
+
+    def _client(self) -> Client:
         if self._redis is None:
             raise BrokerConnectionError("the Redis result backend is not connected")
         return self._redis
@@ -137,9 +152,14 @@ class RedisBackend:
             register(ADD_TO_GROUPS),
             register(GROUPS_SENT),
         )
-        self._sub = _Subscriber(self._redis.connection_pool.make_connection, self._fetch_many)
+        client = self._redis
+        if cluster.is_cluster(client):  # PUBLISH reaches every node: subscribe on any one
+            make: Callable[[], AbstractConnection] = lambda: cluster.connection_to_any(client)  # noqa: E731
+        else:
+            make = cast("Redis", client).connection_pool.make_connection
+        self._sub = _Subscriber(make, self._fetch_many)
         try:
-            with self._map_errors():
+            async with self._guard():
                 await self._redis.ping()
         except BrokerConnectionError:
             await self.close()
@@ -162,11 +182,28 @@ class RedisBackend:
         args: list[bytes | int] = []
         for r in results:
             args += (b"1" + r.data if r.ready else b"0" + r.data, _ms(r.ttl))
-        with self._map_errors():
-            await self._script(0)(keys=[self._key(r.task_id) for r in results], args=args)
+        keys = [self._key(r.task_id) for r in results]
+        async with self._guard():
+            # one call per slot on a cluster, all in flight at once (each goes to its node)
+            await asyncio.gather(
+                *(
+                    self._script(0)(
+                        keys=[keys[i] for i in idx],
+                        args=[a for i in idx for a in args[2 * i : 2 * i + 2]],
+                    )
+                    for idx in self._slots(keys)
+                )
+            )
+
+    def _slots(self, keys: Sequence[str]) -> list[list[int]]:
+        """Indexes of `keys` per script call: all at once, or one call per hash slot on a
+        Redis Cluster (a script may touch keys of one slot only)."""
+        if cluster.is_cluster(self._redis):
+            return list(cluster.by_slot(keys).values())
+        return [list(range(len(keys)))]
 
     async def get(self, task_id: str) -> ResultRecord | None:
-        with self._map_errors():
+        async with self._guard():
             raw = await self._client().get(self._key(task_id))
         return decode_record(_bytes(raw)[1:]) if raw else None
 
@@ -177,8 +214,13 @@ class RedisBackend:
         return [decode_record(raw[1:]) if raw else None for raw in raws]
 
     async def _fetch_many(self, keys: Sequence[str]) -> list[bytes | None]:
-        with self._map_errors():
-            return [None if v is None else _bytes(v) for v in await self._client().mget(keys)]
+        client = self._client()
+        async with self._guard():
+            if cluster.is_cluster(client):
+                values = await client.mget_nonatomic(keys)
+            else:
+                values = await client.mget(keys)
+            return [None if v is None else _bytes(v) for v in values]
 
     def _fetch(self, key: str) -> asyncio.Future[bytes | None]:
         """GET coalesced with every other GET of this loop iteration into one MGET."""
@@ -226,13 +268,13 @@ class RedisBackend:
 
     async def forget(self, task_ids: Sequence[str]) -> None:
         if task_ids:
-            with self._map_errors():
+            async with self._guard():
                 await self._client().unlink(*(self._key(t) for t in task_ids))
 
     async def open_group(self, group_id: str, size: int, body: bytes | None, ttl: float) -> None:
         meta, _ = self._group_keys(group_id)
         args: list[bytes | int] = [size, _ms(ttl)] + ([body] if body is not None else [])
-        with self._map_errors():
+        async with self._guard():
             await self._script(1)(keys=[meta], args=args)
 
     async def add_to_group(self, group_id: str, index: int, result: EncodedResult) -> GroupProgress:
@@ -249,14 +291,28 @@ class RedisBackend:
             kind = b"s" if state == SUCCESS else b"f" if state == FAILURE else b"o"
             keys += self._group_keys(r.group_id)
             args += (r.index, kind + r.result.data)
-        with self._map_errors():
-            replies = await self._script(2)(keys=keys, args=args)
+        replies: list[Any] = [None] * len(reports)
+        async with self._guard():
+            slots = self._slots(keys[::2])
+            parts = await asyncio.gather(
+                *(
+                    self._script(2)(
+                        keys=[key for i in idx for key in keys[2 * i : 2 * i + 2]],
+                        args=[a for i in idx for a in args[2 * i : 2 * i + 2]],
+                    )
+                    for idx in slots
+                )
+            )
+            for idx, part in zip(slots, parts, strict=True):
+                for i, reply in zip(idx, part, strict=True):
+                    replies[i] = reply
         return [_progress(reply) for reply in replies]
 
     async def groups_sent(self, group_ids: Sequence[str]) -> None:
-        if group_ids:
-            with self._map_errors():
-                await self._script(3)(keys=[self._group_keys(g)[0] for g in group_ids])
+        keys = [self._group_keys(g)[0] for g in group_ids]
+        async with self._guard():
+            slots = self._slots(keys) if keys else []
+            await asyncio.gather(*(self._script(3)(keys=[keys[i] for i in idx]) for idx in slots))
 
     async def revoke(self, task_ids: Sequence[str], ttl: float) -> None:
         """A key per id (for `revoked`), and the id in one sorted set scored by its expiry
@@ -270,7 +326,7 @@ class RedisBackend:
             pipe.zadd(index, dict.fromkeys(task_ids, expires_ms))
             pipe.pexpire(index, _ms(ttl), gt=True)
             pipe.pexpire(index, _ms(ttl), nx=True)
-        with self._map_errors():
+        async with self._guard():
             await pipe.execute()
 
     async def revocations(self) -> frozenset[str]:
@@ -278,12 +334,12 @@ class RedisBackend:
         pipe = self._client().pipeline(transaction=False)
         pipe.zremrangebyscore(index, "-inf", int(time.time() * 1000))
         pipe.zrange(index, 0, -1)
-        with self._map_errors():
+        async with self._guard():
             _, members = await pipe.execute()
         return frozenset(_bytes(m).decode() for m in members)
 
     async def broadcast(self, payload: bytes) -> None:
-        with self._map_errors():
+        async with self._guard():
             await self._client().publish(f"{self._prefix}:control", payload)
 
     async def control(self) -> AsyncIterator[bytes]:
@@ -316,15 +372,15 @@ class RedisBackend:
         pipe.zadd(index, {name: int((time.time() + ttl) * 1000)})
         pipe.pexpire(index, _ms(ttl), gt=True)
         pipe.pexpire(index, _ms(ttl), nx=True)
-        with self._map_errors():
+        async with self._guard():
             await pipe.execute()
 
     async def unregister_worker(self, name: str) -> None:
         index = f"{self._prefix}:workers"
         pipe = self._client().pipeline(transaction=False)
-        pipe.unlink(f"{index}:{name}")
+        pipe.execute_command("UNLINK", f"{index}:{name}")  # a cluster pipeline's unlink is async
         pipe.zrem(index, name)
-        with self._map_errors():
+        async with self._guard():
             await pipe.execute()
 
     async def workers(self) -> dict[str, bytes]:
@@ -332,7 +388,7 @@ class RedisBackend:
         pipe = self._client().pipeline(transaction=False)
         pipe.zremrangebyscore(index, "-inf", int(time.time() * 1000))
         pipe.zrange(index, 0, -1)
-        with self._map_errors():
+        async with self._guard():
             _, members = await pipe.execute()
         names = sorted(_bytes(m).decode() for m in members)
         if not names:
@@ -345,7 +401,7 @@ class RedisBackend:
         pipe = self._client().pipeline(transaction=False)
         pipe.rpush(key, payload)
         pipe.pexpire(key, _ms(ttl))
-        with self._map_errors():
+        async with self._guard():
             await pipe.execute()
 
     async def replies(self, reply_to: str, wait: float) -> list[bytes]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from aiotask._extras import require
-from aiotask._urls import BROKER_SCHEMES, REDIS_SCHEMES, parse_url
+from aiotask._urls import BROKER_SCHEMES, REDIS_SCHEMES, as_cluster_url, parse_url
 from aiotask.brokers.base import (
     Broker,
     BrokerCapabilities,
@@ -38,6 +38,7 @@ def from_url(url: str, settings: Settings, app_name: str) -> Broker:
         return MemoryBroker(settings)
     if scheme in REDIS_SCHEMES:
         redis_streams = require("aiotask.brokers.redis_streams", what="the Redis broker")
+        url = as_cluster_url(url, settings.redis_cluster)
         broker: Broker = redis_streams.RedisStreamsBroker(url, settings, app_name)
         return broker
     if scheme == "sqlite":

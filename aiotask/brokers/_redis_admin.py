@@ -17,7 +17,7 @@ from aiotask.brokers.base import DeadLetter, QueueStats
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from redis.asyncio import Redis
+    from aiotask._redis.client import Client
 
     Command = tuple[Any, ...]
 
@@ -48,7 +48,7 @@ def dead_letter(queue: str, entry_id: bytes, fields: dict[bytes, bytes]) -> Dead
     return DeadLetter(text(mid), body, text(reason), queue, died_at, entry_id)
 
 
-async def scan_queues(client: Redis, prefix: str, timeout: float) -> list[str]:
+async def scan_queues(client: Client, prefix: str, timeout: float) -> list[str]:
     """Every queue with a band stream, delayed set or dead-letter stream under `prefix`."""
     found: set[str] = set()
     async with asyncio.timeout(timeout):

@@ -1,4 +1,4 @@
-"""The monitoring event stream of brokers/redis_streams.py: one Redis Stream, MAXLEN ~ capped.
+"""The monitoring event stream of brokers/redis_streams.py: one Client Stream, MAXLEN ~ capped.
 
 `{prefix}:events` holds one entry per record (field `e`; aiotask.events packs one flush of an
 emitter, up to 1000 events, per record), trimmed with MAXLEN ~ EVENTS_CAP on every XADD.
@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 
-    from redis.asyncio import Redis
+    from aiotask._redis.client import Client
 
 #: A follower's XREAD waits this long (ms) per call, and takes at most this many entries.
 BLOCK_MS = 1000
@@ -31,14 +31,14 @@ def xadds(stream: str, cap: int, batch: Sequence[bytes]) -> list[tuple[Any, ...]
     return [("XADD", stream, "MAXLEN", "~", cap, "*", "e", record) for record in batch]
 
 
-async def end_id(client: Redis, stream: str) -> bytes | str:
+async def end_id(client: Client, stream: str) -> bytes | str:
     """The id of the newest entry ("0-0" for an empty or missing stream)."""
     newest: Any = await client.xrevrange(stream, count=1)
     return newest[0][0] if newest else "0-0"
 
 
 async def follow(
-    client: Redis,
+    client: Client,
     stream: str,
     start: bytes | str,
     retrying: Callable[[Callable[[], Awaitable[Any]]], Awaitable[Any]],

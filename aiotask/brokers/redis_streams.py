@@ -25,6 +25,7 @@ from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from aiotask import _tls
+from aiotask._redis import cluster
 from aiotask._redis.client import (
     SharedClient,
     check_replicas,
@@ -35,7 +36,9 @@ from aiotask._redis.client import (
 )
 from aiotask._time import monotonic, now
 from aiotask.brokers import _redis_admin as admin
+from aiotask.brokers import _redis_cluster_reads as cluster_reads
 from aiotask.brokers import _redis_events as events
+from aiotask.brokers import _redis_housekeeping as housekeeping
 from aiotask.brokers import _redis_lua as lua
 from aiotask.brokers._common import DEAD_LETTER_CAP, exhausted, exhausted_reason, text
 from aiotask.brokers.base import (
@@ -55,6 +58,7 @@ if TYPE_CHECKING:
     from redis.asyncio.connection import AbstractConnection
     from redis.commands.core import AsyncScript
 
+    from aiotask._redis.client import Client
     from aiotask.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -63,8 +67,6 @@ Command = tuple[Any, ...]
 
 #: Entries a dead-letter stream keeps (approximately); older ones are trimmed.
 DEAD_MAXLEN = DEAD_LETTER_CAP
-#: Delayed messages one mover call promotes; more are moved by the next receive.
-MOVE_BATCH = 1000
 _CAPPED = ("MAXLEN", "~", DEAD_MAXLEN, "*")
 #: Seconds a non-blocking round trip may take before the server counts as unreachable.
 OP_TIMEOUT = 10.0
@@ -120,6 +122,7 @@ class RedisStreamsBroker:
         self._max_deliveries = settings.max_deliveries
         self._reason = _reason_parts(settings.max_deliveries)
         self._unreachable = settings.broker_unreachable_timeout
+        cluster.refuse_wait(url, settings.redis_wait_replicas)
         self._wait = (settings.redis_wait_replicas, int(settings.redis_wait_timeout * 1000))
         self._lost_ms = max(1, int(settings.worker_lost_after * 1000))
         self._takeover_every = settings.worker_lost_after / 3
@@ -142,15 +145,18 @@ class RedisStreamsBroker:
         self._markers: dict[str, list[bytes]] = {}  # wake-up entries to ack
         self._confirmed: dict[str, list[str]] = {}  # queue -> publish markers to delete
         self._spare: list[Delivery] = []
-        self._redis: Redis | None = None
+        self._redis: Client | None = None
         self._reader: AbstractConnection | None = None
+        #: Redis Cluster: one blocking read per queue (its node), kept across receive calls
+        self._blocking: dict[str, asyncio.Future[Any]] = {}
+        self._readers: dict[str, AbstractConnection] = {}
         self._scripts: dict[str, AsyncScript] = {}
         #: seconds one non-blocking round trip may take (an attribute so tests can shorten it)
         self.op_timeout = OP_TIMEOUT
 
     # -- plumbing -------------------------------------------------------------------------
 
-    def _client(self) -> Redis:
+    def _client(self) -> Client:
         if self._redis is None:
             raise BrokerConnectionError("the Redis broker is not connected: call connect() first")
         return self._redis
@@ -193,6 +199,10 @@ class RedisStreamsBroker:
 
     async def _load_scripts(self) -> None:
         client = self._client()
+        if cluster.is_cluster(client):  # SCRIPT LOAD goes to every primary
+            for script in self._scripts.values():
+                await client.script_load(script.script)
+            return
         pipe = client.pipeline(transaction=False)
         for script in self._scripts.values():
             pipe.script_load(script.script)
@@ -231,6 +241,7 @@ class RedisStreamsBroker:
         """Hand back what this consumer still owns (so it runs again at once), then close."""
         if self._redis is None:
             return
+        await cluster_reads.stop(self)  # first: what a pending read delivers is handed back
         sha = self._sha("HAND_BACK")
         cmds: list[Command] = []
         for queue in self._reading:
@@ -336,10 +347,12 @@ class RedisStreamsBroker:
     async def _receive_once(self, qkeys: list[_Keys], limit: int) -> list[Delivery]:
         if any(k.queue not in self._ready for k in qkeys):
             await self._create_groups(qkeys)
-        claimed = await self._housekeeping(qkeys, limit)
+        claimed = await housekeeping.run(self, qkeys, limit)
         wall, mono = now(), monotonic()
         due = min(self._next_due.get(k.queue, 0.0) for k in qkeys) - wall
         wait = max(min(due, self._next_reclaim - mono, self._next_takeover - mono), 0.001)
+        if cluster.is_cluster(self._client()):  # no script or read may span queues (slots)
+            return await cluster_reads.receive(self, qkeys, limit, claimed, wait)
         streams = [s for k in qkeys for s in reversed(k.streams)]  # high band first
         try:
             # First a strict-priority look: bands in order, exactly `limit` at most, no BLOCK.
@@ -352,7 +365,7 @@ class RedisStreamsBroker:
             # Every stream is empty: BLOCK on all of them, one entry per band at most.
             reader = self._reader
             if reader is None:
-                pool = self._client().connection_pool
+                pool = cast("Redis", self._client()).connection_pool  # a single node here
                 reader = self._reader = pool.make_connection()  # type: ignore[no-untyped-call]
             args = ("XREADGROUP", "GROUP", self._group, self._consumer, "COUNT", 1)
             block = ("BLOCK", math.ceil(wait * 1000))
@@ -381,99 +394,8 @@ class RedisStreamsBroker:
         self._ready.update(k.queue for k in qkeys)
 
     def _beat(self, k: _Keys) -> Command:
-        return (
-            "EVALSHA",
-            self._sha("BEAT"),
-            1,
-            k.alive,
-            self._consumer,
-            self._lost_ms,
-            self._alive_ttl_ms,
-        )
-
-    async def _housekeeping(self, qkeys: list[_Keys], limit: int) -> list[Delivery]:
-        """Ack wake-ups, move due delayed messages and, when due, take over lost consumers'
-        entries (heartbeat lapsed: every worker_lost_after/3) and idle ones (lease lapsed:
-        every visibility_timeout/2). One round trip."""
-        wall, mono = now(), monotonic()
-        reclaim = mono >= self._next_reclaim
-        takeover = mono >= self._next_takeover
-        cmds: list[Command] = []
-        for stream, ids in self._markers.items():
-            cmds += [("XACK", stream, self._group, *ids), ("XDEL", stream, *ids)]
-        markers = len(cmds)
-        movers = [k for k in qkeys if reclaim or self._next_due.get(k.queue, 0.0) <= wall]
-        sha = self._sha("MOVE_DUE")
-        cmds += [
-            ("EVALSHA", sha, 4, k.delayed, *k.streams, int(wall * 1000), MOVE_BATCH) for k in movers
-        ]
-        claims = [(k, s) for k in qkeys for s in k.streams] if reclaim else []
-        sha = self._sha("RECLAIM")
-        who = (self._group, self._consumer, self._lease_ms, limit, self._max_deliveries)
-        fixed = (*who, DEAD_MAXLEN, self._prune_ms)
-        cmds += [
-            ("EVALSHA", sha, 2, s, k.dead, *fixed, k.queue, wall, self._cursor(s), *self._reason)
-            for k, s in claims
-        ]
-        takers = qkeys if takeover else []
-        sha = self._sha("TAKEOVER")
-        who = (self._group, self._consumer, limit, self._max_deliveries, DEAD_MAXLEN)
-        cmds += [
-            ("EVALSHA", sha, 5, k.alive, k.dead, *k.streams, *who, k.queue, wall, *self._reason)
-            for k in takers
-        ]
-        if not cmds:
-            return []
-        results = await self._run(cmds, ignore=("NOGROUP",))
-        self._markers.clear()
-        for k, head in zip(movers, results[markers:], strict=False):
-            self._next_due[k.queue] = float(head) / 1000 if head is not None else math.inf
-        if reclaim:
-            self._next_reclaim = mono + self._reclaim_every
-        done = markers + len(movers)
-        got = self._claimed(claims, results[done : done + len(claims)])
-        if takeover:
-            got += self._taken(takers, results[done + len(claims) :], mono)
-        return got
-
-    def _cursor(self, stream: str) -> bytes | str:
-        return self._cursors.get(stream, "0-0")
-
-    def _claimed(self, claims: list[tuple[_Keys, str]], results: list[Any]) -> list[Delivery]:
-        got: list[Delivery] = []
-        for (k, stream), claimed in zip(claims, results, strict=True):
-            if isinstance(claimed, Exception):  # NOGROUP: the server lost the group
-                self._ready.clear()
-                continue
-            self._cursors[stream] = claimed[0]  # resume the PEL scan where it stopped
-            for entry_id, mid, body, count in claimed[1]:
-                got.append(Delivery(body, k.queue, text(mid), int(count), (stream, entry_id)))
-        if got:
-            logger.warning("took over %d message(s) whose lease lapsed", len(got))
-        return got
-
-    def _taken(self, takers: list[_Keys], results: list[Any], mono: float) -> list[Delivery]:
-        got: list[Delivery] = []
-        delay = self._takeover_every
-        for k, reply in zip(takers, results, strict=True):
-            if isinstance(reply, Exception):  # NOGROUP: the server lost the group
-                self._ready.clear()
-                continue
-            if reply[0]:  # a lost consumer still owns entries: look again on the next receive
-                delay = 0.0
-            elif int(reply[2]) >= 0:  # look right when the next heartbeat would lapse
-                delay = min(delay, int(reply[2]) / 1000 + 0.01)
-            for band, entry_id, mid, body, count in reply[1]:
-                stream = k.streams[int(band)]
-                got.append(Delivery(body, k.queue, text(mid), int(count), (stream, entry_id)))
-        self._next_takeover = mono + delay
-        if got:
-            logger.warning(
-                "took over %d message(s) of a lost consumer (no heartbeat for %gs)",
-                len(got),
-                self._lost_ms / 1000,
-            )
-        return got
+        sha = self._sha("BEAT")
+        return ("EVALSHA", sha, 1, k.alive, self._consumer, self._lost_ms, self._alive_ttl_ms)
 
     async def _parse(self, reply: list[Any]) -> list[Delivery]:
         got: list[Delivery] = []
@@ -577,6 +499,15 @@ class RedisStreamsBroker:
         await self._retrying(lambda: self._multi(cmds))
 
     async def _multi(self, cmds: Sequence[Command]) -> None:
+        """One MULTI; on a Redis Cluster one per hash slot (a MULTI may not span slots)."""
+        if cluster.is_cluster(self._client()):
+            slots = cluster.by_slot(str(cmd[1]) for cmd in cmds)
+            for indexes in slots.values():
+                await self._multi_one([cmds[i] for i in indexes])
+            return
+        await self._multi_one(cmds)
+
+    async def _multi_one(self, cmds: Sequence[Command]) -> None:
         for result in await self._pipeline(cmds, transaction=True):
             if isinstance(result, Exception) and not str(result).startswith("NOGROUP"):
                 raise result

@@ -180,6 +180,7 @@ def test_hints_for_tls_connections_cut_or_never_answered() -> None:
 CONNECTING = {
     # Sentinel(: redis+sentinel:// has no TLS form (rediss+sentinel is refused as a scheme)
     "aiotask/_redis/client.py": {"Redis.from_url(", "Sentinel("},
+    "aiotask/_redis/cluster.py": {"RedisCluster("},  # its nodes get the TLS options too
     "aiotask/brokers/_rabbitmq_publish.py": {"connect_robust("},
 }
 CALLS = ["Redis.from_url(", "Redis(", "connect_robust(", "aio_pika.connect(", "aiormq.connect("]
