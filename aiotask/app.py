@@ -22,6 +22,7 @@ from aiotask.brokers.base import Outgoing
 from aiotask.canvas import runtime
 from aiotask.canvas.compile import CHAIN_STATE
 from aiotask.canvas.primitives import MAP_TASK, STARMAP_TASK
+from aiotask.celery_compat.codec import encoder
 from aiotask.control import Control
 from aiotask.deadletters import DeadLetters
 from aiotask.events.follow import emit_sent
@@ -376,7 +377,8 @@ class App:
         if self.middleware:
             messages = [await self._before_send(m) for m in messages]
         cap = self.conf.max_message_size
-        batch = [Outgoing(m.queue, _encode(m, cap), m.id, m.priority, m.eta) for m in messages]
+        enc = encoder(self.conf)
+        batch = [Outgoing(m.queue, _encode(m, cap, enc), m.id, m.priority, m.eta) for m in messages]
         conns = self._conns()
         if not conns.connected:
             await self.connect()
@@ -569,10 +571,12 @@ def _never(*args: Any, **kwargs: Any) -> Awaitable[None]:
     raise NotRegistered("<send_task stand-in>")
 
 
-def _encode(message: Message, limit: int) -> bytes:
+def _encode(
+    message: Message, limit: int, encode: Callable[[Message], bytes] = protocol.encode
+) -> bytes:
     """The wire bytes, or an error naming the task and what to change."""
     try:
-        body = protocol.encode(message)
+        body = encode(message)
     except SerializationError as exc:
         values: dict[str, object] = {f"args[{i}]": v for i, v in enumerate(message.args)}
         values.update({f"kwargs[{k!r}]": v for k, v in message.kwargs.items()})

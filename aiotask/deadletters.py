@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING, Any
 
 from aiotask.brokers._common import DEAD_LETTER_CAP
 from aiotask.brokers.base import Outgoing
+from aiotask.celery_compat.codec import decode_any as decode
 from aiotask.exceptions import AiotaskError
-from aiotask.protocol import decode, preview
+from aiotask.protocol import preview
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence

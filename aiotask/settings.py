@@ -90,6 +90,9 @@ class Settings:
     #: Seconds a concurrency slot (concurrency_limit) stays held without a renewal by its
     #: worker; renewed every third of it, so a killed worker's slots free after at most this.
     concurrency_slot_lease: float = 30.0
+    #: Speak Celery's wire formats (protocol v2 messages, kombu layouts, Celery result keys);
+    #: see docs/migrating-from-celery.md. The default queue becomes `celery` unless set.
+    celery_compat: bool = False
 
     def __post_init__(self) -> None:
         parse_url(self.broker_url, allowed=BROKER_SCHEMES, what="broker")
@@ -154,6 +157,8 @@ class Settings:
             if raw is not None:
                 values[name] = parse_env(name, raw)
         values.update(overrides)
+        if values.get("celery_compat") and "default_queue" not in values:
+            values["default_queue"] = "celery"  # Celery's default queue, so producers meet
         return cls(**values)
 
     def replace(self, **changes: Any) -> Settings:
@@ -224,6 +229,7 @@ ENV_PARSERS: dict[str, tuple[Callable[[str], object], str]] = {
     ),
     "default_priority": (_int, "integer"),
     "key_prefix": (_str, "prefix"),
+    "celery_compat": (_bool, "boolean (true/false, 1/0, yes/no, on/off)"),
     "concurrency": (_int, "integer"),
     "processes": (_int, "integer"),
     "prefetch": (_int, "integer"),

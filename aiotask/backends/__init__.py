@@ -39,6 +39,10 @@ def from_url(url: str, settings: Settings) -> ResultBackend:
 
         return MemoryBackend()
     if scheme in {"redis", "rediss"}:
+        if settings.celery_compat:  # Celery's result keys and format
+            celery_redis = require("aiotask.backends.celery_redis", what="the Redis backend")
+            celery_backend: ResultBackend = celery_redis.CeleryRedisBackend(url, settings)
+            return celery_backend
         redis_backend = require("aiotask.backends.redis", what="the Redis result backend")
         backend: ResultBackend = redis_backend.RedisBackend(url, settings)
         return backend

@@ -44,6 +44,10 @@ def from_url(url: str, settings: Settings, app_name: str) -> Broker:
         from aiotask.brokers.sqlite import SQLiteBroker
 
         return SQLiteBroker(url, settings)
+    if settings.celery_compat:  # Celery's queues, exchanges and message properties
+        kombu_amqp = require("aiotask.brokers.kombu_amqp", what="the RabbitMQ broker")
+        celery_broker: Broker = kombu_amqp.KombuAMQPBroker(url, settings, app_name)
+        return celery_broker
     rabbitmq = require("aiotask.brokers.rabbitmq", what="the RabbitMQ broker")
     amqp_broker: Broker = rabbitmq.RabbitMQBroker(url, settings, app_name)
     return amqp_broker

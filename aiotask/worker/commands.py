@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING, Any
 from aiotask._log import get_logger
 from aiotask._time import now, parse_rate
 from aiotask._urls import redact
+from aiotask.celery_compat.codec import decode_any as decode
 from aiotask.control.records import REPLY_TTL, encode_reply
 from aiotask.exceptions import AiotaskError, ConfigurationError
-from aiotask.protocol import decode
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable

@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING
 
 from aiotask._log import get_logger
 from aiotask._time import now
+from aiotask.celery_compat.codec import decoder
 from aiotask.coordination import spec as limit_spec
 from aiotask.coordination.gate import Gates
 from aiotask.events.model import EventType
 from aiotask.exceptions import ConfigurationError, ProtocolError
-from aiotask.protocol import decode
 from aiotask.ratelimit import RateLimiter
 from aiotask.states import FAILURE
 from aiotask.worker.outcome import Settlement
@@ -59,6 +59,10 @@ class Dispatcher:
         # coordinated limits (global rate, concurrency): deliveries wait in the gates, not
         # in worker slots; `gated` keeps their messages until they start
         app = executor.app
+        self.decode = decoder(app.conf)
+        #: hold messages whose eta is still ahead: in Celery's layouts the eta travels in the
+        #: message (sent at once) and the consumer holds it, unacked, until due
+        self.hold_eta = app.conf.celery_compat
         self.gates: Gates[Delivery] = Gates(
             self._coordination_store, self._ungate, app.conf.concurrency_slot_lease
         )
@@ -100,7 +104,7 @@ class Dispatcher:
 
     def _accept(self, delivery: Delivery) -> None:
         try:
-            message = decode(delivery.body)
+            message = self.decode(delivery.body)
         except ProtocolError as exc:
             log.warning(
                 "dead-lettering undecodable message %s from %s: %s",
@@ -115,6 +119,22 @@ class Dispatcher:
             self.events.task(
                 EventType.TASK_RECEIVED, message.id, message.task, delivery.queue, None, retries
             )
+        if self.hold_eta and message.eta is not None and message.eta > now():
+            loop = asyncio.get_running_loop()
+            timer = loop.call_later(message.eta - now(), self._due, delivery, message)
+            self.deferred[delivery] = timer
+            return
+        self._admit(delivery, message)
+
+    def _due(self, delivery: Delivery, message: Message) -> None:
+        """A held message's eta came: admit it as if just received."""
+        if self.deferred.pop(delivery, None) is not None:
+            try:
+                self._admit(delivery, message)
+            except Exception as exc:
+                self._internal_error(delivery, exc)
+
+    def _admit(self, delivery: Delivery, message: Message) -> None:
         revoked = message.id in self.executor.revoked
         if not revoked:
             task = self.tasks.get(message.task)

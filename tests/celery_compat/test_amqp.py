@@ -1,0 +1,176 @@
+"""Celery and aiotask on one RabbitMQ queue, in Celery's layout (issue 22, slices 1, 2, 4, 5):
+an unmodified Celery producer and result reader with an `aiotask worker`, an aiotask producer
+with a Celery worker, a chain crossing over, a chord refused, and a mixed fleet."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import TYPE_CHECKING
+
+import pytest
+from redis import Redis
+
+from aiotask import App
+from tests.celery_compat.support import (
+    env_for,
+    run_producer,
+    start_aiotask_worker,
+    start_celery_worker,
+    stop,
+)
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from aiotask.brokers.base import DeadLetter
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def test_celery_producer_and_result_reader_with_an_aiotask_worker(
+    apps_dir: Path, namespace: str, amqp_url: str, redis_url: str, celery_queue: str
+) -> None:
+    env = env_for(apps_dir, namespace, amqp_url, redis_url)
+    worker = start_aiotask_worker(apps_dir, env, namespace)
+    try:
+        out = run_producer(
+            apps_dir,
+            env,
+            """
+            import json, time
+            from datetime import datetime, timedelta, timezone
+            from celery import chain, group
+            from celery.exceptions import TaskRevokedError
+            r = {}
+            r["where"] = where.apply_async(task_id=NS + "-w").get(timeout=30)
+            r["add"] = add.apply_async((2, 3), task_id=NS + "-a").get(timeout=30)
+            t0 = time.time()
+            r["countdown"] = add.apply_async((1, 1), countdown=2, task_id=NS + "-c").get(timeout=30)
+            r["waited"] = time.time() - t0
+            past = datetime.now(timezone.utc) - timedelta(seconds=5)
+            try:
+                add.apply_async((5, 5), expires=past, task_id=NS + "-x").get(timeout=30)
+            except TaskRevokedError as exc:
+                r["expired"] = type(exc).__name__
+            try:
+                fail.apply_async(("boom",), task_id=NS + "-f").get(timeout=30)
+            except ValueError as exc:
+                r["failed"] = [type(exc).__name__, str(exc)]
+            c = chain(
+                add.s(1, 2).set(task_id=NS + "-c1"),
+                mul.s(10).set(task_id=NS + "-c2"),
+                add.s(4).set(task_id=NS + "-c3"),
+            )
+            r["chain"] = c.apply_async().get(timeout=30)
+            add.apply_async((1, 1), link=mul.s(5).set(task_id=NS + "-l2"), task_id=NS + "-l1")
+            r["link"] = app.AsyncResult(NS + "-l2").get(timeout=30)
+            g = group(add.s(1, 1).set(task_id=NS + "-g1"), add.s(2, 2).set(task_id=NS + "-g2"))
+            r["group"] = g.apply_async().get(timeout=30)
+            print(json.dumps(r))
+            """,
+        )
+    finally:
+        stop(worker)
+    r = json.loads(out.strip().splitlines()[-1])
+    assert r["where"] == "aiotask"  # only the aiotask worker consumes the queue
+    assert r["add"] == 5
+    assert r["countdown"] == 2 and r["waited"] >= 1.5  # held until its eta, then run
+    assert r["expired"] == "TaskRevokedError"
+    assert r["failed"] == ["ValueError", "boom"]
+    assert r["chain"] == 34  # (1 + 2) * 10 + 4: every step on the aiotask worker
+    assert r["link"] == 10  # the callback got the parent's result
+    assert r["group"] == [2, 4]
+
+
+async def test_aiotask_producer_with_a_celery_worker(
+    apps_dir: Path, namespace: str, amqp_url: str, redis_url: str, celery_queue: str
+) -> None:
+    env = env_for(apps_dir, namespace, amqp_url, redis_url)
+    worker = start_celery_worker(apps_dir, env, namespace)
+    app = App("producer", broker=amqp_url, backend=redis_url, celery_compat=True)
+    try:
+        async with app:
+            where = await app.send_task("proj.where", queue=celery_queue, task_id=namespace + "-w")
+            assert await where.get(timeout=30) == "celery"
+            res = await app.send_task(
+                "proj.add", [2, 3], queue=celery_queue, task_id=namespace + "-a"
+            )
+            assert await res.get(timeout=30) == 5
+            failed = await app.send_task(
+                "proj.fail", ["nope"], queue=celery_queue, task_id=namespace + "-f"
+            )
+            with pytest.raises(ValueError, match="nope"):
+                await failed.get(timeout=30)
+            t0 = time.time()
+            later = await app.send_task(
+                "proj.mul", [3, 4], queue=celery_queue, countdown=2, task_id=namespace + "-l"
+            )
+            assert await later.get(timeout=30) == 12
+            assert time.time() - t0 >= 1.5
+    finally:
+        stop(worker)
+
+
+async def test_a_celery_chord_is_dead_lettered_with_its_reason(
+    apps_dir: Path, namespace: str, amqp_url: str, redis_url: str, celery_queue: str
+) -> None:
+    env = env_for(apps_dir, namespace, amqp_url, redis_url)
+    worker = start_aiotask_worker(apps_dir, env, namespace)
+    try:
+        run_producer(
+            apps_dir,
+            env,
+            """
+            from celery import chord
+            chord(
+                [add.s(1, 1).set(task_id=NS + "-h1")], add.s(1).set(task_id=NS + "-b")
+            ).apply_async(task_id=NS + "-b")
+            """,
+        )
+        app = App("reader", broker=amqp_url, backend=redis_url, celery_compat=True)
+        async with app:
+            deadline = time.monotonic() + 30
+            dead: list[DeadLetter] = []
+            while not dead and time.monotonic() < deadline:
+                dead = await app.broker.dead_letters(celery_queue)
+                await asyncio.sleep(0.2)
+    finally:
+        stop(worker)
+    assert [d.message_id for d in dead] == [namespace + "-h1"]
+    assert "chord" in dead[0].reason
+
+
+def test_a_mixed_fleet_drains_2000_celery_tasks_each_once(
+    apps_dir: Path, namespace: str, amqp_url: str, redis_url: str, celery_queue: str
+) -> None:
+    env = env_for(apps_dir, namespace, amqp_url, redis_url)
+    celery_worker = start_celery_worker(apps_dir, env, namespace)
+    aiotask_worker = start_aiotask_worker(apps_dir, env, namespace)
+    counter = Redis.from_url(redis_url, decode_responses=True)
+    try:
+        run_producer(
+            apps_dir,
+            env,
+            """
+            for i in range(2000):
+                count.apply_async((str(i),), task_id=f"{NS}-{i}", ignore_result=True)
+            """,
+        )
+        deadline = time.monotonic() + 240
+        while counter.hlen(namespace + ":runs") < 2000 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        time.sleep(1.0)  # a duplicate run would land here
+        runs = {k: int(v) for k, v in counter.hgetall(namespace + ":runs").items()}
+        by = {k: int(v) for k, v in counter.hgetall(namespace + ":by").items()}
+    finally:
+        try:
+            stop(aiotask_worker)
+        finally:
+            stop(celery_worker)
+            counter.close()
+    assert set(runs) == {str(i) for i in range(2000)}  # none lost
+    assert set(runs.values()) == {1}  # each ran once
+    assert by.get("celery", 0) > 0 and by.get("aiotask", 0) > 0  # both kinds took a share
+    assert sum(by.values()) == 2000
