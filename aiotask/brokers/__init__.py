@@ -36,6 +36,10 @@ def from_url(url: str, settings: Settings, app_name: str) -> Broker:
         from aiotask.brokers.memory import MemoryBroker
 
         return MemoryBroker(settings)
+    if scheme in {"redis", "rediss"} and settings.celery_compat:  # kombu's Redis transport
+        kombu_redis = require("aiotask.brokers.kombu_redis", what="the Redis broker")
+        kombu_broker: Broker = kombu_redis.KombuRedisBroker(url, settings, app_name)
+        return kombu_broker
     if scheme in {"redis", "rediss"}:
         redis_streams = require("aiotask.brokers.redis_streams", what="the Redis broker")
         broker: Broker = redis_streams.RedisStreamsBroker(url, settings, app_name)

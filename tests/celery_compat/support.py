@@ -7,6 +7,7 @@ removed by the namespace clean-up with aiotask's own keys.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -34,7 +35,10 @@ CELERY_SIDE = textwrap.dedent(
         broker_connection_retry_on_startup=True,
         task_acks_late=True,
         worker_prefetch_multiplier=4,
-        broker_transport_options={"visibility_timeout": float(os.environ.get("TEST_VT", "3600"))},
+        broker_transport_options={
+            "visibility_timeout": float(os.environ.get("TEST_VT", "3600")),
+            "global_keyprefix": os.environ.get("TEST_KEYPREFIX", ""),
+        },
     )
     counter = redis.Redis.from_url(os.environ["TEST_REDIS"])
 
@@ -59,19 +63,26 @@ CELERY_SIDE = textwrap.dedent(
     @app.task(name="proj.where")
     def where():
         return "celery"
+
+    @app.task(name="proj.slow")
+    def slow(key, seconds):
+        counter.hincrby(NS + ":started", key, 1)
+        time.sleep(seconds)
+        counter.hincrby(NS + ":runs", key, 1)
+        return key
     """
 )
 
 AIOTASK_SIDE = textwrap.dedent(
     """
-    import os
+    import asyncio, os
     from redis.asyncio import Redis
     from aiotask import App
 
     NS = os.environ["TEST_NS"]
     app = App(
         "proj",
-        broker=os.environ["TEST_BROKER"],
+        broker=os.environ.get("TEST_AIOTASK_BROKER") or os.environ["TEST_BROKER"],
         backend=os.environ["TEST_REDIS"],
         celery_compat=True,
         key_prefix=NS,
@@ -106,6 +117,14 @@ AIOTASK_SIDE = textwrap.dedent(
     @app.task(name="proj.where")
     async def where():
         return "aiotask"
+
+    @app.task(name="proj.slow")
+    async def slow(key, seconds):
+        await counter().hincrby(NS + ":started", key, 1)
+        await asyncio.sleep(seconds)
+        await counter().hincrby(NS + ":runs", key, 1)
+        await counter().hincrby(NS + ":by", "aiotask", 1)
+        return key
     """
 )
 
@@ -196,3 +215,51 @@ def run_producer(directory: Path, env: dict[str, str], code: str, timeout: float
     )
     assert done.returncode == 0, done.stderr[-4000:]
     return done.stdout
+
+
+#: An unmodified Celery client's calls (run by `run_producer`); prints what it saw as JSON.
+CELERY_CLIENT = """
+import json, time
+from datetime import datetime, timedelta, timezone
+from celery import chain, group
+from celery.exceptions import TaskRevokedError
+r = {}
+r["where"] = where.apply_async(task_id=NS + "-w").get(timeout=30)
+r["add"] = add.apply_async((2, 3), task_id=NS + "-a").get(timeout=30)
+t0 = time.time()
+r["countdown"] = add.apply_async((1, 1), countdown=2, task_id=NS + "-c").get(timeout=30)
+r["waited"] = time.time() - t0
+past = datetime.now(timezone.utc) - timedelta(seconds=5)
+try:
+    add.apply_async((5, 5), expires=past, task_id=NS + "-x").get(timeout=30)
+except TaskRevokedError as exc:
+    r["expired"] = type(exc).__name__
+try:
+    fail.apply_async(("boom",), task_id=NS + "-f").get(timeout=30)
+except ValueError as exc:
+    r["failed"] = [type(exc).__name__, str(exc)]
+c = chain(
+    add.s(1, 2).set(task_id=NS + "-c1"),
+    mul.s(10).set(task_id=NS + "-c2"),
+    add.s(4).set(task_id=NS + "-c3"),
+)
+r["chain"] = c.apply_async().get(timeout=30)
+add.apply_async((1, 1), link=mul.s(5).set(task_id=NS + "-l2"), task_id=NS + "-l1")
+r["link"] = app.AsyncResult(NS + "-l2").get(timeout=30)
+g = group(add.s(1, 1).set(task_id=NS + "-g1"), add.s(2, 2).set(task_id=NS + "-g2"))
+r["group"] = g.apply_async().get(timeout=30)
+print(json.dumps(r))
+"""
+
+
+def check_celery_client(out: str) -> None:
+    """What the Celery client must have seen with only aiotask workers on its queue."""
+    r = json.loads(out.strip().splitlines()[-1])
+    assert r["where"] == "aiotask"  # only the aiotask worker consumes the queue
+    assert r["add"] == 5
+    assert r["countdown"] == 2 and r["waited"] >= 1.5  # held until its eta, then run
+    assert r["expired"] == "TaskRevokedError"
+    assert r["failed"] == ["ValueError", "boom"]
+    assert r["chain"] == 34  # (1 + 2) * 10 + 4: every step on the aiotask worker
+    assert r["link"] == 10  # the callback got the parent's result
+    assert r["group"] == [2, 4]

@@ -5,7 +5,6 @@ with a Celery worker, a chain crossing over, a chord refused, and a mixed fleet.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from typing import TYPE_CHECKING
 
@@ -14,6 +13,8 @@ from redis import Redis
 
 from aiotask import App
 from tests.celery_compat.support import (
+    CELERY_CLIENT,
+    check_celery_client,
     env_for,
     run_producer,
     start_aiotask_worker,
@@ -35,53 +36,10 @@ def test_celery_producer_and_result_reader_with_an_aiotask_worker(
     env = env_for(apps_dir, namespace, amqp_url, redis_url)
     worker = start_aiotask_worker(apps_dir, env, namespace)
     try:
-        out = run_producer(
-            apps_dir,
-            env,
-            """
-            import json, time
-            from datetime import datetime, timedelta, timezone
-            from celery import chain, group
-            from celery.exceptions import TaskRevokedError
-            r = {}
-            r["where"] = where.apply_async(task_id=NS + "-w").get(timeout=30)
-            r["add"] = add.apply_async((2, 3), task_id=NS + "-a").get(timeout=30)
-            t0 = time.time()
-            r["countdown"] = add.apply_async((1, 1), countdown=2, task_id=NS + "-c").get(timeout=30)
-            r["waited"] = time.time() - t0
-            past = datetime.now(timezone.utc) - timedelta(seconds=5)
-            try:
-                add.apply_async((5, 5), expires=past, task_id=NS + "-x").get(timeout=30)
-            except TaskRevokedError as exc:
-                r["expired"] = type(exc).__name__
-            try:
-                fail.apply_async(("boom",), task_id=NS + "-f").get(timeout=30)
-            except ValueError as exc:
-                r["failed"] = [type(exc).__name__, str(exc)]
-            c = chain(
-                add.s(1, 2).set(task_id=NS + "-c1"),
-                mul.s(10).set(task_id=NS + "-c2"),
-                add.s(4).set(task_id=NS + "-c3"),
-            )
-            r["chain"] = c.apply_async().get(timeout=30)
-            add.apply_async((1, 1), link=mul.s(5).set(task_id=NS + "-l2"), task_id=NS + "-l1")
-            r["link"] = app.AsyncResult(NS + "-l2").get(timeout=30)
-            g = group(add.s(1, 1).set(task_id=NS + "-g1"), add.s(2, 2).set(task_id=NS + "-g2"))
-            r["group"] = g.apply_async().get(timeout=30)
-            print(json.dumps(r))
-            """,
-        )
+        out = run_producer(apps_dir, env, CELERY_CLIENT)
     finally:
         stop(worker)
-    r = json.loads(out.strip().splitlines()[-1])
-    assert r["where"] == "aiotask"  # only the aiotask worker consumes the queue
-    assert r["add"] == 5
-    assert r["countdown"] == 2 and r["waited"] >= 1.5  # held until its eta, then run
-    assert r["expired"] == "TaskRevokedError"
-    assert r["failed"] == ["ValueError", "boom"]
-    assert r["chain"] == 34  # (1 + 2) * 10 + 4: every step on the aiotask worker
-    assert r["link"] == 10  # the callback got the parent's result
-    assert r["group"] == [2, 4]
+    check_celery_client(out)
 
 
 async def test_aiotask_producer_with_a_celery_worker(
