@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 
 from aiotask.celery_compat.envelope import JSON, Envelope, loads
-from aiotask.exceptions import ProtocolError, SerializationError
+from aiotask.exceptions import MessageRefused, ProtocolError, SerializationError
 from aiotask.protocol import Message
 
 #: Call options a Celery signature may carry that mean the same here; others are dropped.
@@ -50,10 +50,18 @@ def decode(raw: bytes) -> Message:
     embed = embed if isinstance(embed, dict) else {}
     task, ident = str(headers["task"]), str(headers["id"])
     if embed.get("chord"):
-        raise ProtocolError(
+        raise MessageRefused(
             f"task {task} [{ident}] is part of a Celery chord: chords are not run on aiotask "
-            "workers (route the chord's header tasks to Celery workers)"
+            "workers (route the chord's header tasks to Celery workers)",
+            ident,
+            task,
         )
+    try:
+        chain = [_step(sig, task) for sig in embed.get("chain") or []]
+        links = [_step(sig, task) for sig in embed.get("callbacks") or []]
+        errbacks = [_step(sig, task) for sig in embed.get("errbacks") or []]
+    except ProtocolError as exc:
+        raise MessageRefused(str(exc), ident, task) from None
     return Message(
         ident,
         task,
@@ -66,9 +74,9 @@ def decode(raw: bytes) -> Message:
         retries=int(headers.get("retries") or 0),
         root_id=_opt_str(headers.get("root_id")),
         parent_id=_opt_str(headers.get("parent_id")),
-        chain=[_step(sig, task) for sig in embed.get("chain") or []],
-        links=[_step(sig, task) for sig in embed.get("callbacks") or []],
-        errbacks=[_step(sig, task) for sig in embed.get("errbacks") or []],
+        chain=chain,
+        links=links,
+        errbacks=errbacks,
         ignore_result=bool(headers.get("ignore_result")),
     )
 

@@ -13,12 +13,14 @@ from typing import TYPE_CHECKING
 
 from aiotask._log import get_logger
 from aiotask._time import now
+from aiotask.backends.base import EncodedResult, ResultRecord
 from aiotask.celery_compat.codec import decoder
 from aiotask.coordination import spec as limit_spec
 from aiotask.coordination.gate import Gates
 from aiotask.events.model import EventType
-from aiotask.exceptions import ConfigurationError, ProtocolError
+from aiotask.exceptions import ConfigurationError, MessageRefused, ProtocolError
 from aiotask.ratelimit import RateLimiter
+from aiotask.serializer import ExceptionInfo
 from aiotask.states import FAILURE
 from aiotask.worker.outcome import Settlement
 
@@ -105,6 +107,11 @@ class Dispatcher:
     def _accept(self, delivery: Delivery) -> None:
         try:
             message = self.decode(delivery.body)
+        except MessageRefused as exc:
+            log.warning("dead-lettering refused message %s: %s", delivery.message_id, exc)
+            store = _refused_record(exc, self.executor.app.conf.result_expires)
+            self.settler.add(Settlement(delivery, "dead", store, reason=f"refused: {exc}"))
+            return
         except ProtocolError as exc:
             log.warning(
                 "dead-lettering undecodable message %s from %s: %s",
@@ -317,3 +324,12 @@ async def consume(broker: Broker, queues: Sequence[str], dispatcher: Dispatcher)
         batch = await broker.receive(queues, free)
         if batch:
             dispatcher.accept(batch)
+
+
+def _refused_record(exc: MessageRefused, ttl: float) -> EncodedResult | None:
+    """FAILURE under the refused message's task id: its callers get the reason, not a hang."""
+    if not exc.task_id:
+        return None
+    info = ExceptionInfo(f"{MessageRefused.__module__}.MessageRefused", str(exc), "", (str(exc),))
+    record = ResultRecord(exc.task_id, FAILURE, None, info, exc.task or None, 0, now())
+    return EncodedResult.of(record, ttl)

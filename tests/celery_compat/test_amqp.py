@@ -77,7 +77,7 @@ async def test_a_celery_chord_is_dead_lettered_with_its_reason(
     env = env_for(apps_dir, namespace, amqp_url, redis_url)
     worker = start_aiotask_worker(apps_dir, env, namespace)
     try:
-        run_producer(
+        out = run_producer(
             apps_dir,
             env,
             """
@@ -85,6 +85,10 @@ async def test_a_celery_chord_is_dead_lettered_with_its_reason(
             chord(
                 [add.s(1, 1).set(task_id=NS + "-h1")], add.s(1).set(task_id=NS + "-b")
             ).apply_async(task_id=NS + "-b")
+            try:  # the refused header task's result says why, instead of never coming
+                app.AsyncResult(NS + "-h1").get(timeout=30)
+            except Exception as exc:
+                print(type(exc).__name__, str(exc))
             """,
         )
         app = App("reader", broker=amqp_url, backend=redis_url, celery_compat=True)
@@ -98,6 +102,7 @@ async def test_a_celery_chord_is_dead_lettered_with_its_reason(
         stop(worker)
     assert [d.message_id for d in dead] == [namespace + "-h1"]
     assert "chord" in dead[0].reason
+    assert out.startswith("MessageRefused ") and "chord" in out
 
 
 def test_a_mixed_fleet_drains_2000_celery_tasks_each_once(
