@@ -118,6 +118,12 @@ AIOTASK_SIDE = textwrap.dedent(
     async def where():
         return "aiotask"
 
+    @app.task(name="proj.flaky", bind=True)
+    async def flaky(ctx, tries):
+        if ctx.retries < tries:
+            raise ctx.retry(countdown=0.5)
+        return f"ok after {ctx.retries}"
+
     @app.task(name="proj.slow")
     async def slow(key, seconds):
         await counter().hincrby(NS + ":started", key, 1)
@@ -248,6 +254,7 @@ add.apply_async((1, 1), link=mul.s(5).set(task_id=NS + "-l2"), task_id=NS + "-l1
 r["link"] = app.AsyncResult(NS + "-l2").get(timeout=30)
 g = group(add.s(1, 1).set(task_id=NS + "-g1"), add.s(2, 2).set(task_id=NS + "-g2"))
 r["group"] = g.apply_async().get(timeout=30)
+r["retried"] = app.send_task("proj.flaky", (2,), task_id=NS + "-r").get(timeout=30)
 print(json.dumps(r))
 """
 
@@ -263,3 +270,4 @@ def check_celery_client(out: str) -> None:
     assert r["chain"] == 34  # (1 + 2) * 10 + 4: every step on the aiotask worker
     assert r["link"] == 10  # the callback got the parent's result
     assert r["group"] == [2, 4]
+    assert r["retried"] == "ok after 2"  # retried twice through the queue, in Celery format

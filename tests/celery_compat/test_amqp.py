@@ -5,6 +5,7 @@ with a Celery worker, a chain crossing over, a chord refused, and a mixed fleet.
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from typing import TYPE_CHECKING
 
@@ -137,3 +138,42 @@ def test_a_mixed_fleet_drains_2000_celery_tasks_each_once(
     assert set(runs.values()) == {1}  # each ran once
     assert by.get("celery", 0) > 0 and by.get("aiotask", 0) > 0  # both kinds took a share
     assert sum(by.values()) == 2000
+
+
+def test_a_killed_aiotask_workers_unacked_messages_go_to_a_celery_worker(
+    apps_dir: Path, namespace: str, amqp_url: str, redis_url: str, celery_queue: str
+) -> None:
+    """kill -9 an aiotask worker mid-task: nothing was acked, RabbitMQ hands the messages to
+    the Celery worker on the same queue, which runs each to the end."""
+    env = env_for(apps_dir, namespace, amqp_url, redis_url)
+    counter = Redis.from_url(redis_url, decode_responses=True)
+    aiotask_worker = start_aiotask_worker(apps_dir, env, namespace)
+    celery_worker = None
+    try:
+        run_producer(
+            apps_dir,
+            env,
+            """
+            for i in range(4):
+                slow.apply_async((str(i), 2), task_id=f"{NS}-{i}", ignore_result=True)
+            """,
+        )
+        deadline = time.monotonic() + 60
+        while counter.hlen(namespace + ":started") < 4 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert counter.hlen(namespace + ":started") == 4  # all four running on aiotask
+        aiotask_worker.proc.send_signal(signal.SIGKILL)
+        aiotask_worker.proc.wait(30)
+        celery_worker = start_celery_worker(apps_dir, env, namespace)
+        deadline = time.monotonic() + 60
+        while counter.hlen(namespace + ":runs") < 4 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        runs = {k: int(v) for k, v in counter.hgetall(namespace + ":runs").items()}
+        started = {k: int(v) for k, v in counter.hgetall(namespace + ":started").items()}
+    finally:
+        stop(aiotask_worker)
+        if celery_worker is not None:
+            stop(celery_worker)
+        counter.close()
+    assert runs == {str(i): 1 for i in range(4)}  # each finished once, on Celery
+    assert started == {str(i): 2 for i in range(4)}  # begun on aiotask, redelivered
