@@ -165,3 +165,34 @@ def test_a_killed_celery_workers_unacked_messages_run_on_an_aiotask_worker(
     assert runs == {str(i): 1 for i in range(4)}  # each finished once, on aiotask
     assert started == {str(i): 2 for i in range(4)}  # started on Celery, then redelivered
     assert left == 0
+
+
+async def test_messages_land_in_kombus_lists_and_bindings(namespace: str, redis_url: str) -> None:
+    """What an aiotask producer writes is kombu's layout: the priority list, the binding, a
+    kombu JSON message whose body is Celery's [args, kwargs, embed]."""
+    import base64
+
+    import orjson
+
+    prefix = namespace + ":"
+    queue = namespace + ".celery"
+    broker = f"{redis_url}{'&' if '?' in redis_url else '?'}global_keyprefix={prefix}"
+    app = App("producer", broker=broker, backend=redis_url, celery_compat=True)
+    client = Redis.from_url(redis_url)
+    try:
+        async with app:
+            await app.send_task("proj.add", [1, 2], queue=queue, task_id=namespace + "-0")
+            await app.send_task(
+                "proj.add", [3, 4], queue=queue, priority=7, task_id=namespace + "-7"
+            )
+        plain = client.lrange(prefix + queue, 0, -1)
+        step6 = client.lrange(f"{prefix}{queue}\x06\x166", 0, -1)
+        bound = client.smembers(f"{prefix}_kombu.binding.{queue}")
+    finally:
+        client.close()
+    assert len(plain) == 1 and len(step6) == 1  # priority 7 -> kombu's step 6 list
+    assert bound == {f"{queue}\x06\x16\x06\x16{queue}".encode()}
+    doc = orjson.loads(step6[0])
+    assert doc["headers"]["task"] == "proj.add" and doc["headers"]["id"] == namespace + "-7"
+    assert doc["properties"]["delivery_info"] == {"exchange": queue, "routing_key": queue}
+    assert orjson.loads(base64.b64decode(doc["body"]))[:2] == [[3, 4], {}]

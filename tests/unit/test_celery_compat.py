@@ -164,3 +164,22 @@ def test_celery_reads_our_result_meta_and_we_read_celerys(celery_app: Celery) ->
     read = results.loads(orjson.dumps(celery_meta))
     assert read.state == "FAILURE" and read.exception is not None
     assert read.exception.type == "builtins.KeyError" and read.exception.args == ("k",)
+
+
+def test_kombu_redis_list_names_and_key_prefix() -> None:
+    from aiotask.brokers.kombu_redis import list_key, split_prefix
+
+    assert [list_key("q", p) for p in (0, 2, 3, 5, 6, 9, 12)] == [
+        "q",
+        "q",
+        "q\x06\x163",
+        "q\x06\x163",
+        "q\x06\x166",
+        "q\x06\x169",
+        "q\x06\x169",
+    ]
+    assert split_prefix("redis://h:6379/0?global_keyprefix=ns:&socket_timeout=5") == (
+        "redis://h:6379/0?socket_timeout=5",
+        "ns:",
+    )
+    assert split_prefix("redis://h/0") == ("redis://h/0", "")
