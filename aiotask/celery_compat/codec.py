@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from aiotask import protocol
 from aiotask.celery_compat import v2
-from aiotask.exceptions import ProtocolError
+from aiotask.exceptions import MessageRefused, ProtocolError
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -30,4 +30,8 @@ def decode_any(body: bytes) -> Message:
     try:
         return protocol.decode(body)
     except ProtocolError:
+        pass
+    try:
         return v2.decode(body)
+    except MessageRefused as exc:  # shown all the same: its id and task name are known
+        return protocol.Message(exc.task_id, exc.task)

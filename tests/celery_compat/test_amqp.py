@@ -99,11 +99,16 @@ async def test_a_celery_chord_is_dead_lettered_with_its_reason(
             while not dead and time.monotonic() < deadline:
                 dead = await app.broker.dead_letters(celery_queue)
                 await asyncio.sleep(0.2)
+            listed = await app.dead_letters.list(queue=celery_queue)
+            purged = await app.dead_letters.purge(queue=celery_queue)
+            left = await app.broker.dead_letters(celery_queue)
     finally:
         stop(worker)
     assert [d.message_id for d in dead] == [namespace + "-h1"]
     assert "chord" in dead[0].reason
     assert out.startswith("MessageRefused ") and "chord" in out
+    assert [(i.id, i.task) for i in listed] == [(namespace + "-h1", "proj.add")]
+    assert purged.ids == [namespace + "-h1"] and left == []
 
 
 def test_a_mixed_fleet_drains_2000_celery_tasks_each_once(
