@@ -183,3 +183,15 @@ def test_kombu_redis_list_names_and_key_prefix() -> None:
         "ns:",
     )
     assert split_prefix("redis://h/0") == ("redis://h/0", "")
+
+
+def test_celery_compat_from_the_environment_and_its_default_queue() -> None:
+    from aiotask.settings import Settings
+
+    on = Settings.from_env({"AIOTASK_CELERY_COMPAT": "true"})
+    assert on.celery_compat and on.default_queue == "celery"  # where Celery producers send
+    named = Settings.from_env({"AIOTASK_CELERY_COMPAT": "1", "AIOTASK_DEFAULT_QUEUE": "jobs"})
+    assert named.default_queue == "jobs"
+    assert Settings.from_env({}, celery_compat=True, default_queue="q").default_queue == "q"
+    off = Settings.from_env({})
+    assert not off.celery_compat and off.default_queue == "default"
