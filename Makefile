@@ -15,7 +15,7 @@ PY313 ?= python3.13
 VENV313 := .venv313
 
 .DEFAULT_GOAL := help
-.PHONY: help install format lint typecheck test test-unit test-fast test-py313 demo bench bench-smoke chaos chaos-short docs clean
+.PHONY: help install chromium format lint typecheck test test-unit test-fast test-py313 demo bench bench-smoke chaos chaos-short docs clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-12s %s\n", $$1, $$2}'
@@ -43,6 +43,15 @@ $(BENCH_STAMP): pyproject.toml
 	$(BENCH_VENV)/arq/bin/pip install -q -e '.[all]' --group bench-arq
 	@touch $(BENCH_STAMP)
 
+# The dashboard's browser tests drive Debian's chromium (Playwright with executable_path; no
+# browser download). Installed only when missing; needs root (CI and these machines are).
+chromium:  ## Debian's chromium for the dashboard's browser tests (installed when missing)
+	@if [ ! -x /usr/bin/chromium ]; then \
+	  echo "installing chromium (apt-get) for the dashboard's browser tests"; \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; } \
+	    || echo "could not install chromium: the browser tests skip (or fail in CI)"; \
+	fi
+
 format: $(STAMP)  ## format and autofix
 	$(BIN)/ruff format aiotask tests benchmarks examples
 	$(BIN)/ruff check --fix aiotask tests benchmarks examples
@@ -55,7 +64,7 @@ lint: $(STAMP)  ## ruff check, format check, and the layer contract
 typecheck: $(STAMP)  ## mypy --strict over aiotask and tests
 	$(BIN)/mypy
 
-test: lint typecheck docs $(STAMP)  ## lint, typecheck, docs, then the whole test suite (needs Redis and RabbitMQ or skips)
+test: lint typecheck docs chromium $(STAMP)  ## lint, typecheck, docs, then the whole test suite (needs Redis and RabbitMQ or skips)
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 
 test-unit: $(STAMP)  ## only the pure unit tests

@@ -1,9 +1,10 @@
 """Optional client libraries: a missing one is a ConfigurationError that names the extra.
 
-The base install (`pip install aiotask`) runs the embedded SQLite broker and the CLI; Redis
-and RabbitMQ need their client libraries, installed with `aiotask[redis]`, `aiotask[rabbitmq]`
-or `aiotask[all]`. Broker and backend factories import their module through `require()`, so
-the user reads which extra to install instead of a bare ModuleNotFoundError.
+The base install (`pip install aiotask`) runs the embedded SQLite broker and the CLI;
+Redis, RabbitMQ and PostgreSQL need their client libraries, installed with `aiotask[redis]`,
+`aiotask[rabbitmq]`, `aiotask[postgres]` or `aiotask[all]`. Broker and backend factories
+import their module through `require()`, so the user reads which extra to install instead of a
+bare ModuleNotFoundError.
 """
 
 from __future__ import annotations
@@ -17,7 +18,15 @@ if TYPE_CHECKING:
     from types import ModuleType
 
 #: top-level client module -> the extra that installs it
-EXTRA_OF: dict[str, str] = {"redis": "redis", "hiredis": "redis", "aio_pika": "rabbitmq"}
+EXTRA_OF: dict[str, str] = {
+    "redis": "redis",
+    "hiredis": "redis",
+    "aio_pika": "rabbitmq",
+    "starlette": "dashboard",
+    "uvicorn": "dashboard",
+    "jinja2": "dashboard",
+    "asyncpg": "postgres",
+}
 
 
 def require(module: str, *, what: str) -> ModuleType:

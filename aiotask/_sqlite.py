@@ -46,6 +46,8 @@ T = TypeVar("T")
 #: First and longest pause between two polls of an idle file; reset after each hit.
 POLL_MIN = 0.002
 POLL_MAX = 0.1
+#: With a doorbell (every writer rings it), the longest wait with nothing due: a safety net.
+BELL_WAIT_MAX = 2.0
 #: Longest time between two checks that the path still names the file this connection has open.
 CHECK_INTERVAL = 0.1
 #: Seconds a writer waits for the file lock before failing with "database is locked".
@@ -76,6 +78,8 @@ class Connection:
         #: (st_dev, st_ino) of the file `_conn` has open
         self._file: tuple[int, int] | None = None
         self._check_at = 0.0
+        #: _replacements[path] when this connection last looked at the path
+        self._replaced = 0
         self._reopening = False
 
     @property
@@ -123,7 +127,13 @@ class Connection:
         except OSError:
             self._file = None
         self._check_at = time.monotonic() + CHECK_INTERVAL
+        self._replaced = _replacements.get(self.path, 0)
         return conn
+
+    def recheck(self) -> None:
+        """Look at the path's inode on the next call: a writer just announced something this
+        connection may not see (the file it has open was deleted or replaced)."""
+        self._check_at = 0.0
 
     async def run(
         self, fn: Callable[Concatenate[sqlite3.Connection, P], T], *args: P.args, **kw: P.kwargs
@@ -150,7 +160,9 @@ class Connection:
             if not self._reopening:
                 raise BrokerConnectionError(f"SQLite file {self.path} is closed: call connect()")
             conn = self._reopen()  # the last reopen failed: try again, failing loudly
-        elif time.monotonic() >= self._check_at:
+        elif (
+            time.monotonic() >= self._check_at or _replacements.get(self.path, 0) != self._replaced
+        ):
             conn = self._follow_path(conn)
         try:
             return fn(conn, *args, **kw)
@@ -169,12 +181,16 @@ class Connection:
         checkpoint and WAL delete when the database file has moved (SQLITE_FCNTL_HAS_MOVED).
         """
         self._check_at = time.monotonic() + CHECK_INTERVAL
+        self._replaced = _replacements.get(self.path, 0)
         try:
             current = _file_id(self.path)
         except OSError:  # cannot tell (permissions, I/O error): keep the file we have
             return conn
         if current is not None and current == self._file:
             return conn
+        # Every other connection of this process to the path looks on its next call, before
+        # it writes (a worker's result store would otherwise write into the deleted file).
+        _replacements[self.path] = self._replaced = _replacements.get(self.path, 0) + 1
         log.warning(
             "SQLite file %s was deleted or replaced while open (%s); reopening it: what the old "
             "file held is gone, what producers write to the new one is consumed",
@@ -252,6 +268,10 @@ def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
             conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
+
+
+#: path -> how many times a connection of this process found it deleted or replaced
+_replacements: dict[str, int] = {}
 
 
 def placeholders(n: int) -> str:

@@ -26,6 +26,7 @@ import logging
 import os
 import socket
 import tempfile
+import time
 import weakref
 from typing import TYPE_CHECKING
 
@@ -38,6 +39,9 @@ log = logging.getLogger(__name__)
 MAX_ADDRESS = 100
 #: Room kept for `<topic>.<pid>.<n>` after the directory.
 _NAME_ROOM = 40
+
+#: A listing is cached once the directory has not changed for this long (mtime granularity).
+SETTLED_NS = 50_000_000
 
 _ids = itertools.count()
 
@@ -166,10 +170,14 @@ class Ringer:
         cached = self._listing.get(directory)
         if cached is None or cached[0] != stamp:
             try:
-                cached = (stamp, os.listdir(directory))
+                names = os.listdir(directory)
             except OSError:
                 return []
-            self._listing[directory] = cached
+            # A directory's mtime ticks coarsely (a few ms): a socket bound in the same tick
+            # as this listing would leave the stamp unchanged. Trust only settled listings.
+            if time.time_ns() - stamp > SETTLED_NS:
+                self._listing[directory] = (stamp, names)
+            return names
         return cached[1]
 
     def close(self) -> None:
@@ -211,6 +219,11 @@ def attach(
         return
     _bells[owner] = bell
     weakref.finalize(owner, bell.close)
+
+
+def has_bell(owner: object) -> bool:
+    """Whether `owner` (a Signal) is rung by other processes, so it may wait long."""
+    return owner in _bells
 
 
 def detach(owner: object) -> None:

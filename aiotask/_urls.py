@@ -8,8 +8,11 @@ from urllib.parse import unquote, urlsplit
 
 from aiotask.exceptions import ConfigurationError
 
-BROKER_SCHEMES = frozenset({"redis", "rediss", "amqp", "amqps", "memory", "sqlite"})
-BACKEND_SCHEMES = frozenset({"redis", "rediss", "memory", "sqlite"})
+#: Redis behind Sentinel: redis+sentinel://[user:pass@]host1:p1,host2:p2/db?service=NAME
+SENTINEL_SCHEMES = frozenset({"redis+sentinel"})
+REDIS_SCHEMES = frozenset({"redis", "rediss"}) | SENTINEL_SCHEMES
+BROKER_SCHEMES = REDIS_SCHEMES | {"amqp", "amqps", "memory", "sqlite", "postgresql", "postgres"}
+BACKEND_SCHEMES = REDIS_SCHEMES | {"memory", "sqlite", "postgresql", "postgres"}
 
 MASK = "***"
 #: A URL inside free text: a scheme, then everything up to whitespace, `"`, `<`, `>`, or the
@@ -125,6 +128,8 @@ def parse_url(url: str, *, allowed: frozenset[str], what: str) -> ParsedURL:
         )
     try:
         parts = urlsplit(url)
+        if parts.scheme.lower() in SENTINEL_SCHEMES:
+            return _sentinel(parts.scheme.lower(), url, what)
         port = parts.port
     except ValueError:  # its text can quote a password taken for a port: not shown
         raise ConfigurationError(
@@ -138,3 +143,68 @@ def parse_url(url: str, *, allowed: frozenset[str], what: str) -> ParsedURL:
             f"{', '.join(sorted(allowed))}"
         )
     return ParsedURL(scheme, url, parts.hostname or "", port, parts.path)
+
+
+@dataclass(frozen=True, slots=True)
+class SentinelURL:
+    """A redis+sentinel:// URL taken apart: where the sentinels are and what to ask them."""
+
+    sentinels: tuple[tuple[str, int], ...]
+    service: str
+    db: int
+    username: str | None
+    password: str | None
+    #: the rest of the query, for the Redis connections (e.g. sentinel_password)
+    query: tuple[tuple[str, str], ...]
+
+
+def parse_sentinel(url: str) -> SentinelURL:
+    """`redis+sentinel://[user:pass@]h1:p1,h2:p2/db?service=mymaster`; the password (in the
+    userinfo) is for the Redis servers; `sentinel_password=` in the query for the sentinels."""
+    what = "Redis Sentinel"
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    userinfo, at, hosts = netloc.rpartition("@")
+    username = password = None
+    if at:
+        user, colon, secret = userinfo.partition(":")
+        username = unquote(user) or None
+        password = unquote(secret) if colon else None
+    sentinels: list[tuple[str, int]] = []
+    for item in hosts.split(","):
+        host, colon, port = item.strip().rpartition(":")
+        if not colon:
+            host, port = port, "26379"
+        if not host or not port.isdigit():
+            raise ConfigurationError(
+                f"bad {what} URL {redact(url)!r}: expected host:port[,host:port...] after //"
+            )
+        sentinels.append((host.strip("[]"), int(port)))
+    query = [tuple(kv.partition("=")[::2]) for kv in re.split("[&;]", parts.query) if kv]
+    pairs = tuple((unquote(k), unquote(v)) for k, v in query)
+    services = [v for k, v in pairs if k == "service"]
+    if not services or not services[0]:
+        raise ConfigurationError(
+            f"bad {what} URL {redact(url)!r}: name the monitored primary with ?service=NAME "
+            "(the name in `sentinel monitor NAME ...`)"
+        )
+    path = parts.path.strip("/") or "0"
+    if not path.isdigit():
+        raise ConfigurationError(f"bad {what} URL {redact(url)!r}: the path is a db number")
+    return SentinelURL(
+        sentinels=tuple(sentinels),
+        service=services[0],
+        db=int(path),
+        username=username,
+        password=password,
+        query=tuple((k, v) for k, v in pairs if k != "service"),
+    )
+
+
+def _sentinel(scheme: str, url: str, what: str) -> ParsedURL:
+    try:
+        parsed = parse_sentinel(url)
+    except ConfigurationError as exc:
+        raise ConfigurationError(str(exc).replace("Redis Sentinel", what, 1)) from None
+    host, port = parsed.sentinels[0]
+    return ParsedURL(scheme, url, host, port, f"/{parsed.db}")

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Literal, ParamSpec, Protocol, TypeVar, Un
 
 import orjson
 
-from aiotask import backends, brokers, protocol
+from aiotask import backends, brokers
 from aiotask._log import get_logger
 from aiotask._urls import redact
 from aiotask.backends.base import EncodedResult, ResultRecord
@@ -22,7 +22,6 @@ from aiotask.brokers.base import Outgoing
 from aiotask.canvas import runtime
 from aiotask.canvas.compile import CHAIN_STATE
 from aiotask.canvas.primitives import MAP_TASK, STARMAP_TASK
-from aiotask.celery_compat.codec import encoder
 from aiotask.control import Control
 from aiotask.deadletters import DeadLetters
 from aiotask.events.follow import emit_sent
@@ -33,6 +32,7 @@ from aiotask.exceptions import (
     SerializationError,
 )
 from aiotask.result import AsyncResult, GroupResult, SyncResult, encode_revoked
+from aiotask.security import Wire, seal
 from aiotask.serializer import unencodable_message
 from aiotask.settings import FROM_BROKER, Settings
 from aiotask.sync import run_sync
@@ -128,6 +128,7 @@ class App:
         self._broker: Broker | None = None
         self._backend: ResultBackend | None = None
         self._routes: tuple[Settings, dict[str, str]] = (self.conf, {})
+        self._wire: tuple[Settings, Wire] = (self.conf, Wire.from_settings(self.conf))
         #: one connection set per event loop (None: made from plain code, not yet bound)
         self._sets: dict[asyncio.AbstractEventLoop | None, _Connections] = {}
         for builtin in (MAP_TASK, STARMAP_TASK):  # run by the worker's executor itself
@@ -142,6 +143,16 @@ class App:
 
     def __repr__(self) -> str:
         return f"<App {self.main} broker={redact(self.conf.broker_url)}>"
+
+    @property
+    def wire(self) -> Wire:
+        """Message <-> bytes per the current settings (signing, caps, compression, serializer);
+        rebuilt (and validated) when `conf` is replaced."""
+        conf, wire = self._wire
+        if conf is not self.conf:
+            wire = Wire.from_settings(self.conf)
+            self._wire = (self.conf, wire)
+        return wire
 
     # --- tasks ---------------------------------------------------------------------------
     @overload
@@ -368,17 +379,19 @@ class App:
         return backend
 
     # --- sending -----------------------------------------------------------------------------
-    async def publish(self, messages: Sequence[Message]) -> None:
+    async def publish(self, messages: Sequence[Message], *, confirm: bool = True) -> None:
         """Encode and publish a batch in one broker call.
 
         Every send path (send, apply_async, send_task, send_batch, canvas) ends here. Nothing
         is sent if one message fails to encode or is over `max_message_size` (MessageTooLarge).
+        `confirm=False` (the `confirm` call option): return before the broker confirms.
         """
         if self.middleware:
             messages = [await self._before_send(m) for m in messages]
-        cap = self.conf.max_message_size
-        enc = encoder(self.conf)
-        batch = [Outgoing(m.queue, _encode(m, cap, enc), m.id, m.priority, m.eta) for m in messages]
+        wire = self.wire
+        batch = [
+            Outgoing(m.queue, _encode(m, wire), m.id, m.priority, m.eta, confirm) for m in messages
+        ]
         conns = self._conns()
         if not conns.connected:
             await self.connect()
@@ -441,15 +454,18 @@ class App:
         if plan.groups or plan.blobs:
             backend = await self.result_backend()
             ttl = self.conf.result_expires
+            keyring = self.wire.keyring  # canvas state in the backend is sealed (signing)
             if plan.blobs:  # long chain remainders, stored once, before anything refers to them
                 await backend.store(
                     [
-                        EncodedResult.of(ResultRecord(key, CHAIN_STATE, steps), ttl)
+                        EncodedResult.of(
+                            ResultRecord(key, CHAIN_STATE, seal.seal_steps(keyring, steps)), ttl
+                        )
                         for key, steps in plan.blobs
                     ]
                 )
             for g in plan.groups:
-                await backend.open_group(g.group_id, g.size, g.body, ttl)
+                await backend.open_group(g.group_id, g.size, seal.seal(keyring, g.body), ttl)
         await self.publish(plan.messages)
         if isinstance(ids, str):
             return self.AsyncResult(ids)
@@ -571,20 +587,17 @@ def _never(*args: Any, **kwargs: Any) -> Awaitable[None]:
     raise NotRegistered("<send_task stand-in>")
 
 
-def _encode(
-    message: Message, limit: int, encode: Callable[[Message], bytes] = protocol.encode
-) -> bytes:
+def _encode(message: Message, wire: Wire) -> bytes:
     """The wire bytes, or an error naming the task and what to change."""
     try:
-        body = encode(message)
+        return wire.encode(message)
+    except MessageTooLarge:
+        raise
     except SerializationError as exc:
         values: dict[str, object] = {f"args[{i}]": v for i, v in enumerate(message.args)}
         values.update({f"kwargs[{k!r}]": v for k, v in message.kwargs.items()})
         error = str(exc.__cause__ or exc)
         raise SerializationError(unencodable_message(message.task, values, error)) from None
-    if limit and len(body) > limit:
-        raise MessageTooLarge(message.task, len(body), limit)
-    return body
 
 
 def find_task(name: str) -> Task[Any, Any]:

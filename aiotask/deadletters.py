@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING, Any
 
 from aiotask.brokers._common import DEAD_LETTER_CAP
 from aiotask.brokers.base import Outgoing
-from aiotask.celery_compat.codec import decode_any as decode
 from aiotask.exceptions import AiotaskError
 from aiotask.protocol import preview
+from aiotask.security import peek
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
@@ -114,7 +114,7 @@ def configured_queues(app: App) -> list[str]:
 
 def _info(dead: DeadLetter, queue: str) -> DeadLetterInfo:
     try:
-        message: Message | None = decode(dead.body)
+        message: Message | None = peek(dead.body)
     except AiotaskError:
         message = None
     return DeadLetterInfo(

@@ -13,7 +13,8 @@ AiotaskError
 ├── WorkerLost               the process running a task died under it
 ├── ConfigurationError       a bad setting, URL or option
 ├── SerializationError       a value cannot be encoded or decoded
-│   ├── MessageTooLarge      an encoded message is over max_message_size; nothing was sent
+│   ├── MessageTooLarge      an encoded message (or result) is over max_message_size
+│   │                        (max_result_size); nothing was sent (stored)
 │   └── ProtocolError        a message envelope is malformed or of an unknown version
 ├── BrokerConnectionError    a broker or backend cannot be reached
 └── SyncCallInEventLoop      (also RuntimeError) the sync API called on an event loop's thread
@@ -130,15 +131,25 @@ class SerializationError(AiotaskError):
 
 
 class MessageTooLarge(SerializationError):
-    """A message encodes to more bytes than `max_message_size`; nothing was sent."""
+    """A message encodes to more bytes than `max_message_size`; nothing was sent. Also the
+    stored error of a task whose result is over `max_result_size` (`what="result"`)."""
 
-    def __init__(self, task: str, size: int, limit: int) -> None:
-        super().__init__(
-            f"cannot send task {task!r}: its message is {size} bytes, over max_message_size "
-            f"({limit} bytes); nothing was sent. Pass a reference (a key, a path, a URL) instead "
-            "of the data, or raise max_message_size (0: no cap)"
-        )
+    def __init__(self, task: str, size: int, limit: int, what: str = "message") -> None:
+        if what == "result":
+            text = (
+                f"task {task!r} returned a result of {size} bytes, over max_result_size "
+                f"({limit} bytes); it was not stored. Return a reference (a key, a path, a "
+                "URL) instead of the data, or raise max_result_size (0: no cap)"
+            )
+        else:
+            text = (
+                f"cannot send task {task!r}: its message is {size} bytes, over "
+                f"max_message_size ({limit} bytes); nothing was sent. Pass a reference (a key, "
+                "a path, a URL) instead of the data, or raise max_message_size (0: no cap)"
+            )
+        super().__init__(text)
         self.task = task
+        self.what = what
         self.size = size
         self.limit = limit
 

@@ -6,6 +6,7 @@ restored on decode, so a no-argument task is a few dozen bytes. Brokers never lo
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -76,6 +77,14 @@ _TYPES: dict[str, type | tuple[type, ...]] = {
 
 def encode(message: Message) -> bytes:
     """The wire bytes of a message. Raises SerializationError if a payload is not JSON."""
+    try:
+        return orjson.dumps(to_dict(message), option=orjson.OPT_NON_STR_KEYS)
+    except TypeError as exc:
+        raise SerializationError(f"task {message.task!r}: cannot encode message: {exc}") from exc
+
+
+def to_dict(message: Message) -> dict[str, object]:
+    """The envelope as plain data (fields at their default left out), for any serializer."""
     m = message
     data: dict[str, object] = {"v": VERSION, "id": m.id, "task": m.task}
     # Straight-line checks (not a loop over fields): this runs once per message sent.
@@ -88,10 +97,7 @@ def encode(message: Message) -> bytes:
     _delivery_fields(m, data)
     if m.group_id is not None or m.chain or m.links or m.errbacks or m.chord is not None:
         _canvas_fields(m, data)
-    try:
-        return orjson.dumps(data, option=orjson.OPT_NON_STR_KEYS)
-    except TypeError as exc:
-        raise SerializationError(f"task {m.task!r}: cannot encode message: {exc}") from exc
+    return data
 
 
 def _delivery_fields(m: Message, data: dict[str, object]) -> None:
@@ -136,8 +142,14 @@ def decode(body: bytes) -> Message:
         raise ProtocolError(f"message is not JSON ({exc}): {preview(body)}") from None
     if not isinstance(data, dict):
         raise ProtocolError(f"message is not a JSON object: {preview(body)}")
+    return from_dict(data, body)
+
+
+def from_dict(data: dict[Any, Any], body: bytes = b"") -> Message:
+    """Validate decoded envelope data (from any serializer) into a Message; ProtocolError
+    naming the field when a known field has the wrong type. `body` is for error messages."""
     version = data.get("v")
-    if version != VERSION:
+    if type(version) is not int or version != VERSION:
         raise ProtocolError(f"unknown message version {version!r} (this worker speaks {VERSION})")
     ident, task = data.get("id"), data.get("task")
     if not isinstance(ident, str) or not ident or not isinstance(task, str) or not task:
@@ -151,10 +163,30 @@ def decode(body: bytes) -> Message:
             continue  # "v", "id", "task", and unknown fields (forward compatibility)
         if value is None:
             continue
-        if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
-            raise ProtocolError(f"message field {name!r} has the wrong type: {value!r}")
+        if not isinstance(value, expected) or (isinstance(value, bool) and expected is not bool):
+            raise ProtocolError(f"message field {name!r} has the wrong type: {_short(value)}")
         values[name] = value
+    if "kwargs" in values or "headers" in values or "eta" in values or "expires" in values:
+        _check_values(values)
     return Message(ident, task, **values)
+
+
+def _check_values(values: dict[str, Any]) -> None:
+    """What a type check alone misses (binary serializers can carry any key or NaN)."""
+    if any(type(k) is not str for k in values.get("kwargs", ())):
+        raise ProtocolError("message field 'kwargs' has a key that is not a string")
+    headers = values.get("headers", {})
+    if any(type(k) is not str or type(v) is not str for k, v in headers.items()):
+        raise ProtocolError("message field 'headers' must map strings to strings")
+    for name in ("eta", "expires"):
+        value = values.get(name)
+        if value is not None and not math.isfinite(value):
+            raise ProtocolError(f"message field {name!r} is not a finite number: {value!r}")
+
+
+def _short(value: object, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def preview(body: bytes, limit: int = 120) -> str:

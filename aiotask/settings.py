@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from aiotask import _tls
-from aiotask._urls import BACKEND_SCHEMES, BROKER_SCHEMES, parse_url, redact
+from aiotask._urls import BACKEND_SCHEMES, BROKER_SCHEMES, REDIS_SCHEMES, parse_url, redact
 from aiotask.exceptions import ConfigurationError
 
 if TYPE_CHECKING:
@@ -32,7 +32,7 @@ class Settings:
 
     broker_url: str = DEFAULT_BROKER_URL
     #: A backend URL, None for no results, or FROM_BROKER: the broker's server/file for
-    #: Redis and SQLite brokers, memory:// for memory://, none for AMQP.
+    #: Redis, SQLite and PostgreSQL brokers, memory:// for memory://, none for AMQP.
     result_backend: str | None = FROM_BROKER
     result_expires: float = 86400.0
     default_queue: str = "default"
@@ -61,6 +61,21 @@ class Settings:
     worker_lost_after: float = 10.0
     #: Largest encoded message `send` accepts, in bytes (MessageTooLarge past it; 0: no cap).
     max_message_size: int = 10 * 1024 * 1024
+    #: Largest encoded result a worker stores, in bytes (0: no cap). A bigger result is stored
+    #: as a FAILURE whose error is MessageTooLarge (docs/security.md).
+    max_result_size: int = 10 * 1024 * 1024
+    #: Message signing (docs/security.md): key id -> secret. Producers sign with
+    #: `signing_key_id`; a worker with keys runs only messages signed by one of them.
+    signing_keys: Mapping[str, str] = field(default_factory=dict)
+    #: The key that signs; may be left out when there is exactly one key.
+    signing_key_id: str | None = None
+    #: Refuse to start without signing keys (guards against a missing secret at deploy time).
+    require_signed: bool = False
+    #: Envelope serializer: "json" (default), "msgpack" (extra), "pickle" (only with signing).
+    serializer: str = "json"
+    #: Payload compression above `compression_threshold` bytes: "none", "zlib", "zstd" (extra).
+    compression: str = "none"
+    compression_threshold: int = 1024
     #: Seconds a warm shutdown waits for running tasks.
     shutdown_grace: float = 30.0
     #: Seconds a worker keeps trying to reach its broker before it exits non-zero.
@@ -93,6 +108,12 @@ class Settings:
     #: Speak Celery's wire formats (protocol v2 messages, kombu layouts, Celery result keys);
     #: see docs/migrating-from-celery.md. The default queue becomes `celery` unless set.
     celery_compat: bool = False
+    #: Redis broker: after each publish, WAIT until this many replicas have the message
+    #: (0: off). Closes the window in which a failover loses acknowledged sends
+    #: (docs/scaling.md); a send the replicas do not confirm in time raises.
+    redis_wait_replicas: int = 0
+    #: Seconds a publish waits for redis_wait_replicas.
+    redis_wait_timeout: float = 1.0
 
     def __post_init__(self) -> None:
         parse_url(self.broker_url, allowed=BROKER_SCHEMES, what="broker")
@@ -107,14 +128,23 @@ class Settings:
         _positive(self, "concurrency", "max_deliveries", "broker_unreachable_timeout")
         _positive(self, "broker_connection_startup_timeout", "unique_for")
         _positive(self, "worker_heartbeat_interval", "worker_lost_after")
-        _positive(self, "concurrency_slot_lease")
-        _non_negative(self, "max_message_size")
+        _positive(self, "concurrency_slot_lease", "redis_wait_timeout")
+        _non_negative(self, "redis_wait_replicas")
+        _non_negative(self, "max_message_size", "max_result_size", "compression_threshold")
+        if self.require_signed and not self.signing_keys:
+            raise ConfigurationError(
+                "require_signed is on but no signing key is configured: set "
+                "AIOTASK_SIGNING_KEYS=id:secret (or AIOTASK_SIGNING_KEYS_FILE=/path, or "
+                "signing_keys={id: secret}); this process refuses to run unsigned"
+            )
         if self.worker_lost_after <= self.worker_heartbeat_interval:
             raise ConfigurationError(
                 "worker_lost_after must be longer than worker_heartbeat_interval "
                 f"({self.worker_lost_after!r} <= {self.worker_heartbeat_interval!r})"
             )
         _non_negative(self, "processes", "prefetch", "max_tasks_per_child", "max_memory_per_child")
+        if self.celery_compat:
+            _check_celery(self)
         if not 0 <= self.default_priority <= 9:
             raise ConfigurationError("default_priority must be between 0 and 9")
         if not self.default_queue or not self.key_prefix:
@@ -131,13 +161,13 @@ class Settings:
         if self.result_backend != FROM_BROKER:
             return self.result_backend
         scheme = self.broker_url.split("://", 1)[0].lower()
-        if scheme in {"redis", "rediss", "sqlite", "memory"}:
+        if scheme in REDIS_SCHEMES | {"sqlite", "memory", "postgresql", "postgres"}:
             return self.broker_url
         return None
 
     def __repr__(self) -> str:
         """Every field, with URL credentials masked (the repr ends up in logs and tracebacks)."""
-        shown = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in fields(self))
+        shown = ", ".join(f"{f.name}={_shown(self, f.name)}" for f in fields(self))
         return redact(f"Settings({shown})")
 
     @classmethod
@@ -156,6 +186,9 @@ class Settings:
             raw = env.get(ENV_PREFIX + name.upper())
             if raw is not None:
                 values[name] = parse_env(name, raw)
+        keys_file = env.get(ENV_PREFIX + "SIGNING_KEYS_FILE")
+        if keys_file and "signing_keys" not in values:
+            values["signing_keys"] = parse_env("signing_keys", "@" + keys_file)
         values.update(overrides)
         if values.get("celery_compat") and "default_queue" not in values:
             values["default_queue"] = "celery"  # Celery's default queue, so producers meet
@@ -166,7 +199,71 @@ class Settings:
         return replace(self, **changes)
 
 
+#: Settings holding secrets: shown masked in repr, never quoted in an error.
+def _check_celery(conf: Settings) -> None:
+    """celery_compat speaks Celery's own formats: Celery peers could not read a signed,
+    compressed or non-JSON message, and there is no Celery layout on Sentinel or PostgreSQL."""
+    if conf.signing_keys or conf.require_signed:
+        raise ConfigurationError(
+            "celery_compat cannot be combined with signing_keys/require_signed: Celery workers "
+            "and producers cannot read or write aiotask's signed messages"
+        )
+    if conf.serializer != "json" or conf.compression != "none":
+        raise ConfigurationError(
+            f"celery_compat sends Celery protocol v2 JSON: set serializer='json' and "
+            f"compression='none' (got {conf.serializer!r}, {conf.compression!r})"
+        )
+    for url in (conf.broker_url, conf.backend_url):
+        scheme = (url or "").split("://", 1)[0].lower()
+        if scheme in REDIS_SCHEMES - {"redis", "rediss"} or scheme in {"postgresql", "postgres"}:
+            raise ConfigurationError(
+                f"celery_compat works on redis://, rediss:// and amqp:// (Celery's layouts), "
+                f"not on {scheme}:// URLs"
+            )
+
+
+SECRET_FIELDS = frozenset({"signing_keys"})
+
+
+def _shown(s: Settings, name: str) -> str:
+    value = getattr(s, name)
+    if name in SECRET_FIELDS:
+        return "{" + ", ".join(f"{k!r}: '********'" for k in value) + "}"
+    return repr(value)
+
+
 # --- environment parsing: one explicit parser per field -----------------------------------
+
+
+def parse_signing_keys(raw: str) -> dict[str, str]:
+    """`id1:secret1,id2:secret2` (AIOTASK_SIGNING_KEYS) -> {"id1": "secret1", ...}.
+
+    `@/path` reads the same form from a file (one `id:secret` a line, or comma separated;
+    `#` starts a comment line), so the secret need not sit in the environment. A JSON object
+    works too. Errors name the entry's position, never a secret."""
+    text = raw.strip()
+    if text.startswith("{"):
+        try:
+            return _str_mapping(text)
+        except (ValueError, orjson.JSONDecodeError):
+            raise ValueError("not a JSON object of strings") from None
+    if text.startswith("@"):
+        path = text[1:]
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+        except OSError as exc:
+            raise ValueError(f"cannot read signing keys file {path!r}: {exc.strerror}") from None
+    keys: dict[str, str] = {}
+    for n, item in enumerate(text.replace("\n", ",").split(","), 1):
+        item = item.strip()
+        if not item or item.startswith("#"):
+            continue
+        key_id, sep, secret = item.partition(":")
+        if not sep or not key_id.strip() or not secret.strip():
+            raise ValueError(f"signing key entry #{n} is not of the form id:secret")
+        keys[key_id.strip()] = secret.strip()
+    return keys
 
 
 def _str(raw: str) -> str:
@@ -175,6 +272,10 @@ def _str(raw: str) -> str:
 
 def _optional_url(raw: str) -> str | None:
     return None if raw.strip().lower() in {"", "none", "null"} else raw
+
+
+def _optional_str(raw: str) -> str | None:
+    return None if raw.strip().lower() in {"", "none", "null"} else raw.strip()
 
 
 def _int(raw: str) -> int:
@@ -238,6 +339,13 @@ ENV_PARSERS: dict[str, tuple[Callable[[str], object], str]] = {
     "worker_heartbeat_interval": (_float, "number of seconds"),
     "worker_lost_after": (_float, "number of seconds"),
     "max_message_size": (_int, "integer number of bytes"),
+    "max_result_size": (_int, "integer number of bytes"),
+    "signing_keys": (parse_signing_keys, "list of id:secret pairs (k1:secret1,k2:secret2)"),
+    "signing_key_id": (_optional_str, "key id"),
+    "require_signed": (_bool, "boolean (true/false, 1/0, yes/no, on/off)"),
+    "serializer": (_str, "serializer name (json, msgpack, pickle)"),
+    "compression": (_str, "compression name (none, zlib, zstd)"),
+    "compression_threshold": (_int, "integer number of bytes"),
     "shutdown_grace": (_float, "number of seconds"),
     "broker_unreachable_timeout": (_float, "number of seconds"),
     "broker_connection_retry_on_startup": (_bool, "boolean (true/false, 1/0, yes/no, on/off)"),
@@ -251,6 +359,8 @@ ENV_PARSERS: dict[str, tuple[Callable[[str], object], str]] = {
     "log_level": (_str, "log level"),
     "unique_for": (_float, "number of seconds"),
     "concurrency_slot_lease": (_float, "number of seconds"),
+    "redis_wait_replicas": (_int, "integer"),
+    "redis_wait_timeout": (_float, "number of seconds"),
 }
 
 
@@ -263,7 +373,9 @@ def parse_env(name: str, raw: str) -> object:
     parser, expected = entry
     try:
         return parser(raw)
-    except (ValueError, orjson.JSONDecodeError):
+    except (ValueError, orjson.JSONDecodeError) as exc:
+        if name in SECRET_FIELDS:  # never quote a secret: say what is wrong, not the value
+            raise ConfigurationError(f"{env_name} is not a valid {expected}: {exc}") from None
         raise ConfigurationError(f"{env_name}={redact(raw)!r} is not a valid {expected}") from None
 
 

@@ -157,6 +157,8 @@ class CallOptions(TypedDict, total=False):
     task_id: str | None
     headers: Mapping[str, str] | None
     ignore_result: bool | None
+    # False: return once the message is written, before RabbitMQ confirms it (docs/rabbitmq.md)
+    confirm: bool | None
     # unique tasks and debounce: over the task's own (docs/task-options.md)
     unique: bool | None
     unique_key: KeySpec
@@ -181,7 +183,7 @@ LIMIT_OPTIONS = frozenset(
 SEND_OPTIONS = frozenset(CallOptions.__annotations__)
 #: Per-call options a signature may carry (`sig.set(...)`, `signature(options=...)`);
 #: a signature's id is frozen by the canvas instead, and canvas steps are not unique.
-CALL_OPTIONS = SEND_OPTIONS - {"task_id"} - COORDINATION_OPTIONS
+CALL_OPTIONS = SEND_OPTIONS - {"task_id", "confirm"} - COORDINATION_OPTIONS
 
 
 def check_call_options(task: str, options: Mapping[str, object], known: frozenset[str]) -> None:
@@ -248,15 +250,17 @@ class Task(Generic[P, R, L]):
         """Send with per-call options (Celery's names); returns once the broker holds it."""
         coord = self.options.coordination
         plain = cast("dict[str, Any]", options)  # this call's own dict: popping is safe
+        confirm = True
         if options:
             check_call_options(self.name, options, SEND_OPTIONS)
+            confirm = plain.pop("confirm", None) is not False
             if COORDINATION_OPTIONS & options.keys():
                 coord = self._call_coordination(plain)
         message = self.message(args, kwargs, **plain)
-        if coord is not None:
+        if coord is not None:  # unique/debounce sends stay confirmed: their lock depends on it
             sig = signature_of(self.fn, self.options.bind)
             return await _coordinated.send(self.app, message, coord, sig)
-        await self.app.publish([message])
+        await self.app.publish([message], confirm=confirm)
         return self.app.AsyncResult(message.id)
 
     def _call_coordination(self, options: dict[str, Any]) -> Coordination | None:

@@ -26,12 +26,16 @@ if TYPE_CHECKING:
 REQUIRE_SERVICES = os.environ.get("AIOTASK_REQUIRE_SERVICES") == "1"
 REDIS_URL = os.environ.get("AIOTASK_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 AMQP_URL = os.environ.get("AIOTASK_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+POSTGRES_URL = os.environ.get(
+    "AIOTASK_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
 #: every namespace handed out in this session -> the test that got it: the leak check looks
 #: for exactly these, and names the test
 NAMESPACES: dict[str, str] = {}
 #: tests (node ids) that asked for the shared Redis / RabbitMQ: their namespace is cleaned there
 USED_REDIS: set[str] = set()
 USED_AMQP: set[str] = set()
+USED_POSTGRES: set[str] = set()
 
 
 def _host_port(url: str, default_port: int) -> tuple[str, int]:
@@ -75,6 +79,8 @@ def namespace(request: pytest.FixtureRequest) -> Iterator[str]:
         _aside(leaks.clean_redis(REDIS_URL, name))
     if node in USED_AMQP:
         _aside(leaks.clean_amqp(AMQP_URL, name))
+    if node in USED_POSTGRES:
+        _aside(leaks.clean_postgres(POSTGRES_URL, name))
 
 
 def _aside(work: Coroutine[Any, Any, object]) -> None:
@@ -95,6 +101,8 @@ def _nothing_left_behind() -> Iterator[None]:
         found += [f"Redis key {k}" for k in leaks.redis_keys(REDIS_URL, names)]
     if _answers(*_host_port(AMQP_URL, 5672)):
         found += [f"RabbitMQ queue {q}" for q in leaks.amqp_queues(AMQP_URL, names)]
+    if USED_POSTGRES and _answers(*_host_port(POSTGRES_URL, 5432)):
+        found += [f"PostgreSQL {s}" for s in leaks.postgres_schemas(POSTGRES_URL, names)]
     if found:
         pytest.fail(leaks.report(found, NAMESPACES), pytrace=False)
 
@@ -114,5 +122,32 @@ def amqp_url(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
+def postgres_url(request: pytest.FixtureRequest) -> str:
+    """The shared PostgreSQL; each test's tables live in the schema named by its namespace
+    (the key_prefix), dropped afterwards by the `namespace` fixture."""
+    need_service("PostgreSQL", *_host_port(POSTGRES_URL, 5432))
+    USED_POSTGRES.add(request.node.nodeid)
+    return POSTGRES_URL
+
+
+@pytest.fixture
 def sqlite_url(tmp_path: os.PathLike[str]) -> str:
     return f"sqlite:///{os.fspath(tmp_path)}/aiotask.db"
+
+
+@pytest.fixture(scope="session")
+def sentinel_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A private Sentinel set (1 primary, 1 replica, 3 sentinels) shared by a session's tests;
+    its keys go with it. Tests that kill servers start their own (tests/sentinel_server.py)."""
+    from tests.sentinel_server import PrivateSentinelSet
+
+    if not PrivateSentinelSet.available():
+        if REQUIRE_SERVICES:
+            pytest.fail("redis-server is not installed and AIOTASK_REQUIRE_SERVICES=1")
+        pytest.skip("redis-server is not installed")
+    servers = PrivateSentinelSet(tmp_path_factory.mktemp("sentinel"))
+    servers.start()
+    try:
+        yield servers.url
+    finally:
+        servers.stop()

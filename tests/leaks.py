@@ -133,3 +133,35 @@ async def _passive(url: str, namespaces: set[str]) -> list[str]:
     finally:
         await connection.close()
     return found
+
+
+def postgres_schemas(url: str, namespaces: set[str]) -> list[str]:
+    """Schemas of the test database named after one of `namespaces` (the PostgreSQL broker and
+    backend keep an app's tables in a schema named by its key_prefix). Run on a loop of its
+    own in a thread: asyncio.run here would unset the main thread's (pytest-asyncio's) loop."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, _postgres_schemas(url, namespaces)).result()
+
+
+async def _postgres_schemas(url: str, namespaces: set[str]) -> list[str]:
+    import asyncpg
+
+    conn = await asyncpg.connect(url)
+    try:
+        rows = await conn.fetch("SELECT nspname FROM pg_namespace")
+    finally:
+        await conn.close()
+    return [f"schema {n}" for n in _ours([r[0] for r in rows], namespaces)]
+
+
+async def clean_postgres(url: str, namespace: str) -> None:
+    """Drop the test's schema (and everything in it); a no-op when there is none."""
+    import asyncpg
+
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{namespace}" CASCADE')
+    finally:
+        await conn.close()

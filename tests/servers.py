@@ -117,3 +117,123 @@ class PrivateRabbit:
             self.proc.kill()  # SIGKILL to the beam PID we started: a crash, no clean shutdown
             self.proc.wait()
             self.proc = None
+
+
+def pg_bin(name: str) -> str | None:
+    """A PostgreSQL server program: on PATH, else in Debian's /usr/lib/postgresql/N/bin (the
+    packages put only wrappers on PATH), the newest version first."""
+    import glob
+    import shutil
+
+    found = shutil.which(name)
+    if found is not None:
+        return found
+    candidates = sorted(
+        glob.glob(f"/usr/lib/postgresql/*/bin/{name}"),
+        key=lambda p: int(p.split("/")[4]) if p.split("/")[4].isdigit() else 0,
+    )
+    return candidates[-1] if candidates else None
+
+
+class PrivatePostgres:
+    """A PostgreSQL cluster of our own: `initdb` in a temp dir, own port, stopped by PID.
+
+    PostgreSQL refuses to run as root, so under root (CI) the cluster belongs to the `postgres`
+    user and the server process is started as that user directly (Popen user=): the PID we hold
+    is the postmaster itself. `crash()` is an immediate shutdown (SIGQUIT: no checkpoint, crash
+    recovery on the next start, as after a power cut with fsync on); `start()` again brings the
+    same data back on the same port. The directory lives under /tmp (pytest's tmp dirs are
+    private to root) and is removed by `remove()`.
+    """
+
+    def __init__(self) -> None:
+        import tempfile
+
+        self.directory = tempfile.mkdtemp(prefix="aiotask-pg-")
+        self.data = os.path.join(self.directory, "data")
+        self.port = free_port()
+        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        self.user = "postgres" if os.geteuid() == 0 else None
+        if self.user is not None:
+            import shutil
+
+            os.chmod(self.directory, 0o700)  # then owned by postgres: only it may enter
+            shutil.chown(self.directory, self.user, self.user)
+        self.proc: subprocess.Popen[bytes] | None = None
+        subprocess.run(
+            [
+                pg_bin("initdb") or "initdb",
+                "-D",
+                self.data,
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "--no-sync",
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            user=self.user,
+            cwd=self.directory,
+        )
+
+    def start(self, timeout: float = 30) -> None:
+        with open(os.path.join(self.directory, "server.log"), "ab") as out:
+            self.proc = subprocess.Popen(
+                [
+                    *(
+                        pg_bin("postgres") or "postgres",
+                        "-D",
+                        self.data,
+                        "-p",
+                        str(self.port),
+                        "-k",
+                        self.directory,
+                    ),
+                    *("-c", "listen_addresses=127.0.0.1", "-c", "fsync=on"),
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                user=self.user,
+                cwd=self.directory,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"private postgres exited with {self.proc.returncode}")
+            ready = subprocess.run(
+                [
+                    pg_bin("pg_isready") or "pg_isready",
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    str(self.port),
+                    "-q",
+                ],
+                check=False,
+            )
+            if ready.returncode == 0:
+                return
+            time.sleep(0.1)
+        self.crash()
+        raise RuntimeError("private postgres did not start")
+
+    def crash(self) -> None:
+        """Immediate shutdown of the postmaster we started (its backends go with it)."""
+        if self.proc is not None:
+            import signal
+
+            self.proc.send_signal(signal.SIGQUIT)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            self.proc = None
+
+    def remove(self) -> None:
+        import shutil
+
+        self.crash()
+        shutil.rmtree(self.directory, ignore_errors=True)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 from redis.exceptions import (
     AuthenticationError,
@@ -30,8 +31,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from aiotask import _hooks, _tls
 from aiotask._backoff import Backoff
-from aiotask._redis.conn import connection_class
-from aiotask._urls import redact
+from aiotask._redis.conn import FastPackSentinelConnection, connection_class
+from aiotask._urls import parse_sentinel, redact
 from aiotask.exceptions import AiotaskError, BrokerConnectionError, ConfigurationError
 
 if TYPE_CHECKING:
@@ -115,6 +116,34 @@ def make_client(url: str, name: str | None = None, tls: _tls.TLSOptions | None =
     )
 
 
+def _sentinel_client(url: str, name: str | None) -> tuple[Redis, Sentinel]:
+    """A client of the primary the sentinels name; each new connection asks them again, so
+    after a failover the next (re)connection goes to the promoted replica."""
+    parsed = parse_sentinel(url)
+    query = dict(parsed.query)
+    to_sentinels: dict[str, Any] = {"socket_connect_timeout": 5.0, "protocol": 2}
+    if query.get("sentinel_password"):
+        to_sentinels["password"] = query["sentinel_password"]
+    if query.get("sentinel_username"):
+        to_sentinels["username"] = query["sentinel_username"]
+    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        list(parsed.sentinels), sentinel_kwargs=to_sentinels
+    )
+    client = sentinel.master_for(
+        parsed.service,
+        connection_class=FastPackSentinelConnection,
+        db=parsed.db,
+        username=parsed.username,
+        password=parsed.password,
+        protocol=2,
+        retry=Retry(NoBackoff(), 0),
+        socket_timeout=None,
+        socket_connect_timeout=5.0,
+        client_name=name,
+    )
+    return client, sentinel
+
+
 class SharedClient:
     """One redis-py client (one connection pool) for every user of the same server URL.
 
@@ -128,11 +157,15 @@ class SharedClient:
         #: CLIENT SETNAME of every connection: operators (and tests) can tell ours apart
         self.name = f"aiotask-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self._client: Redis | None = None
+        self._sentinel: Sentinel | None = None
         self._users = 0
 
     def acquire(self) -> Redis:
         if self._client is None:
-            self._client = make_client(self.url, self.name, self.tls)
+            if self.url.lower().startswith("redis+sentinel:"):
+                self._client, self._sentinel = _sentinel_client(self.url, self.name)
+            else:
+                self._client = make_client(self.url, self.name, self.tls)
         self._users += 1
         return self._client
 
@@ -140,7 +173,10 @@ class SharedClient:
         self._users = max(self._users - 1, 0)
         if self._users == 0 and self._client is not None:
             client, self._client = self._client, None
+            sentinel, self._sentinel = self._sentinel, None
             await client.aclose()
+            if sentinel is not None:
+                await sentinel.aclose()
 
 
 async def retrying(
@@ -208,3 +244,23 @@ async def warn_if_volatile(client: Redis, url: str) -> None:
 
 def _text(value: bytes | str) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def wait_replicas(cmds: list[Any], wanted: int, wait_ms: int) -> float:
+    """`redis_wait_replicas`: end a pipeline with WAIT (same connection, so it covers exactly
+    these writes); returns the seconds it may add."""
+    if not wanted:
+        return 0.0
+    cmds.append(("WAIT", wanted, wait_ms))
+    return wait_ms / 1000
+
+
+def check_replicas(url: str, results: list[Any], wanted: int, wait_ms: int) -> None:
+    """After a pipeline ended by wait_replicas(): raise when too few replicas had the writes."""
+    got = results[-1] if wanted else 0
+    if got < wanted:
+        raise BrokerConnectionError(
+            f"publish to {redact(url)}: only {got} of {wanted} replicas had it within "
+            f"{wait_ms} ms (redis_wait_replicas): it is queued on the primary, but a failover "
+            "now could lose it; check the replicas"
+        )

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from redis.asyncio.connection import Connection, SSLConnection
+from redis.asyncio.sentinel import SentinelManagedConnection
 
 from aiotask._tls import context_for
 
@@ -59,6 +60,13 @@ class FastPackSSLConnection(SSLConnection):
         if self.tls is None:  # not built by make_client: redis-py's own ssl_* handling
             return super()._connection_arguments()
         return {**Connection._connection_arguments(self), "ssl": context_for(self.tls)}
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        return _pack(self, args)
+
+
+class FastPackSentinelConnection(SentinelManagedConnection):
+    """redis+sentinel:// connection: asks the sentinels for the primary, C command packing."""
 
     def pack_command(self, *args: Any) -> list[bytes]:
         return _pack(self, args)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from aiotask._extras import require
-from aiotask._urls import BACKEND_SCHEMES, parse_url
+from aiotask._urls import BACKEND_SCHEMES, REDIS_SCHEMES, parse_url
 from aiotask.backends.base import (
     EncodedResult,
     GroupProgress,
@@ -38,14 +38,19 @@ def from_url(url: str, settings: Settings) -> ResultBackend:
         from aiotask.backends.memory import MemoryBackend
 
         return MemoryBackend()
-    if scheme in {"redis", "rediss"}:
-        if settings.celery_compat:  # Celery's result keys and format
-            celery_redis = require("aiotask.backends.celery_redis", what="the Redis backend")
-            celery_backend: ResultBackend = celery_redis.CeleryRedisBackend(url, settings)
-            return celery_backend
+    if scheme in {"redis", "rediss"} and settings.celery_compat:  # Celery's result keys
+        celery_redis = require("aiotask.backends.celery_redis", what="the Redis backend")
+        celery_backend: ResultBackend = celery_redis.CeleryRedisBackend(url, settings)
+        return celery_backend
+    # redis+sentinel with celery_compat is refused by Settings (no Celery layout here)
+    if scheme in REDIS_SCHEMES:
         redis_backend = require("aiotask.backends.redis", what="the Redis result backend")
         backend: ResultBackend = redis_backend.RedisBackend(url, settings)
         return backend
+    if scheme in {"postgresql", "postgres"}:
+        postgres = require("aiotask.backends.postgres", what="the PostgreSQL result backend")
+        pg_backend: ResultBackend = postgres.PostgresBackend(url, settings)
+        return pg_backend
     from aiotask.backends.sqlite import SQLiteBackend
 
     return SQLiteBackend(url, settings)

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import orjson
 
-from aiotask import _sqlite
+from aiotask import _sqlite, _sqlite_wake
 from aiotask._backoff import Backoff
 from aiotask._sqlite import transaction
 from aiotask._time import monotonic, now
@@ -212,14 +212,24 @@ class SQLiteBackend:
                         self._fail_waits(exc)
                     continue
                 outage.reset()
-                for task_id, data in found:
-                    for fut in self._waiters.pop(task_id, []):
-                        if not fut.done():
-                            fut.set_result(data)
-                if found or await signal.wait(poll.next_delay()):
+                self._deliver(found)
+                # With a doorbell every store rings: the backoff is only a safety net then.
+                delay = poll.next_delay()
+                if _sqlite_wake.has_bell(signal):
+                    delay = _sqlite.BELL_WAIT_MAX
+                if found:
                     poll.reset()
+                elif await signal.wait(delay):
+                    poll.reset()
+                    self._db.recheck()
         finally:
             _sqlite.unsubscribe(self.path, TOPIC, signal)
+
+    def _deliver(self, found: list[tuple[str, bytes]]) -> None:
+        for task_id, data in found:
+            for fut in self._waiters.pop(task_id, []):
+                if not fut.done():
+                    fut.set_result(data)
 
     def _fail_waits(self, exc: BrokerConnectionError) -> None:
         log.error(

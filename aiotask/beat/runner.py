@@ -38,6 +38,9 @@ if TYPE_CHECKING:
 log = get_logger(__name__)
 #: Longest sleep between two looks at the store (covers a missed change broadcast).
 MAX_SLEEP = 30.0
+#: Entries fired per batch (one claim and one publish each), and batches in flight at once.
+FIRE_BATCH = 500
+FIRE_PIPELINE = 3
 
 
 @dataclass(slots=True)
@@ -141,19 +144,39 @@ class Beat:
         if self.changed.is_set():
             await self.reload()
         wall = self.clock()
-        names: list[str] = []
-        while self._heap and self._heap[0][0] <= wall:
-            when, name = heapq.heappop(self._heap)
-            if self._wake.get(name) == when:
-                names.append(name)
+        due: dict[str, None] = {}  # once each: an entry can be in the heap twice at one
+        while self._heap and self._heap[0][0] <= wall:  # instant (a reload re-adds it), and
+            when, name = heapq.heappop(self._heap)  # two claims of one entry in one batch
+            if self._wake.get(name) == when:  # lose to each other after moving its watermark
+                due[name] = None
+        names = list(due)
         if names:
-            try:
-                await self._fire(names, wall)
-            except BaseException:
-                for name in names:  # look again after the outage; pending claims are resent
-                    self._schedule(name, wall + 1.0)
-                raise
+            await self._fire_batches(names, wall)
         return (self._heap[0][0] - self.clock()) if self._heap else MAX_SLEEP
+
+    async def _fire_batches(self, names: Sequence[str], wall: float) -> None:
+        """Fire a burst in batches of FIRE_BATCH, up to FIRE_PIPELINE at once: each batch is
+        one read, one claim, one publish and one settle round trip, and while one batch waits
+        on the network the next is planned, so the first slots of a burst go out at once."""
+        gate = asyncio.Semaphore(FIRE_PIPELINE)
+
+        async def one(batch: Sequence[str]) -> None:
+            async with gate:
+                try:
+                    await self._fire(batch, wall)
+                except BaseException:
+                    for name in batch:  # look again after the outage; pending claims are resent
+                        self._schedule(name, wall + 1.0)
+                    raise
+
+        batches = [names[i : i + FIRE_BATCH] for i in range(0, len(names), FIRE_BATCH)]
+        if len(batches) == 1:
+            await one(batches[0])
+            return
+        outcomes = await asyncio.gather(*(one(b) for b in batches), return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
 
     async def _fire(self, names: Sequence[str], wall: float) -> None:
         stored = await self.store.states(names)

@@ -37,6 +37,9 @@ ALIASES = {
     "@midnight": "0 0 * * *",
     "@hourly": "0 * * * *",
 }
+#: The shortest interval: a beat claims, sends and records every slot, so an entry fires at
+#: most once a second (a cron expression, seconds field included, cannot fire more often).
+MIN_EVERY = 1.0
 
 
 def zone(name: str) -> ZoneInfo:
@@ -51,7 +54,7 @@ def zone(name: str) -> ZoneInfo:
 
 @dataclass(frozen=True, slots=True)
 class Cron:
-    """A cron expression (5 fields, or 6 with seconds last, or an @alias) in a time zone."""
+    """A cron expression (5 fields, or 6 with seconds first, or an @alias) in a time zone."""
 
     expr: str
     tz: str = "UTC"
@@ -65,7 +68,7 @@ class Cron:
         if len(spec.split()) not in (5, 6):
             raise ConfigurationError(
                 f"bad cron expression {self.expr!r}: expected 5 fields (minute hour day month "
-                "weekday), 6 with seconds last, or an alias such as @hourly"
+                "weekday), 6 with seconds first, or an alias such as @hourly"
             )
         try:
             next(CronSim(spec, datetime(2000, 1, 1, tzinfo=self._zone)))
@@ -97,6 +100,11 @@ class Every:
         if not (isinstance(self.seconds, int | float) and 0 < self.seconds < math.inf):
             raise ConfigurationError(
                 f"every= must be a positive number of seconds, got {self.seconds!r}"
+            )
+        if self.seconds < MIN_EVERY:
+            raise ConfigurationError(
+                f"every={self.seconds!r} would fire more than once a second: the shortest "
+                f"interval is every={MIN_EVERY:g} (one slot per second per entry)"
             )
 
     def slots(self, after: float) -> Iterator[float]:

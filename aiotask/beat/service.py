@@ -6,14 +6,19 @@ import asyncio
 import signal
 from typing import TYPE_CHECKING
 
+import orjson
+
 from aiotask._log import get_logger
 from aiotask._time import now
-from aiotask.beat.runner import Beat
+from aiotask.beat.entry import entry_from_mapping
+from aiotask.beat.runner import Beat, check_entries
+from aiotask.exceptions import ConfigurationError
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from aiotask.app import App
+    from aiotask.beat.store import ScheduleStore
 
 log = get_logger(__name__)
 
@@ -24,7 +29,26 @@ async def make_beat(app: App, *, clock: Callable[[], float] | None = None) -> Be
     store = backend.schedule_store(app.main)
     beat = Beat(app, store, app.beat_entries, clock=clock or now)
     beat.check()
+    await check_stored(app, store)
     return beat
+
+
+async def check_stored(app: App, store: ScheduleStore) -> None:
+    """Refuse to start on a dynamic entry that no longer validates (e.g. written by an older
+    version, or by hand): a ConfigurationError naming it, exit 2 in the CLI. A running beat
+    that meets one later logs it and keeps the others going."""
+    for name, blob in (await store.entries()).items():
+        try:
+            entry = entry_from_mapping(name, orjson.loads(blob))
+        except (orjson.JSONDecodeError, TypeError) as exc:
+            raise ConfigurationError(
+                f"stored periodic entry {name!r} is not valid: {exc}"
+            ) from None
+        except ConfigurationError as exc:
+            raise ConfigurationError(
+                f"stored {exc} (fix or remove it: aiotask schedule remove)"
+            ) from None
+        check_entries(app, [entry])
 
 
 async def embedded(app: App) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from aiotask._extras import require
-from aiotask._urls import BROKER_SCHEMES, parse_url
+from aiotask._urls import BROKER_SCHEMES, REDIS_SCHEMES, parse_url
 from aiotask.brokers.base import (
     Broker,
     BrokerCapabilities,
@@ -40,7 +40,8 @@ def from_url(url: str, settings: Settings, app_name: str) -> Broker:
         kombu_redis = require("aiotask.brokers.kombu_redis", what="the Redis broker")
         kombu_broker: Broker = kombu_redis.KombuRedisBroker(url, settings, app_name)
         return kombu_broker
-    if scheme in {"redis", "rediss"}:
+    # redis+sentinel with celery_compat is refused by Settings (no kombu layout here)
+    if scheme in REDIS_SCHEMES:
         redis_streams = require("aiotask.brokers.redis_streams", what="the Redis broker")
         broker: Broker = redis_streams.RedisStreamsBroker(url, settings, app_name)
         return broker
@@ -48,6 +49,10 @@ def from_url(url: str, settings: Settings, app_name: str) -> Broker:
         from aiotask.brokers.sqlite import SQLiteBroker
 
         return SQLiteBroker(url, settings)
+    if scheme in {"postgresql", "postgres"}:  # refused by Settings with celery_compat
+        postgres = require("aiotask.brokers.postgres", what="the PostgreSQL broker")
+        pg_broker: Broker = postgres.PostgresBroker(url, settings)
+        return pg_broker
     if settings.celery_compat:  # Celery's queues, exchanges and message properties
         kombu_amqp = require("aiotask.brokers.kombu_amqp", what="the RabbitMQ broker")
         celery_broker: Broker = kombu_amqp.KombuAMQPBroker(url, settings, app_name)

@@ -6,6 +6,7 @@ server redelivers every unsettled message, so settling a stale delivery is dropp
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING, TypeAlias
 
@@ -14,7 +15,7 @@ from aio_pika.exceptions import AMQPError, ChannelInvalidStateError, MessageProc
 from aiotask._urls import redact
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable, Callable, Sequence
 
     from aio_pika.abc import AbstractIncomingMessage
 
@@ -50,3 +51,11 @@ async def settle(action: Callable[[], Awaitable[None]]) -> None:
             "dropping a settle on a closed channel (%s); the message is redelivered",
             redact(repr(exc)),
         )
+
+
+async def settle_all(actions: Sequence[Callable[[], Awaitable[None]]]) -> None:
+    """Settle many at once: their frames are queued together and drained in one write."""
+    if len(actions) == 1:
+        await settle(actions[0])
+    elif actions:
+        await asyncio.gather(*(settle(action) for action in actions))

@@ -10,7 +10,9 @@ may already be stored, so it is never re-sent (that would duplicate it): its err
 from __future__ import annotations
 
 import asyncio
+import logging
 from contextlib import contextmanager
+from functools import partial
 from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
@@ -43,6 +45,10 @@ if TYPE_CHECKING:
     from aiotask.settings import Settings
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+#: Seconds close() waits for the confirms of publishes sent with confirm=False.
+UNCONFIRMED_CLOSE_TIMEOUT = 5.0
 
 #: Errors of a connection or channel that went away: worth waiting for a reconnect.
 TRANSIENT = (AMQPConnectionError, ChannelInvalidStateError, ConnectionError, OSError, TimeoutError)
@@ -110,6 +116,8 @@ class Publisher:
         self.conn: AbstractRobustConnection | None = None
         self.channel: AbstractRobustChannel | None = None
         self._lock = asyncio.Lock()
+        #: publishes sent with confirm=False whose confirm has not arrived (close() waits)
+        self._unconfirmed: set[asyncio.Future[None]] = set()
 
     def backoff(self) -> Backoff:
         """One wait budget per call: the outage may last `broker_unreachable_timeout`."""
@@ -132,6 +140,8 @@ class Publisher:
             return self.channel
 
     async def close(self) -> None:
+        if self._unconfirmed:  # written (or about to be): give their confirms a moment
+            await asyncio.wait(set(self._unconfirmed), timeout=UNCONFIRMED_CLOSE_TIMEOUT)
         conn, self.conn, self.channel = self.conn, None, None
         if conn is not None:
             await conn.close()
@@ -207,6 +217,38 @@ class Publisher:
                 if not isinstance(r, NotSent):
                     results[i] = r
         return results
+
+    def send_unconfirmed(self, items: Sequence[tuple[str, aio_pika.Message]]) -> None:
+        """Publish without waiting for the write or the confirm (the `confirm=False` call option).
+
+        The channel must be open (`ready()` first). Each publish runs on as its own task; one
+        that fails later (a nack, an unroutable queue, a lost connection) is logged with its
+        message id, never raised or sent again. close() waits for them, briefly.
+        """
+        assert self.channel is not None  # noqa: S101 - the caller awaited ready()
+        for key, msg in items:
+            task = asyncio.ensure_future(_publish_one(self.channel, key, msg))
+            self._unconfirmed.add(task)
+            task.add_done_callback(partial(self._unconfirmed_done, msg.message_id or "?"))
+
+    def _unconfirmed_done(self, message_id: str, task: asyncio.Future[None]) -> None:
+        self._unconfirmed.discard(task)
+        if task.cancelled():
+            log.warning(
+                "unconfirmed publish of message %s was cancelled: it may be lost", message_id
+            )
+            return
+        exc = task.exception()
+        if isinstance(exc, NotSent):
+            log.warning("unconfirmed message %s was not sent: its channel had closed", message_id)
+        elif exc is not None:
+            log.warning(
+                "unconfirmed publish of message %s failed (%s: %s); such messages %s",
+                message_id,
+                type(exc).__name__,
+                redact(str(exc)),
+                _WHAT[_kind(exc)],
+            )
 
     def failure(
         self,

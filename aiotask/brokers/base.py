@@ -54,6 +54,10 @@ class Outgoing:
     message_id: str  # == task id; lets brokers de-duplicate and logs correlate
     priority: int = 0  # 0..9, higher first, on brokers that support priorities
     eta: float | None = None  # unix seconds; the broker holds the message until then
+    #: False: publish() may return once the bytes are written, before the broker confirms it
+    #: stored them (RabbitMQ; the other brokers always know at once). A per-call choice of
+    #: latency over the guarantee: a failure after the write is logged, not raised.
+    confirm: bool = True
 
 
 @dataclass(slots=True, eq=False)

@@ -40,7 +40,7 @@ from aiotask.brokers import _rabbitmq_admin as admin
 from aiotask.brokers import _rabbitmq_events as events
 from aiotask.brokers import _rabbitmq_topology as topo
 from aiotask.brokers._common import exhausted, exhausted_reason
-from aiotask.brokers._rabbitmq_delivery import Held, held, settle, stale
+from aiotask.brokers._rabbitmq_delivery import Held, held, settle, settle_all, stale
 from aiotask.brokers._rabbitmq_publish import (
     Publisher,
     copy_of,
@@ -201,13 +201,16 @@ class RabbitMQBroker:
     async def publish(self, batch: Sequence[Outgoing]) -> None:
         """Publish the whole batch concurrently and wait for every confirm (one round trip).
 
-        Waits for the channel through a reconnect, up to broker_unreachable_timeout; never
-        sends a message twice (see _rabbitmq_publish), so an error may follow a partial publish.
+        Messages with `confirm=False` are written without waiting for theirs (logged if they
+        fail later; see Publisher.send_unconfirmed). Waits for the channel through a reconnect,
+        up to broker_unreachable_timeout; never sends a message twice (see _rabbitmq_publish),
+        so an error may follow a partial publish.
         """
         if not batch:
             return
         wall = time.time()
         items: list[tuple[str, aio_pika.Message]] = []
+        unconfirmed: list[tuple[str, aio_pika.Message]] = []
         for out in batch:
             await self._declare(out.queue)
             headers: dict[str, object] = {}
@@ -216,7 +219,13 @@ class RabbitMQBroker:
             if ms and out.eta is not None:
                 routing = await self._delay_queue(out.queue, ms)
                 headers[topo.HEADER_ETA] = int(out.eta * 1000)
-            items.append((routing, message(out.body, out.message_id, out.priority, headers)))
+            msg = message(out.body, out.message_id, out.priority, headers)
+            (items if out.confirm else unconfirmed).append((routing, msg))
+        if unconfirmed:
+            await self._pub.ready(self._pub.backoff())
+            self._pub.send_unconfirmed(unconfirmed)
+        if not items:
+            return
         results = await self._pub.send(items)
         error = self._pub.failure(items, results)
         if error is not None:
@@ -461,19 +470,24 @@ class RabbitMQBroker:
         results = await self._pub.send([(key, copy_of(msg, hdrs)) for key, msg, hdrs in live])
         self._forget_if_unroutable(results)
         failed: list[_Failed] = []
+        stored: list[Callable[[], Awaitable[None]]] = []
         for copy, result in zip(live, results, strict=True):
             if result is None:
-                await settle(copy[1].ack)
+                stored.append(copy[1].ack)
             else:
                 failed.append((copy, result))
+        await settle_all(stored)
         return failed
 
     # -- settling --------------------------------------------------------------------------
 
     async def ack(self, deliveries: Sequence[Delivery]) -> None:
-        """basic.ack; a delivery from a channel that has since closed is dropped (redelivered)."""
-        for d in deliveries:
-            await settle(held(d)[3].ack)
+        """basic.ack; a delivery from a channel that has since closed is dropped (redelivered).
+
+        The acks of a batch are written together (one drain of the connection's writer, not
+        one per message): an ack is a frame write with no reply.
+        """
+        await settle_all([held(d)[3].ack for d in deliveries])
 
     async def heartbeat(self) -> None:
         """A documented no-op: RabbitMQ itself notices a dead consumer.

@@ -25,7 +25,14 @@ from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from aiotask import _tls
-from aiotask._redis.client import SharedClient, map_errors, retrying, warn_if_volatile
+from aiotask._redis.client import (
+    SharedClient,
+    check_replicas,
+    map_errors,
+    retrying,
+    wait_replicas,
+    warn_if_volatile,
+)
 from aiotask._time import monotonic, now
 from aiotask.brokers import _redis_admin as admin
 from aiotask.brokers import _redis_events as events
@@ -113,6 +120,7 @@ class RedisStreamsBroker:
         self._max_deliveries = settings.max_deliveries
         self._reason = _reason_parts(settings.max_deliveries)
         self._unreachable = settings.broker_unreachable_timeout
+        self._wait = (settings.redis_wait_replicas, int(settings.redis_wait_timeout * 1000))
         self._lost_ms = max(1, int(settings.worker_lost_after * 1000))
         self._takeover_every = settings.worker_lost_after / 3
         #: the consumer set outlives a few missed beats, then vanishes with its last consumer
@@ -283,6 +291,7 @@ class RedisStreamsBroker:
             args = (marker_ms, len(ready) // 3, *ready, *later)
             cmds.append(("EVALSHA", sha, len(keys), *keys, *args))
             markers.append((queue, marker))
+        extra += wait_replicas(cmds, *self._wait)
         attempts = 0
 
         async def attempt() -> list[Any]:
@@ -290,10 +299,11 @@ class RedisStreamsBroker:
             attempts += 1
             return await self._run(cmds, timeout=self.op_timeout + extra)
 
-        await self._retrying(attempt)
+        results = await self._retrying(attempt)
         if attempts == 1:  # no other copy can be in flight: the markers may go at once
             for queue, marker in markers:
                 self._confirmed.setdefault(queue, []).append(marker)
+        check_replicas(self._url, results, *self._wait)
 
     # -- consuming ------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""sqlite:///path — the embedded default broker: one WAL file, a lease column, polling waits.
+"""sqlite:///path — the embedded default broker: one WAL file, a lease column, doorbell waits.
 
 A message is a row of `aiotask_messages`; `eta` is when it is next claimable. A claim is one
 `BEGIN IMMEDIATE` transaction whose `UPDATE ... RETURNING` sets `lease_until = eta = now +
@@ -13,8 +13,9 @@ consumer whose lease lapsed and was re-claimed by another cannot settle or exten
 claim. `heartbeat()` writes `consumer -> expires_at` to `aiotask_consumers`; a claim first takes
 over (lapses at once) every leased row of a consumer whose heartbeat expired, so a dead worker's
 messages move in `worker_lost_after`, not `visibility_timeout`. A consumer that never beat keeps
-the lease rule alone. Waiting polls with a backoff from POLL_MIN to POLL_MAX, and is woken at
-once by a publish in the same process. See docs/sqlite.md.
+the lease rule alone. A waiter is woken at once by a publish, in this process or (through its
+doorbell, aiotask/_sqlite_wake.py) in another, and otherwise sleeps until the next row is due;
+without a doorbell it polls with a backoff from POLL_MIN to POLL_MAX. See docs/sqlite.md.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import uuid
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, NamedTuple
 
-from aiotask import _sqlite
+from aiotask import _sqlite, _sqlite_wake
 from aiotask._backoff import Backoff
 from aiotask._sqlite import placeholders, transaction
 from aiotask._time import now
@@ -131,6 +132,8 @@ class Claimed(NamedTuple):
     buried: list[Buried]
     #: consumers whose heartbeat expired, and how many leased rows they lost
     lost: list[tuple[str, int]]
+    #: when nothing was claimable: the unix time something next becomes so (None: unknown)
+    due: float | None
 
 
 class SQLiteBroker:
@@ -149,6 +152,8 @@ class SQLiteBroker:
         self._seq = itertools.count()
         self._signal: _sqlite.Signal | None = None
         self._maybe_more = True
+        #: from the last empty claim: when something next becomes claimable
+        self._due: float | None = None
 
     @property
     def path(self) -> str:
@@ -197,8 +202,7 @@ class SQLiteBroker:
             for o in batch
         ]
         await self._db.run(_insert, rows)
-        if any(o.eta is None or o.eta <= wall for o in batch):
-            _sqlite.notify(self.path, TOPIC)
+        _sqlite.notify(self.path, TOPIC)  # a delayed one too: waiters sleep until the next due
 
     async def receive(self, queues: Sequence[str], limit: int) -> list[Delivery]:
         """Claim up to `limit` ready messages, polling with backoff until there is one."""
@@ -211,8 +215,14 @@ class SQLiteBroker:
             got = await self._claim(list(queues), limit)
             if got:
                 return got
-            if await signal.wait(poll.next_delay()):
+            delay = poll.next_delay()
+            if self._due is not None and _sqlite_wake.has_bell(signal):
+                # Every writer rings, so only time itself needs watching: sleep until the
+                # next row is due (a delay, a lease), within the safety cap.
+                delay = min(max(self._due - now(), _sqlite.POLL_MIN), _sqlite.BELL_WAIT_MAX)
+            if await signal.wait(delay):
                 poll.reset()
+                self._db.recheck()
 
     async def _claim(self, queues: list[str], limit: int) -> list[Delivery]:
         owner = f"{self._owner}:{next(self._seq)}"
@@ -228,7 +238,7 @@ class SQLiteBroker:
             )
         )
         try:
-            rows, buried, lost = await asyncio.shield(claim)
+            rows, buried, lost, self._due = await asyncio.shield(claim)
         except asyncio.CancelledError:
             # The claim may still commit on the thread; hand its rows back once it does.
             claim.add_done_callback(lambda fut: self._release_orphans(fut, owner))
@@ -402,13 +412,22 @@ def _claim_rows(
     if check_first:
         # A read needs no write lock: an idle poll never blocks the producers. A lost
         # consumer (tiny table, no index needed) is worth the write lock too.
-        hit = conn.execute(
-            f"SELECT EXISTS (SELECT 1 FROM aiotask_messages WHERE queue IN ({qs}) AND {_READY}) "  # noqa: S608
-            "OR EXISTS (SELECT 1 FROM aiotask_consumers WHERE expires_at <= ?)",
-            (*queues, wall, wall),
-        ).fetchone()
-        if not hit[0]:
-            return Claimed([], [], [])
+        # The earliest instant something becomes claimable: a ready or delayed row, a lease
+        # that lapses (its eta), a consumer whose heartbeat expires. One scan, as EXISTS was.
+        due = min(
+            (
+                t
+                for t in conn.execute(
+                    f"SELECT (SELECT min(eta) FROM aiotask_messages WHERE queue IN ({qs})), "  # noqa: S608
+                    "(SELECT min(expires_at) FROM aiotask_consumers)",
+                    queues,
+                ).fetchone()
+                if t is not None
+            ),
+            default=None,
+        )
+        if due is None or due > wall:
+            return Claimed([], [], [], due)
     with transaction(conn):
         wall = now()
         lost = _take_over(conn, wall)
@@ -433,7 +452,7 @@ def _claim_rows(
             "CAST(body AS BLOB)",
             (wall + lease, owner, *queues, wall, limit),
         ).fetchall()
-    return Claimed(rows, buried, lost)
+    return Claimed(rows, buried, lost, None)
 
 
 def _take_over(conn: sqlite3.Connection, wall: float) -> list[tuple[str, int]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -10,6 +11,7 @@ import orjson
 import typer
 
 from aiotask import _log
+from aiotask._time import now
 from aiotask.beat import service
 from aiotask.cli._loader import group_app, load_app
 from aiotask.exceptions import ConfigurationError
@@ -46,11 +48,27 @@ def beat(
             "-l", "--loglevel", help="DEBUG, INFO, WARNING or ERROR", show_default="log_level"
         ),
     ] = "",
+    clock_offset: Annotated[
+        float,
+        typer.Option(
+            "--clock-offset",
+            hidden=True,
+            help="(tests) run this beat's clock S seconds ahead (negative: behind)",
+        ),
+    ] = 0.0,
 ) -> None:
     """Send periodic tasks on time; run as many as you like, each slot is sent once."""
     the_app, _ = load_app(app)
     _log.configure((loglevel or the_app.conf.log_level).upper())
-    raise typer.Exit(asyncio.run(service.serve(the_app)))
+    clock = None
+    if clock_offset:
+        clock = functools.partial(_skewed, clock_offset)
+    raise typer.Exit(asyncio.run(service.serve(the_app, clock=clock)))
+
+
+def _skewed(offset: float) -> float:
+    """A host clock `offset` seconds off (the skew tests run beats on one machine)."""
+    return now() + offset
 
 
 def _run(the_app: App, work: Callable[[App], Awaitable[Any]]) -> Any:

@@ -120,6 +120,8 @@ class WorkerMetrics(Probe):
         self.registry = registry if registry is not None else CollectorRegistry()
         self.stats: dict[tuple[str, str], _TaskStats] = {}
         self.dead: dict[str, int] = {}
+        #: (queue, reason) -> bodies refused before decoding (bad-signature, too-large, ...)
+        self.refusals: dict[tuple[str, str], int] = {}
         self.reconnects: dict[str, int] = {}
         self._received: dict[Delivery, float] = {}
         self._worker: Worker | None = None
@@ -180,6 +182,10 @@ class WorkerMetrics(Probe):
             hist.counts[bisect_left(DURATION_BUCKETS, seconds)] += 1
             hist.total += seconds
 
+    def refused(self, delivery: Delivery, reason: str) -> None:
+        key = (delivery.queue, reason)
+        self.refusals[key] = self.refusals.get(key, 0) + 1
+
     def dead_lettered(self, deliveries: Sequence[Delivery]) -> None:
         for delivery in deliveries:
             self._received.pop(delivery, None)
@@ -218,6 +224,15 @@ class _Collector:
         for queue, count in _copy(m.dead).items():
             dead.add_metric([queue], count)
         yield dead
+        refused = CounterMetricFamily(
+            "aiotask_refused_messages",
+            "Messages dead-lettered before decoding, by reason (bad-signature, too-large, "
+            "undecodable)",
+            labels=["queue", "reason"],
+        )
+        for (queue, reason), count in _copy(m.refusals).items():
+            refused.add_metric([queue, reason], count)
+        yield refused
         reconnects = CounterMetricFamily(
             "aiotask_broker_reconnects",
             "Broker connection failures that started a reconnect, by server kind",

@@ -44,5 +44,9 @@ class Probe:
     ) -> None:
         """A task ended with `state`; `seconds` is its run time (None: it never ran)."""
 
+    def refused(self, delivery: Delivery, reason: str) -> None:
+        """A body was refused before decoding: `reason` is bad-signature, too-large or
+        undecodable (it is dead-lettered too, and counted by `dead_lettered` then)."""
+
     def dead_lettered(self, deliveries: Sequence[Delivery]) -> None:
         """The worker dead-lettered these (undecodable, unknown task, rejected)."""

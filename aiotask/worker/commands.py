@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING, Any
 from aiotask._log import get_logger
 from aiotask._time import now, parse_rate
 from aiotask._urls import redact
-from aiotask.celery_compat.codec import decode_any as decode
 from aiotask.control.records import REPLY_TTL, encode_reply
 from aiotask.exceptions import AiotaskError, ConfigurationError
+from aiotask.security import peek
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -52,7 +52,7 @@ def describe(message: Message, delivery: Delivery) -> dict[str, Any]:
 
 def _decoded(delivery: Delivery) -> dict[str, Any]:
     try:
-        return describe(decode(delivery.body), delivery)
+        return describe(peek(delivery.body), delivery)
     except AiotaskError as exc:
         return {"id": delivery.message_id, "queue": delivery.queue, "error": str(exc)}
 

@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING
 from aiotask._log import get_logger
 from aiotask._time import now
 from aiotask.backends.base import EncodedResult, ResultRecord
-from aiotask.celery_compat.codec import decoder
 from aiotask.coordination import spec as limit_spec
 from aiotask.coordination.gate import Gates
-from aiotask.events.model import EventType
-from aiotask.exceptions import ConfigurationError, MessageRefused, ProtocolError
+from aiotask.events.emitter import TASK_RECEIVED
+from aiotask.exceptions import ConfigurationError, MessageRefused
 from aiotask.ratelimit import RateLimiter
+from aiotask.security import UNDECODABLE, Refused
 from aiotask.serializer import ExceptionInfo
 from aiotask.states import FAILURE
 from aiotask.worker.outcome import Settlement
@@ -53,6 +53,8 @@ class Dispatcher:
         self.prefetch = max(prefetch, 1)
         #: the app's live registry: a task (or rate limit) registered later is seen too
         self.tasks = executor.app.tasks
+        #: verifies, bounds and decodes each body (aiotask/security)
+        self.wire = executor.app.wire
         self.held: set[Delivery] = set()
         self.buffer: deque[tuple[Delivery, Message, bool]] = deque()
         #: rate-limited deliveries waiting for their token: timers, not worker slots
@@ -61,7 +63,6 @@ class Dispatcher:
         # coordinated limits (global rate, concurrency): deliveries wait in the gates, not
         # in worker slots; `gated` keeps their messages until they start
         app = executor.app
-        self.decode = decoder(app.conf)
         #: hold messages whose eta is still ahead: in Celery's layouts the eta travels in the
         #: message (sent at once) and the consumer holds it, unacked, until due
         self.hold_eta = app.conf.celery_compat
@@ -106,26 +107,18 @@ class Dispatcher:
 
     def _accept(self, delivery: Delivery) -> None:
         try:
-            message = self.decode(delivery.body)
+            message = self.wire.decode(delivery.body)
+        except Refused as exc:
+            self._refuse(delivery, exc)
+            return
         except MessageRefused as exc:
             log.warning("dead-lettering refused message %s: %s", delivery.message_id, exc)
             store = _refused_record(exc, self.executor.app.conf.result_expires)
             self.settler.add(Settlement(delivery, "dead", store, reason=f"refused: {exc}"))
             return
-        except ProtocolError as exc:
-            log.warning(
-                "dead-lettering undecodable message %s from %s: %s",
-                delivery.message_id,
-                delivery.queue,
-                exc,
-            )
-            self.settler.add(Settlement(delivery, "dead", reason=f"undecodable: {exc}"))
-            return
         if self.events is not None:
             retries = {"retries": message.retries} if message.retries else None
-            self.events.task(
-                EventType.TASK_RECEIVED, message.id, message.task, delivery.queue, None, retries
-            )
+            self.events.task(TASK_RECEIVED, message.id, message.task, delivery.queue, None, retries)
         if self.hold_eta and message.eta is not None and message.eta > now():
             loop = asyncio.get_running_loop()
             timer = loop.call_later(message.eta - now(), self._due, delivery, message)
@@ -164,6 +157,21 @@ class Dispatcher:
             self._start(delivery, message, revoked)
         else:
             self.buffer.append((delivery, message, revoked))
+
+    def _refuse(self, delivery: Delivery, exc: Refused) -> None:
+        """A body that must not run (bad signature, too large, undecodable): dead-lettered
+        before anything in it was decoded or run; the worker carries on."""
+        log.warning(
+            "dead-lettering message %s from %s (%s): %s",
+            delivery.message_id,
+            delivery.queue,
+            exc.reason,
+            exc.detail,
+        )
+        reason = exc.reason if exc.reason != UNDECODABLE else f"{UNDECODABLE}: {exc.detail}"
+        self.settler.add(Settlement(delivery, "dead", reason=reason))
+        if self.probe is not None:
+            self.probe.refused(delivery, exc.reason)
 
     def _internal_error(self, delivery: Delivery, exc: BaseException) -> None:
         log.critical(

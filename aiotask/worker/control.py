@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     from aiotask.worker.executor import Executor
 
 log = get_logger(__name__)
+#: ops others on the channel use (beats reload on "schedules"): not malformed, not ours
+NOT_FOR_WORKERS = frozenset({"schedules"})
 
 
 async def obey(
@@ -44,6 +46,8 @@ async def _handle(
         return
     if isinstance(command, dict) and command.get("op") == "revoke":
         await _revoke(executor, command)
+        return
+    if isinstance(command, dict) and command.get("op") in NOT_FOR_WORKERS:
         return
     if commands is None:
         return

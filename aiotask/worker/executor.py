@@ -13,8 +13,10 @@ from aiotask.backends.base import EncodedResult, ResultRecord
 from aiotask.canvas.primitives import MAP_TASK, STARMAP_TASK
 from aiotask.canvas.runtime import CHORD_BODY_HEADER, Finished
 from aiotask.context import TaskContext, current_task
+from aiotask.events.emitter import TASK_STARTED, TASK_SUCCEEDED
 from aiotask.events.model import EventType
 from aiotask.exceptions import (
+    MessageTooLarge,
     NotRegistered,
     SerializationError,
     TaskRevoked,
@@ -65,6 +67,7 @@ class Executor:
         self.pool = pool
         self.ttl = app.conf.result_expires
         self.track_started = app.conf.task_track_started
+        self.max_result = app.conf.max_result_size
         #: metrics hooks (worker/_probe.py); None when nothing watches
         self.probe: Probe | None = None
         #: task id -> the asyncio task executing it, for revoke(terminate=True)
@@ -116,7 +119,7 @@ class Executor:
         if self.probe is not None:
             self.probe.started(delivery, message)
         if self.events is not None:
-            self.events.task(EventType.TASK_STARTED, message.id, message.task, delivery.queue)
+            self.events.task(TASK_STARTED, message.id, message.task, delivery.queue)
         return await self._run(delivery, message, task)
 
     def _skip(self, delivery: Delivery, message: Message, revoked: bool) -> Settlement:
@@ -200,6 +203,7 @@ class Executor:
         elapsed = time.perf_counter() - started
         _outcome_event(self.events, delivery, message, outcome, elapsed)
         settlement = self._settle(delivery, message, task, outcome, elapsed)
+        outcome = _as_stored(settlement, outcome)
         if message.chain or message.links or message.errbacks or message.chord is not None:
             self._advance(settlement, message, outcome)
         if task.has_hooks:
@@ -372,6 +376,8 @@ class Executor:
         record = ResultRecord(message.id, state, value, info, message.task, message.retries, now())
         try:
             stored = EncodedResult.of(record, self.ttl)
+            if self.max_result and len(stored.data) > self.max_result:
+                raise MessageTooLarge(message.task, len(stored.data), self.max_result, "result")
         except SerializationError as err:
             log.error("task %s[%s]: %s", message.task, message.id, err)
             failed = ResultRecord(
@@ -384,7 +390,16 @@ class Executor:
                 now(),
             )
             stored = EncodedResult.of(failed, self.ttl)
+            return Settlement(delivery, store=stored, store_error=err)
         return Settlement(delivery, store=stored)
+
+
+def _as_stored(settlement: Settlement, outcome: Outcome) -> Outcome:
+    """A success whose result could not be stored (over max_result_size, not encodable) is a
+    failure for the canvas too: the next chain step must not get a result nobody stored."""
+    if settlement.store_error is not None and type(outcome) is Succeeded:
+        return Failed(settlement.store_error)
+    return outcome
 
 
 async def _run_hooks(task: Task[Any, Any], message: Message, outcome: Outcome) -> None:
@@ -423,7 +438,7 @@ def _outcome_event(
     retries = {"retries": message.retries} if message.retries else None
     match outcome:
         case Succeeded():
-            events.task(EventType.TASK_SUCCEEDED, ident, name, queue, runtime, retries)
+            events.task(TASK_SUCCEEDED, ident, name, queue, runtime, retries)
         case Failed(exc):
             events.task_error(EventType.TASK_FAILED, ident, name, queue, exc, runtime, retries)
         case Retrying(decision):

@@ -72,3 +72,6 @@ class Settlement:
     finished: Finished | None = None
     #: unique/debounce locks (name, owner) released before the ack (worker/_coordination.py)
     release: tuple[tuple[str, str], ...] = ()
+    #: the result could not be stored (not encodable, or over max_result_size): stored as
+    #: this FAILURE instead, and the canvas fails on with it
+    store_error: BaseException | None = None

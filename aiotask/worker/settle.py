@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import groupby
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +30,7 @@ from aiotask.backends.base import EncodedResult, MemberReport, ResultRecord
 from aiotask.canvas import runtime
 from aiotask.canvas.compile import CHAIN_STATE
 from aiotask.exceptions import BrokerConnectionError
+from aiotask.security import Refused, seal
 from aiotask.serializer import ExceptionInfo
 from aiotask.states import FAILURE
 
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
 
     from aiotask.app import App
-    from aiotask.backends.base import ResultBackend
+    from aiotask.backends.base import GroupProgress, ResultBackend
     from aiotask.brokers.base import Delivery
     from aiotask.canvas.compile import GroupReport, Plan
     from aiotask.protocol import Message
@@ -206,14 +207,18 @@ class Settler:
             return
         work = await self._follow_ups(backend, finished)
         ttl = self.app.conf.result_expires
+        keyring = self.app.wire.keyring
         while work:
             reports: list[tuple[Settlement, GroupReport, EncodedResult]] = []
             for settlement, plan in work:
                 assert settlement.finished is not None  # noqa: S101 - filtered above
                 for group in plan.groups:
-                    await backend.open_group(group.group_id, group.size, group.body, ttl)
+                    body = seal.seal(keyring, group.body)
+                    await backend.open_group(group.group_id, group.size, body, ttl)
                 error = settlement.finished.error or _EARLIER_STEP
-                flush.records += [_blob(key, steps, ttl) for key, steps in plan.blobs]
+                flush.records += [
+                    _blob(key, seal.seal_steps(keyring, steps), ttl) for key, steps in plan.blobs
+                ]
                 flush.records += [_failure(task_id, error, ttl) for task_id in plan.failed]
                 flush.messages += plan.messages
                 own = settlement.store
@@ -233,11 +238,7 @@ class Settler:
         stored: dict[str, list[Any]] = {}
         if keys:
             found = await backend.get_many(keys)
-            stored = {
-                key: record.result
-                for key, record in zip(keys, found, strict=True)
-                if record is not None and isinstance(record.result, list)
-            }
+            stored = self._unsealed(keys, found)
         work: list[tuple[Settlement, Plan]] = []
         for settlement in finished:
             assert settlement.finished is not None  # noqa: S101 - filtered by the caller
@@ -254,6 +255,33 @@ class Settler:
             work.append((settlement, plan))
         return work
 
+    def _unsealed(
+        self, keys: list[str], found: Sequence[ResultRecord | None]
+    ) -> dict[str, list[Any]]:
+        """Stored chain remainders that may be used: with signing keys, only sealed ones that
+        verify (a forged remainder is left out: its chain stops, logged)."""
+        keyring = self.app.wire.keyring
+        stored: dict[str, list[Any]] = {}
+        for key, record in zip(keys, found, strict=True):
+            if record is None:
+                continue
+            try:
+                stored[key] = seal.unseal_steps(keyring, record.result)
+            except Refused as exc:
+                log.error("chain state %s not used (%s): %s", key, exc.reason, exc.detail)
+        return stored
+
+    def _verified(self, group_id: str, verdict: GroupProgress) -> GroupProgress:
+        """A chord's stored body, unsealed; with a bad seal it is dropped (the body never
+        runs, logged)."""
+        if verdict.body is None:
+            return verdict
+        try:
+            return replace(verdict, body=seal.unseal(self.app.wire.keyring, verdict.body))
+        except Refused as exc:
+            log.error("chord %s: stored body not used (%s): %s", group_id, exc.reason, exc.detail)
+            return replace(verdict, body=None)
+
     async def _report(
         self,
         backend: ResultBackend,
@@ -268,6 +296,7 @@ class Settler:
         answers = []
         for (settlement, report, _), verdict in zip(reports, progress, strict=True):
             assert settlement.finished is not None  # noqa: S101 - only finished ones report
+            verdict = self._verified(report.group_id, verdict)
             answers.append((settlement.finished.message, report, verdict))
             if verdict.fire_again or verdict.failure_again:
                 log.warning(
@@ -327,7 +356,7 @@ class Settler:
                 self.probe.dead_lettered(deliveries)
 
 
-def _blob(key: str, steps: list[Any], ttl: float) -> EncodedResult:
+def _blob(key: str, steps: object, ttl: float) -> EncodedResult:
     return EncodedResult.of(ResultRecord(key, CHAIN_STATE, steps), ttl)
 
 

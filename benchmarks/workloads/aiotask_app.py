@@ -26,7 +26,7 @@ from benchmarks.common import (
 NS = ns()
 
 if broker_kind() == "sqlite":  # one file for messages and results, as the embedded default
-    _SQLITE = os.environ["AIOTASK_BROKER_URL"]
+    _SQLITE = os.environ.get("AIOTASK_BROKER_URL", "sqlite:///aiotask-bench.db")
     app = App("bench", broker=_SQLITE, backend=_SQLITE, key_prefix=NS)
 else:
     app = App(

@@ -102,6 +102,12 @@ async def test_status_inspect_control_on_a_worker_process(
             assert await extra.get(timeout=20) == 42  # the worker now reads "extra"
             done = run_cli(tmp_path, env, "control", "cancel-consumer", "extra", *APP)
             assert done.returncode == 0 and "no longer consuming extra" in done.stdout
+            code, grown = cli_json(tmp_path, env, "control", "pool-grow", "3", "-d", "w1")
+            assert (code, grown) == (0, {"w1": {"ok": "concurrency 4 -> 7"}})
+            code, stats = cli_json(tmp_path, env, "inspect", "stats")
+            assert code == 0 and stats["w1"]["concurrency"] == 7, stats
+            done = run_cli(tmp_path, env, "control", *APP, "pool-shrink", "10")
+            assert done.returncode == 0 and "concurrency 7 -> 1" in done.stdout, done.stdout
 
             done = run_cli(tmp_path, env, "control", *APP, "shutdown", "-d", "w1")
             assert done.returncode == 0 and "shutting down" in done.stdout, done.stderr

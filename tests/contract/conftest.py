@@ -56,6 +56,8 @@ async def make_broker(kind: str, request: pytest.FixtureRequest, namespace: str)
         url = request.getfixturevalue("redis_url")
     elif kind == "sqlite":
         url = request.getfixturevalue("sqlite_url")
+    elif kind == "postgres":
+        url = request.getfixturevalue("postgres_url")
     else:
         url = request.getfixturevalue("amqp_url")
     broker = broker_from_url(url, contract_settings(url, namespace), f"app-{namespace}")
@@ -68,6 +70,8 @@ async def make_backend(kind: str, request: pytest.FixtureRequest, namespace: str
         url = "memory://"
     elif kind == "redis":
         url = request.getfixturevalue("redis_url")
+    elif kind == "postgres":
+        url = request.getfixturevalue("postgres_url")
     else:
         url = request.getfixturevalue("sqlite_url")
     backend = backend_from_url(url, contract_settings(url, namespace))
@@ -75,8 +79,8 @@ async def make_backend(kind: str, request: pytest.FixtureRequest, namespace: str
     return backend
 
 
-BROKERS = ["memory", "sqlite", "redis", "amqp"]
-BACKENDS = ["memory", "sqlite", "redis"]
+BROKERS = ["memory", "sqlite", "redis", "amqp", "postgres"]
+BACKENDS = ["memory", "sqlite", "redis", "postgres"]
 
 
 async def delete_prefix(url: str, prefix: str) -> None:

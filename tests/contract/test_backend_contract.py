@@ -40,6 +40,18 @@ async def test_first_final_writer_wins(backend: ResultBackend, namespace: str) -
     assert got is not None and (got.state, got.result) == (SUCCESS, 1)
 
 
+async def test_one_batch_with_an_id_twice_is_stored_in_order(
+    backend: ResultBackend, namespace: str
+) -> None:
+    """A batch is stored as if record by record (a redelivered task settled twice at once)."""
+    a, b = f"{namespace}-a", f"{namespace}-b"
+    batch = [rec(a, RETRY), rec(b, "PROGRESS", 1), rec(a, SUCCESS, 1), rec(b, "PROGRESS", 2)]
+    await backend.store([*batch, rec(a, FAILURE), rec(a, RETRY)])
+    got_a, got_b = await backend.get_many([a, b])
+    assert got_a is not None and (got_a.state, got_a.result) == (SUCCESS, 1)
+    assert got_b is not None and got_b.result == 2
+
+
 async def test_progress_states_overwrite(backend: ResultBackend, namespace: str) -> None:
     tid = f"{namespace}-p"
     await backend.store([rec(tid, "PROGRESS", {"done": 1})])

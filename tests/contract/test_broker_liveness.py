@@ -69,7 +69,7 @@ async def pair(
     kind = request.node.callspec.params["broker"]
     if not broker.capabilities.leases or kind == "memory":
         pytest.skip(f"{kind}: the server itself notices a dead consumer (no takeover needed)")
-    url = {"redis": "redis_url", "sqlite": "sqlite_url"}[kind]
+    url = {"redis": "redis_url", "sqlite": "sqlite_url", "postgres": "postgres_url"}[kind]
     url = request.getfixturevalue(url)
     settings = Settings(
         broker_url=url,

@@ -94,6 +94,21 @@ async def test_the_stream_is_capped(
             ).fetchone()
         assert count == EVENTS_CAP
         assert newest == event(total - 1)
+    elif kind == "postgres":
+        import asyncpg
+
+        pg = await asyncpg.connect(request.getfixturevalue("postgres_url"))
+        try:
+            row = await pg.fetchrow(
+                f'SELECT count(*), (SELECT body FROM "{namespace}".events ORDER BY id DESC '  # noqa: S608
+                f'LIMIT 1) FROM "{namespace}".events'
+            )
+        finally:
+            await pg.close()
+        assert row is not None
+        count, newest = row
+        assert count == EVENTS_CAP
+        assert newest == event(total - 1)
     else:
         from redis.asyncio import Redis
 

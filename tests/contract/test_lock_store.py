@@ -1,14 +1,20 @@
-"""The unique/debounce lock store (coordination/unique.py `LockStore`) on every backend."""
+"""The unique/debounce lock store (coordination/unique.py `LockStore`) on every backend that
+has one (not PostgreSQL yet)."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import TYPE_CHECKING
 
+import pytest
+
+from tests.contract.test_coordination_store import STORE_BACKENDS
+
 if TYPE_CHECKING:
     from aiotask.backends import ResultBackend
 
 
+@pytest.mark.parametrize("backend", STORE_BACKENDS, indirect=True)
 async def test_acquire_answers_the_holder_until_released(backend: ResultBackend) -> None:
     store = backend.lock_store()
     assert await store.acquire("k", "a", 30) is None
@@ -21,6 +27,7 @@ async def test_acquire_answers_the_holder_until_released(backend: ResultBackend)
     assert await store.acquire("k", "b", 30) is None
 
 
+@pytest.mark.parametrize("backend", STORE_BACKENDS, indirect=True)
 async def test_swap_only_from_the_expected_holder(backend: ResultBackend) -> None:
     store = backend.lock_store()
     assert not await store.swap("k", "a", "b", 30)  # nobody holds it
@@ -31,6 +38,7 @@ async def test_swap_only_from_the_expected_holder(backend: ResultBackend) -> Non
     await store.release([("k", "b")])
 
 
+@pytest.mark.parametrize("backend", STORE_BACKENDS, indirect=True)
 async def test_put_overwrites_and_release_is_batched(backend: ResultBackend) -> None:
     store = backend.lock_store()
     await store.put("k", "a", 30)
@@ -42,6 +50,7 @@ async def test_put_overwrites_and_release_is_batched(backend: ResultBackend) -> 
     assert await store.get("j") is None
 
 
+@pytest.mark.parametrize("backend", STORE_BACKENDS, indirect=True)
 async def test_a_lock_lapses_after_its_lifetime(backend: ResultBackend) -> None:
     store = backend.lock_store()
     assert await store.acquire("k", "a", 0.2) is None
@@ -52,6 +61,7 @@ async def test_a_lock_lapses_after_its_lifetime(backend: ResultBackend) -> None:
     await store.release([("k", "b")])
 
 
+@pytest.mark.parametrize("backend", STORE_BACKENDS, indirect=True)
 async def test_one_of_a_hundred_concurrent_acquires_wins(backend: ResultBackend) -> None:
     store = backend.lock_store()
     answers = await asyncio.gather(*(store.acquire("k", f"o{i}", 30) for i in range(100)))

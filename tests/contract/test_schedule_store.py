@@ -1,4 +1,4 @@
-"""The beat store contract (aiotask/beat/store.py) on memory, SQLite and Redis."""
+"""The beat store contract (aiotask/beat/store.py) on memory, SQLite, Redis and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -13,9 +13,12 @@ from aiotask._sqlite import Connection
 from aiotask.backends._schedule_redis import RedisScheduleStore
 from aiotask.backends._schedule_sqlite import SQLiteScheduleStore
 from aiotask.beat.store import Claim, MemoryScheduleStore, ScheduleStore
+from aiotask.settings import Settings
 
 if TYPE_CHECKING:
     from pathlib import Path
+
+    from aiotask.backends.base import ResultBackend
 
 Factory = Callable[[], ScheduleStore]
 
@@ -23,12 +26,13 @@ Factory = Callable[[], ScheduleStore]
 class Stores:
     """Stores on one shared store: each `make()` is another beat process, in effect."""
 
-    def __init__(self, kind: str, path: str, redis_url: str, namespace: str) -> None:
-        self.kind, self.path, self.redis_url, self.namespace = kind, path, redis_url, namespace
+    def __init__(self, kind: str, path: str, server_url: str, namespace: str) -> None:
+        self.kind, self.path, self.server_url, self.namespace = kind, path, server_url, namespace
         self.memory = MemoryScheduleStore()
         self.conns: list[Connection] = []
         self.clients: list[Redis] = []
         self.keys: list[str] = []
+        self.backends: list[ResultBackend] = []
 
     def make(self) -> ScheduleStore:
         if self.kind == "memory":
@@ -37,7 +41,13 @@ class Stores:
             conn = Connection(self.path, "")
             self.conns.append(conn)
             return SQLiteScheduleStore(conn, "app")
-        client = Redis.from_url(self.redis_url)
+        if self.kind == "postgres":
+            from aiotask.backends.postgres import PostgresBackend
+
+            backend = PostgresBackend(self.server_url, Settings(key_prefix=self.namespace))
+            self.backends.append(backend)
+            return backend.schedule_store("app")
+        client = Redis.from_url(self.server_url)
         self.clients.append(client)
         store = RedisScheduleStore(lambda: client, self.namespace, "app")
         self.keys = store.keys
@@ -50,13 +60,16 @@ class Stores:
             await self.clients[0].delete(*self.keys)
         for client in self.clients:
             await client.aclose()
+        for backend in self.backends:
+            await backend.close()
 
 
-@pytest.fixture(params=["memory", "sqlite", "redis"])
+@pytest.fixture(params=["memory", "sqlite", "redis", "postgres"])
 async def stores(
     request: pytest.FixtureRequest, namespace: str, tmp_path: Path
 ) -> AsyncIterator[Factory]:
-    url = request.getfixturevalue("redis_url") if request.param == "redis" else ""
+    servers = {"redis": "redis_url", "postgres": "postgres_url"}
+    url = request.getfixturevalue(servers[request.param]) if request.param in servers else ""
     made = Stores(request.param, str(tmp_path / "beat.db"), url, namespace)
     try:
         yield made.make

@@ -47,10 +47,11 @@ def test_shipped_program_keeps_the_sizing_rule() -> None:
     assert program["autorestart"] == "true"
 
 
-def write_supervisor(tmp: Path, broker: str) -> Path:
+def write_supervisor(tmp: Path, broker: str, extra: str = "") -> Path:
     conf = shipped()
     program = conf[PROGRAM]
     program["command"] = f"{sys.executable} -m aiotask worker -A deploy_tasks:app -l INFO -c 4"
+    program["command"] += extra
     program["directory"] = str(tmp)
     del program["user"]  # the test runs as whoever runs it
     program["environment"] = (
@@ -151,6 +152,46 @@ async def test_supervisorctl_stop_is_a_warm_shutdown_and_over_grace_hands_back(
             assert await app.AsyncResult(long.id).get(timeout=40) == "long"
             assert marks(tmp_path, "started").count("long") == 2
         await asyncio.to_thread(ctl, conf, "stop", "aiotask-worker:*")
+    finally:
+        if sup.poll() is None:
+            os.kill(sup.pid, signal.SIGTERM)
+            try:
+                sup.wait(30)
+            except subprocess.TimeoutExpired:
+                sup.kill()
+                sup.wait()
+
+
+async def test_workers_2_under_supervisord_stop_warm_with_every_child(tmp_path: Path) -> None:
+    """`--workers 2`: supervisord sees one program (the parent); `stop` reaches both children
+    through the parent, each finishes its running task, the program exits 0, none is left."""
+    broker = f"sqlite:///{tmp_path}/broker.db"
+    conf = write_supervisor(write_app(tmp_path), broker, " --workers 2 -n multi")
+    sup = spawn_supervisord(conf)
+    log = tmp_path / "supervisord.log"
+    worker_log = tmp_path / "worker.log"
+    try:
+        assert await asyncio.to_thread(wait_for, lambda: running(conf), 30), ctl(conf, "status")
+        ready = lambda: worker_log.exists() and worker_log.read_text().count(" ready") >= 2  # noqa: E731
+        assert await asyncio.to_thread(wait_for, ready, 30), worker_log.read_text()
+        async with App("deploy", broker=broker) as app:
+            sent = [await app.send_task("deploy.slow", args=[f"k{i}", 1.0]) for i in range(4)]
+            assert await asyncio.to_thread(
+                wait_for, lambda: len(marks(tmp_path, "started")) == 4, 20
+            )
+            out = await asyncio.to_thread(ctl, conf, "stop", "aiotask-worker:*")
+            assert "stopped" in out, out
+            assert sorted(marks(tmp_path, "finished")) == [f"k{i}" for i in range(4)]
+            assert [await app.AsyncResult(r.id).get(timeout=5) for r in sent] == [
+                f"k{i}" for i in range(4)
+            ]
+        text = log.read_text()
+        assert "aiotask-worker_00 (exit status 0)" in text, text
+        assert "SIGKILL" not in text, text
+        worker_text = worker_log.read_text()
+        assert "workers:      2 processes: multi-1 .. multi-2" in worker_text
+        assert worker_text.count("warm shutdown") >= 2, worker_text
+        assert "cold shutdown:" not in worker_text, worker_text  # each child got ONE signal
     finally:
         if sup.poll() is None:
             os.kill(sup.pid, signal.SIGTERM)

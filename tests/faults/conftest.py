@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from tests.conftest import REQUIRE_SERVICES
-from tests.servers import PrivateRedis
+from tests.servers import PrivatePostgres, PrivateRedis, pg_bin
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -31,3 +31,20 @@ def redis_server(tmp_path: Path) -> Iterator[PrivateRedis]:
         yield server
     finally:
         server.kill()
+
+
+@pytest.fixture
+def postgres_server() -> Iterator[PrivatePostgres]:
+    """A private PostgreSQL cluster (initdb in a temp dir, own port); removed afterwards."""
+    if pg_bin("initdb") is None or pg_bin("postgres") is None:
+        if REQUIRE_SERVICES:
+            pytest.fail(
+                "PostgreSQL server binaries are not installed and AIOTASK_REQUIRE_SERVICES=1"
+            )
+        pytest.skip("PostgreSQL server binaries (initdb, postgres) are not installed")
+    server = PrivatePostgres()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.remove()

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from aiotask import App
+from aiotask import App, _sqlite
 from aiotask.backends.sqlite import SQLiteBackend
 from aiotask.brokers import Outgoing
 from aiotask.brokers.sqlite import SQLiteBroker
@@ -22,6 +22,7 @@ from aiotask.settings import Settings
 from tests.procs import start_worker, stop, worker_env, write_tasks
 
 if TYPE_CHECKING:
+    import sqlite3
     from pathlib import Path
 
     from aiotask.backends import EncodedResult
@@ -134,3 +135,34 @@ async def test_wait_fails_loudly_when_the_file_stays_unreadable(tmp_path: Path) 
                 await waiting
     finally:
         await backend.close()
+
+
+async def test_a_replacement_one_connection_sees_moves_the_others_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker's broker connection notices the new file (a doorbell made it look); its result
+    store, on another connection, must not write its next result into the deleted file."""
+    monkeypatch.setattr(_sqlite, "CHECK_INTERVAL", 60.0)  # no periodic look during the test
+    path = str(tmp_path / "two.db")
+    schema = "CREATE TABLE IF NOT EXISTS t (v INTEGER)"
+    claims, results = _sqlite.Connection(path, schema), _sqlite.Connection(path, schema)
+    await claims.open()
+    await results.open()
+    try:
+        await results.run(_insert_value, 1)
+        delete_database(path)
+        claims.recheck()
+        await claims.run(_insert_value, 2)  # reopens: a new file with the table
+        await results.run(_insert_value, 3)  # follows at once, not after CHECK_INTERVAL
+        assert await claims.run(_values) == [2, 3]
+    finally:
+        await claims.close()
+        await results.close()
+
+
+def _insert_value(conn: sqlite3.Connection, value: int) -> None:
+    conn.execute("INSERT INTO t VALUES (?)", (value,))
+
+
+def _values(conn: sqlite3.Connection) -> list[int]:
+    return [v for (v,) in conn.execute("SELECT v FROM t ORDER BY v")]

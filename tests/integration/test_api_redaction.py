@@ -26,12 +26,12 @@ def test_worker_banner_and_app_repr_hide_every_credential_form() -> None:
     port = closed_port()
     app = App(
         "t",
-        broker=f"redis://user:{SECRET}@127.0.0.1:{port}/0?ssl_password={SECRET}",
+        broker=f"redis://user:{SECRET}@127.0.0.1:{port}/0?api_token={SECRET}",
         backend=f"redis://127.0.0.1:{port}/1?password={SECRET}&db=1",
     )
     banner = Worker(app, processes=0).banner()
     assert SECRET not in banner
-    assert f"redis://user:***@127.0.0.1:{port}/0?ssl_password=***" in banner
+    assert f"redis://user:***@127.0.0.1:{port}/0?api_token=***" in banner
     assert "?password=***&db=1" in banner
     assert SECRET not in repr(app)
     assert SECRET not in repr(app.conf)

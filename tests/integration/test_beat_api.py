@@ -146,3 +146,40 @@ def test_beat_refuses_an_unknown_task_with_exit_2(tmp_path: Path) -> None:
     done = run(tmp_path, "beat", "-A", "badbeat")
     assert done.returncode == 2
     assert "task 'b.missing' is not registered" in done.stderr
+
+
+def test_more_than_once_a_second_is_refused_everywhere(tmp_path: Path) -> None:
+    """At definition (App import: beat exits 2), at `schedule add`, and at beat start for a
+    stored entry that no longer validates."""
+    with pytest.raises(ConfigurationError, match="more than once a second"):
+        make_app(beat_schedule={"fast": {"task": "api.other", "every": 0.2}})
+    (tmp_path / "fastbeat.py").write_text(
+        "from aiotask import App\n"
+        "app = App('f', beat_schedule={'x': {'task': 'f.t', 'every': 0.5}})\n"
+        "@app.task(name='f.t')\nasync def t() -> None: ...\n"
+    )
+    done = run(tmp_path, "beat", "-A", "fastbeat")
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "Error: periodic entry 'x': every=0.5 would fire more than once a second: "
+        "the shortest interval is every=1 (one slot per second per entry)"
+    ]
+    (tmp_path / "cliapp.py").write_text(MODULE)
+    added = run(tmp_path, "schedule", "add", "-A", "cliapp", "n3", "--task", "cliapp.hourly",
+                "--every", "0.25")  # fmt: skip
+    assert added.returncode == 2
+    assert "every=0.25 would fire more than once a second" in added.stderr
+    # an entry stored by hand (or an older version) is refused when a beat starts
+    import sqlite3
+    from contextlib import closing
+
+    good = run(tmp_path, "schedule", "add", "-A", "cliapp", "n4", "--task", "cliapp.hourly",
+               "--every", "60")  # fmt: skip
+    assert good.returncode == 0, good.stderr
+    with closing(sqlite3.connect(tmp_path / "cli.db")) as db, db:
+        blob = db.execute("SELECT blob FROM beat_entries WHERE name = 'n4'").fetchone()[0]
+        spec = {**orjson.loads(blob), "every": 0.5}
+        db.execute("UPDATE beat_entries SET blob = ? WHERE name = 'n4'", (orjson.dumps(spec),))
+    started = run(tmp_path, "beat", "-A", "cliapp")
+    assert started.returncode == 2
+    assert "stored periodic entry 'n4': every=0.5 would fire more than once" in started.stderr

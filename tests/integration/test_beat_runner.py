@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import orjson
 import pytest
@@ -94,7 +95,7 @@ async def test_a_slot_whose_beat_died_after_claiming_is_resent_by_another(app: A
     await dying.tick()  # registers the entry
     clock.t = 1010.0
 
-    async def broken(messages: object) -> None:
+    async def broken(messages: object, *, confirm: bool = True) -> None:
         raise BrokerConnectionError("killed between claim and publish")
 
     app.publish = broken  # type: ignore[method-assign]
@@ -151,3 +152,94 @@ async def test_unregistered_task_refused_at_start(app: App) -> None:
     entries = {"x": Entry(name="x", task="nope.missing", schedule=Every(1))}
     with pytest.raises(ConfigurationError, match=r"'nope\.missing' is not registered"):
         Beat(app, MemoryScheduleStore(), entries).check()
+
+
+async def test_a_burst_is_sent_in_batches_each_slot_once_through_a_failed_batch(
+    app: App,
+) -> None:
+    """2,600 entries due at one instant: six batches; the third one's publish fails, its
+    slots are resent (same ids) once their claim is stale, the other batches' are not."""
+    from aiotask.beat import runner
+
+    static = {
+        f"e{i}": Entry(name=f"e{i}", task="beat.tick", schedule=Every(60)) for i in range(2600)
+    }
+    clock = Clock(1000.0)
+    beat = Beat(app, MemoryScheduleStore(), static, clock=clock)
+    await beat.tick()  # registers every entry
+    publish, calls = app.publish, []
+
+    async def flaky(messages: object, *, confirm: bool = True) -> None:
+        calls.append(len(messages))  # type: ignore[arg-type]
+        if len(calls) == 3:
+            raise BrokerConnectionError("broker away for one batch")
+        await publish(messages, confirm=confirm)  # type: ignore[arg-type]
+
+    app.publish = flaky  # type: ignore[method-assign]
+    clock.t = 1020.0
+    with pytest.raises(BrokerConnectionError):
+        await beat.tick()
+    assert sorted(calls) == sorted([runner.FIRE_BATCH] * 5 + [2600 - 5 * runner.FIRE_BATCH])
+    first = [i for i, _ in await sent(app)]
+    assert len(first) == 2600 - calls[2]
+    clock.t = 1020.0 + PENDING_TIMEOUT + 1  # the failed batch's claims are stale: resent
+    await beat.tick()
+    again = [i for i, _ in await sent(app)]
+    assert len(again) == calls[2] and not set(again) & set(first)
+    assert {e.slot_id(1020.0) for e in static.values()} == set(first) | set(again)
+
+
+async def test_every_skip_reason_is_counted_and_shown_to_users(app: App) -> None:
+    """Catch-up cap, expiry, overlap and pause: counted by reason in the store, returned by
+    app.schedules.list() and printed by `aiotask schedule list`."""
+    from aiotask.cli._beat import _line
+
+    specs: dict[str, dict[str, Any]] = {
+        "cap": {"every": 10, "catch_up": "all", "catch_up_limit": 3},
+        "exp": {"every": 10, "catch_up": "all", "expires": 5},
+        "ovl": {"every": 10, "overlap": "skip"},
+        "pau": {"every": 10},
+    }
+    for name, spec in specs.items():
+        await app.schedules.add(name, task="beat.tick", **spec)
+    store = await app.schedules.store()
+    clock = Clock(1000.0)
+    beat = Beat(app, store, {}, clock=clock)
+    await beat.tick()  # registers every entry at 1000
+    clock.t = 1010.0
+    await beat.tick()  # one slot each; "ovl"'s task never runs (no worker)
+    await app.schedules.pause("pau")
+    beat.changed.set()
+    clock.t = 1100.0  # 9 more slots (1020..1100) for each entry
+    await beat.tick()
+    skipped = {i.name: i.skipped for i in await app.schedules.list()}
+    assert skipped == {
+        "cap": {"missed (catch_up_limit)": 6},  # 3 of the 9 sent
+        "exp": {"expired": 8},  # 1020..1090 are over 5 s late; 1100 is on time
+        "ovl": {"missed": 8, "overlap": 1},  # catch_up="latest" keeps 1 of 9: it overlaps
+        "pau": {"paused": 1, "missed": 8},
+    }
+    lines = {i.name: _line(i) for i in await app.schedules.list()}
+    assert "skipped: expired: 8" in lines["exp"]
+    assert "skipped: missed (catch_up_limit): 6" in lines["cap"]
+
+
+async def test_an_entry_in_the_heap_twice_is_fired_once_and_on_time(app: App) -> None:
+    """Regression: an edit re-adds the entry to the heap at the instant it was already due;
+    both copies were fired in one batch, the second claim lost to the first, and the slot was
+    dropped until the pending timeout (10 s late)."""
+    await app.schedules.add("ed", task="beat.tick", every=2)
+    clock = Clock(1_795_983_940.0)
+    beat = Beat(app, await app.schedules.store(), {}, clock=clock)
+    await beat.tick()
+    clock.t = 1_795_983_952.0
+    await beat.tick()
+    await app.schedules.change("ed", cron="*/3 * * * * *")
+    beat.changed.set()
+    for t in range(953, 962):
+        clock.t = 1_795_983_000.0 + t
+        await beat.tick()
+    ids = [i for i, _ in await sent(app)]
+    entry = beat.entries["ed"]
+    slots = [1_795_983_952.0, 1_795_983_954.0, 1_795_983_957.0, 1_795_983_960.0]
+    assert ids == [entry.slot_id(s) for s in slots]

@@ -88,15 +88,15 @@ def make_kit(url: str, namespace: str, backend: str | None = None) -> Kit:
     return Kit(app, add, tsum, fail, record, seen)
 
 
-@pytest.fixture(params=["memory", "sqlite", "redis", "amqp"])
+@pytest.fixture(params=["memory", "sqlite", "redis", "amqp", "postgres", "sentinel"])
 async def kit(request: pytest.FixtureRequest, namespace: str, tmp_path: Any) -> AsyncIterator[Kit]:
     backend = None
     if request.param == "memory":
         url = "memory://"
     elif request.param == "sqlite":
         url = f"sqlite:///{tmp_path}/canvas.db"
-    elif request.param == "redis":
-        url = request.getfixturevalue("redis_url")
+    elif request.param in {"redis", "postgres", "sentinel"}:
+        url = request.getfixturevalue(f"{request.param}_url")
     else:
         url = request.getfixturevalue("amqp_url")
         backend = request.getfixturevalue("redis_url")

@@ -181,3 +181,18 @@ async def test_no_result_backend_is_a_clear_error() -> None:
         await app.control.workers()
     with pytest.raises(ConfigurationError, match="no result backend"):
         await app.control.ping()
+
+
+async def test_schedule_changes_on_the_channel_are_not_malformed_for_workers(
+    app: App, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Beats' reload notices share the control channel: a worker skips them without a
+    warning (each `schedule add` used to log 'malformed control message')."""
+    async with start_worker(app, name="w1"):
+        with caplog.at_level("WARNING", logger="aiotask.worker.control"):
+            await app.schedules.add("dyn", task="ctl.add", every=3600, args=[1, 2])
+            await app.schedules.remove("dyn")
+            await (await app.result_backend()).broadcast(b'{"op": "nonsense"}')
+            assert await app.control.ping(timeout=5) == {"w1": "pong"}  # all delivered by now
+    warnings = [r.getMessage() for r in caplog.records if r.name == "aiotask.worker.control"]
+    assert len(warnings) == 1 and "nonsense" in warnings[0], warnings

@@ -36,7 +36,7 @@ WAITER = textwrap.dedent(
 
 
 SLOW_POLL_WORKER = (
-    "import sys; from aiotask import _sqlite; _sqlite.POLL_MAX = 30.0; "
+    "import sys; from aiotask import _sqlite; _sqlite.POLL_MAX = _sqlite.BELL_WAIT_MAX = 30.0; "
     "from aiotask.cli import main; sys.argv[0] = 'aiotask'; main()"
 )
 
@@ -152,8 +152,8 @@ async def test_a_worker_process_answers_at_once_after_idling(tmp_path: Path) -> 
     url = f"sqlite:///{tmp_path}/app.db"
     env = dict(os.environ, AIOTASK_BROKER_URL=url, PYTHONPATH=str(tmp_path))
     worker = _slow_poll_worker(tmp_path, env)
-    original = _sqlite.POLL_MAX
-    _sqlite.POLL_MAX = 30.0
+    original = _sqlite.POLL_MAX, _sqlite.BELL_WAIT_MAX
+    _sqlite.POLL_MAX = _sqlite.BELL_WAIT_MAX = 30.0
     try:
         deadline = time.monotonic() + 20
         while not any(b.startswith("messages.") for b in _bells(str(tmp_path / "app.db"))):
@@ -166,7 +166,38 @@ async def test_a_worker_process_answers_at_once_after_idling(tmp_path: Path) -> 
                 assert await result.get(timeout=15) == i
                 await asyncio.sleep(0.5)
     finally:
-        _sqlite.POLL_MAX = original
+        _sqlite.POLL_MAX, _sqlite.BELL_WAIT_MAX = original
+        worker.terminate()
+        _, err = worker.communicate(timeout=30)
+    assert worker.returncode == 0, err
+
+
+async def test_an_idle_worker_wakes_for_a_delayed_message_when_it_is_due(tmp_path: Path) -> None:
+    """Waits are long with a doorbell (nothing to poll for), so the worker must sleep until the
+    next row is due: a countdown sent while it idles runs then, not at the safety cap (30 s
+    here, so the 15 s wait below fails without the due time)."""
+    _write(
+        tmp_path / "wake_tasks.py",
+        "from aiotask import App\napp = App('wake')\n\n@app.task\nasync def echo(x: int) -> int:\n"
+        "    return x\n",
+    )
+    url = f"sqlite:///{tmp_path}/due.db"
+    env = dict(os.environ, AIOTASK_BROKER_URL=url, PYTHONPATH=str(tmp_path))
+    worker = _slow_poll_worker(tmp_path, env)
+    original = _sqlite.POLL_MAX, _sqlite.BELL_WAIT_MAX
+    _sqlite.POLL_MAX = _sqlite.BELL_WAIT_MAX = 30.0
+    try:
+        deadline = time.monotonic() + 20
+        while not any(b.startswith("messages.") for b in _bells(str(tmp_path / "due.db"))):
+            assert worker.poll() is None and time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        async with App("wake", broker=url) as app:
+            later = await app.send_task("wake_tasks.echo", args=[7], countdown=1.0)
+            sooner = await app.send_task("wake_tasks.echo", args=[8], countdown=0.3)
+            assert await sooner.get(timeout=15) == 8
+            assert await later.get(timeout=15) == 7
+    finally:
+        _sqlite.POLL_MAX, _sqlite.BELL_WAIT_MAX = original
         worker.terminate()
         _, err = worker.communicate(timeout=30)
     assert worker.returncode == 0, err

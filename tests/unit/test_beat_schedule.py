@@ -80,6 +80,7 @@ def test_every_is_aligned_so_all_beats_agree() -> None:
         ({"cron": "* * *"}, "expected 5 fields"),
         ({"cron": "* * * * *", "tz": "Mars/Olympus"}, "unknown time zone 'Mars/Olympus'"),
         ({"every": 0}, "positive number of seconds"),
+        ({"every": 0.5}, "every=0.5 would fire more than once a second"),
         ({"every": 5, "tz": "UTC"}, "tz= only applies to cron"),
         ({}, "exactly one of cron= or every="),
         ({"cron": "* * * * *", "every": 5}, "exactly one of cron= or every="),
@@ -172,3 +173,17 @@ def test_overlap_skip_and_queue() -> None:
 
 def test_utc_default() -> None:
     assert Cron("0 0 * * *").next_after(0.0) == datetime(1970, 1, 2, tzinfo=UTC).timestamp()
+
+
+def test_slot_ids_are_uuid5_of_entry_and_instant() -> None:
+    """The fast path computes the same ids as uuid.uuid5 (ids of running systems must not
+    change between versions: a slot sent by an older beat is the same task)."""
+    import uuid
+
+    from aiotask.beat.entry import SLOT_NAMESPACE
+
+    for name in ("a", "proj.tick", "émoji ✓"):
+        e = Entry(name=name, task="t", schedule=Every(1))
+        for slot in (0.0, 1.5, 1795983108.0, 1795983108.123):
+            ms = round(slot * 1000)
+            assert e.slot_id(slot) == str(uuid.uuid5(SLOT_NAMESPACE, f"{name}\x00{ms}"))

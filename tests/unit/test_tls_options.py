@@ -178,7 +178,8 @@ def test_hints_for_tls_connections_cut_or_never_answered() -> None:
 
 #: The only modules that may open a Redis or AMQP connection: both build TLS from aiotask._tls.
 CONNECTING = {
-    "aiotask/_redis/client.py": {"Redis.from_url("},
+    # Sentinel(: redis+sentinel:// has no TLS form (rediss+sentinel is refused as a scheme)
+    "aiotask/_redis/client.py": {"Redis.from_url(", "Sentinel("},
     "aiotask/brokers/_rabbitmq_publish.py": {"connect_robust("},
 }
 CALLS = ["Redis.from_url(", "Redis(", "connect_robust(", "aio_pika.connect(", "aiormq.connect("]

@@ -1,0 +1,219 @@
+"""SQL of brokers/postgres.py, one function per transaction (each takes a pooled connection).
+
+Times are unix seconds from the client's clock, as on the other brokers (an eta is the
+producer's clock too). A leased row has `lease_until = eta = end of lease`, so a lapsed lease
+is a ready row for the claim query, and the earliest `eta` of a queue is when its next message
+becomes claimable, delayed or reclaimed alike.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, NamedTuple
+
+from aiotask.brokers._common import DEAD_LETTER_CAP
+
+if TYPE_CHECKING:
+    import uuid
+
+    import asyncpg
+
+
+class Token(NamedTuple):
+    """What a Delivery's token holds: the row and the claim that owns it."""
+
+    row: int
+    owner: str
+
+
+#: (row id, message id, queue, priority, deliveries, body) of a claimed row.
+Row = tuple[int, str, str, int, int, bytes]
+
+
+class Claimed(NamedTuple):
+    rows: list[Row]
+    #: (message id, queue, deliveries) of rows dead-lettered for too many deliveries
+    buried: list[tuple[str, str, int]]
+    #: consumers whose heartbeat expired, and how many leased rows they lost
+    lost: list[tuple[str, int]]
+
+
+#: A FROM item that makes the statement's own (implicit) transaction commit without waiting
+#: for the WAL flush: for settles whose loss in a server crash only means a redelivery
+#: (at-least-once), never a lost message. Works through PgBouncer (no session state).
+NO_SYNC = "(SELECT set_config('synchronous_commit', 'off', true)) AS no_sync"
+
+
+class SQL:
+    """The statements for one schema (formatted once)."""
+
+    def __init__(self, s: str) -> None:
+        # One statement (one round trip): insert, then NOTIFY each queue that got a row.
+        self.insert = (
+            f"WITH ins AS (INSERT INTO {s}.messages "
+            "(pkey, message_id, queue, priority, eta, body) "
+            "SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::smallint[], "
+            "$5::float8[], $6::bytea[]) ON CONFLICT (pkey) DO NOTHING RETURNING queue) "
+            "SELECT count(pg_notify($7, q)) FROM (SELECT DISTINCT queue AS q FROM ins) AS d "
+            "WHERE $7 <> ''"
+        )
+        self.take_over = f"DELETE FROM {s}.consumers WHERE expires_at <= $1 RETURNING owner"
+        # Not a nack: the work may have run, so the delivery stays counted.
+        self.lapse = (
+            f"UPDATE {s}.messages SET lease_until = $1, eta = $1, lease_owner = NULL "
+            "WHERE lease_until IS NOT NULL AND starts_with(lease_owner, $2)"
+        )
+        # The reason's wording is exhausted_reason() in brokers/_common.py, word for word.
+        self.bury_exhausted = (
+            f"WITH gone AS (DELETE FROM {s}.messages WHERE id IN ("
+            f"SELECT id FROM {s}.messages WHERE lease_until IS NOT NULL AND lease_until <= $1 "
+            "AND deliveries >= $2 AND queue = ANY($3::text[]) FOR UPDATE SKIP LOCKED) "
+            "RETURNING message_id, queue, priority, deliveries, body) "
+            f"INSERT INTO {s}.dead_letters "
+            "(message_id, queue, priority, deliveries, body, reason, died_at) "
+            "SELECT message_id, queue, priority, deliveries, body, "
+            "format('delivered %s times without being settled (max_deliveries=%s)', "
+            "deliveries, $2), $1 FROM gone RETURNING message_id, queue, deliveries"
+        )
+        # SKIP LOCKED: concurrent claimers take disjoint rows and never wait on each other.
+        # One statement; rows whose lease lapsed max_deliveries times are left for
+        # bury_exhausted. The claim commits without waiting for the WAL flush (NO_SYNC): a
+        # claim lost in a server crash only means the message is delivered again.
+        self.claim = (
+            f"WITH picked AS (SELECT id FROM {s}.messages "
+            "WHERE queue = ANY($1::text[]) AND eta <= $2 "
+            "AND (lease_until IS NULL OR deliveries < $6) "
+            "ORDER BY priority DESC, eta, id LIMIT $3 FOR UPDATE SKIP LOCKED) "
+            f"UPDATE {s}.messages m SET lease_until = $4, eta = $4, lease_owner = $5, "
+            f"deliveries = m.deliveries + 1 FROM picked, {NO_SYNC} WHERE m.id = picked.id "
+            "RETURNING m.id, m.message_id, m.queue, m.priority, m.deliveries, m.body"
+        )
+        # When to look next: the earliest eta of these queues (delayed, leased) or the
+        # earliest heartbeat expiry (a lost consumer to take over).
+        # Also whether a ready row exists that the claim skipped (locked by a transaction
+        # elsewhere): then look again soon, as no NOTIFY comes when that lock is released.
+        self.next_due = (
+            f"SELECT least((SELECT min(eta) FROM {s}.messages WHERE queue = ANY($1::text[]) "
+            f"AND eta > $2), (SELECT min(expires_at) FROM {s}.consumers)), "
+            f"EXISTS (SELECT 1 FROM {s}.messages WHERE queue = ANY($1::text[]) AND eta <= $2)"
+        )
+        _held = "unnest($1::bigint[], $2::text[]) AS t(id, owner)"
+        self.ack = (
+            f"DELETE FROM {s}.messages m USING {_held}, {NO_SYNC} "
+            "WHERE m.id = t.id AND m.lease_owner = t.owner"
+        )
+        self.nack_counted = (
+            f"UPDATE {s}.messages m SET lease_until = $3, eta = $3, lease_owner = NULL "
+            f"FROM {_held}, {NO_SYNC} WHERE m.id = t.id AND m.lease_owner = t.owner"
+        )
+        # A hand-back is not a failed delivery: undo the claim's increment.
+        self.nack_uncounted = (
+            f"UPDATE {s}.messages m SET lease_until = NULL, lease_owner = NULL, eta = $3, "
+            "deliveries = greatest(m.deliveries - 1, 0) "
+            f"FROM {_held}, {NO_SYNC} WHERE m.id = t.id AND m.lease_owner = t.owner"
+        )
+        self.extend = (
+            f"UPDATE {s}.messages m SET lease_until = $3, eta = $3 "
+            f"FROM {_held}, {NO_SYNC} WHERE m.id = t.id AND m.lease_owner = t.owner"
+        )
+        self.bury = (
+            f"WITH gone AS (DELETE FROM {s}.messages m USING {_held} "
+            "WHERE m.id = t.id AND m.lease_owner = t.owner "
+            "RETURNING m.message_id, m.queue, m.priority, m.deliveries, m.body) "
+            f"INSERT INTO {s}.dead_letters "
+            "(message_id, queue, priority, deliveries, body, reason, died_at) "
+            "SELECT message_id, queue, priority, deliveries, body, $3, $4 FROM gone "
+            "RETURNING queue"
+        )
+        self.trim_dead = (
+            f"DELETE FROM {s}.dead_letters WHERE queue = $1 AND id <= (SELECT id FROM "
+            f"{s}.dead_letters WHERE queue = $1 ORDER BY id DESC LIMIT 1 OFFSET {DEAD_LETTER_CAP})"
+        )
+        self.beat = (
+            f"INSERT INTO {s}.consumers (owner, expires_at) VALUES ($1, $2) "
+            "ON CONFLICT (owner) DO UPDATE SET expires_at = excluded.expires_at"
+        )
+        self.unbeat = f"DELETE FROM {s}.consumers WHERE owner = $1"
+        self.requeue_owner = (
+            f"UPDATE {s}.messages SET lease_until = NULL, lease_owner = NULL, eta = $1, "
+            "deliveries = greatest(deliveries - 1, 0) "
+            "WHERE lease_until IS NOT NULL AND lease_owner = $2 RETURNING queue"
+        )
+        self.purge = (
+            f"DELETE FROM {s}.messages WHERE queue = $1 "
+            "AND (lease_until IS NULL OR lease_until <= $2)"
+        )
+
+
+async def insert(
+    conn: asyncpg.Connection,
+    sql: SQL,
+    rows: tuple[list[uuid.UUID], list[str], list[str], list[int], list[float], list[bytes]],
+    channel: str,
+) -> None:
+    """Insert a batch (a retried batch is skipped by its pkeys) and wake the consumers
+    (`channel` "" : no NOTIFY). The NOTIFY is delivered at commit."""
+    await conn.fetchval(sql.insert, *rows, channel)
+
+
+async def claim(
+    conn: asyncpg.Connection,
+    sql: SQL,
+    queues: list[str],
+    limit: int,
+    owner: str,
+    *,
+    wall: float,
+    lease: float,
+    max_deliveries: int,
+) -> list[Row]:
+    rows = await conn.fetch(sql.claim, queues, wall, limit, wall + lease, owner, max_deliveries)
+    return [(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows]
+
+
+async def maintain(
+    conn: asyncpg.Connection, sql: SQL, queues: list[str], *, wall: float, max_deliveries: int
+) -> Claimed:
+    """Take over the leases of lost consumers and dead-letter exhausted rows (one transaction,
+    run by each consumer every MAINTAIN_EVERY seconds and whenever it found nothing)."""
+    async with conn.transaction():
+        lost: list[tuple[str, int]] = []
+        for (consumer,) in await conn.fetch(sql.take_over, wall):
+            status = await conn.execute(sql.lapse, wall, consumer + ":")
+            lost.append((consumer, _count(status)))
+        buried = await conn.fetch(sql.bury_exhausted, wall, max_deliveries, queues)
+        for queue in {b[1] for b in buried}:
+            await conn.execute(sql.trim_dead, queue)
+    return Claimed([], [(b[0], b[1], b[2]) for b in buried], lost)
+
+
+async def settle(
+    conn: asyncpg.Connection, statement: str, held: list[Token], *extra: object
+) -> int:
+    """Run an ack/nack/extend statement over (row, owner) pairs; returns rows touched."""
+    status = await conn.execute(statement, [t.row for t in held], [t.owner for t in held], *extra)
+    return _count(status)
+
+
+async def bury(
+    conn: asyncpg.Connection, sql: SQL, held: list[Token], reason: str, wall: float
+) -> None:
+    async with conn.transaction():
+        gone = await conn.fetch(
+            sql.bury, [t.row for t in held], [t.owner for t in held], reason, wall
+        )
+        for queue in {g[0] for g in gone}:
+            await conn.execute(sql.trim_dead, queue)
+
+
+async def release_all(conn: asyncpg.Connection, sql: SQL, consumer: str, wall: float) -> int:
+    """Lapse every lease of `consumer` (close, cold shutdown) and forget its heartbeat."""
+    async with conn.transaction():
+        released = _count(await conn.execute(sql.lapse, wall, consumer + ":"))
+        await conn.execute(sql.unbeat, consumer)
+    return released
+
+
+def _count(status: str) -> int:
+    """The row count of a command tag ('UPDATE 3', 'DELETE 0', 'INSERT 0 5')."""
+    tail = status.rsplit(" ", 1)[-1]
+    return int(tail) if tail.isdigit() else 0

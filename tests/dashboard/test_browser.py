@@ -1,0 +1,215 @@
+"""The pages in a real browser: Debian's chromium driven by Playwright, against
+`aiotask dashboard` and a worker (events on) as real processes on Redis.
+
+Screenshots go to the test's temp dir; with AIOTASK_SCREENSHOTS=DIR they are also copied
+there (how docs/img/dashboard-*.png were made).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import pytest
+
+from tests.conftest import REQUIRE_SERVICES
+from tests.dashboard.conftest import ROOT, SHIM
+from tests.dashboard.test_auth_mount_cli import _listening
+from tests.procs import start_worker, stop, worker_env
+from tests.servers import free_port
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+CHROMIUM = "/usr/bin/chromium"
+USER, PASSWORD = "ops", "browser-pw"
+
+pytestmark = pytest.mark.slow
+
+
+@dataclass
+class Served:
+    url: str
+    directory: Path
+    api: httpx.Client
+    shots: Path
+
+    def send(self, task: str, *args: Any, **options: Any) -> str:
+        r = self.api.post(f"/api/tasks/{task}", json={"args": list(args), "options": options})
+        assert r.status_code == 202, r.text
+        task_id: str = r.json()["id"]
+        return task_id
+
+
+def _chromium() -> None:
+    pytest.importorskip("playwright")
+    if not os.access(CHROMIUM, os.X_OK):
+        message = f"{CHROMIUM} is missing: apt-get install chromium (make test does)"
+        if REQUIRE_SERVICES:
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+@pytest.fixture
+def served(tmp_path: Path, namespace: str, redis_url: str) -> Iterator[Served]:
+    _chromium()
+    (tmp_path / "proc_tasks.py").write_text(SHIM)
+    (tmp_path / "logs").mkdir()
+    env = worker_env(
+        tmp_path,
+        redis_url,
+        AIOTASK_KEY_PREFIX=namespace,
+        PYTHONPATH=f"{tmp_path}:{ROOT}",
+        AIOTASK_EVENTS="true",  # the dashboard's sends emit task-sent too
+    )
+    worker = start_worker(tmp_path, env, "-E", "-c", "8")
+    port = free_port()
+    argv = ["dashboard", "-A", "proc_tasks:app", "--port", str(port)]
+    dashboard = subprocess.Popen(
+        [sys.executable, "-m", "aiotask", *argv, "--auth", f"{USER}:{PASSWORD}"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _listening(port, dashboard)
+        with httpx.Client(base_url=url, auth=(USER, PASSWORD), timeout=10) as api:
+            yield Served(url, tmp_path, api, tmp_path / "shots")
+    finally:
+        dashboard.send_signal(signal.SIGTERM)
+        out, _ = dashboard.communicate(timeout=30)
+        stop(worker, signal.SIGQUIT)  # cold: a test that failed may leave a long task running
+    assert dashboard.returncode == 0, out
+    assert PASSWORD not in out
+
+
+@pytest.fixture
+def browser_page(served: Served) -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-dev-shm-usage"]
+        )
+        try:
+            context = browser.new_context(
+                http_credentials={"username": USER, "password": PASSWORD},
+                viewport={"width": 1280, "height": 800},
+            )
+            yield context
+        finally:
+            browser.close()
+
+
+def shot(served: Served, page: Any, name: str) -> None:
+    served.shots.mkdir(exist_ok=True)
+    path = served.shots / f"dashboard-{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    copy_to = os.environ.get("AIOTASK_SCREENSHOTS")
+    if copy_to:
+        shutil.copy(path, Path(copy_to) / path.name)
+
+
+def test_every_page_loads_in_the_browser(served: Served, browser_page: Any) -> None:
+    from playwright.sync_api import expect
+
+    page = browser_page.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(served.url + "/")  # subscribe first: tasks sent before the page are not seen
+    expect(page.locator("#live-status")).to_have_class("live on")
+    done = served.send("dash.add", 2, 3)
+    served.send("dash.boom", "<script>alert('pwned')</script>")
+    served.send("dash.echo", {"html": "<b>bold</b>"})
+    expect(page.locator(".w-online")).to_have_count(1)
+    expect(page.locator(".counts")).to_contain_text("SUCCESS 2")  # live, no reload
+    expect(page.locator(".counts")).to_contain_text("FAILURE 1")
+    shot(served, page, "overview")
+
+    page.goto(served.url + "/tasks")
+    expect(page.locator("tbody#task-rows tr")).to_have_count(3)
+    shot(served, page, "tasks")
+    page.fill("input[name=q]", done[:10])
+    page.click("form.search button")
+    expect(page.locator("tbody#task-rows tr")).to_have_count(1)
+    page.click(f"a[href='/tasks/{done}']")
+    expect(page.locator("#task-state")).to_have_text("SUCCESS")
+    expect(page.locator("pre.result")).to_have_text("5")
+    expect(page.locator("ol.timeline li")).to_have_count(4)  # sent, received, started, succeeded
+
+    page.goto(served.url + "/tasks?state=FAILURE")
+    page.click("tbody#task-rows a")
+    expect(page.locator("#task-state")).to_have_text("FAILURE")
+    expect(page.locator("pre.args")).to_contain_text("<script>alert('pwned')</script>")
+    expect(page.locator("pre.traceback")).to_contain_text("ValueError")
+    assert page.locator("main script").count() == 0  # the argument is text, not an element
+    shot(served, page, "task-failed")
+
+    page.goto(served.url + "/schedules")
+    row = page.locator("tr[data-schedule='nightly-sum']")
+    expect(row).to_contain_text("cron")
+    page.once("dialog", lambda dialog: dialog.accept())
+    row.locator("button", has_text="Pause").click()
+    expect(page.locator(".flash")).to_contain_text("paused nightly-sum")
+    expect(row.locator(".s-paused")).to_have_text("paused")
+    shot(served, page, "schedules")
+    page.once("dialog", lambda dialog: dialog.dismiss())  # a refused confirm sends nothing
+    row.locator("button", has_text="Resume").click()
+    expect(row.locator(".s-paused")).to_have_text("paused")
+    page.once("dialog", lambda dialog: dialog.accept())
+    row.locator("button", has_text="Resume").click()
+    expect(row.locator(".s-paused")).to_have_count(0)
+    assert errors == []
+
+
+def test_revoke_shows_live_on_another_page(served: Served, browser_page: Any) -> None:
+    from playwright.sync_api import expect
+
+    watcher = browser_page.new_page()
+    watcher.goto(served.url + "/tasks")
+    expect(watcher.locator("#live-status")).to_have_class("live on")
+    task_id = served.send("dash.slow", 120)
+    watcher.goto(f"{served.url}/tasks/{task_id}")
+    expect(watcher.locator("#live-status")).to_have_class("live on")
+    expect(watcher.locator("#task-state")).to_have_text("STARTED")
+
+    actor = browser_page.new_page()
+    actor.goto(f"{served.url}/tasks/{task_id}")
+    actor.once("dialog", lambda dialog: dialog.accept())
+    actor.click("#terminate")
+    expect(actor.locator(".flash")).to_contain_text(f"terminated {task_id}")
+    # the watcher did not reload: the SSE stream brought the change
+    expect(watcher.locator("#task-state")).to_have_text("REVOKED")
+    expect(watcher.locator("ol.timeline")).to_contain_text("task-revoked")
+    shot(served, watcher, "task-revoked")
+    assert served.api.get(f"/api/results/{task_id}").json()["state"] == "REVOKED"
+
+
+def test_replay_a_dead_letter(served: Served, browser_page: Any) -> None:
+    from playwright.sync_api import expect
+
+    page = browser_page.new_page()
+    page.goto(served.url + "/dead-letters")
+    expect(page.locator("#live-status")).to_have_class("live on")
+    task_id = served.send("dash.poison", 4)
+    row = page.locator(f"tr[data-dead-letter='{task_id}']")
+    expect(row).to_contain_text("poison pill 4")  # appears live
+    shot(served, page, "dead-letters")
+    (served.directory / "logs" / "allow").write_text("")
+    page.once("dialog", lambda dialog: dialog.accept())
+    row.locator("button.replay").click()
+    expect(page.locator(".flash")).to_contain_text("replayed 1 dead letter(s)")
+    expect(row).to_have_count(0)
+    page.goto(f"{served.url}/tasks/{task_id}")
+    expect(page.locator("#task-state")).to_have_text("SUCCESS")
+    expect(page.locator("pre.result")).to_have_text("40")

@@ -1,0 +1,127 @@
+"""A real worker process on a private Sentinel set while its primary is killed with -9.
+
+The producer sends with redis_wait_replicas=1: a send() that returned is on the replica too,
+so the promoted replica has it. Sends that raise (the primary gone, or no replica left to
+confirm them) are not acknowledged and are not counted. Executions are counted outside
+aiotask (a file per task, written by the task itself).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import threading
+import time
+from collections import deque
+from typing import TYPE_CHECKING
+
+import pytest
+
+from aiotask import App
+from aiotask.exceptions import BrokerConnectionError
+from tests.procs import lines, start_worker, stop, worker_env, write_tasks
+from tests.sentinel_server import PrivateSentinelSet
+
+if TYPE_CHECKING:
+    import subprocess
+    from collections.abc import Iterator
+    from pathlib import Path
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+
+
+@pytest.fixture
+def servers(tmp_path: Path) -> Iterator[PrivateSentinelSet]:
+    if not PrivateSentinelSet.available():
+        pytest.skip("redis-server is not installed")
+    directory = tmp_path / "sentinel"
+    directory.mkdir()
+    s = PrivateSentinelSet(directory)
+    s.start()
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+class _Drain:
+    """Reads the worker's stderr all along: the failover logs enough to fill a pipe."""
+
+    def __init__(self, worker: subprocess.Popen[str]) -> None:
+        assert worker.stderr is not None
+        self.stream = worker.stderr
+        os.set_blocking(self.stream.fileno(), True)
+        self.lines: deque[str] = deque(maxlen=40)
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        with contextlib.suppress(ValueError, OSError):
+            for line in self.stream:
+                self.lines.append(line)
+
+    def text(self) -> str:
+        return "".join(self.lines)
+
+
+async def _wait_for(predicate: object, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return True
+        await asyncio.sleep(0.1)
+    return False
+
+
+async def test_worker_resumes_after_failover_and_no_acknowledged_send_is_lost(
+    tmp_path: Path, servers: PrivateSentinelSet
+) -> None:
+    env = worker_env(write_tasks(tmp_path), servers.url, AIOTASK_VISIBILITY_TIMEOUT="5")
+    worker = start_worker(tmp_path, env, "-c", "8")
+    drain = _Drain(worker)
+    acked: list[str] = []
+    refused: list[str] = []
+    reasons: list[str] = []
+    try:
+        async with App("proc", broker=servers.url, redis_wait_replicas=1) as app:
+
+            async def produce(prefix: str, seconds: float) -> None:
+                end = time.monotonic() + seconds
+                i = 0
+                while time.monotonic() < end:
+                    key = f"{prefix}{i}"
+                    i += 1
+                    try:
+                        async with asyncio.timeout(10):
+                            await app.send_task("proc.slow", args=[key, 0.02])
+                    except (BrokerConnectionError, TimeoutError) as exc:
+                        refused.append(key)
+                        reasons.append(repr(exc))
+                        await asyncio.sleep(0.1)
+                    else:
+                        acked.append(key)
+                        await asyncio.sleep(0.005)
+
+            await produce("a", 2.0)  # before: the worker drains as usual
+            assert await _wait_for(lambda: len(lines(tmp_path, "finished")) > 20, 30)
+            producer = asyncio.create_task(produce("b", 6.0))  # during the failover
+            await asyncio.sleep(0.5)
+            old = servers.kill_primary()
+            new = await asyncio.to_thread(servers.wait_failover, old)
+            await producer
+            assert refused, "no replica is left to confirm sends: they must fail, not pass"
+            servers.primary.start()  # the old primary rejoins (the sentinels make it a replica)
+            assert await _wait_for(lambda: servers.replica_count(new) >= 1, 60)
+            await produce("c", 2.0)  # after: confirmed again
+            assert any(k.startswith("c") for k in acked), reasons[-3:]
+            done = await _wait_for(lambda: set(acked) <= set(lines(tmp_path, "finished")), 90)
+            missing = set(acked) - set(lines(tmp_path, "finished"))
+            assert done, f"{len(missing)} acked sends never ran: {sorted(missing)[:10]}\n" + (
+                drain.text()
+            )
+    finally:
+        code = stop(worker)
+        drain.thread.join(5)
+    assert code == 0, drain.text()
+    assert any(k.startswith("b") for k in acked)  # sends around the kill were acknowledged

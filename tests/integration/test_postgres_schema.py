@@ -1,0 +1,113 @@
+"""The PostgreSQL schema: versioned migrations applied once under concurrency, resumed from an
+older version, and the URL options (listen=false polling, password redaction)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+import pytest
+
+from aiotask._postgres import options
+from aiotask._postgres.schema import STEPS, migrate, newest, version
+from aiotask.brokers import Outgoing
+from aiotask.brokers import from_url as broker_from_url
+from aiotask.exceptions import ConfigurationError
+from aiotask.settings import Settings
+
+pytestmark = pytest.mark.postgres
+
+
+async def test_concurrent_migrations_apply_each_step_once(
+    postgres_url: str, namespace: str
+) -> None:
+    conns = [await asyncpg.connect(postgres_url) for _ in range(5)]
+    try:
+        results = await asyncio.gather(*(migrate(c, namespace, "broker") for c in conns))
+        # exactly one starter found version 0; the others waited on the lock, then found it done
+        assert sorted(before for before, _ in results) == [0] + [newest("broker")] * 4
+        assert await version(conns[0], namespace, "broker") == newest("broker")
+        assert await migrate(conns[0], namespace, "broker") == (newest("broker"),) * 2
+    finally:
+        for c in conns:
+            await c.close()
+
+
+async def test_an_older_schema_is_brought_forward(postgres_url: str, namespace: str) -> None:
+    """A schema left at version 1 by an older aiotask gets only the later steps on connect."""
+    conn = await asyncpg.connect(postgres_url)
+    try:
+        s = f'"{namespace}"'
+        await conn.execute(f"CREATE SCHEMA {s}")
+        await conn.execute(
+            f"CREATE TABLE {s}.schema_versions (component text PRIMARY KEY, "
+            "version integer NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        await conn.execute(STEPS["broker"][0].format(s=s))
+        await conn.execute(f"INSERT INTO {s}.schema_versions VALUES ('broker', 1)")  # noqa: S608
+        settings = Settings(broker_url=postgres_url, key_prefix=namespace)
+        broker = broker_from_url(postgres_url, settings, "app")
+        await broker.connect()
+        try:
+            await broker.emit_events([b"e"])  # type: ignore[attr-defined]  # the step-2 table
+        finally:
+            await broker.close()
+        assert await version(conn, namespace, "broker") == newest("broker") >= 2
+    finally:
+        await conn.close()
+
+
+async def test_listen_false_polls(postgres_url: str, namespace: str) -> None:
+    """PgBouncer's transaction mode has no LISTEN: ?listen=false still delivers (by polling)."""
+    url = postgres_url + "?listen=false"
+    settings = Settings(broker_url=url, key_prefix=namespace)
+    consumer = broker_from_url(url, settings, "app")
+    producer = broker_from_url(url, settings, "app")
+    await consumer.connect()
+    await producer.connect()
+    try:
+        waiting = asyncio.create_task(consumer.receive(["q"], 10))
+        await asyncio.sleep(0.3)  # the consumer is idle, polling
+        await producer.publish([Outgoing("q", b"x", "m1")])
+        async with asyncio.timeout(5):
+            got = await waiting
+        assert [d.message_id for d in got] == ["m1"]
+        await consumer.ack(got)
+    finally:
+        await producer.close()
+        await consumer.close()
+
+
+def test_url_options_and_redaction() -> None:
+    opts = options(
+        "postgresql://u:s3cret@db:5432/app?listen=false&pool_size=3&sslmode=disable", "p"
+    )
+    assert (opts.listen, opts.pool_size, opts.schema) == (False, 3, "p")
+    assert "listen" not in opts.dsn and "sslmode=disable" in opts.dsn
+    assert "s3cret" not in opts.shown and "u:***@db" in opts.shown
+    shown = options("postgres://u@db/app?password=s3cret", "p").shown
+    assert "s3cret" not in shown
+    with pytest.raises(ConfigurationError, match="listen"):
+        options("postgresql://db/app?listen=maybe", "p")
+
+
+async def test_a_worker_without_listen_runs_a_chord(postgres_url: str, namespace: str) -> None:
+    """End to end with ?listen=false (PgBouncer in transaction mode): the worker's claims and
+    the producer's result waits poll, and a chain and a chord still complete."""
+    from aiotask import App, chord, group
+    from aiotask.testing import start_worker
+
+    app = App("nolisten", broker=postgres_url + "?listen=false", key_prefix=namespace)
+
+    @app.task(name="nl.add")
+    async def add(x: int, y: int) -> int:
+        return x + y
+
+    @app.task(name="nl.tsum")
+    async def tsum(values: list[int]) -> int:
+        return sum(values)
+
+    async with app, start_worker(app, concurrency=20):
+        assert await (await (add.s(1, 2) | add.s(3)).send()).get(timeout=15) == 6
+        r = await chord(group(add.s(i, i) for i in range(10)), tsum.s()).send()
+        assert await r.get(timeout=15) == 90
