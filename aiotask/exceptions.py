@@ -158,6 +158,16 @@ class ProtocolError(SerializationError):
     """A message envelope is malformed or has a version this code does not speak."""
 
 
+class MessageRefused(ProtocolError):
+    """A well-formed message this worker will not run (e.g. a Celery chord): dead-lettered with
+    the reason and recorded FAILURE under its task id, so no caller waits for it forever."""
+
+    def __init__(self, message: str, task_id: str = "", task: str = "") -> None:
+        super().__init__(message)
+        self.task_id = task_id
+        self.task = task
+
+
 class BrokerConnectionError(AiotaskError):
     """A broker or result backend cannot be reached."""
 

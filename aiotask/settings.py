@@ -108,6 +108,9 @@ class Settings:
     #: Seconds a concurrency slot (concurrency_limit) stays held without a renewal by its
     #: worker; renewed every third of it, so a killed worker's slots free after at most this.
     concurrency_slot_lease: float = 30.0
+    #: Speak Celery's wire formats (protocol v2 messages, kombu layouts, Celery result keys);
+    #: see docs/migrating-from-celery.md. The default queue becomes `celery` unless set.
+    celery_compat: bool = False
     #: Redis broker: after each publish, WAIT until this many replicas have the message
     #: (0: off). Closes the window in which a failover loses acknowledged sends
     #: (docs/scaling.md); a send the replicas do not confirm in time raises.
@@ -143,6 +146,8 @@ class Settings:
                 f"({self.worker_lost_after!r} <= {self.worker_heartbeat_interval!r})"
             )
         _non_negative(self, "processes", "prefetch", "max_tasks_per_child", "max_memory_per_child")
+        if self.celery_compat:
+            _check_celery(self)
         if not 0 <= self.default_priority <= 9:
             raise ConfigurationError("default_priority must be between 0 and 9")
         if not self.default_queue or not self.key_prefix:
@@ -188,6 +193,8 @@ class Settings:
         if keys_file and "signing_keys" not in values:
             values["signing_keys"] = parse_env("signing_keys", "@" + keys_file)
         values.update(overrides)
+        if values.get("celery_compat") and "default_queue" not in values:
+            values["default_queue"] = "celery"  # Celery's default queue, so producers meet
         return cls(**values)
 
     def replace(self, **changes: Any) -> Settings:
@@ -196,6 +203,28 @@ class Settings:
 
 
 #: Settings holding secrets: shown masked in repr, never quoted in an error.
+def _check_celery(conf: Settings) -> None:
+    """celery_compat speaks Celery's own formats: Celery peers could not read a signed,
+    compressed or non-JSON message, and there is no Celery layout on Sentinel or PostgreSQL."""
+    if conf.signing_keys or conf.require_signed:
+        raise ConfigurationError(
+            "celery_compat cannot be combined with signing_keys/require_signed: Celery workers "
+            "and producers cannot read or write aiotask's signed messages"
+        )
+    if conf.serializer != "json" or conf.compression != "none":
+        raise ConfigurationError(
+            f"celery_compat sends Celery protocol v2 JSON: set serializer='json' and "
+            f"compression='none' (got {conf.serializer!r}, {conf.compression!r})"
+        )
+    for url in (conf.broker_url, conf.backend_url):
+        scheme = (url or "").split("://", 1)[0].lower()
+        if scheme in REDIS_SCHEMES - {"redis", "rediss"} or scheme in {"postgresql", "postgres"}:
+            raise ConfigurationError(
+                f"celery_compat works on redis://, rediss:// and amqp:// (Celery's layouts), "
+                f"not on {scheme}:// URLs"
+            )
+
+
 SECRET_FIELDS = frozenset({"signing_keys"})
 
 
@@ -304,6 +333,7 @@ ENV_PARSERS: dict[str, tuple[Callable[[str], object], str]] = {
     ),
     "default_priority": (_int, "integer"),
     "key_prefix": (_str, "prefix"),
+    "celery_compat": (_bool, "boolean (true/false, 1/0, yes/no, on/off)"),
     "concurrency": (_int, "integer"),
     "processes": (_int, "integer"),
     "prefetch": (_int, "integer"),

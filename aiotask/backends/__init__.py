@@ -38,6 +38,11 @@ def from_url(url: str, settings: Settings) -> ResultBackend:
         from aiotask.backends.memory import MemoryBackend
 
         return MemoryBackend()
+    if scheme in {"redis", "rediss"} and settings.celery_compat:  # Celery's result keys
+        celery_redis = require("aiotask.backends.celery_redis", what="the Redis backend")
+        celery_backend: ResultBackend = celery_redis.CeleryRedisBackend(url, settings)
+        return celery_backend
+    # redis+sentinel with celery_compat is refused by Settings (no Celery layout here)
     if scheme in REDIS_SCHEMES:
         redis_backend = require("aiotask.backends.redis", what="the Redis result backend")
         url = as_cluster_url(url, settings.redis_cluster)

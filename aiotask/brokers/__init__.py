@@ -36,6 +36,11 @@ def from_url(url: str, settings: Settings, app_name: str) -> Broker:
         from aiotask.brokers.memory import MemoryBroker
 
         return MemoryBroker(settings)
+    if scheme in {"redis", "rediss"} and settings.celery_compat:  # kombu's Redis transport
+        kombu_redis = require("aiotask.brokers.kombu_redis", what="the Redis broker")
+        kombu_broker: Broker = kombu_redis.KombuRedisBroker(url, settings, app_name)
+        return kombu_broker
+    # redis+sentinel with celery_compat is refused by Settings (no kombu layout here)
     if scheme in REDIS_SCHEMES:
         redis_streams = require("aiotask.brokers.redis_streams", what="the Redis broker")
         url = as_cluster_url(url, settings.redis_cluster)
@@ -45,10 +50,14 @@ def from_url(url: str, settings: Settings, app_name: str) -> Broker:
         from aiotask.brokers.sqlite import SQLiteBroker
 
         return SQLiteBroker(url, settings)
-    if scheme in {"postgresql", "postgres"}:
+    if scheme in {"postgresql", "postgres"}:  # refused by Settings with celery_compat
         postgres = require("aiotask.brokers.postgres", what="the PostgreSQL broker")
         pg_broker: Broker = postgres.PostgresBroker(url, settings)
         return pg_broker
+    if settings.celery_compat:  # Celery's queues, exchanges and message properties
+        kombu_amqp = require("aiotask.brokers.kombu_amqp", what="the RabbitMQ broker")
+        celery_broker: Broker = kombu_amqp.KombuAMQPBroker(url, settings, app_name)
+        return celery_broker
     rabbitmq = require("aiotask.brokers.rabbitmq", what="the RabbitMQ broker")
     amqp_broker: Broker = rabbitmq.RabbitMQBroker(url, settings, app_name)
     return amqp_broker

@@ -17,6 +17,9 @@ The tag covers bytes 0..11+k and the payload as sent: the whole envelope (id, ta
 kwargs, eta, expires, retries, canvas, headers, queue) and the key id, serializer and
 compression flags. A worker checks the size, then the tag, and only then decompresses and
 decodes anything: a forged message costs it one HMAC over bytes it already holds.
+
+With celery_compat the Wire speaks Celery protocol v2 in kombu's envelope instead (JSON, never
+signed or compressed: Celery peers read it), still under `max_message_size` both ways.
 """
 
 from __future__ import annotations
@@ -29,7 +32,15 @@ import orjson
 
 from aiotask import protocol
 from aiotask._log import get_logger
-from aiotask.exceptions import MessageTooLarge, ProtocolError, SerializationError
+from aiotask.celery_compat import v2
+from aiotask.celery_compat.codec import decode_any
+from aiotask.exceptions import (
+    ConfigurationError,
+    MessageRefused,
+    MessageTooLarge,
+    ProtocolError,
+    SerializationError,
+)
 from aiotask.security import codecs, compression
 from aiotask.security.signing import TAG_SIZE, Keyring, check_keys
 
@@ -69,11 +80,23 @@ class Wire:
     threshold: int = 1024
     #: this side opted in to pickle (serializer="pickle", which requires keys)
     allow_pickle: bool = False
+    #: celery_compat: Celery protocol v2 in kombu's envelope, both ways (never signed,
+    #: compressed or non-JSON: Celery peers could not read it)
+    celery: bool = False
     #: the frame's constant parts, computed once: prefix + serializer; key id length + id
     _lead: bytes = field(init=False, default=b"")
     _kid: bytes = field(init=False, default=b"\x00")
 
     def __post_init__(self) -> None:
+        if self.celery and (
+            self.keyring is not None
+            or self.serializer != codecs.JSON
+            or self.compression != compression.NONE
+        ):
+            raise ConfigurationError(
+                "celery_compat sends Celery protocol v2 JSON, which Celery peers read: it "
+                "cannot be signed, compressed or use another serializer"
+            )
         self._lead = PREFIX + codecs.CODES[self.serializer]
         if self.keyring is not None:
             self._kid = bytes([len(self.keyring.signer)]) + self.keyring.signer
@@ -92,6 +115,7 @@ class Wire:
             conf.compression,
             conf.compression_threshold,
             conf.serializer == codecs.PICKLE,
+            conf.celery_compat,
         )
 
     @property
@@ -106,15 +130,16 @@ class Wire:
     def __repr__(self) -> str:
         return (
             f"Wire(serializer={self.serializer!r}, compression={self.compression!r}, "
-            f"signed={self.keyring is not None}, max_size={self.max_size})"
+            f"signed={self.keyring is not None}, max_size={self.max_size}, "
+            f"celery={self.celery})"
         )
 
     # --- sending ---------------------------------------------------------------------------
     def encode(self, message: Message) -> bytes:
         """The bytes to publish; MessageTooLarge (nothing sent) past `max_message_size`."""
         limit = self.max_size
-        if self.plain:
-            body = protocol.encode(message)
+        if self.celery or self.plain:
+            body = v2.encode(message) if self.celery else protocol.encode(message)
             if limit and len(body) > limit:
                 raise MessageTooLarge(message.task, len(body), limit)
             return body
@@ -145,11 +170,15 @@ class Wire:
     # --- receiving -------------------------------------------------------------------------
     def decode(self, body: bytes) -> Message:
         """A received body -> Message, or Refused(reason) when it must be dead-lettered.
+        In celery mode a well-formed message this worker will not run (a chord) raises
+        MessageRefused, so the consumer can record its FAILURE.
 
         Order: size, then signature, then decompression (bounded), then parsing."""
         limit = self.max_size
         if limit and len(body) > limit:
             raise Refused(TOO_LARGE, f"{len(body)} bytes, over max_message_size ({limit})")
+        if self.celery:
+            return _celery(body)
         if body[:4] != PREFIX:
             if body[:3] == _MAGIC:
                 raise Refused(UNDECODABLE, f"unknown frame version {body[3:4]!r}")
@@ -216,6 +245,17 @@ class Wire:
         return start, True
 
 
+def _celery(body: bytes) -> Message:
+    try:
+        return v2.decode(body)
+    except MessageRefused:
+        raise
+    except ProtocolError as exc:
+        raise Refused(UNDECODABLE, str(exc)) from None
+    except RecursionError:
+        raise Refused(UNDECODABLE, "nested too deeply") from None
+
+
 def _expand(payload: bytes, algorithm: str, limit: int) -> bytes:
     if algorithm == compression.NONE:
         return payload
@@ -257,8 +297,12 @@ PEEK_LIMIT = 64 * 1024 * 1024
 
 def peek(body: bytes, limit: int = PEEK_LIMIT) -> Message:
     """Decode for display (dlq list, inspect) without checking a signature: a frame's JSON or
-    msgpack payload is shown unverified, pickle is never loaded. ProtocolError if it cannot."""
+    msgpack payload is shown unverified, pickle is never loaded; a Celery body (celery_compat)
+    is shown through Celery's decoding. ProtocolError if it cannot."""
     try:
         return Wire(limit).decode(body)
     except Refused as exc:
-        raise ProtocolError(str(exc)) from None
+        try:
+            return decode_any(body)
+        except ProtocolError:
+            raise ProtocolError(str(exc)) from None

@@ -13,12 +13,14 @@ from typing import TYPE_CHECKING
 
 from aiotask._log import get_logger
 from aiotask._time import now
+from aiotask.backends.base import EncodedResult, ResultRecord
 from aiotask.coordination import spec as limit_spec
 from aiotask.coordination.gate import Gates
 from aiotask.events.emitter import TASK_RECEIVED
-from aiotask.exceptions import ConfigurationError
+from aiotask.exceptions import ConfigurationError, MessageRefused
 from aiotask.ratelimit import RateLimiter
 from aiotask.security import UNDECODABLE, Refused
+from aiotask.serializer import ExceptionInfo
 from aiotask.states import FAILURE
 from aiotask.worker.outcome import Settlement
 
@@ -61,6 +63,9 @@ class Dispatcher:
         # coordinated limits (global rate, concurrency): deliveries wait in the gates, not
         # in worker slots; `gated` keeps their messages until they start
         app = executor.app
+        #: hold messages whose eta is still ahead: in Celery's layouts the eta travels in the
+        #: message (sent at once) and the consumer holds it, unacked, until due
+        self.hold_eta = app.conf.celery_compat
         self.gates: Gates[Delivery] = Gates(
             self._coordination_store, self._ungate, app.conf.concurrency_slot_lease
         )
@@ -106,9 +111,30 @@ class Dispatcher:
         except Refused as exc:
             self._refuse(delivery, exc)
             return
+        except MessageRefused as exc:
+            log.warning("dead-lettering refused message %s: %s", delivery.message_id, exc)
+            store = _refused_record(exc, self.executor.app.conf.result_expires)
+            self.settler.add(Settlement(delivery, "dead", store, reason=f"refused: {exc}"))
+            return
         if self.events is not None:
             retries = {"retries": message.retries} if message.retries else None
             self.events.task(TASK_RECEIVED, message.id, message.task, delivery.queue, None, retries)
+        if self.hold_eta and message.eta is not None and message.eta > now():
+            loop = asyncio.get_running_loop()
+            timer = loop.call_later(message.eta - now(), self._due, delivery, message)
+            self.deferred[delivery] = timer
+            return
+        self._admit(delivery, message)
+
+    def _due(self, delivery: Delivery, message: Message) -> None:
+        """A held message's eta came: admit it as if just received."""
+        if self.deferred.pop(delivery, None) is not None:
+            try:
+                self._admit(delivery, message)
+            except Exception as exc:
+                self._internal_error(delivery, exc)
+
+    def _admit(self, delivery: Delivery, message: Message) -> None:
         revoked = message.id in self.executor.revoked
         if not revoked:
             task = self.tasks.get(message.task)
@@ -306,3 +332,12 @@ async def consume(broker: Broker, queues: Sequence[str], dispatcher: Dispatcher)
         batch = await broker.receive(queues, free)
         if batch:
             dispatcher.accept(batch)
+
+
+def _refused_record(exc: MessageRefused, ttl: float) -> EncodedResult | None:
+    """FAILURE under the refused message's task id: its callers get the reason, not a hang."""
+    if not exc.task_id:
+        return None
+    info = ExceptionInfo(f"{MessageRefused.__module__}.MessageRefused", str(exc), "", (str(exc),))
+    record = ResultRecord(exc.task_id, FAILURE, None, info, exc.task or None, 0, now())
+    return EncodedResult.of(record, ttl)
