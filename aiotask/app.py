@@ -23,6 +23,7 @@ from aiotask.canvas import runtime
 from aiotask.canvas.compile import CHAIN_STATE
 from aiotask.canvas.primitives import MAP_TASK, STARMAP_TASK
 from aiotask.control import Control
+from aiotask.coordination.fairness import fair_key
 from aiotask.deadletters import DeadLetters
 from aiotask.events.follow import emit_sent
 from aiotask.exceptions import (
@@ -376,7 +377,10 @@ class App:
         if self.middleware:
             messages = [await self._before_send(m) for m in messages]
         cap = self.conf.max_message_size
-        batch = [Outgoing(m.queue, _encode(m, cap), m.id, m.priority, m.eta) for m in messages]
+        batch = [
+            Outgoing(m.queue, _encode(m, cap), m.id, m.priority, m.eta, fair_key(m.headers))
+            for m in messages
+        ]  # fair_key: fairness across keys (aiotask/coordination/fairness.py)
         conns = self._conns()
         if not conns.connected:
             await self.connect()

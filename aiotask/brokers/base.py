@@ -54,6 +54,9 @@ class Outgoing:
     message_id: str  # == task id; lets brokers de-duplicate and logs correlate
     priority: int = 0  # 0..9, higher first, on brokers that support priorities
     eta: float | None = None  # unix seconds; the broker holds the message until then
+    #: fairness: a queue's messages are served round-robin across these opaque keys ("": the
+    #: key of every message without one); brokers without support deliver FIFO (task-options.md)
+    fair_key: str = ""
 
 
 @dataclass(slots=True, eq=False)

@@ -1,0 +1,100 @@
+"""Fairness across keys on SQLite: a `fair_key` column and a round-robin claim.
+
+A queue whose ready rows all have the empty key (no fairness in use) is claimed exactly as
+before, by priority then age; the only added cost is one probe of a partial index that holds
+fair rows alone. When fair rows are ready, the claim ranks each key's rows (priority, then
+age) with a window function and takes rank 1 of every key before any rank 2, keys in turn
+from a rotating cursor (the last key served, kept per queue set in a table, moved inside the
+claim's write lock), so consecutive claims of one row each still alternate between keys.
+That scans the ready rows of the queues once per claim: O(ready) instead of O(limit).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from aiotask._sqlite import placeholders
+
+if TYPE_CHECKING:
+    import sqlite3
+    from collections.abc import Sequence
+
+#: (row id, message id, queue, priority, deliveries, body), as sqlite.py's claim returns
+Row = tuple[int, bytes, str, int, int, bytes]
+
+#: Run once per file by the broker (an older file gains the column; a newer one has it).
+SCHEMA = (
+    "CREATE INDEX IF NOT EXISTS aiotask_messages_fair ON aiotask_messages (queue) "
+    "WHERE fair_key != ''",
+    "CREATE TABLE IF NOT EXISTS aiotask_fair_cursor "
+    "(queues TEXT PRIMARY KEY, last_key TEXT NOT NULL) WITHOUT ROWID",
+)
+COLUMN = "ALTER TABLE aiotask_messages ADD COLUMN fair_key TEXT NOT NULL DEFAULT ''"
+
+
+def ensure(conn: sqlite3.Connection) -> None:
+    """Add the column, index and cursor table when missing (idempotent; under the write lock)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(aiotask_messages)")}
+        if "fair_key" not in columns:
+            conn.execute(COLUMN)
+        for statement in SCHEMA:
+            conn.execute(statement)
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def has_fair(conn: sqlite3.Connection, queues: Sequence[str]) -> bool:
+    """True when any row of these queues has a key (the partial index answers it)."""
+    qs = placeholders(len(queues))
+    row = conn.execute(
+        f"SELECT 1 FROM aiotask_messages WHERE fair_key != '' AND queue IN ({qs}) LIMIT 1",  # noqa: S608
+        tuple(queues),
+    ).fetchone()
+    return row is not None
+
+
+def pick(conn: sqlite3.Connection, queues: Sequence[str], wall: float, limit: int) -> list[int]:
+    """Row ids to claim, in round-robin order across keys; moves the cursor past the last."""
+    qs = placeholders(len(queues))
+    name = "\x1f".join(sorted(queues))
+    cursor_row = conn.execute(
+        "SELECT last_key FROM aiotask_fair_cursor WHERE queues=?", (name,)
+    ).fetchone()
+    cursor = "" if cursor_row is None else str(cursor_row[0])
+    picked = conn.execute(
+        "SELECT id, fair_key FROM (SELECT id, fair_key, queue, ROW_NUMBER() OVER ("  # noqa: S608
+        "PARTITION BY queue, fair_key ORDER BY priority DESC, eta, id) AS rn "
+        f"FROM aiotask_messages WHERE queue IN ({qs}) AND eta <= ?) "
+        "ORDER BY rn, fair_key <= ?, fair_key, queue LIMIT ?",
+        (*queues, wall, cursor, limit),
+    ).fetchall()
+    if picked:
+        conn.execute(
+            "INSERT INTO aiotask_fair_cursor (queues, last_key) VALUES (?, ?) "
+            "ON CONFLICT (queues) DO UPDATE SET last_key=excluded.last_key",
+            (name, picked[-1][1]),
+        )
+    return [int(row[0]) for row in picked]
+
+
+def claim(
+    conn: sqlite3.Connection, queues: list[str], limit: int, owner: str, wall: float, lease: float
+) -> list[Row]:
+    """Claim in round-robin order across fairness keys; rows come back in that order."""
+    ids = pick(conn, queues, wall, limit)
+    if not ids:
+        return []
+    rows: list[Row] = conn.execute(
+        "UPDATE aiotask_messages SET lease_until=?1, eta=?1, lease_owner=?2, "  # noqa: S608
+        f"deliveries=deliveries + 1 WHERE id IN ({placeholders(len(ids))}) "
+        "RETURNING id, CAST(message_id AS BLOB), queue, priority, deliveries, "
+        "CAST(body AS BLOB)",
+        (wall + lease, owner, *ids),
+    ).fetchall()
+    order = {row_id: i for i, row_id in enumerate(ids)}
+    rows.sort(key=lambda r: order[r[0]])
+    return rows
