@@ -132,3 +132,18 @@ def test_sqlite_ensure_adds_the_column_to_an_older_file() -> None:
         _sqlite_fair.ensure(conn)  # idempotent
         _insert(conn, "a", 1)
         assert _sqlite_fair.has_fair(conn, ["q"])
+
+
+def test_sqlite_pick_skips_empty_turns() -> None:
+    """No unkeyed rows and a key with only delayed rows: every claim of one still gets one."""
+    with _db() as conn:
+        _insert(conn, "a", 3)
+        _insert(conn, "b", 3)
+        conn.execute("UPDATE aiotask_messages SET eta=100 WHERE fair_key='b' AND message_id='b2'")
+        served = []
+        for _ in range(5):
+            (row,) = _sqlite_fair.pick(conn, ["q"], 1.0, 1)
+            served += _keys(conn, [row])
+            conn.execute("DELETE FROM aiotask_messages WHERE id=?", (row,))
+        assert served == ["a", "b", "a", "b", "a"]
+        assert _sqlite_fair.pick(conn, ["q"], 1.0, 1) == []  # b2 is not due yet
