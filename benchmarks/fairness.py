@@ -35,7 +35,11 @@ TASKS = textwrap.dedent(
     LOG = os.environ["FAIR_LOG"]
     WORK = float(os.environ["FAIR_WORK"])
 
-    async def _run(tenant_id: str, i: int) -> None:
+    def _rows(log: Path) -> list[list[str]]:
+    return [line.split() for line in log.read_text().splitlines()] if log.exists() else []
+
+
+async def _run(tenant_id: str, i: int) -> None:
         if tenant_id == "B":
             with open(LOG, "a") as f:
                 f.write(f"{i} {time.time()}\\n")
@@ -57,6 +61,10 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
+def _rows(log: Path) -> list[list[str]]:
+    return [line.split() for line in log.read_text().splitlines()] if log.exists() else []
+
+
 async def _run(
     url: str, task: str, backlog: int, probes: int, gap: float, log: Path
 ) -> list[float]:
@@ -74,7 +82,7 @@ async def _run(
             await job.send("B", i)
             await asyncio.sleep(gap)
         while True:  # every probe started
-            rows = [line.split() for line in log.read_text().splitlines()] if log.exists() else []
+            rows = _rows(log)
             if len(rows) >= probes:
                 break
             await asyncio.sleep(0.05)
@@ -116,17 +124,16 @@ def main() -> None:
         runs["fair"] = _measure(workdir, "fair", "fair", args.backlog, args)
         if not args.no_fifo:
             runs["fifo"] = _measure(workdir, "fifo", "fifo", args.backlog, args)
-    print(f"SQLite, 1 worker x 4, tasks of {args.work * 1000:g} ms, A's backlog {args.backlog}")  # noqa: T201
+    print(f"SQLite, 1 worker x 4, tasks of {args.work * 1000:g} ms, A's backlog {args.backlog}")
     for name, waits in runs.items():
-        print(  # noqa: T201
-            f"{name:5} B wait p50 {statistics.median(waits):8.1f} ms   p99 {_pct(waits, 0.99):8.1f} ms"
-        )
+        p50, p99 = statistics.median(waits), _pct(waits, 0.99)
+        print(f"{name:5} B wait p50 {p50:8.1f} ms   p99 {p99:8.1f} ms")
     ratio = _pct(runs["fair"], 0.99) / _pct(runs["idle"], 0.99)
-    print(f"ratio fair p99 / idle p99: {ratio:.2f}x (target <= 2x)")  # noqa: T201
+    print(f"ratio fair p99 / idle p99: {ratio:.2f}x (target <= 2x)")
     if "fifo" in runs:
         print(
             f"ratio fifo p99 / idle p99: {_pct(runs['fifo'], 0.99) / _pct(runs['idle'], 0.99):.2f}x"
-        )  # noqa: T201
+        )
 
 
 if __name__ == "__main__":
