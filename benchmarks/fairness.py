@@ -35,11 +35,7 @@ TASKS = textwrap.dedent(
     LOG = os.environ["FAIR_LOG"]
     WORK = float(os.environ["FAIR_WORK"])
 
-    def _rows(log: Path) -> list[list[str]]:
-    return [line.split() for line in log.read_text().splitlines()] if log.exists() else []
-
-
-async def _run(tenant_id: str, i: int) -> None:
+    async def _run(tenant_id: str, i: int) -> None:
         if tenant_id == "B":
             with open(LOG, "a") as f:
                 f.write(f"{i} {time.time()}\\n")
