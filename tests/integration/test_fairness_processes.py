@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from aiotask import App
+from aiotask.brokers.base import Outgoing
 from aiotask.testing import start_worker
 from tests.procs import stop
 
@@ -182,3 +183,26 @@ async def test_memory_worker_serves_b_before_a_backlog_drains() -> None:
                 await asyncio.sleep(0.01)
         last_b = max(i for i, t in enumerate(done) if t == "B")
         assert done[:last_b].count("A") < N
+
+
+@pytest.mark.parametrize("scheme", ["memory", "sqlite"])
+async def test_keyed_messages_count_in_stats_and_purge(scheme: str, tmp_path: Path) -> None:
+    url = "memory://" if scheme == "memory" else f"sqlite:///{tmp_path}/f.db"
+    app = App("fair-admin", broker=url)
+    async with app:
+        broker = app.broker
+        await broker.publish(
+            [Outgoing("fq", b"x", f"m{i}", fair_key="ab"[i % 2]) for i in range(6)]
+            + [Outgoing("fq", b"y", "plain")]
+        )
+        (stats,) = await broker.queue_stats(["fq"])
+        assert stats.ready == 7
+        assert "fq" in await broker.known_queues()
+        got = await broker.receive(["fq"], 3)
+        assert [d.message_id for d in got] == ["m0", "m1", "plain"]  # a, b, then the unkeyed
+        await broker.nack(got[:1], requeue=False, reason="test")
+        assert [d.message_id for d in await broker.dead_letters("fq")] == [got[0].message_id]
+        await broker.nack(got[1:], requeue=True)
+        assert await broker.purge("fq") == 6
+        (stats,) = await broker.queue_stats(["fq"])
+        assert stats.ready == 0
