@@ -384,6 +384,8 @@ class App:
         conns = self._conns()
         if not conns.connected:
             await self.connect()
+        if not conns.broker.capabilities.fairness and any(o.fair_key for o in batch):
+            _warn_no_fairness(type(conns.broker).__name__)
         await conns.broker.publish(batch)
         if self.conf.events:  # one more call per batch, only with the `events` setting
             await emit_sent(self, messages)
@@ -594,3 +596,11 @@ def find_task(name: str) -> Task[Any, Any]:
         if task is not None:
             return task
     raise NotRegistered(name)
+
+
+@functools.cache
+def _warn_no_fairness(broker: str) -> None:
+    """Once per broker class: a fairness_key there is carried, not honoured (task-options.md)."""
+    log.warning(
+        "fairness_key is not supported by %s yet: the queue stays first in, first out", broker
+    )

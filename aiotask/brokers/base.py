@@ -113,6 +113,8 @@ class BrokerCapabilities:
     push: bool = True
     #: unsettled messages return when a lease lapses; False: only when the consumer closes/dies
     leases: bool = True
+    #: a queue is served round-robin across `Outgoing.fair_key`s; False: FIFO, the key ignored
+    fairness: bool = False
 
 
 @runtime_checkable

@@ -54,7 +54,7 @@ class MemoryBroker:
     """memory:// — one instance per App; nothing crosses processes."""
 
     capabilities = BrokerCapabilities(
-        priorities=True, max_priority=MAX_PRIORITY, native_delay=True, push=True
+        priorities=True, max_priority=MAX_PRIORITY, native_delay=True, push=True, fairness=True
     )
 
     def __init__(self, settings: Settings) -> None:

@@ -142,7 +142,7 @@ class SQLiteBroker:
     """sqlite:///relative.db or sqlite:////absolute.db — one machine, no server."""
 
     capabilities = BrokerCapabilities(
-        priorities=True, max_priority=MAX_PRIORITY, native_delay=True, push=False
+        priorities=True, max_priority=MAX_PRIORITY, native_delay=True, push=False, fairness=True
     )
 
     def __init__(self, url: str, settings: Settings) -> None:

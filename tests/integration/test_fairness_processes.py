@@ -21,6 +21,7 @@ import pytest
 
 from aiotask import App
 from aiotask.brokers.base import Outgoing
+from aiotask.protocol import decode
 from aiotask.testing import start_worker
 from tests.procs import stop
 
@@ -206,3 +207,25 @@ async def test_keyed_messages_count_in_stats_and_purge(scheme: str, tmp_path: Pa
         assert await broker.purge("fq") == 6
         (stats,) = await broker.queue_stats(["fq"])
         assert stats.ready == 0
+
+
+async def test_redis_carries_the_key_fifo_and_warns_once(
+    redis_url: str, namespace: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Not supported on Redis yet: a keyed send still works, FIFO, with one warning."""
+    from aiotask import app as app_module
+
+    app_module._warn_no_fairness.cache_clear()
+    app = App("fair-redis", broker=redis_url, key_prefix=namespace)
+
+    @app.task(name="fair.redis", fairness_key="tenant_id")
+    async def job(tenant_id: str, i: int) -> None: ...
+
+    async with app:
+        for tenant, i in (("A", 0), ("A", 1), ("B", 0)):
+            await job.send(tenant, i)
+        got = await app.broker.receive([app.route("fair.redis")], 3)
+        assert [decode(d.body).args for d in got] == [["A", 0], ["A", 1], ["B", 0]]
+        await app.broker.ack(got)
+    warnings = [r for r in caplog.records if "fairness_key is not supported" in r.message]
+    assert len(warnings) == 1
