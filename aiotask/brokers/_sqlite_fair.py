@@ -2,11 +2,12 @@
 
 A queue whose ready rows all have the empty key (no fairness in use) is claimed exactly as
 before, by priority then age; the only added cost is one probe of a partial index that holds
-fair rows alone. When fair rows are ready, the claim ranks each key's rows (priority, then
-age) with a window function and takes rank 1 of every key before any rank 2, keys in turn
-from a rotating cursor (the last key served, kept per queue set in a table, moved inside the
-claim's write lock), so consecutive claims of one row each still alternate between keys.
-That scans the ready rows of the queues once per claim: O(ready) instead of O(limit).
+keyed rows alone. When keyed rows exist, the claim visits keys from a rotating cursor (the
+last key served, kept per queue set in a table and moved inside the claim's write lock, so
+consecutive claims of one row each still alternate between keys), found by a skip-scan of the
+partial index, and takes each key's share by an index range. The unkeyed rows ("") take a
+turn too; their probe walks the claim index, which costs a scan of the queue when only keyed
+rows are ready (about 1.5 ms for 10,000 rows): the known cost of this design.
 """
 
 from __future__ import annotations
