@@ -25,7 +25,6 @@ Row = tuple[int, bytes, str, int, int, bytes]
 
 #: Run once per file by the broker (an older file gains the column; a newer one has it).
 SCHEMA = (
-    "DROP INDEX IF EXISTS aiotask_messages_fair",
     "CREATE INDEX IF NOT EXISTS aiotask_messages_fair_key ON aiotask_messages "
     "(queue, fair_key, priority DESC, eta, id) WHERE fair_key != ''",
     "CREATE TABLE IF NOT EXISTS aiotask_fair_cursor "
