@@ -23,6 +23,7 @@ from aiotask.canvas import runtime
 from aiotask.canvas.compile import CHAIN_STATE
 from aiotask.canvas.primitives import MAP_TASK, STARMAP_TASK
 from aiotask.control import Control
+from aiotask.coordination.fairness import fair_key
 from aiotask.deadletters import DeadLetters
 from aiotask.events.follow import emit_sent
 from aiotask.exceptions import (
@@ -390,11 +391,16 @@ class App:
             messages = [await self._before_send(m) for m in messages]
         wire = self.wire
         batch = [
-            Outgoing(m.queue, _encode(m, wire), m.id, m.priority, m.eta, confirm) for m in messages
-        ]
+            Outgoing(
+                m.queue, _encode(m, wire), m.id, m.priority, m.eta, confirm, fair_key(m.headers)
+            )
+            for m in messages
+        ]  # fair_key: fairness across keys (aiotask/coordination/fairness.py)
         conns = self._conns()
         if not conns.connected:
             await self.connect()
+        if not conns.broker.capabilities.fairness and any(o.fair_key for o in batch):
+            _warn_no_fairness(type(conns.broker).__name__)
         await conns.broker.publish(batch)
         if self.conf.events:  # one more call per batch, only with the `events` setting
             await emit_sent(self, messages)
@@ -607,3 +613,11 @@ def find_task(name: str) -> Task[Any, Any]:
         if task is not None:
             return task
     raise NotRegistered(name)
+
+
+@functools.cache
+def _warn_no_fairness(broker: str) -> None:
+    """Once per broker class: a fairness_key there is carried, not honoured (task-options.md)."""
+    log.warning(
+        "fairness_key is not supported by %s yet: the queue stays first in, first out", broker
+    )

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiotask.brokers._common import DEAD_LETTER_CAP
 from aiotask.brokers.base import Outgoing
+from aiotask.coordination.fairness import fair_key
 from aiotask.exceptions import AiotaskError
 from aiotask.protocol import preview
 from aiotask.security import peek
@@ -260,4 +261,7 @@ def _entries(groups: Iterable[list[DeadLetterInfo]]) -> list[DeadLetter]:
 def _copy(info: DeadLetterInfo, queue: str) -> Outgoing:
     """The original bytes (signature and all), due now, at the message's own priority."""
     priority = info.message.priority if info.message is not None else 0
-    return Outgoing(queue=queue, body=info.body, message_id=info.id, priority=priority)
+    key = fair_key(info.message.headers) if info.message is not None else ""  # fairness
+    return Outgoing(
+        queue=queue, body=info.body, message_id=info.id, priority=priority, fair_key=key
+    )

@@ -13,6 +13,7 @@ from typing_extensions import TypeVar  # PEP 696 defaults (in `typing` from 3.13
 from aiotask._time import now, parse_rate, to_timestamp
 from aiotask.canvas.primitives import Group, Signature, chunks, xmap, xstarmap
 from aiotask.context import TaskContext
+from aiotask.coordination import fairness
 from aiotask.coordination import sending as _coordinated
 from aiotask.coordination import spec as limit_spec
 from aiotask.coordination.unique import OPTION_NAMES as COORDINATION_OPTIONS
@@ -70,6 +71,8 @@ class TaskOptionsDict(TypedDict, total=False):
     on_conflict: OnConflict
     debounce: float
     debounce_key: KeySpec
+    # fairness across keys (aiotask/coordination/fairness.py)
+    fairness_key: str | Callable[..., object] | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +97,8 @@ class TaskOptions:
     bind: bool = False
     #: unique / debounce options (None: neither)
     coordination: Coordination | None = None
+    #: fairness: a parameter name or callable whose value the queue is served round-robin by
+    fairness_key: str | Callable[..., object] | None = None
 
     @classmethod
     def build(cls, name: str, bind: bool, raw: Mapping[str, Any]) -> TaskOptions:
@@ -136,7 +141,13 @@ class TaskOptions:
             rate_limit_key=raw.get("rate_limit_key"),
             concurrency_limit=raw.get("concurrency_limit"),
             concurrency_key=raw.get("concurrency_key"),
+            fairness_key=_fairness_key(name, raw.get("fairness_key")),
         )
+
+
+def _fairness_key(name: str, key: object) -> str | Callable[..., object] | None:
+    fairness.check(name, key)
+    return cast("str | Callable[..., object] | None", key)
 
 
 def _fields(policy: RetryPolicy) -> dict[str, Any]:
@@ -173,6 +184,8 @@ class CallOptions(TypedDict, total=False):
     rate_limit_key: str | Callable[..., object] | None
     concurrency_limit: int | None
     concurrency_key: str | Callable[..., object] | None
+    # fairness across keys: over the task's own
+    fairness_key: str | Callable[..., object] | None
 
 
 #: The per-call options that become limit headers (aiotask/coordination/spec.py).
@@ -317,6 +330,13 @@ class Task(Generic[P, R, L]):
     ) -> Message:
         """The envelope a send would publish; options resolved call > task > settings."""
         opts = self.options
+        fair = limits.pop("fairness_key", opts.fairness_key)  # fairness: resolved at send
+        if fair is not None:
+            args = list(args) if args is not None else []
+            fair_extra = fairness.fair_headers(
+                self.name, fair, args, kwargs or {}, self.fn, opts.bind
+            )
+            headers = {**(headers or {}), **fair_extra}
         if limits:
             check_call_options(self.name, limits, LIMIT_OPTIONS)
             args = list(args) if args is not None else []

@@ -58,6 +58,9 @@ class Outgoing:
     #: stored them (RabbitMQ; the other brokers always know at once). A per-call choice of
     #: latency over the guarantee: a failure after the write is logged, not raised.
     confirm: bool = True
+    #: fairness: a queue's messages are served round-robin across these opaque keys ("": the
+    #: key of every message without one); brokers without support deliver FIFO (task-options.md)
+    fair_key: str = ""
 
 
 @dataclass(slots=True, eq=False)
@@ -114,6 +117,8 @@ class BrokerCapabilities:
     push: bool = True
     #: unsettled messages return when a lease lapses; False: only when the consumer closes/dies
     leases: bool = True
+    #: a queue is served round-robin across `Outgoing.fair_key`s; False: FIFO, the key ignored
+    fairness: bool = False
 
 
 @runtime_checkable

@@ -24,6 +24,7 @@ from aiotask.brokers._common import (
     exhausted_reason,
     tokens,
 )
+from aiotask.brokers._fair import FairHeap
 from aiotask.brokers.base import (
     EVENTS_CAP,
     BrokerCapabilities,
@@ -46,20 +47,21 @@ class _Entry:
     queue: str
     priority: int
     deliveries: int = 0
+    fair_key: str = ""  # fairness: served round-robin across keys (brokers/_fair.py)
 
 
 class MemoryBroker:
     """memory:// — one instance per App; nothing crosses processes."""
 
     capabilities = BrokerCapabilities(
-        priorities=True, max_priority=MAX_PRIORITY, native_delay=True, push=True
+        priorities=True, max_priority=MAX_PRIORITY, native_delay=True, push=True, fairness=True
     )
 
     def __init__(self, settings: Settings) -> None:
         self._lease = settings.visibility_timeout
         self._max_deliveries = settings.max_deliveries
         self._seq = itertools.count()
-        self._ready: dict[str, list[tuple[int, int, _Entry]]] = {}
+        self._ready: dict[str, FairHeap[_Entry]] = {}
         self._delayed: list[tuple[float, int, _Entry]] = []
         self._leased: dict[int, tuple[_Entry, float]] = {}
         self._dead: dict[str, list[DeadLetter]] = {}
@@ -83,14 +85,18 @@ class MemoryBroker:
         return self._changed
 
     def _push(self, entry: _Entry) -> None:
-        heap = self._ready.setdefault(entry.queue, [])
-        heapq.heappush(heap, (-entry.priority, next(self._seq), entry))
+        ready = self._ready.get(entry.queue)
+        if ready is None:
+            ready = self._ready[entry.queue] = FairHeap()
+        ready.push(entry.fair_key, (-entry.priority, next(self._seq), entry))
         self._event().set()
 
     async def publish(self, batch: Sequence[Outgoing]) -> None:
         wall = now()
         for out in batch:
-            entry = _Entry(out.message_id, out.body, out.queue, clamp_priority(out.priority))
+            entry = _Entry(
+                out.message_id, out.body, out.queue, clamp_priority(out.priority), 0, out.fair_key
+            )
             if out.eta is not None and out.eta > wall:
                 heapq.heappush(self._delayed, (out.eta, next(self._seq), entry))
                 self._event().set()
@@ -113,9 +119,11 @@ class MemoryBroker:
     def _take(self, queues: Sequence[str], limit: int) -> list[Delivery]:
         out: list[Delivery] = []
         for queue in queues:
-            heap = self._ready.get(queue)
-            while heap and len(out) < limit:
-                entry = heapq.heappop(heap)[2]
+            ready = self._ready.get(queue)
+            while ready is not None and len(out) < limit:
+                entry = ready.pop()
+                if entry is None:
+                    break
                 if exhausted(entry.deliveries, self._max_deliveries):
                     self._bury(entry, exhausted_reason(entry.deliveries, self._max_deliveries))
                     continue
@@ -216,7 +224,7 @@ class MemoryBroker:
         return out
 
     async def known_queues(self) -> list[str]:
-        names = {q for q, heap in self._ready.items() if heap}
+        names = {q for q, ready in self._ready.items() if len(ready)}
         names |= {q for q, dead in self._dead.items() if dead}
         names |= {item[2].queue for item in self._delayed}
         names |= {entry.queue for entry, _ in self._leased.values()}

@@ -34,6 +34,7 @@ from aiotask._backoff import Backoff
 from aiotask._sqlite import placeholders, transaction
 from aiotask._time import now
 from aiotask.brokers import _sqlite_admin as admin
+from aiotask.brokers import _sqlite_fair
 from aiotask.brokers._common import (
     DEAD_LETTER_CAP,
     MAX_PRIORITY,
@@ -77,7 +78,8 @@ CREATE TABLE IF NOT EXISTS aiotask_messages (
     lease_until REAL,
     lease_owner TEXT,
     deliveries INTEGER NOT NULL DEFAULT 0,
-    body BLOB NOT NULL
+    body BLOB NOT NULL,
+    fair_key TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS aiotask_messages_claim
     ON aiotask_messages (queue, priority DESC, eta, id);
@@ -140,7 +142,7 @@ class SQLiteBroker:
     """sqlite:///relative.db or sqlite:////absolute.db — one machine, no server."""
 
     capabilities = BrokerCapabilities(
-        priorities=True, max_priority=MAX_PRIORITY, native_delay=True, push=False
+        priorities=True, max_priority=MAX_PRIORITY, native_delay=True, push=False, fairness=True
     )
 
     def __init__(self, url: str, settings: Settings) -> None:
@@ -154,6 +156,8 @@ class SQLiteBroker:
         self._maybe_more = True
         #: from the last empty claim: when something next becomes claimable
         self._due: float | None = None
+        #: fairness (brokers/_sqlite_fair.py): the file has the fair_key column and index
+        self._fair_ready = False
 
     @property
     def path(self) -> str:
@@ -193,12 +197,25 @@ class SQLiteBroker:
         finally:
             await self._db.close()
 
+    async def _ensure_fair(self) -> None:
+        if not self._fair_ready:
+            await self._db.run(_sqlite_fair.ensure)
+            self._fair_ready = True
+
     async def publish(self, batch: Sequence[Outgoing]) -> None:
         if not batch:
             return
+        await self._ensure_fair()
         wall = now()
         rows = [
-            (o.message_id, o.queue, clamp_priority(o.priority), max(o.eta or wall, 0.0), o.body)
+            (
+                o.message_id,
+                o.queue,
+                clamp_priority(o.priority),
+                max(o.eta or wall, 0.0),
+                o.body,
+                o.fair_key,
+            )
             for o in batch
         ]
         await self._db.run(_insert, rows)
@@ -226,6 +243,7 @@ class SQLiteBroker:
 
     async def _claim(self, queues: list[str], limit: int) -> list[Delivery]:
         owner = f"{self._owner}:{next(self._seq)}"
+        await self._ensure_fair()
         claim = asyncio.ensure_future(
             self._db.run(
                 _claim_rows,
@@ -259,8 +277,6 @@ class SQLiteBroker:
                 queue,
                 exhausted_reason(deliveries, self._max_deliveries),
             )
-        # RETURNING has no order; within one batch, priority then insertion order is enough.
-        rows.sort(key=lambda r: (-r[3], r[0]))
         return [
             Delivery(body, queue, text(mid), deliveries, Token(rowid, owner))
             for rowid, mid, queue, _prio, deliveries, body in rows
@@ -388,11 +404,11 @@ class SQLiteBroker:
 # --- the functions below run on the connection's thread --------------------------------
 
 
-def _insert(conn: sqlite3.Connection, rows: list[tuple[str, str, int, float, bytes]]) -> None:
+def _insert(conn: sqlite3.Connection, rows: list[tuple[str, str, int, float, bytes, str]]) -> None:
     with transaction(conn):
         conn.executemany(
-            "INSERT INTO aiotask_messages (message_id, queue, priority, eta, body) "
-            "VALUES (?,?,?,?,?)",
+            "INSERT INTO aiotask_messages (message_id, queue, priority, eta, body, fair_key) "
+            "VALUES (?,?,?,?,?,?)",
             rows,
         )
 
@@ -443,6 +459,10 @@ def _claim_rows(
                 _BURY, [(*b, exhausted_reason(b[3], max_deliveries), wall) for b in buried]
             )
             _trim_dead(conn, {b[1] for b in buried})
+        if _sqlite_fair.has_fair(conn, queues):  # fairness: round-robin across keys
+            return Claimed(
+                _sqlite_fair.claim(conn, queues, limit, owner, wall, lease), buried, lost, None
+            )
         rows: list[Row] = conn.execute(
             "UPDATE aiotask_messages SET lease_until=?1, eta=?1, lease_owner=?2, "  # noqa: S608
             "deliveries=deliveries + 1 "
@@ -452,6 +472,8 @@ def _claim_rows(
             "CAST(body AS BLOB)",
             (wall + lease, owner, *queues, wall, limit),
         ).fetchall()
+    # RETURNING has no order; within one batch, priority then insertion order is enough.
+    rows.sort(key=lambda r: (-r[3], r[0]))
     return Claimed(rows, buried, lost, None)
 
 

@@ -1,0 +1,136 @@
+"""Fairness across keys: tenant B's wait with tenant A's backlog queued ahead, vs an idle queue.
+
+    .venv/bin/python -m benchmarks.fairness [--backlog 10000] [--probes 40] [--gap 0.05]
+                                            [--work 0.002] [--no-fifo]
+
+One `aiotask worker` process (concurrency 4) on one SQLite file. Tenant B sends `--probes`
+tasks, one every `--gap` seconds; its wait is the time from send to the task's start (both
+clocks are this machine's). Runs: "idle" (B alone), "fair" (A's backlog of `--backlog` tasks
+queued first, every task with fairness_key="tenant_id"), and for contrast "fifo" (the same
+backlog without fairness_key). Each task sleeps `--work` seconds. Reported: B's p50/p99 wait
+per run and the ratio fair p99 / idle p99 (the target is 2x or less).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+from aiotask import App
+
+TASKS = textwrap.dedent(
+    """
+    import asyncio, os, time
+    from aiotask import App
+
+    app = App("fairbench")
+    LOG = os.environ["FAIR_LOG"]
+    WORK = float(os.environ["FAIR_WORK"])
+
+    async def _run(tenant_id: str, i: int) -> None:
+        if tenant_id == "B":
+            with open(LOG, "a") as f:
+                f.write(f"{i} {time.time()}\\n")
+        await asyncio.sleep(WORK)
+
+    @app.task(name="fair", fairness_key="tenant_id")
+    async def fair(tenant_id: str, i: int) -> None:
+        await _run(tenant_id, i)
+
+    @app.task(name="fifo")
+    async def fifo(tenant_id: str, i: int) -> None:
+        await _run(tenant_id, i)
+    """
+)
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def _rows(log: Path) -> list[list[str]]:
+    return [line.split() for line in log.read_text().splitlines()] if log.exists() else []
+
+
+async def _run(
+    url: str, task: str, backlog: int, probes: int, gap: float, log: Path
+) -> list[float]:
+    async with App("fairbench", broker=url) as app:
+
+        @app.task(name=task, fairness_key="tenant_id" if task == "fair" else None)
+        async def job(tenant_id: str, i: int) -> None: ...
+
+        for start in range(0, backlog, 1000):
+            stop = min(start + 1000, backlog)
+            await job.send_batch([job.call("A", i) for i in range(start, stop)])
+        sent: dict[int, float] = {}
+        for i in range(probes):
+            sent[i] = time.time()
+            await job.send("B", i)
+            await asyncio.sleep(gap)
+        while True:  # every probe started
+            rows = _rows(log)
+            if len(rows) >= probes:
+                break
+            await asyncio.sleep(0.05)
+        await app.broker.purge("default")  # the rest of A's backlog
+    return [(float(t) - sent[int(i)]) * 1000 for i, t in rows]
+
+
+def _measure(
+    workdir: Path, name: str, task: str, backlog: int, args: argparse.Namespace
+) -> list[float]:
+    db = workdir / f"{name}.db"
+    log = workdir / f"{name}.log"
+    env = dict(
+        os.environ, AIOTASK_BROKER_URL=f"sqlite:///{db}", PYTHONPATH=str(workdir),
+        FAIR_LOG=str(log), FAIR_WORK=str(args.work),
+    )  # fmt: skip
+    argv = [sys.executable, "-m", "aiotask", "worker", "-A", "fair_tasks:app", "-c", "4"]
+    worker = subprocess.Popen(argv, cwd=workdir, env=env, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(2.0)  # the worker is up and idle
+        return asyncio.run(_run(f"sqlite:///{db}", task, backlog, args.probes, args.gap, log))
+    finally:
+        worker.terminate()
+        worker.wait(30)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--backlog", type=int, default=10_000)
+    parser.add_argument("--probes", type=int, default=40)
+    parser.add_argument("--gap", type=float, default=0.05)
+    parser.add_argument("--work", type=float, default=0.002)
+    parser.add_argument("--no-fifo", action="store_true")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        (workdir / "fair_tasks.py").write_text(TASKS)
+        runs = {"idle": _measure(workdir, "idle", "fair", 0, args)}
+        runs["fair"] = _measure(workdir, "fair", "fair", args.backlog, args)
+        if not args.no_fifo:
+            runs["fifo"] = _measure(workdir, "fifo", "fifo", args.backlog, args)
+    print(f"SQLite, 1 worker x 4, tasks of {args.work * 1000:g} ms, A's backlog {args.backlog}")
+    for name, waits in runs.items():
+        p50, p99 = statistics.median(waits), _pct(waits, 0.99)
+        print(f"{name:5} B wait p50 {p50:8.1f} ms   p99 {p99:8.1f} ms")
+    ratio = _pct(runs["fair"], 0.99) / _pct(runs["idle"], 0.99)
+    print(f"ratio fair p99 / idle p99: {ratio:.2f}x (target <= 2x)")
+    if "fifo" in runs:
+        print(
+            f"ratio fifo p99 / idle p99: {_pct(runs['fifo'], 0.99) / _pct(runs['idle'], 0.99):.2f}x"
+        )
+
+
+if __name__ == "__main__":
+    main()

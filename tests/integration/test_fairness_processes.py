@@ -1,0 +1,231 @@
+"""Fairness across keys with real workers: tenant A queues 2,000 tasks, then tenant B 20;
+B's tasks all finish before A's N-th (assertions on completion ORDER, never on time).
+
+SQLite runs `aiotask worker` processes; the memory broker runs a Worker in this process
+(memory:// crosses no process boundary). A kill -9 of a worker holding fair messages gets
+them redelivered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from typing import TYPE_CHECKING
+
+import pytest
+
+from aiotask import App
+from aiotask.brokers.base import Outgoing
+from aiotask.protocol import decode
+from aiotask.testing import start_worker
+from tests.procs import stop
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+    from pathlib import Path
+
+pytestmark = pytest.mark.slow
+
+A_TASKS, B_TASKS = 2000, 20
+#: B's last completion must come before A's N-th: N is small next to A's 2,000
+N = 200
+
+MODULE = textwrap.dedent(
+    """
+    import asyncio, os
+    from aiotask import App
+
+    app = App("fair")
+    LOG = os.environ["TEST_LOG"]
+
+    @app.task(name="fair.job", fairness_key="tenant_id")
+    async def job(tenant_id: str, i: int, hold: float = 0.0) -> None:
+        if hold:
+            with open(LOG + ".started", "a") as f:
+                f.write(f"{tenant_id} {i}\\n")
+            await asyncio.sleep(hold)
+        with open(LOG, "a") as f:  # one short append per line: atomic across processes
+            f.write(f"{tenant_id} {i}\\n")
+    """
+)
+
+
+class Workers:
+    def __init__(self, tmp: Path, url: str) -> None:
+        (tmp / "fair_tasks.py").write_text(MODULE)
+        self.tmp, self.log = tmp, tmp / "done"
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("AIOTASK_")}
+        self.env.update(
+            AIOTASK_BROKER_URL=url,
+            AIOTASK_RESULT_BACKEND=url,
+            AIOTASK_PREFETCH="8",
+            AIOTASK_VISIBILITY_TIMEOUT="3",
+            AIOTASK_WORKER_HEARTBEAT_INTERVAL="1",
+            AIOTASK_WORKER_LOST_AFTER="3",
+            TEST_LOG=str(self.log),
+            PYTHONPATH=str(tmp),
+        )
+        self.procs: list[subprocess.Popen[str]] = []
+        self.app = App("fair", broker=url, backend=url)
+
+    def start(self, concurrency: int = 4) -> subprocess.Popen[str]:
+        out = (self.tmp / f"worker-{len(self.procs)}.log").open("w")
+        with out:
+            argv = ["worker", "-A", "fair_tasks:app", "-l", "INFO", "-c", str(concurrency)]
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "aiotask", *argv],
+                cwd=self.tmp, env=self.env, stdout=subprocess.DEVNULL, stderr=out, text=True,
+            )  # fmt: skip
+        self.procs.append(proc)
+        return proc
+
+    def done(self) -> list[tuple[str, int]]:
+        if not self.log.exists():
+            return []
+        rows = [line.split() for line in self.log.read_text().splitlines()]
+        return [(row[0], int(row[1])) for row in rows if len(row) == 2]
+
+    async def wait_for(self, test: object, what: str, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if test():  # type: ignore[operator]
+                return
+            await asyncio.sleep(0.1)
+        logs = "\n".join(p.read_text()[-2000:] for p in self.tmp.glob("worker-*.log"))
+        raise AssertionError(f"{what} did not happen:\n{logs}")
+
+
+@pytest.fixture
+async def workers(tmp_path: Path) -> AsyncIterator[Workers]:
+    w = Workers(tmp_path, f"sqlite:///{tmp_path}/fair.db")
+    try:
+        yield w
+    finally:
+        for p in w.procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        await w.app.close()
+
+
+def _tenant(tenant_id: str, *_: object) -> str:
+    return tenant_id
+
+
+async def _send_backlog(app: App) -> None:
+    """A through the client's own registration of the task (its fairness_key option), B by
+    name with a per-call fairness_key."""
+
+    @app.task(name="fair.job", fairness_key="tenant_id")
+    async def job(tenant_id: str, i: int, hold: float = 0.0) -> None: ...
+
+    await job.send_batch([job.call("A", i) for i in range(A_TASKS)])
+    for i in range(B_TASKS):
+        await app.send_task("fair.job", ["B", i], fairness_key=_tenant)
+
+
+def _a_before_b_finished(done: list[tuple[str, int]]) -> int:
+    """How many of A's tasks completed before B's last one."""
+    last_b = max(i for i, (tenant, _) in enumerate(done) if tenant == "B")
+    return sum(1 for tenant, _ in done[:last_b] if tenant == "A")
+
+
+async def test_sqlite_workers_serve_b_before_a_backlog_drains(workers: Workers) -> None:
+    await _send_backlog(workers.app)
+    workers.start()
+    workers.start()
+    await workers.wait_for(
+        lambda: sum(1 for t, _ in workers.done() if t == "B") == B_TASKS, "B's tasks finishing"
+    )
+    done = workers.done()
+    assert _a_before_b_finished(done) < N, done[: N + B_TASKS]
+    assert sum(1 for t, _ in done if t == "A") < A_TASKS  # A's backlog was still there
+    assert all(stop(p) == 0 for p in workers.procs)
+
+
+async def test_sqlite_kill9_redelivers_fair_messages(workers: Workers) -> None:
+    app = workers.app
+    for tenant, hold in (("K", 30.0), ("L", 0.0)):
+        for i in range(3):
+            await app.send_task("fair.job", [tenant, i, hold], fairness_key=_tenant)
+    victim = workers.start()
+    started = workers.log.with_name("done.started")
+    await workers.wait_for(lambda: started.exists() and started.read_text().count("K") >= 3, "K")
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    # a survivor takes the dead worker's leases over; K's holds run again (shorter this time)
+    (workers.tmp / "fair_tasks.py").write_text(MODULE.replace("await asyncio.sleep(hold)", ""))
+    workers.start()
+    await workers.wait_for(
+        lambda: sorted(t for t, _ in workers.done()) == ["K"] * 3 + ["L"] * 3, "redelivery"
+    )
+    assert all(stop(p) == 0 for p in workers.procs[1:])
+
+
+async def test_memory_worker_serves_b_before_a_backlog_drains() -> None:
+    app = App("fair-mem", broker="memory://", backend="memory://")
+    done: list[str] = []
+
+    @app.task(name="fair.mem", fairness_key="tenant_id")
+    async def job(tenant_id: str, i: int) -> None:
+        await asyncio.sleep(0)
+        done.append(tenant_id)
+
+    async with app:
+        await job.send_batch([job.call("A", i) for i in range(A_TASKS)])
+        await job.send_batch([job.call("B", i) for i in range(B_TASKS)])
+        async with start_worker(app, concurrency=4, prefetch=8):
+            while done.count("B") < B_TASKS:
+                await asyncio.sleep(0.01)
+        last_b = max(i for i, t in enumerate(done) if t == "B")
+        assert done[:last_b].count("A") < N
+
+
+@pytest.mark.parametrize("scheme", ["memory", "sqlite"])
+async def test_keyed_messages_count_in_stats_and_purge(scheme: str, tmp_path: Path) -> None:
+    url = "memory://" if scheme == "memory" else f"sqlite:///{tmp_path}/f.db"
+    app = App("fair-admin", broker=url)
+    async with app:
+        broker = app.broker
+        await broker.publish(
+            [Outgoing("fq", b"x", f"m{i}", fair_key="ab"[i % 2]) for i in range(6)]
+            + [Outgoing("fq", b"y", "plain")]
+        )
+        (stats,) = await broker.queue_stats(["fq"])
+        assert stats.ready == 7
+        assert "fq" in await broker.known_queues()
+        got = await broker.receive(["fq"], 3)
+        assert [d.message_id for d in got] == ["m0", "m1", "plain"]  # a, b, then the unkeyed
+        await broker.nack(got[:1], requeue=False, reason="test")
+        assert [d.message_id for d in await broker.dead_letters("fq")] == [got[0].message_id]
+        await broker.nack(got[1:], requeue=True)
+        assert await broker.purge("fq") == 6
+        (stats,) = await broker.queue_stats(["fq"])
+        assert stats.ready == 0
+
+
+async def test_redis_carries_the_key_fifo_and_warns_once(
+    redis_url: str, namespace: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Not supported on Redis yet: a keyed send still works, FIFO, with one warning."""
+    from aiotask import app as app_module
+
+    app_module._warn_no_fairness.cache_clear()
+    app = App("fair-redis", broker=redis_url, key_prefix=namespace)
+
+    @app.task(name="fair.redis", fairness_key="tenant_id")
+    async def job(tenant_id: str, i: int) -> None: ...
+
+    async with app:
+        for tenant, i in (("A", 0), ("A", 1), ("B", 0)):
+            await job.send(tenant, i)
+        got = await app.broker.receive([app.route("fair.redis")], 3)
+        assert [decode(d.body).args for d in got] == [["A", 0], ["A", 1], ["B", 0]]
+        await app.broker.ack(got)
+    warnings = [r for r in caplog.records if "fairness_key is not supported" in r.message]
+    assert len(warnings) == 1
