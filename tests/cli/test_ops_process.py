@@ -85,7 +85,7 @@ async def test_status_inspect_control_on_a_worker_process(
         assert code == 0 and conf["w1"]["key_prefix"] == namespace
 
         async with producer(broker_url, namespace) as app:
-            slow = await app.send_task("proc.slow", args=["s1", 3.0])
+            slow = await app.send_task("proc.slow", args=["s1", 10.0])
             deadline = time.monotonic() + 15
             while not lines(tmp_path, "started") and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
