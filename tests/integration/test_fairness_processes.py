@@ -84,6 +84,10 @@ class Workers:
         self.procs.append(proc)
         return proc
 
+    def all_ready(self) -> bool:
+        logs = [self.tmp / f"worker-{i}.log" for i in range(len(self.procs))]
+        return all(" ready" in log.read_text() for log in logs)
+
     def done(self) -> list[tuple[str, int]]:
         if not self.log.exists():
             return []
@@ -145,6 +149,9 @@ async def test_sqlite_workers_serve_b_before_a_backlog_drains(workers: Workers) 
     done = workers.done()
     assert _a_before_b_finished(done) < N, done[: N + B_TASKS]
     assert sum(1 for t, _ in done if t == "A") < A_TASKS  # A's backlog was still there
+    # the first worker may finish B alone while the second still starts (a SIGTERM before its
+    # handlers exist ends it with -15): stop both once they are up
+    await workers.wait_for(workers.all_ready, "both workers ready")
     assert all(stop(p) == 0 for p in workers.procs)
 
 
