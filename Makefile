@@ -99,8 +99,9 @@ bench: $(BENCH_STAMP)  ## the full benchmark, aiotask vs Celery and peers; write
 bench-smoke: $(BENCH_STAMP)  ## a small benchmark for CI; prints ratios, fails if aiotask is slower than Celery
 	$(BENCH_BIN)/python -m benchmarks.harness --smoke
 
-cluster: $(STAMP)  ## the Redis Cluster suite on private 6-node clusters: contracts, canvas, failover (~3 min)
-	AIOTASK_CLUSTER_TESTS=full $(BIN)/python -m pytest -q -p no:cacheprovider tests/cluster
+cluster: $(STAMP)  ## Redis Cluster suite (6-node clusters) and the Sentinel failover test (~4 min)
+	AIOTASK_CLUSTER_TESTS=full $(BIN)/python -m pytest -q -p no:cacheprovider tests/cluster \
+	  tests/faults/test_redis_sentinel_failover.py
 
 chaos: $(STAMP)  ## the chaos suite: kill -9, broker restarts, proxy faults on private servers (long)
 	$(BIN)/python -m tests.chaos $(CHAOS_ARGS)
