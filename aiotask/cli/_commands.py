@@ -162,16 +162,6 @@ def worker(
         n_workers = parse_workers(workers)
     except ValueError:
         raise _fail(f"--workers {workers!r}: expected a number of at least 1, or auto") from None
-    if n_workers > 1:  # the supervising parent; its children are plain `aiotask worker`s
-        the_app, app_path = load_app(app)
-        opts = _supervisor.ChildOptions(
-            app=app_path, queues=queues, concurrency=concurrency, processes=processes,
-            prefetch=prefetch, name=name, loglevel=loglevel,
-            max_tasks_per_child=max_tasks_per_child, max_memory_per_child=max_memory_per_child,
-            metrics_port=metrics_port, log_format=log_format, logfile=logfile,
-            keep_logging=keep_logging, beat=embed_beat, events=events,
-        )  # fmt: skip
-        raise typer.Exit(_supervisor.supervise_workers(the_app, opts, n_workers))
     options: WorkerOptions = {
         "app": app,
         "queues": queues,
@@ -189,6 +179,9 @@ def worker(
         "embed_beat": embed_beat,
         "events": events,
     }
+    if n_workers > 1:  # the supervising parent; its children are plain `aiotask worker`s
+        the_app, options["app"] = load_app(app)
+        raise typer.Exit(_supervisor.supervise_workers(the_app, options, n_workers))
     if _run_worker.can_reexec():
         _run_worker.reexec(options)  # a worker without the CLI framework in memory
     raise typer.Exit(_run_worker.run(options))

@@ -46,6 +46,11 @@ class WorkerOptions(TypedDict):
     events: bool
 
 
+def queue_names(options: WorkerOptions) -> list[str] | None:
+    """`-Q a,b` as a list; None for the app's default queues."""
+    return [q.strip() for q in options["queues"].split(",") if q.strip()] or None
+
+
 def can_reexec() -> bool:
     """True when this process is the `aiotask` command (console script or `python -m aiotask`).
 
@@ -94,7 +99,7 @@ def run(options: WorkerOptions) -> int:
     probe, stop_metrics = _observe.setup_metrics(options["metrics_port"])
     w = Worker(
         the_app,
-        queues=[q.strip() for q in options["queues"].split(",") if q.strip()] or None,
+        queues=queue_names(options),
         concurrency=options["concurrency"],
         processes=options["processes"],
         prefetch=options["prefetch"],

@@ -11,38 +11,17 @@ from __future__ import annotations
 import os
 import socket
 import sys
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import typer
 
 from aiotask.cli import _observe
+from aiotask.cli._run_worker import WorkerOptions, queue_names
 from aiotask.worker import Worker
 from aiotask.worker.supervisor import Supervisor
 
 if TYPE_CHECKING:
     from aiotask.app import App
-
-
-@dataclass(frozen=True, slots=True)
-class ChildOptions:
-    """The `aiotask worker` options as parsed, to hand on to each child."""
-
-    app: str
-    queues: str
-    concurrency: int | None
-    processes: int | None
-    prefetch: int | None
-    name: str
-    loglevel: str
-    max_tasks_per_child: int | None
-    max_memory_per_child: int | None
-    metrics_port: int
-    log_format: str
-    logfile: str
-    keep_logging: bool
-    beat: bool
-    events: bool
 
 
 def pool_size(the_app: App, processes: int | None, n_workers: int) -> int:
@@ -51,53 +30,55 @@ def pool_size(the_app: App, processes: int | None, n_workers: int) -> int:
     return given or max(1, (os.cpu_count() or 1) // n_workers)
 
 
-def child_argv(opts: ChildOptions, index: int, name: str, processes: int) -> list[str]:
+def child_argv(opts: WorkerOptions, index: int, name: str, processes: int) -> list[str]:
     """One child's command line: the parent's options, its own name, no --workers."""
-    argv = [sys.executable, "-m", "aiotask", "worker", "-A", opts.app, "-n", name]
-    argv += ["-P", str(processes), "--log-format", opts.log_format]
+    argv = [sys.executable, "-m", "aiotask", "worker", "-A", opts["app"], "-n", name]
+    argv += ["-P", str(processes), "--log-format", opts["log_format"]]
     pairs = {
-        "-Q": opts.queues,
-        "-c": opts.concurrency,
-        "--prefetch": opts.prefetch,
-        "-l": opts.loglevel,
-        "--max-tasks-per-child": opts.max_tasks_per_child,
-        "--max-memory-per-child": opts.max_memory_per_child,
-        "--logfile": opts.logfile,
-        "--metrics-port": opts.metrics_port + index - 1 if opts.metrics_port else None,
+        "-Q": opts["queues"],
+        "-c": opts["concurrency"],
+        "--prefetch": opts["prefetch"],
+        "-l": opts["loglevel"],
+        "--max-tasks-per-child": opts["max_tasks_per_child"],
+        "--max-memory-per-child": opts["max_memory_per_child"],
+        "--logfile": opts["logfile"],
+        "--metrics-port": opts["metrics_port"] + index - 1 if opts["metrics_port"] else None,
     }
     for flag, value in pairs.items():
         if value not in (None, ""):
             argv += [flag, str(value)]
-    if opts.keep_logging:
+    if opts["keep_logging"]:
         argv.append("--keep-logging")
-    if opts.events:
+    if opts["events"]:
         argv.append("-E")
-    if opts.beat and index == 1:
+    if opts["embed_beat"] and index == 1:
         argv.append("--beat")
     return argv
 
 
-def supervise_workers(the_app: App, opts: ChildOptions, n_workers: int) -> int:
+def supervise_workers(the_app: App, opts: WorkerOptions, n_workers: int) -> int:
     """Print the banner, run the supervising parent, return its exit code."""
-    _observe.setup_logging(the_app, opts.loglevel, opts.log_format, opts.logfile, opts.keep_logging)
-    base = opts.name or f"aiotask@{socket.gethostname()}-{os.getpid()}"
+    _observe.setup_logging(
+        the_app, opts["loglevel"], opts["log_format"], opts["logfile"], opts["keep_logging"]
+    )
+    base = opts["name"] or f"aiotask@{socket.gethostname()}-{os.getpid()}"
     names = [f"{base}-{i}" for i in range(1, n_workers + 1)]
-    processes = pool_size(the_app, opts.processes, n_workers)
+    processes = pool_size(the_app, opts["processes"], n_workers)
     shown = Worker(
         the_app,
-        queues=[q.strip() for q in opts.queues.split(",") if q.strip()] or None,
-        concurrency=opts.concurrency,
+        queues=queue_names(opts),
+        concurrency=opts["concurrency"],
         processes=processes,
-        prefetch=opts.prefetch,
+        prefetch=opts["prefetch"],
         name=base,
-        beat=opts.beat,
-        events=opts.events or None,
+        beat=opts["embed_beat"],
+        events=opts["events"] or None,
     )
     lines = shown.banner().splitlines()
     lines[0] = f"aiotask worker {base} (supervisor, pid {os.getpid()})"
     lines.insert(1, f"  workers:      {n_workers} processes: {names[0]} .. {names[-1]}")
     lines = [line.replace("coroutines,", "coroutines per worker,") for line in lines]
-    if opts.beat:
+    if opts["embed_beat"]:
         lines.insert(2, f"  beat:         embedded in {names[0]}")
     typer.echo("\n".join(lines), err=True)
     argvs = [(name, child_argv(opts, i, name, processes)) for i, name in enumerate(names, 1)]

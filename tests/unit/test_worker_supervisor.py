@@ -7,13 +7,14 @@ import os
 import pytest
 
 from aiotask import App
-from aiotask.cli._supervisor import ChildOptions, child_argv, pool_size
+from aiotask.cli._run_worker import WorkerOptions
+from aiotask.cli._supervisor import child_argv, pool_size
 from aiotask.worker.supervisor import parse_workers
 
-OPTS = ChildOptions(
+OPTS = WorkerOptions(
     app="proj:app", queues="a,b", concurrency=7, processes=None, prefetch=None, name="",
     loglevel="INFO", max_tasks_per_child=None, max_memory_per_child=None, metrics_port=9100,
-    log_format="text", logfile="", keep_logging=False, beat=True, events=True,
+    log_format="text", logfile="", keep_logging=False, embed_beat=True, events=True,
 )  # fmt: skip
 
 
