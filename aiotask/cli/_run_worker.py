@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import sys
 from typing import TYPE_CHECKING, Any, TypedDict
 
@@ -67,8 +68,15 @@ def can_reexec() -> bool:
     return os.path.basename(path) in ("aiotask", "aiotask.exe", "aiotask-script.py")
 
 
+# Stop signals are blocked from just before the exec until the worker's own handlers exist: the
+# mask and any pending signal survive execve, so a SIGTERM sent while the new interpreter is still
+# importing is delivered to the handler as a warm shutdown instead of killing it (exit -15).
+_HELD = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGQUIT})
+
+
 def reexec(options: WorkerOptions) -> None:
     """Replace this process with a fresh interpreter running the worker (does not return)."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, _HELD)
     sys.stdout.flush()
     sys.stderr.flush()
     argv = [sys.executable, *_interpreter_options(), "-m", __name__, orjson.dumps(options).decode()]
@@ -120,6 +128,7 @@ def run(options: WorkerOptions) -> int:
 async def _serve(w: Worker) -> int:
     loop = asyncio.get_running_loop()
     w.shutdown.install(loop)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _HELD)  # a signal held since the exec runs now
     try:
         return await w.run()
     finally:
