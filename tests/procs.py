@@ -37,6 +37,18 @@ TASKS_MODULE = textwrap.dedent(
         _mark("finished", key)
         return key
 
+    @app.task(name="proc.hold")
+    async def hold(key: str) -> str:
+        # runs until the test calls release(directory, key), at most 120 s: no timing guess
+        _mark("started", key)
+        gate = os.path.join(LOG, "release-" + key)
+        for _ in range(6000):
+            if os.path.exists(gate):
+                break
+            await asyncio.sleep(0.02)
+        _mark("finished", key)
+        return key
+
     @app.task(name="proc.cpu")
     def cpu(n: int) -> int:
         return os.getpid()
@@ -118,6 +130,11 @@ def stop(proc: subprocess.Popen[str], sig: int = signal.SIGTERM, timeout: float 
 def lines(directory: Path, kind: str) -> list[str]:
     path = directory / "logs" / kind
     return path.read_text().split() if path.exists() else []
+
+
+def release(directory: Path, key: str) -> None:
+    """Let the running `proc.hold(key)` task finish."""
+    (directory / "logs" / f"release-{key}").touch()
 
 
 def run_cli(directory: Path, env: dict[str, str], *argv: str) -> subprocess.CompletedProcess[str]:

@@ -171,10 +171,19 @@ def _app_of(ctx: typer.Context, app: str) -> App:
 def _command(
     ctx: typer.Context,
     app: str,
-    call: Callable[[App], Awaitable[dict[str, dict[str, Any]]]],
+    destination: str,
     timeout: float,
     as_json: bool,
+    operation: str,
+    *args: object,
 ) -> None:
+    """Send one `app.control.<operation>` to the workers and print their replies."""
+    dest = _names(destination)
+
+    def call(a: App) -> Awaitable[dict[str, dict[str, Any]]]:
+        method = getattr(a.control, operation)
+        return method(*args, destination=dest, timeout=timeout)  # type: ignore[no-any-return]
+
     replies = _run(_app_of(ctx, app), call)
     if as_json:
         typer.echo(_json(replies))
@@ -211,14 +220,7 @@ def rate_limit(
     as_json: JsonOpt = False,
 ) -> None:
     """Set a task's rate limit on running workers (until they restart)."""
-    dest = _names(destination)
-    _command(
-        ctx,
-        app,
-        lambda a: a.control.rate_limit(task, rate, destination=dest, timeout=timeout),
-        timeout,
-        as_json,
-    )
+    _command(ctx, app, destination, timeout, as_json, "rate_limit", task, rate)
 
 
 @control_cli.command("add-consumer")
@@ -231,14 +233,7 @@ def add_consumer(
     as_json: JsonOpt = False,
 ) -> None:
     """Make running workers consume one more queue (until they restart)."""
-    dest = _names(destination)
-    _command(
-        ctx,
-        app,
-        lambda a: a.control.add_consumer(queue, destination=dest, timeout=timeout),
-        timeout,
-        as_json,
-    )
+    _command(ctx, app, destination, timeout, as_json, "add_consumer", queue)
 
 
 @control_cli.command("cancel-consumer")
@@ -251,14 +246,7 @@ def cancel_consumer(
     as_json: JsonOpt = False,
 ) -> None:
     """Make running workers stop consuming a queue; prefetched messages are handed back."""
-    dest = _names(destination)
-    _command(
-        ctx,
-        app,
-        lambda a: a.control.cancel_consumer(queue, destination=dest, timeout=timeout),
-        timeout,
-        as_json,
-    )
+    _command(ctx, app, destination, timeout, as_json, "cancel_consumer", queue)
 
 
 @control_cli.command("pool-grow")
@@ -271,14 +259,7 @@ def pool_grow(
     as_json: JsonOpt = False,
 ) -> None:
     """Raise running workers' concurrency by N."""
-    dest = _names(destination)
-    _command(
-        ctx,
-        app,
-        lambda a: a.control.pool_grow(n, destination=dest, timeout=timeout),
-        timeout,
-        as_json,
-    )
+    _command(ctx, app, destination, timeout, as_json, "pool_grow", n)
 
 
 @control_cli.command("pool-shrink")
@@ -291,14 +272,7 @@ def pool_shrink(
     as_json: JsonOpt = False,
 ) -> None:
     """Lower running workers' concurrency by N (never below 1); running tasks finish."""
-    dest = _names(destination)
-    _command(
-        ctx,
-        app,
-        lambda a: a.control.pool_shrink(n, destination=dest, timeout=timeout),
-        timeout,
-        as_json,
-    )
+    _command(ctx, app, destination, timeout, as_json, "pool_shrink", n)
 
 
 @control_cli.command()
@@ -310,14 +284,7 @@ def shutdown(
     as_json: JsonOpt = False,
 ) -> None:
     """Warm shutdown of running workers: finish running tasks, hand back the rest, exit 0."""
-    dest = _names(destination)
-    _command(
-        ctx,
-        app,
-        lambda a: a.control.shutdown(destination=dest, timeout=timeout),
-        timeout,
-        as_json,
-    )
+    _command(ctx, app, destination, timeout, as_json, "shutdown")
 
 
 def register(cli: typer.Typer) -> None:

@@ -17,7 +17,7 @@ import pytest
 from aiotask import App
 from tests.conftest import REDIS_URL
 from tests.contract.conftest import delete_prefix
-from tests.procs import lines, run_cli, start_worker, stop, worker_env, write_tasks
+from tests.procs import lines, release, run_cli, start_worker, stop, worker_env, write_tasks
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -66,6 +66,7 @@ def cli_json(directory: Path, env: dict[str, str], *argv: str) -> tuple[int, Any
     return done.returncode, orjson.loads(done.stdout) if done.stdout.strip() else None
 
 
+@pytest.mark.timeout(240)  # about fifteen CLI processes in a row: slow on a loaded machine
 async def test_status_inspect_control_on_a_worker_process(
     tmp_path: Path, broker_url: str, namespace: str
 ) -> None:
@@ -85,7 +86,7 @@ async def test_status_inspect_control_on_a_worker_process(
         assert code == 0 and conf["w1"]["key_prefix"] == namespace
 
         async with producer(broker_url, namespace) as app:
-            slow = await app.send_task("proc.slow", args=["s1", 10.0])
+            slow = await app.send_task("proc.hold", args=["s1"])  # runs until released
             deadline = time.monotonic() + 15
             while not lines(tmp_path, "started") and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
@@ -111,6 +112,7 @@ async def test_status_inspect_control_on_a_worker_process(
 
             done = run_cli(tmp_path, env, "control", *APP, "shutdown", "-d", "w1")
             assert done.returncode == 0 and "shutting down" in done.stdout, done.stderr
+            release(tmp_path, "s1")
             assert await slow.get(timeout=20) == "s1"  # warm: the running task finished
         assert proc.wait(30) == 0
         done = run_cli(tmp_path, env, "status", *APP)
