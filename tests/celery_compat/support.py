@@ -15,6 +15,8 @@ import textwrap
 import time
 from typing import TYPE_CHECKING
 
+from redis import Redis
+
 if TYPE_CHECKING:
     from pathlib import Path
 
@@ -271,3 +273,36 @@ def check_celery_client(out: str) -> None:
     assert r["link"] == 10  # the callback got the parent's result
     assert r["group"] == [2, 4]
     assert r["retried"] == "ok after 2"  # retried twice through the queue, in Celery format
+
+
+def check_mixed_fleet(apps_dir: Path, env: dict[str, str], ns: str, redis_url: str, n: int) -> None:
+    """One Celery and one aiotask worker on one queue drain N Celery-sent tasks: each runs once,
+    none is lost, and both kinds of worker take a share."""
+    celery_worker = start_celery_worker(apps_dir, env, ns)
+    aiotask_worker = start_aiotask_worker(apps_dir, env, ns)
+    counter = Redis.from_url(redis_url, decode_responses=True)
+    try:
+        run_producer(
+            apps_dir,
+            env,
+            f"""
+            for i in range({n}):
+                count.apply_async((str(i),), task_id=f"{{NS}}-{{i}}", ignore_result=True)
+            """,
+        )
+        deadline = time.monotonic() + 240
+        while counter.hlen(ns + ":runs") < n and time.monotonic() < deadline:
+            time.sleep(0.5)
+        time.sleep(1.0)  # a duplicate run would land here
+        runs = {k: int(v) for k, v in counter.hgetall(ns + ":runs").items()}
+        by = {k: int(v) for k, v in counter.hgetall(ns + ":by").items()}
+    finally:
+        try:
+            stop(aiotask_worker)
+        finally:
+            stop(celery_worker)
+            counter.close()
+    assert set(runs) == {str(i) for i in range(n)}  # none lost
+    assert set(runs.values()) == {1}  # each ran once
+    assert by.get("celery", 0) > 0 and by.get("aiotask", 0) > 0  # both kinds took a share
+    assert sum(by.values()) == n

@@ -16,6 +16,7 @@ from aiotask import App
 from tests.celery_compat.support import (
     CELERY_CLIENT,
     check_celery_client,
+    check_mixed_fleet,
     env_for,
     run_producer,
     start_aiotask_worker,
@@ -115,34 +116,7 @@ def test_a_mixed_fleet_drains_2000_celery_tasks_each_once(
     apps_dir: Path, namespace: str, amqp_url: str, redis_url: str, celery_queue: str
 ) -> None:
     env = env_for(apps_dir, namespace, amqp_url, redis_url)
-    celery_worker = start_celery_worker(apps_dir, env, namespace)
-    aiotask_worker = start_aiotask_worker(apps_dir, env, namespace)
-    counter = Redis.from_url(redis_url, decode_responses=True)
-    try:
-        run_producer(
-            apps_dir,
-            env,
-            """
-            for i in range(2000):
-                count.apply_async((str(i),), task_id=f"{NS}-{i}", ignore_result=True)
-            """,
-        )
-        deadline = time.monotonic() + 240
-        while counter.hlen(namespace + ":runs") < 2000 and time.monotonic() < deadline:
-            time.sleep(0.5)
-        time.sleep(1.0)  # a duplicate run would land here
-        runs = {k: int(v) for k, v in counter.hgetall(namespace + ":runs").items()}
-        by = {k: int(v) for k, v in counter.hgetall(namespace + ":by").items()}
-    finally:
-        try:
-            stop(aiotask_worker)
-        finally:
-            stop(celery_worker)
-            counter.close()
-    assert set(runs) == {str(i) for i in range(2000)}  # none lost
-    assert set(runs.values()) == {1}  # each ran once
-    assert by.get("celery", 0) > 0 and by.get("aiotask", 0) > 0  # both kinds took a share
-    assert sum(by.values()) == 2000
+    check_mixed_fleet(apps_dir, env, namespace, redis_url, 2000)
 
 
 def test_a_killed_aiotask_workers_unacked_messages_go_to_a_celery_worker(
