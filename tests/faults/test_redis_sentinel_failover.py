@@ -96,10 +96,14 @@ async def test_worker_resumes_after_failover_and_no_acknowledged_send_is_lost(
     try:
         async with App("proc", broker=servers.url, redis_wait_replicas=1) as app:
 
-            async def produce(prefix: str, seconds: float) -> None:
+            async def produce(prefix: str, seconds: float, at_least: int = 0) -> None:
+                """Send for SECONDS, and on until AT_LEAST sends of this prefix were acked."""
                 end = time.monotonic() + seconds
                 i = 0
-                while time.monotonic() < end:
+                while time.monotonic() < end or (
+                    sum(k.startswith(prefix) for k in acked) < at_least
+                    and time.monotonic() < end + 60
+                ):
                     key = f"{prefix}{i}"
                     i += 1
                     try:
@@ -113,8 +117,15 @@ async def test_worker_resumes_after_failover_and_no_acknowledged_send_is_lost(
                         acked.append(key)
                         await asyncio.sleep(0.005)
 
-            await produce("a", 2.0)  # before: the worker drains as usual
-            assert await _wait_for(lambda: len(lines(tmp_path, "finished")) > 20, 30)
+            # before: the worker drains as usual. At least 21 acked sends, not "2 s of sends": on a
+            # loaded machine 2 s of WAIT-confirmed sends could be fewer than 21, and the check
+            # below then waited for tasks that were never sent (how this test used to fail).
+            await produce("a", 2.0, at_least=21)
+            before = [k for k in acked if k.startswith("a")]
+            assert await _wait_for(lambda: set(before) <= set(lines(tmp_path, "finished")), 60), (
+                f"{len(before)} acked, {len(lines(tmp_path, 'finished'))} finished, refused "
+                f"{len(refused)}: {reasons[-3:]}\n{drain.text()}"
+            )
             producer = asyncio.create_task(produce("b", 6.0))  # during the failover
             await asyncio.sleep(0.5)
             old = servers.kill_primary()
