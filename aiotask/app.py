@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal, ParamSpec, Protocol, TypeVar, Un
 import orjson
 
 from aiotask import backends, brokers
+from aiotask._connections import Connections, is_memory
 from aiotask._log import get_logger
 from aiotask._urls import redact
 from aiotask.backends.base import EncodedResult, ResultRecord
@@ -49,7 +50,6 @@ from aiotask.task import (
 
 if TYPE_CHECKING:
     from collections.abc import (
-        AsyncGenerator,
         Awaitable,
         Callable,
         Coroutine,
@@ -131,7 +131,7 @@ class App:
         self._routes: tuple[Settings, dict[str, str]] = (self.conf, {})
         self._wire: tuple[Settings, Wire] = (self.conf, Wire.from_settings(self.conf))
         #: one connection set per event loop (None: made from plain code, not yet bound)
-        self._sets: dict[asyncio.AbstractEventLoop | None, _Connections] = {}
+        self._sets: dict[asyncio.AbstractEventLoop | None, Connections] = {}
         for builtin in (MAP_TASK, STARMAP_TASK):  # run by the worker's executor itself
             self.tasks[builtin] = Task(self, _never, TaskOptions(name=builtin))
         #: periodic entries defined in code (`beat_schedule`, `@app.periodic`), by name
@@ -267,7 +267,7 @@ class App:
     # used only there: `asyncio.run(add.send(1, 2))` twice opens two sets, and the second loop
     # never touches the first loop's transports. A set closes itself when its loop shuts down
     # (asyncio.run, pytest-asyncio), or on `await app.close()` from its own loop.
-    def _conns(self) -> _Connections:
+    def _conns(self) -> Connections:
         """The connection set of the running loop (or of plain code, when no loop runs)."""
         try:
             loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
@@ -290,7 +290,7 @@ class App:
                 unbound.loop = loop
                 sets[loop] = unbound
                 return unbound
-        made = _Connections(loop, *self._instances())
+        made = Connections(loop, *self._instances())
         sets[loop] = made
         return made
 
@@ -298,7 +298,7 @@ class App:
         """A fresh broker and backend, except memory:// ones: their data lives in the instance,
         so every loop shares them (they are in-process and loop-agnostic)."""
         conf = self.conf
-        if _is_memory(conf.broker_url):
+        if is_memory(conf.broker_url):
             if self._broker is None:
                 self._broker = brokers.from_url(conf.broker_url, conf, self.main)
             broker = self._broker
@@ -306,7 +306,7 @@ class App:
             broker = brokers.from_url(conf.broker_url, conf, self.main)
         url = conf.backend_url
         backend: ResultBackend | None = None
-        if url is not None and _is_memory(url):
+        if url is not None and is_memory(url):
             if self._backend is None:
                 self._backend = backends.from_url(url, conf)
             backend = self._backend
@@ -510,69 +510,10 @@ def _match_route(conf: Settings, task_name: str) -> str:
     return conf.default_queue
 
 
-#: Seconds a connection set may take to close when its event loop shuts down.
-CLOSE_TIMEOUT = 10.0
-
-
-class _Connections:
-    """One broker and backend, opened on one event loop and used only from it."""
-
-    __slots__ = ("_closer", "backend", "broker", "connected", "lock", "loop")
-
-    def __init__(
-        self,
-        loop: asyncio.AbstractEventLoop | None,
-        broker: Broker,
-        backend: ResultBackend | None,
-    ) -> None:
-        self.loop = loop
-        self.broker = broker
-        self.backend = backend
-        self.lock: asyncio.Lock | None = None
-        self.connected = False
-        self._closer: AsyncGenerator[None, None] | None = None
-
-    async def close_with_loop(self) -> None:
-        """Close this set when its loop shuts down: asyncio.run (and pytest-asyncio) close
-        every suspended async generator then, while the loop still runs its transports."""
-        closer = _close_at_shutdown(self)
-        await anext(closer)
-        self._closer = closer
-
-    async def close(self) -> None:
-        if not self.connected:
-            return
-        self.connected = False
-        closer, self._closer = self._closer, None
-        try:
-            try:
-                await self.broker.close()
-            finally:
-                if self.backend is not None:
-                    await self.backend.close()
-        finally:
-            if closer is not None:
-                await closer.aclose()
-
-
-async def _close_at_shutdown(conns: _Connections) -> AsyncGenerator[None, None]:
-    try:
-        yield
-    finally:
-        conns._closer = None  # this generator is finishing: close() must not aclose() it
-        if conns.connected:
-            async with asyncio.timeout(CLOSE_TIMEOUT):
-                await conns.close()
-
-
-def _is_memory(url: str) -> bool:
-    return url.lower().startswith("memory:")
-
-
 #: Connection sets inherited through fork(): they share the parent's sockets, so the child
 #: never closes them (that would close the parent's AMQP connection); kept so that garbage
 #: collection does not close them either.
-_INHERITED: list[_Connections] = []
+_INHERITED: list[Connections] = []
 
 
 def _forget_connections_after_fork() -> None:
