@@ -1,8 +1,10 @@
 """Task states, as Celery users know them.
 
-There is no RECEIVED: writing it when a worker takes a message would cost a backend write per
-task on the hot path (and could race with STARTED/SUCCESS written right after); PENDING covers
-"queued or held by a worker", STARTED (with `task_track_started`) says it is running.
+RECEIVED exists (as in Celery) but the result backend never stores it: writing it when a worker
+takes a message would cost a backend write per task on the hot path (and could race with
+STARTED/SUCCESS written right after). It is a state of the task-received event, which the
+dashboard and `aiotask events` show; `AsyncResult.state()` says PENDING for "queued or held by a
+worker", and STARTED (with `task_track_started`) once it runs.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ class State(StrEnum):
     """A task's lifecycle state; custom states (from `update_state`) are plain strings."""
 
     PENDING = "PENDING"
+    RECEIVED = "RECEIVED"
     STARTED = "STARTED"
     RETRY = "RETRY"
     SUCCESS = "SUCCESS"
@@ -22,6 +25,7 @@ class State(StrEnum):
 
 
 PENDING = State.PENDING
+RECEIVED = State.RECEIVED
 STARTED = State.STARTED
 RETRY = State.RETRY
 SUCCESS = State.SUCCESS
