@@ -9,6 +9,7 @@ import sys
 import textwrap
 import threading
 import time
+from collections import deque
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -174,3 +175,27 @@ def wait_with_stderr(proc: subprocess.Popen[str], timeout: float) -> tuple[int, 
         raise AssertionError(f"stderr of pid {proc.pid} stayed open after it exited")
     stream.close()
     return code, "".join(chunks)
+
+
+class StderrTail:
+    """Reads a worker's stderr on a thread all along (a full pipe would block the worker in a
+    write) and keeps the last lines to show when a test fails."""
+
+    def __init__(self, proc: subprocess.Popen[str], keep: int = 40) -> None:
+        if proc.stderr is None:
+            raise AssertionError("the worker's stderr is not a pipe")
+        self.stream = proc.stderr
+        os.set_blocking(self.stream.fileno(), True)
+        self.lines: deque[str] = deque(maxlen=keep)
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            for line in self.stream:
+                self.lines.append(line)
+        except (ValueError, OSError):  # the pipe was closed under the reader
+            return
+
+    def text(self) -> str:
+        return "".join(self.lines)

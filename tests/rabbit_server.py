@@ -74,7 +74,7 @@ class PrivateRabbit:
                 [RABBITMQ_SERVER], env=self.env, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True,
             )  # fmt: skip
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 90  # a node boots in ~5 s, but far slower on a loaded host
         while time.monotonic() < deadline:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):

@@ -10,17 +10,13 @@ task, written by the task itself).
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import threading
 import time
-from collections import deque
 from typing import TYPE_CHECKING
 
 import pytest
 
 from aiotask import App
-from tests.procs import lines, start_worker, stop, worker_env, write_tasks
+from tests.procs import StderrTail, lines, start_worker, stop, worker_env, write_tasks
 from tests.rabbit_server import FaultProxy, PrivateRabbit, need_rabbitmq_server
 
 if TYPE_CHECKING:
@@ -63,28 +59,8 @@ async def _send(app: App, keys: list[str]) -> None:
     await asyncio.gather(*(app.send_task("proc.slow", args=[k, 0.01]) for k in keys))
 
 
-class _Drain:
-    """Reads the worker's stderr all along: a full pipe would block (stall) the worker."""
-
-    def __init__(self, worker: subprocess.Popen[str]) -> None:
-        assert worker.stderr is not None
-        self.stream = worker.stderr
-        os.set_blocking(self.stream.fileno(), True)
-        self.lines: deque[str] = deque(maxlen=30)
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        with contextlib.suppress(ValueError, OSError):
-            for line in self.stream:
-                self.lines.append(line)
-
-    def tail(self) -> str:
-        return "".join(self.lines)
-
-
 async def _until(
-    worker: subprocess.Popen[str], log: _Drain, directory: Path, want: set[str], timeout: float
+    worker: subprocess.Popen[str], log: StderrTail, directory: Path, want: set[str], timeout: float
 ) -> set[str]:
     """Wait until every key in `want` has finished; fail at once if the worker exits."""
     deadline = time.monotonic() + timeout
@@ -94,9 +70,9 @@ async def _until(
             return done
         code = worker.poll()
         if code is not None:
-            pytest.fail(f"worker exited with {code}, {len(want - done)} tasks left:\n{log.tail()}")
+            pytest.fail(f"worker exited with {code}, {len(want - done)} tasks left:\n{log.text()}")
         if time.monotonic() > deadline:
-            pytest.fail(f"{len(want - done)} of {len(want)} tasks never ran:\n{log.tail()}")
+            pytest.fail(f"{len(want - done)} of {len(want)} tasks never ran:\n{log.text()}")
         await asyncio.sleep(0.1)
 
 
@@ -111,7 +87,7 @@ async def test_worker_survives_a_rabbitmq_crash_and_restart(
         await _send(app, before)
     # (in a thread: the proxy runs on this event loop)
     worker = await asyncio.to_thread(start_worker, tmp_path, env, "-c", "8")
-    log = _Drain(worker)
+    log = StderrTail(worker)
     try:
         while len(lines(tmp_path, "finished")) < BEFORE // 6:
             assert worker.poll() is None

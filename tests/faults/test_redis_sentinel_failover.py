@@ -9,22 +9,18 @@ aiotask (a file per task, written by the task itself).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-import threading
 import time
-from collections import deque
 from typing import TYPE_CHECKING
 
 import pytest
 
 from aiotask import App
 from aiotask.exceptions import BrokerConnectionError
-from tests.procs import lines, start_worker, stop, worker_env, write_tasks
+from tests.procs import StderrTail, lines, start_worker, stop, worker_env, write_tasks
 from tests.sentinel_server import PrivateSentinelSet
 
 if TYPE_CHECKING:
-    import subprocess
     from collections.abc import Iterator
     from pathlib import Path
 
@@ -55,26 +51,6 @@ def servers(tmp_path: Path) -> Iterator[PrivateSentinelSet]:
         s.stop()
 
 
-class _Drain:
-    """Reads the worker's stderr all along: the failover logs enough to fill a pipe."""
-
-    def __init__(self, worker: subprocess.Popen[str]) -> None:
-        assert worker.stderr is not None
-        self.stream = worker.stderr
-        os.set_blocking(self.stream.fileno(), True)
-        self.lines: deque[str] = deque(maxlen=40)
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        with contextlib.suppress(ValueError, OSError):
-            for line in self.stream:
-                self.lines.append(line)
-
-    def text(self) -> str:
-        return "".join(self.lines)
-
-
 async def _wait_for(predicate: object, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -89,7 +65,7 @@ async def test_worker_resumes_after_failover_and_no_acknowledged_send_is_lost(
 ) -> None:
     env = worker_env(write_tasks(tmp_path), servers.url, AIOTASK_VISIBILITY_TIMEOUT="5")
     worker = start_worker(tmp_path, env, "-c", "8")
-    drain = _Drain(worker)
+    drain = StderrTail(worker)
     acked: list[str] = []
     refused: list[str] = []
     reasons: list[str] = []
