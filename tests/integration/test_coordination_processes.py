@@ -1,5 +1,5 @@
 """Coordinated limits with real `aiotask worker` processes on each shared store: SQLite,
-Redis, and RabbitMQ as broker with the Redis result backend as the store.
+Redis, PostgreSQL, and RabbitMQ as broker with the Redis result backend as the store.
 
 Every task appends to a log file (an external counter, outside the store it is checked
 against): a start time for rate limits, enter/leave times for concurrency limits. The
@@ -70,10 +70,13 @@ RATE = 10.0
 JITTER = 0.5
 
 
-@pytest.fixture(params=["sqlite", "redis", "amqp"])
+@pytest.fixture(params=["sqlite", "redis", "amqp", "postgres"])
 def urls(request: pytest.FixtureRequest, tmp_path: Path, namespace: str) -> tuple[str, str]:
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path}/lim.db"
+        return url, url
+    if request.param == "postgres":  # tables in the schema named by the namespace
+        url = request.getfixturevalue("postgres_url")
         return url, url
     redis = request.getfixturevalue("redis_url")
     if request.param == "redis":
