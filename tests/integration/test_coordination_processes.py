@@ -51,6 +51,11 @@ MODULE = textwrap.dedent(
         _log("keyed", time.time(), user)
         return i
 
+    @app.task(name="lim.fast", rate_limit="50/s", rate_limit_scope="global")
+    async def fast(i: int) -> int:
+        _log("fast", time.time(), i)
+        return i
+
     @app.task(name="lim.free")
     async def free(i: int) -> int:
         _log("free", time.time(), i)
@@ -215,6 +220,21 @@ async def test_four_workers_share_one_global_rate_and_keys_have_their_own(
     both = [float(t) for t, _ in cluster.lines("keyed")]
     # two keys, two budgets: together they ran faster than one key's limit allows
     assert _max_in_window(both, 2.0) > 4.0 * 2.0 + 1
+
+
+async def test_a_global_50_per_second_holds_across_four_workers(cluster: Cluster) -> None:
+    cluster.start(4, own_queues=True)
+    await cluster.ready()
+    # every worker holds a share of the backlog: per-worker budgets would allow 4 x 50/s
+    sent = [
+        await cluster.app.send_task("lim.fast", args=(i,), queue=f"q{i % 4}") for i in range(200)
+    ]
+    assert [await r.get(timeout=60) for r in sent] == list(range(200)), cluster.logs()
+    assert cluster.stop_all() == [0, 0, 0, 0], cluster.logs()
+    starts = [float(row[0]) for row in cluster.lines("fast")]
+    assert len(starts) == 200
+    for window in (0.5, 1.0, 2.0):
+        assert _max_in_window(starts, window) <= 50.0 * (window + JITTER) + 1, window
 
 
 async def test_concurrency_limit_holds_across_three_workers(cluster: Cluster) -> None:
