@@ -426,12 +426,12 @@ class PrivatePgBouncer:
             return ""
 
     def stop(self) -> None:
-        """Stop by PID (SIGINT: pgbouncer's immediate shutdown), then remove the directory."""
+        """Stop by PID (SIGTERM: pgbouncer's immediate shutdown), then remove the directory."""
         import shutil
         import signal
 
         if self.proc is not None:
-            self.proc.send_signal(signal.SIGINT)
+            self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:
