@@ -19,7 +19,7 @@ TEST_WORKERS ?= 2
 VENV313 := .venv313
 
 .DEFAULT_GOAL := help
-.PHONY: help install chromium format lint typecheck test test-unit test-fast test-py313 demo bench bench-smoke chaos chaos-short docs clean
+.PHONY: help install chromium pgbouncer format lint typecheck test test-unit test-fast test-py313 demo bench bench-smoke chaos chaos-short docs clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-12s %s\n", $$1, $$2}'
@@ -56,6 +56,15 @@ chromium:  ## Debian's chromium for the dashboard's browser tests (installed whe
 	    || echo "could not install chromium: the browser tests skip (or fail in CI)"; \
 	fi
 
+# The PostgreSQL tests through PgBouncer (transaction pooling) start a private Debian pgbouncer in
+# front of the machine's PostgreSQL. Installed only when missing, like chromium.
+pgbouncer:  ## Debian's pgbouncer for the PgBouncer tests (installed when missing)
+	@if ! command -v pgbouncer >/dev/null 2>&1 && [ ! -x /usr/sbin/pgbouncer ]; then \
+	  echo "installing pgbouncer (apt-get) for the PgBouncer tests"; \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -q pgbouncer; } \
+	    || echo "could not install pgbouncer: the PgBouncer tests skip (or fail in CI)"; \
+	fi
+
 format: $(STAMP)  ## format and autofix
 	$(BIN)/ruff format aiotask tests benchmarks examples
 	$(BIN)/ruff check --fix aiotask tests benchmarks examples
@@ -68,7 +77,7 @@ lint: $(STAMP)  ## ruff check, format check, and the layer contract
 typecheck: $(STAMP)  ## mypy --strict over aiotask and tests
 	$(BIN)/mypy
 
-test: lint typecheck docs chromium $(STAMP)  ## lint, typecheck, docs, then the whole test suite (needs Redis and RabbitMQ or skips)
+test: lint typecheck docs chromium pgbouncer $(STAMP)  ## lint, typecheck, docs, then the whole test suite (needs Redis and RabbitMQ or skips)
 	$(BIN)/python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile tests
 
 test-unit: $(STAMP)  ## only the pure unit tests

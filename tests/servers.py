@@ -349,3 +349,93 @@ class PrivatePostgres:
 
         self.crash()
         shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def pgbouncer_bin() -> str | None:
+    """Debian's pgbouncer (in /usr/sbin, which a non-root PATH may lack)."""
+    import shutil
+
+    found = shutil.which("pgbouncer")
+    if found is None and os.access("/usr/sbin/pgbouncer", os.X_OK):
+        found = "/usr/sbin/pgbouncer"
+    return found
+
+
+class PrivatePgBouncer:
+    """A pgbouncer of our own in front of a PostgreSQL server: own port, config in a temp dir,
+    `pool_mode` as given (transaction by default), stopped by PID.
+
+    `auth_type = any` with the server's user fixed in the database line: the server trusts
+    local connections, so no password file is needed. pgbouncer refuses to run as root, so
+    under root it runs as the `postgres` user (Popen user=: the PID we hold is pgbouncer's).
+    Clients connect to database `db` on `url`'s port.
+    """
+
+    def __init__(self, server_url: str, pool_mode: str = "transaction", pool_size: int = 4) -> None:
+        import tempfile
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(server_url)
+        db = parts.path.lstrip("/") or "postgres"
+        self.directory = tempfile.mkdtemp(prefix="aiotask-pgbouncer-")
+        self.port = free_port()
+        self.url = f"postgresql://{parts.username or 'postgres'}@127.0.0.1:{self.port}/{db}"
+        self.user = "postgres" if os.geteuid() == 0 else None
+        self.config = os.path.join(self.directory, "pgbouncer.ini")
+        with open(self.config, "w") as f:
+            f.write(
+                "[databases]\n"
+                f"{db} = host={parts.hostname or '127.0.0.1'} port={parts.port or 5432} "
+                f"dbname={db} user={parts.username or 'postgres'}\n"
+                "[pgbouncer]\n"
+                f"listen_addr = 127.0.0.1\nlisten_port = {self.port}\nunix_socket_dir =\n"
+                f"auth_type = any\npool_mode = {pool_mode}\ndefault_pool_size = {pool_size}\n"
+                "max_client_conn = 500\n"
+                f"logfile = {os.path.join(self.directory, 'pgbouncer.log')}\n"
+            )
+        if self.user is not None:
+            import shutil
+
+            for path in (self.directory, self.config):
+                shutil.chown(path, self.user, self.user)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 15) -> None:
+        self.proc = subprocess.Popen(
+            [pgbouncer_bin() or "pgbouncer", self.config],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            user=self.user,
+            cwd=self.directory,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"private pgbouncer exited with {self.proc.returncode}")
+            if _answers(self.port):
+                return
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError("private pgbouncer did not start")
+
+    def log(self) -> str:
+        try:
+            with open(os.path.join(self.directory, "pgbouncer.log")) as f:
+                return f.read()[-3000:]
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        """Stop by PID (SIGTERM: pgbouncer's immediate shutdown), then remove the directory."""
+        import shutil
+        import signal
+
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            self.proc = None
+        shutil.rmtree(self.directory, ignore_errors=True)

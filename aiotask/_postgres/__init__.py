@@ -12,6 +12,7 @@
 
 Our own URL query options (taken out before the DSN reaches asyncpg):
 - `listen=false`: no LISTEN/NOTIFY (PgBouncer in transaction mode); waits poll instead.
+  With LISTEN on, each new LISTEN connection checks that a NOTIFY reaches it (`_probe`).
 - `pool_size=N`: connections in the pool (default 10).
 - `statement_cache_size=N`: asyncpg's prepared-statement cache (0 behind PgBouncer < 1.21).
 """
@@ -21,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -44,6 +46,8 @@ POLL_MIN = 0.005
 POLL_MAX = 0.5
 #: Longest idle wait even with LISTEN on: a safety net for a lost notification, not a poll.
 IDLE_MAX = 30.0
+#: How long a new LISTEN connection waits for its own test notification (see `_probe`).
+PROBE_TIMEOUT = 5.0
 DEFAULT_POOL = 10
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -61,6 +65,7 @@ TRANSIENT: tuple[type[BaseException], ...] = (
 #: TRANSIENT plus every error the server reports.
 ANY_ERROR: tuple[type[BaseException], ...] = (*TRANSIENT, asyncpg.PostgresError)
 _CLOSE_ERRORS: tuple[type[BaseException], ...] = (TimeoutError, *ANY_ERROR)
+_PROBE_ERRORS: tuple[type[BaseException], ...] = (*_CLOSE_ERRORS, BrokerConnectionError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +134,8 @@ class Database:
         self.on_listen_lost: Callable[[], None] | None = None
         #: components ("broker", "backend") whose migrations ran through this instance
         self._migrated: set[str] = set()
+        #: set when a test notification never arrived (PgBouncer in transaction mode): poll
+        self.listen_broken = False
 
     def _connect_kwargs(self) -> dict[str, Any]:
         kw: dict[str, Any] = {}
@@ -212,7 +219,7 @@ class Database:
         After a False, or after a reconnect, the caller must look at the table again:
         notifications sent while nobody listened are gone.
         """
-        if not self.opts.listen:
+        if not self.opts.listen or self.listen_broken:
             return False
         conn = self._listener
         if conn is not None and not conn.is_closed() and self._loop is asyncio.get_running_loop():
@@ -238,8 +245,56 @@ class Database:
             log.debug("LISTEN on %s failed: %s", self.opts.shown, exc)
             conn.terminate()
             return False
+        if not await self._probe(conn):
+            conn.terminate()
+            return False
         conn.add_termination_listener(self._listen_lost)
         self._listener = conn
+        return True
+
+    async def _probe(self, conn: asyncpg.Connection) -> bool:
+        """Send a NOTIFY through the pool and see it arrive on the LISTEN connection.
+
+        Behind PgBouncer in transaction (or statement) mode, LISTEN succeeds but binds to
+        whichever server connection ran it, which goes back to the pool at once: every later
+        notification is lost, and waits would sleep IDLE_MAX between looks. Detected here, it
+        is logged once and this instance polls instead, as with `?listen=false`.
+        """
+        token = uuid.uuid4().hex
+        name = channel(self.opts.schema, "probe")
+        arrived: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def heard(_conn: object, _pid: int, _channel: str, payload: object) -> None:
+            if payload == token and not arrived.done():
+                arrived.set_result(None)
+
+        try:
+            await conn.add_listener(name, heard)
+            # bounded: a server going down meanwhile is not a diagnosis (retry next time)
+            await asyncio.wait_for(
+                self.run(lambda c: c.execute("SELECT pg_notify($1, $2)", name, token), "probe"),
+                PROBE_TIMEOUT,
+            )
+        except _PROBE_ERRORS as exc:
+            log.debug("LISTEN probe on %s failed: %s", self.opts.shown, exc)
+            return False
+        try:
+            await asyncio.wait_for(arrived, PROBE_TIMEOUT)
+            await conn.remove_listener(name, heard)
+        except _PROBE_ERRORS as exc:
+            if isinstance(exc, TimeoutError):
+                self.listen_broken = True
+                log.warning(
+                    "LISTEN on PostgreSQL %s: a test notification did not arrive within %.0fs, "
+                    "so notifications do not reach this connection (PgBouncer in transaction "
+                    "or statement mode?). Polling instead; add ?listen=false to the URL to say "
+                    "so and skip this check, or use session pooling or a direct connection",
+                    self.opts.shown,
+                    PROBE_TIMEOUT,
+                )
+            else:
+                log.debug("LISTEN probe on %s failed: %s", self.opts.shown, exc)
+            return False
         return True
 
     def _listen_lost(self, conn: object) -> None:

@@ -124,6 +124,32 @@ STEPS: dict[str, list[str]] = {
             app text NOT NULL, name text NOT NULL, reason text NOT NULL, n bigint NOT NULL,
             PRIMARY KEY (app, name, reason));
         """,
+        # 2: unique/debounce locks and the coordination store (GCRA state, slot leases).
+        # Times are epoch seconds on the server's clock (clock_timestamp()), so producers and
+        # workers with skewed clocks share one timeline. IF NOT EXISTS: a hand-made table of
+        # the same name (a half-applied manual upgrade) does not stop the step. coord_rate's
+        # seen/granted are the last request's time and verdict (RETURNING cannot see the old row).
+        """
+        CREATE TABLE IF NOT EXISTS {s}.locks (
+            name text PRIMARY KEY,
+            owner text NOT NULL,
+            expires_at double precision NOT NULL
+        );
+        CREATE INDEX IF NOT EXISTS locks_expires ON {s}.locks (expires_at);
+        CREATE TABLE IF NOT EXISTS {s}.coord_rate (
+            name text PRIMARY KEY,
+            tat double precision NOT NULL,
+            seen double precision NOT NULL,
+            granted boolean NOT NULL
+        );
+        CREATE TABLE IF NOT EXISTS {s}.coord_slots (
+            name text NOT NULL,
+            token text NOT NULL,
+            expires_at double precision NOT NULL,
+            PRIMARY KEY (name, token)
+        );
+        CREATE INDEX IF NOT EXISTS coord_slots_expires ON {s}.coord_slots (expires_at);
+        """,
     ],
 }
 

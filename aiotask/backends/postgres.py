@@ -26,7 +26,10 @@ from aiotask import _postgres
 from aiotask._backoff import Backoff
 from aiotask._time import monotonic, now
 from aiotask.backends import _postgres_results as sql
+from aiotask.backends._coord_postgres import PostgresCoordinationStore
+from aiotask.backends._lock_postgres import PostgresLockStore
 from aiotask.backends._schedule_postgres import PostgresScheduleStore
+from aiotask.backends._waiters import Waiters
 from aiotask.backends.base import (
     DECIDED,
     SENT,
@@ -36,13 +39,11 @@ from aiotask.backends.base import (
     ResultRecord,
     decode_record,
 )
-from aiotask.exceptions import BrokerConnectionError, ConfigurationError, ResultTimeout
+from aiotask.exceptions import BrokerConnectionError
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence
 
-    from aiotask.coordination.store import CoordinationStore
-    from aiotask.coordination.unique import LockStore
     from aiotask.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,7 @@ class PostgresBackend:
         self._opts = _postgres.options(url, settings.key_prefix)
         self._db = _postgres.Database(self._opts, settings.broker_unreachable_timeout)
         self._s = _postgres.ident(settings.key_prefix)
-        self._waiters: dict[str, list[asyncio.Future[bytes]]] = {}
+        self._waiters = Waiters()
         #: waited ids to look up on the next watcher turn (new waits, notified ids)
         self._pending: set[str] = set()
         self._watcher: asyncio.Task[None] | None = None
@@ -89,11 +90,7 @@ class PostgresBackend:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
-        for futures in self._waiters.values():
-            for fut in futures:
-                if not fut.done():
-                    fut.set_exception(BrokerConnectionError("result backend closed during wait"))
-        self._waiters.clear()
+        self._waiters.fail("result backend closed during wait")
         await self._db.close()
 
     def _channel(self, topic: str) -> str | None:
@@ -144,24 +141,11 @@ class PostgresBackend:
     # -- waiting ---------------------------------------------------------------------------
 
     async def wait(self, task_id: str, timeout: float | None) -> ResultRecord:
-        fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        self._waiters.setdefault(task_id, []).append(fut)
-        self._pending.add(task_id)
-        self._ensure_watcher()
-        try:
-            async with asyncio.timeout(timeout):
-                data = await fut
-        except TimeoutError:
-            raise ResultTimeout(
-                f"task {task_id} not ready after {timeout}s; is a worker consuming its queue?"
-            ) from None
-        finally:
-            waiters = self._waiters.get(task_id)
-            if waiters is not None and fut in waiters:
-                waiters.remove(fut)
-                if not waiters:
-                    del self._waiters[task_id]
-        return decode_record(data)
+        def added() -> None:
+            self._pending.add(task_id)  # subscribe (the watcher listens), then read
+            self._ensure_watcher()
+
+        return decode_record(await self._waiters.wait(task_id, timeout, added))
 
     def _result_notified(self, task_id: str) -> None:
         if task_id in self._waiters:
@@ -216,19 +200,11 @@ class PostgresBackend:
         found = await self._db.run(
             lambda c: sql.fetch(c, self._s, ids, now(), True), "read results"
         )
-        for task_id, data in found:
-            for fut in self._waiters.pop(task_id, []):
-                if not fut.done():
-                    fut.set_result(data)
-        return bool(found)
+        return self._waiters.deliver(found)
 
     def _fail_waits(self, exc: BrokerConnectionError) -> None:
         log.error("gave up reading results; failing %d wait(s): %s", len(self._waiters), exc)
-        for futures in self._waiters.values():
-            for fut in futures:
-                if not fut.done():
-                    fut.set_exception(BrokerConnectionError(str(exc)))
-        self._waiters.clear()
+        self._waiters.fail(str(exc))
 
     # -- groups, revocations ---------------------------------------------------------------
 
@@ -407,20 +383,11 @@ class PostgresBackend:
     def schedule_store(self, app_name: str) -> PostgresScheduleStore:
         return PostgresScheduleStore(self._db, self._s, app_name)
 
-    def lock_store(self) -> LockStore:
-        """Not built for PostgreSQL yet: a unique or debounced send fails with this, clearly."""
-        raise ConfigurationError(
-            "unique tasks and debounce are not supported with a PostgreSQL result backend "
-            "yet: use a Redis or SQLite result backend for them (docs/postgres.md)"
-        )
+    def lock_store(self) -> PostgresLockStore:
+        return PostgresLockStore(self._db, self._s)
 
-    def coordination_store(self, app_name: str) -> CoordinationStore:
-        """Not built for PostgreSQL yet: a worker with global or keyed limits refuses to run."""
-        raise ConfigurationError(
-            "global rate limits and concurrency limits are not supported with a PostgreSQL "
-            "result backend yet: use a Redis or SQLite result backend for them "
-            "(docs/postgres.md)"
-        )
+    def coordination_store(self, app_name: str) -> PostgresCoordinationStore:
+        return PostgresCoordinationStore(self._db, self._s, self._opts.schema, app_name)
 
 
 def _set_all(events: set[asyncio.Event]) -> None:

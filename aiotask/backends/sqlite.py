@@ -29,6 +29,7 @@ from aiotask.backends import _control_sqlite as _control
 from aiotask.backends._coord_sqlite import SQLiteCoordinationStore
 from aiotask.backends._lock_sqlite import SQLiteLockStore
 from aiotask.backends._schedule_sqlite import SQLiteScheduleStore
+from aiotask.backends._waiters import Waiters
 from aiotask.backends.base import (
     DECIDED,
     SENT,
@@ -39,7 +40,7 @@ from aiotask.backends.base import (
     decode_record,
     group_step,
 )
-from aiotask.exceptions import BrokerConnectionError, ResultTimeout
+from aiotask.exceptions import BrokerConnectionError
 from aiotask.states import FAILURE, SUCCESS
 
 if TYPE_CHECKING:
@@ -110,7 +111,7 @@ class SQLiteBackend:
         self._prefix = settings.key_prefix
         self._unreachable = settings.broker_unreachable_timeout
         self._signal: _sqlite.Signal | None = None
-        self._waiters: dict[str, list[asyncio.Future[bytes]]] = {}
+        self._waiters = Waiters()
         self._poller: asyncio.Task[None] | None = None
         self._stores = 0
         self._cleaned_at = monotonic()
@@ -129,11 +130,7 @@ class SQLiteBackend:
             poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await poller
-        for futures in self._waiters.values():
-            for fut in futures:
-                if not fut.done():
-                    fut.set_exception(BrokerConnectionError("result backend closed during wait"))
-        self._waiters.clear()
+        self._waiters.fail("result backend closed during wait")
         await self._db.close()
 
     async def store(self, results: Sequence[EncodedResult]) -> None:
@@ -164,23 +161,7 @@ class SQLiteBackend:
         return [decode_record(found[t]) if t in found else None for t in task_ids]
 
     async def wait(self, task_id: str, timeout: float | None) -> ResultRecord:
-        fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        self._waiters.setdefault(task_id, []).append(fut)
-        self._ensure_poller()
-        try:
-            async with asyncio.timeout(timeout):
-                data = await fut
-        except TimeoutError:
-            raise ResultTimeout(
-                f"task {task_id} not ready after {timeout}s; is a worker consuming its queue?"
-            ) from None
-        finally:
-            waiters = self._waiters.get(task_id)
-            if waiters is not None and fut in waiters:
-                waiters.remove(fut)
-                if not waiters:
-                    del self._waiters[task_id]
-        return decode_record(data)
+        return decode_record(await self._waiters.wait(task_id, timeout, self._ensure_poller))
 
     def _ensure_poller(self) -> None:
         loop = asyncio.get_running_loop()
@@ -212,7 +193,7 @@ class SQLiteBackend:
                         self._fail_waits(exc)
                     continue
                 outage.reset()
-                self._deliver(found)
+                self._waiters.deliver(found)
                 # With a doorbell every store rings: the backoff is only a safety net then.
                 delay = poll.next_delay()
                 if _sqlite_wake.has_bell(signal):
@@ -225,23 +206,13 @@ class SQLiteBackend:
         finally:
             _sqlite.unsubscribe(self.path, TOPIC, signal)
 
-    def _deliver(self, found: list[tuple[str, bytes]]) -> None:
-        for task_id, data in found:
-            for fut in self._waiters.pop(task_id, []):
-                if not fut.done():
-                    fut.set_result(data)
-
     def _fail_waits(self, exc: BrokerConnectionError) -> None:
         log.error(
             "gave up reading results after %.0fs; failing %d wait(s)",
             self._unreachable,
             len(self._waiters),
         )
-        for futures in self._waiters.values():
-            for fut in futures:
-                if not fut.done():
-                    fut.set_exception(BrokerConnectionError(str(exc)))
-        self._waiters.clear()
+        self._waiters.fail(str(exc))
 
     async def forget(self, task_ids: Sequence[str]) -> None:
         if task_ids:

@@ -1,5 +1,5 @@
-"""The coordination store contract (aiotask/coordination/store.py) on memory, SQLite and Redis:
-several connections (workers, in effect) race for rate reservations and slots."""
+"""The coordination store contract (aiotask/coordination/store.py) on memory, SQLite, Redis and
+PostgreSQL: several connections (workers, in effect) race for rate reservations and slots."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from aiotask.exceptions import ConfigurationError
 from tests.contract.conftest import BACKENDS, make_backend
 
 if TYPE_CHECKING:
@@ -27,8 +26,8 @@ async def _stores(backend: ResultBackend, kind: str, request: pytest.FixtureRequ
     return [b.coordination_store("app") for b in backends], extra
 
 
-#: the PostgreSQL backend has no coordination store yet (it says so: see the test below)
-STORE_BACKENDS = [b for b in BACKENDS if b != "postgres"]
+#: every backend has the lock and coordination stores
+STORE_BACKENDS = BACKENDS
 
 
 @pytest.fixture
@@ -108,11 +107,3 @@ async def test_unrenewed_slots_lapse_and_renewed_ones_stay(backend: ResultBacken
     assert await store.acquire_slot("s", 2, "waits", 0.4)
     assert not await store.acquire_slot("s", 2, "third", 0.4)
     await store.release_slots([("s", "lives"), ("s", "waits")])
-
-
-@pytest.mark.parametrize("backend", ["postgres"], indirect=True)
-async def test_a_backend_without_the_stores_says_so(backend: ResultBackend) -> None:
-    with pytest.raises(ConfigurationError, match="not supported with a PostgreSQL"):
-        backend.coordination_store("app")
-    with pytest.raises(ConfigurationError, match="not supported with a PostgreSQL"):
-        backend.lock_store()

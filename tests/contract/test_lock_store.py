@@ -1,5 +1,4 @@
-"""The unique/debounce lock store (coordination/unique.py `LockStore`) on every backend that
-has one (not PostgreSQL yet)."""
+"""The unique/debounce lock store (coordination/unique.py `LockStore`) on every backend."""
 
 from __future__ import annotations
 

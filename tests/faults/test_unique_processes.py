@@ -1,6 +1,7 @@
 """Unique tasks across OS processes: senders in several processes race for one key, and a
 worker killed with -9 mid-task keeps its lock until the redelivered run finishes (then it is
-released, not left to expire). On SQLite, Redis, and RabbitMQ with a Redis result backend."""
+released, not left to expire). On SQLite, Redis, PostgreSQL, and RabbitMQ with a Redis result
+backend."""
 
 from __future__ import annotations
 
@@ -109,7 +110,7 @@ class Setup:
         return await backend.lock_store().get(running_lock(key))
 
 
-@pytest.fixture(params=["sqlite", "redis", "amqp"])
+@pytest.fixture(params=["sqlite", "redis", "amqp", "postgres"])
 async def setup(
     request: pytest.FixtureRequest, tmp_path: Path, namespace: str
 ) -> AsyncIterator[Setup]:
@@ -129,7 +130,7 @@ async def setup(
             assert isinstance(s.app.broker, RabbitMQBroker)
             await s.app.broker.delete_queue("default")
         await s.app.close()
-        if request.param != "sqlite":
+        if request.param in ("redis", "amqp"):  # PostgreSQL: the namespace drops the schema
             from tests.contract.conftest import delete_prefix
 
             await delete_prefix(request.getfixturevalue("redis_url"), namespace)

@@ -1,5 +1,5 @@
 """Coordinated limits with real `aiotask worker` processes on each shared store: SQLite,
-Redis, and RabbitMQ as broker with the Redis result backend as the store.
+Redis, PostgreSQL, and RabbitMQ as broker with the Redis result backend as the store.
 
 Every task appends to a log file (an external counter, outside the store it is checked
 against): a start time for rate limits, enter/leave times for concurrency limits. The
@@ -51,6 +51,11 @@ MODULE = textwrap.dedent(
         _log("keyed", time.time(), user)
         return i
 
+    @app.task(name="lim.fast", rate_limit="50/s", rate_limit_scope="global")
+    async def fast(i: int) -> int:
+        _log("fast", time.time(), i)
+        return i
+
     @app.task(name="lim.free")
     async def free(i: int) -> int:
         _log("free", time.time(), i)
@@ -70,10 +75,13 @@ RATE = 10.0
 JITTER = 0.5
 
 
-@pytest.fixture(params=["sqlite", "redis", "amqp"])
+@pytest.fixture(params=["sqlite", "redis", "amqp", "postgres"])
 def urls(request: pytest.FixtureRequest, tmp_path: Path, namespace: str) -> tuple[str, str]:
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path}/lim.db"
+        return url, url
+    if request.param == "postgres":  # tables in the schema named by the namespace
+        url = request.getfixturevalue("postgres_url")
         return url, url
     redis = request.getfixturevalue("redis_url")
     if request.param == "redis":
@@ -212,6 +220,21 @@ async def test_four_workers_share_one_global_rate_and_keys_have_their_own(
     both = [float(t) for t, _ in cluster.lines("keyed")]
     # two keys, two budgets: together they ran faster than one key's limit allows
     assert _max_in_window(both, 2.0) > 4.0 * 2.0 + 1
+
+
+async def test_a_global_50_per_second_holds_across_four_workers(cluster: Cluster) -> None:
+    cluster.start(4, own_queues=True)
+    await cluster.ready()
+    # every worker holds a share of the backlog: per-worker budgets would allow 4 x 50/s
+    sent = [
+        await cluster.app.send_task("lim.fast", args=(i,), queue=f"q{i % 4}") for i in range(200)
+    ]
+    assert [await r.get(timeout=60) for r in sent] == list(range(200)), cluster.logs()
+    assert cluster.stop_all() == [0, 0, 0, 0], cluster.logs()
+    starts = [float(row[0]) for row in cluster.lines("fast")]
+    assert len(starts) == 200
+    for window in (0.5, 1.0, 2.0):
+        assert _max_in_window(starts, window) <= 50.0 * (window + JITTER) + 1, window
 
 
 async def test_concurrency_limit_holds_across_three_workers(cluster: Cluster) -> None:

@@ -57,6 +57,40 @@ async def test_an_older_schema_is_brought_forward(postgres_url: str, namespace: 
         await conn.close()
 
 
+async def test_a_backend_at_version_1_gains_the_coordination_tables(
+    postgres_url: str, namespace: str
+) -> None:
+    """Backend step 2 (locks, rate and slot tables) is added to a schema an older aiotask made,
+    once; running the migration again changes nothing."""
+    from aiotask.backends import from_url as backend_from_url
+
+    conn = await asyncpg.connect(postgres_url)
+    try:
+        s = f'"{namespace}"'
+        await conn.execute(f"CREATE SCHEMA {s}")
+        await conn.execute(
+            f"CREATE TABLE {s}.schema_versions (component text PRIMARY KEY, "
+            "version integer NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        await conn.execute(STEPS["backend"][0].format(s=s))
+        await conn.execute(f"INSERT INTO {s}.schema_versions VALUES ('backend', 1)")  # noqa: S608
+        backend = backend_from_url(
+            postgres_url, Settings(broker_url=postgres_url, key_prefix=namespace)
+        )
+        await backend.connect()
+        try:
+            assert await backend.lock_store().acquire("k", "a", 30) is None
+            store = backend.coordination_store("app")
+            assert (await store.take_rate("r", 1.0)).granted
+            assert await store.acquire_slot("c", 1, "t", 30)
+        finally:
+            await backend.close()
+        assert await version(conn, namespace, "backend") == newest("backend") == 2
+        assert await migrate(conn, namespace, "backend") == (2, 2)
+    finally:
+        await conn.close()
+
+
 async def test_listen_false_polls(postgres_url: str, namespace: str) -> None:
     """PgBouncer's transaction mode has no LISTEN: ?listen=false still delivers (by polling)."""
     url = postgres_url + "?listen=false"

@@ -1,6 +1,6 @@
-"""Unique tasks through a real worker on every store: memory, SQLite, Redis, and RabbitMQ with
-a Redis result backend (its lock store). Each test proves one row of the lifetime table in
-docs/task-options.md by what the store holds and what the worker ran."""
+"""Unique tasks through a real worker on every store: memory, SQLite, Redis, PostgreSQL, and
+RabbitMQ with a Redis result backend (its lock store). Each test proves one row of the lifetime
+table in docs/task-options.md by what the store holds and what the worker ran."""
 
 from __future__ import annotations
 
@@ -120,7 +120,7 @@ def make_kit(url: str, backend: str, namespace: str) -> Kit:
     return kit
 
 
-@pytest.fixture(params=["memory", "sqlite", "redis", "amqp"])
+@pytest.fixture(params=["memory", "sqlite", "redis", "amqp", "postgres"])
 async def kit(request: pytest.FixtureRequest, namespace: str) -> AsyncIterator[Kit]:
     if request.param == "memory":
         url = backend = "memory://"
