@@ -10,12 +10,14 @@ from aiotask._log import get_logger
 from aiotask._time import now
 from aiotask.backends.base import EncodedResult, ResultRecord
 from aiotask.coordination.unique import (
+    DEBOUNCE_AT_HEADER,
     DEBOUNCE_HEADER,
     UNIQUE_HEADER,
     UNTIL_HEADER,
     check,
     debounce_key,
     latest_lock,
+    record_latest,
     unique_key,
 )
 from aiotask.exceptions import AiotaskError
@@ -138,15 +140,18 @@ async def _debounced(
     """Publish with eta = now + window, then record this send as the latest for its key.
 
     Publish first: the latest record never names a message the broker does not hold (a
-    failed publish leaves the previous send as the latest, which still runs).
+    failed publish leaves the previous send as the latest, which still runs). The record
+    carries the send's time, so a message that comes up before its own record is written is
+    not mistaken for a superseded one, and records only move forward (unique.record_latest).
     """
     window = coord.debounce
     assert window is not None  # noqa: S101 - the caller checked
     key = debounce_key(message.task, coord.debounce_key, message.args, message.kwargs, sig)
     eta = max(message.eta or 0.0, now() + window)
-    headers = {**message.headers, DEBOUNCE_HEADER: key}
+    at = repr(eta)
+    headers = {**message.headers, DEBOUNCE_HEADER: key, DEBOUNCE_AT_HEADER: at}
     message = message.evolve(eta=eta, headers=headers)
     await app.publish([message])
     ttl = (eta - now()) + (coord.unique_for or app.conf.unique_for)
-    await store.put(latest_lock(key), message.id, ttl)
+    await record_latest(store, latest_lock(key), message.id, at, ttl)
     return app.AsyncResult(message.id)

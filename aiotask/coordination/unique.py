@@ -14,6 +14,7 @@ import hashlib
 import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from enum import Enum
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import orjson
@@ -29,6 +30,8 @@ UNIQUE_HEADER = "aiotask-unique"
 UNTIL_HEADER = "aiotask-unique-until"
 #: Header naming the debounce key of a debounced message.
 DEBOUNCE_HEADER = "aiotask-debounce"
+#: When a debounced send was made (its first eta, kept when a deferral moves the eta).
+DEBOUNCE_AT_HEADER = "aiotask-debounce-at"
 #: Options accepted on `@app.task(...)` and per call.
 OPTION_NAMES = frozenset(
     {
@@ -243,6 +246,64 @@ def debounce_key(
 def latest_lock(key: str) -> str:
     """The debounce record of the latest send for `key`."""
     return key + ":latest"
+
+
+def latest_value(message_id: str, at: str) -> str:
+    """The latest-send record: the message id and when it was sent (DEBOUNCE_AT_HEADER)."""
+    return f"{message_id} {at}"
+
+
+#: How long a debounced message waits for its own latest-send record (the sender publishes,
+#: then records): past this, the sender is taken to have died in between and the message runs.
+RECORD_GRACE = 5.0
+
+
+class Debounce(Enum):
+    """What a debounced message does when it comes up."""
+
+    RUN = "run"
+    SUPERSEDED = "superseded"  # a later send of the key is recorded: it runs instead
+    WAIT = "wait"  # this send is not recorded yet: look again shortly
+
+
+def debounce_verdict(
+    latest: str | None, message_id: str, at: str | None, at_now: float
+) -> Debounce:
+    """Compare the latest-send record with this message (see record_latest for the writes).
+
+    Records only move forward in send time, so a record older than this message means this
+    sender's own write has not landed yet: waiting for it, rather than treating the message as
+    superseded, is what keeps a slow write from dropping every send of the window. A record
+    without a time (written by an older version) compares by id alone.
+    """
+    if latest is None:
+        return Debounce.RUN
+    latest_id, _, latest_at = latest.partition(" ")
+    if latest_id == message_id:
+        return Debounce.RUN
+    try:
+        mine = float(at) if at is not None else None
+        theirs = float(latest_at) if latest_at else None
+    except ValueError:
+        mine = theirs = None
+    if mine is None or theirs is None or theirs > mine:
+        return Debounce.SUPERSEDED
+    return Debounce.WAIT if at_now < mine + RECORD_GRACE else Debounce.RUN
+
+
+async def record_latest(store: LockStore, name: str, message_id: str, at: str, ttl: float) -> None:
+    """Record this send as the latest unless a later one already is (compare and swap), so
+    concurrent senders whose writes land out of order still leave the last send recorded."""
+    value = latest_value(message_id, at)
+    for _ in range(20):
+        current = await store.acquire(name, value, ttl)
+        if current is None or current == value:
+            return
+        if debounce_verdict(current, message_id, at, 0.0) is Debounce.SUPERSEDED:
+            return  # a later send is recorded already
+        if await store.swap(name, current, value, ttl):
+            return
+    await store.put(name, value, ttl)  # contended all along: the last resort is to overwrite
 
 
 def running_lock(key: str) -> str:

@@ -15,9 +15,12 @@ from typing import TYPE_CHECKING, Any
 from aiotask._log import get_logger
 from aiotask._time import now
 from aiotask.coordination.unique import (
+    DEBOUNCE_AT_HEADER,
     DEBOUNCE_HEADER,
     UNIQUE_HEADER,
     UNTIL_HEADER,
+    Debounce,
+    debounce_verdict,
     latest_lock,
     running_lock,
 )
@@ -73,12 +76,16 @@ class Gate:
             if key is None:
                 return Verdict.RUN
             latest = await store.get(latest_lock(key))
-            if latest is not None and latest != message.id:
+            verdict = debounce_verdict(latest, message.id, headers.get(DEBOUNCE_AT_HEADER), now())
+            if verdict is Debounce.WAIT:
+                return Verdict.DEFER  # its sender has not recorded it yet
+            if verdict is Debounce.SUPERSEDED:
+                assert latest is not None  # noqa: S101 - SUPERSEDED names a record
                 log.info(
                     "task %s[%s] superseded by a later send (%s): not run",
                     message.task,
                     message.id,
-                    latest,
+                    latest.partition(" ")[0],
                     extra={"task_name": message.task, "task_id": message.id},
                 )
                 return Verdict.SUPERSEDED

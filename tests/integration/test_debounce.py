@@ -4,11 +4,13 @@ send of a key within the window runs, with its arguments; at most one runs at a 
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections import Counter
 from typing import TYPE_CHECKING
 
 import pytest
 
+from aiotask.coordination.unique import debounce_key, latest_lock
 from aiotask.exceptions import TaskRevoked
 from aiotask.testing import start_worker
 from tests.integration.test_revoke import settled, until
@@ -66,7 +68,33 @@ async def test_concurrent_sends_of_one_key_run_once(kit: Kit) -> None:  # noqa: 
             *(r.get(timeout=SOON) for r in sent), return_exceptions=True
         )
         ran = [o for o in outcomes if isinstance(o, str)]
-        assert len(ran) == 1, outcomes
+        # One, or two when a sender's record landed after an earlier send came up (its write
+        # slower than the 0.4 s window: seen on PostgreSQL under load); never none.
+        assert 1 <= len(ran) <= 2, outcomes
         assert all(isinstance(o, TaskRevoked) for o in outcomes if not isinstance(o, str))
         await settled(worker, 20)
-    assert sum(kit.ran.values()) == 1
+    assert sum(kit.ran.values()) == len(ran)
+
+
+async def test_a_send_whose_record_lands_late_still_runs(kit: Kit) -> None:  # noqa: F811
+    """A sender publishes, then records itself as the latest send. When that write is slower
+    than the window (seen on PostgreSQL under load), the message comes up while the record
+    still names an earlier send: it waits for its own record instead of being dropped (which
+    dropped every send of the window). The earlier send ran, as nothing said a later one
+    existed when it came up: two runs at worst, never none."""
+    store = (await kit.app.result_backend()).lock_store()
+    sig = inspect.signature(kit.save.fn)
+    name = latest_lock(debounce_key(kit.save.name, "doc", ("d", "old"), {}, sig))
+    old = await kit.save.send("d", "old")
+    old_record = await store.get(name)
+    new = await kit.save.send("d", "new")
+    new_record = await store.get(name)
+    assert old_record is not None and new_record is not None and old_record != new_record
+    await store.put(name, old_record, 60)  # "new" has not recorded itself yet
+    async with start_worker(kit.app) as worker:
+        await asyncio.sleep(1.0)  # both windows are over: both messages came up
+        await store.put(name, new_record, 60)  # the slow write lands
+        assert await new.get(timeout=SOON) == "new"
+        assert await old.get(timeout=SOON) == "old"
+        await settled(worker, 2)
+    assert kit.ran == Counter({"old": 1, "new": 1})

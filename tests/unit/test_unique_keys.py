@@ -151,3 +151,28 @@ def test_a_call_can_turn_a_tasks_uniqueness_off() -> None:
     assert task.is_unique
     assert not Coordination(unique=False).over(task).is_unique
     assert not Coordination(unique_for=5.0).is_unique  # a lifetime alone makes nothing unique
+
+
+def test_debounce_verdicts() -> None:
+    from aiotask.coordination.unique import RECORD_GRACE, Debounce, debounce_verdict
+
+    assert debounce_verdict(None, "m", "10.0", 10.0) is Debounce.RUN  # no record: run
+    assert debounce_verdict("m 10.0", "m", "10.0", 10.0) is Debounce.RUN  # its own
+    assert debounce_verdict("later 11.0", "m", "10.0", 10.0) is Debounce.SUPERSEDED
+    assert debounce_verdict("earlier 9.0", "m", "10.0", 10.0) is Debounce.WAIT  # not yet mine
+    assert debounce_verdict("earlier 9.0", "m", "10.0", 10.0 + RECORD_GRACE) is Debounce.RUN
+    assert debounce_verdict("old-format", "m", "10.0", 10.0) is Debounce.SUPERSEDED
+    assert debounce_verdict("x 1.0", "m", None, 10.0) is Debounce.SUPERSEDED
+
+
+async def test_the_latest_record_only_moves_forward() -> None:
+    """Writes landing out of order leave the last send recorded."""
+    from aiotask.backends._lock_memory import MemoryLockStore
+    from aiotask.coordination.unique import latest_value, record_latest
+
+    store = MemoryLockStore()
+    await record_latest(store, "k", "b", "2.0", 60)
+    await record_latest(store, "k", "a", "1.0", 60)  # the earlier send's write lands last
+    assert await store.get("k") == latest_value("b", "2.0")
+    await record_latest(store, "k", "c", "3.0", 60)
+    assert await store.get("k") == latest_value("c", "3.0")
