@@ -1,13 +1,13 @@
 """Queue types of brokers/rabbitmq.py: classic or quorum per queue, and declaring them safely.
 
 A queue's arguments are fixed when RabbitMQ creates it; declaring it again with others fails
-with PRECONDITION_FAILED and closes the channel. So each work queue (and its .dead queue) is
-first declared on a throwaway plain channel: a mismatch of the queue's *type* (an existing
-classic queue that a setting now asks to be quorum) becomes a ConfigurationError naming the
-queue and the setting, while a mismatch of a *soft* argument (the delivery limit after a
-change of max_deliveries, the dead-letter strategy of a quorum queue made by an older
-version) adopts the existing value with a warning, so a worker never stops over it. The robust
-channels then declare with the settled arguments (and re-declare them after a reconnect).
+with PRECONDITION_FAILED and closes the channel. So, when quorum queues are configured, each
+work queue (and its .dead queue) is first declared on a throwaway plain channel. A mismatch of
+the queue's *type* (an existing classic queue that a setting now asks to be quorum) becomes a
+ConfigurationError naming the queue and the setting. A mismatch of a *soft* argument (the
+delivery limit after a change of max_deliveries, the dead-letter strategy of a quorum queue
+made by an older version) adopts the existing value with a warning: a worker never stops over
+it. The robust channels then declare with the settled arguments (again after a reconnect).
 
 Quorum work queues get `x-delivery-limit = max_deliveries - 1`: RabbitMQ counts every return
 of a message (its consumer's channel closed, a node died), exactly what aiotask counts on
@@ -121,7 +121,13 @@ class Declared:
 async def settle(
     open_channel: OpenChannel, names: topo.Names, queue: str, types: QueueTypes
 ) -> Declared:
-    """Declare the .dead and work queues on throwaway channels; return the arguments to use."""
+    """Declare the .dead and work queues on throwaway channels; return the arguments to use.
+
+    Only when quorum queues are configured somewhere: an all-classic set-up declares as it
+    always did (a mismatch is then the generic ConfigurationError of map_errors).
+    """
+    if not types.any_quorum:
+        return Declared(work_arguments(names, queue, types), dead_arguments(queue, types))
     dead = await _declare(
         open_channel, names.dead(queue), dead_arguments(queue, types), queue, types, soft_type=True
     )
@@ -149,7 +155,8 @@ async def _declare(
         except ChannelPreconditionFailed as exc:
             found = _INEQUIVALENT.search(str(exc))
             if found is None or found["arg"] not in soft:
-                raise ConfigurationError(refusal(name, queue, types, str(exc))) from exc
+                arg = found["arg"] if found is not None else None
+                raise ConfigurationError(refusal(name, queue, types, str(exc), arg)) from exc
             arg, current = found["arg"], _value(found["value"], found["none"])
             log.warning(
                 "RabbitMQ queue %s exists with %s=%s, not %s as configured: keeping it "
@@ -171,10 +178,18 @@ def _value(value: str | None, none: str | None) -> object:
     return int(value) if value.lstrip("-").isdigit() else value
 
 
-def refusal(name: str, queue: str, types: QueueTypes, detail: str) -> str:
-    """What a type mismatch means, and what to do about it."""
+def refusal(
+    name: str, queue: str, types: QueueTypes, detail: str, arg: str | None = "x-queue-type"
+) -> str:
+    """What a mismatch means, and what to do about it."""
     kind = types.of(queue)
     other = CLASSIC if kind == QUORUM else QUORUM
+    if arg not in TYPE_ARGS:  # not about the type: another tool or version made the queue
+        return (
+            f"RabbitMQ queue {name!r} already exists with other arguments than aiotask declares "
+            f"({arg or 'see below'}); RabbitMQ refused ({redact(detail)}). A queue's arguments "
+            f"are fixed when it is created: drain and delete it, or use another key_prefix"
+        )
     return (
         f"RabbitMQ queue {name!r} already exists with other arguments than a {kind} queue "
         f"(it was probably created as a {other} queue), and {types.setting_for(queue)} asks for "

@@ -247,10 +247,11 @@ class RabbitMQBroker:
     async def _declare_on(self, channel: AbstractRobustChannel, queue: str) -> AbstractRobustQueue:
         with map_errors(self._url, f"declare queue {queue!r}"):
             args = self._settled.get(queue)
-            if args is None:  # probed on throwaway channels: a mismatch never closes this one
+            if args is None:  # quorum: probed on throwaway channels (a mismatch closes those)
                 args = await queues.settle(self._admin, self._names, queue, self._types)
                 self._settled[queue] = args
-            await channel.declare_queue(self._names.dead(queue), durable=True, arguments=args.dead)
+            dead_args = args.dead or None
+            await channel.declare_queue(self._names.dead(queue), durable=True, arguments=dead_args)
             return await channel.declare_queue(
                 self._names.work(queue), durable=True, arguments=args.work
             )

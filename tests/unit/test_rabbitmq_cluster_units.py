@@ -117,8 +117,10 @@ def test_a_type_mismatch_names_the_queue_and_the_setting() -> None:
     text = queues.refusal("p.orders", "orders", types, "inequivalent arg 'x-max-priority'")
     assert "'p.orders'" in text and "rabbitmq_queue_types['orders']" in text
     assert "quorum" in text and "delete" in text
-    other = queues.refusal("p.x", "x", types, "...")
+    other = queues.refusal("p.x", "x", types, "...", "x-max-priority")
     assert "rabbitmq_queue_type" in other
+    foreign = queues.refusal("p.x", "x", types, "...", "x-dead-letter-routing-key")
+    assert "x-dead-letter-routing-key" in foreign and "key_prefix" in foreign
 
 
 def test_server_delivery_limit_dead_letters_get_the_common_reason() -> None:
