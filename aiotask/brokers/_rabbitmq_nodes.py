@@ -57,11 +57,6 @@ def node_urls(url: str) -> list[str]:
     return out
 
 
-def first_node(url: str) -> str:
-    """The URL of the first node (what single-node code paths, like parsing, look at)."""
-    return node_urls(url)[0] if ("," in url or ";" in url) and "://" in url else url
-
-
 class NodesConnection(RobustConnection):
     """A robust connection that moves to the next node at every reconnect attempt."""
 

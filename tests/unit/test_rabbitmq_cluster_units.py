@@ -8,7 +8,7 @@ from aio_pika import RobustConnection
 from aiotask._urls import BROKER_SCHEMES, parse_url, redact
 from aiotask.brokers import _rabbitmq_queues as queues
 from aiotask.brokers import _rabbitmq_topology as topo
-from aiotask.brokers._rabbitmq_nodes import HOOK, NodesConnection, first_node, node_urls
+from aiotask.brokers._rabbitmq_nodes import HOOK, NodesConnection, node_urls
 from aiotask.exceptions import ConfigurationError
 from aiotask.settings import Settings
 
@@ -22,8 +22,6 @@ def test_a_host_list_shares_userinfo_vhost_and_query() -> None:
         "amqp://app:s3cr%40t@h3/vhost?heartbeat=10",
     ]
     assert node_urls("amqp://h1,h2") == ["amqp://h1", "amqp://h2"]
-    assert first_node(URL) == "amqp://app:s3cr%40t@h1:5672/vhost?heartbeat=10"
-    assert first_node("amqp://h/") == "amqp://h/"
 
 
 def test_full_urls_joined_by_semicolons() -> None:
