@@ -108,7 +108,7 @@ bench: $(BENCH_STAMP)  ## the full benchmark, aiotask vs Celery and peers; write
 bench-smoke: $(BENCH_STAMP)  ## a small benchmark for CI; prints ratios, fails if aiotask is slower than Celery
 	$(BENCH_BIN)/python -m benchmarks.harness --smoke
 
-cluster: $(STAMP)  ## Redis Cluster suite (6-node clusters) and the Sentinel failover test (~4 min)
+cluster: $(STAMP)  ## Redis Cluster suite (6-node clusters), RabbitMQ 3-node kill -9 test, Sentinel failover (~6 min)
 	AIOTASK_CLUSTER_TESTS=full $(BIN)/python -m pytest -q -p no:cacheprovider tests/cluster \
 	  tests/faults/test_redis_sentinel_failover.py
 

@@ -12,6 +12,9 @@ from aiotask.exceptions import ConfigurationError
 SENTINEL_SCHEMES = frozenset({"redis+sentinel"})
 #: redis+cluster:// and rediss+cluster:// name a Redis Cluster (host1:port1,host2:port2,...)
 CLUSTER_SCHEMES = frozenset({"redis+cluster", "rediss+cluster"})
+#: amqp:// and amqps:// may name several nodes of a cluster (host1:port1,host2:port2, or
+#: full URLs joined by `;`); see brokers/_rabbitmq_nodes.py.
+AMQP_SCHEMES = frozenset({"amqp", "amqps"})
 REDIS_SCHEMES = frozenset({"redis", "rediss"}) | SENTINEL_SCHEMES | CLUSTER_SCHEMES
 BROKER_SCHEMES = REDIS_SCHEMES | {"amqp", "amqps", "memory", "sqlite", "postgresql", "postgres"}
 BACKEND_SCHEMES = REDIS_SCHEMES | {"memory", "sqlite", "postgresql", "postgres"}
@@ -140,8 +143,8 @@ def parse_url(url: str, *, allowed: frozenset[str], what: str) -> ParsedURL:
         parts = urlsplit(url)
         if parts.scheme.lower() in SENTINEL_SCHEMES:
             return _sentinel(parts.scheme.lower(), url, what)
-        if parts.scheme.lower() in CLUSTER_SCHEMES:  # h1:p1,h2:p2: the first node stands
-            first = parts.netloc.rpartition("@")[2].split(",", 1)[0]  # for all of them
+        if parts.scheme.lower() in CLUSTER_SCHEMES | AMQP_SCHEMES:  # h1:p1,h2:p2: the first
+            first = parts.netloc.rpartition("@")[2].split(",", 1)[0]  # node stands for all
             parts = parts._replace(netloc=first)
         port = parts.port
     except ValueError:  # its text can quote a password taken for a port: not shown

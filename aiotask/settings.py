@@ -117,6 +117,11 @@ class Settings:
     redis_wait_replicas: int = 0
     #: Seconds a publish waits for redis_wait_replicas.
     redis_wait_timeout: float = 1.0
+    #: RabbitMQ work queues: "classic" or "quorum" (replicated over a cluster, with the
+    #: server's x-delivery-limit); docs/scaling.md. The broker URL's ?queue_type= wins.
+    rabbitmq_queue_type: str = "classic"
+    #: Per-queue exceptions to rabbitmq_queue_type: queue name -> "classic" | "quorum".
+    rabbitmq_queue_types: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         parse_url(self.broker_url, allowed=BROKER_SCHEMES, what="broker")
@@ -148,6 +153,7 @@ class Settings:
         _non_negative(self, "processes", "prefetch", "max_tasks_per_child", "max_memory_per_child")
         if self.celery_compat:
             _check_celery(self)
+        _check_queue_types(self)
         if not 0 <= self.default_priority <= 9:
             raise ConfigurationError("default_priority must be between 0 and 9")
         if not self.default_queue or not self.key_prefix:
@@ -227,6 +233,19 @@ def _check_celery(conf: Settings) -> None:
 
 SECRET_FIELDS = frozenset({"signing_keys"})
 
+#: RabbitMQ queue types aiotask declares (streams have no per-message acknowledgement).
+RABBITMQ_QUEUE_TYPES = ("classic", "quorum")
+
+
+def _check_queue_types(conf: Settings) -> None:
+    named = {"rabbitmq_queue_type": conf.rabbitmq_queue_type}
+    named |= {f"rabbitmq_queue_types[{q!r}]": t for q, t in conf.rabbitmq_queue_types.items()}
+    for name, kind in named.items():
+        if kind not in RABBITMQ_QUEUE_TYPES:
+            raise ConfigurationError(
+                f"setting {name} is {kind!r}: use one of {', '.join(RABBITMQ_QUEUE_TYPES)}"
+            )
+
 
 def _shown(s: Settings, name: str) -> str:
     value = getattr(s, name)
@@ -294,6 +313,19 @@ def _bool(raw: str) -> bool:
     if lowered not in {"1", "0", "true", "false", "yes", "no", "on", "off"}:
         raise ValueError(raw)
     return lowered in {"1", "true", "yes", "on"}
+
+
+def _queue_types(raw: str) -> dict[str, str]:
+    """`q1:quorum,q2:classic` (AIOTASK_RABBITMQ_QUEUE_TYPES), or a JSON object."""
+    if raw.strip().startswith("{"):
+        return _str_mapping(raw)
+    out: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        queue, sep, kind = item.rpartition(":")
+        if not sep or not queue.strip():
+            raise ValueError(item)
+        out[queue.strip()] = kind.strip().lower()
+    return out
 
 
 def _str_mapping(raw: str) -> dict[str, str]:
@@ -365,6 +397,8 @@ ENV_PARSERS: dict[str, tuple[Callable[[str], object], str]] = {
     "concurrency_slot_lease": (_float, "number of seconds"),
     "redis_wait_replicas": (_int, "integer"),
     "redis_wait_timeout": (_float, "number of seconds"),
+    "rabbitmq_queue_type": (_str, "queue type (classic, quorum)"),
+    "rabbitmq_queue_types": (_queue_types, "list of queue:type pairs (orders:quorum,bulk:classic)"),
 }
 
 

@@ -30,6 +30,7 @@ from aiotask import _tls
 from aiotask._backoff import Backoff
 from aiotask._urls import redact
 from aiotask.brokers._common import clamp_priority
+from aiotask.brokers._rabbitmq_nodes import connect_node, node_urls
 from aiotask.brokers._rabbitmq_topology import HEADER_QUORUM_COUNT, MAX_PRIORITY, SERVER_HEADERS
 from aiotask.exceptions import AiotaskError, BrokerConnectionError, ConfigurationError
 
@@ -93,17 +94,29 @@ async def open_connection(
     reconnects reuse it, so a rotated client certificate is used from the next worker start.
     """
     # Connections come back ~1 s after the server does, unless the URL sets its own interval.
-    interval = None if "reconnect_interval" in parse_qs(urlsplit(url).query) else 1.0
-    resolved = _tls.for_broker(settings, url)
-    context = _tls.context_for(resolved.tls) if resolved.tls is not None else None
-    with map_errors(url, f"connect ({role})"):
-        return await aio_pika.connect_robust(
-            resolved.url,
-            ssl_context=context,
-            timeout=min(settings.broker_unreachable_timeout, 30.0),
-            client_properties={"connection_name": f"aiotask {app_name} {role}"},
-            reconnect_interval=interval,
-        )
+    nodes = [_tls.for_broker(settings, node) for node in node_urls(url)]
+    interval = None if "reconnect_interval" in parse_qs(urlsplit(nodes[0].url).query) else 1.0
+    context = _tls.context_for(nodes[0].tls) if nodes[0].tls is not None else None
+    error: BrokerConnectionError | None = None
+    for start, resolved in enumerate(nodes):  # the first node that answers (a cluster)
+        try:
+            with map_errors(url if len(nodes) == 1 else resolved.url, f"connect ({role})"):
+                return await connect_node(
+                    [n.url for n in nodes],
+                    start,
+                    ssl_context=context,
+                    timeout=min(settings.broker_unreachable_timeout, 30.0),
+                    client_properties={"connection_name": f"aiotask {app_name} {role}"},
+                    reconnect_interval=interval,
+                )
+        except BrokerConnectionError as exc:
+            if len(nodes) == 1 or _tls.permanent(exc):
+                raise
+            log.warning("RabbitMQ node unreachable (%s); trying the next one", exc)
+            error = exc
+    raise BrokerConnectionError(
+        f"none of the {len(nodes)} RabbitMQ nodes of {redact(url)} answered; last: {error}"
+    ) from error
 
 
 class Publisher:

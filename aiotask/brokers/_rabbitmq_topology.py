@@ -184,4 +184,6 @@ def dead_reason(headers: Mapping[str, object] | None) -> str:
         return text(reason)
     first = headers.get("x-first-death-reason")
     shown = text(first) if isinstance(first, bytes | str) and first else "unknown reason"
+    if shown == "delivery_limit":  # a quorum queue's x-delivery-limit (max_deliveries - 1)
+        return "delivered max_deliveries times without being settled (quorum queue delivery-limit)"
     return f"dead-lettered by RabbitMQ: {shown}"

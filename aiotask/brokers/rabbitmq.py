@@ -24,7 +24,6 @@ import time
 from contextlib import asynccontextmanager
 from functools import partial
 from typing import TYPE_CHECKING, TypeAlias
-from urllib.parse import parse_qs, urlsplit
 
 import aio_pika
 from aio_pika.exceptions import (
@@ -38,6 +37,7 @@ from aiotask._time import monotonic
 from aiotask._urls import parse_url, redact
 from aiotask.brokers import _rabbitmq_admin as admin
 from aiotask.brokers import _rabbitmq_events as events
+from aiotask.brokers import _rabbitmq_queues as queues
 from aiotask.brokers import _rabbitmq_topology as topo
 from aiotask.brokers._common import exhausted, exhausted_reason
 from aiotask.brokers._rabbitmq_delivery import Held, held, settle, settle_all, stale
@@ -83,8 +83,8 @@ class RabbitMQBroker:
 
     def __init__(self, url: str, settings: Settings, app_name: str) -> None:
         parse_url(url, allowed=frozenset({"amqp", "amqps"}), what="broker")
-        self._queue_type = topo.queue_type(parse_qs(urlsplit(url).query), redact(url))
-        classic = self._queue_type == "classic"  # quorum queues (3.x) have no priorities
+        self._types = queues.queue_types(settings, url)  # classic or quorum, per queue
+        classic = self._types.default == "classic"  # quorum queues (3.x) have no priorities
         self.capabilities = BrokerCapabilities(
             priorities=classic,
             max_priority=topo.MAX_PRIORITY if classic else 0,
@@ -100,6 +100,7 @@ class RabbitMQBroker:
         self._con_conn: AbstractRobustConnection | None = None
         self._con: AbstractRobustChannel | None = None
         self._declared: set[str] = set()
+        self._settled: dict[str, queues.Declared] = {}
         self._delays: dict[str, dict[str, float]] = {}  # queue -> delay queue -> declared at
         self._consumers: dict[str, tuple[AbstractRobustQueue, str]] = {}
         self._buffers: dict[str, list[Held]] = {}
@@ -245,11 +246,14 @@ class RabbitMQBroker:
 
     async def _declare_on(self, channel: AbstractRobustChannel, queue: str) -> AbstractRobustQueue:
         with map_errors(self._url, f"declare queue {queue!r}"):
-            await channel.declare_queue(self._names.dead(queue), durable=True)
+            args = self._settled.get(queue)
+            if args is None:  # quorum: probed on throwaway channels (a mismatch closes those)
+                args = await queues.settle(self._admin, self._names, queue, self._types)
+                self._settled[queue] = args
+            dead_args = args.dead or None
+            await channel.declare_queue(self._names.dead(queue), durable=True, arguments=dead_args)
             return await channel.declare_queue(
-                self._names.work(queue),
-                durable=True,
-                arguments=topo.work_arguments(self._names, queue, self._queue_type),
+                self._names.work(queue), durable=True, arguments=args.work
             )
 
     async def _delay_queue(self, queue: str, ms: int) -> str:
@@ -625,6 +629,7 @@ class RabbitMQBroker:
             await consumer[0].cancel(consumer[1])
         self._buffers.pop(queue, None)
         self._declared.discard(queue)
+        self._settled.pop(queue, None)
         names = [self._names.work(queue), self._names.dead(queue)]
         names += list(self._delays.pop(queue, {}))
         with map_errors(self._url, f"delete {queue!r}"):

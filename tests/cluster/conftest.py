@@ -3,7 +3,10 @@ fixtures (`broker`, `more_brokers`, `backend`) over it, so tests/contract's suit
 
 Only modules under tests/cluster start a cluster. The default test run keeps the short form (one
 worker process over two shards, about 10 s); `make cluster` sets AIOTASK_CLUSTER_TESTS=full and
-runs everything here: the contract and canvas suites and the failover test (a few minutes).
+runs everything here: the contract and canvas suites and the failover tests (a few minutes).
+test_rabbitmq_cluster_failover.py starts a private 3-node RabbitMQ cluster (about 50 s here), so
+it runs only in `make cluster`; its short form is tests/integration/test_rabbitmq_quorum.py
+(quorum queues and node lists on the shared server).
 """
 
 from __future__ import annotations
@@ -45,7 +48,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         items[:] = [i for i in items if i not in others]
     if os.environ.get("AIOTASK_CLUSTER_TESTS") == "full":
         return
-    skip = pytest.mark.skip(reason="Redis Cluster suite: run `make cluster`")
+    skip = pytest.mark.skip(
+        reason="cluster suite (Redis Cluster, RabbitMQ cluster): run `make cluster`"
+    )
     for item in items:
         if "tests/cluster/" in item.nodeid and item.name not in SHORT:
             item.add_marker(skip)

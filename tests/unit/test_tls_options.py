@@ -181,7 +181,8 @@ CONNECTING = {
     # Sentinel(: redis+sentinel:// has no TLS form (rediss+sentinel is refused as a scheme)
     "aiotask/_redis/client.py": {"Redis.from_url(", "Sentinel("},
     "aiotask/_redis/cluster.py": {"RedisCluster("},  # its nodes get the TLS options too
-    "aiotask/brokers/_rabbitmq_publish.py": {"connect_robust("},
+    # called only by _rabbitmq_publish.open_connection, with the TLS context it built
+    "aiotask/brokers/_rabbitmq_nodes.py": {"connect_robust("},
 }
 CALLS = ["Redis.from_url(", "Redis(", "connect_robust(", "aio_pika.connect(", "aiormq.connect("]
 CALLS += ["RedisCluster(", "Sentinel(", "ConnectionPool(", "asyncio.open_connection("]
