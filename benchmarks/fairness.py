@@ -66,6 +66,10 @@ def _rows(log: Path) -> list[list[str]]:
     return [line.split() for line in log.read_text().splitlines()] if log.exists() else []
 
 
+#: B's send times (ms) per run: how much of its wait was its own publish
+SENDS: dict[str, list[float]] = {}
+
+
 async def _run(
     url: str, task: str, backlog: int, probes: int, gap: float, log: Path
 ) -> list[float]:
@@ -81,6 +85,7 @@ async def _run(
         for i in range(probes):
             sent[i] = time.time()
             await job.send("B", i)
+            SENDS.setdefault(log.stem, []).append((time.time() - sent[i]) * 1000)
             await asyncio.sleep(gap)
         while True:  # every probe started
             rows = _rows(log)
@@ -170,7 +175,11 @@ def main() -> None:
     )
     for name, waits in runs.items():
         p50, p99 = statistics.median(waits), _pct(waits, 0.99)
-        print(f"{name:5} B wait p50 {p50:8.1f} ms   p99 {p99:8.1f} ms")
+        sends = SENDS.get(name, [0.0])
+        print(
+            f"{name:5} B wait p50 {p50:8.1f} ms   p99 {p99:8.1f} ms   "
+            f"(of it, B's send p50 {statistics.median(sends):6.1f} ms p99 {_pct(sends, 0.99):6.1f})"
+        )
     ratio = _pct(runs["fair"], 0.99) / _pct(runs["idle"], 0.99)
     print(f"ratio fair p99 / idle p99: {ratio:.2f}x (target <= 2x)")
     if "fifo" in runs:
