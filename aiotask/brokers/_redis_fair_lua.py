@@ -29,11 +29,15 @@ local function ring_add(base, key)
 end
 local function wake(base, stream0, wanted)
   -- blocked readers wait on the queue's own streams: one wake-up entry per live consumer
-  -- at most (they block with COUNT 1), none when nothing was added
+  -- at most (they block with COUNT 1), less those still unread at the stream's tail, so
+  -- keyed sends with no worker running do not pile wake-ups up
   local alive = redis.call('ZCARD', base .. ':consumers')
-  for _ = 1, math.min(wanted, math.max(alive, 1)) do
-    redis.call('XADD', stream0, '*', 'w', '1')
+  local n = math.min(wanted, math.max(alive, 1))
+  for _, e in ipairs(redis.call('XREVRANGE', stream0, '+', '-', 'COUNT', n)) do
+    if e[2][1] ~= 'w' then break end
+    n = n - 1
   end
+  for _ = 1, n do redis.call('XADD', stream0, '*', 'w', '1') end
 end
 """
 
