@@ -138,14 +138,20 @@ def takeover_commands(b: RedisStreamsBroker, qkeys: Sequence[_Keys], limit: int)
     ]
 
 
-def claimed(qkeys: Sequence[_Keys], results: Sequence[Any]) -> list[Delivery]:
-    """Deliveries from RECLAIM_FAIR replies (or TAKEOVER_FAIR's second element)."""
+def claimed(
+    b: RedisStreamsBroker, qkeys: Sequence[_Keys], results: Sequence[Any]
+) -> list[Delivery]:
+    """Deliveries from RECLAIM_FAIR replies (or TAKEOVER_FAIR's second element); their
+    streams are remembered for the hand-back on close."""
     got: list[Delivery] = []
     for k, reply in zip(qkeys, results, strict=True):
         if isinstance(reply, Exception):
             continue
         for stream, entry_id, mid, body, count in reply:
-            got.append(Delivery(body, k.queue, text(mid), int(count), (text(stream), entry_id)))
+            name = text(stream)
+            b._stream_queue.setdefault(name.encode(), (k.queue, name))
+            b._fair_streams.add(name)
+            got.append(Delivery(body, k.queue, text(mid), int(count), (name, entry_id)))
     return got
 
 

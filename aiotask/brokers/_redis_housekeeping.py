@@ -69,7 +69,7 @@ async def run(b: RedisStreamsBroker, qkeys: list[_Keys], limit: int) -> list[Del
     done = markers + len(movers)
     got = _claimed(b, claims, results[done : done + len(claims)])
     done += len(claims)
-    got += fair.claimed(qkeys if reclaim else [], results[done : done + len(fair_claims)])
+    got += fair.claimed(b, qkeys if reclaim else [], results[done : done + len(fair_claims)])
     done += len(fair_claims)
     if takeover:
         taken = results[done : done + len(fair_takes)]
@@ -110,7 +110,7 @@ def _taken(
     for reply in keyed:  # fairness: TAKEOVER_FAIR's {more, entries}
         if not isinstance(reply, Exception) and reply[0]:
             delay = 0.0
-    got += fair.claimed(takers, [r if isinstance(r, Exception) else r[1] for r in keyed])
+    got += fair.claimed(b, takers, [r if isinstance(r, Exception) else r[1] for r in keyed])
     for k, reply in zip(takers, results, strict=True):
         if isinstance(reply, Exception):  # NOGROUP: the server lost the group
             b._ready.clear()

@@ -195,3 +195,19 @@ async def test_lost_consumer_keyed_work_is_taken_over_fast(
     assert {d.deliveries for d in got} == {2}
     assert time.monotonic() - started < LONG_LEASE / 4
     await alive.ack(got)
+
+
+async def test_keyed_message_taken_over_by_lease_is_handed_back_on_close(
+    broker: Broker, more_brokers: MoreBrokers
+) -> None:
+    if not broker.capabilities.leases:
+        pytest.skip("no leases")
+    await broker.publish([keyed("a", 1)])
+    [first] = await receive_all(broker, ["q"], 1)
+    taker = await more_brokers.new()
+    [taken] = await receive_all(taker, ["q"], 1, timeout=LEASE * 6)  # the lease lapsed
+    assert (taken.message_id, taken.deliveries) == ("a1", first.deliveries + 1)
+    await more_brokers.close(taker)  # hands it back: at once, not after another lease
+    [again] = await receive_all(broker, ["q"], 1, timeout=LEASE * 0.9)
+    assert (again.message_id, again.deliveries) == ("a1", taken.deliveries + 1)
+    await broker.ack([again])
