@@ -1,14 +1,16 @@
 """Fairness across keys: tenant B's wait with tenant A's backlog queued ahead, vs an idle queue.
 
-    .venv/bin/python -m benchmarks.fairness [--backlog 10000] [--probes 40] [--gap 0.05]
-                                            [--work 0.002] [--no-fifo]
+    .venv/bin/python -m benchmarks.fairness [--broker sqlite|redis] [--backlog 10000]
+                                            [--probes 40] [--gap 0.05] [--work 0.002]
+                                            [--prefetch 0] [--no-fifo]
 
-One `aiotask worker` process (concurrency 4) on one SQLite file. Tenant B sends `--probes`
-tasks, one every `--gap` seconds; its wait is the time from send to the task's start (both
-clocks are this machine's). Runs: "idle" (B alone), "fair" (A's backlog of `--backlog` tasks
-queued first, every task with fairness_key="tenant_id"), and for contrast "fifo" (the same
-backlog without fairness_key). Each task sleeps `--work` seconds. Reported: B's p50/p99 wait
-per run and the ratio fair p99 / idle p99 (the target is 2x or less).
+One `aiotask worker` process (concurrency 4) on one SQLite file, or on the Redis server of
+AIOTASK_BENCH_REDIS (default redis://127.0.0.1:6379/0) under a fresh key prefix. Tenant B
+sends `--probes` tasks, one every `--gap` seconds; its wait is the time from send to the
+task's start (both clocks are this machine's). Runs: "idle" (B alone), "fair" (A's backlog of
+`--backlog` tasks queued first, every task with fairness_key="tenant_id"), and for contrast
+"fifo" (the same backlog without fairness_key). Each task sleeps `--work` seconds. Reported:
+B's p50/p99 wait per run and the ratio fair p99 / idle p99 (the target is 2x or less).
 """
 
 from __future__ import annotations
@@ -22,9 +24,12 @@ import sys
 import tempfile
 import textwrap
 import time
+import uuid
 from pathlib import Path
 
 from aiotask import App
+
+REDIS = os.environ.get("AIOTASK_BENCH_REDIS", "redis://127.0.0.1:6379/0")
 
 TASKS = textwrap.dedent(
     """
@@ -61,6 +66,10 @@ def _rows(log: Path) -> list[list[str]]:
     return [line.split() for line in log.read_text().splitlines()] if log.exists() else []
 
 
+#: B's send times (ms) per run: how much of its wait was its own publish
+SENDS: dict[str, list[float]] = {}
+
+
 async def _run(
     url: str, task: str, backlog: int, probes: int, gap: float, log: Path
 ) -> list[float]:
@@ -76,6 +85,7 @@ async def _run(
         for i in range(probes):
             sent[i] = time.time()
             await job.send("B", i)
+            SENDS.setdefault(log.stem, []).append((time.time() - sent[i]) * 1000)
             await asyncio.sleep(gap)
         while True:  # every probe started
             rows = _rows(log)
@@ -86,23 +96,59 @@ async def _run(
     return [(float(t) - sent[int(i)]) * 1000 for i, t in rows]
 
 
+def _url(workdir: Path, name: str, args: argparse.Namespace) -> tuple[str, dict[str, str]]:
+    """The broker URL of one run and its environment (a fresh file, or a fresh key prefix)."""
+    if args.broker == "redis":
+        prefix = f"fairbench-{uuid.uuid4().hex[:8]}"
+        return REDIS, {"AIOTASK_KEY_PREFIX": prefix}
+    return f"sqlite:///{workdir / name}.db", {}
+
+
+async def _drop_keys(url: str, prefix: str) -> None:
+    import redis.asyncio as redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        keys = [key async for key in client.scan_iter(match=f"{prefix}:*", count=1000)]
+        for start in range(0, len(keys), 500):
+            await client.delete(*keys[start : start + 500])
+    finally:
+        await client.aclose()
+
+
 def _measure(
     workdir: Path, name: str, task: str, backlog: int, args: argparse.Namespace
 ) -> list[float]:
-    db = workdir / f"{name}.db"
     log = workdir / f"{name}.log"
+    url, extra = _url(workdir, name, args)
     env = dict(
-        os.environ, AIOTASK_BROKER_URL=f"sqlite:///{db}", PYTHONPATH=str(workdir),
-        FAIR_LOG=str(log), FAIR_WORK=str(args.work),
+        os.environ, AIOTASK_BROKER_URL=url, PYTHONPATH=str(workdir),
+        FAIR_LOG=str(log), FAIR_WORK=str(args.work), **extra,
     )  # fmt: skip
+    if args.prefetch:
+        env["AIOTASK_PREFETCH"] = str(args.prefetch)
     argv = [sys.executable, "-m", "aiotask", "worker", "-A", "fair_tasks:app", "-c", "4"]
-    worker = subprocess.Popen(argv, cwd=workdir, env=env, stderr=subprocess.DEVNULL)
+    out = workdir / f"{name}.worker.log"
+    with out.open("w") as err:
+        worker = subprocess.Popen(argv, cwd=workdir, env=env, stderr=err)
+    old = {k: os.environ.get(k) for k in extra}
+    os.environ.update(extra)  # the sending App reads the same key prefix
     try:
-        time.sleep(2.0)  # the worker is up and idle
-        return asyncio.run(_run(f"sqlite:///{db}", task, backlog, args.probes, args.gap, log))
+        deadline = time.monotonic() + 60
+        while " ready" not in out.read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)  # a loaded machine can take seconds to start a worker
+        time.sleep(1.0)  # the worker is up and idle
+        return asyncio.run(_run(url, task, backlog, args.probes, args.gap, log))
     finally:
         worker.terminate()
         worker.wait(30)
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        if "AIOTASK_KEY_PREFIX" in extra:
+            asyncio.run(_drop_keys(url, extra["AIOTASK_KEY_PREFIX"]))
 
 
 def main() -> None:
@@ -112,6 +158,8 @@ def main() -> None:
     parser.add_argument("--gap", type=float, default=0.05)
     parser.add_argument("--work", type=float, default=0.002)
     parser.add_argument("--no-fifo", action="store_true")
+    parser.add_argument("--broker", choices=("sqlite", "redis"), default="sqlite")
+    parser.add_argument("--prefetch", type=int, default=0, help="0: the worker's default")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
@@ -120,10 +168,18 @@ def main() -> None:
         runs["fair"] = _measure(workdir, "fair", "fair", args.backlog, args)
         if not args.no_fifo:
             runs["fifo"] = _measure(workdir, "fifo", "fifo", args.backlog, args)
-    print(f"SQLite, 1 worker x 4, tasks of {args.work * 1000:g} ms, A's backlog {args.backlog}")
+    prefetch = args.prefetch or "default"
+    print(
+        f"{args.broker}, 1 worker x 4 (prefetch {prefetch}), tasks of {args.work * 1000:g} ms, "
+        f"A's backlog {args.backlog}"
+    )
     for name, waits in runs.items():
         p50, p99 = statistics.median(waits), _pct(waits, 0.99)
-        print(f"{name:5} B wait p50 {p50:8.1f} ms   p99 {p99:8.1f} ms")
+        sends = SENDS.get(name, [0.0])
+        print(
+            f"{name:5} B wait p50 {p50:8.1f} ms   p99 {p99:8.1f} ms   "
+            f"(of it, B's send p50 {statistics.median(sends):6.1f} ms p99 {_pct(sends, 0.99):6.1f})"
+        )
     ratio = _pct(runs["fair"], 0.99) / _pct(runs["idle"], 0.99)
     print(f"ratio fair p99 / idle p99: {ratio:.2f}x (target <= 2x)")
     if "fifo" in runs:

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 #: Undelivered entries per band that QUEUE_STATS looks at to leave wake-ups out of `ready`.
 STATS_SCAN_CAP = 1000
 #: Key suffixes that make a queue known (not `consumers` or publish markers).
-_QUEUE_KEYS = frozenset({"s0", "s1", "s2", "delayed", "dead"})
+_QUEUE_KEYS = frozenset({"s0", "s1", "s2", "delayed", "dead", "fkeys"})
 _GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
 
 

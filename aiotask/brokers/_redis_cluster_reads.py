@@ -20,6 +20,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from aiotask._redis import cluster
+from aiotask.brokers import _redis_fair as fair
 
 if TYPE_CHECKING:
     from aiotask.brokers.base import Delivery
@@ -37,9 +38,7 @@ async def receive(
     wait: float,
 ) -> list[Delivery]:
     """Strict priority within each queue, queues in the order given; block when all empty."""
-    sha = broker._sha("READ_BANDS")
-    who = (broker._group, broker._consumer, limit)
-    looks = [("EVALSHA", sha, 3, *reversed(k.streams), *who) for k in qkeys]
+    looks = [fair.read_command(broker, [k], limit) for k in qkeys]  # round-robin where keyed
     got: list[Delivery] = []
     for reply in await broker._run(looks, ignore=("NOGROUP",)):
         if isinstance(reply, Exception):  # the group vanished (a failover without it)

@@ -9,6 +9,7 @@ import math
 from typing import TYPE_CHECKING, Any
 
 from aiotask._time import monotonic, now
+from aiotask.brokers import _redis_fair as fair
 from aiotask.brokers._common import DEAD_LETTER_CAP, text
 from aiotask.brokers.base import Delivery
 
@@ -45,7 +46,12 @@ async def run(b: RedisStreamsBroker, qkeys: list[_Keys], limit: int) -> list[Del
         ("EVALSHA", sha, 2, s, k.dead, *fixed, k.queue, wall, _cursor(b, s), *b._reason)
         for k, s in claims
     ]
+    fair_claims = fair.reclaim_commands(b, qkeys, limit) if reclaim else []
+    cmds += fair_claims  # fairness: the keyed streams' lapsed leases
     takers = qkeys if takeover else []
+    # the keyed streams' takeover first: TAKEOVER forgets a drained lost consumer
+    fair_takes = fair.takeover_commands(b, takers, limit)
+    cmds += fair_takes
     sha = b._sha("TAKEOVER")
     who = (b._group, b._consumer, limit, b._max_deliveries, DEAD_MAXLEN)
     cmds += [
@@ -62,8 +68,13 @@ async def run(b: RedisStreamsBroker, qkeys: list[_Keys], limit: int) -> list[Del
         b._next_reclaim = mono + b._reclaim_every
     done = markers + len(movers)
     got = _claimed(b, claims, results[done : done + len(claims)])
+    done += len(claims)
+    got += fair.claimed(b, qkeys if reclaim else [], results[done : done + len(fair_claims)])
+    done += len(fair_claims)
     if takeover:
-        got += _taken(b, takers, results[done + len(claims) :], mono)
+        taken = results[done : done + len(fair_takes)]
+        done += len(fair_takes)
+        got += _taken(b, takers, results[done:], mono, taken)
     return got
 
 
@@ -88,10 +99,18 @@ def _claimed(
 
 
 def _taken(
-    b: RedisStreamsBroker, takers: list[_Keys], results: list[Any], mono: float
+    b: RedisStreamsBroker,
+    takers: list[_Keys],
+    results: list[Any],
+    mono: float,
+    keyed: list[Any],
 ) -> list[Delivery]:
     got: list[Delivery] = []
     delay = b._takeover_every
+    for reply in keyed:  # fairness: TAKEOVER_FAIR's {more, entries}
+        if not isinstance(reply, Exception) and reply[0]:
+            delay = 0.0
+    got += fair.claimed(b, takers, [r if isinstance(r, Exception) else r[1] for r in keyed])
     for k, reply in zip(takers, results, strict=True):
         if isinstance(reply, Exception):  # NOGROUP: the server lost the group
             b._ready.clear()

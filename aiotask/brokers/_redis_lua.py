@@ -10,6 +10,8 @@ deliveries it already had); `w` marks a wake-up entry that carries no message.
 
 from __future__ import annotations
 
+from aiotask.brokers._redis_fair_lua import RING_ADD_FN
+
 #: Publish one queue's part of a batch, at most once however often it is retried: the first
 #: run sets the batch's marker (SET NX) and adds the messages; a retry that finds the marker
 #: does nothing. Delayed messages go to the sorted set; one due before the current head adds a
@@ -40,21 +42,39 @@ end
 return 1
 """
 
-#: Move due delayed messages to their band stream; return the next eta (ms) or nil.
+#: Move due delayed messages to their band stream; return the next eta (ms) or nil. A keyed
+#: message (band digit 3-5, fairness: _redis_fair_lua.PUBLISH_FAIR) goes to its key's stream.
 #: KEYS: delayed zset, band 0, band 1, band 2 streams. ARGV: now_ms, max to move.
-MOVE_DUE = """
+MOVE_DUE = (
+    RING_ADD_FN
+    + """
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+local keyed, base = 0, string.sub(KEYS[1], 1, -9)
 for _, m in ipairs(due) do
   local band = tonumber(string.sub(m, 1, 1))
   local colon = string.find(m, ':', 2, true)
   local n = tonumber(string.sub(m, 2, colon - 1))
-  redis.call('XADD', KEYS[2 + band], '*',
-    'm', string.sub(m, colon + 1, colon + n), 'b', string.sub(m, colon + n + 1))
+  if band > 2 then
+    local key = string.sub(m, colon + 1, colon + n)
+    local rest = colon + n + 1
+    local c2 = string.find(m, ':', rest, true)
+    local k = tonumber(string.sub(m, rest, c2 - 1))
+    local s = base .. ':f:' .. key .. ':s' .. (band - 3)
+    redis.call('XADD', s, '*', 'm', string.sub(m, c2 + 1, c2 + k), 'b', string.sub(m, c2 + k + 1))
+    redis.call('SADD', base .. ':fkeys', s)
+    ring_add(base, key)
+    keyed = keyed + 1
+  else
+    redis.call('XADD', KEYS[2 + band], '*',
+      'm', string.sub(m, colon + 1, colon + n), 'b', string.sub(m, colon + n + 1))
+  end
   redis.call('ZREM', KEYS[1], m)
 end
+if keyed > 1 then wake(base, KEYS[2], keyed - 1) end
 local head = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 return head[2]
 """
+)
 
 #: Take over entries idle past the lease (a dead consumer's, or our own lost ones) from the
 #: cursor on; dead-letter those past max_deliveries; drop consumers that own nothing and were

@@ -38,6 +38,8 @@ from aiotask._time import monotonic, now
 from aiotask.brokers import _redis_admin as admin
 from aiotask.brokers import _redis_cluster_reads as cluster_reads
 from aiotask.brokers import _redis_events as events
+from aiotask.brokers import _redis_fair as fair
+from aiotask.brokers import _redis_fair_lua as fair_lua
 from aiotask.brokers import _redis_housekeeping as housekeeping
 from aiotask.brokers import _redis_lua as lua
 from aiotask.brokers._common import DEAD_LETTER_CAP, exhausted, exhausted_reason, text
@@ -75,7 +77,7 @@ TRANSFER_RATE = 8 * 2**20
 #: Scripts loaded on connect (and again after NOSCRIPT).
 _SCRIPTS = (
     "PUBLISH", "MOVE_DUE", "RECLAIM", "HAND_BACK", "READ_BANDS", "EXTEND", "NACK", "BEAT",
-    "TAKEOVER",
+    "TAKEOVER", "READ", "PUBLISH_FAIR", "RECLAIM_FAIR", "TAKEOVER_FAIR", "RING",
 )  # fmt: skip
 #: Confirmed publish markers one publish deletes on the way (the rest expire).
 _MARKERS_PER_CALL = 64
@@ -107,7 +109,9 @@ class _Keys:
 class RedisStreamsBroker:
     """A Broker over Redis Streams: at-least-once, owner-checked lease renewal, push wake-ups."""
 
-    capabilities = BrokerCapabilities(priorities=True, max_priority=9, native_delay=True, push=True)
+    capabilities = BrokerCapabilities(
+        priorities=True, max_priority=9, native_delay=True, push=True, fairness=True
+    )
 
     def __init__(self, url: str, settings: Settings, app_name: str) -> None:
         self._url = url
@@ -132,6 +136,7 @@ class RedisStreamsBroker:
         self._marker_ms = int((self._unreachable + 2 * OP_TIMEOUT + 10.0) * 1000)
         self._keys_cache: dict[str, _Keys] = {}
         self._stream_queue: dict[bytes, tuple[str, str]] = {}  # stream key -> (queue, key)
+        self._fair_streams: set[str] = set()  # keyed streams read (hand back on close)
         self._ready: set[str] = set()  # queues whose consumer groups exist
         self._reading: set[str] = set()  # queues this consumer reads (heartbeat, hand back)
         self._beating = False  # heartbeat() was called: announce every queue we read
@@ -228,7 +233,8 @@ class RedisStreamsBroker:
             return
         self._redis = self.shared_client.acquire()
         for name in _SCRIPTS:
-            self._scripts[name] = self._redis.register_script(getattr(lua, name))
+            source = getattr(lua, name, None) or getattr(fair_lua, name)
+            self._scripts[name] = self._redis.register_script(source)
         try:
             with map_errors(self._url):
                 await self._load_scripts()
@@ -248,6 +254,7 @@ class RedisStreamsBroker:
             k = self._keys(queue)
             cmds += [("EVALSHA", sha, 1, s, self._group, self._consumer) for s in k.streams]
             cmds.append(("ZREM", k.alive, self._consumer))  # gone, not lost
+        cmds += fair.hand_back_commands(self)  # fairness: keyed streams read, keys re-ringed
         try:
             with map_errors(self._url):
                 await self._run(cmds, ignore=("NOGROUP",))
@@ -271,13 +278,17 @@ class RedisStreamsBroker:
         """
         wall = now()
         parts: dict[str, tuple[list[Any], list[Any]]] = {}
+        keyed: fair.Parts = {}  # fairness: keyed messages go to their key's stream
         size = 0
         for out in batch:
             size += len(out.body)
+            band = _band(out.priority)
+            if out.fair_key:
+                fair.add(self, keyed, out, band, wall)
+                continue
             part = parts.get(out.queue)
             if part is None:
                 part = parts[out.queue] = ([], [])
-            band = _band(out.priority)
             if out.eta is not None and out.eta > wall:
                 mid = out.message_id.encode()
                 member = b"%d%d:%s%s" % (band, len(mid), mid, out.body)
@@ -285,7 +296,7 @@ class RedisStreamsBroker:
                 self._next_due[out.queue] = min(self._next_due.get(out.queue, math.inf), out.eta)
             else:
                 part[0].extend((band, out.message_id, out.body))
-        if not parts:
+        if not parts and not keyed:
             return
         batch_id = secrets.token_hex(8)
         sha = self._sha("PUBLISH")
@@ -302,6 +313,7 @@ class RedisStreamsBroker:
             args = (marker_ms, len(ready) // 3, *ready, *later)
             cmds.append(("EVALSHA", sha, len(keys), *keys, *args))
             markers.append((queue, marker))
+        cmds += fair.publish_commands(self, keyed, batch_id, marker_ms)
         extra += wait_replicas(cmds, *self._wait)
         attempts = 0
 
@@ -355,10 +367,9 @@ class RedisStreamsBroker:
             return await cluster_reads.receive(self, qkeys, limit, claimed, wait)
         streams = [s for k in qkeys for s in reversed(k.streams)]  # high band first
         try:
-            # First a strict-priority look: bands in order, exactly `limit` at most, no BLOCK.
-            sha = self._sha("READ_BANDS")
-            look = ("EVALSHA", sha, len(streams), *streams, self._group, self._consumer, limit)
-            [reply] = await self._run([look])
+            # First a strict-priority look: bands in order, exactly `limit` at most, no BLOCK
+            # (round-robin across fairness keys on a queue that has keyed messages).
+            [reply] = await self._run([fair.read_command(self, qkeys, limit)])
             if reply or claimed:
                 got = await self._parse(reply) if reply else []
                 return self._cap(got + claimed, limit)
@@ -401,7 +412,7 @@ class RedisStreamsBroker:
         got: list[Delivery] = []
         over: list[Delivery] = []
         for stream_key, entries in reply:
-            queue, stream = self._stream_queue[stream_key]
+            queue, stream = self._stream_queue.get(stream_key) or fair.stream_of(self, stream_key)
             for entry_id, f in entries:
                 if len(f) == 4 and f[0] == b"m" and f[2] == b"b":  # the common shape
                     got.append(Delivery(f[3], queue, f[1].decode(), 1, (stream, entry_id)))
@@ -474,6 +485,7 @@ class RedisStreamsBroker:
             ("EVALSHA", sha, 2, stream, k.dead, *who, k.queue, wall, *self._reason, *pairs)
             for stream, (k, pairs) in by.items()
         ]
+        cmds += fair.ring_commands(self, deliveries)  # keyed entries: their keys' turns again
         results = await self._retrying(lambda: self._run(cmds, ignore=("NOGROUP",)))
         buried = sum(r for r in results if isinstance(r, int))
         if buried:
@@ -540,9 +552,9 @@ class RedisStreamsBroker:
         cmds: list[Command] = [("XLEN", s) for s in k.streams]
         cmds += [("ZCARD", k.delayed)]
         cmds += [("XTRIM", s, "MAXLEN", 0) for s in k.streams]
-        cmds += [("DEL", k.delayed)]
+        cmds += [("DEL", k.delayed), fair.purge_command(k)]
         results = await self._retrying(lambda: self._pipeline(cmds, transaction=True))
-        return sum(int(r) for r in results[:4])
+        return sum(int(r) for r in results[:4]) + int(results[-1])
 
     async def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
         cmd = ("XRANGE", self._keys(queue).dead, "-", "+", "COUNT", limit)
@@ -563,8 +575,13 @@ class RedisStreamsBroker:
         """One script per queue, one round trip: ready, delayed, leased (pending), dead."""
         keys = [self._keys(q) for q in queues]
         cmds = [admin.stats_command(k.streams, k.delayed, k.dead, self._group) for k in keys]
+        cmds += fair.stats_commands(keys, self._group)
         replies = await self._retrying(lambda: self._run(cmds)) if cmds else []
-        return [admin.stats(q, r) for q, r in zip(queues, replies, strict=True)]
+        own, keyed = replies[: len(keys)], replies[len(keys) :]
+        return [
+            fair.with_stats(admin.stats(q, r), f)
+            for q, r, f in zip(queues, own, keyed, strict=True)
+        ]
 
     async def known_queues(self) -> list[str]:
         """Queues with keys under this key_prefix (SCAN: one node of a cluster only)."""

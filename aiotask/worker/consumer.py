@@ -8,7 +8,6 @@ Each body is decoded once, here: the rate limiter and the executor share the Mes
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 from typing import TYPE_CHECKING
 
 from aiotask._log import get_logger
@@ -22,6 +21,7 @@ from aiotask.ratelimit import RateLimiter
 from aiotask.security import UNDECODABLE, Refused
 from aiotask.serializer import ExceptionInfo
 from aiotask.states import FAILURE
+from aiotask.worker._fair_buffer import FairBuffer
 from aiotask.worker.outcome import Settlement
 
 if TYPE_CHECKING:
@@ -56,7 +56,8 @@ class Dispatcher:
         #: verifies, bounds and decodes each body (aiotask/security)
         self.wire = executor.app.wire
         self.held: set[Delivery] = set()
-        self.buffer: deque[tuple[Delivery, Message, bool]] = deque()
+        #: waiting for a slot; started round-robin across fairness keys (_fair_buffer.py)
+        self.buffer = FairBuffer()
         #: rate-limited deliveries waiting for their token: timers, not worker slots
         self.deferred: dict[Delivery, asyncio.TimerHandle] = {}
         self.limiter = RateLimiter()

@@ -1,8 +1,8 @@
 """Fairness across keys with real workers: tenant A queues 2,000 tasks, then tenant B 20;
 B's tasks all finish before A's N-th (assertions on completion ORDER, never on time).
 
-SQLite runs `aiotask worker` processes; the memory broker runs a Worker in this process
-(memory:// crosses no process boundary). A kill -9 of a worker holding fair messages gets
+SQLite and Redis run `aiotask worker` processes; the memory broker runs a Worker in this
+process (memory:// crosses no process boundary). A kill -9 of a worker holding fair messages gets
 them redelivered.
 """
 
@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from aiotask import App
-from aiotask.brokers.base import Outgoing
+from aiotask.brokers.base import Delivery, Outgoing
 from aiotask.protocol import decode
 from aiotask.testing import start_worker
 from tests.procs import stop
@@ -56,7 +56,7 @@ MODULE = textwrap.dedent(
 
 
 class Workers:
-    def __init__(self, tmp: Path, url: str) -> None:
+    def __init__(self, tmp: Path, url: str, prefix: str = "aiotask") -> None:
         (tmp / "fair_tasks.py").write_text(MODULE)
         self.tmp, self.log = tmp, tmp / "done"
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("AIOTASK_")}
@@ -67,11 +67,12 @@ class Workers:
             AIOTASK_VISIBILITY_TIMEOUT="3",
             AIOTASK_WORKER_HEARTBEAT_INTERVAL="1",
             AIOTASK_WORKER_LOST_AFTER="3",
+            AIOTASK_KEY_PREFIX=prefix,
             TEST_LOG=str(self.log),
             PYTHONPATH=str(tmp),
         )
         self.procs: list[subprocess.Popen[str]] = []
-        self.app = App("fair", broker=url, backend=url)
+        self.app = App("fair", broker=url, backend=url, key_prefix=prefix)
 
     def start(self, concurrency: int = 4) -> subprocess.Popen[str]:
         out = (self.tmp / f"worker-{len(self.procs)}.log").open("w")
@@ -104,9 +105,14 @@ class Workers:
         raise AssertionError(f"{what} did not happen:\n{logs}")
 
 
-@pytest.fixture
-async def workers(tmp_path: Path) -> AsyncIterator[Workers]:
-    w = Workers(tmp_path, f"sqlite:///{tmp_path}/fair.db")
+@pytest.fixture(params=["sqlite", "redis"])
+async def workers(
+    request: pytest.FixtureRequest, tmp_path: Path, namespace: str
+) -> AsyncIterator[Workers]:
+    if request.param == "redis":
+        w = Workers(tmp_path, request.getfixturevalue("redis_url"), namespace)
+    else:
+        w = Workers(tmp_path, f"sqlite:///{tmp_path}/fair.db")
     try:
         yield w
     finally:
@@ -139,7 +145,7 @@ def _a_before_b_finished(done: list[tuple[str, int]]) -> int:
     return sum(1 for tenant, _ in done[:last_b] if tenant == "A")
 
 
-async def test_sqlite_workers_serve_b_before_a_backlog_drains(workers: Workers) -> None:
+async def test_workers_serve_b_before_a_backlog_drains(workers: Workers) -> None:
     await _send_backlog(workers.app)
     workers.start()
     workers.start()
@@ -155,7 +161,7 @@ async def test_sqlite_workers_serve_b_before_a_backlog_drains(workers: Workers) 
     assert all(stop(p) == 0 for p in workers.procs)
 
 
-async def test_sqlite_kill9_redelivers_fair_messages(workers: Workers) -> None:
+async def test_kill9_redelivers_fair_messages(workers: Workers) -> None:
     app = workers.app
     for tenant, hold in (("K", 30.0), ("L", 0.0)):
         for i in range(3):
@@ -216,23 +222,32 @@ async def test_keyed_messages_count_in_stats_and_purge(scheme: str, tmp_path: Pa
         assert stats.ready == 0
 
 
-async def test_redis_carries_the_key_fifo_and_warns_once(
-    redis_url: str, namespace: str, caplog: pytest.LogCaptureFixture
+async def test_amqp_carries_the_key_fifo_and_warns_once(
+    amqp_url: str, namespace: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Not supported on Redis yet: a keyed send still works, FIFO, with one warning."""
+    """Not supported on RabbitMQ: a keyed send still works, FIFO, with one warning."""
     from aiotask import app as app_module
 
     app_module._warn_no_fairness.cache_clear()
-    app = App("fair-redis", broker=redis_url, key_prefix=namespace)
+    app = App("fair-amqp", broker=amqp_url, key_prefix=namespace)
 
-    @app.task(name="fair.redis", fairness_key="tenant_id")
+    @app.task(name="fair.amqp", fairness_key="tenant_id")
     async def job(tenant_id: str, i: int) -> None: ...
 
     async with app:
         for tenant, i in (("A", 0), ("A", 1), ("B", 0)):
             await job.send(tenant, i)
-        got = await app.broker.receive([app.route("fair.redis")], 3)
+        got = await receive_n(app, [app.route("fair.amqp")], 3)
         assert [decode(d.body).args for d in got] == [["A", 0], ["A", 1], ["B", 0]]
         await app.broker.ack(got)
+        await app.broker.purge(app.route("fair.amqp"))
     warnings = [r for r in caplog.records if "fairness_key is not supported" in r.message]
     assert len(warnings) == 1
+
+
+async def receive_n(app: App, queues: list[str], n: int) -> list[Delivery]:
+    got: list[Delivery] = []
+    async with asyncio.timeout(10):
+        while len(got) < n:
+            got += await app.broker.receive(queues, n - len(got))
+    return got

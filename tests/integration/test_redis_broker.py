@@ -426,3 +426,24 @@ def test_lua_dead_letter_reason_is_worded_like_every_other_broker() -> None:
 
     head, tail = _reason_parts(5)
     assert f"{head}7{tail}" == exhausted_reason(7, 5)
+
+
+async def test_keyed_streams_and_wakeups_do_not_pile_up(
+    broker: RedisStreamsBroker, raw: Redis, namespace: str
+) -> None:
+    """Fairness: keyed sends with no worker add one wake-up entry in all, not one each; a
+    drained key's stream is deleted by the lease reclaim, and the ring with the last key."""
+    for i in range(30):
+        await broker.publish([out(i, fair_key="ab"[i % 2])])
+    base = f"{namespace}:{{q}}"
+    assert await raw.xlen(f"{base}:s0") == 1
+    got = await receive_n(broker, 30)
+    assert {d.token[0] for d in got} == {f"{base}:f:a:s0", f"{base}:f:b:s0"}  # type: ignore[index]
+    assert [d.message_id for d in got[:4]] == ["m0", "m1", "m2", "m3"]  # a, b in turn
+    await broker.ack(got)
+    await asyncio.sleep(0.4)  # past visibility_timeout / 2: the next receive reclaims
+    with pytest.raises(TimeoutError):
+        await receive_n(broker, 1, timeout=0.5)
+    assert not await raw.exists(f"{base}:fring", f"{base}:fset")
+    assert not await raw.exists(f"{base}:f:a:s0", f"{base}:f:b:s0")
+    assert await raw.scard(f"{base}:fkeys") == 0

@@ -147,3 +147,34 @@ def test_sqlite_pick_skips_empty_turns() -> None:
             conn.execute("DELETE FROM aiotask_messages WHERE id=?", (row,))
         assert served == ["a", "b", "a", "b", "a"]
         assert _sqlite_fair.pick(conn, ["q"], 1.0, 1) == []  # b2 is not due yet
+
+
+def test_worker_buffer_starts_keys_in_turn() -> None:
+    """A worker's buffered messages start round-robin by key, FIFO within a key."""
+    from aiotask.brokers.base import Delivery
+    from aiotask.worker._fair_buffer import FairBuffer
+
+    app = App("fair-buf", broker="memory://")
+
+    @app.task(fairness_key="tenant_id")
+    async def job(tenant_id: str, n: int) -> None: ...
+
+    @app.task
+    async def plain(n: int) -> None: ...
+
+    buffer = FairBuffer()
+    for tenant, n in [("a", 0), ("a", 1), ("a", 2), ("a", 3), ("b", 0), ("b", 1)]:
+        buffer.append((Delivery(b"", "q", f"{tenant}{n}", 1), job.message([tenant, n]), False))
+    buffer.append((Delivery(b"", "q", "u0", 1), plain.message([0]), False))
+    assert len(buffer) == 7
+    assert sorted(d.message_id for d, _, _ in buffer) == ["a0", "a1", "a2", "a3", "b0", "b1", "u0"]
+    order = []
+    while buffer:
+        order.append(buffer.popleft()[0].message_id)
+    assert order == ["a0", "b0", "u0", "a1", "b1", "a2", "a3"]
+    assert len(buffer) == 0
+    buffer.append((Delivery(b"", "q", "x", 1), plain.message([1]), False))
+    buffer.clear()
+    assert not buffer
+    with pytest.raises(IndexError):
+        buffer.popleft()
