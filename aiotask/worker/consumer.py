@@ -243,9 +243,11 @@ class Dispatcher:
             self.buffer.append((delivery, message, False))
 
     def _start(self, delivery: Delivery, message: Message, revoked: bool) -> None:
+        running = self.running
+        if not running:
+            self.idle.clear()
         task = asyncio.create_task(self.executor.execute(delivery, message, revoked))
-        self.running[delivery] = task
-        self.idle.clear()
+        running[delivery] = task
         task.add_done_callback(lambda t, d=delivery: self._done(d, t))  # type: ignore[misc]
 
     def _done(self, delivery: Delivery, task: asyncio.Task[Settlement]) -> None:
