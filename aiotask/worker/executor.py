@@ -440,6 +440,9 @@ def _outcome_event(
     if events is None:
         return
     ident, name, queue = message.id, message.task, delivery.queue
+    if type(outcome) is Succeeded and not message.retries:  # the common case first
+        events.task(TASK_SUCCEEDED, ident, name, queue, runtime)
+        return
     retries = {"retries": message.retries} if message.retries else None
     match outcome:
         case Succeeded():
