@@ -39,9 +39,15 @@ SAMPLE_S = 0.01
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of a live process (Linux /proc), its pool children excluded."""
+    return sum(cpu_split(pid))
+
+
+def cpu_split(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of a live process (Linux /proc), its pool children excluded."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 def _at(samples: list[tuple[float, float]], t: float) -> float:
@@ -71,7 +77,8 @@ class CpuRunner(Runner):
         producer_log: Path,
     ) -> None:
         samples: list[tuple[float, float]] = []
-        sampler = asyncio.create_task(_sample(procs, samples))
+        system: list[tuple[float, float]] = []
+        sampler = asyncio.create_task(_sample(procs, samples, system))
         try:
             await super()._run(fw, workload, ns, m, procs, worker_log, producer_log)
         finally:
@@ -80,7 +87,9 @@ class CpuRunner(Runner):
                 await sampler
         worker = procs.get("worker")
         if worker is not None and worker.returncode is None:
-            samples.append((time.perf_counter(), cpu_seconds(worker.pid)))
+            at, (user, sys_s) = time.perf_counter(), cpu_split(worker.pid)
+            samples.append((at, user + sys_s))
+            system.append((at, sys_s))
             m.values["worker_cpu_s"] = samples[-1][1]
         first, end = m.marks.get("mark_first"), m.marks.get("mark_end")
         drain = m.values.get("drain")
@@ -89,15 +98,21 @@ class CpuRunner(Runner):
             if tasks > 0:
                 cpu = _at(samples, end) - _at(samples, first)
                 m.values["cpu_us_per_task"] = cpu / tasks * 1e6
+                sys_s = _at(system, end) - _at(system, first)
+                m.values["sys_us_per_task"] = sys_s / tasks * 1e6
 
 
-async def _sample(procs: dict[str, Any], samples: list[tuple[float, float]]) -> None:
+async def _sample(
+    procs: dict[str, Any], samples: list[tuple[float, float]], system: list[tuple[float, float]]
+) -> None:
     while procs.get("worker") is None:  # noqa: ASYNC110 (the harness's Runner spawns it)
         await asyncio.sleep(SAMPLE_S / 2)
     pid = procs["worker"].pid
     with contextlib.suppress(OSError):
         while True:
-            samples.append((time.perf_counter(), cpu_seconds(pid)))
+            at, (user, sys_s) = time.perf_counter(), cpu_split(pid)
+            samples.append((at, user + sys_s))
+            system.append((at, sys_s))
             await asyncio.sleep(SAMPLE_S)
 
 
@@ -108,6 +123,8 @@ class Series:
     label: str
     drain: list[float] = field(default_factory=list)
     cpu_us: list[float] = field(default_factory=list)
+    #: the system (kernel) part of cpu_us
+    sys_us: list[float] = field(default_factory=list)
 
 
 def plan(n: int) -> Plan:
@@ -138,9 +155,10 @@ async def interleave(
             s = series[fw.key]
             s.drain.append(m.values["drain"])
             s.cpu_us.append(m.values.get("cpu_us_per_task", float("nan")))
+            s.sys_us.append(m.values.get("sys_us_per_task", float("nan")))
             print(
                 f"[{tag}] round {r} {fw.label:22s} drain {s.drain[-1]:8.0f} tasks/s"
-                f"  worker CPU {s.cpu_us[-1]:6.1f} us/task",
+                f"  worker CPU {s.cpu_us[-1]:6.1f} us/task (system {s.sys_us[-1]:5.1f})",
                 flush=True,
             )
     return series
@@ -168,9 +186,11 @@ def ratio(a: list[float], b: list[float]) -> Ratio:
 
 def summary(s: Series) -> str:
     cpu = [c for c in s.cpu_us if c == c]
+    sys_us = [c for c in s.sys_us if c == c]
     cpu_txt = (
-        f"CPU median {statistics.median(cpu):.1f} us/task ({min(cpu):.1f}-{max(cpu):.1f})"
-        if cpu
+        f"CPU median {statistics.median(cpu):.1f} us/task ({min(cpu):.1f}-{max(cpu):.1f}), "
+        f"of which system {statistics.median(sys_us):.1f}"
+        if cpu and sys_us
         else "CPU n/a"
     )
     return (
