@@ -114,6 +114,8 @@ class Measurement:
     skipped: str | None = None
     notes: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
+    #: the producer's clock marks (perf_counter: first and last completion of a drain)
+    marks: dict[str, float] = field(default_factory=dict)
 
 
 class MeasurementError(Exception):
@@ -370,7 +372,9 @@ class Runner:
                 await self._go(producer)
             elif kind == "result":
                 for k, v in event.items():
-                    if isinstance(v, int | float):
+                    if k.startswith("mark_"):
+                        m.marks[k] = float(v)
+                    elif isinstance(v, int | float):
                         m.values[k] = float(v)
                     else:
                         m.notes[k] = str(v)

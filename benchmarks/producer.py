@@ -134,6 +134,8 @@ async def run_drain(adapter: Adapter, args: argparse.Namespace, deadline: Deadli
         "result",
         drain=counted / span if span > 0 and counted > 0 else float("nan"),
         boot_s=marks["t_first"] - t_go,
+        mark_first=marks["t_first"],
+        mark_end=marks["t_end"],
     )
 
 

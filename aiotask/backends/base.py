@@ -152,22 +152,36 @@ def group_step(
 
 def encode_record(record: ResultRecord) -> bytes:
     """The stored bytes of a record (a small JSON object)."""
-    data: dict[str, object] = {"id": record.task_id, "state": record.state}
-    if record.result is not None:
-        data["result"] = record.result
-    if record.exception is not None:
-        data["exc"] = record.exception.to_dict()
-    if record.task:
-        data["task"] = record.task
-    if record.retries:
-        data["retries"] = record.retries
-    if record.date_done is not None:
-        data["date_done"] = record.date_done
+    r = record
+    return encode_fields(r.task_id, r.state, r.result, r.exception, r.task, r.retries, r.date_done)
+
+
+def encode_fields(
+    task_id: str,
+    state: str,
+    result: Any,
+    exception: ExceptionInfo | None,
+    task: str | None,
+    retries: int,
+    date_done: float | None,
+) -> bytes:
+    """encode_record without the record: the worker encodes each result once, from these."""
+    data: dict[str, object] = {"id": task_id, "state": state}
+    if result is not None:
+        data["result"] = result
+    if exception is not None:
+        data["exc"] = exception.to_dict()
+    if task:
+        data["task"] = task
+    if retries:
+        data["retries"] = retries
+    if date_done is not None:
+        data["date_done"] = date_done
     try:
         return orjson.dumps(data, option=orjson.OPT_NON_STR_KEYS)
     except TypeError as exc:
         raise SerializationError(
-            f"result of task {record.task or record.task_id} cannot be encoded as JSON: {exc}"
+            f"result of task {task or task_id} cannot be encoded as JSON: {exc}"
         ) from exc
 
 

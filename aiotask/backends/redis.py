@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import time
 from typing import TYPE_CHECKING, Any, cast
 
@@ -24,6 +23,7 @@ from aiotask._redis.client import SharedClient, map_errors
 from aiotask.backends._coord_redis import RedisCoordinationStore
 from aiotask.backends._lock_redis import RedisLockStore
 from aiotask.backends._redis_groups import ADD_TO_GROUPS, GROUPS_SENT
+from aiotask.backends._redis_subscriber import Subscriber
 from aiotask.backends._schedule_redis import RedisScheduleStore
 from aiotask.backends.base import (
     EncodedResult,
@@ -70,7 +70,6 @@ end
 return 1
 """
 
-_ERRORS = (RedisError, OSError)
 #: Seconds one command may take on a Redis Cluster before it counts as a lost connection.
 OP_TIMEOUT = 10.0
 
@@ -94,7 +93,7 @@ class RedisBackend:
         self._prefix = settings.key_prefix
         self._redis: Client | None = None
         self._scripts: tuple[AsyncScript, ...] | None = None
-        self._sub: _Subscriber | None = None
+        self._sub: Subscriber | None = None
         self._gets: dict[str, asyncio.Future[bytes | None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -157,7 +156,7 @@ class RedisBackend:
             make: Callable[[], AbstractConnection] = lambda: cluster.connection_to_any(client)  # noqa: E731
         else:
             make = cast("Redis", client).connection_pool.make_connection
-        self._sub = _Subscriber(make, self._fetch_many)
+        self._sub = Subscriber(make, self._fetch_many)
         try:
             async with self._guard():
                 await self._redis.ping()
@@ -441,182 +440,3 @@ def _progress(reply: list[Any]) -> GroupProgress:
         fire_again=fire == 2,
         failure_again=failure == 2,
     )
-
-
-class _Subscriber:
-    """One pub/sub connection for any number of waits; one reader task resolves their futures.
-
-    SUBSCRIBE and UNSUBSCRIBE are batched per loop iteration. A channel is unsubscribed only
-    once its subscription was confirmed and no wait uses it, so replies stay in order.
-    """
-
-    def __init__(
-        self,
-        make_connection: Callable[[], AbstractConnection],
-        fetch_many: Callable[[Sequence[str]], Awaitable[list[bytes | None]]],
-    ) -> None:
-        self._make = make_connection
-        self._fetch_many = fetch_many
-        self._conn: AbstractConnection | None = None
-        self._lock = asyncio.Lock()
-        self._reader: asyncio.Task[None] | None = None
-        self._waiters: dict[bytes, set[asyncio.Future[bytes]]] = {}
-        self._confirmed: dict[bytes, asyncio.Future[None]] = {}
-        self._to_sub: set[bytes] = set()
-        self._to_unsub: set[bytes] = set()
-        self._flush: asyncio.Handle | None = None
-        self._reconnect = False
-        self._closed = False  # after close(): no new subscriptions, connections or tasks
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    async def wait(self, channel: bytes, check: Callable[[], Awaitable[bytes | None]]) -> bytes:
-        loop = asyncio.get_running_loop()
-        if self._reader is None:
-            self._reader = loop.create_task(self._read_loop())
-        fut: asyncio.Future[bytes] = loop.create_future()
-        self._waiters.setdefault(channel, set()).add(fut)
-        self._to_unsub.discard(channel)
-        confirmed = self._confirmed.get(channel)
-        if confirmed is None:
-            confirmed = self._confirmed[channel] = loop.create_future()
-            self._to_sub.add(channel)
-            self._schedule()
-        try:
-            await asyncio.shield(confirmed)
-            raw = await check()  # read after subscribe: a record stored before is seen
-            if raw is not None and raw[:1] == b"1":
-                return raw[1:]
-            return await fut
-        finally:
-            waiters = self._waiters.get(channel)
-            if waiters is not None:
-                waiters.discard(fut)
-                if not waiters:
-                    del self._waiters[channel]
-                    self._to_unsub.add(channel)
-                    self._schedule()
-
-    def _schedule(self) -> None:
-        if self._flush is None and not self._closed:
-            self._flush = asyncio.get_running_loop().call_soon(self._start_flush)
-
-    def _start_flush(self) -> None:
-        self._flush = None
-        if self._closed:
-            return
-        task = asyncio.get_running_loop().create_task(self._send_changes())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _send_changes(self) -> None:
-        subs = []
-        for ch in self._to_sub:
-            if ch in self._waiters:
-                subs.append(ch)
-            else:  # its waits ended before the flush: never subscribed
-                self._confirmed.pop(ch, None)
-        self._to_sub.clear()
-        unsubs = []
-        for ch in list(self._to_unsub):
-            confirmed = self._confirmed.get(ch)
-            if ch in self._waiters or confirmed is None:
-                self._to_unsub.discard(ch)
-            elif confirmed.done():  # else: after its confirmation, so replies stay ordered
-                unsubs.append(ch)
-                self._to_unsub.discard(ch)
-                del self._confirmed[ch]
-        try:
-            conn = await self._connection()
-            if self._closed:
-                return
-            if unsubs:
-                await conn.send_command("UNSUBSCRIBE", *unsubs)
-            if subs:
-                await conn.send_command("SUBSCRIBE", *subs)
-        except (*_ERRORS, BrokerConnectionError) as exc:
-            logger.debug("pub/sub send failed, the reader reconnects: %s", exc)
-
-    async def _connection(self) -> AbstractConnection:
-        async with self._lock:
-            if self._closed:
-                raise BrokerConnectionError("the Redis result backend was closed")
-            if self._conn is None:
-                conn = self._make()
-                await conn.connect()  # type: ignore[no-untyped-call]
-                self._conn = conn
-                if self._reconnect and self._confirmed:
-                    # subscribe again, then re-read the keys: a notification may be lost
-                    channels = list(self._confirmed)
-                    await conn.send_command("SUBSCRIBE", *channels)
-                    self._spawn_recheck(channels)
-                self._reconnect = True
-            return self._conn
-
-    def _spawn_recheck(self, channels: list[bytes]) -> None:
-        loop = asyncio.get_running_loop()
-        for ch in channels:
-            if self._confirmed[ch].done():
-                self._confirmed[ch] = loop.create_future()
-        task = loop.create_task(self._recheck(channels))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _recheck(self, channels: list[bytes]) -> None:
-        await asyncio.gather(*(asyncio.shield(self._confirmed[ch]) for ch in channels))
-        raws = await self._fetch_many([ch.decode() for ch in channels])
-        for ch, raw in zip(channels, raws, strict=True):
-            if raw is not None and raw[:1] == b"1":
-                self._resolve(ch, raw[1:])
-
-    async def _read_loop(self) -> None:
-        backoff = Backoff()  # no deadline: waits fail by their own timeouts, not this loop
-        while True:
-            try:
-                conn = await self._connection()
-                reply = await conn.read_response(timeout=math.inf)
-                backoff.reset()
-            except _ERRORS as exc:
-                if not backoff.failing:
-                    logger.warning("result backend pub/sub connection lost, reconnecting: %s", exc)
-                await self._drop()
-                await backoff.sleep()
-                continue
-            self._dispatch(reply)
-
-    def _dispatch(self, reply: list[Any]) -> None:
-        kind, channel = reply[0], reply[1]
-        if kind == b"message":
-            self._resolve(channel, reply[2])
-        elif kind == b"subscribe":
-            confirmed = self._confirmed.get(channel)
-            if confirmed is not None and not confirmed.done():
-                confirmed.set_result(None)
-            if channel not in self._waiters and channel in self._to_unsub:
-                self._schedule()
-
-    def _resolve(self, channel: bytes, data: bytes) -> None:
-        for fut in self._waiters.get(channel, ()):
-            if not fut.done():
-                fut.set_result(data)
-
-    async def _drop(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            with contextlib.suppress(*_ERRORS):
-                await conn.disconnect()
-
-    async def close(self) -> None:
-        self._closed = True
-        if self._flush is not None:
-            self._flush.cancel()
-            self._flush = None
-        tasks = [t for t in (self._reader, *self._tasks) if t is not None]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        self._reader = None
-        closed = BrokerConnectionError("the Redis result backend was closed during a wait")
-        for fut in [f for futs in self._waiters.values() for f in futs]:
-            if not fut.done():
-                fut.set_exception(closed)
-        await self._drop()

@@ -8,7 +8,7 @@ Each body is decoded once, here: the rate limiter and the executor share the Mes
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiotask._log import get_logger
 from aiotask._time import now
@@ -86,6 +86,8 @@ class Dispatcher:
         self.failed = 0
         #: monitoring events (`-E`); None: off, nothing recorded
         self.events: Emitter | None = None
+        #: task-received events of the batch being accepted (id, name, queue, other keys)
+        self.received: list[tuple[str, str, str, dict[str, Any] | None]] = []
 
     def free(self) -> int:
         # Rate-limited messages waiting for a token do not count against the prefetch (up to
@@ -99,12 +101,16 @@ class Dispatcher:
         alone, never taking the consumer (or the rest of its batch) down with it."""
         if self.probe is not None:
             self.probe.received(deliveries)
+        if self.events is not None:
+            self.received = []
         for delivery in deliveries:
             self.held.add(delivery)
             try:
                 self._accept(delivery)
             except Exception as exc:
                 self._internal_error(delivery, exc)
+        if self.events is not None and self.received:
+            self.events.tasks(TASK_RECEIVED, self.received)
 
     def _accept(self, delivery: Delivery) -> None:
         try:
@@ -117,9 +123,9 @@ class Dispatcher:
             store = _refused_record(exc, self.executor.app.conf.result_expires)
             self.settler.add(Settlement(delivery, "dead", store, reason=f"refused: {exc}"))
             return
-        if self.events is not None:
+        if self.events is not None:  # recorded for the whole batch at the end of accept()
             retries = {"retries": message.retries} if message.retries else None
-            self.events.task(TASK_RECEIVED, message.id, message.task, delivery.queue, None, retries)
+            self.received.append((message.id, message.task, delivery.queue, retries))
         if self.hold_eta and message.eta is not None and message.eta > now():
             loop = asyncio.get_running_loop()
             timer = loop.call_later(message.eta - now(), self._due, delivery, message)
@@ -244,9 +250,11 @@ class Dispatcher:
             self.buffer.append((delivery, message, False))
 
     def _start(self, delivery: Delivery, message: Message, revoked: bool) -> None:
+        running = self.running
+        if not running:
+            self.idle.clear()
         task = asyncio.create_task(self.executor.execute(delivery, message, revoked))
-        self.running[delivery] = task
-        self.idle.clear()
+        running[delivery] = task
         task.add_done_callback(lambda t, d=delivery: self._done(d, t))  # type: ignore[misc]
 
     def _done(self, delivery: Delivery, task: asyncio.Task[Settlement]) -> None:

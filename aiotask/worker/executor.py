@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiotask._log import get_logger
 from aiotask._time import now
-from aiotask.backends.base import EncodedResult, ResultRecord
+from aiotask.backends.base import EncodedResult, ResultRecord, encode_fields
 from aiotask.canvas.primitives import MAP_TASK, STARMAP_TASK
 from aiotask.canvas.runtime import CHORD_BODY_HEADER, Finished
 from aiotask.context import TaskContext, current_task
@@ -68,6 +68,9 @@ class Executor:
         self.ttl = app.conf.result_expires
         self.track_started = app.conf.task_track_started
         self.max_result = app.conf.max_result_size
+        #: whether results are stored (the backend instance belongs to the running loop; its
+        #: existence is the configuration's, checked without looking the instance up per task)
+        self.has_backend = app.conf.backend_url is not None
         #: metrics hooks (worker/_probe.py); None when nothing watches
         self.probe: Probe | None = None
         #: task id -> the asyncio task executing it, for revoke(terminate=True)
@@ -177,7 +180,7 @@ class Executor:
         if this is not None:
             self.running[message.id] = this
         try:
-            if self.track_started and self.app.backend is not None:
+            if self.track_started and self.has_backend:
                 await ctx.update_state(State.STARTED)
             if self.app.middleware:
                 value = await run_around(
@@ -370,12 +373,14 @@ class Executor:
         value: Any,
         exc: BaseException | None,
     ) -> Settlement:
-        if self.app.backend is None:
+        if not self.has_backend:
             return Settlement(delivery)
         info = exception_to_info(exc) if exc is not None else None
-        record = ResultRecord(message.id, state, value, info, message.task, message.retries, now())
-        try:
-            stored = EncodedResult.of(record, self.ttl)
+        try:  # encoded straight from the fields: no ResultRecord on the task path
+            data = encode_fields(
+                message.id, state, value, info, message.task, message.retries, now()
+            )
+            stored = EncodedResult(message.id, state, data, self.ttl)
             if self.max_result and len(stored.data) > self.max_result:
                 raise MessageTooLarge(message.task, len(stored.data), self.max_result, "result")
         except SerializationError as err:
@@ -435,6 +440,9 @@ def _outcome_event(
     if events is None:
         return
     ident, name, queue = message.id, message.task, delivery.queue
+    if type(outcome) is Succeeded and not message.retries:  # the common case first
+        events.task(TASK_SUCCEEDED, ident, name, queue, runtime)
+        return
     retries = {"retries": message.retries} if message.retries else None
     match outcome:
         case Succeeded():

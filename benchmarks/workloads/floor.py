@@ -1,7 +1,8 @@
 """The floor: a raw redis-py loop that issues only the Redis commands a task strictly needs.
 
-Enqueue is one XADD (pipelined for a batch). The worker reads with XREADGROUP and, per batch of
-messages, pipelines SET result + PUBLISH + XACK. A round trip is XADD -> XREADGROUP ->
+Enqueue is one XADD (pipelined for a batch). The worker reads with XREADGROUP, COUNT the
+prefetch aiotask's worker runs with (2 x concurrency), and, per batch of messages, pipelines
+SET result + PUBLISH + XACK. A round trip is XADD -> XREADGROUP ->
 SET + PUBLISH + XACK -> the producer's pub/sub wake-up. No serialization beyond a task id, no
 retries, no leases: it is the distance to the physical limit, not a framework.
 
@@ -102,6 +103,7 @@ async def worker() -> None:
     with contextlib.suppress(aioredis.ResponseError):
         await r.xgroup_create(stream, GROUP, id="0", mkstream=True)
     sem = asyncio.Semaphore(concurrency())
+    prefetch = 2 * concurrency()  # as aiotask's worker in the harness (--prefetch)
     running: set[asyncio.Task[None]] = set()
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
@@ -117,7 +119,7 @@ async def worker() -> None:
             sem.release()
 
     while not stop.is_set():
-        got = await r.xreadgroup(GROUP, "c1", {stream: ">"}, count=100, block=500)
+        got = await r.xreadgroup(GROUP, "c1", {stream: ">"}, count=prefetch, block=500)
         fast: list[tuple[bytes, bytes]] = []
         for _name, entries in got or []:
             for msg_id, fields in entries:

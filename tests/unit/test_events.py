@@ -132,6 +132,25 @@ async def test_emitter_drops_past_its_buffer_and_survives_a_broker_outage(
     assert emitter.dropped == 0  # the drop count was reported (logged) and reset
 
 
+async def test_emitter_records_a_received_batch_in_one_call_within_its_buffer() -> None:
+    stream = Recorder()
+    emitter = Emitter(lambda: stream, "w1", max_batch=3, max_buffer=5)
+    emitter.task(EventType.TASK_STARTED, "first", "t", "q")
+    items = [(f"id-{i}", "t", "q", {"retries": 1} if i == 0 else None) for i in range(6)]
+    emitter.tasks(EventType.TASK_RECEIVED, items)
+    assert (len(emitter.buffer), emitter.dropped) == (5, 2)  # the rest is dropped and counted
+    assert emitter._full.is_set()  # a full batch is waiting: flushed at once
+    assert await emitter.flush() == 5
+    [records] = stream.calls
+    got = [e for r in records for e in decode_record(r)[0] if isinstance(e, TaskEvent)]
+    assert [(e.type, e.task_id) for e in got] == [
+        (EventType.TASK_STARTED, "first"),
+        *((EventType.TASK_RECEIVED, f"id-{i}") for i in range(4)),
+    ]
+    assert (got[1].retries, got[2].retries) == (1, None)
+    assert got[1].timestamp == got[4].timestamp  # one instant for the batch
+
+
 async def test_emitter_run_flushes_on_its_own_and_beats() -> None:
     stream = Recorder()
     emitter = Emitter(lambda: stream, "w1", interval=0.01)
