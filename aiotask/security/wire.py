@@ -83,6 +83,8 @@ class Wire:
     #: celery_compat: Celery protocol v2 in kombu's envelope, both ways (never signed,
     #: compressed or non-JSON: Celery peers could not read it)
     celery: bool = False
+    #: result_signing: stored results are sealed with `keyring` and verified by readers
+    sign_results: bool = False
     #: the frame's constant parts, computed once: prefix + serializer; key id length + id
     _lead: bytes = field(init=False, default=b"")
     _kid: bytes = field(init=False, default=b"\x00")
@@ -116,7 +118,13 @@ class Wire:
             conf.compression_threshold,
             conf.serializer == codecs.PICKLE,
             conf.celery_compat,
+            conf.result_signing and keyring is not None,
         )
+
+    @property
+    def result_keyring(self) -> Keyring | None:
+        """The keys that seal and verify stored results (None: result_signing is off)."""
+        return self.keyring if self.sign_results else None
 
     @property
     def plain(self) -> bool:

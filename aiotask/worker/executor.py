@@ -68,6 +68,8 @@ class Executor:
         self.ttl = app.conf.result_expires
         self.track_started = app.conf.task_track_started
         self.max_result = app.conf.max_result_size
+        #: seals stored results (result_signing; None: off)
+        self.result_keyring = app.result_keyring
         #: metrics hooks (worker/_probe.py); None when nothing watches
         self.probe: Probe | None = None
         #: task id -> the asyncio task executing it, for revoke(terminate=True)
@@ -170,6 +172,7 @@ class Executor:
             delivery.deliveries,
             self.app.backend,
             self.ttl,
+            self.result_keyring,
         )
         token = current_task.set(ctx)
         started = time.perf_counter()
@@ -375,7 +378,7 @@ class Executor:
         info = exception_to_info(exc) if exc is not None else None
         record = ResultRecord(message.id, state, value, info, message.task, message.retries, now())
         try:
-            stored = EncodedResult.of(record, self.ttl)
+            stored = EncodedResult.of(record, self.ttl, self.result_keyring)
             if self.max_result and len(stored.data) > self.max_result:
                 raise MessageTooLarge(message.task, len(stored.data), self.max_result, "result")
         except SerializationError as err:
@@ -389,7 +392,7 @@ class Executor:
                 message.retries,
                 now(),
             )
-            stored = EncodedResult.of(failed, self.ttl)
+            stored = EncodedResult.of(failed, self.ttl, self.result_keyring)
             return Settlement(delivery, store=stored, store_error=err)
         return Settlement(delivery, store=stored)
 
