@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
     from aiotask.settings import Settings
 
-TLS_SCHEMES = frozenset({"rediss", "rediss+cluster", "amqps"})
+TLS_SCHEMES = frozenset({"rediss", "rediss+cluster", "rediss+sentinel", "amqps"})
 #: option -> what its value is, for error messages and docs
 OPTIONS = {
     "ca_certs": "PEM file of the CA(s) that signed the server certificate",
@@ -80,6 +80,7 @@ def resolve(url: str, setting: Mapping[str, object], *, what: str) -> Resolved:
             fix = {
                 "redis": "use rediss:// instead of redis://",
                 "redis+cluster": "use rediss+cluster:// instead of redis+cluster://",
+                "redis+sentinel": "use rediss+sentinel:// instead of redis+sentinel://",
                 "amqp": "use amqps:// instead of amqp://",
             }
             raise ConfigurationError(
@@ -218,7 +219,7 @@ def reset_hint(url: str, exc: BaseException | None) -> str:
     return ""
 
 
-_DEFAULT_PORTS = {"rediss": 6379, "rediss+cluster": 6379, "amqps": 5671}
+_DEFAULT_PORTS = {"rediss": 6379, "rediss+cluster": 6379, "rediss+sentinel": 26379, "amqps": 5671}
 _CA_HINT = "check ssl_ca_certs: it must hold the CA that signed the server's certificate"
 _HOSTNAME_HINT = (
     "the server's certificate does not name the host in the URL: connect by a name or IP "
