@@ -9,7 +9,8 @@ machine load):
 - the encode + decode cost of one message on the wire (CPU only, no broker): µs per message;
 - drain: N no-op tasks pre-enqueued on Redis, then a worker (start_worker, -c 100, prefetch
   200, results stored) times until every one ran; on/off by wall clock and by CPU time of
-  this process (target >= 0.95);
+  this process (target >= 0.95); the same on memory:// by CPU time (no server: the worker's
+  own cost per task, where signing is the largest share);
 - round trip: one task at a time, `send` then `get`, p50 over `--trips` (target: on - off
   <= 0.05 ms), on memory:// (no network: the signing cost alone, steady) and on Redis.
 
@@ -56,11 +57,12 @@ def wire_cost(signed: bool, number: int = 20000) -> float:
     return best / number * 1e6
 
 
-async def drain(n: int, signed: bool) -> tuple[float, float]:
+async def drain(n: int, signed: bool, url: str = "") -> tuple[float, float]:
     """Tasks per second of wall clock, and per CPU second of this process (steadier on a
-    shared machine: other processes' load does not count)."""
+    shared machine: other processes' load does not count). `url="memory://"`: no server, so
+    the worker's own CPU per task, where the signing cost is the largest share."""
     prefix = f"sig-{uuid.uuid4().hex[:8]}"
-    app = make_app(prefix, signed)
+    app = make_app(prefix, signed, url)
     noop = app.tasks["noop"]
     async with app:
         for start in range(0, n, 1000):
@@ -71,7 +73,8 @@ async def drain(n: int, signed: bool) -> tuple[float, float]:
                 await asyncio.sleep(0.005)
             elapsed = time.perf_counter() - began
             cpu = time.process_time() - cpu
-        await _cleanup(prefix)
+        if not url:
+            await _cleanup(prefix)
     return n / elapsed, n / cpu
 
 
@@ -127,6 +130,7 @@ async def main() -> None:
     await drain(min(args.n, 2000), False)  # warm-up: imports, scripts, connections
     rates: dict[bool, list[float]] = {False: [], True: []}
     cpu_rates: dict[bool, list[float]] = {False: [], True: []}
+    local_cpu: dict[bool, list[float]] = {False: [], True: []}
     p50s: dict[bool, list[float]] = {False: [], True: []}
     for i in range(args.pairs):
         order = (False, True) if i % 2 == 0 else (True, False)
@@ -135,11 +139,17 @@ async def main() -> None:
             rates[mode].append(rate)
             cpu_rates[mode].append(cpu_rate)
             p50s[mode].append(await round_trips(args.trips, mode))
+            local_cpu[mode].append((await drain(args.n, mode, "memory://"))[1])
             print(
                 f"pair {i + 1} signing {'on ' if mode else 'off'}: drain {rate:7.0f} tasks/s "
-                f"({cpu_rate:7.0f} per CPU second), round trip p50 {p50s[mode][-1]:.3f} ms"
+                f"({cpu_rate:7.0f} per CPU second; memory:// {local_cpu[mode][-1]:7.0f}), "
+                f"round trip p50 {p50s[mode][-1]:.3f} ms"
             )
-    for label, table in (("drain (wall)", rates), ("drain (cpu)", cpu_rates)):
+    for label, table in (
+        ("drain (wall)", rates),
+        ("drain (cpu)", cpu_rates),
+        ("drain on memory:// (cpu)", local_cpu),
+    ):
         off, on = statistics.median(table[False]), statistics.median(table[True])
         print(f"{label}: median off {off:.0f}/s, on {on:.0f}/s: on/off = {on / off:.3f}")
     p_off, p_on = statistics.median(p50s[False]), statistics.median(p50s[True])
