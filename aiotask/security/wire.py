@@ -182,7 +182,7 @@ class Wire:
             inner.update(packed)
             outer = self._pads[1].copy()
             outer.update(inner.digest())
-            body = head + outer.digest() + packed
+            body = b"".join((head, outer.digest(), packed))  # one allocation
         else:
             body = head + packed
         if limit and len(body) > limit:
