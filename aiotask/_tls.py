@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit, urlunsplit
 
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
     from aiotask.settings import Settings
 
-TLS_SCHEMES = frozenset({"rediss", "rediss+cluster", "amqps"})
+TLS_SCHEMES = frozenset({"rediss", "rediss+cluster", "rediss+sentinel", "amqps"})
 #: option -> what its value is, for error messages and docs
 OPTIONS = {
     "ca_certs": "PEM file of the CA(s) that signed the server certificate",
@@ -51,11 +51,13 @@ _TRANSIENT = (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError)
 
 @dataclass(frozen=True, slots=True)
 class TLSOptions:
-    """What the SSLContext of one server is built from; equal options share a client pool."""
+    """What the SSLContext of one server is built from; equal options share a client pool.
+    The file locations are left out of its repr (client libraries put it in error messages),
+    as they are masked in printed URLs."""
 
-    ca_certs: str | None = None
-    certfile: str | None = None
-    keyfile: str | None = None
+    ca_certs: str | None = field(default=None, repr=False)
+    certfile: str | None = field(default=None, repr=False)
+    keyfile: str | None = field(default=None, repr=False)
     cert_reqs: ssl.VerifyMode = ssl.CERT_REQUIRED
     check_hostname: bool = True
 
@@ -80,6 +82,7 @@ def resolve(url: str, setting: Mapping[str, object], *, what: str) -> Resolved:
             fix = {
                 "redis": "use rediss:// instead of redis://",
                 "redis+cluster": "use rediss+cluster:// instead of redis+cluster://",
+                "redis+sentinel": "use rediss+sentinel:// instead of redis+sentinel://",
                 "amqp": "use amqps:// instead of amqp://",
             }
             raise ConfigurationError(
@@ -213,12 +216,17 @@ def reset_hint(url: str, exc: BaseException | None) -> str:
             " (over TLS this often means the server refused the client certificate: it may "
             "require one, ssl_certfile and ssl_keyfile, signed by a CA it trusts)"
         )
+    if "no master found" in text:  # Sentinel: every sentinel failed (their errors are dropped)
+        return (
+            " (no sentinel could be asked over TLS, or none knows the service: check ?service= "
+            "and the TLS options ssl_ca_certs, ssl_certfile and ssl_keyfile)"
+        )
     if "timeout" in text or "timed out" in text:  # a plain redis-server ignores a ClientHello
         return " (over TLS a connect timeout can also mean a plain, non-TLS port)"
     return ""
 
 
-_DEFAULT_PORTS = {"rediss": 6379, "rediss+cluster": 6379, "amqps": 5671}
+_DEFAULT_PORTS = {"rediss": 6379, "rediss+cluster": 6379, "rediss+sentinel": 26379, "amqps": 5671}
 _CA_HINT = "check ssl_ca_certs: it must hold the CA that signed the server's certificate"
 _HOSTNAME_HINT = (
     "the server's certificate does not name the host in the URL: connect by a name or IP "

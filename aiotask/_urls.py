@@ -8,8 +8,9 @@ from urllib.parse import unquote, urlsplit
 
 from aiotask.exceptions import ConfigurationError
 
-#: Redis behind Sentinel: redis+sentinel://[user:pass@]host1:p1,host2:p2/db?service=NAME
-SENTINEL_SCHEMES = frozenset({"redis+sentinel"})
+#: Redis behind Sentinel: redis+sentinel://[user:pass@]host1:p1,host2:p2/db?service=NAME;
+#: rediss+sentinel:// is the same over TLS (to the sentinels and to the Redis servers)
+SENTINEL_SCHEMES = frozenset({"redis+sentinel", "rediss+sentinel"})
 #: redis+cluster:// and rediss+cluster:// name a Redis Cluster (host1:port1,host2:port2,...)
 CLUSTER_SCHEMES = frozenset({"redis+cluster", "rediss+cluster"})
 #: amqp:// and amqps:// may name several nodes of a cluster (host1:port1,host2:port2, or

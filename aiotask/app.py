@@ -66,6 +66,7 @@ if TYPE_CHECKING:
     from aiotask.context import TaskContext
     from aiotask.middleware import Middleware
     from aiotask.protocol import Message
+    from aiotask.security.signing import Keyring
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -154,6 +155,12 @@ class App:
             wire = Wire.from_settings(self.conf)
             self._wire = (self.conf, wire)
         return wire
+
+    @property
+    def result_keyring(self) -> Keyring | None:
+        """The keys that seal stored results and verify them on read (None: result_signing
+        is off)."""
+        return self.wire.result_keyring
 
     # --- tasks ---------------------------------------------------------------------------
     @overload
@@ -465,7 +472,9 @@ class App:
                 await backend.store(
                     [
                         EncodedResult.of(
-                            ResultRecord(key, CHAIN_STATE, seal.seal_steps(keyring, steps)), ttl
+                            ResultRecord(key, CHAIN_STATE, seal.seal_steps(keyring, steps)),
+                            ttl,
+                            self.result_keyring,
                         )
                         for key, steps in plan.blobs
                     ]
@@ -494,7 +503,7 @@ class App:
         backend = await self.result_backend()
         ttl = self.conf.result_expires
         await backend.revoke(task_ids, ttl)
-        await backend.store(encode_revoked(task_ids, ttl))
+        await backend.store(encode_revoked(task_ids, ttl, self.result_keyring))
         # Workers already holding (or running) one of these learn it now, not at the next message.
         command = {"op": "revoke", "ids": list(task_ids), "terminate": terminate}
         await backend.broadcast(orjson.dumps(command))

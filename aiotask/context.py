@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from datetime import datetime
 
     from aiotask.backends.base import ResultBackend
+    from aiotask.security.signing import Keyring
 
 
 @dataclass(slots=True)
@@ -32,6 +33,8 @@ class TaskContext:
     #: where update_state() writes; None when run locally or with no result backend
     backend: ResultBackend | None = None
     result_ttl: float = 86400.0
+    #: seals the states update_state() stores (result_signing; None: off)
+    result_keyring: Keyring | None = field(default=None, repr=False)
 
     async def update_state(self, state: str, meta: Any = None) -> None:
         """Record a progress state (e.g. "PROGRESS", {"done": 3}) that AsyncResult.state() shows."""
@@ -40,7 +43,7 @@ class TaskContext:
                 f"task {self.name}[{self.id}]: update_state needs a result backend"
             )
         record = ResultRecord(self.id, state, meta, task=self.name, retries=self.retries)
-        await self.backend.store([EncodedResult.of(record, self.result_ttl)])
+        await self.backend.store([EncodedResult.of(record, self.result_ttl, self.result_keyring)])
 
     def retry(
         self,

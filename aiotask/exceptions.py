@@ -17,6 +17,8 @@ AiotaskError
 │   │                        (max_result_size); nothing was sent (stored)
 │   └── ProtocolError        a message envelope is malformed or of an unknown version
 ├── BrokerConnectionError    a broker or backend cannot be reached
+├── SecurityError            a signature check failed
+│   └── ResultSignatureError a stored result is unsigned or forged (result_signing)
 └── SyncCallInEventLoop      (also RuntimeError) the sync API called on an event loop's thread
 ```
 
@@ -38,8 +40,10 @@ __all__ = [
     "NotRegistered",
     "ProtocolError",
     "Reject",
+    "ResultSignatureError",
     "ResultTimeout",
     "Retry",
+    "SecurityError",
     "SerializationError",
     "SoftTimeLimitExceeded",
     "SyncCallInEventLoop",
@@ -170,6 +174,26 @@ class MessageRefused(ProtocolError):
 
 class BrokerConnectionError(AiotaskError):
     """A broker or result backend cannot be reached."""
+
+
+class SecurityError(AiotaskError):
+    """Something read from a broker or backend failed its signature check: someone other than
+    a key holder wrote it, or a key is missing here."""
+
+
+class ResultSignatureError(SecurityError):
+    """With `result_signing`, a stored result that is unsigned, does not verify, or was signed
+    for another task; its value is never returned."""
+
+    def __init__(self, task_id: str, reason: str) -> None:
+        super().__init__(
+            f"result of task {task_id} refused: {reason}. With result_signing only records "
+            "signed by a worker holding one of signing_keys are read; check that every "
+            "worker has result_signing and the keys, or whether someone else writes to the "
+            "result backend"
+        )
+        self.task_id = task_id
+        self.reason = reason
 
 
 class SyncCallInEventLoop(AiotaskError, RuntimeError):

@@ -9,12 +9,15 @@ from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 from aiotask._time import now
 from aiotask.backends.base import EncodedResult, ResultBackend, ResultRecord
 from aiotask.exceptions import ResultTimeout, TaskRevoked
+from aiotask.security import results as signed
 from aiotask.serializer import ExceptionInfo, caller_exception
 from aiotask.states import FAILURE, PENDING, READY_STATES, REVOKED, SUCCESS
 from aiotask.sync import run_sync
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
+
+    from aiotask.security.signing import Keyring
 
 R = TypeVar("R")
 
@@ -23,6 +26,11 @@ class ResultSource(Protocol):
     """What a result handle needs from its App (kept abstract so results never import the App)."""
 
     async def result_backend(self) -> ResultBackend: ...
+
+    @property
+    def result_keyring(self) -> Keyring | None:
+        """The keys that verify stored results (None: result_signing is off)."""
+        ...
 
     async def revoke(self, task_ids: Sequence[str], *, terminate: bool = False) -> None: ...
 
@@ -46,12 +54,15 @@ class AsyncResult(Generic[R]):
         return hash(self.id)
 
     async def _record(self) -> ResultRecord | None:
-        return await (await self._source.result_backend()).get(self.id)
+        record = await (await self._source.result_backend()).get(self.id)
+        return verified(record, self.id, self._source.result_keyring)
 
     async def get(self, timeout: float | None = None, propagate: bool = True) -> R:
-        """Wait for the result (no polling). A failure re-raises the task's exception."""
+        """Wait for the result (no polling). A failure re-raises the task's exception; with
+        result_signing, a record that fails its check raises ResultSignatureError."""
         backend = await self._source.result_backend()
         record = await backend.wait(self.id, timeout)
+        verified(record, self.id, self._source.result_keyring)
         return outcome_of(record, propagate)  # type: ignore[no-any-return]
 
     async def state(self) -> str:
@@ -178,15 +189,38 @@ class GroupResult(Generic[R]):
                 ) from None
             for i, rec in zip(missing, waited, strict=True):
                 records[i] = rec
+        self._verify(ids, records)
         return [outcome_of(rec, propagate) for rec in records if rec is not None]
 
+    async def _records(self) -> list[ResultRecord | None]:
+        ids = [r.id for r in self.results]
+        records = await (await self._source.result_backend()).get_many(ids)
+        self._verify(ids, records)
+        return records
+
+    def _verify(self, ids: list[str], records: Sequence[ResultRecord | None]) -> None:
+        keyring = self._source.result_keyring
+        if keyring is not None:
+            for task_id, rec in zip(ids, records, strict=True):
+                verified(rec, task_id, keyring)
+
     async def completed_count(self) -> int:
-        records = await (await self._source.result_backend()).get_many([r.id for r in self.results])
+        records = await self._records()
         return sum(1 for rec in records if rec is not None and rec.state == SUCCESS)
 
     async def ready(self) -> bool:
-        records = await (await self._source.result_backend()).get_many([r.id for r in self.results])
+        records = await self._records()
         return all(rec is not None and rec.ready for rec in records)
+
+
+def verified(
+    record: ResultRecord | None, task_id: str, keyring: Keyring | None
+) -> ResultRecord | None:
+    """`record` once it passed the result_signing check (no check without a keyring);
+    ResultSignatureError naming `task_id` when it is unsigned, forged or another task's."""
+    if keyring is not None and record is not None:
+        signed.check(keyring, task_id, record.task_id, record.sealed)
+    return record
 
 
 def outcome_of(record: ResultRecord, propagate: bool) -> Any:
@@ -208,5 +242,7 @@ def revoked_record(task_id: str) -> ResultRecord:
     return ResultRecord(task_id, REVOKED, date_done=now())
 
 
-def encode_revoked(task_ids: Sequence[str], ttl: float) -> list[EncodedResult]:
-    return [EncodedResult.of(revoked_record(t), ttl) for t in task_ids]
+def encode_revoked(
+    task_ids: Sequence[str], ttl: float, keyring: Keyring | None = None
+) -> list[EncodedResult]:
+    return [EncodedResult.of(revoked_record(t), ttl, keyring) for t in task_ids]

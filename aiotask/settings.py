@@ -71,6 +71,9 @@ class Settings:
     signing_key_id: str | None = None
     #: Refuse to start without signing keys (guards against a missing secret at deploy time).
     require_signed: bool = False
+    #: Sign stored results with the signing key; readers (AsyncResult, GroupResult, the
+    #: dashboard, `aiotask result`) refuse a record that is unsigned or does not verify.
+    result_signing: bool = False
     #: Envelope serializer: "json" (default), "msgpack" (extra), "pickle" (only with signing).
     serializer: str = "json"
     #: Payload compression above `compression_threshold` bytes: "none", "zlib", "zstd" (extra).
@@ -145,6 +148,12 @@ class Settings:
                 "AIOTASK_SIGNING_KEYS=id:secret (or AIOTASK_SIGNING_KEYS_FILE=/path, or "
                 "signing_keys={id: secret}); this process refuses to run unsigned"
             )
+        if self.result_signing and not self.signing_keys and not self.celery_compat:
+            raise ConfigurationError(
+                "result_signing is on but no signing key is configured: results are signed "
+                "with the message signing keys; set AIOTASK_SIGNING_KEYS=id:secret (or "
+                "signing_keys={id: secret})"
+            )
         if self.worker_lost_after <= self.worker_heartbeat_interval:
             raise ConfigurationError(
                 "worker_lost_after must be longer than worker_heartbeat_interval "
@@ -212,6 +221,11 @@ class Settings:
 def _check_celery(conf: Settings) -> None:
     """celery_compat speaks Celery's own formats: Celery peers could not read a signed,
     compressed or non-JSON message, and there is no Celery layout on Sentinel or PostgreSQL."""
+    if conf.result_signing:
+        raise ConfigurationError(
+            "celery_compat cannot be combined with result_signing: results are stored in "
+            "Celery's format, which Celery peers read and cannot sign or verify"
+        )
     if conf.signing_keys or conf.require_signed:
         raise ConfigurationError(
             "celery_compat cannot be combined with signing_keys/require_signed: Celery workers "
@@ -378,6 +392,7 @@ ENV_PARSERS: dict[str, tuple[Callable[[str], object], str]] = {
     "signing_keys": (parse_signing_keys, "list of id:secret pairs (k1:secret1,k2:secret2)"),
     "signing_key_id": (_optional_str, "key id"),
     "require_signed": (_bool, "boolean (true/false, 1/0, yes/no, on/off)"),
+    "result_signing": (_bool, "boolean (true/false, 1/0, yes/no, on/off)"),
     "serializer": (_str, "serializer name (json, msgpack, pickle)"),
     "compression": (_str, "compression name (none, zlib, zstd)"),
     "compression_threshold": (_int, "integer number of bytes"),

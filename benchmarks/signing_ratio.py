@@ -9,7 +9,8 @@ machine load):
 - the encode + decode cost of one message on the wire (CPU only, no broker): µs per message;
 - drain: N no-op tasks pre-enqueued on Redis, then a worker (start_worker, -c 100, prefetch
   200, results stored) times until every one ran; on/off by wall clock and by CPU time of
-  this process (target >= 0.95);
+  this process (target >= 0.95); the same on memory:// by CPU time (no server: the worker's
+  own cost per task, where signing is the largest share);
 - round trip: one task at a time, `send` then `get`, p50 over `--trips` (target: on - off
   <= 0.05 ms), on memory:// (no network: the signing cost alone, steady) and on Redis.
 
@@ -51,16 +52,24 @@ def wire_cost(signed: bool, number: int = 20000) -> float:
     wire = make_app("unused", signed).wire
     message = Message(uuid.uuid4().hex, "proj.resize", ["s3://bucket/key.png", 640, 480], {})
     body = wire.encode(message)
-    best = min(timeit.repeat(lambda: wire.decode(wire.encode(message)), number=number, repeat=5))
+    best = min(  # CPU time of this thread: other processes' load does not count
+        timeit.repeat(
+            lambda: wire.decode(wire.encode(message)),
+            number=number,
+            repeat=5,
+            timer=time.thread_time,
+        )
+    )
     assert wire.decode(body) == message
     return best / number * 1e6
 
 
-async def drain(n: int, signed: bool) -> tuple[float, float]:
+async def drain(n: int, signed: bool, url: str = "") -> tuple[float, float]:
     """Tasks per second of wall clock, and per CPU second of this process (steadier on a
-    shared machine: other processes' load does not count)."""
+    shared machine: other processes' load does not count). `url="memory://"`: no server, so
+    the worker's own CPU per task, where the signing cost is the largest share."""
     prefix = f"sig-{uuid.uuid4().hex[:8]}"
-    app = make_app(prefix, signed)
+    app = make_app(prefix, signed, url)
     noop = app.tasks["noop"]
     async with app:
         for start in range(0, n, 1000):
@@ -71,7 +80,8 @@ async def drain(n: int, signed: bool) -> tuple[float, float]:
                 await asyncio.sleep(0.005)
             elapsed = time.perf_counter() - began
             cpu = time.process_time() - cpu
-        await _cleanup(prefix)
+        if not url:
+            await _cleanup(prefix)
     return n / elapsed, n / cpu
 
 
@@ -92,6 +102,26 @@ async def round_trips(trips: int, signed: bool, url: str = "") -> float:
     return statistics.median(samples)
 
 
+async def local_drains(pairs: int, n: int) -> None:
+    """Drain on memory:// by CPU time, off and on back to back, `pairs` times: the ratio of
+    each pair, then their median and range (a shared machine's load moves single runs)."""
+    await drain(min(n, 2000), False, "memory://")  # warm-up
+    ratios = []
+    for i in range(pairs):
+        rate: dict[bool, float] = {}
+        for mode in (False, True) if i % 2 == 0 else (True, False):
+            rate[mode] = (await drain(n, mode, "memory://"))[1]
+        ratios.append(rate[True] / rate[False])
+        print(
+            f"memory:// drain pair {i + 1}: off {rate[False]:.0f}, on {rate[True]:.0f} tasks "
+            f"per CPU second: on/off {ratios[-1]:.3f}"
+        )
+    print(
+        f"drain on memory:// (cpu): on/off median {statistics.median(ratios):.3f}, range "
+        f"{min(ratios):.3f}-{max(ratios):.3f} over {pairs} pairs (target >= 0.95)"
+    )
+
+
 async def _cleanup(prefix: str) -> None:
     from redis.asyncio import Redis
 
@@ -109,6 +139,8 @@ async def main() -> None:
     parser.add_argument("--n", type=int, default=5000, help="tasks per drain run")
     parser.add_argument("--pairs", type=int, default=3, help="off/on pairs of each figure")
     parser.add_argument("--trips", type=int, default=300, help="round trips per run")
+    parser.add_argument("--local-pairs", type=int, default=8, help="memory:// drain pairs")
+    parser.add_argument("--local-n", type=int, default=10000, help="tasks per memory:// drain")
     args = parser.parse_args()
     cost = {mode: wire_cost(mode) for mode in (False, True)}
     print(
@@ -124,6 +156,7 @@ async def main() -> None:
         f"round trip p50 on memory:// (no network, the signing cost alone): off {p_off:.3f} ms, "
         f"on {p_on:.3f} ms: on - off = {p_on - p_off:+.3f} ms (target: growth <= 0.05 ms)"
     )
+    await local_drains(args.local_pairs, args.local_n)
     await drain(min(args.n, 2000), False)  # warm-up: imports, scripts, connections
     rates: dict[bool, list[float]] = {False: [], True: []}
     cpu_rates: dict[bool, list[float]] = {False: [], True: []}

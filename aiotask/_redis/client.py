@@ -15,7 +15,7 @@ import secrets
 import socket
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from redis.asyncio import Redis, RedisCluster
+from redis.asyncio import ConnectionPool, Redis, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
@@ -32,7 +32,12 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from aiotask import _hooks, _tls
 from aiotask._backoff import Backoff
 from aiotask._redis.cluster import is_cluster_url, make_cluster_client
-from aiotask._redis.conn import FastPackSentinelConnection, connection_class
+from aiotask._redis.conn import (
+    FastPackSentinelConnection,
+    FastPackSentinelSSLConnection,
+    FastPackSSLConnection,
+    connection_class,
+)
 from aiotask._urls import parse_sentinel, redact
 from aiotask.exceptions import AiotaskError, BrokerConnectionError, ConfigurationError
 
@@ -121,9 +126,13 @@ def make_client(url: str, name: str | None = None, tls: _tls.TLSOptions | None =
     )
 
 
-def _sentinel_client(url: str, name: str | None) -> tuple[Redis, Sentinel]:
+def _sentinel_client(
+    url: str, name: str | None, tls: _tls.TLSOptions | None = None
+) -> tuple[Redis, Sentinel]:
     """A client of the primary the sentinels name; each new connection asks them again, so
-    after a failover the next (re)connection goes to the promoted replica."""
+    after a failover the next (re)connection goes to the promoted replica. With `tls`
+    (rediss+sentinel://) both the sentinels and the Redis servers are spoken to over TLS,
+    with the same options (one CA, one client certificate)."""
     parsed = parse_sentinel(url)
     query = dict(parsed.query)
     to_sentinels: dict[str, Any] = {"socket_connect_timeout": 5.0, "protocol": 2}
@@ -134,9 +143,28 @@ def _sentinel_client(url: str, name: str | None) -> tuple[Redis, Sentinel]:
     sentinel = Sentinel(  # type: ignore[no-untyped-call]
         list(parsed.sentinels), sentinel_kwargs=to_sentinels
     )
+    data_tls: dict[str, Any] = {}
+    if tls is not None:
+        _tls.context_for(tls)  # a missing or bad file: ConfigurationError now, not per retry
+        # redis-py's Sentinel takes no connection class for the sentinels: give it clients
+        # whose pools make our TLS connections (aiotask's SSLContext, not redis-py's ssl_*)
+        sentinel.sentinels = [
+            Redis.from_pool(  # the client owns (and closes) its pool
+                ConnectionPool(
+                    connection_class=FastPackSSLConnection,
+                    host=host,
+                    port=port,
+                    tls=tls,
+                    **to_sentinels,
+                )
+            )
+            for host, port in parsed.sentinels
+        ]
+        data_tls["tls"] = tls
     client = sentinel.master_for(
         parsed.service,
-        connection_class=FastPackSentinelConnection,
+        connection_class=FastPackSentinelSSLConnection if tls else FastPackSentinelConnection,
+        **data_tls,
         db=parsed.db,
         username=parsed.username,
         password=parsed.password,
@@ -167,8 +195,8 @@ class SharedClient:
 
     def acquire(self) -> Client:
         if self._client is None:
-            if self.url.lower().startswith("redis+sentinel:"):
-                self._client, self._sentinel = _sentinel_client(self.url, self.name)
+            if self.url.lower().startswith(("redis+sentinel:", "rediss+sentinel:")):
+                self._client, self._sentinel = _sentinel_client(self.url, self.name, self.tls)
             else:
                 self._client = make_client(self.url, self.name, self.tls)
         self._users += 1

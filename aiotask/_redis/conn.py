@@ -72,6 +72,11 @@ class FastPackSentinelConnection(SentinelManagedConnection):
         return _pack(self, args)
 
 
+class FastPackSentinelSSLConnection(SentinelManagedConnection, FastPackSSLConnection):
+    """rediss+sentinel:// connection: asks the sentinels for the primary, then TLS with
+    aiotask's SSLContext (the same options as for the sentinels), C command packing."""
+
+
 def connection_class(url: str) -> type[Connection]:
     """The fast connection class matching the URL's scheme."""
     return FastPackSSLConnection if url.lower().startswith("rediss:") else FastPackConnection

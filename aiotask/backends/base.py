@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 import orjson
 
 from aiotask.exceptions import SerializationError
+from aiotask.security import results as signed
 from aiotask.serializer import ExceptionInfo
 from aiotask.states import READY_STATES
 
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
     from aiotask.beat.store import ScheduleStore
     from aiotask.coordination.store import CoordinationStore
     from aiotask.coordination.unique import LockStore
+    from aiotask.security.signing import Keyring
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +62,9 @@ class ResultRecord:
     task: str | None = None
     retries: int = 0
     date_done: float | None = None
+    #: the stored bytes when they carry a result seal (result_signing), for the reader to
+    #: verify (aiotask.security.results.check); None for an unsigned record
+    sealed: bytes | None = field(default=None, compare=False, repr=False)
 
     @property
     def ready(self) -> bool:
@@ -80,9 +85,13 @@ class EncodedResult:
         return self.state in READY_STATES
 
     @classmethod
-    def of(cls, record: ResultRecord, ttl: float) -> EncodedResult:
-        """Encode a record. Raises SerializationError if its result is not JSON."""
-        return cls(record.task_id, record.state, encode_record(record), ttl)
+    def of(cls, record: ResultRecord, ttl: float, keyring: Keyring | None = None) -> EncodedResult:
+        """Encode a record, sealed with `keyring` (result_signing). Raises SerializationError
+        if its result is not JSON."""
+        data = encode_record(record)
+        if keyring is not None:
+            data = signed.seal(keyring, data)
+        return cls(record.task_id, record.state, data, ttl)
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,7 +195,9 @@ def encode_fields(
 
 
 def decode_record(data: bytes) -> ResultRecord:
-    """Parse stored bytes back into a record."""
+    """Parse stored bytes back into a record (a sealed one keeps its bytes, unverified)."""
+    blob = data
+    data, is_sealed = signed.unsealed(data)
     try:
         obj = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
@@ -202,6 +213,7 @@ def decode_record(data: bytes) -> ResultRecord:
         task=obj.get("task"),
         retries=int(obj.get("retries", 0)),
         date_done=obj.get("date_done"),
+        sealed=blob if is_sealed else None,
     )
 
 

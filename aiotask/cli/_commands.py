@@ -22,6 +22,7 @@ from aiotask.cli._loader import load_app
 from aiotask.cli._ops import register as register_ops
 from aiotask.cli._queues import register as register_queues
 from aiotask.exceptions import AiotaskError, ConfigurationError
+from aiotask.result import verified
 from aiotask.states import PENDING
 from aiotask.worker.supervisor import parse_workers
 
@@ -198,6 +199,7 @@ def result(
     async def show() -> dict[str, Any]:
         async with the_app:
             record = await (await the_app.result_backend()).get(task_id)
+            record = verified(record, task_id, the_app.result_keyring)
         if record is None:
             return {"id": task_id, "state": PENDING}
         out: dict[str, Any] = {"id": task_id, "state": record.state, "result": record.result}

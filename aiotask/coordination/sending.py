@@ -127,7 +127,7 @@ async def _not_sent(app: App, backend: ResultBackend, message: Message, holder: 
         task=message.task,
         date_done=now(),
     )
-    await backend.store([EncodedResult.of(record, app.conf.result_expires)])
+    await backend.store([EncodedResult.of(record, app.conf.result_expires, app.result_keyring)])
 
 
 async def _debounced(

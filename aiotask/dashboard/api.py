@@ -30,7 +30,8 @@ from aiotask.dashboard.core import (
 from aiotask.dashboard.history import STATES
 from aiotask.dashboard.live import event_stream
 from aiotask.dashboard.openapi import openapi_document
-from aiotask.exceptions import ConfigurationError
+from aiotask.exceptions import ConfigurationError, ResultSignatureError
+from aiotask.result import verified
 
 if TYPE_CHECKING:
     from starlette.requests import Request
@@ -125,7 +126,10 @@ async def _record(app: App, task_id: str) -> ResultRecord | None:
         backend = await app.result_backend()
     except ConfigurationError as exc:
         raise Problem(503, f"results are not available: {exc}") from None
-    return await backend.get(task_id)
+    try:  # result_signing: a forged record is never shown as the task's result
+        return verified(await backend.get(task_id), task_id, app.result_keyring)
+    except ResultSignatureError as exc:
+        raise Problem(502, str(exc)) from None
 
 
 def result_view(task_id: str, record: ResultRecord | None) -> dict[str, Any]:

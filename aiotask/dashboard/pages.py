@@ -26,7 +26,8 @@ from aiotask.dashboard.auth import ADMIN, CSRF_COOKIE, identity_of, new_csrf_tok
 from aiotask.dashboard.bulk import RETRYABLE, unfinished
 from aiotask.dashboard.core import Problem, dashboard_of, query_int
 from aiotask.dashboard.history import STATES
-from aiotask.exceptions import ConfigurationError
+from aiotask.exceptions import ConfigurationError, ResultSignatureError
+from aiotask.result import verified
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -135,7 +136,12 @@ async def task(request: Request) -> dict[str, Any]:
     except ConfigurationError:  # no result backend: what the events said is all there is
         view = result_view(task_id, None)
     else:
-        view = result_view(task_id, await backend.get(task_id))
+        try:
+            record = verified(await backend.get(task_id), task_id, dash.app.result_keyring)
+            view = result_view(task_id, record)
+        except ResultSignatureError as exc:  # result_signing: show why, never the value
+            message = {"type": type(exc).__name__, "message": str(exc), "traceback": ""}
+            view = {"id": task_id, "state": "UNVERIFIED", "error": message}
     state = view["state"]
     if row is not None and state == "PENDING":
         state = row.state  # events know RECEIVED/STARTED/REJECTED before any result exists

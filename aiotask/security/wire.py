@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from hmac import compare_digest
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -53,6 +54,9 @@ log = get_logger(__name__)
 PREFIX = b"\x00AT\x02"
 _MAGIC = b"\x00AT"
 _HEAD = struct.Struct(">4sccIB")
+_HEAD_SIZE = _HEAD.size
+#: the start of a JSON, uncompressed frame (the common signed one)
+_JSON_PLAIN = PREFIX + codecs.CODES[codecs.JSON] + compression.CODES[compression.NONE]
 #: dead-letter reasons (exact strings: `aiotask dlq list --reason bad-signature` finds them)
 BAD_SIGNATURE = "bad-signature"
 TOO_LARGE = "too-large"
@@ -83,9 +87,13 @@ class Wire:
     #: celery_compat: Celery protocol v2 in kombu's envelope, both ways (never signed,
     #: compressed or non-JSON: Celery peers could not read it)
     celery: bool = False
+    #: result_signing: stored results are sealed with `keyring` and verified by readers
+    sign_results: bool = False
     #: the frame's constant parts, computed once: prefix + serializer; key id length + id
     _lead: bytes = field(init=False, default=b"")
     _kid: bytes = field(init=False, default=b"\x00")
+    #: the signer's pre-hashed HMAC pads, so the hot paths need no key lookup or call
+    _pads: tuple[Any, Any] = field(init=False, default=(None, None))
 
     def __post_init__(self) -> None:
         if self.celery and (
@@ -100,6 +108,7 @@ class Wire:
         self._lead = PREFIX + codecs.CODES[self.serializer]
         if self.keyring is not None:
             self._kid = bytes([len(self.keyring.signer)]) + self.keyring.signer
+            self._pads = self.keyring.keys[self.keyring.signer]
 
     @classmethod
     def from_settings(cls, conf: Settings) -> Wire:
@@ -116,7 +125,13 @@ class Wire:
             conf.compression_threshold,
             conf.serializer == codecs.PICKLE,
             conf.celery_compat,
+            conf.result_signing and keyring is not None,
         )
+
+    @property
+    def result_keyring(self) -> Keyring | None:
+        """The keys that seal and verify stored results (None: result_signing is off)."""
+        return self.keyring if self.sign_results else None
 
     @property
     def plain(self) -> bool:
@@ -160,9 +175,16 @@ class Wire:
                 algorithm, packed = compression.NONE, payload
         else:
             packed = payload
-        keyring = self.keyring
         head = self._lead + compression.CODES[algorithm] + size.to_bytes(4, "big") + self._kid
-        body = head + keyring.sign(head, packed) + packed if keyring is not None else head + packed
+        if self.keyring is not None:  # HMAC-SHA256 from the signer's pads (Keyring.sign, inlined)
+            inner = self._pads[0].copy()
+            inner.update(head)
+            inner.update(packed)
+            outer = self._pads[1].copy()
+            outer.update(inner.digest())
+            body = b"".join((head, outer.digest(), packed))  # one allocation
+        else:
+            body = head + packed
         if limit and len(body) > limit:
             raise MessageTooLarge(message.task, len(body), limit)
         return body
@@ -179,25 +201,34 @@ class Wire:
             raise Refused(TOO_LARGE, f"{len(body)} bytes, over max_message_size ({limit})")
         if self.celery:
             return _celery(body)
+        if self.keyring is not None and body.startswith(_JSON_PLAIN) and len(body) > _HEAD_SIZE:
+            # the common signed frame (json, uncompressed), HMAC inlined: it runs once per
+            # received message, so no method calls and no key lookup for the signer's own key
+            # id. The size field is not compared: it only bounds decompression, and the tag
+            # covers it. Anything that does not verify here takes the general path, which
+            # says why.
+            start = _HEAD_SIZE + body[10]
+            end = start + TAG_SIZE
+            pads = (
+                self._pads
+                if body.startswith(self._kid, 10)
+                else self.keyring.keys.get(body[_HEAD_SIZE:start])
+            )
+            if pads is not None:
+                payload = body[end:]
+                inner = pads[0].copy()
+                inner.update(body[:start])
+                inner.update(payload)
+                outer = pads[1].copy()
+                outer.update(inner.digest())
+                if compare_digest(outer.digest(), body[start:end]):
+                    return _parse_signed(payload)
         if body[:4] != PREFIX:
             if body[:3] == _MAGIC:
                 raise Refused(UNDECODABLE, f"unknown frame version {body[3:4]!r}")
             if self.keyring is not None:
                 raise Refused(BAD_SIGNATURE, "unsigned message (signing keys are configured)")
             return _parse(body, codecs.JSON)
-        keyring = self.keyring
-        if keyring is not None and body[4:6] == b"j-" and len(body) > _HEAD.size:
-            # the common signed frame (json, uncompressed), inlined; anything that does not
-            # verify here takes the general path below, which says what is wrong
-            start = _HEAD.size + body[10]
-            end = start + TAG_SIZE
-            payload = body[end:]
-            if (
-                start < end <= len(body)
-                and keyring.verify(body[_HEAD.size : start], body[start:end], body[:start], payload)
-                and len(payload) == int.from_bytes(body[6:10], "big")
-            ):
-                return _parse_signed(payload)
         return self._frame(body)
 
     def _frame(self, body: bytes) -> Message:

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from aiotask.coordination.store import CoordinationStore
     from aiotask.events.emitter import Emitter
     from aiotask.protocol import Message
+    from aiotask.security.signing import Keyring
     from aiotask.task import Task
     from aiotask.worker._probe import Probe
     from aiotask.worker.executor import Executor
@@ -120,7 +121,8 @@ class Dispatcher:
             return
         except MessageRefused as exc:
             log.warning("dead-lettering refused message %s: %s", delivery.message_id, exc)
-            store = _refused_record(exc, self.executor.app.conf.result_expires)
+            app = self.executor.app
+            store = _refused_record(exc, app.conf.result_expires, app.result_keyring)
             self.settler.add(Settlement(delivery, "dead", store, reason=f"refused: {exc}"))
             return
         if self.events is not None:  # recorded for the whole batch at the end of accept()
@@ -343,10 +345,12 @@ async def consume(broker: Broker, queues: Sequence[str], dispatcher: Dispatcher)
             dispatcher.accept(batch)
 
 
-def _refused_record(exc: MessageRefused, ttl: float) -> EncodedResult | None:
+def _refused_record(
+    exc: MessageRefused, ttl: float, sealer: Keyring | None
+) -> EncodedResult | None:
     """FAILURE under the refused message's task id: its callers get the reason, not a hang."""
     if not exc.task_id:
         return None
     info = ExceptionInfo(f"{MessageRefused.__module__}.MessageRefused", str(exc), "", (str(exc),))
     record = ResultRecord(exc.task_id, FAILURE, None, info, exc.task or None, 0, now())
-    return EncodedResult.of(record, ttl)
+    return EncodedResult.of(record, ttl, sealer)

@@ -23,6 +23,7 @@ from aiotask.exceptions import (
     TimeLimitExceeded,
 )
 from aiotask.middleware.base import run_around
+from aiotask.security import results as signed
 from aiotask.serializer import exception_to_info
 from aiotask.states import FAILURE, RETRY, REVOKED, SUCCESS, State
 from aiotask.worker import _probe
@@ -71,6 +72,8 @@ class Executor:
         #: whether results are stored (the backend instance belongs to the running loop; its
         #: existence is the configuration's, checked without looking the instance up per task)
         self.has_backend = app.conf.backend_url is not None
+        #: seals stored results (result_signing; None: off)
+        self.result_keyring = app.result_keyring
         #: metrics hooks (worker/_probe.py); None when nothing watches
         self.probe: Probe | None = None
         #: task id -> the asyncio task executing it, for revoke(terminate=True)
@@ -173,6 +176,7 @@ class Executor:
             delivery.deliveries,
             self.app.backend,
             self.ttl,
+            self.result_keyring,
         )
         token = current_task.set(ctx)
         started = time.perf_counter()
@@ -380,6 +384,8 @@ class Executor:
             data = encode_fields(
                 message.id, state, value, info, message.task, message.retries, now()
             )
+            if self.result_keyring is not None:
+                data = signed.seal(self.result_keyring, data)
             stored = EncodedResult(message.id, state, data, self.ttl)
             if self.max_result and len(stored.data) > self.max_result:
                 raise MessageTooLarge(message.task, len(stored.data), self.max_result, "result")
@@ -394,7 +400,7 @@ class Executor:
                 message.retries,
                 now(),
             )
-            stored = EncodedResult.of(failed, self.ttl)
+            stored = EncodedResult.of(failed, self.ttl, self.result_keyring)
             return Settlement(delivery, store=stored, store_error=err)
         return Settlement(delivery, store=stored)
 

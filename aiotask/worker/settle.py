@@ -29,7 +29,8 @@ from aiotask._time import now
 from aiotask.backends.base import EncodedResult, MemberReport, ResultRecord
 from aiotask.canvas import runtime
 from aiotask.canvas.compile import CHAIN_STATE
-from aiotask.exceptions import BrokerConnectionError
+from aiotask.exceptions import BrokerConnectionError, ResultSignatureError
+from aiotask.result import verified
 from aiotask.security import Refused, seal
 from aiotask.serializer import ExceptionInfo
 from aiotask.states import FAILURE
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
     from aiotask.brokers.base import Delivery
     from aiotask.canvas.compile import GroupReport, Plan
     from aiotask.protocol import Message
+    from aiotask.security.signing import Keyring
     from aiotask.worker._probe import Probe
     from aiotask.worker.outcome import Settlement
 
@@ -208,6 +210,7 @@ class Settler:
         work = await self._follow_ups(backend, finished)
         ttl = self.app.conf.result_expires
         keyring = self.app.wire.keyring
+        sealer = self.app.result_keyring
         while work:
             reports: list[tuple[Settlement, GroupReport, EncodedResult]] = []
             for settlement, plan in work:
@@ -217,15 +220,18 @@ class Settler:
                     await backend.open_group(group.group_id, group.size, body, ttl)
                 error = settlement.finished.error or _EARLIER_STEP
                 flush.records += [
-                    _blob(key, seal.seal_steps(keyring, steps), ttl) for key, steps in plan.blobs
+                    _blob(key, seal.seal_steps(keyring, steps), ttl, sealer)
+                    for key, steps in plan.blobs
                 ]
-                flush.records += [_failure(task_id, error, ttl) for task_id in plan.failed]
+                flush.records += [_failure(t, error, ttl, sealer) for t in plan.failed]
                 flush.messages += plan.messages
                 own = settlement.store
                 for report in plan.reports:
                     mine = own is not None and own.task_id == report.task_id
                     record = (
-                        own if own is not None and mine else _failure(report.task_id, error, ttl)
+                        own
+                        if own is not None and mine
+                        else _failure(report.task_id, error, ttl, sealer)
                     )
                     reports.append((settlement, report, record))
             work = await self._report(backend, reports, flush.decided) if reports else []
@@ -277,10 +283,18 @@ class Settler:
         if verdict.body is None:
             return verdict
         try:
-            return replace(verdict, body=seal.unseal(self.app.wire.keyring, verdict.body))
+            body = seal.unseal(self.app.wire.keyring, verdict.body)
         except Refused as exc:
             log.error("chord %s: stored body not used (%s): %s", group_id, exc.reason, exc.detail)
             return replace(verdict, body=None)
+        sealer = self.app.result_keyring
+        try:  # the body's input: with result_signing, only results a key holder stored
+            for rec in verdict.records if sealer is not None else ():
+                verified(rec, rec.task_id, sealer)
+        except ResultSignatureError as exc:
+            log.error("chord %s: body not run, a member's stored result: %s", group_id, exc)
+            return replace(verdict, body=None)
+        return replace(verdict, body=body)
 
     async def _report(
         self,
@@ -356,10 +370,10 @@ class Settler:
                 self.probe.dead_lettered(deliveries)
 
 
-def _blob(key: str, steps: object, ttl: float) -> EncodedResult:
-    return EncodedResult.of(ResultRecord(key, CHAIN_STATE, steps), ttl)
+def _blob(key: str, steps: object, ttl: float, sealer: Keyring | None) -> EncodedResult:
+    return EncodedResult.of(ResultRecord(key, CHAIN_STATE, steps), ttl, sealer)
 
 
-def _failure(task_id: str, exc: ExceptionInfo, ttl: float) -> EncodedResult:
+def _failure(task_id: str, exc: ExceptionInfo, ttl: float, sealer: Keyring | None) -> EncodedResult:
     record = ResultRecord(task_id, FAILURE, exception=exc, date_done=now())
-    return EncodedResult.of(record, ttl)
+    return EncodedResult.of(record, ttl, sealer)

@@ -35,7 +35,8 @@ def test_passwords_are_redacted_in_text_and_in_settings() -> None:
         ("redis+sentinel://h1:1,h2:2/0", "?service=NAME"),
         ("redis+sentinel://h1:x/0?service=m", "host:port"),
         ("redis+sentinel://h1:1/zero?service=m", "db number"),
-        ("rediss+sentinel://h1:1/0?service=m", "unsupported broker URL scheme"),
+        ("rediss+sentinel://h1:1/0", "?service=NAME"),
+        ("redis+sentinel://h1:1/0?service=m&ssl_ca_certs=/x", "use rediss\\+sentinel://"),
     ],
 )
 def test_bad_urls_say_what_to_fix(url: str, says: str) -> None:

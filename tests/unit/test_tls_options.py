@@ -178,8 +178,8 @@ def test_hints_for_tls_connections_cut_or_never_answered() -> None:
 
 #: The only modules that may open a Redis or AMQP connection: both build TLS from aiotask._tls.
 CONNECTING = {
-    # Sentinel(: redis+sentinel:// has no TLS form (rediss+sentinel is refused as a scheme)
-    "aiotask/_redis/client.py": {"Redis.from_url(", "Sentinel("},
+    # Sentinel( / ConnectionPool(: rediss+sentinel:// gives both the TLS options of _tls
+    "aiotask/_redis/client.py": {"Redis.from_url(", "Sentinel(", "ConnectionPool("},
     "aiotask/_redis/cluster.py": {"RedisCluster("},  # its nodes get the TLS options too
     # called only by _rabbitmq_publish.open_connection, with the TLS context it built
     "aiotask/brokers/_rabbitmq_nodes.py": {"connect_robust("},
