@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiotask._log import get_logger
 from aiotask._time import now
@@ -17,6 +17,7 @@ from aiotask.backends.base import EncodedResult, ResultRecord
 from aiotask.coordination import spec as limit_spec
 from aiotask.coordination.gate import Gates
 from aiotask.events.emitter import TASK_RECEIVED
+from aiotask.events.follow import links
 from aiotask.exceptions import ConfigurationError, MessageRefused
 from aiotask.ratelimit import RateLimiter
 from aiotask.security import UNDECODABLE, Refused
@@ -117,8 +118,14 @@ class Dispatcher:
             self.settler.add(Settlement(delivery, "dead", store, reason=f"refused: {exc}"))
             return
         if self.events is not None:
-            retries = {"retries": message.retries} if message.retries else None
-            self.events.task(TASK_RECEIVED, message.id, message.task, delivery.queue, None, retries)
+            extra: dict[str, Any] = (
+                dict(links(message)) if message.parent_id or message.group_id else {}
+            )
+            if message.retries:
+                extra["retries"] = message.retries
+            self.events.task(
+                TASK_RECEIVED, message.id, message.task, delivery.queue, None, extra or None
+            )
         if self.hold_eta and message.eta is not None and message.eta > now():
             loop = asyncio.get_running_loop()
             timer = loop.call_later(message.eta - now(), self._due, delivery, message)
