@@ -124,6 +124,17 @@ STEPS: dict[str, list[str]] = {
             app text NOT NULL, name text NOT NULL, reason text NOT NULL, n bigint NOT NULL,
             PRIMARY KEY (app, name, reason));
         """,
+        # 2: the dashboard's task history (aiotask/history.py)
+        """
+        CREATE TABLE {s}.task_history (
+            app text NOT NULL, id text NOT NULL, name text NOT NULL, state text NOT NULL,
+            worker text NOT NULL, updated_at double precision NOT NULL, root_id text,
+            group_id text, text text NOT NULL, blob bytea NOT NULL, PRIMARY KEY (app, id));
+        CREATE INDEX task_history_updated ON {s}.task_history (app, updated_at);
+        CREATE INDEX task_history_state ON {s}.task_history (app, state, updated_at);
+        CREATE INDEX task_history_root ON {s}.task_history (app, root_id);
+        CREATE INDEX task_history_group ON {s}.task_history (app, group_id);
+        """,
     ],
 }
 

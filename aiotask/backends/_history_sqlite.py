@@ -98,6 +98,10 @@ def _put(conn: sqlite3.Connection, app: str, records: list[HistoryRecord]) -> No
         conn.executemany("INSERT OR REPLACE INTO task_history VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
 
 
+def _texts(r: HistoryRecord) -> tuple[str, bytes]:
+    return r.text(), r.to_json()
+
+
 def _get_many(conn: sqlite3.Connection, app: str, ids: list[str]) -> dict[str, HistoryRecord]:
     out: dict[str, HistoryRecord] = {}
     for start in range(0, len(ids), 500):

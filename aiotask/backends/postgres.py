@@ -26,6 +26,7 @@ from aiotask import _postgres
 from aiotask._backoff import Backoff
 from aiotask._time import monotonic, now
 from aiotask.backends import _postgres_results as sql
+from aiotask.backends._history_postgres import PostgresHistoryStore
 from aiotask.backends._schedule_postgres import PostgresScheduleStore
 from aiotask.backends.base import (
     DECIDED,
@@ -403,6 +404,9 @@ class PostgresBackend:
                         await event.wait()
         finally:
             self._reply_events.discard(event)
+
+    def history_store(self, app_name: str) -> PostgresHistoryStore:
+        return PostgresHistoryStore(self._db, self._s, app_name)
 
     def schedule_store(self, app_name: str) -> PostgresScheduleStore:
         return PostgresScheduleStore(self._db, self._s, app_name)

@@ -84,18 +84,17 @@ def test_a_row_round_trips_through_its_record() -> None:
 # -- the stores --------------------------------------------------------------------------
 
 
-@pytest.fixture(params=["memory", "sqlite", "redis"])
+@pytest.fixture(params=["memory", "sqlite", "redis", "postgres"])
 async def store(
     request: pytest.FixtureRequest, tmp_path: Path, namespace: str
 ) -> AsyncIterator[HistoryStore]:
     if request.param == "memory":
         yield MemoryHistoryStore()
         return
-    url = (
-        f"sqlite:///{tmp_path}/h.db"
-        if request.param == "sqlite"
-        else request.getfixturevalue("redis_url")
-    )
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path}/h.db"
+    else:
+        url = request.getfixturevalue(f"{request.param}_url")
     app = App("hist", broker="memory://", backend=url, key_prefix=namespace)
     async with app:
         backend = await app.result_backend()
