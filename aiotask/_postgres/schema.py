@@ -132,6 +132,7 @@ STEPS: dict[str, list[str]] = {
             group_id text, text text NOT NULL, blob bytea NOT NULL, PRIMARY KEY (app, id));
         CREATE INDEX task_history_updated ON {s}.task_history (app, updated_at);
         CREATE INDEX task_history_state ON {s}.task_history (app, state, updated_at);
+        CREATE INDEX task_history_worker ON {s}.task_history (app, worker, updated_at);
         CREATE INDEX task_history_root ON {s}.task_history (app, root_id);
         CREATE INDEX task_history_group ON {s}.task_history (app, group_id);
         """,

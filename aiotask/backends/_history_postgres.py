@@ -7,7 +7,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from aiotask.backends._schedule_postgres import _Migrated
-from aiotask.history import Bucket, HistoryRecord, fill_buckets
+from aiotask.history import Bucket, HistoryRecord, buckets_of
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -140,14 +140,17 @@ class PostgresHistoryStore:
     async def finished(self, since: float, width: float) -> list[Bucket]:
         rows = await self._db.run(
             lambda c: c.fetch(
-                f"SELECT updated_at, state FROM {self._s}.task_history WHERE app = $1 AND "
-                "state IN ('SUCCESS', 'FAILURE') AND updated_at >= $2",
+                f"SELECT floor((updated_at - $2) / $3)::int, state, count(*) "
+                f"FROM {self._s}.task_history WHERE app = $1 AND "
+                "state IN ('SUCCESS', 'FAILURE') AND updated_at >= $2 GROUP BY 1, 2",
                 self._app,
                 since,
+                width,
             ),
             "chart task history",
         )
-        return fill_buckets([(float(r[0]), r[1]) for r in rows], since, width, time.time())
+        counted = [(int(r[0]), r[1], int(r[2])) for r in rows]
+        return buckets_of(counted, since, width, time.time())
 
     async def prune(self, retention: Mapping[str, float], now: float, batch: int) -> int:
         async def run(c: asyncpg.Connection) -> int:

@@ -133,7 +133,7 @@ class RedisHistoryStore:
         if needle:
             exact = await self.get_many([needle])
             if needle in exact and matches(exact[needle], query):
-                return ([exact[needle]] if query.offset == 0 else []), 1
+                return ([exact[needle]] if query.offset == 0 and query.limit else []), 1
         if not (needle or query.name or query.worker):  # the sorted sets answer alone
             ids: list[Any] = await self._client.zrevrangebyscore(
                 zset, high, low, start=query.offset, num=query.limit

@@ -9,6 +9,7 @@ dashboard sent it with (the only arguments it knows).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import orjson
@@ -24,6 +25,7 @@ from aiotask.dashboard.core import (
     only_keys,
     want,
 )
+from aiotask.dashboard.history import STATES
 from aiotask.exceptions import ConfigurationError
 
 if TYPE_CHECKING:
@@ -55,6 +57,19 @@ async def unfinished(dash: Dashboard, query: HistoryQuery) -> list[str]:
         if not rows or offset >= total:
             break
     return ids[:MAX_BULK]
+
+
+async def count_unfinished(dash: Dashboard, query: HistoryQuery) -> int:
+    """How many unfinished tasks a filter matches (the Tasks page's button): counts per
+    unfinished state, never reading the rows themselves."""
+    if query.state in FINISHED:
+        return 0
+    states = [query.state] if query.state else [s for s in STATES if s not in FINISHED]
+    total = 0
+    for state in states:
+        _, found = await dash.history.search(dash.app, replace(query, state=state, limit=0))
+        total += found
+    return min(total, MAX_BULK)
 
 
 async def revoke_matching(dash: Dashboard, query: HistoryQuery, terminate: bool) -> list[str]:

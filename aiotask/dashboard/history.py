@@ -294,7 +294,9 @@ class History:
         row.group_id = row.group_id or event.group_id
         row.state = _next_state(row, event)
         self.dirty.add(row.id)
-        self._publish({"kind": "task", **record_dict(row.record()), "event": str(event.type)})
+        if self.subscribers:  # (building the change costs more than folding the event)
+            change = {"kind": "task", **record_dict(row.record()), "event": str(event.type)}
+            self._publish(change)
 
     async def fold(self, store: HistoryStore, events: list[Event]) -> int:
         """Fold a batch: rows not in memory are read from the store first (one read), the
