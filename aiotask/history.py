@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import orjson
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Callable, Mapping, Sequence
 
 #: Characters of the arguments (JSON) and of the error text kept per task.
 MAX_TEXT = 2_000
@@ -73,8 +73,10 @@ class HistoryRecord:
     @classmethod
     def from_json(cls, raw: bytes | str) -> HistoryRecord:
         data = orjson.loads(raw)
-        data["timeline"] = tuple(tuple(t) for t in data.get("timeline") or ())
-        return cls(**{k: v for k, v in data.items() if k in _FIELDS})
+        data["timeline"] = tuple(map(tuple, data.get("timeline") or ()))
+        if data.keys() <= _FIELDS:
+            return cls(**data)
+        return cls(**{k: v for k, v in data.items() if k in _FIELDS})  # a newer writer's keys
 
 
 _FIELDS = frozenset(f.name for f in fields(HistoryRecord))
@@ -130,6 +132,25 @@ def matches(record: HistoryRecord, query: HistoryQuery) -> bool:
         return True
     lowered = needle.lower()
     return lowered in record.name.lower() or lowered in record.text()
+
+
+def prefilter(query: HistoryQuery) -> Callable[[bytes], bool]:
+    """A cheap test on a record's JSON that every match passes (most others fail), so a store
+    that filters in Python decodes only the likely rows: the text conditions, JSON-escaped,
+    must appear in the raw bytes."""
+    needles: list[bytes] = []
+    for key, value in (("name", query.name), ("worker", query.worker)):
+        if value:
+            needles.append(f'"{key}":'.encode() + orjson.dumps(value))
+    text = query.q.strip()
+    lowered = orjson.dumps(text.lower())[1:-1] if text and text.isascii() else b""
+
+    def test(raw: bytes) -> bool:
+        if not all(n in raw for n in needles):
+            return False
+        return not lowered or lowered in raw.lower()
+
+    return test
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,7 @@ import math
 import time
 from typing import TYPE_CHECKING, Any
 
-from aiotask.history import Bucket, HistoryRecord, matches
+from aiotask.history import Bucket, HistoryRecord, matches, prefilter
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 
 #: Records read per round trip by a search that filters in Python.
 SCAN_CHUNK = 1_000
+#: Records written per script call (each call blocks the server while it runs).
+PUT_CHUNK = 500
 
 #: ARGV: (id, state, updated_at, root id or "", group id or "", JSON) per record.
 PUT = """
@@ -106,6 +108,10 @@ class RedisHistoryStore:
     async def put(self, records: Sequence[HistoryRecord]) -> None:
         if not records:
             return
+        for low in range(0, len(records), PUT_CHUNK):  # short scripts: Redis stays responsive
+            await self._put_chunk(records[low : low + PUT_CHUNK])
+
+    async def _put_chunk(self, records: Sequence[HistoryRecord]) -> None:
         argv: list[Any] = []
         for r in records:
             argv += [
@@ -148,6 +154,7 @@ class RedisHistoryStore:
     ) -> tuple[list[HistoryRecord], int]:
         shown: list[HistoryRecord] = []
         total = start = 0
+        likely = prefilter(query)
         while True:
             ids: list[Any] = await self._client.zrevrangebyscore(
                 zset, high, low, start=start, num=SCAN_CHUNK
@@ -155,10 +162,12 @@ class RedisHistoryStore:
             if not ids:
                 return shown, total
             start += len(ids)
-            found = await self.get_many([_text(i) for i in ids])
-            for i in ids:
-                record = found.get(_text(i))
-                if record is None or not matches(record, query):
+            blobs = await self._client.hmget(self._base + "rec", [_text(i) for i in ids])
+            for blob in blobs:
+                if blob is None or not likely(_bytes(blob)):
+                    continue
+                record = HistoryRecord.from_json(blob)
+                if not matches(record, query):
                     continue
                 if query.offset <= total < query.offset + query.limit:
                     shown.append(record)
@@ -213,3 +222,7 @@ class RedisHistoryStore:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _bytes(value: bytes | str) -> bytes:
+    return value.encode() if isinstance(value, str) else value
