@@ -69,6 +69,9 @@ class Dashboard:
             subscribed.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await subscribed
+        if not task.done():  # events already read are written before the writer stops
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.history.idle.wait(), CLOSE_WAIT)
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
