@@ -114,6 +114,11 @@ class Settings:
     #: Speak Celery's wire formats (protocol v2 messages, kombu layouts, Celery result keys);
     #: see docs/migrating-from-celery.md. The default queue becomes `celery` unless set.
     celery_compat: bool = False
+    #: Seconds the dashboard keeps a task in its stored history, per state (docs/dashboard.md);
+    #: a state not listed is kept until its task reaches one that is.
+    history_retention: Mapping[str, float] = field(
+        default_factory=lambda: dict(DEFAULT_HISTORY_RETENTION)
+    )
     #: Redis broker: after each publish, WAIT until this many replicas have the message
     #: (0: off). Closes the window in which a failover loses acknowledged sends
     #: (docs/scaling.md); a send the replicas do not confirm in time raises.
@@ -141,6 +146,7 @@ class Settings:
         _positive(self, "worker_heartbeat_interval", "worker_lost_after")
         _positive(self, "concurrency_slot_lease", "redis_wait_timeout")
         _non_negative(self, "redis_wait_replicas")
+        _check_retention(self.history_retention)
         _non_negative(self, "max_message_size", "max_result_size", "compression_threshold")
         if self.require_signed and not self.signing_keys:
             raise ConfigurationError(
@@ -244,6 +250,19 @@ def _check_celery(conf: Settings) -> None:
                 f"not on {scheme}:// URLs"
             )
 
+
+#: A week for what needs a look (failures, dead letters, revocations, tasks that never
+#: finished), an hour for successes (the bulk of the rows).
+DEFAULT_HISTORY_RETENTION: dict[str, float] = {
+    "SUCCESS": 3600.0,
+    "FAILURE": 7 * 86400.0,
+    "REVOKED": 7 * 86400.0,
+    "REJECTED": 7 * 86400.0,
+    "RETRY": 7 * 86400.0,
+    "PENDING": 7 * 86400.0,
+    "RECEIVED": 7 * 86400.0,
+    "STARTED": 7 * 86400.0,
+}
 
 SECRET_FIELDS = frozenset({"signing_keys"})
 
@@ -358,6 +377,23 @@ def _tls_mapping(raw: str) -> dict[str, str | bool | int]:
     return value
 
 
+def _retention(raw: str) -> dict[str, float]:
+    """`SUCCESS:3600,FAILURE:604800` (or a JSON object) -> {"SUCCESS": 3600.0, ...}."""
+    text = raw.strip()
+    if text.startswith("{"):
+        value = orjson.loads(text)
+        if not isinstance(value, dict):
+            raise ValueError(raw)
+        return {str(k).upper(): float(v) for k, v in value.items()}
+    out: dict[str, float] = {}
+    for item in filter(None, (i.strip() for i in text.split(","))):
+        state, sep, seconds = item.partition(":")
+        if not sep:
+            raise ValueError(item)
+        out[state.strip().upper()] = float(seconds)
+    return out
+
+
 def _object_mapping(raw: str) -> dict[str, dict[str, Any]]:
     value = orjson.loads(raw)
     if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
@@ -414,6 +450,7 @@ ENV_PARSERS: dict[str, tuple[Callable[[str], object], str]] = {
     "redis_wait_timeout": (_float, "number of seconds"),
     "rabbitmq_queue_type": (_str, "queue type (classic, quorum)"),
     "rabbitmq_queue_types": (_queue_types, "list of queue:type pairs (orders:quorum,bulk:classic)"),
+    "history_retention": (_retention, "list of STATE:seconds (SUCCESS:3600,FAILURE:604800)"),
 }
 
 
@@ -430,6 +467,15 @@ def parse_env(name: str, raw: str) -> object:
         if name in SECRET_FIELDS:  # never quote a secret: say what is wrong, not the value
             raise ConfigurationError(f"{env_name} is not a valid {expected}: {exc}") from None
         raise ConfigurationError(f"{env_name}={redact(raw)!r} is not a valid {expected}") from None
+
+
+def _check_retention(retention: Mapping[str, float]) -> None:
+    for state, keep in retention.items():
+        if not isinstance(keep, int | float) or isinstance(keep, bool) or keep <= 0:
+            raise ConfigurationError(
+                f"setting history_retention: {state!r} must be a positive number of "
+                f"seconds, got {keep!r}"
+            )
 
 
 def _positive(s: Settings, *names: str) -> None:

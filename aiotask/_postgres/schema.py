@@ -150,6 +150,19 @@ STEPS: dict[str, list[str]] = {
         );
         CREATE INDEX IF NOT EXISTS coord_slots_expires ON {s}.coord_slots (expires_at);
         """,
+        # 3: the dashboard's task history (aiotask/history.py)
+        """
+        CREATE TABLE IF NOT EXISTS {s}.task_history (
+            app text NOT NULL, id text NOT NULL, name text NOT NULL, state text NOT NULL,
+            worker text NOT NULL, updated_at double precision NOT NULL, root_id text,
+            group_id text, text text NOT NULL, blob bytea NOT NULL, PRIMARY KEY (app, id));
+        CREATE INDEX IF NOT EXISTS task_history_updated ON {s}.task_history (app, updated_at);
+        CREATE INDEX IF NOT EXISTS task_history_state ON {s}.task_history (app, state, updated_at);
+        CREATE INDEX IF NOT EXISTS task_history_worker
+            ON {s}.task_history (app, worker, updated_at);
+        CREATE INDEX IF NOT EXISTS task_history_root ON {s}.task_history (app, root_id);
+        CREATE INDEX IF NOT EXISTS task_history_group ON {s}.task_history (app, group_id);
+        """,
     ],
 }
 

@@ -22,6 +22,7 @@ from aiotask.backends.base import (
 from aiotask.beat.store import MemoryScheduleStore
 from aiotask.coordination.store import MemoryCoordinationStore
 from aiotask.exceptions import ResultTimeout
+from aiotask.history import MemoryHistoryStore
 from aiotask.states import FAILURE, SUCCESS
 
 if TYPE_CHECKING:
@@ -49,6 +50,7 @@ class MemoryBackend:
         self._revoked: dict[str, float] = {}
         self._listeners: set[asyncio.Queue[bytes]] = set()
         self._schedules: dict[str, MemoryScheduleStore] = {}
+        self._histories: dict[str, MemoryHistoryStore] = {}
         self._locks = MemoryLockStore()
         self._coordination: dict[str, MemoryCoordinationStore] = {}
         self._workers: dict[str, tuple[bytes, float]] = {}
@@ -220,6 +222,9 @@ class MemoryBackend:
                     await event.wait()
         self._replies.pop(reply_to, None)  # taken: a later reply starts a new box
         return items
+
+    def history_store(self, app_name: str) -> MemoryHistoryStore:
+        return self._histories.setdefault(app_name, MemoryHistoryStore())
 
     def schedule_store(self, app_name: str) -> MemoryScheduleStore:
         return self._schedules.setdefault(app_name, MemoryScheduleStore())

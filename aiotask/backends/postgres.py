@@ -27,6 +27,7 @@ from aiotask._backoff import Backoff
 from aiotask._time import monotonic, now
 from aiotask.backends import _postgres_results as sql
 from aiotask.backends._coord_postgres import PostgresCoordinationStore
+from aiotask.backends._history_postgres import PostgresHistoryStore
 from aiotask.backends._lock_postgres import PostgresLockStore
 from aiotask.backends._schedule_postgres import PostgresScheduleStore
 from aiotask.backends._waiters import Waiters
@@ -379,6 +380,9 @@ class PostgresBackend:
                         await event.wait()
         finally:
             self._reply_events.discard(event)
+
+    def history_store(self, app_name: str) -> PostgresHistoryStore:
+        return PostgresHistoryStore(self._db, self._s, app_name)
 
     def schedule_store(self, app_name: str) -> PostgresScheduleStore:
         return PostgresScheduleStore(self._db, self._s, app_name)

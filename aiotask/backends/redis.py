@@ -21,6 +21,7 @@ from aiotask._backoff import Backoff
 from aiotask._redis import cluster
 from aiotask._redis.client import SharedClient, map_errors
 from aiotask.backends._coord_redis import RedisCoordinationStore
+from aiotask.backends._history_redis import RedisHistoryStore
 from aiotask.backends._lock_redis import RedisLockStore
 from aiotask.backends._redis_groups import ADD_TO_GROUPS, GROUPS_SENT
 from aiotask.backends._redis_subscriber import Subscriber
@@ -414,6 +415,9 @@ class RedisBackend:
                 return []
             rest: Any = await client.lpop(key, 1000)
         return [_bytes(first[1]), *(_bytes(r) for r in rest or [])]
+
+    def history_store(self, app_name: str) -> RedisHistoryStore:
+        return RedisHistoryStore(self._client, self._prefix, app_name)
 
     def schedule_store(self, app_name: str) -> RedisScheduleStore:
         return RedisScheduleStore(self._client, self._prefix, app_name)

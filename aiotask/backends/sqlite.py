@@ -27,6 +27,7 @@ from aiotask._sqlite import transaction
 from aiotask._time import monotonic, now
 from aiotask.backends import _control_sqlite as _control
 from aiotask.backends._coord_sqlite import SQLiteCoordinationStore
+from aiotask.backends._history_sqlite import SQLiteHistoryStore
 from aiotask.backends._lock_sqlite import SQLiteLockStore
 from aiotask.backends._schedule_sqlite import SQLiteScheduleStore
 from aiotask.backends._waiters import Waiters
@@ -296,6 +297,9 @@ class SQLiteBackend:
                 await signal.wait(min(poll.next_delay(), left))
         finally:
             _sqlite.unsubscribe(self.path, REPLIES_TOPIC, signal)
+
+    def history_store(self, app_name: str) -> SQLiteHistoryStore:
+        return SQLiteHistoryStore(self._db, f"{self._prefix}:{app_name}")
 
     def schedule_store(self, app_name: str) -> SQLiteScheduleStore:
         return SQLiteScheduleStore(self._db, f"{self._prefix}:{app_name}")

@@ -61,7 +61,10 @@ def dashboard(
         ),
     ] = "",
     history: Annotated[
-        int, typer.Option("--history", min=1, help="recent tasks kept in memory")
+        int,
+        typer.Option(
+            "--history", min=1, help="recent tasks kept in memory (the history itself is stored)"
+        ),
     ] = 10_000,
     loglevel: Annotated[
         str, typer.Option("-l", "--loglevel", help="DEBUG, INFO, WARNING or ERROR")

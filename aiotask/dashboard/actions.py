@@ -17,6 +17,7 @@ from aiotask.dashboard.audit import audit
 from aiotask.dashboard.auth import CSRF_COOKIE, CSRF_FIELD, csrf_ok
 from aiotask.dashboard.bulk import revoke_matching, send_again
 from aiotask.dashboard.core import Problem, dashboard_of, read_body
+from aiotask.dashboard.filters import filter_query
 from aiotask.exceptions import AiotaskError
 
 if TYPE_CHECKING:
@@ -133,7 +134,7 @@ def _action(
 
 async def _revoke_matching(dash: Dashboard, form: Form) -> str:
     terminate = form.get("terminate") == "1"
-    ids = await revoke_matching(dash, form.get("q", ""), form.get("state", ""), "", terminate)
+    ids = await revoke_matching(dash, filter_query(form), terminate)
     return f"{'terminated' if terminate else 'revoked'} {len(ids)} unfinished task(s)"
 
 

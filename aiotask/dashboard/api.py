@@ -8,7 +8,6 @@ names follow the "Dashboard HTTP API" of the API contract, the rest extends it.
 from __future__ import annotations
 
 import inspect
-import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +19,7 @@ from aiotask.dashboard.audit import audit
 from aiotask.dashboard.core import (
     Problem,
     dashboard_of,
+    history_query,
     json_body,
     json_response,
     only_keys,
@@ -27,7 +27,7 @@ from aiotask.dashboard.core import (
     str_list,
     want,
 )
-from aiotask.dashboard.history import STATES
+from aiotask.dashboard.history import record_dict
 from aiotask.dashboard.live import event_stream
 from aiotask.dashboard.openapi import openapi_document
 from aiotask.exceptions import ConfigurationError, ResultSignatureError
@@ -116,7 +116,7 @@ async def send_task(request: Request) -> Response:
         result = await dash.app.send_task(task.name, args, kwargs, **options)
     except ConfigurationError as exc:
         raise Problem(422, str(exc)) from None
-    dash.history.sent(result.id, task.name, args, kwargs, time.time())
+    await dash.history.sent(dash.app, result.id, task.name, args, kwargs)
     audit(request, "send", task.name, f"sent as {result.id}")
     return json_response({"id": result.id}, 202)
 
@@ -283,29 +283,27 @@ async def shutdown(request: Request) -> Response:
 
 async def history(request: Request) -> Response:
     dash = dashboard_of(request)
-    params = request.query_params
-    state = params.get("state", "")
-    if state and state not in STATES:
-        raise Problem(422, f"unknown state {state!r}; one of {', '.join(STATES)}")
-    rows, total = dash.history.search(
-        q=params.get("q", ""),
-        state=state,
-        name=params.get("task", ""),
+    query = history_query(
+        request.query_params,
         limit=query_int(request, "limit", 50, 1, 1000),
         offset=query_int(request, "offset", 0, 0, 10_000_000),
     )
-    return json_response({"tasks": [r.to_dict() for r in rows], "total": total})
+    rows, total = await dash.history.search(dash.app, query)
+    return json_response({"tasks": [record_dict(r) for r in rows], "total": total})
 
 
 async def history_entry(request: Request) -> Response:
     dash = dashboard_of(request)
     task_id = request.path_params["id"]
-    row = dash.history.get(task_id)
+    row = await dash.history.get(dash.app, task_id)
     record = await _record(dash.app, task_id)
     if row is None and record is None:
         raise Problem(404, f"no task {task_id!r} in the history or the result backend")
     return json_response(
-        {"task": row.to_dict(full=True) if row else None, "result": result_view(task_id, record)}
+        {
+            "task": record_dict(row, full=True) if row else None,
+            "result": result_view(task_id, record),
+        }
     )
 
 

@@ -1,6 +1,7 @@
 """Acting on tasks from the history: revoke everything a filter matches, send a task again.
 
-A filter is the Tasks page's (`q`, `state`, `task`); only unfinished tasks are revoked (one
+A filter is the Tasks page's (`q`, `state`, `task`, `worker`, `since`, `until`), run over the
+stored history (not only what this process saw); only unfinished tasks are revoked (one
 that succeeded, failed, was revoked or dead-lettered has nothing left to stop), at most
 MAX_BULK at once. A retry sends the task again, under a new id, with the arguments the
 dashboard sent it with (the only arguments it knows).
@@ -8,13 +9,22 @@ dashboard sent it with (the only arguments it knows).
 
 from __future__ import annotations
 
-import time
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
+import orjson
 from starlette.routing import Route
 
 from aiotask.dashboard.audit import audit
-from aiotask.dashboard.core import Problem, dashboard_of, json_body, json_response, only_keys, want
+from aiotask.dashboard.core import (
+    Problem,
+    dashboard_of,
+    history_query,
+    json_body,
+    json_response,
+    only_keys,
+    want,
+)
 from aiotask.dashboard.history import STATES
 from aiotask.exceptions import ConfigurationError
 
@@ -23,27 +33,47 @@ if TYPE_CHECKING:
     from starlette.responses import Response
 
     from aiotask.dashboard.core import Dashboard
+    from aiotask.history import HistoryQuery
 
 #: Tasks one bulk action touches at most.
 MAX_BULK = 10_000
+#: History rows read per store call while collecting them.
+BULK_PAGE = 1_000
 #: States with nothing left to revoke.
 FINISHED = frozenset({"SUCCESS", "FAILURE", "REVOKED", "REJECTED"})
 #: States a task may be sent again from.
 RETRYABLE = frozenset({"FAILURE", "REVOKED", "REJECTED"})
 
 
-def unfinished(dash: Dashboard, q: str, state: str, name: str) -> list[str]:
-    """Ids of the unfinished tasks a filter matches, newest first (at most MAX_BULK)."""
-    if state and state not in STATES:
-        raise Problem(422, f"unknown state {state!r}; one of {', '.join(STATES)}")
-    rows, _ = dash.history.search(q=q, state=state, name=name, limit=len(dash.history.rows))
-    return [r.id for r in rows if r.state not in FINISHED][:MAX_BULK]
+async def unfinished(dash: Dashboard, query: HistoryQuery) -> list[str]:
+    """Ids of the unfinished tasks a filter matches in the stored history, newest first (at
+    most MAX_BULK), read a page at a time."""
+    ids: list[str] = []
+    offset = 0
+    while len(ids) < MAX_BULK:
+        rows, total = await dash.history.search(dash.app, query.page(BULK_PAGE, offset))
+        ids += [r.id for r in rows if r.state not in FINISHED]
+        offset += BULK_PAGE
+        if not rows or offset >= total:
+            break
+    return ids[:MAX_BULK]
 
 
-async def revoke_matching(
-    dash: Dashboard, q: str, state: str, name: str, terminate: bool
-) -> list[str]:
-    ids = unfinished(dash, q, state, name)
+async def count_unfinished(dash: Dashboard, query: HistoryQuery) -> int:
+    """How many unfinished tasks a filter matches (the Tasks page's button): counts per
+    unfinished state, never reading the rows themselves."""
+    if query.state in FINISHED:
+        return 0
+    states = [query.state] if query.state else [s for s in STATES if s not in FINISHED]
+    total = 0
+    for state in states:
+        _, found = await dash.history.search(dash.app, replace(query, state=state, limit=0))
+        total += found
+    return min(total, MAX_BULK)
+
+
+async def revoke_matching(dash: Dashboard, query: HistoryQuery, terminate: bool) -> list[str]:
+    ids = await unfinished(dash, query)
     if ids:
         await dash.app.control.revoke(ids, terminate=terminate)
     return ids
@@ -51,29 +81,32 @@ async def revoke_matching(
 
 async def send_again(dash: Dashboard, task_id: str) -> str:
     """Send a finished task again with its arguments; the new task's id."""
-    row = dash.history.get(task_id)
-    if row is None or row.args is None or row.kwargs is None:
+    row = await dash.history.get(dash.app, task_id)
+    if row is None or not row.exact_args or row.args is None or row.kwargs is None:
         raise Problem(404, f"the arguments of {task_id!r} are not known (not sent here)")
     if row.state not in RETRYABLE:
         raise Problem(
             409, f"{task_id} is {row.state}: only a failed, revoked or dead task is retried"
         )
+    args, kwargs = orjson.loads(row.args), orjson.loads(row.kwargs)
     try:
-        result = await dash.app.send_task(row.name, row.args, row.kwargs)
+        result = await dash.app.send_task(row.name, args, kwargs)
     except ConfigurationError as exc:
         raise Problem(422, str(exc)) from None
-    dash.history.sent(result.id, row.name, row.args, row.kwargs, time.time())
+    await dash.history.sent(dash.app, result.id, row.name, args, kwargs)
     return result.id
 
 
 async def api_revoke_matching(request: Request) -> Response:
     body = await json_body(request)
-    only_keys(body, {"q", "state", "task", "terminate"})
-    q, state, name = (want(body, k, str, "") for k in ("q", "state", "task"))
+    only_keys(body, {"q", "state", "task", "worker", "since", "until", "terminate"})
+    query = history_query(body)
     terminate = want(body, "terminate", bool, False)
-    dash = dashboard_of(request)
-    ids = await revoke_matching(dash, q, state, name, terminate)
-    filters = f"q={q!r} state={state!r} task={name!r}"
+    ids = await revoke_matching(dashboard_of(request), query, terminate)
+    filters = (
+        f"q={query.q!r} state={query.state!r} task={query.name!r} worker={query.worker!r} "
+        f"since={query.since!r} until={query.until!r}"
+    )
     audit(request, "revoke-matching", filters, f"{len(ids)} revoked")
     return json_response({"revoked": ids})
 

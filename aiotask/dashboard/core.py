@@ -13,9 +13,12 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from starlette.responses import Response
 
-from aiotask.dashboard.history import DEFAULT_SIZE, History
+from aiotask.dashboard.history import DEFAULT_SIZE, STATES, History
+from aiotask.history import HistoryQuery
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from starlette.requests import Request
 
     from aiotask.app import App
@@ -66,6 +69,9 @@ class Dashboard:
             subscribed.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await subscribed
+        if not task.done():  # events already read are written before the writer stops
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.history.idle.wait(), CLOSE_WAIT)
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
@@ -165,3 +171,37 @@ def query_int(request: Request, key: str, default: int, low: int, high: int) -> 
     if not low <= value <= high:
         raise Problem(422, f"query parameter {key!r} must be between {low} and {high}")
     return value
+
+
+def _time(params: Mapping[str, Any], key: str) -> float | None:
+    raw = str(params.get(key) or "").strip()
+    if not raw:
+        return None
+    try:
+        return float(raw)
+    except ValueError:
+        raise Problem(422, f"{key!r} must be unix seconds (a number)") from None
+
+
+def history_query(params: Mapping[str, Any], limit: int = 50, offset: int = 0) -> HistoryQuery:
+    """The history filter of a query string or a JSON body: q, state, task, worker, since,
+    until (unix seconds)."""
+    state = str(params.get("state") or "")
+    if state and state not in STATES:
+        raise Problem(422, f"unknown state {state!r}; one of {', '.join(STATES)}")
+    texts = {}
+    for key in ("q", "task", "worker"):
+        value = params.get(key) or ""
+        if not isinstance(value, str):
+            raise Problem(422, f"{key!r} must be a string")
+        texts[key] = value
+    return HistoryQuery(
+        q=texts["q"],
+        state=state,
+        name=texts["task"],
+        worker=texts["worker"],
+        since=_time(params, "since"),
+        until=_time(params, "until"),
+        limit=limit,
+        offset=offset,
+    )

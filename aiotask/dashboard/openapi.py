@@ -266,12 +266,17 @@ def _paths() -> dict[str, Schema]:
         },
         "/api/history": {
             "get": _op(
-                "Recent tasks seen in the event stream, newest first",
+                "Tasks in the stored history, most recently changed first",
                 {"200": _json(_OBJ, "tasks and total"), **_errors(422)},
                 parameters=[
-                    _query("q", _STR, "id prefix or part of the task name"),
+                    _query(
+                        "q", _STR, "id prefix, or part of the task name, arguments or error text"
+                    ),
                     _query("state", _STR, "only this state"),
                     _query("task", _STR, "only this task name"),
+                    _query("worker", _STR, "only tasks last seen on this worker"),
+                    _query("since", {"type": "number"}, "changed at or after (unix seconds)"),
+                    _query("until", {"type": "number"}, "changed at or before (unix seconds)"),
                     _query(
                         "limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "page size"
                     ),
@@ -281,7 +286,7 @@ def _paths() -> dict[str, Schema]:
         },
         "/api/history/{id}": {
             "get": _op(
-                "One task: timeline, arguments (when sent here) and result",
+                "One task: timeline, arguments (JSON text, when known), links and result",
                 {"200": _json(_OBJ, "task and result"), **_errors(404, 503)},
                 parameters=[task_id],
             )
@@ -298,6 +303,9 @@ def _paths() -> dict[str, Schema]:
                             "q": _STR,
                             "state": _STR,
                             "task": _STR,
+                            "worker": _STR,
+                            "since": {"type": "number"},
+                            "until": {"type": "number"},
                             "terminate": {"type": "boolean"},
                         },
                     }

@@ -12,7 +12,6 @@ import time
 from datetime import UTC, datetime
 from importlib import resources
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlencode
 
 import jinja2
 import orjson
@@ -23,8 +22,10 @@ from aiotask._time import now
 from aiotask.dashboard.actions import action_routes
 from aiotask.dashboard.api import HIDDEN_TASKS, result_view
 from aiotask.dashboard.auth import ADMIN, CSRF_COOKIE, identity_of, new_csrf_token
-from aiotask.dashboard.bulk import RETRYABLE, unfinished
+from aiotask.dashboard.bulk import RETRYABLE, count_unfinished
 from aiotask.dashboard.core import Problem, dashboard_of, query_int
+from aiotask.dashboard.filters import WITHIN, filter_query, filter_values, link_query
+from aiotask.dashboard.graphs import NODE_H, NODE_W, chart, layout
 from aiotask.dashboard.history import STATES
 from aiotask.exceptions import ConfigurationError, ResultSignatureError
 from aiotask.result import verified
@@ -41,6 +42,10 @@ NAV = (
     ("/schedules", "Schedules"),
 )
 PAGE_SIZE = 50
+#: Minutes the overview's chart covers, one bar each.
+CHART_MINUTES = 60
+#: Tasks one workflow page draws at most.
+MAX_CANVAS = 500
 
 
 def _when(ts: float | None) -> str:
@@ -88,39 +93,41 @@ async def overview(request: Request) -> dict[str, Any]:
     except ConfigurationError as exc:  # no result backend: no registry to read
         workers, note = [], str(exc)
     stats = await app.dead_letters.queue_stats()
-    counts = dashboard_of(request).history.counts
+    dash = dashboard_of(request)
+    store = await dash.history.store(app)
+    counts = await store.counts()
+    since = (int(time.time()) // 60 - CHART_MINUTES + 1) * 60.0
     return {
         "workers": workers,
         "note": note,
         "online": sum(w["state"] == "online" for w in workers),
         "lost": sum(w["state"] == "lost" for w in workers),
         "queues": stats,
-        "counts": [(s, counts[s]) for s in STATES if counts[s]],
+        "counts": [(s, counts.get(s, 0)) for s in STATES if counts.get(s)],
+        "chart": chart(await store.finished(since, 60.0)),
+        "store_note": dash.history.store_note,
         "task_names": sorted(n for n in app.tasks if n not in HIDDEN_TASKS),
     }
 
 
 async def tasks(request: Request) -> dict[str, Any]:
+    dash = dashboard_of(request)
     params = request.query_params
-    q, state = params.get("q", ""), params.get("state", "")
-    if state and state not in STATES:
-        raise Problem(422, f"unknown state {state!r}")
     offset = query_int(request, "offset", 0, 0, 10_000_000)
-    rows, total = dashboard_of(request).history.search(
-        q=q, state=state, limit=PAGE_SIZE, offset=offset
-    )
+    query = filter_query(params, PAGE_SIZE, offset)
+    rows, total = await dash.history.search(dash.app, query)
+    values = filter_values(params)
 
     def page_query(at: int) -> str:
-        return urlencode({"q": q, "state": state, "offset": max(at, 0)})
+        return link_query(values, at)
 
-    filtered = bool(q.strip() or state)
     return {
         "rows": rows,
         "total": total,
-        "unfinished": len(unfinished(dashboard_of(request), q, state, "")) if filtered else 0,
-        "q": q,
-        "state": state,
+        "unfinished": await count_unfinished(dash, query) if query.filtered else 0,
+        **values,
         "states": STATES,
+        "windows": list(WITHIN),
         "offset": offset,
         "limit": PAGE_SIZE,
         "page_query": page_query,
@@ -130,7 +137,7 @@ async def tasks(request: Request) -> dict[str, Any]:
 async def task(request: Request) -> dict[str, Any]:
     dash = dashboard_of(request)
     task_id = request.path_params["id"]
-    row = dash.history.get(task_id)
+    row = await dash.history.get(dash.app, task_id)
     try:
         backend = await dash.app.result_backend()
     except ConfigurationError:  # no result backend: what the events said is all there is
@@ -145,6 +152,10 @@ async def task(request: Request) -> dict[str, Any]:
     state = view["state"]
     if row is not None and state == "PENDING":
         state = row.state  # events know RECEIVED/STARTED/REJECTED before any result exists
+    workflow = row and (row.root_id or row.group_id)
+    if row is not None and not workflow:  # a root: a workflow when some task descends from it
+        family = await (await dash.history.store(dash.app)).family(row.id, 2)
+        workflow = row.id if len(family) > 1 else None
     return {
         "task_id": task_id,
         "row": row,
@@ -154,9 +165,19 @@ async def task(request: Request) -> dict[str, Any]:
         "kwargs": row.kwargs if row else None,
         "error": view.get("error"),
         "has_result": "result" in view and view["state"] != "PENDING",
-        "retryable": state in RETRYABLE and row is not None and row.args is not None,
+        "retryable": state in RETRYABLE and row is not None and row.exact_args,
         "result": view.get("result"),
+        "workflow": workflow or None,
     }
+
+
+async def canvas(request: Request) -> dict[str, Any]:
+    """A workflow drawn as a graph: the tasks of a root (or group) id with their states."""
+    dash = dashboard_of(request)
+    root = request.path_params["id"]
+    store = await dash.history.store(dash.app)
+    records = await store.family(root, MAX_CANVAS)
+    return {"root": root, "graph": layout(records), "records": records, "max": MAX_CANVAS}
 
 
 async def dead_letters(request: Request) -> dict[str, Any]:
@@ -189,6 +210,8 @@ def _render(
         "nav": NAV,
         "app_name": dash.app.main,
         "problem": dash.history.problem,
+        "node_w": NODE_W,
+        "node_h": NODE_H,
         "msg": request.query_params.get("msg", ""),
         "user": identity_of(request.scope)[0],
         "admin": identity_of(request.scope)[1] == ADMIN,
@@ -224,6 +247,7 @@ PAGES = (
     ("/", "Overview", "_overview.html", overview, "*"),
     ("/tasks", "Tasks", "_tasks.html", tasks, "*"),
     ("/tasks/{id}", "Task", "_task.html", task, "id"),
+    ("/canvas/{id}", "Workflow", "_canvas.html", canvas, "id"),
     ("/dead-letters", "Dead letters", "_dead_letters.html", dead_letters, "*"),
     ("/schedules", "Schedules", "_schedules.html", schedules, ""),
 )

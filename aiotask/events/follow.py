@@ -14,6 +14,7 @@ from aiotask.brokers.base import EventStream
 from aiotask.events.emitter import producer_name
 from aiotask.events.model import EventType, decode_record
 from aiotask.exceptions import ConfigurationError
+from aiotask.history import args_text
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence
@@ -62,6 +63,18 @@ async def _decoded(feed: AsyncIterator[bytes]) -> AsyncIterator[Event]:
             yield event
 
 
+def links(m: Message) -> dict[str, str]:
+    """The canvas links a task event carries (only those set: a lone task has none)."""
+    out = {}
+    if m.root_id and m.root_id != m.id:
+        out["root_id"] = m.root_id
+    if m.parent_id:
+        out["parent_id"] = m.parent_id
+    if m.group_id:
+        out["group_id"] = m.group_id
+    return out
+
+
 @cache
 def _hostname() -> str:
     return producer_name()
@@ -86,6 +99,8 @@ async def emit_sent(app: App, messages: Sequence[Message]) -> None:
             event["retries"] = m.retries
         if m.eta is not None:
             event["eta"] = m.eta
+        event.update(links(m))
+        event["args"], event["kwargs"] = args_text(m.args), args_text(m.kwargs)
         batch.append(event)
     try:
         await event_stream(app).emit_events([orjson.dumps(batch)])

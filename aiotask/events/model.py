@@ -70,6 +70,13 @@ class TaskEvent:
     eta: float | None = None
     #: revoked / rejected: why
     reason: str | None = None
+    #: sent / received, for a task of a workflow: its canvas links (see `Message`)
+    root_id: str | None = None
+    parent_id: str | None = None
+    group_id: str | None = None
+    #: sent: the arguments as JSON text, cut to aiotask.history.MAX_TEXT characters
+    args: str | None = None
+    kwargs: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,7 @@ from aiotask.backends.base import EncodedResult, ResultRecord
 from aiotask.coordination import spec as limit_spec
 from aiotask.coordination.gate import Gates
 from aiotask.events.emitter import TASK_RECEIVED
+from aiotask.events.follow import links
 from aiotask.exceptions import ConfigurationError, MessageRefused
 from aiotask.ratelimit import RateLimiter
 from aiotask.security import UNDECODABLE, Refused
@@ -126,8 +127,12 @@ class Dispatcher:
             self.settler.add(Settlement(delivery, "dead", store, reason=f"refused: {exc}"))
             return
         if self.events is not None:  # recorded for the whole batch at the end of accept()
-            retries = {"retries": message.retries} if message.retries else None
-            self.received.append((message.id, message.task, delivery.queue, retries))
+            extra: dict[str, Any] | None = (
+                dict(links(message)) if message.parent_id or message.group_id else None
+            )
+            if message.retries:
+                extra = {**(extra or {}), "retries": message.retries}
+            self.received.append((message.id, message.task, delivery.queue, extra))
         if self.hold_eta and message.eta is not None and message.eta > now():
             loop = asyncio.get_running_loop()
             timer = loop.call_later(message.eta - now(), self._due, delivery, message)

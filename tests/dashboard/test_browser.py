@@ -12,6 +12,8 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,6 +42,9 @@ class Served:
     directory: Path
     api: httpx.Client
     shots: Path
+    #: the broker: redis, sqlite or amqp
+    kind: str
+    env: dict[str, str]
 
     def send(self, task: str, *args: Any, **options: Any) -> str:
         r = self.api.post(f"/api/tasks/{task}", json={"args": list(args), "options": options})
@@ -57,17 +62,47 @@ def _chromium() -> None:
         pytest.skip(message)
 
 
+def _urls(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, dict[str, str]]:
+    """The broker URL of the test's parameter (Redis unless the test says otherwise), and
+    the result backend: RabbitMQ keeps none, so its tasks' results and history go to Redis."""
+    kind = getattr(request, "param", "redis")
+    if kind == "sqlite":
+        return f"sqlite:///{tmp_path}/browser.db", {}
+    redis: str = request.getfixturevalue("redis_url")
+    if kind == "amqp":
+        return request.getfixturevalue("amqp_url"), {"AIOTASK_RESULT_BACKEND": redis}
+    return redis, {}
+
+
+def _drop_amqp_queue(url: str, namespace: str) -> None:
+    import asyncio
+
+    from aiotask.brokers.rabbitmq import RabbitMQBroker
+    from tests.dashboard.dash_tasks import make_app
+
+    async def drop() -> None:
+        app = make_app(broker=url, backend=None, key_prefix=namespace)
+        assert isinstance(app.broker, RabbitMQBroker)
+        async with app:
+            await app.broker.delete_queue("default")
+
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, drop()).result()
+
+
 @pytest.fixture
-def served(tmp_path: Path, namespace: str, redis_url: str) -> Iterator[Served]:
+def served(request: pytest.FixtureRequest, tmp_path: Path, namespace: str) -> Iterator[Served]:
     _chromium()
     (tmp_path / "proc_tasks.py").write_text(SHIM)
     (tmp_path / "logs").mkdir()
+    url, backend = _urls(request, tmp_path)
     env = worker_env(
         tmp_path,
-        redis_url,
+        url,
         AIOTASK_KEY_PREFIX=namespace,
         PYTHONPATH=f"{tmp_path}:{ROOT}",
         AIOTASK_EVENTS="true",  # the dashboard's sends emit task-sent too
+        **backend,
     )
     worker = start_worker(tmp_path, env, "-E", "-c", "8")
     port = free_port()
@@ -80,15 +115,18 @@ def served(tmp_path: Path, namespace: str, redis_url: str) -> Iterator[Served]:
         stderr=subprocess.STDOUT,
         text=True,
     )
-    url = f"http://127.0.0.1:{port}"
+    base = f"http://127.0.0.1:{port}"
     try:
         _listening(port, dashboard)
-        with httpx.Client(base_url=url, auth=(USER, PASSWORD), timeout=10) as api:
-            yield Served(url, tmp_path, api, tmp_path / "shots")
+        with httpx.Client(base_url=base, auth=(USER, PASSWORD), timeout=10) as api:
+            kind = getattr(request, "param", "redis")
+            yield Served(base, tmp_path, api, tmp_path / "shots", kind, env)
     finally:
         dashboard.send_signal(signal.SIGTERM)
         out, _ = dashboard.communicate(timeout=30)
         stop(worker, signal.SIGQUIT)  # cold: a test that failed may leave a long task running
+        if url.startswith("amqp"):
+            _drop_amqp_queue(url, namespace)
     assert dashboard.returncode == 0, out
     assert PASSWORD not in out
 
@@ -111,15 +149,17 @@ def browser_page(served: Served) -> Iterator[Any]:
             browser.close()
 
 
-def shot(served: Served, page: Any, name: str) -> None:
+def shot(served: Served, page: Any, name: str, *, main: bool = False) -> None:
+    """A screenshot; with `main`, only the Redis run's goes to the docs (one per page)."""
     served.shots.mkdir(exist_ok=True)
     path = served.shots / f"dashboard-{name}.png"
     page.screenshot(path=str(path), full_page=True)
     copy_to = os.environ.get("AIOTASK_SCREENSHOTS")
-    if copy_to:
+    if copy_to and (not main or served.kind == "redis"):
         shutil.copy(path, Path(copy_to) / path.name)
 
 
+@pytest.mark.parametrize("served", ["redis", "sqlite", "amqp"], indirect=True)
 def test_every_page_loads_in_the_browser(served: Served, browser_page: Any) -> None:
     from playwright.sync_api import expect
 
@@ -134,11 +174,13 @@ def test_every_page_loads_in_the_browser(served: Served, browser_page: Any) -> N
     expect(page.locator(".w-online")).to_have_count(1)
     expect(page.locator(".counts")).to_contain_text("SUCCESS 2")  # live, no reload
     expect(page.locator(".counts")).to_contain_text("FAILURE 1")
-    shot(served, page, "overview")
+    expect(page.locator("#throughput rect.bar-ok")).not_to_have_count(0)  # the chart, live
+    expect(page.locator("#throughput rect.bar-fail")).to_have_count(1)
+    shot(served, page, "overview", main=True)
 
     page.goto(served.url + "/tasks")
     expect(page.locator("tbody#task-rows tr")).to_have_count(3)
-    shot(served, page, "tasks")
+    shot(served, page, "tasks", main=True)
     page.fill("input[name=q]", done[:10])
     page.click("form.search button")
     expect(page.locator("tbody#task-rows tr")).to_have_count(1)
@@ -153,7 +195,7 @@ def test_every_page_loads_in_the_browser(served: Served, browser_page: Any) -> N
     expect(page.locator("pre.args")).to_contain_text("<script>alert('pwned')</script>")
     expect(page.locator("pre.traceback")).to_contain_text("ValueError")
     assert page.locator("main script").count() == 0  # the argument is text, not an element
-    shot(served, page, "task-failed")
+    shot(served, page, "task-failed", main=True)
 
     page.goto(served.url + "/schedules")
     row = page.locator("tr[data-schedule='nightly-sum']")
@@ -162,7 +204,7 @@ def test_every_page_loads_in_the_browser(served: Served, browser_page: Any) -> N
     row.locator("button", has_text="Pause").click()
     expect(page.locator(".flash")).to_contain_text("paused nightly-sum")
     expect(row.locator(".s-paused")).to_have_text("paused")
-    shot(served, page, "schedules")
+    shot(served, page, "schedules", main=True)
     page.once("dialog", lambda dialog: dialog.dismiss())  # a refused confirm sends nothing
     row.locator("button", has_text="Resume").click()
     expect(row.locator(".s-paused")).to_have_text("paused")
@@ -213,3 +255,63 @@ def test_replay_a_dead_letter(served: Served, browser_page: Any) -> None:
     page.goto(f"{served.url}/tasks/{task_id}")
     expect(page.locator("#task-state")).to_have_text("SUCCESS")
     expect(page.locator("pre.result")).to_have_text("40")
+
+
+def _send_chain(served: Served) -> str:
+    """chain(slow(2), add(1), chord([echo a, echo b], echo)) from this process (the API sends
+    single tasks); the id of its first task, the workflow's root."""
+    import asyncio
+
+    from aiotask import chain, chord
+    from tests.dashboard.dash_tasks import make_app
+
+    env = served.env
+    options: dict[str, Any] = {"key_prefix": env["AIOTASK_KEY_PREFIX"], "events": True}
+    if "AIOTASK_RESULT_BACKEND" in env:
+        options["backend"] = env["AIOTASK_RESULT_BACKEND"]
+    app = make_app(broker=env["AIOTASK_BROKER_URL"], **options)
+    slow, add, echo = app.tasks["dash.slow"], app.tasks["dash.add"], app.tasks["dash.echo"]
+
+    async def send() -> str:
+        async with app:
+            flow = chain(
+                slow.s(2), echo.s(), chord([echo.si("a"), echo.si("b")], echo.s()), add.si(1, 1)
+            )
+            plan = await flow.send()
+            return str(plan.id)
+
+    with ThreadPoolExecutor(1) as pool:  # Playwright's loop runs in this thread
+        pool.submit(asyncio.run, send()).result()
+    for _ in range(100):
+        tasks = served.api.get("/api/history", params={"task": "dash.slow"}).json()["tasks"]
+        if tasks:
+            return str(tasks[0]["id"])
+        time.sleep(0.1)
+    raise AssertionError("the chain's first task never reached the history")
+
+
+@pytest.mark.parametrize("served", ["redis", "sqlite", "amqp"], indirect=True)
+def test_a_workflow_graph_updates_live(served: Served, browser_page: Any) -> None:
+    from playwright.sync_api import expect
+
+    page = browser_page.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(served.url + "/")
+    expect(page.locator("#live-status")).to_have_class("live on")
+    root = _send_chain(served)
+    page.goto(f"{served.url}/canvas/{root}")
+    expect(page.locator("#live-status")).to_have_class("live on")
+    first = page.locator(f"#canvas-graph a[data-node='{root}']")
+    expect(first).to_have_attribute("data-state", "STARTED")  # sleeping 2 s
+    # no reload from here: each step's events redraw the graph
+    nodes = page.locator("#canvas-graph a[data-node]")
+    expect(nodes).to_have_count(6, timeout=30_000)
+    for i in range(6):
+        expect(nodes.nth(i)).to_have_attribute("data-state", "SUCCESS", timeout=30_000)
+    expect(page.locator("#canvas-graph line.edge")).to_have_count(6)
+    shot(served, page, "canvas", main=True)
+    first.click()
+    expect(page.locator("#task-state")).to_have_text("SUCCESS")
+    expect(page.locator("#workflow")).to_have_attribute("href", f"/canvas/{root}")
+    assert errors == []

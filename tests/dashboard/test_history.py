@@ -1,13 +1,23 @@
-"""The dashboard's task history, folded from events (pure: no server)."""
+"""The dashboard's task history: events folded into rows (pure), and the stores that keep
+them (memory, SQLite, Redis): search, pagination, workflows, chart buckets and retention."""
 
 from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
 
 import pytest
 
 pytest.importorskip("starlette")
 
-from aiotask.dashboard.history import History
+from aiotask import App
+from aiotask.dashboard.history import History, TaskRow, prune
 from aiotask.events import EventType, TaskEvent
+from aiotask.history import HistoryQuery, HistoryRecord, HistoryStore, MemoryHistoryStore
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+    from pathlib import Path
 
 E = EventType
 
@@ -16,90 +26,209 @@ def event(kind: EventType, task_id: str, at: float = 1.0, name: str = "p.t") -> 
     return TaskEvent(kind, at, "w1", task_id, name, "default")
 
 
-def test_states_never_go_back_and_counts_follow() -> None:
+def state(h: History, task_id: str) -> str:
+    return h.rows[task_id].state
+
+
+def test_states_never_go_back() -> None:
     h = History(10)
     h.apply(event(E.TASK_SUCCEEDED, "a", 3.0))
     h.apply(event(E.TASK_STARTED, "a", 2.0))  # late: a worker's event after the outcome
     h.apply(event(E.TASK_SENT, "a", 1.0))
-    row = h.get("a")
-    assert row is not None and row.state == "SUCCESS"
-    assert [t for t, _, _ in row.timeline] == ["task-succeeded", "task-started", "task-sent"]
+    assert state(h, "a") == "SUCCESS"
+    assert [t for t, _, _ in h.rows["a"].timeline] == [
+        "task-succeeded",
+        "task-started",
+        "task-sent",
+    ]
     h.apply(event(E.TASK_STARTED, "b", 1.0))
     h.apply(event(E.TASK_RETRIED, "b", 2.0))
     h.apply(event(E.TASK_RECEIVED, "b", 1.5))  # the first attempt's, late: stale
-    assert h.get("b").state == "RETRY"  # type: ignore[union-attr]
+    assert state(h, "b") == "RETRY"
     h.apply(event(E.TASK_STARTED, "b", 5.0))  # the retry runs
-    assert h.get("b").state == "STARTED"  # type: ignore[union-attr]
+    assert state(h, "b") == "STARTED"
     h.apply(event(E.TASK_FAILED, "b", 6.0))
     h.apply(event(E.TASK_REVOKED, "b", 7.0))  # the first outcome stays
     h.apply(event(E.TASK_RETRIED, "b", 8.0))
-    assert h.get("b").state == "FAILURE"  # type: ignore[union-attr]
+    assert state(h, "b") == "FAILURE"
     h.apply(event(E.TASK_REJECTED, "c", 1.0))  # dead-lettered, then replayed
     h.apply(event(E.TASK_STARTED, "c", 2.0))
     h.apply(event(E.TASK_SUCCEEDED, "c", 3.0))
-    assert h.get("c").state == "SUCCESS"  # type: ignore[union-attr]
-    assert +h.counts == {"SUCCESS": 2, "FAILURE": 1}
+    assert state(h, "c") == "SUCCESS"
 
 
-def test_oldest_rows_go_first_and_their_counts_with_them() -> None:
-    h = History(3)
-    for i in range(5):
-        h.apply(event(E.TASK_FAILED if i % 2 else E.TASK_SUCCEEDED, f"t{i}"))
-    assert list(h.rows) == ["t2", "t3", "t4"]
-    assert +h.counts == {"SUCCESS": 2, "FAILURE": 1}
+async def test_a_batch_reads_unknown_rows_from_the_store_then_writes_the_changes() -> None:
+    store = MemoryHistoryStore()
+    first = History(2)
+    sent = TaskEvent(E.TASK_SENT, 1.0, "p", "x", "p.t", "q", args="[1]", kwargs="{}", root_id="r")
+    assert await first.fold(store, [sent, event(E.TASK_STARTED, "x", 2.0)]) == 1
+    # a new dashboard (nothing in memory) folds the outcome into the stored row
+    second = History(2)
+    await second.fold(store, [event(E.TASK_SUCCEEDED, "x", 3.0)])
+    (row,) = (await store.get_many(["x"])).values()
+    assert (row.state, row.args, row.root_id, row.queue) == ("SUCCESS", "[1]", "r", "q")
+    assert [t for t, _, _ in row.timeline] == ["task-sent", "task-started", "task-succeeded"]
+    # memory keeps `size` rows; the store keeps them all
+    await second.fold(store, [event(E.TASK_SENT, f"n{i}", 4.0 + i) for i in range(3)])
+    assert list(second.rows) == ["n1", "n2"]
+    assert (await store.search(HistoryQuery()))[1] == 4
 
 
-def test_search_pages_newest_first_with_totals() -> None:
-    h = History(100)
-    for i in range(30):
-        h.apply(
-            event(
-                E.TASK_FAILED if i % 3 == 0 else E.TASK_SUCCEEDED, f"id{i:02d}", name=f"p.n{i % 2}"
-            )
-        )
-    rows, total = h.search(limit=5)
-    assert total == 30 and [r.id for r in rows] == ["id29", "id28", "id27", "id26", "id25"]
-    rows, total = h.search(limit=5, offset=28)
-    assert total == 30 and [r.id for r in rows] == ["id01", "id00"]
-    rows, total = h.search(state="FAILURE", limit=3, offset=1)
-    assert total == 10 and [r.id for r in rows] == ["id24", "id21", "id18"]
-    rows, total = h.search(q="id1", limit=50)
-    assert total == 10 and rows[0].id == "id19"
-    rows, total = h.search(q="P.N1", state="SUCCESS")  # name part, any case
+def test_a_row_round_trips_through_its_record() -> None:
+    row = TaskRow("i", "p.t", "RETRY", timeline=[("task-retried", 5.0, "w")], args="[2]")
+    again = TaskRow.of(HistoryRecord.from_json(row.record().to_json()))
+    assert again.record() == row.record()
+    assert again.again_at == 5.0  # a retried row knows which later events count
+
+
+# -- the stores --------------------------------------------------------------------------
+
+
+@pytest.fixture(params=["memory", "sqlite", "redis", "postgres"])
+async def store(
+    request: pytest.FixtureRequest, tmp_path: Path, namespace: str
+) -> AsyncIterator[HistoryStore]:
+    if request.param == "memory":
+        yield MemoryHistoryStore()
+        return
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path}/h.db"
+    else:
+        url = request.getfixturevalue(f"{request.param}_url")
+    app = App("hist", broker="memory://", backend=url, key_prefix=namespace)
+    async with app:
+        backend = await app.result_backend()
+        found = backend.history_store("hist")  # type: ignore[attr-defined]
+        assert isinstance(found, HistoryStore)
+        try:
+            yield found
+        finally:
+            await found.clear()
+
+
+def record(i: int, **fields: object) -> HistoryRecord:
+    values: dict[str, object] = {
+        "id": f"id{i:03d}",
+        "name": f"p.n{i % 2}",
+        "state": "FAILURE" if i % 3 == 0 else "SUCCESS",
+        "worker": f"w{i % 4}",
+        "seen_at": 1000.0 + i,
+        "updated_at": 1000.0 + i,
+    }
+    values.update(fields)
+    return HistoryRecord(**values)  # type: ignore[arg-type]
+
+
+async def test_search_pages_newest_first_with_totals(store: HistoryStore) -> None:
+    await store.put([record(i) for i in range(30)])
+    rows, total = await store.search(HistoryQuery(limit=5))
+    assert total == 30 and [r.id for r in rows] == ["id029", "id028", "id027", "id026", "id025"]
+    rows, total = await store.search(HistoryQuery(limit=5, offset=28))
+    assert total == 30 and [r.id for r in rows] == ["id001", "id000"]
+    rows, total = await store.search(HistoryQuery(state="FAILURE", limit=3, offset=1))
+    assert total == 10 and [r.id for r in rows] == ["id024", "id021", "id018"]
+    rows, total = await store.search(HistoryQuery(q="id01"))
+    assert total == 10 and rows[0].id == "id019"
+    rows, total = await store.search(HistoryQuery(q="P.N1", state="SUCCESS"))  # name, any case
     assert total == 10 and all(r.name == "p.n1" and r.state == "SUCCESS" for r in rows)
-    assert h.search(q="id07") == ([h.rows["id07"]], 1)  # an exact id
-    assert h.search(q="id07", state="FAILURE") == ([], 0)
-    assert h.search(q="nothing") == ([], 0)
+    rows, total = await store.search(HistoryQuery(q="id007"))  # an exact id
+    assert total == 1 and rows[0] == record(7)
+    assert await store.search(HistoryQuery(q="id007", state="FAILURE")) == ([], 0)
+    assert await store.search(HistoryQuery(q="nothing")) == ([], 0)
+    rows, total = await store.search(HistoryQuery(worker="w1", name="p.n1", limit=3))
+    assert total == 8 and [r.id for r in rows] == ["id029", "id025", "id021"]
+    rows, total = await store.search(HistoryQuery(since=1010.0, until=1014.0))
+    assert total == 5 and [r.id for r in rows][-1] == "id010"
+    rows, total = await store.search(HistoryQuery(state="SUCCESS", since=1025.0, limit=2))
+    assert total == 4 and [r.id for r in rows] == ["id029", "id028"]
+    # a row that changes moves to its new state and to the front
+    await store.put([record(3, state="SUCCESS", updated_at=2000.0)])
+    assert (await store.search(HistoryQuery(limit=1)))[0][0].id == "id003"
+    assert (await store.search(HistoryQuery(state="FAILURE")))[1] == 9
+    assert await store.counts() == {"SUCCESS": 21, "FAILURE": 9}
 
 
-def test_search_by_error_text_and_arguments() -> None:
-    h = History(10)
-    h.sent("s1", "p.mail", ["Alice@Example.org"], {"retry": True}, 1.0)
-    h.sent("s2", "p.mail", ["bob@example.org"], {}, 1.0)
-    failed = TaskEvent(
-        E.TASK_FAILED,
-        2.0,
-        "w1",
-        "s2",
-        "p.mail",
-        "default",
-        exception_type="SMTPError",
-        exception="Relay Denied",
+async def test_search_by_error_text_and_arguments(store: HistoryStore) -> None:
+    await store.put(
+        [
+            record(1, args='["Alice@Example.org"]', kwargs='{"retry":true}'),
+            record(2, args='["bob@example.org"]', kwargs="{}"),
+            record(4, exception_type="SMTPError", exception="Relay Denied", state="FAILURE"),
+        ]
     )
-    h.apply(failed)
-    assert [r.id for r in h.search(q="alice@example")[0]] == ["s1"]
-    assert [r.id for r in h.search(q="relay denied")[0]] == ["s2"]
-    assert [r.id for r in h.search(q="smtperror", state="FAILURE")[0]] == ["s2"]
-    assert h.search(q='"retry":true')[1] == 1
+    assert [r.id for r in (await store.search(HistoryQuery(q="alice@example")))[0]] == ["id001"]
+    assert [r.id for r in (await store.search(HistoryQuery(q="relay denied")))[0]] == ["id004"]
+    found = await store.search(HistoryQuery(q="smtperror", state="FAILURE"))
+    assert [r.id for r in found[0]] == ["id004"]
+    assert (await store.search(HistoryQuery(q='"retry":true')))[1] == 1
+    assert (await store.get_many(["id002", "nope"])).keys() == {"id002"}
 
 
-def test_sent_keeps_the_arguments() -> None:
-    h = History(5)
-    h.sent("x", "p.t", [1, "<b>"], {"k": None}, 1.0)
-    h.apply(event(E.TASK_STARTED, "x", 2.0))
-    row = h.get("x")
-    assert row is not None
-    assert (row.args, row.kwargs, row.state) == ([1, "<b>"], {"k": None}, "STARTED")
-    assert row.to_dict(full=True)["timeline"] == [
-        {"type": "task-started", "timestamp": 2.0, "hostname": "w1"}
-    ]
+async def test_a_workflow_is_its_root_its_descendants_and_its_group(store: HistoryStore) -> None:
+    await store.put(
+        [
+            record(1, seen_at=1.0),
+            record(2, seen_at=2.0, root_id="id001", parent_id="id001", group_id="g"),
+            record(3, seen_at=3.0, root_id="id001", parent_id="id001", group_id="g"),
+            record(4, seen_at=4.0, root_id="id001", parent_id="id003"),
+            record(5, seen_at=5.0),
+            record(6, seen_at=6.0, group_id="solo"),
+            record(7, seen_at=7.0, group_id="solo"),
+        ]
+    )
+    family = await store.family("id001", 100)
+    assert [r.id for r in family] == ["id001", "id002", "id003", "id004"]
+    assert [r.id for r in await store.family("solo", 100)] == ["id006", "id007"]
+
+
+async def test_finished_tasks_per_minute(store: HistoryStore) -> None:
+    now = time.time()
+    since = now - 180
+    await store.put(
+        [
+            record(1, updated_at=since + 10),
+            record(2, updated_at=since + 20, state="FAILURE"),
+            record(3, updated_at=since + 70, state="SUCCESS"),
+            record(4, updated_at=since - 5),  # before the window
+            record(5, updated_at=since + 130, state="STARTED"),  # not finished
+        ]
+    )
+    buckets = await store.finished(since, 60.0)
+    assert [(b.succeeded, b.failed) for b in buckets[:3]] == [(1, 1), (1, 0), (0, 0)]
+    assert buckets[0].start == since
+
+
+async def test_retention_drops_expired_states_and_keeps_the_others(store: HistoryStore) -> None:
+    now = 10_000.0
+    old, recent = now - 7200, now - 60
+    await store.put(
+        [
+            *(record(i, state="SUCCESS", updated_at=old) for i in range(5)),
+            record(10, state="SUCCESS", updated_at=recent),
+            record(11, state="FAILURE", updated_at=old, root_id="r", group_id="g"),
+            record(12, state="STARTED", updated_at=old),
+        ]
+    )
+    # successes an hour, failures a week, STARTED not listed: kept
+    retention = {"SUCCESS": 3600.0, "FAILURE": 7 * 86400.0}
+    assert await store.prune(retention, now, 2) == 2  # one batch
+    assert await prune(store, retention, now) == 3  # the rest, batch after batch
+    left = {r.id for r in (await store.search(HistoryQuery(limit=100)))[0]}
+    assert left == {"id010", "id011", "id012"}
+    assert await store.prune({"FAILURE": 3600.0}, now, 100) == 1
+    assert await store.family("r", 10) == []
+    assert await store.counts() == {"SUCCESS": 1, "STARTED": 1}
+
+
+def test_retention_is_a_setting_per_state() -> None:
+    from aiotask.exceptions import ConfigurationError
+    from aiotask.settings import Settings
+
+    conf = Settings.from_env({"AIOTASK_HISTORY_RETENTION": "success:60, FAILURE:7200"})
+    assert conf.history_retention == {"SUCCESS": 60.0, "FAILURE": 7200.0}
+    assert Settings().history_retention["SUCCESS"] == 3600.0
+    assert Settings().history_retention["FAILURE"] == 7 * 86400.0
+    with pytest.raises(ConfigurationError, match="AIOTASK_HISTORY_RETENTION"):
+        Settings.from_env({"AIOTASK_HISTORY_RETENTION": "SUCCESS"})
+    with pytest.raises(ConfigurationError, match="'SUCCESS' must be a positive number"):
+        Settings(history_retention={"SUCCESS": 0})

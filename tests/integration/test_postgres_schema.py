@@ -60,8 +60,8 @@ async def test_an_older_schema_is_brought_forward(postgres_url: str, namespace: 
 async def test_a_backend_at_version_1_gains_the_coordination_tables(
     postgres_url: str, namespace: str
 ) -> None:
-    """Backend step 2 (locks, rate and slot tables) is added to a schema an older aiotask made,
-    once; running the migration again changes nothing."""
+    """Backend steps 2 (locks, rate and slot tables) and 3 (task history) are added to a schema
+    an older aiotask made, once; running the migration again changes nothing."""
     from aiotask.backends import from_url as backend_from_url
 
     conn = await asyncpg.connect(postgres_url)
@@ -85,8 +85,14 @@ async def test_a_backend_at_version_1_gains_the_coordination_tables(
             assert await store.acquire_slot("c", 1, "t", 30)
         finally:
             await backend.close()
-        assert await version(conn, namespace, "backend") == newest("backend") == 2
-        assert await migrate(conn, namespace, "backend") == (2, 2)
+        assert await version(conn, namespace, "backend") == newest("backend") == 3
+        assert await migrate(conn, namespace, "backend") == (3, 3)
+        tables = await conn.fetch(
+            "SELECT tablename FROM pg_tables WHERE schemaname = $1", namespace
+        )
+        assert {"locks", "coord_rate", "coord_slots", "task_history"} <= {
+            r["tablename"] for r in tables
+        }
     finally:
         await conn.close()
 

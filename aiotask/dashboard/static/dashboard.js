@@ -36,7 +36,8 @@
     if (!partial) { return; }
     var change;
     try { change = JSON.parse(event.data); } catch (err) { return; }
-    if (watch && watch !== "*" && change.id !== watch) { return; }
+    if (watch && watch !== "*" && change.id !== watch && change.root_id !== watch &&
+        change.group_id !== watch) { return; }
     schedule();
   };
 })();
