@@ -29,8 +29,12 @@ from pathlib import Path
 
 from aiotask import App
 
+_PG = os.environ.get("BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 URLS = {
-    "postgres": os.environ.get("BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"),
+    "postgres": _PG,
+    # every commit asynchronous, publishes too: a server crash may lose the last ~0.6 s of
+    # sends (3 x wal_writer_delay), as Redis's default appendfsync everysec may lose ~1 s
+    "postgres-async": _PG + ("&" if "?" in _PG else "?") + "synchronous_commit=off",
     "redis": os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0"),
 }
 
@@ -119,7 +123,7 @@ async def measure(kind: str, n: int, workdir: Path) -> dict[str, float]:
                 trips.append((time.perf_counter() - t1) * 1000)
             out["round trip p50 ms"] = statistics.median(trips)
             out["round trip p95 ms"] = statistics.quantiles(trips, n=20)[-1]
-            if kind == "postgres":
+            if kind.startswith("postgres"):
                 out.update(await table_sizes(url, prefix))
     finally:
         if worker is not None:
@@ -146,7 +150,7 @@ async def table_sizes(url: str, prefix: str) -> dict[str, float]:
 
 
 async def cleanup(kind: str, url: str, prefix: str) -> None:
-    if kind == "postgres":
+    if kind.startswith("postgres"):
         import asyncpg
 
         conn = await asyncpg.connect(url)
