@@ -2,6 +2,7 @@
 
     .venv/bin/python -m benchmarks.postgres_growth [--n 1000000] [--budget 1800]
                                                    [--expires 60] [--backlog 20000]
+                                                   [--private]
 
 A worker (`aiotask worker -c 100 --prefetch 200`, a process) runs a no-op task while this
 process sends batches of 1,000, keeping at most --backlog tasks queued, until --n tasks were
@@ -16,6 +17,10 @@ autovacuum reclaims; what must not happen is a size that keeps growing with the 
 tasks pushed (a hot row updated by every message, or retention that cannot keep up). The last
 lines: after the drain, and after the retention window passed and a final cleanup + plain
 VACUUM (no FULL: the space is reused, not returned). The schema is dropped at the end.
+
+--private runs it on a PostgreSQL cluster of its own (initdb in a temp dir, the server's
+defaults: autovacuum on), removed afterwards: the shared development server runs with
+autovacuum off, where every dead row version stays until someone runs VACUUM.
 """
 
 from __future__ import annotations
@@ -72,8 +77,7 @@ async def backlog(conn: asyncpg.Connection, schema: str) -> int:
     return int(await conn.fetchval(f'SELECT count(*) FROM "{schema}".messages'))  # noqa: S608
 
 
-async def run(args: argparse.Namespace, workdir: Path) -> None:
-    url = URLS["postgres"]
+async def run(args: argparse.Namespace, workdir: Path, url: str) -> None:
     prefix = f"growth{uuid.uuid4().hex[:10]}"
     os.environ["AIOTASK_RESULT_EXPIRES"] = str(args.expires)
     app = App("pggrowth", broker=url, key_prefix=prefix, result_expires=args.expires)
@@ -83,6 +87,15 @@ async def run(args: argparse.Namespace, workdir: Path) -> None:
         return i
 
     conn = await asyncpg.connect(url)
+    print(
+        "autovacuum:",
+        await conn.fetchval("SHOW autovacuum"),
+        "| tasks:",
+        f"{args.n:,}",
+        "| result_expires:",
+        args.expires,
+        flush=True,
+    )
     worker = None
     try:
         async with app:
@@ -135,13 +148,26 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=1800.0, help="seconds of sending")
     parser.add_argument("--expires", type=float, default=60.0, help="result_expires, seconds")
     parser.add_argument("--backlog", type=int, default=20_000, help="most tasks queued")
+    parser.add_argument("--private", action="store_true", help="on a private cluster")
     args = parser.parse_args()
     import tempfile
 
-    with tempfile.TemporaryDirectory() as tmp:
-        workdir = Path(tmp)
-        (workdir / "pgbench_app.py").write_text(APP_MODULE)
-        asyncio.run(run(args, workdir))
+    server = None
+    url = URLS["postgres"]
+    if args.private:
+        from tests.servers import PrivatePostgres
+
+        server = PrivatePostgres()
+        server.start()
+        url = server.url
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            workdir = Path(tmp)
+            (workdir / "pgbench_app.py").write_text(APP_MODULE)
+            asyncio.run(run(args, workdir, url))
+    finally:
+        if server is not None:
+            server.remove()
 
 
 if __name__ == "__main__":
