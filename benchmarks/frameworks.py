@@ -114,10 +114,7 @@ def procrastinate_worker(py: Path, workload: str, ns: str) -> list[str]:
 
 
 def pgqueuer_worker(py: Path, workload: str, ns: str) -> list[str]:
-    return [
-        *(_script(py, "pgq"), "run", "benchmarks.workloads.pgqueuer_app:create_pgqueuer"),
-        *("--batch-size", str(CONCURRENCY), "--max-concurrent-tasks", str(2 * CONCURRENCY)),
-    ]
+    return [str(py), "-m", "benchmarks.workloads.pgqueuer_app"]
 
 
 def oban_worker(py: Path, workload: str, ns: str) -> list[str]:
@@ -274,8 +271,8 @@ FRAMEWORKS: dict[str, Framework] = {
             broker="postgres",
             skips=PG_ONLY,
             install=True,
-            setup=f"pgq run --batch-size {CONCURRENCY} --max-concurrent-tasks"
-            f" {2 * CONCURRENCY}; round trip: its CompletionWatcher (LISTEN), debounce 1 ms"
+            setup=f"pgqueuer.run, batch_size={CONCURRENCY}, max_concurrent_tasks="
+            f"{2 * CONCURRENCY}; round trip: its CompletionWatcher (LISTEN), debounce 1 ms"
             " (default 50 ms)",
             distributions=("pgqueuer", "asyncpg"),
         ),

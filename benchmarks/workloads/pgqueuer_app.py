@@ -1,17 +1,20 @@
 """PgQueuer on PostgreSQL: its tables in the measurement's own schema (PGQUEUER_SCHEMA), its
 NOTIFY channel named after it (channels are database-wide).
 
-Worker: `pgq run benchmarks.workloads.pgqueuer_app:create_pgqueuer --batch-size 100
---max-concurrent-tasks 200` (its `--max-concurrent-tasks` must be at least twice the batch:
-100 jobs fetched at a time, at most 200 held, as aiotask's -c 100 --prefetch 200).
+Worker: `python -m benchmarks.workloads.pgqueuer_app`, which calls `pgqueuer.run` (what
+`pgq run ... --batch-size 100 --max-concurrent-tasks 200` does; the `pgq run` command of
+PgQueuer 1.6.0 fails at start-up setting up its logging). `max_concurrent_tasks` must be at
+least twice the batch: 100 jobs fetched at a time, at most 200 held, as aiotask's -c 100
+--prefetch 200.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from benchmarks.common import SLEEP_S, NotSupported, pg_schema, postgres_url
 
@@ -21,14 +24,20 @@ os.environ["PGQUEUER_SCHEMA"] = SCHEMA
 os.environ["PGQUEUER_CHANNEL"] = f"{SCHEMA}_ch"
 
 import asyncpg  # noqa: E402
+import pgqueuer  # noqa: E402
 from pgqueuer import AsyncpgDriver, AsyncpgPoolDriver, Job, PgQueuer, Queries  # noqa: E402
 from pgqueuer.core.completion import CompletionWatcher  # noqa: E402
 
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
 TERMINAL = frozenset({"canceled", "deleted", "exception", "successful"})
+BATCH = 100
 
 
-async def create_pgqueuer() -> PgQueuer:
-    """The worker's factory (`pgq run`)."""
+@contextlib.asynccontextmanager
+async def create_pgqueuer() -> AsyncIterator[PgQueuer]:
+    """The worker's factory (what `pgqueuer.run` / `pgq run` take)."""
     conn = await asyncpg.connect(postgres_url())
     pgq = PgQueuer(AsyncpgDriver(conn))
 
@@ -40,7 +49,10 @@ async def create_pgqueuer() -> PgQueuer:
     async def sleep50(job: Job) -> None:
         await asyncio.sleep(SLEEP_S)
 
-    return pgq
+    try:
+        yield pgq
+    finally:
+        await conn.close()
 
 
 async def install() -> None:
@@ -102,3 +114,7 @@ class PgQueuerAdapter:
 
 def make_adapter() -> PgQueuerAdapter:
     return PgQueuerAdapter()
+
+
+if __name__ == "__main__":
+    asyncio.run(pgqueuer.run(create_pgqueuer, batch_size=BATCH, max_concurrent_tasks=2 * BATCH))
