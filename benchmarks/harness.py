@@ -614,6 +614,7 @@ def plan_from(args: argparse.Namespace) -> Plan:
         changes["frameworks"] = POSTGRES_FRAMEWORKS
         changes["workloads"] = POSTGRES_WORKLOADS
         changes["core"] = None  # every row gets every repeat
+        changes["repeats"] = dict.fromkeys(POSTGRES_WORKLOADS, 3)
         changes["timeout_s"] = max(plan.timeout_s, 180)  # procrastinate drains slowly
         args.no_docs = True
     if args.frameworks:

@@ -2,6 +2,9 @@
 
     .venv/bin/python -m benchmarks.postgres_bench [--n 10000] [--brokers postgres,redis]
 
+Brokers: postgres, postgres-async (the same URL with `?synchronous_commit=off`: publishes
+commit without waiting for the WAL flush too), redis.
+
 Per broker (results in the same server as the broker):
 - enqueue one: N/10 sequential `await noop.send()` (one round trip each), tasks/s;
 - enqueue batched: N tasks in `send_batch` calls of 500, tasks/s;
@@ -185,13 +188,13 @@ def main() -> None:
     rows = sorted({name for r in results.values() for name in r})
     print(
         f"{'':24}"
-        + "".join(f"{k:>14}" for k in kinds)
+        + "".join(f"{k:>16}" for k in kinds)
         + ("   postgres/redis" if len(kinds) == 2 else "")
     )
     for name in rows:
         cells = [results[k].get(name) for k in kinds]
         line = f"{name:24}" + "".join(
-            f"{c:14.1f}" if c is not None else f"{'-':>14}" for c in cells
+            f"{c:16.1f}" if c is not None else f"{'-':>16}" for c in cells
         )
         if len(kinds) == 2 and None not in cells and cells[1]:
             line += f"   {cells[0] / cells[1]:.2f}"  # type: ignore[operator]
