@@ -2,11 +2,14 @@
 
     python -m benchmarks.harness --smoke   # small N, about 3 minutes, prints the table
     python -m benchmarks.harness --full    # also writes docs/benchmarks.md and docs/benchmarks.png
+    python -m benchmarks.harness --smoke --postgres  # aiotask on PostgreSQL vs procrastinate,
+                                                     # PgQueuer, Oban (docs/benchmarks.md)
 
 Run it from .venv-bench (`make bench-smoke` / `make bench` build it). Each measurement gets fresh
 processes - a producer (`python -m benchmarks.producer`) and, where the workload needs one, a
 worker started with the framework's own CLI - and a unique key namespace, whose keys are deleted
-afterwards with SCAN MATCH (never FLUSHDB: the Redis is shared). Repeats are interleaved across
+afterwards with SCAN MATCH (never FLUSHDB: the Redis is shared); on PostgreSQL, a schema named
+after the namespace, dropped afterwards. Repeats are interleaved across
 frameworks, and every figure is the median with the min-max range.
 
 --smoke exits non-zero if a workload errors, or if, in the same run (rules in benchmarks/gate.py):
