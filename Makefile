@@ -6,10 +6,14 @@ STAMP := $(VENV)/.installed
 DOCS_STAMP := $(VENV)/.installed-docs
 # Benchmarks run from their own virtualenvs so the peers' version pins never touch .venv:
 # .venv-bench holds aiotask (editable) + Celery and the asyncio peers; arq pins redis<6, so it
-# lives in .venv-bench/arq. The harness runs each framework's processes with the right python.
+# lives in .venv-bench/arq; Oban for Python needs Python >= 3.12, so it lives in .venv-bench/oban
+# (skipped, with a message, without a python3.12). The harness runs each framework's processes
+# with the right python.
 BENCH_VENV := .venv-bench
 BENCH_BIN := $(BENCH_VENV)/bin
 BENCH_STAMP := $(BENCH_VENV)/.installed
+# Oban for Python's venv (it requires Python >= 3.12)
+PY312 ?= python3.12
 # The newest Python the machine has: unit and CLI tests also run there (.venv313).
 PY313 ?= python3.13
 # Test processes for `make test` (pytest-xdist; a file's tests stay in one process, so its
@@ -45,6 +49,13 @@ $(BENCH_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(BENCH_VENV)/arq
 	$(BENCH_VENV)/arq/bin/pip install -q --upgrade pip
 	$(BENCH_VENV)/arq/bin/pip install -q -e '.[all]' --group bench-arq
+	@py=$(PY312); \
+	if ! $$py -c 'import sys' >/dev/null 2>&1; then \
+	  py=$$(ls -d $${PYENV_ROOT:-$$HOME/.pyenv}/versions/3.12*/bin/python3.12 2>/dev/null | tail -1); fi; \
+	if [ -n "$$py" ] && $$py -c 'import sys' >/dev/null 2>&1; then \
+	  $$py -m venv $(BENCH_VENV)/oban && $(BENCH_VENV)/oban/bin/pip install -q --upgrade pip \
+	    && $(BENCH_VENV)/oban/bin/pip install -q --group bench-oban; \
+	else echo "no python3.12: the Oban row of the PostgreSQL benchmark reads unavailable"; fi
 	@touch $(BENCH_STAMP)
 
 # The dashboard's browser tests drive Debian's chromium (Playwright with executable_path; no

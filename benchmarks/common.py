@@ -14,11 +14,13 @@ from typing import Any, Protocol
 NS_ENV = "BENCH_NS"
 REDIS_ENV = "BENCH_REDIS_URL"
 AMQP_ENV = "BENCH_AMQP_URL"
-BROKER_ENV = "BENCH_BROKER"  # "redis" or "amqp"
+POSTGRES_ENV = "BENCH_POSTGRES_URL"
+BROKER_ENV = "BENCH_BROKER"  # "redis", "amqp", "sqlite" or "postgres"
 CONCURRENCY_ENV = "BENCH_CONCURRENCY"
 
 DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
 DEFAULT_AMQP = "amqp://guest:guest@127.0.0.1:5672//"
+DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
 
 #: the I/O-bound task sleeps this long
 SLEEP_S = 0.05
@@ -36,6 +38,16 @@ def redis_url() -> str:
 
 def amqp_url() -> str:
     return os.environ.get(AMQP_ENV, DEFAULT_AMQP)
+
+
+def postgres_url() -> str:
+    return os.environ.get(POSTGRES_ENV, DEFAULT_POSTGRES)
+
+
+def pg_schema(namespace: str | None = None) -> str:
+    """The PostgreSQL schema of one measurement: the namespace as a plain identifier (the
+    peers' table prefixes and channel names take no hyphen). Dropped afterwards."""
+    return (namespace or ns()).replace("-", "_")
 
 
 def broker_kind() -> str:

@@ -19,6 +19,8 @@ if TYPE_CHECKING:
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_PY = Path(sys.executable)
 ARQ_PY = ROOT / ".venv-bench" / "arq" / "bin" / "python"
+#: Oban for Python needs Python >= 3.12: its own venv, made with python3.12 (see the Makefile)
+OBAN_PY = ROOT / ".venv-bench" / "oban" / "bin" / "python"
 CORES = os.cpu_count() or 1
 CONCURRENCY = 100
 
@@ -101,6 +103,30 @@ def streaq_worker(py: Path, workload: str, ns: str) -> list[str]:
     return [_script(py, "streaq"), "run", "benchmarks.workloads.streaq_app:worker"]
 
 
+def procrastinate_worker(py: Path, workload: str, ns: str) -> list[str]:
+    from benchmarks.common import pg_schema
+
+    return [
+        *(_script(py, "procrastinate"), "--log-level", "warning"),
+        *("--app", "benchmarks.workloads.procrastinate_app.app"),
+        *("worker", "--concurrency", str(CONCURRENCY), "--queues", pg_schema(ns)),
+    ]
+
+
+def pgqueuer_worker(py: Path, workload: str, ns: str) -> list[str]:
+    return [str(py), "-m", "benchmarks.workloads.pgqueuer_app"]
+
+
+def oban_worker(py: Path, workload: str, ns: str) -> list[str]:
+    from benchmarks.common import pg_schema
+
+    return [
+        *(_script(py, "oban"), "start", "--queues", f"default:{CONCURRENCY}"),
+        *("--prefix", pg_schema(ns), "--log-level", "WARNING"),
+        *("--cron-modules", "benchmarks.workloads.oban_app"),
+    ]
+
+
 def floor_worker(py: Path, workload: str, ns: str) -> list[str]:
     return [str(py), "-m", "benchmarks.workloads.floor"]
 
@@ -118,6 +144,8 @@ class Framework:
     setup: str = ""
     #: the packages whose versions the report lists
     distributions: tuple[str, ...] = ()
+    #: run the module's `install()` (its tables) before the worker or producer starts
+    install: bool = False
     #: RabbitMQ queues and exchanges it declares, as templates of the namespace (`{ns}`): the
     #: harness deletes them by name afterwards, besides those `rabbitmqctl` lists for the namespace
     amqp_queues: tuple[str, ...] = ()
@@ -129,6 +157,12 @@ class Framework:
 
 NO_CHORD = "n/a: no chord primitive"
 NO_POOL = "n/a: no process pool for sync tasks"
+#: the PostgreSQL rows: enqueue, drain and round trip (the issue's comparison)
+PG_ONLY = {
+    "io": "not run: the PostgreSQL rows cover enqueue, drain and round trip",
+    "cpu": "not run: the PostgreSQL rows cover enqueue, drain and round trip",
+    "chord": "not run: the PostgreSQL rows cover enqueue, drain and round trip",
+}
 
 FRAMEWORKS: dict[str, Framework] = {
     f.key: f
@@ -208,6 +242,54 @@ FRAMEWORKS: dict[str, Framework] = {
             distributions=("aiotask", "orjson"),
         ),
         Framework(
+            "aiotask-postgres",
+            "aiotask (PostgreSQL)",
+            "aiotask_app",
+            aiotask_worker,
+            broker="postgres",
+            skips=PG_ONLY,
+            setup="as aiotask; PostgreSQL broker and results (one schema per run)",
+            distributions=("aiotask", "asyncpg", "orjson"),
+        ),
+        Framework(
+            "procrastinate",
+            "procrastinate",
+            "procrastinate_app",
+            procrastinate_worker,
+            broker="postgres",
+            skips=PG_ONLY,
+            install=True,
+            setup=f"worker --concurrency {CONCURRENCY}, LISTEN/NOTIFY on (default); no"
+            " results: the round trip polls the job's status every 1 ms",
+            distributions=("procrastinate", "psycopg", "psycopg-pool"),
+        ),
+        Framework(
+            "pgqueuer",
+            "PgQueuer",
+            "pgqueuer_app",
+            pgqueuer_worker,
+            broker="postgres",
+            skips=PG_ONLY,
+            install=True,
+            setup=f"pgqueuer.run, batch_size={CONCURRENCY}, max_concurrent_tasks="
+            f"{2 * CONCURRENCY}; round trip: its CompletionWatcher (LISTEN), debounce 1 ms"
+            " (default 50 ms)",
+            distributions=("pgqueuer", "asyncpg"),
+        ),
+        Framework(
+            "oban",
+            "Oban (Python)",
+            "oban_app",
+            oban_worker,
+            python=OBAN_PY,
+            broker="postgres",
+            skips=PG_ONLY,
+            install=True,
+            setup=f"oban start --queues default:{CONCURRENCY}; no results: the round trip"
+            " polls the job's state every 1 ms; own venv (needs Python >= 3.12)",
+            distributions=("oban", "psycopg", "psycopg-pool"),
+        ),
+        Framework(
             "celery-amqp",
             "Celery (RabbitMQ)",
             "celery_app",
@@ -255,4 +337,9 @@ SMOKE_FRAMEWORKS = (
     "streaq",
     "floor",
 )
-FULL_FRAMEWORKS = tuple(FRAMEWORKS)
+#: `--postgres`: aiotask on PostgreSQL beside the PostgreSQL queues, and aiotask on Redis for
+#: the round-trip reference of the same run
+POSTGRES_FRAMEWORKS = ("aiotask-postgres", "procrastinate", "pgqueuer", "oban", "aiotask")
+POSTGRES_WORKLOADS = ("enqueue", "drain", "latency")
+#: the full run (docs/benchmarks.md's table) leaves the PostgreSQL rows to `--postgres`
+FULL_FRAMEWORKS = tuple(k for k in FRAMEWORKS if k not in POSTGRES_FRAMEWORKS[:4])

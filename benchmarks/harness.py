@@ -2,11 +2,14 @@
 
     python -m benchmarks.harness --smoke   # small N, about 3 minutes, prints the table
     python -m benchmarks.harness --full    # also writes docs/benchmarks.md and docs/benchmarks.png
+    python -m benchmarks.harness --smoke --postgres  # aiotask on PostgreSQL vs procrastinate,
+                                                     # PgQueuer, Oban (docs/benchmarks.md)
 
 Run it from .venv-bench (`make bench-smoke` / `make bench` build it). Each measurement gets fresh
 processes - a producer (`python -m benchmarks.producer`) and, where the workload needs one, a
 worker started with the framework's own CLI - and a unique key namespace, whose keys are deleted
-afterwards with SCAN MATCH (never FLUSHDB: the Redis is shared). Repeats are interleaved across
+afterwards with SCAN MATCH (never FLUSHDB: the Redis is shared); on PostgreSQL, a schema named
+after the namespace, dropped afterwards. Repeats are interleaved across
 frameworks, and every figure is the median with the min-max range.
 
 --smoke exits non-zero if a workload errors, or if, in the same run (rules in benchmarks/gate.py):
@@ -37,11 +40,22 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from benchmarks.common import AMQP_ENV, BROKER_ENV, CONCURRENCY_ENV, NS_ENV, REDIS_ENV
+from benchmarks.common import (
+    AMQP_ENV,
+    BROKER_ENV,
+    CONCURRENCY_ENV,
+    DEFAULT_POSTGRES,
+    NS_ENV,
+    POSTGRES_ENV,
+    REDIS_ENV,
+    pg_schema,
+)
 from benchmarks.frameworks import (
     CONCURRENCY,
     FRAMEWORKS,
     FULL_FRAMEWORKS,
+    POSTGRES_FRAMEWORKS,
+    POSTGRES_WORKLOADS,
     PRESTART,
     ROOT,
     SMOKE_FRAMEWORKS,
@@ -256,14 +270,48 @@ async def cleanup_amqp(
     return len(queues) + len(exchanges)
 
 
+async def cleanup_postgres(postgres_url: str, ns: str) -> int:
+    """Drop the measurement's schemas: aiotask's (named `ns`) and the peers' (`pg_schema`)."""
+    import asyncpg
+
+    conn = await asyncpg.connect(postgres_url)
+    try:
+        dropped = 0
+        for schema in {ns, pg_schema(ns)}:
+            if await conn.fetchval("SELECT 1 FROM pg_namespace WHERE nspname = $1", schema):
+                await conn.execute('DROP SCHEMA "{}" CASCADE'.format(schema.replace('"', "")))
+                dropped += 1
+        return dropped
+    finally:
+        await conn.close()
+
+
+async def install(fw: Framework, env: dict[str, str], log: Path) -> None:
+    """Run the task module's `install()` (its tables), as the framework's own setup step."""
+    code = (
+        "import asyncio, importlib\n"
+        f"asyncio.run(importlib.import_module('benchmarks.workloads.{fw.module}').install())\n"
+    )
+    proc = await spawn([str(fw.python), "-c", code], env, log, False)
+    try:
+        rc = await asyncio.wait_for(proc.wait(), 120)
+    finally:
+        await stop(proc)
+    if rc != 0:
+        raise MeasurementError(f"installing its tables failed ({rc})")
+
+
 # ---------------------------------------------------------------- one measurement
 
 
 class Runner:
-    def __init__(self, plan: Plan, redis_url: str, amqp_url: str) -> None:
+    def __init__(
+        self, plan: Plan, redis_url: str, amqp_url: str, postgres_url: str = DEFAULT_POSTGRES
+    ) -> None:
         self.plan = plan
         self.redis_url = redis_url
         self.amqp_url = amqp_url
+        self.postgres_url = postgres_url
         LOGS.mkdir(parents=True, exist_ok=True)
 
     def env(self, fw: Framework, ns: str) -> dict[str, str]:
@@ -275,6 +323,9 @@ class Runner:
         backend = self.redis_url
         if fw.broker == "sqlite":
             broker = backend = f"sqlite:///{sqlite_file(ns)}"
+        if fw.broker == "postgres":
+            broker = backend = self.postgres_url
+            env["OBAN_DSN"] = self.postgres_url  # `oban start` takes its DSN from there
         env.update(
             {
                 "PYTHONPATH": str(ROOT),
@@ -282,6 +333,7 @@ class Runner:
                 NS_ENV: ns,
                 REDIS_ENV: self.redis_url,
                 AMQP_ENV: self.amqp_url,
+                POSTGRES_ENV: self.postgres_url,
                 BROKER_ENV: fw.broker,
                 CONCURRENCY_ENV: str(CONCURRENCY),
                 "AIOTASK_BROKER_URL": broker,
@@ -316,6 +368,8 @@ class Runner:
                 await cleanup_redis(self.redis_url, ns)
                 if fw.broker == "amqp":
                     await cleanup_amqp(self.amqp_url, ns, fw.amqp_queues, fw.amqp_exchanges)
+                if fw.broker == "postgres":
+                    await cleanup_postgres(self.postgres_url, ns)
             except Exception as exc:
                 m.notes["cleanup"] = f"{type(exc).__name__}: {exc}"
         if m.error:
@@ -341,6 +395,8 @@ class Runner:
         env = self.env(fw, ns)
         size = self.plan.sizes[workload]
         deadline = time.monotonic() + self.plan.timeout_s
+        if fw.install:
+            await install(fw, env, worker_log)
         if workload in PRESTART:
             procs["worker"] = await spawn(fw.worker_argv(workload, ns), env, worker_log, False)
         argv = [str(fw.python), "-m", "benchmarks.producer", fw.module, workload]
@@ -477,7 +533,7 @@ async def run(plan: Plan, args: argparse.Namespace) -> int:
             unavailable[fw.key] = why
             print(f"[bench] {fw.label}: unavailable - {why}", flush=True)
     runnable = [fw for fw in frameworks if fw.key not in unavailable]
-    runner = Runner(plan, args.redis_url, args.amqp_url)
+    runner = Runner(plan, args.redis_url, args.amqp_url, args.postgres_url)
     cpu_calibration = report.calibrate_cpu()
     measurements: list[Measurement] = []
     started = time.monotonic()
@@ -548,12 +604,26 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
     p.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     p.add_argument("--amqp-url", default="amqp://guest:guest@127.0.0.1:5672//")
+    p.add_argument("--postgres-url", default=DEFAULT_POSTGRES)
+    p.add_argument(
+        "--postgres",
+        action="store_true",
+        help="aiotask on PostgreSQL vs procrastinate, PgQueuer, Oban (and aiotask on Redis):"
+        " enqueue, drain, round trip (with --smoke or --full; --full then writes no docs)",
+    )
     return p.parse_args(argv)
 
 
 def plan_from(args: argparse.Namespace) -> Plan:
     plan = SMOKE if args.smoke else FULL
     changes: dict[str, Any] = {}
+    if args.postgres:
+        changes["frameworks"] = POSTGRES_FRAMEWORKS
+        changes["workloads"] = POSTGRES_WORKLOADS
+        changes["core"] = None  # every row gets every repeat
+        changes["repeats"] = dict.fromkeys(POSTGRES_WORKLOADS, 3)
+        changes["timeout_s"] = max(plan.timeout_s, 180)  # procrastinate drains slowly
+        args.no_docs = True
     if args.frameworks:
         keys = tuple(k.strip() for k in args.frameworks.split(",") if k.strip())
         unknown = [k for k in keys if k not in FRAMEWORKS]
@@ -598,7 +668,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(sys.argv[1:] if argv is None else argv)
     if args.render:
         return render(args.render)
-    for url in (args.redis_url, args.amqp_url):
+    for url in (args.redis_url, args.amqp_url, args.postgres_url):
         host = urlparse(url).hostname or ""
         if not (host.startswith("127.") or host in ("localhost", "::1")):
             raise SystemExit(f"refusing a server that is not on this machine: {url}")

@@ -199,7 +199,8 @@ def _cell(doc: dict[str, Any], fw: str, metric: str) -> str:
 
 def _base(peer: str) -> str:
     """The aiotask column a peer is compared with: same broker, like for like."""
-    return "aiotask-amqp" if FRAMEWORKS[peer].broker == "amqp" else "aiotask"
+    broker = FRAMEWORKS[peer].broker
+    return {"amqp": "aiotask-amqp", "postgres": "aiotask-postgres"}.get(broker, "aiotask")
 
 
 def _ratio(doc: dict[str, Any], peer: str, metric: str) -> str:
@@ -224,14 +225,15 @@ def markdown_tables(doc: dict[str, Any]) -> str:
     peers = [c for c in cols if not c.startswith("aiotask") and _base(c) in cols]
     if peers:
         heads = [
-            FRAMEWORKS[p].label + (" vs aiotask (RabbitMQ)" if _base(p) != "aiotask" else "")
+            FRAMEWORKS[p].label
+            + (f" vs {FRAMEWORKS[_base(p)].label}" if _base(p) != "aiotask" else "")
             for p in peers
         ]
         lines += [
             "",
-            "Ratios aiotask / peer (medians; a RabbitMQ peer is compared with aiotask on"
-            " RabbitMQ). ↑ rows: above 1 means aiotask is better; ↓ rows: below 1 means aiotask"
-            " is better.",
+            "Ratios aiotask / peer (medians; a RabbitMQ or PostgreSQL peer is compared with"
+            " aiotask on the same broker). ↑ rows: above 1 means aiotask is better; ↓ rows:"
+            " below 1 means aiotask is better.",
             "",
             "| workload | " + " | ".join(heads) + " |",
             "|---|" + "---:|" * len(peers),

@@ -6,6 +6,7 @@ retried after a lost connection either committed before or does it now.
 
 from __future__ import annotations
 
+import base64
 from typing import TYPE_CHECKING
 
 from aiotask.backends.base import GroupProgress, MemberReport, decode_record, group_step
@@ -16,6 +17,8 @@ if TYPE_CHECKING:
 
 #: Rows deleted per table per cleanup, so one store never stalls on a huge backlog.
 CLEANUP_BATCH = 5000
+#: Results up to this size ride in their NOTIFY (base64, under the 8,000-byte payload limit).
+NOTIFY_DATA_MAX = 5000
 #: Control payloads are kept this long (seconds), for listeners between two polls.
 CONTROL_KEEP = 60.0
 
@@ -30,7 +33,8 @@ async def upsert(
     """First final writer wins: the update applies only while the stored row is not ready
     (or expired), in the same statement as the check. One statement, one round trip: the
     NOTIFY of each stored ready result (`channel` "": none) is delivered at commit, so a
-    waiter woken by it finds the row.
+    waiter woken by it finds the row. Its payload carries the result itself when small
+    (`<base64 data> <task id>`, or `' ' <task id>` without it): a waiter then needs no read.
 
     The commit does not wait for the WAL flush: the worker acks the message only after this
     returns, and the WAL is flushed in order, so a server crash that loses this result also
@@ -42,14 +46,24 @@ async def upsert(
         "ON CONFLICT (task_id) DO UPDATE SET state = excluded.state, "
         "ready = excluded.ready, data = excluded.data, expires_at = excluded.expires_at "
         f"WHERE NOT {s}.results.ready OR {s}.results.expires_at <= $6 "
-        "RETURNING task_id, ready) "
-        "SELECT count(pg_notify($7, task_id)) FROM up, "
+        "RETURNING task_id, ready, data) "
+        "SELECT count(pg_notify($7, CASE WHEN octet_length(up.data) <= $8 "
+        "AND octet_length(up.task_id) <= 512 "
+        "THEN encode(up.data, 'base64') || ' ' || up.task_id ELSE ' ' || up.task_id END)) "
+        "FROM up, "
         "(SELECT set_config('synchronous_commit', 'off', true)) AS no_sync "
         "WHERE ready AND $7 <> ''",
         *rows,
         wall,
         channel,
+        NOTIFY_DATA_MAX,
     )
+
+
+def parse_notice(payload: str) -> tuple[str, bytes | None]:
+    """(task id, the result's data if the notification carries it) of a results NOTIFY."""
+    data, _, task_id = payload.partition(" ")  # base64 has no space; a task id may
+    return task_id, (base64.b64decode(data) if data else None)
 
 
 async def fetch(

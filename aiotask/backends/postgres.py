@@ -3,11 +3,13 @@
 - First final writer wins in SQL: an UPSERT whose DO UPDATE only applies while the stored row
   is not ready (or has expired), so the check and the write are one statement.
 - Expired rows are invisible to every read and deleted in batches (`cleanup`, run from
-  `store` every CLEANUP_EVERY calls or CLEANUP_INTERVAL seconds): retention is `result_expires`.
+  `store` every CLEANUP_EVERY calls, CLEANUP_ROWS rows or CLEANUP_INTERVAL seconds):
+  retention is `result_expires`.
 - `wait` is woken by NOTIFY: a store of a ready result notifies its task id in the same
-  transaction, and one watcher per backend fetches exactly the ids it was told about (plus
-  new waits: subscribe, then read). With `?listen=false` or while the LISTEN connection is
-  down it polls every waited id in one query per tick instead.
+  transaction, with the result itself when small (no read then); one watcher per backend
+  fetches exactly the other ids it was told about (plus new waits: subscribe, then read).
+  With `?listen=false` or while the LISTEN connection is down it polls every waited id in
+  one query per tick instead.
 - Groups: members are rows keyed by (group_id, idx), so a duplicate report is a no-op; the
   group row is locked (FOR UPDATE) while a report counts, so exactly one report fires.
 - Control broadcasts and replies are rows (kept briefly) plus a NOTIFY wake-up, so they also
@@ -50,8 +52,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RESULTS, CONTROL, REPLIES = "results", "control", "replies"
-#: Lazy TTL cleanup: every this many store() calls, or after this many seconds.
+#: Lazy TTL cleanup: every this many store() calls, or this many rows stored (half a cleanup
+#: batch, so a steady stream's expired rows go at least as fast as new ones come), or after
+#: this many seconds.
 CLEANUP_EVERY = 500
+CLEANUP_ROWS = sql.CLEANUP_BATCH // 2
 CLEANUP_INTERVAL = 60.0
 #: Longest pause between two polls of the control and reply tables without a NOTIFY.
 CONTROL_POLL_MAX = 0.5
@@ -78,7 +83,7 @@ class PostgresBackend:
         self._db.subscribe(CONTROL, lambda _p: _set_all(self._control_events))
         self._db.subscribe(REPLIES, lambda _p: _set_all(self._reply_events))
         self._db.on_listen_lost = self._listen_lost
-        self._stores = 0
+        self._stores = self._stored_rows = 0
         self._cleaned_at = monotonic()
 
     async def connect(self) -> None:
@@ -118,12 +123,17 @@ class PostgresBackend:
         channel = self._channel(RESULTS) or ""
         await self._db.run(lambda c: sql.upsert(c, self._s, rows, wall, channel), "store results")
         self._stores += 1
-        if self._stores >= CLEANUP_EVERY or monotonic() - self._cleaned_at >= CLEANUP_INTERVAL:
+        self._stored_rows += len(results)
+        if (
+            self._stores >= CLEANUP_EVERY
+            or self._stored_rows >= CLEANUP_ROWS
+            or monotonic() - self._cleaned_at >= CLEANUP_INTERVAL
+        ):
             await self.cleanup()
 
     async def cleanup(self) -> int:
         """Delete a batch of expired results, groups, tombstones and replies."""
-        self._stores, self._cleaned_at = 0, monotonic()
+        self._stores, self._stored_rows, self._cleaned_at = 0, 0, monotonic()
         removed = await self._db.run(lambda c: sql.cleanup(c, self._s, now()), "prune results")
         if removed:
             log.debug("deleted %d expired row(s) from schema %s", removed, self._opts.schema)
@@ -148,10 +158,17 @@ class PostgresBackend:
 
         return decode_record(await self._waiters.wait(task_id, timeout, added))
 
-    def _result_notified(self, task_id: str) -> None:
-        if task_id in self._waiters:
+    def _result_notified(self, payload: str) -> None:
+        task_id, data = sql.parse_notice(payload)
+        if task_id not in self._waiters:
+            return
+        if data is None:  # too large for the notification: read it
             self._pending.add(task_id)
             self._wake.set()
+            return
+        for fut in self._waiters.pop(task_id):
+            if not fut.done():
+                fut.set_result(data)
 
     def _listen_lost(self) -> None:
         self._pending.update(self._waiters)

@@ -4,8 +4,8 @@ A message is a row of `<key_prefix>.messages`; `eta` is when it is next claimabl
 one statement: `SELECT ... FOR UPDATE SKIP LOCKED` picks up to `limit` ready rows (priority high
 first, then eta, then insertion) and leases them: `lease_until = eta = now + visibility_timeout`,
 `lease_owner = <consumer>:<n>`, `deliveries + 1`. A lapsed lease is a ready row again. A
-maintenance transaction, run every MAINTAIN_EVERY seconds and whenever a claim finds nothing,
-takes over the leases of consumers whose heartbeat expired and dead-letters rows whose lease
+maintenance transaction, run by a claim every MAINTAIN_EVERY seconds (busy or idle), takes over
+the leases of consumers whose heartbeat expired and dead-letters rows whose lease
 lapsed `max_deliveries` times (the claim skips those). Ack deletes, nack and extend update, each
 matching the owner, so a consumer whose lease lapsed and was re-claimed cannot settle the new
 owner's claim (as on SQLite).
@@ -47,8 +47,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TOPIC = "messages"
-#: A consumer takes over lost consumers and dead-letters exhausted rows at least this often
-#: (seconds) while busy, and whenever a claim finds nothing.
+#: A consumer takes over lost consumers and dead-letters exhausted rows this often (seconds),
+#: busy or idle; not after every empty claim (a transaction more on each message's path).
 MAINTAIN_EVERY = 1.0
 
 
@@ -148,7 +148,10 @@ class PostgresBroker:
                 got = await self._claim(wanted, limit)
                 if got:
                     return got
-                if await self._maintain(wanted):
+                # idle: maintain if due (the sleep below ends by the next heartbeat expiry or
+                # lease end, so a lost consumer is still taken over on time); not after every
+                # empty claim, which would add a transaction to each message's path
+                if monotonic() >= self._maintain_at and await self._maintain(wanted):
                     continue  # took over or buried something: claim again at once
                 pause = poll.next_delay()
                 if listening:
@@ -159,6 +162,8 @@ class PostgresBroker:
                     if not skipped:  # else: rows locked elsewhere, poll until they are free
                         poll.reset()
                         pause = _postgres.IDLE_MAX if due is None else due - now()
+                        if pause <= 0:  # a heartbeat expired: the maintenance, when due
+                            pause = self._maintain_at - monotonic()
                         pause = min(max(pause, 0.0), _postgres.IDLE_MAX)
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(pause):

@@ -1,5 +1,6 @@
 """aiotask: Redis Streams (or RabbitMQ) broker, Redis results, all under the namespace prefix;
-or one SQLite file for both (the embedded default).
+or one SQLite file for both (the embedded default); or PostgreSQL for both (a schema named
+after the namespace).
 
 Worker: `aiotask worker -A benchmarks.workloads.aiotask_app:app -c 100 -P 2 --prefetch 200`.
 """
@@ -19,6 +20,7 @@ from benchmarks.common import (
     amqp_url,
     broker_kind,
     ns,
+    postgres_url,
     redis_url,
     spin,
 )
@@ -28,6 +30,8 @@ NS = ns()
 if broker_kind() == "sqlite":  # one file for messages and results, as the embedded default
     _SQLITE = os.environ.get("AIOTASK_BROKER_URL", "sqlite:///aiotask-bench.db")
     app = App("bench", broker=_SQLITE, backend=_SQLITE, key_prefix=NS)
+elif broker_kind() == "postgres":  # messages and results in the schema NS
+    app = App("bench", broker=postgres_url(), backend=postgres_url(), key_prefix=NS)
 else:
     app = App(
         "bench",

@@ -74,6 +74,19 @@ async def test_wait_is_woken_by_store(backend: ResultBackend, namespace: str) ->
     await task
 
 
+async def test_wait_is_woken_by_large_and_small_results(
+    backend: ResultBackend, namespace: str
+) -> None:
+    """PostgreSQL sends a small result inside its NOTIFY and only the id of a large one (the
+    waiter reads it); a task id may hold spaces. Every backend must hand both over."""
+    small, large = f"{namespace} small id", f"{namespace}-large"
+    waits = [asyncio.create_task(backend.wait(t, timeout=5)) for t in (small, large)]
+    await asyncio.sleep(0.2)
+    await backend.store([rec(small, SUCCESS, "x" * 100), rec(large, SUCCESS, "y" * 20_000)])
+    got = await asyncio.gather(*waits)
+    assert [r.result for r in got] == ["x" * 100, "y" * 20_000]
+
+
 async def test_wait_sees_a_record_stored_before(backend: ResultBackend, namespace: str) -> None:
     tid = f"{namespace}-early"
     await backend.store([rec(tid, SUCCESS, "early")])
