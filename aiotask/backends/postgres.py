@@ -166,9 +166,7 @@ class PostgresBackend:
             self._pending.add(task_id)
             self._wake.set()
             return
-        for fut in self._waiters.pop(task_id):
-            if not fut.done():
-                fut.set_result(data)
+        self._waiters.deliver([(task_id, data)])
 
     def _listen_lost(self) -> None:
         self._pending.update(self._waiters)
