@@ -3,6 +3,12 @@
 The connection opens on the first `start` (a producer-only App holds one connection). Pushed
 deliveries go into a priority heap per queue that the broker's `receive` drains; the broker
 decides what each delivery becomes (triage), this module only holds and hands them out.
+
+Consumers are registered on aio-pika's robust channel's underlying aiormq channel (see
+`_rabbitmq_delivery.Incoming` for why): aio-pika does not restore them, so when the robust
+channel reopens (a reconnect, or a channel error) or the server cancels one (its queue was
+deleted), they are forgotten and the next `start` — every `receive` calls it — declares and
+consumes again.
 """
 
 from __future__ import annotations
@@ -16,19 +22,16 @@ from typing import TYPE_CHECKING
 from aiotask import _hooks
 from aiotask._time import monotonic
 from aiotask._urls import redact
-from aiotask.brokers._rabbitmq_delivery import Held, stale
+from aiotask.brokers._rabbitmq_delivery import Held, Incoming, Unsettled, stale
 from aiotask.brokers._rabbitmq_publish import map_errors, open_connection
 from aiotask.exceptions import BrokerConnectionError
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
 
-    from aio_pika.abc import (
-        AbstractIncomingMessage,
-        AbstractRobustChannel,
-        AbstractRobustConnection,
-        AbstractRobustQueue,
-    )
+    from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection, AbstractRobustQueue
+    from aiormq.abc import AbstractChannel, DeliveredMessage
+    from pamqp.commands import Basic
 
     from aiotask.settings import Settings
 
@@ -48,9 +51,11 @@ class Consumer:
         self._declare = declare
         self.conn: AbstractRobustConnection | None = None
         self._channel: AbstractRobustChannel | None = None
-        #: queue -> (declared queue, consumer tag)
-        self.consumers: dict[str, tuple[AbstractRobustQueue, str]] = {}
+        #: queue -> (the aiormq channel consumed on, consumer tag)
+        self.consumers: dict[str, tuple[AbstractChannel, str]] = {}
         self._buffers: dict[str, list[Held]] = {}
+        #: the unsettled tags of the current underlying channel (multiple=True acks)
+        self._unsettled: dict[AbstractChannel, Unsettled] = {}
         self._seq = itertools.count()
         self._wake: asyncio.Event | None = None
         self._lock = asyncio.Lock()
@@ -67,6 +72,7 @@ class Consumer:
             with map_errors(self._url, "open consume channel"):
                 channel = await conn.channel(publisher_confirms=False)
                 await channel.set_qos(prefetch_count=self._settings.effective_prefetch)
+            channel.reopen_callbacks.add(self._on_reopened)
             self.conn, self._channel = conn, channel
         return self._channel
 
@@ -87,6 +93,18 @@ class Consumer:
         self.down_since = None
         self.event().set()
 
+    def _on_reopened(self, _sender: object) -> None:
+        # A new underlying channel: consumers of the old one are gone, consume again.
+        self.consumers.clear()
+        self.event().set()
+
+    def _on_cancelled(self, frame: Basic.Cancel) -> None:
+        for queue, (_, tag) in list(self.consumers.items()):
+            if tag == frame.consumer_tag:
+                log.warning("RabbitMQ cancelled the consumer of %s; consuming it again", queue)
+                del self.consumers[queue]
+        self.event().set()
+
     async def start(self, queues: Sequence[str]) -> None:
         """Consume every queue of `queues` not consumed yet (declaring it first)."""
         if all(q in self.consumers for q in queues):
@@ -100,16 +118,23 @@ class Consumer:
                     # a robust channel waits for a reconnect: bound it like receive() does
                     async with asyncio.timeout(self._settings.broker_unreachable_timeout):
                         declared = await self._declare(channel, queue)
-                        tag = await declared.consume(self._callback(queue))
-                self.consumers[queue] = (declared, tag)
+                        raw = await channel.get_underlay_channel()
+                        if raw not in self._unsettled:
+                            self._unsettled = {raw: Unsettled()}  # old channels' tags are void
+                            raw.on_consumer_cancel_callbacks.add(self._on_cancelled)
+                        on_message = self._callback(queue, self._unsettled[raw])
+                        ok = await raw.basic_consume(declared.name, on_message)  # type: ignore[arg-type]
+                self.consumers[queue] = (raw, ok.consumer_tag or "")
 
-    def _callback(self, queue: str) -> Callable[[AbstractIncomingMessage], Awaitable[None]]:
-        async def on_message(message: AbstractIncomingMessage) -> None:
-            priority = message.priority or 0
+    def _callback(self, queue: str, unsettled: Unsettled) -> Callable[[DeliveredMessage], None]:
+        buffers, seq, event = self._buffers, self._seq, self.event()
+
+        def on_message(message: DeliveredMessage) -> None:  # no await: aiormq runs it at once
+            msg = Incoming(message, unsettled)
             heapq.heappush(
-                self._buffers.setdefault(queue, []), (-priority, next(self._seq), queue, message)
+                buffers.setdefault(queue, []), (-(msg.priority or 0), next(seq), queue, msg)
             )
-            self.event().set()
+            event.set()
 
         return on_message
 
@@ -163,14 +188,15 @@ class Consumer:
     async def cancel(self, queue: str) -> list[Held]:
         """Cancel one queue's consumer; its buffered live deliveries (the caller hands back)."""
         consumer = self.consumers.pop(queue, None)
-        if consumer is not None:
-            await consumer[0].cancel(consumer[1])
+        if consumer is not None and not consumer[0].is_closed:
+            await consumer[0].basic_cancel(consumer[1])
         return self.drop(queue)
 
     async def cancel_all(self) -> list[Held]:
         """Cancel every consumer first, so nothing new arrives; every buffered live delivery."""
-        for declared, tag in list(self.consumers.values()):
-            await declared.cancel(tag)
+        for raw, tag in list(self.consumers.values()):
+            if not raw.is_closed:
+                await raw.basic_cancel(tag)
         self.consumers.clear()
         held = [item for heap in self._buffers.values() for item in heap if not stale(item[3])]
         self._buffers.clear()
@@ -183,4 +209,5 @@ class Consumer:
         self.conn = self._channel = None
         self.consumers.clear()
         self._buffers.clear()
+        self._unsettled.clear()
         self.down_since = None

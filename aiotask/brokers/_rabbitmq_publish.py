@@ -36,12 +36,9 @@ from aiotask.exceptions import AiotaskError, BrokerConnectionError, Configuratio
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterator, Sequence
 
-    from aio_pika.abc import (
-        AbstractIncomingMessage,
-        AbstractRobustChannel,
-        AbstractRobustConnection,
-    )
+    from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
 
+    from aiotask.brokers._rabbitmq_delivery import Incoming
     from aiotask.settings import Settings
 
 T = TypeVar("T")
@@ -344,7 +341,7 @@ def message(
     )
 
 
-def copy_of(msg: AbstractIncomingMessage, headers: dict[str, object]) -> aio_pika.Message:
+def copy_of(msg: Incoming, headers: dict[str, object]) -> aio_pika.Message:
     """A fresh message with the original's body and identity, minus what the server added."""
     merged: dict[str, object] = {
         k: v

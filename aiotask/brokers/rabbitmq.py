@@ -38,18 +38,17 @@ from aiotask.brokers import _rabbitmq_events as events
 from aiotask.brokers import _rabbitmq_topology as topo
 from aiotask.brokers._common import exhausted, exhausted_reason
 from aiotask.brokers._rabbitmq_consume import Consumer
-from aiotask.brokers._rabbitmq_delivery import Held, held, settle, settle_all, stale
+from aiotask.brokers._rabbitmq_delivery import Held, Incoming, ack_all, held, settle, stale
 from aiotask.brokers._rabbitmq_publish import Publisher, copy_of, map_errors, message
 from aiotask.brokers.base import BrokerCapabilities, DeadLetter, Delivery, Outgoing, QueueStats
 from aiotask.exceptions import AiotaskError
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+    from collections.abc import AsyncIterator, Sequence
 
     import aio_pika
     from aio_pika.abc import (
         AbstractExchange,
-        AbstractIncomingMessage,
         AbstractRobustChannel,
         AbstractRobustQueue,
     )
@@ -59,7 +58,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 #: (routing key, original message, headers to set on the copy) for republish-then-ack.
-_Copy: TypeAlias = "tuple[str, AbstractIncomingMessage, dict[str, object]]"
+_Copy: TypeAlias = "tuple[str, Incoming, dict[str, object]]"
 #: A copy whose publish failed, with the error (its original is neither acked nor returned).
 _Failed: TypeAlias = "tuple[_Copy, BaseException]"
 
@@ -215,9 +214,9 @@ class RabbitMQBroker:
         """Wait (pushed, no polling) for up to `limit` deliveries from the local buffer."""
         if limit < 1:
             return []
-        await self._con.start(queues)
         wake = self._con.event()
         while True:
+            await self._con.start(queues)  # again after a reopened channel forgot its consumers
             wake.clear()
             raw = self._con.take(queues, limit)
             if raw:
@@ -297,7 +296,7 @@ class RabbitMQBroker:
         await self._reject_to_dead(msg, queue)
         return None
 
-    async def _reject_to_dead(self, msg: AbstractIncomingMessage, queue: str) -> None:
+    async def _reject_to_dead(self, msg: Incoming, queue: str) -> None:
         """basic.reject: RabbitMQ dead-letters it to .dead itself (declared again if gone)."""
         try:
             await self._declare(queue)  # re-declares after an unroutable copy cleared the cache
@@ -346,13 +345,13 @@ class RabbitMQBroker:
         results = await self._pub.send([(key, copy_of(msg, hdrs)) for key, msg, hdrs in live])
         self._forget_if_unroutable(results)
         failed: list[_Failed] = []
-        stored: list[Callable[[], Awaitable[None]]] = []
+        stored: list[Incoming] = []
         for copy, result in zip(live, results, strict=True):
             if result is None:
-                stored.append(copy[1].ack)
+                stored.append(copy[1])
             else:
                 failed.append((copy, result))
-        await settle_all(stored)
+        await ack_all(stored)
         return failed
 
     # -- settling --------------------------------------------------------------------------
@@ -363,7 +362,7 @@ class RabbitMQBroker:
         The acks of a batch are written together (one drain of the connection's writer, not
         one per message): an ack is a frame write with no reply.
         """
-        await settle_all([held(d)[3].ack for d in deliveries])
+        await ack_all([held(d)[3] for d in deliveries])
 
     async def heartbeat(self) -> None:
         """A documented no-op: RabbitMQ itself notices a dead consumer.
