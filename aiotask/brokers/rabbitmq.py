@@ -39,14 +39,13 @@ from aiotask.brokers import _rabbitmq_topology as topo
 from aiotask.brokers._common import exhausted, exhausted_reason
 from aiotask.brokers._rabbitmq_consume import Consumer
 from aiotask.brokers._rabbitmq_delivery import Held, Incoming, ack_all, held, settle, stale
-from aiotask.brokers._rabbitmq_publish import Publisher, copy_of, map_errors, message
+from aiotask.brokers._rabbitmq_publish import Outbound, Publisher, copy_of, map_errors, message
 from aiotask.brokers.base import BrokerCapabilities, DeadLetter, Delivery, Outgoing, QueueStats
 from aiotask.exceptions import AiotaskError
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence
 
-    import aio_pika
     from aio_pika.abc import (
         AbstractExchange,
         AbstractRobustChannel,
@@ -148,8 +147,8 @@ class RabbitMQBroker:
         if not batch:
             return
         wall = time.time()
-        items: list[tuple[str, aio_pika.Message]] = []
-        unconfirmed: list[tuple[str, aio_pika.Message]] = []
+        items: list[tuple[str, Outbound]] = []
+        unconfirmed: list[tuple[str, Outbound]] = []
         for out in batch:
             await self._declare(out.queue)
             headers: dict[str, object] = {}
@@ -220,11 +219,27 @@ class RabbitMQBroker:
             wake.clear()
             raw = self._con.take(queues, limit)
             if raw:
-                got = await self._triage_cancel_safe(raw)
+                got = self._plain(raw) or await self._triage_cancel_safe(raw)
                 if got:
                     return got
                 continue
             await self._con.wait(wake)
+
+    def _plain(self, raw: list[Held]) -> list[Delivery] | None:
+        """The common case, none to dead-letter, re-delay or recount: handed out at once
+        (no task, nothing published); otherwise None and `_triage` decides (same rules)."""
+        out: list[Delivery] = []
+        now_ms = time.time() * 1000
+        for item in raw:
+            msg = item[3]
+            prior, persist = topo.prior_deliveries(msg.headers, msg.redelivered)
+            if persist or exhausted(prior, self._settings.max_deliveries):
+                return None
+            eta = topo.header_int(msg.headers, topo.HEADER_ETA)
+            if eta is not None and (eta - now_ms) / 1000 > topo.ETA_TOLERANCE_S:
+                return None
+            out.append(Delivery(msg.body, item[2], msg.message_id or "", prior + 1, item))
+        return out
 
     async def _triage_cancel_safe(self, raw: list[Held]) -> list[Delivery]:
         # Triage may publish; shielded so a cancelled receive() puts what it took back
