@@ -38,7 +38,7 @@ from aiotask.exceptions import AiotaskError, BrokerConnectionError, Configuratio
 PERSISTENT = 2
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+    from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 
     from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
 
@@ -217,7 +217,7 @@ class Publisher:
                     results[i] = r
         return results
 
-    def send_unconfirmed(self, items: Sequence[tuple[str, Outbound]]) -> None:
+    async def send_unconfirmed(self, items: Sequence[tuple[str, Outbound]]) -> None:
         """Publish without waiting for the write or the confirm (the `confirm=False` call option).
 
         The channel must be open (`ready()` first). Each publish runs on as its own task; one
@@ -225,10 +225,15 @@ class Publisher:
         message id, never raised or sent again. close() waits for them, briefly.
         """
         assert self.channel is not None  # noqa: S101 - the caller awaited ready()
+        tasks = []
         for key, msg in items:
             task = asyncio.ensure_future(_publish_one(self.channel, key, msg))
             self._unconfirmed.add(task)
             task.add_done_callback(partial(self._unconfirmed_done, msg.message_id or "?"))
+            tasks.append(task)
+        closed = await _cancel_on_close(self.channel, tasks)
+        finished = asyncio.gather(*tasks, return_exceptions=True)
+        finished.add_done_callback(lambda _: closed.cancel())
 
     def _unconfirmed_done(self, message_id: str, task: asyncio.Future[None]) -> None:
         self._unconfirmed.discard(task)
@@ -308,13 +313,18 @@ async def _attempt(
     timeout: float,
 ) -> dict[int, BaseException | None]:
     """One concurrent publish of `items` on `channel`; per index None or the error."""
+    if channel.is_closed:
+        return {i: NotSent() for i in items}
     tasks = {i: asyncio.ensure_future(_publish_one(channel, *item)) for i, item in items.items()}
+    closed = await _cancel_on_close(channel, tasks.values())
     try:
         _, pending = await asyncio.wait(tasks.values(), timeout=timeout)
     except BaseException:
         for task in tasks.values():
             task.cancel()
         raise
+    finally:
+        closed.cancel()  # stops observing the channel, nothing else
     for task in pending:
         task.cancel()
     if pending:
@@ -328,6 +338,27 @@ async def _attempt(
         else:
             out[i] = task.exception()
     return out
+
+
+async def _cancel_on_close(
+    channel: AbstractRobustChannel, tasks: Iterable[asyncio.Future[None]]
+) -> asyncio.Future[object]:
+    """Cancel the publishes still running when the channel closes; the observer, to cancel.
+
+    With wait=False a publish can wait for room in the connection's bounded write queue, and
+    a queue whose writer died never makes room: without this, such a publish would hang until
+    the caller's timeout instead of failing with its channel.
+    """
+    closed: asyncio.Future[object] = (await channel.get_underlay_channel()).closing
+    pending = list(tasks)
+
+    def cancel(observer: asyncio.Future[object]) -> None:
+        if not observer.cancelled():
+            for task in pending:
+                task.cancel()  # no-op for a finished one
+
+    closed.add_done_callback(cancel)
+    return closed
 
 
 class Outbound:

@@ -161,7 +161,7 @@ class RabbitMQBroker:
             (items if out.confirm else unconfirmed).append((routing, msg))
         if unconfirmed:
             await self._pub.ready(self._pub.backoff())
-            self._pub.send_unconfirmed(unconfirmed)
+            await self._pub.send_unconfirmed(unconfirmed)
         if not items:
             return
         results = await self._pub.send(items)
