@@ -12,29 +12,81 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
+import aio_pika
 from aio_pika.exceptions import ChannelNotFoundEntity
 
 from aiotask.brokers import _rabbitmq_topology as topo
-from aiotask.brokers.base import QueueStats
+from aiotask.brokers._rabbitmq_publish import map_errors
+from aiotask.brokers.base import DeadLetter, QueueStats
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import AsyncIterator, Callable, Sequence
     from contextlib import AbstractAsyncContextManager
 
     from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
-    #: opens a plain admin channel (RabbitMQBroker._admin)
-    OpenChannel = Callable[[], AbstractAsyncContextManager[AbstractChannel]]
+    from aiotask.brokers._rabbitmq_publish import Publisher
 
-    from aiotask.brokers.base import DeadLetter
+    #: opens a plain admin channel (`channel` bound to the broker's publisher)
+    OpenChannel = Callable[[], AbstractAsyncContextManager[AbstractChannel]]
 
 
 #: basic.qos prefetch_count is 16 bits: at most this many messages are held at once.
 MAX_PREFETCH = 65535
 #: Seconds without a new message after which `hold` stops waiting (another reader has them).
 HOLD_IDLE = 2.0
+#: Seconds an admin channel may be used before its operation counts as failed.
+ADMIN_TIMEOUT = 10.0
+
+
+@asynccontextmanager
+async def channel(pub: Publisher, url: str) -> AsyncIterator[AbstractChannel]:
+    """A plain (non-robust) channel on the publish connection: a 404 closes it, and nothing
+    should reopen it."""
+    await pub.open()
+    conn = pub.conn
+    assert conn is not None  # noqa: S101 - set by open()
+    admin = aio_pika.Channel(conn, publisher_confirms=False)
+    with map_errors(url, "open admin channel"):
+        await admin.initialize()
+    try:
+        async with asyncio.timeout(ADMIN_TIMEOUT):
+            yield admin
+    finally:
+        if not admin.is_closed:
+            await admin.close()
+
+
+async def purge_named(open_channel: OpenChannel, name: str) -> int:
+    """Drop the ready messages of one queue; 0 when it does not exist."""
+    try:
+        async with open_channel() as ch:
+            queue = await ch.declare_queue(name, passive=True)
+            return (await queue.purge()).message_count or 0
+    except ChannelNotFoundEntity:
+        return 0
+
+
+async def dead_letters(
+    open_channel: OpenChannel, names: topo.Names, queue: str, limit: int
+) -> list[DeadLetter]:
+    """Read without removing: held unacked on an admin channel, then requeued in place."""
+    out: list[DeadLetter] = []
+    try:
+        async with open_channel() as ch:
+            held = await hold(ch, names.dead(queue), limit)
+            for msg in held.messages:
+                reason = topo.dead_reason(msg.headers)
+                ident, died_at = topo.dead_identity(msg.headers)
+                mid = msg.message_id or ""
+                out.append(DeadLetter(mid, msg.body, reason, queue, died_at, ident))
+            await held.release(ch)
+    except ChannelNotFoundEntity:
+        return []
+    return out
 
 
 async def ready_count(open_channel: OpenChannel, name: str) -> int:

@@ -2,12 +2,20 @@
 
 A delivery tag only means something on the channel that delivered it; after a reconnect the
 server redelivers every unsettled message, so settling a stale delivery is dropped, not sent.
+
+Deliveries are read straight from aiormq's frames (`Incoming`), not wrapped in aio-pika's
+IncomingMessage: that wrapper sets ~30 attributes and starts a second task per message, about
+a tenth of a worker's time per no-op task. Each consume channel keeps its unsettled tags
+(`Unsettled`), so a batch of acks that covers every unsettled tag up to some tag is one
+basic.ack(multiple=True) frame instead of one frame per message.
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
+from functools import partial
 from typing import TYPE_CHECKING, TypeAlias
 
 from aio_pika.exceptions import AMQPError, ChannelInvalidStateError, MessageProcessError
@@ -15,16 +23,96 @@ from aio_pika.exceptions import AMQPError, ChannelInvalidStateError, MessageProc
 from aiotask._urls import redact
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Sequence
+    from collections.abc import Awaitable, Callable, Mapping, Sequence
 
-    from aio_pika.abc import AbstractIncomingMessage
+    from aiormq.abc import AbstractChannel, DeliveredMessage
 
     from aiotask.brokers.base import Delivery
 
 log = logging.getLogger("aiotask.brokers.rabbitmq")
 
 #: (-priority, arrival sequence, queue, message): the local buffer's heap entries.
-Held: TypeAlias = "tuple[int, int, str, AbstractIncomingMessage]"
+Held: TypeAlias = "tuple[int, int, str, Incoming]"
+
+
+class Unsettled:
+    """The delivery tags of one channel that are neither acked, nacked nor rejected yet."""
+
+    __slots__ = ("_heap", "_tags")
+
+    def __init__(self) -> None:
+        self._tags: set[int] = set()
+        self._heap: list[int] = []  # may hold settled tags: skipped when they reach the top
+
+    def add(self, tag: int) -> None:
+        self._tags.add(tag)
+        heapq.heappush(self._heap, tag)
+
+    def discard(self, tag: int) -> None:
+        self._tags.discard(tag)
+
+    def covered(self, tags: set[int]) -> int | None:
+        """The highest tag T such that every unsettled tag <= T is in `tags`, or None.
+
+        The caller acks up to T with multiple=True; those tags count as settled from here on.
+        Deliveries arrive (and are added) in tag order, so no unsettled tag below T is missed.
+        """
+        heap, unsettled = self._heap, self._tags
+        top: int | None = None
+        while heap:
+            tag = heap[0]
+            if tag not in unsettled:
+                heapq.heappop(heap)
+            elif tag in tags:
+                heapq.heappop(heap)
+                unsettled.discard(tag)
+                top = tag
+            else:
+                break
+        return top
+
+
+class Incoming:
+    """One delivery from a consume channel (see the module docstring)."""
+
+    __slots__ = (
+        "body",
+        "channel",
+        "content_encoding",
+        "content_type",
+        "delivery_tag",
+        "headers",
+        "message_id",
+        "priority",
+        "redelivered",
+        "unsettled",
+    )
+
+    def __init__(self, msg: DeliveredMessage, unsettled: Unsettled) -> None:
+        props = msg.header.properties
+        self.body: bytes = msg.body
+        self.channel: AbstractChannel = msg.channel
+        self.delivery_tag: int = msg.delivery_tag or 0
+        self.redelivered: bool = bool(msg.redelivered)
+        self.headers: Mapping[str, object] = props.headers or {}
+        self.message_id: str | None = props.message_id
+        self.priority: int | None = props.priority
+        self.content_type: str | None = props.content_type
+        self.content_encoding: str | None = props.content_encoding
+        self.unsettled = unsettled
+        unsettled.add(self.delivery_tag)
+
+    async def ack(self) -> None:
+        self.unsettled.discard(self.delivery_tag)
+        await self.channel.basic_ack(self.delivery_tag)
+
+    async def nack(self, requeue: bool = True) -> None:
+        self.unsettled.discard(self.delivery_tag)
+        await self.channel.basic_nack(self.delivery_tag, requeue=requeue)
+
+    async def reject(self, requeue: bool = True) -> None:
+        self.unsettled.discard(self.delivery_tag)
+        await self.channel.basic_reject(self.delivery_tag, requeue=requeue)
 
 
 def held(delivery: Delivery) -> Held:
@@ -34,12 +122,9 @@ def held(delivery: Delivery) -> Held:
     return token
 
 
-def stale(msg: AbstractIncomingMessage) -> bool:
+def stale(msg: Incoming) -> bool:
     """True when the delivery's channel is gone: its tag means nothing on any other channel."""
-    try:
-        return bool(msg.channel.is_closed)
-    except ChannelInvalidStateError:
-        return True
+    return bool(msg.channel.is_closed)
 
 
 async def settle(action: Callable[[], Awaitable[None]]) -> None:
@@ -51,6 +136,29 @@ async def settle(action: Callable[[], Awaitable[None]]) -> None:
             "dropping a settle on a closed channel (%s); the message is redelivered",
             redact(repr(exc)),
         )
+
+
+async def ack_all(messages: Sequence[Incoming]) -> None:
+    """Ack many: one multiple=True frame for the covered run of each channel, one frame for
+    each of the rest; frames are queued without waiting for each other's write."""
+    by_channel: dict[int, list[Incoming]] = {}
+    for msg in messages:
+        if not stale(msg):
+            by_channel.setdefault(id(msg.unsettled), []).append(msg)
+    for group in by_channel.values():
+        channel = group[0].channel
+        top = group[0].unsettled.covered({m.delivery_tag for m in group})
+        rest = [m.delivery_tag for m in group if top is None or m.delivery_tag > top]
+        for m in group:
+            m.unsettled.discard(m.delivery_tag)
+        await settle(partial(_acks, channel, top, rest))
+
+
+async def _acks(channel: AbstractChannel, top: int | None, rest: Sequence[int]) -> None:
+    frames = ([(top, True)] if top is not None else []) + [(tag, False) for tag in rest]
+    for i, (tag, multiple) in enumerate(frames):
+        # only the last waits for the socket write: the frames before it are written first
+        await channel.basic_ack(tag, multiple=multiple, wait=i == len(frames) - 1)
 
 
 async def settle_all(actions: Sequence[Callable[[], Awaitable[None]]]) -> None:

@@ -16,7 +16,6 @@ from functools import partial
 from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
-import aio_pika
 from aio_pika.exceptions import (
     AMQPConnectionError,
     AMQPError,
@@ -25,6 +24,7 @@ from aio_pika.exceptions import (
     DeliveryError,
     PublishError,
 )
+from pamqp.commands import Basic  # aiormq.spec re-exports it; pamqp has the types
 
 from aiotask import _tls
 from aiotask._backoff import Backoff
@@ -34,15 +34,15 @@ from aiotask.brokers._rabbitmq_nodes import connect_node, node_urls
 from aiotask.brokers._rabbitmq_topology import HEADER_QUORUM_COUNT, MAX_PRIORITY, SERVER_HEADERS
 from aiotask.exceptions import AiotaskError, BrokerConnectionError, ConfigurationError
 
+#: AMQP delivery_mode 2: the server writes the message to disk before confirming it.
+PERSISTENT = 2
+
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Iterator, Sequence
+    from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 
-    from aio_pika.abc import (
-        AbstractIncomingMessage,
-        AbstractRobustChannel,
-        AbstractRobustConnection,
-    )
+    from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
 
+    from aiotask.brokers._rabbitmq_delivery import Incoming
     from aiotask.settings import Settings
 
 T = TypeVar("T")
@@ -204,9 +204,7 @@ class Publisher:
                     raise
                 await backoff.sleep()
 
-    async def send(
-        self, items: Sequence[tuple[str, aio_pika.Message]]
-    ) -> list[BaseException | None]:
+    async def send(self, items: Sequence[tuple[str, Outbound]]) -> list[BaseException | None]:
         """Publish every item with confirms; per item None (confirmed) or its error.
 
         Items are sent concurrently (one round trip for the batch). Only items that met a
@@ -231,7 +229,7 @@ class Publisher:
                     results[i] = r
         return results
 
-    def send_unconfirmed(self, items: Sequence[tuple[str, aio_pika.Message]]) -> None:
+    async def send_unconfirmed(self, items: Sequence[tuple[str, Outbound]]) -> None:
         """Publish without waiting for the write or the confirm (the `confirm=False` call option).
 
         The channel must be open (`ready()` first). Each publish runs on as its own task; one
@@ -239,10 +237,15 @@ class Publisher:
         message id, never raised or sent again. close() waits for them, briefly.
         """
         assert self.channel is not None  # noqa: S101 - the caller awaited ready()
+        tasks = []
         for key, msg in items:
             task = asyncio.ensure_future(_publish_one(self.channel, key, msg))
             self._unconfirmed.add(task)
             task.add_done_callback(partial(self._unconfirmed_done, msg.message_id or "?"))
+            tasks.append(task)
+        closed = await _cancel_on_close(self.channel, tasks)
+        finished = asyncio.gather(*tasks, return_exceptions=True)
+        finished.add_done_callback(lambda _: closed.cancel())
 
     def _unconfirmed_done(self, message_id: str, task: asyncio.Future[None]) -> None:
         self._unconfirmed.discard(task)
@@ -265,7 +268,7 @@ class Publisher:
 
     def failure(
         self,
-        items: Sequence[tuple[str, aio_pika.Message]],
+        items: Sequence[tuple[str, Outbound]],
         results: Sequence[BaseException | None],
     ) -> BrokerConnectionError | None:
         """One error that says what happened to which messages, per kind of failure."""
@@ -318,17 +321,22 @@ def _ids(group: Sequence[tuple[str, BaseException]], shown: int = 5) -> str:
 
 async def _attempt(
     channel: AbstractRobustChannel,
-    items: dict[int, tuple[str, aio_pika.Message]],
+    items: dict[int, tuple[str, Outbound]],
     timeout: float,
 ) -> dict[int, BaseException | None]:
     """One concurrent publish of `items` on `channel`; per index None or the error."""
+    if channel.is_closed:
+        return {i: NotSent() for i in items}
     tasks = {i: asyncio.ensure_future(_publish_one(channel, *item)) for i, item in items.items()}
+    closed = await _cancel_on_close(channel, tasks.values())
     try:
         _, pending = await asyncio.wait(tasks.values(), timeout=timeout)
     except BaseException:
         for task in tasks.values():
             task.cancel()
         raise
+    finally:
+        closed.cancel()  # stops observing the channel, nothing else
     for task in pending:
         task.cancel()
     if pending:
@@ -344,20 +352,59 @@ async def _attempt(
     return out
 
 
-def message(
-    body: bytes, message_id: str, priority: int, headers: dict[str, object]
-) -> aio_pika.Message:
+async def _cancel_on_close(
+    channel: AbstractRobustChannel, tasks: Iterable[asyncio.Future[None]]
+) -> asyncio.Future[object]:
+    """Cancel the publishes still running when the channel closes; the observer, to cancel.
+
+    With wait=False a publish can wait for room in the connection's bounded write queue, and
+    a queue whose writer died never makes room: without this, such a publish would hang until
+    the caller's timeout instead of failing with its channel.
+    """
+    closed: asyncio.Future[object] = (await channel.get_underlay_channel()).closing
+    pending = list(tasks)
+
+    def cancel(observer: asyncio.Future[object]) -> None:
+        if not observer.cancelled():
+            for task in pending:
+                task.cancel()  # no-op for a finished one
+
+    closed.add_done_callback(cancel)
+    return closed
+
+
+class Outbound:
+    """A message ready for basic.publish: its body and AMQP properties, nothing else.
+
+    Built straight as aiormq's properties instead of an Outbound (which sets ~15
+    attributes and then builds the same properties again at publish time).
+    """
+
+    __slots__ = ("body", "properties")
+
+    def __init__(self, body: bytes, properties: Basic.Properties) -> None:
+        self.body = body
+        self.properties = properties
+
+    @property
+    def message_id(self) -> str | None:
+        return self.properties.message_id
+
+
+def message(body: bytes, message_id: str, priority: int, headers: Mapping[str, object]) -> Outbound:
     """A persistent message with the task id and a clamped priority."""
-    return aio_pika.Message(
+    return Outbound(
         body,
-        message_id=message_id or None,
-        priority=clamp_priority(priority, MAX_PRIORITY),
-        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-        headers=headers or None,  # type: ignore[arg-type]
+        Basic.Properties(
+            message_id=message_id or None,
+            priority=clamp_priority(priority, MAX_PRIORITY),
+            delivery_mode=PERSISTENT,
+            headers=dict(headers) if headers else None,  # type: ignore[arg-type]
+        ),
     )
 
 
-def copy_of(msg: AbstractIncomingMessage, headers: dict[str, object]) -> aio_pika.Message:
+def copy_of(msg: Incoming, headers: dict[str, object]) -> Outbound:
     """A fresh message with the original's body and identity, minus what the server added."""
     merged: dict[str, object] = {
         k: v
@@ -366,12 +413,21 @@ def copy_of(msg: AbstractIncomingMessage, headers: dict[str, object]) -> aio_pik
     }
     merged.update(headers)
     copy = message(msg.body, msg.message_id or "", msg.priority or 0, merged)
-    copy.content_type = msg.content_type
-    copy.content_encoding = msg.content_encoding
+    copy.properties.content_type = msg.content_type
+    copy.properties.content_encoding = msg.content_encoding
     return copy
 
 
-async def _publish_one(channel: AbstractRobustChannel, key: str, msg: aio_pika.Message) -> None:
-    if channel.is_closed:  # checked in the same step as aio-pika's own check: nothing written
+async def _publish_one(channel: AbstractRobustChannel, key: str, msg: Outbound) -> None:
+    if channel.is_closed:  # checked in the same step as aiormq's own check: nothing written
         raise NotSent
-    await channel.default_exchange.publish(msg, routing_key=key, mandatory=True)
+    raw = await channel.get_underlay_channel()
+    # wait=False: the channel lock is not held until this frame reaches the socket, so a
+    # batch's publishes are queued back to back and share the writer's drains.
+    await raw.basic_publish(  # type: ignore[call-arg]
+        msg.body,
+        routing_key=key,
+        properties=msg.properties,
+        mandatory=True,
+        wait=False,  # aiormq's concrete Channel has it (7.2.4+); its ABC does not
+    )

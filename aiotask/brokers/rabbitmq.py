@@ -1,11 +1,12 @@
 """amqp:// and amqps:// — RabbitMQ through aio-pika robust connections.
 
 Two robust connections: one publishes (`_rabbitmq_publish`: confirms, mandatory routing,
-waits through a reconnect, never re-sends a possibly stored message), the other consumes with
-basic.qos(prefetch_count=settings.effective_prefetch) into a local priority buffer that
-`receive` drains; the consume connection opens on the first `receive`, so a producer-only App
-holds one connection. Topology and counting rules live in
-`_rabbitmq_topology`; the operator's view is docs/rabbitmq.md.
+waits through a reconnect, never re-sends a possibly stored message), the other consumes
+(`_rabbitmq_consume`) with basic.qos(prefetch_count=settings.effective_prefetch) into a local
+priority buffer that `receive` drains; the consume connection opens on the first `receive`, so
+a producer-only App holds one connection. This module decides what each delivery becomes
+(triage) and settles it. Topology and counting rules live in `_rabbitmq_topology`, admin
+operations in `_rabbitmq_admin`; the operator's view is docs/rabbitmq.md.
 
 AMQP has no leases (capabilities.leases is False): an unacked message goes back to its queue
 when the consumer's channel closes, and `extend` does nothing. Classic queues only flag a
@@ -17,22 +18,18 @@ A copy that cannot be published falls back to settling the original on its own c
 from __future__ import annotations
 
 import asyncio
-import heapq
-import itertools
 import logging
 import time
 from contextlib import asynccontextmanager
 from functools import partial
 from typing import TYPE_CHECKING, TypeAlias
 
-import aio_pika
 from aio_pika.exceptions import (
     AMQPError,
     ChannelNotFoundEntity,
     PublishError,
 )
 
-from aiotask import _hooks
 from aiotask._time import monotonic
 from aiotask._urls import parse_url, redact
 from aiotask.brokers import _rabbitmq_admin as admin
@@ -40,26 +37,18 @@ from aiotask.brokers import _rabbitmq_events as events
 from aiotask.brokers import _rabbitmq_queues as queues
 from aiotask.brokers import _rabbitmq_topology as topo
 from aiotask.brokers._common import exhausted, exhausted_reason
-from aiotask.brokers._rabbitmq_delivery import Held, held, settle, settle_all, stale
-from aiotask.brokers._rabbitmq_publish import (
-    Publisher,
-    copy_of,
-    map_errors,
-    message,
-    open_connection,
-)
+from aiotask.brokers._rabbitmq_consume import Consumer
+from aiotask.brokers._rabbitmq_delivery import Held, Incoming, ack_all, held, settle, stale
+from aiotask.brokers._rabbitmq_publish import Outbound, Publisher, copy_of, map_errors, message
 from aiotask.brokers.base import BrokerCapabilities, DeadLetter, Delivery, Outgoing, QueueStats
-from aiotask.exceptions import AiotaskError, BrokerConnectionError
+from aiotask.exceptions import AiotaskError
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+    from collections.abc import AsyncIterator, Sequence
 
     from aio_pika.abc import (
-        AbstractChannel,
         AbstractExchange,
-        AbstractIncomingMessage,
         AbstractRobustChannel,
-        AbstractRobustConnection,
         AbstractRobustQueue,
     )
 
@@ -68,11 +57,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 #: (routing key, original message, headers to set on the copy) for republish-then-ack.
-_Copy: TypeAlias = "tuple[str, AbstractIncomingMessage, dict[str, object]]"
+_Copy: TypeAlias = "tuple[str, Incoming, dict[str, object]]"
 #: A copy whose publish failed, with the error (its original is neither acked nor returned).
 _Failed: TypeAlias = "tuple[_Copy, BaseException]"
 
-_ADMIN_TIMEOUT = 10.0
 _CLOSE_HANDBACK_TIMEOUT = 5.0
 
 
@@ -97,85 +85,38 @@ class RabbitMQBroker:
         self._app_name = app_name
         self._names = topo.Names(settings.key_prefix)
         self._pub = Publisher(url, settings, app_name)
-        self._con_conn: AbstractRobustConnection | None = None
-        self._con: AbstractRobustChannel | None = None
+        self._con = Consumer(url, settings, app_name, self._declare_on)
         self._declared: set[str] = set()
         self._settled: dict[str, queues.Declared] = {}
         self._delays: dict[str, dict[str, float]] = {}  # queue -> delay queue -> declared at
-        self._consumers: dict[str, tuple[AbstractRobustQueue, str]] = {}
-        self._buffers: dict[str, list[Held]] = {}
-        self._seq = itertools.count()
-        self._wake: asyncio.Event | None = None
-        self._lock = asyncio.Lock()
-        self._down_since: float | None = None
-        self._closing = False
         self._events_exchange: tuple[AbstractRobustChannel, AbstractExchange] | None = None
+        self._admin = partial(admin.channel, self._pub, url)
 
     # -- connections -----------------------------------------------------------------------
 
     async def connect(self) -> None:
         """Open the publish connection (one attempt); the consume side opens on receive()."""
-        self._closing = False
         await self._pub.open()
-
-    async def _consumer(self) -> AbstractRobustChannel:
-        if self._con is None:
-            self._closing = False
-            conn = await open_connection(self._url, self._settings, self._app_name, "consume")
-            conn.close_callbacks.add(self._on_connection_lost)
-            conn.reconnect_callbacks.add(self._on_reconnected)
-            with map_errors(self._url, "open consume channel"):
-                channel = await conn.channel(publisher_confirms=False)
-                await channel.set_qos(prefetch_count=self._settings.effective_prefetch)
-            self._con_conn, self._con = conn, channel
-        return self._con
-
-    def _on_connection_lost(self, _sender: object, exc: BaseException | None = None) -> None:
-        if self._closing or self._down_since is not None:
-            return
-        self._down_since = monotonic()
-        log.warning("lost RabbitMQ consume connection (%s); reconnecting", redact(str(exc)))
-        _hooks.reconnecting("RabbitMQ")
-        self._event().set()
-
-    def _on_reconnected(self, _sender: object) -> None:
-        # Tags from the dead channel mean nothing on the new one; the server redelivers them.
-        for queue, heap in self._buffers.items():
-            self._buffers[queue] = live = [item for item in heap if not stale(item[3])]
-            heapq.heapify(live)
-        log.info("RabbitMQ consume connection restored; consumers resumed")
-        self._down_since = None
-        self._event().set()
 
     async def close(self) -> None:
         """Hand back prefetched, unreturned messages; unsettled ones return as the channel shuts."""
-        self._closing = True
-        if self._con_conn is not None and self._down_since is None:
+        self._con.closing = True
+        if self._con.conn is not None and self._con.down_since is None:
             try:
                 async with asyncio.timeout(_CLOSE_HANDBACK_TIMEOUT):
-                    await self._hand_back_buffered()
+                    await self._hand_back(await self._con.cancel_all())
             except (AiotaskError, AMQPError, OSError, TimeoutError) as exc:
                 log.debug(
                     "hand-back on close failed (%s); the server requeues them", redact(repr(exc))
                 )
-        if self._con_conn is not None:
-            await self._con_conn.close()
+        await self._con.close()
         await self._pub.close()
-        self._con_conn = self._con = None
-        self._consumers.clear()
-        self._buffers.clear()
         self._declared.clear()
         self._delays.clear()
-        self._down_since = None
 
-    async def _hand_back_buffered(self) -> None:
-        # Cancel first so nothing new arrives; the copies keep their count, so a warm
-        # shutdown never charges a delivery to a message that was never handed out.
-        for declared, tag in list(self._consumers.values()):
-            await declared.cancel(tag)
-        self._consumers.clear()
-        held = [item for heap in self._buffers.values() for item in heap if not stale(item[3])]
-        self._buffers.clear()
+    async def _hand_back(self, held: Sequence[Held]) -> None:
+        # The copies keep their count, so a warm shutdown never charges a delivery to a
+        # message that was never handed out.
         failed = await self._republish_then_ack([self._copy_back(item) for item in held])
         if failed:  # they return when the channel closes next, charged one delivery each
             log.debug(
@@ -190,11 +131,8 @@ class RabbitMQBroker:
 
     async def stop_consuming(self, queue: str) -> None:
         """Stop consuming one queue (cancel-consumer): cancel, then hand its buffer back."""
-        consumer = self._consumers.pop(queue, None)
         with map_errors(self._url, f"cancel the consumer of {queue!r}"):
-            if consumer is not None:
-                await consumer[0].cancel(consumer[1])
-            held = [item for item in self._buffers.pop(queue, []) if not stale(item[3])]
+            held = await self._con.cancel(queue)
             await self._republish_then_ack([self._copy_back(item) for item in held])
 
     # -- publishing ------------------------------------------------------------------------
@@ -210,8 +148,8 @@ class RabbitMQBroker:
         if not batch:
             return
         wall = time.time()
-        items: list[tuple[str, aio_pika.Message]] = []
-        unconfirmed: list[tuple[str, aio_pika.Message]] = []
+        items: list[tuple[str, Outbound]] = []
+        unconfirmed: list[tuple[str, Outbound]] = []
         for out in batch:
             await self._declare(out.queue)
             headers: dict[str, object] = {}
@@ -224,7 +162,7 @@ class RabbitMQBroker:
             (items if out.confirm else unconfirmed).append((routing, msg))
         if unconfirmed:
             await self._pub.ready(self._pub.backoff())
-            self._pub.send_unconfirmed(unconfirmed)
+            await self._pub.send_unconfirmed(unconfirmed)
         if not items:
             return
         results = await self._pub.send(items)
@@ -279,81 +217,33 @@ class RabbitMQBroker:
         """Wait (pushed, no polling) for up to `limit` deliveries from the local buffer."""
         if limit < 1:
             return []
-        await self._consume(queues)
-        wake = self._event()
+        wake = self._con.event()
         while True:
+            await self._con.start(queues)  # again after a reopened channel forgot its consumers
             wake.clear()
-            raw = self._take(queues, limit)
+            raw = self._con.take(queues, limit)
             if raw:
-                got = await self._triage_cancel_safe(raw)
+                got = self._plain(raw) or await self._triage_cancel_safe(raw)
                 if got:
                     return got
                 continue
-            await self._wait(wake)
+            await self._con.wait(wake)
 
-    async def _consume(self, queues: Sequence[str]) -> None:
-        if all(q in self._consumers for q in queues):
-            return
-        async with self._lock:
-            channel = await self._consumer()
-            for queue in queues:
-                if queue in self._consumers:
-                    continue
-                with map_errors(self._url, f"consume {queue!r}"):
-                    # a robust channel waits for a reconnect: bound it like receive() does
-                    async with asyncio.timeout(self._settings.broker_unreachable_timeout):
-                        declared = await self._declare_on(channel, queue)
-                        tag = await declared.consume(self._callback(queue))
-                self._consumers[queue] = (declared, tag)
-
-    def _callback(self, queue: str) -> Callable[[AbstractIncomingMessage], Awaitable[None]]:
-        async def on_message(message: AbstractIncomingMessage) -> None:
-            priority = message.priority or 0
-            heapq.heappush(
-                self._buffers.setdefault(queue, []), (-priority, next(self._seq), queue, message)
-            )
-            self._event().set()
-
-        return on_message
-
-    def _event(self) -> asyncio.Event:
-        if self._wake is None:
-            self._wake = asyncio.Event()
-        return self._wake
-
-    async def _wait(self, wake: asyncio.Event) -> None:
-        timeout = None
-        if self._down_since is not None:
-            limit = self._settings.broker_unreachable_timeout
-            timeout = self._down_since + limit - monotonic()
-            if timeout <= 0:
-                raise BrokerConnectionError(
-                    f"RabbitMQ at {redact(self._url)} has been unreachable for {limit:g} s "
-                    "(broker_unreachable_timeout): check the server and the URL"
-                )
-        try:
-            async with asyncio.timeout(timeout):
-                await wake.wait()
-        except TimeoutError:
-            pass
-
-    def _take(self, queues: Sequence[str], limit: int) -> list[Held]:
-        out: list[Held] = []
-        for queue in queues:
-            heap = self._buffers.get(queue)
-            while heap and len(out) < limit:
-                item = heapq.heappop(heap)
-                if stale(item[3]):
-                    log.debug("dropping a delivery from a closed channel; the server redelivers it")
-                    continue
-                out.append(item)
+    def _plain(self, raw: list[Held]) -> list[Delivery] | None:
+        """The common case, none to dead-letter, re-delay or recount: handed out at once
+        (no task, nothing published); otherwise None and `_triage` decides (same rules)."""
+        out: list[Delivery] = []
+        now_ms = time.time() * 1000
+        for item in raw:
+            msg = item[3]
+            prior, persist = topo.prior_deliveries(msg.headers, msg.redelivered)
+            if persist or exhausted(prior, self._settings.max_deliveries):
+                return None
+            eta = topo.header_int(msg.headers, topo.HEADER_ETA)
+            if eta is not None and (eta - now_ms) / 1000 > topo.ETA_TOLERANCE_S:
+                return None
+            out.append(Delivery(msg.body, item[2], msg.message_id or "", prior + 1, item))
         return out
-
-    def _push_back(self, items: Sequence[Held]) -> None:
-        for item in items:
-            if not stale(item[3]):
-                heapq.heappush(self._buffers.setdefault(item[2], []), item)
-        self._event().set()
 
     async def _triage_cancel_safe(self, raw: list[Held]) -> list[Delivery]:
         # Triage may publish; shielded so a cancelled receive() puts what it took back
@@ -367,7 +257,7 @@ class RabbitMQBroker:
 
     def _restore_after_cancel(self, task: asyncio.Future[list[Delivery]]) -> None:
         if not task.cancelled() and task.exception() is None:
-            self._push_back([held(d) for d in task.result()])
+            self._con.push_back([held(d) for d in task.result()])
 
     async def _triage(self, raw: list[Held]) -> list[Delivery]:
         """Count deliveries; dead-letter, re-delay or persist a count before handing out.
@@ -389,7 +279,7 @@ class RabbitMQBroker:
                     origin[id(verdict[1])] = item
         except BaseException:
             # Nothing was published or acked yet: all of it is still ours.
-            self._push_back(raw)
+            self._con.push_back(raw)
             raise
         for copy, exc in await self._republish_then_ack(again):
             got = await self._triage_fallback(origin[id(copy[1])], copy, exc)
@@ -425,7 +315,7 @@ class RabbitMQBroker:
         await self._reject_to_dead(msg, queue)
         return None
 
-    async def _reject_to_dead(self, msg: AbstractIncomingMessage, queue: str) -> None:
+    async def _reject_to_dead(self, msg: Incoming, queue: str) -> None:
         """basic.reject: RabbitMQ dead-letters it to .dead itself (declared again if gone)."""
         try:
             await self._declare(queue)  # re-declares after an unroutable copy cleared the cache
@@ -474,13 +364,13 @@ class RabbitMQBroker:
         results = await self._pub.send([(key, copy_of(msg, hdrs)) for key, msg, hdrs in live])
         self._forget_if_unroutable(results)
         failed: list[_Failed] = []
-        stored: list[Callable[[], Awaitable[None]]] = []
+        stored: list[Incoming] = []
         for copy, result in zip(live, results, strict=True):
             if result is None:
-                stored.append(copy[1].ack)
+                stored.append(copy[1])
             else:
                 failed.append((copy, result))
-        await settle_all(stored)
+        await ack_all(stored)
         return failed
 
     # -- settling --------------------------------------------------------------------------
@@ -491,7 +381,7 @@ class RabbitMQBroker:
         The acks of a batch are written together (one drain of the connection's writer, not
         one per message): an ack is a frame write with no reply.
         """
-        await settle_all([held(d)[3].ack for d in deliveries])
+        await ack_all([held(d)[3] for d in deliveries])
 
     async def heartbeat(self) -> None:
         """A documented no-op: RabbitMQ itself notices a dead consumer.
@@ -549,58 +439,21 @@ class RabbitMQBroker:
 
     # -- administration --------------------------------------------------------------------
 
-    @asynccontextmanager
-    async def _admin(self) -> AsyncIterator[AbstractChannel]:
-        # A plain (non-robust) channel: a 404 closes it, and nothing should reopen it.
-        await self._pub.open()
-        conn = self._pub.conn
-        assert conn is not None  # noqa: S101 - set by open()
-        channel = aio_pika.Channel(conn, publisher_confirms=False)
-        with map_errors(self._url, "open admin channel"):
-            await channel.initialize()
-        try:
-            async with asyncio.timeout(_ADMIN_TIMEOUT):
-                yield channel
-        finally:
-            if not channel.is_closed:
-                await channel.close()
-
-    async def _purge_named(self, name: str) -> int:
-        try:
-            async with self._admin() as channel:
-                queue = await channel.declare_queue(name, passive=True)
-                return (await queue.purge()).message_count or 0
-        except ChannelNotFoundEntity:
-            return 0
-
     async def purge(self, queue: str) -> int:
         """Drop the ready messages of a queue, its known delay queues and the local buffer."""
         count = 0
-        for *_, msg in self._buffers.pop(queue, []):
-            if not stale(msg):
-                count += 1
-                await settle(msg.ack)
+        for *_, msg in self._con.drop(queue):
+            count += 1
+            await settle(msg.ack)
         with map_errors(self._url, f"purge {queue!r}"):
-            count += await self._purge_named(self._names.work(queue))
+            count += await admin.purge_named(self._admin, self._names.work(queue))
             for name in list(self._delays.get(queue, {})):
-                count += await self._purge_named(name)
+                count += await admin.purge_named(self._admin, name)
         return count
 
     async def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
         """Read without removing: held unacked on an admin channel, then requeued in place."""
-        out: list[DeadLetter] = []
-        try:
-            async with self._admin() as channel:
-                held = await admin.hold(channel, self._names.dead(queue), limit)
-                for msg in held.messages:
-                    reason = topo.dead_reason(msg.headers)
-                    ident, died_at = topo.dead_identity(msg.headers)
-                    mid = msg.message_id or ""
-                    out.append(DeadLetter(mid, msg.body, reason, queue, died_at, ident))
-                await held.release(channel)
-        except ChannelNotFoundEntity:
-            return []
-        return out
+        return await admin.dead_letters(self._admin, self._names, queue, limit)
 
     async def delete_dead_letters(self, queue: str, dead: Sequence[DeadLetter]) -> int:
         """Remove exactly these dead letters: hold the .dead queue, ack them, requeue the rest."""
@@ -620,14 +473,11 @@ class RabbitMQBroker:
 
     async def known_queues(self) -> list[str]:
         """Only the queues this process used: AMQP cannot list queues (the management API can)."""
-        return sorted(self._declared | set(self._consumers))
+        return sorted(self._declared | set(self._con.consumers))
 
     async def delete_queue(self, queue: str) -> None:
         """Delete a queue with its dead and known delay queues (tests, cleanup); idempotent."""
-        consumer = self._consumers.pop(queue, None)
-        if consumer is not None:
-            await consumer[0].cancel(consumer[1])
-        self._buffers.pop(queue, None)
+        await self._con.cancel(queue)  # buffered deliveries go back when their channel closes
         self._declared.discard(queue)
         self._settled.pop(queue, None)
         names = [self._names.work(queue), self._names.dead(queue)]

@@ -18,7 +18,7 @@ from aio_pika.exceptions import DeliveryError, PublishError
 
 from aiotask.brokers import Delivery, Outgoing
 from aiotask.brokers import _rabbitmq_topology as topo
-from aiotask.brokers._rabbitmq_publish import Publisher
+from aiotask.brokers._rabbitmq_publish import Publisher, message
 from aiotask.brokers.rabbitmq import RabbitMQBroker
 from aiotask.exceptions import BrokerConnectionError, ConfigurationError
 from aiotask.settings import Settings
@@ -136,7 +136,7 @@ class _Nacked(DeliveryError):
 def test_a_partial_publish_error_says_what_happened_to_which_messages() -> None:
     url = "amqp://guest:s3cret@127.0.0.1:1/"
     pub = Publisher(url, Settings(broker_url=url), "app")
-    items = [("q", aio_pika.Message(b"x", message_id=f"m{i}")) for i in range(9)]
+    items = [("q", message(b"x", f"m{i}", 0, {})) for i in range(9)]
     lost = ConnectionResetError("reset by amqp://guest:s3cret@127.0.0.1:1/")
     results: list[BaseException | None] = [None, None, lost, lost]
     results += [_Returned(), _Nacked()]

@@ -1,0 +1,213 @@
+"""The consume side of brokers/rabbitmq.py: one robust connection, basic.qos, a local buffer.
+
+The connection opens on the first `start` (a producer-only App holds one connection). Pushed
+deliveries go into a priority heap per queue that the broker's `receive` drains; the broker
+decides what each delivery becomes (triage), this module only holds and hands them out.
+
+Consumers are registered on aio-pika's robust channel's underlying aiormq channel (see
+`_rabbitmq_delivery.Incoming` for why): aio-pika does not restore them, so when the robust
+channel reopens (a reconnect, or a channel error) or the server cancels one (its queue was
+deleted), they are forgotten and the next `start` — every `receive` calls it — declares and
+consumes again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import logging
+from typing import TYPE_CHECKING
+
+from aiotask import _hooks
+from aiotask._time import monotonic
+from aiotask._urls import redact
+from aiotask.brokers._rabbitmq_delivery import Held, Incoming, Unsettled, stale
+from aiotask.brokers._rabbitmq_publish import map_errors, open_connection
+from aiotask.exceptions import BrokerConnectionError
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Sequence
+
+    from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection, AbstractRobustQueue
+    from aiormq.abc import AbstractChannel, DeliveredMessage
+    from pamqp.commands import Basic
+
+    from aiotask.settings import Settings
+
+    #: declares a queue (with its dead-letter queue) on a channel: RabbitMQBroker._declare_on
+    Declare = Callable[[AbstractRobustChannel, str], Awaitable[AbstractRobustQueue]]
+
+log = logging.getLogger("aiotask.brokers.rabbitmq")
+
+
+class Consumer:
+    """The consume connection and channel, its server-side consumers and local buffers."""
+
+    def __init__(self, url: str, settings: Settings, app_name: str, declare: Declare) -> None:
+        self._url = url
+        self._settings = settings
+        self._app_name = app_name
+        self._declare = declare
+        self.conn: AbstractRobustConnection | None = None
+        self._channel: AbstractRobustChannel | None = None
+        #: queue -> (the aiormq channel consumed on, consumer tag)
+        self.consumers: dict[str, tuple[AbstractChannel, str]] = {}
+        self._buffers: dict[str, list[Held]] = {}
+        #: the unsettled tags of the current underlying channel (multiple=True acks)
+        self._unsettled: dict[AbstractChannel, Unsettled] = {}
+        self._seq = itertools.count()
+        self._wake: asyncio.Event | None = None
+        self._lock = asyncio.Lock()
+        #: monotonic time the connection was lost; None while it is up
+        self.down_since: float | None = None
+        self.closing = False
+
+    async def _open(self) -> AbstractRobustChannel:
+        if self._channel is None:
+            self.closing = False
+            conn = await open_connection(self._url, self._settings, self._app_name, "consume")
+            conn.close_callbacks.add(self._on_connection_lost)
+            conn.reconnect_callbacks.add(self._on_reconnected)
+            with map_errors(self._url, "open consume channel"):
+                channel = await conn.channel(publisher_confirms=False)
+                await channel.set_qos(prefetch_count=self._settings.effective_prefetch)
+            channel.reopen_callbacks.add(self._on_reopened)
+            self.conn, self._channel = conn, channel
+        return self._channel
+
+    def _on_connection_lost(self, _sender: object, exc: BaseException | None = None) -> None:
+        if self.closing or self.down_since is not None:
+            return
+        self.down_since = monotonic()
+        log.warning("lost RabbitMQ consume connection (%s); reconnecting", redact(str(exc)))
+        _hooks.reconnecting("RabbitMQ")
+        self.event().set()
+
+    def _on_reconnected(self, _sender: object) -> None:
+        # Tags from the dead channel mean nothing on the new one; the server redelivers them.
+        for queue, heap in self._buffers.items():
+            self._buffers[queue] = live = [item for item in heap if not stale(item[3])]
+            heapq.heapify(live)
+        log.info("RabbitMQ consume connection restored; consumers resumed")
+        self.down_since = None
+        self.event().set()
+
+    def _on_reopened(self, _sender: object) -> None:
+        # A new underlying channel: consumers of the old one are gone, consume again.
+        self.consumers.clear()
+        self.event().set()
+
+    def _on_cancelled(self, frame: Basic.Cancel) -> None:
+        for queue, (_, tag) in list(self.consumers.items()):
+            if tag == frame.consumer_tag:
+                log.warning("RabbitMQ cancelled the consumer of %s; consuming it again", queue)
+                del self.consumers[queue]
+        self.event().set()
+
+    async def start(self, queues: Sequence[str]) -> None:
+        """Consume every queue of `queues` not consumed yet (declaring it first)."""
+        if all(q in self.consumers for q in queues):
+            return
+        async with self._lock:
+            channel = await self._open()
+            for queue in queues:
+                if queue in self.consumers:
+                    continue
+                with map_errors(self._url, f"consume {queue!r}"):
+                    # a robust channel waits for a reconnect: bound it like receive() does
+                    async with asyncio.timeout(self._settings.broker_unreachable_timeout):
+                        declared = await self._declare(channel, queue)
+                        raw = await channel.get_underlay_channel()
+                        if raw not in self._unsettled:
+                            self._unsettled = {raw: Unsettled()}  # old channels' tags are void
+                            raw.on_consumer_cancel_callbacks.add(self._on_cancelled)
+                        on_message = self._callback(queue, self._unsettled[raw])
+                        ok = await raw.basic_consume(declared.name, on_message)  # type: ignore[arg-type]
+                self.consumers[queue] = (raw, ok.consumer_tag or "")
+
+    def _callback(self, queue: str, unsettled: Unsettled) -> Callable[[DeliveredMessage], None]:
+        buffers, seq, event = self._buffers, self._seq, self.event()
+
+        def on_message(message: DeliveredMessage) -> None:  # no await: aiormq runs it at once
+            msg = Incoming(message, unsettled)
+            heapq.heappush(
+                buffers.setdefault(queue, []), (-(msg.priority or 0), next(seq), queue, msg)
+            )
+            event.set()
+
+        return on_message
+
+    def event(self) -> asyncio.Event:
+        """Set when a delivery arrives or the connection goes down or comes back."""
+        if self._wake is None:
+            self._wake = asyncio.Event()
+        return self._wake
+
+    async def wait(self, wake: asyncio.Event) -> None:
+        """Wait for `wake`; raise once the connection has been down too long."""
+        timeout = None
+        if self.down_since is not None:
+            limit = self._settings.broker_unreachable_timeout
+            timeout = self.down_since + limit - monotonic()
+            if timeout <= 0:
+                raise BrokerConnectionError(
+                    f"RabbitMQ at {redact(self._url)} has been unreachable for {limit:g} s "
+                    "(broker_unreachable_timeout): check the server and the URL"
+                )
+        try:
+            async with asyncio.timeout(timeout):
+                await wake.wait()
+        except TimeoutError:
+            pass
+
+    def take(self, queues: Sequence[str], limit: int) -> list[Held]:
+        """Up to `limit` live deliveries, highest priority first, queue by queue."""
+        out: list[Held] = []
+        for queue in queues:
+            heap = self._buffers.get(queue)
+            while heap and len(out) < limit:
+                item = heapq.heappop(heap)
+                if stale(item[3]):
+                    log.debug("dropping a delivery from a closed channel; the server redelivers it")
+                    continue
+                out.append(item)
+        return out
+
+    def push_back(self, items: Sequence[Held]) -> None:
+        """Return taken deliveries to their buffers (their channel is still open)."""
+        for item in items:
+            if not stale(item[3]):
+                heapq.heappush(self._buffers.setdefault(item[2], []), item)
+        self.event().set()
+
+    def drop(self, queue: str) -> list[Held]:
+        """Empty one queue's buffer; its live deliveries (the caller settles them)."""
+        return [item for item in self._buffers.pop(queue, []) if not stale(item[3])]
+
+    async def cancel(self, queue: str) -> list[Held]:
+        """Cancel one queue's consumer; its buffered live deliveries (the caller hands back)."""
+        consumer = self.consumers.pop(queue, None)
+        if consumer is not None and not consumer[0].is_closed:
+            await consumer[0].basic_cancel(consumer[1])
+        return self.drop(queue)
+
+    async def cancel_all(self) -> list[Held]:
+        """Cancel every consumer first, so nothing new arrives; every buffered live delivery."""
+        for raw, tag in list(self.consumers.values()):
+            if not raw.is_closed:
+                await raw.basic_cancel(tag)
+        self.consumers.clear()
+        held = [item for heap in self._buffers.values() for item in heap if not stale(item[3])]
+        self._buffers.clear()
+        return held
+
+    async def close(self) -> None:
+        self.closing = True
+        if self.conn is not None:
+            await self.conn.close()
+        self.conn = self._channel = None
+        self.consumers.clear()
+        self._buffers.clear()
+        self._unsettled.clear()
+        self.down_since = None

@@ -1,0 +1,89 @@
+"""RabbitMQ acks written as basic.ack(multiple=True) and consumers on the raw channel.
+
+A multiple ack settles every unsettled tag up to its own on the channel, so it must only be
+used when all of them are in the batch: an out-of-order batch never acks a message that is
+still running. Messages left unacked come back, and only those.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+import pytest
+
+from aiotask.exceptions import BrokerConnectionError
+from tests.integration.test_rabbitmq_broker import (  # fixtures and helpers, no tests
+    broker,
+    brokers,
+    make,
+    nothing_within,
+    out,
+    raw,
+    receive_n,
+)
+
+if TYPE_CHECKING:
+    import aio_pika
+
+    from aiotask.brokers.rabbitmq import RabbitMQBroker
+
+pytestmark = pytest.mark.amqp
+__all__ = ["broker", "brokers", "raw"]
+
+
+async def test_out_of_order_ack_batches_settle_exactly_the_acked_messages(
+    amqp_url: str, namespace: str, broker: RabbitMQBroker, brokers: list[RabbitMQBroker]
+) -> None:
+    await broker.publish([out(i) for i in range(12)])
+    worker = make(amqp_url, namespace)
+    brokers.append(worker)
+    got = {d.message_id: d for d in await receive_n(worker, 12)}
+    # a covered run (m0-m2) plus stragglers past a gap (m3 still running)
+    await worker.ack([got[m] for m in ("m5", "m1", "m0", "m2", "m6")])
+    await worker.ack([got["m4"]])  # m3 is below it and unsettled: never covered
+    await worker.ack([got[m] for m in ("m9", "m8")])
+    await worker.nack([got["m10"]], requeue=False, reason="test")  # a settle by republish
+    await worker.close()  # m3, m7 and m11 were never settled: the server requeues them
+    back = await receive_n(broker, 3)
+    assert sorted(d.message_id for d in back) == ["m11", "m3", "m7"]
+    assert {d.deliveries for d in back} == {2}
+    await broker.ack(back)
+    assert await nothing_within(broker, 0.5)
+
+
+async def test_a_run_covered_after_its_gap_is_acked_fills_in(
+    amqp_url: str, namespace: str, broker: RabbitMQBroker, brokers: list[RabbitMQBroker]
+) -> None:
+    await broker.publish([out(i) for i in range(6)])
+    worker = make(amqp_url, namespace)
+    brokers.append(worker)
+    got = {d.message_id: d for d in await receive_n(worker, 6)}
+    await worker.ack([got["m1"], got["m2"]])  # m0 unsettled: sent one by one
+    await worker.ack([got["m0"], got["m3"]])  # now m0-m3 are covered
+    await worker.close()
+    back = await receive_n(broker, 2)
+    assert sorted(d.message_id for d in back) == ["m4", "m5"]
+    await broker.ack(back)
+    assert await nothing_within(broker, 0.5)
+
+
+async def test_a_consumer_cancelled_by_the_server_consumes_again(
+    broker: RabbitMQBroker, raw: aio_pika.abc.AbstractChannel, namespace: str
+) -> None:
+    await broker.publish([out(0)])
+    [first] = await receive_n(broker, 1)
+    await broker.ack([first])
+    waiting = asyncio.create_task(receive_n(broker, 1, timeout=10.0))
+    await asyncio.sleep(0.2)
+    await raw.queue_delete(f"{namespace}.q")  # the server cancels the consumer
+    async with asyncio.timeout(10.0):
+        while True:  # unroutable until the woken receive() has declared the queue again
+            try:
+                await broker.publish([out(1)])
+                break
+            except BrokerConnectionError:
+                await asyncio.sleep(0.1)
+    [again] = await waiting
+    assert again.message_id == "m1"
+    await broker.ack([again])
