@@ -3,6 +3,8 @@
     .venv-bench/bin/python -m benchmarks.backlog [--tasks 1000000] [--batch 1000]
                                                  [--budget 1800] [--out backlog.json]
 
+About 3-5 minutes for 1,000,000 on a loaded 2-core machine (docs/scaling.md has the figures).
+
 Runs on a redis-server of its own (free port, temp dir, no persistence; stopped by its PID),
 so `used_memory` counts this run's keys only. This process enqueues --tasks no-op tasks with
 `send_batch` (--batch per pipelined publish, as the harness's enqueue), reading `INFO memory`
@@ -11,8 +13,9 @@ before and after: (after - before) / tasks is what one queued task costs the ser
 harness's task module, Redis broker and results) and drains the queue while this process reads
 every second the worker's VmRSS (/proc/PID/status; also the sum over its children, the process
 pool) and the queue depth (ready + leased, the broker's queue_stats). The worker holds at most
---prefetch messages, so its RSS should not follow the queue's length: the table shows it at
-0, 25, 50, 75 and 100% of the drain, and its maximum. Drain time runs from the worker's start
+its --prefetch (200) messages, so its RSS should not follow the queue's length: the table
+shows it at 0 (the first sample after the depth fell), 25, 50, 75 and 100% of the drain, and
+its maximum. Drain time runs from the worker's start
 (its start-up included) to an empty queue; the rate divides the tasks by it. Results are
 stored (24 h expiry, the default), so Redis's memory after the drain is the results'.
 """
