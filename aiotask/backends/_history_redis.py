@@ -223,6 +223,11 @@ class RedisHistoryStore:
             exact = await self.get_many([needle])
             if needle in exact and matches(exact[needle], query):
                 return ([exact[needle]] if query.offset == 0 and query.limit else []), 1
+        if (needle or query.name or query.worker) and (
+            "\0" in needle or not await self._indexed()
+        ):  # rows of an older writer lack the worker index and search text
+            zset = self._base + (f"st:{query.state}" if query.state else "all")
+            return await self._scan_in_python(zset, low, high, query)
         # the sorted set to walk, and the state / worker each of its ids must still have
         state, worker = query.state, query.worker
         if state and worker:  # walk the smaller index, check the other condition per id
@@ -245,8 +250,6 @@ class RedisHistoryStore:
             total = await self._client.zcount(zset, low, high)
             found = await self.get_many([_text(i) for i in ids])
             return [found[_text(i)] for i in ids if _text(i) in found], int(total)
-        if "\0" in needle or not await self._indexed():
-            return await self._scan_in_python(zset, low, high, query)
         return await self._scan(zset, low, high, query, needle, state, worker)
 
     async def _indexed(self) -> bool:

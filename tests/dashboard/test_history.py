@@ -293,13 +293,20 @@ async def test_redis_retention_leaves_no_index_entry_behind(redis_url: str, name
             rows = [sample(i) for i in range(40)]
             rows += [record(50, worker="w1", root_id="id049", group_id="g", args='["x"]')]
             await store.put(rows)
-            await store.put([replace(rows[1], worker="w-moved")])
+            rows[1] = replace(rows[1], worker="w-moved")
+            await store.put([rows[1]])
             keys = [k async for k in client.scan_iter(match=f"{namespace}:*hist:leak*")]
             assert any(k.endswith(b":wk:w-moved") for k in keys)
             # a row of an older writer has no search text: searches then filter in Python
             (texts,) = [k for k in keys if k.endswith(b":txt")]
             await client.hdel(texts, rows[5].id)
             query = HistoryQuery(q="disk full 1", limit=100)
+            found, total = await store.search(query)
+            expected = {r.id for r in rows if matches(r, query)}
+            assert rows[5].id in expected
+            assert {r.id for r in found} == expected and total == len(expected)
+            await client.zrem(texts[: -len(b"txt")] + b"wk:w1", rows[5].id)  # nor by worker
+            query = HistoryQuery(worker=rows[5].worker, limit=100)
             found, total = await store.search(query)
             expected = {r.id for r in rows if matches(r, query)}
             assert rows[5].id in expected
