@@ -3,12 +3,17 @@
 Keys (one slot, so it works on a Redis Cluster too) start `<prefix>:{hist:<app>}:`:
 `rec` (id -> record JSON), `state` (id -> state), `roots` / `groups` (id -> root / group id),
 `all` (sorted set of ids by last change), `st:<state>` (the same, per state), `states` (the
-state names seen), `root:<id>` (the ids of one workflow or group) and `rootset` (the ids that
-have such a set).
+state names seen), `wk:<worker>` (the same, per worker), `workers` (the worker names seen),
+`wkr` / `nms` (id -> worker / task name), `txt` (id -> the lowercased name and text a search
+by content looks in, NUL between), `root:<id>` (the ids of one workflow or group) and
+`rootset` (the ids that have such a set).
 
-Listing by state and time range reads the sorted sets only. A search by text, name or worker
-has no index here: it reads the candidates newest first, SCAN_CHUNK at a time, and filters
-them in Python (one pass over the history; see docs/dashboard.md for the cost).
+Listing by state, worker and time range reads the sorted sets only. A search by text or name
+(or by state and worker at once) filters server-side: a script walks the candidates newest
+first, SCAN_CHUNK ids per call (so Redis stays responsive), and checks the small `txt` / `nms`
+/ `wkr` / `state` hashes, never decoding a record; only the page's records are read. A history
+written before those hashes existed (`txt` smaller than `rec`) is searched the old way: every
+candidate read and filtered in Python, until retention has pruned the old rows.
 """
 
 from __future__ import annotations
@@ -25,21 +30,41 @@ if TYPE_CHECKING:
     from aiotask._redis.client import Client
     from aiotask.history import HistoryQuery
 
-#: Records read per round trip by a search that filters in Python.
-SCAN_CHUNK = 1_000
+#: Candidates a search script checks per call (server-side; a few ms of Redis time each).
+SCAN_CHUNK = 5_000
+#: Ids per HMGET inside that script (Lua's unpack has a stack limit).
+SCAN_STEP = 1_000
+#: Records read per round trip by the old search, which filters in Python.
+PY_CHUNK = 1_000
 #: Records written per script call (each call blocks the server while it runs).
 PUT_CHUNK = 500
 
-#: ARGV: (id, state, updated_at, root id or "", group id or "", JSON) per record.
+#: ARGV: (id, state, updated_at, root id or "", group id or "", JSON, worker, name, search
+#: text) per record.
 PUT = """
 local base = KEYS[1]
 local i = 1
 while i <= #ARGV do
   local id, st, at, root, group, blob = ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4],
                                         ARGV[i+5]
-  i = i + 6
+  local wk, name, text = ARGV[i+6], ARGV[i+7], ARGV[i+8]
+  i = i + 9
   local old = redis.call('HGET', base .. 'state', id)
   if old and old ~= st then redis.call('ZREM', base .. 'st:' .. old, id) end
+  local oldwk = redis.call('HGET', base .. 'wkr', id)
+  if oldwk and oldwk ~= wk and oldwk ~= '' then
+    redis.call('ZREM', base .. 'wk:' .. oldwk, id)
+    if redis.call('EXISTS', base .. 'wk:' .. oldwk) == 0 then
+      redis.call('SREM', base .. 'workers', oldwk)
+    end
+  end
+  redis.call('HSET', base .. 'wkr', id, wk)
+  if wk ~= '' then
+    redis.call('ZADD', base .. 'wk:' .. wk, at, id)
+    redis.call('SADD', base .. 'workers', wk)
+  end
+  redis.call('HSET', base .. 'nms', id, name)
+  redis.call('HSET', base .. 'txt', id, text)
   redis.call('HSET', base .. 'state', id, st)
   redis.call('HSET', base .. 'rec', id, blob)
   redis.call('ZADD', base .. 'all', at, id)
@@ -59,9 +84,14 @@ end
 return 1
 """
 
-#: ARGV: (state, cutoff, batch) per state; returns how many records went.
+#: ARGV: (state, cutoff, batch) per state; returns how many records went. An index set left
+#: empty also leaves the set of names that lists it (no entry outlives its records).
 PRUNE = """
 local base = KEYS[1]
+local function forget(remove, index, id, names, name)
+  redis.call(remove, index, id)
+  if redis.call('EXISTS', index) == 0 then redis.call('SREM', base .. names, name) end
+end
 local gone = 0
 local i = 1
 while i <= #ARGV do
@@ -72,22 +102,72 @@ while i <= #ARGV do
   for _, id in ipairs(ids) do
     local root = redis.call('HGET', base .. 'roots', id)
     if root then
-      redis.call('SREM', base .. 'root:' .. root, id)
+      forget('SREM', base .. 'root:' .. root, id, 'rootset', root)
       redis.call('HDEL', base .. 'roots', id)
     end
     local group = redis.call('HGET', base .. 'groups', id)
     if group then
-      redis.call('SREM', base .. 'root:' .. group, id)
+      forget('SREM', base .. 'root:' .. group, id, 'rootset', group)
       redis.call('HDEL', base .. 'groups', id)
     end
+    local wk = redis.call('HGET', base .. 'wkr', id)
+    if wk and wk ~= '' then forget('ZREM', base .. 'wk:' .. wk, id, 'workers', wk) end
+    redis.call('HDEL', base .. 'wkr', id)
+    redis.call('HDEL', base .. 'nms', id)
+    redis.call('HDEL', base .. 'txt', id)
     redis.call('HDEL', base .. 'rec', id)
     redis.call('HDEL', base .. 'state', id)
     redis.call('ZREM', base .. 'all', id)
-    redis.call('ZREM', base .. 'st:' .. st, id)
+    forget('ZREM', base .. 'st:' .. st, id, 'states', st)
   end
   gone = gone + #ids
 end
 return gone
+"""
+
+#: KEYS: base, candidate sorted set. ARGV: high, low, start, count, offset, limit, matched so
+#: far, id prefix, lowercased needle, state, worker, name ("" = no such condition). Checks up
+#: to `count` candidates from rank `start` of the score range, newest first; returns
+#: {candidates read, matches, ids of the matches that fall on the page}.
+SCAN = f"""
+local base, zset = KEYS[1], KEYS[2]
+local high, low = ARGV[1], ARGV[2]
+local start, count = tonumber(ARGV[3]), tonumber(ARGV[4])
+local offset, limit, total = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local prefix, needle, st, wk, name = ARGV[8], ARGV[9], ARGV[10], ARGV[11], ARGV[12]
+-- the score range as ranks (newest = 0): a walk by rank skips the ids before `start` in
+-- O(log n), where a LIMIT offset would step over each of them
+local first, last = 0, redis.call('ZCARD', zset) - 1
+if high ~= '+inf' then first = redis.call('ZCOUNT', zset, '(' .. high, '+inf') end
+if low ~= '-inf' then last = redis.call('ZCOUNT', zset, low, '+inf') - 1 end
+local read, matched, page = 0, 0, {{}}
+while read < count do
+  local a = first + start + read
+  local b = math.min(a + {SCAN_STEP} - 1, last, first + start + count - 1)
+  if a > b then break end
+  local ids = redis.call('ZREVRANGE', zset, a, b)
+  if #ids == 0 then break end
+  read = read + #ids
+  local sts, wks, nms, txts
+  if st ~= '' then sts = redis.call('HMGET', base .. 'state', unpack(ids)) end
+  if wk ~= '' then wks = redis.call('HMGET', base .. 'wkr', unpack(ids)) end
+  if name ~= '' then nms = redis.call('HMGET', base .. 'nms', unpack(ids)) end
+  if needle ~= '' then txts = redis.call('HMGET', base .. 'txt', unpack(ids)) end
+  for j, id in ipairs(ids) do
+    local ok = (not sts or sts[j] == st) and (not wks or wks[j] == wk)
+               and (name == '' or nms[j] == name)
+    if ok and needle ~= '' then
+      ok = string.find(id, prefix, 1, true) == 1
+           or (txts[j] and string.find(txts[j], needle, 1, true) ~= nil)
+    end
+    if ok then
+      local n = total + matched
+      if n >= offset and n < offset + limit then page[#page + 1] = id end
+      matched = matched + 1
+    end
+  end
+end
+return {{read, matched, page}}
 """
 
 
@@ -100,6 +180,7 @@ class RedisHistoryStore:
         self._base = f"{prefix}:{{hist:{app_name}}}:"
         self._put = client().register_script(PUT)
         self._prune = client().register_script(PRUNE)
+        self._scan_script = client().register_script(SCAN)
 
     @property
     def _client(self) -> Client:
@@ -121,6 +202,9 @@ class RedisHistoryStore:
                 r.root_id or "",
                 r.group_id or "",
                 r.to_json(),
+                r.worker,
+                r.name,
+                r.name.lower() + "\0" + r.text(),
             ]
         await self._put(keys=[self._base], args=argv)
 
@@ -132,7 +216,6 @@ class RedisHistoryStore:
         return {r.id: r for r in found}
 
     async def search(self, query: HistoryQuery) -> tuple[list[HistoryRecord], int]:
-        zset = self._base + (f"st:{query.state}" if query.state else "all")
         low = "-inf" if query.since is None else repr(query.since)
         high = "+inf" if query.until is None else repr(query.until)
         needle = query.q.strip()
@@ -140,16 +223,68 @@ class RedisHistoryStore:
             exact = await self.get_many([needle])
             if needle in exact and matches(exact[needle], query):
                 return ([exact[needle]] if query.offset == 0 and query.limit else []), 1
-        if not (needle or query.name or query.worker):  # the sorted sets answer alone
+        if (needle or query.name or query.worker) and (
+            "\0" in needle or not await self._indexed()
+        ):  # rows of an older writer lack the worker index and search text
+            zset = self._base + (f"st:{query.state}" if query.state else "all")
+            return await self._scan_in_python(zset, low, high, query)
+        # the sorted set to walk, and the state / worker each of its ids must still have
+        state, worker = query.state, query.worker
+        if state and worker:  # walk the smaller index, check the other condition per id
+            pipe = self._client.pipeline(transaction=False)
+            pipe.zcard(self._base + f"st:{state}")
+            pipe.zcard(self._base + f"wk:{worker}")
+            by_state, by_worker = await pipe.execute()
+            if int(by_state) <= int(by_worker):
+                zset, state = self._base + f"st:{state}", ""
+            else:
+                zset, worker = self._base + f"wk:{worker}", ""
+        elif worker:
+            zset, worker = self._base + f"wk:{worker}", ""
+        else:
+            zset, state = self._base + (f"st:{state}" if state else "all"), ""
+        if not (needle or query.name or state or worker):  # the sorted sets answer alone
             ids: list[Any] = await self._client.zrevrangebyscore(
                 zset, high, low, start=query.offset, num=query.limit
             )
             total = await self._client.zcount(zset, low, high)
             found = await self.get_many([_text(i) for i in ids])
             return [found[_text(i)] for i in ids if _text(i) in found], int(total)
-        return await self._scan(zset, low, high, query)
+        return await self._scan(zset, low, high, query, needle, state, worker)
+
+    async def _indexed(self) -> bool:
+        """Whether every record has its search text (not so for rows of an older writer)."""
+        pipe = self._client.pipeline(transaction=False)
+        pipe.hlen(self._base + "txt")
+        pipe.hlen(self._base + "rec")
+        texts, records = await pipe.execute()
+        return int(texts) >= int(records)
 
     async def _scan(
+        self,
+        zset: str,
+        low: str,
+        high: str,
+        query: HistoryQuery,
+        needle: str,
+        state: str,
+        worker: str,
+    ) -> tuple[list[HistoryRecord], int]:
+        page: list[str] = []
+        total = start = 0
+        while True:
+            args: list[Any] = [high, low, start, SCAN_CHUNK, query.offset, query.limit, total]
+            args += [needle, needle.lower(), state, worker, query.name]
+            read, matched, ids = await self._scan_script(keys=[self._base, zset], args=args)
+            page += [_text(i) for i in ids]
+            total += int(matched)
+            start += int(read)
+            if int(read) < SCAN_CHUNK:
+                break
+        found = await self.get_many(page)
+        return [found[i] for i in page if i in found], total
+
+    async def _scan_in_python(
         self, zset: str, low: str, high: str, query: HistoryQuery
     ) -> tuple[list[HistoryRecord], int]:
         shown: list[HistoryRecord] = []
@@ -157,7 +292,7 @@ class RedisHistoryStore:
         likely = prefilter(query)
         while True:
             ids: list[Any] = await self._client.zrevrangebyscore(
-                zset, high, low, start=start, num=SCAN_CHUNK
+                zset, high, low, start=start, num=PY_CHUNK
             )
             if not ids:
                 return shown, total
@@ -211,10 +346,11 @@ class RedisHistoryStore:
         client = self._client
         states = [_text(s) for s in await client.smembers(self._base + "states")]
         roots = [_text(s) for s in await client.smembers(self._base + "rootset")]
-        keys = [
-            self._base + k for k in ("rec", "state", "roots", "groups", "all", "states", "rootset")
-        ]
+        workers = [_text(s) for s in await client.smembers(self._base + "workers")]
+        names = ("rec", "state", "roots", "groups", "all", "states", "rootset")
+        keys = [self._base + k for k in (*names, "workers", "wkr", "nms", "txt")]
         keys += [self._base + f"st:{s}" for s in states]
+        keys += [self._base + f"wk:{w}" for w in workers]
         keys += [self._base + f"root:{r}" for r in roots]
         for start in range(0, len(keys), 500):
             await client.delete(*keys[start : start + 500])

@@ -4,6 +4,7 @@ them (memory, SQLite, Redis): search, pagination, workflows, chart buckets and r
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import pytest
@@ -13,7 +14,13 @@ pytest.importorskip("starlette")
 from aiotask import App
 from aiotask.dashboard.history import History, TaskRow, prune
 from aiotask.events import EventType, TaskEvent
-from aiotask.history import HistoryQuery, HistoryRecord, HistoryStore, MemoryHistoryStore
+from aiotask.history import (
+    HistoryQuery,
+    HistoryRecord,
+    HistoryStore,
+    MemoryHistoryStore,
+    matches,
+)
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -164,6 +171,61 @@ async def test_search_by_error_text_and_arguments(store: HistoryStore) -> None:
     assert (await store.get_many(["id002", "nope"])).keys() == {"id002"}
 
 
+def sample(i: int) -> HistoryRecord:
+    """Varied rows for comparing a store's searches with the reference `matches`."""
+    failed = i % 5 == 0
+    return record(
+        i,
+        name=f"mod.Task{i % 3}",
+        worker=f"w{i % 4}" if i % 7 else "",
+        state="FAILURE" if failed else ("STARTED" if i % 11 == 0 else "SUCCESS"),
+        updated_at=1000.0 + (i * 37) % 97,  # distinct, out of insertion order
+        args=f'["Mail-{i % 6}@x.org"]' if i % 2 else None,
+        exception_type="IOError" if failed else None,
+        exception=f"Disk Full {i % 4}" if failed else None,
+    )
+
+
+@pytest.mark.parametrize("chunk", [7, 5_000])
+async def test_searches_agree_with_the_reference_filter(
+    store: HistoryStore, chunk: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a small chunk makes the Redis search go over several server-side calls
+    monkeypatch.setattr("aiotask.backends._history_redis.SCAN_CHUNK", chunk)
+    rows = [sample(i) for i in range(97)]
+    await store.put(rows)
+    # a row that changes worker, name and text leaves its old index entries
+    rows[14] = replace(
+        rows[14], worker="w9", name="mod.Moved", args='["elsewhere"]', updated_at=999.0
+    )
+    await store.put([rows[14]])
+    queries = [
+        HistoryQuery(worker="w1"),
+        HistoryQuery(worker="w1", state="FAILURE"),
+        HistoryQuery(worker="w2", state="SUCCESS", limit=4, offset=3),
+        HistoryQuery(worker="w9"),
+        HistoryQuery(q="disk full 2"),
+        HistoryQuery(q="MAIL-3", worker="w3", limit=2, offset=1),
+        HistoryQuery(q="task1", state="STARTED"),
+        HistoryQuery(q="ioerror: disk", since=1020.0, until=1060.0),
+        HistoryQuery(q="id02", worker="w0"),
+        HistoryQuery(q="mod.moved"),
+        HistoryQuery(q="elsewhere", worker="w9"),
+        HistoryQuery(q="mail-", name="mod.Task2", limit=5, offset=5),
+        HistoryQuery(name="mod.Task0", state="FAILURE"),
+        HistoryQuery(worker="w2", since=1050.0, limit=3),
+        HistoryQuery(q="x.org", limit=0),
+    ]
+    for query in queries:
+        expected = sorted(
+            (r for r in rows if matches(r, query)), key=lambda r: r.updated_at, reverse=True
+        )
+        found, total = await store.search(query)
+        assert total == len(expected), query
+        page = expected[query.offset : query.offset + query.limit]
+        assert [r.id for r in found] == [r.id for r in page], query
+
+
 async def test_a_workflow_is_its_root_its_descendants_and_its_group(store: HistoryStore) -> None:
     await store.put(
         [
@@ -218,6 +280,43 @@ async def test_retention_drops_expired_states_and_keeps_the_others(store: Histor
     assert await store.prune({"FAILURE": 3600.0}, now, 100) == 1
     assert await store.family("r", 10) == []
     assert await store.counts() == {"SUCCESS": 1, "STARTED": 1}
+
+
+async def test_redis_retention_leaves_no_index_entry_behind(redis_url: str, namespace: str) -> None:
+    import redis.asyncio as aioredis
+
+    app = App("leak", broker="memory://", backend=redis_url, key_prefix=namespace)
+    client = aioredis.from_url(redis_url)
+    try:
+        async with app:
+            store = (await app.result_backend()).history_store("leak")  # type: ignore[attr-defined]
+            rows = [sample(i) for i in range(40)]
+            rows += [record(50, worker="w1", root_id="id049", group_id="g", args='["x"]')]
+            await store.put(rows)
+            rows[1] = replace(rows[1], worker="w-moved")
+            await store.put([rows[1]])
+            keys = [k async for k in client.scan_iter(match=f"{namespace}:*hist:leak*")]
+            assert any(k.endswith(b":wk:w-moved") for k in keys)
+            # a row of an older writer has no search text: searches then filter in Python
+            (texts,) = [k for k in keys if k.endswith(b":txt")]
+            await client.hdel(texts, rows[5].id)
+            query = HistoryQuery(q="disk full 1", limit=100)
+            found, total = await store.search(query)
+            expected = {r.id for r in rows if matches(r, query)}
+            assert rows[5].id in expected
+            assert {r.id for r in found} == expected and total == len(expected)
+            await client.zrem(texts[: -len(b"txt")] + b"wk:w1", rows[5].id)  # nor by worker
+            query = HistoryQuery(worker=rows[5].worker, limit=100)
+            found, total = await store.search(query)
+            expected = {r.id for r in rows if matches(r, query)}
+            assert rows[5].id in expected
+            assert {r.id for r in found} == expected and total == len(expected)
+            everything = dict.fromkeys(["SUCCESS", "FAILURE", "STARTED"], 0.0)
+            assert await prune(store, everything, 5000.0) == len(rows)
+            left = [k async for k in client.scan_iter(match=f"{namespace}:*hist:leak*")]
+            assert left == []
+    finally:
+        await client.aclose()
 
 
 def test_retention_is_a_setting_per_state() -> None:
