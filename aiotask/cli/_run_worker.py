@@ -76,11 +76,15 @@ _HELD = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGQUIT})
 
 def reexec(options: WorkerOptions) -> None:
     """Replace this process with a fresh interpreter running the worker (does not return)."""
-    signal.pthread_sigmask(signal.SIG_BLOCK, _HELD)
     sys.stdout.flush()
     sys.stderr.flush()
     argv = [sys.executable, *_interpreter_options(), "-m", __name__, orjson.dumps(options).decode()]
-    os.execv(sys.executable, argv)  # noqa: S606 - our own interpreter and module, no shell
+    signal.pthread_sigmask(signal.SIG_BLOCK, _HELD)
+    try:
+        os.execv(sys.executable, argv)  # noqa: S606 - our own interpreter and module, no shell
+    except BaseException:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _HELD)  # still this process: signals as before
+        raise
 
 
 def _interpreter_options() -> list[str]:
