@@ -266,6 +266,13 @@ class Debounce(Enum):
     WAIT = "wait"  # this send is not recorded yet: look again shortly
 
 
+def _sent_at(value: str | None) -> float | None:
+    try:
+        return float(value) if value else None
+    except ValueError:
+        return None
+
+
 def debounce_verdict(
     latest: str | None, message_id: str, at: str | None, at_now: float
 ) -> Debounce:
@@ -273,33 +280,36 @@ def debounce_verdict(
 
     Records only move forward in send time, so a record older than this message means this
     sender's own write has not landed yet: waiting for it, rather than treating the message as
-    superseded, is what keeps a slow write from dropping every send of the window. A record
-    without a time (written by an older version) compares by id alone.
+    superseded, is what keeps a slow write from dropping every send of the window. Across an
+    upgrade: a record without a time (an older sender's) counts as older than a timed message,
+    and a message without a time (an older sender's) compares by id alone, as it used to.
     """
     if latest is None:
         return Debounce.RUN
     latest_id, _, latest_at = latest.partition(" ")
     if latest_id == message_id:
         return Debounce.RUN
-    try:
-        mine = float(at) if at is not None else None
-        theirs = float(latest_at) if latest_at else None
-    except ValueError:
-        mine = theirs = None
-    if mine is None or theirs is None or theirs > mine:
+    mine = _sent_at(at)
+    if mine is None:
+        return Debounce.SUPERSEDED
+    theirs = _sent_at(latest_at)
+    if theirs is not None and theirs > mine:
         return Debounce.SUPERSEDED
     return Debounce.WAIT if at_now < mine + RECORD_GRACE else Debounce.RUN
 
 
 async def record_latest(store: LockStore, name: str, message_id: str, at: str, ttl: float) -> None:
     """Record this send as the latest unless a later one already is (compare and swap), so
-    concurrent senders whose writes land out of order still leave the last send recorded."""
+    concurrent senders whose writes land out of order still leave the last send recorded. A
+    record without a time (an older version's) is replaced."""
     value = latest_value(message_id, at)
+    mine = _sent_at(at)
     for _ in range(20):
         current = await store.acquire(name, value, ttl)
         if current is None or current == value:
             return
-        if debounce_verdict(current, message_id, at, 0.0) is Debounce.SUPERSEDED:
+        theirs = _sent_at(current.partition(" ")[2])
+        if theirs is not None and mine is not None and theirs > mine:
             return  # a later send is recorded already
         if await store.swap(name, current, value, ttl):
             return

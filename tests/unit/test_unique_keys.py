@@ -161,7 +161,9 @@ def test_debounce_verdicts() -> None:
     assert debounce_verdict("later 11.0", "m", "10.0", 10.0) is Debounce.SUPERSEDED
     assert debounce_verdict("earlier 9.0", "m", "10.0", 10.0) is Debounce.WAIT  # not yet mine
     assert debounce_verdict("earlier 9.0", "m", "10.0", 10.0 + RECORD_GRACE) is Debounce.RUN
-    assert debounce_verdict("old-format", "m", "10.0", 10.0) is Debounce.SUPERSEDED
+    # across an upgrade: an untimed record (older sender) is older than a timed message; an
+    # untimed message (older sender) is superseded by any other record, as before
+    assert debounce_verdict("old-format", "m", "10.0", 10.0) is Debounce.WAIT
     assert debounce_verdict("x 1.0", "m", None, 10.0) is Debounce.SUPERSEDED
 
 
@@ -176,3 +178,6 @@ async def test_the_latest_record_only_moves_forward() -> None:
     assert await store.get("k") == latest_value("b", "2.0")
     await record_latest(store, "k", "c", "3.0", 60)
     assert await store.get("k") == latest_value("c", "3.0")
+    await store.put("k", "older-version-id", 60)  # written by a sender before the upgrade
+    await record_latest(store, "k", "d", "4.0", 60)
+    assert await store.get("k") == latest_value("d", "4.0")
