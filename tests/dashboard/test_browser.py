@@ -237,6 +237,29 @@ def test_revoke_shows_live_on_another_page(served: Served, browser_page: Any) ->
     assert served.api.get(f"/api/results/{task_id}").json()["state"] == "REVOKED"
 
 
+def test_a_live_update_keeps_what_is_typed_in_the_search(served: Served, browser_page: Any) -> None:
+    """The search form is part of the live fragment: a change re-renders the fragment, which
+    used to wipe what the user was typing (and made this page's search flaky under load)."""
+    from playwright.sync_api import expect
+
+    page = browser_page.new_page()
+    page.goto(served.url + "/tasks")
+    expect(page.locator("#live-status")).to_have_class("live on")
+    page.fill("input[name=q]", "typed, not sent")
+    done = served.send("dash.add", 1, 1)
+    # the task ran (its result is stored) and its events were streamed to the page ...
+    for _ in range(100):
+        if served.api.get(f"/api/results/{done}").json()["state"] == "SUCCESS":
+            break
+        page.wait_for_timeout(100)
+    page.wait_for_timeout(1500)  # ... well past the 300 ms refresh delay
+    expect(page.locator("input[name=q]")).to_have_value("typed, not sent")
+    expect(page.locator(f"a[href='/tasks/{done}']")).to_have_count(0)  # not re-rendered yet
+    page.fill("input[name=q]", "")  # back to what was rendered, and no longer focused:
+    page.locator("h1").click()
+    expect(page.locator(f"a[href='/tasks/{done}']")).to_have_count(1)  # the refresh comes
+
+
 def test_replay_a_dead_letter(served: Served, browser_page: Any) -> None:
     from playwright.sync_api import expect
 

@@ -14,9 +14,28 @@
   var watch = live.getAttribute("data-watch") || "";
   var timer = null;
   var busy = false;
+  // A form in the live fragment (the task search) that the user is filling in is not replaced
+  // under them: the refresh waits until the field loses focus and is back to what was rendered.
+  function editing() {
+    var fields = live.querySelectorAll("input, select, textarea");
+    for (var i = 0; i < fields.length; i++) {
+      var f = fields[i];
+      if (f === document.activeElement) { return true; }
+      if (f.type === "checkbox" || f.type === "radio") {
+        if (f.checked !== f.defaultChecked) { return true; }
+      } else if (f.tagName === "SELECT") {
+        var shown = 0;  // without a `selected` attribute the first option is the rendered one
+        for (var j = 0; j < f.options.length; j++) {
+          if (f.options[j].defaultSelected) { shown = j; }
+        }
+        if (f.selectedIndex !== shown) { return true; }
+      } else if (f.value !== f.defaultValue) { return true; }
+    }
+    return false;
+  }
   function refresh() {
     timer = null;
-    if (busy) { schedule(); return; }
+    if (busy || editing()) { schedule(); return; }
     busy = true;
     fetch(partial, { headers: { "Accept": "text/html" }, credentials: "same-origin" })
       .then(function (r) { return r.ok ? r.text() : null; })
