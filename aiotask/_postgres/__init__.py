@@ -238,19 +238,21 @@ class Database:
         except ANY_ERROR as exc:
             log.debug("LISTEN connection to %s failed: %s", self.opts.shown, exc)
             return False
-        try:
+        kept = False
+        try:  # every way out but success closes it: a cancelled probe must not leak it
             for name, callback in self._topics.items():
                 await conn.add_listener(name, _relay(callback))
+            if not await self._probe(conn) or self._pool is None:  # None: closed meanwhile
+                return False
+            conn.add_termination_listener(self._listen_lost)
+            self._listener, kept = conn, True
+            return True
         except ANY_ERROR as exc:
             log.debug("LISTEN on %s failed: %s", self.opts.shown, exc)
-            conn.terminate()
             return False
-        if not await self._probe(conn):
-            conn.terminate()
-            return False
-        conn.add_termination_listener(self._listen_lost)
-        self._listener = conn
-        return True
+        finally:
+            if not kept:
+                conn.terminate()
 
     async def _probe(self, conn: asyncpg.Connection) -> bool:
         """Send a NOTIFY through the pool and see it arrive on the LISTEN connection.
