@@ -20,7 +20,7 @@ def test_base_install_has_no_server_client_libraries() -> None:
 def test_user_extras_and_no_bench_extra() -> None:
     extras = PROJECT["optional-dependencies"]
     assert extras["redis"] == ["redis[hiredis]>=5.0"]
-    assert extras["rabbitmq"] == ["aio-pika>=9.4"]
+    assert extras["rabbitmq"] == ["aio-pika>=10.2"]
     assert extras["postgres"] == ["asyncpg>=0.29"]
     assert extras["all"] == ["aiotask[redis,rabbitmq,postgres,dashboard]"]
     assert "aiotask[all]" in extras["dev"]

@@ -102,7 +102,7 @@ class Workers:
                 return
             await asyncio.sleep(0.1)
         logs = "\n".join(p.read_text()[-2000:] for p in self.tmp.glob("worker-*.log"))
-        raise AssertionError(f"{what} did not happen:\n{logs}")
+        raise AssertionError(f"{what} did not happen; done: {self.done()}\n{logs}")
 
 
 @pytest.fixture(params=["sqlite", "redis"])
@@ -161,6 +161,7 @@ async def test_workers_serve_b_before_a_backlog_drains(workers: Workers) -> None
     assert all(stop(p) == 0 for p in workers.procs)
 
 
+@pytest.mark.timeout(150)  # its waits (45 s each) fail first, with the workers' logs
 async def test_kill9_redelivers_fair_messages(workers: Workers) -> None:
     app = workers.app
     for tenant, hold in (("K", 30.0), ("L", 0.0)):
@@ -168,14 +169,16 @@ async def test_kill9_redelivers_fair_messages(workers: Workers) -> None:
             await app.send_task("fair.job", [tenant, i, hold], fairness_key=_tenant)
     victim = workers.start()
     started = workers.log.with_name("done.started")
-    await workers.wait_for(lambda: started.exists() and started.read_text().count("K") >= 3, "K")
+    await workers.wait_for(
+        lambda: started.exists() and started.read_text().count("K") >= 3, "K started", 45
+    )
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     # a survivor takes the dead worker's leases over; K's holds run again (shorter this time)
     (workers.tmp / "fair_tasks.py").write_text(MODULE.replace("await asyncio.sleep(hold)", ""))
     workers.start()
     await workers.wait_for(
-        lambda: sorted(t for t, _ in workers.done()) == ["K"] * 3 + ["L"] * 3, "redelivery"
+        lambda: sorted(t for t, _ in workers.done()) == ["K"] * 3 + ["L"] * 3, "redelivery", 45
     )
     assert all(stop(p) == 0 for p in workers.procs[1:])
 
