@@ -141,14 +141,28 @@ def plan(n: int) -> Plan:
 
 
 async def interleave(
-    runner: Runner, variants: tuple[Framework, ...], rounds: int, tag: str
+    runner: Runner,
+    variants: tuple[Framework, ...],
+    rounds: int,
+    tag: str,
+    *,
+    together: bool = False,
 ) -> dict[str, Series] | None:
-    """Drain with each variant once per round, the order rotated; None if a run failed."""
+    """Drain with each variant once per round, the order rotated; None if a run failed.
+
+    `together`: the variants of a round drain at the same time (each its own namespace,
+    producer and worker), so both see the same load from the rest of the machine; one after
+    the other, a variant that happens to run while other jobs are busy pays more CPU per task
+    (cache and scheduler churn), whatever it does itself."""
     series = {fw.key: Series(fw.label) for fw in variants}
     for r in range(rounds):
         k = r % len(variants)
-        for fw in variants[k:] + variants[:k]:
-            m = await runner.measure(fw, "drain", r)
+        order = variants[k:] + variants[:k]
+        if together:
+            measured = await asyncio.gather(*(runner.measure(fw, "drain", r) for fw in order))
+        else:
+            measured = [await runner.measure(fw, "drain", r) for fw in order]
+        for fw, m in zip(order, measured, strict=True):
             if m.error or "drain" not in m.values:
                 print(f"[{tag}] {fw.label} round {r}: ERROR {m.error}", file=sys.stderr)
                 return None
