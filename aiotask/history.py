@@ -197,7 +197,16 @@ class HistoryStore(Protocol):
         ...
 
     async def clear(self) -> None:
-        """Delete the whole history of this app (tests, `history reset`)."""
+        """Delete the whole history of this app (tests, `history reset`), and its cursor."""
+        ...
+
+    async def get_cursor(self) -> str | None:
+        """The event stream position the history was written up to (None: never written), so
+        a dashboard started later resumes there (see aiotask.brokers.base.EventLog)."""
+        ...
+
+    async def put_cursor(self, cursor: str) -> None:
+        """Save that position (after the records of the events up to it are `put`)."""
         ...
 
 
@@ -254,6 +263,7 @@ class MemoryHistoryStore:
 
     def __init__(self) -> None:
         self.rows: dict[str, HistoryRecord] = {}
+        self.cursor: str | None = None
 
     async def put(self, records: Sequence[HistoryRecord]) -> None:
         for r in records:
@@ -298,6 +308,13 @@ class MemoryHistoryStore:
 
     async def clear(self) -> None:
         self.rows.clear()
+        self.cursor = None
+
+    async def get_cursor(self) -> str | None:
+        return self.cursor
+
+    async def put_cursor(self, cursor: str) -> None:
+        self.cursor = cursor
 
 
 def args_text(value: Any) -> str:

@@ -348,12 +348,19 @@ class RedisHistoryStore:
         roots = [_text(s) for s in await client.smembers(self._base + "rootset")]
         workers = [_text(s) for s in await client.smembers(self._base + "workers")]
         names = ("rec", "state", "roots", "groups", "all", "states", "rootset")
-        keys = [self._base + k for k in (*names, "workers", "wkr", "nms", "txt")]
+        keys = [self._base + k for k in (*names, "workers", "wkr", "nms", "txt", "cursor")]
         keys += [self._base + f"st:{s}" for s in states]
         keys += [self._base + f"wk:{w}" for w in workers]
         keys += [self._base + f"root:{r}" for r in roots]
         for start in range(0, len(keys), 500):
             await client.delete(*keys[start : start + 500])
+
+    async def get_cursor(self) -> str | None:
+        found = await self._client.get(self._base + "cursor")
+        return None if found is None else _text(found)
+
+    async def put_cursor(self, cursor: str) -> None:
+        await self._client.set(self._base + "cursor", cursor)
 
 
 def _text(value: bytes | str) -> str:

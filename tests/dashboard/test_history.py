@@ -282,6 +282,19 @@ async def test_retention_drops_expired_states_and_keeps_the_others(store: Histor
     assert await store.counts() == {"SUCCESS": 1, "STARTED": 1}
 
 
+async def test_the_stream_position_is_kept_per_app_and_cleared_with_the_history(
+    store: HistoryStore,
+) -> None:
+    assert await store.get_cursor() is None  # never written: a dashboard reads all kept
+    await store.put_cursor("1700000000000-3")
+    await store.put_cursor("1700000000001-0")  # replaced, not added
+    assert await store.get_cursor() == "1700000000001-0"
+    await store.put([record(1)])
+    await store.clear()  # `history reset`: the next dashboard starts over
+    assert await store.get_cursor() is None
+    assert (await store.search(HistoryQuery()))[1] == 0
+
+
 async def test_redis_retention_leaves_no_index_entry_behind(redis_url: str, namespace: str) -> None:
     import redis.asyncio as aioredis
 
