@@ -196,6 +196,10 @@ class HistoryStore(Protocol):
         state's retention (seconds); states not in `retention` are kept. How many went."""
         ...
 
+    async def delete(self, task_ids: Sequence[str]) -> int:
+        """Delete the records of these ids (the dashboard's bulk delete); how many were there."""
+        ...
+
     async def clear(self) -> None:
         """Delete the whole history of this app (tests, `history reset`), and its cursor."""
         ...
@@ -305,6 +309,9 @@ class MemoryHistoryStore:
                 del self.rows[task_id]
             gone += len(old)
         return gone
+
+    async def delete(self, task_ids: Sequence[str]) -> int:
+        return sum(self.rows.pop(t, None) is not None for t in task_ids)
 
     async def clear(self) -> None:
         self.rows.clear()

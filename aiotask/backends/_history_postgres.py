@@ -181,6 +181,19 @@ class PostgresHistoryStore:
             for table in ("task_history", "task_history_cursor"):
                 await conn.execute(f"DELETE FROM {self._s}.{table} WHERE app = $1", self._app)
 
+    async def delete(self, task_ids: Sequence[str]) -> int:
+        if not task_ids:
+            return 0
+        status = await self._db.run(
+            lambda c: c.execute(
+                f"DELETE FROM {self._s}.task_history WHERE app = $1 AND id = ANY($2)",
+                self._app,
+                list(task_ids),
+            ),
+            "delete task history",
+        )
+        return int(str(status).rsplit(" ", 1)[-1])
+
     async def get_cursor(self) -> str | None:
         found = await self._db.run(
             lambda c: c.fetchval(

@@ -69,6 +69,11 @@ class SQLiteHistoryStore:
     async def prune(self, retention: Mapping[str, float], now: float, batch: int) -> int:
         return await (await self._conn()).run(_prune, self._app, dict(retention), now, batch)
 
+    async def delete(self, task_ids: Sequence[str]) -> int:
+        if not task_ids:
+            return 0
+        return await (await self._conn()).run(_delete, self._app, list(task_ids))
+
     async def clear(self) -> None:
         await (await self._conn()).run(_clear, self._app)
 
@@ -211,6 +216,19 @@ def _clear(conn: sqlite3.Connection, app: str) -> None:
     with transaction(conn):
         conn.execute("DELETE FROM task_history WHERE app = ?", (app,))
         conn.execute("DELETE FROM task_history_cursor WHERE app = ?", (app,))
+
+
+def _delete(conn: sqlite3.Connection, app: str, task_ids: list[str]) -> int:
+    gone = 0
+    with transaction(conn):
+        for low in range(0, len(task_ids), 500):
+            chunk = task_ids[low : low + 500]
+            cur = conn.execute(
+                f"DELETE FROM task_history WHERE app = ? AND id IN ({placeholders(len(chunk))})",  # noqa: S608
+                (app, *chunk),
+            )
+            gone += cur.rowcount
+    return gone
 
 
 def _get_cursor(conn: sqlite3.Connection, app: str) -> str | None:

@@ -253,6 +253,13 @@ class History:
             return row.record()
         return (await (await self.store(app)).get_many([task_id])).get(task_id)
 
+    async def delete(self, app: App, task_ids: list[str]) -> int:
+        """Drop these rows here and in the store (a bulk delete); how many the store had."""
+        for task_id in task_ids:
+            self.rows.pop(task_id, None)
+            self.dirty.discard(task_id)
+        return await (await self.store(app)).delete(task_ids)
+
     async def sent(
         self, app: App, task_id: str, name: str, args: list[Any], kwargs: dict[str, Any]
     ) -> None:

@@ -295,6 +295,26 @@ async def test_the_stream_position_is_kept_per_app_and_cleared_with_the_history(
     assert (await store.search(HistoryQuery()))[1] == 0
 
 
+async def test_a_delete_drops_the_rows_and_their_index_entries(store: HistoryStore) -> None:
+    await store.put(
+        [
+            record(1, root_id="r", group_id="g", worker="wa"),
+            record(2, root_id="r"),
+            record(3, state="STARTED", worker="wb"),
+        ]
+    )
+    assert await store.delete(["id001", "id003", "nope"]) == 2
+    assert await store.delete([]) == 0
+    left, total = await store.search(HistoryQuery(limit=10))
+    assert [r.id for r in left] == ["id002"] and total == 1
+    assert [r.id for r in await store.family("r", 10)] == ["id002"]
+    assert await store.family("g", 10) == []
+    assert (await store.search(HistoryQuery(worker="wb")))[1] == 0
+    assert (await store.search(HistoryQuery(q="id003")))[1] == 0
+    assert await store.counts() == {"SUCCESS": 1}
+    assert await store.get_many(["id001", "id002"]) == {"id002": record(2, root_id="r")}
+
+
 async def test_redis_retention_leaves_no_index_entry_behind(redis_url: str, namespace: str) -> None:
     import redis.asyncio as aioredis
 
