@@ -210,7 +210,8 @@ class History:
         self.problem: str | None = None
         #: why the history is not in the store (no result backend), for the pages
         self.store_note: str | None = None
-        #: set while the stream is followed (events before it are not seen)
+        #: set while the stream is followed (from the saved position, where the broker keeps
+        #: positions; else from then on)
         self.following = asyncio.Event()
         self._store: HistoryStore | None = None
         #: events, and after each record's events its stream position (a str) to save
@@ -372,6 +373,10 @@ class History:
             try:
                 if self.cursor is None:
                     self.cursor = await store.get_cursor()
+                    log.info(
+                        "dashboard: following events after position %s",
+                        self.cursor or "(none saved)",
+                    )
                 async with follow_after(app, self.cursor) as records:
                     self.problem = None
                     self.following.set()
