@@ -125,12 +125,22 @@ async def revoke_matching(dash: Dashboard, query: HistoryQuery, terminate: bool)
     return ids
 
 
+async def _stored_state(dash: Dashboard, task_id: str) -> str | None:
+    """The result backend's state of a task: its outcome is stored before the worker's events
+    reach the history (the task's page shows that one, so a retry must accept it too)."""
+    try:
+        record = await (await dash.app.result_backend()).get(task_id)
+    except ConfigurationError:
+        return None
+    return None if record is None else record.state
+
+
 async def send_again(dash: Dashboard, task_id: str) -> str:
     """Send a finished task again with its arguments; the new task's id."""
     row = await dash.history.get(dash.app, task_id)
     if row is None or not row.exact_args or row.args is None or row.kwargs is None:
         raise Problem(404, f"the arguments of {task_id!r} are not known (not sent here)")
-    if row.state not in RETRYABLE:
+    if row.state not in RETRYABLE and await _stored_state(dash, task_id) not in RETRYABLE:
         raise Problem(
             409, f"{task_id} is {row.state}: only a failed, revoked or dead task is retried"
         )
