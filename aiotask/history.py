@@ -196,8 +196,21 @@ class HistoryStore(Protocol):
         state's retention (seconds); states not in `retention` are kept. How many went."""
         ...
 
+    async def delete(self, task_ids: Sequence[str]) -> int:
+        """Delete the records of these ids (the dashboard's bulk delete); how many were there."""
+        ...
+
     async def clear(self) -> None:
-        """Delete the whole history of this app (tests, `history reset`)."""
+        """Delete the whole history of this app (tests, `history reset`), and its cursor."""
+        ...
+
+    async def get_cursor(self) -> str | None:
+        """The event stream position the history was written up to (None: never written), so
+        a dashboard started later resumes there (see aiotask.brokers.base.EventLog)."""
+        ...
+
+    async def put_cursor(self, cursor: str) -> None:
+        """Save that position (after the records of the events up to it are `put`)."""
         ...
 
 
@@ -254,6 +267,7 @@ class MemoryHistoryStore:
 
     def __init__(self) -> None:
         self.rows: dict[str, HistoryRecord] = {}
+        self.cursor: str | None = None
 
     async def put(self, records: Sequence[HistoryRecord]) -> None:
         for r in records:
@@ -296,8 +310,18 @@ class MemoryHistoryStore:
             gone += len(old)
         return gone
 
+    async def delete(self, task_ids: Sequence[str]) -> int:
+        return sum(self.rows.pop(t, None) is not None for t in task_ids)
+
     async def clear(self) -> None:
         self.rows.clear()
+        self.cursor = None
+
+    async def get_cursor(self) -> str | None:
+        return self.cursor
+
+    async def put_cursor(self, cursor: str) -> None:
+        self.cursor = cursor
 
 
 def args_text(value: Any) -> str:

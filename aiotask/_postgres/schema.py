@@ -163,6 +163,11 @@ STEPS: dict[str, list[str]] = {
         CREATE INDEX IF NOT EXISTS task_history_root ON {s}.task_history (app, root_id);
         CREATE INDEX IF NOT EXISTS task_history_group ON {s}.task_history (app, group_id);
         """,
+        # 4: the event stream position the task history was written up to (resuming)
+        """
+        CREATE TABLE IF NOT EXISTS {s}.task_history_cursor (
+            app text PRIMARY KEY, cursor text NOT NULL);
+        """,
     ],
 }
 

@@ -172,6 +172,44 @@ class PostgresHistoryStore:
 
     async def clear(self) -> None:
         await self._db.run(
-            lambda c: c.execute(f"DELETE FROM {self._s}.task_history WHERE app = $1", self._app),
+            self._clear,
             "clear task history",
+        )
+
+    async def _clear(self, conn: asyncpg.Connection) -> None:
+        async with conn.transaction():
+            for table in ("task_history", "task_history_cursor"):
+                await conn.execute(f"DELETE FROM {self._s}.{table} WHERE app = $1", self._app)
+
+    async def delete(self, task_ids: Sequence[str]) -> int:
+        if not task_ids:
+            return 0
+        status = await self._db.run(
+            lambda c: c.execute(
+                f"DELETE FROM {self._s}.task_history WHERE app = $1 AND id = ANY($2)",
+                self._app,
+                list(task_ids),
+            ),
+            "delete task history",
+        )
+        return int(str(status).rsplit(" ", 1)[-1])
+
+    async def get_cursor(self) -> str | None:
+        found = await self._db.run(
+            lambda c: c.fetchval(
+                f"SELECT cursor FROM {self._s}.task_history_cursor WHERE app = $1", self._app
+            ),
+            "read task history cursor",
+        )
+        return None if found is None else str(found)
+
+    async def put_cursor(self, cursor: str) -> None:
+        await self._db.run(
+            lambda c: c.execute(
+                f"INSERT INTO {self._s}.task_history_cursor VALUES ($1, $2) "
+                "ON CONFLICT (app) DO UPDATE SET cursor = excluded.cursor",
+                self._app,
+                cursor,
+            ),
+            "write task history cursor",
         )

@@ -84,14 +84,41 @@ end
 return 1
 """
 
-#: ARGV: (state, cutoff, batch) per state; returns how many records went. An index set left
-#: empty also leaves the set of names that lists it (no entry outlives its records).
-PRUNE = """
+#: A Lua function dropping record `id` (of state `st`) and its index entries. An index set
+#: left empty also leaves the set of names that lists it (no entry outlives its records).
+DROP = """
 local base = KEYS[1]
 local function forget(remove, index, id, names, name)
   redis.call(remove, index, id)
   if redis.call('EXISTS', index) == 0 then redis.call('SREM', base .. names, name) end
 end
+local function drop(id, st)
+  local root = redis.call('HGET', base .. 'roots', id)
+  if root then
+    forget('SREM', base .. 'root:' .. root, id, 'rootset', root)
+    redis.call('HDEL', base .. 'roots', id)
+  end
+  local group = redis.call('HGET', base .. 'groups', id)
+  if group then
+    forget('SREM', base .. 'root:' .. group, id, 'rootset', group)
+    redis.call('HDEL', base .. 'groups', id)
+  end
+  local wk = redis.call('HGET', base .. 'wkr', id)
+  if wk and wk ~= '' then forget('ZREM', base .. 'wk:' .. wk, id, 'workers', wk) end
+  redis.call('HDEL', base .. 'wkr', id)
+  redis.call('HDEL', base .. 'nms', id)
+  redis.call('HDEL', base .. 'txt', id)
+  redis.call('HDEL', base .. 'rec', id)
+  redis.call('HDEL', base .. 'state', id)
+  redis.call('ZREM', base .. 'all', id)
+  forget('ZREM', base .. 'st:' .. st, id, 'states', st)
+end
+"""
+
+#: ARGV: (state, cutoff, batch) per state; returns how many records went.
+PRUNE = (
+    DROP
+    + """
 local gone = 0
 local i = 1
 while i <= #ARGV do
@@ -99,31 +126,28 @@ while i <= #ARGV do
   i = i + 3
   local ids = redis.call('ZRANGEBYSCORE', base .. 'st:' .. st, '-inf', '(' .. cutoff,
                          'LIMIT', 0, batch)
-  for _, id in ipairs(ids) do
-    local root = redis.call('HGET', base .. 'roots', id)
-    if root then
-      forget('SREM', base .. 'root:' .. root, id, 'rootset', root)
-      redis.call('HDEL', base .. 'roots', id)
-    end
-    local group = redis.call('HGET', base .. 'groups', id)
-    if group then
-      forget('SREM', base .. 'root:' .. group, id, 'rootset', group)
-      redis.call('HDEL', base .. 'groups', id)
-    end
-    local wk = redis.call('HGET', base .. 'wkr', id)
-    if wk and wk ~= '' then forget('ZREM', base .. 'wk:' .. wk, id, 'workers', wk) end
-    redis.call('HDEL', base .. 'wkr', id)
-    redis.call('HDEL', base .. 'nms', id)
-    redis.call('HDEL', base .. 'txt', id)
-    redis.call('HDEL', base .. 'rec', id)
-    redis.call('HDEL', base .. 'state', id)
-    redis.call('ZREM', base .. 'all', id)
-    forget('ZREM', base .. 'st:' .. st, id, 'states', st)
-  end
+  for _, id in ipairs(ids) do drop(id, st) end
   gone = gone + #ids
 end
 return gone
 """
+)
+
+#: ARGV: task ids; returns how many records went.
+DELETE = (
+    DROP
+    + """
+local gone = 0
+for _, id in ipairs(ARGV) do
+  local st = redis.call('HGET', base .. 'state', id)
+  if st then
+    drop(id, st)
+    gone = gone + 1
+  end
+end
+return gone
+"""
+)
 
 #: KEYS: base, candidate sorted set. ARGV: high, low, start, count, offset, limit, matched so
 #: far, id prefix, lowercased needle, state, worker, name ("" = no such condition). Checks up
@@ -180,6 +204,7 @@ class RedisHistoryStore:
         self._base = f"{prefix}:{{hist:{app_name}}}:"
         self._put = client().register_script(PUT)
         self._prune = client().register_script(PRUNE)
+        self._delete = client().register_script(DELETE)
         self._scan_script = client().register_script(SCAN)
 
     @property
@@ -342,18 +367,32 @@ class RedisHistoryStore:
             argv += [state, repr(now - keep), batch]
         return int(await self._prune(keys=[self._base], args=argv))
 
+    async def delete(self, task_ids: Sequence[str]) -> int:
+        gone = 0
+        for low in range(0, len(task_ids), PUT_CHUNK):  # short scripts
+            chunk = list(task_ids[low : low + PUT_CHUNK])
+            gone += int(await self._delete(keys=[self._base], args=chunk))
+        return gone
+
     async def clear(self) -> None:
         client = self._client
         states = [_text(s) for s in await client.smembers(self._base + "states")]
         roots = [_text(s) for s in await client.smembers(self._base + "rootset")]
         workers = [_text(s) for s in await client.smembers(self._base + "workers")]
         names = ("rec", "state", "roots", "groups", "all", "states", "rootset")
-        keys = [self._base + k for k in (*names, "workers", "wkr", "nms", "txt")]
+        keys = [self._base + k for k in (*names, "workers", "wkr", "nms", "txt", "cursor")]
         keys += [self._base + f"st:{s}" for s in states]
         keys += [self._base + f"wk:{w}" for w in workers]
         keys += [self._base + f"root:{r}" for r in roots]
         for start in range(0, len(keys), 500):
             await client.delete(*keys[start : start + 500])
+
+    async def get_cursor(self) -> str | None:
+        found = await self._client.get(self._base + "cursor")
+        return None if found is None else _text(found)
+
+    async def put_cursor(self, cursor: str) -> None:
+        await self._client.set(self._base + "cursor", cursor)
 
 
 def _text(value: bytes | str) -> str:

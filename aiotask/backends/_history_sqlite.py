@@ -25,7 +25,8 @@ CREATE INDEX IF NOT EXISTS task_history_updated ON task_history (app, updated_at
 CREATE INDEX IF NOT EXISTS task_history_state ON task_history (app, state, updated_at);
 CREATE INDEX IF NOT EXISTS task_history_worker ON task_history (app, worker, updated_at);
 CREATE INDEX IF NOT EXISTS task_history_root ON task_history (app, root_id);
-CREATE INDEX IF NOT EXISTS task_history_group ON task_history (app, group_id)
+CREATE INDEX IF NOT EXISTS task_history_group ON task_history (app, group_id);
+CREATE TABLE IF NOT EXISTS task_history_cursor (app TEXT PRIMARY KEY, cursor TEXT NOT NULL)
 """
 
 
@@ -68,8 +69,19 @@ class SQLiteHistoryStore:
     async def prune(self, retention: Mapping[str, float], now: float, batch: int) -> int:
         return await (await self._conn()).run(_prune, self._app, dict(retention), now, batch)
 
+    async def delete(self, task_ids: Sequence[str]) -> int:
+        if not task_ids:
+            return 0
+        return await (await self._conn()).run(_delete, self._app, list(task_ids))
+
     async def clear(self) -> None:
         await (await self._conn()).run(_clear, self._app)
+
+    async def get_cursor(self) -> str | None:
+        return await (await self._conn()).run(_get_cursor, self._app)
+
+    async def put_cursor(self, cursor: str) -> None:
+        await (await self._conn()).run(_put_cursor, self._app, cursor)
 
 
 def _schema(conn: sqlite3.Connection) -> None:
@@ -203,3 +215,31 @@ def _prune(
 def _clear(conn: sqlite3.Connection, app: str) -> None:
     with transaction(conn):
         conn.execute("DELETE FROM task_history WHERE app = ?", (app,))
+        conn.execute("DELETE FROM task_history_cursor WHERE app = ?", (app,))
+
+
+def _delete(conn: sqlite3.Connection, app: str, task_ids: list[str]) -> int:
+    gone = 0
+    with transaction(conn):
+        for low in range(0, len(task_ids), 500):
+            chunk = task_ids[low : low + 500]
+            cur = conn.execute(
+                f"DELETE FROM task_history WHERE app = ? AND id IN ({placeholders(len(chunk))})",  # noqa: S608
+                (app, *chunk),
+            )
+            gone += cur.rowcount
+    return gone
+
+
+def _get_cursor(conn: sqlite3.Connection, app: str) -> str | None:
+    row = conn.execute("SELECT cursor FROM task_history_cursor WHERE app = ?", (app,)).fetchone()
+    return None if row is None else str(row[0])
+
+
+def _put_cursor(conn: sqlite3.Connection, app: str, cursor: str) -> None:
+    with transaction(conn):
+        conn.execute(
+            "INSERT INTO task_history_cursor VALUES (?, ?) "
+            "ON CONFLICT (app) DO UPDATE SET cursor = excluded.cursor",
+            (app, cursor),
+        )

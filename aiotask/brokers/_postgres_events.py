@@ -10,17 +10,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
 from aiotask import _postgres
 from aiotask._backoff import Backoff
-from aiotask.brokers.base import EVENTS_CAP
+from aiotask.brokers.base import END, EVENTS_CAP
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 
     import asyncpg
+
+log = logging.getLogger(__name__)
 
 TOPIC = "events"
 #: A follower reads at most this many events per query.
@@ -70,20 +73,34 @@ class Events:
     @asynccontextmanager
     async def follow(self) -> AsyncIterator[AsyncIterator[bytes]]:
         """Follow the table from its current end."""
+        async with self.follow_after(END) as feed:
+            yield (body async for _id, body in feed)
+
+    @asynccontextmanager
+    async def follow_after(
+        self, cursor: str | None
+    ) -> AsyncIterator[AsyncIterator[tuple[str, bytes]]]:
+        """Follow the table after row `cursor` (see EventLog)."""
         s = self._s
-        last = await self._db.run(
-            lambda c: c.fetchval(f"SELECT coalesce(max(id), 0) FROM {s}.events"), "read events"
+        bounds = await self._db.run(
+            lambda c: c.fetchrow(
+                f"SELECT coalesce(min(id), 0), coalesce(max(id), 0) FROM {s}.events"
+            ),
+            "read events",
         )
+        oldest, newest = (int(bounds[0]), int(bounds[1])) if bounds else (0, 0)
         event = asyncio.Event()
         self._followers.add(event)
-        feed = self._feed(event, int(last))
+        feed = self._feed(event, _start(cursor, oldest, newest))
         try:
             yield feed
         finally:
             self._followers.discard(event)
             await feed.aclose()
 
-    async def _feed(self, event: asyncio.Event, last: int) -> AsyncGenerator[bytes, None]:
+    async def _feed(
+        self, event: asyncio.Event, last: int
+    ) -> AsyncGenerator[tuple[str, bytes], None]:
         poll = Backoff(EVENTS_POLL_MIN, EVENTS_POLL_MAX)
         s = self._s
         while True:
@@ -94,12 +111,35 @@ class Events:
                 poll.reset()
                 last = int(rows[-1][0])
                 for row in rows:
-                    yield bytes(row[1])
+                    yield str(row[0]), bytes(row[1])
                 continue
             pause = _postgres.IDLE_MAX if listening else poll.next_delay()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(pause):
                     await event.wait()
+
+
+def _start(cursor: str | None, oldest: int, newest: int) -> int:
+    """The id to read after (see EventLog): the end, the cursor, or 0 for a foreign one."""
+    if cursor == END:
+        return newest
+    if cursor is None:
+        return 0
+    try:
+        last = int(cursor)
+    except ValueError:
+        last = -1
+    if last < 0 or last > newest:
+        log.warning("events: position %r is not in this stream; reading all it keeps", cursor)
+        return 0
+    if oldest > last + 1:  # (a rolled-back insert leaves a hole in the ids: "may")
+        log.warning(
+            "events: the stream was trimmed past position %s; resuming from the oldest entry "
+            "kept (%s): events in between may be lost",
+            last,
+            oldest,
+        )
+    return last
 
 
 async def _page(conn: asyncpg.Connection, *, s: str, after: int) -> list[asyncpg.Record]:

@@ -2,18 +2,24 @@
 
 `{prefix}:events` holds one entry per record (field `e`; aiotask.events packs one flush of an
 emitter, up to 1000 events, per record), trimmed with MAXLEN ~ EVENTS_CAP on every XADD.
-Followers XREAD BLOCK from the id that was last when they subscribed.
+Followers XREAD BLOCK from the id that was last when they subscribed, or from the entry id a
+resuming follower (the dashboard's history) read last.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import TYPE_CHECKING, Any
+
+from aiotask.brokers.base import END
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 
     from aiotask._redis.client import Client
+
+log = logging.getLogger(__name__)
 
 #: A follower's XREAD waits this long (ms) per call, and takes at most this many entries.
 BLOCK_MS = 1000
@@ -37,12 +43,43 @@ async def end_id(client: Client, stream: str) -> bytes | str:
     return newest[0][0] if newest else "0-0"
 
 
+def _id(entry_id: bytes | str) -> tuple[int, int]:
+    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
+
+
+async def start_id(client: Client, stream: str, cursor: str | None) -> bytes | str:
+    """Where a follower starts (see EventLog): the end, "0-0" (all kept), or the cursor
+    (logged when the stream was trimmed past it)."""
+    if cursor == END:
+        return await end_id(client, stream)
+    if cursor is None:
+        return "0-0"
+    try:
+        last = _id(cursor)
+    except ValueError:
+        log.warning("events: position %r is not in this stream; reading all it keeps", cursor)
+        return "0-0"
+    oldest: Any = await client.xrange(stream, count=1)
+    if oldest and _id(oldest[0][0]) > last:
+        kept: Any = await client.xrange(stream, min=cursor, max=cursor, count=1)
+        if not kept:
+            log.warning(
+                "events: the stream was trimmed past position %s; resuming from the oldest "
+                "entry kept (%s): events in between may be lost",
+                cursor,
+                oldest[0][0].decode() if isinstance(oldest[0][0], bytes) else oldest[0][0],
+            )
+    return cursor
+
+
 async def follow(
     client: Client,
     stream: str,
     start: bytes | str,
     retrying: Callable[[Callable[[], Awaitable[Any]]], Awaitable[Any]],
-) -> AsyncGenerator[bytes, None]:
+) -> AsyncGenerator[tuple[str, bytes], None]:
     """Every record after entry `start`, live; reconnects through an outage (broker's rule)."""
     last = start
 
@@ -57,4 +94,4 @@ async def follow(
                 last = entry_id
                 record = fields.get(b"e")
                 if record is not None:
-                    yield record
+                    yield (entry_id.decode() if isinstance(entry_id, bytes) else entry_id), record

@@ -183,3 +183,25 @@ class EventStream(Protocol):
     async def emit_events(self, batch: Sequence[bytes]) -> None: ...
 
     def events(self) -> AbstractAsyncContextManager[AsyncIterator[bytes]]: ...
+
+
+#: `EventLog.events_after(END)`: from the current end of the stream.
+END = "$"
+
+
+@runtime_checkable
+class EventLog(Protocol):
+    """An event stream whose entries have positions, so a follower can resume where it left
+    off (SQLite and PostgreSQL tables: row ids; a Redis Stream: entry ids). A RabbitMQ topic
+    exchange keeps nothing and has none.
+
+    - `events_after(cursor)` follows like `events()` but yields (position, record), starting
+      right after the entry at position `cursor`; with None, from the oldest entry kept;
+      with END, from the current end (what `events()` does). When the stream was trimmed
+      past `cursor` it starts from the oldest entry kept (the ones in between are gone: it
+      logs so); a position it cannot read (another stream's) means all it keeps, logged too.
+    """
+
+    def events_after(
+        self, cursor: str | None
+    ) -> AbstractAsyncContextManager[AsyncIterator[tuple[str, bytes]]]: ...

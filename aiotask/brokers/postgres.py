@@ -333,3 +333,8 @@ class PostgresBroker:
 
     def events(self) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
         return self._events.follow()
+
+    def events_after(
+        self, cursor: str | None
+    ) -> AbstractAsyncContextManager[AsyncIterator[tuple[str, bytes]]]:
+        return self._events.follow_after(cursor)

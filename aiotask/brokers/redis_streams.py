@@ -44,6 +44,7 @@ from aiotask.brokers import _redis_housekeeping as housekeeping
 from aiotask.brokers import _redis_lua as lua
 from aiotask.brokers._common import DEAD_LETTER_CAP, exhausted, exhausted_reason, text
 from aiotask.brokers.base import (
+    END,
     EVENTS_CAP,
     BrokerCapabilities,
     DeadLetter,
@@ -599,8 +600,16 @@ class RedisStreamsBroker:
     @asynccontextmanager
     async def events(self) -> AsyncIterator[AsyncIterator[bytes]]:
         """Follow `{prefix}:events` from its current end."""
+        async with self.events_after(END) as feed:
+            yield (record async for _id, record in feed)
+
+    @asynccontextmanager
+    async def events_after(
+        self, cursor: str | None
+    ) -> AsyncIterator[AsyncIterator[tuple[str, bytes]]]:
+        """Follow `{prefix}:events` after entry `cursor` (see EventLog)."""
         client, stream = self._client(), events.key(self._prefix)
-        start = await self._retrying(lambda: events.end_id(client, stream))
+        start = await self._retrying(lambda: events.start_id(client, stream, cursor))
         feed = events.follow(client, stream, start, self._retrying)
         try:
             yield feed

@@ -34,6 +34,7 @@ from aiotask._backoff import Backoff
 from aiotask._sqlite import placeholders, transaction
 from aiotask._time import now
 from aiotask.brokers import _sqlite_admin as admin
+from aiotask.brokers import _sqlite_events as _events
 from aiotask.brokers import _sqlite_fair
 from aiotask.brokers._common import (
     DEAD_LETTER_CAP,
@@ -44,6 +45,7 @@ from aiotask.brokers._common import (
     tokens,
 )
 from aiotask.brokers.base import (
+    END,
     EVENTS_CAP,
     BrokerCapabilities,
     DeadLetter,
@@ -371,15 +373,23 @@ class SQLiteBroker:
     async def emit_events(self, batch: Sequence[bytes]) -> None:
         """Insert the batch and trim the table to the newest EVENTS_CAP: one transaction."""
         if batch:
-            await self._db.run(_emit_events, [(body,) for body in batch], EVENTS_CAP)
+            await self._db.run(_events.emit, [(body,) for body in batch], EVENTS_CAP)
             _sqlite.notify(self.path, EVENTS_TOPIC)
 
     @asynccontextmanager
     async def events(self) -> AsyncIterator[AsyncIterator[bytes]]:
         """Follow the table from its current end (polling; woken at once in this process)."""
+        async with self.events_after(END) as feed:
+            yield (body async for _id, body in feed)
+
+    @asynccontextmanager
+    async def events_after(
+        self, cursor: str | None
+    ) -> AsyncIterator[AsyncIterator[tuple[str, bytes]]]:
+        """Follow the table after row `cursor` (see EventLog)."""
         if not self._db.is_open:
             await self._db.open()
-        last = await self._db.run(_events_end)
+        last = await self._db.run(_events.start, cursor)
         signal = _sqlite.Signal()
         _sqlite.subscribe(self.path, EVENTS_TOPIC, signal)
         try:
@@ -387,16 +397,18 @@ class SQLiteBroker:
         finally:
             _sqlite.unsubscribe(self.path, EVENTS_TOPIC, signal)
 
-    async def _follow_events(self, signal: _sqlite.Signal, last: int) -> AsyncIterator[bytes]:
+    async def _follow_events(
+        self, signal: _sqlite.Signal, last: int
+    ) -> AsyncIterator[tuple[str, bytes]]:
         poll = Backoff(EVENTS_POLL_MIN, EVENTS_POLL_MAX)
         while True:
             signal.clear()
-            rows = await self._db.run(_events_after, last, EVENTS_PAGE)
+            rows = await self._db.run(_events.after, last, EVENTS_PAGE)
             if rows:
                 poll.reset()
                 last = rows[-1][0]
-                for _id, body in rows:
-                    yield body
+                for row_id, body in rows:
+                    yield str(row_id), body
                 continue
             await signal.wait(poll.next_delay())
 
@@ -567,26 +579,3 @@ def _purge(conn: sqlite3.Connection, queue: str) -> int:
             (queue, wall),
         )
     return cur.rowcount
-
-
-def _emit_events(conn: sqlite3.Connection, rows: list[tuple[bytes]], cap: int) -> None:
-    with transaction(conn):
-        conn.executemany("INSERT INTO aiotask_events (body) VALUES (?)", rows)
-        # ids only grow (the newest row is never deleted), so the oldest are the lowest ids
-        conn.execute(
-            "DELETE FROM aiotask_events WHERE id <= (SELECT max(id) FROM aiotask_events) - ?",
-            (cap,),
-        )
-
-
-def _events_end(conn: sqlite3.Connection) -> int:
-    row = conn.execute("SELECT coalesce(max(id), 0) FROM aiotask_events").fetchone()
-    return int(row[0])
-
-
-def _events_after(conn: sqlite3.Connection, last: int, limit: int) -> list[tuple[int, bytes]]:
-    rows: list[tuple[int, bytes]] = conn.execute(
-        "SELECT id, CAST(body AS BLOB) FROM aiotask_events WHERE id > ? ORDER BY id LIMIT ?",
-        (last, limit),
-    ).fetchall()
-    return rows

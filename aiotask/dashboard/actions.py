@@ -1,4 +1,5 @@
-"""The pages' state-changing forms: revoke, rate limit, shutdown, dead letters, schedules.
+"""The pages' state-changing forms: revoke, retry, bulk revoke / retry / delete, rate limit,
+shutdown, dead letters, schedules.
 
 Each is a POST of a url-encoded form carrying the CSRF token (double submit; see auth.py),
 confirmed in the browser first. It does one thing through the operations layer and
@@ -15,7 +16,7 @@ from starlette.routing import Route
 
 from aiotask.dashboard.audit import audit
 from aiotask.dashboard.auth import CSRF_COOKIE, CSRF_FIELD, csrf_ok
-from aiotask.dashboard.bulk import revoke_matching, send_again
+from aiotask.dashboard.bulk import delete_matching, retry_matching, revoke_matching, send_again
 from aiotask.dashboard.core import Problem, dashboard_of, read_body
 from aiotask.dashboard.filters import filter_query
 from aiotask.exceptions import AiotaskError
@@ -138,6 +139,16 @@ async def _revoke_matching(dash: Dashboard, form: Form) -> str:
     return f"{'terminated' if terminate else 'revoked'} {len(ids)} unfinished task(s)"
 
 
+async def _retry_matching(dash: Dashboard, form: Form) -> str:
+    sent = await retry_matching(dash, filter_query(form))
+    return f"sent {len(sent)} failed task(s) again"
+
+
+async def _delete_matching(dash: Dashboard, form: Form) -> str:
+    ids = await delete_matching(dash, filter_query(form))
+    return f"deleted {len(ids)} task(s)"
+
+
 async def _retry(dash: Dashboard, form: Form) -> str:
     task_id = _need(form, "id")
     return f"sent {task_id} again as {await send_again(dash, task_id)}"
@@ -146,6 +157,8 @@ async def _retry(dash: Dashboard, form: Form) -> str:
 def action_routes() -> list[Route]:
     return [
         Route("/actions/revoke-matching", _action(_revoke_matching), methods=["POST"]),
+        Route("/actions/retry-matching", _action(_retry_matching), methods=["POST"]),
+        Route("/actions/delete-matching", _action(_delete_matching), methods=["POST"]),
         Route("/actions/retry", _action(_retry), methods=["POST"]),
         Route("/actions/revoke", _action(_revoke), methods=["POST"]),
         Route("/actions/rate-limit", _action(_rate_limit), methods=["POST"]),

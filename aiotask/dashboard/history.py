@@ -6,6 +6,11 @@ result backend's `HistoryStore` (aiotask/history.py) in one call: so a dashboard
 (or a second one) reads what was seen before, and the task list and search query the store,
 not this process. A pruner deletes rows past `history_retention` per state, in batches.
 
+The follower starts from the stream position saved with the history (`get_cursor`): what was
+emitted while no dashboard ran is folded in at start (as far as the capped stream still keeps
+it; RabbitMQ's exchange keeps nothing), and the writer saves the position of the last record
+it wrote (`put_cursor`, after the rows: a crash in between folds a few events twice).
+
 The newest `size` rows are also kept in memory, to fold the next events of a task without a
 read; a task not there is read from the store first (one read per batch). Each change is fanned
 out to the live pages' SSE subscribers. Without a result backend the history is this
@@ -22,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from aiotask._log import get_logger
-from aiotask.events import EventType, TaskEvent, WorkerEvent, follow
+from aiotask.events import EventType, TaskEvent, WorkerEvent, follow_after
 from aiotask.exceptions import ConfigurationError
 from aiotask.history import (
     PRUNE_BATCH,
@@ -205,10 +210,14 @@ class History:
         self.problem: str | None = None
         #: why the history is not in the store (no result backend), for the pages
         self.store_note: str | None = None
-        #: set while the stream is followed (events before it are not seen)
+        #: set while the stream is followed (from the saved position, where the broker keeps
+        #: positions; else from then on)
         self.following = asyncio.Event()
         self._store: HistoryStore | None = None
-        self._pending: asyncio.Queue[Event] = asyncio.Queue(PENDING_EVENTS)
+        #: events, and after each record's events its stream position (a str) to save
+        self._pending: asyncio.Queue[Event | str] = asyncio.Queue(PENDING_EVENTS)
+        #: the position of the last record queued (where to follow from after a failure)
+        self.cursor: str | None = None
         #: set when the writer has written everything queued before it was cleared
         self.idle = asyncio.Event()
         self.idle.set()
@@ -244,6 +253,13 @@ class History:
         if row is not None:
             return row.record()
         return (await (await self.store(app)).get_many([task_id])).get(task_id)
+
+    async def delete(self, app: App, task_ids: list[str]) -> int:
+        """Drop these rows here and in the store (a bulk delete); how many the store had."""
+        for task_id in task_ids:
+            self.rows.pop(task_id, None)
+            self.dirty.discard(task_id)
+        return await (await self.store(app)).delete(task_ids)
 
     async def sent(
         self, app: App, task_id: str, name: str, args: list[Any], kwargs: dict[str, Any]
@@ -350,17 +366,27 @@ class History:
                 self._prune_loop(store, app.conf.history_retention),
                 name="aiotask-dashboard-history-pruner",
             )
-            await self._follow(app)
+            await self._follow(app, store)
 
-    async def _follow(self, app: App) -> None:
+    async def _follow(self, app: App, store: HistoryStore) -> None:
         while True:
             try:
-                async with follow(app) as events:
+                if self.cursor is None:
+                    self.cursor = await store.get_cursor()
+                    log.info(
+                        "dashboard: following events after position %s",
+                        self.cursor or "(none saved)",
+                    )
+                async with follow_after(app, self.cursor) as records:
                     self.problem = None
                     self.following.set()
-                    async for event in events:
+                    async for position, events in records:
                         self.idle.clear()
-                        await self._pending.put(event)
+                        for event in events:
+                            await self._pending.put(event)
+                        if position is not None:
+                            self.cursor = position
+                            await self._pending.put(position)
             except ConfigurationError as exc:
                 self.following.clear()
                 self.problem = str(exc)
@@ -373,7 +399,7 @@ class History:
             await asyncio.sleep(RETRY_DELAY)
 
     async def _write_loop(self, store: HistoryStore) -> None:
-        batch: list[Event] = []
+        batch: list[Event | str] = []
         while True:
             if not batch:
                 if self._pending.empty():
@@ -381,10 +407,17 @@ class History:
                 batch.append(await self._pending.get())
             while len(batch) < WRITE_BATCH and not self._pending.empty():
                 batch.append(self._pending.get_nowait())
+            events = [e for e in batch if not isinstance(e, str)]
+            positions = [e for e in batch if isinstance(e, str)]
             try:
-                await self.fold(store, batch)
-            except Exception as exc:  # the store is down: keep the batch, try again
+                if events:
+                    await self.fold(store, events)
+                    events = []
+                if positions:
+                    await store.put_cursor(positions[-1])
+            except Exception as exc:  # the store is down: keep what is unwritten, try again
                 log.warning("dashboard: writing task history failed, retrying: %s", exc)
+                batch = [*events, *positions[-1:]]
                 await asyncio.sleep(RETRY_DELAY)
                 continue
             batch = []

@@ -312,6 +312,51 @@ def _paths() -> dict[str, Schema]:
                 ),
             )
         },
+        "/api/history/retry": {
+            "post": _op(
+                "Send again every failed, revoked or dead task of the history a filter matches "
+                "whose arguments are known (sent here); the others are skipped",
+                {
+                    "202": _json(_OBJ, "retried: {old id: new id}"),
+                    **_errors(400, 413, 415, 422),
+                },
+                requestBody=_body(
+                    {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "properties": {
+                            "q": _STR,
+                            "state": _STR,
+                            "task": _STR,
+                            "worker": _STR,
+                            "since": {"type": "number"},
+                            "until": {"type": "number"},
+                        },
+                    }
+                ),
+            )
+        },
+        "/api/history/delete": {
+            "post": _op(
+                "Forget the results and delete the history of every task a filter matches "
+                "(a filter is required)",
+                {"200": _json(_OBJ, "the deleted ids"), **_errors(400, 413, 415, 422)},
+                requestBody=_body(
+                    {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "properties": {
+                            "q": _STR,
+                            "state": _STR,
+                            "task": _STR,
+                            "worker": _STR,
+                            "since": {"type": "number"},
+                            "until": {"type": "number"},
+                        },
+                    }
+                ),
+            )
+        },
         "/api/history/{id}/retry": {
             "post": _op(
                 "Send a failed, revoked or dead task again (arguments known when sent here)",

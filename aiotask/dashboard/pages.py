@@ -22,7 +22,7 @@ from aiotask._time import now
 from aiotask.dashboard.actions import action_routes
 from aiotask.dashboard.api import HIDDEN_TASKS, result_view
 from aiotask.dashboard.auth import ADMIN, CSRF_COOKIE, identity_of, new_csrf_token
-from aiotask.dashboard.bulk import RETRYABLE, count_unfinished
+from aiotask.dashboard.bulk import MAX_BULK, RETRYABLE, count_unfinished
 from aiotask.dashboard.core import Problem, dashboard_of, query_int
 from aiotask.dashboard.filters import WITHIN, filter_query, filter_values, link_query
 from aiotask.dashboard.graphs import NODE_H, NODE_W, chart, layout
@@ -125,6 +125,7 @@ async def tasks(request: Request) -> dict[str, Any]:
         "rows": rows,
         "total": total,
         "unfinished": await count_unfinished(dash, query) if query.filtered else 0,
+        "matching": min(total, MAX_BULK) if query.filtered else 0,
         **values,
         "states": STATES,
         "windows": list(WITHIN),

@@ -10,7 +10,7 @@ and `follow()` read them live. See docs/monitoring.md.
 from __future__ import annotations
 
 from aiotask.events.emitter import Emitter
-from aiotask.events.follow import emit_sent, follow
+from aiotask.events.follow import emit_sent, follow, follow_after
 from aiotask.events.model import (
     Event,
     EventType,
@@ -32,4 +32,5 @@ __all__ = [
     "emit_sent",
     "encode",
     "follow",
+    "follow_after",
 ]

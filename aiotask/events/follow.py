@@ -1,4 +1,5 @@
-"""Reading the event stream (`follow`) and the producer's task-sent events (`emit_sent`)."""
+"""Reading the event stream (`follow`, `follow_after`) and the producer's task-sent events
+(`emit_sent`)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from aiotask._log import get_logger
-from aiotask.brokers.base import EventStream
+from aiotask.brokers.base import EventLog, EventStream
 from aiotask.events.emitter import producer_name
 from aiotask.events.model import EventType, decode_record
 from aiotask.exceptions import ConfigurationError
@@ -52,15 +53,38 @@ async def follow(app: App) -> AsyncIterator[AsyncIterator[Event]]:
 
 async def _decoded(feed: AsyncIterator[bytes]) -> AsyncIterator[Event]:
     async for raw in feed:
-        try:
-            events, skipped = decode_record(raw)
-        except ValueError as exc:  # a foreign entry: skip it, keep following
-            log.debug("skipping a record that does not decode: %s", exc)
-            continue
-        if skipped:  # unknown types (a newer emitter) or malformed entries
-            log.debug("skipped %d entries that are not events", skipped)
-        for event in events:
+        for event in _decode(raw):
             yield event
+
+
+def _decode(raw: bytes) -> list[Event]:
+    try:
+        events, skipped = decode_record(raw)
+    except ValueError as exc:  # a foreign entry: skip it, keep following
+        log.debug("skipping a record that does not decode: %s", exc)
+        return []
+    if skipped:  # unknown types (a newer emitter) or malformed entries
+        log.debug("skipped %d entries that are not events", skipped)
+    return events
+
+
+@asynccontextmanager
+async def follow_after(
+    app: App, cursor: str | None
+) -> AsyncIterator[AsyncIterator[tuple[str | None, list[Event]]]]:
+    """Follow the app's events from a saved position: yields (position, events) per record,
+    the position to save once those events are handled (see `EventLog.events_after`: None
+    means from the oldest entry kept). A stream without positions (RabbitMQ's exchange, the
+    memory broker) is followed from now, with None positions: what was emitted while nobody
+    followed is lost there."""
+    await app.connect()
+    stream = event_stream(app)
+    if not isinstance(stream, EventLog):
+        async with stream.events() as feed:
+            yield ((None, _decode(raw)) async for raw in feed)
+        return
+    async with stream.events_after(cursor) as positioned:
+        yield ((position, _decode(raw)) async for position, raw in positioned)
 
 
 def links(m: Message) -> dict[str, str]:

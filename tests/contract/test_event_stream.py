@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from aiotask.brokers.base import EVENTS_CAP, EventStream
+from aiotask.brokers.base import END, EVENTS_CAP, EventLog, EventStream
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -120,3 +120,46 @@ async def test_the_stream_is_capped(
             await client.aclose()
         assert EVENTS_CAP <= length < total  # MAXLEN ~ trims whole nodes: about the cap
         assert last[0][1][b"e"] == event(total - 1)
+
+
+async def take_positioned(
+    feed: AsyncIterator[tuple[str, bytes]], n: int, timeout: float = 10.0
+) -> list[tuple[str, bytes]]:
+    got: list[tuple[str, bytes]] = []
+    async with asyncio.timeout(timeout):
+        async for item in feed:
+            got.append(item)
+            if len(got) == n:
+                break
+    return got
+
+
+async def test_a_follower_resumes_after_a_saved_position(
+    stream: EventStream, request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture
+) -> None:
+    if not isinstance(stream, EventLog):
+        kind = request.node.callspec.params["broker"]
+        assert kind in ("memory", "amqp")  # the others keep positions
+        pytest.skip(f"{kind}: the stream has no positions to resume from")
+    await stream.emit_events([event(0), event(1)])
+    async with stream.events_after(None) as feed:  # None: all that is kept
+        first = await take_positioned(feed, 2)
+    assert [body for _, body in first] == [event(0), event(1)]
+    saved = first[0][0]
+    await stream.emit_events([event(2)])  # while nobody follows
+    async with stream.events_after(saved) as feed:
+        again = await take_positioned(feed, 2)
+    assert again[0] == first[1]
+    position, body = again[1]
+    assert body == event(2)
+    async with stream.events_after(END) as feed:  # from now
+        await stream.emit_events([event(3)])
+        assert [b for _, b in await take_positioned(feed, 1)] == [event(3)]
+    # trimmed past the saved position: what is left, and a log line says so
+    for start in range(0, EVENTS_CAP + 300, 100):
+        await stream.emit_events([event(i) for i in range(start + 10, start + 110)])
+    with caplog.at_level("WARNING"):
+        async with stream.events_after(position) as feed:
+            [(_, oldest)] = await take_positioned(feed, 1)
+    assert oldest != event(3)
+    assert "trimmed past position" in caplog.text

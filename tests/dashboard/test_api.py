@@ -211,3 +211,63 @@ async def test_revoke_everything_a_filter_matches_and_retry_a_failure(stack: Sta
     assert (await stack.result(again, "FAILURE"))["error"]["message"] == "once"
     assert (await stack.client.post(f"/api/history/{done}/retry")).status_code == 409
     assert (await stack.client.post("/api/history/unknown/retry")).status_code == 404
+
+
+async def test_retry_and_delete_everything_a_filter_matches(stack: Stack) -> None:
+    history = stack.web.state.dashboard.history
+    await stack.client.get("/api/history")
+    await asyncio.wait_for(history.following.wait(), 10)
+
+    async def send(name: str, *args: object) -> str:
+        r = await stack.client.post(f"/api/tasks/{name}", json={"args": list(args)})
+        assert r.status_code == 202, r.text
+        return str(r.json()["id"])
+
+    async def seen(task_id: str, state: str) -> None:
+        async def check() -> bool:
+            row = await history.get(stack.app, task_id)
+            return row is not None and row.state == state
+
+        assert await stack.until(check), await history.get(stack.app, task_id)
+
+    failed = [await send("dash.boom", f"bulk-{i}") for i in range(2)]
+    ok = await send("dash.add", 2, 3)
+    for task_id in failed:
+        await stack.result(task_id, "FAILURE")
+        await seen(task_id, "FAILURE")
+    await stack.result(ok, "SUCCESS")
+    await seen(ok, "SUCCESS")
+
+    r = await stack.client.post("/api/history/retry", json={"task": "dash.boom", "state": "BOGUS"})
+    assert r.status_code == 422
+    r = await stack.client.post("/api/history/retry", json={"q": "bulk-", "extra": 1})
+    assert r.status_code == 422
+    r = await stack.client.post("/api/history/retry", json={"task": "dash.boom"})
+    assert r.status_code == 202, r.text
+    retried = r.json()["retried"]
+    assert sorted(retried) == sorted(failed)  # the success is not sent again
+    for old, new in retried.items():
+        assert new not in failed
+        body = await stack.result(new, "FAILURE")
+        assert body["error"]["message"] == old_message(failed, old)
+        await seen(new, "FAILURE")
+    # nothing retryable (a success only): nothing sent
+    r = await stack.client.post("/api/history/retry", json={"task": "dash.add"})
+    assert r.status_code == 202 and r.json()["retried"] == {}
+
+    assert (await stack.client.post("/api/history/delete", json={})).status_code == 422
+    r = await stack.client.post("/api/history/delete", json={"task": "dash.boom"})
+    assert r.status_code == 200, r.text
+    assert sorted(r.json()["deleted"]) == sorted([*failed, *retried.values()])
+    r = await stack.client.get("/api/history", params={"task": "dash.boom"})
+    assert r.json()["total"] == 0
+    for task_id in [*failed, *retried.values()]:
+        assert (await stack.client.get(f"/api/results/{task_id}")).json()["state"] == "PENDING"
+        assert (await stack.client.get(f"/api/history/{task_id}")).status_code == 404
+    assert (await stack.client.get(f"/api/results/{ok}")).json()["state"] == "SUCCESS"
+    r = await stack.client.get("/api/history", params={"task": "dash.add"})
+    assert [t["id"] for t in r.json()["tasks"]] == [ok]
+
+
+def old_message(failed: list[str], task_id: str) -> str:
+    return f"bulk-{failed.index(task_id)}"

@@ -282,6 +282,39 @@ async def test_retention_drops_expired_states_and_keeps_the_others(store: Histor
     assert await store.counts() == {"SUCCESS": 1, "STARTED": 1}
 
 
+async def test_the_stream_position_is_kept_per_app_and_cleared_with_the_history(
+    store: HistoryStore,
+) -> None:
+    assert await store.get_cursor() is None  # never written: a dashboard reads all kept
+    await store.put_cursor("1700000000000-3")
+    await store.put_cursor("1700000000001-0")  # replaced, not added
+    assert await store.get_cursor() == "1700000000001-0"
+    await store.put([record(1)])
+    await store.clear()  # `history reset`: the next dashboard starts over
+    assert await store.get_cursor() is None
+    assert (await store.search(HistoryQuery()))[1] == 0
+
+
+async def test_a_delete_drops_the_rows_and_their_index_entries(store: HistoryStore) -> None:
+    await store.put(
+        [
+            record(1, root_id="r", group_id="g", worker="wa"),
+            record(2, root_id="r"),
+            record(3, state="STARTED", worker="wb"),
+        ]
+    )
+    assert await store.delete(["id001", "id003", "nope"]) == 2
+    assert await store.delete([]) == 0
+    left, total = await store.search(HistoryQuery(limit=10))
+    assert [r.id for r in left] == ["id002"] and total == 1
+    assert [r.id for r in await store.family("r", 10)] == ["id002"]
+    assert await store.family("g", 10) == []
+    assert (await store.search(HistoryQuery(worker="wb")))[1] == 0
+    assert (await store.search(HistoryQuery(q="id003")))[1] == 0
+    assert await store.counts() == {"SUCCESS": 1}
+    assert await store.get_many(["id001", "id002"]) == {"id002": record(2, root_id="r")}
+
+
 async def test_redis_retention_leaves_no_index_entry_behind(redis_url: str, namespace: str) -> None:
     import redis.asyncio as aioredis
 

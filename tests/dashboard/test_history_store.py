@@ -14,15 +14,23 @@ import httpx
 import pytest
 
 from aiotask import chain, chord
+from aiotask.events import EventType, TaskEvent, follow_after
 from tests.dashboard.conftest import ROOT, SHIM, broker_url
+from tests.dashboard.dash_tasks import make_app
 from tests.dashboard.test_auth_mount_cli import _listening, _serve
 from tests.procs import start_worker, stop, worker_env
 from tests.servers import free_port
 
 if TYPE_CHECKING:
     import subprocess
+    from collections.abc import Awaitable
     from pathlib import Path
 
+    from starlette.applications import Starlette
+
+    from aiotask import App
+    from aiotask.dashboard.history import History
+    from aiotask.history import HistoryStore
     from tests.dashboard.conftest import Stack
 
 pytest.importorskip("starlette")
@@ -99,6 +107,92 @@ def test_a_restarted_dashboard_process_still_has_the_history(
                     proc.send_signal(signal.SIGTERM)
                 proc.communicate(timeout=30)  # also closes its stdout pipe
         stop(worker)
+
+
+SUCCEEDED = EventType.TASK_SUCCEEDED
+
+
+async def _in_stream(app: App, task_id: str) -> None:
+    """Until the worker's task-succeeded of `task_id` is in the event stream (it flushes its
+    events in batches), so it was emitted while no dashboard ran."""
+    async with asyncio.timeout(30), follow_after(app, None) as records:
+        async for _position, events in records:
+            for e in events:
+                if isinstance(e, TaskEvent) and (e.type, e.task_id) == (SUCCEEDED, task_id):
+                    return
+
+
+async def test_events_emitted_while_no_dashboard_ran_reach_its_history(
+    tmp_path: Path, url: str, namespace: str
+) -> None:
+    from aiotask.dashboard import create_app
+
+    (tmp_path / "proc_tasks.py").write_text(SHIM)
+    (tmp_path / "logs").mkdir(exist_ok=True)
+    env = worker_env(tmp_path, url, AIOTASK_KEY_PREFIX=namespace, PYTHONPATH=f"{tmp_path}:{ROOT}")
+    worker = start_worker(tmp_path, env, "-E", "-c", "4")
+    app = make_app(broker=url, key_prefix=namespace, events=True)
+
+    async def states(web: Starlette, **params: Any) -> dict[str, str]:
+        transport = httpx.ASGITransport(app=web)
+        async with httpx.AsyncClient(transport=transport, base_url="http://dash") as client:
+            r = await client.get("/api/history", params=params)
+        assert r.status_code == 200, r.text
+        return {t["id"]: t["state"] for t in r.json()["tasks"]}
+
+    async def until(check: Any) -> Any:
+        async with asyncio.timeout(30):
+            while not (value := await check()):
+                await asyncio.sleep(0.1)
+            return value
+
+    try:
+        async with app:
+            add = app.tasks["dash.add"]
+            early = await add.send(1, 2)
+            assert await early.get(timeout=30) == 3
+            await _in_stream(app, early.id)
+            # the first dashboard ever: no saved position, it folds all the stream keeps
+            web = create_app(app)
+            dash = web.state.dashboard
+            try:
+                assert (await states(web)).get(early.id) in (None, "PENDING", "SUCCESS")
+                await until(lambda: _is(states(web), early.id, "SUCCESS"))
+                store = await dash.history.store(app)
+                await until(lambda: _saved(store, dash.history))
+            finally:
+                await dash.close()
+            saved = await store.get_cursor()
+            assert saved is not None
+            # no dashboard runs: these events wait in the stream
+            late = [await add.send(i, 100) for i in range(3)]
+            assert [await r.get(timeout=30) for r in late] == [100, 101, 102]
+            await _in_stream(app, late[-1].id)
+            web = create_app(app)
+            dash = web.state.dashboard
+            try:
+                await states(web)  # starts following: from the saved position
+                for r in late:
+                    await until(lambda r=r: _is(states(web), r.id, "SUCCESS"))
+                entry = await dash.history.get(app, early.id)
+                assert entry is not None
+                kinds = [t for t, _, _ in entry.timeline]
+                assert kinds.count("task-succeeded") == 1  # resumed, not read again
+                await until(lambda: _saved(store, dash.history))
+                assert await store.get_cursor() != saved
+            finally:
+                await dash.close()
+    finally:
+        stop(worker)
+
+
+async def _is(found: Awaitable[dict[str, str]], task_id: str, state: str) -> bool:
+    return (await found).get(task_id) == state
+
+
+async def _saved(store: HistoryStore, history: History) -> bool:
+    """The writer saved the position of the last record the follower queued."""
+    return history.cursor is not None and await store.get_cursor() == history.cursor
 
 
 async def test_a_workflow_page_draws_a_chain_and_a_chord(stack: Stack) -> None:

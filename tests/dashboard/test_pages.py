@@ -7,6 +7,8 @@ import asyncio
 import re
 from typing import TYPE_CHECKING
 
+from aiotask.history import HistoryQuery
+
 if TYPE_CHECKING:
     from tests.dashboard.conftest import Stack
 
@@ -154,6 +156,40 @@ async def test_rate_limit_and_shutdown_reach_the_worker(redis_stack: Stack) -> N
     )
     assert r.status_code == 303
     assert await asyncio.to_thread(stack.worker.wait, 30) == 0  # a warm shutdown
+
+
+async def test_bulk_retry_and_delete_forms(redis_stack: Stack) -> None:
+    stack = redis_stack
+    await follow(stack)
+    history = stack.web.state.dashboard.history
+    r = await stack.client.post("/api/tasks/dash.boom", json={"args": ["form-1"]})
+    failed = r.json()["id"]
+    await stack.result(failed, "FAILURE")
+
+    async def seen() -> bool:
+        row = await history.get(stack.app, failed)
+        return row is not None and row.state == "FAILURE"
+
+    assert await stack.until(seen)
+    page = (await stack.client.get("/tasks", params={"q": "form-1"})).text
+    assert 'id="retry-matching"' in page and "Delete 1</button>" in page
+    assert 'id="delete-matching"' not in (await stack.client.get("/tasks")).text  # no filter
+    token = stack.client.cookies["aiotask_csrf"]
+    form = {"q": "form-1", "state": "", "next": "/tasks"}
+    r = await stack.client.post("/actions/retry-matching", data=form)  # no CSRF token
+    assert r.status_code == 403
+    r = await stack.client.post("/actions/retry-matching", data={"csrf": token, **form})
+    assert r.status_code == 303 and "sent+1+failed+task" in r.headers["location"]
+    rows, _ = await history.search(stack.app, HistoryQuery("form-1", limit=10))
+    again = [row.id for row in rows if row.id != failed]
+    assert len(again) == 1
+    await stack.result(again[0], "FAILURE")
+    r = await stack.client.post(
+        "/actions/delete-matching", data={"csrf": token, **form, "state": "FAILURE"}
+    )
+    assert r.status_code == 303 and "deleted+" in r.headers["location"]
+    assert await history.get(stack.app, failed) is None
+    assert (await stack.client.get(f"/api/results/{failed}")).json()["state"] == "PENDING"
 
 
 async def test_bulk_revoke_and_retry_forms(redis_stack: Stack) -> None:

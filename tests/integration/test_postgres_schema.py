@@ -85,12 +85,12 @@ async def test_a_backend_at_version_1_gains_the_coordination_tables(
             assert await store.acquire_slot("c", 1, "t", 30)
         finally:
             await backend.close()
-        assert await version(conn, namespace, "backend") == newest("backend") == 3
-        assert await migrate(conn, namespace, "backend") == (3, 3)
+        assert await version(conn, namespace, "backend") == newest("backend") == 4
+        assert await migrate(conn, namespace, "backend") == (4, 4)
         tables = await conn.fetch(
             "SELECT tablename FROM pg_tables WHERE schemaname = $1", namespace
         )
-        assert {"locks", "coord_rate", "coord_slots", "task_history"} <= {
+        assert {"locks", "coord_rate", "coord_slots", "task_history", "task_history_cursor"} <= {
             r["tablename"] for r in tables
         }
     finally:
