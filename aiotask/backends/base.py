@@ -42,7 +42,7 @@ from aiotask.serializer import ExceptionInfo
 from aiotask.states import READY_STATES
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Sequence
+    from collections.abc import AsyncIterator, Callable, Sequence
 
     from aiotask.beat.store import ScheduleStore
     from aiotask.coordination.store import CoordinationStore
@@ -253,7 +253,10 @@ class ResultBackend(Protocol):
 
     async def broadcast(self, payload: bytes) -> None: ...
 
-    def control(self) -> AsyncIterator[bytes]: ...
+    def control(self, subscribed: Callable[[], None] | None = None) -> AsyncIterator[bytes]:
+        """Broadcast payloads sent after the subscription; `subscribed()` is called once it
+        is in place (a worker is not "ready" before it would hear a request)."""
+        ...
 
     async def register_worker(self, name: str, record: bytes, ttl: float) -> None: ...
 

@@ -26,7 +26,7 @@ from aiotask.history import MemoryHistoryStore
 from aiotask.states import FAILURE, SUCCESS
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Sequence
+    from collections.abc import AsyncIterator, Callable, Sequence
 
 
 @dataclass(slots=True)
@@ -182,9 +182,11 @@ class MemoryBackend:
         for queue in self._listeners:
             queue.put_nowait(payload)
 
-    async def control(self) -> AsyncIterator[bytes]:
+    async def control(self, subscribed: Callable[[], None] | None = None) -> AsyncIterator[bytes]:
         queue: asyncio.Queue[bytes] = asyncio.Queue()
         self._listeners.add(queue)
+        if subscribed is not None:
+            subscribed()
         try:
             while True:
                 yield await queue.get()

@@ -45,7 +45,7 @@ from aiotask.backends.base import (
 from aiotask.exceptions import BrokerConnectionError
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Sequence
+    from collections.abc import AsyncIterator, Callable, Sequence
 
     from aiotask.settings import Settings
 
@@ -307,7 +307,7 @@ class PostgresBackend:
         )
         _set_all(self._control_events)
 
-    async def control(self) -> AsyncIterator[bytes]:
+    async def control(self, subscribed: Callable[[], None] | None = None) -> AsyncIterator[bytes]:
         """Payloads broadcast after this call; woken by NOTIFY, polled without it."""
         event = asyncio.Event()
         self._control_events.add(event)
@@ -316,6 +316,8 @@ class PostgresBackend:
                 lambda c: c.fetchval(f"SELECT coalesce(max(id), 0) FROM {self._s}.control"),
                 "read the control table",
             )
+            if subscribed is not None:
+                subscribed()
             poll = Backoff(_postgres.POLL_MIN, CONTROL_POLL_MAX)
             while True:
                 listening = await self._db.listening()

@@ -342,7 +342,7 @@ class RedisBackend:
         async with self._guard():
             await self._client().publish(f"{self._prefix}:control", payload)
 
-    async def control(self) -> AsyncIterator[bytes]:
+    async def control(self, subscribed: Callable[[], None] | None = None) -> AsyncIterator[bytes]:
         """Control payloads from PUBLISH on `{prefix}:control`; resubscribes after a drop."""
         channel = f"{self._prefix}:control"
         backoff = Backoff(first=0.5)
@@ -350,6 +350,8 @@ class RedisBackend:
             pubsub = self._client().pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(channel)
+                if subscribed is not None:
+                    subscribed()
                 backoff.reset()
                 while True:
                     message = await pubsub.get_message(timeout=None)

@@ -46,7 +46,7 @@ from aiotask.states import FAILURE, SUCCESS
 
 if TYPE_CHECKING:
     import sqlite3
-    from collections.abc import AsyncIterator, Sequence
+    from collections.abc import AsyncIterator, Callable, Sequence
 
     from aiotask.settings import Settings
 
@@ -247,12 +247,14 @@ class SQLiteBackend:
         await self._db.run(_broadcast, payload, now())
         _sqlite.notify(self.path, CONTROL_TOPIC)
 
-    async def control(self) -> AsyncIterator[bytes]:
+    async def control(self, subscribed: Callable[[], None] | None = None) -> AsyncIterator[bytes]:
         """Payloads broadcast after this call, polled (POLL_MIN..CONTROL_POLL_MAX)."""
         signal = _sqlite.Signal()
         _sqlite.subscribe(self.path, CONTROL_TOPIC, signal)
         try:
             last = await self._db.run(_control_head)
+            if subscribed is not None:
+                subscribed()
             poll = Backoff(_sqlite.POLL_MIN, CONTROL_POLL_MAX)
             while True:
                 signal.clear()

@@ -7,6 +7,7 @@ heartbeat, lease renewal, the control channel and the revocation reload.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import os
 import socket
@@ -43,6 +44,8 @@ if TYPE_CHECKING:
 __all__ = ["Worker"]
 
 log = get_logger(__name__)
+#: Seconds a starting worker waits for its control channel before saying it is ready anyway.
+CONTROL_READY_TIMEOUT = 5.0
 #: Seconds a cold shutdown spends handing abandoned deliveries back before it just closes.
 HANDBACK_TIMEOUT = 5.0
 
@@ -94,6 +97,10 @@ class Worker:
         )
         self.shutdown = Shutdown()
         self.ready = asyncio.Event()
+        #: set once the control channel listens (no backend: nothing to wait for)
+        self._control_subscribed = asyncio.Event()
+        if app.conf.backend_url is None:
+            self._control_subscribed.set()
         self.settler = Settler(app, self._settled)
         self.dispatcher = Dispatcher(
             Executor(app, self.pool), self.settler, self.concurrency, self.prefetch
@@ -186,6 +193,10 @@ class Worker:
         )
         settler = group.create_task(self.settler.run(), name="aiotask-settler")
         side_loops = self._side_loops(group)
+        # "ready" means a control request sent now is heard: wait (bounded) for the subscription
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(CONTROL_READY_TIMEOUT):
+                await self._control_subscribed.wait()
         self._event(EventType.WORKER_ONLINE)
         self.ready.set()
         log.info("worker %s ready", self.name)
@@ -236,7 +247,9 @@ class Worker:
         if backend is not None:
             executor = self.dispatcher.executor
             commands = Commands(self)
-            loops["control"] = functools.partial(control.obey, backend, executor, commands)
+            loops["control"] = functools.partial(
+                control.obey, backend, executor, commands, self._control_subscribed.set
+            )
             loops["registry"] = functools.partial(self.registry.run, backend)
             loops["revocations"] = functools.partial(revocations.refresh, backend, executor.revoked)
         return [

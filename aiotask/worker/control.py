@@ -16,6 +16,8 @@ from aiotask.exceptions import ProtocolError
 from aiotask.worker.revocations import remember
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from aiotask.backends.base import ResultBackend
     from aiotask.worker.commands import Commands
     from aiotask.worker.executor import Executor
@@ -26,10 +28,13 @@ NOT_FOR_WORKERS = frozenset({"schedules"})
 
 
 async def obey(
-    backend: ResultBackend, executor: Executor, commands: Commands | None = None
+    backend: ResultBackend,
+    executor: Executor,
+    commands: Commands | None = None,
+    subscribed: Callable[[], None] | None = None,
 ) -> None:
     """Apply each broadcast as it arrives; requests are answered by `commands`."""
-    async for payload in backend.control():
+    async for payload in backend.control(subscribed):
         try:
             await _handle(backend, executor, commands, payload)
         except Exception as exc:  # a bug here must not cost the worker its control channel

@@ -50,3 +50,19 @@ async def test_replies_wakes_for_a_reply_sent_while_waiting(backend: ResultBacke
     assert await backend.replies("r2", 10.0) == [b"late"]
     assert monotonic() - started < 5.0  # woken by the reply, not by the 10 s wait
     await task
+
+
+async def test_a_broadcast_right_after_subscribed_is_heard(backend: ResultBackend) -> None:
+    """`control(subscribed)` says when it listens: a worker is ready only then, so a request
+    sent the moment it is ready reaches it (a ping used to miss a just-started worker)."""
+    subscribed = asyncio.Event()
+    feed = backend.control(subscribed.set)
+    first = asyncio.ensure_future(anext(feed))
+    try:
+        await asyncio.wait_for(subscribed.wait(), 10)
+        await backend.broadcast(b'{"op": "probe"}')
+        assert await asyncio.wait_for(first, 10) == b'{"op": "probe"}'
+    finally:
+        first.cancel()
+        await asyncio.gather(first, return_exceptions=True)
+        await feed.aclose()  # type: ignore[attr-defined]
