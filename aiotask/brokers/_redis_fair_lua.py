@@ -41,6 +41,24 @@ local function wake(base, stream0, wanted)
 end
 """
 
+#: Add the (score, member) pairs of ARGV from `first` on to the delayed set; one due before the
+#: current head adds a wake-up entry to `stream0`, so a reader blocked in XREADGROUP re-reads
+#: the earliest eta (PUBLISH and PUBLISH_FAIR share it).
+ADD_DELAYED_FN = """
+local function add_delayed(zset, stream0, first)
+  local head = redis.call('ZRANGE', zset, 0, 0, 'WITHSCORES')
+  local earliest = nil
+  for i = first, #ARGV, 2 do
+    local score = tonumber(ARGV[i])
+    redis.call('ZADD', zset, score, ARGV[i + 1])
+    if earliest == nil or score < earliest then earliest = score end
+  end
+  if head[2] == nil or earliest < tonumber(head[2]) then
+    redis.call('XADD', stream0, '*', 'w', '1')
+  end
+end
+"""
+
 #: Publish one queue's keyed messages, at most once (the batch marker, as in PUBLISH).
 #: Delayed ones go to the queue's delayed set packed as
 #: `<band + 3><len(key)>:<key><len(message_id)>:<message_id><body>` (MOVE_DUE knows the form).
@@ -48,6 +66,7 @@ end
 #: (band, key, message_id, body) per immediate message, then (score, member) per delayed one.
 PUBLISH_FAIR = (
     RING_ADD_FN
+    + ADD_DELAYED_FN
     + """
 if not redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[1]) then return 0 end
 local base, n = ARGV[2], tonumber(ARGV[3])
@@ -59,18 +78,7 @@ for i = 4, last, 4 do
   ring_add(base, ARGV[i + 1])
 end
 if n > 0 then wake(base, KEYS[2], n) end
-if last < #ARGV then
-  local head = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
-  local earliest = nil
-  for i = last + 1, #ARGV, 2 do
-    local score = tonumber(ARGV[i])
-    redis.call('ZADD', KEYS[3], score, ARGV[i + 1])
-    if earliest == nil or score < earliest then earliest = score end
-  end
-  if head[2] == nil or earliest < tonumber(head[2]) then
-    redis.call('XADD', KEYS[2], '*', 'w', '1')
-  end
-end
+if last < #ARGV then add_delayed(KEYS[3], KEYS[2], last + 1) end
 return 1
 """
 )

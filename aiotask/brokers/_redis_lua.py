@@ -10,7 +10,7 @@ deliveries it already had); `w` marks a wake-up entry that carries no message.
 
 from __future__ import annotations
 
-from aiotask.brokers._redis_fair_lua import RING_ADD_FN
+from aiotask.brokers._redis_fair_lua import ADD_DELAYED_FN, RING_ADD_FN
 
 #: Publish one queue's part of a batch, at most once however often it is retried: the first
 #: run sets the batch's marker (SET NX) and adds the messages; a retry that finds the marker
@@ -20,27 +20,19 @@ from aiotask.brokers._redis_fair_lua import RING_ADD_FN
 #: KEYS: marker, band 0, 1, 2 streams, delayed zset, confirmed markers to delete...
 #: ARGV: marker ttl_ms, immediate count, then (band, message_id, body) per immediate message,
 #: then (score, member) per delayed one. Returns 1, or 0 for a batch already published.
-PUBLISH = """
+PUBLISH = (
+    ADD_DELAYED_FN
+    + """
 if #KEYS > 5 then redis.call('UNLINK', unpack(KEYS, 6)) end
 if not redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[1]) then return 0 end
 local last = 2 + 3 * tonumber(ARGV[2])
 for i = 3, last, 3 do
   redis.call('XADD', KEYS[2 + tonumber(ARGV[i])], '*', 'm', ARGV[i + 1], 'b', ARGV[i + 2])
 end
-if last < #ARGV then
-  local head = redis.call('ZRANGE', KEYS[5], 0, 0, 'WITHSCORES')
-  local earliest = nil
-  for i = last + 1, #ARGV, 2 do
-    local score = tonumber(ARGV[i])
-    redis.call('ZADD', KEYS[5], score, ARGV[i + 1])
-    if earliest == nil or score < earliest then earliest = score end
-  end
-  if head[2] == nil or earliest < tonumber(head[2]) then
-    redis.call('XADD', KEYS[2], '*', 'w', '1')
-  end
-end
+if last < #ARGV then add_delayed(KEYS[5], KEYS[2], last + 1) end
 return 1
 """
+)
 
 #: Move due delayed messages to their band stream; return the next eta (ms) or nil. A keyed
 #: message (band digit 3-5, fairness: _redis_fair_lua.PUBLISH_FAIR) goes to its key's stream.
