@@ -15,8 +15,6 @@ from typing import TYPE_CHECKING
 
 from aiotask._log import get_logger
 from aiotask._urls import redact
-from aiotask.beat import service as beat_service
-from aiotask.beat.runner import check_entries
 from aiotask.coordination.gate import renew_slots
 from aiotask.events.emitter import Emitter
 from aiotask.events.follow import event_stream
@@ -79,6 +77,8 @@ class Worker:
                 raise ConfigurationError(
                     "--beat needs a result backend (beats agree on slots in it): set backend="
                 )
+            from aiotask.beat.runner import check_entries  # only with --beat: not in idle RSS
+
             check_entries(app, app.beat_entries.values())
         self.app = app
         self.queues = list(queues) if queues else [conf.default_queue]
@@ -238,6 +238,8 @@ class Worker:
             interval = conf.visibility_timeout / 3
             loops["leases"] = functools.partial(renew_leases, broker, self.dispatcher, interval)
         if self.embed_beat:
+            from aiotask.beat import service as beat_service
+
             loops["beat"] = functools.partial(beat_service.embedded, app)
         if self.events is not None:
             beats = (conf.worker_heartbeat_interval, self._stats)
