@@ -122,3 +122,20 @@ def test_deferred_module_works_on_first_use() -> None:
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip()[0].isdigit()
+
+
+def test_task_subscript_defaults_its_last_parameter_at_run_time() -> None:
+    """`Task[P, R]` works at run time (annotations evaluated by pydantic, FastAPI...) as it
+    type-checks: the call-result parameter defaults to Any, as PEP 696 says for L."""
+    from typing import Any
+
+    from aiotask.task import Task
+
+    assert Task[..., int] == Task[..., int, Any]
+    assert Task[[int, str], int].__args__ == ((int, str), int, Any)
+    assert Task[[int], int, str].__args__ == ((int,), int, str)
+
+    class Partly(Task[..., int, Any]):  # no free L left: nothing to fill in
+        pass
+
+    assert not getattr(Partly, "__parameters__", ())
