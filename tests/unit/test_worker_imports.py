@@ -127,13 +127,13 @@ def test_deferred_module_works_on_first_use() -> None:
 def test_task_subscript_defaults_its_last_parameter_at_run_time() -> None:
     """`Task[P, R]` works at run time (annotations evaluated by pydantic, FastAPI...) as it
     type-checks: the call-result parameter defaults to Any, as PEP 696 says for L."""
-    from typing import Any
+    from typing import Any, get_args
 
     from aiotask.task import Task
 
     assert Task[..., int] == Task[..., int, Any]
-    assert Task[[int, str], int].__args__ == ((int, str), int, Any)
-    assert Task[[int], int, str].__args__ == ((int,), int, str)
+    assert get_args(Task[[int, str], int]) == ((int, str), int, Any)
+    assert get_args(Task[[int], int, str]) == ((int,), int, str)
 
     class Partly(Task[..., int, Any]):  # no free L left: nothing to fill in
         pass
