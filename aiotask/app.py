@@ -23,7 +23,6 @@ from aiotask.canvas.compile import CHAIN_STATE
 from aiotask.canvas.primitives import MAP_TASK, STARMAP_TASK
 from aiotask.control import Control
 from aiotask.coordination.fairness import fair_key
-from aiotask.events.follow import emit_sent
 from aiotask.exceptions import (
     ConfigurationError,
     MessageTooLarge,
@@ -421,6 +420,8 @@ class App:
             _warn_no_fairness(type(conns.broker).__name__)
         await conns.broker.publish(batch)
         if self.conf.events:  # one more call per batch, only with the `events` setting
+            from aiotask.events.follow import emit_sent  # not loaded without events
+
             await emit_sent(self, messages)
 
     async def _before_send(self, message: Message) -> Message:

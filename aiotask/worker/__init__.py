@@ -13,12 +13,10 @@ import os
 import socket
 from typing import TYPE_CHECKING
 
+from aiotask._event_types import EventType
 from aiotask._log import get_logger
 from aiotask._urls import redact
 from aiotask.coordination.gate import renew_slots
-from aiotask.events.emitter import Emitter
-from aiotask.events.follow import event_stream
-from aiotask.events.model import EventType
 from aiotask.exceptions import BrokerConnectionError, ConfigurationError
 from aiotask.worker import _startup, control, revocations
 from aiotask.worker._supervise import supervise
@@ -36,6 +34,7 @@ if TYPE_CHECKING:
 
     from aiotask.app import App
     from aiotask.brokers.base import Delivery
+    from aiotask.events.emitter import Emitter
     from aiotask.settings import Settings
     from aiotask.worker._probe import Probe
 
@@ -111,6 +110,9 @@ class Worker:
         #: monitoring events (`-E`, or the `events` setting): recorded here, sent in batches
         self.events: Emitter | None = None
         if conf.events if events is None else events:
+            from aiotask.events.emitter import Emitter  # with events on only (idle RSS)
+            from aiotask.events.follow import event_stream
+
             self.events = Emitter(lambda: event_stream(app), self.name)
             self.dispatcher.events = self.dispatcher.executor.events = self.events
 

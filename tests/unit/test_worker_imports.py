@@ -41,6 +41,7 @@ ON_DEMAND = (
     "aiotask.beat",  # beat_schedule, @app.periodic, --beat, app.schedules
     "zoneinfo",  # cron entries
     "cronsim",
+    "aiotask.events",  # events on (-E, the `events` setting)
     "aiotask.history",  # the dashboard, events on
     "aiotask.deadletters",
     "aiotask.celery_compat",  # celery_compat=True
