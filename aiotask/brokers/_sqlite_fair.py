@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from aiotask._sqlite import placeholders
+from aiotask._sqlite import begin, placeholders
 
 if TYPE_CHECKING:
     import sqlite3
@@ -44,7 +44,7 @@ COLUMN = "ALTER TABLE aiotask_messages ADD COLUMN fair_key TEXT NOT NULL DEFAULT
 
 def ensure(conn: sqlite3.Connection) -> None:
     """Add the column, index and cursor table when missing (idempotent; under the write lock)."""
-    conn.execute("BEGIN IMMEDIATE")
+    begin(conn)
     try:
         columns = {row[1] for row in conn.execute("PRAGMA table_info(aiotask_messages)")}
         if "fair_key" not in columns:
