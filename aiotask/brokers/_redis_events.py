@@ -1,7 +1,7 @@
 """The monitoring event stream of brokers/redis_streams.py: one Client Stream, MAXLEN ~ capped.
 
 `{prefix}:events` holds one entry per record (field `e`; aiotask.events packs one flush of an
-emitter, up to 1000 events, per record), trimmed with MAXLEN ~ EVENTS_CAP on every XADD.
+emitter, up to 1500 events, per record), trimmed with MAXLEN ~ EVENTS_CAP on every XADD.
 Followers XREAD BLOCK from the id that was last when they subscribed, or from the entry id a
 resuming follower (the dashboard's history) read last.
 """
