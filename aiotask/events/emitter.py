@@ -129,8 +129,8 @@ class Emitter:
 
     def succeeded(self, task_id: str, name: str, queue: str, runtime: float) -> None:
         """A plain task-succeeded (no other keys). When the task's task-started is the last
-        entry (nothing was recorded since), that entry becomes one carrying
-        both events: one tuple, and the task's fields once, instead of two."""
+        entry (nothing was recorded since), that entry becomes one carrying both events: one
+        tuple, and the task's fields once, instead of two."""
         buffer = self.buffer
         if buffer:
             last = buffer[-1]
@@ -151,8 +151,8 @@ class Emitter:
         if room < len(items):
             self.dropped += len(items) - max(room, 0)
             items = items[: max(room, 0)]
-            if not items:
-                return
+        if not items:  # an empty entry would count as an event
+            return
         at, step = _now(), self.max_batch
         if len(items) <= step:
             self.buffer.append((kind, at, items))

@@ -184,7 +184,8 @@ async def test_emitter_cuts_records_at_max_batch_events_not_entries() -> None:
     emitter.task(EventType.TASK_STARTED, "r0", "t", "q")
     emitter.succeeded("r0", "t", "q", 0.1)  # 2 events: the record would hold 5
     emitter.tasks(EventType.TASK_RECEIVED, [(f"s{i}", "t", "q", None) for i in range(9)])
-    assert emitter.pending == 14
+    emitter.tasks(EventType.TASK_RECEIVED, [])  # nothing recorded
+    assert (len(emitter.buffer), emitter.pending) == (5, 14)
     assert await emitter.flush() == 14
     [records] = stream.calls
     decoded = [decode_record(r) for r in records]
