@@ -595,7 +595,9 @@ class RedisStreamsBroker:
         """XADD the records to `{prefix}:events` (MAXLEN ~ EVENTS_CAP): one round trip."""
         if batch:
             cmds = events.xadds(events.key(self._prefix), EVENTS_CAP, batch)
-            await self._retrying(lambda: self._run(cmds))
+            await self._retrying(
+                lambda: events.emit(self._client(), cmds, self.op_timeout, self._run)
+            )
 
     @asynccontextmanager
     async def events(self) -> AsyncIterator[AsyncIterator[bytes]]:
