@@ -5,7 +5,6 @@ they name) is TLS with the URL's options."""
 
 from __future__ import annotations
 
-import shutil
 from typing import TYPE_CHECKING
 
 import pytest
@@ -14,7 +13,7 @@ from aiotask import App
 from aiotask.exceptions import BrokerConnectionError, ConfigurationError
 from aiotask.settings import Settings
 from aiotask.testing import start_worker
-from tests.tls_support import PKI, TLSSentinelSet, make_pki
+from tests.tls_support import PKI, TLSSentinelSet
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -22,20 +21,8 @@ if TYPE_CHECKING:
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    directory = tmp_path_factory.mktemp("tls-sentinel")
-    yield directory
-    shutil.rmtree(directory, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def pki(base: Path) -> PKI:
-    return make_pki(base / "pki")
-
-
-@pytest.fixture(scope="module")
-def sentinels(base: Path, pki: PKI) -> Iterator[TLSSentinelSet]:
-    found = TLSSentinelSet(base / "set", pki)
+def sentinels(tls_dir: Path, pki: PKI) -> Iterator[TLSSentinelSet]:
+    found = TLSSentinelSet(tls_dir / "set", pki)
     found.start()
     try:
         yield found
@@ -44,7 +31,7 @@ def sentinels(base: Path, pki: PKI) -> Iterator[TLSSentinelSet]:
 
 
 async def test_broker_and_backend_through_tls_sentinels(sentinels: TLSSentinelSet) -> None:
-    url = sentinels.url()
+    url = sentinels.url
     app = App("tlss", broker=url, backend=url, key_prefix="tlss")
 
     @app.task(name="tlss.add")
@@ -58,7 +45,7 @@ async def test_broker_and_backend_through_tls_sentinels(sentinels: TLSSentinelSe
 
 
 async def test_a_wrong_ca_is_refused(sentinels: TLSSentinelSet, pki: PKI) -> None:
-    url = sentinels.url(ca=pki.other_ca)
+    url = sentinels.url_with(ca=pki.other_ca)
     app = App("tlss", broker=url, backend=None, key_prefix="tlss-bad")
     with pytest.raises(BrokerConnectionError, match="no sentinel could be asked over TLS") as err:
         async with app:
