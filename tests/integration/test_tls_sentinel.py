@@ -5,6 +5,7 @@ they name) is TLS with the URL's options."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING
 
 import pytest
@@ -59,3 +60,29 @@ def test_tls_options_need_the_tls_scheme(pki: PKI) -> None:
         Settings(broker_url=plain, broker_tls={"ca_certs": str(pki.ca)})
     conf = Settings(broker_url="rediss+sentinel://127.0.0.1:26379/0?service=x")
     assert conf.backend_url == conf.broker_url
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+async def test_failover_over_tls(tmp_path: Path, pki: PKI) -> None:
+    """kill -9 of the primary of a TLS-only set: the sentinels (asked over TLS) promote the
+    replica, and the producer, the worker and the result backend carry on with it."""
+    servers = TLSSentinelSet(tmp_path / "set", pki)
+    servers.start()
+    try:
+        app = App("tlsf", broker=servers.url, backend=servers.url, key_prefix="tlsf")
+
+        @app.task(name="tlsf.add")
+        async def add(x: int, y: int) -> int:
+            return x + y
+
+        async with app, start_worker(app):
+            assert await (await add.send(1, 1)).get(timeout=15) == 2
+            old = servers.kill_primary()
+            new = await asyncio.to_thread(servers.wait_failover, old)
+            assert new != old
+            # sent through the failover: the publish retries until the sentinels name `new`
+            results = [await add.send(i, i) for i in range(5)]
+            assert [await r.get(timeout=60) for r in results] == [2 * i for i in range(5)]
+    finally:
+        servers.stop()
