@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 from aiotask.brokers.base import END
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+    from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 
     from aiotask._redis.client import Client
 
@@ -88,6 +89,23 @@ async def start_id(client: Client, stream: str, cursor: str | None) -> bytes | s
                 oldest[0][0].decode() if isinstance(oldest[0][0], bytes) else oldest[0][0],
             )
     return cursor
+
+
+@asynccontextmanager
+async def follow_after(
+    client: Callable[[], Client],
+    prefix: str,
+    cursor: str | None,
+    retrying: Callable[[Callable[[], Awaitable[Any]]], Awaitable[Any]],
+) -> AsyncIterator[AsyncIterator[tuple[str, bytes]]]:
+    """The broker's `events_after`: follow `{prefix}:events` after entry `cursor`."""
+    redis, stream = client(), key(prefix)
+    start = await retrying(lambda: start_id(redis, stream, cursor))
+    feed = follow(redis, stream, start, retrying)
+    try:
+        yield feed
+    finally:
+        await feed.aclose()
 
 
 async def follow(

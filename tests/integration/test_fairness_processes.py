@@ -177,9 +177,12 @@ async def test_kill9_redelivers_fair_messages(workers: Workers) -> None:
     # a survivor takes the dead worker's leases over; K's holds run again (shorter this time)
     (workers.tmp / "fair_tasks.py").write_text(MODULE.replace("await asyncio.sleep(hold)", ""))
     workers.start()
-    await workers.wait_for(
-        lambda: sorted(t for t, _ in workers.done()) == ["K"] * 3 + ["L"] * 3, "redelivery", 45
-    )
+    every = {(tenant, i) for tenant in "KL" for i in range(3)}
+    await workers.wait_for(lambda: every <= set(workers.done()), "redelivery", 45)
+    # K's ran only on the survivor, once each. L's may have run twice (at-least-once): done on
+    # the victim before the kill, but their acks not yet flushed (seen in CI under load, where
+    # waiting for an exact list of six hung the test until its timeout).
+    assert sorted(i for t, i in workers.done() if t == "K") == [0, 1, 2], workers.done()
     assert all(stop(p) == 0 for p in workers.procs[1:])
 
 
