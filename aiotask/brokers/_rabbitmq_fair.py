@@ -41,6 +41,7 @@ import uuid
 from functools import partial
 from typing import TYPE_CHECKING
 
+import aio_pika
 from aio_pika.exceptions import (
     AMQPError,
     ChannelNotFoundEntity,
@@ -80,6 +81,8 @@ REDECLARE_S = 300.0
 IDLE_S = 30.0
 #: How often a parked key queue (idle, not deleted) is looked at.
 PARK_CHECK_S = 5.0
+#: After an error following announcements or consuming key queues, wait this long.
+RETRY_S = 2.0
 #: Retention of the announcement stream: a key queue nobody published to nor announced for
 #: this long is not learnt by a worker started afterwards (see docs/rabbitmq.md).
 STREAM_ARGUMENTS: dict[str, object] = {
@@ -132,7 +135,7 @@ class FairPublisher:
             args = await self._work_args(queue)
             await self._pub.run(
                 f"declare key queue {name!r}",
-                lambda ch: ch.declare_queue(name, durable=True, arguments=args),
+                lambda ch: ch.declare_queue(name, durable=True, arguments=args, robust=False),
             )
             await self.announce(queue, [key.encode()])
             self._declared[name] = monotonic()
@@ -151,7 +154,9 @@ class FairPublisher:
         if stream not in self._streams:
             await self._pub.run(
                 f"declare stream {stream!r}",
-                lambda ch: ch.declare_queue(stream, durable=True, arguments=STREAM_ARGUMENTS),
+                lambda ch: ch.declare_queue(
+                    stream, durable=True, arguments=STREAM_ARGUMENTS, robust=False
+                ),
             )
             self._streams.add(stream)
         return stream
@@ -207,7 +212,9 @@ class FairPublisher:
 
 
 async def _declare(channel: AbstractRobustChannel, *, name: str, args: dict[str, object]) -> None:
-    await channel.declare_queue(name, durable=True, arguments=args)
+    # robust=False: aio-pika must not re-declare it after a reconnect (a retired key queue
+    # would come back, and a stream still starting would fail the whole reconnect)
+    await channel.declare_queue(name, durable=True, arguments=args, robust=False)
 
 
 async def probe(open_channel: OpenChannel, name: str) -> tuple[int, int] | None:
@@ -282,16 +289,32 @@ class FairConsumer:
         self._parked: dict[str, float] = {}  # key queue -> when to look at it next
         self._seen: dict[str, tuple[int, float]] = {}  # key queue -> (deliveries, since)
         self._sweeper: asyncio.Task[None] | None = None
+        self._retry_at = 0.0
         con.on_key_cancelled = self._cancelled
 
     async def start(self, queues: Sequence[str]) -> None:
-        """Follow each queue's announcements; consume the key queues learnt since last time."""
-        for queue in queues:
-            feed = self._feeds.get(queue)
-            if feed is None or feed.is_closed:
-                await self._follow(queue)
-        if self._pending:
-            await self._consume_pending()
+        """Follow each queue's announcements; consume the key queues learnt since last time.
+
+        Never fails the receive that calls it: while the connection is down, or after an
+        error (logged), it tries again on a receive at least RETRY_S later.
+        """
+        if self._con.down_since is not None or monotonic() < self._retry_at:
+            return
+        try:
+            for queue in queues:
+                feed = self._feeds.get(queue)
+                if feed is None or feed.is_closed:
+                    await self._follow(queue)
+            if self._pending:
+                await self._consume_pending()
+        except (AiotaskError, AMQPError, OSError, RuntimeError, TimeoutError) as exc:
+            self._retry_at = monotonic() + RETRY_S
+            log.warning(
+                "fairness: cannot follow the key queues of %s yet (%s); trying again in %g s",
+                ", ".join(queues),
+                redact(str(exc) or repr(exc)),
+                RETRY_S,
+            )
         if self._sweeper is None or self._sweeper.done():
             self._sweeper = asyncio.create_task(self._sweep_forever(), name="aiotask-rmq-fair")
 
@@ -300,7 +323,11 @@ class FairConsumer:
         if conn is None:
             return
         stream = await self._fpub.stream(queue)
-        channel = await conn.channel(publisher_confirms=False)
+        old = self._feeds.pop(queue, None)
+        if old is not None and not old.is_closed:
+            await old.close()
+        channel = aio_pika.Channel(conn, publisher_confirms=False)  # plain: never reopened
+        await channel.initialize()
         raw = await channel.get_underlay_channel()
         await raw.basic_qos(prefetch_count=_FEED_PREFETCH)
 
@@ -328,15 +355,16 @@ class FairConsumer:
 
     async def _consume_pending(self) -> None:
         for name in list(self._pending):
-            self._pending.discard(name)
             queue = self.keys.get(name)
             if queue is None:
+                self._pending.discard(name)
                 continue
             if await probe(self._admin, name) is None:  # deleted since it was announced
-                self.keys.pop(name, None)
+                self._forget(name)
                 continue
             args = await self._work_args(queue)
             await self._con.consume_key(queue, name, partial(_declare, name=name, args=args))
+            self._pending.discard(name)  # only once consumed: an error leaves it to retry
             self._seen.pop(name, None)
 
     def _cancelled(self, name: str) -> None:
