@@ -91,8 +91,10 @@ STREAM_ARGUMENTS: dict[str, object] = {
     "x-max-length-bytes": 64 * 1024 * 1024,
     "x-stream-max-segment-size-bytes": 4 * 1024 * 1024,  # retention drops whole segments
 }
-#: Announcements starting with this byte are end markers of an admin read, not keys.
-_MARKER = b"\x00"
+#: An announcement's body: this prefix and the key (UTF-8), or _MARKER and an id (the end
+#: marker of an admin read)
+_KEY = b"k:"
+_MARKER = b"m:"
 _PLAIN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 #: Times a keyed message returned as unroutable (its key queue deleted) is sent again.
 _UNROUTABLE_RETRIES = 3
@@ -137,7 +139,7 @@ class FairPublisher:
                 f"declare key queue {name!r}",
                 lambda ch: ch.declare_queue(name, durable=True, arguments=args, robust=False),
             )
-            await self.announce(queue, [key.encode()])
+            await self.announce(queue, [_KEY + key.encode()])
             self._declared[name] = monotonic()
         return name
 
@@ -257,8 +259,8 @@ async def read_keys(open_channel: OpenChannel, fpub: FairPublisher, queue: str) 
             await raw.basic_ack(msg.delivery_tag or 0)
             if msg.body == marker:
                 done.set()
-            elif not msg.body.startswith(_MARKER):
-                keys.add(msg.body.decode())
+            elif msg.body.startswith(_KEY):
+                keys.add(msg.body[len(_KEY) :].decode())
 
         await raw.basic_consume(stream, on_message, arguments={"x-stream-offset": "first"})
         await done.wait()  # bounded by the admin channel's timeout
@@ -333,8 +335,8 @@ class FairConsumer:
 
         async def on_message(msg: DeliveredMessage) -> None:
             await raw.basic_ack(msg.delivery_tag or 0)
-            if not msg.body.startswith(_MARKER):
-                self.learn(queue, [msg.body.decode()])
+            if msg.body.startswith(_KEY):
+                self.learn(queue, [msg.body[len(_KEY) :].decode()])
 
         await raw.basic_consume(stream, on_message, arguments={"x-stream-offset": "first"})
         self._feeds[queue] = raw
@@ -374,14 +376,17 @@ class FairConsumer:
 
     async def stop(self, queue: str | None = None) -> None:
         """Stop consuming one queue's key queues (or all); forget them."""
-        for name, owner in list(self.keys.items()):
-            if queue is None or owner == queue:
-                await self._con.cancel_key(name)
-                self._forget(name)
-        for q in [q for q in self._feeds if queue is None or q == queue]:
-            feed = self._feeds.pop(q)
-            if not feed.is_closed:
-                await feed.close()
+        try:
+            for name, owner in list(self.keys.items()):
+                if queue is None or owner == queue:
+                    self._forget(name)
+                    await self._con.cancel_key(name)
+            for q in [q for q in self._feeds if queue is None or q == queue]:
+                feed = self._feeds.pop(q)
+                if not feed.is_closed:
+                    await feed.close()
+        except (AMQPError, OSError, RuntimeError) as exc:  # the channel closes anyway
+            log.debug("fairness: stop consuming key queues: %s", redact(repr(exc)))
         if queue is None and self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -6,7 +6,8 @@ waits through a reconnect, never re-sends a possibly stored message), the other 
 priority buffer that `receive` drains; the consume connection opens on the first `receive`, so
 a producer-only App holds one connection. This module decides what each delivery becomes
 (triage) and settles it. Topology and counting rules live in `_rabbitmq_topology`, admin
-operations in `_rabbitmq_admin`; the operator's view is docs/rabbitmq.md.
+operations in `_rabbitmq_admin`, fairness across keys (a queue per key) in `_rabbitmq_fair`;
+the operator's view is docs/rabbitmq.md.
 
 AMQP has no leases (capabilities.leases is False): an unacked message goes back to its queue
 when the consumer's channel closes, and `extend` does nothing. Classic queues only flag a
