@@ -306,7 +306,8 @@ class FairConsumer:
             for queue in queues:
                 feed = self._feeds.get(queue)
                 if feed is None or feed.is_closed:
-                    await self._follow(queue)
+                    async with asyncio.timeout(RETRY_S * 5):  # a stream still starting up
+                        await self._follow(queue)
             if self._pending:
                 await self._consume_pending()
         except (AiotaskError, AMQPError, OSError, RuntimeError, TimeoutError) as exc:
@@ -394,6 +395,8 @@ class FairConsumer:
             self._sweeper = None
 
     def _forget(self, name: str) -> None:
+        """Nothing more of this key queue here (this process's publisher declares it again)."""
+        self._fpub.forget_name(name)
         self.keys.pop(name, None)
         self._pending.discard(name)
         self._parked.pop(name, None)
@@ -423,10 +426,12 @@ class FairConsumer:
                 await self._look(name, now)
 
     async def _retire(self, name: str) -> None:
+        count = self._con.delivered.get(name, 0)
         if not await self._con.cancel_key(name):
             return
         self._seen.pop(name, None)
-        if self._con.held(name):  # deliveries raced the cancel: not idle after all
+        if self._con.held(name) or self._con.delivered.get(name, 0) != count:
+            # deliveries raced the cancel: not idle after all
             self._pending.add(name)
             self._con.event().set()
             return
@@ -445,7 +450,6 @@ class FairConsumer:
         queue = self.keys.get(name)
         if found is None or queue is None:
             self._forget(name)
-            self._fpub.forget_name(name)
             return
         ready, consumers = found
         if ready:
