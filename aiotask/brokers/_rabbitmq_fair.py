@@ -292,6 +292,7 @@ class FairConsumer:
         self._seen: dict[str, tuple[int, float]] = {}  # key queue -> (deliveries, since)
         self._sweeper: asyncio.Task[None] | None = None
         self._retry_at = 0.0
+        self._backoff = 0.0
         con.on_key_cancelled = self._cancelled
 
     async def start(self, queues: Sequence[str]) -> None:
@@ -311,13 +312,18 @@ class FairConsumer:
             if self._pending:
                 await self._consume_pending()
         except (AiotaskError, AMQPError, OSError, RuntimeError, TimeoutError) as exc:
-            self._retry_at = monotonic() + RETRY_S
-            log.warning(
-                "fairness: cannot follow the key queues of %s yet (%s); trying again in %g s",
+            # a server without streams (before 3.9) fails every time: back off to a minute
+            self._backoff = min(self._backoff * 2, 60.0) if self._backoff else RETRY_S
+            self._retry_at = monotonic() + self._backoff
+            log.log(
+                logging.WARNING if self._backoff <= 2 * RETRY_S else logging.DEBUG,
+                "fairness: cannot follow the key queues of %s (%s); trying again in %g s",
                 ", ".join(queues),
                 redact(str(exc) or repr(exc)),
-                RETRY_S,
+                self._backoff,
             )
+        else:
+            self._backoff = 0.0
         if self._sweeper is None or self._sweeper.done():
             self._sweeper = asyncio.create_task(self._sweep_forever(), name="aiotask-rmq-fair")
 
