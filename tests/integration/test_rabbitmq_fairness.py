@@ -141,3 +141,24 @@ async def test_dead_letter_replay_goes_back_to_the_key_queue(
         assert isinstance(sender, RabbitMQBroker)
         name = fair.key_queue(sender._names, "q", "acme")
         assert await fair.probe(sender._admin, name) == (1, 0)  # in the key's queue again
+
+
+async def test_an_idle_quorum_key_queue_is_parked_then_consumed_again(make: Make) -> None:
+    """Quorum queues have no conditional delete: the idle key queue stays, unconsumed, and is
+    consumed again once it holds a message."""
+    broker = make(rabbitmq_queue_type="quorum")
+    await broker.connect()
+    broker._fair.idle = 0.3
+    name = fair.key_queue(broker._names, "q", "k")
+    await broker.publish([keyed("k", 0)])
+    await broker.ack(await receive_all(broker, ["q"], 1))
+    for _ in range(50):
+        if name not in broker._con.keyed:
+            break
+        await asyncio.sleep(0.1)
+    assert name not in broker._con.keyed  # parked
+    assert await fair.probe(broker._admin, name) == (0, 0)  # kept
+    await broker.publish([keyed("k", 1)])
+    [again] = await receive_all(broker, ["q"], 1, timeout=fair.PARK_CHECK_S * 3)
+    assert again.message_id == "k1"
+    await broker.ack([again])
