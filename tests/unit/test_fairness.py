@@ -198,3 +198,15 @@ def test_worker_buffer_starts_keys_in_turn() -> None:
     assert not buffer
     with pytest.raises(IndexError):
         buffer.popleft()
+
+
+def test_rabbitmq_key_queue_names_are_plain_or_hashed_and_distinct() -> None:
+    from aiotask.brokers._rabbitmq_fair import key_queue
+    from aiotask.brokers._rabbitmq_topology import Names
+
+    names = Names("p")
+    assert key_queue(names, "q", "acme-1") == "p.q.k.acme-1"
+    odd = [key_queue(names, "q", k) for k in ("a b", "a.b", "é", "x" * 200, "k:1")]
+    assert all(n.startswith("p.q.h.") and len(n) <= 255 for n in odd)
+    assert len(set(odd)) == len(odd)
+    assert key_queue(names, "q", "a b") == key_queue(names, "q", "a b")  # stable across runs
