@@ -140,7 +140,8 @@ def _measure(
     log = workdir / f"{name}.log"
     url, extra = _url(workdir, name, args)
     env = dict(
-        os.environ, AIOTASK_BROKER_URL=url, PYTHONPATH=str(workdir),
+        os.environ, AIOTASK_BROKER_URL=url,
+        PYTHONPATH=os.pathsep.join(filter(None, [str(workdir), os.environ.get("PYTHONPATH")])),
         FAIR_LOG=str(log), FAIR_WORK=str(args.work), **extra,
     )  # fmt: skip
     if args.prefetch:
