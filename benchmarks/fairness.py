@@ -1,11 +1,12 @@
 """Fairness across keys: tenant B's wait with tenant A's backlog queued ahead, vs an idle queue.
 
-    .venv/bin/python -m benchmarks.fairness [--broker sqlite|redis] [--backlog 10000]
+    .venv/bin/python -m benchmarks.fairness [--broker sqlite|redis|rabbitmq] [--backlog 10000]
                                             [--probes 40] [--gap 0.05] [--work 0.002]
                                             [--prefetch 0] [--no-fifo]
 
 One `aiotask worker` process (concurrency 4) on one SQLite file, or on the Redis server of
-AIOTASK_BENCH_REDIS (default redis://127.0.0.1:6379/0) under a fresh key prefix. Tenant B
+AIOTASK_BENCH_REDIS (default redis://127.0.0.1:6379/0) or the RabbitMQ of AIOTASK_BENCH_AMQP
+(default amqp://guest:guest@127.0.0.1:5672/) under a fresh key prefix (deleted after). Tenant B
 sends `--probes` tasks, one every `--gap` seconds; its wait is the time from send to the
 task's start (both clocks are this machine's). Runs: "idle" (B alone), "fair" (A's backlog of
 `--backlog` tasks queued first, every task with fairness_key="tenant_id"), and for contrast
@@ -30,6 +31,7 @@ from pathlib import Path
 from aiotask import App
 
 REDIS = os.environ.get("AIOTASK_BENCH_REDIS", "redis://127.0.0.1:6379/0")
+AMQP = os.environ.get("AIOTASK_BENCH_AMQP", "amqp://guest:guest@127.0.0.1:5672/")
 
 TASKS = textwrap.dedent(
     """
@@ -98,13 +100,16 @@ async def _run(
 
 def _url(workdir: Path, name: str, args: argparse.Namespace) -> tuple[str, dict[str, str]]:
     """The broker URL of one run and its environment (a fresh file, or a fresh key prefix)."""
-    if args.broker == "redis":
+    if args.broker in ("redis", "rabbitmq"):
         prefix = f"fairbench-{uuid.uuid4().hex[:8]}"
-        return REDIS, {"AIOTASK_KEY_PREFIX": prefix}
+        return REDIS if args.broker == "redis" else AMQP, {"AIOTASK_KEY_PREFIX": prefix}
     return f"sqlite:///{workdir / name}.db", {}
 
 
 async def _drop_keys(url: str, prefix: str) -> None:
+    if url.startswith("amqp"):
+        await _drop_queues(url, prefix)
+        return
     import redis.asyncio as redis
 
     client = redis.Redis.from_url(url)
@@ -116,13 +121,27 @@ async def _drop_keys(url: str, prefix: str) -> None:
         await client.aclose()
 
 
+async def _drop_queues(url: str, prefix: str) -> None:
+    """The default queue with its dead, delay and key queues and its announcement stream."""
+    from aiotask.brokers.rabbitmq import RabbitMQBroker
+    from aiotask.settings import Settings
+
+    broker = RabbitMQBroker(url, Settings(broker_url=url, key_prefix=prefix), "fairbench")
+    await broker.connect()
+    try:
+        await broker.delete_queue("default")
+    finally:
+        await broker.close()
+
+
 def _measure(
     workdir: Path, name: str, task: str, backlog: int, args: argparse.Namespace
 ) -> list[float]:
     log = workdir / f"{name}.log"
     url, extra = _url(workdir, name, args)
     env = dict(
-        os.environ, AIOTASK_BROKER_URL=url, PYTHONPATH=str(workdir),
+        os.environ, AIOTASK_BROKER_URL=url,
+        PYTHONPATH=os.pathsep.join(filter(None, [str(workdir), os.environ.get("PYTHONPATH")])),
         FAIR_LOG=str(log), FAIR_WORK=str(args.work), **extra,
     )  # fmt: skip
     if args.prefetch:
@@ -158,7 +177,7 @@ def main() -> None:
     parser.add_argument("--gap", type=float, default=0.05)
     parser.add_argument("--work", type=float, default=0.002)
     parser.add_argument("--no-fifo", action="store_true")
-    parser.add_argument("--broker", choices=("sqlite", "redis"), default="sqlite")
+    parser.add_argument("--broker", choices=("sqlite", "redis", "rabbitmq"), default="sqlite")
     parser.add_argument("--prefetch", type=int, default=0, help="0: the worker's default")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:

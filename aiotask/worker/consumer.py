@@ -87,7 +87,8 @@ class Dispatcher:
         self.failed = 0
         #: monitoring events (`-E`); None: off, nothing recorded
         self.events: Emitter | None = None
-        #: task-received events of the batch being accepted (id, name, queue, other keys)
+        #: task-received events of the batch being accepted (id, name, queue, other keys); a
+        #: new list per batch: the emitter keeps the one it is handed, as it is
         self.received: list[tuple[str, str, str, dict[str, Any] | None]] = []
 
     def free(self) -> int:

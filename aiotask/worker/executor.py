@@ -446,7 +446,7 @@ def _outcome_event(
         return
     ident, name, queue = message.id, message.task, delivery.queue
     if type(outcome) is Succeeded and not message.retries:  # the common case first
-        events.task(TASK_SUCCEEDED, ident, name, queue, runtime)
+        events.succeeded(ident, name, queue, runtime)
         return
     retries = {"retries": message.retries} if message.retries else None
     match outcome:
