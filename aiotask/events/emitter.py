@@ -25,8 +25,9 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from aiotask._event_types import TASK_STARTED, TASK_SUCCEEDED, EventType
 from aiotask._log import get_logger
-from aiotask.events.model import EventType, safe_message
+from aiotask.events.model import safe_message
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -50,12 +51,6 @@ MAX_BUFFER = 10_000
 #: Seconds the last flush (at shutdown) may take.
 FINAL_FLUSH_TIMEOUT = 5.0
 
-
-#: The types a worker records for every task, as plain str: looking an enum member up costs
-#: about as much as recording the event, and orjson encodes a str subclass half as fast again.
-TASK_RECEIVED: str = EventType.TASK_RECEIVED.value
-TASK_STARTED: str = EventType.TASK_STARTED.value
-TASK_SUCCEEDED: str = EventType.TASK_SUCCEEDED.value
 
 #: (id, name, queue, other keys or None): one task of a received batch
 Item = tuple[str, str, str, "dict[str, Any] | None"]

@@ -25,31 +25,15 @@ is one JSON document, in one of three forms (a follower in another language need
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from enum import StrEnum
 from typing import Any
 
 import orjson
 
+from aiotask._event_types import EventType
 from aiotask._urls import redact
 
 #: An exception message in an event is cut to this many characters (after redaction).
 MAX_MESSAGE = 500
-
-
-class EventType(StrEnum):
-    """Every event type; `task-*` carry a task id, `worker-*` describe one worker."""
-
-    TASK_SENT = "task-sent"
-    TASK_RECEIVED = "task-received"
-    TASK_STARTED = "task-started"
-    TASK_SUCCEEDED = "task-succeeded"
-    TASK_FAILED = "task-failed"
-    TASK_RETRIED = "task-retried"
-    TASK_REVOKED = "task-revoked"
-    TASK_REJECTED = "task-rejected"
-    WORKER_ONLINE = "worker-online"
-    WORKER_HEARTBEAT = "worker-heartbeat"
-    WORKER_OFFLINE = "worker-offline"
 
 
 @dataclass(frozen=True, slots=True)

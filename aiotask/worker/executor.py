@@ -7,14 +7,13 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+from aiotask._event_types import TASK_STARTED, TASK_SUCCEEDED, EventType
 from aiotask._log import get_logger
 from aiotask._time import now
 from aiotask.backends.base import EncodedResult, ResultRecord, encode_fields
 from aiotask.canvas.primitives import MAP_TASK, STARMAP_TASK
 from aiotask.canvas.runtime import CHORD_BODY_HEADER, Finished
 from aiotask.context import TaskContext, current_task
-from aiotask.events.emitter import TASK_STARTED, TASK_SUCCEEDED
-from aiotask.events.model import EventType
 from aiotask.exceptions import (
     MessageTooLarge,
     NotRegistered,
