@@ -25,6 +25,7 @@ import itertools
 import logging
 import os
 import socket
+import time
 import uuid
 from typing import TYPE_CHECKING
 
@@ -50,6 +51,15 @@ TOPIC = "messages"
 #: A consumer takes over lost consumers and dead-letters exhausted rows this often (seconds),
 #: busy or idle; not after every empty claim (a transaction more on each message's path).
 MAINTAIN_EVERY = 1.0
+
+
+def pkeys(n: int) -> list[str]:
+    """`n` unique row keys (uuid-sized, as hex, which asyncpg takes for a uuid): the time in
+    ns, 32 random bits, then the index in the batch. Rising keys are appended at the right
+    edge of the unique index instead of touching a random page per row, and building them
+    costs a fiftieth of a `uuid.uuid4()` per message."""
+    head = f"{time.time_ns() & 0xFFFF_FFFF_FFFF_FFFF:016x}{os.urandom(4).hex()}"
+    return [f"{head}{i:08x}" for i in range(n)]
 
 
 class PostgresBroker:
@@ -126,11 +136,8 @@ class PostgresBroker:
         if not batch:
             return
         wall = now()
-        # pkeys as hex strings of one urandom call (asyncpg parses them as uuids): 45x
-        # cheaper than a uuid.uuid4() per message, a tenth of a batched send's time
-        keys = os.urandom(16 * len(batch)).hex()
         rows = (
-            [keys[i : i + 32] for i in range(0, len(keys), 32)],
+            pkeys(len(batch)),
             [o.message_id for o in batch],
             [o.queue for o in batch],
             [clamp_priority(o.priority) for o in batch],
