@@ -147,7 +147,10 @@ class PostgresBroker:
         # Delayed messages notify too: a sleeping consumer recomputes when to look next.
         channel = self._channel if self._opts.listen else ""
         # Same pkeys on every attempt: a retry after a lost COMMIT reply inserts nothing twice.
-        await self._db.run(lambda c: q.insert(c, self._sql, rows, channel), "publish")
+        attempts = itertools.count()
+        await self._db.run(
+            lambda c: q.insert(c, self._sql, rows, channel, again=next(attempts) > 0), "publish"
+        )
 
     async def receive(self, queues: Sequence[str], limit: int) -> list[Delivery]:
         """Claim up to `limit` ready messages, sleeping until one is due or notified."""

@@ -80,3 +80,33 @@ async def test_a_store_waits_for_the_flush_when_the_broker_is_another_server(
         finally:
             BEFORE_ACK.reset(token)
     assert durable_flags == [True]
+
+
+async def test_a_publish_whose_reply_was_lost_is_retried_without_duplicates(
+    postgres_url: str, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first attempt is a plain INSERT (its keys are new); the retry after a lost reply
+    uses the same keys with ON CONFLICT DO NOTHING, so the committed rows are not doubled."""
+    from aiotask.brokers import _postgres_sql
+
+    real = _postgres_sql.insert
+    calls: list[bool] = []
+
+    async def insert(*args: Any, again: bool) -> None:
+        calls.append(again)
+        await real(*args, again=again)
+        if len(calls) == 1:
+            raise ConnectionResetError("the reply was lost")  # committed all the same
+
+    monkeypatch.setattr(_postgres_sql, "insert", insert)
+    app = App("commits", broker=postgres_url, key_prefix=namespace)
+
+    @app.task(name="commits.add")
+    async def add(x: int, y: int) -> int:
+        return x + y
+
+    async with app:
+        await add.send_batch([(1, 2), (3, 4)])
+        assert calls == [False, True]
+        stats = await app.broker.queue_stats(["default"])
+    assert stats[0].ready == 2
