@@ -10,11 +10,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, NamedTuple
 
+from aiotask._postgres import NO_SYNC
 from aiotask.brokers._common import DEAD_LETTER_CAP
 
 if TYPE_CHECKING:
-    import uuid
-
     import asyncpg
 
 
@@ -29,6 +28,14 @@ class Token(NamedTuple):
 Row = tuple[int, str, str, int, int, bytes]
 
 
+class Ahead(NamedTuple):
+    """When to look again: the earliest due time (None: nothing due), and whether a ready
+    row was skipped because a transaction elsewhere holds its lock (then: poll)."""
+
+    due: float | None
+    skipped: bool
+
+
 class Claimed(NamedTuple):
     rows: list[Row]
     #: (message id, queue, deliveries) of rows dead-lettered for too many deliveries
@@ -37,25 +44,24 @@ class Claimed(NamedTuple):
     lost: list[tuple[str, int]]
 
 
-#: A FROM item that makes the statement's own (implicit) transaction commit without waiting
-#: for the WAL flush: for settles whose loss in a server crash only means a redelivery
-#: (at-least-once), never a lost message. Works through PgBouncer (no session state).
-NO_SYNC = "(SELECT set_config('synchronous_commit', 'off', true)) AS no_sync"
-
-
 class SQL:
     """The statements for one schema (formatted once)."""
 
     def __init__(self, s: str) -> None:
         # One statement (one round trip): insert, then NOTIFY each queue that got a row.
-        self.insert = (
+        # A first attempt's row keys are new, so it needs no ON CONFLICT (whose speculative
+        # insertion costs about a third of the statement's server time); a retry, whose first
+        # attempt may have committed before its reply was lost, skips the rows already there.
+        insert = (
             f"WITH ins AS (INSERT INTO {s}.messages "
             "(pkey, message_id, queue, priority, eta, body) "
             "SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::smallint[], "
-            "$5::float8[], $6::bytea[]) ON CONFLICT (pkey) DO NOTHING RETURNING queue) "
+            "$5::float8[], $6::bytea[]){} RETURNING queue) "
             "SELECT count(pg_notify($7, q)) FROM (SELECT DISTINCT queue AS q FROM ins) AS d "
             "WHERE $7 <> ''"
         )
+        self.insert = insert.format("")
+        self.insert_again = insert.format(" ON CONFLICT (pkey) DO NOTHING")
         self.take_over = f"DELETE FROM {s}.consumers WHERE expires_at <= $1 RETURNING owner"
         # Not a nack: the work may have run, so the delivery stays counted.
         self.lapse = (
@@ -78,14 +84,31 @@ class SQL:
         # One statement; rows whose lease lapsed max_deliveries times are left for
         # bury_exhausted. The claim commits without waiting for the WAL flush (NO_SYNC): a
         # claim lost in a server crash only means the message is delivered again.
-        self.claim = (
-            f"WITH picked AS (SELECT id FROM {s}.messages "
+        # A claim that got fewer than `limit` rows also returns the look-ahead (one more row,
+        # id NULL): what `next_due` would say right after it (its own leases' end counts as a
+        # due time too), so a consumer that drained its queues sleeps without two more round
+        # trips (an empty claim, then next_due). The look-ahead is not computed otherwise.
+        _picked = (
+            f"picked AS (SELECT id FROM {s}.messages "
             "WHERE queue = ANY($1::text[]) AND eta <= $2 "
             "AND (lease_until IS NULL OR deliveries < $6) "
-            "ORDER BY priority DESC, eta, id LIMIT $3 FOR UPDATE SKIP LOCKED) "
-            f"UPDATE {s}.messages m SET lease_until = $4, eta = $4, lease_owner = $5, "
+            "ORDER BY priority DESC, eta, id LIMIT $3 FOR UPDATE SKIP LOCKED)"
+        )
+        _got = (
+            f"got AS (UPDATE {s}.messages m SET lease_until = $4, eta = $4, lease_owner = $5, "
             f"deliveries = m.deliveries + 1 FROM picked, {NO_SYNC} WHERE m.id = picked.id "
-            "RETURNING m.id, m.message_id, m.queue, m.priority, m.deliveries, m.body"
+            "RETURNING m.id, m.message_id, m.queue, m.priority, m.deliveries, m.body)"
+        )
+        self.claim = (
+            f"WITH {_picked}, {_got} "
+            "SELECT id, message_id, queue, priority, deliveries, body, NULL::float8, NULL::bool "
+            "FROM got UNION ALL SELECT NULL, NULL, NULL, NULL, NULL, NULL, "
+            f"least((SELECT min(eta) FROM {s}.messages WHERE queue = ANY($1::text[]) "
+            f"AND eta > $2), (SELECT min(expires_at) FROM {s}.consumers), "
+            "(SELECT $4 FROM got LIMIT 1)), "
+            f"EXISTS (SELECT 1 FROM {s}.messages WHERE queue = ANY($1::text[]) AND eta <= $2 "
+            "AND id NOT IN (SELECT id FROM picked)) "
+            "WHERE (SELECT count(*) FROM got) < $3"
         )
         # When to look next: the earliest eta of these queues (delayed, leased) or the
         # earliest heartbeat expiry (a lost consumer to take over).
@@ -128,8 +151,10 @@ class SQL:
             f"DELETE FROM {s}.dead_letters WHERE queue = $1 AND id <= (SELECT id FROM "
             f"{s}.dead_letters WHERE queue = $1 ORDER BY id DESC LIMIT 1 OFFSET {DEAD_LETTER_CAP})"
         )
+        # Not waiting for the WAL flush: a heartbeat lost in a server crash leaves the
+        # previous one, which lasts worker_lost_after, many heartbeat intervals.
         self.beat = (
-            f"INSERT INTO {s}.consumers (owner, expires_at) VALUES ($1, $2) "
+            f"INSERT INTO {s}.consumers (owner, expires_at) SELECT $1, $2 FROM {NO_SYNC} "
             "ON CONFLICT (owner) DO UPDATE SET expires_at = excluded.expires_at"
         )
         self.unbeat = f"DELETE FROM {s}.consumers WHERE owner = $1"
@@ -147,12 +172,14 @@ class SQL:
 async def insert(
     conn: asyncpg.Connection,
     sql: SQL,
-    rows: tuple[list[uuid.UUID], list[str], list[str], list[int], list[float], list[bytes]],
+    rows: tuple[list[str], list[str], list[str], list[int], list[float], list[bytes]],
     channel: str,
+    *,
+    again: bool,
 ) -> None:
-    """Insert a batch (a retried batch is skipped by its pkeys) and wake the consumers
-    (`channel` "" : no NOTIFY). The NOTIFY is delivered at commit."""
-    await conn.fetchval(sql.insert, *rows, channel)
+    """Insert a batch and wake the consumers (`channel` "" : no NOTIFY; it is delivered at
+    commit). `again`: a retry, which skips the rows a lost attempt committed (same pkeys)."""
+    await conn.fetchval(sql.insert_again if again else sql.insert, *rows, channel)
 
 
 async def claim(
@@ -165,9 +192,17 @@ async def claim(
     wall: float,
     lease: float,
     max_deliveries: int,
-) -> list[Row]:
+) -> tuple[list[Row], Ahead | None]:
+    """The claimed rows, and the look-ahead when fewer than `limit` were ready."""
     rows = await conn.fetch(sql.claim, queues, wall, limit, wall + lease, owner, max_deliveries)
-    return [(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows]
+    got: list[Row] = []
+    ahead = None
+    for r in rows:
+        if r[0] is None:
+            ahead = Ahead(r[6], r[7])
+        else:
+            got.append((r[0], r[1], r[2], r[3], r[4], r[5]))
+    return got, ahead
 
 
 async def maintain(
