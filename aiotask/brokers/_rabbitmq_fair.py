@@ -15,8 +15,10 @@ announcement stream, `{prefix}.{queue}.keys` (a RabbitMQ stream, 3.9+: an append
 with retention), before its first publish to the key and again before any publish to the key
 made more than REDECLARE_S after its last announcement. A worker reads the stream from the
 first retained entry when it starts consuming a queue and then follows it live, so workers
-started later learn existing keys too. Administration (stats, purge, delete) reads it to its
-end (a marker it appends itself) in a fresh process.
+started later learn existing keys too; a worker announces a key it received messages from
+again every KEEP_S, so a backlog keeps its key in the retention while it drains.
+Administration (stats, purge, delete) reads it to its end (a marker it appends itself) in a
+fresh process.
 
 Parking (`FairConsumer.sweep`): a key queue this worker consumed without a delivery and
 without hearing its key announced for IDLE_S, holding none of its messages, has its consumer
@@ -99,6 +101,9 @@ REDECLARE_S = IDLE_S / 2
 #: A parked key queue is probed after this long, then at doubling intervals up to the max.
 PARK_CHECK_S = 5.0
 PARK_CHECK_MAX_S = 60.0
+#: A worker announces a key it received a message from again this often, so a key with a
+#: backlog stays in the stream's retention while it drains (workers started later learn it).
+KEEP_S = 60.0
 #: After an error following announcements or consuming key queues, wait this long.
 RETRY_S = 2.0
 #: Retention of the announcement stream: a key queue nobody published to nor announced for
@@ -295,6 +300,9 @@ class FairConsumer:
         self._parked: dict[str, tuple[float, float]] = {}  # key queue -> (next look, interval)
         self._seen: dict[str, tuple[int, float]] = {}  # key queue -> (deliveries, since)
         self._heard: dict[str, float] = {}  # key queue -> when its key was last announced
+        self._key_of: dict[str, str] = {}  # key queue -> its key
+        self._kept: dict[str, float] = {}  # key queue -> when this worker last announced it
+        self.keep = KEEP_S
         self._sweeper: asyncio.Task[None] | None = None
         self._retry_at = 0.0
         self._backoff = 0.0
@@ -359,6 +367,7 @@ class FairConsumer:
         for key in keys:
             name = key_queue(self._names, queue, key)
             self._heard[name] = now  # a consumed key queue stays consumed IDLE_S longer
+            self._key_of[name] = key
             if name not in self._con.keyed:
                 self.keys[name] = queue
                 self._wake(name)
@@ -418,6 +427,8 @@ class FairConsumer:
         self._parked.pop(name, None)
         self._seen.pop(name, None)
         self._heard.pop(name, None)
+        self._key_of.pop(name, None)
+        self._kept.pop(name, None)
         self._con.forget_key(name)
 
     async def _sweep_forever(self) -> None:
@@ -431,16 +442,32 @@ class FairConsumer:
     async def sweep(self) -> None:
         """Park key queues without a delivery or announcement for `idle` s; look at parked ones."""
         now = monotonic()
+        keep: dict[str, list[bytes]] = {}  # queue -> announcements of keys delivered from
         for name in list(self._con.keyed):
             count = self._con.delivered.get(name, 0)
             seen = self._seen.get(name)
             if seen is None or seen[0] != count or self._con.held(name):
+                if seen is not None and seen[0] != count:
+                    self._keep(name, now, keep)
                 self._seen[name] = (count, now)
             elif now - max(seen[1], self._heard.get(name, -math.inf)) >= self.idle:
                 await self._park(name)
+        for queue, bodies in keep.items():
+            await self._fpub.announce(queue, bodies)
         for name, (due, _) in list(self._parked.items()):
             if due <= now:
                 await self._look(name, now)
+
+    def _keep(self, name: str, now: float, into: dict[str, list[bytes]]) -> None:
+        """Announce a key delivered from again if this worker has not for `keep` seconds."""
+        queue, key = self.keys.get(name), self._key_of.get(name)
+        if (
+            queue is not None
+            and key is not None
+            and now - self._kept.get(name, -math.inf) >= self.keep
+        ):
+            self._kept[name] = now
+            into.setdefault(queue, []).append(_KEY + key.encode())
 
     async def _park(self, name: str) -> None:
         """Stop consuming an idle key queue, unless it turns out not idle after all."""

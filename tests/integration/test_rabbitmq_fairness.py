@@ -18,7 +18,7 @@ from aiotask.settings import Settings
 from tests.contract.test_broker_contract import receive_all
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable
+    from collections.abc import AsyncIterator, Callable, Sequence
 
     Make = Callable[..., RabbitMQBroker]
 
@@ -158,6 +158,36 @@ async def test_the_park_check_backs_off_and_finds_a_message(make: Make) -> None:
     await broker.ack([again])
     await parked(broker, name)
     assert broker._fair._parked[name][1] == 0.2  # reset once consumed
+
+
+async def test_a_worker_announces_keys_it_drains(make: Make) -> None:
+    """A key with a backlog is announced again by the workers draining it (every `keep` s),
+    so it stays in the stream's retention while no producer publishes to it."""
+    producer = make()
+    await producer.connect()
+    worker = make()
+    await worker.connect()
+    worker._fair.idle = 2.0  # a sweep every second
+    worker._fair.keep = 0.0
+    sent: list[bytes] = []
+    announce = worker._fpub.announce
+
+    async def record(queue: str, bodies: Sequence[bytes]) -> None:
+        sent.extend(bodies)
+        await announce(queue, bodies)
+
+    worker._fpub.announce = record  # type: ignore[method-assign]
+    await producer.publish([keyed("k", 0)])
+    await worker.ack(await receive_all(worker, ["q"], 1, timeout=10))
+    await asyncio.sleep(1.5)  # a sweep notes the deliveries so far
+    assert sent == []
+    await producer.publish([keyed("k", 1)])  # announced by the producer only once, before k0
+    await worker.ack(await receive_all(worker, ["q"], 1, timeout=10))
+    for _ in range(50):  # the next sweep sees a new delivery from k
+        if sent:
+            break
+        await asyncio.sleep(0.1)
+    assert sent == [b"k:k"]
 
 
 async def test_the_prober_reopens_its_channel_after_a_missing_queue(make: Make) -> None:
