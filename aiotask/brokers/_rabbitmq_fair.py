@@ -442,6 +442,9 @@ class FairConsumer:
     async def sweep(self) -> None:
         """Park key queues without a delivery or announcement for `idle` s; look at parked ones."""
         now = monotonic()
+        for name in self.keys:  # not consumed, pending nor parked: its channel was reopened
+            if not (name in self._con.keyed or name in self._pending or name in self._parked):
+                self._wake(name)
         keep: dict[str, list[bytes]] = {}  # queue -> announcements of keys delivered from
         for name in list(self._con.keyed):
             count = self._con.delivered.get(name, 0)

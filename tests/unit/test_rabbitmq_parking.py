@@ -108,3 +108,11 @@ async def test_the_park_check_backs_off_to_a_minute_then_wakes_or_forgets() -> N
     worker._parked[NAME] = (0.0, 5.0)
     await worker._look(NAME, 0.0)
     assert NAME not in worker.keys
+
+
+async def test_a_key_queue_lost_with_its_channel_is_consumed_again() -> None:
+    """The consume channel reopened (its consumers gone): the next sweep consumes it again."""
+    worker, con, _ = consuming()
+    con.keyed.clear()
+    await worker.sweep()
+    assert NAME in worker._pending
