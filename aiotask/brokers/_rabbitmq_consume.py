@@ -131,7 +131,7 @@ class Consumer:
                 log.warning("RabbitMQ cancelled the consumer of %s; consuming it again", queue)
                 del self.consumers[queue]
         for name, (_, tag) in list(self.keyed.items()):
-            if tag == frame.consumer_tag:  # another worker deleted the idle key queue
+            if tag == frame.consumer_tag:  # a user deleted the key queue
                 del self.keyed[name]
                 if self.on_key_cancelled is not None:
                     self.on_key_cancelled(name)

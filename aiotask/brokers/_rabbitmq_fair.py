@@ -10,24 +10,41 @@ consumers, which is round-robin across keys, and the work queue itself takes its
 more consumer. A delayed keyed message waits in the queue's delay queues like any other and
 is moved into its key queue by the worker when it comes due (one extra publish).
 
-Discovery: whoever declares a key queue (a publisher once per process and key, again every
-REDECLARE_S) appends the key to the queue's announcement stream, `{prefix}.{queue}.keys` (a
-RabbitMQ stream, 3.9+: an append-only log with retention). A worker reads it from the first
-retained entry when it starts consuming a queue and then follows it live, so workers started
-later learn existing keys too. Administration (stats, purge, delete) reads it to its end (a
-marker it appends itself) in a fresh process.
+Discovery: whoever publishes to a key queue declares it and appends the key to the queue's
+announcement stream, `{prefix}.{queue}.keys` (a RabbitMQ stream, 3.9+: an append-only log
+with retention), before its first publish to the key and again before any publish to the key
+made more than REDECLARE_S after its last announcement. A worker reads the stream from the
+first retained entry when it starts consuming a queue and then follows it live, so workers
+started later learn existing keys too; a worker announces a key it received messages from
+again every KEEP_S, so a backlog keeps its key in the retention while it drains.
+Administration (stats, purge, delete) reads it to its end (a marker it appends itself) in a
+fresh process.
 
-Cleanup (`FairConsumer._sweep`): a key queue this worker consumed without a delivery for
-`idle` seconds, holding none of its messages, has its consumer cancelled; deliveries that
-raced the cancel make it consume again. A classic key queue is then deleted with
-if-empty and if-unused (atomic on the server: it fails while the queue holds a ready message
-or another worker consumes it, and a worker holding one of its messages never cancels). A
-publisher whose key queue was deleted gets its message back as unroutable (not stored), so
-it declares and announces the queue again and sends the message again: nothing is lost and
-nothing is duplicated. Quorum queues have no conditional delete, so an idle quorum key queue
-is only parked: not consumed, checked every PARK_CHECK_S, consumed again once it holds a
-message (or when its key is announced again). A key queue parked because another worker
-still consumes it is checked the same way.
+Parking (`FairConsumer.sweep`): a key queue this worker consumed without a delivery and
+without hearing its key announced for IDLE_S, holding none of its messages, has its consumer
+cancelled and is *parked*: kept on the server, not consumed. Workers never delete key queues:
+a queue.delete(if-empty, if-unused) racing a publish can drop a message RabbitMQ has already
+confirmed (a message routed to the queue process as it exits is confirmed and lost with it),
+and "nothing is lost" comes first. Empty key queues stay until a user removes them
+(`delete_queue`, or rabbitmqctl).
+
+Why a parked key queue is consumed again as soon as it is published to. Take a publish to
+the key at time p by a process P. P announced the key at some a with p - REDECLARE_S <= a <= p
+(the announce comes before the publish, and P announces again once its last one is older
+than REDECLARE_S), and the message reaches the queue after a. A worker W following the
+stream hears that announcement at some h >= a:
+- if W is not consuming the key queue then, it consumes it again (`learn`), and the message,
+  in the queue already or arriving later, is delivered;
+- if W is consuming it then, W parks it no earlier than h + IDLE_S >= p + IDLE_S - REDECLARE_S
+  (an announcement heard up to the end of the cancel counts; after the cancel W also checks
+  that the queue holds no ready message): with REDECLARE_S = IDLE_S / 2, W keeps consuming
+  for at least IDLE_S / 2 after the publish, and the message is delivered before that.
+So a message never waits in an unconsumed key queue while a worker follows the stream, except
+when its publish reaches the queue more than IDLE_S - REDECLARE_S after its announcement (a
+publisher stalled through a reconnect). The park check is the safety net for that: a parked
+key queue is probed (a passive declare on one long-lived channel) after PARK_CHECK_S, then
+at doubling intervals up to PARK_CHECK_MAX_S, and consumed again once it holds a message.
+Cost: one declare and one announcement per key per REDECLARE_S per publishing process.
 """
 
 from __future__ import annotations
@@ -36,6 +53,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import math
 import re
 import uuid
 from functools import partial
@@ -45,7 +63,6 @@ import aio_pika
 from aio_pika.exceptions import (
     AMQPError,
     ChannelNotFoundEntity,
-    ChannelPreconditionFailed,
     PublishError,
 )
 
@@ -63,6 +80,7 @@ if TYPE_CHECKING:
     from aiormq.abc import AbstractChannel as RawChannel
     from aiormq.abc import DeliveredMessage
 
+    from aiotask.brokers._rabbitmq_admin import Prober
     from aiotask.brokers._rabbitmq_consume import Consumer
     from aiotask.brokers._rabbitmq_publish import Outbound, Publisher
     from aiotask.brokers._rabbitmq_topology import Names
@@ -75,12 +93,17 @@ log = logging.getLogger("aiotask.brokers.rabbitmq")
 
 #: The message's fairness key, on the AMQP message (the broker never reads the body).
 HEADER_FAIR_KEY = "x-aiotask-fair-key"
-#: A publisher declares and announces a key queue it keeps using again this often.
-REDECLARE_S = 300.0
-#: Seconds without a delivery after which a worker stops consuming a key queue.
+#: Seconds without a delivery or an announcement after which a worker parks a key queue.
 IDLE_S = 30.0
-#: How often a parked key queue (idle, not deleted) is looked at.
+#: A publish to a key last announced by this process longer ago announces it again. Below
+#: IDLE_S, so that a publish to a key idle long enough to be parked always announces it.
+REDECLARE_S = IDLE_S / 2
+#: A parked key queue is probed after this long, then at doubling intervals up to the max.
 PARK_CHECK_S = 5.0
+PARK_CHECK_MAX_S = 60.0
+#: A worker announces a key it received a message from again this often, so a key with a
+#: backlog stays in the stream's retention while it drains (workers started later learn it).
+KEEP_S = 60.0
 #: After an error following announcements or consuming key queues, wait this long.
 RETRY_S = 2.0
 #: Retention of the announcement stream: a key queue nobody published to nor announced for
@@ -128,19 +151,22 @@ class FairPublisher:
         self._declared: dict[str, float] = {}  # key queue -> monotonic time declared
         self._streams: set[str] = set()
         self._homes: dict[str, tuple[str, str]] = {}
+        self.redeclare = REDECLARE_S
 
     async def ensure(self, queue: str, key: str) -> str:
-        """The key queue's name, declared (and announced) unless done recently."""
+        """The key queue's name, declared and announced unless done in the last `redeclare`
+        seconds (the time kept is from before the announce: never later than it)."""
         name = self.home(queue, key)
         done = self._declared.get(name)
-        if done is None or monotonic() - done > REDECLARE_S:
+        now = monotonic()
+        if done is None or now - done > self.redeclare:
             args = await self._work_args(queue)
             await self._pub.run(
                 f"declare key queue {name!r}",
                 lambda ch: ch.declare_queue(name, durable=True, arguments=args, robust=False),
             )
             await self.announce(queue, [_KEY + key.encode()])
-            self._declared[name] = monotonic()
+            self._declared[name] = now
         return name
 
     async def announce(self, queue: str, bodies: Sequence[bytes]) -> None:
@@ -193,8 +219,8 @@ class FairPublisher:
         homes: Sequence[tuple[str, str] | None],
     ) -> list[BaseException | None]:
         """Publish (confirmed); a keyed message returned unroutable (its key queue was
-        deleted while idle) re-declares the queue and goes again: a returned message was not
-        stored, so this never duplicates one."""
+        deleted by a user since this process declared it) re-declares the queue and goes
+        again: a returned message was not stored, so this never duplicates one."""
         results = await self._pub.send(items)
         for _ in range(_UNROUTABLE_RETRIES):
             retry = [
@@ -214,7 +240,7 @@ class FairPublisher:
 
 
 async def _declare(channel: AbstractRobustChannel, *, name: str, args: dict[str, object]) -> None:
-    # robust=False: aio-pika must not re-declare it after a reconnect (a retired key queue
+    # robust=False: aio-pika must not re-declare it after a reconnect (a deleted key queue
     # would come back, and a stream still starting would fail the whole reconnect)
     await channel.declare_queue(name, durable=True, arguments=args, robust=False)
 
@@ -228,18 +254,6 @@ async def probe(open_channel: OpenChannel, name: str) -> tuple[int, int] | None:
             return int(result.message_count or 0), int(result.consumer_count or 0)
     except ChannelNotFoundEntity:
         return None
-
-
-async def delete_if_idle(open_channel: OpenChannel, name: str) -> bool:
-    """Delete a classic key queue if it is empty and unconsumed (atomic); True if gone."""
-    try:
-        async with open_channel() as channel:
-            await channel.queue_delete(name, if_unused=True, if_empty=True)
-    except ChannelNotFoundEntity:
-        return True
-    except ChannelPreconditionFailed:
-        return False
-    return True
 
 
 async def read_keys(open_channel: OpenChannel, fpub: FairPublisher, queue: str) -> list[str]:
@@ -268,28 +282,27 @@ async def read_keys(open_channel: OpenChannel, fpub: FairPublisher, queue: str) 
 
 
 class FairConsumer:
-    """The worker side: follows announcements, consumes key queues, retires idle ones."""
+    """The worker side: follows announcements, consumes key queues, parks idle ones."""
 
     def __init__(
-        self,
-        con: Consumer,
-        fpub: FairPublisher,
-        open_channel: OpenChannel,
-        work_args: WorkArgs,
-        quorum: Callable[[str], bool],
+        self, con: Consumer, fpub: FairPublisher, probe: Prober, work_args: WorkArgs
     ) -> None:
         self._con = con
         self._fpub = fpub
-        self._admin = open_channel
+        self._probe = probe
         self._work_args = work_args
-        self._quorum = quorum
         self._names = fpub.names
         self.idle = IDLE_S
+        self.park_check = PARK_CHECK_S  # the first look at a parked key queue (tests: longer)
         self._feeds: dict[str, RawChannel] = {}  # queue -> the channel following its stream
         self.keys: dict[str, str] = {}  # key queue -> its queue: consumed, pending or parked
         self._pending: set[str] = set()  # to consume
-        self._parked: dict[str, float] = {}  # key queue -> when to look at it next
+        self._parked: dict[str, tuple[float, float]] = {}  # key queue -> (next look, interval)
         self._seen: dict[str, tuple[int, float]] = {}  # key queue -> (deliveries, since)
+        self._heard: dict[str, float] = {}  # key queue -> when its key was last announced
+        self._key_of: dict[str, str] = {}  # key queue -> its key
+        self._kept: dict[str, float] = {}  # key queue -> when this worker last announced it
+        self.keep = KEEP_S
         self._sweeper: asyncio.Task[None] | None = None
         self._retry_at = 0.0
         self._backoff = 0.0
@@ -350,17 +363,20 @@ class FairConsumer:
 
     def learn(self, queue: str, keys: Iterable[str]) -> None:
         """Consume these keys' queues (from the next receive)."""
-        woke = False
+        now = monotonic()
         for key in keys:
             name = key_queue(self._names, queue, key)
-            if name in self._con.keyed:
-                continue
-            self.keys[name] = queue
-            self._parked.pop(name, None)
-            self._pending.add(name)
-            woke = True
-        if woke:
-            self._con.event().set()
+            self._heard[name] = now  # a consumed key queue stays consumed IDLE_S longer
+            self._key_of[name] = key
+            if name not in self._con.keyed:
+                self.keys[name] = queue
+                self._wake(name)
+
+    def _wake(self, name: str) -> None:
+        """Consume this key queue again (from the next receive)."""
+        self._parked.pop(name, None)
+        self._pending.add(name)
+        self._con.event().set()
 
     async def _consume_pending(self) -> None:
         for name in list(self._pending):
@@ -368,7 +384,7 @@ class FairConsumer:
             if queue is None:
                 self._pending.discard(name)
                 continue
-            if await probe(self._admin, name) is None:  # deleted since it was announced
+            if await self._probe(name) is None:  # deleted (by a user) since it was announced
                 self._forget(name)
                 continue
             args = await self._work_args(queue)
@@ -377,9 +393,9 @@ class FairConsumer:
             self._seen.pop(name, None)
 
     def _cancelled(self, name: str) -> None:
-        """The server cancelled our consumer: the queue was deleted (by another worker)."""
+        """The server cancelled our consumer: the queue was deleted (by a user)."""
         if name in self.keys:
-            self._parked[name] = 0.0  # looked at on the next sweep (gone: forgotten)
+            self._parked[name] = (0.0, self.park_check)  # the next sweep forgets it if gone
 
     async def stop(self, queue: str | None = None) -> None:
         """Stop consuming one queue's key queues (or all); forget them."""
@@ -399,6 +415,9 @@ class FairConsumer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
             self._sweeper = None
+        if queue is None:
+            with contextlib.suppress(AMQPError, OSError, RuntimeError):
+                await self._probe.close()
 
     def _forget(self, name: str) -> None:
         """Nothing more of this key queue here (this process's publisher declares it again)."""
@@ -407,6 +426,9 @@ class FairConsumer:
         self._pending.discard(name)
         self._parked.pop(name, None)
         self._seen.pop(name, None)
+        self._heard.pop(name, None)
+        self._key_of.pop(name, None)
+        self._kept.pop(name, None)
         self._con.forget_key(name)
 
     async def _sweep_forever(self) -> None:
@@ -418,49 +440,69 @@ class FairConsumer:
                 log.debug("fairness key queue sweep failed: %s", redact(repr(exc)))
 
     async def sweep(self) -> None:
-        """Retire key queues without a delivery for `idle` seconds; look at parked ones."""
+        """Park key queues without a delivery or announcement for `idle` s; look at parked ones."""
         now = monotonic()
+        for name in self.keys:  # not consumed, pending nor parked: its channel was reopened
+            if not (name in self._con.keyed or name in self._pending or name in self._parked):
+                self._wake(name)
+        keep: dict[str, list[bytes]] = {}  # queue -> announcements of keys delivered from
         for name in list(self._con.keyed):
             count = self._con.delivered.get(name, 0)
             seen = self._seen.get(name)
             if seen is None or seen[0] != count or self._con.held(name):
+                if seen is not None and seen[0] != count:
+                    self._keep(name, now, keep)
                 self._seen[name] = (count, now)
-            elif now - seen[1] >= self.idle:
-                await self._retire(name)
-        for name, due in list(self._parked.items()):
+            elif now - max(seen[1], self._heard.get(name, -math.inf)) >= self.idle:
+                await self._park(name)
+        for queue, bodies in keep.items():
+            await self._fpub.announce(queue, bodies)
+        for name, (due, _) in list(self._parked.items()):
             if due <= now:
                 await self._look(name, now)
 
-    async def _retire(self, name: str) -> None:
+    def _keep(self, name: str, now: float, into: dict[str, list[bytes]]) -> None:
+        """Announce a key delivered from again if this worker has not for `keep` seconds."""
+        queue, key = self.keys.get(name), self._key_of.get(name)
+        if (
+            queue is not None
+            and key is not None
+            and now - self._kept.get(name, -math.inf) >= self.keep
+        ):
+            self._kept[name] = now
+            into.setdefault(queue, []).append(_KEY + key.encode())
+
+    async def _park(self, name: str) -> None:
+        """Stop consuming an idle key queue, unless it turns out not idle after all."""
         count = self._con.delivered.get(name, 0)
+        began = monotonic()
         if not await self._con.cancel_key(name):
             return
         self._seen.pop(name, None)
-        if self._con.held(name) or self._con.delivered.get(name, 0) != count:
-            # deliveries raced the cancel: not idle after all
-            self._pending.add(name)
-            self._con.event().set()
-            return
-        queue = self.keys.get(name)
-        deletable = queue is not None and not self._quorum(queue)
-        if deletable and await delete_if_idle(self._admin, name):
-            log.debug("deleted idle fairness key queue %s", name)
+        self._parked[name] = (monotonic() + self.park_check, self.park_check)
+        found = await self._probe(name)  # a message behind a full prefetch counts too
+        if found is None:
             self._forget(name)
-            return
-        self._parked[name] = monotonic() + PARK_CHECK_S
+        elif (
+            found[0]
+            or self._con.held(name)
+            or self._con.delivered.get(name, 0) != count
+            or self._heard.get(name, -math.inf) >= began
+        ):  # a delivery or an announcement raced the cancel, or a message waits
+            self._wake(name)
+        else:
+            log.debug("parked idle fairness key queue %s", name)
 
     async def _look(self, name: str, now: float) -> None:
-        """A parked key queue: gone -> forget; has messages -> consume; else maybe delete."""
-        self._parked[name] = now + PARK_CHECK_S
-        found = await probe(self._admin, name)
-        queue = self.keys.get(name)
-        if found is None or queue is None:
-            self._forget(name)
+        """The safety net for a parked key queue: gone -> forget; holds a message -> consume;
+        else look again after twice as long (up to PARK_CHECK_MAX_S)."""
+        entry = self._parked.get(name)
+        if entry is None:  # woken or forgotten during this sweep
             return
-        ready, consumers = found
-        if ready:
-            del self._parked[name]
-            self._pending.add(name)
-            self._con.event().set()
-        elif not consumers and not self._quorum(queue) and await delete_if_idle(self._admin, name):
+        interval = min(entry[1] * 2, max(PARK_CHECK_MAX_S, entry[1]))
+        self._parked[name] = (now + interval, interval)
+        found = await self._probe(name)
+        if found is None or name not in self.keys:
             self._forget(name)
+        elif found[0]:
+            self._wake(name)

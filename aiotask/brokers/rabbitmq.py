@@ -108,11 +108,11 @@ class RabbitMQBroker:
         # fairness across keys: a queue per key (_rabbitmq_fair)
         self._fpub = FairPublisher(self._pub, self._names, self._work_args)
         self._fair = FairConsumer(
-            self._con, self._fpub, self._admin, self._work_args, self._is_quorum
+            self._con,
+            self._fpub,
+            admin.Prober(partial(admin.open_plain, self._pub, url)),
+            self._work_args,
         )
-
-    def _is_quorum(self, queue: str) -> bool:
-        return self._types.of(queue) == queues.QUORUM
 
     async def _work_args(self, queue: str) -> dict[str, object]:
         """The work queue's settled arguments, which its key queues are declared with too."""
