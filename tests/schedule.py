@@ -51,7 +51,7 @@ def from_junit(report: Path) -> dict[str, float]:
     for case in ET.parse(report).iter("testcase"):  # noqa: S314 - our own pytest's report
         module = case.get("classname", "")
         # classname is the dotted module path, plus a class name for tests in a class
-        parts = module.split(".")
+        parts = [part for part in module.split(".") if part]
         while parts and not Path(*parts).with_suffix(".py").exists():
             parts.pop()
         if parts:
