@@ -17,9 +17,12 @@ PY312 ?= python3.12
 # The newest Python the machine has: unit and CLI tests also run there (.venv313).
 PY313 ?= python3.13
 # Test processes for `make test` (pytest-xdist; a file's tests stay in one process, so its
-# private servers start once). The suite: about 25 min serial, 9-12 with 2, 8 with 4; but 4 on
-# 2 cores starve the fault tests' worker processes (timing-sensitive failover tests flaked), so 2.
+# private servers start once). 4 on 2 cores starve the fault tests' worker processes
+# (timing-sensitive failover tests flaked), so 2. Files are handed out slowest first
+# (tests/schedule.py, tests/durations.txt; --no-loadscope-reorder keeps that order): xdist's own
+# order (most tests first) left the slow process files to the end, on one process.
 TEST_WORKERS ?= 2
+PYTEST_XDIST := -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 VENV313 := .venv313
 
 .DEFAULT_GOAL := help
@@ -89,7 +92,7 @@ typecheck: $(STAMP)  ## mypy --strict over aiotask and tests
 	$(BIN)/mypy
 
 test: lint typecheck docs chromium pgbouncer $(STAMP)  ## lint, typecheck, docs, then the whole test suite (needs Redis and RabbitMQ or skips)
-	$(BIN)/python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile tests
+	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_XDIST) tests
 
 test-unit: $(STAMP)  ## only the pure unit tests
 	$(BIN)/python -m pytest -q tests/unit
@@ -108,7 +111,7 @@ test-py313:  ## unit and CLI tests on python3.13 too (skipped, with a message, i
 	  touch $(VENV313)/.installed; \
 	fi; \
 	echo "test-py313: $$($(VENV313)/bin/python --version)"; \
-	$(VENV313)/bin/python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile tests/unit tests/cli
+	$(VENV313)/bin/python -m pytest -q -p no:cacheprovider $(PYTEST_XDIST) tests/unit tests/cli
 
 demo: $(STAMP)  ## a worker and a producer in two processes on the embedded SQLite default
 	$(BIN)/python examples/demo.py

@@ -12,7 +12,7 @@ import typer
 
 from aiotask import __version__
 from aiotask._urls import redact
-from aiotask.cli import _run_worker, _supervisor
+from aiotask.cli import _run_worker
 from aiotask.cli._beat import register as register_beat
 from aiotask.cli._dashboard import register as register_dashboard
 from aiotask.cli._db import register as register_db
@@ -24,7 +24,6 @@ from aiotask.cli._queues import register as register_queues
 from aiotask.exceptions import AiotaskError, ConfigurationError
 from aiotask.result import verified
 from aiotask.states import PENDING
-from aiotask.worker.supervisor import parse_workers
 
 if TYPE_CHECKING:
     from aiotask.cli._run_worker import WorkerOptions
@@ -159,6 +158,11 @@ def worker(
     ] = "1",
 ) -> None:
     """Consume queues and run tasks until SIGTERM (warm) or a second signal / SIGQUIT (cold)."""
+    # here, not at the top: every other command (and this one before its re-exec) would load
+    # the whole worker package for nothing; each `aiotask` process starts faster without it
+    from aiotask.cli import _supervisor
+    from aiotask.worker.supervisor import parse_workers
+
     try:
         n_workers = parse_workers(workers)
     except ValueError:

@@ -6,7 +6,7 @@ import asyncio
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 import pytest
@@ -16,7 +16,7 @@ from tests.procs import start_worker, stop, worker_env
 
 if TYPE_CHECKING:
     import subprocess
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Callable
 
     from starlette.applications import Starlette
 
@@ -24,12 +24,14 @@ if TYPE_CHECKING:
 
 pytest.importorskip("starlette")
 
+W = TypeVar("W", bound="Web")
+
 ROOT = Path(__file__).resolve().parents[2]
 SHIM = "from tests.dashboard.dash_tasks import app\n"
 
 
 @dataclass
-class Stack:
+class Web:
     """The pieces a dashboard test talks to."""
 
     directory: Path
@@ -37,7 +39,6 @@ class Stack:
     app: App
     web: Starlette
     client: httpx.AsyncClient
-    worker: subprocess.Popen[str]
 
     async def result(self, task_id: str, *states: str, timeout: float = 20.0) -> dict[str, Any]:
         """Poll GET /api/results/{id} until its state is one of `states`."""
@@ -59,6 +60,13 @@ class Stack:
             await asyncio.sleep(0.1)
 
 
+@dataclass
+class Stack(Web):
+    """...and the worker process (events on) that runs the tasks."""
+
+    worker: subprocess.Popen[str]
+
+
 def broker_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path}/dash.db"
@@ -66,49 +74,63 @@ def broker_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return url
 
 
-async def open_stack(
-    directory: Path, url: str, namespace: str, backend: str | None = None, **web_options: Any
-) -> AsyncIterator[Stack]:
-    from aiotask.dashboard import create_app
-
+def prepare(directory: Path, url: str, namespace: str, backend: str | None) -> dict[str, str]:
+    """The task module shim and the environment of a worker process over `url`."""
     (directory / "proc_tasks.py").write_text(SHIM)
     (directory / "logs").mkdir(exist_ok=True)
     extra = {"AIOTASK_RESULT_BACKEND": backend} if backend else {}
-    env = worker_env(
-        directory,
-        url,
-        AIOTASK_KEY_PREFIX=namespace,
-        PYTHONPATH=f"{directory}:{ROOT}",
-        **extra,
+    return worker_env(
+        directory, url, AIOTASK_KEY_PREFIX=namespace, PYTHONPATH=f"{directory}:{ROOT}", **extra
     )
-    worker = start_worker(directory, env, "-E", "-c", "8")
+
+
+async def open_web(
+    directory: Path, url: str, namespace: str, backend: str | None = None, **web_options: Any
+) -> AsyncIterator[Web]:
+    """The dashboard in this process, over `url`, with no worker."""
+    from aiotask.dashboard import create_app
+
+    env = prepare(directory, url, namespace, backend)
     settings: dict[str, Any] = {"backend": backend} if backend else {}
     app = make_app(broker=url, key_prefix=namespace, events=True, **settings)
     web = create_app(app, **web_options)
     transport = httpx.ASGITransport(app=web)
+    async with app, httpx.AsyncClient(transport=transport, base_url="http://dash") as client:
+        try:
+            yield Web(directory, env, app, web, client)
+        finally:
+            await web.state.dashboard.close()
+
+
+async def open_stack(
+    directory: Path, url: str, namespace: str, backend: str | None = None, **web_options: Any
+) -> AsyncIterator[Stack]:
+    """The dashboard and a real worker process (events on)."""
+    env = prepare(directory, url, namespace, backend)
+    worker = start_worker(directory, env, "-E", "-c", "8")
     try:
-        async with app, httpx.AsyncClient(transport=transport, base_url="http://dash") as client:
-            try:
-                yield Stack(directory, env, app, web, client, worker)
-            finally:
-                await web.state.dashboard.close()
+        async for w in open_web(directory, url, namespace, backend, **web_options):
+            yield Stack(w.directory, w.env, w.app, w.web, w.client, worker)
     finally:
         stop(worker)
 
 
-@pytest.fixture(params=["redis", "sqlite", "amqp"])
-async def stack(
-    request: pytest.FixtureRequest, tmp_path: Path, namespace: str
-) -> AsyncIterator[Stack]:
+async def on_each_broker(
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    namespace: str,
+    opener: Callable[..., AsyncIterator[W]],
+) -> AsyncIterator[W]:
+    """`opener` over the broker of `request.param`; RabbitMQ with the Redis result backend."""
     if request.param != "amqp":
-        async for s in open_stack(tmp_path, broker_url(request, tmp_path), namespace):
+        async for s in opener(tmp_path, broker_url(request, tmp_path), namespace):
             yield s
         return
     # RabbitMQ keeps no results: the worker and the dashboard store them in Redis
     url: str = request.getfixturevalue("amqp_url")
     backend: str = request.getfixturevalue("redis_url")
     try:
-        async for s in open_stack(tmp_path, url, namespace, backend):
+        async for s in opener(tmp_path, url, namespace, backend):
             yield s
     finally:
         from aiotask.brokers.rabbitmq import RabbitMQBroker
@@ -117,6 +139,21 @@ async def stack(
         assert isinstance(app.broker, RabbitMQBroker)
         async with app:
             await app.broker.delete_queue("default")
+
+
+@pytest.fixture(params=["redis", "sqlite", "amqp"])
+async def stack(
+    request: pytest.FixtureRequest, tmp_path: Path, namespace: str
+) -> AsyncIterator[Stack]:
+    async for s in on_each_broker(request, tmp_path, namespace, open_stack):
+        yield s
+
+
+@pytest.fixture(params=["redis", "sqlite", "amqp"])
+async def web(request: pytest.FixtureRequest, tmp_path: Path, namespace: str) -> AsyncIterator[Web]:
+    """The dashboard alone, for tests that run no task: a worker process would only cost time."""
+    async for s in on_each_broker(request, tmp_path, namespace, open_web):
+        yield s
 
 
 @pytest.fixture

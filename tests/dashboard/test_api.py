@@ -1,4 +1,5 @@
-"""The HTTP API against a real worker process, on Redis and on SQLite."""
+"""The HTTP API against a real worker process, on Redis, SQLite and RabbitMQ (tests that run no
+task use the `web` fixture: the same dashboard, without the worker process)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import asyncio
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from tests.dashboard.conftest import Stack
+    from tests.dashboard.conftest import Stack, Web
 
 JSON = {"content-type": "application/json"}
 
@@ -39,8 +40,8 @@ async def test_a_failure_reads_as_an_error(stack: Stack) -> None:
     assert "Traceback" in body["error"]["traceback"]
 
 
-async def test_an_unknown_result_is_pending(stack: Stack) -> None:
-    r = await stack.client.get("/api/results/no-such-task")
+async def test_an_unknown_result_is_pending(web: Web) -> None:
+    r = await web.client.get("/api/results/no-such-task")
     assert r.json() == {"id": "no-such-task", "state": "PENDING", "result": None}
 
 
@@ -60,25 +61,25 @@ BAD_BODIES = [
 ]
 
 
-async def test_bad_bodies_get_a_4xx_with_a_reason(stack: Stack) -> None:
+async def test_bad_bodies_get_a_4xx_with_a_reason(web: Web) -> None:
     for body, status, reason in BAD_BODIES:
-        r = await stack.client.post("/api/tasks/dash.add", content=body, headers=JSON)
+        r = await web.client.post("/api/tasks/dash.add", content=body, headers=JSON)
         assert r.status_code == status, (body, r.text)
         assert reason in r.json()["error"], (body, r.text)
 
 
-async def test_wrong_content_type_unknown_task_and_unknown_path(stack: Stack) -> None:
-    r = await stack.client.post("/api/tasks/dash.add", data={"args": "[1, 2]"})
+async def test_wrong_content_type_unknown_task_and_unknown_path(web: Web) -> None:
+    r = await web.client.post("/api/tasks/dash.add", data={"args": "[1, 2]"})
     assert r.status_code == 415
     assert "application/json" in r.json()["error"]
-    r = await stack.client.post("/api/tasks/dash.nope", json={})
+    r = await web.client.post("/api/tasks/dash.nope", json={})
     assert r.status_code == 404
     assert "dash.nope" in r.json()["error"]
-    r = await stack.client.post("/api/tasks/aiotask.map", json={})
+    r = await web.client.post("/api/tasks/aiotask.map", json={})
     assert r.status_code == 404  # internal tasks are not sent from outside
-    r = await stack.client.get("/api/nothing-here")
+    r = await web.client.get("/api/nothing-here")
     assert r.status_code == 404
-    r = await stack.client.get("/api/tasks/dash.add")
+    r = await web.client.get("/api/tasks/dash.add")
     assert r.status_code == 405
 
 
@@ -166,11 +167,11 @@ async def test_dead_letters_list_and_replay(stack: Stack) -> None:
     assert (await stack.client.get("/api/dead-letters")).json() == {"dead_letters": []}
 
 
-async def test_openapi_document_names_every_api_route(stack: Stack) -> None:
-    r = await stack.client.get("/api/openapi.json")
+async def test_openapi_document_names_every_api_route(web: Web) -> None:
+    r = await web.client.get("/api/openapi.json")
     doc = r.json()
     assert doc["openapi"].startswith("3.")
-    paths = {getattr(route, "path", "") for route in stack.web.routes}
+    paths = {getattr(route, "path", "") for route in web.web.routes}
     routes = {p for p in paths if p.startswith("/api/")} - {"/api/openapi.json"}
     assert set(doc["paths"]) == routes
     assert doc["paths"]["/api/tasks/{name}"]["post"]["responses"]["202"]
