@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, NamedTuple
 
+from aiotask.brokers import _postgres_fair as fair
 from aiotask.brokers._common import DEAD_LETTER_CAP
 
 if TYPE_CHECKING:
@@ -27,6 +28,10 @@ class Token(NamedTuple):
 
 #: (row id, message id, queue, priority, deliveries, body) of a claimed row.
 Row = tuple[int, str, str, int, int, bytes]
+#: Columns of a publish: (pkey, message id, queue, priority, eta, body, fair key) arrays.
+Rows = tuple[
+    "list[uuid.UUID]", list[str], list[str], list[int], list[float], list[bytes], list[str]
+]
 
 
 class Claimed(NamedTuple):
@@ -50,9 +55,10 @@ class SQL:
         # One statement (one round trip): insert, then NOTIFY each queue that got a row.
         self.insert = (
             f"WITH ins AS (INSERT INTO {s}.messages "
-            "(pkey, message_id, queue, priority, eta, body) "
+            "(pkey, message_id, queue, priority, eta, body, fair_key) "
             "SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::smallint[], "
-            "$5::float8[], $6::bytea[]) ON CONFLICT (pkey) DO NOTHING RETURNING queue) "
+            "$5::float8[], $6::bytea[], $8::text[]) ON CONFLICT (pkey) DO NOTHING "
+            "RETURNING queue) "
             "SELECT count(pg_notify($7, q)) FROM (SELECT DISTINCT queue AS q FROM ins) AS d "
             "WHERE $7 <> ''"
         )
@@ -78,15 +84,25 @@ class SQL:
         # One statement; rows whose lease lapsed max_deliveries times are left for
         # bury_exhausted. The claim commits without waiting for the WAL flush (NO_SYNC): a
         # claim lost in a server crash only means the message is delivered again.
-        self.claim = (
-            f"WITH picked AS (SELECT id FROM {s}.messages "
-            "WHERE queue = ANY($1::text[]) AND eta <= $2 "
-            "AND (lease_until IS NULL OR deliveries < $6) "
-            "ORDER BY priority DESC, eta, id LIMIT $3 FOR UPDATE SKIP LOCKED) "
-            f"UPDATE {s}.messages m SET lease_until = $4, eta = $4, lease_owner = $5, "
-            f"deliveries = m.deliveries + 1 FROM picked, {NO_SYNC} WHERE m.id = picked.id "
-            "RETURNING m.id, m.message_id, m.queue, m.priority, m.deliveries, m.body"
+        # Fairness (brokers/_postgres_fair.py): this claim takes unkeyed rows only while the
+        # queues have no keyed row; else it returns one row of NULLs, and the consumer claims
+        # with claim_fair (round-robin across keys) until that finds no keyed row.
+        pick = (
+            f"SELECT id FROM {s}.messages "
+            "WHERE queue = ANY($1::text[]) AND fair_key = '' AND eta <= $2 "
+            "AND (lease_until IS NULL OR deliveries < $6) AND NOT (SELECT yes FROM keyed) "
+            "ORDER BY priority DESC, eta, id LIMIT $3 FOR UPDATE SKIP LOCKED"
         )
+        lease = "lease_until = $4, eta = $4, lease_owner = $5, deliveries = m.deliveries + 1"
+        self.claim = (
+            f"WITH {fair.keyed(s)}, picked AS ({pick}), "
+            f"leased AS (UPDATE {s}.messages m SET {lease} FROM picked, {NO_SYNC} "
+            "WHERE m.id = picked.id "
+            "RETURNING m.id, m.message_id, m.queue, m.priority, m.deliveries, m.body) "
+            "SELECT * FROM leased UNION ALL SELECT NULL, NULL, NULL, NULL, NULL, NULL "
+            "WHERE (SELECT yes FROM keyed)"
+        )
+        self.claim_fair = fair.claim_sql(s, pick, lease, NO_SYNC)
         # When to look next: the earliest eta of these queues (delayed, leased) or the
         # earliest heartbeat expiry (a lost consumer to take over).
         # Also whether a ready row exists that the claim skipped (locked by a transaction
@@ -147,12 +163,13 @@ class SQL:
 async def insert(
     conn: asyncpg.Connection,
     sql: SQL,
-    rows: tuple[list[uuid.UUID], list[str], list[str], list[int], list[float], list[bytes]],
+    rows: Rows,
     channel: str,
 ) -> None:
     """Insert a batch (a retried batch is skipped by its pkeys) and wake the consumers
     (`channel` "" : no NOTIFY). The NOTIFY is delivered at commit."""
-    await conn.fetchval(sql.insert, *rows, channel)
+    *columns, keys = rows
+    await conn.fetchval(sql.insert, *columns, channel, keys)
 
 
 async def claim(
@@ -165,8 +182,23 @@ async def claim(
     wall: float,
     lease: float,
     max_deliveries: int,
+    keyed: set[str],
 ) -> list[Row]:
-    rows = await conn.fetch(sql.claim, queues, wall, limit, wall + lease, owner, max_deliveries)
+    """Lease up to `limit` ready rows, in the order they are to run: by priority then age,
+    or round-robin across fairness keys while the queues have keyed rows. `keyed` holds the
+    queue sets this consumer last found keyed rows in (it claims those with claim_fair)."""
+    args = (queues, wall, limit, wall + lease, owner, max_deliveries)
+    name = fair.cursor_name(queues)
+    if name not in keyed:
+        rows = await conn.fetch(sql.claim, *args)
+        if not rows or rows[0][0] is not None:
+            rows.sort(key=lambda r: (-r[3], r[0]))  # RETURNING has no order
+            return [(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows]
+        keyed.add(name)  # a keyed row: claim fairly from now on
+    rows = await conn.fetch(sql.claim_fair, *args, name)
+    if rows and rows[0][6] == 0:
+        keyed.discard(name)  # no keyed row any more: the plain claim ran (turn 0)
+    rows.sort(key=lambda r: (r[6], -r[3], r[0]))
     return [(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows]
 
 

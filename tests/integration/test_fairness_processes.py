@@ -1,7 +1,7 @@
 """Fairness across keys with real workers: tenant A queues 2,000 tasks, then tenant B 20;
 B's tasks all finish before A's N-th (assertions on completion ORDER, never on time).
 
-SQLite and Redis run `aiotask worker` processes; the memory broker runs a Worker in this
+SQLite, Redis and PostgreSQL run `aiotask worker` processes; the memory broker runs a Worker in this
 process (memory:// crosses no process boundary). A kill -9 of a worker holding fair messages gets
 them redelivered.
 """
@@ -105,12 +105,12 @@ class Workers:
         raise AssertionError(f"{what} did not happen; done: {self.done()}\n{logs}")
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.fixture(params=["sqlite", "redis", "postgres"])
 async def workers(
     request: pytest.FixtureRequest, tmp_path: Path, namespace: str
 ) -> AsyncIterator[Workers]:
-    if request.param == "redis":
-        w = Workers(tmp_path, request.getfixturevalue("redis_url"), namespace)
+    if request.param in ("redis", "postgres"):  # a key prefix (Redis), a schema (PostgreSQL)
+        w = Workers(tmp_path, request.getfixturevalue(f"{request.param}_url"), namespace)
     else:
         w = Workers(tmp_path, f"sqlite:///{tmp_path}/fair.db")
     try:
@@ -172,6 +172,7 @@ async def test_kill9_redelivers_fair_messages(workers: Workers) -> None:
     await workers.wait_for(
         lambda: started.exists() and started.read_text().count("K") >= 3, "K started", 45
     )
+    await _l_settled(workers)  # else L's tasks, done but not yet acked, run twice
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     # a survivor takes the dead worker's leases over; K's holds run again (shorter this time)
@@ -181,6 +182,18 @@ async def test_kill9_redelivers_fair_messages(workers: Workers) -> None:
         lambda: sorted(t for t, _ in workers.done()) == ["K"] * 3 + ["L"] * 3, "redelivery", 45
     )
     assert all(stop(p) == 0 for p in workers.procs[1:])
+
+
+async def _l_settled(workers: Workers) -> None:
+    """L's three tasks done and acked: only K's three are held (where the broker counts them)."""
+    await workers.wait_for(lambda: [t for t, _ in workers.done()] == ["L"] * 3, "L done", 45)
+    deadline = time.monotonic() + 45
+    while time.monotonic() < deadline:
+        (stats,) = await workers.app.broker.queue_stats([workers.app.route("fair.job")])
+        if stats.in_flight in (3, None):
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"L's acks did not arrive: {stats}")
 
 
 async def test_memory_worker_serves_b_before_a_backlog_drains() -> None:
@@ -202,10 +215,13 @@ async def test_memory_worker_serves_b_before_a_backlog_drains() -> None:
         assert done[:last_b].count("A") < N
 
 
-@pytest.mark.parametrize("scheme", ["memory", "sqlite"])
-async def test_keyed_messages_count_in_stats_and_purge(scheme: str, tmp_path: Path) -> None:
-    url = "memory://" if scheme == "memory" else f"sqlite:///{tmp_path}/f.db"
-    app = App("fair-admin", broker=url)
+@pytest.mark.parametrize("scheme", ["memory", "sqlite", "postgres"])
+async def test_keyed_messages_count_in_stats_and_purge(
+    scheme: str, tmp_path: Path, request: pytest.FixtureRequest, namespace: str
+) -> None:
+    urls = {"memory": "memory://", "sqlite": f"sqlite:///{tmp_path}/f.db"}
+    url = urls.get(scheme) or request.getfixturevalue("postgres_url")
+    app = App("fair-admin", broker=url, key_prefix=namespace)
     async with app:
         broker = app.broker
         await broker.publish(
