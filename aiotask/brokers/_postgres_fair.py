@@ -84,12 +84,13 @@ def claim_sql(s: str, plain: str, lease_set: str, no_sync: str) -> str:
         "FROM unnest($1::text[]) AS q WHERE (SELECT yes FROM keyed) "
         f"UNION ALL SELECT w.q, {_next_key(s, 'w.q', 'w.k')}, w.n + 1 FROM wrap w, pos "
         "WHERE w.k < pos.v AND w.n < $3), "
-        # a key with nothing ready (all delayed or in flight) takes no turn nor share
+        # a key with nothing ready (all delayed or in flight) takes no turn nor share; a
+        # scalar subquery, not EXISTS, so the planner keeps it an index probe per key
         "turns AS MATERIALIZED (SELECT q, k, wrapped FROM ("
         "SELECT q, k, false AS wrapped FROM after WHERE k IS NOT NULL "
         "UNION ALL SELECT q, k, true FROM wrap, pos WHERE k <= pos.v) AS t "
-        f"WHERE EXISTS (SELECT 1 FROM {s}.messages WHERE queue = t.q AND fair_key = t.k "
-        f"AND {ready})), "
+        f"WHERE (SELECT true FROM {s}.messages WHERE queue = t.q AND fair_key = t.k "
+        f"AND {ready} LIMIT 1)), "
         "share AS MATERIALIZED (SELECT greatest(1, ceil($3::float8 / "
         "nullif(least(count(*), $3), 0)))::int AS n FROM turns), "
         "heads AS (SELECT t.q, t.k, t.wrapped, h.id, row_number() OVER ("

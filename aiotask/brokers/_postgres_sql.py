@@ -87,11 +87,15 @@ class SQL:
         # Fairness (brokers/_postgres_fair.py): this claim takes unkeyed rows only while the
         # queues have no keyed row; else it returns one row of NULLs, and the consumer claims
         # with claim_fair (round-robin across keys) until that finds no keyed row.
+        # Per queue (LATERAL), so each is an ordered range of the claim index that stops
+        # after `limit` rows; `queue = ANY(...)` made the planner read and sort the backlog.
         pick = (
-            f"SELECT id FROM {s}.messages "
-            "WHERE queue = ANY($1::text[]) AND fair_key = '' AND eta <= $2 "
+            "SELECT p.id FROM unnest($1::text[]) AS qn, LATERAL ("
+            f"SELECT id, priority, eta FROM {s}.messages "
+            "WHERE queue = qn AND fair_key = '' AND eta <= $2 "
             "AND (lease_until IS NULL OR deliveries < $6) AND NOT (SELECT yes FROM keyed) "
-            "ORDER BY priority DESC, eta, id LIMIT $3 FOR UPDATE SKIP LOCKED"
+            "ORDER BY priority DESC, eta, id LIMIT $3 FOR UPDATE SKIP LOCKED) AS p "
+            "ORDER BY p.priority DESC, p.eta, p.id LIMIT $3"
         )
         lease = "lease_until = $4, eta = $4, lease_owner = $5, deliveries = m.deliveries + 1"
         self.claim = (
