@@ -41,7 +41,6 @@ TASKS = textwrap.dedent(
     """
     import asyncio, os, time
     from aiotask import App
-from benchmarks.postgres_bench import cleanup
 
     app = App("fairbench")
     LOG = os.environ["FAIR_LOG"]
@@ -131,6 +130,8 @@ def _measure(
     try:
         deadline = time.monotonic() + 60
         while " ready" not in out.read_text() and time.monotonic() < deadline:
+            if worker.poll() is not None:  # else B's probes would wait for it forever
+                raise RuntimeError(f"the worker exited:\n{out.read_text()[-3000:]}")
             time.sleep(0.1)  # a loaded machine can take seconds to start a worker
         time.sleep(1.0)  # the worker is up and idle
         return asyncio.run(_run(url, task, backlog, args.probes, args.gap, log))

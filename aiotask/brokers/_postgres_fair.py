@@ -4,25 +4,28 @@ Schema (broker migration step 3, aiotask/_postgres/schema.py): a `fair_key` colu
 unkeyed messages), the claim index `(queue, fair_key, priority DESC, eta, id)` in place of
 `(queue, priority DESC, eta, id)`, and `fair_cursor`, the last key served per queue set.
 
-The claim stays one statement (one round trip, SKIP LOCKED):
+Each claim stays one statement (one round trip, SKIP LOCKED):
 
-- `keyed`: does any row of these queues have a key? One probe of the claim index per queue
-  (`fair_key > ''`). If not, the claim is the plain one, by priority then age (`fair_key = ''`
-  keeps the index usable): no cursor, no lock, no skip scan.
-- Otherwise the cursor row is read `FOR UPDATE`, so fair claims of every worker take turns
-  one after another (each holds it for the rest of its statement, well under a millisecond).
-  After the wait, READ COMMITTED hands back the cursor as the previous claimer left it, and
-  rows that claimer took fail the recheck of `FOR UPDATE` (their eta moved to the lease end).
+- The plain claim (_postgres_sql) starts with `keyed`: has any row of these queues a key? One
+  probe of the claim index per queue (`fair_key > ''`). If not, it claims by priority then
+  age (`fair_key = ''` keeps the index order usable): no cursor, no lock, no skip scan. If so,
+  it claims nothing and returns one row of NULLs; the consumer then claims this queue set
+  with the fair statement below until that finds no keyed row (it then runs the plain pick,
+  its rows marked turn 0, and the consumer goes back to the plain claim).
+- The fair statement reads the cursor row `FOR UPDATE`, so fair claims of every worker take
+  turns one after another (each holds it for the rest of its statement). After the wait,
+  READ COMMITTED hands back the cursor as the previous claimer left it, and rows that
+  claimer took fail the recheck of `FOR UPDATE` (their eta moved to the lease end).
 - A recursive CTE skip-scans the index for the keys after the cursor and, wrapping around,
   from the first key up to the cursor (one index probe per key, at most `limit` each way);
-  the unkeyed rows are the key `''` (so they take a turn too).
+  the unkeyed rows are the key `''` (so they take a turn too). Keys with no ready row drop out.
 - A LATERAL probe per key takes its share (`limit / keys`, rounded up) of ready rows by the
   usual order, `FOR UPDATE SKIP LOCKED`; the rows are numbered round-robin (every key's first,
   then every key's second, ...) and the first `limit` are leased. The cursor moves to the key
   of the last one, in the same statement.
 
-Costs: a claim on queues without keyed rows does one index probe more than before. A keyed
-claim costs one probe per key visited plus its rows, and waits for the claim before it.
+Costs: a plain claim does one index probe more than before. A fair claim costs one or two
+probes per key visited plus its rows, and waits for the fair claim before it.
 """
 
 from __future__ import annotations
