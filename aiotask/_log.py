@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime
 import logging
-import logging.handlers
 import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
@@ -136,8 +135,11 @@ def configure(
     root = logging.getLogger()
     handlers: list[logging.Handler] = []
     if logfile is not None:
-        # WatchedFileHandler: reopens the file after logrotate moved it
-        handlers.append(logging.handlers.WatchedFileHandler(logfile, encoding="utf-8"))
+        # WatchedFileHandler: reopens the file after logrotate moved it. Imported here:
+        # logging.handlers (with pickle, queue) is 0.5 MiB of an idle worker that logs to stderr
+        from logging.handlers import WatchedFileHandler
+
+        handlers.append(WatchedFileHandler(logfile, encoding="utf-8"))
     elif not keep or not root.handlers:
         handlers.append(logging.StreamHandler(sys.stderr))
     for handler in handlers:

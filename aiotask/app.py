@@ -17,16 +17,12 @@ from aiotask._connections import Connections, is_memory
 from aiotask._log import get_logger
 from aiotask._urls import redact
 from aiotask.backends.base import EncodedResult, ResultRecord
-from aiotask.beat.api import Schedules
-from aiotask.beat.entry import Entry, entry_from_mapping
 from aiotask.brokers.base import Outgoing
 from aiotask.canvas import runtime
 from aiotask.canvas.compile import CHAIN_STATE
 from aiotask.canvas.primitives import MAP_TASK, STARMAP_TASK
 from aiotask.control import Control
 from aiotask.coordination.fairness import fair_key
-from aiotask.deadletters import DeadLetters
-from aiotask.events.follow import emit_sent
 from aiotask.exceptions import (
     ConfigurationError,
     MessageTooLarge,
@@ -61,9 +57,12 @@ if TYPE_CHECKING:
     from typing import Concatenate, Self
 
     from aiotask.backends.base import ResultBackend
+    from aiotask.beat.api import Schedules
+    from aiotask.beat.entry import Entry
     from aiotask.brokers.base import Broker
     from aiotask.canvas.primitives import Canvas
     from aiotask.context import TaskContext
+    from aiotask.deadletters import DeadLetters
     from aiotask.middleware import Middleware
     from aiotask.protocol import Message
     from aiotask.security.signing import Keyring
@@ -136,9 +135,14 @@ class App:
         for builtin in (MAP_TASK, STARMAP_TASK):  # run by the worker's executor itself
             self.tasks[builtin] = Task(self, _never, TaskOptions(name=builtin))
         #: periodic entries defined in code (`beat_schedule`, `@app.periodic`), by name
-        self.beat_entries: dict[str, Entry] = {
-            name: entry_from_mapping(name, spec) for name, spec in self.conf.beat_schedule.items()
-        }
+        self.beat_entries: dict[str, Entry] = {}
+        if self.conf.beat_schedule:  # beat's modules load with the first entry (idle RSS)
+            from aiotask.beat.entry import entry_from_mapping
+
+            self.beat_entries = {
+                name: entry_from_mapping(name, spec)
+                for name, spec in self.conf.beat_schedule.items()
+            }
         self._schedules: Schedules | None = None
         self._control: Control | None = None
         _APPS.add(self)
@@ -226,6 +230,8 @@ class App:
             entry_name = name or task.name
             if entry_name in self.beat_entries:
                 raise ConfigurationError(f"periodic entry {entry_name!r} is defined twice")
+            from aiotask.beat.entry import entry_from_mapping
+
             self.beat_entries[entry_name] = entry_from_mapping(
                 entry_name, {"task": task.name, **spec}
             )
@@ -237,6 +243,8 @@ class App:
     def schedules(self) -> Schedules:
         """Periodic entries at run time: add, change, pause, resume, remove, list, run_now."""
         if self._schedules is None:
+            from aiotask.beat.api import Schedules
+
             self._schedules = Schedules(self)
         return self._schedules
 
@@ -250,6 +258,8 @@ class App:
     @functools.cached_property
     def dead_letters(self) -> DeadLetters:
         """Dead letters of this app's queues: list, show, replay, purge; and queue counts."""
+        from aiotask.deadletters import DeadLetters
+
         return DeadLetters(self)
 
     def route(self, task_name: str) -> str:
@@ -410,6 +420,8 @@ class App:
             _warn_no_fairness(type(conns.broker).__name__)
         await conns.broker.publish(batch)
         if self.conf.events:  # one more call per batch, only with the `events` setting
+            from aiotask.events.follow import emit_sent  # not loaded without events
+
             await emit_sent(self, messages)
 
     async def _before_send(self, message: Message) -> Message:

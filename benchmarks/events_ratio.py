@@ -19,16 +19,15 @@ than the events' own cost. Exit code 1 when a measurement fails or the CPU ratio
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import sys
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from benchmarks.frameworks import FRAMEWORKS, Framework, aiotask_worker
-from benchmarks.interleave import CpuRunner, interleave, plan, ratio, summary
+from benchmarks.interleave import compare, main_with, parser, ratio, report
 
 if TYPE_CHECKING:
+    import argparse
     from pathlib import Path
 
 #: the worse-case bar of issue 14: events on keep at least this share of the drain rate
@@ -50,21 +49,19 @@ def variants(control: bool = False) -> tuple[Framework, Framework]:
 
 
 async def run(args: argparse.Namespace) -> int:
-    runner = CpuRunner(plan(args.n), args.redis_url, args.amqp_url)
-    off, on = variants(args.control)
-    series = await interleave(runner, (off, on), args.pairs, "events", together=args.together)
+    pair = variants(args.control)
+    series = await compare(args, pair, args.pairs, "events", together=args.together)
     if series is None:
         return 1
-    s_off, s_on = series[off.key], series[on.key]
-    drain = ratio(s_on.drain, s_off.drain)
+    s_off, s_on = series
     cpu = ratio(s_off.cpu_us, s_on.cpu_us)
-    print(
-        f"[events] {args.pairs} pairs of {args.n} no-op tasks on Redis"
-        f"{', each pair at the same time' if args.together else ''}\n"
-        f"[events] {summary(s_off)}\n"
-        f"[events] {summary(s_on)}\n"
-        f"[events] drain on/off: {drain}\n"
-        f"[events] worker CPU per task off/on: {cpu}"
+    together = ", each pair at the same time" if args.together else ""
+    report(
+        "events",
+        f"{args.pairs} pairs of {args.n} no-op tasks on Redis{together}",
+        series,
+        ("drain on/off", ratio(s_on.drain, s_off.drain)),
+        ("worker CPU per task off/on", cpu),
     )
     if cpu.median < BAR:
         print(f"[events] CPU ratio {cpu.median:.3f} is under {BAR}", file=sys.stderr)
@@ -73,19 +70,14 @@ async def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.events_ratio", description=__doc__)
-    p.add_argument("--n", type=int, default=20_000, help="tasks per drain")
-    p.add_argument("--pairs", type=int, default=5, help="off/on pairs")
+    p = parser("python -m benchmarks.events_ratio", __doc__, "pairs", "off/on pairs")
     p.add_argument(
         "--together", action="store_true", help="drain the two variants of a pair at once"
     )
     p.add_argument(
         "--control", action="store_true", help="A/A check: the second variant without -E too"
     )
-    p.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
-    p.add_argument("--amqp-url", default="amqp://guest:guest@127.0.0.1:5672//")
-    args = p.parse_args(sys.argv[1:] if argv is None else argv)
-    return asyncio.run(run(args))
+    return main_with(p, run, argv)
 
 
 if __name__ == "__main__":

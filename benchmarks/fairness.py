@@ -1,13 +1,15 @@
 """Fairness across keys: tenant B's wait with tenant A's backlog queued ahead, vs an idle queue.
 
-    .venv/bin/python -m benchmarks.fairness [--broker sqlite|redis|postgres] [--backlog 10000]
+    .venv/bin/python -m benchmarks.fairness [--broker sqlite|redis|rabbitmq|postgres]
+                                            [--backlog 10000]
                                             [--probes 40] [--gap 0.05] [--work 0.002]
                                             [--prefetch 0] [--no-fifo] [--repeat 1]
 
 One `aiotask worker` process (concurrency 4) on one SQLite file, on the Redis server of
-AIOTASK_BENCH_REDIS (default redis://127.0.0.1:6379/0) under a fresh key prefix, or on the
-PostgreSQL of AIOTASK_BENCH_POSTGRES (default postgresql://postgres@127.0.0.1:5432/test) in a
-fresh schema, dropped afterwards. Tenant B
+AIOTASK_BENCH_REDIS (default redis://127.0.0.1:6379/0) or the RabbitMQ of AIOTASK_BENCH_AMQP
+(default amqp://guest:guest@127.0.0.1:5672/) under a fresh key prefix (deleted after), or on
+the PostgreSQL of AIOTASK_BENCH_POSTGRES (default postgresql://postgres@127.0.0.1:5432/test)
+in a fresh schema, dropped afterwards. Tenant B
 sends `--probes` tasks, one every `--gap` seconds; its wait is the time from send to the
 task's start (both clocks are this machine's). Runs: "idle" (B alone), "fair" (A's backlog of
 `--backlog` tasks queued first, every task with fairness_key="tenant_id"), and for contrast
@@ -35,7 +37,9 @@ from aiotask import App
 from benchmarks.postgres_bench import cleanup
 
 REDIS = os.environ.get("AIOTASK_BENCH_REDIS", "redis://127.0.0.1:6379/0")
+AMQP = os.environ.get("AIOTASK_BENCH_AMQP", "amqp://guest:guest@127.0.0.1:5672/")
 POSTGRES = os.environ.get("AIOTASK_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+SERVERS = {"redis": REDIS, "rabbitmq": AMQP, "postgres": POSTGRES}
 
 TASKS = textwrap.dedent(
     """
@@ -104,10 +108,23 @@ async def _run(
 
 def _url(workdir: Path, name: str, args: argparse.Namespace) -> tuple[str, dict[str, str]]:
     """The broker URL of one run and its environment (a fresh file, or a fresh key prefix)."""
-    if args.broker in ("redis", "postgres"):
+    if args.broker in SERVERS:  # `_`: a prefix that is also a plain PostgreSQL schema name
         prefix = f"fairbench_{uuid.uuid4().hex[:8]}"
-        return REDIS if args.broker == "redis" else POSTGRES, {"AIOTASK_KEY_PREFIX": prefix}
+        return SERVERS[args.broker], {"AIOTASK_KEY_PREFIX": prefix}
     return f"sqlite:///{workdir / name}.db", {}
+
+
+async def _drop_queues(url: str, prefix: str) -> None:
+    """The default queue with its dead, delay and key queues and its announcement stream."""
+    from aiotask.brokers.rabbitmq import RabbitMQBroker
+    from aiotask.settings import Settings
+
+    broker = RabbitMQBroker(url, Settings(broker_url=url, key_prefix=prefix), "fairbench")
+    await broker.connect()
+    try:
+        await broker.delete_queue("default")
+    finally:
+        await broker.close()
 
 
 def _measure(
@@ -116,7 +133,8 @@ def _measure(
     log = workdir / f"{name}.log"
     url, extra = _url(workdir, name, args)
     env = dict(
-        os.environ, AIOTASK_BROKER_URL=url, PYTHONPATH=str(workdir),
+        os.environ, AIOTASK_BROKER_URL=url,
+        PYTHONPATH=os.pathsep.join(filter(None, [str(workdir), os.environ.get("PYTHONPATH")])),
         FAIR_LOG=str(log), FAIR_WORK=str(args.work), **extra,
     )  # fmt: skip
     if args.prefetch:
@@ -144,8 +162,11 @@ def _measure(
             else:
                 os.environ[k] = v
         if "AIOTASK_KEY_PREFIX" in extra:
-            kind = "postgres" if args.broker == "postgres" else "redis"
-            asyncio.run(cleanup(kind, url, extra["AIOTASK_KEY_PREFIX"]))
+            prefix = extra["AIOTASK_KEY_PREFIX"]
+            if args.broker == "rabbitmq":
+                asyncio.run(_drop_queues(url, prefix))
+            else:  # a schema (PostgreSQL) or keys (Redis)
+                asyncio.run(cleanup(args.broker, url, prefix))
 
 
 def main() -> None:
@@ -155,7 +176,7 @@ def main() -> None:
     parser.add_argument("--gap", type=float, default=0.05)
     parser.add_argument("--work", type=float, default=0.002)
     parser.add_argument("--no-fifo", action="store_true")
-    parser.add_argument("--broker", choices=("sqlite", "redis", "postgres"), default="sqlite")
+    parser.add_argument("--broker", choices=("sqlite", *SERVERS), default="sqlite")
     parser.add_argument("--repeat", type=int, default=1, help="idle/fair pairs, alternated")
     parser.add_argument("--prefetch", type=int, default=0, help="0: the worker's default")
     args = parser.parse_args()

@@ -12,44 +12,38 @@ Exit code 1 when a measurement fails; the ratio is reported, not enforced (the m
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import sys
+from typing import TYPE_CHECKING
 
 from benchmarks.frameworks import FRAMEWORKS
-from benchmarks.interleave import CpuRunner, interleave, plan, ratio, summary
+from benchmarks.interleave import compare, main_with, parser, ratio, report
+
+if TYPE_CHECKING:
+    import argparse
 
 #: issue 19's target: aiotask drains at least this share of the floor's rate
 BAR = 0.9
 
 
 async def run(args: argparse.Namespace) -> int:
-    runner = CpuRunner(plan(args.n), args.redis_url, args.amqp_url)
-    a, f = FRAMEWORKS["aiotask"], FRAMEWORKS["floor"]
-    series = await interleave(runner, (a, f), args.rounds, "floor")
+    series = await compare(args, (FRAMEWORKS["aiotask"], FRAMEWORKS["floor"]), args.rounds, "floor")
     if series is None:
         return 1
-    sa, sf = series[a.key], series[f.key]
-    drain = ratio(sa.drain, sf.drain)
-    cpu = ratio(sf.cpu_us, sa.cpu_us)
-    print(
-        f"[floor] {args.rounds} rounds of {args.n} no-op tasks on Redis\n"
-        f"[floor] {summary(sa)}\n"
-        f"[floor] {summary(sf)}\n"
-        f"[floor] drain aiotask/floor: {drain} (bar {BAR})\n"
-        f"[floor] worker CPU per task floor/aiotask: {cpu}"
+    sa, sf = series
+    report(
+        "floor",
+        f"{args.rounds} rounds of {args.n} no-op tasks on Redis",
+        series,
+        (f"drain aiotask/floor (bar {BAR})", ratio(sa.drain, sf.drain)),
+        ("worker CPU per task floor/aiotask", ratio(sf.cpu_us, sa.cpu_us)),
     )
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.floor_ratio", description=__doc__)
-    p.add_argument("--n", type=int, default=20_000, help="tasks per drain")
-    p.add_argument("--rounds", type=int, default=5, help="rounds (each runs both once)")
-    p.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
-    p.add_argument("--amqp-url", default="amqp://guest:guest@127.0.0.1:5672//")
-    args = p.parse_args(sys.argv[1:] if argv is None else argv)
-    return asyncio.run(run(args))
+    p = parser(
+        "python -m benchmarks.floor_ratio", __doc__, "rounds", "rounds (each runs both once)"
+    )
+    return main_with(p, run, argv)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ benchmarks/events_ratio.py (events off vs on).
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import bisect
 import contextlib
@@ -28,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from benchmarks.harness import SMOKE, Plan, Runner
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Coroutine
     from pathlib import Path
 
     from benchmarks.frameworks import Framework
@@ -211,3 +213,43 @@ def summary(s: Series) -> str:
         f"{s.label}: drain median {statistics.median(s.drain):.0f}/s "
         f"({min(s.drain):.0f}-{max(s.drain):.0f}); {cpu_txt}"
     )
+
+
+def report(tag: str, head: str, series: tuple[Series, Series], *figures: tuple[str, Ratio]) -> None:
+    """Print the comparison: a head line, each variant's summary, then the named ratios."""
+    lines = [head, *(summary(s) for s in series), *(f"{name}: {r}" for name, r in figures)]
+    print("\n".join(f"[{tag}] {line}" for line in lines))
+
+
+def parser(prog: str, doc: str | None, rounds: str, rounds_help: str) -> argparse.ArgumentParser:
+    """The command line both comparisons share: --n, --<rounds>, the server URLs."""
+    p = argparse.ArgumentParser(prog=prog, description=doc)
+    p.add_argument("--n", type=int, default=20_000, help="tasks per drain")
+    p.add_argument(f"--{rounds}", type=int, default=5, help=rounds_help)
+    p.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
+    p.add_argument("--amqp-url", default="amqp://guest:guest@127.0.0.1:5672//")
+    return p
+
+
+async def compare(
+    args: argparse.Namespace,
+    pair: tuple[Framework, Framework],
+    rounds: int,
+    tag: str,
+    *,
+    together: bool = False,
+) -> tuple[Series, Series] | None:
+    """Interleaved drains of `args.n` no-op tasks with the two variants: their Series (None if
+    a run failed)."""
+    runner = CpuRunner(plan(args.n), args.redis_url, args.amqp_url)
+    series = await interleave(runner, pair, rounds, tag, together=together)
+    return None if series is None else (series[pair[0].key], series[pair[1].key])
+
+
+def main_with(
+    p: argparse.ArgumentParser,
+    run: Callable[[argparse.Namespace], Coroutine[Any, Any, int]],
+    argv: list[str] | None,
+) -> int:
+    args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    return asyncio.run(run(args))

@@ -428,29 +428,33 @@ coredis's 0.1 s unsubscribe timeout on every call.
 ## Idle memory and import budget
 
 An idle `aiotask worker` (no task run yet; the process pool starts at the first plain-function
-task, so the idle tree is one process) measured on this machine with `python -X importtime` and
-`/proc/self/status`, Python 3.11. Import time is cumulative, medians of 3 cold-ish runs on a busy
-shared machine (read the milliseconds as orders of magnitude).
+task, so the idle tree is one process), measured on this machine with `/proc/self/status` and
+`python -X importtime`, Python 3.11, `.venv-bench` (redis-py 7.4). Each row is measured after
+the rows above it, in the order a Redis worker loads them; import times are with the bytecode
+and files in the page cache, on a busy shared machine (read them as orders of magnitude).
 
 | what loads | RSS added | import time |
 |---|---:|---:|
-| the interpreter | 8.7 MiB | — |
-| `asyncio` (with `ssl`, `socket`, `concurrent.futures`) | 10.7 MiB | ~300 ms |
-| `orjson` | 0.9 MiB | ~35 ms |
-| `aiotask` (App, Task, canvas, beat, events, control, coordination) | 5.5 MiB | ~550 ms |
-| `aiotask.worker` (with the pool machinery) | 1.2 MiB | ~230 ms |
-| `aiotask.brokers.sqlite` + `aiotask.backends.sqlite` (`sqlite3`) | 1.9 MiB | ~120 ms |
-| `redis.asyncio` (redis-py: the whole package loads), of which: | 8.3 MiB | ~400 ms |
-| - `importlib.metadata` (+ email, zipfile, lzma...): `redis.utils` imports it | 3.4 MiB | ~150 ms |
-| - redis-py's own modules (client, cluster, sentinel, commands, ...) | 4.9 MiB | ~200 ms |
-| `aiotask.brokers.redis_streams` + `aiotask.backends.redis` | 1.0 MiB | ~100 ms |
-| `aio_pika` (aiormq, pamqp, yarl) | 2.8 MiB | ~340 ms |
-| `aiotask.brokers.rabbitmq` | 1.2 MiB | ~70 ms |
-| not in a worker: `typer` with click, rich and pydantic | ~11 MiB | ~600 ms |
+| the interpreter | 8.7 MiB | - |
+| `asyncio` (with `ssl`, `socket`, `concurrent.futures`) | 10.0 MiB | 40-70 ms |
+| `orjson` (it imports `uuid`, `datetime`, `json`, `dataclasses`) | 0.9 MiB | 5-10 ms |
+| `aiotask` (App, Task, canvas, coordination, control, security) | 4.2 MiB | 45-120 ms |
+| `aiotask.worker` (no pool machinery, beat or events) | 0.8 MiB | 15-40 ms |
+| `redis.asyncio` (all of redis-py) + aiotask's Redis broker and backend | 5.3 MiB | 45-110 ms |
+| instead of Redis: the SQLite broker and backend (`sqlite3`) | 1.8 MiB | 12-40 ms |
+| instead of Redis: `aio_pika` (aiormq, pamqp, yarl, `importlib.metadata`) | 5.2 MiB | 40-115 ms |
+| then `aiotask.brokers.rabbitmq` | 1.2 MiB | 12-27 ms |
+| not loaded: `importlib.metadata` (email, zipfile, csv...), see below | 1.4-2.3 MiB | ~50 ms |
+| not loaded: `typing_extensions` (for type checkers only) | 0.4 MiB | - |
+| on first use: pool machinery 0.3, events 0.2, beat 0.1, cron 0.4, `--logfile` 0.5 | - | - |
+| not in a worker: `typer` with click, rich and pydantic | 6.6 MiB | ~200 ms |
 
-Idle worker RSS, the process tree (the harness's `idle_rss_mib`, medians of 3 smoke runs):
-**30.3 MiB on SQLite**, 34.7 MiB on Redis, 37.3 MiB on RabbitMQ with Redis results (before, in
-the same session: 42.1, 45.5 and 47.6 MiB; Celery 140). What keeps it there:
+Idle worker RSS, the process tree (the harness's `idle_rss_mib`, 2026-11-30, two repeats, load
+average 7.8-8.9 on 2 cores; memory does not vary with the load): **30.0 MiB on Redis**, 28.3 on
+SQLite, 36.4 on RabbitMQ with Redis results; in the same run arq 30.4, SAQ 33.8, the floor 28.6,
+Celery 140, Celery (RabbitMQ) 139 (aiotask / arq 0.99, / SAQ 0.89, / Celery 0.21, / floor 1.05).
+Before this round, by the same measurement: 35.1 on Redis, 30.7 on SQLite, 38.4 on RabbitMQ.
+PSS: 19.7 MiB on Redis (arq 20.0, SAQ 23.2). What keeps it there:
 
 - `aiotask worker` parses its options with typer, then replaces itself (`os.execv`, same PID,
   same signals and file descriptors) with `python -m aiotask.cli._run_worker`, an interpreter
@@ -459,23 +463,32 @@ the same session: 42.1, 45.5 and 47.6 MiB; Celery 140). What keeps it there:
 - `aiotask.cli` imports typer only when a command line is parsed.
 - Broker and backend clients load with the URL scheme that needs them (`brokers.from_url`):
   a SQLite worker imports neither redis-py nor aio-pika.
+- redis-py's `redis/utils.py` imports `importlib.metadata` at its top, only to look up its own
+  version for `CLIENT SETINFO`. The worker's interpreter registers `importlib.metadata` as a
+  lazy module (`importlib.util.LazyLoader`, the standard library's mechanism: the module runs
+  at its first attribute access, so code that uses it sees no difference), and aiotask hands
+  redis-py its version (`driver_info`, from `redis.__version__`), so the module never runs.
+  aio-pika and aiormq read their versions at import: a RabbitMQ worker loads it anyway.
+- What only some tasks or options need loads on first use: the process pool's machinery (the
+  first plain-function task), beat and cron (`beat_schedule`, `@app.periodic`, `--beat`), the
+  events machinery (`-E`), the dashboard's history, dead letters, Celery's formats
+  (`celery_compat`), pickle, `logging.handlers` (`--logfile`), the Redis coordination, lock,
+  history and schedule stores. `tests/unit/test_worker_imports.py` pins the idle import graph.
+- `typing_extensions` (for `Task[P, R]`'s PEP 696 default) is imported for type checkers only;
+  `Task.__class_getitem__` applies the default at run time.
 
-Issue 19 asks for an idle Redis worker at 30 MiB at most; it is not met. Measured again on
-2026-11-30 (one idle worker process, `/proc/self/status`, `.venv-bench`): 34.6 MiB on Redis,
-30.7 MiB on SQLite by the same script; each row above measured after the rows before it
-(the interpreter 8.8, `asyncio` +10.6, `orjson` +0.9, `redis.asyncio` +8.3, `aiotask` +4.1,
-`aiotask.worker` +1.2, the Redis broker and backend +1.0). Of the process's 34.6 MiB, 11.7 are
-file pages (libpython 5.2, OpenSSL's libcrypto 3.5 for `ssl`, which `asyncio` imports in any
-case, libc 1.5) and 23 anonymous (Python objects, mostly modules). The 4 MiB over SQLite are
-redis-py's: `import redis.asyncio` loads the whole package, and `redis/utils.py` imports
-`importlib.metadata` at its top (3.4 MiB with what it pulls in) for a version string. Neither
-can be made lazy from aiotask without patching redis-py's imports. Tried, no gain: importing
-the embedded beat's modules only with `--beat` (the App imports them anyway; 0.0 MiB),
-`gc.collect()` after start-up (0.0), `python -OO` (+4.3 MiB: no cached optimized bytecode).
-`malloc_trim(0)` after start-up gives back 0.6 MiB: not worth a ctypes call in the worker.
+Of the process's 30 MiB, 10.8 are file pages (libpython 5.1, OpenSSL's libcrypto 3.5 for `ssl`,
+which `asyncio` imports in any case, libc 1.4) and 20 anonymous (Python objects, mostly modules'
+code). redis-py costs the rest of the gap to SQLite: `import redis.asyncio` loads the whole
+package (cluster, sentinel, the sync client and all command mixins). Tried, no gain worth it:
+`gc.collect()` after start-up (0.0), `malloc_trim(0)` (0.4 MiB back, ctypes costs 0.25),
+`MALLOC_MMAP_THRESHOLD_`/`MALLOC_TRIM_THRESHOLD_` (0.2-0.3), `PYTHONMALLOC=malloc` (+0.3),
+`python -OO` (+4.3 MiB: no cached optimized bytecode); `MALLOC_ARENA_MAX` does not apply (an
+idle worker has one thread). With redis-py 8 and the OpenTelemetry SDK installed, redis-py
+imports the SDK's metrics (2.5 MiB): 34.2 MiB in `.venv`.
 
-`make bench-smoke` guards each row's idle RSS: at most 36 MiB on SQLite, 44 on Redis, 48 on
-RabbitMQ (measured above plus 6-11 MiB for library updates), next to the ratios: aiotask not
+`make bench-smoke` guards each row's idle RSS: at most 34 MiB on SQLite, 40 on Redis, 43 on
+RabbitMQ (measured above plus about 6 MiB for library updates), next to the ratios: aiotask not
 slower than Celery (drain, p50 round trip) and aiotask (SQLite)'s p50 round trip at most 3x
 aiotask (Redis)'s in the same run (generous for a noisy shared machine). The rules live in
 `benchmarks/gate.py`.

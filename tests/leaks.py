@@ -93,8 +93,9 @@ async def clean_redis(url: str, namespace: str) -> None:
         await client.aclose()
 
 
-#: the queues a test of `namespace` (its key_prefix) makes for the default queue
-DEFAULT_QUEUES = ("{ns}.default", "{ns}.default.dead")
+#: the queues a test of `namespace` (its key_prefix) makes for the default queue (`.keys`: the
+#: fairness announcement stream a RabbitMQ worker declares for each queue it consumes)
+DEFAULT_QUEUES = ("{ns}.default", "{ns}.default.dead", "{ns}.default.keys")
 
 
 async def clean_amqp(url: str, namespace: str) -> None:

@@ -7,7 +7,7 @@ import shutil
 import socket
 import subprocess
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from tests.servers import PrivateRedis, free_port
 
@@ -17,29 +17,55 @@ if TYPE_CHECKING:
 SERVICE = "mymaster"
 
 
-def _ask(port: int, *args: str) -> bytes:
+class Server(Protocol):
+    """A server of the set: a PrivateRedis, or a tls_support.TLSRedis."""
+
+    port: int
+
+    def start(self) -> None: ...
+
+    def kill(self) -> None: ...
+
+
+def _ask(port: int, command: str) -> bytes:
     """One inline command to a local server; the raw reply (enough for readiness checks)."""
     with socket.create_connection(("127.0.0.1", port), timeout=1.0) as s:
-        s.sendall((" ".join(args) + "\r\n").encode())
+        s.sendall(command.encode() + b"\r\n")
         time.sleep(0.05)
         return s.recv(65536)
 
 
 class PrivateSentinelSet:
-    """`url` is redis+sentinel://127.0.0.1:S1,...:S3/0?service=mymaster."""
+    """`url` is redis+sentinel://127.0.0.1:S1,...:S3/0?service=mymaster.
+
+    tls_support.TLSSentinelSet is the same set on TLS only: it overrides how a server is made
+    (`_server`), what a sentinel listens on (`_listen`) and how a server is asked (`ask`).
+    """
+
+    SERVICE = SERVICE
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         (directory / "primary").mkdir(parents=True, exist_ok=True)
         (directory / "replica").mkdir(exist_ok=True)
-        self.primary = PrivateRedis(directory / "primary")
-        self.replica = PrivateRedis(
-            directory / "replica", "--replicaof", "127.0.0.1", str(self.primary.port)
-        )
+        self.primary = self._server(directory / "primary")
+        replica_of = ("--replicaof", "127.0.0.1", str(self.primary.port))
+        self.replica = self._server(directory / "replica", *replica_of)
         self.sentinel_ports = [free_port() for _ in range(3)]
         hosts = ",".join(f"127.0.0.1:{p}" for p in self.sentinel_ports)
-        self.url = f"redis+sentinel://{hosts}/0?service={SERVICE}"
+        self.url = f"redis+sentinel://{hosts}/0?service={self.SERVICE}"
         self.sentinels: list[subprocess.Popen[bytes]] = []
+
+    def _server(self, directory: Path, *extra: str) -> Server:
+        return PrivateRedis(directory, *extra)
+
+    def _listen(self, port: int) -> str:
+        """The sentinel configuration's lines on where it listens."""
+        return f"port {port}\n"
+
+    def ask(self, port: int, command: str) -> bytes:
+        """One inline command to one of the set's servers; the raw reply."""
+        return _ask(port, command)
 
     @staticmethod
     def available() -> bool:
@@ -51,10 +77,10 @@ class PrivateSentinelSet:
         for port in self.sentinel_ports:
             conf = self.directory / f"sentinel-{port}.conf"  # sentinels rewrite it: one each
             conf.write_text(
-                f"port {port}\nbind 127.0.0.1\ndir {self.directory}\n"
-                f"sentinel monitor {SERVICE} 127.0.0.1 {self.primary.port} 2\n"
-                f"sentinel down-after-milliseconds {SERVICE} 1000\n"
-                f"sentinel failover-timeout {SERVICE} 3000\n"
+                f"{self._listen(port)}bind 127.0.0.1\ndir {self.directory}\n"
+                f"sentinel monitor {self.SERVICE} 127.0.0.1 {self.primary.port} 2\n"
+                f"sentinel down-after-milliseconds {self.SERVICE} 1000\n"
+                f"sentinel failover-timeout {self.SERVICE} 3000\n"
             )
             self.sentinels.append(
                 subprocess.Popen(
@@ -67,12 +93,12 @@ class PrivateSentinelSet:
                 return
             time.sleep(0.2)
         self.stop()
-        raise RuntimeError("private Sentinel set did not settle")
+        raise RuntimeError(f"private {type(self).__name__} did not settle")
 
     def _settled(self, port: int) -> bool:
         """This sentinel sees the replica and the two other sentinels (a failover needs them)."""
         try:
-            reply = _ask(port, "SENTINEL", "MASTER", SERVICE)
+            reply = self.ask(port, f"SENTINEL MASTER {self.SERVICE}")
         except OSError:
             return False
         fields = reply.split(b"\r\n")
@@ -85,7 +111,8 @@ class PrivateSentinelSet:
 
     def primary_port(self) -> int:
         """The port the sentinels now name as primary."""
-        reply = _ask(self.sentinel_ports[0], "SENTINEL", "GET-MASTER-ADDR-BY-NAME", SERVICE)
+        ask = f"SENTINEL GET-MASTER-ADDR-BY-NAME {self.SERVICE}"
+        reply = self.ask(self.sentinel_ports[0], ask)
         return int(reply.split(b"\r\n")[-2])
 
     def kill_primary(self) -> int:
@@ -110,7 +137,7 @@ class PrivateSentinelSet:
     def replica_count(self, port: int) -> int:
         """Replicas of the server on `port` that are in sync (state=online: they ack writes)."""
         try:
-            reply = _ask(port, "INFO", "replication")
+            reply = self.ask(port, "INFO replication")
         except OSError:
             return 0
         return sum(

@@ -25,9 +25,12 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from tests.conftest import REQUIRE_SERVICES
 from tests.rabbit_server import PrivateRabbit, free_port, need_rabbitmq_server
+from tests.sentinel_server import PrivateSentinelSet
 
 if TYPE_CHECKING:
     from pathlib import Path
+
+    from tests.sentinel_server import Server
 
 Key = ec.EllipticCurvePrivateKey
 
@@ -182,10 +185,10 @@ class TLSRedis:
             if self.proc.poll() is not None:
                 break
             time.sleep(0.05)
-        self.stop()
+        self.kill()
         raise RuntimeError("private TLS redis-server did not start (built without TLS?)")
 
-    def stop(self) -> None:
+    def kill(self) -> None:
         if self.proc is not None:
             self.proc.kill()  # the PID we started
             self.proc.wait()
@@ -232,82 +235,42 @@ def tls_ask(port: int, pki: PKI, command: bytes) -> bytes:
         return s.recv(65536)
 
 
-class TLSSentinelSet:
+class TLSSentinelSet(PrivateSentinelSet):
     """A Sentinel set on TLS only: a TLS-only primary, a TLS-only replica replicating over
     TLS, and 3 sentinels with a tls-port only (no plain port), all requiring client
-    certificates. `url()` is its rediss+sentinel:// URL. Processes are stopped by PID."""
+    certificates. `url` is its rediss+sentinel:// URL (`url_with` another CA). Processes are
+    stopped by PID."""
 
     SERVICE = "tlsmaster"
 
     def __init__(self, directory: Path, pki: PKI) -> None:
-        self.directory, self.pki = directory, pki
-        for name in ("primary", "replica"):
-            (directory / name).mkdir(parents=True, exist_ok=True)
+        self.pki = pki
+        super().__init__(directory)
+        self.url = self.url_with()
+
+    def _server(self, directory: Path, *extra: str) -> Server:
+        server = TLSRedis(directory, self.pki)
         # outgoing connections (replica -> primary, sentinel -> all) present the client
         # certificate: the server one is for server authentication only
-        outgoing = ["--tls-client-cert-file", str(pki.client_cert)]
-        outgoing += ["--tls-client-key-file", str(pki.client_key), "--tls-replication", "yes"]
-        self.primary = TLSRedis(directory / "primary", pki)
-        self.primary.args += outgoing
-        self.replica = TLSRedis(directory / "replica", pki)
-        self.replica.args += outgoing
-        self.replica.args += ["--replicaof", "127.0.0.1", str(self.primary.port)]
-        self.sentinel_ports = [free_port() for _ in range(3)]
-        self.sentinels: list[subprocess.Popen[bytes]] = []
+        server.args += ["--tls-client-cert-file", str(self.pki.client_cert)]
+        server.args += ["--tls-client-key-file", str(self.pki.client_key)]
+        server.args += ["--tls-replication", "yes", *extra]
+        return server
 
-    def url(self, *, ca: Path | None = None) -> str:
+    def _listen(self, port: int) -> str:
+        pki = self.pki
+        return (
+            f"port 0\ntls-port {port}\n"
+            f"tls-cert-file {pki.server_cert}\ntls-key-file {pki.server_key}\n"
+            f"tls-ca-cert-file {pki.ca}\ntls-auth-clients yes\ntls-replication yes\n"
+            f"tls-client-cert-file {pki.client_cert}\ntls-client-key-file {pki.client_key}\n"
+        )
+
+    def ask(self, port: int, command: str) -> bytes:
+        return tls_ask(port, self.pki, command.encode())
+
+    def url_with(self, *, ca: Path | None = None) -> str:
         hosts = ",".join(f"127.0.0.1:{p}" for p in self.sentinel_ports)
         query = f"service={self.SERVICE}&ssl_ca_certs={ca or self.pki.ca}"
         query += f"&ssl_certfile={self.pki.client_cert}&ssl_keyfile={self.pki.client_key}"
         return f"rediss+sentinel://{hosts}/0?{query}"
-
-    def start(self, timeout: float = 30) -> None:
-        self.primary.start()
-        self.replica.start()
-        pki = self.pki
-        for port in self.sentinel_ports:
-            conf = self.directory / f"sentinel-{port}.conf"  # sentinels rewrite it: one each
-            conf.write_text(
-                f"port 0\ntls-port {port}\nbind 127.0.0.1\ndir {self.directory}\n"
-                f"tls-cert-file {pki.server_cert}\ntls-key-file {pki.server_key}\n"
-                f"tls-ca-cert-file {pki.ca}\ntls-auth-clients yes\ntls-replication yes\n"
-                f"tls-client-cert-file {pki.client_cert}\n"
-                f"tls-client-key-file {pki.client_key}\n"
-                f"sentinel monitor {self.SERVICE} 127.0.0.1 {self.primary.port} 2\n"
-                f"sentinel down-after-milliseconds {self.SERVICE} 1000\n"
-                f"sentinel failover-timeout {self.SERVICE} 3000\n"
-            )
-            self.sentinels.append(
-                subprocess.Popen(
-                    ["redis-server", str(conf), "--sentinel"], stdout=subprocess.DEVNULL
-                )
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if all(self._settled(p) for p in self.sentinel_ports):
-                return
-            time.sleep(0.2)
-        self.stop()
-        raise RuntimeError("private TLS Sentinel set did not settle")
-
-    def _settled(self, port: int) -> bool:
-        """This sentinel sees the replica and the two other sentinels (all over TLS)."""
-        try:
-            reply = tls_ask(port, self.pki, b"SENTINEL MASTER " + self.SERVICE.encode())
-        except OSError:
-            return False
-        fields = reply.split(b"\r\n")
-        try:
-            replicas = int(fields[fields.index(b"num-slaves") + 2])
-            others = int(fields[fields.index(b"num-other-sentinels") + 2])
-        except (ValueError, IndexError):
-            return False
-        return replicas >= 1 and others >= 2
-
-    def stop(self) -> None:
-        for proc in self.sentinels:
-            proc.kill()  # the PIDs we started
-            proc.wait()
-        self.sentinels = []
-        self.replica.stop()
-        self.primary.stop()

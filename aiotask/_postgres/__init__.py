@@ -109,6 +109,25 @@ def options(url: str, schema: str) -> Options:
     return Options(dsn, schema, listen in _TRUE, pool, cache, redact(url))
 
 
+#: A FROM item that makes its statement's transaction commit without waiting for the WAL
+#: flush (`synchronous_commit = off` for this transaction only; works through PgBouncer, no
+#: session state). Only for commits whose loss in a server crash means a redelivery, never a
+#: lost message; see docs/postgres.md, "Reliability".
+NO_SYNC = "(SELECT set_config('synchronous_commit', 'off', true)) AS no_sync"
+
+
+def same_server(url: str, other: str) -> bool:
+    """Whether two URLs name the same PostgreSQL server (host and port; any database of
+    it): one WAL, so a commit made before another on it is durable before the other."""
+    a, b = urlsplit(url), urlsplit(other)
+    if b.scheme.lower() not in SCHEMES:
+        return False
+    try:
+        return (a.hostname, a.port or 5432) == (b.hostname, b.port or 5432) and bool(a.hostname)
+    except ValueError:  # a malformed port
+        return False
+
+
 def ident(name: str) -> str:
     """`name` as a quoted SQL identifier (schema names come from settings, not users' data)."""
     return '"' + name.replace('"', '""') + '"'

@@ -37,6 +37,7 @@ from aiotask._redis.conn import (
     FastPackSentinelSSLConnection,
     FastPackSSLConnection,
     connection_class,
+    driver_kwargs,
 )
 from aiotask._urls import parse_sentinel, redact
 from aiotask.exceptions import AiotaskError, BrokerConnectionError, ConfigurationError
@@ -123,6 +124,7 @@ def make_client(url: str, name: str | None = None, tls: _tls.TLSOptions | None =
         socket_timeout=None,
         socket_connect_timeout=5.0,
         client_name=name,
+        **driver_kwargs(),
     )
 
 
@@ -135,7 +137,11 @@ def _sentinel_client(
     with the same options (one CA, one client certificate)."""
     parsed = parse_sentinel(url)
     query = dict(parsed.query)
-    to_sentinels: dict[str, Any] = {"socket_connect_timeout": 5.0, "protocol": 2}
+    to_sentinels: dict[str, Any] = {
+        "socket_connect_timeout": 5.0,
+        "protocol": 2,
+        **driver_kwargs(),
+    }
     if query.get("sentinel_password"):
         to_sentinels["password"] = query["sentinel_password"]
     if query.get("sentinel_username"):
@@ -173,6 +179,7 @@ def _sentinel_client(
         socket_timeout=None,
         socket_connect_timeout=5.0,
         client_name=name,
+        **driver_kwargs(),
     )
     return client, sentinel
 

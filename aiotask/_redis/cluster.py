@@ -19,7 +19,7 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.crc import key_slot
 from redis.exceptions import RedisClusterException
 
-from aiotask._redis.conn import connection_class
+from aiotask._redis.conn import connection_class, driver_kwargs
 from aiotask._urls import CLUSTER_SCHEMES
 from aiotask.exceptions import ConfigurationError
 
@@ -93,6 +93,7 @@ def make_cluster_client(url: str, name: str | None, tls: TLSOptions | None) -> R
         # concurrency, and its cluster client answers a connection error by closing every
         # connection (all in-flight commands fail): no cap, as for a single node's pool
         max_connections=2**31,
+        **driver_kwargs(),
     )
     # RedisCluster has no connection_class argument: set it where nodes are made from
     client.connection_kwargs.update(connection_class=cls, **extra)

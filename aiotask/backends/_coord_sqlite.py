@@ -7,6 +7,7 @@ import time
 from typing import TYPE_CHECKING
 
 from aiotask._sqlite import transaction
+from aiotask.backends._sqlite_store import SQLiteStore
 from aiotask.coordination.concurrency import SlotTable
 from aiotask.coordination.ratelimit import RESERVE_AHEAD, Grant, gcra
 
@@ -25,22 +26,17 @@ CREATE TABLE IF NOT EXISTS aiotask_coord_slots (
 """
 
 
-class SQLiteCoordinationStore:
+class SQLiteCoordinationStore(SQLiteStore):
     """CoordinationStore on the result backend's SQLite connection (its own thread).
 
     The clock is the machine's wall clock: every process sharing the file shares it.
     """
 
-    def __init__(self, db: Connection, namespace: str) -> None:
-        self._db = db
-        self._ns = namespace
-        self._ready = False
+    SCHEMA = SCHEMA
 
-    async def _conn(self) -> Connection:
-        if not self._ready:
-            await self._db.run(_schema)
-            self._ready = True
-        return self._db
+    def __init__(self, db: Connection, namespace: str) -> None:
+        super().__init__(db)
+        self._ns = namespace
 
     async def take_rate(
         self, key: str, interval: float, burst: int = 1, ahead: float = RESERVE_AHEAD
@@ -69,12 +65,6 @@ class SQLiteCoordinationStore:
 
 
 # --- the functions below run on the connection's thread --------------------------------
-
-
-def _schema(conn: sqlite3.Connection) -> None:
-    with transaction(conn):
-        for statement in SCHEMA.split(";"):
-            conn.execute(statement)
 
 
 def _take_rate(

@@ -6,6 +6,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from aiotask._sqlite import placeholders, transaction
+from aiotask.backends._sqlite_store import SQLiteStore
 from aiotask.history import Bucket, HistoryRecord, buckets_of, matches
 
 if TYPE_CHECKING:
@@ -30,19 +31,14 @@ CREATE TABLE IF NOT EXISTS task_history_cursor (app TEXT PRIMARY KEY, cursor TEX
 """
 
 
-class SQLiteHistoryStore:
+class SQLiteHistoryStore(SQLiteStore):
     """HistoryStore on the result backend's SQLite connection (its own thread)."""
 
-    def __init__(self, db: Connection, app_name: str) -> None:
-        self._db = db
-        self._app = app_name
-        self._ready = False
+    SCHEMA = SCHEMA
 
-    async def _conn(self) -> Connection:
-        if not self._ready:
-            await self._db.run(_schema)
-            self._ready = True
-        return self._db
+    def __init__(self, db: Connection, app_name: str) -> None:
+        super().__init__(db)
+        self._app = app_name
 
     async def put(self, records: Sequence[HistoryRecord]) -> None:
         if records:
@@ -82,13 +78,6 @@ class SQLiteHistoryStore:
 
     async def put_cursor(self, cursor: str) -> None:
         await (await self._conn()).run(_put_cursor, self._app, cursor)
-
-
-def _schema(conn: sqlite3.Connection) -> None:
-    with transaction(conn):
-        for statement in SCHEMA.split(";"):
-            if statement.strip():
-                conn.execute(statement)
 
 
 def _put(conn: sqlite3.Connection, app: str, records: list[HistoryRecord]) -> None:

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from aiotask._sqlite import transaction
 from aiotask._time import now
+from aiotask.backends._sqlite_store import SQLiteStore
 
 if TYPE_CHECKING:
     import sqlite3
@@ -20,19 +21,14 @@ CREATE TABLE IF NOT EXISTS locks (
 """
 
 
-class SQLiteLockStore:
+class SQLiteLockStore(SQLiteStore):
     """LockStore on the result backend's SQLite connection (its own thread)."""
 
-    def __init__(self, db: Connection, prefix: str) -> None:
-        self._db = db
-        self._prefix = prefix
-        self._ready = False
+    SCHEMA = SCHEMA
 
-    async def _conn(self) -> Connection:
-        if not self._ready:
-            await self._db.run(_schema)
-            self._ready = True
-        return self._db
+    def __init__(self, db: Connection, prefix: str) -> None:
+        super().__init__(db)
+        self._prefix = prefix
 
     async def acquire(self, name: str, owner: str, ttl: float) -> str | None:
         return await (await self._conn()).run(_acquire, self._prefix + name, owner, ttl)
@@ -50,11 +46,6 @@ class SQLiteLockStore:
         if locks:
             rows = [(self._prefix + name, owner) for name, owner in locks]
             await (await self._conn()).run(_release, rows)
-
-
-def _schema(conn: sqlite3.Connection) -> None:
-    with transaction(conn):
-        conn.execute(SCHEMA)
 
 
 def _holder(conn: sqlite3.Connection, name: str) -> str | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from aiotask._sqlite import placeholders, transaction
+from aiotask.backends._sqlite_store import SQLiteStore
 from aiotask.beat.store import StoredState
 
 if TYPE_CHECKING:
@@ -27,55 +28,43 @@ CREATE TABLE IF NOT EXISTS beat_skips (
 """
 
 
-class SQLiteScheduleStore:
+class SQLiteScheduleStore(SQLiteStore):
     """ScheduleStore on the result backend's SQLite connection (its own thread)."""
 
-    def __init__(self, db: Connection, app_name: str) -> None:
-        self._db = db
-        self._app = app_name
-        self._ready = False
+    SCHEMA = SCHEMA
 
-    async def _db_ready(self) -> Connection:
-        if not self._ready:
-            await self._db.run(_schema)
-            self._ready = True
-        return self._db
+    def __init__(self, db: Connection, app_name: str) -> None:
+        super().__init__(db)
+        self._app = app_name
 
     async def entries(self) -> dict[str, bytes]:
-        return await (await self._db_ready()).run(_entries, self._app)
+        return await (await self._conn()).run(_entries, self._app)
 
     async def put_entry(self, name: str, blob: bytes) -> None:
-        await (await self._db_ready()).run(_put_entry, self._app, name, blob)
+        await (await self._conn()).run(_put_entry, self._app, name, blob)
 
     async def remove_entry(self, name: str) -> bool:
-        return await (await self._db_ready()).run(_remove_entry, self._app, name)
+        return await (await self._conn()).run(_remove_entry, self._app, name)
 
     async def paused(self) -> set[str]:
-        return await (await self._db_ready()).run(_paused, self._app)
+        return await (await self._conn()).run(_paused, self._app)
 
     async def set_paused(self, name: str, paused: bool) -> None:
-        await (await self._db_ready()).run(_set_paused, self._app, name, paused)
+        await (await self._conn()).run(_set_paused, self._app, name, paused)
 
     async def states(self, names: Sequence[str]) -> dict[str, StoredState]:
-        return await (await self._db_ready()).run(_states, self._app, list(names))
+        return await (await self._conn()).run(_states, self._app, list(names))
 
     async def skip_counts(self, names: Sequence[str]) -> dict[str, dict[str, int]]:
-        return await (await self._db_ready()).run(_skip_counts, self._app, list(names))
+        return await (await self._conn()).run(_skip_counts, self._app, list(names))
 
     async def claim(self, claims: Sequence[Claim]) -> list[bool]:
-        return await (await self._db_ready()).run(_claim, self._app, list(claims))
+        return await (await self._conn()).run(_claim, self._app, list(claims))
 
     async def settle(
         self, confirms: Sequence[tuple[str, int, bytes]], skips: Sequence[tuple[str, str, int]]
     ) -> None:
-        await (await self._db_ready()).run(_settle, self._app, list(confirms), list(skips))
-
-
-def _schema(conn: sqlite3.Connection) -> None:
-    with transaction(conn):
-        for statement in SCHEMA.split(";"):
-            if statement.strip():
-                conn.execute(statement)
+        await (await self._conn()).run(_settle, self._app, list(confirms), list(skips))
 
 
 def _entries(conn: sqlite3.Connection, app: str) -> dict[str, bytes]:

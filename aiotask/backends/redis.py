@@ -20,12 +20,8 @@ from aiotask import _tls
 from aiotask._backoff import Backoff
 from aiotask._redis import cluster
 from aiotask._redis.client import SharedClient, map_errors
-from aiotask.backends._coord_redis import RedisCoordinationStore
-from aiotask.backends._history_redis import RedisHistoryStore
-from aiotask.backends._lock_redis import RedisLockStore
 from aiotask.backends._redis_groups import ADD_TO_GROUPS, GROUPS_SENT
 from aiotask.backends._redis_subscriber import Subscriber
-from aiotask.backends._schedule_redis import RedisScheduleStore
 from aiotask.backends.base import (
     EncodedResult,
     GroupProgress,
@@ -44,6 +40,10 @@ if TYPE_CHECKING:
     from redis.commands.core import AsyncScript
 
     from aiotask._redis.client import Client
+    from aiotask.backends._coord_redis import RedisCoordinationStore
+    from aiotask.backends._history_redis import RedisHistoryStore
+    from aiotask.backends._lock_redis import RedisLockStore
+    from aiotask.backends._schedule_redis import RedisScheduleStore
     from aiotask.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -418,16 +418,26 @@ class RedisBackend:
             rest: Any = await client.lpop(key, 1000)
         return [_bytes(first[1]), *(_bytes(r) for r in rest or [])]
 
+    # The history and schedule stores load when the dashboard or a beat asks for them, not with
+    # every worker (docs/benchmarks.md: the idle worker's memory)
     def history_store(self, app_name: str) -> RedisHistoryStore:
+        from aiotask.backends._history_redis import RedisHistoryStore
+
         return RedisHistoryStore(self._client, self._prefix, app_name)
 
     def schedule_store(self, app_name: str) -> RedisScheduleStore:
+        from aiotask.backends._schedule_redis import RedisScheduleStore
+
         return RedisScheduleStore(self._client, self._prefix, app_name)
 
     def lock_store(self) -> RedisLockStore:
+        from aiotask.backends._lock_redis import RedisLockStore
+
         return RedisLockStore(self._client, self._prefix)
 
     def coordination_store(self, app_name: str) -> RedisCoordinationStore:
+        from aiotask.backends._coord_redis import RedisCoordinationStore
+
         return RedisCoordinationStore(self._client, self._prefix, app_name)
 
 

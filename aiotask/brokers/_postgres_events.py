@@ -16,10 +16,12 @@ from typing import TYPE_CHECKING
 
 from aiotask import _postgres
 from aiotask._backoff import Backoff
+from aiotask.brokers._common import records, start_after
 from aiotask.brokers.base import END, EVENTS_CAP
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+    from contextlib import AbstractAsyncContextManager
 
     import asyncpg
 
@@ -70,11 +72,9 @@ class Events:
             if channel is not None:
                 await conn.execute("SELECT pg_notify($1, '')", channel)
 
-    @asynccontextmanager
-    async def follow(self) -> AsyncIterator[AsyncIterator[bytes]]:
+    def follow(self) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
         """Follow the table from its current end."""
-        async with self.follow_after(END) as feed:
-            yield (body async for _id, body in feed)
+        return records(self.follow_after(END))
 
     @asynccontextmanager
     async def follow_after(
@@ -91,7 +91,7 @@ class Events:
         oldest, newest = (int(bounds[0]), int(bounds[1])) if bounds else (0, 0)
         event = asyncio.Event()
         self._followers.add(event)
-        feed = self._feed(event, _start(cursor, oldest, newest))
+        feed = self._feed(event, start_after(cursor, oldest, newest, log))
         try:
             yield feed
         finally:
@@ -117,29 +117,6 @@ class Events:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(pause):
                     await event.wait()
-
-
-def _start(cursor: str | None, oldest: int, newest: int) -> int:
-    """The id to read after (see EventLog): the end, the cursor, or 0 for a foreign one."""
-    if cursor == END:
-        return newest
-    if cursor is None:
-        return 0
-    try:
-        last = int(cursor)
-    except ValueError:
-        last = -1
-    if last < 0 or last > newest:
-        log.warning("events: position %r is not in this stream; reading all it keeps", cursor)
-        return 0
-    if oldest > last + 1:  # (a rolled-back insert leaves a hole in the ids: "may")
-        log.warning(
-            "events: the stream was trimmed past position %s; resuming from the oldest entry "
-            "kept (%s): events in between may be lost",
-            last,
-            oldest,
-        )
-    return last
 
 
 async def _page(conn: asyncpg.Connection, *, s: str, after: int) -> list[asyncpg.Record]:

@@ -9,9 +9,11 @@ Each claim stays one statement (one round trip, SKIP LOCKED):
 - The plain claim (_postgres_sql) starts with `keyed`: has any row of these queues a key? One
   probe of the claim index per queue (`fair_key > ''`). If not, it claims by priority then
   age (`fair_key = ''` keeps the index order usable): no cursor, no lock, no skip scan. If so,
-  it claims nothing and returns one row of NULLs; the consumer then claims this queue set
-  with the fair statement below until that finds no keyed row (it then runs the plain pick,
-  its rows marked turn 0, and the consumer goes back to the plain claim).
+  it claims nothing and its look-ahead row (id NULL) says so in a 9th column, `keyed` (the
+  consumer ignores that row's look-ahead); the consumer then claims this queue set with the
+  fair statement below until that finds no keyed row (it then runs the plain pick, its rows
+  marked turn 0, and the consumer goes back to the plain claim). A fair claim returns no
+  look-ahead: an idle consumer asks `next_due` when to look again.
 - The fair statement reads the cursor row `FOR UPDATE`, so fair claims of every worker take
   turns one after another (each holds it for the rest of its statement). After the wait,
   READ COMMITTED hands back the cursor as the previous claimer left it, and rows that

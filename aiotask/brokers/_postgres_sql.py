@@ -10,12 +10,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, NamedTuple
 
+from aiotask._postgres import NO_SYNC
 from aiotask.brokers import _postgres_fair as fair
 from aiotask.brokers._common import DEAD_LETTER_CAP
 
 if TYPE_CHECKING:
-    import uuid
-
     import asyncpg
 
 
@@ -29,9 +28,15 @@ class Token(NamedTuple):
 #: (row id, message id, queue, priority, deliveries, body) of a claimed row.
 Row = tuple[int, str, str, int, int, bytes]
 #: Columns of a publish: (pkey, message id, queue, priority, eta, body, fair key) arrays.
-Rows = tuple[
-    "list[uuid.UUID]", list[str], list[str], list[int], list[float], list[bytes], list[str]
-]
+Rows = tuple[list[str], list[str], list[str], list[int], list[float], list[bytes], list[str]]
+
+
+class Ahead(NamedTuple):
+    """When to look again: the earliest due time (None: nothing due), and whether a ready
+    row was skipped because a transaction elsewhere holds its lock (then: poll)."""
+
+    due: float | None
+    skipped: bool
 
 
 class Claimed(NamedTuple):
@@ -42,26 +47,24 @@ class Claimed(NamedTuple):
     lost: list[tuple[str, int]]
 
 
-#: A FROM item that makes the statement's own (implicit) transaction commit without waiting
-#: for the WAL flush: for settles whose loss in a server crash only means a redelivery
-#: (at-least-once), never a lost message. Works through PgBouncer (no session state).
-NO_SYNC = "(SELECT set_config('synchronous_commit', 'off', true)) AS no_sync"
-
-
 class SQL:
     """The statements for one schema (formatted once)."""
 
     def __init__(self, s: str) -> None:
         # One statement (one round trip): insert, then NOTIFY each queue that got a row.
-        self.insert = (
+        # A first attempt's row keys are new, so it needs no ON CONFLICT (whose speculative
+        # insertion costs about a third of the statement's server time); a retry, whose first
+        # attempt may have committed before its reply was lost, skips the rows already there.
+        insert = (
             f"WITH ins AS (INSERT INTO {s}.messages "
             "(pkey, message_id, queue, priority, eta, body, fair_key) "
             "SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::smallint[], "
-            "$5::float8[], $6::bytea[], $8::text[]) ON CONFLICT (pkey) DO NOTHING "
-            "RETURNING queue) "
+            "$5::float8[], $6::bytea[], $8::text[]){} RETURNING queue) "
             "SELECT count(pg_notify($7, q)) FROM (SELECT DISTINCT queue AS q FROM ins) AS d "
             "WHERE $7 <> ''"
         )
+        self.insert = insert.format("")
+        self.insert_again = insert.format(" ON CONFLICT (pkey) DO NOTHING")
         self.take_over = f"DELETE FROM {s}.consumers WHERE expires_at <= $1 RETURNING owner"
         # Not a nack: the work may have run, so the delivery stays counted.
         self.lapse = (
@@ -85,8 +88,9 @@ class SQL:
         # bury_exhausted. The claim commits without waiting for the WAL flush (NO_SYNC): a
         # claim lost in a server crash only means the message is delivered again.
         # Fairness (brokers/_postgres_fair.py): this claim takes unkeyed rows only while the
-        # queues have no keyed row; else it returns one row of NULLs, and the consumer claims
-        # with claim_fair (round-robin across keys) until that finds no keyed row.
+        # queues have no keyed row; else it claims nothing and its look-ahead row says so
+        # (9th column, `keyed`), and the consumer claims with claim_fair (round-robin across
+        # keys) until that finds no keyed row.
         # Per queue (LATERAL), so each is an ordered range of the claim index that stops
         # after `limit` rows; `queue = ANY(...)` made the planner read and sort the backlog.
         pick = (
@@ -98,13 +102,23 @@ class SQL:
             "ORDER BY p.priority DESC, p.eta, p.id LIMIT $3"
         )
         lease = "lease_until = $4, eta = $4, lease_owner = $5, deliveries = m.deliveries + 1"
+        # A claim that got fewer than `limit` rows also returns the look-ahead (one more row,
+        # id NULL): what `next_due` would say right after it (its own leases' end counts as a
+        # due time too), so a consumer that drained its queues sleeps without two more round
+        # trips (an empty claim, then next_due). The look-ahead is not computed otherwise.
         self.claim = (
             f"WITH {fair.keyed(s)}, picked AS ({pick}), "
-            f"leased AS (UPDATE {s}.messages m SET {lease} FROM picked, {NO_SYNC} "
+            f"got AS (UPDATE {s}.messages m SET {lease} FROM picked, {NO_SYNC} "
             "WHERE m.id = picked.id "
             "RETURNING m.id, m.message_id, m.queue, m.priority, m.deliveries, m.body) "
-            "SELECT * FROM leased UNION ALL SELECT NULL, NULL, NULL, NULL, NULL, NULL "
-            "WHERE (SELECT yes FROM keyed)"
+            "SELECT id, message_id, queue, priority, deliveries, body, NULL::float8, NULL::bool, "
+            "NULL::bool FROM got UNION ALL SELECT NULL, NULL, NULL, NULL, NULL, NULL, "
+            f"least((SELECT min(eta) FROM {s}.messages WHERE queue = ANY($1::text[]) "
+            f"AND eta > $2), (SELECT min(expires_at) FROM {s}.consumers), "
+            "(SELECT $4 FROM got LIMIT 1)), "
+            f"EXISTS (SELECT 1 FROM {s}.messages WHERE queue = ANY($1::text[]) AND eta <= $2 "
+            "AND id NOT IN (SELECT id FROM picked)), (SELECT yes FROM keyed) "
+            "WHERE (SELECT count(*) FROM got) < $3"
         )
         self.claim_fair = fair.claim_sql(s, pick, lease, NO_SYNC)
         # When to look next: the earliest eta of these queues (delayed, leased) or the
@@ -148,8 +162,10 @@ class SQL:
             f"DELETE FROM {s}.dead_letters WHERE queue = $1 AND id <= (SELECT id FROM "
             f"{s}.dead_letters WHERE queue = $1 ORDER BY id DESC LIMIT 1 OFFSET {DEAD_LETTER_CAP})"
         )
+        # Not waiting for the WAL flush: a heartbeat lost in a server crash leaves the
+        # previous one, which lasts worker_lost_after, many heartbeat intervals.
         self.beat = (
-            f"INSERT INTO {s}.consumers (owner, expires_at) VALUES ($1, $2) "
+            f"INSERT INTO {s}.consumers (owner, expires_at) SELECT $1, $2 FROM {NO_SYNC} "
             "ON CONFLICT (owner) DO UPDATE SET expires_at = excluded.expires_at"
         )
         self.unbeat = f"DELETE FROM {s}.consumers WHERE owner = $1"
@@ -169,11 +185,13 @@ async def insert(
     sql: SQL,
     rows: Rows,
     channel: str,
+    *,
+    again: bool,
 ) -> None:
-    """Insert a batch (a retried batch is skipped by its pkeys) and wake the consumers
-    (`channel` "" : no NOTIFY). The NOTIFY is delivered at commit."""
+    """Insert a batch and wake the consumers (`channel` "" : no NOTIFY; it is delivered at
+    commit). `again`: a retry, which skips the rows a lost attempt committed (same pkeys)."""
     *columns, keys = rows
-    await conn.fetchval(sql.insert, *columns, channel, keys)
+    await conn.fetchval(sql.insert_again if again else sql.insert, *columns, channel, keys)
 
 
 async def claim(
@@ -187,23 +205,34 @@ async def claim(
     lease: float,
     max_deliveries: int,
     keyed: set[str],
-) -> list[Row]:
+) -> tuple[list[Row], Ahead | None]:
     """Lease up to `limit` ready rows, in the order they are to run: by priority then age,
     or round-robin across fairness keys while the queues have keyed rows. `keyed` holds the
-    queue sets this consumer last found keyed rows in (it claims those with claim_fair)."""
+    queue sets this consumer last found keyed rows in (it claims those with claim_fair).
+    Also the look-ahead, when a plain claim got fewer than `limit` rows (a fair claim has
+    none: the consumer asks next_due)."""
     args = (queues, wall, limit, wall + lease, owner, max_deliveries)
     name = fair.cursor_name(queues)
     if name not in keyed:
-        rows = await conn.fetch(sql.claim, *args)
-        if not rows or rows[0][0] is not None:
-            rows.sort(key=lambda r: (-r[3], r[0]))  # RETURNING has no order
-            return [(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows]
+        got: list[Row] = []
+        ahead = None
+        marked = False  # the look-ahead row says the queues have a keyed row
+        for r in await conn.fetch(sql.claim, *args):
+            if r[0] is not None:
+                got.append((r[0], r[1], r[2], r[3], r[4], r[5]))
+            elif r[8]:
+                marked = True
+            else:
+                ahead = Ahead(r[6], r[7])
+        if not marked:
+            got.sort(key=lambda r: (-r[3], r[0]))  # RETURNING has no order
+            return got, ahead
         keyed.add(name)  # a keyed row: claim fairly from now on
     rows = await conn.fetch(sql.claim_fair, *args, name)
     if rows and rows[0][6] == 0:
         keyed.discard(name)  # no keyed row any more: the plain claim ran (turn 0)
     rows.sort(key=lambda r: (r[6], -r[3], r[0]))
-    return [(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows]
+    return [(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows], None
 
 
 async def maintain(

@@ -23,7 +23,7 @@ from aiotask.brokers._rabbitmq_publish import map_errors
 from aiotask.brokers.base import DeadLetter, QueueStats
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Sequence
+    from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
     from contextlib import AbstractAsyncContextManager
 
     from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
@@ -42,8 +42,7 @@ HOLD_IDLE = 2.0
 ADMIN_TIMEOUT = 10.0
 
 
-@asynccontextmanager
-async def channel(pub: Publisher, url: str) -> AsyncIterator[AbstractChannel]:
+async def open_plain(pub: Publisher, url: str) -> AbstractChannel:
     """A plain (non-robust) channel on the publish connection: a 404 closes it, and nothing
     should reopen it."""
     await pub.open()
@@ -52,6 +51,13 @@ async def channel(pub: Publisher, url: str) -> AsyncIterator[AbstractChannel]:
     admin = aio_pika.Channel(conn, publisher_confirms=False)
     with map_errors(url, "open admin channel"):
         await admin.initialize()
+    return admin
+
+
+@asynccontextmanager
+async def channel(pub: Publisher, url: str) -> AsyncIterator[AbstractChannel]:
+    """A throwaway admin channel (`open_plain`), closed after use."""
+    admin = await open_plain(pub, url)
     try:
         async with asyncio.timeout(ADMIN_TIMEOUT):
             yield admin
@@ -224,3 +230,38 @@ async def take_dead(channel: AbstractChannel, name: str, dead: Sequence[DeadLett
     await held.ack(chosen)
     await held.release(channel)
     return len(chosen)
+
+
+class Prober:
+    """Passive declares on one long-lived admin channel (a worker's checks of parked key
+    queues): a probe costs one round trip, not a channel open and close. A 404 closes the
+    channel, so the next probe opens another; probes take turns (one RPC at a time)."""
+
+    def __init__(self, open_channel: Callable[[], Awaitable[AbstractChannel]]) -> None:
+        self._open = open_channel
+        self._channel: AbstractChannel | None = None
+        self._lock = asyncio.Lock()
+        self.opened = 0  # channels opened so far (tests)
+
+    async def __call__(self, name: str) -> tuple[int, int] | None:
+        """(ready messages, consumers) of a queue, or None when it does not exist."""
+        async with self._lock:
+            channel = self._channel
+            if channel is None or channel.is_closed:
+                self._channel = channel = await self._open()
+                self.opened += 1
+            try:
+                async with asyncio.timeout(ADMIN_TIMEOUT):
+                    result = (await channel.declare_queue(name, passive=True)).declaration_result
+            except ChannelNotFoundEntity:
+                self._channel = None  # the server closed it
+                return None
+            except BaseException:
+                await self.close()  # a timeout or error leaves it in doubt
+                raise
+            return int(result.message_count or 0), int(result.consumer_count or 0)
+
+    async def close(self) -> None:
+        channel, self._channel = self._channel, None
+        if channel is not None and not channel.is_closed:
+            await channel.close()

@@ -44,8 +44,19 @@ log = logging.getLogger("aiotask.brokers.rabbitmq")
 class Consumer:
     """The consume connection and channel, its server-side consumers and local buffers."""
 
-    def __init__(self, url: str, settings: Settings, app_name: str, declare: Declare) -> None:
+    def __init__(
+        self,
+        url: str,
+        settings: Settings,
+        app_name: str,
+        declare: Declare,
+        *,
+        shared_prefetch: bool = False,
+    ) -> None:
         self._url = url
+        #: also a channel-wide (global) basic.qos: the prefetch is shared by every consumer of
+        #: the channel, key queues included (classic queues only: quorum queues refuse it)
+        self._shared_prefetch = shared_prefetch
         self._settings = settings
         self._app_name = app_name
         self._declare = declare
@@ -53,10 +64,21 @@ class Consumer:
         self._channel: AbstractRobustChannel | None = None
         #: queue -> (the aiormq channel consumed on, consumer tag)
         self.consumers: dict[str, tuple[AbstractChannel, str]] = {}
+        #: fairness key queue -> (channel, consumer tag), delivering into its queue's buffer
+        self.keyed: dict[str, tuple[AbstractChannel, str]] = {}
+        #: key queue -> deliveries so far (_rabbitmq_fair tells idle key queues by it)
+        self.delivered: dict[str, int] = {}
+        #: called with a key queue whose consumer the server cancelled (the queue was deleted)
+        self.on_key_cancelled: Callable[[str], None] | None = None
         self._buffers: dict[str, list[Held]] = {}
         #: the unsettled tags of the current underlying channel (multiple=True acks)
         self._unsettled: dict[AbstractChannel, Unsettled] = {}
         self._seq = itertools.count()
+        #: the buffer is fair across key queues too (a prefetch filled by one key before the
+        #: next key's consumer starts must not run first): each source (key queue, or the
+        #: queue itself) numbers its deliveries in turns from the turn being served
+        self._turns: dict[str, int] = {}
+        self._taken: dict[str, int] = {}  # queue -> the turn of the last delivery taken
         self._wake: asyncio.Event | None = None
         self._lock = asyncio.Lock()
         #: monotonic time the connection was lost; None while it is up
@@ -72,6 +94,10 @@ class Consumer:
             with map_errors(self._url, "open consume channel"):
                 channel = await conn.channel(publisher_confirms=False)
                 await channel.set_qos(prefetch_count=self._settings.effective_prefetch)
+                if self._shared_prefetch:
+                    await channel.set_qos(
+                        prefetch_count=self._settings.effective_prefetch, global_=True
+                    )
             channel.reopen_callbacks.add(self._on_reopened)
             self.conn, self._channel = conn, channel
         return self._channel
@@ -96,6 +122,7 @@ class Consumer:
     def _on_reopened(self, _sender: object) -> None:
         # A new underlying channel: consumers of the old one are gone, consume again.
         self.consumers.clear()
+        self.keyed.clear()
         self.event().set()
 
     def _on_cancelled(self, frame: Basic.Cancel) -> None:
@@ -103,6 +130,11 @@ class Consumer:
             if tag == frame.consumer_tag:
                 log.warning("RabbitMQ cancelled the consumer of %s; consuming it again", queue)
                 del self.consumers[queue]
+        for name, (_, tag) in list(self.keyed.items()):
+            if tag == frame.consumer_tag:  # a user deleted the key queue
+                del self.keyed[name]
+                if self.on_key_cancelled is not None:
+                    self.on_key_cancelled(name)
         self.event().set()
 
     async def start(self, queues: Sequence[str]) -> None:
@@ -118,22 +150,66 @@ class Consumer:
                     # a robust channel waits for a reconnect: bound it like receive() does
                     async with asyncio.timeout(self._settings.broker_unreachable_timeout):
                         declared = await self._declare(channel, queue)
-                        raw = await channel.get_underlay_channel()
-                        if raw not in self._unsettled:
-                            self._unsettled = {raw: Unsettled()}  # old channels' tags are void
-                            raw.on_consumer_cancel_callbacks.add(self._on_cancelled)
-                        on_message = self._callback(queue, self._unsettled[raw])
-                        ok = await raw.basic_consume(declared.name, on_message)  # type: ignore[arg-type]
-                self.consumers[queue] = (raw, ok.consumer_tag or "")
+                        raw, ok = await self._consume(channel, queue, declared.name, None)
+                self.consumers[queue] = (raw, ok)
 
-    def _callback(self, queue: str, unsettled: Unsettled) -> Callable[[DeliveredMessage], None]:
-        buffers, seq, event = self._buffers, self._seq, self.event()
+    async def _consume(
+        self, channel: AbstractRobustChannel, queue: str, name: str, source: str | None
+    ) -> tuple[AbstractChannel, str]:
+        raw = await channel.get_underlay_channel()
+        if raw not in self._unsettled:
+            self._unsettled = {raw: Unsettled()}  # old channels' tags are void
+            raw.on_consumer_cancel_callbacks.add(self._on_cancelled)
+        on_message = self._callback(queue, self._unsettled[raw], source)
+        ok = await raw.basic_consume(name, on_message)  # type: ignore[arg-type]
+        return raw, ok.consumer_tag or ""
+
+    async def consume_key(
+        self, queue: str, name: str, declare: Callable[[AbstractRobustChannel], Awaitable[object]]
+    ) -> None:
+        """Consume key queue `name` into `queue`'s buffer, on the one channel (one prefetch).
+
+        `declare` declares it first (never passive: a 404 would close the shared channel).
+        """
+        async with self._lock:
+            if name in self.keyed:
+                return
+            channel = await self._open()
+            with map_errors(self._url, f"consume {name!r}"):
+                async with asyncio.timeout(self._settings.broker_unreachable_timeout):
+                    await declare(channel)
+                    self.keyed[name] = await self._consume(channel, queue, name, name)
+
+    async def cancel_key(self, name: str) -> bool:
+        """Stop consuming key queue `name`; False when its channel is gone (nothing to do)."""
+        consumer = self.keyed.pop(name, None)
+        if consumer is None or consumer[0].is_closed:
+            return False
+        await consumer[0].basic_cancel(consumer[1])
+        return True
+
+    def forget_key(self, name: str) -> None:
+        self.delivered.pop(name, None)
+        self._turns.pop(name, None)
+
+    def held(self, name: str) -> int:
+        """Unsettled deliveries of key queue `name` on the current channel (buffered or running)."""
+        return sum(u.held.get(name, 0) for u in self._unsettled.values())
+
+    def _callback(
+        self, queue: str, unsettled: Unsettled, source: str | None = None
+    ) -> Callable[[DeliveredMessage], None]:
+        buffers, seq, event, delivered = self._buffers, self._seq, self.event(), self.delivered
+        turns, taken, me = self._turns, self._taken, source or queue
 
         def on_message(message: DeliveredMessage) -> None:  # no await: aiormq runs it at once
-            msg = Incoming(message, unsettled)
-            heapq.heappush(
-                buffers.setdefault(queue, []), (-(msg.priority or 0), next(seq), queue, msg)
-            )
+            msg = Incoming(message, unsettled, source)
+            if source is not None:
+                delivered[source] = delivered.get(source, 0) + 1
+            turn = max(turns.get(me, 0), taken.get(queue, 0))
+            turns[me] = turn + 1
+            order = (turn << 40) | next(seq)
+            heapq.heappush(buffers.setdefault(queue, []), (-(msg.priority or 0), order, queue, msg))
             event.set()
 
         return on_message
@@ -162,7 +238,8 @@ class Consumer:
             pass
 
     def take(self, queues: Sequence[str], limit: int) -> list[Held]:
-        """Up to `limit` live deliveries, highest priority first, queue by queue."""
+        """Up to `limit` live deliveries, highest priority first, queue by queue; within a
+        priority, round-robin across the queue's key queues (in turns, then arrival)."""
         out: list[Held] = []
         for queue in queues:
             heap = self._buffers.get(queue)
@@ -171,6 +248,7 @@ class Consumer:
                 if stale(item[3]):
                     log.debug("dropping a delivery from a closed channel; the server redelivers it")
                     continue
+                self._taken[queue] = item[1] >> 40
                 out.append(item)
         return out
 
@@ -194,10 +272,11 @@ class Consumer:
 
     async def cancel_all(self) -> list[Held]:
         """Cancel every consumer first, so nothing new arrives; every buffered live delivery."""
-        for raw, tag in list(self.consumers.values()):
+        for raw, tag in [*self.consumers.values(), *self.keyed.values()]:
             if not raw.is_closed:
                 await raw.basic_cancel(tag)
         self.consumers.clear()
+        self.keyed.clear()
         held = [item for heap in self._buffers.values() for item in heap if not stale(item[3])]
         self._buffers.clear()
         return held
@@ -208,6 +287,7 @@ class Consumer:
             await self.conn.close()
         self.conn = self._channel = None
         self.consumers.clear()
+        self.keyed.clear()
         self._buffers.clear()
         self._unsettled.clear()
         self.down_since = None

@@ -36,20 +36,34 @@ Held: TypeAlias = "tuple[int, int, str, Incoming]"
 
 
 class Unsettled:
-    """The delivery tags of one channel that are neither acked, nacked nor rejected yet."""
+    """The delivery tags of one channel that are neither acked, nacked nor rejected yet.
 
-    __slots__ = ("_heap", "_tags")
+    Deliveries from fairness key queues also count per source queue (`held`): a key queue
+    is only deleted when this worker holds nothing of it (_rabbitmq_fair).
+    """
+
+    __slots__ = ("_heap", "_source", "_tags", "held")
 
     def __init__(self) -> None:
         self._tags: set[int] = set()
         self._heap: list[int] = []  # may hold settled tags: skipped when they reach the top
+        self._source: dict[int, str] = {}  # tag -> key queue, for keyed deliveries only
+        #: key queue -> its unsettled deliveries on this channel
+        self.held: dict[str, int] = {}
 
-    def add(self, tag: int) -> None:
+    def add(self, tag: int, source: str | None = None) -> None:
         self._tags.add(tag)
         heapq.heappush(self._heap, tag)
+        if source is not None:
+            self._source[tag] = source
+            self.held[source] = self.held.get(source, 0) + 1
 
     def discard(self, tag: int) -> None:
         self._tags.discard(tag)
+        if self._source:
+            source = self._source.pop(tag, None)
+            if source is not None:
+                self.held[source] -= 1
 
     def covered(self, tags: set[int]) -> int | None:
         """The highest tag T such that every unsettled tag <= T is in `tags`, or None.
@@ -65,7 +79,7 @@ class Unsettled:
                 heapq.heappop(heap)
             elif tag in tags:
                 heapq.heappop(heap)
-                unsettled.discard(tag)
+                self.discard(tag)
                 top = tag
             else:
                 break
@@ -85,10 +99,13 @@ class Incoming:
         "message_id",
         "priority",
         "redelivered",
+        "source",
         "unsettled",
     )
 
-    def __init__(self, msg: DeliveredMessage, unsettled: Unsettled) -> None:
+    def __init__(
+        self, msg: DeliveredMessage, unsettled: Unsettled, source: str | None = None
+    ) -> None:
         props = msg.header.properties
         self.body: bytes = msg.body
         self.channel: AbstractChannel = msg.channel
@@ -100,7 +117,9 @@ class Incoming:
         self.content_type: str | None = props.content_type
         self.content_encoding: str | None = props.content_encoding
         self.unsettled = unsettled
-        unsettled.add(self.delivery_tag)
+        #: the fairness key queue it came from (None: the work queue)
+        self.source = source
+        unsettled.add(self.delivery_tag, source)
 
     async def ack(self) -> None:
         self.unsettled.discard(self.delivery_tag)

@@ -1,6 +1,6 @@
 """The monitoring event stream of brokers/rabbitmq.py: a topic exchange, nothing stored.
 
-Each record (aiotask.events packs one flush of an emitter, up to 1000 events, per record) is one
+Each record (aiotask.events packs one flush of an emitter, up to 1500 events, per record) is one
 transient message to the topic exchange `{prefix}.events`, routing key `events`: one publish
 and one confirm per flush, not per event (a worker emits about three events per task). It is
 published without `mandatory`: with nobody following, the server drops it, which is the

@@ -1,7 +1,8 @@
-"""Administration of brokers/redis_streams.py: counts, queue discovery, dead-letter entries.
+"""Administration of brokers/redis_streams.py: purge, counts, queue discovery, dead letters.
 
-Pure helpers, so the broker class keeps thin methods. Dead-letter entries carry `message_id`,
-`body`, `reason`, `queue` and `time` fields (see redis_streams._bury and the Lua scripts).
+Functions over the broker (as in _redis_housekeeping), so the broker class keeps thin methods.
+Dead-letter entries carry `message_id`, `body`, `reason`, `queue` and `time` fields (see
+redis_streams._bury and the Lua scripts).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import asyncio
 import re
 from typing import TYPE_CHECKING, Any
 
+from aiotask.brokers import _redis_fair as fair
 from aiotask.brokers import _redis_lua as lua
 from aiotask.brokers._common import text
 from aiotask.brokers.base import DeadLetter, QueueStats
@@ -18,14 +20,49 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from aiotask._redis.client import Client
-
-    Command = tuple[Any, ...]
+    from aiotask.brokers.redis_streams import Command, RedisStreamsBroker, _Keys
 
 #: Undelivered entries per band that QUEUE_STATS looks at to leave wake-ups out of `ready`.
 STATS_SCAN_CAP = 1000
 #: Key suffixes that make a queue known (not `consumers` or publish markers).
 _QUEUE_KEYS = frozenset({"s0", "s1", "s2", "delayed", "dead", "fkeys"})
 _GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
+
+
+async def purge(b: RedisStreamsBroker, k: _Keys) -> int:
+    """Drop every message of the queue, delayed and keyed ones included; returns how many."""
+    cmds: list[Command] = [("XLEN", s) for s in k.streams]
+    cmds += [("ZCARD", k.delayed)]
+    cmds += [("XTRIM", s, "MAXLEN", 0) for s in k.streams]
+    cmds += [("DEL", k.delayed), fair.purge_command(k)]
+    results = await b._retrying(lambda: b._pipeline(cmds, transaction=True))
+    return sum(int(r) for r in results[:4]) + int(results[-1])
+
+
+async def dead_letters(b: RedisStreamsBroker, k: _Keys, limit: int) -> list[DeadLetter]:
+    cmd = ("XRANGE", k.dead, "-", "+", "COUNT", limit)
+    [entries] = await b._retrying(lambda: b._run([cmd]))
+    return [dead_letter(k.queue, entry_id, fields) for entry_id, fields in entries]
+
+
+async def delete_dead_letters(b: RedisStreamsBroker, k: _Keys, dead: Sequence[DeadLetter]) -> int:
+    """XDEL these entries of the dead-letter stream (idempotent: a retry deletes nothing
+    twice); returns how many were still there."""
+    ids = [d.token for d in dead if isinstance(d.token, bytes)]
+    if not ids:
+        return 0
+    cmd = ("XDEL", k.dead, *ids)
+    [count] = await b._retrying(lambda: b._run([cmd]))
+    return int(count)
+
+
+async def queue_stats(b: RedisStreamsBroker, keys: list[_Keys]) -> list[QueueStats]:
+    """One script per queue (and per keyed queue), one round trip."""
+    cmds = [stats_command(k.streams, k.delayed, k.dead, b._group) for k in keys]
+    cmds += fair.stats_commands(keys, b._group)
+    replies = await b._retrying(lambda: b._run(cmds)) if cmds else []
+    own, keyed = replies[: len(keys)], replies[len(keys) :]
+    return [fair.with_stats(stats(k.queue, r), f) for k, r, f in zip(keys, own, keyed, strict=True)]
 
 
 def stats_command(streams: Sequence[str], delayed: str, dead: str, group: str) -> Command:

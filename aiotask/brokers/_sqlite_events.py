@@ -11,7 +11,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from aiotask._sqlite import transaction
-from aiotask.brokers.base import END
+from aiotask.brokers._common import start_after
 
 if TYPE_CHECKING:
     import sqlite3
@@ -34,25 +34,7 @@ def start(conn: sqlite3.Connection, cursor: str | None) -> int:
     oldest, newest = conn.execute(
         "SELECT coalesce(min(id), 0), coalesce(max(id), 0) FROM aiotask_events"
     ).fetchone()
-    if cursor == END:
-        return int(newest)
-    if cursor is None:
-        return 0
-    try:
-        last = int(cursor)
-    except ValueError:
-        last = -1
-    if last < 0 or last > newest:
-        log.warning("events: position %r is not in this stream; reading all it keeps", cursor)
-        return 0
-    if oldest > last + 1:
-        log.warning(
-            "events: the stream was trimmed past position %s; resuming from the oldest entry "
-            "kept (%s): the events in between are lost",
-            last,
-            oldest,
-        )
-    return last
+    return start_after(cursor, int(oldest), int(newest), log)
 
 
 def after(conn: sqlite3.Connection, last: int, limit: int) -> list[tuple[int, bytes]]:

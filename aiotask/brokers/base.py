@@ -162,7 +162,7 @@ class Broker(Protocol):
 
 
 #: Records a broker's capped event stream keeps (approximately, on Redis); older ones are
-#: dropped. A record is what aiotask.events packs per flush: up to 1000 events.
+#: dropped. A record is what aiotask.events packs per flush: up to 1500 events.
 EVENTS_CAP = 1000
 
 

@@ -6,7 +6,8 @@ waits through a reconnect, never re-sends a possibly stored message), the other 
 priority buffer that `receive` drains; the consume connection opens on the first `receive`, so
 a producer-only App holds one connection. This module decides what each delivery becomes
 (triage) and settles it. Topology and counting rules live in `_rabbitmq_topology`, admin
-operations in `_rabbitmq_admin`; the operator's view is docs/rabbitmq.md.
+operations in `_rabbitmq_admin`, fairness across keys (a queue per key) in `_rabbitmq_fair`;
+the operator's view is docs/rabbitmq.md.
 
 AMQP has no leases (capabilities.leases is False): an unacked message goes back to its queue
 when the consumer's channel closes, and `extend` does nothing. Classic queues only flag a
@@ -18,6 +19,7 @@ A copy that cannot be published falls back to settling the original on its own c
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from contextlib import asynccontextmanager
@@ -39,6 +41,15 @@ from aiotask.brokers import _rabbitmq_topology as topo
 from aiotask.brokers._common import exhausted, exhausted_reason
 from aiotask.brokers._rabbitmq_consume import Consumer
 from aiotask.brokers._rabbitmq_delivery import Held, Incoming, ack_all, held, settle, stale
+from aiotask.brokers._rabbitmq_fair import (
+    HEADER_FAIR_KEY,
+    FairConsumer,
+    FairPublisher,
+    fair_key_of,
+    key_queue,
+    keys_stream,
+    read_keys,
+)
 from aiotask.brokers._rabbitmq_publish import Outbound, Publisher, copy_of, map_errors, message
 from aiotask.brokers.base import BrokerCapabilities, DeadLetter, Delivery, Outgoing, QueueStats
 from aiotask.exceptions import AiotaskError
@@ -79,18 +90,39 @@ class RabbitMQBroker:
             native_delay=True,
             push=True,
             leases=False,
+            fairness=True,
         )
         self._url = url
         self._settings = settings
         self._app_name = app_name
         self._names = topo.Names(settings.key_prefix)
         self._pub = Publisher(url, settings, app_name)
-        self._con = Consumer(url, settings, app_name, self._declare_on)
+        self._con = Consumer(
+            url, settings, app_name, self._declare_on, shared_prefetch=not self._types.any_quorum
+        )
         self._declared: set[str] = set()
         self._settled: dict[str, queues.Declared] = {}
         self._delays: dict[str, dict[str, float]] = {}  # queue -> delay queue -> declared at
         self._events_exchange: tuple[AbstractRobustChannel, AbstractExchange] | None = None
         self._admin = partial(admin.channel, self._pub, url)
+        # fairness across keys: a queue per key (_rabbitmq_fair)
+        self._fpub = FairPublisher(self._pub, self._names, self._work_args)
+        self._fair = FairConsumer(
+            self._con,
+            self._fpub,
+            admin.Prober(partial(admin.open_plain, self._pub, url)),
+            self._work_args,
+        )
+
+    async def _work_args(self, queue: str) -> dict[str, object]:
+        """The work queue's settled arguments, which its key queues are declared with too."""
+        await self._declare(queue)
+        return self._settled[queue].work
+
+    def _home(self, queue: str, msg: Incoming) -> str:
+        """Where a copy of a ready message goes: its key's queue, else the work queue."""
+        key = fair_key_of(msg.headers)
+        return self._fpub.home(queue, key) if key else self._names.work(queue)
 
     # -- connections -----------------------------------------------------------------------
 
@@ -105,14 +137,17 @@ class RabbitMQBroker:
             try:
                 async with asyncio.timeout(_CLOSE_HANDBACK_TIMEOUT):
                     await self._hand_back(await self._con.cancel_all())
+                    await self._fair.stop()
             except (AiotaskError, AMQPError, OSError, TimeoutError) as exc:
                 log.debug(
                     "hand-back on close failed (%s); the server requeues them", redact(repr(exc))
                 )
+        await self._fair.stop()
         await self._con.close()
         await self._pub.close()
         self._declared.clear()
         self._delays.clear()
+        self._fpub.forget()
 
     async def _hand_back(self, held: Sequence[Held]) -> None:
         # The copies keep their count, so a warm shutdown never charges a delivery to a
@@ -127,11 +162,12 @@ class RabbitMQBroker:
 
     def _copy_back(self, item: Held) -> _Copy:
         prior, _persist = topo.prior_deliveries(item[3].headers, bool(item[3].redelivered))
-        return (self._names.work(item[2]), item[3], {topo.HEADER_DELIVERIES: prior})
+        return (self._home(item[2], item[3]), item[3], {topo.HEADER_DELIVERIES: prior})
 
     async def stop_consuming(self, queue: str) -> None:
         """Stop consuming one queue (cancel-consumer): cancel, then hand its buffer back."""
         with map_errors(self._url, f"cancel the consumer of {queue!r}"):
+            await self._fair.stop(queue)
             held = await self._con.cancel(queue)
             await self._republish_then_ack([self._copy_back(item) for item in held])
 
@@ -149,23 +185,34 @@ class RabbitMQBroker:
             return
         wall = time.time()
         items: list[tuple[str, Outbound]] = []
+        homes: list[tuple[str, str] | None] = []  # keyed: (queue, key), sent again if deleted
         unconfirmed: list[tuple[str, Outbound]] = []
         for out in batch:
             await self._declare(out.queue)
             headers: dict[str, object] = {}
             routing = self._names.work(out.queue)
+            home = None
+            if out.fair_key:  # its key's queue; a delayed one moves there when due
+                headers[HEADER_FAIR_KEY] = out.fair_key
             ms = topo.delay_bucket_ms(out.eta - wall) if out.eta is not None else 0
             if ms and out.eta is not None:
                 routing = await self._delay_queue(out.queue, ms)
                 headers[topo.HEADER_ETA] = int(out.eta * 1000)
+            elif out.fair_key:
+                routing = await self._fpub.ensure(out.queue, out.fair_key)
+                home = (out.queue, out.fair_key)
             msg = message(out.body, out.message_id, out.priority, headers)
-            (items if out.confirm else unconfirmed).append((routing, msg))
+            if out.confirm:
+                items.append((routing, msg))
+                homes.append(home)
+            else:
+                unconfirmed.append((routing, msg))
         if unconfirmed:
             await self._pub.ready(self._pub.backoff())
             await self._pub.send_unconfirmed(unconfirmed)
         if not items:
             return
-        results = await self._pub.send(items)
+        results = await self._fpub.send(items, homes)
         error = self._pub.failure(items, results)
         if error is not None:
             self._forget_if_unroutable(results)
@@ -220,6 +267,7 @@ class RabbitMQBroker:
         wake = self._con.event()
         while True:
             await self._con.start(queues)  # again after a reopened channel forgot its consumers
+            await self._fair.start(queues)  # key queues learnt since (fairness)
             wake.clear()
             raw = self._con.take(queues, limit)
             if raw:
@@ -238,6 +286,8 @@ class RabbitMQBroker:
             msg = item[3]
             prior, persist = topo.prior_deliveries(msg.headers, msg.redelivered)
             if persist or exhausted(prior, self._settings.max_deliveries):
+                return None
+            if msg.source is None and HEADER_FAIR_KEY in msg.headers:  # to its key queue
                 return None
             eta = topo.header_int(msg.headers, topo.HEADER_ETA)
             if eta is not None and (eta - now_ms) / 1000 > topo.ETA_TOLERANCE_S:
@@ -292,7 +342,7 @@ class RabbitMQBroker:
     ) -> Delivery | None:
         key, msg, headers = copy
         queue = item[2]
-        if key == self._names.work(queue):  # only the new count was not written: run it anyway
+        if key == self._home(queue, msg):  # only the new count was not written: run it anyway
             prior = topo.header_int(headers, topo.HEADER_DELIVERIES) or 0
             log.warning(
                 "could not record delivery %d of message %s from %s (%s); running it anyway",
@@ -349,7 +399,9 @@ class RabbitMQBroker:
                 prior + 1,
                 self._settings.max_deliveries,
             )
-            return (self._names.work(queue), msg, {topo.HEADER_DELIVERIES: prior})
+            return (self._home(queue, msg), msg, {topo.HEADER_DELIVERIES: prior})
+        if msg.source is None and HEADER_FAIR_KEY in msg.headers:  # a due delayed keyed one
+            return (self._home(queue, msg), msg, {topo.HEADER_DELIVERIES: prior})
         return Delivery(msg.body, queue, msg.message_id or "", prior + 1, item)
 
     async def _republish_then_ack(self, copies: Sequence[_Copy]) -> list[_Failed]:
@@ -361,7 +413,14 @@ class RabbitMQBroker:
         live = [copy for copy in copies if not stale(copy[1])]
         if not live:
             return []
-        results = await self._pub.send([(key, copy_of(msg, hdrs)) for key, msg, hdrs in live])
+        homes = [self._fpub.home_of(key) for key, _, _ in live]
+        for home in {h for h in homes if h is not None}:
+            try:
+                await self._fpub.ensure(*home)
+            except AiotaskError as exc:  # its copies fail as unroutable: the fallback applies
+                log.warning("cannot declare the key queue of %s: %s", home, redact(str(exc)))
+        items = [(key, copy_of(msg, hdrs)) for key, msg, hdrs in live]
+        results = await self._fpub.send(items, homes)
         self._forget_if_unroutable(results)
         failed: list[_Failed] = []
         stored: list[Incoming] = []
@@ -412,7 +471,7 @@ class RabbitMQBroker:
             queues[id(msg)] = queue
             if requeue:
                 count = d.deliveries if counted else d.deliveries - 1
-                copies.append((self._names.work(queue), msg, {topo.HEADER_DELIVERIES: count}))
+                copies.append((self._home(queue, msg), msg, {topo.HEADER_DELIVERIES: count}))
             else:
                 why = reason or "rejected"
                 log.warning("dead-lettering message %s from %s: %s", d.message_id, queue, why)
@@ -447,6 +506,8 @@ class RabbitMQBroker:
             await settle(msg.ack)
         with map_errors(self._url, f"purge {queue!r}"):
             count += await admin.purge_named(self._admin, self._names.work(queue))
+            for name in await self._key_queues(queue):
+                count += await admin.purge_named(self._admin, name)
             for name in list(self._delays.get(queue, {})):
                 count += await admin.purge_named(self._admin, name)
         return count
@@ -469,7 +530,20 @@ class RabbitMQBroker:
     async def queue_stats(self, queues: Sequence[str]) -> list[QueueStats]:
         """Ready and dead counts (passive declares); delayed and in flight are unknown."""
         with map_errors(self._url, "count queues"):
-            return [await admin.stats(self._admin, self._names, queue) for queue in queues]
+            out = []
+            for queue in queues:
+                stats = await admin.stats(self._admin, self._names, queue)
+                keyed = 0
+                for name in await self._key_queues(queue):  # fairness: its key queues
+                    keyed += await admin.ready_count(self._admin, name)
+                out.append(dataclasses.replace(stats, ready=stats.ready + keyed))
+            return out
+
+    async def _key_queues(self, queue: str) -> list[str]:
+        """The key queues of `queue`: those this process knows, and every one announced."""
+        names = {name for name, owner in self._fair.keys.items() if owner == queue}
+        keys = await read_keys(self._admin, self._fpub, queue)
+        return sorted(names | {key_queue(self._names, queue, key) for key in keys})
 
     async def known_queues(self) -> list[str]:
         """Only the queues this process used: AMQP cannot list queues (the management API can)."""
@@ -477,10 +551,14 @@ class RabbitMQBroker:
 
     async def delete_queue(self, queue: str) -> None:
         """Delete a queue with its dead and known delay queues (tests, cleanup); idempotent."""
+        await self._fair.stop(queue)
         await self._con.cancel(queue)  # buffered deliveries go back when their channel closes
+        with map_errors(self._url, f"delete {queue!r}"):
+            names = [*await self._key_queues(queue), keys_stream(self._names, queue)]
+        self._fpub.forget(queue)
         self._declared.discard(queue)
         self._settled.pop(queue, None)
-        names = [self._names.work(queue), self._names.dead(queue)]
+        names += [self._names.work(queue), self._names.dead(queue)]
         names += list(self._delays.pop(queue, {}))
         with map_errors(self._url, f"delete {queue!r}"):
             async with self._admin() as channel:

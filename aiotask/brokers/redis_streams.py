@@ -17,7 +17,6 @@ import math
 import os
 import secrets
 import socket
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
@@ -42,7 +41,7 @@ from aiotask.brokers import _redis_fair as fair
 from aiotask.brokers import _redis_fair_lua as fair_lua
 from aiotask.brokers import _redis_housekeeping as housekeeping
 from aiotask.brokers import _redis_lua as lua
-from aiotask.brokers._common import DEAD_LETTER_CAP, exhausted, exhausted_reason, text
+from aiotask.brokers._common import DEAD_LETTER_CAP, exhausted, exhausted_reason, records, text
 from aiotask.brokers.base import (
     END,
     EVENTS_CAP,
@@ -56,6 +55,7 @@ from aiotask.exceptions import BrokerConnectionError
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+    from contextlib import AbstractAsyncContextManager
 
     from redis.asyncio import Redis
     from redis.asyncio.connection import AbstractConnection
@@ -549,72 +549,43 @@ class RedisStreamsBroker:
 
     async def purge(self, queue: str) -> int:
         """Drop every message of the queue, delayed ones included; returns how many."""
-        k = self._keys(queue)
-        cmds: list[Command] = [("XLEN", s) for s in k.streams]
-        cmds += [("ZCARD", k.delayed)]
-        cmds += [("XTRIM", s, "MAXLEN", 0) for s in k.streams]
-        cmds += [("DEL", k.delayed), fair.purge_command(k)]
-        results = await self._retrying(lambda: self._pipeline(cmds, transaction=True))
-        return sum(int(r) for r in results[:4]) + int(results[-1])
+        return await admin.purge(self, self._keys(queue))
 
     async def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
-        cmd = ("XRANGE", self._keys(queue).dead, "-", "+", "COUNT", limit)
-        [entries] = await self._retrying(lambda: self._run([cmd]))
-        return [admin.dead_letter(queue, entry_id, fields) for entry_id, fields in entries]
+        return await admin.dead_letters(self, self._keys(queue), limit)
 
     async def delete_dead_letters(self, queue: str, dead: Sequence[DeadLetter]) -> int:
-        """XDEL these entries of the dead-letter stream (idempotent: a retry deletes nothing
-        twice); returns how many were still there."""
-        ids = [d.token for d in dead if isinstance(d.token, bytes)]
-        if not ids:
-            return 0
-        cmd = ("XDEL", self._keys(queue).dead, *ids)
-        [count] = await self._retrying(lambda: self._run([cmd]))
-        return int(count)
+        """XDEL these entries of the dead-letter stream; returns how many were still there."""
+        return await admin.delete_dead_letters(self, self._keys(queue), dead)
 
     async def queue_stats(self, queues: Sequence[str]) -> list[QueueStats]:
         """One script per queue, one round trip: ready, delayed, leased (pending), dead."""
-        keys = [self._keys(q) for q in queues]
-        cmds = [admin.stats_command(k.streams, k.delayed, k.dead, self._group) for k in keys]
-        cmds += fair.stats_commands(keys, self._group)
-        replies = await self._retrying(lambda: self._run(cmds)) if cmds else []
-        own, keyed = replies[: len(keys)], replies[len(keys) :]
-        return [
-            fair.with_stats(admin.stats(q, r), f)
-            for q, r, f in zip(queues, own, keyed, strict=True)
-        ]
+        return await admin.queue_stats(self, [self._keys(q) for q in queues])
 
     async def known_queues(self) -> list[str]:
         """Queues with keys under this key_prefix (SCAN: one node of a cluster only)."""
         with map_errors(self._url):
             return await admin.scan_queues(self._client(), self._prefix, self.op_timeout * 6)
 
-    # -- monitoring events (EventStream; see _redis_events) ----------------------------------
+    # -- monitoring events (EventStream, EventLog; see _redis_events) ------------------------
 
     async def emit_events(self, batch: Sequence[bytes]) -> None:
         """XADD the records to `{prefix}:events` (MAXLEN ~ EVENTS_CAP): one round trip."""
         if batch:
             cmds = events.xadds(events.key(self._prefix), EVENTS_CAP, batch)
-            await self._retrying(lambda: self._run(cmds))
+            await self._retrying(
+                lambda: events.emit(self._client(), cmds, self.op_timeout, self._run)
+            )
 
-    @asynccontextmanager
-    async def events(self) -> AsyncIterator[AsyncIterator[bytes]]:
+    def events(self) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
         """Follow `{prefix}:events` from its current end."""
-        async with self.events_after(END) as feed:
-            yield (record async for _id, record in feed)
+        return records(self.events_after(END))
 
-    @asynccontextmanager
-    async def events_after(
+    def events_after(
         self, cursor: str | None
-    ) -> AsyncIterator[AsyncIterator[tuple[str, bytes]]]:
+    ) -> AbstractAsyncContextManager[AsyncIterator[tuple[str, bytes]]]:
         """Follow `{prefix}:events` after entry `cursor` (see EventLog)."""
-        client, stream = self._client(), events.key(self._prefix)
-        start = await self._retrying(lambda: events.start_id(client, stream, cursor))
-        feed = events.follow(client, stream, start, self._retrying)
-        try:
-            yield feed
-        finally:
-            await feed.aclose()
+        return events.follow_after(self._client, self._prefix, cursor, self._retrying)
 
 
 def _token(delivery: Delivery) -> tuple[str, bytes]:

@@ -11,6 +11,7 @@ whatever it set up before.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import os
 import signal
 import sys
@@ -139,6 +140,33 @@ async def _serve(w: Worker) -> int:
         w.shutdown.uninstall(loop)
 
 
+#: Modules that libraries import at their top but an idle worker never uses: loaded on first
+#: use instead. redis-py's `redis.utils` imports `importlib.metadata` (with email, zipfile,
+#: csv, pathlib...: about 3 MiB of RSS) only to look up its own version, which aiotask hands
+#: it (`aiotask._redis.client.driver_kwargs`).
+DEFERRED = ("importlib.metadata",)
+
+
+def defer_imports(names: tuple[str, ...] = DEFERRED) -> None:
+    """Register `names` as lazy modules (`importlib.util.LazyLoader`, the standard library's
+    own mechanism): `import` binds them at once, and the module's code runs at the first
+    attribute access, so code that does use them sees no difference. Only in the worker's own
+    interpreter, before the app is loaded; a name already imported is left alone."""
+    for name in names:
+        if name in sys.modules:
+            continue
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.loader is None:  # pragma: no cover - the stdlib always has it
+            continue
+        spec.loader = importlib.util.LazyLoader(spec.loader)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+        parent, _, child = name.rpartition(".")
+        if parent:
+            setattr(sys.modules[parent], child, module)
+
+
 def _fail(message: str, code: int) -> int:
     print(f"Error: {redact(message)}", file=sys.stderr, flush=True)
     return code
@@ -147,6 +175,7 @@ def _fail(message: str, code: int) -> int:
 def _main(argv: list[str]) -> int:
     """The re-executed process: errors as `aiotask.cli.main` reports them (exit 2 or 1)."""
     options: Any = orjson.loads(argv[0])
+    defer_imports()
     try:
         return run(options)
     except ConfigurationError as exc:

@@ -140,6 +140,15 @@ SCHEMAS: dict[str, Schema] = {
 }
 
 
+def _bulk_filter(**more: Schema) -> Schema:
+    """The body of the bulk history endpoints: the history's filter (and `more` fields)."""
+    fields = {"q": _STR, "state": _STR, "task": _STR, "worker": _STR}
+    bounds = {"since": {"type": "number"}, "until": {"type": "number"}}
+    return _body(
+        {"type": "object", "additionalProperties": False, "properties": fields | bounds | more}
+    )
+
+
 def _paths() -> dict[str, Schema]:
     task_id = _path_param("id", "the task id")
     return {
@@ -295,21 +304,7 @@ def _paths() -> dict[str, Schema]:
             "post": _op(
                 "Revoke every unfinished task of the history a filter matches",
                 {"200": _json(_OBJ, "the revoked ids"), **_errors(400, 413, 415, 422)},
-                requestBody=_body(
-                    {
-                        "type": "object",
-                        "additionalProperties": False,
-                        "properties": {
-                            "q": _STR,
-                            "state": _STR,
-                            "task": _STR,
-                            "worker": _STR,
-                            "since": {"type": "number"},
-                            "until": {"type": "number"},
-                            "terminate": {"type": "boolean"},
-                        },
-                    }
-                ),
+                requestBody=_bulk_filter(terminate={"type": "boolean"}),
             )
         },
         "/api/history/retry": {
@@ -320,20 +315,7 @@ def _paths() -> dict[str, Schema]:
                     "202": _json(_OBJ, "retried: {old id: new id}"),
                     **_errors(400, 413, 415, 422),
                 },
-                requestBody=_body(
-                    {
-                        "type": "object",
-                        "additionalProperties": False,
-                        "properties": {
-                            "q": _STR,
-                            "state": _STR,
-                            "task": _STR,
-                            "worker": _STR,
-                            "since": {"type": "number"},
-                            "until": {"type": "number"},
-                        },
-                    }
-                ),
+                requestBody=_bulk_filter(),
             )
         },
         "/api/history/delete": {
@@ -341,20 +323,7 @@ def _paths() -> dict[str, Schema]:
                 "Forget the results and delete the history of every task a filter matches "
                 "(a filter is required)",
                 {"200": _json(_OBJ, "the deleted ids"), **_errors(400, 413, 415, 422)},
-                requestBody=_body(
-                    {
-                        "type": "object",
-                        "additionalProperties": False,
-                        "properties": {
-                            "q": _STR,
-                            "state": _STR,
-                            "task": _STR,
-                            "worker": _STR,
-                            "since": {"type": "number"},
-                            "until": {"type": "number"},
-                        },
-                    }
-                ),
+                requestBody=_bulk_filter(),
             )
         },
         "/api/history/{id}/retry": {

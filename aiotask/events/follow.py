@@ -15,7 +15,6 @@ from aiotask.brokers.base import EventLog, EventStream
 from aiotask.events.emitter import producer_name
 from aiotask.events.model import EventType, decode_record
 from aiotask.exceptions import ConfigurationError
-from aiotask.history import args_text
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence
@@ -107,6 +106,8 @@ def _hostname() -> str:
 async def emit_sent(app: App, messages: Sequence[Message]) -> None:
     """task-sent for a published batch, one record in one call; a failure is logged, never
     raised (the messages are already sent, and events are best-effort)."""
+    from aiotask.history import args_text  # with events on only: not in every process
+
     stamp = time.time()
     host = _hostname()
     batch: list[dict[str, Any]] = []

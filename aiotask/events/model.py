@@ -12,8 +12,12 @@ is one JSON document, in one of three forms (a follower in another language need
 
 - compact, what workers send (one emitter, tuples encoded as they were recorded: one orjson
   call per flush, a fraction of the CPU of one object per event):
-  `{"hostname": H, "events": [[type, timestamp, task_id, task, queue, runtime | null,
-  {other keys} | null], ...]}`; a `worker-*` entry has "" for task_id, task and queue;
+  `{"hostname": H, "events": [entry, ...]}`, each entry one of
+  `[type, timestamp, task_id, task, queue, runtime | null, {other keys} | null]` (one event;
+  a `worker-*` entry has "" for task_id, task and queue), the same with an eighth item, the
+  timestamp of the task's task-started (two events: task-started, then this one), or
+  `[type, timestamp, [[task_id, task, queue, {other keys} | null], ...]]` (one event of that
+  type and instant per task: the task-received events of one receive);
 - an array of event objects (what producers send for task-sent);
 - one event object.
 """
@@ -21,31 +25,15 @@ is one JSON document, in one of three forms (a follower in another language need
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from enum import StrEnum
 from typing import Any
 
 import orjson
 
+from aiotask._event_types import EventType
 from aiotask._urls import redact
 
 #: An exception message in an event is cut to this many characters (after redaction).
 MAX_MESSAGE = 500
-
-
-class EventType(StrEnum):
-    """Every event type; `task-*` carry a task id, `worker-*` describe one worker."""
-
-    TASK_SENT = "task-sent"
-    TASK_RECEIVED = "task-received"
-    TASK_STARTED = "task-started"
-    TASK_SUCCEEDED = "task-succeeded"
-    TASK_FAILED = "task-failed"
-    TASK_RETRIED = "task-retried"
-    TASK_REVOKED = "task-revoked"
-    TASK_REJECTED = "task-rejected"
-    WORKER_ONLINE = "worker-online"
-    WORKER_HEARTBEAT = "worker-heartbeat"
-    WORKER_OFFLINE = "worker-offline"
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,19 +140,45 @@ def _expand(hostname: str, entries: list[Any]) -> list[Any]:
     """Compact entries -> event objects (an entry of the wrong shape is kept, to be skipped)."""
     out: list[Any] = []
     for entry in entries:
-        if not (isinstance(entry, list) and len(entry) == 7):
+        if not isinstance(entry, list):
             out.append(entry)
-            continue
-        kind, stamp, task_id, task, queue, runtime, extra = entry
-        event = {"type": kind, "timestamp": stamp, "hostname": hostname}
-        if task_id:
-            event.update(task_id=task_id, task=task, queue=queue)
-        if runtime is not None:
-            event["runtime"] = runtime
-        if isinstance(extra, dict):
-            event.update(extra)
-        out.append(event)
+        elif len(entry) == 3 and isinstance(entry[2], list):  # one type, one instant, many
+            kind, stamp, items = entry
+            for item in items:
+                if isinstance(item, list) and len(item) == 4:
+                    task_id, task, queue, extra = item
+                    out.append(_event(hostname, kind, stamp, task_id, task, queue, None, extra))
+                else:
+                    out.append(item)
+        elif len(entry) == 8:  # task-started, then this outcome
+            kind, stamp, task_id, task, queue, runtime, extra, started = entry
+            out.append(_event(hostname, "task-started", started, task_id, task, queue, None, None))
+            out.append(_event(hostname, kind, stamp, task_id, task, queue, runtime, extra))
+        elif len(entry) == 7:
+            out.append(_event(hostname, *entry))
+        else:
+            out.append(entry)
     return out
+
+
+def _event(
+    hostname: str,
+    kind: Any,
+    stamp: Any,
+    task_id: Any,
+    task: Any,
+    queue: Any,
+    runtime: Any,
+    extra: Any,
+) -> dict[str, Any]:
+    event = {"type": kind, "timestamp": stamp, "hostname": hostname}
+    if task_id:
+        event.update(task_id=task_id, task=task, queue=queue)
+    if runtime is not None:
+        event["runtime"] = runtime
+    if isinstance(extra, dict):
+        event.update(extra)
+    return event
 
 
 def decode(raw: bytes) -> Event:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import pickle
 from typing import Any
 
 import orjson
@@ -49,6 +48,8 @@ def dumps(data: dict[str, object], serializer: str) -> bytes:
         import msgpack
 
         return bytes(msgpack.packb(data, use_bin_type=True, datetime=True))
+    import pickle  # only for serializer="pickle": not in every worker's memory
+
     return pickle.dumps(data, protocol=pickle.HIGHEST_PROTOCOL)
 
 
@@ -121,6 +122,8 @@ def _loads_msgpack(body: bytes) -> object:
 
 
 def _loads_pickle(body: bytes) -> object:
+    import pickle
+
     try:
         return pickle.loads(body)  # noqa: S301 - only called after the signature verified
     except Exception as exc:

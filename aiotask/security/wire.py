@@ -33,8 +33,6 @@ import orjson
 
 from aiotask import protocol
 from aiotask._log import get_logger
-from aiotask.celery_compat import v2
-from aiotask.celery_compat.codec import decode_any
 from aiotask.exceptions import (
     ConfigurationError,
     MessageRefused,
@@ -154,7 +152,7 @@ class Wire:
         """The bytes to publish; MessageTooLarge (nothing sent) past `max_message_size`."""
         limit = self.max_size
         if self.celery or self.plain:
-            body = v2.encode(message) if self.celery else protocol.encode(message)
+            body = _celery_encode(message) if self.celery else protocol.encode(message)
             if limit and len(body) > limit:
                 raise MessageTooLarge(message.task, len(body), limit)
             return body
@@ -276,7 +274,15 @@ class Wire:
         return start, True
 
 
+def _celery_encode(message: Message) -> bytes:
+    from aiotask.celery_compat import v2  # Celery's formats load with celery_compat only
+
+    return v2.encode(message)
+
+
 def _celery(body: bytes) -> Message:
+    from aiotask.celery_compat import v2
+
     try:
         return v2.decode(body)
     except MessageRefused:
@@ -333,6 +339,8 @@ def peek(body: bytes, limit: int = PEEK_LIMIT) -> Message:
     try:
         return Wire(limit).decode(body)
     except Refused as exc:
+        from aiotask.celery_compat.codec import decode_any
+
         try:
             return decode_any(body)
         except ProtocolError:

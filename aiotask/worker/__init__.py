@@ -13,14 +13,10 @@ import os
 import socket
 from typing import TYPE_CHECKING
 
+from aiotask._event_types import EventType
 from aiotask._log import get_logger
 from aiotask._urls import redact
-from aiotask.beat import service as beat_service
-from aiotask.beat.runner import check_entries
 from aiotask.coordination.gate import renew_slots
-from aiotask.events.emitter import Emitter
-from aiotask.events.follow import event_stream
-from aiotask.events.model import EventType
 from aiotask.exceptions import BrokerConnectionError, ConfigurationError
 from aiotask.worker import _startup, control, revocations
 from aiotask.worker._supervise import supervise
@@ -38,6 +34,7 @@ if TYPE_CHECKING:
 
     from aiotask.app import App
     from aiotask.brokers.base import Delivery
+    from aiotask.events.emitter import Emitter
     from aiotask.settings import Settings
     from aiotask.worker._probe import Probe
 
@@ -79,6 +76,8 @@ class Worker:
                 raise ConfigurationError(
                     "--beat needs a result backend (beats agree on slots in it): set backend="
                 )
+            from aiotask.beat.runner import check_entries  # only with --beat: not in idle RSS
+
             check_entries(app, app.beat_entries.values())
         self.app = app
         self.queues = list(queues) if queues else [conf.default_queue]
@@ -111,6 +110,9 @@ class Worker:
         #: monitoring events (`-E`, or the `events` setting): recorded here, sent in batches
         self.events: Emitter | None = None
         if conf.events if events is None else events:
+            from aiotask.events.emitter import Emitter  # with events on only (idle RSS)
+            from aiotask.events.follow import event_stream
+
             self.events = Emitter(lambda: event_stream(app), self.name)
             self.dispatcher.events = self.dispatcher.executor.events = self.events
 
@@ -238,6 +240,8 @@ class Worker:
             interval = conf.visibility_timeout / 3
             loops["leases"] = functools.partial(renew_leases, broker, self.dispatcher, interval)
         if self.embed_beat:
+            from aiotask.beat import service as beat_service
+
             loops["beat"] = functools.partial(beat_service.embedded, app)
         if self.events is not None:
             beats = (conf.worker_heartbeat_interval, self._stats)

@@ -10,13 +10,12 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
+from aiotask._event_types import TASK_RECEIVED
 from aiotask._log import get_logger
 from aiotask._time import now
 from aiotask.backends.base import EncodedResult, ResultRecord
 from aiotask.coordination import spec as limit_spec
 from aiotask.coordination.gate import Gates
-from aiotask.events.emitter import TASK_RECEIVED
-from aiotask.events.follow import links
 from aiotask.exceptions import ConfigurationError, MessageRefused
 from aiotask.ratelimit import RateLimiter
 from aiotask.security import UNDECODABLE, Refused
@@ -88,7 +87,8 @@ class Dispatcher:
         self.failed = 0
         #: monitoring events (`-E`); None: off, nothing recorded
         self.events: Emitter | None = None
-        #: task-received events of the batch being accepted (id, name, queue, other keys)
+        #: task-received events of the batch being accepted (id, name, queue, other keys); a
+        #: new list per batch: the emitter keeps the one it is handed, as it is
         self.received: list[tuple[str, str, str, dict[str, Any] | None]] = []
 
     def free(self) -> int:
@@ -127,9 +127,11 @@ class Dispatcher:
             self.settler.add(Settlement(delivery, "dead", store, reason=f"refused: {exc}"))
             return
         if self.events is not None:  # recorded for the whole batch at the end of accept()
-            extra: dict[str, Any] | None = (
-                dict(links(message)) if message.parent_id or message.group_id else None
-            )
+            extra: dict[str, Any] | None = None
+            if message.parent_id or message.group_id:
+                from aiotask.events.follow import links  # events on only: not in idle RSS
+
+                extra = dict(links(message))
             if message.retries:
                 extra = {**(extra or {}), "retries": message.retries}
             self.received.append((message.id, message.task, delivery.queue, extra))

@@ -7,14 +7,13 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+from aiotask._event_types import TASK_STARTED, TASK_SUCCEEDED, EventType
 from aiotask._log import get_logger
 from aiotask._time import now
 from aiotask.backends.base import EncodedResult, ResultRecord, encode_fields
 from aiotask.canvas.primitives import MAP_TASK, STARMAP_TASK
 from aiotask.canvas.runtime import CHORD_BODY_HEADER, Finished
 from aiotask.context import TaskContext, current_task
-from aiotask.events.emitter import TASK_STARTED, TASK_SUCCEEDED
-from aiotask.events.model import EventType
 from aiotask.exceptions import (
     MessageTooLarge,
     NotRegistered,
@@ -447,7 +446,7 @@ def _outcome_event(
         return
     ident, name, queue = message.id, message.task, delivery.queue
     if type(outcome) is Succeeded and not message.retries:  # the common case first
-        events.task(TASK_SUCCEEDED, ident, name, queue, runtime)
+        events.succeeded(ident, name, queue, runtime)
         return
     retries = {"retries": message.retries} if message.retries else None
     match outcome:

@@ -8,13 +8,15 @@ next job starts a fresh child. Children are fresh interpreters started with fork
 The parent waits on each child's reply pipe with `loop.add_reader` and on its exit with a
 pidfd (Linux), so there is no thread per job or per child, nothing polls, and `close()` can
 stay synchronous. Without pidfds (macOS) one executor thread per child waits for its exit.
+
+The children's machinery (`_pool_child`, `_pool_process`, pickle) is imported with the first
+sync task, not with the worker: an idle worker, or one with only coroutine tasks, never holds it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import pickle
 import signal
 import subprocess
 import sys
@@ -33,11 +35,11 @@ from aiotask.exceptions import (
     WorkerLost,
 )
 from aiotask.serializer import exception_to_info, info_to_exception
-from aiotask.worker._pool_child import Ack, Done, Init, Job, Ready, StateUpdate, boot
-from aiotask.worker._pool_process import CLOSE_TIMEOUT, ChildGone, ChildProcess, describe_exit
 
 if TYPE_CHECKING:
     from aiotask.context import TaskContext
+    from aiotask.worker._pool_child import Ack, Done, Job, StateUpdate
+    from aiotask.worker._pool_process import ChildProcess
 
 log = get_logger(__name__)
 #: Seconds a new child may take to import aiotask and report Ready.
@@ -76,6 +78,8 @@ def _unwrap(done: Done) -> Any:
 
 async def _store_state(ctx: TaskContext | None, update: StateUpdate) -> Ack:
     """Store a child's update_state through the parent's context (and so its backend)."""
+    from aiotask.worker._pool_child import Ack
+
     try:
         if ctx is None:
             raise ConfigurationError("update_state needs bind=True")
@@ -125,6 +129,8 @@ class SyncPool:
         """
         if self._closed:
             raise WorkerLost(f"task {name}[{task_id}]: the process pool is closed")
+        from aiotask.worker._pool_child import Job
+
         if self._slots is None:
             self._slots = asyncio.Semaphore(self.processes)
         fields = _context_fields(ctx) if ctx is not None else None
@@ -154,6 +160,11 @@ class SyncPool:
         soft_time_limit: float | None,
         time_limit: float | None,
     ) -> Done:
+        import pickle
+
+        from aiotask.worker._pool_child import Done, StateUpdate
+        from aiotask.worker._pool_process import ChildGone
+
         soft = None
         if soft_time_limit is not None:
             soft = child.loop.call_later(soft_time_limit, self._soft_limit, child, label)
@@ -197,6 +208,8 @@ class SyncPool:
                 f"task {label} was terminated (revoke with terminate=True): its pool process "
                 f"{child.pid} was killed"
             )
+        from aiotask.worker._pool_process import describe_exit
+
         how = describe_exit(code)
         log.error("pool process %d died running task %s (%s)", child.pid, label, how)
         return WorkerLost(
@@ -214,6 +227,9 @@ class SyncPool:
         return True
 
     async def _checkout(self) -> ChildProcess:
+        from aiotask.worker._pool_child import Init, Ready
+        from aiotask.worker._pool_process import ChildGone
+
         while self._idle:
             child = self._idle.pop()
             if child.alive:
@@ -242,6 +258,9 @@ class SyncPool:
         return child
 
     def _spawn(self) -> ChildProcess:
+        from aiotask.worker._pool_child import boot
+        from aiotask.worker._pool_process import ChildProcess
+
         # fork+exec of a fresh interpreter (no Python runs between fork and exec)
         popen = subprocess.Popen(
             [sys.executable, "-c", boot()],
@@ -297,6 +316,11 @@ class SyncPool:
         """
         self._closed = True
         children = list(self._children)
+        if not children:  # no sync task ever ran: the machinery was never imported
+            self._idle.clear()
+            return
+        from aiotask.worker._pool_process import CLOSE_TIMEOUT
+
         for child in children:
             if child.busy:
                 child.kill("worker shutdown")

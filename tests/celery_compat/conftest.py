@@ -37,7 +37,7 @@ def _delete_amqp(url: str, queue: str) -> None:
         connection = await aio_pika.connect(url)
         try:
             channel = await connection.channel()
-            for name in (queue, queue + ".dead"):
+            for name in (queue, queue + ".dead", queue + ".keys"):  # .keys: fairness stream
                 await channel.queue_delete(name)
             await channel.exchange_delete(queue)
         finally:

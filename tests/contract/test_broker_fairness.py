@@ -195,8 +195,10 @@ async def test_keyed_messages_in_stats_and_purge(broker: Broker) -> None:
     assert stats.delayed in (1, None)
     held = await receive_all(broker, ["q"], 2)
     (stats,) = await broker.queue_stats(["q"])
-    assert stats.ready == 4
-    assert stats.in_flight in (2, None)
+    if stats.in_flight is None:  # AMQP: the consumer's prefetch holds the rest unacked
+        assert stats.ready <= 4
+    else:
+        assert (stats.ready, stats.in_flight) == (4, 2)
     await broker.ack(held)
     assert await broker.purge("q") >= 4
     assert await nothing_within(broker, ["q"], 0.5)

@@ -165,7 +165,7 @@ async def test_events_follow_survives_a_redis_restart(
         async with App("proc", broker=redis_server.url, key_prefix=namespace) as app:
             first = await app.send_task("proc.add", args=[1, 1])
             assert await first.get(timeout=10) == 2
-            await asyncio.sleep(0.5)  # the worker flushes its events every 0.1 s
+            await asyncio.sleep(1.0)  # the worker flushes its events every 0.25 s
             redis_server.kill()
             await asyncio.sleep(1.0)
             redis_server.start()

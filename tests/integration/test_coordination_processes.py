@@ -166,7 +166,7 @@ async def cluster(tmp_path: Path, urls: tuple[str, str], namespace: str) -> Asyn
                 p.wait()
         await c.app.close()
         if urls[0].startswith("amqp"):  # the per-worker queues (default ones: namespace)
-            names = [f"{namespace}.q{i}{dead}" for i in range(4) for dead in ("", ".dead")]
+            names = [f"{namespace}.q{i}{x}" for i in range(4) for x in ("", ".dead", ".keys")]
             await leaks.delete_queues(urls[0], names)
 
 

@@ -1,9 +1,9 @@
 """Fairness across keys with real workers: tenant A queues 2,000 tasks, then tenant B 20;
 B's tasks all finish before A's N-th (assertions on completion ORDER, never on time).
 
-SQLite, Redis and PostgreSQL run `aiotask worker` processes; the memory broker runs a Worker in this
-process (memory:// crosses no process boundary). A kill -9 of a worker holding fair messages gets
-them redelivered.
+SQLite, Redis, RabbitMQ and PostgreSQL run `aiotask worker` processes; the memory broker runs a
+Worker in this process (memory:// crosses no process boundary). A kill -9 of a worker holding fair
+messages gets them redelivered.
 """
 
 from __future__ import annotations
@@ -56,13 +56,16 @@ MODULE = textwrap.dedent(
 
 
 class Workers:
-    def __init__(self, tmp: Path, url: str, prefix: str = "aiotask") -> None:
+    def __init__(
+        self, tmp: Path, url: str, prefix: str = "aiotask", backend: str | None = None
+    ) -> None:
+        backend = backend or url
         (tmp / "fair_tasks.py").write_text(MODULE)
         self.tmp, self.log = tmp, tmp / "done"
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("AIOTASK_")}
         self.env.update(
             AIOTASK_BROKER_URL=url,
-            AIOTASK_RESULT_BACKEND=url,
+            AIOTASK_RESULT_BACKEND=backend,
             AIOTASK_PREFETCH="8",
             AIOTASK_VISIBILITY_TIMEOUT="3",
             AIOTASK_WORKER_HEARTBEAT_INTERVAL="1",
@@ -72,7 +75,7 @@ class Workers:
             PYTHONPATH=str(tmp),
         )
         self.procs: list[subprocess.Popen[str]] = []
-        self.app = App("fair", broker=url, backend=url, key_prefix=prefix)
+        self.app = App("fair", broker=url, backend=backend, key_prefix=prefix)
 
     def start(self, concurrency: int = 4) -> subprocess.Popen[str]:
         out = (self.tmp / f"worker-{len(self.procs)}.log").open("w")
@@ -105,12 +108,14 @@ class Workers:
         raise AssertionError(f"{what} did not happen; done: {self.done()}\n{logs}")
 
 
-@pytest.fixture(params=["sqlite", "redis", "postgres"])
+@pytest.fixture(params=["sqlite", "redis", "amqp", "postgres"])
 async def workers(
     request: pytest.FixtureRequest, tmp_path: Path, namespace: str
 ) -> AsyncIterator[Workers]:
     if request.param in ("redis", "postgres"):  # a key prefix (Redis), a schema (PostgreSQL)
         w = Workers(tmp_path, request.getfixturevalue(f"{request.param}_url"), namespace)
+    elif request.param == "amqp":  # no result backend on RabbitMQ: results are not read here
+        w = Workers(tmp_path, request.getfixturevalue("amqp_url"), namespace, "memory://")
     else:
         w = Workers(tmp_path, f"sqlite:///{tmp_path}/fair.db")
     try:
@@ -120,6 +125,8 @@ async def workers(
             if p.poll() is None:
                 p.kill()
                 p.wait()
+        if request.param == "amqp":  # the queue, its key queues and announcement stream
+            await delete_amqp_queue(w.app, w.app.route("fair.job"))
         await w.app.close()
 
 
@@ -178,9 +185,12 @@ async def test_kill9_redelivers_fair_messages(workers: Workers) -> None:
     # a survivor takes the dead worker's leases over; K's holds run again (shorter this time)
     (workers.tmp / "fair_tasks.py").write_text(MODULE.replace("await asyncio.sleep(hold)", ""))
     workers.start()
-    await workers.wait_for(
-        lambda: sorted(t for t, _ in workers.done()) == ["K"] * 3 + ["L"] * 3, "redelivery", 45
-    )
+    every = {(tenant, i) for tenant in "KL" for i in range(3)}
+    await workers.wait_for(lambda: every <= set(workers.done()), "redelivery", 45)
+    # K's ran only on the survivor, once each. L's may have run twice (at-least-once): done on
+    # the victim before the kill, but their acks not yet flushed (seen in CI under load, where
+    # waiting for an exact list of six hung the test until its timeout).
+    assert sorted(i for t, i in workers.done() if t == "K") == [0, 1, 2], workers.done()
     assert all(stop(p) == 0 for p in workers.procs[1:])
 
 
@@ -241,27 +251,37 @@ async def test_keyed_messages_count_in_stats_and_purge(
         assert stats.ready == 0
 
 
-async def test_amqp_carries_the_key_fifo_and_warns_once(
+async def test_amqp_serves_keys_in_turn_without_a_warning(
     amqp_url: str, namespace: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Not supported on RabbitMQ: a keyed send still works, FIFO, with one warning."""
-    from aiotask import app as app_module
-
-    app_module._warn_no_fairness.cache_clear()
+    """RabbitMQ honours the key (a queue per key): B's one task is not behind A's three."""
     app = App("fair-amqp", broker=amqp_url, key_prefix=namespace)
 
     @app.task(name="fair.amqp", fairness_key="tenant_id")
     async def job(tenant_id: str, i: int) -> None: ...
 
     async with app:
-        for tenant, i in (("A", 0), ("A", 1), ("B", 0)):
-            await job.send(tenant, i)
-        got = await receive_n(app, [app.route("fair.amqp")], 3)
-        assert [decode(d.body).args for d in got] == [["A", 0], ["A", 1], ["B", 0]]
-        await app.broker.ack(got)
-        await app.broker.purge(app.route("fair.amqp"))
-    warnings = [r for r in caplog.records if "fairness_key is not supported" in r.message]
-    assert len(warnings) == 1
+        queue = app.route("fair.amqp")
+        try:
+            for tenant, i in (("A", 0), ("A", 1), ("A", 2), ("B", 0)):
+                await job.send(tenant, i)
+            got: list[Delivery] = []
+            for _ in range(4):  # one at a time, as a worker with one free slot takes them
+                got += await receive_n(app, [queue], 1)
+                await app.broker.ack(got[-1:])
+            order = [decode(d.body).args for d in got]
+            assert order.index(["B", 0]) <= 1, order
+        finally:
+            await delete_amqp_queue(app, queue)
+    assert not [r for r in caplog.records if "fairness_key is not supported" in r.message]
+
+
+async def delete_amqp_queue(app: App, queue: str) -> None:
+    from aiotask.brokers.rabbitmq import RabbitMQBroker
+
+    broker = app.broker
+    assert isinstance(broker, RabbitMQBroker)
+    await broker.delete_queue(queue)
 
 
 async def receive_n(app: App, queues: list[str], n: int) -> list[Delivery]:

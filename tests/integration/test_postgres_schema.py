@@ -200,3 +200,17 @@ async def test_a_worker_without_listen_runs_a_chord(postgres_url: str, namespace
         assert await (await (add.s(1, 2) | add.s(3)).send()).get(timeout=15) == 6
         r = await chord(group(add.s(i, i) for i in range(10)), tsum.s()).send()
         assert await r.get(timeout=15) == 90
+
+
+def test_row_keys_are_uuids_unique_and_rising() -> None:
+    """A publish's row keys: valid uuids, unique within and across batches, rising (appended
+    at the right edge of the unique index)."""
+    import uuid
+
+    from aiotask.brokers.postgres import pkeys
+
+    batches = [pkeys(300) for _ in range(50)]
+    keys = [uuid.UUID(k) for batch in batches for k in batch]
+    assert len(set(keys)) == len(keys)
+    assert all(batch == sorted(batch) for batch in batches)
+    assert batches[-1][0] > batches[0][-1]

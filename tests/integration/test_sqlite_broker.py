@@ -10,13 +10,14 @@ import os
 import signal
 import sqlite3
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import orjson
-import pytest  # noqa: TC002 - fixtures' annotations
+import pytest
 
 from aiotask import _sqlite
 from aiotask.backends import EncodedResult, ResultBackend, ResultRecord
@@ -366,3 +367,56 @@ def test_implements_the_seams(sqlite_url: str) -> None:
     # conformance: mypy checks the two typed assignments above; tests/unit/test_seams.py
     # checks every method's parameters (isinstance on a runtime Protocol checks names only)
     assert broker.capabilities.priorities and not broker.capabilities.push
+
+
+def test_a_writer_waits_for_the_lock_then_gets_it(tmp_path: Path) -> None:
+    """`begin` retries the write lock itself (short steps, not SQLite's growing sleeps): it
+    waits while another connection holds it, takes it once released, and leaves the
+    connection's busy handler as it was for the other statements."""
+    path = str(tmp_path / "lock.db")
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    waiter = sqlite3.connect(path, isolation_level=None, timeout=_sqlite.BUSY_TIMEOUT)
+    try:
+        holder.execute("PRAGMA journal_mode=WAL")
+        holder.execute("BEGIN IMMEDIATE")
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            time.sleep(0.3)
+            released = True
+            holder.execute("COMMIT")
+
+        thread = threading.Thread(target=release)
+        thread.start()
+        with _sqlite.transaction(waiter):
+            assert released  # it waited for the holder
+            waiter.execute("CREATE TABLE t (x)")
+        thread.join()
+        busy_ms = waiter.execute("PRAGMA busy_timeout").fetchone()[0]
+        assert busy_ms == int(_sqlite.BUSY_TIMEOUT * 1000)
+    finally:
+        holder.close()
+        waiter.close()
+
+
+def test_a_writer_gives_up_after_the_busy_timeout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_sqlite, "BUSY_TIMEOUT", 0.2)
+    path = str(tmp_path / "lock.db")
+    holder = sqlite3.connect(path, isolation_level=None)
+    waiter = sqlite3.connect(path, isolation_level=None, timeout=0.2)
+    try:
+        holder.execute("PRAGMA journal_mode=WAL")
+        holder.execute("BEGIN IMMEDIATE")
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            _sqlite.begin(waiter)
+        assert not waiter.in_transaction
+        holder.execute("COMMIT")
+        _sqlite.begin(waiter)  # free again: taken at once
+        assert waiter.in_transaction
+        waiter.execute("ROLLBACK")
+    finally:
+        holder.close()
+        waiter.close()

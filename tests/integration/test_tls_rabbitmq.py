@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import uuid
 from typing import TYPE_CHECKING
 
@@ -22,7 +21,7 @@ from aiotask.exceptions import BrokerConnectionError
 from aiotask.settings import Settings
 from tests.procs import run_cli, start_worker, stop, worker_env, write_tasks
 from tests.rabbit_server import PrivateRabbit
-from tests.tls_support import PKI, TLSRedis, make_pki, start_tls_rabbit
+from tests.tls_support import PKI, TLSRedis, start_tls_rabbit
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -36,20 +35,8 @@ PASSWORD = "guest"  # the node's only user; the tests check it is masked all the
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    directory = tmp_path_factory.mktemp("tls-rabbit")
-    yield directory
-    shutil.rmtree(directory, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def pki(base: Path) -> PKI:
-    return make_pki(base / "pki")
-
-
-@pytest.fixture(scope="module")
-def node(base: Path, pki: PKI) -> Iterator[tuple[PrivateRabbit, int]]:
-    node, port = start_tls_rabbit(base / "rabbit", pki)
+def node(tls_dir: Path, pki: PKI) -> Iterator[tuple[PrivateRabbit, int]]:
+    node, port = start_tls_rabbit(tls_dir / "rabbit", pki)
     try:
         yield node, port
     finally:
@@ -59,17 +46,6 @@ def node(base: Path, pki: PKI) -> Iterator[tuple[PrivateRabbit, int]]:
 @pytest.fixture(scope="module")
 def amqps_port(node: tuple[PrivateRabbit, int]) -> int:
     return node[1]
-
-
-@pytest.fixture(scope="module")
-def results(base: Path, pki: PKI) -> Iterator[TLSRedis]:
-    (base / "redis").mkdir()
-    server = TLSRedis(base / "redis", pki)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def tls_setting(pki: PKI, *, ca: Path | None = None) -> dict[str, str]:
@@ -97,7 +73,7 @@ async def connect_error(url: str, **settings: object) -> str:
 
 
 async def test_worker_process_consumes_over_amqps_and_stores_over_rediss(
-    tmp_path: Path, amqps_port: int, results: TLSRedis, pki: PKI
+    tmp_path: Path, amqps_port: int, tls_redis: TLSRedis, pki: PKI
 ) -> None:
     prefix = f"tls-{uuid.uuid4().hex[:8]}"
     env = worker_env(
@@ -105,14 +81,14 @@ async def test_worker_process_consumes_over_amqps_and_stores_over_rediss(
         amqps(amqps_port),
         AIOTASK_KEY_PREFIX=prefix,
         AIOTASK_BROKER_TLS=json.dumps(tls_setting(pki)),
-        AIOTASK_RESULT_BACKEND=f"rediss://127.0.0.1:{results.port}/0",
+        AIOTASK_RESULT_BACKEND=f"rediss://127.0.0.1:{tls_redis.port}/0",
         AIOTASK_BACKEND_TLS=json.dumps(tls_setting(pki)),
     )
     proc = start_worker(tmp_path, env, "-c", "4", "-P", "1")
     try:
         query = f"ssl_ca_certs={pki.ca}&ssl_certfile={pki.client_cert}&ssl_keyfile={pki.client_key}"
         async with App(
-            "proc", broker=amqps(amqps_port, query), backend=results.url(), key_prefix=prefix
+            "proc", broker=amqps(amqps_port, query), backend=tls_redis.url(), key_prefix=prefix
         ) as app:
             result = await app.send_task("proc.add", args=[20, 22])
             assert await result.get(timeout=20) == 42
@@ -142,7 +118,7 @@ async def test_the_node_requires_a_client_certificate(amqps_port: int, pki: PKI)
 
 
 async def test_a_wrong_ca_fails_at_once_with_a_line_that_names_tls(
-    amqps_port: int, pki: PKI, base: Path
+    amqps_port: int, pki: PKI, tls_dir: Path
 ) -> None:
     message = await connect_error(
         amqps(amqps_port, f"ssl_ca_certs={pki.other_ca}"),
@@ -154,11 +130,11 @@ async def test_a_wrong_ca_fails_at_once_with_a_line_that_names_tls(
     )
     assert "check ssl_ca_certs" in message
     assert f":{PASSWORD}@" not in message
-    assert str(base) not in message
+    assert str(tls_dir) not in message
 
 
 async def test_worker_cli_with_a_wrong_ca_exits_1_with_the_tls_line(
-    tmp_path: Path, amqps_port: int, pki: PKI, base: Path
+    tmp_path: Path, amqps_port: int, pki: PKI, tls_dir: Path
 ) -> None:
     env = worker_env(
         write_tasks(tmp_path),
@@ -174,7 +150,7 @@ async def test_worker_cli_with_a_wrong_ca_exits_1_with_the_tls_line(
     ) in done.stderr
     assert "Traceback" not in done.stderr
     assert f":{PASSWORD}@" not in done.stdout + done.stderr
-    assert str(base) not in done.stdout + done.stderr
+    assert str(tls_dir) not in done.stdout + done.stderr
 
 
 async def test_amqps_to_the_plain_port_asks_whether_it_is_a_tls_port(

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import uuid
 from typing import TYPE_CHECKING
 
@@ -22,38 +21,15 @@ from aiotask.brokers.redis_streams import RedisStreamsBroker
 from aiotask.exceptions import BrokerConnectionError
 from aiotask.settings import Settings
 from tests.procs import run_cli, start_worker, stop, worker_env, write_tasks
-from tests.tls_support import PKI, TLSRedis, make_pki
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
     from pathlib import Path
+
+    from tests.tls_support import PKI, TLSRedis
 
 pytestmark = pytest.mark.redis
 
 PASSWORD = "S3CR3T-pw-77"
-
-
-@pytest.fixture(scope="module")
-def base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    directory = tmp_path_factory.mktemp("tls-redis")
-    yield directory
-    shutil.rmtree(directory, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def pki(base: Path) -> PKI:
-    return make_pki(base / "pki")
-
-
-@pytest.fixture(scope="module")
-def server(base: Path, pki: PKI) -> Iterator[TLSRedis]:
-    (base / "redis").mkdir()
-    server = TLSRedis(base / "redis", pki)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def tls_setting(pki: PKI, *, ca: Path | None = None, client: bool = True) -> dict[str, str]:
@@ -82,20 +58,20 @@ async def connect_error(kind: str, url: str, **settings: object) -> str:
 
 
 async def test_worker_process_runs_a_task_and_stores_its_result_over_tls(
-    tmp_path: Path, server: TLSRedis, pki: PKI
+    tmp_path: Path, tls_redis: TLSRedis, pki: PKI
 ) -> None:
     prefix = f"tls-{uuid.uuid4().hex[:8]}"
     # the worker: a bare rediss:// URL, the files in AIOTASK_BROKER_TLS (the backend follows)
     env = worker_env(
         write_tasks(tmp_path),
-        f"rediss://127.0.0.1:{server.port}/0",
+        f"rediss://127.0.0.1:{tls_redis.port}/0",
         AIOTASK_KEY_PREFIX=prefix,
         AIOTASK_BROKER_TLS=json.dumps(tls_setting(pki)),
     )
     proc = start_worker(tmp_path, env, "-c", "4", "-P", "1")
     try:
         # the producer: redis-py's ssl_* names in the URL
-        async with App("proc", broker=server.url(), key_prefix=prefix) as app:
+        async with App("proc", broker=tls_redis.url(), key_prefix=prefix) as app:
             result = await app.send_task("proc.add", args=[2, 3])
             assert await result.get(timeout=15) == 5
         ping = run_cli(tmp_path, env, "inspect", "-A", "proc_tasks:app", "ping", "--json")
@@ -107,15 +83,15 @@ async def test_worker_process_runs_a_task_and_stores_its_result_over_tls(
 
 @pytest.mark.parametrize("kind", ["broker", "backend"])
 async def test_the_server_requires_a_client_certificate(
-    server: TLSRedis, pki: PKI, kind: str
+    tls_redis: TLSRedis, pki: PKI, kind: str
 ) -> None:
-    without = server.url(client=False)
+    without = tls_redis.url(client=False)
     message = await connect_error(kind, without, broker_unreachable_timeout=2.0)
     # TLS 1.3: the refusal comes after the client's handshake; named either way
     assert "client certificate" in message
     assert str(pki.ca) not in message
-    conf = Settings(broker_url=server.url())
-    c = client(kind, server.url(), conf)
+    conf = Settings(broker_url=tls_redis.url())
+    c = client(kind, tls_redis.url(), conf)
     try:
         await c.connect()  # the same server with the client certificate: accepted
     finally:
@@ -124,23 +100,23 @@ async def test_the_server_requires_a_client_certificate(
 
 @pytest.mark.parametrize("kind", ["broker", "backend"])
 async def test_a_wrong_ca_fails_at_once_with_a_line_that_names_tls(
-    server: TLSRedis, pki: PKI, base: Path, kind: str
+    tls_redis: TLSRedis, pki: PKI, tls_dir: Path, kind: str
 ) -> None:
-    url = f"rediss://:{PASSWORD}@127.0.0.1:{server.port}/0?ssl_ca_certs={pki.other_ca}"
+    url = f"rediss://:{PASSWORD}@127.0.0.1:{tls_redis.port}/0?ssl_ca_certs={pki.other_ca}"
     message = await connect_error(
         kind, url, broker_tls=tls_setting(pki), broker_unreachable_timeout=600.0
     )
     assert message.startswith(f"TLS handshake with {'Redis' if kind == 'broker' else 'result'}")
-    assert f"127.0.0.1:{server.port} failed: certificate verify failed" in message
+    assert f"127.0.0.1:{tls_redis.port} failed: certificate verify failed" in message
     assert "check ssl_ca_certs" in message
     assert PASSWORD not in message
-    assert str(base) not in message  # no file path either
+    assert str(tls_dir) not in message  # no file path either
 
 
 async def test_a_host_name_the_certificate_does_not_list_is_named(
-    server: TLSRedis, pki: PKI
+    tls_redis: TLSRedis, pki: PKI
 ) -> None:
-    url = server.url(host="127.0.0.2")
+    url = tls_redis.url(host="127.0.0.2")
     message = await connect_error("broker", url, broker_unreachable_timeout=600.0)
     assert "TLS handshake with Redis 127.0.0.2" in message
     assert "not valid for '127.0.0.2'" in message
@@ -152,20 +128,20 @@ async def test_a_host_name_the_certificate_does_not_list_is_named(
 
 
 async def test_worker_cli_with_a_wrong_ca_exits_1_with_the_tls_line(
-    tmp_path: Path, server: TLSRedis, pki: PKI, base: Path
+    tmp_path: Path, tls_redis: TLSRedis, pki: PKI, tls_dir: Path
 ) -> None:
     env = worker_env(
         write_tasks(tmp_path),
-        f"rediss://:{PASSWORD}@127.0.0.1:{server.port}/0",
+        f"rediss://:{PASSWORD}@127.0.0.1:{tls_redis.port}/0",
         AIOTASK_BROKER_TLS=json.dumps(tls_setting(pki, ca=pki.other_ca)),
     )
     done = run_cli(tmp_path, env, "worker", "-A", "proc_tasks:app")  # within 30 s: no retries
     assert done.returncode == 1
     assert (
-        f"BrokerConnectionError: TLS handshake with Redis 127.0.0.1:{server.port} failed: "
+        f"BrokerConnectionError: TLS handshake with Redis 127.0.0.1:{tls_redis.port} failed: "
         "certificate verify failed"
     ) in done.stderr
     assert "Traceback" not in done.stderr
     output = done.stdout + done.stderr
     assert PASSWORD not in output
-    assert str(base) not in output
+    assert str(tls_dir) not in output

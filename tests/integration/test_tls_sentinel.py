@@ -5,7 +5,7 @@ they name) is TLS with the URL's options."""
 
 from __future__ import annotations
 
-import shutil
+import asyncio
 from typing import TYPE_CHECKING
 
 import pytest
@@ -14,7 +14,7 @@ from aiotask import App
 from aiotask.exceptions import BrokerConnectionError, ConfigurationError
 from aiotask.settings import Settings
 from aiotask.testing import start_worker
-from tests.tls_support import PKI, TLSSentinelSet, make_pki
+from tests.tls_support import PKI, TLSSentinelSet
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -22,20 +22,8 @@ if TYPE_CHECKING:
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    directory = tmp_path_factory.mktemp("tls-sentinel")
-    yield directory
-    shutil.rmtree(directory, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def pki(base: Path) -> PKI:
-    return make_pki(base / "pki")
-
-
-@pytest.fixture(scope="module")
-def sentinels(base: Path, pki: PKI) -> Iterator[TLSSentinelSet]:
-    found = TLSSentinelSet(base / "set", pki)
+def sentinels(tls_dir: Path, pki: PKI) -> Iterator[TLSSentinelSet]:
+    found = TLSSentinelSet(tls_dir / "set", pki)
     found.start()
     try:
         yield found
@@ -44,7 +32,7 @@ def sentinels(base: Path, pki: PKI) -> Iterator[TLSSentinelSet]:
 
 
 async def test_broker_and_backend_through_tls_sentinels(sentinels: TLSSentinelSet) -> None:
-    url = sentinels.url()
+    url = sentinels.url
     app = App("tlss", broker=url, backend=url, key_prefix="tlss")
 
     @app.task(name="tlss.add")
@@ -58,7 +46,7 @@ async def test_broker_and_backend_through_tls_sentinels(sentinels: TLSSentinelSe
 
 
 async def test_a_wrong_ca_is_refused(sentinels: TLSSentinelSet, pki: PKI) -> None:
-    url = sentinels.url(ca=pki.other_ca)
+    url = sentinels.url_with(ca=pki.other_ca)
     app = App("tlss", broker=url, backend=None, key_prefix="tlss-bad")
     with pytest.raises(BrokerConnectionError, match="no sentinel could be asked over TLS") as err:
         async with app:
@@ -72,3 +60,29 @@ def test_tls_options_need_the_tls_scheme(pki: PKI) -> None:
         Settings(broker_url=plain, broker_tls={"ca_certs": str(pki.ca)})
     conf = Settings(broker_url="rediss+sentinel://127.0.0.1:26379/0?service=x")
     assert conf.backend_url == conf.broker_url
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+async def test_failover_over_tls(tmp_path: Path, pki: PKI) -> None:
+    """kill -9 of the primary of a TLS-only set: the sentinels (asked over TLS) promote the
+    replica, and the producer, the worker and the result backend carry on with it."""
+    servers = TLSSentinelSet(tmp_path / "set", pki)
+    servers.start()
+    try:
+        app = App("tlsf", broker=servers.url, backend=servers.url, key_prefix="tlsf")
+
+        @app.task(name="tlsf.add")
+        async def add(x: int, y: int) -> int:
+            return x + y
+
+        async with app, start_worker(app):
+            assert await (await add.send(1, 1)).get(timeout=15) == 2
+            old = servers.kill_primary()
+            new = await asyncio.to_thread(servers.wait_failover, old)
+            assert new != old
+            # sent through the failover: the publish retries until the sentinels name `new`
+            results = [await add.send(i, i) for i in range(5)]
+            assert [await r.get(timeout=60) for r in results] == [2 * i for i in range(5)]
+    finally:
+        servers.stop()

@@ -205,7 +205,8 @@ async def test_get_timeout() -> None:
     if app.conf.broker_url.startswith("amqp"):  # not one of the namespace's default queues
         prefix = app.conf.key_prefix
         await leaks.delete_queues(
-            app.conf.broker_url, [f"{prefix}.elsewhere", f"{prefix}.elsewhere.dead"]
+            app.conf.broker_url,
+            [f"{prefix}.elsewhere", f"{prefix}.elsewhere.dead", f"{prefix}.elsewhere.keys"],
         )
 
 

@@ -120,7 +120,7 @@ async def test_emitter_drops_past_its_buffer_and_survives_a_broker_outage(
     stream.failing = True
     for i in range(8):
         emitter.task(EventType.TASK_STARTED, f"id-{i}", "t", "q")
-    assert (len(emitter.buffer), emitter.dropped) == (5, 3)
+    assert (emitter.pending, emitter.dropped) == (5, 3)
     with caplog.at_level(logging.WARNING):
         assert await emitter.flush() == 0  # dropped with a warning, never raised
     assert "could not emit 5 events" in caplog.text
@@ -138,7 +138,7 @@ async def test_emitter_records_a_received_batch_in_one_call_within_its_buffer() 
     emitter.task(EventType.TASK_STARTED, "first", "t", "q")
     items = [(f"id-{i}", "t", "q", {"retries": 1} if i == 0 else None) for i in range(6)]
     emitter.tasks(EventType.TASK_RECEIVED, items)
-    assert (len(emitter.buffer), emitter.dropped) == (5, 2)  # the rest is dropped and counted
+    assert (emitter.pending, emitter.dropped) == (5, 2)  # the rest is dropped and counted
     assert emitter._full.is_set()  # a full batch is waiting: flushed at once
     assert await emitter.flush() == 5
     [records] = stream.calls
@@ -149,6 +149,65 @@ async def test_emitter_records_a_received_batch_in_one_call_within_its_buffer() 
     ]
     assert (got[1].retries, got[2].retries) == (1, None)
     assert got[1].timestamp == got[4].timestamp  # one instant for the batch
+
+
+async def test_emitter_carries_started_and_succeeded_of_one_task_in_one_entry() -> None:
+    stream = Recorder()
+    emitter = Emitter(lambda: stream, "w1")
+    emitter.task(EventType.TASK_STARTED, "a", "t", "q")
+    emitter.succeeded("a", "t", "q", 0.5)  # nothing in between: one entry
+    emitter.task(EventType.TASK_STARTED, "b", "t", "q")
+    emitter.task(EventType.TASK_STARTED, "c", "t", "q")
+    emitter.succeeded("b", "t", "q", 0.25)  # c started in between: an entry of its own
+    assert (len(emitter.buffer), emitter.pending) == (4, 5)
+    assert await emitter.flush() == 5
+    [[record]] = stream.calls
+    assert len(orjson.loads(record)["events"][0]) == 8
+    got = [e for e in decode_record(record)[0] if isinstance(e, TaskEvent)]
+    assert [(e.type, e.task_id) for e in got] == [
+        (EventType.TASK_STARTED, "a"),
+        (EventType.TASK_SUCCEEDED, "a"),
+        (EventType.TASK_STARTED, "b"),
+        (EventType.TASK_STARTED, "c"),
+        (EventType.TASK_SUCCEEDED, "b"),
+    ]
+    started, done = got[0], got[1]
+    assert (started.runtime, done.runtime, done.hostname) == (None, 0.5, "w1")
+    assert started.timestamp <= done.timestamp
+    assert (started.task, started.queue) == ("t", "q")
+
+
+async def test_emitter_cuts_records_at_max_batch_events_not_entries() -> None:
+    stream = Recorder()
+    emitter = Emitter(lambda: stream, "w1", max_batch=4)
+    emitter.tasks(EventType.TASK_RECEIVED, [(f"r{i}", "t", "q", None) for i in range(3)])
+    emitter.task(EventType.TASK_STARTED, "r0", "t", "q")
+    emitter.succeeded("r0", "t", "q", 0.1)  # 2 events: the record would hold 5
+    emitter.tasks(EventType.TASK_RECEIVED, [(f"s{i}", "t", "q", None) for i in range(9)])
+    emitter.tasks(EventType.TASK_RECEIVED, [])  # nothing recorded
+    assert (len(emitter.buffer), emitter.pending) == (5, 14)
+    assert await emitter.flush() == 14
+    [records] = stream.calls
+    decoded = [decode_record(r) for r in records]
+    assert [len(events) for events, _skipped in decoded] == [3, 2, 4, 4, 1]
+    assert all(skipped == 0 for _events, skipped in decoded)
+    assert [e.task_id for events, _ in decoded for e in events if isinstance(e, TaskEvent)] == [
+        "r0",
+        "r1",
+        "r2",
+        "r0",
+        "r0",
+        *(f"s{i}" for i in range(9)),
+    ]
+
+
+def test_a_compact_entry_of_the_wrong_shape_is_skipped() -> None:
+    raw = orjson.dumps(
+        {"hostname": "h", "events": [["task-received", 1.0, [["i", "t", "q", None], [1]]], [1, 2]]}
+    )
+    events, skipped = decode_record(raw)
+    assert [(e.type, e.hostname) for e in events] == [(EventType.TASK_RECEIVED, "h")]
+    assert skipped == 2
 
 
 async def test_emitter_run_flushes_on_its_own_and_beats() -> None:

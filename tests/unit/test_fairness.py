@@ -122,6 +122,26 @@ def test_sqlite_pick_round_robin_and_rotating_cursor() -> None:
         assert served == ["a", "b", "", "a", "b", ""]
 
 
+def _plan(conn: sqlite3.Connection, sql: str, *params: object) -> str:
+    return " ".join(str(row[-1]) for row in conn.execute("EXPLAIN QUERY PLAN " + sql, params))
+
+
+def test_sqlite_heads_are_index_ranges_not_scans() -> None:
+    """Each key's head is a range of a partial index: a bound `fair_key = ?` alone would walk
+    the claim index past every row queued ahead (A's backlog before B's one message)."""
+    with _db() as conn:
+        _insert(conn, "a", 3)
+        plain = "SELECT name FROM sqlite_master WHERE name='aiotask_messages_unkeyed'"
+        assert conn.execute(plain).fetchone() is None  # ensure() alone makes no second index
+        _sqlite_fair.claim(conn, ["q"], 1, "o:1", 1.0, 60.0)
+        assert conn.execute(plain).fetchone() is not None  # the first keyed claim made it
+        keyed = _plan(conn, _sqlite_fair._HEAD, "q", "b", 1.0, 1)
+        unkeyed = _plan(conn, _sqlite_fair._UNKEYED_HEAD, "q", "", 1.0, 1)
+        assert "aiotask_messages_fair_key (queue=? AND fair_key=?)" in keyed
+        assert "aiotask_messages_unkeyed (queue=?)" in unkeyed
+        assert "aiotask_messages_claim" not in keyed + unkeyed
+
+
 def test_sqlite_ensure_adds_the_column_to_an_older_file() -> None:
     old = _SCHEMA.replace(",\n    fair_key TEXT NOT NULL DEFAULT ''", "")
     assert "fair_key" not in old
@@ -178,3 +198,15 @@ def test_worker_buffer_starts_keys_in_turn() -> None:
     assert not buffer
     with pytest.raises(IndexError):
         buffer.popleft()
+
+
+def test_rabbitmq_key_queue_names_are_plain_or_hashed_and_distinct() -> None:
+    from aiotask.brokers._rabbitmq_fair import key_queue
+    from aiotask.brokers._rabbitmq_topology import Names
+
+    names = Names("p")
+    assert key_queue(names, "q", "acme-1") == "p.q.k.acme-1"
+    odd = [key_queue(names, "q", k) for k in ("a b", "a.b", "é", "x" * 200, "k:1")]
+    assert all(n.startswith("p.q.h.") and len(n) <= 255 for n in odd)
+    assert len(set(odd)) == len(odd)
+    assert key_queue(names, "q", "a b") == key_queue(names, "q", "a b")  # stable across runs
