@@ -1,17 +1,22 @@
 """Fairness across keys: tenant B's wait with tenant A's backlog queued ahead, vs an idle queue.
 
-    .venv/bin/python -m benchmarks.fairness [--broker sqlite|redis|rabbitmq] [--backlog 10000]
+    .venv/bin/python -m benchmarks.fairness [--broker sqlite|redis|rabbitmq|postgres]
+                                            [--backlog 10000]
                                             [--probes 40] [--gap 0.05] [--work 0.002]
-                                            [--prefetch 0] [--no-fifo]
+                                            [--prefetch 0] [--no-fifo] [--repeat 1]
 
-One `aiotask worker` process (concurrency 4) on one SQLite file, or on the Redis server of
+One `aiotask worker` process (concurrency 4) on one SQLite file, on the Redis server of
 AIOTASK_BENCH_REDIS (default redis://127.0.0.1:6379/0) or the RabbitMQ of AIOTASK_BENCH_AMQP
-(default amqp://guest:guest@127.0.0.1:5672/) under a fresh key prefix (deleted after). Tenant B
+(default amqp://guest:guest@127.0.0.1:5672/) under a fresh key prefix (deleted after), or on
+the PostgreSQL of AIOTASK_BENCH_POSTGRES (default postgresql://postgres@127.0.0.1:5432/test)
+in a fresh schema, dropped afterwards. Tenant B
 sends `--probes` tasks, one every `--gap` seconds; its wait is the time from send to the
 task's start (both clocks are this machine's). Runs: "idle" (B alone), "fair" (A's backlog of
 `--backlog` tasks queued first, every task with fairness_key="tenant_id"), and for contrast
 "fifo" (the same backlog without fairness_key). Each task sleeps `--work` seconds. Reported:
 B's p50/p99 wait per run and the ratio fair p99 / idle p99 (the target is 2x or less).
+`--repeat N` alternates the idle and fair runs N times (the ratio of each pair, then the fifo
+run once): on a shared machine, read the spread, not one figure.
 """
 
 from __future__ import annotations
@@ -29,9 +34,12 @@ import uuid
 from pathlib import Path
 
 from aiotask import App
+from benchmarks.postgres_bench import cleanup
 
 REDIS = os.environ.get("AIOTASK_BENCH_REDIS", "redis://127.0.0.1:6379/0")
 AMQP = os.environ.get("AIOTASK_BENCH_AMQP", "amqp://guest:guest@127.0.0.1:5672/")
+POSTGRES = os.environ.get("AIOTASK_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+SERVERS = {"redis": REDIS, "rabbitmq": AMQP, "postgres": POSTGRES}
 
 TASKS = textwrap.dedent(
     """
@@ -100,25 +108,10 @@ async def _run(
 
 def _url(workdir: Path, name: str, args: argparse.Namespace) -> tuple[str, dict[str, str]]:
     """The broker URL of one run and its environment (a fresh file, or a fresh key prefix)."""
-    if args.broker in ("redis", "rabbitmq"):
-        prefix = f"fairbench-{uuid.uuid4().hex[:8]}"
-        return REDIS if args.broker == "redis" else AMQP, {"AIOTASK_KEY_PREFIX": prefix}
+    if args.broker in SERVERS:  # `_`: a prefix that is also a plain PostgreSQL schema name
+        prefix = f"fairbench_{uuid.uuid4().hex[:8]}"
+        return SERVERS[args.broker], {"AIOTASK_KEY_PREFIX": prefix}
     return f"sqlite:///{workdir / name}.db", {}
-
-
-async def _drop_keys(url: str, prefix: str) -> None:
-    if url.startswith("amqp"):
-        await _drop_queues(url, prefix)
-        return
-    import redis.asyncio as redis
-
-    client = redis.Redis.from_url(url)
-    try:
-        keys = [key async for key in client.scan_iter(match=f"{prefix}:*", count=1000)]
-        for start in range(0, len(keys), 500):
-            await client.delete(*keys[start : start + 500])
-    finally:
-        await client.aclose()
 
 
 async def _drop_queues(url: str, prefix: str) -> None:
@@ -155,6 +148,8 @@ def _measure(
     try:
         deadline = time.monotonic() + 60
         while " ready" not in out.read_text() and time.monotonic() < deadline:
+            if worker.poll() is not None:  # else B's probes would wait for it forever
+                raise RuntimeError(f"the worker exited:\n{out.read_text()[-3000:]}")
             time.sleep(0.1)  # a loaded machine can take seconds to start a worker
         time.sleep(1.0)  # the worker is up and idle
         return asyncio.run(_run(url, task, backlog, args.probes, args.gap, log))
@@ -167,7 +162,11 @@ def _measure(
             else:
                 os.environ[k] = v
         if "AIOTASK_KEY_PREFIX" in extra:
-            asyncio.run(_drop_keys(url, extra["AIOTASK_KEY_PREFIX"]))
+            prefix = extra["AIOTASK_KEY_PREFIX"]
+            if args.broker == "rabbitmq":
+                asyncio.run(_drop_queues(url, prefix))
+            else:  # a schema (PostgreSQL) or keys (Redis)
+                asyncio.run(cleanup(args.broker, url, prefix))
 
 
 def main() -> None:
@@ -177,34 +176,42 @@ def main() -> None:
     parser.add_argument("--gap", type=float, default=0.05)
     parser.add_argument("--work", type=float, default=0.002)
     parser.add_argument("--no-fifo", action="store_true")
-    parser.add_argument("--broker", choices=("sqlite", "redis", "rabbitmq"), default="sqlite")
+    parser.add_argument("--broker", choices=("sqlite", *SERVERS), default="sqlite")
+    parser.add_argument("--repeat", type=int, default=1, help="idle/fair pairs, alternated")
     parser.add_argument("--prefetch", type=int, default=0, help="0: the worker's default")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         (workdir / "fair_tasks.py").write_text(TASKS)
-        runs = {"idle": _measure(workdir, "idle", "fair", 0, args)}
-        runs["fair"] = _measure(workdir, "fair", "fair", args.backlog, args)
-        if not args.no_fifo:
-            runs["fifo"] = _measure(workdir, "fifo", "fifo", args.backlog, args)
+        load = os.getloadavg()[0]
+        pairs: list[tuple[str, list[float], str, list[float]]] = []
+        for n in range(args.repeat):
+            idle = _measure(workdir, f"idle{n}", "fair", 0, args)
+            fair = _measure(workdir, f"fair{n}", "fair", args.backlog, args)
+            pairs.append((f"idle{n}", idle, f"fair{n}", fair))
+        fifo = None if args.no_fifo else _measure(workdir, "fifo", "fifo", args.backlog, args)
     prefetch = args.prefetch or "default"
     print(
         f"{args.broker}, 1 worker x 4 (prefetch {prefetch}), tasks of {args.work * 1000:g} ms, "
-        f"A's backlog {args.backlog}"
+        f"A's backlog {args.backlog}, load average {load:.1f} at the start, "
+        f"{os.getloadavg()[0]:.1f} at the end"
     )
+    runs = {name: waits for i, a, f, b in pairs for name, waits in ((i, a), (f, b))}
+    if fifo is not None:
+        runs["fifo"] = fifo
     for name, waits in runs.items():
         p50, p99 = statistics.median(waits), _pct(waits, 0.99)
         sends = SENDS.get(name, [0.0])
         print(
-            f"{name:5} B wait p50 {p50:8.1f} ms   p99 {p99:8.1f} ms   "
+            f"{name:6} B wait p50 {p50:8.1f} ms   p99 {p99:8.1f} ms   "
             f"(of it, B's send p50 {statistics.median(sends):6.1f} ms p99 {_pct(sends, 0.99):6.1f})"
         )
-    ratio = _pct(runs["fair"], 0.99) / _pct(runs["idle"], 0.99)
-    print(f"ratio fair p99 / idle p99: {ratio:.2f}x (target <= 2x)")
-    if "fifo" in runs:
-        print(
-            f"ratio fifo p99 / idle p99: {_pct(runs['fifo'], 0.99) / _pct(runs['idle'], 0.99):.2f}x"
-        )
+    for idle_name, idle, fair_name, fair in pairs:
+        ratio = _pct(fair, 0.99) / _pct(idle, 0.99)
+        print(f"ratio {fair_name} p99 / {idle_name} p99: {ratio:.2f}x (target <= 2x)")
+    if fifo is not None:
+        idle = pairs[-1][1]
+        print(f"ratio fifo p99 / idle p99: {_pct(fifo, 0.99) / _pct(idle, 0.99):.2f}x")
 
 
 if __name__ == "__main__":

@@ -65,6 +65,20 @@ STEPS: dict[str, list[str]] = {
             body bytea NOT NULL
         );
         """,
+        # 3: fairness across keys (brokers/_postgres_fair.py): messages.fair_key, the claim
+        # index by (queue, fair_key, ...) in place of messages_claim, the cursor per queue set.
+        # A column with a constant default is added without rewriting the table; the new
+        # index is built under the migration's lock (writes wait for it on a big backlog).
+        """
+        ALTER TABLE {s}.messages ADD COLUMN IF NOT EXISTS fair_key text NOT NULL DEFAULT '';
+        CREATE INDEX IF NOT EXISTS messages_claim_key
+            ON {s}.messages (queue, fair_key, priority DESC, eta, id);
+        DROP INDEX IF EXISTS {s}.messages_claim;
+        CREATE TABLE IF NOT EXISTS {s}.fair_cursor (
+            queues text PRIMARY KEY,
+            last_key text NOT NULL
+        );
+        """,
     ],
     "backend": [
         """

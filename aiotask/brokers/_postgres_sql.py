@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, NamedTuple
 
 from aiotask._postgres import NO_SYNC
+from aiotask.brokers import _postgres_fair as fair
 from aiotask.brokers._common import DEAD_LETTER_CAP
 
 if TYPE_CHECKING:
@@ -26,6 +27,8 @@ class Token(NamedTuple):
 
 #: (row id, message id, queue, priority, deliveries, body) of a claimed row.
 Row = tuple[int, str, str, int, int, bytes]
+#: Columns of a publish: (pkey, message id, queue, priority, eta, body, fair key) arrays.
+Rows = tuple[list[str], list[str], list[str], list[int], list[float], list[bytes], list[str]]
 
 
 class Ahead(NamedTuple):
@@ -54,9 +57,9 @@ class SQL:
         # attempt may have committed before its reply was lost, skips the rows already there.
         insert = (
             f"WITH ins AS (INSERT INTO {s}.messages "
-            "(pkey, message_id, queue, priority, eta, body) "
+            "(pkey, message_id, queue, priority, eta, body, fair_key) "
             "SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::smallint[], "
-            "$5::float8[], $6::bytea[]){} RETURNING queue) "
+            "$5::float8[], $6::bytea[], $8::text[]){} RETURNING queue) "
             "SELECT count(pg_notify($7, q)) FROM (SELECT DISTINCT queue AS q FROM ins) AS d "
             "WHERE $7 <> ''"
         )
@@ -84,32 +87,40 @@ class SQL:
         # One statement; rows whose lease lapsed max_deliveries times are left for
         # bury_exhausted. The claim commits without waiting for the WAL flush (NO_SYNC): a
         # claim lost in a server crash only means the message is delivered again.
+        # Fairness (brokers/_postgres_fair.py): this claim takes unkeyed rows only while the
+        # queues have no keyed row; else it claims nothing and its look-ahead row says so
+        # (9th column, `keyed`), and the consumer claims with claim_fair (round-robin across
+        # keys) until that finds no keyed row.
+        # Per queue (LATERAL), so each is an ordered range of the claim index that stops
+        # after `limit` rows; `queue = ANY(...)` made the planner read and sort the backlog.
+        pick = (
+            "SELECT p.id FROM unnest($1::text[]) AS qn, LATERAL ("
+            f"SELECT id, priority, eta FROM {s}.messages "
+            "WHERE queue = qn AND fair_key = '' AND eta <= $2 "
+            "AND (lease_until IS NULL OR deliveries < $6) AND NOT (SELECT yes FROM keyed) "
+            "ORDER BY priority DESC, eta, id LIMIT $3 FOR UPDATE SKIP LOCKED) AS p "
+            "ORDER BY p.priority DESC, p.eta, p.id LIMIT $3"
+        )
+        lease = "lease_until = $4, eta = $4, lease_owner = $5, deliveries = m.deliveries + 1"
         # A claim that got fewer than `limit` rows also returns the look-ahead (one more row,
         # id NULL): what `next_due` would say right after it (its own leases' end counts as a
         # due time too), so a consumer that drained its queues sleeps without two more round
         # trips (an empty claim, then next_due). The look-ahead is not computed otherwise.
-        _picked = (
-            f"picked AS (SELECT id FROM {s}.messages "
-            "WHERE queue = ANY($1::text[]) AND eta <= $2 "
-            "AND (lease_until IS NULL OR deliveries < $6) "
-            "ORDER BY priority DESC, eta, id LIMIT $3 FOR UPDATE SKIP LOCKED)"
-        )
-        _got = (
-            f"got AS (UPDATE {s}.messages m SET lease_until = $4, eta = $4, lease_owner = $5, "
-            f"deliveries = m.deliveries + 1 FROM picked, {NO_SYNC} WHERE m.id = picked.id "
-            "RETURNING m.id, m.message_id, m.queue, m.priority, m.deliveries, m.body)"
-        )
         self.claim = (
-            f"WITH {_picked}, {_got} "
-            "SELECT id, message_id, queue, priority, deliveries, body, NULL::float8, NULL::bool "
-            "FROM got UNION ALL SELECT NULL, NULL, NULL, NULL, NULL, NULL, "
+            f"WITH {fair.keyed(s)}, picked AS ({pick}), "
+            f"got AS (UPDATE {s}.messages m SET {lease} FROM picked, {NO_SYNC} "
+            "WHERE m.id = picked.id "
+            "RETURNING m.id, m.message_id, m.queue, m.priority, m.deliveries, m.body) "
+            "SELECT id, message_id, queue, priority, deliveries, body, NULL::float8, NULL::bool, "
+            "NULL::bool FROM got UNION ALL SELECT NULL, NULL, NULL, NULL, NULL, NULL, "
             f"least((SELECT min(eta) FROM {s}.messages WHERE queue = ANY($1::text[]) "
             f"AND eta > $2), (SELECT min(expires_at) FROM {s}.consumers), "
             "(SELECT $4 FROM got LIMIT 1)), "
             f"EXISTS (SELECT 1 FROM {s}.messages WHERE queue = ANY($1::text[]) AND eta <= $2 "
-            "AND id NOT IN (SELECT id FROM picked)) "
+            "AND id NOT IN (SELECT id FROM picked)), (SELECT yes FROM keyed) "
             "WHERE (SELECT count(*) FROM got) < $3"
         )
+        self.claim_fair = fair.claim_sql(s, pick, lease, NO_SYNC)
         # When to look next: the earliest eta of these queues (delayed, leased) or the
         # earliest heartbeat expiry (a lost consumer to take over).
         # Also whether a ready row exists that the claim skipped (locked by a transaction
@@ -172,14 +183,15 @@ class SQL:
 async def insert(
     conn: asyncpg.Connection,
     sql: SQL,
-    rows: tuple[list[str], list[str], list[str], list[int], list[float], list[bytes]],
+    rows: Rows,
     channel: str,
     *,
     again: bool,
 ) -> None:
     """Insert a batch and wake the consumers (`channel` "" : no NOTIFY; it is delivered at
     commit). `again`: a retry, which skips the rows a lost attempt committed (same pkeys)."""
-    await conn.fetchval(sql.insert_again if again else sql.insert, *rows, channel)
+    *columns, keys = rows
+    await conn.fetchval(sql.insert_again if again else sql.insert, *columns, channel, keys)
 
 
 async def claim(
@@ -192,17 +204,35 @@ async def claim(
     wall: float,
     lease: float,
     max_deliveries: int,
+    keyed: set[str],
 ) -> tuple[list[Row], Ahead | None]:
-    """The claimed rows, and the look-ahead when fewer than `limit` were ready."""
-    rows = await conn.fetch(sql.claim, queues, wall, limit, wall + lease, owner, max_deliveries)
-    got: list[Row] = []
-    ahead = None
-    for r in rows:
-        if r[0] is None:
-            ahead = Ahead(r[6], r[7])
-        else:
-            got.append((r[0], r[1], r[2], r[3], r[4], r[5]))
-    return got, ahead
+    """Lease up to `limit` ready rows, in the order they are to run: by priority then age,
+    or round-robin across fairness keys while the queues have keyed rows. `keyed` holds the
+    queue sets this consumer last found keyed rows in (it claims those with claim_fair).
+    Also the look-ahead, when a plain claim got fewer than `limit` rows (a fair claim has
+    none: the consumer asks next_due)."""
+    args = (queues, wall, limit, wall + lease, owner, max_deliveries)
+    name = fair.cursor_name(queues)
+    if name not in keyed:
+        got: list[Row] = []
+        ahead = None
+        marked = False  # the look-ahead row says the queues have a keyed row
+        for r in await conn.fetch(sql.claim, *args):
+            if r[0] is not None:
+                got.append((r[0], r[1], r[2], r[3], r[4], r[5]))
+            elif r[8]:
+                marked = True
+            else:
+                ahead = Ahead(r[6], r[7])
+        if not marked:
+            got.sort(key=lambda r: (-r[3], r[0]))  # RETURNING has no order
+            return got, ahead
+        keyed.add(name)  # a keyed row: claim fairly from now on
+    rows = await conn.fetch(sql.claim_fair, *args, name)
+    if rows and rows[0][6] == 0:
+        keyed.discard(name)  # no keyed row any more: the plain claim ran (turn 0)
+    rows.sort(key=lambda r: (r[6], -r[3], r[0]))
+    return [(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows], None
 
 
 async def maintain(

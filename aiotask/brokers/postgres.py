@@ -3,7 +3,8 @@
 A message is a row of `<key_prefix>.messages`; `eta` is when it is next claimable. A claim is
 one statement: `SELECT ... FOR UPDATE SKIP LOCKED` picks up to `limit` ready rows (priority high
 first, then eta, then insertion) and leases them: `lease_until = eta = now + visibility_timeout`,
-`lease_owner = <consumer>:<n>`, `deliveries + 1`. A lapsed lease is a ready row again. A
+`lease_owner = <consumer>:<n>`, `deliveries + 1` (while keyed rows are queued: round-robin
+across fairness keys, brokers/_postgres_fair.py). A lapsed lease is a ready row again. A
 maintenance transaction, run by a claim every MAINTAIN_EVERY seconds (busy or idle), takes over
 the leases of consumers whose heartbeat expired and dead-letters rows whose lease
 lapsed `max_deliveries` times (the claim skips those). Ack deletes, nack and extend update, each
@@ -66,7 +67,7 @@ class PostgresBroker:
     """postgresql://user:password@host:5432/db[?listen=false] — tables in schema key_prefix."""
 
     capabilities = BrokerCapabilities(
-        priorities=True, max_priority=MAX_PRIORITY, native_delay=True, push=True
+        priorities=True, max_priority=MAX_PRIORITY, native_delay=True, push=True, fairness=True
     )
 
     def __init__(self, url: str, settings: Settings) -> None:
@@ -80,6 +81,8 @@ class PostgresBroker:
         self._owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._seq = itertools.count()
         self._maintain_at = 0.0
+        #: queue sets whose last claim found keyed rows: claimed fairly (_postgres_fair.py)
+        self._keyed: set[str] = set()
         self._wakeups: set[asyncio.Event] = set()
         #: wake-ups so far (NOTIFYs, LISTEN lost, local hand-backs): a claim's look-ahead is
         #: still true while this count has not moved
@@ -143,6 +146,7 @@ class PostgresBroker:
             [clamp_priority(o.priority) for o in batch],
             [max(o.eta or wall, 0.0) for o in batch],
             [o.body for o in batch],
+            [o.fair_key for o in batch],  # fairness: see brokers/_postgres_fair.py
         )
         # Delayed messages notify too: a sleeping consumer recomputes when to look next.
         channel = self._channel if self._opts.listen else ""
@@ -225,6 +229,7 @@ class PostgresBroker:
                     wall=now(),
                     lease=self._lease,
                     max_deliveries=self._max_deliveries,
+                    keyed=self._keyed,
                 ),
                 "claim messages",
             )
@@ -237,8 +242,7 @@ class PostgresBroker:
             raise
         if rows and ahead is not None:  # drained: the next receive may sleep at once
             self._drained = (wakes, list(queues), ahead)
-        rows.sort(key=lambda r: (-r[3], r[0]))  # RETURNING has no order
-        return [
+        return [  # in serving order (q.claim sorts them)
             Delivery(body, queue, mid, deliveries, Token(rowid, owner))
             for rowid, mid, queue, _prio, deliveries, body in rows
         ], ahead

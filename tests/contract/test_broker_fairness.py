@@ -59,6 +59,34 @@ async def test_keys_take_turns_whatever_their_backlog(broker: Broker, step: int)
     ]
 
 
+async def test_concurrent_consumers_take_turns_across_keys(
+    broker: Broker, more_brokers: MoreBrokers
+) -> None:
+    """Three consumers claiming one message at a time, at once: b's 4 are served within the
+    first turns (not after a's 40), and no message goes to two consumers."""
+    await broker.publish([keyed("a", i) for i in range(40)])
+    await broker.publish([keyed("b", i) for i in range(4)])
+    consumers = [broker, await more_brokers.new(), await more_brokers.new()]
+    seen: list[Delivery] = []
+
+    async def consume(consumer: Broker) -> None:
+        while len(seen) < 44:
+            try:
+                async with asyncio.timeout(0.5):
+                    got = await consumer.receive(["q"], 1)
+            except TimeoutError:
+                continue
+            seen.extend(got)
+            await consumer.ack(got)
+
+    async with asyncio.timeout(30):
+        await asyncio.gather(*(consume(c) for c in consumers))
+    order = keys_of(seen)
+    assert len({d.message_id for d in seen}) == len(seen) == 44, order
+    # in turn: b's 4 within a's first 4-5; slack for the consumers' racing appends
+    assert max(i for i, k in enumerate(order) if k == "b") < 14, order
+
+
 async def test_priority_orders_within_a_key(broker: Broker) -> None:
     if not broker.capabilities.priorities:
         pytest.skip("no priorities")

@@ -1,9 +1,9 @@
 """Fairness across keys with real workers: tenant A queues 2,000 tasks, then tenant B 20;
 B's tasks all finish before A's N-th (assertions on completion ORDER, never on time).
 
-SQLite, Redis and RabbitMQ run `aiotask worker` processes; the memory broker runs a Worker in this
-process (memory:// crosses no process boundary). A kill -9 of a worker holding fair messages gets
-them redelivered.
+SQLite, Redis, RabbitMQ and PostgreSQL run `aiotask worker` processes; the memory broker runs a
+Worker in this process (memory:// crosses no process boundary). A kill -9 of a worker holding fair
+messages gets them redelivered.
 """
 
 from __future__ import annotations
@@ -108,12 +108,12 @@ class Workers:
         raise AssertionError(f"{what} did not happen; done: {self.done()}\n{logs}")
 
 
-@pytest.fixture(params=["sqlite", "redis", "amqp"])
+@pytest.fixture(params=["sqlite", "redis", "amqp", "postgres"])
 async def workers(
     request: pytest.FixtureRequest, tmp_path: Path, namespace: str
 ) -> AsyncIterator[Workers]:
-    if request.param == "redis":
-        w = Workers(tmp_path, request.getfixturevalue("redis_url"), namespace)
+    if request.param in ("redis", "postgres"):  # a key prefix (Redis), a schema (PostgreSQL)
+        w = Workers(tmp_path, request.getfixturevalue(f"{request.param}_url"), namespace)
     elif request.param == "amqp":  # no result backend on RabbitMQ: results are not read here
         w = Workers(tmp_path, request.getfixturevalue("amqp_url"), namespace, "memory://")
     else:
@@ -179,6 +179,7 @@ async def test_kill9_redelivers_fair_messages(workers: Workers) -> None:
     await workers.wait_for(
         lambda: started.exists() and started.read_text().count("K") >= 3, "K started", 45
     )
+    await _l_settled(workers)  # else L's tasks, done but not yet acked, run twice
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     # a survivor takes the dead worker's leases over; K's holds run again (shorter this time)
@@ -191,6 +192,18 @@ async def test_kill9_redelivers_fair_messages(workers: Workers) -> None:
     # waiting for an exact list of six hung the test until its timeout).
     assert sorted(i for t, i in workers.done() if t == "K") == [0, 1, 2], workers.done()
     assert all(stop(p) == 0 for p in workers.procs[1:])
+
+
+async def _l_settled(workers: Workers) -> None:
+    """L's three tasks done and acked: only K's three are held (where the broker counts them)."""
+    await workers.wait_for(lambda: [t for t, _ in workers.done()] == ["L"] * 3, "L done", 45)
+    deadline = time.monotonic() + 45
+    while time.monotonic() < deadline:
+        (stats,) = await workers.app.broker.queue_stats([workers.app.route("fair.job")])
+        if stats.in_flight in (3, None):
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"L's acks did not arrive: {stats}")
 
 
 async def test_memory_worker_serves_b_before_a_backlog_drains() -> None:
@@ -212,10 +225,13 @@ async def test_memory_worker_serves_b_before_a_backlog_drains() -> None:
         assert done[:last_b].count("A") < N
 
 
-@pytest.mark.parametrize("scheme", ["memory", "sqlite"])
-async def test_keyed_messages_count_in_stats_and_purge(scheme: str, tmp_path: Path) -> None:
-    url = "memory://" if scheme == "memory" else f"sqlite:///{tmp_path}/f.db"
-    app = App("fair-admin", broker=url)
+@pytest.mark.parametrize("scheme", ["memory", "sqlite", "postgres"])
+async def test_keyed_messages_count_in_stats_and_purge(
+    scheme: str, tmp_path: Path, request: pytest.FixtureRequest, namespace: str
+) -> None:
+    urls = {"memory": "memory://", "sqlite": f"sqlite:///{tmp_path}/f.db"}
+    url = urls.get(scheme) or request.getfixturevalue("postgres_url")
+    app = App("fair-admin", broker=url, key_prefix=namespace)
     async with app:
         broker = app.broker
         await broker.publish(

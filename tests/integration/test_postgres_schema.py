@@ -57,6 +57,55 @@ async def test_an_older_schema_is_brought_forward(postgres_url: str, namespace: 
         await conn.close()
 
 
+async def test_a_broker_at_version_2_gains_fairness(postgres_url: str, namespace: str) -> None:
+    """Step 3 (fairness) on a schema an older aiotask made, with messages queued: they keep
+    their place (key ''), the claim index is replaced, and keyed messages then take turns."""
+    conn = await asyncpg.connect(postgres_url)
+    s = f'"{namespace}"'
+    try:
+        await conn.execute(f"CREATE SCHEMA {s}")
+        await conn.execute(
+            f"CREATE TABLE {s}.schema_versions (component text PRIMARY KEY, "
+            "version integer NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        for step in STEPS["broker"][:2]:
+            await conn.execute(step.format(s=s))
+        await conn.execute(f"INSERT INTO {s}.schema_versions VALUES ('broker', 2)")  # noqa: S608
+        await conn.execute(
+            f"INSERT INTO {s}.messages (pkey, message_id, queue, eta, body) "  # noqa: S608
+            "SELECT gen_random_uuid(), 'old' || g, 'q', 0, 'x' FROM generate_series(0, 2) g"
+        )
+        settings = Settings(broker_url=postgres_url, key_prefix=namespace)
+        broker = broker_from_url(postgres_url, settings, "app")
+        await broker.connect()
+        try:
+            await broker.publish(
+                [Outgoing("q", b"k", f"{k}{i}", fair_key=k) for k in "ab" for i in range(2)]
+            )
+            got: list[str] = []
+            while len(got) < 7:
+                batch = await broker.receive(["q"], 2)
+                await broker.ack(batch)
+                got += [d.message_id for d in batch]
+        finally:
+            await broker.close()
+        # the unkeyed rows from before the upgrade are the key "" and take their turns
+        assert got[:3] == ["a0", "b0", "old0"], got
+        assert [m for m in got if m.startswith("old")] == ["old0", "old1", "old2"]
+        assert await version(conn, namespace, "broker") == newest("broker") == 3
+        assert await migrate(conn, namespace, "broker") == (3, 3)
+        indexes = {
+            r[0]
+            for r in await conn.fetch(
+                "SELECT indexname FROM pg_indexes WHERE schemaname = $1", namespace
+            )
+        }
+        assert "messages_claim_key" in indexes
+        assert "messages_claim" not in indexes
+    finally:
+        await conn.close()
+
+
 async def test_a_backend_at_version_1_gains_the_coordination_tables(
     postgres_url: str, namespace: str
 ) -> None:

@@ -1,0 +1,115 @@
+"""Fairness across keys on PostgreSQL: the claim statement that serves a queue's keys in turn.
+
+Schema (broker migration step 3, aiotask/_postgres/schema.py): a `fair_key` column (`''` for
+unkeyed messages), the claim index `(queue, fair_key, priority DESC, eta, id)` in place of
+`(queue, priority DESC, eta, id)`, and `fair_cursor`, the last key served per queue set.
+
+Each claim stays one statement (one round trip, SKIP LOCKED):
+
+- The plain claim (_postgres_sql) starts with `keyed`: has any row of these queues a key? One
+  probe of the claim index per queue (`fair_key > ''`). If not, it claims by priority then
+  age (`fair_key = ''` keeps the index order usable): no cursor, no lock, no skip scan. If so,
+  it claims nothing and its look-ahead row (id NULL) says so in a 9th column, `keyed` (the
+  consumer ignores that row's look-ahead); the consumer then claims this queue set with the
+  fair statement below until that finds no keyed row (it then runs the plain pick, its rows
+  marked turn 0, and the consumer goes back to the plain claim). A fair claim returns no
+  look-ahead: an idle consumer asks `next_due` when to look again.
+- The fair statement reads the cursor row `FOR UPDATE`, so fair claims of every worker take
+  turns one after another (each holds it for the rest of its statement). After the wait,
+  READ COMMITTED hands back the cursor as the previous claimer left it, and rows that
+  claimer took fail the recheck of `FOR UPDATE` (their eta moved to the lease end).
+- A recursive CTE skip-scans the index for the keys after the cursor and, wrapping around,
+  from the first key up to the cursor (one index probe per key, at most `limit` each way);
+  the unkeyed rows are the key `''` (so they take a turn too). Keys with no ready row drop out.
+- A LATERAL probe per key takes its share (`limit / keys`, rounded up) of ready rows by the
+  usual order, `FOR UPDATE SKIP LOCKED`; the rows are numbered round-robin (every key's first,
+  then every key's second, ...) and the first `limit` are leased. The cursor moves to the key
+  of the last one, in the same statement.
+
+Costs: a plain claim does one index probe more than before. A fair claim costs one or two
+probes per key visited plus its rows, and waits for the fair claim before it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+#: How a queue set names its cursor row (queue names in order; the unit separator between).
+SEPARATOR = "\x1f"
+
+
+def cursor_name(queues: Sequence[str]) -> str:
+    """The cursor row of a queue set: one per set, whatever order the worker lists them."""
+    return SEPARATOR.join(sorted(set(queues)))
+
+
+def keyed(s: str) -> str:
+    """The CTE `keyed`: has any row of the queues $1 a fairness key? One probe of the claim
+    index per queue (keyed rows sort after the unkeyed ones)."""
+    return (
+        f"keyed AS MATERIALIZED (SELECT EXISTS (SELECT 1 FROM {s}.messages "
+        "WHERE queue = ANY($1::text[]) AND fair_key > '') AS yes)"
+    )
+
+
+def _next_key(s: str, queue: str, after: str) -> str:
+    """The first key of `queue` above `after`: one descent of the claim index."""
+    return (
+        f"(SELECT fair_key FROM {s}.messages WHERE queue = {queue} AND fair_key > {after} "
+        "ORDER BY fair_key LIMIT 1)"
+    )
+
+
+def claim_sql(s: str, plain: str, lease_set: str, no_sync: str) -> str:
+    """The fair claim statement for schema `s`.
+
+    Parameters: $1 queues, $2 now, $3 limit, $4 lease end, $5 owner, $6 max_deliveries,
+    $7 cursor name. `plain` is the plain claim's row pick (by priority then age, guarded by
+    `keyed`), `lease_set` the SET list that leases a row and `no_sync` the FROM item that makes
+    the commit asynchronous, all three from _postgres_sql. Returns (id, message_id, queue,
+    priority, deliveries, body, turn): `turn` orders the rows of a fair claim from 1; 0 means
+    no keyed row was found and the plain pick ran.
+    """
+    ready = "eta <= $2 AND (lease_until IS NULL OR deliveries < $6)"
+    return (
+        f"WITH RECURSIVE {keyed(s)}, "
+        f"plain AS (SELECT id, 0::bigint AS turn FROM ({plain}) AS p), "
+        # the cursor, locked: fair claims take turns; then the keys around it
+        f"cur AS MATERIALIZED (SELECT last_key FROM {s}.fair_cursor "
+        "WHERE queues = $7 AND (SELECT yes FROM keyed) FOR UPDATE), "
+        "pos AS MATERIALIZED (SELECT coalesce((SELECT last_key FROM cur), '') AS v), "
+        f"after(q, k, n) AS (SELECT q, {_next_key(s, 'q', 'pos.v')}, 1 "
+        "FROM unnest($1::text[]) AS q, pos WHERE (SELECT yes FROM keyed) "
+        f"UNION ALL SELECT a.q, {_next_key(s, 'a.q', 'a.k')}, a.n + 1 FROM after a "
+        "WHERE a.k IS NOT NULL AND a.n < $3), "
+        f"wrap(q, k, n) AS (SELECT q, (SELECT min(fair_key) FROM {s}.messages WHERE queue = q), 1 "
+        "FROM unnest($1::text[]) AS q WHERE (SELECT yes FROM keyed) "
+        f"UNION ALL SELECT w.q, {_next_key(s, 'w.q', 'w.k')}, w.n + 1 FROM wrap w, pos "
+        "WHERE w.k < pos.v AND w.n < $3), "
+        # a key with nothing ready (all delayed or in flight) takes no turn nor share; a
+        # scalar subquery, not EXISTS, so the planner keeps it an index probe per key
+        "turns AS MATERIALIZED (SELECT q, k, wrapped FROM ("
+        "SELECT q, k, false AS wrapped FROM after WHERE k IS NOT NULL "
+        "UNION ALL SELECT q, k, true FROM wrap, pos WHERE k <= pos.v) AS t "
+        f"WHERE (SELECT true FROM {s}.messages WHERE queue = t.q AND fair_key = t.k "
+        f"AND {ready} LIMIT 1)), "
+        "share AS MATERIALIZED (SELECT greatest(1, ceil($3::float8 / "
+        "nullif(least(count(*), $3), 0)))::int AS n FROM turns), "
+        "heads AS (SELECT t.q, t.k, t.wrapped, h.id, row_number() OVER ("
+        "PARTITION BY t.q, t.k ORDER BY h.priority DESC, h.eta, h.id) AS rank "
+        "FROM turns t CROSS JOIN LATERAL ("
+        f"SELECT id, priority, eta FROM {s}.messages WHERE queue = t.q AND fair_key = t.k "
+        f"AND {ready} ORDER BY priority DESC, eta, id LIMIT (SELECT n FROM share) "
+        "FOR UPDATE SKIP LOCKED) h), "
+        "chosen AS (SELECT id, k, row_number() OVER (ORDER BY rank, wrapped, k, q) AS turn "
+        "FROM heads ORDER BY turn LIMIT $3), "
+        f"moved AS (INSERT INTO {s}.fair_cursor (queues, last_key) "
+        "SELECT $7, k FROM chosen ORDER BY turn DESC LIMIT 1 "
+        "ON CONFLICT (queues) DO UPDATE SET last_key = excluded.last_key), "
+        "picked AS (SELECT id, turn FROM plain UNION ALL SELECT id, turn FROM chosen) "
+        f"UPDATE {s}.messages m SET {lease_set} FROM picked, {no_sync} WHERE m.id = picked.id "
+        "RETURNING m.id, m.message_id, m.queue, m.priority, m.deliveries, m.body, picked.turn"
+    )

@@ -1,0 +1,89 @@
+"""PostgreSQL fairness details beyond the contract suite: the switch between the plain and the
+fair claim, turns across the queues of one receive, keys with nothing ready, and the cursor
+kept per queue set."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+import asyncpg
+import pytest
+
+from aiotask.brokers import Outgoing
+from aiotask.brokers.postgres import PostgresBroker
+from aiotask.settings import Settings
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+pytestmark = pytest.mark.postgres
+
+
+@pytest.fixture
+async def broker(postgres_url: str, namespace: str) -> AsyncIterator[PostgresBroker]:
+    b = PostgresBroker(postgres_url, Settings(broker_url=postgres_url, key_prefix=namespace))
+    await b.connect()
+    try:
+        yield b
+    finally:
+        await b.close()
+
+
+def msg(queue: str, mid: str, key: str = "", **kw: float) -> Outgoing:
+    return Outgoing(queue, mid.encode(), mid, fair_key=key, **kw)  # type: ignore[arg-type]
+
+
+async def take(broker: PostgresBroker, queues: list[str], n: int) -> list[str]:
+    got = await broker.receive(queues, n)
+    await broker.ack(got)
+    return [d.message_id for d in got]
+
+
+async def cursors(postgres_url: str, namespace: str) -> dict[str, str]:
+    conn = await asyncpg.connect(postgres_url)
+    try:
+        rows = await conn.fetch(f'SELECT queues, last_key FROM "{namespace}".fair_cursor')  # noqa: S608
+    finally:
+        await conn.close()
+    return {r[0]: r[1] for r in rows}
+
+
+async def test_plain_until_a_keyed_row_then_fair_then_plain_again(
+    broker: PostgresBroker, postgres_url: str, namespace: str
+) -> None:
+    await broker.publish([msg("q", f"u{i}") for i in range(3)])
+    assert await take(broker, ["q"], 1) == ["u0"]
+    assert not broker._keyed
+    assert await cursors(postgres_url, namespace) == {}  # a plain claim has no cursor
+    await broker.publish([msg("q", f"a{i}", "a") for i in range(3)])
+    # the unkeyed rows are the key "" and take their turn after a (keys after the cursor "")
+    assert await take(broker, ["q"], 4) == ["a0", "u1", "a1", "u2"]
+    assert await cursors(postgres_url, namespace) == {"q": ""}
+    assert await take(broker, ["q"], 4) == ["a2"]
+    await broker.publish([msg("q", "u3"), msg("q", "u4", priority=5)])
+    # no keyed row is left: this claim runs the plain pick (priority first) and switches back
+    assert await take(broker, ["q"], 2) == ["u4", "u3"]
+    assert not broker._keyed
+
+
+async def test_queues_of_one_receive_take_turns_and_share_a_cursor(
+    broker: PostgresBroker, postgres_url: str, namespace: str
+) -> None:
+    await broker.publish([msg("q1", f"a{i}", "a") for i in range(4)])
+    await broker.publish([msg("q2", f"u{i}") for i in range(2)] + [msg("q2", "b0", "b")])
+    got = await take(broker, ["q2", "q1"], 6)
+    # every (key, queue) in turn: a (q1), b (q2), then "" (q2) after wrapping round; each a
+    # share of 6 / 3 keys (b has one row only)
+    assert got == ["a0", "b0", "u0", "a1", "u1"]
+    assert await take(broker, ["q1", "q2"], 6) == ["a2", "a3"]
+    assert list(await cursors(postgres_url, namespace)) == ["q1\x1fq2"]
+
+
+async def test_a_key_with_nothing_ready_takes_no_share(broker: PostgresBroker) -> None:
+    later = time.time() + 60
+    await broker.publish([msg("q", f"d{i}", "d", eta=later) for i in range(3)])
+    await broker.publish([msg("q", f"a{i}", "a") for i in range(4)])
+    # d has only delayed rows: a gets the whole claim, not half of it
+    assert await take(broker, ["q"], 4) == ["a0", "a1", "a2", "a3"]
+    assert await broker.purge("q") == 3
