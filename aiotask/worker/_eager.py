@@ -45,12 +45,17 @@ class EagerTask(_PyTask):
     ) -> None:
         # asyncio.Task.__init__ minus its call_soon(first step); _register_task only if it waits
         _future_init(self, loop=loop)
-        self._name = f"Task-{_next_name()}"
+        self._name: str | None = None  # numbered when asked (get_name): most never are
         self._num_cancels_requested = 0
         self._must_cancel = False
         self._fut_waiter = None
         self._coro = coro
         self._context = context
+
+    def get_name(self) -> str:
+        if self._name is None:
+            self._name = f"Task-{_next_name()}"
+        return self._name
 
 
 def start(coro: Coroutine[Any, Any, Any], loop: asyncio.AbstractEventLoop) -> EagerTask:

@@ -75,3 +75,14 @@ async def test_a_timeout_entered_in_the_first_step_cancels_this_task_only() -> N
     task = start(limited(), asyncio.get_running_loop())
     assert await task == "timed out"
     assert not asyncio.current_task().cancelling()  # type: ignore[union-attr]
+
+
+async def test_a_task_is_numbered_as_asyncio_numbers_tasks_when_asked() -> None:
+    async def body() -> None:
+        await asyncio.sleep(0)
+
+    task = start(body(), asyncio.get_running_loop())
+    assert task.get_name().startswith("Task-") and task.get_name() in repr(task)
+    task.set_name("mine")
+    assert task.get_name() == "mine"
+    await task
