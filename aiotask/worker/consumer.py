@@ -21,6 +21,7 @@ from aiotask.ratelimit import RateLimiter
 from aiotask.security import UNDECODABLE, Refused
 from aiotask.serializer import ExceptionInfo
 from aiotask.states import FAILURE
+from aiotask.worker import _eager as eager
 from aiotask.worker._fair_buffer import FairBuffer
 from aiotask.worker.outcome import Settlement
 
@@ -259,15 +260,31 @@ class Dispatcher:
             self.buffer.append((delivery, message, False))
 
     def _start(self, delivery: Delivery, message: Message, revoked: bool) -> None:
+        if self.received and self.events is not None:  # task-received before task-started
+            self.events.tasks(TASK_RECEIVED, self.received)
+            self.received = []
+        # its first step runs now (_eager.py): a task that never waits is done here already
+        coro = self.executor.execute(delivery, message, revoked)
+        task = eager.start(coro, asyncio.get_running_loop())
+        if task.done():
+            self._outcome(delivery, task)
+            return
         running = self.running
         if not running:
             self.idle.clear()
-        task = asyncio.create_task(self.executor.execute(delivery, message, revoked))
         running[delivery] = task
         task.add_done_callback(lambda t, d=delivery: self._done(d, t))  # type: ignore[misc]
 
     def _done(self, delivery: Delivery, task: asyncio.Task[Settlement]) -> None:
         self.running.pop(delivery, None)
+        self._outcome(delivery, task)
+        while self.buffer and len(self.running) < self.concurrency:
+            self._start(*self.buffer.popleft())
+        if not self.running:
+            self.idle.set()
+
+    def _outcome(self, delivery: Delivery, task: asyncio.Task[Settlement]) -> None:
+        """A finished task: free its slot and hand its settlement to the settler."""
         self.gates.finished(delivery)  # its concurrency slot, if any, is free again
         if not task.cancelled():
             exc = task.exception()
@@ -279,10 +296,6 @@ class Dispatcher:
             else:
                 self._internal_error(delivery, exc)
             self.processed += 1
-        while self.buffer and len(self.running) < self.concurrency:
-            self._start(*self.buffer.popleft())
-        if not self.running:
-            self.idle.set()
 
     def settled(self, deliveries: Sequence[Delivery]) -> None:
         self.held.difference_update(deliveries)

@@ -1,0 +1,87 @@
+"""Start a task's coroutine at once, in the caller's turn of the loop (asyncio's eager start).
+
+Most tasks a worker runs finish without ever waiting (a no-op, a computation, a result
+stored by the settler later). For those, an ordinary `asyncio.Task` costs a scheduled first
+step, a scheduled done callback and two turns of the loop. Python 3.12's
+`asyncio.eager_task_factory` runs the first step inside `create_task`; this module does the
+same on 3.11: a Task whose first step runs now, under its own context and as the current
+task (so `asyncio.current_task()`, `asyncio.timeout`, soft time limits and revoke by
+cancel see this Task, exactly as if the loop had stepped it). If the coroutine finishes,
+the Task is already done when `start` returns: no step or callback was scheduled. If it
+waits, the Task carries on like any other (registered, cancellable, awaited by the loop).
+
+On 3.11 it builds on asyncio's pure-Python Task (the C Task schedules its first step in its
+constructor): a Task that waits takes its later steps in Python, a few µs more per await,
+and `isinstance(task, asyncio.Task)` is False for it. On 3.12 and later, asyncio's own
+`Task(..., eager_start=True)` does the same with the C Task and no private names.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import sys
+from asyncio import futures, tasks
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Coroutine
+
+    _PyTask = asyncio.Task[Any]
+else:
+    _PyTask = tasks._PyTask
+
+#: 3.12+: asyncio.Task takes eager_start (it copies the context and swaps the current task)
+_NATIVE = sys.version_info >= (3, 12)
+_enter, _leave, _register = tasks._enter_task, tasks._leave_task, tasks._register_task
+#: asyncio's own task numbering (the names are Task-1, Task-2, ... as for any Task)
+_next_name = tasks._task_name_counter  # type: ignore[attr-defined]
+_future_init = futures._PyFuture.__init__  # type: ignore[attr-defined]
+
+
+class EagerTask(_PyTask):
+    """An asyncio Task whose first step is run by `start`, not scheduled on the loop."""
+
+    def __init__(
+        self,
+        coro: Coroutine[Any, Any, Any],
+        loop: asyncio.AbstractEventLoop,
+        context: contextvars.Context,
+    ) -> None:
+        # asyncio.Task.__init__ minus its call_soon(first step); _register_task only if it waits
+        _future_init(self, loop=loop)
+        self._name: str | None = None  # numbered when asked (get_name): most never are
+        self._num_cancels_requested = 0
+        self._must_cancel = False
+        self._fut_waiter = None
+        self._coro = coro
+        self._context = context
+
+    def get_name(self) -> str:
+        if self._name is None:
+            self._name = f"Task-{_next_name()}"
+        return self._name
+
+
+def start(coro: Coroutine[Any, Any, Any], loop: asyncio.AbstractEventLoop) -> asyncio.Task[Any]:
+    """Run coro's first step now as a Task of its own (in a copy of the current context).
+
+    Done on return when the coroutine did not wait; otherwise pending and driven by the loop.
+    The caller's current task (if any) is set aside for the step and restored after it.
+    """
+    if _NATIVE:
+        native: Any = asyncio.Task  # eager_start is not in 3.11's stubs
+        started: asyncio.Task[Any] = native(coro, loop=loop, eager_start=True)
+        return started
+    task = EagerTask(coro, loop, contextvars.copy_context())
+    caller = tasks.current_task(loop)
+    if caller is not None:
+        _leave(loop, caller)
+    try:
+        task._context.run(task._Task__step)  # type: ignore[attr-defined]
+    finally:
+        if caller is not None:
+            _enter(loop, caller)
+    if not task.done():
+        _register(task)  # asyncio.all_tasks() sees it, as it sees any pending Task
+    return task
