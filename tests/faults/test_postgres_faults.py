@@ -18,7 +18,7 @@ import asyncpg
 import pytest
 
 from aiotask import App
-from tests.procs import lines, start_worker, stop, worker_env, write_tasks
+from tests.procs import StderrTail, lines, start_worker, stop, worker_env, write_tasks
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -44,6 +44,7 @@ async def test_kill_9_of_a_worker_loses_nothing(
     url = postgres_server.url
     env = worker_env(write_tasks(tmp_path), url, AIOTASK_KEY_PREFIX=namespace, **FAST_TAKEOVER)
     first = start_worker(tmp_path, env, "-c", "10")
+    StderrTail(first)  # read all along: an outage's warnings would fill the pipe
     second = None
     keys = [f"k{i}" for i in range(60)]
     try:
@@ -53,6 +54,7 @@ async def test_kill_9_of_a_worker_loses_nothing(
             stop(first, signal.SIGKILL)
             before_kill = set(lines(tmp_path, "started"))
             second = start_worker(tmp_path, env, "-c", "10")
+            StderrTail(second)  # read all along: an outage's warnings would fill the pipe
             got = [await app.AsyncResult(r.id).get(timeout=60) for r in sent]
             assert got == keys
         started, finished = lines(tmp_path, "started"), lines(tmp_path, "finished")
@@ -74,6 +76,7 @@ async def test_server_restart_mid_run_loses_nothing(
     url = postgres_server.url
     env = worker_env(write_tasks(tmp_path), url, AIOTASK_KEY_PREFIX=namespace, **FAST_TAKEOVER)
     worker = start_worker(tmp_path, env, "-c", "10")
+    StderrTail(worker)  # read all along: an outage's warnings would fill the pipe
     keys = [f"a{i}" for i in range(60)]
     late = [f"b{i}" for i in range(20)]
     try:
@@ -117,6 +120,7 @@ async def test_a_long_transaction_holding_a_row_lock_blocks_only_that_row(
                 held.id,
             )
             worker = start_worker(tmp_path, env, "-c", "10")
+            StderrTail(worker)  # read all along: an outage's warnings would fill the pipe
             assert [await r.get(timeout=30) for r in others] == [2 * i for i in range(1, 20)]
             assert await held.state() == "PENDING"
             await tx.rollback()
@@ -150,10 +154,10 @@ def _kill_9_cluster(server: PrivatePostgres) -> None:
 async def test_server_crash_after_async_acks_redelivers_and_loses_nothing(
     tmp_path: Path, postgres_server: PrivatePostgres, namespace: str
 ) -> None:
-    """Claims, acks and a worker's results commit without waiting for the WAL flush. A crash
-    (kill -9 of every server process) right after the acks loses the newest of them, never a
-    result whose ack survived: every task has its result or its message, and the lost acks'
-    messages run again."""
+    """A crash (kill -9 of every server process) right after the acks, with a slow WAL writer:
+    every task has its result or its message, and any message whose ack was lost runs again.
+    (Written for acks committing without the WAL flush, withdrawn for now — see
+    aiotask._postgres.NO_SYNC — so today no ack is lost and nothing runs again.)"""
     url = postgres_server.url
     admin = await asyncpg.connect(url)
     try:  # async commits stay in shared memory for up to 10 s: a crash then loses them
@@ -166,6 +170,7 @@ async def test_server_crash_after_async_acks_redelivers_and_loses_nothing(
     )
     keys = [f"c{i}" for i in range(30)]
     worker = start_worker(tmp_path, env, "-c", "10")
+    StderrTail(worker)  # read all along: an outage's warnings would fill the pipe
     try:
         async with App("proc", broker=url, key_prefix=namespace) as app:
             sent = [await app.send_task("proc.slow", args=[k, 0.01]) for k in keys]
@@ -198,7 +203,6 @@ async def test_server_crash_after_async_acks_redelivers_and_loses_nothing(
         assert set(finished) == set(keys)
         ran_twice = {k for k in keys if finished.count(k) > 1}
         assert len(ran_twice) <= again  # only tasks whose message survived ran again
-        assert again > 0, "no ack was lost: the crash came too late to test anything"
     finally:
         assert stop(worker) == 0
 
