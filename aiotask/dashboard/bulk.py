@@ -14,7 +14,7 @@ needs a filter: an empty one would be the whole history).
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from starlette.routing import Route
@@ -164,10 +164,15 @@ def filters_text(query: HistoryQuery) -> str:
     )
 
 
-async def api_revoke_matching(request: Request) -> Response:
+async def _filter_body(request: Request, *extra: str) -> tuple[dict[str, Any], HistoryQuery]:
+    """A bulk action's body (the history filter, plus `extra` keys) and its query."""
     body = await json_body(request)
-    only_keys(body, {*FILTER_KEYS, "terminate"})
-    query = history_query(body)
+    only_keys(body, {*FILTER_KEYS, *extra})
+    return body, history_query(body)
+
+
+async def api_revoke_matching(request: Request) -> Response:
+    body, query = await _filter_body(request, "terminate")
     terminate = want(body, "terminate", bool, False)
     ids = await revoke_matching(dashboard_of(request), query, terminate)
     audit(request, "revoke-matching", filters_text(query), f"{len(ids)} revoked")
@@ -175,18 +180,14 @@ async def api_revoke_matching(request: Request) -> Response:
 
 
 async def api_retry_matching(request: Request) -> Response:
-    body = await json_body(request)
-    only_keys(body, set(FILTER_KEYS))
-    query = history_query(body)
+    _, query = await _filter_body(request)
     sent = await retry_matching(dashboard_of(request), query)
     audit(request, "retry-matching", filters_text(query), f"{len(sent)} sent again")
     return json_response({"retried": sent}, 202)
 
 
 async def api_delete_matching(request: Request) -> Response:
-    body = await json_body(request)
-    only_keys(body, set(FILTER_KEYS))
-    query = history_query(body)
+    _, query = await _filter_body(request)
     ids = await delete_matching(dashboard_of(request), query)
     audit(request, "delete-matching", filters_text(query), f"{len(ids)} deleted")
     return json_response({"deleted": ids})
