@@ -15,7 +15,6 @@ import asyncio
 import logging
 import math
 import os
-import secrets
 import socket
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar, cast
@@ -121,7 +120,7 @@ class RedisStreamsBroker:
         self.shared_client = SharedClient(resolved.url, resolved.tls)
         self._prefix = settings.key_prefix
         self._group = app_name
-        self._consumer = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        self._consumer = f"{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
         self._lease_ms = max(1, int(settings.visibility_timeout * 1000))
         self._reclaim_every = settings.visibility_timeout / 2
         self._max_deliveries = settings.max_deliveries
@@ -299,7 +298,7 @@ class RedisStreamsBroker:
                 part[0].extend((band, out.message_id, out.body))
         if not parts and not keyed:
             return
-        batch_id = secrets.token_hex(8)
+        batch_id = os.urandom(8).hex()
         sha = self._sha("PUBLISH")
         # a large batch gets time to travel, so it is not resent (in full) while still arriving
         extra = size / TRANSFER_RATE
