@@ -33,9 +33,7 @@ from aiotask._redis.client import (
     warn_if_volatile,
 )
 from aiotask._time import monotonic, now
-from aiotask.brokers import _redis_admin as admin
 from aiotask.brokers import _redis_cluster_reads as cluster_reads
-from aiotask.brokers import _redis_events as events
 from aiotask.brokers import _redis_fair as fair
 from aiotask.brokers import _redis_fair_lua as fair_lua
 from aiotask.brokers import _redis_housekeeping as housekeeping
@@ -548,21 +546,31 @@ class RedisStreamsBroker:
 
     async def purge(self, queue: str) -> int:
         """Drop every message of the queue, delayed ones included; returns how many."""
+        from aiotask.brokers import _redis_admin as admin  # inspection only: not at import
+
         return await admin.purge(self, self._keys(queue))
 
     async def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
+        from aiotask.brokers import _redis_admin as admin  # inspection only: not at import
+
         return await admin.dead_letters(self, self._keys(queue), limit)
 
     async def delete_dead_letters(self, queue: str, dead: Sequence[DeadLetter]) -> int:
         """XDEL these entries of the dead-letter stream; returns how many were still there."""
+        from aiotask.brokers import _redis_admin as admin  # inspection only: not at import
+
         return await admin.delete_dead_letters(self, self._keys(queue), dead)
 
     async def queue_stats(self, queues: Sequence[str]) -> list[QueueStats]:
         """One script per queue, one round trip: ready, delayed, leased (pending), dead."""
+        from aiotask.brokers import _redis_admin as admin  # inspection only: not at import
+
         return await admin.queue_stats(self, [self._keys(q) for q in queues])
 
     async def known_queues(self) -> list[str]:
         """Queues with keys under this key_prefix (SCAN: one node of a cluster only)."""
+        from aiotask.brokers import _redis_admin as admin  # inspection only: not at import
+
         with map_errors(self._url):
             return await admin.scan_queues(self._client(), self._prefix, self.op_timeout * 6)
 
@@ -570,6 +578,8 @@ class RedisStreamsBroker:
 
     async def emit_events(self, batch: Sequence[bytes]) -> None:
         """XADD the records to `{prefix}:events` (MAXLEN ~ EVENTS_CAP): one round trip."""
+        from aiotask.brokers import _redis_events as events  # events on only: not at import
+
         if batch:
             cmds = events.xadds(events.key(self._prefix), EVENTS_CAP, batch)
             await self._retrying(
@@ -584,6 +594,8 @@ class RedisStreamsBroker:
         self, cursor: str | None
     ) -> AbstractAsyncContextManager[AsyncIterator[tuple[str, bytes]]]:
         """Follow `{prefix}:events` after entry `cursor` (see EventLog)."""
+        from aiotask.brokers import _redis_events as events  # events on only: not at import
+
         return events.follow_after(self._client, self._prefix, cursor, self._retrying)
 
 
