@@ -19,12 +19,10 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
-import hashlib
 import itertools
 import logging
 import os
 import socket
-import tempfile
 import time
 import weakref
 from typing import TYPE_CHECKING
@@ -50,6 +48,9 @@ def wake_dir(path: str) -> str:
     beside = f"{path}-wake"
     if len(beside.encode()) + _NAME_ROOM <= MAX_ADDRESS:
         return beside
+    import hashlib  # only for long paths: tempfile imports shutil, bz2, lzma (0.7 MiB of RSS)
+    import tempfile
+
     digest = hashlib.sha256(path.encode()).hexdigest()[:24]
     return os.path.join(tempfile.gettempdir(), "aiotask-wake", digest)
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import atexit
 import concurrent.futures
-import concurrent.futures.thread  # its exit hook must be registered before ours (see below)
 import contextlib
 import os
 import threading
@@ -44,6 +43,7 @@ class LoopThread:
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
+        self._exit_hook = False
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop | None:
@@ -85,6 +85,7 @@ class LoopThread:
             return loop
         with self._lock:
             if self._loop is None:
+                self._register_exit_hook()
                 loop = asyncio.new_event_loop()
                 ready = threading.Event()
                 thread = threading.Thread(
@@ -95,6 +96,21 @@ class LoopThread:
                 self._thread = thread
                 self._loop = loop
             return self._loop
+
+    def _register_exit_hook(self) -> None:
+        """Stop the loop at exit, before concurrent.futures' own exit hook, which refuses new
+        work (the SQLite connections close through their executors): threading's exit hooks
+        run before atexit's, last first, so ours is registered after importing
+        concurrent.futures.thread (which registers its hook). Done with the first start, not
+        at import: an idle worker, which never uses the sync API, does not hold that module
+        (and its queue) in memory."""
+        if self._exit_hook:
+            return
+        import concurrent.futures.thread  # noqa: F401 - its exit hook first (see above)
+
+        with contextlib.suppress(RuntimeError):  # the interpreter is already exiting
+            getattr(threading, "_register_atexit", atexit.register)(self.stop)
+        self._exit_hook = True
 
     @staticmethod
     def _serve(loop: asyncio.AbstractEventLoop, ready: threading.Event) -> None:
@@ -202,7 +218,3 @@ def run_sync(coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
 
 if hasattr(os, "register_at_fork"):  # pragma: no branch - POSIX
     os.register_at_fork(after_in_child=LOOP.forget_after_fork)
-# Before concurrent.futures' own exit hook, which refuses new work (the SQLite connections
-# close through their executors): threading's exit hooks run before atexit's, last first,
-# and concurrent.futures.thread (imported above) has registered its hook already.
-getattr(threading, "_register_atexit", atexit.register)(LOOP.stop)

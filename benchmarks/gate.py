@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 #: Idle worker RSS bounds (MiB: the worker process and its children, before any task), per
-#: row: measured once an idle worker loads only what it uses (SQLite 28.4, Redis 31.1 with
-#: redis-py 7.4, 34.2 with redis-py 8 and the OpenTelemetry SDK installed, which redis-py 8
-#: then imports; RabbitMQ with Redis results 36.8), plus about 6 MiB for library updates.
-#: Memory does not vary with the machine's load. See docs/benchmarks.md.
-IDLE_RSS_BOUND_MIB = {"aiotask-sqlite": 34.0, "aiotask": 40.0, "aiotask-amqp": 43.0}
+#: row: measured once an idle worker loads only what it uses (2026-11-30: SQLite 27.5, Redis
+#: 29.3 with redis-py 7.4, about 33.5 with redis-py 8 and the OpenTelemetry SDK installed,
+#: which redis-py 8 then imports; RabbitMQ with Redis results 35.9), plus about 6 MiB for
+#: library updates. Memory does not vary with the machine's load. See docs/benchmarks.md.
+IDLE_RSS_BOUND_MIB = {"aiotask-sqlite": 33.5, "aiotask": 39.0, "aiotask-amqp": 42.0}
 #: aiotask (SQLite) round trip p50 at most this many times aiotask (Redis)'s of the same run.
 SQLITE_P50_FACTOR = 3.0
 

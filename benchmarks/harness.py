@@ -16,8 +16,8 @@ frameworks, and every figure is the median with the min-max range.
 - aiotask is slower than Celery on drain or on p50 round-trip latency (a ratio);
 - aiotask (SQLite)'s p50 round trip is over 3x aiotask (Redis)'s (a ratio, generous for a noisy
   shared machine: the target is <= 2 ms and within 3x);
-- an aiotask worker idles above its row's RSS bound (its process tree: 34 MiB on SQLite, 40 on
-  Redis, 43 on RabbitMQ; measured 28-37, the rest is margin). The only absolute figure: memory
+- an aiotask worker idles above its row's RSS bound (its process tree: 33.5 MiB on SQLite, 39
+  on Redis, 42 on RabbitMQ; measured 27.5-36, the rest is margin). The only absolute figure: memory
   does not vary with the machine's load.
 """
 

@@ -430,31 +430,58 @@ coredis's 0.1 s unsubscribe timeout on every call.
 An idle `aiotask worker` (no task run yet; the process pool starts at the first plain-function
 task, so the idle tree is one process), measured on this machine with `/proc/self/status` and
 `python -X importtime`, Python 3.11, `.venv-bench` (redis-py 7.4). Each row is measured after
-the rows above it, in the order a Redis worker loads them; import times are with the bytecode
-and files in the page cache, on a busy shared machine (read them as orders of magnitude).
+the rows above it, in the order a worker loads them (median of 5 fresh interpreters; RSS varied
+by under 0.15 MiB between them); import times are with the bytecode and files in the page cache,
+on a busy shared machine (load average 14-16: read them as orders of magnitude).
 
 | what loads | RSS added | import time |
 |---|---:|---:|
 | the interpreter | 8.7 MiB | - |
-| `asyncio` (with `ssl`, `socket`, `concurrent.futures`) | 10.0 MiB | 40-70 ms |
-| `orjson` (it imports `uuid`, `datetime`, `json`, `dataclasses`) | 0.9 MiB | 5-10 ms |
-| `aiotask` (App, Task, canvas, coordination, control, security) | 4.2 MiB | 45-120 ms |
-| `aiotask.worker` (no pool machinery, beat or events) | 0.8 MiB | 15-40 ms |
-| `redis.asyncio` (all of redis-py) + aiotask's Redis broker and backend | 5.3 MiB | 45-110 ms |
-| instead of Redis: the SQLite broker and backend (`sqlite3`) | 1.8 MiB | 12-40 ms |
-| instead of Redis: `aio_pika` (aiormq, pamqp, yarl, `importlib.metadata`) | 5.2 MiB | 40-115 ms |
-| then `aiotask.brokers.rabbitmq` | 1.2 MiB | 12-27 ms |
-| not loaded: `importlib.metadata` (email, zipfile, csv...), see below | 1.4-2.3 MiB | ~50 ms |
-| not loaded: `typing_extensions` (for type checkers only) | 0.4 MiB | - |
-| on first use: pool machinery 0.3, events 0.2, beat 0.1, cron 0.4, `--logfile` 0.5 | - | - |
-| not in a worker: `typer` with click, rich and pydantic | 6.6 MiB | ~200 ms |
+| `asyncio` (with `ssl`, `socket`, `concurrent.futures`, `logging`) | 10.5 MiB | 100-250 ms |
+| `orjson` (it imports `uuid`, `datetime`, `json`, `dataclasses`) | 0.9 MiB | 10-50 ms |
+| `aiotask` (App, Task, canvas, coordination, control, security) | 2.8 MiB | 65-220 ms |
+| `aiotask.worker` (no pool machinery, beat or events) | 0.4 MiB | 10-60 ms |
+| `redis.asyncio` (all of redis-py; it imports `hashlib`) | 5.0 MiB | 110-240 ms |
+| then aiotask's Redis broker and backend | 0.3 MiB | 5-35 ms |
+| instead of Redis: the SQLite broker and backend (`sqlite3`) | 1.2 MiB | 5-30 ms |
+| instead of Redis: `aio_pika` (with `importlib.metadata`, `hashlib`) | 6.3 MiB | 200-360 ms |
+| then `aiotask.brokers.rabbitmq` | 0.9 MiB | 20-40 ms |
+| not loaded on SQLite: `hashlib` (signing keys, unique keys, long paths) | 0.6 MiB | - |
+| not loaded on SQLite: `tempfile` (`shutil`, `bz2`, `lzma`: long paths) | 0.6 MiB | 2-25 ms |
+| not loaded on SQLite: the history, schedule, lock and coordination stores | 0.5 MiB | 30-40 ms |
+| not loaded: `importlib.metadata` (email, zipfile, csv...), see below | 2.1 MiB | 40-150 ms |
+| on first use: pool machinery 0.55, events 0.25, beat 0.1, cron 0.35, `--logfile` 0.15 | - | - |
+| not in a worker: `typer` with click, rich and pydantic | 6.6 MiB | 120-450 ms |
 
-Idle worker RSS, the process tree (the harness's `idle_rss_mib`, 2026-11-30, two repeats, load
-average 7.8-8.9 on 2 cores; memory does not vary with the load): **30.0 MiB on Redis**, 28.3 on
-SQLite, 36.4 on RabbitMQ with Redis results; in the same run arq 30.4, SAQ 33.8, the floor 28.6,
-Celery 140, Celery (RabbitMQ) 139 (aiotask / arq 0.99, / SAQ 0.89, / Celery 0.21, / floor 1.05).
-Before this round, by the same measurement: 35.1 on Redis, 30.7 on SQLite, 38.4 on RabbitMQ.
-PSS: 19.7 MiB on Redis (arq 20.0, SAQ 23.2). What keeps it there:
+The modules themselves, by the Python memory their import allocates (`tracemalloc`, each
+module's own share, its imports left out) and their own import time (fastest of 7 runs), in an
+idle Redis worker: aiotask's 86 modules hold 2.4 MiB and take about 40 ms; redis-py's 56 hold
+3.9 MiB, `redis.commands.core` alone 0.7 MiB, cluster support (loaded by `import redis`,
+unused without a cluster URL) about 0.8 MiB. The largest of aiotask's:
+
+| module | Python memory | import time |
+|---|---:|---:|
+| `aiotask.task` | 118 KiB | 2.7 ms |
+| `aiotask.brokers.redis_streams` | 111 KiB | 1.3 ms |
+| `aiotask.brokers.base` | 98 KiB | 4.6 ms |
+| `aiotask.backends.base` | 94 KiB | 2.2 ms |
+| `aiotask.app` | 89 KiB | 0.6 ms |
+| `aiotask.worker.outcome` | 86 KiB | 2.4 ms |
+| `aiotask.backends.redis` | 76 KiB | 0.3 ms |
+| `aiotask.canvas.compile` | 69 KiB | 1.2 ms |
+| `aiotask.worker.settle` | 68 KiB | 0.6 ms |
+| `aiotask._tls` | 68 KiB | 1.0 ms |
+| `aiotask.canvas.primitives` | 65 KiB | 1.2 ms |
+| `aiotask._urls` | 63 KiB | 1.5 ms |
+
+Idle worker RSS, the process tree (the harness's `idle_rss_mib`, 2026-11-30, `--smoke
+--workloads latency`, three runs of the code before and after this round, alternating, each
+with arq, SAQ and the floor in the same run; load average 14-16 on 2 cores; memory does not
+vary with the load, and each figure was the same in all three runs to 0.1 MiB): **29.3 MiB on
+Redis** (before: 30.7), 27.4-27.5 on SQLite (before: 29.1-29.2), 35.9 on RabbitMQ with Redis
+results (before: 36.6-36.7, two runs); in the same runs arq 30.4-30.6, SAQ 33.6-33.7, the raw
+redis-py floor 28.6 (aiotask / arq 0.96, / SAQ 0.87, / floor 1.02). PSS: 18.9 MiB on Redis
+(arq 20.0, SAQ 23.1, the floor 18.2). What keeps it there:
 
 - `aiotask worker` parses its options with typer, then replaces itself (`os.execv`, same PID,
   same signals and file descriptors) with `python -m aiotask.cli._run_worker`, an interpreter
@@ -468,30 +495,46 @@ PSS: 19.7 MiB on Redis (arq 20.0, SAQ 23.2). What keeps it there:
   lazy module (`importlib.util.LazyLoader`, the standard library's mechanism: the module runs
   at its first attribute access, so code that uses it sees no difference), and aiotask hands
   redis-py its version (`driver_info`, from `redis.__version__`), so the module never runs.
-  aio-pika and aiormq read their versions at import: a RabbitMQ worker loads it anyway.
+  aio-pika and aiormq read their versions at import: a RabbitMQ worker loads it anyway. (On
+  Python 3.11 the same trick does not work for a module that is imported twice: the second
+  `import` reads the module's `__spec__`, which runs it. So the standard library modules that
+  `asyncio` and `orjson` pull in cannot be deferred this way.)
 - What only some tasks or options need loads on first use: the process pool's machinery (the
   first plain-function task), beat and cron (`beat_schedule`, `@app.periodic`, `--beat`), the
   events machinery (`-E`), the dashboard's history, dead letters, Celery's formats
-  (`celery_compat`), pickle, `logging.handlers` (`--logfile`), the Redis coordination, lock,
-  history and schedule stores. `tests/unit/test_worker_imports.py` pins the idle import graph.
+  (`celery_compat`), pickle, `logging.handlers` (`--logfile`), the Redis and SQLite
+  coordination, lock, history and schedule stores, the Redis broker's inspection and events
+  helpers (purge, stats, dead letters; `-E`), the sync API's `concurrent.futures.thread` (its
+  exit hook is registered with the loop thread's first start, still ahead of
+  concurrent.futures' own), `hmac` and `hashlib` (signing keys, unique-task keys; on Redis,
+  redis-py imports `hashlib` itself), `tempfile` (a SQLite path too long for a socket name
+  beside it). The Redis client names itself with `os.urandom(3).hex()`, which is what
+  `secrets.token_hex` does, without importing `secrets` (and `hmac`).
+  `tests/unit/test_worker_imports.py` pins the idle import graph, on Redis and on SQLite.
 - `typing_extensions` (for `Task[P, R]`'s PEP 696 default) is imported for type checkers only;
   `Task.__class_getitem__` applies the default at run time.
 
-Of the process's 30 MiB, 10.8 are file pages (libpython 5.1, OpenSSL's libcrypto 3.5 for `ssl`,
-which `asyncio` imports in any case, libc 1.4) and 20 anonymous (Python objects, mostly modules'
-code). redis-py costs the rest of the gap to SQLite: `import redis.asyncio` loads the whole
-package (cluster, sentinel, the sync client and all command mixins). Tried, no gain worth it:
-`gc.collect()` after start-up (0.0), `malloc_trim(0)` (0.4 MiB back, ctypes costs 0.25),
-`MALLOC_MMAP_THRESHOLD_`/`MALLOC_TRIM_THRESHOLD_` (0.2-0.3), `PYTHONMALLOC=malloc` (+0.3),
-`python -OO` (+4.3 MiB: no cached optimized bytecode); `MALLOC_ARENA_MAX` does not apply (an
-idle worker has one thread). With redis-py 8 and the OpenTelemetry SDK installed, redis-py
-imports the SDK's metrics (2.5 MiB): 34.2 MiB in `.venv`.
+Of the Redis worker's 29-30 MiB, 11.1 are file pages (libpython 5.2, OpenSSL's libcrypto 3.5
+for `ssl`, which `asyncio` imports in any case, libc 1.5) and 19 anonymous: Python's object
+arenas (12 MiB, 92% in use) and the C heap (4.8 MiB; 6.0 before this round). The heap shrank
+by more than the modules left out allocate (about 0.1 MiB of Python objects): the difference is
+where glibc's heap ends up after start-up, which depends on the order of allocations, so a
+later unrelated change can move it by a few hundred KiB either way; `malloc_trim(0)` at idle
+returns nothing (no free pages are left in the heap). Tried, no gain worth it: `gc.collect()`
+after start-up (0.0), `malloc_trim(0)` (0.0 now; ctypes costs 0.3), `MALLOC_MMAP_THRESHOLD_`
+and `MALLOC_TRIM_THRESHOLD_` (0.0), `PYTHONMALLOC=malloc` (+0.3, last round), `python -OO`
+(+4.3 MiB: no cached optimized bytecode; it also drops users' asserts and docstrings), importing
+the broker's modules before the event loop starts (+0.9). `MALLOC_ARENA_MAX=1` saves 0.3 MiB on
+SQLite (its two query threads get no arenas of their own) and nothing on Redis (one thread);
+it is not set: the worker would pass it to every process it starts, and threads in user tasks
+would then contend for one arena. With redis-py 8 and the OpenTelemetry SDK installed, redis-py
+imports the SDK's metrics: about 4 MiB more (`.venv`, same code, by a probe of the worker).
 
-`make bench-smoke` guards each row's idle RSS: at most 34 MiB on SQLite, 40 on Redis, 43 on
-RabbitMQ (measured above plus about 6 MiB for library updates), next to the ratios: aiotask not
-slower than Celery (drain, p50 round trip) and aiotask (SQLite)'s p50 round trip at most 3x
-aiotask (Redis)'s in the same run (generous for a noisy shared machine). The rules live in
-`benchmarks/gate.py`.
+`make bench-smoke` guards each row's idle RSS: at most 33.5 MiB on SQLite, 39 on Redis, 42 on
+RabbitMQ (measured above plus about 6 MiB for library updates; for Redis, over the redis-py 8
+and OpenTelemetry figure), next to the ratios: aiotask not slower than Celery (drain, p50
+round trip) and aiotask (SQLite)'s p50 round trip at most 3x aiotask (Redis)'s in the same run
+(generous for a noisy shared machine). The rules live in `benchmarks/gate.py`.
 
 ## Running it
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import secrets
 import socket
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -195,7 +194,8 @@ class SharedClient:
         self.url = url
         self.tls = tls
         #: CLIENT SETNAME of every connection: operators (and tests) can tell ours apart
-        self.name = f"aiotask-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        # os.urandom(n).hex() is secrets.token_hex(n), without importing hmac and hashlib
+        self.name = f"aiotask-{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
         self._client: Client | None = None
         self._sentinel: Sentinel | None = None
         self._users = 0

@@ -26,10 +26,6 @@ from aiotask._backoff import Backoff
 from aiotask._sqlite import transaction
 from aiotask._time import monotonic, now
 from aiotask.backends import _control_sqlite as _control
-from aiotask.backends._coord_sqlite import SQLiteCoordinationStore
-from aiotask.backends._history_sqlite import SQLiteHistoryStore
-from aiotask.backends._lock_sqlite import SQLiteLockStore
-from aiotask.backends._schedule_sqlite import SQLiteScheduleStore
 from aiotask.backends._waiters import Waiters
 from aiotask.backends.base import (
     DECIDED,
@@ -48,6 +44,10 @@ if TYPE_CHECKING:
     import sqlite3
     from collections.abc import AsyncIterator, Callable, Sequence
 
+    from aiotask.backends._coord_sqlite import SQLiteCoordinationStore
+    from aiotask.backends._history_sqlite import SQLiteHistoryStore
+    from aiotask.backends._lock_sqlite import SQLiteLockStore
+    from aiotask.backends._schedule_sqlite import SQLiteScheduleStore
     from aiotask.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -301,15 +301,23 @@ class SQLiteBackend:
             _sqlite.unsubscribe(self.path, REPLIES_TOPIC, signal)
 
     def history_store(self, app_name: str) -> SQLiteHistoryStore:
+        from aiotask.backends._history_sqlite import SQLiteHistoryStore
+
         return SQLiteHistoryStore(self._db, f"{self._prefix}:{app_name}")
 
     def schedule_store(self, app_name: str) -> SQLiteScheduleStore:
+        from aiotask.backends._schedule_sqlite import SQLiteScheduleStore
+
         return SQLiteScheduleStore(self._db, f"{self._prefix}:{app_name}")
 
     def lock_store(self) -> SQLiteLockStore:
+        from aiotask.backends._lock_sqlite import SQLiteLockStore
+
         return SQLiteLockStore(self._db, f"{self._prefix}:")
 
     def coordination_store(self, app_name: str) -> SQLiteCoordinationStore:
+        from aiotask.backends._coord_sqlite import SQLiteCoordinationStore
+
         return SQLiteCoordinationStore(self._db, f"{self._prefix}:{app_name}")
 
 

@@ -15,7 +15,6 @@ import asyncio
 import logging
 import math
 import os
-import secrets
 import socket
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar, cast
@@ -34,9 +33,7 @@ from aiotask._redis.client import (
     warn_if_volatile,
 )
 from aiotask._time import monotonic, now
-from aiotask.brokers import _redis_admin as admin
 from aiotask.brokers import _redis_cluster_reads as cluster_reads
-from aiotask.brokers import _redis_events as events
 from aiotask.brokers import _redis_fair as fair
 from aiotask.brokers import _redis_fair_lua as fair_lua
 from aiotask.brokers import _redis_housekeeping as housekeeping
@@ -121,7 +118,7 @@ class RedisStreamsBroker:
         self.shared_client = SharedClient(resolved.url, resolved.tls)
         self._prefix = settings.key_prefix
         self._group = app_name
-        self._consumer = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        self._consumer = f"{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
         self._lease_ms = max(1, int(settings.visibility_timeout * 1000))
         self._reclaim_every = settings.visibility_timeout / 2
         self._max_deliveries = settings.max_deliveries
@@ -299,7 +296,7 @@ class RedisStreamsBroker:
                 part[0].extend((band, out.message_id, out.body))
         if not parts and not keyed:
             return
-        batch_id = secrets.token_hex(8)
+        batch_id = os.urandom(8).hex()
         sha = self._sha("PUBLISH")
         # a large batch gets time to travel, so it is not resent (in full) while still arriving
         extra = size / TRANSFER_RATE
@@ -549,21 +546,31 @@ class RedisStreamsBroker:
 
     async def purge(self, queue: str) -> int:
         """Drop every message of the queue, delayed ones included; returns how many."""
+        from aiotask.brokers import _redis_admin as admin  # inspection only: not at import
+
         return await admin.purge(self, self._keys(queue))
 
     async def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
+        from aiotask.brokers import _redis_admin as admin  # inspection only: not at import
+
         return await admin.dead_letters(self, self._keys(queue), limit)
 
     async def delete_dead_letters(self, queue: str, dead: Sequence[DeadLetter]) -> int:
         """XDEL these entries of the dead-letter stream; returns how many were still there."""
+        from aiotask.brokers import _redis_admin as admin  # inspection only: not at import
+
         return await admin.delete_dead_letters(self, self._keys(queue), dead)
 
     async def queue_stats(self, queues: Sequence[str]) -> list[QueueStats]:
         """One script per queue, one round trip: ready, delayed, leased (pending), dead."""
+        from aiotask.brokers import _redis_admin as admin  # inspection only: not at import
+
         return await admin.queue_stats(self, [self._keys(q) for q in queues])
 
     async def known_queues(self) -> list[str]:
         """Queues with keys under this key_prefix (SCAN: one node of a cluster only)."""
+        from aiotask.brokers import _redis_admin as admin  # inspection only: not at import
+
         with map_errors(self._url):
             return await admin.scan_queues(self._client(), self._prefix, self.op_timeout * 6)
 
@@ -571,6 +578,8 @@ class RedisStreamsBroker:
 
     async def emit_events(self, batch: Sequence[bytes]) -> None:
         """XADD the records to `{prefix}:events` (MAXLEN ~ EVENTS_CAP): one round trip."""
+        from aiotask.brokers import _redis_events as events  # events on only: not at import
+
         if batch:
             cmds = events.xadds(events.key(self._prefix), EVENTS_CAP, batch)
             await self._retrying(
@@ -585,6 +594,8 @@ class RedisStreamsBroker:
         self, cursor: str | None
     ) -> AbstractAsyncContextManager[AsyncIterator[tuple[str, bytes]]]:
         """Follow `{prefix}:events` after entry `cursor` (see EventLog)."""
+        from aiotask.brokers import _redis_events as events  # events on only: not at import
+
         return events.follow_after(self._client, self._prefix, cursor, self._retrying)
 
 

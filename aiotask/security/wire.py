@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
-from hmac import compare_digest
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -92,6 +91,8 @@ class Wire:
     _kid: bytes = field(init=False, default=b"\x00")
     #: the signer's pre-hashed HMAC pads, so the hot paths need no key lookup or call
     _pads: tuple[Any, Any] = field(init=False, default=(None, None))
+    #: hmac.compare_digest, imported with the keys (hmac loads hashlib: see signing._pads)
+    _compare: Any = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         if self.celery and (
@@ -107,6 +108,9 @@ class Wire:
         if self.keyring is not None:
             self._kid = bytes([len(self.keyring.signer)]) + self.keyring.signer
             self._pads = self.keyring.keys[self.keyring.signer]
+            from hmac import compare_digest
+
+            self._compare = compare_digest
 
     @classmethod
     def from_settings(cls, conf: Settings) -> Wire:
@@ -219,7 +223,7 @@ class Wire:
                 inner.update(payload)
                 outer = pads[1].copy()
                 outer.update(inner.digest())
-                if compare_digest(outer.digest(), body[start:end]):
+                if self._compare(outer.digest(), body[start:end]):
                     return _parse_signed(payload)
         if body[:4] != PREFIX:
             if body[:3] == _MAGIC:

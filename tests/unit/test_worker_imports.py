@@ -11,6 +11,10 @@ import json
 import subprocess
 import sys
 import textwrap
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 #: Never in a Redis worker's process: the CLI framework, other brokers' clients, the dashboard.
 FOREIGN = (
@@ -46,10 +50,33 @@ ON_DEMAND = (
     "aiotask.deadletters",
     "aiotask.celery_compat",  # celery_compat=True
     "logging.handlers",  # --logfile
+    "hmac",  # signing keys (hmac imports hashlib: OpenSSL's digests, 0.7 MiB)
+    "secrets",  # it imports hmac
+    "concurrent.futures.thread",  # the sync API's loop thread (`task.delay`...)
+    "aiotask.brokers._redis_admin",  # purge, stats, dead letters (the CLI, the dashboard)
+    "aiotask.brokers._redis_events",  # events on
     "aiotask.backends._history_redis",
     "aiotask.backends._schedule_redis",
     "aiotask.backends._coord_redis",
     "aiotask.backends._lock_redis",
+)
+
+#: Never in an idle SQLite worker (the default broker and backend): the other brokers' clients,
+#: and what only long file paths, signing keys or the optional stores need.
+SQLITE_FOREIGN = (
+    *(n for n in FOREIGN if n not in ("sqlite3", "aiotask.brokers.sqlite")),
+    "redis",
+    "hiredis",
+    "aiotask.brokers.redis_streams",
+    "hashlib",  # signing keys, unique/debounce keys, long paths' wake directory: 0.7 MiB
+    "tempfile",  # a long path's wake directory (tempfile imports shutil, bz2, lzma: 0.7 MiB)
+    "shutil",
+    "bz2",
+    "lzma",
+    "aiotask.backends._history_sqlite",  # the stores load with their first use
+    "aiotask.backends._schedule_sqlite",
+    "aiotask.backends._coord_sqlite",
+    "aiotask.backends._lock_sqlite",
 )
 
 SCRIPT = textwrap.dedent(
@@ -58,10 +85,10 @@ SCRIPT = textwrap.dedent(
     from aiotask.cli._run_worker import defer_imports
     defer_imports()
     from aiotask import App
-    from aiotask._redis.client import make_client
     from aiotask.worker import Worker
 
-    app = App("imports", broker="redis://127.0.0.1:1/0", key_prefix="imports-test")
+    URL = sys.argv[1]
+    app = App("imports", broker=URL, backend=URL, key_prefix="imports-test")
 
     @app.task
     async def coro() -> None: ...
@@ -71,7 +98,12 @@ SCRIPT = textwrap.dedent(
 
     app.broker, app.backend  # their instances (and modules), no I/O
     Worker(app, concurrency=10, processes=1)
-    make_client("redis://127.0.0.1:1/0", "imports-test")  # a client object: no connection yet
+    if URL.startswith("redis"):
+        from aiotask._redis.client import make_client
+
+        make_client(URL, "imports-test")  # a client object: no connection yet
+    else:
+        app.backend.history_store  # a bound method: the store module is not loaded yet
     meta = sys.modules.get("importlib.metadata")
     print(json.dumps({
         "modules": sorted(sys.modules),
@@ -81,13 +113,28 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def _idle_worker_imports() -> dict[str, object]:
+def _idle_worker_imports(url: str = "redis://127.0.0.1:1/0") -> dict[str, object]:
     out = subprocess.run(
-        [sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=60, check=False
+        [sys.executable, "-c", SCRIPT, url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert out.returncode == 0, out.stderr
     result: dict[str, object] = json.loads(out.stdout.strip().splitlines()[-1])
     return result
+
+
+def _modules_of(name: str) -> list[str]:
+    """What importing `name` alone loads (redis-py 8 imports concurrent.futures.thread)."""
+    script = f"import json, sys, {name}; print(json.dumps(sorted(sys.modules)))"
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert out.returncode == 0, out.stderr
+    modules: list[str] = json.loads(out.stdout)
+    return modules
 
 
 def _loaded(modules: list[str], names: tuple[str, ...]) -> list[str]:
@@ -103,8 +150,40 @@ def test_idle_redis_worker_import_graph() -> None:
     assert isinstance(modules, list)
     assert "redis.asyncio" in modules and "aiotask.brokers.redis_streams" in modules
     assert _loaded(modules, FOREIGN) == []
-    assert _loaded(modules, ON_DEMAND) == []
+    assert _loaded(modules, ON_DEMAND) == _loaded(_modules_of("redis.asyncio"), ON_DEMAND)
     assert got["metadata_loaded"] is False
+
+
+def test_idle_sqlite_worker_import_graph(tmp_path: Path) -> None:
+    """An idle SQLite worker imports neither redis-py nor hashlib, tempfile or the stores
+    that only beat, the dashboard, locks or coordination use."""
+    got = _idle_worker_imports(f"sqlite:///{tmp_path / 'jobs.db'}")
+    modules = got["modules"]
+    assert isinstance(modules, list)
+    assert "sqlite3" in modules and "aiotask.brokers.sqlite" in modules
+    assert _loaded(modules, SQLITE_FOREIGN) == []
+    # the SQLite connections run their queries in a ThreadPoolExecutor
+    assert _loaded(modules, ON_DEMAND) == ["concurrent.futures.thread"]
+
+
+def test_lazily_loaded_pieces_work(tmp_path: Path) -> None:
+    """What an idle worker leaves out loads on first use: a long path's wake directory, the
+    SQLite stores, signing keys (sign and verify), unique keys' digests."""
+    from aiotask import _sqlite_wake
+    from aiotask.backends.sqlite import SQLiteBackend
+    from aiotask.coordination.unique import lock_key
+    from aiotask.security.signing import Keyring
+    from aiotask.settings import Settings
+
+    long_path = str(tmp_path / ("x" * 90) / "jobs.db")
+    assert "aiotask-wake" in _sqlite_wake.wake_dir(long_path)
+    backend = SQLiteBackend(f"sqlite:///{tmp_path / 'jobs.db'}", Settings())
+    assert type(backend.lock_store()).__name__ == "SQLiteLockStore"
+    ring = Keyring.of({"k1": "s" * 32}, "k1")
+    tag = ring.sign(b"head", b"payload")
+    assert ring.verify(b"k1", tag, b"head", b"payload")
+    assert not ring.verify(b"k1", tag, b"head", b"other")
+    assert lock_key("t", [1]) == lock_key("t", (1,))
 
 
 def test_deferred_module_works_on_first_use() -> None:
