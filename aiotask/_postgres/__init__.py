@@ -109,25 +109,14 @@ def options(url: str, schema: str) -> Options:
     return Options(dsn, schema, listen in _TRUE, pool, cache, redact(url))
 
 
-#: The FROM item of the commits that may skip the WAL flush (claims, acks, renewals, a worker's
-#: results before its ack; see docs/postgres.md, "Reliability"). It was
-#: `(SELECT set_config('synchronous_commit', 'off', true))`; withdrawn: with it, a server
-#: restart mid-run left waiters without results in about a third of the runs of
-#: tests/faults/test_postgres_faults.py::test_server_restart_mid_run_loses_nothing (none of 11
-#: without it), for a cause not found yet. A plain item keeps every statement as written.
-NO_SYNC = "(SELECT 1) AS no_sync"
-
-
-def same_server(url: str, other: str) -> bool:
-    """Whether two URLs name the same PostgreSQL server (host and port; any database of
-    it): one WAL, so a commit made before another on it is durable before the other."""
-    a, b = urlsplit(url), urlsplit(other)
-    if b.scheme.lower() not in SCHEMES:
-        return False
-    try:
-        return (a.hostname, a.port or 5432) == (b.hostname, b.port or 5432) and bool(a.hostname)
-    except ValueError:  # a malformed port
-        return False
+#: A FROM item that makes its statement's transaction commit without waiting for the WAL
+#: flush (`synchronous_commit = off` for this transaction only; works through PgBouncer, no
+#: session state). Only for commits whose loss in a server crash means a redelivery and on
+#: which nothing made later relies: claims, acks, nacks, lease renewals, heartbeats. Never for
+#: a write that a later step takes as done, such as a result store before its ack: the crash
+#: need not reach the writer as an error, the next step may simply run on the restarted server
+#: (docs/postgres.md, "Reliability").
+NO_SYNC = "(SELECT set_config('synchronous_commit', 'off', true)) AS no_sync"
 
 
 def ident(name: str) -> str:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 from typing import TYPE_CHECKING
 
-from aiotask._postgres import NO_SYNC
 from aiotask.backends.base import GroupProgress, MemberReport, decode_record, group_step
 from aiotask.states import FAILURE, SUCCESS
 
@@ -30,8 +29,6 @@ async def upsert(
     rows: tuple[list[str], list[str], list[bool], list[bytes], list[float]],
     wall: float,
     channel: str,
-    *,
-    durable: bool,
 ) -> None:
     """First final writer wins: the update applies only while the stored row is not ready
     (or expired), in the same statement as the check. One statement, one round trip: the
@@ -39,10 +36,9 @@ async def upsert(
     waiter woken by it finds the row. Its payload carries the result itself when small
     (`<base64 data> <task id>`, or `' ' <task id>` without it): a waiter then needs no read.
 
-    `durable=False`: the commit does not wait for the WAL flush. Only for a worker's store
-    before its ack on the same server (PostgresBackend._before_ack): the WAL is flushed in
-    order, so a server crash that loses this result also loses that ack, and the message runs
-    again (at-least-once); it never leaves an acked message without its result."""
+    The commit waits for the WAL flush, a worker's too: its ack follows, and after a server
+    crash the ack may run on the restarted server, where a result that skipped the flush is
+    gone (docs/postgres.md, "Reliability")."""
     await conn.fetchval(
         f"WITH up AS (INSERT INTO {s}.results (task_id, state, ready, data, expires_at) "
         "SELECT * FROM unnest($1::text[], $2::text[], $3::bool[], $4::bytea[], $5::float8[]) "
@@ -53,7 +49,7 @@ async def upsert(
         "SELECT count(pg_notify($7, CASE WHEN octet_length(up.data) <= $8 "
         "AND octet_length(up.task_id) <= 512 "
         "THEN encode(up.data, 'base64') || ' ' || up.task_id ELSE ' ' || up.task_id END)) "
-        f"FROM up{'' if durable else ', ' + NO_SYNC} WHERE ready AND $7 <> ''",
+        "FROM up WHERE ready AND $7 <> ''",
         *rows,
         wall,
         channel,
@@ -110,12 +106,10 @@ async def cleanup(conn: asyncpg.Connection, s: str, wall: float) -> int:
 
 
 async def add_to_groups(
-    conn: asyncpg.Connection, s: str, reports: list[MemberReport], wall: float, *, durable: bool
+    conn: asyncpg.Connection, s: str, reports: list[MemberReport], wall: float
 ) -> list[GroupProgress]:
-    """Record the reports (`durable=False`: a worker's, before its acks; see upsert)."""
+    """Record the reports (waiting for the WAL flush, as a result store does; see upsert)."""
     async with conn.transaction():
-        if not durable:
-            await conn.execute("SET LOCAL synchronous_commit = off")
         # Lock the groups in one order first: two batches never wait on each other in a cycle.
         await conn.execute(
             f"SELECT 1 FROM {s}.groups WHERE group_id = ANY($1::text[]) "

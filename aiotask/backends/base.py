@@ -31,7 +31,6 @@ Contract, for every implementation:
 
 from __future__ import annotations
 
-from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
@@ -216,14 +215,6 @@ def decode_record(data: bytes) -> ResultRecord:
         date_done=obj.get("date_done"),
         sealed=blob if is_sealed else None,
     )
-
-
-#: True while a worker settles finished deliveries (worker/settle.py): every backend write
-#: made then comes before the ack of the delivery it belongs to, so if a server crash loses it,
-#: the message is delivered again and the write is made again. A backend may then skip waiting
-#: for durability when that ordering holds (PostgreSQL: the broker is the same server, whose
-#: WAL makes a write durable before any later commit; see docs/postgres.md, "Reliability").
-BEFORE_ACK: ContextVar[bool] = ContextVar("aiotask_before_ack", default=False)
 
 
 @runtime_checkable

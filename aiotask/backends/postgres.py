@@ -34,7 +34,6 @@ from aiotask.backends._lock_postgres import PostgresLockStore
 from aiotask.backends._schedule_postgres import PostgresScheduleStore
 from aiotask.backends._waiters import Waiters
 from aiotask.backends.base import (
-    BEFORE_ACK,
     DECIDED,
     SENT,
     EncodedResult,
@@ -84,8 +83,6 @@ class PostgresBackend:
         self._db.subscribe(CONTROL, lambda _p: _set_all(self._control_events))
         self._db.subscribe(REPLIES, lambda _p: _set_all(self._reply_events))
         self._db.on_listen_lost = self._listen_lost
-        #: the broker is this server: writes made before an ack need not wait for the flush
-        self._acks_here = _postgres.same_server(url, settings.broker_url)
         self._stores = self._stored_rows = 0
         self._cleaned_at = monotonic()
 
@@ -124,11 +121,7 @@ class PostgresBackend:
             [wall + r.ttl for r in results],
         )
         channel = self._channel(RESULTS) or ""
-        durable = not self._before_ack()
-        await self._db.run(
-            lambda c: sql.upsert(c, self._s, rows, wall, channel, durable=durable),
-            "store results",
-        )
+        await self._db.run(lambda c: sql.upsert(c, self._s, rows, wall, channel), "store results")
         self._stores += 1
         self._stored_rows += len(results)
         if (
@@ -137,11 +130,6 @@ class PostgresBackend:
             or monotonic() - self._cleaned_at >= CLEANUP_INTERVAL
         ):
             await self.cleanup()
-
-    def _before_ack(self) -> bool:
-        """True for a worker's write that precedes its ack on this same server: a commit that
-        need not wait for the WAL flush (a crash losing it loses the later ack too)."""
-        return self._acks_here and BEFORE_ACK.get()
 
     async def cleanup(self) -> int:
         """Delete a batch of expired results, groups, tombstones and replies."""
@@ -219,9 +207,13 @@ class PostgresBackend:
             if self._pending:
                 continue
             pause = _postgres.IDLE_MAX if listening else poll.next_delay()
-            with contextlib.suppress(TimeoutError):
+            try:
                 async with asyncio.timeout(pause):
                     await self._wake.wait()
+            except TimeoutError:
+                # nothing woke us: look at every waited id (polling does anyway; with LISTEN
+                # up this is the safety net for a notification that never came)
+                self._pending.update(self._waiters)
 
     async def _resolve(self, ids: list[str]) -> bool:
         """Hand the ready results among `ids` to their waiters; True when there was one."""
@@ -266,10 +258,8 @@ class PostgresBackend:
         if not reports:
             return []
         batch = list(reports)
-        durable = not self._before_ack()
         return await self._db.run(
-            lambda c: sql.add_to_groups(c, self._s, batch, now(), durable=durable),
-            "report group members",
+            lambda c: sql.add_to_groups(c, self._s, batch, now()), "report group members"
         )
 
     async def groups_sent(self, group_ids: Sequence[str]) -> None:

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from aiotask._backoff import Backoff
 from aiotask._log import get_logger
 from aiotask._time import now
-from aiotask.backends.base import BEFORE_ACK, EncodedResult, MemberReport, ResultRecord
+from aiotask.backends.base import EncodedResult, MemberReport, ResultRecord
 from aiotask.canvas import runtime
 from aiotask.canvas.compile import CHAIN_STATE
 from aiotask.exceptions import BrokerConnectionError, ResultSignatureError
@@ -126,14 +126,10 @@ class Settler:
 
     async def flush(self) -> None:
         """Settle everything pending now; retried with backoff, raises if the servers stay down."""
-        before_ack = BEFORE_ACK.set(True)  # every backend write of a flush precedes its acks
-        try:
-            while self._pending:
-                batch, self._pending = self._pending, []
-                await self._settle(_Flush(batch))
-                self._on_settled([s.delivery for s in batch])
-        finally:
-            BEFORE_ACK.reset(before_ack)
+        while self._pending:
+            batch, self._pending = self._pending, []
+            await self._settle(_Flush(batch))
+            self._on_settled([s.delivery for s in batch])
 
     async def _settle(self, flush: _Flush) -> None:
         """Run the stages in order; a failed stage is retried, then the next ones run."""

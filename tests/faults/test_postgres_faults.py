@@ -18,11 +18,16 @@ import asyncpg
 import pytest
 
 from aiotask import App
+from aiotask.backends.base import EncodedResult, ResultRecord
+from aiotask.states import SUCCESS
+from aiotask.worker.outcome import Settlement
+from aiotask.worker.settle import Settler
 from tests.procs import StderrTail, lines, start_worker, stop, worker_env, write_tasks
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable, Callable, Sequence
 
+    from aiotask.brokers.base import Delivery
     from tests.servers import PrivatePostgres
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow, pytest.mark.timeout(180)]
@@ -155,9 +160,8 @@ async def test_server_crash_after_async_acks_redelivers_and_loses_nothing(
     tmp_path: Path, postgres_server: PrivatePostgres, namespace: str
 ) -> None:
     """A crash (kill -9 of every server process) right after the acks, with a slow WAL writer:
-    every task has its result or its message, and any message whose ack was lost runs again.
-    (Written for acks committing without the WAL flush, withdrawn for now — see
-    aiotask._postgres.NO_SYNC — so today no ack is lost and nothing runs again.)"""
+    every task has its result or its message, and any message whose ack was lost runs again
+    (acks commit without waiting for the WAL flush; results wait)."""
     url = postgres_server.url
     admin = await asyncpg.connect(url)
     try:  # async commits stay in shared memory for up to 10 s: a crash then loses them
@@ -205,6 +209,57 @@ async def test_server_crash_after_async_acks_redelivers_and_loses_nothing(
         assert len(ran_twice) <= again  # only tasks whose message survived ran again
     finally:
         assert stop(worker) == 0
+
+
+def _children(server: PrivatePostgres, *names: str) -> list[int]:
+    """PIDs of the server's processes whose title names one of `names` ("walwriter")."""
+    assert server.proc is not None
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                stat = Path("/proc", entry, "stat").read_text()
+                title = Path("/proc", entry, "cmdline").read_bytes().decode(errors="replace")
+                ppid = int(stat.rsplit(")", 1)[1].split()[1])
+                if ppid == server.proc.pid and any(n in title for n in names):
+                    found.append(int(entry))
+    return found
+
+
+async def test_a_result_stored_before_a_crash_outlives_an_ack_made_after_the_restart(
+    postgres_server: PrivatePostgres, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The settler stores a result, then acks. A crash in between need not reach the settler
+    as an error: its ack may simply run once the server is back. A result store that had
+    committed without waiting for the WAL flush is then gone while the ack deletes the
+    message, and the task's outcome is lost (about a third of the runs of
+    test_server_restart_mid_run_loses_nothing when worker stores skipped the flush). Here the
+    WAL writers are stopped (SIGSTOP), so a commit that its own backend did not flush surely
+    stays in shared memory, and every server process is killed (-9) just before the ack."""
+    url = postgres_server.url
+    async with App("proc", broker=url, key_prefix=namespace) as app:
+        sent = await app.send_task("proc.add", args=[1, 2])
+        [delivery] = await app.broker.receive([app.conf.default_queue], 1)
+        await app.send_task("proc.add", args=[0, 0])  # a flushed commit: the claim is on disk
+        for pid in _children(postgres_server, "walwriter", "background writer"):
+            os.kill(pid, signal.SIGSTOP)
+        ack = app.broker.ack
+
+        async def ack_after_a_crash(deliveries: Sequence[Delivery]) -> None:
+            _kill_9_cluster(postgres_server)
+            await asyncio.to_thread(postgres_server.start)
+            await ack(deliveries)
+
+        monkeypatch.setattr(app.broker, "ack", ack_after_a_crash)
+        record = EncodedResult.of(ResultRecord(sent.id, SUCCESS, 3), 3600)
+        settler = Settler(app, lambda _done: None)
+        settler.add(Settlement(delivery, store=record))
+        await settler.flush()  # as a worker does: store, then ack
+        stats = await app.broker.queue_stats([app.conf.default_queue])
+        kept = await app.backend.get(sent.id) if app.backend is not None else None
+        # at-least-once: the result is stored, or the message is still there to run again
+        assert kept is not None or stats[0].ready + (stats[0].in_flight or 0) == 2, "lost"
+        assert kept is not None and kept.result == 3  # stores wait for the flush
 
 
 async def _until_async(check: Callable[[], Awaitable[bool]], timeout: float = 30) -> None:
