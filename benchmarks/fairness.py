@@ -221,7 +221,7 @@ def _line(name: str, run: Run) -> str:
             text += (
                 f"  | {label} p50 {statistics.median(values):5.1f} p99 {_pct(values, 0.99):5.1f}"
             )
-    if name.startswith(("fair", "fifo")):
+    if name.startswith("fair"):  # (a fifo run drains A before B by design)
         text += f"  | A left {run.left}" + ("" if run.left else " (DRAINED: not a backlog run)")
     return text
 
