@@ -5,6 +5,7 @@ per queue set, and its slots (concurrent fair claims do not wait for each other)
 from __future__ import annotations
 
 import asyncio
+import collections
 import time
 from typing import TYPE_CHECKING
 
@@ -133,3 +134,32 @@ async def test_with_every_cursor_slot_held_a_fair_claim_moves_none(
         assert await cursors(postgres_url, namespace) == {"q": "a"} | dict.fromkeys(slots, "c")
     finally:
         await conn.close()
+
+
+async def test_concurrent_consumers_on_their_own_slots_still_share_across_keys(
+    broker: PostgresBroker, postgres_url: str, namespace: str
+) -> None:
+    """Fair claims that overlap take cursor slots of their own; the keys still take turns."""
+    settings = Settings(broker_url=postgres_url, key_prefix=namespace)
+    others = [PostgresBroker(postgres_url, settings) for _ in range(3)]
+    for b in others:
+        await b.connect()
+    try:
+        await broker.publish([msg("q", f"Z{i}", "Z") for i in range(600)])
+        await broker.publish([msg("q", f"k{j}-{i}", f"k{j}") for i in range(30) for j in range(5)])
+        taken: list[str] = []
+
+        async def consume(b: PostgresBroker) -> None:
+            while len(taken) < 120:
+                got = await b.receive(["q"], 4)
+                taken.extend(d.message_id[:2] if d.message_id[0] == "k" else "Z" for d in got)
+                await b.ack(got)
+
+        await asyncio.gather(*(consume(b) for b in [broker, *others]))
+        first = collections.Counter(taken[:120])
+        # 6 keys, 20 each in strict turns: Z's backlog of 600 does not take the lion's share
+        assert set(first) == {"Z", "k0", "k1", "k2", "k3", "k4"}, first
+        assert all(10 <= n <= 30 for n in first.values()), first
+    finally:
+        for b in others:
+            await b.close()
