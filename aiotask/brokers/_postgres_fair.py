@@ -14,10 +14,15 @@ Each claim stays one statement (one round trip, SKIP LOCKED):
   fair statement below until that finds no keyed row (it then runs the plain pick, its rows
   marked turn 0, and the consumer goes back to the plain claim). A fair claim returns no
   look-ahead: an idle consumer asks `next_due` when to look again.
-- The fair statement reads the cursor row `FOR UPDATE`, so fair claims of every worker take
-  turns one after another (each holds it for the rest of its statement). After the wait,
-  READ COMMITTED hands back the cursor as the previous claimer left it, and rows that
-  claimer took fail the recheck of `FOR UPDATE` (their eta moved to the lease end).
+- A queue set has up to CURSOR_SLOTS cursor rows ("slots"; the first is named by the queues
+  alone). The fair statement locks the first slot no other claim holds (`FOR UPDATE SKIP
+  LOCKED`), so concurrent fair claims run side by side, each rotating its own slot, instead
+  of queueing on one row lock (4 consumers draining a keyed queue took 1.4-1.6x the
+  unkeyed time with one cursor). A lone consumer always gets the first slot: exact turns.
+  When every existing slot is held, it creates the next one, starting from the first slot's
+  position; when all CURSOR_SLOTS are held, it claims from that position without moving a
+  cursor. Each slot visits every key in turn, so the keys share the claims of all of them.
+  Rows another claim holds are skipped (`FOR UPDATE SKIP LOCKED` on the messages).
 - A recursive CTE skip-scans the index for the keys after the cursor and, wrapping around,
   from the first key up to the cursor (one index probe per key, at most `limit` each way);
   the unkeyed rows are the key `''` (so they take a turn too). Keys with no ready row drop out.
@@ -27,7 +32,7 @@ Each claim stays one statement (one round trip, SKIP LOCKED):
   of the last one, in the same statement.
 
 Costs: a plain claim does one index probe more than before. A fair claim costs one or two
-probes per key visited plus its rows, and waits for the fair claim before it.
+probes per key visited plus its rows, and a probe of the slots.
 """
 
 from __future__ import annotations
@@ -39,11 +44,20 @@ if TYPE_CHECKING:
 
 #: How a queue set names its cursor row (queue names in order; the unit separator between).
 SEPARATOR = "\x1f"
+#: Cursor rows per queue set: how many fair claims of one set run at once, not one by one.
+CURSOR_SLOTS = 8
+#: Between a queue set's name and the number of a slot after the first.
+SLOT_SEPARATOR = "\x1e"
 
 
 def cursor_name(queues: Sequence[str]) -> str:
     """The cursor row of a queue set: one per set, whatever order the worker lists them."""
     return SEPARATOR.join(sorted(set(queues)))
+
+
+def slot_names(name: str) -> list[str]:
+    """A queue set's cursor slots in the order claims take them (the first is `name`)."""
+    return [name] + [f"{name}{SLOT_SEPARATOR}{n}" for n in range(1, CURSOR_SLOTS)]
 
 
 def keyed(s: str) -> str:
@@ -67,20 +81,26 @@ def claim_sql(s: str, plain: str, lease_set: str, no_sync: str) -> str:
     """The fair claim statement for schema `s`.
 
     Parameters: $1 queues, $2 now, $3 limit, $4 lease end, $5 owner, $6 max_deliveries,
-    $7 cursor name. `plain` is the plain claim's row pick (by priority then age, guarded by
-    `keyed`), `lease_set` the SET list that leases a row and `no_sync` the FROM item that makes
-    the commit asynchronous, all three from _postgres_sql. Returns (id, message_id, queue,
-    priority, deliveries, body, turn): `turn` orders the rows of a fair claim from 1; 0 means
-    no keyed row was found and the plain pick ran.
+    $7 the cursor slots (slot_names). `plain` is the plain claim's row pick (by priority then
+    age, guarded by `keyed`), `lease_set` the SET list that leases a row and `no_sync` the FROM
+    item that makes the commit asynchronous, all three from _postgres_sql. Returns (id,
+    message_id, queue, priority, deliveries, body, turn): `turn` orders the rows of a fair
+    claim from 1; 0 means no keyed row was found and the plain pick ran.
     """
     ready = "eta <= $2 AND (lease_until IS NULL OR deliveries < $6)"
     return (
         f"WITH RECURSIVE {keyed(s)}, "
         f"plain AS (SELECT id, 0::bigint AS turn FROM ({plain}) AS p), "
-        # the cursor, locked: fair claims take turns; then the keys around it
-        f"cur AS MATERIALIZED (SELECT last_key FROM {s}.fair_cursor "
-        "WHERE queues = $7 AND (SELECT yes FROM keyed) FOR UPDATE), "
-        "pos AS MATERIALIZED (SELECT coalesce((SELECT last_key FROM cur), '') AS v), "
+        # the first cursor slot no other claim holds, locked; or else the first slot not
+        # made yet (to make); then the keys around its position
+        f"cur AS MATERIALIZED (SELECT queues AS slot, last_key FROM {s}.fair_cursor "
+        "WHERE queues = ANY($7::text[]) AND (SELECT yes FROM keyed) "
+        "ORDER BY queues LIMIT 1 FOR UPDATE SKIP LOCKED), "
+        "slot AS MATERIALIZED (SELECT coalesce((SELECT slot FROM cur), (SELECT n "
+        f"FROM unnest($7::text[]) WITH ORDINALITY AS u(n, o) WHERE NOT EXISTS (SELECT 1 FROM "
+        f"{s}.fair_cursor c WHERE c.queues = u.n) ORDER BY o LIMIT 1)) AS name), "
+        "pos AS MATERIALIZED (SELECT coalesce((SELECT last_key FROM cur), (SELECT last_key "
+        f"FROM {s}.fair_cursor WHERE queues = ($7::text[])[1]), '') AS v), "
         f"after(q, k, n) AS (SELECT q, {_next_key(s, 'q', 'pos.v')}, 1 "
         "FROM unnest($1::text[]) AS q, pos WHERE (SELECT yes FROM keyed) "
         f"UNION ALL SELECT a.q, {_next_key(s, 'a.q', 'a.k')}, a.n + 1 FROM after a "
@@ -107,7 +127,8 @@ def claim_sql(s: str, plain: str, lease_set: str, no_sync: str) -> str:
         "chosen AS (SELECT id, k, row_number() OVER (ORDER BY rank, wrapped, k, q) AS turn "
         "FROM heads ORDER BY turn LIMIT $3), "
         f"moved AS (INSERT INTO {s}.fair_cursor (queues, last_key) "
-        "SELECT $7, k FROM chosen ORDER BY turn DESC LIMIT 1 "
+        "SELECT slot.name, k FROM chosen, slot WHERE slot.name IS NOT NULL "
+        "ORDER BY turn DESC LIMIT 1 "
         "ON CONFLICT (queues) DO UPDATE SET last_key = excluded.last_key), "
         "picked AS (SELECT id, turn FROM plain UNION ALL SELECT id, turn FROM chosen) "
         f"UPDATE {s}.messages m SET {lease_set} FROM picked, {no_sync} WHERE m.id = picked.id "

@@ -228,7 +228,7 @@ async def claim(
             got.sort(key=lambda r: (-r[3], r[0]))  # RETURNING has no order
             return got, ahead
         keyed.add(name)  # a keyed row: claim fairly from now on
-    rows = await conn.fetch(sql.claim_fair, *args, name)
+    rows = await conn.fetch(sql.claim_fair, *args, fair.slot_names(name))
     if rows and rows[0][6] == 0:
         keyed.discard(name)  # no keyed row any more: the plain claim ran (turn 0)
     rows.sort(key=lambda r: (r[6], -r[3], r[0]))
