@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from aiotask.exceptions import Reject, TaskRevoked
 from aiotask.retry import RetryDecision, RetryPolicy, decide, final_exception
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from aiotask.backends.base import EncodedResult
     from aiotask.brokers.base import Delivery
     from aiotask.canvas.runtime import Finished
@@ -66,7 +68,8 @@ class Settlement:
     delivery: Delivery
     action: Action = "ack"
     store: EncodedResult | None = None
-    publish: list[Message] = field(default_factory=list)
+    #: a tuple by default: no new list per task (most publish nothing)
+    publish: Sequence[Message] = ()
     reason: str = ""
     #: canvas: the finished task whose follow-ups the settler derives (canvas/runtime.py)
     finished: Finished | None = None
