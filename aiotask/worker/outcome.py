@@ -17,28 +17,30 @@ if TYPE_CHECKING:
     from aiotask.protocol import Message
 
 
-@dataclass(frozen=True, slots=True)
+# Treated as immutable, not frozen (as protocol.Message): a frozen dataclass's __init__ sets
+# each field through object.__setattr__, and one of these is made per task.
+@dataclass(slots=True)
 class Succeeded:
     value: Any
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Failed:
     exc: BaseException
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Retrying:
     decision: RetryDecision
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Rejected:
     requeue: bool
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Revoked:
     reason: str
 
