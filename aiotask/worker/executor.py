@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Coroutine
 
     from aiotask.app import App
+    from aiotask.backends.base import ResultBackend
     from aiotask.brokers.base import Delivery
     from aiotask.events.emitter import Emitter
     from aiotask.protocol import Message
@@ -73,6 +74,10 @@ class Executor:
         #: whether results are stored (the backend instance belongs to the running loop; its
         #: existence is the configuration's, checked without looking the instance up per task)
         self.has_backend = app.conf.backend_url is not None
+        #: the running loop's result backend, bound by the worker at start (as the consumer
+        #: binds the broker): not looked up through the app's connection sets per task.
+        #: None: looked up per task (an executor used outside a worker, or no backend)
+        self.backend: ResultBackend | None = None
         #: seals stored results (result_signing; None: off)
         self.result_keyring = app.result_keyring
         #: metrics hooks (worker/_probe.py); None when nothing watches
@@ -179,7 +184,7 @@ class Executor:
             message.group_id,
             message.headers,
             delivery.deliveries,
-            self.app.backend,
+            self.backend or self.app.backend,
             self.ttl,
             self.result_keyring,
         )
