@@ -22,13 +22,36 @@ import sys
 import tempfile
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from aiotask.worker import Worker
 
 ROOT = Path(__file__).resolve().parent.parent
 SIZES = (2000, 4000)
 
 
-async def drain(n: int, events: bool, redis_url: str) -> None:
-    """The child: enqueue n no-op tasks, drain them with one Worker, clean the namespace up."""
+def toggle(state: str) -> None:
+    """Switch this process's callgrind instrumentation on or off (blocking on purpose: nothing
+    runs on the loop while it switches)."""
+    argv = ["callgrind_control", "-i", state, str(os.getpid())]
+    subprocess.run(argv, check=True, capture_output=True)
+
+
+async def drain(
+    n: int,
+    events: bool,
+    redis_url: str,
+    on: Callable[[Worker], None] = lambda _: toggle("on"),
+    off: Callable[[], None] = lambda: toggle("off"),
+    warm: int = 0,
+) -> None:
+    """The child: enqueue n no-op tasks, drain them with one Worker, clean the namespace up.
+    `on` runs once the worker is up (it may wrap the worker's parts), `off` when the last
+    task settled: by default they switch callgrind's instrumentation. `warm` more tasks are
+    drained first, before `on`: first-use costs (lazy imports, first calls) stay out."""
     import redis.asyncio as aioredis
 
     from aiotask import App
@@ -44,15 +67,15 @@ async def drain(n: int, events: bool, redis_url: str) -> None:
         return None
 
     await app.connect()
-    for _ in range(0, n, 1000):
-        await noop.send_batch([() for _ in range(1000)])
-    # blocking on purpose: nothing runs on the loop while the instrumentation switches
-    toggle = ["callgrind_control", "-i"]
+    for i in range(0, n + warm, 1000):
+        await noop.send_batch([() for _ in range(min(1000, n + warm - i))])
     async with start_worker(app, concurrency=100, prefetch=200, events=events) as worker:
-        subprocess.run([*toggle, "on", str(os.getpid())], check=True, capture_output=True)  # noqa: ASYNC221
-        while worker.dispatcher.processed < n:  # noqa: ASYNC110 (polls the worker's counter)
+        while worker.dispatcher.processed < warm:  # noqa: ASYNC110 (polls the worker's counter)
+            await asyncio.sleep(0.01)
+        on(worker)
+        while worker.dispatcher.processed < n + warm:  # noqa: ASYNC110
             await asyncio.sleep(0.2)
-        subprocess.run([*toggle, "off", str(os.getpid())], check=True, capture_output=True)  # noqa: ASYNC221
+        off()
     r = aioredis.Redis.from_url(redis_url)
     keys = [k async for k in r.scan_iter(match=f"*{ns}*", count=1000)]
     for i in range(0, len(keys), 500):
@@ -61,15 +84,15 @@ async def drain(n: int, events: bool, redis_url: str) -> None:
     await app.close()
 
 
-def count(n: int, events: bool, redis_url: str) -> int:
-    """Instructions of one drain of n tasks (a valgrind child)."""
+def count(n: int, events: bool, redis_url: str, warm: int = 0) -> int:
+    """Instructions of one drain of n tasks (a valgrind child), after `warm` uncounted ones."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "callgrind.out"
         argv = [
             *("valgrind", "--tool=callgrind", "--instr-atstart=no"),
             f"--callgrind-out-file={out}",
             *(sys.executable, "-m", "benchmarks.drain_instructions"),
-            *("--child", str(n), "--redis-url", redis_url),
+            *("--child", str(n), "--redis-url", redis_url, "--warm", str(warm)),
         ]
         if events:
             argv.append("--events")
@@ -85,9 +108,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--events", action="store_true", help="the worker records events (-E)")
     p.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     p.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--warm", type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     if args.child:
-        asyncio.run(drain(args.child, args.events, args.redis_url))
+        asyncio.run(drain(args.child, args.events, args.redis_url, warm=args.warm))
         return 0
     totals = [count(n, args.events, args.redis_url) for n in SIZES]
     per_task = (totals[1] - totals[0]) / (SIZES[1] - SIZES[0])

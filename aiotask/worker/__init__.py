@@ -171,6 +171,7 @@ class Worker:
     ) -> tuple[asyncio.Task[None], asyncio.Task[None], list[asyncio.Task[None]]]:
         """Load revocations, beat, register, then start the consumer, settler and side loops."""
         app = self.app
+        self.dispatcher.executor.backend = app.backend  # this loop's, for the worker's life
         if app.backend is not None:  # before consuming: skip what was revoked
             revocations.remember(self.dispatcher.executor.revoked, await app.backend.revocations())
         # Alive before the first message is taken: never look lost while holding work.

@@ -34,6 +34,11 @@ else:
 #: 3.12+: asyncio.Task takes eager_start (it copies the context and swaps the current task)
 _NATIVE = sys.version_info >= (3, 12)
 _enter, _leave, _register = tasks._enter_task, tasks._leave_task, tasks._register_task
+#: loop -> its running Task: asyncio's own table, which 3.11's (pure-Python) current_task()
+#: reads; read here directly, without that call (3.12+ takes the native path, not this one)
+_current: dict[asyncio.AbstractEventLoop, asyncio.Task[Any]] = (
+    {} if _NATIVE else tasks._current_tasks  # type: ignore[attr-defined]
+)
 #: asyncio's own task numbering (the names are Task-1, Task-2, ... as for any Task)
 _next_name = tasks._task_name_counter  # type: ignore[attr-defined]
 _future_init = futures._PyFuture.__init__  # type: ignore[attr-defined]
@@ -74,7 +79,7 @@ def start(coro: Coroutine[Any, Any, Any], loop: asyncio.AbstractEventLoop) -> as
         started: asyncio.Task[Any] = native(coro, loop=loop, eager_start=True)
         return started
     task = EagerTask(coro, loop, contextvars.copy_context())
-    caller = tasks.current_task(loop)
+    caller = _current.get(loop)  # tasks.current_task(loop) without its Python call
     if caller is not None:
         _leave(loop, caller)
     try:

@@ -286,16 +286,17 @@ class Dispatcher:
     def _outcome(self, delivery: Delivery, task: asyncio.Task[Settlement]) -> None:
         """A finished task: free its slot and hand its settlement to the settler."""
         self.gates.finished(delivery)  # its concurrency slot, if any, is free again
-        if not task.cancelled():
-            exc = task.exception()
-            if exc is None:
-                settlement = task.result()
-                if settlement.store is not None and settlement.store.state == FAILURE:
-                    self.failed += 1
-                self.settler.add(settlement)
-            else:
-                self._internal_error(delivery, exc)
-            self.processed += 1
+        try:  # one call on the common path (not cancelled(), exception() and result())
+            settlement = task.result()
+        except asyncio.CancelledError:
+            return
+        except BaseException as exc:
+            self._internal_error(delivery, exc)
+        else:
+            if settlement.store is not None and settlement.store.state == FAILURE:
+                self.failed += 1
+            self.settler.add(settlement)
+        self.processed += 1
 
     def settled(self, deliveries: Sequence[Delivery]) -> None:
         self.held.difference_update(deliveries)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from aiotask._event_types import TASK_STARTED, TASK_SUCCEEDED, EventType
 from aiotask._log import get_logger
 from aiotask._time import now
-from aiotask.backends.base import EncodedResult, ResultRecord, encode_fields
+from aiotask.backends.base import EncodedResult, ResultRecord, encode_fields, encoded_result
 from aiotask.canvas.primitives import MAP_TASK, STARMAP_TASK
 from aiotask.canvas.runtime import CHORD_BODY_HEADER, Finished
 from aiotask.context import TaskContext, current_task
@@ -40,7 +40,10 @@ from aiotask.worker.outcome import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Coroutine
+
     from aiotask.app import App
+    from aiotask.backends.base import ResultBackend
     from aiotask.brokers.base import Delivery
     from aiotask.events.emitter import Emitter
     from aiotask.protocol import Message
@@ -71,6 +74,10 @@ class Executor:
         #: whether results are stored (the backend instance belongs to the running loop; its
         #: existence is the configuration's, checked without looking the instance up per task)
         self.has_backend = app.conf.backend_url is not None
+        #: the running loop's result backend, bound by the worker at start (as the consumer
+        #: binds the broker): not looked up through the app's connection sets per task.
+        #: None: looked up per task (an executor used outside a worker, or no backend)
+        self.backend: ResultBackend | None = None
         #: seals stored results (result_signing; None: off)
         self.result_keyring = app.result_keyring
         #: metrics hooks (worker/_probe.py); None when nothing watches
@@ -96,12 +103,16 @@ class Executor:
             running.cancel(msg="aiotask: terminated by revoke")
         return True
 
-    async def execute(
+    def execute(
         self, delivery: Delivery, message: Message, revoked: bool = False
-    ) -> Settlement:
-        """Run one delivery whose body the dispatcher already decoded (once) into `message`."""
+    ) -> Coroutine[Any, Any, Settlement]:
+        """Run one delivery whose body the dispatcher already decoded (once) into `message`.
+        Returns the coroutine itself in the common case (one coroutine less per task)."""
         if not coordinated(message):
-            return await self._execute(delivery, message, revoked)
+            return self._execute(delivery, message, revoked)
+        return self._coordinated(delivery, message, revoked)
+
+    async def _coordinated(self, delivery: Delivery, message: Message, revoked: bool) -> Settlement:
         settlement = await self._execute(delivery, message, revoked)
         self.gate.after(settlement, message)
         return settlement
@@ -173,7 +184,7 @@ class Executor:
             message.group_id,
             message.headers,
             delivery.deliveries,
-            self.app.backend,
+            self.backend or self.app.backend,
             self.ttl,
             self.result_keyring,
         )
@@ -207,7 +218,6 @@ class Executor:
             self.running.pop(message.id, None)
             self.terminating.discard(message.id)
         elapsed = time.perf_counter() - started
-        _outcome_event(self.events, delivery, message, outcome, elapsed)
         settlement = self._settle(delivery, message, task, outcome, elapsed)
         outcome = _as_stored(settlement, outcome)
         if message.chain or message.links or message.errbacks or message.chord is not None:
@@ -216,10 +226,11 @@ class Executor:
             await _run_hooks(task, message, outcome)
         return settlement
 
-    async def _call(self, task: Task[Any, Any], ctx: TaskContext, message: Message) -> Any:
+    def _call(self, task: Task[Any, Any], ctx: TaskContext, message: Message) -> Awaitable[Any]:
+        """What to await for the task's value (no coroutine of its own: one less per task)."""
         if message.task in BUILTINS:
-            return await self._map(ctx, message)
-        return await self._invoke(task, ctx, message.args, message.kwargs)
+            return self._map(ctx, message)
+        return self._invoke(task, ctx, message.args, message.kwargs)
 
     async def _map(self, ctx: TaskContext, message: Message) -> list[Any]:
         """aiotask.map / aiotask.starmap: call the target once per item, in order."""
@@ -230,24 +241,19 @@ class Executor:
         spread = message.task == STARMAP_TASK
         return [await self._invoke(target, ctx, list(i) if spread else [i], {}) for i in items]
 
-    async def _invoke(
+    def _invoke(
         self, task: Task[Any, Any], ctx: TaskContext, args: list[Any], kwargs: dict[str, Any]
-    ) -> Any:
+    ) -> Awaitable[Any]:
+        """The task's own coroutine (wrapped only when it has time limits), or the pool's run."""
         if task.is_async:
             coro = task.fn(ctx, *args, **kwargs) if task.options.bind else task.fn(*args, **kwargs)
             soft, limit = task.options.soft_time_limit, task.options.time_limit
             if soft is not None:
                 coro = SoftLimited(coro, soft, f"{task.name}[{ctx.id}]")
             if limit is None:
-                return await coro
-            try:
-                async with asyncio.timeout(limit):
-                    return await coro
-            except TimeoutError:
-                raise TimeLimitExceeded(
-                    f"task {task.name}[{ctx.id}] exceeded its time limit of {limit}s"
-                ) from None
-        return await self.pool.run(
+                return coro  # type: ignore[no-any-return]
+            return _limited(coro, limit, f"{task.name}[{ctx.id}]")
+        return self.pool.run(
             task.fn.__module__,
             task.name,
             args,
@@ -267,6 +273,8 @@ class Executor:
         elapsed: float,
     ) -> Settlement:
         name, ident = message.task, message.id
+        if self.events is not None:  # its task-* event (checked here: no call when off)
+            _outcome_event(self.events, delivery, message, outcome, elapsed)
         if self.probe is not None:
             self.probe.finished(delivery, message, _STATES[type(outcome)], elapsed)
         match outcome:
@@ -292,7 +300,7 @@ class Executor:
                 )
                 again = message.evolve(retries=message.retries + 1, eta=now() + decision.delay)
                 settlement = self._record(delivery, message, RETRY, None, decision.exc)
-                settlement.publish.append(again)
+                settlement.publish = [again]
                 return settlement
             case Failed(exc):
                 log.error(
@@ -385,7 +393,7 @@ class Executor:
             )
             if self.result_keyring is not None:
                 data = signed.seal(self.result_keyring, data)
-            stored = EncodedResult(message.id, state, data, self.ttl)
+            stored = encoded_result(message.id, state, data, self.ttl)
             if self.max_result and len(stored.data) > self.max_result:
                 raise MessageTooLarge(message.task, len(stored.data), self.max_result, "result")
         except SerializationError as err:
@@ -402,6 +410,15 @@ class Executor:
             stored = EncodedResult.of(failed, self.ttl, self.result_keyring)
             return Settlement(delivery, store=stored, store_error=err)
         return Settlement(delivery, store=stored)
+
+
+async def _limited(coro: Awaitable[Any], limit: float, what: str) -> Any:
+    """A task's coroutine under its hard time limit."""
+    try:
+        async with asyncio.timeout(limit):
+            return await coro
+    except TimeoutError:
+        raise TimeLimitExceeded(f"task {what} exceeded its time limit of {limit}s") from None
 
 
 def _as_stored(settlement: Settlement, outcome: Outcome) -> Outcome:

@@ -2,41 +2,45 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from aiotask.exceptions import Reject, TaskRevoked
 from aiotask.retry import RetryDecision, RetryPolicy, decide, final_exception
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from aiotask.backends.base import EncodedResult
     from aiotask.brokers.base import Delivery
     from aiotask.canvas.runtime import Finished
     from aiotask.protocol import Message
 
 
-@dataclass(frozen=True, slots=True)
+# Treated as immutable, not frozen (as protocol.Message): a frozen dataclass's __init__ sets
+# each field through object.__setattr__, and one of these is made per task.
+@dataclass(slots=True)
 class Succeeded:
     value: Any
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Failed:
     exc: BaseException
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Retrying:
     decision: RetryDecision
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Rejected:
     requeue: bool
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Revoked:
     reason: str
 
@@ -66,7 +70,8 @@ class Settlement:
     delivery: Delivery
     action: Action = "ack"
     store: EncodedResult | None = None
-    publish: list[Message] = field(default_factory=list)
+    #: a tuple by default: no new list per task (most publish nothing)
+    publish: Sequence[Message] = ()
     reason: str = ""
     #: canvas: the finished task whose follow-ups the settler derives (canvas/runtime.py)
     finished: Finished | None = None

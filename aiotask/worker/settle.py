@@ -108,8 +108,10 @@ class Settler:
         self.probe: Probe | None = None
 
     def add(self, settlement: Settlement) -> None:
-        self._pending.append(settlement)
-        self._wake.set()
+        pending = self._pending
+        pending.append(settlement)
+        if len(pending) == 1:  # the first since the last flush took them: wake the settler
+            self._wake.set()
 
     async def run(self) -> None:
         """Flush whenever something is pending; after stop(), flush once more and return."""
