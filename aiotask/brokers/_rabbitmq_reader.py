@@ -24,9 +24,11 @@ from typing import TYPE_CHECKING, Any, cast
 
 import aiormq.connection
 from aio_pika import RobustConnection
+from aiormq.abc import DeliveredMessage
 from aiormq.connection import FrameReceiver, TCPTransportFactory, TLSTransportFactory
 from aiormq.connection import TransportFactory as _TransportFactory
 from aiormq.exceptions import AMQPConnectionError, InvalidFrameError, ProtocolSyntaxError
+from pamqp.body import ContentBody
 from pamqp.exceptions import PAMQPException
 from pamqp.frame import frame_parts, unmarshal
 from pamqp.header import ContentHeader
@@ -35,7 +37,7 @@ if TYPE_CHECKING:
     import asyncio
     from collections.abc import Callable
 
-    from aiormq.abc import AbstractChannel, DeliveredMessage
+    from aiormq.abc import AbstractChannel
     from aiormq.channel import Channel
     from aiormq.connection import ReceivedFrame
     from pamqp.commands import Basic
@@ -159,12 +161,14 @@ def install() -> None:
 class DirectDeliveries:
     """Deliveries to aiotask's consumers on one aiormq channel, called in the channel's reader.
 
-    aiormq's `Channel._on_deliver_frame` reads a delivery's header and body frames, then
-    starts a task per delivery to run the consumer callback. aiotask's callbacks are plain
-    functions that only buffer the delivery, so this replaces that method on the one channel
-    instance (an instance attribute: the class and other channels are untouched) and calls
-    them at once. A consumer tag not registered here goes to aiormq's own method. The channel
-    reader calls the method by its name `HOOK_DELIVER`; a unit test fails if aiormq renames it.
+    aiormq's `Channel._on_deliver_frame` reads a delivery's header and body frames (into a
+    BytesIO), then starts a task per delivery to run the consumer callback. aiotask's callbacks
+    are plain functions that only buffer the delivery, so this replaces that method on the one
+    channel instance (an instance attribute: the class and other channels are untouched),
+    takes the header and body frames off the channel's frame queue (`_get_frame`) and calls
+    the callback at once. A consumer tag not registered here goes to aiormq's own method. The
+    channel reader calls the method by its name `HOOK_DELIVER`; a unit test fails if aiormq
+    renames it or `_get_frame`.
     """
 
     def __init__(self, channel: AbstractChannel) -> None:
@@ -187,6 +191,18 @@ class DirectDeliveries:
             del self.callbacks[gone]
         self.callbacks[tag] = callback
 
+    async def _body(self, size: int) -> bytes:
+        """The body frames that follow a content header (one, unless over frame_max)."""
+        parts: list[bytes] = []
+        got = 0
+        while got < size:
+            part = await self.channel._get_frame()
+            if not isinstance(part, ContentBody):
+                raise ValueError(f"Unexpected frame {part!r} instead of ContentBody", part)
+            parts.append(part.value)
+            got += len(part.value)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
     async def _on_deliver_frame(self, frame: Basic.Deliver) -> None:
         tag = frame.consumer_tag or ""
         callback = self.callbacks.get(tag)
@@ -197,7 +213,8 @@ class DirectDeliveries:
         header = await channel._get_frame()
         if not isinstance(header, ContentHeader):
             raise ValueError(f"Unexpected frame {header!r} instead of ContentHeader", header)
-        message = await channel._read_content(frame, header)
+        body = await self._body(header.body_size)
+        message = DeliveredMessage(delivery=frame, header=header, body=body, channel=channel)
         if tag not in channel.consumers:  # cancelled (aiormq drops those deliveries too)
             self.callbacks.pop(tag, None)
             return

@@ -13,13 +13,12 @@ import inspect
 import itertools
 import logging
 import random
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aio_pika.connection
 import aiormq.channel
 import aiormq.connection
 import pytest
-from aiormq.abc import DeliveredMessage
 from aiormq.exceptions import AMQPConnectionError, InvalidFrameError, ProtocolSyntaxError
 from pamqp import commands as spec
 from pamqp.body import ContentBody
@@ -37,6 +36,9 @@ from aiotask.brokers._rabbitmq_reader import (
     RobustTransport,
     Transport,
 )
+
+if TYPE_CHECKING:
+    from aiormq.abc import DeliveredMessage
 
 
 class ChunkReader:
@@ -217,7 +219,7 @@ async def test_the_transport_factory_hook_still_exists() -> None:
 def test_the_deliver_hook_still_exists_in_aiormq() -> None:
     channel = aiormq.channel.Channel
     assert f"self.{HOOK_DELIVER}(frame)" in inspect.getsource(channel._reader)
-    for name in (HOOK_DELIVER, "_get_frame", "_read_content"):
+    for name in (HOOK_DELIVER, "_get_frame"):
         assert callable(getattr(channel, name))
     assert "consumer_tag" in inspect.signature(channel.basic_consume).parameters
     # aiormq registers the consumer under the tag before the server can deliver to it
@@ -242,17 +244,14 @@ class FakeChannel:
     async def _get_frame(self) -> Any:
         return self.queued.pop(0)
 
-    async def _read_content(self, frame: Any, header: ContentHeader) -> DeliveredMessage:
-        body = self.queued.pop(0).value
-        return DeliveredMessage(delivery=frame, header=header, body=body, channel=self)  # type: ignore[arg-type]
 
-
-def content(body: bytes) -> list[Any]:
-    return [ContentHeader(body_size=len(body)), ContentBody(body)]
+def content(body: bytes, split: int = 0) -> list[Any]:
+    parts = [body[:split], body[split:]] if split else [body]
+    return [ContentHeader(body_size=len(body)), *(ContentBody(p) for p in parts if p)]
 
 
 async def test_direct_deliveries_call_registered_consumers_in_the_reader() -> None:
-    channel = FakeChannel(content(b"one") + content(b"gone"))
+    channel = FakeChannel(content(b"one") + content(b"gone") + content(b"") + content(b"ab", 1))
     direct = DirectDeliveries.of(channel)  # type: ignore[arg-type]
     assert DirectDeliveries.of(channel) is direct  # type: ignore[arg-type]
     got: list[bytes] = []
@@ -266,7 +265,12 @@ async def test_direct_deliveries_call_registered_consumers_in_the_reader() -> No
     del channel.consumers["t1"]  # cancelled: the delivery is dropped, as aiormq drops it
     await getattr(channel, HOOK_DELIVER)(spec.Basic.Deliver("t1", 3))
     assert got == [b"one"] and "t1" not in direct.callbacks
-    assert not channel.queued  # its header and body were read off the channel all the same
+    direct.register("t2", lambda m: got.append(m.body))
+    channel.consumers["t2"] = object()
+    await getattr(channel, HOOK_DELIVER)(spec.Basic.Deliver("t2", 4))  # no body frame
+    await getattr(channel, HOOK_DELIVER)(spec.Basic.Deliver("t2", 5))  # two body frames
+    assert got == [b"one", b"", b"ab"]
+    assert not channel.queued  # every header and body was read off the channel
 
 
 async def test_a_failing_consumer_is_logged_and_the_reader_goes_on(
