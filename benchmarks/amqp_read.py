@@ -1,15 +1,18 @@
-"""aiormq's stock frame reader against aiotask's buffered one, on the shared RabbitMQ.
+"""aiormq's stock read path against aiotask's (_rabbitmq_reader), on the shared RabbitMQ.
 
     python -m benchmarks.amqp_read                   # 5 alternating rounds: drain + round trip
-    python -m benchmarks.amqp_read --instructions    # callgrind: instructions per drained task
+    python -m benchmarks.amqp_read --instructions    # callgrind: instructions per task / trip
 
-Each measurement is a child process (`--child`) that switches the reader with
-`aiotask.brokers._rabbitmq_reader.ENABLED`, so old and new alternate in one run. A drain
+Modes: stock (aiormq's receiver, a task per delivery), reader (buffered frames), direct
+(buffered frames and deliveries handed over in the channel reader: what aiotask does). Each
+measurement is a child process (`--child`) that sets `_rabbitmq_reader.ENABLED` and `DIRECT`
+for its mode, so the modes alternate in one run. A drain
 enqueues no-op tasks on a unique queue, then one in-process Worker (-c 100, prefetch 200)
 drains them: tasks/s and process CPU per task over the drain. A round trip is one
 `send` + `get` after another against an in-process worker (p50, p90). Results go to Redis.
-With --instructions the drain runs under `valgrind --tool=callgrind --instr-atstart=no`,
-counted from the worker's start to the last task; two sizes, the difference per task.
+With --instructions each runs under `valgrind --tool=callgrind --instr-atstart=no`: a drain
+counted from the worker's start to the last task, round trips (client and worker in one
+process) from the first to the last; two sizes each, the difference per task or per trip.
 """
 
 from __future__ import annotations
@@ -82,11 +85,15 @@ async def child(n: int, mode: str, what: str, callgrind: bool) -> dict[str, floa
             async with start_worker(app, concurrency=100, prefetch=200):
                 for _ in range(20):  # warm up
                     await (await noop.send()).get(timeout=10)
+                if callgrind:
+                    instrument("on")
                 times = []
                 for _ in range(n):
                     t0 = time.perf_counter()
                     await (await noop.send()).get(timeout=10)
                     times.append(time.perf_counter() - t0)
+                if callgrind:
+                    instrument("off")
             times.sort()
             out = {
                 "p50_ms": times[len(times) // 2] * 1e3,
@@ -110,14 +117,14 @@ def run(n: int, mode: str, what: str) -> dict[str, float]:
     return json.loads(res.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
-def instructions(n: int, mode: str) -> int:
+def instructions(n: int, mode: str, what: str = "drain") -> int:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "callgrind.out"
         argv = [
             *("valgrind", "--tool=callgrind", "--instr-atstart=no"),
             f"--callgrind-out-file={out}",
             *(sys.executable, "-m", "benchmarks.amqp_read"),
-            *("--child", str(n), "--what", "drain", "--callgrind", "--mode", mode),
+            *("--child", str(n), "--what", what, "--callgrind", "--mode", mode),
         ]
         subprocess.run(argv, cwd=ROOT, check=True, capture_output=True)
         for line in out.read_text().splitlines():
@@ -132,6 +139,7 @@ def main() -> int:
     p.add_argument("--drain", type=int, default=20000)
     p.add_argument("--trips", type=int, default=500)
     p.add_argument("--instructions", action="store_true")
+    p.add_argument("--measure", default="drain,trip", help="with --instructions: drain, trip")
     p.add_argument("--child", type=int, help=argparse.SUPPRESS)
     p.add_argument("--what", default="drain", help=argparse.SUPPRESS)
     p.add_argument("--mode", default="direct", help=argparse.SUPPRESS)
@@ -148,11 +156,13 @@ def main() -> int:
     modes = args.modes.split(",")
     print("load average:", os.getloadavg())
     if args.instructions:
-        sizes = (1000, 2000)
-        for mode in modes:
-            totals = [instructions(n, mode) for n in sizes]
-            per = (totals[1] - totals[0]) / (sizes[1] - sizes[0])
-            print(f"[instructions] {mode}: {totals} -> {per:,.0f}/task", flush=True)
+        for what, sizes in (("drain", (1000, 2000)), ("trip", (100, 200))):
+            if what not in args.measure:
+                continue
+            for mode in modes:
+                totals = [instructions(n, mode, what) for n in sizes]
+                per = (totals[1] - totals[0]) / (sizes[1] - sizes[0])
+                print(f"[instructions] {what} {mode}: {totals} -> {per:,.0f} each", flush=True)
         print("load average:", os.getloadavg())
         return 0
     rows: dict[str, list[dict[str, float]]] = {m: [] for m in modes}
