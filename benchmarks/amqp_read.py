@@ -9,7 +9,8 @@ measurement is a child process (`--child`) that sets `_rabbitmq_reader.ENABLED` 
 for its mode, so the modes alternate in one run. A drain
 enqueues no-op tasks on a unique queue, then one in-process Worker (-c 100, prefetch 200)
 drains them: tasks/s and process CPU per task over the drain. A round trip is one
-`send` + `get` after another against an in-process worker (p50, p90). Results go to Redis.
+`send` + `get` after another against an in-process worker (p50, p90); `--what tripx` (child
+only) the same against a worker in its own process, as in the harness. Results go to Redis.
 With --instructions each runs under `valgrind --tool=callgrind --instr-atstart=no`: a drain
 counted from the worker's start to the last task, round trips (client and worker in one
 process) from the first to the last; two sizes each, the difference per task or per trip.
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import cProfile
 import json
 import os
@@ -29,6 +31,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 AMQP = "amqp://guest:guest@127.0.0.1:5672/"
@@ -41,17 +44,13 @@ def instrument(state: str) -> None:
     subprocess.run(argv, check=True, capture_output=True)
 
 
-async def child(n: int, mode: str, what: str, callgrind: bool) -> dict[str, float]:
-    import redis.asyncio as aioredis
-
+def make_app(mode: str, ns: str) -> tuple[Any, Any]:
+    """The app and its no-op task, the read path switched for `mode`."""
     from aiotask import App
     from aiotask.brokers import _rabbitmq_reader
-    from aiotask.testing import start_worker
-    from benchmarks.harness import cleanup_amqp
 
     _rabbitmq_reader.ENABLED = mode != "stock"
     _rabbitmq_reader.DIRECT = mode == "direct"
-    ns = f"aiotamqpread-{uuid.uuid4().hex[:8]}"
     app = App("bench", broker=AMQP, backend=REDIS, key_prefix=ns,
               visibility_timeout=600, worker_lost_after=600)  # fmt: skip
 
@@ -59,7 +58,40 @@ async def child(n: int, mode: str, what: str, callgrind: bool) -> dict[str, floa
     async def noop() -> None:
         return None
 
+    return app, noop
+
+
+async def worker_only(mode: str, ns: str) -> None:
+    """A worker for `ns` in its own process (the `tripx` measurement), until terminated."""
+    from aiotask.testing import start_worker
+
+    app, _ = make_app(mode, ns)
+    await app.connect()
+    async with start_worker(app, concurrency=100, prefetch=200):
+        await asyncio.Event().wait()
+
+
+def spawn_worker(ns: str, mode: str) -> subprocess.Popen[bytes]:
+    argv = [sys.executable, "-m", "benchmarks.amqp_read", "--worker", ns, "--mode", mode]
+    return subprocess.Popen(argv, cwd=ROOT)
+
+
+def stop_worker(worker: subprocess.Popen[bytes]) -> None:
+    """Terminate the worker this run started (by its PID) and wait for it to exit."""
+    worker.terminate()
+    worker.wait(timeout=30)
+
+
+async def child(n: int, mode: str, what: str, callgrind: bool) -> dict[str, float]:
+    import redis.asyncio as aioredis
+
+    from aiotask.testing import start_worker
+    from benchmarks.harness import cleanup_amqp
+
+    ns = f"aiotamqpread-{uuid.uuid4().hex[:8]}"
+    app, noop = make_app(mode, ns)
     out: dict[str, float] = {}
+    worker: subprocess.Popen[bytes] | None = None
     await app.connect()
     try:
         if what == "drain":
@@ -82,7 +114,14 @@ async def child(n: int, mode: str, what: str, callgrind: bool) -> dict[str, floa
                     instrument("off")
             out = {"rate": n / (t1 - t0), "cpu_us": (c1 - c0) / n * 1e6}
         else:
-            async with start_worker(app, concurrency=100, prefetch=200):
+            if what == "tripx":  # the worker in another process, as in the harness
+                worker = spawn_worker(ns, mode)
+                await noop.send()  # declares the queue; answered once the worker is up
+            async with contextlib.AsyncExitStack() as stack:
+                if worker is None:
+                    await stack.enter_async_context(
+                        start_worker(app, concurrency=100, prefetch=200)
+                    )
                 for _ in range(20):  # warm up
                     await (await noop.send()).get(timeout=10)
                 if callgrind:
@@ -100,6 +139,8 @@ async def child(n: int, mode: str, what: str, callgrind: bool) -> dict[str, floa
                 "p90_ms": times[len(times) * 9 // 10] * 1e3,
             }
     finally:
+        if worker is not None:
+            stop_worker(worker)
         await app.close()
         await cleanup_amqp(AMQP, ns)
         r = aioredis.Redis.from_url(REDIS)
@@ -149,7 +190,11 @@ def main() -> int:
         help="stock, reader (buffered frames), direct (and no task per delivery)",
     )
     p.add_argument("--callgrind", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.worker:
+        asyncio.run(worker_only(args.mode, args.worker))
+        return 0
     if args.child:
         print(json.dumps(asyncio.run(child(args.child, args.mode, args.what, args.callgrind))))
         return 0
