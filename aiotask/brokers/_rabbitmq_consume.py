@@ -17,13 +17,16 @@ import asyncio
 import heapq
 import itertools
 import logging
+import uuid
 from typing import TYPE_CHECKING
 
 from aiotask import _hooks
 from aiotask._time import monotonic
 from aiotask._urls import redact
+from aiotask.brokers import _rabbitmq_reader
 from aiotask.brokers._rabbitmq_delivery import Held, Incoming, Unsettled, stale
 from aiotask.brokers._rabbitmq_publish import map_errors, open_connection
+from aiotask.brokers._rabbitmq_reader import DirectDeliveries
 from aiotask.exceptions import BrokerConnectionError
 
 if TYPE_CHECKING:
@@ -161,8 +164,11 @@ class Consumer:
             self._unsettled = {raw: Unsettled()}  # old channels' tags are void
             raw.on_consumer_cancel_callbacks.add(self._on_cancelled)
         on_message = self._callback(queue, self._unsettled[raw], source)
-        ok = await raw.basic_consume(name, on_message)  # type: ignore[arg-type]
-        return raw, ok.consumer_tag or ""
+        tag = f"aiotask.{uuid.uuid4().hex}"
+        if _rabbitmq_reader.DIRECT:  # called in the channel's reader, no task per delivery
+            DirectDeliveries.of(raw).register(tag, on_message)
+        ok = await raw.basic_consume(name, on_message, consumer_tag=tag)  # type: ignore[arg-type]
+        return raw, ok.consumer_tag or tag
 
     async def consume_key(
         self, queue: str, name: str, declare: Callable[[AbstractRobustChannel], Awaitable[object]]
@@ -202,7 +208,7 @@ class Consumer:
         buffers, seq, event, delivered = self._buffers, self._seq, self.event(), self.delivered
         turns, taken, me = self._turns, self._taken, source or queue
 
-        def on_message(message: DeliveredMessage) -> None:  # no await: aiormq runs it at once
+        def on_message(message: DeliveredMessage) -> None:  # no await: called in the reader
             msg = Incoming(message, unsettled, source)
             if source is not None:
                 delivered[source] = delivered.get(source, 0) + 1

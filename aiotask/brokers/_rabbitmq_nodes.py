@@ -7,7 +7,8 @@ lost connection reconnect to the next one (round robin), for a RabbitMQ cluster.
 aio-pika's robust connection reconnects to one URL. `NodesConnection` keeps its reconnect
 loop, channel restore and callbacks, and only changes the address before each attempt. The
 hook is aio-pika's private `RobustConnection.__connect_transport` (one attempt); a unit test
-fails if a new aio-pika renames it. A single-node URL uses aio-pika's class unchanged.
+fails if a new aio-pika renames it. A single-node URL uses aio-pika's class (with
+_rabbitmq_reader's transport, as every aiotask connection).
 """
 
 from __future__ import annotations
@@ -17,11 +18,11 @@ import re
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import aio_pika
-from aio_pika import RobustConnection
 from aio_pika.connection import make_url
 from yarl import URL
 
 from aiotask._urls import redact
+from aiotask.brokers._rabbitmq_reader import RobustTransport, install
 from aiotask.exceptions import ConfigurationError
 
 if TYPE_CHECKING:
@@ -57,7 +58,7 @@ def node_urls(url: str) -> list[str]:
     return out
 
 
-class NodesConnection(RobustConnection):
+class NodesConnection(RobustTransport):
     """A robust connection that moves to the next node at every reconnect attempt."""
 
     nodes: ClassVar[Sequence[str]] = ()
@@ -97,10 +98,12 @@ async def connect_node(
 
     A single node uses aio-pika's own connect_robust. With several, a failed attempt closes
     its connection object (no reconnect task is left behind) before the caller tries the next.
+    Either way frames are read by _rabbitmq_reader's buffered receiver.
     """
+    install()
     if len(nodes) == 1:
         single: AbstractRobustConnection = await aio_pika.connect_robust(
-            nodes[0], timeout=timeout, **kwargs
+            nodes[0], timeout=timeout, connection_class=RobustTransport, **kwargs
         )
         return single
     interval = kwargs.pop("reconnect_interval", None)

@@ -19,6 +19,7 @@ from aio_pika.exceptions import DeliveryError, PublishError
 from aiotask.brokers import Delivery, Outgoing
 from aiotask.brokers import _rabbitmq_topology as topo
 from aiotask.brokers._rabbitmq_publish import Publisher, message
+from aiotask.brokers._rabbitmq_reader import HOOK_DELIVER, DirectDeliveries, Transport
 from aiotask.brokers.rabbitmq import RabbitMQBroker
 from aiotask.exceptions import BrokerConnectionError, ConfigurationError
 from aiotask.settings import Settings
@@ -198,6 +199,26 @@ async def test_dead_letter_keeps_body_and_carries_the_reason_header(
     assert msg.headers[topo.HEADER_REASON] == "undecodable: garbage"
     assert msg.message_id == "m1"
     await raw.queue_delete(f"{namespace}.q.dead")
+
+
+async def test_frames_are_read_buffered_and_deliveries_handed_over_in_the_reader(
+    broker: RabbitMQBroker,
+) -> None:
+    # a body over frame_max (128 KiB) arrives as several body frames, among small messages
+    big = Outgoing(queue="q", body=bytes(range(256)) * 1200, message_id="big")
+    await broker.publish([out(1), big, *(out(i) for i in range(2, 60))])
+    got = await receive_n(broker, 60)
+    assert sorted((d.message_id, d.body) for d in got) == sorted(
+        [("big", big.body)] + [(f"m{i}", f"body-{i}".encode()) for i in range(1, 60)]
+    )
+    await broker.ack(got)
+    conn = broker._con.conn
+    assert conn is not None and conn.transport is not None
+    assert isinstance(conn.transport.connection._transport_factory, Transport)  # type: ignore[attr-defined]
+    raw_channel, _ = broker._con.consumers["q"]
+    assert isinstance(
+        getattr(getattr(raw_channel, HOOK_DELIVER), "__self__", None), DirectDeliveries
+    )
 
 
 async def test_garbage_bytes_on_the_queue_are_delivered_as_bytes(
