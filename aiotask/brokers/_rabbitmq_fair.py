@@ -312,7 +312,7 @@ class FairConsumer:
         """Follow each queue's announcements; consume the key queues learnt since last time.
 
         Never fails the receive that calls it: while the connection is down, or after an
-        error (logged), it tries again on a receive at least RETRY_S later.
+        error (logged), it tries again on a receive at least RETRY_S later (woken then).
         """
         if self._con.down_since is not None or monotonic() < self._retry_at:
             return
@@ -328,6 +328,9 @@ class FairConsumer:
             # a server without streams (before 3.9) fails every time: back off to a minute
             self._backoff = min(self._backoff * 2, 60.0) if self._backoff else RETRY_S
             self._retry_at = monotonic() + self._backoff
+            # and wake the receive just after: with no key queue consumed nothing else may (a
+            # receive waits for a delivery), and the key queues would stay unconsumed for good
+            asyncio.get_running_loop().call_later(self._backoff + 0.1, self._con.event().set)
             log.log(
                 logging.WARNING if self._backoff <= 2 * RETRY_S else logging.DEBUG,
                 "fairness: cannot follow the key queues of %s (%s); trying again in %g s",
