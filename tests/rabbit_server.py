@@ -94,6 +94,16 @@ class PrivateRabbit:
             os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait(timeout=10)
         self.proc = None
+        # the script we waited for exits first; the beam VM it ran may still hold the
+        # listening socket while it tears down its memory, and a start() right away would
+        # take that for the new node: wait until the port refuses connections
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    time.sleep(0.05)
+            except OSError:
+                return
 
     def close_all_connections(self) -> None:
         subprocess.run(

@@ -70,7 +70,7 @@ from aiotask._time import monotonic
 from aiotask._urls import redact
 from aiotask.brokers._common import text
 from aiotask.brokers._rabbitmq_publish import message
-from aiotask.exceptions import AiotaskError
+from aiotask.exceptions import AiotaskError, BrokerConnectionError
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -170,23 +170,46 @@ class FairPublisher:
         return name
 
     async def announce(self, queue: str, bodies: Sequence[bytes]) -> None:
-        """Append to the queue's announcement stream (confirmed)."""
-        stream = await self.stream(queue)
-        items = [(stream, message(body, "", 0, {})) for body in bodies]
-        error = self._pub.failure(items, await self._pub.send(items))
+        """Append to the queue's announcement stream (confirmed).
+
+        The stream is declared before each announcement, which waits until it is up: for a
+        moment after a node restart (RabbitMQ 3.10) a publish to a stream is returned
+        unroutable, or even confirmed and dropped, while a declare of it fails NOT_FOUND
+        ("home node ... is down"). An announcement returned unroutable goes again.
+        """
+        backoff = self._pub.backoff()
+        while True:
+            stream = await self.stream(queue, again=True)
+            items = [(stream, message(body, "", 0, {})) for body in bodies]
+            results = await self._pub.send(items)
+            if not any(isinstance(r, PublishError) for r in results) or not await backoff.sleep():
+                break
+        error = self._pub.failure(items, results)
         if error is not None:
             raise error
 
-    async def stream(self, queue: str) -> str:
+    async def stream(self, queue: str, *, again: bool = False) -> str:
+        """The queue's announcement stream, declared once (or `again`) and up."""
         stream = keys_stream(self.names, queue)
-        if stream not in self._streams:
-            await self._pub.run(
-                f"declare stream {stream!r}",
-                lambda ch: ch.declare_queue(
-                    stream, durable=True, arguments=STREAM_ARGUMENTS, robust=False
-                ),
-            )
+        backoff = self._pub.backoff()
+        while again or stream not in self._streams:
+            try:
+                await self._pub.run(
+                    f"declare stream {stream!r}",
+                    lambda ch: ch.declare_queue(
+                        stream, durable=True, arguments=STREAM_ARGUMENTS, robust=False
+                    ),
+                )
+            except BrokerConnectionError as exc:
+                # NOT_FOUND to a (non-passive) declare: the stream exists but is not up yet
+                if (
+                    not isinstance(exc.__cause__, ChannelNotFoundEntity)
+                    or not await backoff.sleep()
+                ):
+                    raise
+                continue
             self._streams.add(stream)
+            break
         return stream
 
     def forget(self, queue: str | None = None) -> None:
@@ -312,7 +335,7 @@ class FairConsumer:
         """Follow each queue's announcements; consume the key queues learnt since last time.
 
         Never fails the receive that calls it: while the connection is down, or after an
-        error (logged), it tries again on a receive at least RETRY_S later.
+        error (logged), it tries again on a receive at least RETRY_S later (woken then).
         """
         if self._con.down_since is not None or monotonic() < self._retry_at:
             return
@@ -328,6 +351,9 @@ class FairConsumer:
             # a server without streams (before 3.9) fails every time: back off to a minute
             self._backoff = min(self._backoff * 2, 60.0) if self._backoff else RETRY_S
             self._retry_at = monotonic() + self._backoff
+            # and wake the receive just after: with no key queue consumed nothing else may (a
+            # receive waits for a delivery), and the key queues would stay unconsumed for good
+            asyncio.get_running_loop().call_later(self._backoff + 0.1, self._con.event().set)
             log.log(
                 logging.WARNING if self._backoff <= 2 * RETRY_S else logging.DEBUG,
                 "fairness: cannot follow the key queues of %s (%s); trying again in %g s",
@@ -344,7 +370,7 @@ class FairConsumer:
         conn = self._con.conn
         if conn is None:
             return
-        stream = await self._fpub.stream(queue)
+        stream = await self._fpub.stream(queue, again=True)  # up (after a node restart)
         old = self._feeds.pop(queue, None)
         if old is not None and not old.is_closed:
             await old.close()

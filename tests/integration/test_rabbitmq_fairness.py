@@ -14,6 +14,7 @@ from aiotask import App
 from aiotask.brokers import Delivery, Outgoing
 from aiotask.brokers import _rabbitmq_fair as fair
 from aiotask.brokers.rabbitmq import RabbitMQBroker
+from aiotask.exceptions import BrokerConnectionError
 from aiotask.settings import Settings
 from tests.contract.test_broker_contract import receive_all
 
@@ -237,3 +238,26 @@ async def test_dead_letter_replay_goes_back_to_the_key_queue(
         assert isinstance(sender, RabbitMQBroker)
         name = fair.key_queue(sender._names, "q", "acme")
         assert await fair.probe(sender._admin, name) == (1, 0)  # in the key's queue again
+
+
+async def test_a_failed_follow_is_tried_again_without_a_delivery(make: Make) -> None:
+    """Following the announcements failed (as when the stream is not up yet after a node
+    restart) and no delivery comes to wake the receive: the worker tries again RETRY_S later
+    by itself. Before, its key queues stayed unconsumed for good (issue 18)."""
+    producer = make()
+    await producer.connect()
+    await producer.publish([keyed("k", 0)])
+    worker = make()
+    await worker.connect()
+    follow, calls = worker._fair._follow, []
+
+    async def fail_once(queue: str) -> None:
+        calls.append(queue)
+        if len(calls) == 1:
+            raise BrokerConnectionError("test: the stream is not up yet")
+        await follow(queue)
+
+    worker._fair._follow = fail_once  # type: ignore[method-assign]
+    [d] = await receive_all(worker, ["q"], 1, timeout=fair.RETRY_S * 5)
+    assert (d.message_id, calls) == ("k0", ["q", "q"])
+    await worker.ack([d])
