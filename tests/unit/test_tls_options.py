@@ -182,9 +182,10 @@ CONNECTING = {
     "aiotask/_redis/client.py": {"Redis.from_url(", "Sentinel(", "ConnectionPool("},
     "aiotask/_redis/cluster.py": {"RedisCluster("},  # its nodes get the TLS options too
     # called only by _rabbitmq_publish.open_connection, with the TLS context it built
-    "aiotask/brokers/_rabbitmq_nodes.py": {"connect_robust("},
+    "aiotask/brokers/_rabbitmq_nodes.py": {"RobustConnection("},
 }
 CALLS = ["Redis.from_url(", "Redis(", "connect_robust(", "aio_pika.connect(", "aiormq.connect("]
+CALLS += ["RobustConnection("]
 CALLS += ["RedisCluster(", "Sentinel(", "ConnectionPool(", "asyncio.open_connection("]
 
 
