@@ -58,14 +58,16 @@ TASKS = textwrap.dedent(
 
 SENDER = textwrap.dedent(
     """
-    import asyncio, sys, time
+    import asyncio, os, sys
     from proc_tasks import app, uwork
 
     async def main() -> None:
-        start_at, n = float(sys.argv[1]), int(sys.argv[2])
+        go, n = sys.argv[1], int(sys.argv[2])
         async with app:
             await app.connect()
-            await asyncio.sleep(max(0.0, start_at - time.time()))  # every sender at once
+            print("connected", flush=True)  # the test starts everyone at once when all are
+            while not os.path.exists(go):
+                await asyncio.sleep(0.005)
             results = await asyncio.gather(*(uwork.send("same") for _ in range(n)))
         print(" ".join(r.id for r in results))
 
@@ -147,10 +149,10 @@ async def _wait_for(predicate: object, timeout: float) -> bool:
 
 def _run_senders(setup: Setup) -> list[str]:
     """Run the sender processes, all sending at the same instant; every id they got back."""
-    start_at = f"{time.time() + 3.0:.3f}"  # after every sender has imported and connected
+    go = setup.dir / "go"  # created once every sender has imported and connected
     senders = [
         subprocess.Popen(
-            [sys.executable, "sender.py", start_at, str(PER_SENDER)],
+            [sys.executable, "sender.py", str(go), str(PER_SENDER)],
             cwd=setup.dir,
             env=setup.env,
             stdout=subprocess.PIPE,
@@ -159,12 +161,22 @@ def _run_senders(setup: Setup) -> list[str]:
         )
         for _ in range(SENDERS)
     ]
-    ids: list[str] = []
-    for proc in senders:
-        out, err = proc.communicate(timeout=60)
-        assert proc.returncode == 0, err
-        ids += out.split()
-    return ids
+    try:
+        for proc in senders:
+            assert proc.stdout is not None
+            assert proc.stdout.readline().strip() == "connected", proc.stderr
+        go.touch()
+        ids: list[str] = []
+        for proc in senders:
+            out, err = proc.communicate(timeout=60)
+            assert proc.returncode == 0, err
+            ids += out.split()
+        return ids
+    finally:
+        for proc in senders:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
 
 
 async def test_a_hundred_sends_from_several_processes_run_once(setup: Setup) -> None:
