@@ -18,7 +18,7 @@ import pytest
 from aiotask import App
 from aiotask.coordination.unique import debounce_key, running_lock, unique_key
 from aiotask.exceptions import TaskRevoked
-from tests.procs import lines, start_worker, stop, worker_env
+from tests.procs import lines, spawn_worker, start_worker, stop, wait_ready, worker_env
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -202,12 +202,15 @@ async def test_kill_9_keeps_the_lock_until_the_redelivered_run_finishes(setup: S
         async with app:
             sent = await app.send_task("proc.uslow", ["k", 3.0], unique=True)
             assert await _wait_for(lambda: lines(setup.dir, "started") == ["k"], SOON)
+            # starts while the first dies and its lease lapses: the message can only reach
+            # it once the first worker is gone (held by it until then)
+            second = spawn_worker(setup.dir, setup.env, "-c", "4")
             stop(first, signal.SIGKILL)
             # the task is neither finished nor lost: its lock stays, duplicates are not sent
             assert await setup.holder("k", 3.0) == sent.id
             again = await app.send_task("proc.uslow", ["k", 3.0], unique=True)
             assert again.id == sent.id
-            second = start_worker(setup.dir, setup.env, "-c", "4")
+            await asyncio.to_thread(wait_ready, second)
             assert await app.AsyncResult(sent.id).get(timeout=SOON) == "k"
             assert lines(setup.dir, "started") == ["k", "k"], "redelivered once"
             # released by the redelivered run's settlement, long before unique_for (1 h)
@@ -238,12 +241,13 @@ async def test_kill_9_of_a_debounced_run_then_a_later_send_runs_alone(setup: Set
                 "proc.dslow", kwargs={"doc": "d", "text": "v1"}, debounce=0.3, debounce_key="doc"
             )
             assert await _wait_for(lambda: lines(setup.dir, "dstarted") == ["v1"], SOON)
+            second = spawn_worker(setup.dir, setup.env, "-c", "4")  # v1 is the first's
             stop(first, signal.SIGKILL)
             assert await setup.running("d") == v1.id, "the killed run keeps its running lock"
             v2 = await app.send_task(
                 "proc.dslow", kwargs={"doc": "d", "text": "v2"}, debounce=0.3, debounce_key="doc"
             )
-            second = start_worker(setup.dir, setup.env, "-c", "4")
+            await asyncio.to_thread(wait_ready, second)
             # v1 comes back, is no longer the latest: dropped, its lock released; v2 runs
             assert await app.AsyncResult(v2.id).get(timeout=SOON) == "v2"
             with pytest.raises(TaskRevoked):
