@@ -223,10 +223,13 @@ async def cluster(
     urls = _urls(request.param, tmp_path)
     from tests.conftest import USED_AMQP, USED_POSTGRES, USED_REDIS
 
-    node = request.node.nodeid
-    {"amqp": USED_AMQP, "postgres": USED_POSTGRES}.get(request.param, USED_REDIS).add(node)
+    node = request.node.nodeid  # the namespace fixture cleans the servers this test used
+    if request.param in ("redis", "amqp"):  # amqp: Redis is the result backend
+        USED_REDIS.add(node)
     if request.param == "amqp":
-        USED_REDIS.add(node)  # the result backend
+        USED_AMQP.add(node)
+    if request.param == "postgres":
+        USED_POSTGRES.add(node)
     c = Cluster(tmp_path, urls, namespace)
     try:
         yield c
