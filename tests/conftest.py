@@ -108,6 +108,25 @@ def namespace(request: pytest.FixtureRequest) -> Iterator[str]:
         _aside(leaks.clean_postgres(POSTGRES_URL, name))
 
 
+@pytest.fixture(scope="module")
+def module_namespace(request: pytest.FixtureRequest) -> Iterator[str]:
+    """`namespace` for a module's shared processes (workers started once for several tests).
+
+    The tests of a module that share it must keep apart by other names (queues, task names,
+    keys). Afterwards it is cleaned on every shared server that answers: a module fixture
+    cannot ask for the function-scoped redis_url / amqp_url / postgres_url fixtures.
+    """
+    name = f"t{uuid.uuid4().hex[:12]}"
+    NAMESPACES[name] = request.node.nodeid
+    yield name
+    if _answers(*_host_port(REDIS_URL, 6379)):
+        _aside(leaks.clean_redis(REDIS_URL, name))
+    if _answers(*_host_port(AMQP_URL, 5672)):
+        _aside(leaks.clean_amqp(AMQP_URL, name))
+    if _answers(*_host_port(POSTGRES_URL, 5432)):
+        _aside(leaks.clean_postgres(POSTGRES_URL, name))
+
+
 @pytest.fixture(autouse=True)
 def _no_idle_event_loop(request: pytest.FixtureRequest) -> None:
     """Before a sync test: close the idle loop pytest-asyncio leaves current after an async one.

@@ -88,7 +88,13 @@ def worker_env(directory: Path, broker_url: str, **settings: str) -> dict[str, s
 
 def start_worker(directory: Path, env: dict[str, str], *args: str) -> subprocess.Popen[str]:
     """Start `aiotask worker` and return once it logs that it is ready."""
-    proc = subprocess.Popen(
+    return wait_ready(spawn_worker(directory, env, *args))
+
+
+def spawn_worker(directory: Path, env: dict[str, str], *args: str) -> subprocess.Popen[str]:
+    """Start `aiotask worker` without waiting: the test does something else while it starts
+    (its import and connect cost seconds on a loaded machine), then calls wait_ready()."""
+    return subprocess.Popen(
         [sys.executable, "-m", "aiotask", "worker", "-A", "proc_tasks:app", "-l", "INFO", *args],
         cwd=directory,
         env=env,
@@ -96,6 +102,10 @@ def start_worker(directory: Path, env: dict[str, str], *args: str) -> subprocess
         stdout=subprocess.DEVNULL,
         text=True,
     )
+
+
+def wait_ready(proc: subprocess.Popen[str]) -> subprocess.Popen[str]:
+    """Return `proc` once it logs that it is ready (kill it and fail if it never does)."""
     assert proc.stderr is not None
     deadline = time.monotonic() + 30
     seen: list[str] = []

@@ -247,6 +247,35 @@ def pg_bin(name: str) -> str | None:
     return candidates[-1] if candidates else None
 
 
+_PG_TEMPLATE: list[str] = []
+
+
+def _pg_template(user: str | None) -> str:
+    """A fresh `initdb` cluster (never started), made once per process and copied by every
+    PrivatePostgres: each copy is a cluster of its own, as if initdb had run for it."""
+    if not _PG_TEMPLATE:
+        import atexit
+        import shutil
+        import tempfile
+
+        directory = tempfile.mkdtemp(prefix="aiotask-pgtemplate-")
+        atexit.register(shutil.rmtree, directory, True)
+        if user is not None:
+            os.chmod(directory, 0o700)  # owned by postgres, like each server's directory
+            shutil.chown(directory, user, user)
+        data = os.path.join(directory, "data")
+        subprocess.run(
+            [pg_bin("initdb") or "initdb", "-D", data, "-U", "postgres", "-A", "trust", "-N"],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            user=user,
+            cwd=directory,
+        )
+        _PG_TEMPLATE.append(data)
+    return _PG_TEMPLATE[0]
+
+
 class PrivatePostgres:
     """A PostgreSQL cluster of our own: `initdb` in a temp dir, own port, stopped by PID.
 
@@ -272,20 +301,10 @@ class PrivatePostgres:
             os.chmod(self.directory, 0o700)  # then owned by postgres: only it may enter
             shutil.chown(self.directory, self.user, self.user)
         self.proc: subprocess.Popen[bytes] | None = None
+        # a copy of one initdb per test process: about 0.2 s instead of 2 s (more when loaded)
         subprocess.run(
-            [
-                pg_bin("initdb") or "initdb",
-                "-D",
-                self.data,
-                "-U",
-                "postgres",
-                "-A",
-                "trust",
-                "--no-sync",
-            ],
+            ["cp", "-a", _pg_template(self.user), self.data],
             check=True,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
             user=self.user,
             cwd=self.directory,
         )

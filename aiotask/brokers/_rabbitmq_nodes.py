@@ -17,7 +17,6 @@ import logging
 import re
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import aio_pika
 from aio_pika.connection import make_url
 from yarl import URL
 
@@ -96,20 +95,20 @@ async def connect_node(
 ) -> AbstractRobustConnection:
     """One connection attempt to `nodes[start]`; later reconnects go round the other nodes.
 
-    A single node uses aio-pika's own connect_robust. With several, a failed attempt closes
-    its connection object (no reconnect task is left behind) before the caller tries the next.
-    Either way frames are read by _rabbitmq_reader's buffered receiver.
+    A single node is aio-pika's own robust connection, several a NodesConnection; both read
+    frames with _rabbitmq_reader's buffered receiver. An attempt that fails or is cancelled (a
+    worker told to stop while it connects) closes its connection object: otherwise aio-pika's
+    reconnect task, which survives cancellation until its connection is closed, keeps
+    reconnecting and the process never exits.
     """
     install()
-    if len(nodes) == 1:
-        single: AbstractRobustConnection = await aio_pika.connect_robust(
-            nodes[0], timeout=timeout, connection_class=RobustTransport, **kwargs
-        )
-        return single
     interval = kwargs.pop("reconnect_interval", None)
-    conn: AbstractRobustConnection = NodesConnection.over(nodes, start)(
-        make_url(nodes[start], reconnect_interval=interval), reconnect_interval=interval, **kwargs
-    )
+    url = make_url(nodes[start], reconnect_interval=interval)
+    conn: AbstractRobustConnection
+    if len(nodes) == 1:
+        conn = RobustTransport(url, reconnect_interval=interval, **kwargs)
+    else:
+        conn = NodesConnection.over(nodes, start)(url, reconnect_interval=interval, **kwargs)
     try:
         await conn.connect(timeout=timeout)
     except BaseException:

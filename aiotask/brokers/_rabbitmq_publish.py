@@ -88,7 +88,7 @@ def map_errors(url: str, doing: str) -> Iterator[None]:
 async def open_connection(
     url: str, settings: Settings, app_name: str, role: str
 ) -> AbstractRobustConnection:
-    """One connect_robust attempt; afterwards aio-pika reconnects by itself.
+    """One robust connection attempt; afterwards aio-pika reconnects by itself.
 
     amqps://: our SSLContext (aiotask._tls), built now from the files of that moment; aio-pika's
     reconnects reuse it, so a rotated client certificate is used from the next worker start.

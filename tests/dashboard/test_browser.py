@@ -131,8 +131,11 @@ def served(request: pytest.FixtureRequest, tmp_path: Path, namespace: str) -> It
     assert PASSWORD not in out
 
 
-@pytest.fixture
-def browser_page(served: Served) -> Iterator[Any]:
+@pytest.fixture(scope="module")
+def chromium() -> Iterator[Any]:
+    """One Chromium for the module's tests (a launch each cost seconds on a loaded machine);
+    each test gets a context of its own: no cookie, cache or page is shared."""
+    _chromium()
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
@@ -140,13 +143,21 @@ def browser_page(served: Served) -> Iterator[Any]:
             executable_path=CHROMIUM, args=["--no-sandbox", "--disable-dev-shm-usage"]
         )
         try:
-            context = browser.new_context(
-                http_credentials={"username": USER, "password": PASSWORD},
-                viewport={"width": 1280, "height": 800},
-            )
-            yield context
+            yield browser
         finally:
             browser.close()
+
+
+@pytest.fixture
+def browser_page(served: Served, chromium: Any) -> Iterator[Any]:
+    context = chromium.new_context(
+        http_credentials={"username": USER, "password": PASSWORD},
+        viewport={"width": 1280, "height": 800},
+    )
+    try:
+        yield context
+    finally:
+        context.close()
 
 
 def shot(served: Served, page: Any, name: str, *, main: bool = False) -> None:

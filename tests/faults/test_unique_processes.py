@@ -18,7 +18,7 @@ import pytest
 from aiotask import App
 from aiotask.coordination.unique import debounce_key, running_lock, unique_key
 from aiotask.exceptions import TaskRevoked
-from tests.procs import lines, start_worker, stop, worker_env
+from tests.procs import lines, spawn_worker, start_worker, stop, wait_ready, worker_env
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -58,14 +58,16 @@ TASKS = textwrap.dedent(
 
 SENDER = textwrap.dedent(
     """
-    import asyncio, sys, time
+    import asyncio, os, sys
     from proc_tasks import app, uwork
 
     async def main() -> None:
-        start_at, n = float(sys.argv[1]), int(sys.argv[2])
+        go, n = sys.argv[1], int(sys.argv[2])
         async with app:
             await app.connect()
-            await asyncio.sleep(max(0.0, start_at - time.time()))  # every sender at once
+            print("connected", flush=True)  # the test starts everyone at once when all are
+            while not os.path.exists(go):
+                await asyncio.sleep(0.005)
             results = await asyncio.gather(*(uwork.send("same") for _ in range(n)))
         print(" ".join(r.id for r in results))
 
@@ -147,10 +149,10 @@ async def _wait_for(predicate: object, timeout: float) -> bool:
 
 def _run_senders(setup: Setup) -> list[str]:
     """Run the sender processes, all sending at the same instant; every id they got back."""
-    start_at = f"{time.time() + 3.0:.3f}"  # after every sender has imported and connected
+    go = setup.dir / "go"  # created once every sender has imported and connected
     senders = [
         subprocess.Popen(
-            [sys.executable, "sender.py", start_at, str(PER_SENDER)],
+            [sys.executable, "sender.py", str(go), str(PER_SENDER)],
             cwd=setup.dir,
             env=setup.env,
             stdout=subprocess.PIPE,
@@ -159,12 +161,22 @@ def _run_senders(setup: Setup) -> list[str]:
         )
         for _ in range(SENDERS)
     ]
-    ids: list[str] = []
-    for proc in senders:
-        out, err = proc.communicate(timeout=60)
-        assert proc.returncode == 0, err
-        ids += out.split()
-    return ids
+    try:
+        for proc in senders:
+            assert proc.stdout is not None
+            assert proc.stdout.readline().strip() == "connected", proc.stderr
+        go.touch()
+        ids: list[str] = []
+        for proc in senders:
+            out, err = proc.communicate(timeout=60)
+            assert proc.returncode == 0, err
+            ids += out.split()
+        return ids
+    finally:
+        for proc in senders:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
 
 
 async def test_a_hundred_sends_from_several_processes_run_once(setup: Setup) -> None:
@@ -190,12 +202,15 @@ async def test_kill_9_keeps_the_lock_until_the_redelivered_run_finishes(setup: S
         async with app:
             sent = await app.send_task("proc.uslow", ["k", 3.0], unique=True)
             assert await _wait_for(lambda: lines(setup.dir, "started") == ["k"], SOON)
+            # starts while the first dies and its lease lapses: the message can only reach
+            # it once the first worker is gone (held by it until then)
+            second = spawn_worker(setup.dir, setup.env, "-c", "4")
             stop(first, signal.SIGKILL)
             # the task is neither finished nor lost: its lock stays, duplicates are not sent
             assert await setup.holder("k", 3.0) == sent.id
             again = await app.send_task("proc.uslow", ["k", 3.0], unique=True)
             assert again.id == sent.id
-            second = start_worker(setup.dir, setup.env, "-c", "4")
+            await asyncio.to_thread(wait_ready, second)
             assert await app.AsyncResult(sent.id).get(timeout=SOON) == "k"
             assert lines(setup.dir, "started") == ["k", "k"], "redelivered once"
             # released by the redelivered run's settlement, long before unique_for (1 h)
@@ -226,12 +241,13 @@ async def test_kill_9_of_a_debounced_run_then_a_later_send_runs_alone(setup: Set
                 "proc.dslow", kwargs={"doc": "d", "text": "v1"}, debounce=0.3, debounce_key="doc"
             )
             assert await _wait_for(lambda: lines(setup.dir, "dstarted") == ["v1"], SOON)
+            second = spawn_worker(setup.dir, setup.env, "-c", "4")  # v1 is the first's
             stop(first, signal.SIGKILL)
             assert await setup.running("d") == v1.id, "the killed run keeps its running lock"
             v2 = await app.send_task(
                 "proc.dslow", kwargs={"doc": "d", "text": "v2"}, debounce=0.3, debounce_key="doc"
             )
-            second = start_worker(setup.dir, setup.env, "-c", "4")
+            await asyncio.to_thread(wait_ready, second)
             # v1 comes back, is no longer the latest: dropped, its lock released; v2 runs
             assert await app.AsyncResult(v2.id).get(timeout=SOON) == "v2"
             with pytest.raises(TaskRevoked):

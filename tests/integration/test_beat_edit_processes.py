@@ -22,7 +22,13 @@ from aiotask import App
 from aiotask.beat.entry import Entry
 from aiotask.beat.schedule import Every
 from tests.contract.conftest import delete_prefix
-from tests.integration.test_beat_processes import _env, _logs, _start, _wait_started
+from tests.integration.test_beat_processes import (
+    _env,
+    _logs,
+    _ran_every_send,
+    _start,
+    _wait_started,
+)
 from tests.procs import stop
 
 if TYPE_CHECKING:
@@ -91,7 +97,7 @@ async def test_edits_while_a_slot_is_due_lose_and_double_nothing(
             ended = time.time()
             skipped = (await app.schedules.get("ed")).skipped
             codes = [await asyncio.to_thread(stop, b) for b in beats]
-            await asyncio.sleep(2.0)  # let the worker run the last slots
+            await _ran_every_send(tmp_path, "beatedit.tick")  # the last slots ran
     finally:
         for b in beats:
             if b.poll() is None:

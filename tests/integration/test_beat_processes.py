@@ -100,7 +100,7 @@ async def test_three_beats_one_killed_send_every_slot_once(
         await asyncio.sleep(RUN_FOR / 2)
         codes = [await asyncio.to_thread(stop, b) for b in beats[1:]]
         ended = time.time()
-        await asyncio.sleep(2.0)  # let the worker run the last slots
+        await _ran_every_send(tmp_path, "beatproc.tick")  # the worker ran the last slots
     finally:
         for b in beats:
             if b.poll() is None:
@@ -178,7 +178,7 @@ async def test_beats_with_clocks_2s_apart_send_every_slot_once(
         await asyncio.sleep(RUN_FOR)
         codes = [await asyncio.to_thread(stop, b) for b in beats]
         ended = time.time()
-        await asyncio.sleep(2.0)  # let the worker run the last slots
+        await _ran_every_send(tmp_path, "beatproc.tick")  # the worker ran the last slots
     finally:
         for b in beats:
             if b.poll() is None:
@@ -198,6 +198,20 @@ async def test_beats_with_clocks_2s_apart_send_every_slot_once(
     # the beat 2 s ahead sent slots before their instant on the host clock
     ahead = (tmp_path / "beat-3.log").read_text()
     assert "sent beatproc.tick" in ahead, _logs(tmp_path)
+
+
+async def _ran_every_send(tmp: Path, task: str, timeout: float = 10.0) -> None:
+    """Wait until the worker has run as many tasks as the beats logged sending (at most
+    `timeout`; the assertions then say what is missing): no fixed wait for the last slots."""
+
+    def behind() -> bool:
+        sent = sum(p.read_text().count(f" sent {task}[") for p in tmp.glob("beat-*.log"))
+        runs = tmp / "runs"
+        return len(runs.read_text().split() if runs.exists() else []) < sent
+
+    deadline = time.monotonic() + timeout
+    while await asyncio.to_thread(behind) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
 
 
 async def _wait_started(tmp: Path, beats: int, timeout: float = 60.0) -> None:

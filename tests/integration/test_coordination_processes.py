@@ -20,6 +20,7 @@ import pytest
 
 from aiotask import App
 from tests import leaks
+from tests.conftest import _aside
 from tests.procs import stop
 
 if TYPE_CHECKING:
@@ -75,18 +76,24 @@ RATE = 10.0
 JITTER = 0.5
 
 
-@pytest.fixture(params=["sqlite", "redis", "amqp", "postgres"])
-def urls(request: pytest.FixtureRequest, tmp_path: Path, namespace: str) -> tuple[str, str]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path}/lim.db"
+KINDS = ["sqlite", "redis", "amqp", "postgres"]
+
+
+def _urls(kind: str, tmp: Path) -> tuple[str, str]:
+    """(broker, backend) of a kind; the shared servers must answer (or the test skips)."""
+    from tests.conftest import AMQP_URL, POSTGRES_URL, REDIS_URL, _host_port, need_service
+
+    if kind == "sqlite":
+        url = f"sqlite:///{tmp}/lim.db"
         return url, url
-    if request.param == "postgres":  # tables in the schema named by the namespace
-        url = request.getfixturevalue("postgres_url")
-        return url, url
-    redis = request.getfixturevalue("redis_url")
-    if request.param == "redis":
-        return redis, redis
-    return request.getfixturevalue("amqp_url"), redis
+    if kind == "postgres":  # tables in the schema named by the namespace
+        need_service("PostgreSQL", *_host_port(POSTGRES_URL, 5432))
+        return POSTGRES_URL, POSTGRES_URL
+    need_service("Redis", *_host_port(REDIS_URL, 6379))
+    if kind == "redis":
+        return REDIS_URL, REDIS_URL
+    need_service("RabbitMQ", *_host_port(AMQP_URL, 5672))
+    return AMQP_URL, REDIS_URL
 
 
 class Cluster:
@@ -94,7 +101,7 @@ class Cluster:
 
     def __init__(self, tmp: Path, urls: tuple[str, str], prefix: str) -> None:
         (tmp / "lim_tasks.py").write_text(MODULE)
-        self.tmp, self.log = tmp, tmp / "runs"
+        self.tmp, self.log, self.urls, self.prefix = tmp, tmp / "runs", urls, prefix
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("AIOTASK_")}
         self.env.update(
             AIOTASK_BROKER_URL=urls[0],
@@ -129,14 +136,25 @@ class Cluster:
             started.append(proc)
         return started
 
+    def _all_ready(self) -> bool:
+        logs = [(self.tmp / f"worker-{i}.log").read_text() for i in range(len(self.procs))]
+        return all(" ready" in text for text in logs)
+
     async def ready(self) -> None:
         """Every started worker has logged that it is ready."""
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            logs = [(self.tmp / f"worker-{i}.log").read_text() for i in range(len(self.procs))]
-            if all(" ready" in text for text in logs):
+            if self._all_ready():
                 return
             await asyncio.sleep(0.1)
+        raise AssertionError("workers did not start:\n" + self.logs())
+
+    def ready_sync(self) -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self._all_ready():
+                return
+            time.sleep(0.1)
         raise AssertionError("workers did not start:\n" + self.logs())
 
     def logs(self) -> str:
@@ -153,21 +171,72 @@ class Cluster:
     def stop_all(self) -> list[int]:
         return [stop(p) for p in self.procs if p.returncode is None or p.poll() is None]
 
+    def kill_all(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+async def _drop_worker_queues(urls: tuple[str, str], namespace: str) -> None:
+    if urls[0].startswith("amqp"):  # the per-worker queues (default ones: namespace)
+        names = [f"{namespace}.q{i}{x}" for i in range(4) for x in ("", ".dead", ".keys")]
+        await leaks.delete_queues(urls[0], names)
+
+
+@pytest.fixture(scope="module", params=KINDS)
+def four_workers(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, module_namespace: str
+) -> Iterator[Cluster]:
+    """Four workers (worker i also alone on queue q<i>), started once per kind for the tests
+    that only send work: each uses task names of its own, so they never share a limit. A
+    fresh set per test cost four process starts each (the tests' largest cost)."""
+    tmp = tmp_path_factory.mktemp(f"lim-{request.param}")
+    urls = _urls(request.param, tmp)
+    c = Cluster(tmp, urls, module_namespace)
+    c.start(4, own_queues=True)
+    try:
+        c.ready_sync()
+        yield c
+        assert c.stop_all() == [0, 0, 0, 0], c.logs()  # every warm shutdown clean
+    finally:
+        c.kill_all()
+        _aside(_drop_worker_queues(urls, module_namespace))  # a loop of its own, in a thread
+
 
 @pytest.fixture
-async def cluster(tmp_path: Path, urls: tuple[str, str], namespace: str) -> AsyncIterator[Cluster]:
+async def shared(four_workers: Cluster) -> AsyncIterator[Cluster]:
+    """The module's four workers, with a client app of this test's loop."""
+    c = four_workers
+    c.app = App("lim", broker=c.urls[0], backend=c.urls[1], key_prefix=c.prefix)
+    try:
+        yield c
+    finally:
+        await c.app.close()
+
+
+@pytest.fixture(params=KINDS)
+async def cluster(
+    request: pytest.FixtureRequest, tmp_path: Path, namespace: str
+) -> AsyncIterator[Cluster]:
+    """Workers of this test alone (it kills them)."""
+    urls = _urls(request.param, tmp_path)
+    from tests.conftest import USED_AMQP, USED_POSTGRES, USED_REDIS
+
+    node = request.node.nodeid  # the namespace fixture cleans the servers this test used
+    if request.param in ("redis", "amqp"):  # amqp: Redis is the result backend
+        USED_REDIS.add(node)
+    if request.param == "amqp":
+        USED_AMQP.add(node)
+    if request.param == "postgres":
+        USED_POSTGRES.add(node)
     c = Cluster(tmp_path, urls, namespace)
     try:
         yield c
     finally:
-        for p in c.procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+        c.kill_all()
         await c.app.close()
-        if urls[0].startswith("amqp"):  # the per-worker queues (default ones: namespace)
-            names = [f"{namespace}.q{i}{x}" for i in range(4) for x in ("", ".dead", ".keys")]
-            await leaks.delete_queues(urls[0], names)
+        await _drop_worker_queues(urls, namespace)
 
 
 def _max_in_window(times: list[float], window: float) -> int:
@@ -191,10 +260,9 @@ def _overlaps(spans: Iterator[tuple[float, float]]) -> int:
 
 
 async def test_four_workers_share_one_global_rate_and_keys_have_their_own(
-    cluster: Cluster,
+    shared: Cluster,
 ) -> None:
-    cluster.start(4, own_queues=True)
-    await cluster.ready()
+    cluster = shared
     app = cluster.app
     # a quarter of the ticks on each worker's own queue: every worker runs its share, so a
     # per-worker limit would let 4 x 10/s through
@@ -205,8 +273,6 @@ async def test_four_workers_share_one_global_rate_and_keys_have_their_own(
     assert [await r.get(timeout=30) for r in free] == list(range(20)), cluster.logs()
     assert [await r.get(timeout=60) for r in ticks] == list(range(50)), cluster.logs()
     assert len([await r.get(timeout=60) for r in keyed]) == 24
-    codes = cluster.stop_all()
-    assert codes == [0, 0, 0, 0], cluster.logs()
 
     starts = [float(row[0]) for row in cluster.lines("tick")]
     assert len(starts) == 50
@@ -222,29 +288,25 @@ async def test_four_workers_share_one_global_rate_and_keys_have_their_own(
     assert _max_in_window(both, 2.0) > 4.0 * 2.0 + 1
 
 
-async def test_a_global_50_per_second_holds_across_four_workers(cluster: Cluster) -> None:
-    cluster.start(4, own_queues=True)
-    await cluster.ready()
+async def test_a_global_50_per_second_holds_across_four_workers(shared: Cluster) -> None:
+    cluster = shared
     # every worker holds a share of the backlog: per-worker budgets would allow 4 x 50/s
     sent = [
         await cluster.app.send_task("lim.fast", args=(i,), queue=f"q{i % 4}") for i in range(200)
     ]
     assert [await r.get(timeout=60) for r in sent] == list(range(200)), cluster.logs()
-    assert cluster.stop_all() == [0, 0, 0, 0], cluster.logs()
     starts = [float(row[0]) for row in cluster.lines("fast")]
     assert len(starts) == 200
     for window in (0.5, 1.0, 2.0):
         assert _max_in_window(starts, window) <= 50.0 * (window + JITTER) + 1, window
 
 
-async def test_concurrency_limit_holds_across_three_workers(cluster: Cluster) -> None:
-    cluster.start(3)
-    await cluster.ready()
+async def test_concurrency_limit_holds_across_four_workers(shared: Cluster) -> None:
+    cluster = shared
     results = [
         await cluster.app.send_task("lim.hold", args=(c, i)) for i in range(12) for c in "xy"
     ]
     assert len([await r.get(timeout=60) for r in results]) == 24, cluster.logs()
-    assert cluster.stop_all() == [0, 0, 0], cluster.logs()
     enter = {(c, i): float(t) for t, c, i in cluster.lines("enter")}
     leave = {(c, i): float(t) for t, c, i in cluster.lines("leave")}
     for customer in "xy":

@@ -1,0 +1,36 @@
+"""A RabbitMQ connection attempt cancelled midway (a worker told to stop while its consumer
+connects) leaves nothing running: aio-pika's reconnect task survives cancellation until its
+connection is closed, and kept the worker process from ever exiting."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiotask.brokers._rabbitmq_nodes import connect_node
+
+
+def _reconnect_tasks() -> list[asyncio.Task[object]]:
+    return [
+        t
+        for t in asyncio.all_tasks()
+        if not t.done() and "connection_factory" in getattr(t.get_coro(), "__qualname__", "")
+    ]
+
+
+async def test_a_cancelled_connect_leaves_no_reconnect_task(amqp_url: str) -> None:
+    for turns in range(0, 40, 4):  # cancel at several points of the attempt
+        attempt = asyncio.ensure_future(
+            connect_node([amqp_url], 0, timeout=10, reconnect_interval=1.0)
+        )
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        attempt.cancel()
+        try:
+            conn = await attempt
+        except asyncio.CancelledError:
+            pass
+        else:  # connected before the cancel landed: an ordinary connection
+            await conn.close()
+        async with asyncio.timeout(5):
+            while _reconnect_tasks():
+                await asyncio.sleep(0.01)
