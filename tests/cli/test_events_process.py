@@ -211,7 +211,7 @@ async def test_events_off_writes_nothing(tmp_path: Path, broker_url: str, namesp
             assert await r.get(timeout=20) == 2
         # events would have been sent before the result was stored: a short grace, then
         # Ctrl-C (a clean exit), rather than a fixed --timeout long enough for a slow start
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(1.0)
         follower.send_signal(signal.SIGINT)
         assert finish(follower) == []  # the follower saw nothing at all
     finally:
