@@ -179,17 +179,21 @@ async def test_bad_input_has_clear_messages_and_exit_codes(
     assert code == 2
     assert "not a dead letter" in err and "no-such-id" in err
     assert "replayed 0" in out
-    code, _, err = await cli(directory, env, "dlq", *APP, "replay", "no-such-id", "--json")
-    assert code == 2 and "no-such-id" in err
-    code, _, err = await cli(directory, env, "dlq", *APP, "replay")
-    assert code == 2 and "--all" in err
-    code, _, err = await cli(directory, env, "dlq", *APP, "replay", "x", "--all")
-    assert code == 2 and "not both" in err
-    code, _, err = await cli(directory, env, "dlq", *APP, "show", "no-such-id")
-    assert code == 2 and "'no-such-id' is not a dead letter" in err
-    code, _, err = await cli(directory, env, "dlq", "list")
-    assert code == 2 and "missing -A/--app" in err
-    code, out, err = await cli(directory, env, "dlq", *APP, "replay", "--all", "--json")
+    # the store exists now; the other commands change nothing: all at once (start-ups overlap)
+    as_json, no_ids, both, show, no_app, replay_all = await asyncio.gather(
+        cli(directory, env, "dlq", *APP, "replay", "no-such-id", "--json"),
+        cli(directory, env, "dlq", *APP, "replay"),
+        cli(directory, env, "dlq", *APP, "replay", "x", "--all"),
+        cli(directory, env, "dlq", *APP, "show", "no-such-id"),
+        cli(directory, env, "dlq", "list"),
+        cli(directory, env, "dlq", *APP, "replay", "--all", "--json"),
+    )
+    assert as_json[0] == 2 and "no-such-id" in as_json[2]
+    assert no_ids[0] == 2 and "--all" in no_ids[2]
+    assert both[0] == 2 and "not both" in both[2]
+    assert show[0] == 2 and "'no-such-id' is not a dead letter" in show[2]
+    assert no_app[0] == 2 and "missing -A/--app" in no_app[2]
+    code, out, err = replay_all
     assert (code, orjson.loads(out)) == (0, {"replayed": [], "missing": []}), err
 
 
