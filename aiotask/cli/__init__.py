@@ -2,7 +2,9 @@
 
 This package's own import stays light: the CLI framework (typer, click, rich and pydantic under
 them) loads in `_commands` only when a command line is parsed, and `aiotask worker` re-executes
-itself without it (`_run_worker`), so a worker's memory holds none of it.
+itself without it (`_run_worker`), so a worker's memory holds none of it. Plain option values
+skip pydantic altogether (`_typer_fast`), and each group imports what only its commands use
+(the beat runner, the events package) inside them.
 """
 
 from __future__ import annotations

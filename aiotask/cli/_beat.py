@@ -12,7 +12,6 @@ import typer
 
 from aiotask import _log
 from aiotask._time import now
-from aiotask.beat import service
 from aiotask.cli._loader import group_app, load_app
 from aiotask.exceptions import ConfigurationError
 
@@ -63,6 +62,8 @@ def beat(
     clock = None
     if clock_offset:
         clock = functools.partial(_skewed, clock_offset)
+    from aiotask.beat import service  # here: the other commands never load the beat runner
+
     raise typer.Exit(asyncio.run(service.serve(the_app, clock=clock)))
 
 

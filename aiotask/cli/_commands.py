@@ -12,7 +12,7 @@ import typer
 
 from aiotask import __version__
 from aiotask._urls import redact
-from aiotask.cli import _run_worker
+from aiotask.cli import _run_worker, _typer_fast
 from aiotask.cli._beat import register as register_beat
 from aiotask.cli._dashboard import register as register_dashboard
 from aiotask.cli._db import register as register_db
@@ -28,6 +28,8 @@ from aiotask.states import PENDING
 if TYPE_CHECKING:
     from aiotask.cli._run_worker import WorkerOptions
     from aiotask.task import CallOptions
+
+_typer_fast.install()  # plain option values without pydantic: a faster start of every command
 
 cli = typer.Typer(
     name="aiotask",

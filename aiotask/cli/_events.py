@@ -14,11 +14,10 @@ import typer
 
 from aiotask._urls import redact
 from aiotask.cli._loader import load_app
-from aiotask.events import TaskEvent, as_dict, follow
 
 if TYPE_CHECKING:
     from aiotask.app import App
-    from aiotask.events import Event
+    from aiotask.events import Event, TaskEvent
 
 AppOpt = Annotated[str, typer.Option("-A", "--app", help="module:attribute of your App")]
 
@@ -62,6 +61,8 @@ async def _follow(app: App, as_json: bool, limit: int, timeout: float, patterns:
 
 
 async def _print_events(app: App, as_json: bool, limit: int, patterns: list[str]) -> None:
+    from aiotask.events import as_dict, follow  # here: the other commands never load events
+
     async with follow(app) as feed:
         typer.echo(
             f"following the events of {app.main} on {redact(app.conf.broker_url)} (Ctrl-C to stop)",
@@ -90,6 +91,8 @@ def _row(cells: list[str]) -> str:
 
 
 def _cells(event: Event) -> list[str]:
+    from aiotask.events import TaskEvent
+
     when = datetime.fromtimestamp(event.timestamp).strftime("%H:%M:%S.%f")[:12]
     if isinstance(event, TaskEvent):
         return [when, event.type, event.task, event.task_id, event.hostname, event.queue,

@@ -16,7 +16,6 @@ import typer
 
 from aiotask._urls import redact
 from aiotask.cli._loader import load_app
-from aiotask.events import follow
 from aiotask.exceptions import ConfigurationError
 
 if TYPE_CHECKING:
@@ -47,6 +46,7 @@ def exporter(
 
 
 async def _serve(app: App, port: int, addr: str, interval: float, queues: list[str]) -> None:
+    from aiotask.events import follow
     from aiotask.metrics import serve  # the optional extra: a clear error when missing
     from aiotask.metrics.cluster import ClusterMetrics, feed
 

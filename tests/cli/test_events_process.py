@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import signal
 import sqlite3
@@ -202,12 +203,16 @@ async def test_worker_events_online_heartbeat_offline(
 
 async def test_events_off_writes_nothing(tmp_path: Path, broker_url: str, namespace: str) -> None:
     env = env_for(tmp_path, broker_url, namespace)
-    follower = start_follower(tmp_path, env, "--json", "--timeout", "4")
+    follower = start_follower(tmp_path, env, "--json", "--timeout", "40")
     worker = start_worker(tmp_path, env, "-c", "5", "-P", "1")
     try:
         async with producer(broker_url, namespace, events=False) as app:
             r = await app.send_task("proc.add", args=[1, 1])
             assert await r.get(timeout=20) == 2
+        # events would have been sent before the result was stored: a short grace, then
+        # Ctrl-C (a clean exit), rather than a fixed --timeout long enough for a slow start
+        await asyncio.sleep(1.0)
+        follower.send_signal(signal.SIGINT)
         assert finish(follower) == []  # the follower saw nothing at all
     finally:
         if follower.poll() is None:

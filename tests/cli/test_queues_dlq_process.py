@@ -4,7 +4,6 @@ message is dead-lettered, counted, listed, shown, replayed (it runs), and purged
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import textwrap
 import time
 from typing import TYPE_CHECKING, Any
@@ -18,7 +17,8 @@ from tests.contract.conftest import delete_prefix
 from tests.procs import lines, run_cli, start_worker, stop, worker_env
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    import subprocess
+    from collections.abc import AsyncIterator, Awaitable, Callable
     from pathlib import Path
 
 #: Written as proc_tasks.py (the module tests.procs.start_worker runs).
@@ -104,7 +104,7 @@ async def wait_for(check: Any, timeout: float = 30.0) -> Any:
         value = await check()
         if value or time.monotonic() > deadline:
             return value
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(0.05)
 
 
 async def test_dead_letter_list_show_replay_purge_from_the_command_line(
@@ -122,12 +122,13 @@ async def test_dead_letter_list_show_replay_purge_from_the_command_line(
             assert code == 0, err
             ids.append(out.strip())
 
-        async def two_dead() -> list[dict[str, Any]] | None:
-            found: list[dict[str, Any]] = await cli_json(directory, env, "dlq", *APP, "list")
-            return found if len(found) == 2 else None
+        async with broker_app(env) as app:  # in-process polling: no CLI start per poll
 
-        found = await wait_for(two_dead)
-        assert found is not None, "the poison messages were not dead-lettered"
+            async def two_dead() -> bool:
+                return len(await app.broker.dead_letters("default")) == 2
+
+            assert await wait_for(two_dead), "the poison messages were not dead-lettered"
+        found: list[dict[str, Any]] = await cli_json(directory, env, "dlq", *APP, "list")
         assert {(d["id"], d["task"], d["queue"], d["reason"]) for d in found} == {
             (ids[0], "dlqp.poison", "default", "poison pill 1"),
             (ids[1], "dlqp.poison", "default", "poison pill 2"),
@@ -167,6 +168,9 @@ async def test_dead_letter_list_show_replay_purge_from_the_command_line(
     assert lines(directory, "ran") == ["1"]  # the purged one never ran
 
 
+# Exit codes and messages of the command line alone: one broker is enough here; each broker's
+# replay of a missing id is covered by tests/integration/test_dead_letters_api.py.
+@pytest.mark.parametrize("setup", ["sqlite"], indirect=True)
 async def test_bad_input_has_clear_messages_and_exit_codes(
     setup: tuple[Path, dict[str, str]],
 ) -> None:
@@ -175,32 +179,55 @@ async def test_bad_input_has_clear_messages_and_exit_codes(
     assert code == 2
     assert "not a dead letter" in err and "no-such-id" in err
     assert "replayed 0" in out
-    code, _, err = await cli(directory, env, "dlq", *APP, "replay", "no-such-id", "--json")
-    assert code == 2 and "no-such-id" in err
-    code, _, err = await cli(directory, env, "dlq", *APP, "replay")
-    assert code == 2 and "--all" in err
-    code, _, err = await cli(directory, env, "dlq", *APP, "replay", "x", "--all")
-    assert code == 2 and "not both" in err
-    code, _, err = await cli(directory, env, "dlq", *APP, "show", "no-such-id")
-    assert code == 2 and "'no-such-id' is not a dead letter" in err
-    code, _, err = await cli(directory, env, "dlq", "list")
-    assert code == 2 and "missing -A/--app" in err
-    code, out, err = await cli(directory, env, "dlq", *APP, "replay", "--all", "--json")
+    # the store exists now; the other commands change nothing: all at once (start-ups overlap)
+    as_json, no_ids, both, show, no_app, replay_all = await asyncio.gather(
+        cli(directory, env, "dlq", *APP, "replay", "no-such-id", "--json"),
+        cli(directory, env, "dlq", *APP, "replay"),
+        cli(directory, env, "dlq", *APP, "replay", "x", "--all"),
+        cli(directory, env, "dlq", *APP, "show", "no-such-id"),
+        cli(directory, env, "dlq", "list"),
+        cli(directory, env, "dlq", *APP, "replay", "--all", "--json"),
+    )
+    assert as_json[0] == 2 and "no-such-id" in as_json[2]
+    assert no_ids[0] == 2 and "--all" in no_ids[2]
+    assert both[0] == 2 and "not both" in both[2]
+    assert show[0] == 2 and "'no-such-id' is not a dead letter" in show[2]
+    assert no_app[0] == 2 and "missing -A/--app" in no_app[2]
+    code, out, err = replay_all
     assert (code, orjson.loads(out)) == (0, {"replayed": [], "missing": []}), err
 
 
-def supervise(directory: Path, env: dict[str, str], runs: int) -> subprocess.Popen[str]:
-    """Start a worker again each time the poison kills it; returns the one that survives."""
+async def supervise(
+    directory: Path, env: dict[str, str], runs: int, survived: Callable[[], Awaitable[bool]]
+) -> subprocess.Popen[str]:
+    """Start a worker again each time the poison kills it; returns the one that survives.
+
+    Survival is `survived()` turning true (the message was dead-lettered, or ran) while the
+    worker lives, polled: no fixed wait to tell a survivor from a worker about to crash.
+    """
     for _ in range(runs):
-        proc = start_worker(directory, env, "-c", "1", "--prefetch", "1")
-        try:
-            code = proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            return proc  # it survived: the message is dead-lettered (or ran)
+        proc = await asyncio.to_thread(start_worker, directory, env, "-c", "1", "--prefetch", "1")
+        deadline = time.monotonic() + 15
+        while proc.poll() is None and time.monotonic() < deadline:
+            if await survived():
+                return proc
+            await asyncio.sleep(0.05)
+        if proc.poll() is None:
+            return proc  # neither crashed nor done: the caller's checks will say why
         if proc.stderr is not None:
             proc.stderr.close()
-        assert code == 3
+        assert proc.returncode == 3
     raise AssertionError(f"the worker died {runs} times")
+
+
+def broker_app(env: dict[str, str]) -> App:
+    """An App on the test's broker, to poll dead letters in-process (no CLI start per poll)."""
+    return App(
+        "dlqproc",
+        broker=env["AIOTASK_BROKER_URL"],
+        backend=env.get("AIOTASK_RESULT_BACKEND"),
+        key_prefix=env["AIOTASK_KEY_PREFIX"],
+    )
 
 
 async def test_a_message_dead_lettered_at_max_deliveries_is_replayed_with_a_fresh_count(
@@ -214,7 +241,12 @@ async def test_a_message_dead_lettered_at_max_deliveries_is_replayed_with_a_fres
     code, out, err = await cli(directory, env, "call", *APP, "dlqp.crash")
     assert code == 0, err
     task_id = out.strip()
-    survivor = await asyncio.to_thread(supervise, directory, env, 4)
+    async with broker_app(env) as app:
+
+        async def buried() -> bool:
+            return bool(await app.broker.dead_letters("default"))
+
+        survivor = await supervise(directory, env, 4, buried)
     try:
         assert lines(directory, "crashed") == ["x", "x"]
         [dead] = await cli_json(directory, env, "dlq", *APP, "list", "--task", "dlqp.crash")
@@ -224,12 +256,15 @@ async def test_a_message_dead_lettered_at_max_deliveries_is_replayed_with_a_fres
         assert await asyncio.to_thread(survivor.wait, 15) == 3  # third crash: the copy's first
     finally:
         stop(survivor)
-    last = await asyncio.to_thread(supervise, directory, env, 2)
+
+    async def ran() -> list[str]:
+        return lines(directory, "ran")
+
+    async def has_run() -> bool:
+        return bool(await ran())
+
+    last = await supervise(directory, env, 2, has_run)
     try:
-
-        async def ran() -> list[str]:
-            return lines(directory, "ran")
-
         assert await wait_for(ran) == ["crash"]  # delivery 2 of the copy: within max_deliveries
     finally:
         assert stop(last) == 0
