@@ -236,7 +236,6 @@ FRAMEWORKS: dict[str, Framework] = {
             "aiotask_app",
             aiotask_worker,
             broker="sqlite",
-            skips={"chord": "not yet: the chord row is measured on Redis"},
             setup="as aiotask; the embedded default: one SQLite file (WAL) for messages and"
             " results, no server",
             distributions=("aiotask", "orjson"),
