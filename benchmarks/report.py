@@ -451,7 +451,7 @@ on a busy shared machine (load average 14-16: read them as orders of magnitude).
 | not loaded on SQLite: the history, schedule, lock and coordination stores | 0.5 MiB | 30-40 ms |
 | not loaded: `importlib.metadata` (email, zipfile, csv...), see below | 2.1 MiB | 40-150 ms |
 | on first use: pool machinery 0.55, events 0.25, beat 0.1, cron 0.35, `--logfile` 0.15 | - | - |
-| not in a worker: `typer` with click, rich and pydantic | 6.6 MiB | 120-450 ms |
+| not in a worker: `typer`, click (pydantic only for odd option values) | 6.6 MiB | 120-450 ms |
 
 The modules themselves, by the Python memory their import allocates (`tracemalloc`, each
 module's own share, its imports left out) and their own import time (fastest of 7 runs), in an
