@@ -54,6 +54,7 @@ APP_MODULE = textwrap.dedent(
     from benchmarks import postgres_timeline as tl
 
     tl.install()
+    tl.plan_cache_mode(os.environ.get("BENCH_PLAN_CACHE_MODE", ""))
     url = os.environ["BENCH_URL"]
     app = App("pgtimeline", broker=url, backend=url, key_prefix=os.environ["BENCH_PREFIX"])
 
@@ -124,17 +125,40 @@ def install() -> None:
     _marked(Settler, "add", "settler_add")
 
 
+def plan_cache_mode(mode: str) -> None:
+    """Every PostgreSQL connection of this process with `plan_cache_mode = mode` (an
+    experiment: force_generic_plan shows what re-planning the claim on each call costs; not
+    safe in production, where a plan made for short queues would serve a backlog)."""
+    if not mode:
+        return
+    from aiotask import _postgres
+
+    kwargs = _postgres.Database._connect_kwargs
+
+    def with_mode(self: _postgres.Database) -> dict[str, Any]:
+        return {**kwargs(self), "server_settings": {"plan_cache_mode": mode}}
+
+    _postgres.Database._connect_kwargs = with_mode  # type: ignore[method-assign]
+
+
 def report(trace: Path) -> None:
     marks = sorted(
         (int(ns), f"{tag} {name}")
         for ns, tag, name in (line.split(" ", 2) for line in trace.read_text().splitlines())
     )
     trips: list[dict[str, int]] = []
+    started: dict[str, dict[str, int]] = {}  # "<tag> <name>" -> the trip its .start is in
     for ns, key in marks:
         if key == "P send.start":
             trips.append({})
-        if trips:
-            trips[-1].setdefault(key, ns)
+        if not trips:
+            continue
+        trip = trips[-1]
+        if key.endswith(".start"):
+            started[key.removesuffix(".start")] = trip
+        elif key.endswith(".end"):  # an end may come after the next trip began (an ack)
+            trip = started.pop(key.removesuffix(".end"), trip)
+        trip.setdefault(key, ns)
     print(f"{len(trips)} round trips; ms: median (p10, p90)")
     for label, a, b in STAGES:
         spans = sorted((t[b] - t[a]) / 1e6 for t in trips if a in t and b in t)
@@ -143,7 +167,7 @@ def report(trace: Path) -> None:
             print(f"  {label:32s} {statistics.median(spans):7.3f} ({p10:.3f}, {p90:.3f})")
 
 
-async def run(n: int, pause: float, workdir: Path) -> Path:
+async def run(n: int, pause: float, workdir: Path, mode: str) -> Path:
     url = os.environ.get("BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
     prefix = f"tl{uuid.uuid4().hex[:10]}"
     trace = workdir / "trace.txt"
@@ -153,6 +177,8 @@ async def run(n: int, pause: float, workdir: Path) -> Path:
     from pgtimeline_app import app, noop  # type: ignore[import-not-found]
 
     env = dict(os.environ, TRACE_FILE=str(trace), TRACE_TAG="W", PYTHONPATH=f"{workdir}:{ROOT}")
+    if mode:
+        env["BENCH_PLAN_CACHE_MODE"] = mode
     try:
         await _round_trips(app, noop, n, pause, workdir, env, trace)
     finally:
@@ -210,9 +236,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--n", type=int, default=150, help="round trips")
     parser.add_argument("--pause", type=float, default=0.0, help="seconds between round trips")
+    parser.add_argument(
+        "--worker-plan-cache-mode",
+        default="",
+        help="an experiment: the worker's connections with this plan_cache_mode "
+        "(force_generic_plan: the claim is not planned again on each call)",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        report(asyncio.run(run(args.n, args.pause, Path(tmp))))
+        trace = asyncio.run(run(args.n, args.pause, Path(tmp), args.worker_plan_cache_mode))
+        report(trace)
 
 
 if __name__ == "__main__":
