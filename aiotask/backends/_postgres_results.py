@@ -57,10 +57,16 @@ async def upsert(
     )
 
 
-def parse_notice(payload: str) -> tuple[str, bytes | None]:
-    """(task id, the result's data if the notification carries it) of a results NOTIFY."""
+def parse_notice(payload: str) -> tuple[str, str]:
+    """(task id, the result's data in base64, "" if the notification does not carry it) of a
+    results NOTIFY. Every listener of the app gets every result's notification: decode the
+    data (`notice_data`) only for a task somebody here waits for."""
     data, _, task_id = payload.partition(" ")  # base64 has no space; a task id may
-    return task_id, (base64.b64decode(data) if data else None)
+    return task_id, data
+
+
+def notice_data(data: str) -> bytes:
+    return base64.b64decode(data)
 
 
 async def fetch(

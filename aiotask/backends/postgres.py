@@ -162,11 +162,11 @@ class PostgresBackend:
         task_id, data = sql.parse_notice(payload)
         if task_id not in self._waiters:
             return
-        if data is None:  # too large for the notification: read it
+        if not data:  # too large for the notification: read it
             self._pending.add(task_id)
             self._wake.set()
             return
-        self._waiters.deliver([(task_id, data)])
+        self._waiters.deliver([(task_id, sql.notice_data(data))])
 
     def _listen_lost(self) -> None:
         self._pending.update(self._waiters)

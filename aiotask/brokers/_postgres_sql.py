@@ -106,10 +106,15 @@ class SQL:
         # id NULL): what `next_due` would say right after it (its own leases' end counts as a
         # due time too), so a consumer that drained its queues sleeps without two more round
         # trips (an empty claim, then next_due). The look-ahead is not computed otherwise.
+        # The UPDATE finds its rows by `id = ANY(the picked ids)`: one probe of the primary
+        # key each, whatever the planner estimates. Joined to `picked`, it became a nested
+        # loop over the whole table once statistics said the table was empty (autovacuum's
+        # analyze of an idle queue, `reltuples = 0`): ~2 s per claim of 200 on a backlog of
+        # 100,000 rows, until the next analyze.
         self.claim = (
             f"WITH {fair.keyed(s)}, picked AS ({pick}), "
-            f"got AS (UPDATE {s}.messages m SET {lease} FROM picked, {NO_SYNC} "
-            "WHERE m.id = picked.id "
+            f"got AS (UPDATE {s}.messages m SET {lease} FROM {NO_SYNC} "
+            "WHERE m.id = ANY(ARRAY(SELECT id FROM picked)) "
             "RETURNING m.id, m.message_id, m.queue, m.priority, m.deliveries, m.body) "
             "SELECT id, message_id, queue, priority, deliveries, body, NULL::float8, NULL::bool, "
             "NULL::bool FROM got UNION ALL SELECT NULL, NULL, NULL, NULL, NULL, NULL, "

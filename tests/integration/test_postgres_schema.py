@@ -1,5 +1,6 @@
 """The PostgreSQL schema: versioned migrations applied once under concurrency, resumed from an
-older version, and the URL options (listen=false polling, password redaction)."""
+older version, the URL options (listen=false polling, password redaction), and the claim's plan
+on statistics of an empty table."""
 
 from __future__ import annotations
 
@@ -214,3 +215,43 @@ def test_row_keys_are_uuids_unique_and_rising() -> None:
     assert len(set(keys)) == len(keys)
     assert all(batch == sorted(batch) for batch in batches)
     assert batches[-1][0] > batches[0][-1]
+
+
+async def test_claim_probes_the_primary_key_on_stale_statistics(
+    postgres_url: str, namespace: str
+) -> None:
+    """Statistics taken while the queue was empty (`reltuples = 0`, as autovacuum's analyze of
+    an idle queue leaves them) make the planner take the table for empty, however large it has
+    grown since. The claim's UPDATE must still find its rows through the primary key: joined
+    to the picked rows it became a nested loop over the whole table (seconds per claim)."""
+    import time
+
+    from aiotask._postgres import ident
+    from aiotask.brokers.postgres import PostgresBroker
+
+    broker = PostgresBroker(postgres_url, Settings(key_prefix=namespace))
+    await broker.connect()
+    s = ident(namespace)
+    conn = await asyncpg.connect(postgres_url)
+    try:
+        insert = (
+            f"INSERT INTO {s}.messages (pkey, message_id, queue, priority, eta, body, fair_key) "  # noqa: S608
+            "SELECT gen_random_uuid(), i::text, 'q', 0, 0, 'x', '' FROM generate_series(1, $1) i"
+        )
+        await conn.execute(insert, 200)
+        await conn.execute(f"DELETE FROM {s}.messages")  # noqa: S608
+        await conn.execute(f"ANALYZE {s}.messages")
+        await conn.execute(insert, 3000)
+        wall = time.time()
+        async with conn.transaction():  # EXPLAIN only plans; the transaction is for form
+            plan = "\n".join(
+                r[0]
+                for r in await conn.fetch(
+                    "EXPLAIN " + broker._sql.claim, ["q"], wall, 200, wall + 60, "me", 10
+                )
+            )
+        assert "(id = ANY (" in plan, plan
+        assert "Join Filter" not in plan, plan
+    finally:
+        await conn.close()
+        await broker.close()
