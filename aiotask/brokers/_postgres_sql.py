@@ -136,27 +136,28 @@ class SQL:
             f"EXISTS (SELECT 1 FROM {s}.messages WHERE queue = ANY($1::text[]) AND eta <= $2)"
         )
         _held = "unnest($1::bigint[], $2::text[]) AS t(id, owner)"
-        self.ack = (
-            f"DELETE FROM {s}.messages m USING {_held}, {NO_SYNC} "
-            "WHERE m.id = t.id AND m.lease_owner = t.owner"
-        )
+        # `m.id = ANY($1)` bounds the scan of messages to the held rows whatever the planner
+        # estimates: on statistics of an empty table it hashed the whole primary key for the
+        # join to `t` (~20 ms per settle of 200 on a backlog of 100,000, until the next analyze).
+        _match = "m.id = ANY($1::bigint[]) AND m.id = t.id AND m.lease_owner = t.owner"
+        self.ack = f"DELETE FROM {s}.messages m USING {_held}, {NO_SYNC} WHERE {_match}"
         self.nack_counted = (
             f"UPDATE {s}.messages m SET lease_until = $3, eta = $3, lease_owner = NULL "
-            f"FROM {_held}, {NO_SYNC} WHERE m.id = t.id AND m.lease_owner = t.owner"
+            f"FROM {_held}, {NO_SYNC} WHERE {_match}"
         )
         # A hand-back is not a failed delivery: undo the claim's increment.
         self.nack_uncounted = (
             f"UPDATE {s}.messages m SET lease_until = NULL, lease_owner = NULL, eta = $3, "
             "deliveries = greatest(m.deliveries - 1, 0) "
-            f"FROM {_held}, {NO_SYNC} WHERE m.id = t.id AND m.lease_owner = t.owner"
+            f"FROM {_held}, {NO_SYNC} WHERE {_match}"
         )
         self.extend = (
             f"UPDATE {s}.messages m SET lease_until = $3, eta = $3 "
-            f"FROM {_held}, {NO_SYNC} WHERE m.id = t.id AND m.lease_owner = t.owner"
+            f"FROM {_held}, {NO_SYNC} WHERE {_match}"
         )
         self.bury = (
             f"WITH gone AS (DELETE FROM {s}.messages m USING {_held} "
-            "WHERE m.id = t.id AND m.lease_owner = t.owner "
+            f"WHERE {_match} "
             "RETURNING m.message_id, m.queue, m.priority, m.deliveries, m.body) "
             f"INSERT INTO {s}.dead_letters "
             "(message_id, queue, priority, deliveries, body, reason, died_at) "
