@@ -13,6 +13,7 @@ _rabbitmq_reader's transport, as every aiotask connection).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -31,6 +32,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("aiotask.brokers.rabbitmq")
 
+#: how long a cancelled connection attempt may finish, so that what it opened is closed
+CANCEL_GRACE = 2.0
 #: `;` before another scheme separates full URLs (a `;` inside a query stays).
 _NEXT_URL = re.compile(r";\s*(?=[a-zA-Z][a-zA-Z0-9+.-]*://)")
 #: The private method of aio-pika's RobustConnection that makes one connection attempt.
@@ -109,9 +112,16 @@ async def connect_node(
         conn = RobustTransport(url, reconnect_interval=interval, **kwargs)
     else:
         conn = NodesConnection.over(nodes, start)(url, reconnect_interval=interval, **kwargs)
+    attempt = asyncio.ensure_future(conn.connect(timeout=timeout))
     try:
-        await conn.connect(timeout=timeout)
+        await asyncio.shield(attempt)
     except BaseException:
+        # Cancelled midway, aiormq may hold a half-made connection (socket, reader and writer
+        # tasks) that closing `conn` does not reach: let the attempt end first (briefly: a
+        # worker told to stop must not wait out a connect timeout), then close what it made.
+        if not attempt.done():
+            await asyncio.wait([attempt], timeout=CANCEL_GRACE)
+            attempt.cancel()
         await conn.close()
         raise
     return conn

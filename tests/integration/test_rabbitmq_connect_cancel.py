@@ -5,6 +5,7 @@ connection is closed, and kept the worker process from ever exiting."""
 from __future__ import annotations
 
 import asyncio
+import gc
 
 from aiotask.brokers._rabbitmq_nodes import connect_node
 
@@ -18,7 +19,7 @@ def _reconnect_tasks() -> list[asyncio.Task[object]]:
 
 
 async def test_a_cancelled_connect_leaves_no_reconnect_task(amqp_url: str) -> None:
-    for turns in range(0, 40, 4):  # cancel at several points of the attempt
+    for turns in range(120):  # cancel at every point of the attempt
         attempt = asyncio.ensure_future(
             connect_node([amqp_url], 0, timeout=10, reconnect_interval=1.0)
         )
@@ -34,3 +35,8 @@ async def test_a_cancelled_connect_leaves_no_reconnect_task(amqp_url: str) -> No
         async with asyncio.timeout(5):
             while _reconnect_tasks():
                 await asyncio.sleep(0.01)
+    # A half-made connection (aiormq's socket, reader and writer) left by a cancel shows as an
+    # unclosed socket when collected: here, not in whichever test runs next.
+    gc.collect()
+    await asyncio.sleep(0.05)
+    gc.collect()
