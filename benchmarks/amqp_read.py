@@ -45,13 +45,15 @@ def instrument(state: str) -> None:
 
 
 def make_app(mode: str, ns: str) -> tuple[Any, Any]:
-    """The app and its no-op task, the read path switched for `mode`."""
+    """The app and its no-op task, the read path switched for `mode` (mode `redis`: the
+    Redis broker, the reference for a round trip)."""
     from aiotask import App
     from aiotask.brokers import _rabbitmq_reader
 
     _rabbitmq_reader.ENABLED = mode != "stock"
     _rabbitmq_reader.DIRECT = mode == "direct"
-    app = App("bench", broker=AMQP, backend=REDIS, key_prefix=ns,
+    broker = REDIS if mode == "redis" else AMQP
+    app = App("bench", broker=broker, backend=REDIS, key_prefix=ns,
               visibility_timeout=600, worker_lost_after=600)  # fmt: skip
 
     @app.task(name="noop")
