@@ -17,39 +17,19 @@ import argparse
 import asyncio
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from benchmarks.postgres_bench import APP_MODULE, URLS, cleanup, make_app
+from benchmarks.postgres_bench import APP_MODULE, URLS, cleanup, make_app, start_worker
+
+if TYPE_CHECKING:
+    import subprocess
 
 KINDS = ("base", "new", "redis")
-
-
-def start_worker(python: str, workdir: Path, url: str, prefix: str) -> subprocess.Popen[bytes]:
-    env = dict(os.environ, BENCH_URL=url, BENCH_PREFIX=prefix, PYTHONPATH=str(workdir))
-    log = workdir / f"{prefix}.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [
-                *(python, "-m", "aiotask", "worker", "-A", "pgbench_app:app"),
-                *("-c", "100", "--prefetch", "200", "-l", "INFO"),
-            ],
-            env=env,
-            cwd=workdir,
-            stderr=out,
-            stdout=subprocess.DEVNULL,
-        )
-    deadline = time.monotonic() + 30
-    while b" ready" not in log.read_bytes():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError("worker did not start:\n" + log.read_text())
-        time.sleep(0.05)
-    return proc
 
 
 async def measure(base_python: str, rounds: int, workdir: Path) -> dict[str, list[float]]:
@@ -65,7 +45,7 @@ async def measure(base_python: str, rounds: int, workdir: Path) -> dict[str, lis
             await apps[k].tasks["noop"].send(-1)  # connect, create the tables
         for k in KINDS:
             workers.append(
-                await asyncio.to_thread(start_worker, python[k], workdir, url[k], prefix[k])
+                await asyncio.to_thread(start_worker, workdir, url[k], prefix[k], python[k])
             )
         for k in KINDS:  # warm up: pools, LISTEN, caches
             for i in range(30):

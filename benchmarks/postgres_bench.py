@@ -65,14 +65,17 @@ def make_app(url: str, prefix: str) -> App:
     return app
 
 
-def start_worker(workdir: Path, url: str, prefix: str) -> subprocess.Popen[bytes]:
-    """The worker, its log in a file (a pipe nobody reads would fill up and stall it)."""
+def start_worker(
+    workdir: Path, url: str, prefix: str, python: str = sys.executable
+) -> subprocess.Popen[bytes]:
+    """The worker (run by `python`: postgres_ab runs main's beside the branch's), its log in a
+    file (a pipe nobody reads would fill up and stall it)."""
     env = dict(os.environ, BENCH_URL=url, BENCH_PREFIX=prefix, PYTHONPATH=str(workdir))
     log = workdir / f"{prefix}.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [
-                *(sys.executable, "-m", "aiotask", "worker", "-A", "pgbench_app:app"),
+                *(python, "-m", "aiotask", "worker", "-A", "pgbench_app:app"),
                 *("-c", "100", "--prefetch", "200", "-l", "INFO"),
             ],
             env=env,

@@ -5,6 +5,9 @@ on statistics of an empty table."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
+from typing import TYPE_CHECKING
 
 import asyncpg
 import pytest
@@ -15,6 +18,11 @@ from aiotask.brokers import Outgoing
 from aiotask.brokers import from_url as broker_from_url
 from aiotask.exceptions import ConfigurationError
 from aiotask.settings import Settings
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from aiotask.brokers._postgres_sql import SQL
 
 pytestmark = pytest.mark.postgres
 
@@ -217,15 +225,13 @@ def test_row_keys_are_uuids_unique_and_rising() -> None:
     assert batches[-1][0] > batches[0][-1]
 
 
-async def test_claim_probes_the_primary_key_on_stale_statistics(
+@contextlib.asynccontextmanager
+async def stale_statistics(
     postgres_url: str, namespace: str
-) -> None:
-    """Statistics taken while the queue was empty (`reltuples = 0`, as autovacuum's analyze of
-    an idle queue leaves them) make the planner take the table for empty, however large it has
-    grown since. The claim's UPDATE must still find its rows through the primary key: joined
-    to the picked rows it became a nested loop over the whole table (seconds per claim)."""
-    import time
-
+) -> AsyncIterator[tuple[SQL, asyncpg.Connection]]:
+    """A broker schema whose statistics were taken while the queue was empty (`reltuples = 0`,
+    as autovacuum's analyze of an idle queue leaves them), holding 3,000 rows since: the
+    planner takes the table for empty, however large it has grown."""
     from aiotask._postgres import ident
     from aiotask.brokers.postgres import PostgresBroker
 
@@ -242,55 +248,44 @@ async def test_claim_probes_the_primary_key_on_stale_statistics(
         await conn.execute(f"DELETE FROM {s}.messages")  # noqa: S608
         await conn.execute(f"ANALYZE {s}.messages")
         await conn.execute(insert, 3000)
+        yield broker._sql, conn
+    finally:
+        await conn.close()
+        await broker.close()
+
+
+async def test_claim_probes_the_primary_key_on_stale_statistics(
+    postgres_url: str, namespace: str
+) -> None:
+    """On stale statistics (above), the claim's UPDATE must still find its rows through the
+    primary key: joined to the picked rows it became a nested loop over the whole table
+    (seconds per claim)."""
+    async with stale_statistics(postgres_url, namespace) as (sql, conn):
         wall = time.time()
         async with conn.transaction():  # EXPLAIN only plans; the transaction is for form
             plan = "\n".join(
                 r[0]
                 for r in await conn.fetch(
-                    "EXPLAIN " + broker._sql.claim, ["q"], wall, 200, wall + 60, "me", 10
+                    "EXPLAIN " + sql.claim, ["q"], wall, 200, wall + 60, "me", 10
                 )
             )
         assert "(id = ANY (" in plan, plan
         assert "Join Filter" not in plan, plan
-    finally:
-        await conn.close()
-        await broker.close()
 
 
 @pytest.mark.parametrize("statement", ["ack", "nack_counted", "nack_uncounted", "extend", "bury"])
 async def test_settling_probes_the_primary_key_on_stale_statistics(
     postgres_url: str, namespace: str, statement: str
 ) -> None:
-    """The same stale statistics as above: each settling statement must find the held rows
-    through the primary key. Joined to the held (id, owner) pairs alone, the planner hashed the
-    whole primary key (~20 ms per settle of 200 on a backlog of 100,000)."""
-    import time
-
-    from aiotask._postgres import ident
-    from aiotask.brokers.postgres import PostgresBroker
-
-    broker = PostgresBroker(postgres_url, Settings(key_prefix=namespace))
-    await broker.connect()
-    s = ident(namespace)
-    conn = await asyncpg.connect(postgres_url)
-    try:
-        insert = (
-            f"INSERT INTO {s}.messages (pkey, message_id, queue, priority, eta, body, fair_key) "  # noqa: S608
-            "SELECT gen_random_uuid(), i::text, 'q', 0, 0, 'x', '' FROM generate_series(1, $1) i"
-        )
-        await conn.execute(insert, 200)
-        await conn.execute(f"DELETE FROM {s}.messages")  # noqa: S608
-        await conn.execute(f"ANALYZE {s}.messages")
-        await conn.execute(insert, 3000)
+    """On stale statistics, each settling statement must find the held rows through the
+    primary key. Joined to the held (id, owner) pairs alone, the planner hashed the whole
+    primary key (~20 ms per settle of 200 on a backlog of 100,000)."""
+    async with stale_statistics(postgres_url, namespace) as (sql, conn):
         held = ([1, 2, 3], ["me", "me", "me"])
         extra: tuple[object, ...] = {"bury": ("reason", time.time())}.get(
             statement, (time.time(),) if statement != "ack" else ()
         )
         plan = "\n".join(
-            r[0]
-            for r in await conn.fetch("EXPLAIN " + getattr(broker._sql, statement), *held, *extra)
+            r[0] for r in await conn.fetch("EXPLAIN " + getattr(sql, statement), *held, *extra)
         )
         assert "(id = ANY (" in plan, plan
-    finally:
-        await conn.close()
-        await broker.close()
