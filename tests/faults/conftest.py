@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from tests.conftest import REQUIRE_SERVICES
+from tests.rabbit_server import PrivateRabbit, need_rabbitmq_server
 from tests.servers import PrivatePostgres, PrivateRedis, pg_bin
 
 if TYPE_CHECKING:
@@ -48,3 +49,17 @@ def postgres_server() -> Iterator[PrivatePostgres]:
         yield server
     finally:
         server.remove()
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Iterator[PrivateRabbit]:
+    """A private RabbitMQ node (its own ports and data dir), killed by PID afterwards."""
+    need_rabbitmq_server()
+    base = tmp_path / "rabbit"
+    base.mkdir()
+    server = PrivateRabbit(base)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()

@@ -17,11 +17,11 @@ import pytest
 
 from aiotask import App
 from tests.procs import StderrTail, lines, start_worker, stop, worker_env, write_tasks
-from tests.rabbit_server import FaultProxy, PrivateRabbit, need_rabbitmq_server
+from tests.rabbit_server import FaultProxy, PrivateRabbit
 
 if TYPE_CHECKING:
     import subprocess
-    from collections.abc import AsyncIterator, Iterator
+    from collections.abc import AsyncIterator
     from pathlib import Path
 
 pytestmark = [pytest.mark.amqp, pytest.mark.slow, pytest.mark.timeout(240)]
@@ -29,19 +29,6 @@ pytestmark = [pytest.mark.amqp, pytest.mark.slow, pytest.mark.timeout(240)]
 BEFORE = 1200  # published before the crash
 DURING = 300  # published by a producer while the node is down
 HOLD_PUBLISH = 4.0  # seconds the worker's publish connection is held back after the restart
-
-
-@pytest.fixture
-def node(tmp_path: Path) -> Iterator[PrivateRabbit]:
-    need_rabbitmq_server()
-    base = tmp_path / "rabbit"
-    base.mkdir()
-    server = PrivateRabbit(base)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.kill()
 
 
 @pytest.fixture

@@ -29,10 +29,10 @@ from aiotask import App
 from aiotask.brokers import _rabbitmq_fair as fair
 from aiotask.exceptions import AiotaskError
 from tests.procs import StderrTail, lines, start_worker, stop, worker_env, write_tasks
-from tests.rabbit_server import RABBITMQCTL, PrivateRabbit, need_rabbitmq_server
+from tests.rabbit_server import RABBITMQCTL, PrivateRabbit
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable
     from pathlib import Path
 
 pytestmark = [pytest.mark.amqp, pytest.mark.slow, pytest.mark.timeout(240)]
@@ -55,19 +55,6 @@ _fair.REDECLARE_S = 0.5
 _fair.PARK_CHECK_S = 1.0
 _fair.PARK_CHECK_MAX_S = 2.0
 """
-
-
-@pytest.fixture
-def node(tmp_path: Path) -> Iterator[PrivateRabbit]:
-    need_rabbitmq_server()
-    base = tmp_path / "rabbit"
-    base.mkdir()
-    server = PrivateRabbit(base)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.kill()
 
 
 def _tenant(key: str, *_: object) -> str:
