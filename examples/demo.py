@@ -53,7 +53,7 @@ async def produce() -> None:
         await (await add.send(1, 1)).get(timeout=30)
         print(
             f"  warm round trip: {1000 * (time.perf_counter() - started):.1f} ms "
-            "(SQLite polls; Redis and RabbitMQ push)"
+            "(the embedded default: the worker is woken through a local socket, no server)"
         )
 
         results = await add.send_batch([(i, i) for i in range(100)])
