@@ -12,7 +12,7 @@ import pytest
 
 from aiotask import App, chord, signature
 from tests.conftest import REDIS_URL
-from tests.procs import lines, run_cli, start_worker, stop, worker_env, write_tasks
+from tests.procs import lines, run_cli, spawn_worker, start_worker, stop, worker_env, write_tasks
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -196,8 +196,9 @@ async def test_poison_message_is_dead_lettered_after_max_deliveries(
         poison = await app.send_task("proc.die")
         ok = await app.send_task("proc.add", args=[1, 2])
         for _ in range(4):  # supervisor: restart the worker each time the poison kills it
-            proc = start_worker(tmp_path, env, "-c", "1", "--prefetch", "1")
-            deadline = time.monotonic() + 15
+            # not waiting for "ready": the poison may kill a start before it says so
+            proc = spawn_worker(tmp_path, env, "-c", "1", "--prefetch", "1")
+            deadline = time.monotonic() + 30
             while proc.poll() is None and time.monotonic() < deadline:
                 if await app.broker.dead_letters("default"):
                     break  # it survived: the poison is buried (no fixed wait to decide that)
