@@ -168,8 +168,8 @@ class PostgresScheduleStore:
                     ok = not absent and bytes(row["state"] or b"") == c.expect
                 elif c.init:
                     ok = absent
-                else:
-                    ok = absent or int(row["mark"]) < c.through_ms
+                else:  # still the watermark the beat planned from (None: still none)
+                    ok = (None if absent else int(row["mark"])) == c.since_ms
                 if ok:
                     mark = row["mark"] if c.expect is not None else c.through_ms
                     await conn.execute(

@@ -17,20 +17,24 @@ if TYPE_CHECKING:
     from aiotask._redis.client import Client
     from aiotask.beat.store import Claim
 
-#: Compare-and-set each claim; returns 1/0 per claim. Modes: n(ormal) i(nit) e(xpect).
+#: Compare-and-set each claim; returns 1/0 per claim. Modes: n(ormal) i(nit) e(xpect); a
+#: normal claim wins only from the watermark it was planned from (`since`, '' for none).
 CLAIM = """
 local out = {}
 local i = 1
 while i <= #ARGV do
-  local name, through, state, mode, expect = ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4]
-  i = i + 5
+  local name, through, state, mode, expect, since =
+    ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4], ARGV[i+5]
+  i = i + 6
   local mark = redis.call('HGET', KEYS[1], name)
   local ok = 0
   if mode == 'e' then
     if redis.call('HGET', KEYS[2], name) == expect then ok = 1 end
   elseif mode == 'i' then
     if not mark then ok = 1 end
-  elseif (not mark) or tonumber(mark) < tonumber(through) then
+  elseif since == '' then
+    if not mark then ok = 1 end
+  elseif mark and tonumber(mark) == tonumber(since) then
     ok = 1
   end
   if ok == 1 then
@@ -136,7 +140,8 @@ class RedisScheduleStore:
         args: list[Any] = []
         for c in claims:
             mode = "e" if c.expect is not None else "i" if c.init else "n"
-            args += [c.name, str(c.through_ms), c.state, mode, c.expect or b""]
+            since = "" if c.since_ms is None else str(c.since_ms)
+            args += [c.name, str(c.through_ms), c.state, mode, c.expect or b"", since]
         won = await self._claim(keys=[self._marks, self._states], args=args, client=self._client)
         return [bool(w) for w in won]
 

@@ -143,8 +143,8 @@ def _claim(conn: sqlite3.Connection, app: str, claims: list[Claim]) -> list[bool
                 ok = row is not None and bytes(row[1] or b"") == c.expect
             elif c.init:
                 ok = row is None
-            else:
-                ok = row is None or int(row[0]) < c.through_ms
+            else:  # still the watermark the beat planned from (None: still none)
+                ok = (None if row is None else int(row[0])) == c.since_ms
             if ok:
                 mark = row[0] if (c.expect is not None and row is not None) else c.through_ms
                 conn.execute(

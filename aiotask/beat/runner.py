@@ -12,6 +12,7 @@ import asyncio
 import heapq
 import math
 import os
+import secrets
 import socket
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -41,6 +42,9 @@ MAX_SLEEP = 30.0
 #: Entries fired per batch (one claim and one publish each), and batches in flight at once.
 FIRE_BATCH = 500
 FIRE_PIPELINE = 3
+#: Seconds between looks at another beat's claim that is not confirmed yet (its publish is
+#: normally in flight for milliseconds).
+PENDING_RECHECK = 0.2
 
 
 @dataclass(slots=True)
@@ -54,6 +58,10 @@ class _Due:
     messages: list[Message] = field(default_factory=list)
     #: (watermark, state) to record once the broker has `messages`
     confirm: tuple[int, dict[str, Any]] = (0, {})
+    #: only record `confirm`: this beat published its own pending claim, then failed to settle
+    reconfirm: bool = False
+    #: when to look again if there is no plan (None: in a second)
+    wake: float | None = None
 
 
 class Beat:
@@ -72,13 +80,18 @@ class Beat:
         self.store = store
         self.static = dict(static)
         self.clock = clock
-        self.name = name or f"beat@{socket.gethostname()}-{os.getpid()}"
+        # unique even for two beats of one process, or of two hosts that share a hostname
+        # and a pid (containers): a beat resends its *own* unconfirmed claims at once
+        self.name = name or f"beat@{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self.entries: dict[str, Entry] = {}
         self._heap: list[tuple[float, str]] = []
         self._wake: dict[str, float] = {}
         self.changed = asyncio.Event()
         self.changed.set()  # load entries on the first tick
         self.sent = 0
+        #: entry -> watermark of this beat's claims that the broker has but the store does
+        #: not know yet (the settle failed): confirmed on the next tick, never sent again
+        self._unsettled: dict[str, int] = {}
 
     def check(self) -> None:
         """Refuse to start with an entry whose task this app does not know (exit 2 in the CLI)."""
@@ -187,17 +200,21 @@ class Beat:
             claims += self._plan(due, wall, due.entry.name in running)
         won = await self.store.claim(claims) if claims else []
         lost = {c.name for c, ok in zip(claims, won, strict=True) if not ok}
-        sending = [d for d in work if d.entry.name not in lost and (d.plan or d.resend)]
+        sending = [
+            d for d in work if d.entry.name not in lost and (d.plan or d.resend or d.reconfirm)
+        ]
         messages = [m for d in sending for m in d.messages]
         if messages:
-            await self.app.publish(messages)  # raises: claims stay pending, resent later
+            await self.app.publish(messages)  # raises: claims stay pending, resent next tick
             self.sent += len(messages)
         sent_at = self.clock()
         confirms = [
             (d.entry.name, d.confirm[0], orjson.dumps({**d.confirm[1], "sent_at": sent_at}))
             for d in sending
-            if d.messages
+            if d.messages or d.reconfirm
         ]
+        for name, through, _ in confirms:
+            self._unsettled[name] = through
         skips = [
             (d.entry.name, reason, n)
             for d in sending
@@ -206,8 +223,10 @@ class Beat:
         ]
         if confirms or skips:
             await self.store.settle(confirms, skips)
+        for name, _, _ in confirms:
+            del self._unsettled[name]
         for due in work:
-            wake = due.plan.wake if due.plan is not None else wall + 1.0
+            wake = due.plan.wake if due.plan is not None else due.wake or wall + 1.0
             if due.entry.name in lost:
                 wake = wall  # another beat moved first: re-read its watermark now
             self._schedule(due.entry.name, wake if math.isfinite(wake) else wall + MAX_SLEEP)
@@ -247,13 +266,8 @@ class Beat:
         mark, blob = stored.watermark_ms, stored.state or b"{}"
         state = orjson.loads(blob)
         pending = state.get("pending") or []
-        if pending and wall - float(state.get("claimed_at", 0)) > PENDING_TIMEOUT:
-            # its beat died between claim and publish: send the same ids again
-            due.resend = [(int(ms), str(tid)) for ms, tid in pending]
-            due.messages = [self._message(entry, ms / 1000, tid) for ms, tid in due.resend]
-            due.confirm = (mark, {**state, "pending": [], "beat": self.name})
-            fresh = {**state, "claimed_at": wall, "beat": self.name}
-            return [Claim(entry.name, mark, orjson.dumps(fresh), expect=blob)]
+        if pending:
+            return self._unconfirmed(due, mark, blob, state, wall)
         due.plan = p = plan(entry, mark / 1000, wall, running)
         if p.through is None:
             return []
@@ -267,7 +281,40 @@ class Beat:
         }
         due.confirm = (_ms(p.through), {**last, "pending": []})
         claimed = {**last, "pending": sends, "claimed_at": wall}
-        return [Claim(entry.name, _ms(p.through), orjson.dumps(claimed))]
+        return [Claim(entry.name, _ms(p.through), orjson.dumps(claimed), since_ms=mark)]
+
+    def _unconfirmed(
+        self, due: _Due, mark: int, blob: bytes, state: dict[str, Any], wall: float
+    ) -> list[Claim]:
+        """The last claim's slots are not confirmed sent. No beat claims past them (that
+        would drop them, and with them a dead beat's slots): its own failed publish is sent
+        again now, another beat's once PENDING_TIMEOUT passed without a confirm (that beat
+        died between claim and publish), and until then it is looked at again shortly."""
+        entry, pending = due.entry, state["pending"]
+        own = state.get("beat") == self.name
+        due.confirm = (mark, {**state, "pending": [], "beat": self.name})
+        due.wake = wall  # once sent and confirmed, plan the slots after at once
+        if own and self._unsettled.get(entry.name) == mark:
+            due.reconfirm = True  # published; only the store did not hear of it
+            return []
+        age = wall - float(state.get("claimed_at", 0))
+        if not own and age <= PENDING_TIMEOUT:
+            due.wake = wall + min(PENDING_RECHECK, PENDING_TIMEOUT - age + 0.01)
+            return []
+        if not own:
+            log.warning(
+                "beat %s: %s's claim of %d slot(s) of %s was not confirmed in %.0fs; "
+                "sending them again",
+                self.name,
+                state.get("beat", "another beat"),
+                len(pending),
+                entry.name,
+                age,
+            )
+        due.resend = [(int(ms), str(tid)) for ms, tid in pending]
+        due.messages = [self._message(entry, ms / 1000, tid) for ms, tid in due.resend]
+        fresh = {**state, "claimed_at": wall, "beat": self.name}
+        return [Claim(entry.name, mark, orjson.dumps(fresh), expect=blob)]
 
     def _message(self, entry: Entry, slot: float, task_id: str) -> Message:
         options: dict[str, Any] = {}

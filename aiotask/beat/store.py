@@ -2,10 +2,11 @@
 
 Every beat keeps, per entry, a *watermark* in the store: every slot at or before it is settled
 (sent or skipped). A beat fires slots after the watermark by moving it forward with a
-compare-and-set (`claim`): only one beat wins a slot, whatever the number of beats or their
-clocks. A claim records the slots it is about to send as *pending*; `confirm` clears them once
-the broker has them. A beat that finds pending slots older than PENDING_TIMEOUT (their beat died
-between claim and publish) sends them again, with the same task ids.
+compare-and-set (`claim`) from the watermark it read: only one beat wins a slot, whatever the
+number of beats or their clocks. A claim records the slots it is about to send as *pending*;
+`confirm` clears them once the broker has them. No beat claims past pending slots: the beat
+that claimed them sends them again after a failed publish, and another beat does once they are
+older than PENDING_TIMEOUT (their beat died between claim and publish), with the same task ids.
 
 The store is byte-level: entries and states are JSON blobs, so a backend implements it with a
 hash and a short Lua script (Redis) or a transaction (SQLite).
@@ -27,8 +28,13 @@ PENDING_TIMEOUT = 10.0
 
 @dataclass(frozen=True, slots=True)
 class Claim:
-    """Move `name`'s watermark to `through_ms` and record `state` (JSON), if nobody did first.
+    """Move `name`'s watermark from `since_ms` to `through_ms` and record `state` (JSON), if
+    nobody moved it first.
 
+    `since_ms`: the watermark the beat read and planned from (None: the entry had none). The
+    claim wins only while the watermark is still there: a beat that read an older watermark
+    than another beat's claim would otherwise also win, with a later `through_ms`, and send
+    the slots between the two marks a second time.
     `init`: set the first watermark of a new entry only if it has none (never moves one).
     `expect`: instead of moving the watermark, replace the state only if it is byte-equal to
     `expect` (taking over a dead beat's pending slots: one beat wins).
@@ -39,6 +45,7 @@ class Claim:
     state: bytes
     init: bool = False
     expect: bytes | None = None
+    since_ms: int | None = None
 
 
 @dataclass(slots=True)
@@ -136,7 +143,7 @@ class MemoryScheduleStore:
             elif c.init:
                 ok = mark is None
             else:
-                ok = mark is None or mark < c.through_ms
+                ok = mark == c.since_ms
             if ok:
                 st.watermark_ms, st.state = c.through_ms, c.state
             won.append(ok)

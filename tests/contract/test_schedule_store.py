@@ -98,18 +98,34 @@ async def test_entries_pauses_and_removal(stores: Factory) -> None:
     assert await s.remove_entry("a") is False
 
 
-async def test_claims_move_the_watermark_forward_only(stores: Factory) -> None:
+async def test_claims_move_the_watermark_only_from_where_it_was_read(stores: Factory) -> None:
     s = stores()
     assert await s.claim([Claim("e", 1000, b"i", init=True)]) == [True]
     assert await s.claim([Claim("e", 5000, b"x", init=True)]) == [False]  # never moves one
-    assert await s.claim([Claim("e", 2000, b"s2"), Claim("f", 10, b"f")]) == [True, True]
-    assert await s.claim([Claim("e", 2000, b"again")]) == [False]
-    assert await s.claim([Claim("e", 1500, b"older")]) == [False]
+    won = await s.claim([Claim("e", 2000, b"s2", since_ms=1000), Claim("f", 10, b"f")])
+    assert won == [True, True]  # "f" had no watermark, and the claim read none
+    assert await s.claim([Claim("e", 2000, b"again", since_ms=1000)]) == [False]
+    assert await s.claim([Claim("e", 1500, b"older", since_ms=1000)]) == [False]
+    assert await s.claim([Claim("f", 20, b"f2")]) == [False]  # read none; it has one now
     states = await s.states(["e", "f", "never"])
     assert {n: (st.watermark_ms, st.state) for n, st in states.items()} == {
         "e": (2000, b"s2"),
         "f": (10, b"f"),
     }
+
+
+async def test_a_claim_planned_from_a_stale_watermark_loses(stores: Factory) -> None:
+    """Two beats read watermark 1000; one claims through 3000 (slots 2000 and 3000); the other,
+    whose clock runs ahead, then claims through 4000 from 1000. It must lose: winning, it would
+    send 2000 and 3000 again (a CI run saw exactly that: two slots ran twice)."""
+    a, b = stores(), stores()
+    await a.claim([Claim("e", 1000, b"i", init=True)])
+    assert (await a.states(["e"]))["e"].watermark_ms == (await b.states(["e"]))["e"].watermark_ms
+    assert await b.claim([Claim("e", 3000, b"b", since_ms=1000)]) == [True]
+    assert await a.claim([Claim("e", 4000, b"a", since_ms=1000)]) == [False]
+    assert await a.claim([Claim("e", 4000, b"a", since_ms=3000)]) == [True]  # after a re-read
+    [st] = (await a.states(["e"])).values()
+    assert (st.watermark_ms, st.state) == (4000, b"a")
 
 
 async def test_expect_claims_take_over_a_state_once(stores: Factory) -> None:
@@ -126,7 +142,7 @@ async def test_confirms_only_land_on_their_own_claim(stores: Factory) -> None:
     s = stores()
     await s.claim([Claim("e", 2000, b"pending")])
     await s.settle([("e", 2000, b"done")], [("e", "overlap", 1), ("e", "overlap", 2)])
-    await s.claim([Claim("e", 3000, b"pending-3")])
+    await s.claim([Claim("e", 3000, b"pending-3", since_ms=2000)])
     await s.settle([("e", 2000, b"late confirm of 2000")], [("e", "expired", 1)])
     [st] = (await s.states(["e"])).values()
     assert (st.watermark_ms, st.state) == (3000, b"pending-3")
@@ -134,13 +150,20 @@ async def test_confirms_only_land_on_their_own_claim(stores: Factory) -> None:
 
 
 async def test_racing_beats_win_each_slot_once(stores: Factory) -> None:
+    """Each beat read the same watermark and plans a different `through` (their clocks
+    differ by a few ms): one wins, however the claims interleave."""
     beats = [stores() for _ in range(4)]
     wins = 0
+    since: int | None = None
     for slot in range(1, 21):
         results = await asyncio.gather(
-            *(b.claim([Claim("e", slot * 1000, b"%d" % i)]) for i, b in enumerate(beats))
+            *(
+                b.claim([Claim("e", slot * 1000 + i, b"%d" % i, since_ms=since)])
+                for i, b in enumerate(beats)
+            )
         )
         wins_here = sum(r[0] for r in results)
         assert wins_here == 1, f"slot {slot} won {wins_here} times"
         wins += wins_here
+        since = (await beats[0].states(["e"]))["e"].watermark_ms
     assert wins == 20

@@ -114,7 +114,7 @@ async def test_three_beats_one_killed_send_every_slot_once(
     by_id = {entry.slot_id(float(s)): s for s in range(int(started) - 2, int(ended) + 3)}
     runs = (tmp_path / "runs").read_text().split()
     counts = Counter(runs)
-    assert {i: n for i, n in counts.items() if n > 1} == {}, "a slot ran twice"
+    assert {i: n for i, n in counts.items() if n > 1} == {}, "a slot ran twice\n" + _logs(tmp_path)
     slots = sorted(by_id[i] for i in counts)  # KeyError: a run that is not a slot of ours
     assert slots == list(range(slots[0], slots[-1] + 1)), "a slot was lost"
     # the checked run spans the kill: slots sent before it and after it, with no gap
@@ -191,7 +191,7 @@ async def test_beats_with_clocks_2s_apart_send_every_slot_once(
     entry = Entry(name="beatproc.tick", task="beatproc.tick", schedule=Every(1))
     by_id = {entry.slot_id(float(s)): s for s in range(int(started) - 4, int(ended) + 5)}
     counts = Counter((tmp_path / "runs").read_text().split())
-    assert {i: n for i, n in counts.items() if n > 1} == {}, "a slot ran twice"
+    assert {i: n for i, n in counts.items() if n > 1} == {}, "a slot ran twice\n" + _logs(tmp_path)
     slots = sorted(by_id[i] for i in counts)  # KeyError: a run that is not a slot of ours
     assert slots == list(range(slots[0], slots[-1] + 1)), "a slot was lost"
     assert len(slots) >= RUN_FOR - 2, slots

@@ -88,6 +88,34 @@ async def test_skewed_clocks_still_send_each_slot_once(app: App) -> None:
     assert 16 <= len(ids) <= 20  # 1000.0+2 .. 1017.7+2 on the fastest clock
 
 
+async def test_a_beat_that_read_before_another_claimed_sends_nothing_twice(app: App) -> None:
+    """The race a CI run hit: beat "ahead" (clock +2 s) reads the watermark, beat "on-time"
+    claims and sends two slots (it stalled over one), then "ahead" claims through a later slot
+    from the watermark it read. It must lose, re-read, and send only the slots after."""
+    store = MemoryScheduleStore()
+    on_time, ahead = Clock(1000.0), Clock(1000.0)
+    first = Beat(app, store, every(1, catch_up="all"), clock=on_time, name="on-time")
+    late = Beat(app, store, every(1, catch_up="all"), clock=ahead, name="ahead")
+    await first.tick()  # registers the entry at 1000
+    await late.tick()  # reads 1000; nothing due yet
+    on_time.t, ahead.t = 1002.0, 1004.0
+    read = store.states
+
+    async def interleaved(names: object) -> object:
+        states = await read(names)  # type: ignore[arg-type]
+        store.states = read  # type: ignore[method-assign]
+        await first.tick()  # between ahead's read and its claim: claims 1001 and 1002
+        return states
+
+    store.states = interleaved  # type: ignore[method-assign,assignment]
+    await late.tick()  # its claim (1001..1004 from 1000) loses; it re-reads at once
+    await late.tick()  # and sends 1003 and 1004 only
+    ids = [i for i, _ in await sent(app)]
+    e = every(1)["e"]
+    assert sorted(ids) == sorted(e.slot_id(float(s)) for s in (1001, 1002, 1003, 1004))
+    assert (first.sent, late.sent) == (2, 2)
+
+
 async def test_a_slot_whose_beat_died_after_claiming_is_resent_by_another(app: App) -> None:
     store = MemoryScheduleStore()
     clock = Clock(1000.0)
@@ -112,6 +140,89 @@ async def test_a_slot_whose_beat_died_after_claiming_is_resent_by_another(app: A
     assert (task_id, name) == (every(10)["e"].slot_id(1010.0), "beat.tick")
     state = (await store.states(["e"]))["e"]
     assert orjson.loads(state.state or b"{}")["pending"] == []
+
+
+async def test_a_broker_outage_loses_no_slot_of_a_catch_up_all_entry(app: App) -> None:
+    """One beat, an every-second entry, the broker down for three ticks: each failed claim is
+    sent again on the next tick, never dropped by the next slot's claim (it used to be: the
+    new claim replaced the pending one), and each slot goes out once."""
+    store = MemoryScheduleStore()
+    clock = Clock(1000.0)
+    beat = Beat(app, store, every(1, catch_up="all"), clock=clock)
+    await beat.tick()
+    publish = app.publish
+
+    async def down(messages: object, *, confirm: bool = True) -> None:
+        raise BrokerConnectionError("broker down")
+
+    app.publish = down  # type: ignore[method-assign]
+    for t in (1001.0, 1002.0, 1003.0):
+        clock.t = t
+        with pytest.raises(BrokerConnectionError):
+            await beat.tick()
+    app.publish = publish  # type: ignore[method-assign]
+    for t in (1004.0, 1004.0, 1005.0):
+        clock.t = t
+        await beat.tick()
+    ids = [i for i, _ in await sent(app)]
+    e = every(1)["e"]
+    assert sorted(ids) == sorted(e.slot_id(float(s)) for s in range(1001, 1006))
+
+
+async def test_a_claim_published_but_not_settled_is_confirmed_not_sent_again(app: App) -> None:
+    store = MemoryScheduleStore()
+    clock = Clock(1000.0)
+    beat = Beat(app, store, every(1), clock=clock)
+    await beat.tick()
+    settle = store.settle
+
+    async def store_gone(*args: object) -> None:
+        raise BrokerConnectionError("store down after the publish")
+
+    store.settle = store_gone  # type: ignore[method-assign,assignment]
+    clock.t = 1001.0
+    with pytest.raises(BrokerConnectionError):
+        await beat.tick()
+    store.settle = settle  # type: ignore[method-assign]
+    for t in (1001.0, 1002.0, 1002.0):  # looks again a second after the failure
+        clock.t = t
+        await beat.tick()
+    ids = [i for i, _ in await sent(app)]
+    e = every(1)["e"]
+    assert sorted(ids) == sorted(e.slot_id(s) for s in (1001.0, 1002.0))
+    state = orjson.loads((await store.states(["e"]))["e"].state or b"{}")
+    assert state["pending"] == []
+
+
+async def test_a_dead_beats_slot_of_a_frequent_entry_is_resent_not_dropped(app: App) -> None:
+    """A beat dies between claim and publish of slot 1001 of an every-second entry. The other
+    beat does not claim past the unconfirmed slot (that dropped it); it waits, then sends it
+    and every later slot once."""
+    store = MemoryScheduleStore()
+    clock = Clock(1000.0)
+    dying = Beat(app, store, every(1, catch_up="all"), clock=clock, name="dying")
+    await dying.tick()
+    clock.t = 1001.0
+
+    async def killed(messages: object, *, confirm: bool = True) -> None:
+        raise BrokerConnectionError("killed between claim and publish")
+
+    app.publish = killed  # type: ignore[method-assign]
+    with pytest.raises(BrokerConnectionError):
+        await dying.tick()
+    del app.publish
+    other = Beat(app, store, every(1, catch_up="all"), clock=clock, name="other")
+    t = 1001.0
+    while t < 1001.0 + PENDING_TIMEOUT + 3:
+        t += 0.5
+        clock.t = t
+        await other.tick()
+        if t < 1001.0 + PENDING_TIMEOUT:
+            assert other.sent == 0, t  # the dead beat's claim might still be published
+    ids = [i for i, _ in await sent(app)]
+    e = every(1)["e"]
+    assert len(ids) == len(set(ids))
+    assert sorted(ids) == sorted(e.slot_id(float(s)) for s in range(1001, int(t) + 1))
 
 
 async def test_overlap_skip_counts_skipped_slots(app: App) -> None:
