@@ -127,8 +127,9 @@ def install() -> None:
 
 def plan_cache_mode(mode: str) -> None:
     """Every PostgreSQL connection of this process with `plan_cache_mode = mode` (an
-    experiment: force_generic_plan shows what re-planning the claim on each call costs; not
-    safe in production, where a plan made for short queues would serve a backlog)."""
+    experiment: force_generic_plan shows what re-planning each statement on each call costs;
+    not safe in production, where a plan made for short queues would serve a backlog; the
+    claims plan once per connection in functions made safe for it, aiotask/_postgres/claims.py)."""
     if not mode:
         return
     from aiotask import _postgres
@@ -240,7 +241,8 @@ def main() -> None:
         "--worker-plan-cache-mode",
         default="",
         help="an experiment: the worker's connections with this plan_cache_mode "
-        "(force_generic_plan: the claim is not planned again on each call)",
+        "(force_generic_plan: no statement is planned again on each call; the claims run in "
+        "functions that plan once per connection anyway, aiotask/_postgres/claims.py)",
     )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from aiotask._postgres import ident
+from aiotask._postgres import claims, ident
 
 if TYPE_CHECKING:
     import asyncpg
@@ -65,7 +65,7 @@ STEPS: dict[str, list[str]] = {
             body bytea NOT NULL
         );
         """,
-        # 3: fairness across keys (brokers/_postgres_fair.py): messages.fair_key, the claim
+        # 3: fairness across keys (aiotask/_postgres/fair.py): messages.fair_key, the claim
         # index by (queue, fair_key, ...) in place of messages_claim, the cursor per queue set.
         # A column with a constant default is added without rewriting the table; the new
         # index is built under the migration's lock (writes wait for it on a big backlog).
@@ -79,6 +79,10 @@ STEPS: dict[str, list[str]] = {
             last_key text NOT NULL
         );
         """,
+        # 4: the claim and the fair claim as functions (aiotask/_postgres/claims.py): planned
+        # once per connection, with planner settings that keep the index plan whatever the
+        # statistics. Needs PostgreSQL 12 (plan_cache_mode).
+        claims.functions("{s}"),
     ],
     "backend": [
         """

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, NamedTuple
 
-from aiotask._postgres import NO_SYNC
-from aiotask.brokers import _postgres_fair as fair
+from aiotask._postgres import NO_SYNC, fair
 from aiotask.brokers._common import DEAD_LETTER_CAP
 
 if TYPE_CHECKING:
@@ -83,49 +82,13 @@ class SQL:
             "format('delivered %s times without being settled (max_deliveries=%s)', "
             "deliveries, $2), $1 FROM gone RETURNING message_id, queue, deliveries"
         )
-        # SKIP LOCKED: concurrent claimers take disjoint rows and never wait on each other.
-        # One statement; rows whose lease lapsed max_deliveries times are left for
-        # bury_exhausted. The claim commits without waiting for the WAL flush (NO_SYNC): a
-        # claim lost in a server crash only means the message is delivered again.
-        # Fairness (brokers/_postgres_fair.py): this claim takes unkeyed rows only while the
-        # queues have no keyed row; else it claims nothing and its look-ahead row says so
-        # (9th column, `keyed`), and the consumer claims with claim_fair (round-robin across
-        # keys) until that finds no keyed row.
-        # Per queue (LATERAL), so each is an ordered range of the claim index that stops
-        # after `limit` rows; `queue = ANY(...)` made the planner read and sort the backlog.
-        pick = (
-            "SELECT p.id FROM unnest($1::text[]) AS qn, LATERAL ("
-            f"SELECT id, priority, eta FROM {s}.messages "
-            "WHERE queue = qn AND fair_key = '' AND eta <= $2 "
-            "AND (lease_until IS NULL OR deliveries < $6) AND NOT (SELECT yes FROM keyed) "
-            "ORDER BY priority DESC, eta, id LIMIT $3 FOR UPDATE SKIP LOCKED) AS p "
-            "ORDER BY p.priority DESC, p.eta, p.id LIMIT $3"
-        )
-        lease = "lease_until = $4, eta = $4, lease_owner = $5, deliveries = m.deliveries + 1"
-        # A claim that got fewer than `limit` rows also returns the look-ahead (one more row,
-        # id NULL): what `next_due` would say right after it (its own leases' end counts as a
-        # due time too), so a consumer that drained its queues sleeps without two more round
-        # trips (an empty claim, then next_due). The look-ahead is not computed otherwise.
-        # The UPDATE finds its rows by `id = ANY(the picked ids)`: one probe of the primary
-        # key each, whatever the planner estimates. Joined to `picked`, it became a nested
-        # loop over the whole table once statistics said the table was empty (autovacuum's
-        # analyze of an idle queue, `reltuples = 0`): ~2 s per claim of 200 on a backlog of
-        # 100,000 rows, until the next analyze.
-        self.claim = (
-            f"WITH {fair.keyed(s)}, picked AS ({pick}), "
-            f"got AS (UPDATE {s}.messages m SET {lease} FROM {NO_SYNC} "
-            "WHERE m.id = ANY(ARRAY(SELECT id FROM picked)) "
-            "RETURNING m.id, m.message_id, m.queue, m.priority, m.deliveries, m.body) "
-            "SELECT id, message_id, queue, priority, deliveries, body, NULL::float8, NULL::bool, "
-            "NULL::bool FROM got UNION ALL SELECT NULL, NULL, NULL, NULL, NULL, NULL, "
-            f"least((SELECT min(eta) FROM {s}.messages WHERE queue = ANY($1::text[]) "
-            f"AND eta > $2), (SELECT min(expires_at) FROM {s}.consumers), "
-            "(SELECT $4 FROM got LIMIT 1)), "
-            f"EXISTS (SELECT 1 FROM {s}.messages WHERE queue = ANY($1::text[]) AND eta <= $2 "
-            "AND id NOT IN (SELECT id FROM picked)), (SELECT yes FROM keyed) "
-            "WHERE (SELECT count(*) FROM got) < $3"
-        )
-        self.claim_fair = fair.claim_sql(s, pick, lease, NO_SYNC)
+        # The claims run in functions of the schema (broker step 4, aiotask/_postgres/claims.py):
+        # planned once per connection, with planner settings that keep the index plan whatever
+        # the statistics. claim: up to $3 ready rows of the queues $1 by priority then age,
+        # and the look-ahead; claim_fair: round-robin across fairness keys (fair.py).
+        args = "$1, $2, $3, $4, $5, $6"
+        self.claim = f"SELECT * FROM {s}.claim({args})"
+        self.claim_fair = f"SELECT * FROM {s}.claim_fair({args}, $7)"
         # When to look next: the earliest eta of these queues (delayed, leased) or the
         # earliest heartbeat expiry (a lost consumer to take over).
         # Also whether a ready row exists that the claim skipped (locked by a transaction

@@ -1,10 +1,12 @@
 """postgresql://user@host/db — a broker in a PostgreSQL schema: SKIP LOCKED claims, LISTEN wakes.
 
 A message is a row of `<key_prefix>.messages`; `eta` is when it is next claimable. A claim is
-one statement: `SELECT ... FOR UPDATE SKIP LOCKED` picks up to `limit` ready rows (priority high
-first, then eta, then insertion) and leases them: `lease_until = eta = now + visibility_timeout`,
-`lease_owner = <consumer>:<n>`, `deliveries + 1` (while keyed rows are queued: round-robin
-across fairness keys, brokers/_postgres_fair.py). A lapsed lease is a ready row again. A
+one statement, run in a function of the schema that plans it once per connection
+(aiotask/_postgres/claims.py): `SELECT ... FOR UPDATE SKIP LOCKED` picks up to `limit` ready
+rows (priority high first, then eta, then insertion) and leases them: `lease_until = eta =
+now + visibility_timeout`, `lease_owner = <consumer>:<n>`, `deliveries + 1` (while keyed rows
+are queued: round-robin across fairness keys, aiotask/_postgres/fair.py). A lapsed lease is a
+ready row again. A
 maintenance transaction, run by a claim every MAINTAIN_EVERY seconds (busy or idle), takes over
 the leases of consumers whose heartbeat expired and dead-letters rows whose lease
 lapsed `max_deliveries` times (the claim skips those). Ack deletes, nack and extend update, each
@@ -81,7 +83,7 @@ class PostgresBroker:
         self._owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._seq = itertools.count()
         self._maintain_at = 0.0
-        #: queue sets whose last claim found keyed rows: claimed fairly (_postgres_fair.py)
+        #: queue sets whose last claim found keyed rows: claimed fairly (_postgres/fair.py)
         self._keyed: set[str] = set()
         self._wakeups: set[asyncio.Event] = set()
         #: wake-ups so far (NOTIFYs, LISTEN lost, local hand-backs): a claim's look-ahead is
@@ -146,7 +148,7 @@ class PostgresBroker:
             [clamp_priority(o.priority) for o in batch],
             [max(o.eta or wall, 0.0) for o in batch],
             [o.body for o in batch],
-            [o.fair_key for o in batch],  # fairness: see brokers/_postgres_fair.py
+            [o.fair_key for o in batch],  # fairness: see aiotask/_postgres/fair.py
         )
         # Delayed messages notify too: a sleeping consumer recomputes when to look next.
         channel = self._channel if self._opts.listen else ""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
+import asyncpg
 import pytest
 
 from aiotask import App, _postgres
@@ -18,6 +19,8 @@ from aiotask._time import now
 from aiotask.backends import _postgres_results
 from aiotask.backends.base import EncodedResult, ResultRecord
 from aiotask.backends.postgres import PostgresBackend
+from aiotask.brokers import Outgoing
+from aiotask.settings import Settings
 from aiotask.states import SUCCESS
 from aiotask.testing import start_worker
 
@@ -81,11 +84,41 @@ async def test_a_worker_skips_the_flush_for_claims_and_acks_only(
     def skips(what: str) -> set[bool]:
         return {"synchronous_commit" in sql for w, sql in statements if w == what}
 
-    assert skips("claim messages") == {True}
+    # the claims run in functions of the schema, which skip the flush (the test below)
+    assert {".claim(" in sql for what, sql in statements if what == "claim messages"} == {True}
     assert skips("ack") == {True}
     assert skips("heartbeat") <= {True}
     assert skips("publish") == {False}
     assert skips("store results") == {False}  # a worker's result, before its ack
+
+
+async def test_the_claim_functions_skip_the_flush_until_their_commit(
+    postgres_url: str, namespace: str
+) -> None:
+    """The claims run in functions (aiotask/_postgres/claims.py) whose SET clauses are undone
+    when they return; the synchronous_commit = off they set for their transaction is not: it
+    holds until the claim's commit, and not after it."""
+    from aiotask._postgres import fair
+    from aiotask.brokers.postgres import PostgresBroker
+
+    broker = PostgresBroker(postgres_url, Settings(key_prefix=namespace))
+    await broker.connect()
+    await broker.publish([Outgoing("q", b"x", "plain"), Outgoing("q", b"x", "k", fair_key="k")])
+    conn = await asyncpg.connect(postgres_url)
+    try:
+        before = await conn.fetchval("SHOW synchronous_commit")
+        assert before != "off"
+        slots = fair.slot_names(fair.cursor_name(["q"]))
+        for sql, extra in ((broker._sql.claim, ()), (broker._sql.claim_fair, (slots,))):
+            async with conn.transaction():
+                rows = await conn.fetch(sql, ["q"], now(), 10, now() + 60, "me", 10, *extra)
+                assert rows
+                assert await conn.fetchval("SHOW synchronous_commit") == "off"
+                assert await conn.fetchval("SHOW plan_cache_mode") == "auto"  # undone on return
+            assert await conn.fetchval("SHOW synchronous_commit") == before
+    finally:
+        await conn.close()
+        await broker.close()
 
 
 async def test_a_wait_looks_again_when_no_notification_comes(

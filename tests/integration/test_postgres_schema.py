@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import time
 from typing import TYPE_CHECKING
 
 import asyncpg
 import pytest
 
-from aiotask._postgres import options
+from aiotask._postgres import claims, fair, options
 from aiotask._postgres.schema import STEPS, migrate, newest, version
 from aiotask.brokers import Outgoing
 from aiotask.brokers import from_url as broker_from_url
@@ -20,7 +21,7 @@ from aiotask.exceptions import ConfigurationError
 from aiotask.settings import Settings
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Awaitable, Callable
 
     from aiotask.brokers._postgres_sql import SQL
 
@@ -101,8 +102,8 @@ async def test_a_broker_at_version_2_gains_fairness(postgres_url: str, namespace
         # the unkeyed rows from before the upgrade are the key "" and take their turns
         assert got[:3] == ["a0", "b0", "old0"], got
         assert [m for m in got if m.startswith("old")] == ["old0", "old1", "old2"]
-        assert await version(conn, namespace, "broker") == newest("broker") == 3
-        assert await migrate(conn, namespace, "broker") == (3, 3)
+        assert await version(conn, namespace, "broker") == newest("broker") >= 3
+        assert await migrate(conn, namespace, "broker") == (newest("broker"),) * 2
         indexes = {
             r[0]
             for r in await conn.fetch(
@@ -113,6 +114,70 @@ async def test_a_broker_at_version_2_gains_fairness(postgres_url: str, namespace
         assert "messages_claim" not in indexes
     finally:
         await conn.close()
+
+
+async def test_a_broker_at_version_3_gains_the_claim_functions(
+    postgres_url: str, namespace: str
+) -> None:
+    """Step 4 on a schema an older aiotask made (its claims were plain statements), with plain
+    and keyed messages queued: the broker claims them through the new functions, which carry
+    their planner settings; migrating again changes nothing."""
+    conn = await asyncpg.connect(postgres_url)
+    s = f'"{namespace}"'
+    try:
+        await conn.execute(f"CREATE SCHEMA {s}")
+        await conn.execute(
+            f"CREATE TABLE {s}.schema_versions (component text PRIMARY KEY, "
+            "version integer NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        for step in STEPS["broker"][:3]:
+            await conn.execute(step.format(s=s))
+        await conn.execute(f"INSERT INTO {s}.schema_versions VALUES ('broker', 3)")  # noqa: S608
+        await conn.execute(
+            f"INSERT INTO {s}.messages (pkey, message_id, queue, eta, body, fair_key) "  # noqa: S608
+            "SELECT gen_random_uuid(), 'old' || g, 'q', 0, 'x', "
+            "CASE WHEN g < 2 THEN '' ELSE 'k' || g END FROM generate_series(0, 3) g"
+        )
+        settings = Settings(broker_url=postgres_url, key_prefix=namespace)
+        broker = broker_from_url(postgres_url, settings, "app")
+        await broker.connect()
+        try:
+            got: list[str] = []
+            while len(got) < 4:
+                batch = await broker.receive(["q"], 10)
+                await broker.ack(batch)
+                got += [d.message_id for d in batch]
+        finally:
+            await broker.close()
+        assert sorted(got) == ["old0", "old1", "old2", "old3"]
+        assert await version(conn, namespace, "broker") == 4
+        assert await migrate(conn, namespace, "broker") == (newest("broker"),) * 2
+        configs = await conn.fetch(
+            "SELECT proname, proconfig FROM pg_proc WHERE pronamespace = $1::regnamespace",
+            s,
+        )
+        assert {r["proname"] for r in configs} == {"claim", "claim_fair"}
+        for r in configs:
+            assert set(r["proconfig"]) == {f"{k}={v}" for k, v in claims.SETTINGS}
+    finally:
+        await conn.close()
+
+
+#: sha256 (first 16 hex digits) of each released migration step's text, per component. A step
+#: is never edited once released (schema.py): its schemas would differ by the aiotask that
+#: applied it. Steps past these are new; pin them here once merged.
+RELEASED = {
+    "broker": ["a7bf850b0bed2a6c", "cf9d8d022321afb3", "776a6ebacc659b54", "d175564674b2cd7f"],
+    "backend": ["631c93320dd973e9", "008d5a63b5b95b5d", "055a9f1c1c079a70", "ebe4874fbffce863"],
+}
+
+
+def test_released_migration_steps_are_never_edited() -> None:
+    """A change to a released step fails here. For the claims (step 4, claims.functions): add a
+    step that replaces the functions, and keep step 4 as the text it had."""
+    for component, pinned in RELEASED.items():
+        now = [hashlib.sha256(step.encode()).hexdigest()[:16] for step in STEPS[component]]
+        assert now[: len(pinned)] == pinned, component
 
 
 async def test_a_backend_at_version_1_gains_the_coordination_tables(
@@ -227,11 +292,16 @@ def test_row_keys_are_uuids_unique_and_rising() -> None:
 
 @contextlib.asynccontextmanager
 async def stale_statistics(
-    postgres_url: str, namespace: str
+    postgres_url: str,
+    namespace: str,
+    *,
+    backlog: int = 3000,
+    planned: Callable[[SQL], Awaitable[object]] | None = None,
 ) -> AsyncIterator[tuple[SQL, asyncpg.Connection]]:
     """A broker schema whose statistics were taken while the queue was empty (`reltuples = 0`,
-    as autovacuum's analyze of an idle queue leaves them), holding 3,000 rows since: the
-    planner takes the table for empty, however large it has grown."""
+    as autovacuum's analyze of an idle queue leaves them), holding `backlog` rows of queue "q"
+    since: the planner takes the table for empty, however large it has grown. `planned` runs
+    between the analyze and the backlog (to make plans on the empty table that are kept)."""
     from aiotask._postgres import ident
     from aiotask.brokers.postgres import PostgresBroker
 
@@ -247,30 +317,80 @@ async def stale_statistics(
         await conn.execute(insert, 200)
         await conn.execute(f"DELETE FROM {s}.messages")  # noqa: S608
         await conn.execute(f"ANALYZE {s}.messages")
-        await conn.execute(insert, 3000)
+        if planned is not None:
+            await planned(broker._sql)
+        await conn.execute(insert, backlog)
         yield broker._sql, conn
     finally:
         await conn.close()
         await broker.close()
 
 
-async def test_claim_probes_the_primary_key_on_stale_statistics(
+#: auto_explain on one session: the plan each statement ran, nested ones (a function's) too,
+#: sent to the client as a NOTICE (LOAD needs a superuser, as the test server's user is).
+AUTO_EXPLAIN = (
+    "LOAD 'auto_explain'; SET auto_explain.log_min_duration = 0; "
+    "SET auto_explain.log_nested_statements = on; SET auto_explain.log_level = notice"
+)
+
+
+async def test_claims_keep_index_plans_made_on_an_empty_table(
     postgres_url: str, namespace: str
 ) -> None:
-    """On stale statistics (above), the claim's UPDATE must still find its rows through the
-    primary key: joined to the picked rows it became a nested loop over the whole table
-    (seconds per claim)."""
-    async with stale_statistics(postgres_url, namespace) as (sql, conn):
+    """The claim functions plan once per session and keep the plan (claims.py). Here the plans
+    are made while the table is empty (and analyzed so), then serve a backlog of 100,000 plain
+    rows (queue q) and 100,000 keyed ones (queue k, 100 keys); then the table is analyzed with
+    that backlog, which makes new plans. Every plan they ran must read `messages` only by index
+    ranges and TID scans: no sequential scan (reading the backlog: ~130 ms per claim of 200
+    with a plain generic plan), no bitmap scan (the plan made on the large table had one in
+    the look-ahead), no JIT (~200 ms a call), and be a generic plan (made once)."""
+    worker = await asyncpg.connect(postgres_url)
+    slots = fair.slot_names(fair.cursor_name(["k"]))
+    notices: list[str] = []
+
+    async def both(sql: SQL) -> None:
         wall = time.time()
-        async with conn.transaction():  # EXPLAIN only plans; the transaction is for form
-            plan = "\n".join(
-                r[0]
-                for r in await conn.fetch(
-                    "EXPLAIN " + sql.claim, ["q"], wall, 200, wall + 60, "me", 10
-                )
+        args = (wall, 200, wall + 60, f"me{wall}", 10)
+        plain = await worker.fetch(sql.claim, ["q"], *args)
+        fairly = await worker.fetch(sql.claim_fair, ["k"], *args, slots)
+        if notices:  # not the claims on the empty table
+            assert len([r for r in plain if r["id"] is not None]) == 200
+            assert len({r["message_id"] for r in fairly}) == 200
+            assert {r["turn"] for r in fairly} == set(range(1, 201))  # round-robin
+
+    def ran() -> list[str]:
+        plans = [n for n in notices if "Query Text: WITH " in n]  # the functions' statements
+        notices.clear()
+        return plans
+
+    try:
+        async with stale_statistics(postgres_url, namespace, backlog=100_000, planned=both) as (
+            sql,
+            conn,
+        ):
+            await conn.execute(
+                f'INSERT INTO "{namespace}".messages '  # noqa: S608
+                "(pkey, message_id, queue, priority, eta, body, fair_key) SELECT "
+                "gen_random_uuid(), i::text, 'k', 0, 0, 'x', 'key' || i % 100 "
+                "FROM generate_series(1, 100000) i"
             )
-        assert "(id = ANY (" in plan, plan
-        assert "Join Filter" not in plan, plan
+            await worker.execute(AUTO_EXPLAIN)
+            worker.add_log_listener(lambda _conn, msg: notices.append(msg.message))
+            await both(sql)
+            on_empty = ran()
+            await conn.execute(f'ANALYZE "{namespace}".messages')
+            await both(sql)
+            on_backlog = ran()
+    finally:
+        await worker.close()
+    assert len(on_empty) == len(on_backlog) == 2, (on_empty, on_backlog)
+    for plan in on_empty + on_backlog:
+        assert "Seq Scan on messages" not in plan, plan
+        assert "Bitmap" not in plan, plan
+        assert "JIT:" not in plan, plan
+        assert "Tid Scan on messages m" in plan, plan  # the UPDATE
+        assert "Index Scan using messages_claim_key" in plan, plan
+        assert "queue = ANY ($1)" in plan, plan  # a generic plan ($1, not the queue names)
 
 
 @pytest.mark.parametrize("statement", ["ack", "nack_counted", "nack_uncounted", "extend", "bury"])

@@ -4,9 +4,10 @@ Schema (broker migration step 3, aiotask/_postgres/schema.py): a `fair_key` colu
 unkeyed messages), the claim index `(queue, fair_key, priority DESC, eta, id)` in place of
 `(queue, priority DESC, eta, id)`, and `fair_cursor`, the last key served per queue set.
 
-Each claim stays one statement (one round trip, SKIP LOCKED):
+Each claim stays one statement (one round trip, SKIP LOCKED), run inside a server-side
+function (broker step 4, aiotask/_postgres/claims.py, which says why):
 
-- The plain claim (_postgres_sql) starts with `keyed`: has any row of these queues a key? One
+- The plain claim (claims.py) starts with `keyed`: has any row of these queues a key? One
   probe of the claim index per queue (`fair_key > ''`). If not, it claims by priority then
   age (`fair_key = ''` keeps the index order usable): no cursor, no lock, no skip scan. If so,
   it claims nothing and its look-ahead row (id NULL) says so in a 9th column, `keyed` (the
@@ -83,14 +84,15 @@ def claim_sql(s: str, plain: str, lease_set: str, no_sync: str) -> str:
     Parameters: $1 queues, $2 now, $3 limit, $4 lease end, $5 owner, $6 max_deliveries,
     $7 the cursor slots (slot_names). `plain` is the plain claim's row pick (by priority then
     age, guarded by `keyed`), `lease_set` the SET list that leases a row and `no_sync` the FROM
-    item that makes the commit asynchronous, all three from _postgres_sql. Returns (id,
+    item that makes the commit asynchronous, all three from claims.py. Returns (id,
     message_id, queue, priority, deliveries, body, turn): `turn` orders the rows of a fair
-    claim from 1; 0 means no keyed row was found and the plain pick ran.
+    claim from 1; 0 means no keyed row was found and the plain pick ran. The UPDATE finds
+    its rows by their `ctid` (a TID scan, whatever the statistics: see claims.py).
     """
     ready = "eta <= $2 AND (lease_until IS NULL OR deliveries < $6)"
     return (
         f"WITH RECURSIVE {keyed(s)}, "
-        f"plain AS (SELECT id, 0::bigint AS turn FROM ({plain}) AS p), "
+        f"plain AS (SELECT id, ctid, 0::bigint AS turn FROM ({plain}) AS p), "
         # the first cursor slot no other claim holds, locked; or else the first slot not
         # made yet (to make); then the keys around its position
         f"cur AS MATERIALIZED (SELECT queues AS slot, last_key FROM {s}.fair_cursor "
@@ -118,19 +120,19 @@ def claim_sql(s: str, plain: str, lease_set: str, no_sync: str) -> str:
         f"AND {ready} LIMIT 1)), "
         "share AS MATERIALIZED (SELECT greatest(1, ceil($3::float8 / "
         "nullif(least(count(*), $3), 0)))::int AS n FROM turns), "
-        "heads AS (SELECT t.q, t.k, t.wrapped, h.id, row_number() OVER ("
+        "heads AS (SELECT t.q, t.k, t.wrapped, h.id, h.ctid, row_number() OVER ("
         "PARTITION BY t.q, t.k ORDER BY h.priority DESC, h.eta, h.id) AS rank "
         "FROM turns t CROSS JOIN LATERAL ("
-        f"SELECT id, priority, eta FROM {s}.messages WHERE queue = t.q AND fair_key = t.k "
+        f"SELECT id, ctid, priority, eta FROM {s}.messages WHERE queue = t.q AND fair_key = t.k "
         f"AND {ready} ORDER BY priority DESC, eta, id LIMIT (SELECT n FROM share) "
         "FOR UPDATE SKIP LOCKED) h), "
-        "chosen AS (SELECT id, k, row_number() OVER (ORDER BY rank, wrapped, k, q) AS turn "
+        "chosen AS (SELECT id, ctid, k, row_number() OVER (ORDER BY rank, wrapped, k, q) AS turn "
         "FROM heads ORDER BY turn LIMIT $3), "
         f"moved AS (INSERT INTO {s}.fair_cursor (queues, last_key) "
         "SELECT slot.name, k FROM chosen, slot WHERE slot.name IS NOT NULL "
         "ORDER BY turn DESC LIMIT 1 "
         "ON CONFLICT (queues) DO UPDATE SET last_key = excluded.last_key), "
-        "picked AS (SELECT id, turn FROM plain UNION ALL SELECT id, turn FROM chosen) "
-        f"UPDATE {s}.messages m SET {lease_set} FROM picked, {no_sync} WHERE m.id = picked.id "
+        "picked AS (SELECT id, ctid, turn FROM plain UNION ALL SELECT id, ctid, turn FROM chosen) "
+        f"UPDATE {s}.messages m SET {lease_set} FROM picked, {no_sync} WHERE m.ctid = picked.ctid "
         "RETURNING m.id, m.message_id, m.queue, m.priority, m.deliveries, m.body, picked.turn"
     )
