@@ -2,7 +2,7 @@
 
 Why functions: asyncpg prepares a statement once per connection, but PostgreSQL chose a
 custom plan for the claim on every call (`plan_cache_mode = auto`), planning it again: about
-half of a 1-row claim's time (0.51 ms at p50 from the client; 0.27 ms through the function).
+half of a 1-row claim's time (0.42 ms at p50 from the client; 0.21 ms through the function).
 A plan made once and kept is only safe if no statistics can make it a bad one: a generic
 plan kept from an empty table served a backlog of 100,000 rows with sequential scans (~130 ms
 per claim of 200 instead of ~2 ms). A PL/pgSQL function keeps the plan of each statement it
@@ -14,13 +14,14 @@ lasts until the commit):
 - `plan_cache_mode = force_generic_plan`: plan once per connection, not on every call;
 - `enable_seqscan = off`, `enable_bitmapscan = off`: every read of `messages` here is an
   ordered range or a probe of the claim index, whatever the statistics say of the table's
-  size (a bitmap scan reads the whole range before its first row; a plan kept from a large
-  table chose one);
+  size (a bitmap scan reads the whole range before its first row, and unlike an index scan
+  never marks dead index entries: re-planned on each call, the look-ahead used one after a
+  drain and met the 33,280 dead entries again on every call, 8 ms, until a vacuum);
 - `jit = off`: the disabled scans still cost 10^10 in the plan (the `consumers` table has no
   index; a few rows), which would otherwise make PostgreSQL JIT-compile each call (~200 ms);
 - the UPDATE finds the picked rows by `ctid`: a TID scan is the only plan for that, where
   `id = ANY(...)` let a plan made on an empty table scan the whole claim index, whose last
-  column is `id`, instead of probing the primary key (~350 ms per claim of 200).
+  column is `id`, instead of probing the primary key (~350-700 ms per claim of 200).
 
 A row updated and committed elsewhere between the claim's snapshot and its lock (a lapsed
 lease handed back or taken over meanwhile) is locked by its new version, whose `ctid` the
