@@ -98,14 +98,18 @@ class Workers:
         rows = [line.split() for line in self.log.read_text().splitlines()]
         return [(row[0], int(row[1])) for row in rows if len(row) == 2]
 
+    def logs(self) -> str:
+        return "\n".join(
+            f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(self.tmp.glob("worker-*.log"))
+        )
+
     async def wait_for(self, test: object, what: str, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if test():  # type: ignore[operator]
                 return
             await asyncio.sleep(0.1)
-        logs = "\n".join(p.read_text()[-2000:] for p in self.tmp.glob("worker-*.log"))
-        raise AssertionError(f"{what} did not happen; done: {self.done()}\n{logs}")
+        raise AssertionError(f"{what} did not happen; done: {self.done()}\n{self.logs()}")
 
 
 @pytest.fixture(params=["sqlite", "redis", "amqp", "postgres"])
@@ -165,7 +169,8 @@ async def test_workers_serve_b_before_a_backlog_drains(workers: Workers) -> None
     # the first worker may finish B alone while the second still starts (a SIGTERM before its
     # handlers exist ends it with -15): stop both once they are up
     await workers.wait_for(workers.all_ready, "both workers ready")
-    assert all(stop(p) == 0 for p in workers.procs)
+    codes = [stop(p) for p in workers.procs]
+    assert codes == [0, 0], workers.logs()
 
 
 @pytest.mark.timeout(150)  # its waits (45 s each) fail first, with the workers' logs
