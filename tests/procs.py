@@ -91,6 +91,21 @@ def start_worker(directory: Path, env: dict[str, str], *args: str) -> subprocess
     return wait_ready(spawn_worker(directory, env, *args))
 
 
+def start_workers(
+    directory: Path, env: dict[str, str], n: int, *args: str
+) -> list[subprocess.Popen[str]]:
+    """Start `n` workers at once (their start-ups overlap) and return once each is ready."""
+    procs = [spawn_worker(directory, env, *args) for _ in range(n)]
+    try:
+        return [wait_ready(proc) for proc in procs]
+    except BaseException:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        raise
+
+
 def spawn_worker(directory: Path, env: dict[str, str], *args: str) -> subprocess.Popen[str]:
     """Start `aiotask worker` without waiting: the test does something else while it starts
     (its import and connect cost seconds on a loaded machine), then calls wait_ready()."""
@@ -127,6 +142,29 @@ def stop(proc: subprocess.Popen[str], sig: int = signal.SIGTERM, timeout: float 
     """Signal the worker and wait for its exit code; kill it if it hangs (and fail)."""
     if proc.poll() is None:
         proc.send_signal(sig)
+    return reap(proc, timeout)
+
+
+def stop_all(
+    procs: list[subprocess.Popen[str]], sig: int = signal.SIGTERM, timeout: float = 30
+) -> list[int]:
+    """`stop` for several workers: all are signalled first, so their shutdowns overlap."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(sig)
+    codes = []
+    try:
+        for proc in procs:
+            codes.append(reap(proc, timeout))
+    finally:
+        for proc in procs[len(codes) + 1 :]:  # one hung: the rest are not left running
+            proc.kill()
+            reap(proc, timeout)
+    return codes
+
+
+def reap(proc: subprocess.Popen[str], timeout: float = 30) -> int:
+    """Wait for an already signalled worker's exit code; kill it if it hangs (and fail)."""
     try:
         return proc.wait(timeout)
     except subprocess.TimeoutExpired:
@@ -143,9 +181,10 @@ def lines(directory: Path, kind: str) -> list[str]:
     return path.read_text().split() if path.exists() else []
 
 
-def release(directory: Path, key: str) -> None:
-    """Let the running `proc.hold(key)` task finish."""
-    (directory / "logs" / f"release-{key}").touch()
+def release(directory: Path, *keys: str) -> None:
+    """Let the `proc.hold(key)` tasks finish (at once, when they run later)."""
+    for key in keys:
+        (directory / "logs" / f"release-{key}").touch()
 
 
 def run_cli(directory: Path, env: dict[str, str], *argv: str) -> subprocess.CompletedProcess[str]:

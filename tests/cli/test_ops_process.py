@@ -18,7 +18,17 @@ import pytest
 from aiotask import App
 from tests.conftest import REDIS_URL
 from tests.contract.conftest import delete_prefix
-from tests.procs import lines, release, run_cli, start_worker, stop, worker_env, write_tasks
+from tests.procs import (
+    lines,
+    release,
+    run_cli,
+    spawn_worker,
+    start_worker,
+    stop,
+    wait_ready,
+    worker_env,
+    write_tasks,
+)
 
 if TYPE_CHECKING:
     import subprocess
@@ -175,8 +185,13 @@ async def test_bad_input_and_a_lost_worker(tmp_path: Path, broker_url: str, name
     finally:
         proc.send_signal(signal.SIGKILL)
         stop(proc)
-    # killed: it stays in the registry, shown as lost once it missed worker_lost_after (waited
-    # for in-process: one `aiotask status` then checks what the command shows)
+    # killed: nobody answers a ping (asked while the lost wait below runs: online or lost in
+    # the registry, the dead worker never replies, and the command waits its whole timeout)
+    ping = asyncio.create_task(
+        asyncio.to_thread(run_cli, tmp_path, env, "inspect", "ping", *APP, "--timeout", "0.5")
+    )
+    # it stays in the registry, shown as lost once it missed worker_lost_after (waited for
+    # in-process: one `aiotask status` then checks what the command shows)
     async with producer(broker_url, namespace) as app:
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
@@ -184,13 +199,13 @@ async def test_bad_input_and_a_lost_worker(tmp_path: Path, broker_url: str, name
             if known and known[0].state(time.time()) == "lost":
                 break
             await asyncio.sleep(0.1)
+    done = await ping
+    assert done.returncode == 1 and "no worker replied within 0.5s" in done.stderr
     code, status = cli_json(tmp_path, env, "status")
     assert code == 0 and status["workers"][0]["name"] == "w1"
     assert status["workers"][0]["state"] == "lost"
     done = run_cli(tmp_path, env, "status", *APP, "--local")  # the readiness probe fails
     assert done.returncode == 1 and "no online worker on" in done.stderr, done.stdout
-    done = run_cli(tmp_path, env, "inspect", "ping", *APP, "--timeout", "0.5")
-    assert done.returncode == 1 and "no worker replied within 0.5s" in done.stderr
 
 
 async def test_cancel_consumer_leaves_the_queue_to_other_workers(
@@ -206,8 +221,12 @@ async def test_cancel_consumer_leaves_the_queue_to_other_workers(
         assert done.returncode == 0 and "no longer consuming extra" in done.stdout, done.stderr
         async with producer(broker_url, namespace) as app:
             sent = [await app.send_task("proc.add", args=[i, 1], queue="extra") for i in range(3)]
+            # w2 starts during the wait, on "default" alone: it takes "extra" only after it
+            w2 = spawn_worker(tmp_path, env, "-n", "w2", "-Q", "default", "-c", "2")
             await asyncio.sleep(1.0)  # time for a still-open consumer to grab them
-            w2 = start_worker(tmp_path, env, "-n", "w2", "-Q", "extra", "-c", "2")
+            await asyncio.to_thread(wait_ready, w2)
+            added = await app.control.add_consumer("extra", destination=["w2"])
+            assert added == {"w2": {"ok": "now consuming extra"}}, added
             assert [await r.get(timeout=20) for r in sent] == [1, 2, 3]
             code, stats = cli_json(tmp_path, env, "inspect", "stats", "-d", "w1")
             assert code == 0 and stats["w1"]["done"] == 0 and stats["w1"]["queues"] == ["default"]

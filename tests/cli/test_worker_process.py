@@ -12,7 +12,20 @@ import pytest
 
 from aiotask import App, chord, signature
 from tests.conftest import REDIS_URL
-from tests.procs import lines, run_cli, spawn_worker, start_worker, stop, worker_env, write_tasks
+from tests.procs import (
+    StderrTail,
+    lines,
+    reap,
+    release,
+    run_cli,
+    spawn_worker,
+    start_worker,
+    start_workers,
+    stop,
+    stop_all,
+    worker_env,
+    write_tasks,
+)
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -70,14 +83,21 @@ async def test_sigterm_finishes_running_and_loses_nothing(
 ) -> None:
     env = env_for(tmp_path, broker_url, namespace)
     proc = start_worker(tmp_path, env, "-c", "4", "--prefetch", "8")
+    tail = StderrTail(proc)
     async with producer(broker_url, namespace) as app:
         keys = [f"k{i}" for i in range(20)]
-        sent = [await app.send_task("proc.slow", args=[k, 0.4]) for k in keys]
+        # each runs until released: the running ones are mid-flight at the signal, by design
+        sent = [await app.send_task("proc.hold", args=[k]) for k in keys]
         deadline = time.monotonic() + 15
         while len(lines(tmp_path, "started")) < 4 and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-        assert len(lines(tmp_path, "started")) >= 4  # tasks really were running at the signal
-        assert stop(proc, signal.SIGTERM) == 0
+        assert len(lines(tmp_path, "started")) == 4  # tasks really were running at the signal
+        proc.send_signal(signal.SIGTERM)
+        while "warm shutdown" not in tail.text() and time.monotonic() < deadline + 15:
+            await asyncio.sleep(0.02)  # the worker took the signal before any task may end
+        assert "warm shutdown" in tail.text(), tail.text()
+        release(tmp_path, *keys)  # the rest then run at once on the second worker
+        assert reap(proc) == 0, tail.text()
         started_before = set(lines(tmp_path, "started"))
         assert started_before <= set(lines(tmp_path, "finished"))  # running tasks finished
         second = start_worker(tmp_path, env, "-c", "10")
@@ -95,13 +115,14 @@ async def test_kill_9_mid_task_is_redelivered_and_finished_once(
     victim = start_worker(tmp_path, env, "-c", "4")
     async with producer(broker_url, namespace) as app:
         keys = [f"x{i}" for i in range(4)]
-        sent = [await app.send_task("proc.slow", args=[k, 1.0]) for k in keys]
+        sent = [await app.send_task("proc.hold", args=[k]) for k in keys]  # run until released
         deadline = time.monotonic() + 15
         while len(lines(tmp_path, "started")) < 4 and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         assert len(lines(tmp_path, "started")) == 4  # the kill lands mid-task
         stop(victim, signal.SIGKILL)  # no shutdown at all: nothing acked
         assert lines(tmp_path, "finished") == []
+        release(tmp_path, *keys)  # the redelivered runs finish at once
         rescuer = start_worker(tmp_path, env, "-c", "4")
         try:
             assert await wait_all(app, [r.id for r in sent], 30) == keys
@@ -170,13 +191,15 @@ async def test_chord_whose_worker_is_killed_mid_header_fires_once(
     env = env_for(tmp_path, broker_url, namespace, AIOTASK_VISIBILITY_TIMEOUT="2")
     victim = start_worker(tmp_path, env, "-c", "4")
     async with producer(broker_url, namespace) as app:
-        header = [signature("proc.slow", (f"h{i}", 1.0), app=app) for i in range(4)]
+        keys = [f"h{i}" for i in range(4)]
+        header = [signature("proc.hold", (k,), app=app) for k in keys]  # run until released
         result = await chord(header, signature("proc.tsum", app=app)).send()
         deadline = time.monotonic() + 15
         while len(lines(tmp_path, "started")) < 4 and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         assert len(lines(tmp_path, "started")) == 4  # the kill lands mid-task
         stop(victim, signal.SIGKILL)  # every header task is mid-flight
+        release(tmp_path, *keys)  # the redelivered runs finish at once
         rescuer = start_worker(tmp_path, env, "-c", "4")
         try:
             assert await app.AsyncResult(result.id).get(timeout=30) == "h0+h1+h2+h3"
@@ -223,14 +246,13 @@ async def test_a_task_longer_than_the_lease_runs_once_on_a_live_worker(
     tmp_path: Path, broker_url: str, namespace: str
 ) -> None:
     env = env_for(tmp_path, broker_url, namespace, AIOTASK_VISIBILITY_TIMEOUT="1")
-    workers = [start_worker(tmp_path, env, "-c", "2") for _ in range(2)]  # one could steal it
+    workers = start_workers(tmp_path, env, 2, "-c", "2")  # one could steal it
     try:
         async with producer(broker_url, namespace) as app:
             r = await app.send_task("proc.slow", args=["long", 3.5])  # 3.5 leases
             assert await app.AsyncResult(r.id).get(timeout=20) == "long"
             await asyncio.sleep(1.5)  # a wrongful reclaim would have started it again by now
     finally:
-        for worker in workers:
-            assert stop(worker) == 0
+        assert stop_all(workers) == [0, 0]
     assert lines(tmp_path, "started") == ["long"]
     assert lines(tmp_path, "finished") == ["long"]

@@ -31,6 +31,16 @@ def make_app(**settings: Any) -> App:
         await asyncio.sleep(seconds)
         return "slept"
 
+    @app.task(name="dash.hold")
+    async def hold(key: str) -> str:
+        """Runs until the test writes the `release-KEY` file (at most 120 s): no timing guess."""
+        gate = os.path.join(os.environ.get("TEST_LOG_DIR", "/nonexistent"), f"release-{key}")
+        for _ in range(6000):
+            if os.path.exists(gate):  # noqa: ASYNC240 - a test flag, one stat
+                break
+            await asyncio.sleep(0.02)
+        return key
+
     @app.task(name="dash.boom")
     async def boom(message: str) -> None:
         raise ValueError(message)

@@ -292,8 +292,8 @@ def test_replay_a_dead_letter(served: Served, browser_page: Any) -> None:
 
 
 def _send_chain(served: Served) -> str:
-    """chain(slow(2), add(1), chord([echo a, echo b], echo)) from this process (the API sends
-    single tasks); the id of its first task, the workflow's root."""
+    """chain(hold, echo, chord([echo a, echo b], echo), add) from this process (the API sends
+    single tasks); the id of its first task, the workflow's root, which runs until released."""
     import asyncio
 
     from aiotask import chain, chord
@@ -304,12 +304,15 @@ def _send_chain(served: Served) -> str:
     if "AIOTASK_RESULT_BACKEND" in env:
         options["backend"] = env["AIOTASK_RESULT_BACKEND"]
     app = make_app(broker=env["AIOTASK_BROKER_URL"], **options)
-    slow, add, echo = app.tasks["dash.slow"], app.tasks["dash.add"], app.tasks["dash.echo"]
+    hold, add, echo = app.tasks["dash.hold"], app.tasks["dash.add"], app.tasks["dash.echo"]
 
     async def send() -> str:
         async with app:
             flow = chain(
-                slow.s(2), echo.s(), chord([echo.si("a"), echo.si("b")], echo.s()), add.si(1, 1)
+                hold.s("graph"),
+                echo.s(),
+                chord([echo.si("a"), echo.si("b")], echo.s()),
+                add.si(1, 1),
             )
             plan = await flow.send()
             return str(plan.id)
@@ -317,7 +320,7 @@ def _send_chain(served: Served) -> str:
     with ThreadPoolExecutor(1) as pool:  # Playwright's loop runs in this thread
         pool.submit(asyncio.run, send()).result()
     for _ in range(100):
-        tasks = served.api.get("/api/history", params={"task": "dash.slow"}).json()["tasks"]
+        tasks = served.api.get("/api/history", params={"task": "dash.hold"}).json()["tasks"]
         if tasks:
             return str(tasks[0]["id"])
         time.sleep(0.1)
@@ -337,7 +340,8 @@ def test_a_workflow_graph_updates_live(served: Served, browser_page: Any) -> Non
     page.goto(f"{served.url}/canvas/{root}")
     expect(page.locator("#live-status")).to_have_class("live on")
     first = page.locator(f"#canvas-graph a[data-node='{root}']")
-    expect(first).to_have_attribute("data-state", "STARTED")  # sleeping 2 s
+    expect(first).to_have_attribute("data-state", "STARTED")  # runs until released
+    (served.directory / "logs" / "release-graph").touch()
     # no reload from here: each step's events redraw the graph
     nodes = page.locator("#canvas-graph a[data-node]")
     expect(nodes).to_have_count(6, timeout=30_000)

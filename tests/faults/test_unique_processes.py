@@ -18,7 +18,7 @@ import pytest
 from aiotask import App
 from aiotask.coordination.unique import debounce_key, running_lock, unique_key
 from aiotask.exceptions import TaskRevoked
-from tests.procs import lines, spawn_worker, start_worker, stop, wait_ready, worker_env
+from tests.procs import lines, release, spawn_worker, start_worker, stop, wait_ready, worker_env
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -41,17 +41,24 @@ TASKS = textwrap.dedent(
         _mark("ran", key)
         return key
 
-    @app.task(name="proc.uslow", unique=True)
-    async def uslow(key: str, seconds: float) -> str:
+    async def _gate(key: str) -> None:
+        # until the test calls release(directory, key), at most 120 s: no timing guess
+        for _ in range(6000):
+            if os.path.exists(os.path.join(LOG, "release-" + key)):
+                return
+            await asyncio.sleep(0.02)
+
+    @app.task(name="proc.uhold", unique=True)
+    async def uhold(key: str) -> str:
         _mark("started", key)
-        await asyncio.sleep(seconds)
+        await _gate(key)
         _mark("finished", key)
         return key
 
-    @app.task(name="proc.dslow", debounce=0.3, debounce_key="doc")
-    async def dslow(doc: str, text: str) -> str:
+    @app.task(name="proc.dhold", debounce=0.3, debounce_key="doc")
+    async def dhold(doc: str, text: str) -> str:
         _mark("dstarted", text)
-        await asyncio.sleep(2.0)
+        await _gate(text)
         return text
     """
 )
@@ -103,12 +110,12 @@ class Setup:
     async def holder(self, *args: object) -> str | None:
         backend = await self.app.result_backend()
         store = backend.lock_store()
-        return await store.get(unique_key("proc.uslow", None, args, {}))
+        return await store.get(unique_key("proc.uhold", None, args, {}))
 
     async def running(self, doc: str) -> str | None:
-        """The send of `proc.dslow` for `doc` that holds the debounce running lock."""
+        """The send of `proc.dhold` for `doc` that holds the debounce running lock."""
         backend = await self.app.result_backend()
-        key = debounce_key("proc.dslow", "doc", [], {"doc": doc})
+        key = debounce_key("proc.dhold", "doc", [], {"doc": doc})
         return await backend.lock_store().get(running_lock(key))
 
 
@@ -200,21 +207,22 @@ async def test_kill_9_keeps_the_lock_until_the_redelivered_run_finishes(setup: S
     app = setup.app
     try:
         async with app:
-            sent = await app.send_task("proc.uslow", ["k", 3.0], unique=True)
+            sent = await app.send_task("proc.uhold", ["k"], unique=True)  # runs until released
             assert await _wait_for(lambda: lines(setup.dir, "started") == ["k"], SOON)
             # starts while the first dies and its lease lapses: the message can only reach
             # it once the first worker is gone (held by it until then)
             second = spawn_worker(setup.dir, setup.env, "-c", "4")
             stop(first, signal.SIGKILL)
             # the task is neither finished nor lost: its lock stays, duplicates are not sent
-            assert await setup.holder("k", 3.0) == sent.id
-            again = await app.send_task("proc.uslow", ["k", 3.0], unique=True)
+            assert await setup.holder("k") == sent.id
+            again = await app.send_task("proc.uhold", ["k"], unique=True)
             assert again.id == sent.id
+            release(setup.dir, "k")  # the redelivered run finishes at once
             await asyncio.to_thread(wait_ready, second)
             assert await app.AsyncResult(sent.id).get(timeout=SOON) == "k"
             assert lines(setup.dir, "started") == ["k", "k"], "redelivered once"
             # released by the redelivered run's settlement, long before unique_for (1 h)
-            assert await _wait_for_free(setup, "k", 3.0)
+            assert await _wait_for_free(setup, "k")
     finally:
         if first.poll() is None:
             stop(first, signal.SIGKILL)
@@ -238,14 +246,15 @@ async def test_kill_9_of_a_debounced_run_then_a_later_send_runs_alone(setup: Set
     try:
         async with app:
             v1 = await app.send_task(
-                "proc.dslow", kwargs={"doc": "d", "text": "v1"}, debounce=0.3, debounce_key="doc"
+                "proc.dhold", kwargs={"doc": "d", "text": "v1"}, debounce=0.3, debounce_key="doc"
             )
             assert await _wait_for(lambda: lines(setup.dir, "dstarted") == ["v1"], SOON)
             second = spawn_worker(setup.dir, setup.env, "-c", "4")  # v1 is the first's
             stop(first, signal.SIGKILL)
+            release(setup.dir, "v1", "v2")  # from now on, every run ends at once
             assert await setup.running("d") == v1.id, "the killed run keeps its running lock"
             v2 = await app.send_task(
-                "proc.dslow", kwargs={"doc": "d", "text": "v2"}, debounce=0.3, debounce_key="doc"
+                "proc.dhold", kwargs={"doc": "d", "text": "v2"}, debounce=0.3, debounce_key="doc"
             )
             await asyncio.to_thread(wait_ready, second)
             # v1 comes back, is no longer the latest: dropped, its lock released; v2 runs
