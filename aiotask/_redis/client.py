@@ -12,11 +12,11 @@ import contextlib
 import logging
 import os
 import socket
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from redis.asyncio import ConnectionPool, Redis, RedisCluster
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel
+from redis.asyncio.sentinel import MasterNotFoundError, Sentinel
 from redis.backoff import NoBackoff
 from redis.exceptions import (
     AuthenticationError,
@@ -127,6 +127,38 @@ def make_client(url: str, name: str | None = None, tls: _tls.TLSOptions | None =
     )
 
 
+class _Sentinel(Sentinel):
+    """redis-py's Sentinel, with a discover_master that may run concurrently.
+
+    redis-py's (8.1) moves the sentinel that named the primary to the front with an index swap
+    into the list it is iterating. Two connections asking at once (after a failover, every
+    connection of the pool reconnects) can then write one sentinel into two places and drop
+    another (e.g. [s2, s2, s3]): it is never asked again, and `aclose()` never closes it, so
+    its pooled connections were collected unclosed ("ResourceWarning: unclosed Connection").
+    Here each call walks a copy and moves the sentinel by identity.
+    """
+
+    async def discover_master(self, service_name: str) -> tuple[str, int]:
+        errors = []
+        for sentinel in list(self.sentinels):
+            try:
+                # a dict by service name (redis-py reads it so too; its type says dict | list)
+                masters = cast("dict[str, dict[str, Any]]", await sentinel.sentinel_masters())
+            except (RedisConnectionError, RedisTimeoutError) as exc:
+                errors.append(f"{sentinel} - {exc!r}")
+                continue
+            state = masters.get(service_name)
+            if state and self.check_master_state(state, service_name):
+                found = [i for i, other in enumerate(self.sentinels) if other is sentinel]
+                if found:  # ask it first next time (no await in between: no race)
+                    first, i = self.sentinels[0], found[0]
+                    self.sentinels[0], self.sentinels[i] = sentinel, first
+                ip = state["ip"] if self._force_master_ip is None else self._force_master_ip
+                return ip, state["port"]
+        said = f" : {', '.join(errors)}" if errors else ""
+        raise MasterNotFoundError(f"No master found for {service_name!r}{said}")
+
+
 def _sentinel_client(
     url: str, name: str | None, tls: _tls.TLSOptions | None = None
 ) -> tuple[Redis, Sentinel]:
@@ -145,7 +177,7 @@ def _sentinel_client(
         to_sentinels["password"] = query["sentinel_password"]
     if query.get("sentinel_username"):
         to_sentinels["username"] = query["sentinel_username"]
-    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+    sentinel = _Sentinel(  # type: ignore[no-untyped-call]
         list(parsed.sentinels), sentinel_kwargs=to_sentinels
     )
     data_tls: dict[str, Any] = {}

@@ -64,10 +64,6 @@ def test_tls_options_need_the_tls_scheme(pki: PKI) -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(180)
-# Once in about four runs, a connection to a sentinel dropped during the failover was collected
-# unclosed (redis-py's ResourceWarning, turned into an error by the suite's filter). Not yet
-# traced to its owner; the failover itself is what this test checks.
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 async def test_failover_over_tls(tmp_path: Path, pki: PKI) -> None:
     """kill -9 of the primary of a TLS-only set: the sentinels (asked over TLS) promote the
     replica, and the producer, the worker and the result backend carry on with it."""
