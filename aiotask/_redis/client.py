@@ -153,7 +153,8 @@ class _Sentinel(Sentinel):
                 if found:  # ask it first next time (no await in between: no race)
                     first, i = self.sentinels[0], found[0]
                     self.sentinels[0], self.sentinels[i] = sentinel, first
-                ip = state["ip"] if self._force_master_ip is None else self._force_master_ip
+                forced = getattr(self, "_force_master_ip", None)  # redis-py 5.0.x: none
+                ip = state["ip"] if forced is None else forced
                 return ip, state["port"]
         said = f" : {', '.join(errors)}" if errors else ""
         raise MasterNotFoundError(f"No master found for {service_name!r}{said}")
