@@ -20,6 +20,8 @@ import logging
 import uuid
 from typing import TYPE_CHECKING
 
+from aio_pika.exceptions import AMQPError, ChannelInvalidStateError
+
 from aiotask import _hooks
 from aiotask._time import monotonic
 from aiotask._urls import redact
@@ -277,13 +279,30 @@ class Consumer:
         return self.drop(queue)
 
     async def cancel_all(self) -> list[Held]:
-        """Cancel every consumer first, so nothing new arrives; every buffered live delivery."""
+        """Cancel every consumer first, so nothing new arrives; every buffered live delivery.
+
+        A channel that refuses the cancel is closing: aiormq closes a channel whose RPC was
+        cancelled (a worker told to stop while its consumer declared or consumed a key queue),
+        and refuses further RPCs on it before the server confirms the close. Its deliveries
+        return to their queues with it, so they are not handed back (that would duplicate them).
+        """
+        closing: set[AbstractChannel] = set()
         for raw, tag in [*self.consumers.values(), *self.keyed.values()]:
-            if not raw.is_closed:
+            if raw.is_closed or raw in closing:
+                continue
+            try:
                 await raw.basic_cancel(tag)
+            except (AMQPError, ChannelInvalidStateError) as exc:
+                log.debug("cannot cancel consumer %s (%s); its channel closes", tag, exc)
+                closing.add(raw)
         self.consumers.clear()
         self.keyed.clear()
-        held = [item for heap in self._buffers.values() for item in heap if not stale(item[3])]
+        held = [
+            item
+            for heap in self._buffers.values()
+            for item in heap
+            if not stale(item[3]) and item[3].channel not in closing
+        ]
         self._buffers.clear()
         return held
 
