@@ -437,10 +437,11 @@ class FairConsumer:
         except (AMQPError, OSError, RuntimeError) as exc:  # the channel closes anyway
             log.debug("fairness: stop consuming key queues: %s", redact(repr(exc)))
         if queue is None and self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
-            self._sweeper = None
+            sweeper, self._sweeper = self._sweeper, None
+            sweeper.cancel()
+            await asyncio.wait([sweeper])  # a cancel of this caller still propagates
+            if not sweeper.cancelled() and sweeper.exception() is not None:
+                log.warning("fairness key queue sweeper had failed: %r", sweeper.exception())
         if queue is None:
             with contextlib.suppress(AMQPError, OSError, RuntimeError):
                 await self._probe.close()
@@ -462,7 +463,8 @@ class FairConsumer:
             await asyncio.sleep(min(self.idle / 2, PARK_CHECK_S))
             try:
                 await self.sweep()
-            except (AiotaskError, AMQPError, OSError, TimeoutError) as exc:
+            # RuntimeError: aiormq's ChannelInvalidStateError (a channel closing under us)
+            except (AiotaskError, AMQPError, OSError, TimeoutError, RuntimeError) as exc:
                 log.debug("fairness key queue sweep failed: %s", redact(repr(exc)))
 
     async def sweep(self) -> None:

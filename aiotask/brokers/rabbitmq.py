@@ -138,7 +138,8 @@ class RabbitMQBroker:
                 async with asyncio.timeout(_CLOSE_HANDBACK_TIMEOUT):
                     await self._hand_back(await self._con.cancel_all())
                     await self._fair.stop()
-            except (AiotaskError, AMQPError, OSError, TimeoutError) as exc:
+            # RuntimeError: aiormq's ChannelInvalidStateError (a channel closing under us)
+            except (AiotaskError, AMQPError, OSError, TimeoutError, RuntimeError) as exc:
                 log.debug(
                     "hand-back on close failed (%s); the server requeues them", redact(repr(exc))
                 )

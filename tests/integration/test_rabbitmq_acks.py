@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from aiotask.brokers._rabbitmq_delivery import held
 from aiotask.exceptions import BrokerConnectionError
 from tests.integration.test_rabbitmq_broker import (  # fixtures and helpers, no tests
     broker,
@@ -87,3 +88,72 @@ async def test_a_consumer_cancelled_by_the_server_consumes_again(
     [again] = await waiting
     assert again.message_id == "m1"
     await broker.ack([again])
+
+
+async def test_close_while_the_consume_channel_closes_raises_nothing_and_duplicates_nothing(
+    amqp_url: str,
+    namespace: str,
+    broker: RabbitMQBroker,
+    brokers: list[RabbitMQBroker],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A worker told to stop while its consumer waits for an RPC on the consume channel (a key
+    queue's declare or basic.consume): aiormq closes a channel whose RPC is cancelled, and
+    refuses basic.cancel on it until the server confirms. close() raised that refusal (the
+    worker exited 1, once in CI); the channel's deliveries return with it, once each."""
+    await broker.publish([out(i) for i in range(4)])
+    worker = make(amqp_url, namespace)
+    brokers.append(worker)
+    [first] = await receive_n(worker, 1)  # consuming; the other three are prefetched
+    channel = held(first)[3].channel
+    for turns in range(1, 20):  # cancel the RPC while it waits for its reply
+        rpc = asyncio.ensure_future(channel.basic_qos(prefetch_count=8))
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        rpc.cancel()
+        await asyncio.gather(rpc, return_exceptions=True)
+        if "because RPC call" in caplog.text:
+            break
+    assert "because RPC call" in caplog.text, "no RPC was cancelled while waiting for its reply"
+    assert not channel.is_closed  # closing: the server's close-ok is not read yet
+    await worker.close()
+    back = await receive_n(broker, 4)
+    assert sorted(d.message_id for d in back) == ["m0", "m1", "m2", "m3"]
+    await broker.ack(back)
+    assert await nothing_within(broker, 0.5)
+
+
+async def test_a_receive_cancelled_anywhere_leaves_the_consume_channel_open(
+    amqp_url: str,
+    namespace: str,
+    broker: RabbitMQBroker,
+    brokers: list[RabbitMQBroker],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The consume channel carries every delivery of a worker: a cancelled RPC on it (a worker
+    told to stop while it declared or consumed a queue) made aiormq close it, and the acks of
+    the tasks finishing in the warm shutdown were lost (the tasks ran again elsewhere)."""
+    await broker.publish([out(i, fair_key=key) for i, key in enumerate("aabb")])
+    closed: list[str] = []
+    for turns in range(0, 240, 2):  # cancel the first receive at every point of its work
+        worker = make(amqp_url, namespace)
+        brokers.append(worker)
+        first = asyncio.ensure_future(worker.receive(["q"], 1))
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        first.cancel()
+        await asyncio.gather(first, return_exceptions=True)
+        conn = worker._con.conn
+        consume = conn.transport.connection if conn is not None and conn.transport else None
+        closed += [
+            f"turn {turns}: {r.getMessage()}"
+            for r in caplog.records
+            if r.name == "aiormq.channel"
+            and "because RPC call" in r.msg
+            and isinstance(r.args, tuple)
+            and getattr(r.args[0], "connection", None) is consume
+            and getattr(r.args[0], "number", None) == 1  # the consume channel, not a feed
+        ]
+        caplog.clear()
+        await worker.close()
+    assert not closed
