@@ -133,13 +133,11 @@ async def test_supervisorctl_stop_is_a_warm_shutdown_and_over_grace_hands_back(
             assert await asyncio.to_thread(
                 wait_for, lambda: "short" in marks(tmp_path, "started"), 20
             )
-            stopping = asyncio.ensure_future(
-                asyncio.to_thread(ctl, conf, "stop", "aiotask-worker:*")
-            )
+            stop = asyncio.ensure_future(asyncio.to_thread(ctl, conf, "stop", "aiotask-worker:*"))
             # released once the worker is in its warm shutdown: still running when it began
             assert await asyncio.to_thread(wait_for, lambda: shutting_down(tmp_path) >= 1, 20)
             release(tmp_path, "short")
-            out = await stopping
+            out = await stop
             assert "stopped" in out, out
             assert marks(tmp_path, "finished") == ["short"]
             assert await app.AsyncResult(short.id).get(timeout=5) == "short"
