@@ -323,6 +323,9 @@ class PrivatePostgres:
                         self.directory,
                     ),
                     *("-c", "listen_addresses=127.0.0.1", "-c", "fsync=on"),
+                    # after a crash, one syncfs() of the file system before recovery instead of
+                    # an fsync() per data file (PostgreSQL's default): 0.3 s instead of 2 s here
+                    *("-c", "recovery_init_sync_method=syncfs"),
                 ],
                 stdout=out,
                 stderr=subprocess.STDOUT,

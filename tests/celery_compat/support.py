@@ -69,7 +69,9 @@ CELERY_SIDE = textwrap.dedent(
     @app.task(name="proj.slow")
     def slow(key, seconds):
         counter.hincrby(NS + ":started", key, 1)
-        time.sleep(seconds)
+        deadline = time.monotonic() + seconds  # at most: a test may set NS:release sooner
+        while time.monotonic() < deadline and not counter.exists(NS + ":release"):
+            time.sleep(0.02)
         counter.hincrby(NS + ":runs", key, 1)
         return key
     """
@@ -77,7 +79,7 @@ CELERY_SIDE = textwrap.dedent(
 
 AIOTASK_SIDE = textwrap.dedent(
     """
-    import asyncio, os
+    import asyncio, os, time
     from redis.asyncio import Redis
     from aiotask import App
 
@@ -129,7 +131,9 @@ AIOTASK_SIDE = textwrap.dedent(
     @app.task(name="proj.slow")
     async def slow(key, seconds):
         await counter().hincrby(NS + ":started", key, 1)
-        await asyncio.sleep(seconds)
+        deadline = time.monotonic() + seconds  # at most: a test may set NS:release sooner
+        while time.monotonic() < deadline and not await counter().exists(NS + ":release"):
+            await asyncio.sleep(0.02)
         await counter().hincrby(NS + ":runs", key, 1)
         await counter().hincrby(NS + ":by", "aiotask", 1)
         return key

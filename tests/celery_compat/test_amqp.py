@@ -123,7 +123,8 @@ def test_a_killed_aiotask_workers_unacked_messages_go_to_a_celery_worker(
     apps_dir: Path, namespace: str, amqp_url: str, redis_url: str, celery_queue: str
 ) -> None:
     """kill -9 an aiotask worker mid-task: nothing was acked, RabbitMQ hands the messages to
-    the Celery worker on the same queue, which runs each to the end."""
+    the Celery worker on the same queue, which runs each to the end. The tasks run until the
+    test releases them (after the kill): surely still running when the worker dies."""
     env = env_for(apps_dir, namespace, amqp_url, redis_url)
     counter = Redis.from_url(redis_url, decode_responses=True)
     aiotask_worker = start_aiotask_worker(apps_dir, env, namespace)
@@ -134,7 +135,7 @@ def test_a_killed_aiotask_workers_unacked_messages_go_to_a_celery_worker(
             env,
             """
             for i in range(4):
-                slow.apply_async((str(i), 2), task_id=f"{NS}-{i}", ignore_result=True)
+                slow.apply_async((str(i), 120), task_id=f"{NS}-{i}", ignore_result=True)
             """,
         )
         deadline = time.monotonic() + 60
@@ -143,6 +144,7 @@ def test_a_killed_aiotask_workers_unacked_messages_go_to_a_celery_worker(
         assert counter.hlen(namespace + ":started") == 4  # all four running on aiotask
         aiotask_worker.proc.send_signal(signal.SIGKILL)
         aiotask_worker.proc.wait(30)
+        counter.set(namespace + ":release", 1)  # the runs on Celery finish at once
         celery_worker = start_celery_worker(apps_dir, env, namespace)
         deadline = time.monotonic() + 60
         while counter.hlen(namespace + ":runs") < 4 and time.monotonic() < deadline:

@@ -17,7 +17,7 @@ import pytest
 
 from aiotask import App
 from tests.conftest import REDIS_URL
-from tests.procs import start_worker, stop, worker_env
+from tests.procs import spawn_worker, start_worker, stop, wait_ready, worker_env
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -111,6 +111,21 @@ def start_follower(directory: Path, env: dict[str, str], *args: str) -> subproce
     raise AssertionError(f"aiotask events did not start: {''.join(seen)}{err}")
 
 
+def start_both(
+    directory: Path, env: dict[str, str], follower_args: list[str], worker_args: list[str]
+) -> tuple[subprocess.Popen[str], subprocess.Popen[str]]:
+    """A follower and a worker whose start-ups overlap (each costs about a second of imports
+    and connecting), for tests that need no event from the worker's start-up."""
+    worker = spawn_worker(directory, env, *worker_args)
+    try:
+        return start_follower(directory, env, *follower_args), wait_ready(worker)
+    except BaseException:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+        raise
+
+
 def finish(proc: subprocess.Popen[str], timeout: float = 30) -> list[dict[str, Any]]:
     """Wait for the follower to exit by itself (--limit/--timeout); its JSON lines."""
     out, err = proc.communicate(timeout=timeout)
@@ -124,10 +139,12 @@ async def test_worker_with_events_is_followed_live(
     env = env_for(tmp_path, broker_url, namespace)
     # the task-* events of the three tasks below: 4 + 4 (sent, received, started, succeeded
     # or failed) + 7 (sent, received, started, retried, received, started, succeeded)
-    follower = start_follower(
-        tmp_path, env, "--json", "--type", "task-*", "--limit", "15", "--timeout", "40"
+    follower, worker = start_both(
+        tmp_path,
+        env,
+        ["--json", "--type", "task-*", "--limit", "15", "--timeout", "40"],
+        ["-E", "-n", "evw@test", "-c", "5", "-P", "1"],
     )
-    worker = start_worker(tmp_path, env, "-E", "-n", "evw@test", "-c", "5", "-P", "1")
     try:
         async with producer(broker_url, namespace, events=True) as app:
             ok = await app.send_task("proc.add", args=[2, 3])
@@ -203,8 +220,9 @@ async def test_worker_events_online_heartbeat_offline(
 
 async def test_events_off_writes_nothing(tmp_path: Path, broker_url: str, namespace: str) -> None:
     env = env_for(tmp_path, broker_url, namespace)
-    follower = start_follower(tmp_path, env, "--json", "--timeout", "40")
-    worker = start_worker(tmp_path, env, "-c", "5", "-P", "1")
+    follower, worker = start_both(
+        tmp_path, env, ["--json", "--timeout", "40"], ["-c", "5", "-P", "1"]
+    )
     try:
         async with producer(broker_url, namespace, events=False) as app:
             r = await app.send_task("proc.add", args=[1, 1])

@@ -24,6 +24,18 @@ TASKS = textwrap.dedent(
         await asyncio.sleep(seconds)
         _mark("finished", key)
         return key
+
+    @app.task(name="deploy.hold")
+    async def hold(key: str) -> str:
+        # runs until the test calls release(directory, key), at most 120 s: no timing guess
+        _mark("started", key)
+        gate = os.path.join(LOG, "release-" + key)
+        for _ in range(6000):
+            if os.path.exists(gate):
+                break
+            await asyncio.sleep(0.02)
+        _mark("finished", key)
+        return key
     """
 )
 
@@ -37,6 +49,12 @@ def write_app(directory: Path) -> Path:
 def marks(directory: Path, kind: str) -> list[str]:
     path = directory / "logs" / kind
     return path.read_text().split() if path.exists() else []
+
+
+def release(directory: Path, *keys: str) -> None:
+    """Let the `deploy.hold(key)` tasks finish (at once, when they run later)."""
+    for key in keys:
+        (directory / "logs" / f"release-{key}").touch()
 
 
 ROOT = Path(__file__).resolve().parents[2]

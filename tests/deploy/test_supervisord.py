@@ -3,6 +3,8 @@
 The program section is deploy/supervisor/aiotask-worker.conf with only the site-specific keys
 replaced (command, directory, user, environment, log file); the stop keys are the shipped ones
 except stopwaitsecs, which keeps the shipped rule (shutdown_grace + 15) for a short grace.
+startsecs is 1 instead of the shipped 5: each start (and `supervisorctl start`) waits that
+long for RUNNING, and nothing here depends on it (the sizing test checks the shipped value).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from aiotask import App
-from tests.deploy._apps import DEPLOY, STOP_MARGIN, marks, write_app
+from tests.deploy._apps import DEPLOY, STOP_MARGIN, marks, release, write_app
 
 BIN = Path(sys.executable).parent
 GRACE = 3
@@ -59,6 +61,7 @@ def write_supervisor(tmp: Path, broker: str, extra: str = "") -> Path:
         f'PYTHONPATH="{tmp}",TEST_LOG_DIR="{tmp / "logs"}"'
     )
     program["stopwaitsecs"] = str(GRACE + STOP_MARGIN)
+    program["startsecs"] = "1"
     program["stdout_logfile"] = str(tmp / "worker.log")
     conf["unix_http_server"] = {"file": str(tmp / "supervisor.sock")}
     conf["supervisord"] = {
@@ -109,6 +112,12 @@ def running(conf: Path) -> bool:
     return "RUNNING" in ctl(conf, "status")
 
 
+def shutting_down(tmp: Path) -> int:
+    """How many warm shutdowns the program's log shows so far (one per worker process)."""
+    path = tmp / "worker.log"
+    return path.read_text().count("warm shutdown") if path.exists() else 0
+
+
 async def test_supervisorctl_stop_is_a_warm_shutdown_and_over_grace_hands_back(
     tmp_path: Path,
 ) -> None:
@@ -120,11 +129,15 @@ async def test_supervisorctl_stop_is_a_warm_shutdown_and_over_grace_hands_back(
         assert await asyncio.to_thread(wait_for, lambda: running(conf), 30), ctl(conf, "status")
         async with App("deploy", broker=broker) as app:
             # 1. a task shorter than the grace: finishes, worker exits 0
-            short = await app.send_task("deploy.slow", args=["short", 1.5])
+            short = await app.send_task("deploy.hold", args=["short"])
             assert await asyncio.to_thread(
                 wait_for, lambda: "short" in marks(tmp_path, "started"), 20
             )
-            out = await asyncio.to_thread(ctl, conf, "stop", "aiotask-worker:*")
+            stop = asyncio.ensure_future(asyncio.to_thread(ctl, conf, "stop", "aiotask-worker:*"))
+            # released once the worker is in its warm shutdown: still running when it began
+            assert await asyncio.to_thread(wait_for, lambda: shutting_down(tmp_path) >= 1, 20)
+            release(tmp_path, "short")
+            out = await stop
             assert "stopped" in out, out
             assert marks(tmp_path, "finished") == ["short"]
             assert await app.AsyncResult(short.id).get(timeout=5) == "short"
@@ -132,7 +145,7 @@ async def test_supervisorctl_stop_is_a_warm_shutdown_and_over_grace_hands_back(
 
             # 2. a task longer than the grace: handed back before stopwaitsecs, exit 1 ...
             await asyncio.to_thread(ctl, conf, "start", "aiotask-worker:*")
-            long = await app.send_task("deploy.slow", args=["long", 8.0])
+            long = await app.send_task("deploy.hold", args=["long"])  # held past the grace
             assert await asyncio.to_thread(
                 wait_for, lambda: "long" in marks(tmp_path, "started"), 20
             )
@@ -148,6 +161,7 @@ async def test_supervisorctl_stop_is_a_warm_shutdown_and_over_grace_hands_back(
             assert "grace period over: abandoning 1 running tasks" in worker_log, worker_log
 
             # ... and it runs again, from the start, on the next start
+            release(tmp_path, "long")  # this time it finishes at once
             await asyncio.to_thread(ctl, conf, "start", "aiotask-worker:*")
             assert await app.AsyncResult(long.id).get(timeout=40) == "long"
             assert marks(tmp_path, "started").count("long") == 2
@@ -175,11 +189,18 @@ async def test_workers_2_under_supervisord_stop_warm_with_every_child(tmp_path: 
         ready = lambda: worker_log.exists() and worker_log.read_text().count(" ready") >= 2  # noqa: E731
         assert await asyncio.to_thread(wait_for, ready, 30), worker_log.read_text()
         async with App("deploy", broker=broker) as app:
-            sent = [await app.send_task("deploy.slow", args=[f"k{i}", 1.0]) for i in range(4)]
+            keys = [f"k{i}" for i in range(4)]
+            sent = [await app.send_task("deploy.hold", args=[key]) for key in keys]
             assert await asyncio.to_thread(
                 wait_for, lambda: len(marks(tmp_path, "started")) == 4, 20
             )
-            out = await asyncio.to_thread(ctl, conf, "stop", "aiotask-worker:*")
+            stopping = asyncio.ensure_future(
+                asyncio.to_thread(ctl, conf, "stop", "aiotask-worker:*")
+            )
+            # released once both children are in their warm shutdown, running their tasks
+            assert await asyncio.to_thread(wait_for, lambda: shutting_down(tmp_path) >= 2, 20)
+            release(tmp_path, *keys)
+            out = await stopping
             assert "stopped" in out, out
             assert sorted(marks(tmp_path, "finished")) == [f"k{i}" for i in range(4)]
             assert [await app.AsyncResult(r.id).get(timeout=5) for r in sent] == [

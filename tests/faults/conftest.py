@@ -34,9 +34,7 @@ def redis_server(tmp_path: Path) -> Iterator[PrivateRedis]:
         server.kill()
 
 
-@pytest.fixture
-def postgres_server() -> Iterator[PrivatePostgres]:
-    """A private PostgreSQL cluster (initdb in a temp dir, own port); removed afterwards."""
+def _private_postgres() -> Iterator[PrivatePostgres]:
     if pg_bin("initdb") is None or pg_bin("postgres") is None:
         if REQUIRE_SERVICES:
             pytest.fail(
@@ -49,6 +47,20 @@ def postgres_server() -> Iterator[PrivatePostgres]:
         yield server
     finally:
         server.remove()
+
+
+@pytest.fixture
+def postgres_server() -> Iterator[PrivatePostgres]:
+    """A private PostgreSQL cluster (initdb in a temp dir, own port); removed afterwards."""
+    yield from _private_postgres()
+
+
+@pytest.fixture(scope="module")
+def module_postgres_server() -> Iterator[PrivatePostgres]:
+    """`postgres_server` shared by a module's tests, each in the schema of its namespace: its
+    copy, start and removal cost more than some of the tests. A module that uses it puts the
+    server back as the next test expects it (running, default settings) after each test."""
+    yield from _private_postgres()
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,7 +26,7 @@ from aiotask.worker.settle import Settler
 from tests.procs import StderrTail, lines, start_worker, stop, worker_env, write_tasks
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Sequence
+    from collections.abc import Awaitable, Callable, Iterator, Sequence
 
     from aiotask.brokers.base import Delivery
     from tests.servers import PrivatePostgres
@@ -34,6 +35,30 @@ pytestmark = [pytest.mark.postgres, pytest.mark.slow, pytest.mark.timeout(180)]
 
 #: a lost worker's messages move after this (the default 10 s would only make the test slower)
 FAST_TAKEOVER = {"AIOTASK_WORKER_LOST_AFTER": "3", "AIOTASK_WORKER_HEARTBEAT_INTERVAL": "0.5"}
+
+
+@pytest.fixture
+def postgres_server(module_postgres_server: PrivatePostgres) -> Iterator[PrivatePostgres]:
+    """The module's private server (one copy and start for all its tests), put back after each
+    test as the next expects it, also when the test failed half-way: running, no process
+    stopped, default settings."""
+    server = module_postgres_server
+    yield server
+    if server.proc is None or server.proc.poll() is not None:
+        server.proc = None  # a test failed between a crash and the restart
+        server.start()
+    for pid in _children(server):  # a test failed with the WAL writers stopped
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+    subprocess.run(
+        [
+            *("psql", "-d", server.url, "-q"),
+            *("-c", "ALTER SYSTEM RESET ALL", "-c", "SELECT pg_reload_conf()"),
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        timeout=30,
+    )
 
 
 async def _until(predicate: Callable[[], bool], timeout: float) -> None:
@@ -212,7 +237,8 @@ async def test_server_crash_after_async_acks_redelivers_and_loses_nothing(
 
 
 def _children(server: PrivatePostgres, *names: str) -> list[int]:
-    """PIDs of the server's processes whose title names one of `names` ("walwriter")."""
+    """PIDs of the server's processes whose title names one of `names` ("walwriter"); all of
+    them when no name is given."""
     assert server.proc is not None
     found = []
     for entry in os.listdir("/proc"):
@@ -221,7 +247,7 @@ def _children(server: PrivatePostgres, *names: str) -> list[int]:
                 stat = Path("/proc", entry, "stat").read_text()
                 title = Path("/proc", entry, "cmdline").read_bytes().decode(errors="replace")
                 ppid = int(stat.rsplit(")", 1)[1].split()[1])
-                if ppid == server.proc.pid and any(n in title for n in names):
+                if ppid == server.proc.pid and (not names or any(n in title for n in names)):
                     found.append(int(entry))
     return found
 

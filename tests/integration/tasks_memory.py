@@ -12,6 +12,7 @@ from aiotask.exceptions import Reject, SoftTimeLimitExceeded
 app = App("e2e", broker="memory://", backend="memory://", shutdown_grace=5.0)
 calls: dict[str, int] = {}
 events: list[str] = []
+gates: dict[str, asyncio.Event] = {}
 
 
 class Flaky(Exception):
@@ -55,6 +56,21 @@ async def sleeper(seconds: float, key: str = "") -> str:
     if key:
         calls[key] = calls.get(key, 0) + 1
     return "slept"
+
+
+@app.task
+async def hold(key: str) -> str:
+    """Runs until the test calls release(key): surely still running when the test acts on it,
+    and no longer than the test needs (no task length to guess)."""
+    await gates.setdefault(key, asyncio.Event()).wait()
+    calls[key] = calls.get(key, 0) + 1
+    return "released"
+
+
+def release(*keys: str) -> None:
+    """Let the `hold(key)` tasks finish (at once, when they run later)."""
+    for key in keys:
+        gates.setdefault(key, asyncio.Event()).set()
 
 
 @app.task(time_limit=0.2)

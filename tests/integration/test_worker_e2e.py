@@ -47,6 +47,7 @@ async def broker_kind(request: pytest.FixtureRequest, namespace: str) -> AsyncIt
         url = backend = request.getfixturevalue(f"{request.param}_url")
     t.calls.clear()
     t.events.clear()
+    t.gates.clear()  # events of an earlier test's loop
     original = app.conf
     app.conf = original.replace(broker_url=url, result_backend=backend, key_prefix=namespace)
     app._broker = app._backend = None
@@ -263,27 +264,39 @@ async def test_prefetch_bounds_what_the_worker_holds() -> None:
 
 
 async def test_warm_shutdown_finishes_running_and_hands_back_the_rest() -> None:
+    keys = [f"warm-{i}" for i in range(4)]
     async with start_worker(app, concurrency=2, prefetch=4) as worker:
-        results = await t.sleeper.send_batch([(0.3, f"warm-{i}") for i in range(4)])
-        while len(worker.dispatcher.running) < 2:
+        held = worker.dispatcher.held
+
+        async def release_once_handed_back() -> None:
+            await worker.shutdown.requested.wait()
+            while len(held) > 2:  # the two unstarted go back first: they must not start now
+                await asyncio.sleep(0.01)
+            t.release(*keys)
+
+        results = await t.hold.send_batch([(key,) for key in keys])
+        while len(worker.dispatcher.running) < 2 or len(held) < 4:
             await asyncio.sleep(0.01)
+        releaser = asyncio.create_task(release_once_handed_back())
+    await releaser
     # the block exit was a warm shutdown: two ran to the end, two went back to the queue
     done = [await r.state() for r in results]
     assert done.count("SUCCESS") == 2
     async with start_worker(app):
-        assert [await r.get(timeout=5) for r in results] == ["slept"] * 4
-    assert sum(t.calls.get(f"warm-{i}", 0) for i in range(4)) == 4
+        assert [await r.get(timeout=5) for r in results] == ["released"] * 4
+    assert sum(t.calls.get(key, 0) for key in keys) == 4
 
 
 async def test_cold_shutdown_abandons_running_tasks_for_redelivery() -> None:
     async with start_worker(app) as worker:
-        r = await t.sleeper.send(0.5, "cold-key")
+        r = await t.hold.send("cold-key")
         while not worker.dispatcher.running:
             await asyncio.sleep(0.01)
         worker.shutdown.request(cold=True)
     assert "cold-key" not in t.calls
+    t.release("cold-key")  # its next run finishes at once
     async with start_worker(app):
-        assert await r.get(timeout=5) == "slept"
+        assert await r.get(timeout=5) == "released"
     assert t.calls["cold-key"] == 1
 
 
