@@ -179,6 +179,22 @@ def _kill_9_cluster(server: PrivatePostgres) -> None:
             os.kill(pid, signal.SIGKILL)
     server.proc.wait(20)
     server.proc = None
+    # the children are not ours to wait for: until each is gone (or a zombie), it still holds
+    # the shared memory, and a new postmaster refuses to start ("pre-existing shared memory
+    # block ... is still in use"), as one clean-clone run saw
+    deadline = time.monotonic() + 20
+    while any(_alive(pid) for pid in children):
+        assert time.monotonic() < deadline, "killed server processes did not exit"
+        time.sleep(0.02)
+
+
+def _alive(pid: int) -> bool:
+    """Running (not gone, not a zombie)."""
+    try:
+        stat = Path("/proc", str(pid), "stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 async def test_server_crash_after_async_acks_redelivers_and_loses_nothing(
