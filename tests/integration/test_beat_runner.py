@@ -54,6 +54,21 @@ def every(seconds: float, **kw: object) -> dict[str, Entry]:
     return {"e": Entry(name="e", task="beat.tick", schedule=Every(seconds), **kw)}  # type: ignore[arg-type]
 
 
+async def tick_with_publish_failing(app: App, beat: Beat, why: str) -> None:
+    """One tick of `beat` whose publish fails after its claim (a broker outage, or a beat
+    killed between claim and publish, as far as the store can tell)."""
+
+    async def failing(messages: object, *, confirm: bool = True) -> None:
+        raise BrokerConnectionError(why)
+
+    app.publish = failing  # type: ignore[method-assign]
+    try:
+        with pytest.raises(BrokerConnectionError):
+            await beat.tick()
+    finally:
+        del app.publish
+
+
 async def test_three_beats_send_each_slot_once(app: App) -> None:
     store = MemoryScheduleStore()
     clock = Clock(1000.0)
@@ -122,14 +137,7 @@ async def test_a_slot_whose_beat_died_after_claiming_is_resent_by_another(app: A
     dying = Beat(app, store, every(10), clock=clock, name="dying")
     await dying.tick()  # registers the entry
     clock.t = 1010.0
-
-    async def broken(messages: object, *, confirm: bool = True) -> None:
-        raise BrokerConnectionError("killed between claim and publish")
-
-    app.publish = broken  # type: ignore[method-assign]
-    with pytest.raises(BrokerConnectionError):
-        await dying.tick()
-    del app.publish
+    await tick_with_publish_failing(app, dying, "killed between claim and publish")
     other = Beat(app, store, every(10), clock=clock, name="other")
     clock.t = 1010.5
     await other.tick()
@@ -150,17 +158,9 @@ async def test_a_broker_outage_loses_no_slot_of_a_catch_up_all_entry(app: App) -
     clock = Clock(1000.0)
     beat = Beat(app, store, every(1, catch_up="all"), clock=clock)
     await beat.tick()
-    publish = app.publish
-
-    async def down(messages: object, *, confirm: bool = True) -> None:
-        raise BrokerConnectionError("broker down")
-
-    app.publish = down  # type: ignore[method-assign]
     for t in (1001.0, 1002.0, 1003.0):
         clock.t = t
-        with pytest.raises(BrokerConnectionError):
-            await beat.tick()
-    app.publish = publish  # type: ignore[method-assign]
+        await tick_with_publish_failing(app, beat, "broker down")
     for t in (1004.0, 1004.0, 1005.0):
         clock.t = t
         await beat.tick()
@@ -203,14 +203,7 @@ async def test_a_dead_beats_slot_of_a_frequent_entry_is_resent_not_dropped(app: 
     dying = Beat(app, store, every(1, catch_up="all"), clock=clock, name="dying")
     await dying.tick()
     clock.t = 1001.0
-
-    async def killed(messages: object, *, confirm: bool = True) -> None:
-        raise BrokerConnectionError("killed between claim and publish")
-
-    app.publish = killed  # type: ignore[method-assign]
-    with pytest.raises(BrokerConnectionError):
-        await dying.tick()
-    del app.publish
+    await tick_with_publish_failing(app, dying, "killed between claim and publish")
     other = Beat(app, store, every(1, catch_up="all"), clock=clock, name="other")
     t = 1001.0
     while t < 1001.0 + PENDING_TIMEOUT + 3:

@@ -67,20 +67,28 @@ async def test_an_older_schema_is_brought_forward(postgres_url: str, namespace: 
         await conn.close()
 
 
+async def _broker_schema_at(conn: asyncpg.Connection, s: str, version: int) -> None:
+    """Schema `s` as an older aiotask left it: the broker's first `version` steps applied."""
+    await conn.execute(f"CREATE SCHEMA {s}")
+    await conn.execute(
+        f"CREATE TABLE {s}.schema_versions (component text PRIMARY KEY, "
+        "version integer NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+    )
+    for step in STEPS["broker"][:version]:
+        await conn.execute(step.format(s=s))
+    await conn.execute(
+        f"INSERT INTO {s}.schema_versions VALUES ('broker', $1)",  # noqa: S608
+        version,
+    )
+
+
 async def test_a_broker_at_version_2_gains_fairness(postgres_url: str, namespace: str) -> None:
     """Step 3 (fairness) on a schema an older aiotask made, with messages queued: they keep
     their place (key ''), the claim index is replaced, and keyed messages then take turns."""
     conn = await asyncpg.connect(postgres_url)
     s = f'"{namespace}"'
     try:
-        await conn.execute(f"CREATE SCHEMA {s}")
-        await conn.execute(
-            f"CREATE TABLE {s}.schema_versions (component text PRIMARY KEY, "
-            "version integer NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
-        )
-        for step in STEPS["broker"][:2]:
-            await conn.execute(step.format(s=s))
-        await conn.execute(f"INSERT INTO {s}.schema_versions VALUES ('broker', 2)")  # noqa: S608
+        await _broker_schema_at(conn, s, 2)
         await conn.execute(
             f"INSERT INTO {s}.messages (pkey, message_id, queue, eta, body) "  # noqa: S608
             "SELECT gen_random_uuid(), 'old' || g, 'q', 0, 'x' FROM generate_series(0, 2) g"
@@ -125,14 +133,7 @@ async def test_a_broker_at_version_3_gains_the_claim_functions(
     conn = await asyncpg.connect(postgres_url)
     s = f'"{namespace}"'
     try:
-        await conn.execute(f"CREATE SCHEMA {s}")
-        await conn.execute(
-            f"CREATE TABLE {s}.schema_versions (component text PRIMARY KEY, "
-            "version integer NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
-        )
-        for step in STEPS["broker"][:3]:
-            await conn.execute(step.format(s=s))
-        await conn.execute(f"INSERT INTO {s}.schema_versions VALUES ('broker', 3)")  # noqa: S608
+        await _broker_schema_at(conn, s, 3)
         await conn.execute(
             f"INSERT INTO {s}.messages (pkey, message_id, queue, eta, body, fair_key) "  # noqa: S608
             "SELECT gen_random_uuid(), 'old' || g, 'q', 0, 'x', "
