@@ -31,6 +31,8 @@ if TYPE_CHECKING:
     from aio_pika.abc import AbstractRobustConnection
 
 log = logging.getLogger("aiotask.brokers.rabbitmq")
+#: Closes of abandoned attempts still running after their caller was cancelled (kept referenced).
+_background: set[asyncio.Future[None]] = set()
 
 #: how long a cancelled connection attempt may finish, so that what it opened is closed
 CANCEL_GRACE = 2.0
@@ -116,12 +118,36 @@ async def connect_node(
     try:
         await asyncio.shield(attempt)
     except BaseException:
-        # Cancelled midway, aiormq may hold a half-made connection (socket, reader and writer
-        # tasks) that closing `conn` does not reach: let the attempt end first (briefly: a
-        # worker told to stop must not wait out a connect timeout), then close what it made.
-        if not attempt.done():
-            await asyncio.wait([attempt], timeout=CANCEL_GRACE)
-            attempt.cancel()
-        await conn.close()
+        await _abandon(attempt, conn)
         raise
     return conn
+
+
+async def _abandon(attempt: asyncio.Future[None], conn: AbstractRobustConnection) -> None:
+    """End a failed or cancelled attempt and close `conn`, even if cancelled again meanwhile.
+
+    Cancelled midway, aiormq may hold a half-made connection (socket, reader and writer tasks)
+    that closing `conn` does not reach: the attempt ends first (briefly: a worker told to stop
+    must not wait out a connect timeout), then what it made is closed. A second cancel (a
+    worker stopped twice) only cuts the wait short: the close still runs to its end, in the
+    background if need be.
+    """
+    try:
+        if not attempt.done():
+            await asyncio.wait([attempt], timeout=CANCEL_GRACE)
+    finally:
+        attempt.cancel()
+        await asyncio.shield(_closing(conn))
+
+
+def _closing(conn: AbstractRobustConnection) -> asyncio.Future[None]:
+    closing = asyncio.ensure_future(conn.close())
+    _background.add(closing)
+    closing.add_done_callback(_closed)
+    return closing
+
+
+def _closed(closing: asyncio.Future[None]) -> None:
+    _background.discard(closing)
+    if not closing.cancelled() and closing.exception() is not None:
+        log.debug("closing an abandoned RabbitMQ connection failed: %r", closing.exception())
