@@ -501,6 +501,19 @@ def check_available(fw: Framework) -> str | None:
     return None
 
 
+def compile_bytecode(pythons: set[Path], root: Path = ROOT) -> None:
+    """Write aiotask's and the workloads' bytecode, as pip does for the peers' packages.
+
+    aiotask is installed editable from this tree: where nothing wrote its bytecode (a fresh
+    checkout run with PYTHONDONTWRITEBYTECODE set) every worker start compiled its ~190 modules
+    from source, which left 1.3 MiB more in the idle worker's C heap than an installed aiotask.
+    """
+    for py in sorted(pythons):
+        with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+            argv = [str(py), "-m", "compileall", "-q", "aiotask", "benchmarks"]
+            subprocess.run(argv, cwd=root, capture_output=True, timeout=300, check=False)
+
+
 # ---------------------------------------------------------------- main
 
 
@@ -533,6 +546,7 @@ async def run(plan: Plan, args: argparse.Namespace) -> int:
             unavailable[fw.key] = why
             print(f"[bench] {fw.label}: unavailable - {why}", flush=True)
     runnable = [fw for fw in frameworks if fw.key not in unavailable]
+    compile_bytecode({fw.python for fw in runnable})
     runner = Runner(plan, args.redis_url, args.amqp_url, args.postgres_url)
     cpu_calibration = report.calibrate_cpu()
     measurements: list[Measurement] = []
