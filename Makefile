@@ -91,7 +91,13 @@ lint: $(STAMP)  ## ruff check, format check, and the layer contract
 typecheck: $(STAMP)  ## mypy --strict over aiotask and tests
 	$(BIN)/mypy
 
+# The suite starts hundreds of worker and CLI processes. Where PYTHONDONTWRITEBYTECODE is set
+# (as on CI machines) none writes aiotask's bytecode, so each compiled it again from source:
+# compileall writes it once (it skips files whose bytecode is current).
+PYC := $(BIN)/python -m compileall -q aiotask tests examples
+
 test: lint typecheck docs chromium pgbouncer $(STAMP)  ## lint, typecheck, docs, then the whole test suite (needs Redis and RabbitMQ or skips)
+	$(PYC)
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_XDIST) tests
 
 test-unit: $(STAMP)  ## only the pure unit tests
@@ -111,9 +117,11 @@ test-py313:  ## unit and CLI tests on python3.13 too (skipped, with a message, i
 	  touch $(VENV313)/.installed; \
 	fi; \
 	echo "test-py313: $$($(VENV313)/bin/python --version)"; \
+	$(VENV313)/bin/python -m compileall -q aiotask tests; \
 	$(VENV313)/bin/python -m pytest -q -p no:cacheprovider $(PYTEST_XDIST) tests/unit tests/cli
 
 demo: $(STAMP)  ## a worker and a producer in two processes on the embedded SQLite default
+	$(PYC)
 	$(BIN)/python examples/demo.py
 
 bench: $(BENCH_STAMP)  ## the full benchmark, aiotask vs Celery and peers; writes docs/benchmarks.md
