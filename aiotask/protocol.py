@@ -7,6 +7,7 @@ restored on decode, so a no-argument task is a few dozen bytes. Brokers never lo
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -17,6 +18,18 @@ from aiotask.exceptions import ProtocolError, SerializationError
 VERSION = 1
 
 Payload = Any  # user data: args, kwargs, results
+
+#: the first hex digit of a version-4 UUID's variant field, by the random digit it replaces:
+#: its top two bits set to 10 (RFC 9562), its low two bits kept
+_VARIANT = {d: "89ab"[int(d, 16) & 3] for d in "0123456789abcdef"}
+
+
+def new_id() -> str:
+    """A random message id: the text of a version-4 UUID, as `str(uuid.uuid4())` gives it
+    (122 random bits from os.urandom), in about half the time, without a UUID object on the
+    way. Made once per message sent, where uuid4 was a third of building the message."""
+    h = os.urandom(16).hex()
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
 
 
 @dataclass(slots=True)

@@ -23,7 +23,7 @@ from aiotask.coordination.unique import OPTION_NAMES as COORDINATION_OPTIONS
 from aiotask.coordination.unique import Coordination, KeySpec, OnConflict, Until, signature_of
 from aiotask.coordination.unique import build as build_coordination
 from aiotask.exceptions import ConfigurationError
-from aiotask.protocol import Message
+from aiotask.protocol import Message, new_id
 from aiotask.result import SyncResult
 from aiotask.retry import RetryPolicy
 from aiotask.sync import run_sync
@@ -371,7 +371,7 @@ class Task(Generic[P, R, L]):
             expires_at = to_timestamp(exp)
         elif exp is not None:
             expires_at = now() + exp
-        ident = task_id or str(uuid.uuid4())
+        ident = task_id or new_id()
         return Message(
             id=ident,
             task=self.name,

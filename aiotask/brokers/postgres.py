@@ -56,13 +56,12 @@ TOPIC = "messages"
 MAINTAIN_EVERY = 1.0
 
 
-def pkeys(n: int) -> list[str]:
-    """`n` unique row keys (uuid-sized, as hex, which asyncpg takes for a uuid): the time in
-    ns, 32 random bits, then the index in the batch. Rising keys are appended at the right
-    edge of the unique index instead of touching a random page per row, and building them
-    costs a fiftieth of a `uuid.uuid4()` per message."""
-    head = f"{time.time_ns() & 0xFFFF_FFFF_FFFF_FFFF:016x}{os.urandom(4).hex()}"
-    return [f"{head}{i:08x}" for i in range(n)]
+def key_head() -> str:
+    """The head of a publish's row keys (uuid-sized, as hex, which PostgreSQL casts to a uuid):
+    the time in ns and 32 random bits; the statement appends each row's index in the batch
+    (8 hex digits). Rising keys are appended at the right edge of the unique index instead of
+    touching a random page per row, and the client builds and sends no key per row."""
+    return f"{time.time_ns() & 0xFFFF_FFFF_FFFF_FFFF:016x}{os.urandom(4).hex()}"
 
 
 class PostgresBroker:
@@ -141,18 +140,35 @@ class PostgresBroker:
         if not batch:
             return
         wall = now()
-        rows = (
-            pkeys(len(batch)),
-            [o.message_id for o in batch],
-            [o.queue for o in batch],
-            [clamp_priority(o.priority) for o in batch],
-            [max(o.eta or wall, 0.0) for o in batch],
-            [o.body for o in batch],
-            [o.fair_key for o in batch],  # fairness: see aiotask/_postgres/fair.py
-        )
+        first = batch[0]
+        queue, priority, eta, fair = first.queue, first.priority, first.eta, first.fair_key
+        rows: q.Rows
+        if all(
+            o.queue == queue and o.priority == priority and o.eta == eta and o.fair_key == fair
+            for o in batch
+        ):  # one value each for the whole batch
+            rows = q.Rows(
+                key_head(),
+                [o.message_id for o in batch],
+                [o.body for o in batch],
+                queue,
+                clamp_priority(priority),
+                max(eta or wall, 0.0),
+                fair,  # fairness: see aiotask/_postgres/fair.py
+            )
+        else:
+            rows = q.Rows(
+                key_head(),
+                [o.message_id for o in batch],
+                [o.body for o in batch],
+                [o.queue for o in batch],
+                [clamp_priority(o.priority) for o in batch],
+                [max(o.eta or wall, 0.0) for o in batch],
+                [o.fair_key for o in batch],
+            )
         # Delayed messages notify too: a sleeping consumer recomputes when to look next.
         channel = self._channel if self._opts.listen else ""
-        # Same pkeys on every attempt: a retry after a lost COMMIT reply inserts nothing twice.
+        # Same key head on every attempt: a retry after a lost COMMIT reply inserts nothing twice.
         attempts = itertools.count()
         await self._db.run(
             lambda c: q.insert(c, self._sql, rows, channel, again=next(attempts) > 0), "publish"

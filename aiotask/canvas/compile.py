@@ -18,7 +18,6 @@ step whose completion completes the member (the last task of a chain, a chord's 
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -26,6 +25,7 @@ import orjson
 
 from aiotask.canvas.primitives import Chain, Chord, Group, Signature
 from aiotask.exceptions import ConfigurationError
+from aiotask.protocol import new_id
 
 if TYPE_CHECKING:
     from aiotask.canvas.primitives import Canvas
@@ -92,7 +92,7 @@ class Plan:
 
 # --- freezing ---------------------------------------------------------------------------------
 def _new_id() -> str:
-    return str(uuid.uuid4())
+    return new_id()
 
 
 def freeze(canvas: Canvas) -> Step:

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import hashlib
 import time
+import uuid
 from typing import TYPE_CHECKING
 
 import asyncpg
@@ -277,18 +278,56 @@ async def test_a_worker_without_listen_runs_a_chord(postgres_url: str, namespace
         assert await r.get(timeout=15) == 90
 
 
-def test_row_keys_are_uuids_unique_and_rising() -> None:
-    """A publish's row keys: valid uuids, unique within and across batches, rising (appended
-    at the right edge of the unique index)."""
-    import uuid
-
-    from aiotask.brokers.postgres import pkeys
-
-    batches = [pkeys(300) for _ in range(50)]
-    keys = [uuid.UUID(k) for batch in batches for k in batch]
+async def test_published_rows_have_unique_rising_keys_and_their_own_columns(
+    postgres_url: str, namespace: str
+) -> None:
+    """A publish's row keys (made by the statement from the batch's head and each row's
+    index): valid uuids, unique within and across batches, rising with the row id (appended at
+    the right edge of the unique index). A uniform batch (one queue, priority, eta and fair key,
+    passed once) and a mixed one (a value per row) both store each row's own values."""
+    settings = Settings(broker_url=postgres_url, key_prefix=namespace)
+    broker = broker_from_url(postgres_url, settings, "app")
+    await broker.connect()
+    try:
+        for b in range(20):
+            await broker.publish(
+                [
+                    Outgoing("u", f"u{b}.{i}".encode(), f"u{b}.{i}", 3, 5.0, fair_key="k")
+                    for i in range(300)
+                ]
+            )
+        mixed = [
+            Outgoing(
+                f"q{i % 3}", f"m{i}".encode(), f"m{i}", i % 10, 100.0 + i, fair_key=f"f{i % 2}"
+            )
+            for i in range(7)
+        ]
+        await broker.publish(mixed)
+        await broker.publish(mixed[:1])  # a batch of one is uniform
+        conn = await asyncpg.connect(postgres_url)
+        try:
+            rows = await conn.fetch(
+                f"SELECT pkey::text AS pkey, message_id, queue, priority, eta, body, fair_key "  # noqa: S608
+                f'FROM "{namespace}".messages ORDER BY id'
+            )
+        finally:
+            await conn.close()
+    finally:
+        await broker.close()
+    keys = [r["pkey"] for r in rows]
+    assert len(rows) == 20 * 300 + 7 + 1
     assert len(set(keys)) == len(keys)
-    assert all(batch == sorted(batch) for batch in batches)
-    assert batches[-1][0] > batches[0][-1]
+    assert keys == sorted(keys)
+    assert all(uuid.UUID(k) for k in keys)
+    uniform = [
+        (r["message_id"], r["queue"], r["priority"], r["eta"], r["body"], r["fair_key"])
+        for r in rows[:300]
+    ]
+    assert uniform == [(f"u0.{i}", "u", 3, 5.0, f"u0.{i}".encode(), "k") for i in range(300)]
+    got = [tuple(r)[1:] for r in rows[6000:]]
+    assert got == [
+        (o.message_id, o.queue, o.priority, o.eta, o.body, o.fair_key) for o in [*mixed, mixed[0]]
+    ]
 
 
 @contextlib.asynccontextmanager

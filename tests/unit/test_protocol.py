@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+import uuid
+from collections import Counter
+
 import orjson
 import pytest
 
 from aiotask.exceptions import ProtocolError, SerializationError
-from aiotask.protocol import Message, decode, encode, preview
+from aiotask.protocol import Message, decode, encode, new_id, preview
 
 
 def test_round_trip_keeps_every_field() -> None:
@@ -67,3 +70,25 @@ def test_unencodable_payload_raises_serialization_error() -> None:
 def test_preview_truncates() -> None:
     assert preview(b"x" * 500).endswith("...")
     assert len(preview(b"x" * 500)) < 140
+
+
+def test_new_ids_are_version_4_uuids_in_their_text_form() -> None:
+    """What str(uuid.uuid4()) gives: the same text form, version 4, RFC variant, every other
+    hex digit random (each takes all 16 values over many ids; the variant digit 4 of them)."""
+    ids = [new_id() for _ in range(4000)]
+    assert len(set(ids)) == len(ids)
+    for i in ids:
+        u = uuid.UUID(i)
+        assert str(u) == i
+        assert u.version == 4
+        assert u.variant == uuid.RFC_4122
+    digits = [Counter(i[p] for i in ids) for p in range(36)]
+    for p, seen in enumerate(digits):
+        if p in (8, 13, 18, 23):
+            assert set(seen) == {"-"}
+        elif p == 14:
+            assert set(seen) == {"4"}
+        elif p == 19:
+            assert set(seen) == set("89ab")
+        else:
+            assert set(seen) == set("0123456789abcdef"), p
