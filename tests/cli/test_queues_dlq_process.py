@@ -16,6 +16,10 @@ from tests.conftest import REDIS_URL
 from tests.contract.conftest import delete_prefix
 from tests.procs import lines, run_cli, start_worker, stop, worker_env
 
+# About a dozen CLI processes and a worker per test: on a loaded 2-core machine (load 10-14)
+# one took over the default 60 s, and its unreaped worker then failed the next test.
+pytestmark = pytest.mark.timeout(180)
+
 if TYPE_CHECKING:
     import subprocess
     from collections.abc import AsyncIterator, Awaitable, Callable
