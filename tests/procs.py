@@ -164,10 +164,14 @@ def stop_all(
 
 
 def reap(proc: subprocess.Popen[str], timeout: float = 30) -> int:
-    """Wait for an already signalled worker's exit code; kill it if it hangs (and fail)."""
+    """Wait for an already signalled worker's exit code; kill it if it hangs (and fail).
+
+    Also when the wait is interrupted (pytest-timeout's failure is a BaseException): a worker
+    left running would be reported by the next test on this process, as an unraisable
+    ResourceWarning from its collected Popen."""
     try:
         return proc.wait(timeout)
-    except subprocess.TimeoutExpired:
+    except BaseException:
         proc.kill()
         proc.wait()
         raise
