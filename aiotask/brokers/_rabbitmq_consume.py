@@ -14,11 +14,12 @@ consumes again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import itertools
 import logging
 import uuid
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aio_pika.exceptions import AMQPError, ChannelInvalidStateError
 
@@ -32,7 +33,7 @@ from aiotask.brokers._rabbitmq_reader import DirectDeliveries
 from aiotask.exceptions import BrokerConnectionError
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Sequence
+    from collections.abc import Awaitable, Callable, Coroutine, Sequence
 
     from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection, AbstractRobustQueue
     from aiormq.abc import AbstractChannel, DeliveredMessage
@@ -44,6 +45,8 @@ if TYPE_CHECKING:
     Declare = Callable[[AbstractRobustChannel, str], Awaitable[AbstractRobustQueue]]
 
 log = logging.getLogger("aiotask.brokers.rabbitmq")
+#: Seconds a cancelled receive lets its RPCs on the consume channel finish (see _to_the_end).
+RPC_FINISH_GRACE = 5.0
 
 
 class Consumer:
@@ -96,13 +99,18 @@ class Consumer:
             conn = await open_connection(self._url, self._settings, self._app_name, "consume")
             conn.close_callbacks.add(self._on_connection_lost)
             conn.reconnect_callbacks.add(self._on_reconnected)
-            with map_errors(self._url, "open consume channel"):
-                channel = await conn.channel(publisher_confirms=False)
-                await channel.set_qos(prefetch_count=self._settings.effective_prefetch)
-                if self._shared_prefetch:
-                    await channel.set_qos(
-                        prefetch_count=self._settings.effective_prefetch, global_=True
-                    )
+            try:
+                with map_errors(self._url, "open consume channel"):
+                    channel = await conn.channel(publisher_confirms=False)
+                    await channel.set_qos(prefetch_count=self._settings.effective_prefetch)
+                    if self._shared_prefetch:
+                        await channel.set_qos(
+                            prefetch_count=self._settings.effective_prefetch, global_=True
+                        )
+            except BaseException:  # cancelled (a worker told to stop) or failed: not kept
+                self.closing = True  # no "lost connection" warning for our own close
+                await conn.close()
+                raise
             channel.reopen_callbacks.add(self._on_reopened)
             self.conn, self._channel = conn, channel
         return self._channel
@@ -151,12 +159,14 @@ class Consumer:
             for queue in queues:
                 if queue in self.consumers:
                     continue
-                with map_errors(self._url, f"consume {queue!r}"):
-                    # a robust channel waits for a reconnect: bound it like receive() does
-                    async with asyncio.timeout(self._settings.broker_unreachable_timeout):
-                        declared = await self._declare(channel, queue)
-                        raw, ok = await self._consume(channel, queue, declared.name, None)
-                self.consumers[queue] = (raw, ok)
+                await _to_the_end(self._consume_queue(channel, queue))
+
+    async def _consume_queue(self, channel: AbstractRobustChannel, queue: str) -> None:
+        with map_errors(self._url, f"consume {queue!r}"):
+            # a robust channel waits for a reconnect: bound it like receive() does
+            async with asyncio.timeout(self._settings.broker_unreachable_timeout):
+                declared = await self._declare(channel, queue)
+                self.consumers[queue] = await self._consume(channel, queue, declared.name, None)
 
     async def _consume(
         self, channel: AbstractRobustChannel, queue: str, name: str, source: str | None
@@ -183,10 +193,19 @@ class Consumer:
             if name in self.keyed:
                 return
             channel = await self._open()
-            with map_errors(self._url, f"consume {name!r}"):
-                async with asyncio.timeout(self._settings.broker_unreachable_timeout):
-                    await declare(channel)
-                    self.keyed[name] = await self._consume(channel, queue, name, name)
+            await _to_the_end(self._consume_key(channel, queue, name, declare))
+
+    async def _consume_key(
+        self,
+        channel: AbstractRobustChannel,
+        queue: str,
+        name: str,
+        declare: Callable[[AbstractRobustChannel], Awaitable[object]],
+    ) -> None:
+        with map_errors(self._url, f"consume {name!r}"):
+            async with asyncio.timeout(self._settings.broker_unreachable_timeout):
+                await declare(channel)
+                self.keyed[name] = await self._consume(channel, queue, name, name)
 
     async def cancel_key(self, name: str) -> bool:
         """Stop consuming key queue `name`; False when its channel is gone (nothing to do)."""
@@ -316,3 +335,27 @@ class Consumer:
         self._buffers.clear()
         self._unsettled.clear()
         self.down_since = None
+
+
+async def _to_the_end(work: Coroutine[Any, Any, None]) -> None:
+    """Run RPCs on the consume channel to their end even if the caller is cancelled (briefly).
+
+    aiormq closes a channel whose RPC is cancelled, and the consume channel carries every
+    delivery of the worker: a worker told to stop while it consumed a key queue lost it, with
+    the acks of the tasks still finishing in its warm shutdown (they ran again elsewhere).
+    """
+    task = asyncio.ensure_future(work)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        if not task.done():
+            with contextlib.suppress(asyncio.CancelledError):  # cancelled again: give up
+                await asyncio.wait([task], timeout=RPC_FINISH_GRACE)
+            task.cancel()
+        task.add_done_callback(_retrieved)  # its error, if any, is the cancelled caller's
+        raise
+
+
+def _retrieved(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.debug("consume-channel RPC of a cancelled receive failed: %r", task.exception())

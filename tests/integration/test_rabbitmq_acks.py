@@ -121,3 +121,39 @@ async def test_close_while_the_consume_channel_closes_raises_nothing_and_duplica
     assert sorted(d.message_id for d in back) == ["m0", "m1", "m2", "m3"]
     await broker.ack(back)
     assert await nothing_within(broker, 0.5)
+
+
+async def test_a_receive_cancelled_anywhere_leaves_the_consume_channel_open(
+    amqp_url: str,
+    namespace: str,
+    broker: RabbitMQBroker,
+    brokers: list[RabbitMQBroker],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The consume channel carries every delivery of a worker: a cancelled RPC on it (a worker
+    told to stop while it declared or consumed a queue) made aiormq close it, and the acks of
+    the tasks finishing in the warm shutdown were lost (the tasks ran again elsewhere)."""
+    await broker.publish([out(i, fair_key=key) for i, key in enumerate("aabb")])
+    closed: list[str] = []
+    for turns in range(0, 240, 2):  # cancel the first receive at every point of its work
+        worker = make(amqp_url, namespace)
+        brokers.append(worker)
+        first = asyncio.ensure_future(worker.receive(["q"], 1))
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        first.cancel()
+        await asyncio.gather(first, return_exceptions=True)
+        conn = worker._con.conn
+        consume = conn.transport.connection if conn is not None and conn.transport else None
+        closed += [
+            f"turn {turns}: {r.getMessage()}"
+            for r in caplog.records
+            if r.name == "aiormq.channel"
+            and "because RPC call" in r.msg
+            and isinstance(r.args, tuple)
+            and getattr(r.args[0], "connection", None) is consume
+            and getattr(r.args[0], "number", None) == 1  # the consume channel, not a feed
+        ]
+        caplog.clear()
+        await worker.close()
+    assert not closed
