@@ -49,6 +49,17 @@ log = logging.getLogger("aiotask.brokers.rabbitmq")
 RPC_FINISH_GRACE = 5.0
 
 
+def key_spare(prefetch: int) -> int:
+    """Channel-wide credit beyond `prefetch` once key queues are consumed (classic queues).
+
+    Each consumer stays limited to `prefetch`, so a busy key never takes the spare: it is for
+    the other keys' messages, which are then delivered at once instead of waiting for an ack
+    to free credit and for RabbitMQ to pick, among every blocked key queue, the busy key's
+    queue again (it often did, several times running: docs/rabbitmq.md, "One prefetch").
+    """
+    return max(1, prefetch // 4)
+
+
 class Consumer:
     """The consume connection and channel, its server-side consumers and local buffers."""
 
@@ -88,6 +99,8 @@ class Consumer:
         self._turns: dict[str, int] = {}
         self._taken: dict[str, int] = {}  # queue -> the turn of the last delivery taken
         self._wake: asyncio.Event | None = None
+        #: the underlying channel whose channel-wide prefetch has the key queues' spare credit
+        self._spare_on: AbstractChannel | None = None
         self._lock = asyncio.Lock()
         #: monotonic time the connection was lost; None while it is up
         self.down_since: float | None = None
@@ -99,14 +112,9 @@ class Consumer:
             conn = await open_connection(self._url, self._settings, self._app_name, "consume")
             conn.close_callbacks.add(self._on_connection_lost)
             conn.reconnect_callbacks.add(self._on_reconnected)
-            try:
+            try:  # basic.qos is set by _consume, on each underlying channel before its consumers
                 with map_errors(self._url, "open consume channel"):
                     channel = await conn.channel(publisher_confirms=False)
-                    await channel.set_qos(prefetch_count=self._settings.effective_prefetch)
-                    if self._shared_prefetch:
-                        await channel.set_qos(
-                            prefetch_count=self._settings.effective_prefetch, global_=True
-                        )
             except BaseException:  # cancelled (a worker told to stop) or failed: not kept
                 self.closing = True  # no "lost connection" warning for our own close
                 await conn.close()
@@ -173,14 +181,30 @@ class Consumer:
     ) -> tuple[AbstractChannel, str]:
         raw = await channel.get_underlay_channel()
         if raw not in self._unsettled:
+            await self._qos(raw)
             self._unsettled = {raw: Unsettled()}  # old channels' tags are void
             raw.on_consumer_cancel_callbacks.add(self._on_cancelled)
+        if source is not None and self._shared_prefetch and self._spare_on is not raw:
+            prefetch = self._settings.effective_prefetch
+            await raw.basic_qos(prefetch_count=prefetch + key_spare(prefetch), global_=True)
+            self._spare_on = raw
         on_message = self._callback(queue, self._unsettled[raw], source)
         tag = f"aiotask.{uuid.uuid4().hex}"
         if _rabbitmq_reader.DIRECT:  # called in the channel's reader, no task per delivery
             DirectDeliveries.of(raw).register(tag, on_message)
         ok = await raw.basic_consume(name, on_message, consumer_tag=tag)  # type: ignore[arg-type]
         return raw, ok.consumer_tag or tag
+
+    async def _qos(self, raw: AbstractChannel) -> None:
+        """The prefetch per consumer and, for classic queues, channel-wide, on a new channel.
+
+        Sent on every underlying channel, not once on the robust one: aio-pika restores only
+        the last basic.qos on a reopened channel, which left its consumers without a limit.
+        """
+        prefetch = self._settings.effective_prefetch
+        await raw.basic_qos(prefetch_count=prefetch)
+        if self._shared_prefetch:
+            await raw.basic_qos(prefetch_count=prefetch, global_=True)
 
     async def consume_key(
         self, queue: str, name: str, declare: Callable[[AbstractRobustChannel], Awaitable[object]]
@@ -334,6 +358,7 @@ class Consumer:
         self.keyed.clear()
         self._buffers.clear()
         self._unsettled.clear()
+        self._spare_on = None
         self.down_since = None
 
 

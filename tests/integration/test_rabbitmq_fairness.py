@@ -13,6 +13,7 @@ import pytest
 from aiotask import App
 from aiotask.brokers import Delivery, Outgoing
 from aiotask.brokers import _rabbitmq_fair as fair
+from aiotask.brokers._rabbitmq_delivery import held as held_of
 from aiotask.brokers.rabbitmq import RabbitMQBroker
 from aiotask.exceptions import BrokerConnectionError
 from aiotask.settings import Settings
@@ -261,3 +262,46 @@ async def test_a_failed_follow_is_tried_again_without_a_delivery(make: Make) -> 
     [d] = await receive_all(worker, ["q"], 1, timeout=fair.RETRY_S * 5)
     assert (d.message_id, calls) == ("k0", ["q", "q"])
     await worker.ack([d])
+
+
+async def busy_key_leaves_credit(broker: RabbitMQBroker, tag: str) -> None:
+    """Key a holds the whole prefetch (2, unacked); b's message still arrives at once, and a
+    never gets more than its prefetch (its backlog cannot take the spare)."""
+    await broker.publish([keyed(f"a{tag}", i) for i in range(10)])
+    held = await receive_all(broker, ["q"], 2)
+    await broker.publish([keyed(f"b{tag}", 0)])
+    got = await receive_all(broker, ["q"], 1)  # before: the channel-wide prefetch was full
+    assert [d.message_id for d in got] == [f"b{tag}0"]
+    await asyncio.sleep(0.5)  # room for a wrongly delivered message of a to arrive
+    name = fair.key_queue(broker._names, "q", f"a{tag}")
+    assert broker._con.held(name) == 2
+    await broker.ack([*held, *got])
+
+
+async def test_a_busy_key_leaves_credit_for_another_key(make: Make) -> None:
+    """Classic queues share one channel-wide prefetch; key queues have a spare on top, so
+    another key's message does not wait for an ack and then for RabbitMQ to choose its queue
+    over the busy key's (which it often did not, several times running: issue 18)."""
+    broker = make(prefetch=2)
+    await broker.connect()
+    await busy_key_leaves_credit(broker, "")
+
+
+async def test_a_reopened_consume_channel_keeps_the_prefetch_per_consumer(make: Make) -> None:
+    """aio-pika restores only the last basic.qos on a reopened channel (the channel-wide one):
+    without the per-consumer limit sent again, a busy key took the spare too."""
+    broker = make(prefetch=2)
+    await broker.connect()
+    await broker.publish([keyed("x", 0)])
+    [d] = await receive_all(broker, ["q"], 1)
+    raw = held_of(d)[3].channel
+    await raw.basic_ack(10**6)  # an unknown delivery tag: the server closes the channel
+    for _ in range(100):
+        if broker._con.keyed == {} and raw.is_closed:
+            break
+        await asyncio.sleep(0.05)
+    assert raw.is_closed
+    [again] = await receive_all(broker, ["q"], 1, timeout=10)  # consumed again, redelivered
+    assert held_of(again)[3].channel is not raw
+    await broker.ack([again])
+    await busy_key_leaves_credit(broker, "r")
