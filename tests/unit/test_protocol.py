@@ -67,3 +67,35 @@ def test_unencodable_payload_raises_serialization_error() -> None:
 def test_preview_truncates() -> None:
     assert preview(b"x" * 500).endswith("...")
     assert len(preview(b"x" * 500)) < 140
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"v": 1, "id": "a", "task": "t", "root_id": "a", "args": "notalist"}',
+        b'{"v": 1, "id": "a", "task": "t", "root_id": "a", "retries": true}',
+        b'{"v": 1, "id": "a", "task": "t", "root_id": 5}',
+        b'{"v": 1, "id": "a", "task": "t", "root_id": "a", "headers": {"h": 1}}',
+    ],
+)
+def test_a_sent_shape_is_still_checked(body: bytes) -> None:
+    """The short path for what send() carries (v, id, task, root_id, args) checks the rest."""
+    with pytest.raises(ProtocolError):
+        decode(body)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"root_id": "r"},
+        {"root_id": "r", "args": [1, {"x": 2}]},
+        {"root_id": None},
+        {"root_id": "r", "kwargs": {"k": 1}},
+        {"root_id": "r", "future_field": [1]},
+        {"root_id": "r", "args": [1], "retries": 2},
+    ],
+)
+def test_a_sent_shape_decodes_to_the_same_message(data: dict[str, object]) -> None:
+    body = orjson.dumps({"v": 1, "id": "a", "task": "t", **data})
+    known = {k: v for k, v in data.items() if k != "future_field" and v is not None}
+    assert decode(body) == Message("a", "t", **known)  # type: ignore[arg-type]
