@@ -103,6 +103,6 @@ def start(coro: Coroutine[Any, Any, Any], loop: asyncio.AbstractEventLoop) -> as
     finally:
         if caller is not None:
             _enter(loop, caller)
-    if not task.done():
+    if task._state == _PENDING:  # not done (done() is a Python call on this Task)
         _register(task)  # asyncio.all_tasks() sees it, as it sees any pending Task
     return task
