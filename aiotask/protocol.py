@@ -167,6 +167,19 @@ def from_dict(data: dict[Any, Any], body: bytes = b"") -> Message:
     ident, task = data.get("id"), data.get("task")
     if not isinstance(ident, str) or not ident or not isinstance(task, str) or not task:
         raise ProtocolError(f"message lacks a string 'id' or 'task': {preview(body)}")
+    if type(root := data.get("root_id")) is str:
+        # what a plain send() carries: v, id, task, root_id and maybe args; the loop below
+        # would keep just these (~6,000 instructions less per received message)
+        size = len(data)
+        if size == 4:
+            return Message(ident, task, root_id=root)
+        if size == 5 and type(args := data.get("args")) is list:
+            return Message(ident, task, args, root_id=root)
+    return Message(ident, task, **_values(data))
+
+
+def _values(data: dict[Any, Any]) -> dict[str, Any]:
+    """The envelope's known fields, each type-checked (None and unknown fields left out)."""
     values: dict[str, Any] = {}
     for name, value in data.items():
         expected = _TYPES.get(name)
@@ -181,7 +194,7 @@ def from_dict(data: dict[Any, Any], body: bytes = b"") -> Message:
         values[name] = value
     if "kwargs" in values or "headers" in values or "eta" in values or "expires" in values:
         _check_values(values)
-    return Message(ident, task, **values)
+    return values
 
 
 def _check_values(values: dict[str, Any]) -> None:

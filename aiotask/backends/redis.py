@@ -30,7 +30,7 @@ from aiotask.backends.base import (
     decode_record,
 )
 from aiotask.exceptions import BrokerConnectionError, ResultTimeout
-from aiotask.states import FAILURE, SUCCESS
+from aiotask.states import FAILURE, READY_STATES, SUCCESS
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -179,11 +179,21 @@ class RedisBackend:
         """One script call for the batch: first ready writer wins; ready records are published."""
         if not results:
             return
-        args: list[bytes | int] = []
+        # per result: its key, then its flagged bytes and TTL in ms (the same bulk strings
+        # as `_key`, `ready` and `_ms` give, built inline: this runs once per task)
+        keys: list[str] = []
+        args: list[bytes] = []
+        prefix = self._key("")
+        ttl, ms = None, b""
         for r in results:
-            args += (b"1" + r.data if r.ready else b"0" + r.data, _ms(r.ttl))
-        keys = [self._key(r.task_id) for r in results]
+            if r.ttl != ttl:
+                ttl, ms = r.ttl, b"%d" % _ms(r.ttl)
+            keys.append(prefix + r.task_id)
+            args += (b"1" + r.data if r.state in READY_STATES else b"0" + r.data, ms)
         async with self._guard():
+            if not cluster.is_cluster(self._redis):
+                await self._script(0)(keys=keys, args=args)
+                return
             # one call per slot on a cluster, all in flight at once (each goes to its node)
             await asyncio.gather(
                 *(

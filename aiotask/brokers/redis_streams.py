@@ -432,9 +432,12 @@ class RedisStreamsBroker:
 
     def _by_stream(self, deliveries: Sequence[Delivery]) -> dict[str, list[bytes]]:
         by: dict[str, list[bytes]] = {}
-        for d in deliveries:
-            stream, entry_id = _token(d)
-            by.setdefault(stream, []).append(entry_id)
+        for d in deliveries:  # once per task: no _token() call, no list per setdefault
+            token: tuple[str, bytes] = d.token  # type: ignore[assignment]
+            ids = by.get(token[0])
+            if ids is None:
+                ids = by[token[0]] = []
+            ids.append(token[1])
         return by
 
     async def ack(self, deliveries: Sequence[Delivery]) -> None:

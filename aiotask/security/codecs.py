@@ -62,8 +62,13 @@ def loads(body: bytes, serializer: str) -> dict[Any, Any]:
     else:
         data = _loads_pickle(body)
     if not isinstance(data, dict):
-        raise ProtocolError(f"message is not an object ({type(data).__name__})")
+        raise not_an_object(data)
     return data
+
+
+def not_an_object(data: object) -> ProtocolError:
+    """The error for decoded envelope data that is not a mapping."""
+    return ProtocolError(f"message is not an object ({type(data).__name__})")
 
 
 def loads_json(body: bytes) -> object:

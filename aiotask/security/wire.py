@@ -230,7 +230,7 @@ class Wire:
                 raise Refused(UNDECODABLE, f"unknown frame version {body[3:4]!r}")
             if self.keyring is not None:
                 raise Refused(BAD_SIGNATURE, "unsigned message (signing keys are configured)")
-            return _parse(body, codecs.JSON)
+            return _parse_json(body)
         return self._frame(body)
 
     def _frame(self, body: bytes) -> Message:
@@ -321,6 +321,20 @@ def _parse_signed(payload: bytes) -> Message:
         return protocol.from_dict(data, payload)
     except ProtocolError as exc:
         raise Refused(UNDECODABLE, str(exc)) from None
+
+
+def _parse_json(payload: bytes) -> Message:
+    """`_parse(payload, codecs.JSON)` for the plain path (once per received message): the
+    same checks and errors, without the serializer dispatch of codecs.loads."""
+    try:
+        data = codecs.loads_json(payload)
+        if not isinstance(data, dict):
+            raise codecs.not_an_object(data)
+        return protocol.from_dict(data, payload)
+    except ProtocolError as exc:
+        raise Refused(UNDECODABLE, str(exc)) from None
+    except RecursionError:
+        raise Refused(UNDECODABLE, "nested too deeply") from None
 
 
 def _parse(payload: bytes, serializer: str) -> Message:

@@ -25,7 +25,7 @@ from asyncio import futures, tasks
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from collections.abc import Coroutine
+    from collections.abc import Callable, Coroutine
 
     _PyTask = asyncio.Task[Any]
 else:
@@ -39,9 +39,15 @@ _enter, _leave, _register = tasks._enter_task, tasks._leave_task, tasks._registe
 _current: dict[asyncio.AbstractEventLoop, asyncio.Task[Any]] = (
     {} if _NATIVE else tasks._current_tasks  # type: ignore[attr-defined]
 )
+#: loop -> its running Task, asyncio.current_task() without its Python call on 3.11 (a C dict
+#: lookup); None on 3.12+, where asyncio.current_task is C already
+running: Callable[[asyncio.AbstractEventLoop], asyncio.Task[Any] | None] | None = (
+    None if _NATIVE else _current.get
+)
 #: asyncio's own task numbering (the names are Task-1, Task-2, ... as for any Task)
 _next_name = tasks._task_name_counter  # type: ignore[attr-defined]
 _future_init = futures._PyFuture.__init__  # type: ignore[attr-defined]
+_PENDING = futures._PENDING  # type: ignore[attr-defined]
 
 
 class EagerTask(_PyTask):
@@ -54,13 +60,23 @@ class EagerTask(_PyTask):
         context: contextvars.Context,
     ) -> None:
         # asyncio.Task.__init__ minus its call_soon(first step); _register_task only if it waits
-        _future_init(self, loop=loop)
+        if loop.get_debug():  # Future.__init__ (it records where the Future was made)
+            _future_init(self, loop=loop)
+        else:  # Future.__init__ without its call: the rest are class attributes
+            self._loop = loop  # type: ignore[misc]
+            self._callbacks: list[Any] = []
         self._name: str | None = None  # numbered when asked (get_name): most never are
         self._num_cancels_requested = 0
         self._must_cancel = False
         self._fut_waiter = None
         self._coro = coro
         self._context = context
+
+    def __del__(self) -> None:
+        # Task.__del__ and Future.__del__ (two Python calls per task) only log a Task
+        # destroyed pending or an exception nobody retrieved: called for those alone
+        if self._state == _PENDING or self._Future__log_traceback:  # type: ignore[attr-defined]
+            super().__del__()
 
     def get_name(self) -> str:
         if self._name is None:
@@ -87,6 +103,6 @@ def start(coro: Coroutine[Any, Any, Any], loop: asyncio.AbstractEventLoop) -> as
     finally:
         if caller is not None:
             _enter(loop, caller)
-    if not task.done():
+    if task._state == _PENDING:  # not done (done() is a Python call on this Task)
         _register(task)  # asyncio.all_tasks() sees it, as it sees any pending Task
     return task

@@ -155,25 +155,35 @@ class Dispatcher:
         revoked = message.id in self.executor.revoked
         if not revoked:
             task = self.tasks.get(message.task)
-            try:
-                limits = _limits(task, message) if task is not None else NO_LIMITS
-            except Exception as exc:  # a user's key callable: this message can never start
-                self._unusable_limits(delivery, message, f"its limit key failed: {exc!r}")
-                return
-            if limits.rate is not None and limits.scope != "global":
-                delay = self.limiter.reserve(limits.rate_key, limits.rate)
-                if delay > 0:
-                    loop = asyncio.get_running_loop()
-                    timer = loop.call_later(delay, self._undefer, delivery, message, limits)
-                    self.deferred[delivery] = timer
+            if task is not None:
+                o = task.options  # no limits and no headers (the common case): no calls
+                limited = o.rate_limit is not None or o.concurrency_limit is not None
+                if (limited or message.headers) and self._held(delivery, message, task):
                     return
-            if limits.coordinated:
-                self._gate(delivery, message, limits)
-                return
         if len(self.running) < self.concurrency:
             self._start(delivery, message, revoked)
         else:
             self.buffer.append((delivery, message, revoked))
+
+    def _held(self, delivery: Delivery, message: Message, task: Task[..., object]) -> bool:
+        """Deferred for its rate limit, gated, or dead-lettered (its limit key failed): True;
+        False when it may start now."""
+        try:
+            limits = _limits(task, message)
+        except Exception as exc:  # a user's key callable: this message can never start
+            self._unusable_limits(delivery, message, f"its limit key failed: {exc!r}")
+            return True
+        if limits.rate is not None and limits.scope != "global":
+            delay = self.limiter.reserve(limits.rate_key, limits.rate)
+            if delay > 0:
+                loop = asyncio.get_running_loop()
+                timer = loop.call_later(delay, self._undefer, delivery, message, limits)
+                self.deferred[delivery] = timer
+                return True
+        if limits.coordinated:
+            self._gate(delivery, message, limits)
+            return True
+        return False
 
     def _refuse(self, delivery: Delivery, exc: Refused) -> None:
         """A body that must not run (bad signature, too large, undecodable): dead-lettered
@@ -285,7 +295,8 @@ class Dispatcher:
 
     def _outcome(self, delivery: Delivery, task: asyncio.Task[Settlement]) -> None:
         """A finished task: free its slot and hand its settlement to the settler."""
-        self.gates.finished(delivery)  # its concurrency slot, if any, is free again
+        if self.gates.slots:  # its concurrency slot, if any, is free again
+            self.gates.finished(delivery)
         try:  # one call on the common path (not cancelled(), exception() and result())
             settlement = task.result()
         except asyncio.CancelledError:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from asyncio import get_running_loop
 from typing import TYPE_CHECKING, Any
 
 from aiotask._event_types import TASK_STARTED, TASK_SUCCEEDED, EventType
@@ -27,6 +28,7 @@ from aiotask.serializer import exception_to_info
 from aiotask.states import FAILURE, RETRY, REVOKED, SUCCESS, State
 from aiotask.worker import _probe
 from aiotask.worker._coordination import Gate, Verdict, coordinated
+from aiotask.worker._eager import running as _running
 from aiotask.worker._limits import SoftLimited
 from aiotask.worker.outcome import (
     Failed,
@@ -108,7 +110,7 @@ class Executor:
     ) -> Coroutine[Any, Any, Settlement]:
         """Run one delivery whose body the dispatcher already decoded (once) into `message`.
         Returns the coroutine itself in the common case (one coroutine less per task)."""
-        if not coordinated(message):
+        if not message.headers or not coordinated(message):  # no headers: no call
             return self._execute(delivery, message, revoked)
         return self._coordinated(delivery, message, revoked)
 
@@ -121,12 +123,17 @@ class Executor:
         revoked = revoked or message.id in self.revoked
         if revoked or (message.expires is not None and now() > message.expires):
             return self._skip(delivery, message, revoked)
-        if CHORD_BODY_HEADER in message.headers and await self._body_already_ran(delivery, message):
+        headers = message.headers
+        if (
+            headers
+            and CHORD_BODY_HEADER in headers
+            and await self._body_already_ran(delivery, message)
+        ):
             return Settlement(delivery)
         task = self.app.tasks.get(message.task)
         if task is None:
             return self._unknown(delivery, message)
-        if coordinated(message):
+        if headers and coordinated(message):
             verdict = await self.gate.before(message, task)
             if verdict is Verdict.SUPERSEDED:
                 return self._skip(delivery, message, True)
@@ -190,7 +197,7 @@ class Executor:
         )
         token = current_task.set(ctx)
         started = time.perf_counter()
-        this = asyncio.current_task()
+        this = _running(get_running_loop()) if _running is not None else asyncio.current_task()
         if this is not None:
             self.running[message.id] = this
         try:
@@ -277,17 +284,19 @@ class Executor:
             _outcome_event(self.events, delivery, message, outcome, elapsed)
         if self.probe is not None:
             self.probe.finished(delivery, message, _STATES[type(outcome)], elapsed)
+        if isinstance(outcome, Succeeded):  # the common case: no match (a class pattern)
+            if log.isEnabledFor(logging.INFO):
+                log.info(
+                    "task %s[%s] succeeded in %.4fs",
+                    name,
+                    ident,
+                    elapsed,
+                    extra={"task_name": name, "task_id": ident},
+                )
+            if message.ignore_result and message.chord is None:  # _final, inlined
+                return Settlement(delivery)
+            return self._record(delivery, message, SUCCESS, outcome.value, None)
         match outcome:
-            case Succeeded(value):
-                if log.isEnabledFor(logging.INFO):
-                    log.info(
-                        "task %s[%s] succeeded in %.4fs",
-                        name,
-                        ident,
-                        elapsed,
-                        extra={"task_name": name, "task_id": ident},
-                    )
-                return self._final(delivery, message, SUCCESS, value, None)
             case Retrying(decision):
                 log.warning(
                     "task %s[%s] retry %d in %.1fs: %r",
@@ -409,7 +418,7 @@ class Executor:
             )
             stored = EncodedResult.of(failed, self.ttl, self.result_keyring)
             return Settlement(delivery, store=stored, store_error=err)
-        return Settlement(delivery, store=stored)
+        return Settlement(delivery, "ack", stored)  # positional: ~1,000 instructions less
 
 
 async def _limited(coro: Awaitable[Any], limit: float, what: str) -> Any:

@@ -361,7 +361,10 @@ class Settler:
             await self.app.broker.nack(requeue, requeue=True)
 
     async def _dead(self, flush: _Flush) -> None:
-        dead = sorted((s for s in flush.batch if s.action == "dead"), key=lambda s: s.reason)
+        dead = [s for s in flush.batch if s.action == "dead"]  # a list: no generator step per item
+        if not dead:
+            return
+        dead.sort(key=lambda s: s.reason)
         for reason, group in groupby(dead, key=lambda s: s.reason):
             if reason in flush.dead_done:
                 continue

@@ -92,3 +92,35 @@ def test_new_ids_are_version_4_uuids_in_their_text_form() -> None:
             assert set(seen) == set("89ab")
         else:
             assert set(seen) == set("0123456789abcdef"), p
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"v": 1, "id": "a", "task": "t", "root_id": "a", "args": "notalist"}',
+        b'{"v": 1, "id": "a", "task": "t", "root_id": "a", "retries": true}',
+        b'{"v": 1, "id": "a", "task": "t", "root_id": 5}',
+        b'{"v": 1, "id": "a", "task": "t", "root_id": "a", "headers": {"h": 1}}',
+    ],
+)
+def test_a_sent_shape_is_still_checked(body: bytes) -> None:
+    """The short path for what send() carries (v, id, task, root_id, args) checks the rest."""
+    with pytest.raises(ProtocolError):
+        decode(body)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"root_id": "r"},
+        {"root_id": "r", "args": [1, {"x": 2}]},
+        {"root_id": None},
+        {"root_id": "r", "kwargs": {"k": 1}},
+        {"root_id": "r", "future_field": [1]},
+        {"root_id": "r", "args": [1], "retries": 2},
+    ],
+)
+def test_a_sent_shape_decodes_to_the_same_message(data: dict[str, object]) -> None:
+    body = orjson.dumps({"v": 1, "id": "a", "task": "t", **data})
+    known = {k: v for k, v in data.items() if k != "future_field" and v is not None}
+    assert decode(body) == Message("a", "t", **known)  # type: ignore[arg-type]
