@@ -126,7 +126,7 @@ async def test_dead_letter_list_show_replay_purge_from_the_command_line(
     amqp = env["AIOTASK_BROKER_URL"].startswith("amqp")
     worker = start_worker(directory, env, "-Q", "default,routed", "-c", "4")
     try:
-        ids = []
+        ids: list[str] = []
         for run in (cli, here):  # one real process, one in-process
             x = len(ids) + 1
             code, out, err = await run(
