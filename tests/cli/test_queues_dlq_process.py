@@ -19,7 +19,16 @@ import pytest
 from aiotask import App
 from tests.conftest import REDIS_URL
 from tests.contract.conftest import delete_prefix
-from tests.procs import lines, run_cli, run_cli_here, start_worker, stop, worker_env
+from tests.procs import (
+    StderrTail,
+    lines,
+    run_cli,
+    run_cli_here,
+    spawn_worker,
+    start_worker,
+    stop,
+    worker_env,
+)
 
 if TYPE_CHECKING:
     import subprocess
@@ -222,11 +231,13 @@ async def supervise(
     """Start a worker again each time the poison kills it; returns the one that survives.
 
     Survival is `survived()` turning true (the message was dead-lettered, or ran) while the
-    worker lives, polled: no fixed wait to tell a survivor from a worker about to crash.
+    worker lives, polled: no fixed wait to tell a survivor from a worker about to crash. Not
+    waiting for "ready": the poison may kill a start before it says so (on SQLite it did).
     """
     for _ in range(runs):
-        proc = await asyncio.to_thread(start_worker, directory, env, "-c", "1", "--prefetch", "1")
-        deadline = time.monotonic() + 15
+        proc = spawn_worker(directory, env, "-c", "1", "--prefetch", "1")
+        StderrTail(proc)  # read all along: nobody else reads the pipe
+        deadline = time.monotonic() + 45  # its start-up included
         while proc.poll() is None and time.monotonic() < deadline:
             if await survived():
                 return proc
