@@ -2,6 +2,11 @@
 
 AMQP keeps no results: there the registry and the control channel live in the Redis result
 backend (Redis pub/sub), which is what these tests check for RabbitMQ.
+
+The workers are always real processes. Each command family (status, inspect, control) runs as
+a real `python -m aiotask` process on every broker (`run_cli`, `cli_many`); the other commands,
+whose subject is what they say, run the same entry point in-process (`run_cli_here`,
+`cli_json`): a process start is ~0.3 s of CPU, and this file ran ~60 of them.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from tests.procs import (
     lines,
     release,
     run_cli,
+    run_cli_here,
     spawn_worker,
     start_worker,
     stop,
@@ -74,7 +80,8 @@ def env_for(directory: Path, url: str, namespace: str) -> dict[str, str]:
 
 
 def cli_json(directory: Path, env: dict[str, str], *argv: str) -> tuple[int, Any]:
-    return parsed(run_cli(directory, env, *argv, *APP, "--json"))
+    """`aiotask ARGV -A ... --json` in-process: its exit code and parsed output."""
+    return parsed(run_cli_here(directory, env, *argv, *APP, "--json"))
 
 
 def parsed(done: subprocess.CompletedProcess[str]) -> tuple[int, Any]:
@@ -127,27 +134,28 @@ async def test_status_inspect_control_on_a_worker_process(
             code, stats = cli_json(tmp_path, env, "inspect", "stats")
             assert code == 0 and stats["w1"]["active"] == 1 and stats["w1"]["pid"] == proc.pid
 
-            done = run_cli(tmp_path, env, "control", *APP, "rate-limit", "proc.add", "50/s")
+            done = run_cli_here(tmp_path, env, "control", *APP, "rate-limit", "proc.add", "50/s")
             assert done.returncode == 0 and "-> w1: OK" in done.stdout, done.stderr
-            done = run_cli(tmp_path, env, "control", *APP, "add-consumer", "extra", "-d", "w1")
+            done = run_cli_here(tmp_path, env, "control", *APP, "add-consumer", "extra", "-d", "w1")
             assert done.returncode == 0, done.stderr
             extra = await app.send_task("proc.add", args=[20, 22], queue="extra")
             assert await extra.get(timeout=20) == 42  # the worker now reads "extra"
-            done = run_cli(tmp_path, env, "control", "cancel-consumer", "extra", *APP)
+            done = run_cli_here(tmp_path, env, "control", "cancel-consumer", "extra", *APP)
             assert done.returncode == 0 and "no longer consuming extra" in done.stdout
             code, grown = cli_json(tmp_path, env, "control", "pool-grow", "3", "-d", "w1")
             assert (code, grown) == (0, {"w1": {"ok": "concurrency 4 -> 7"}})
             code, stats = cli_json(tmp_path, env, "inspect", "stats")
             assert code == 0 and stats["w1"]["concurrency"] == 7, stats
-            done = run_cli(tmp_path, env, "control", *APP, "pool-shrink", "10")
+            done = run_cli_here(tmp_path, env, "control", *APP, "pool-shrink", "10")
             assert done.returncode == 0 and "concurrency 7 -> 1" in done.stdout, done.stdout
 
+            # a real process: the control family's (status and inspect: the four above)
             done = run_cli(tmp_path, env, "control", *APP, "shutdown", "-d", "w1")
             assert done.returncode == 0 and "shutting down" in done.stdout, done.stderr
             release(tmp_path, "s1")
             assert await slow.get(timeout=20) == "s1"  # warm: the running task finished
         assert proc.wait(30) == 0
-        done = run_cli(tmp_path, env, "status", *APP)
+        done = run_cli_here(tmp_path, env, "status", *APP)
         assert done.returncode == 0 and "no workers in the registry" in done.stdout
     finally:
         stop(proc)
@@ -160,13 +168,14 @@ async def test_bad_input_and_a_lost_worker(tmp_path: Path, broker_url: str, name
     env = env_for(tmp_path, broker_url, namespace)
     proc = start_worker(tmp_path, env, "-n", "w1", "-c", "2")
     try:
-        nobody, everything, fast, nope = cli_many(
-            tmp_path,
-            env,
-            ("inspect", "ping", *APP, "-d", "nobody"),
-            ("inspect", "everything", *APP),
-            ("control", *APP, "rate-limit", "proc.add", "fast"),
-            ("control", *APP, "rate-limit", "proc.nope", "1/s"),
+        nobody, everything, fast, nope = (
+            run_cli_here(tmp_path, env, *argv)
+            for argv in (
+                ("inspect", "ping", *APP, "-d", "nobody"),
+                ("inspect", "everything", *APP),
+                ("control", *APP, "rate-limit", "proc.add", "fast"),
+                ("control", *APP, "rate-limit", "proc.nope", "1/s"),
+            )
         )
         assert nobody.returncode == 2 and "unknown worker(s) nobody; known: w1" in nobody.stderr
         assert everything.returncode == 2 and "unknown inspect command" in everything.stderr
@@ -180,7 +189,7 @@ async def test_bad_input_and_a_lost_worker(tmp_path: Path, broker_url: str, name
                 await backend.broadcast(junk)
         assert cli_json(tmp_path, env, "inspect", "ping") == (0, {"w1": "pong"})
         assert proc.poll() is None  # malformed control messages never stop a worker
-        done = run_cli(tmp_path, env, "status", *APP, "--local")
+        done = run_cli_here(tmp_path, env, "status", *APP, "--local")
         assert done.returncode == 0 and "1 online, 0 lost" in done.stdout, done.stderr
     finally:
         proc.send_signal(signal.SIGKILL)
@@ -204,7 +213,7 @@ async def test_bad_input_and_a_lost_worker(tmp_path: Path, broker_url: str, name
     code, status = cli_json(tmp_path, env, "status")
     assert code == 0 and status["workers"][0]["name"] == "w1"
     assert status["workers"][0]["state"] == "lost"
-    done = run_cli(tmp_path, env, "status", *APP, "--local")  # the readiness probe fails
+    done = run_cli(tmp_path, env, "status", *APP, "--local")  # the (real) readiness probe fails
     assert done.returncode == 1 and "no online worker on" in done.stderr, done.stdout
 
 
@@ -217,7 +226,7 @@ async def test_cancel_consumer_leaves_the_queue_to_other_workers(
     w1 = start_worker(tmp_path, env, "-n", "w1", "-Q", "default,extra", "-c", "2")
     w2 = None
     try:
-        done = run_cli(tmp_path, env, "control", *APP, "cancel-consumer", "extra")
+        done = run_cli_here(tmp_path, env, "control", *APP, "cancel-consumer", "extra")
         assert done.returncode == 0 and "no longer consuming extra" in done.stdout, done.stderr
         async with producer(broker_url, namespace) as app:
             sent = [await app.send_task("proc.add", args=[i, 1], queue="extra") for i in range(3)]
@@ -247,7 +256,7 @@ async def test_control_revoke_terminates_a_running_task(
             deadline = time.monotonic() + 15
             while "long" not in lines(tmp_path, "started") and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
-            done = run_cli(tmp_path, env, "control", *APP, "revoke", long.id, "--terminate")
+            done = run_cli_here(tmp_path, env, "control", *APP, "revoke", long.id, "--terminate")
             assert done.returncode == 0 and "revoked 1 task(s) (terminate)" in done.stdout
             while time.monotonic() < deadline + 15:  # in-process: no CLI start per poll
                 if (await app.control.inspect("active")).get("w1") == []:

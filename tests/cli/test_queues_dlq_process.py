@@ -1,5 +1,10 @@
-"""`aiotask queues` and `aiotask dlq` as real processes beside a real worker process: a poison
-message is dead-lettered, counted, listed, shown, replayed (it runs), and purged."""
+"""`aiotask queues` and `aiotask dlq` beside a real worker process: a poison message is
+dead-lettered, counted, listed, shown, replayed (it runs), and purged.
+
+Each command (call, dlq, queues) runs as a real `python -m aiotask` process on every broker
+(`cli`); the rest, whose subject is what they say, run the same entry point in-process (`here`,
+`cli_json`): a process start is ~0.3 s of CPU.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +19,16 @@ import pytest
 from aiotask import App
 from tests.conftest import REDIS_URL
 from tests.contract.conftest import delete_prefix
-from tests.procs import lines, run_cli, start_worker, stop, worker_env
+from tests.procs import (
+    StderrTail,
+    lines,
+    run_cli,
+    run_cli_here,
+    spawn_worker,
+    start_worker,
+    stop,
+    worker_env,
+)
 
 # About a dozen CLI processes and a worker per test: on a loaded 2-core machine (load 10-14)
 # one took over the default 60 s, and its unreaped worker then failed the next test.
@@ -91,13 +105,20 @@ async def setup(
 
 
 async def cli(directory: Path, env: dict[str, str], *argv: str) -> tuple[int, str, str]:
-    """Run `aiotask ARGV` off the event loop; (exit code, stdout, stderr)."""
+    """Run `aiotask ARGV` as a process, off the event loop; (exit code, stdout, stderr)."""
     done = await asyncio.to_thread(run_cli, directory, env, *argv)
     return done.returncode, done.stdout, done.stderr
 
 
+async def here(directory: Path, env: dict[str, str], *argv: str) -> tuple[int, str, str]:
+    """`cli` in-process (tests.procs.run_cli_here), off the event loop."""
+    done = await asyncio.to_thread(run_cli_here, directory, env, *argv)
+    return done.returncode, done.stdout, done.stderr
+
+
 async def cli_json(directory: Path, env: dict[str, str], *argv: str) -> Any:
-    code, out, err = await cli(directory, env, *argv, "--json")
+    """`aiotask ARGV --json` in-process; its parsed output (exit code 0 asserted)."""
+    code, out, err = await here(directory, env, *argv, "--json")
     assert code == 0, err
     return orjson.loads(out)
 
@@ -118,9 +139,10 @@ async def test_dead_letter_list_show_replay_purge_from_the_command_line(
     amqp = env["AIOTASK_BROKER_URL"].startswith("amqp")
     worker = start_worker(directory, env, "-Q", "default,routed", "-c", "4")
     try:
-        ids = []
-        for x in (1, 2):
-            code, out, err = await cli(
+        ids: list[str] = []
+        for run in (cli, here):  # one real process, one in-process
+            x = len(ids) + 1
+            code, out, err = await run(
                 directory, env, "call", *APP, "dlqp.poison", "--args", f"[{x}]"
             )
             assert code == 0, err
@@ -132,7 +154,9 @@ async def test_dead_letter_list_show_replay_purge_from_the_command_line(
                 return len(await app.broker.dead_letters("default")) == 2
 
             assert await wait_for(two_dead), "the poison messages were not dead-lettered"
-        found: list[dict[str, Any]] = await cli_json(directory, env, "dlq", *APP, "list")
+        code, out, err = await cli(directory, env, "dlq", *APP, "list", "--json")  # a process
+        assert code == 0, err
+        found: list[dict[str, Any]] = orjson.loads(out)
         assert {(d["id"], d["task"], d["queue"], d["reason"]) for d in found} == {
             (ids[0], "dlqp.poison", "default", "poison pill 1"),
             (ids[1], "dlqp.poison", "default", "poison pill 2"),
@@ -163,7 +187,7 @@ async def test_dead_letter_list_show_replay_purge_from_the_command_line(
 
         assert await wait_for(ran) == ["1"]
 
-        code, out, err = await cli(directory, env, "dlq", "purge", *APP)  # -A after: fine too
+        code, out, err = await here(directory, env, "dlq", "purge", *APP)  # -A after: fine too
         assert code == 0, err
         assert "purged 1 dead letter(s)" in out and ids[1] in out
         assert await cli_json(directory, env, "dlq", *APP, "list") == []
@@ -183,15 +207,19 @@ async def test_bad_input_has_clear_messages_and_exit_codes(
     assert code == 2
     assert "not a dead letter" in err and "no-such-id" in err
     assert "replayed 0" in out
-    # the store exists now; the other commands change nothing: all at once (start-ups overlap)
-    as_json, no_ids, both, show, no_app, replay_all = await asyncio.gather(
-        cli(directory, env, "dlq", *APP, "replay", "no-such-id", "--json"),
-        cli(directory, env, "dlq", *APP, "replay"),
-        cli(directory, env, "dlq", *APP, "replay", "x", "--all"),
-        cli(directory, env, "dlq", *APP, "show", "no-such-id"),
-        cli(directory, env, "dlq", "list"),
-        cli(directory, env, "dlq", *APP, "replay", "--all", "--json"),
-    )
+    # the store exists now; the other commands change nothing
+    # (in-process: the same entry point, exit codes and messages as the process above)
+    as_json, no_ids, both, show, no_app, replay_all = [
+        await here(directory, env, *argv)
+        for argv in (
+            ("dlq", *APP, "replay", "no-such-id", "--json"),
+            ("dlq", *APP, "replay"),
+            ("dlq", *APP, "replay", "x", "--all"),
+            ("dlq", *APP, "show", "no-such-id"),
+            ("dlq", "list"),
+            ("dlq", *APP, "replay", "--all", "--json"),
+        )
+    ]
     assert as_json[0] == 2 and "no-such-id" in as_json[2]
     assert no_ids[0] == 2 and "--all" in no_ids[2]
     assert both[0] == 2 and "not both" in both[2]
@@ -207,11 +235,13 @@ async def supervise(
     """Start a worker again each time the poison kills it; returns the one that survives.
 
     Survival is `survived()` turning true (the message was dead-lettered, or ran) while the
-    worker lives, polled: no fixed wait to tell a survivor from a worker about to crash.
+    worker lives, polled: no fixed wait to tell a survivor from a worker about to crash. Not
+    waiting for "ready": the poison may kill a start before it says so (on SQLite it did).
     """
     for _ in range(runs):
-        proc = await asyncio.to_thread(start_worker, directory, env, "-c", "1", "--prefetch", "1")
-        deadline = time.monotonic() + 15
+        proc = spawn_worker(directory, env, "-c", "1", "--prefetch", "1")
+        StderrTail(proc)  # read all along: nobody else reads the pipe
+        deadline = time.monotonic() + 45  # its start-up included
         while proc.poll() is None and time.monotonic() < deadline:
             if await survived():
                 return proc

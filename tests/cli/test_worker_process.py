@@ -18,6 +18,7 @@ from tests.procs import (
     reap,
     release,
     run_cli,
+    run_cli_here,
     spawn_worker,
     start_worker,
     start_workers,
@@ -165,11 +166,14 @@ async def test_call_result_and_purge_commands(tmp_path: Path, namespace: str) ->
     env = worker_env(write_tasks(tmp_path), url, AIOTASK_KEY_PREFIX=namespace)
 
     def cli(*argv: str) -> str:
-        out = run_cli(tmp_path, env, *argv)
+        """In-process (run_cli_here): these commands' subject is what they say."""
+        out = run_cli_here(tmp_path, env, *argv)
         assert out.returncode == 0, out.stderr
         return out.stdout.strip()
 
-    task_id = cli("call", "-A", "proc_tasks:app", "proc.add", "--args", "[20, 22]")
+    out = run_cli(tmp_path, env, "call", "-A", "proc_tasks:app", "proc.add", "--args", "[20, 22]")
+    assert out.returncode == 0, out.stderr  # `call` as a real process; the rest in-process
+    task_id = out.stdout.strip()
     assert '"PENDING"' in cli("result", "-A", "proc_tasks:app", task_id)
     proc = start_worker(tmp_path, env)
     try:
