@@ -142,8 +142,22 @@ def held(delivery: Delivery) -> Held:
 
 
 def stale(msg: Incoming) -> bool:
-    """True when the delivery's channel is gone: its tag means nothing on any other channel."""
-    return bool(msg.channel.is_closed)
+    """True when the delivery's channel is gone or going: its tag means nothing on any other
+    channel, and a closing channel refuses the ack while the server takes the message back.
+
+    aiormq closes a channel whose RPC was cancelled or timed out, and refuses every frame on
+    it from then on, though `is_closed` stays False until the server confirms the close: a
+    delivery of such a channel handed out or handed back then ran or was copied twice.
+    """
+    channel = msg.channel
+    if channel.is_closed:
+        return True
+    closing = getattr(channel, _CLOSE_EVENT, None)  # aiormq 7's; absent elsewhere
+    return closing is not None and closing.is_set()
+
+
+#: aiormq's Channel.__close_event (name-mangled): set when the channel starts closing
+_CLOSE_EVENT = "_Channel__close_event"
 
 
 async def settle(action: Callable[[], Awaitable[None]]) -> None:
