@@ -315,10 +315,17 @@ class Consumer:
         return [item for item in self._buffers.pop(queue, []) if not stale(item[3])]
 
     async def cancel(self, queue: str) -> list[Held]:
-        """Cancel one queue's consumer; its buffered live deliveries (the caller hands back)."""
-        consumer = self.consumers.pop(queue, None)
-        if consumer is not None and not consumer[0].is_closed:
-            await consumer[0].basic_cancel(consumer[1])
+        """Cancel one queue's consumer; its buffered live deliveries (the caller hands back).
+
+        Under the lock `start` holds while it consumes: a cancel-consumer that came while the
+        worker's first receive was still declaring and consuming this queue found no consumer
+        to cancel, and the consume then finished anyway (it is run to its end even when its
+        receive is cancelled), leaving the server delivering to a buffer nobody took from.
+        """
+        async with self._lock:
+            consumer = self.consumers.pop(queue, None)
+            if consumer is not None and not consumer[0].is_closed:
+                await consumer[0].basic_cancel(consumer[1])
         return self.drop(queue)
 
     async def cancel_all(self) -> list[Held]:

@@ -8,7 +8,8 @@ still running. Messages left unacked come back, and only those.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+import contextlib
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -157,3 +158,50 @@ async def test_a_receive_cancelled_anywhere_leaves_the_consume_channel_open(
         caplog.clear()
         await worker.close()
     assert not closed
+
+
+async def test_cancel_consumer_while_the_queue_is_being_consumed_stops_it(
+    amqp_url: str, namespace: str, broker: RabbitMQBroker, brokers: list[RabbitMQBroker]
+) -> None:
+    """cancel-consumer right after a worker started: its first receive may still be declaring
+    and consuming the queue. The consume is finished even though that receive is cancelled
+    (as the worker's queue follower does), so the cancel must wait for it and then cancel it:
+    otherwise the server keeps delivering to a buffer no receive takes from."""
+    worker = make(amqp_url, namespace)
+    brokers.append(worker)
+    await worker.connect()
+    con = worker._con
+    declare, entered, release = con._declare, asyncio.Event(), asyncio.Event()
+
+    async def slow_declare(channel: Any, queue: str) -> Any:
+        if queue == "q2":
+            entered.set()
+            await release.wait()
+        return await declare(channel, queue)
+
+    con._declare = slow_declare
+    receiving = asyncio.create_task(worker.receive(["q", "q2"], 10))
+    try:
+        await asyncio.wait_for(entered.wait(), 10)
+        stopping = asyncio.create_task(worker.stop_consuming("q2"))
+        await asyncio.sleep(0.05)
+        receiving.cancel()
+        release.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await receiving
+        await asyncio.wait_for(stopping, 10)
+        assert "q2" not in con.consumers
+        # another worker gets every message of q2: none goes to the cancelled consumer
+        await broker.publish([out(i, queue="q2") for i in range(4)])
+        other = make(amqp_url, namespace)
+        brokers.append(other)
+        got: list[str] = []
+        async with asyncio.timeout(5):
+            while len(got) < 4:
+                batch = await other.receive(["q2"], 4)
+                got += [d.message_id for d in batch]
+                await other.ack(batch)
+        assert sorted(got) == ["m0", "m1", "m2", "m3"]
+    finally:
+        release.set()
+        await broker.delete_queue("q2")
