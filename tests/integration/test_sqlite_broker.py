@@ -6,6 +6,7 @@ Real files in tmp_path; other processes are real subprocesses running a short sc
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import signal
 import sqlite3
@@ -398,6 +399,40 @@ def test_a_writer_waits_for_the_lock_then_gets_it(tmp_path: Path) -> None:
     finally:
         holder.close()
         waiter.close()
+
+
+def test_a_writer_retries_in_short_steps_before_it_backs_off(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Behind a busy lock, the first pauses stay WRITE_RETRY_MIN (a worker's transactions are
+    short: the next gap is near), and only after WRITE_RETRY_FLAT do they double to the max."""
+    path = str(tmp_path / "lock.db")
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    waiter = sqlite3.connect(path, isolation_level=None, timeout=_sqlite.BUSY_TIMEOUT)
+    pauses: list[float] = []
+    real_sleep = time.sleep
+
+    def sleep(seconds: float) -> None:
+        pauses.append(seconds)
+        real_sleep(seconds)
+
+    try:
+        holder.execute("PRAGMA journal_mode=WAL")
+        holder.execute("BEGIN IMMEDIATE")
+        thread = threading.Thread(target=lambda: (real_sleep(0.1), holder.execute("COMMIT")))
+        monkeypatch.setattr(time, "sleep", sleep)
+        thread.start()
+        _sqlite.begin(waiter)
+        monkeypatch.undo()
+        thread.join()
+        waiter.execute("ROLLBACK")
+    finally:
+        holder.close()
+        waiter.close()
+    assert pauses[:2] == [_sqlite.WRITE_RETRY_MIN] * 2, pauses[:5]
+    for before, after in itertools.pairwise(pauses):  # never shorter again
+        assert after >= before
+    assert max(pauses) <= _sqlite.WRITE_RETRY_MAX
 
 
 def test_a_writer_gives_up_after_the_busy_timeout(
