@@ -25,8 +25,8 @@ class Checkpointer:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        #: completed runs and the last one's (busy, WAL frames, frames checkpointed)
-        self.runs = 0
+        #: completed and failed runs, and the last one's (busy, WAL frames, frames checkpointed)
+        self.runs = self.skipped = 0
         self.last: tuple[int, int, int] | None = None
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -54,6 +54,7 @@ class Checkpointer:
                     conn.close()
             except sqlite3.Error as exc:  # busy or gone: the next poke (or a commit) does it
                 log.debug("background checkpoint of %s skipped: %s", self.path, exc)
+                self.skipped += 1
                 continue
             self.last = (int(row[0]), int(row[1]), int(row[2]))
             self.runs += 1

@@ -79,7 +79,6 @@ def test_a_deleted_file_is_not_recreated_by_its_checkpoint(tmp_path: Path) -> No
     path = str(tmp_path / "gone.db")
     checkpointer = _sqlite_checkpoint.Checkpointer(path)
     checkpointer.poke()
-    checkpointer.poke()
-    time.sleep(0.2)  # the thread runs at once (it fails): nothing to wait for but that
+    _wait_for(lambda: checkpointer.skipped >= 1)
     assert not os.path.exists(path)
     assert checkpointer.runs == 0
