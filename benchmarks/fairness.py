@@ -23,6 +23,9 @@ its last probe (the worker drained A's 10,000 first) measured an idle queue: it 
 `--breakdown` (SQLite) splits B's wait into its send (the insert's commit, write lock
 included), commit to claim (the worker's wakeup or its turn), and claim to start (the worker's
 buffer and event loop), read from the claimed row's lease by the probe task itself.
+On a loaded machine, `chrt -f 10 python -m benchmarks.fairness ...` runs the benchmark's
+processes (they inherit the policy) before anything else: the load then stays out of the
+client side's waits (SQLite's entirely; a server's own process still waits its turn).
 """
 
 from __future__ import annotations
