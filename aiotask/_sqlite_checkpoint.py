@@ -17,11 +17,15 @@ import urllib.parse
 
 log = logging.getLogger(__name__)
 
+#: Seconds a file's thread waits for the next poke before it ends (the next poke starts one).
+IDLE_EXIT = 60.0
+
 
 class Checkpointer:
-    """One file's background checkpoints. Waits on an event between runs (no polling); opens
-    the file for each run with `mode=rw` (never creates one), so a deleted or replaced file
-    leaves no handle behind."""
+    """One file's background checkpoints. Waits on an event between runs (no polling), and
+    ends after IDLE_EXIT seconds without a poke, so an idle process keeps no thread; opens the
+    file for each run with `mode=rw` (never creates one), so a deleted or replaced file leaves
+    no handle behind."""
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -32,19 +36,27 @@ class Checkpointer:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
+    @property
+    def running(self) -> bool:
+        return self._thread is not None
+
     def poke(self) -> None:
-        with self._lock:
+        with self._lock:  # set under the lock: a thread deciding to end sees it
+            self._wake.set()
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._loop, name="aiotask-sqlite-checkpoint", daemon=True
                 )
                 self._thread.start()
-        self._wake.set()
 
     def _loop(self) -> None:
         uri = "file:" + urllib.parse.quote(self.path) + "?mode=rw"
         while True:
-            self._wake.wait()
+            if not self._wake.wait(IDLE_EXIT):
+                with self._lock:
+                    if not self._wake.is_set():
+                        self._thread = None
+                        return
             self._wake.clear()
             try:
                 conn = sqlite3.connect(uri, uri=True, timeout=0, isolation_level=None)

@@ -6,13 +6,13 @@ Real files in tmp_path, the broker's own `_sqlite.Connection`.
 from __future__ import annotations
 
 import os
+import sqlite3
 import time
 from typing import TYPE_CHECKING
 
 from aiotask import _sqlite, _sqlite_checkpoint
 
 if TYPE_CHECKING:
-    import sqlite3
     from collections.abc import Callable
     from pathlib import Path
 
@@ -82,3 +82,18 @@ def test_a_deleted_file_is_not_recreated_by_its_checkpoint(tmp_path: Path) -> No
     _wait_for(lambda: checkpointer.skipped >= 1)
     assert not os.path.exists(path)
     assert checkpointer.runs == 0
+
+
+def test_an_idle_thread_ends_and_the_next_poke_starts_another(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_sqlite_checkpoint, "IDLE_EXIT", 0.05)
+    path = str(tmp_path / "idle.db")
+    sqlite3.connect(path).close()
+    checkpointer = _sqlite_checkpoint.Checkpointer(path)
+    checkpointer.poke()
+    _wait_for(lambda: checkpointer.runs + checkpointer.skipped >= 1)
+    _wait_for(lambda: not checkpointer.running)  # ended after IDLE_EXIT without a poke
+    checkpointer.poke()
+    assert checkpointer.running
+    _wait_for(lambda: checkpointer.runs + checkpointer.skipped >= 2)
