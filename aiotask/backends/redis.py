@@ -165,7 +165,10 @@ class RedisBackend:
         self._sub = Subscriber(make, self._fetch_many)
         try:
             async with self._guard():
-                await self._redis.ping()
+                if self._pipe is not None:  # opens the connection the first task's store uses
+                    await self._pipe.call("PING")
+                else:
+                    await self._redis.ping()
         except BrokerConnectionError:
             await self.close()
             raise
