@@ -14,13 +14,14 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any, cast
 
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from aiotask import _tls
 from aiotask._backoff import Backoff
 from aiotask._redis import cluster
 from aiotask._redis.client import SharedClient, map_errors
 from aiotask.backends._redis_groups import ADD_TO_GROUPS, GROUPS_SENT
+from aiotask.backends._redis_pipe import Pipe
 from aiotask.backends._redis_subscriber import Subscriber
 from aiotask.backends.base import (
     EncodedResult,
@@ -95,7 +96,10 @@ class RedisBackend:
         self._redis: Client | None = None
         self._scripts: tuple[AsyncScript, ...] | None = None
         self._sub: Subscriber | None = None
-        self._gets: dict[str, asyncio.Future[bytes | None]] = {}
+        #: stores and waits' reads on a single-node server (None on a cluster: the pool)
+        self._pipe: Pipe | None = None
+        #: reads asked for in this loop iteration: key -> one future per caller
+        self._gets: dict[str, list[asyncio.Future[bytes | None]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     def use_client_of(self, broker: object) -> None:
@@ -157,10 +161,14 @@ class RedisBackend:
             make: Callable[[], AbstractConnection] = lambda: cluster.connection_to_any(client)  # noqa: E731
         else:
             make = cast("Redis", client).connection_pool.make_connection
+            self._pipe = Pipe(make)
         self._sub = Subscriber(make, self._fetch_many)
         try:
             async with self._guard():
-                await self._redis.ping()
+                if self._pipe is not None:  # opens the connection the first task's store uses
+                    await self._pipe.call("PING")
+                else:
+                    await self._redis.ping()
         except BrokerConnectionError:
             await self.close()
             raise
@@ -169,6 +177,9 @@ class RedisBackend:
         if self._sub is not None:
             await self._sub.close()
             self._sub = None
+        if self._pipe is not None:
+            await self._pipe.close()
+            self._pipe = None
         for task in list(self._tasks):
             task.cancel()
         if self._redis is not None:
@@ -190,10 +201,12 @@ class RedisBackend:
                 ttl, ms = r.ttl, b"%d" % _ms(r.ttl)
             keys.append(prefix + r.task_id)
             args += (b"1" + r.data if r.state in READY_STATES else b"0" + r.data, ms)
+        pipe = self._pipe
+        if pipe is not None:  # a single node: written now, on the dedicated connection
+            with self._map_errors():
+                await self._eval(pipe, 0, keys, args)
+            return
         async with self._guard():
-            if not cluster.is_cluster(self._redis):
-                await self._script(0)(keys=keys, args=args)
-                return
             # one call per slot on a cluster, all in flight at once (each goes to its node)
             await asyncio.gather(
                 *(
@@ -204,6 +217,18 @@ class RedisBackend:
                     for idx in self._slots(keys)
                 )
             )
+
+    async def _eval(
+        self, pipe: Pipe, index: int, keys: Sequence[str], args: Sequence[bytes]
+    ) -> Any:
+        """EVALSHA on the pipe; after NOSCRIPT (a restarted or flushed server) SCRIPT LOAD
+        and EVALSHA again, as redis-py's Script does."""
+        script = self._script(index)
+        try:
+            return await pipe.call("EVALSHA", script.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            await pipe.call("SCRIPT", "LOAD", script.script)
+            return await pipe.call("EVALSHA", script.sha, len(keys), *keys, *args)
 
     def _slots(self, keys: Sequence[str]) -> list[list[int]]:
         """Indexes of `keys` per script call: all at once, or one call per hash slot on a
@@ -233,12 +258,20 @@ class RedisBackend:
             return [None if v is None else _bytes(v) for v in values]
 
     def _fetch(self, key: str) -> asyncio.Future[bytes | None]:
-        """GET coalesced with every other GET of this loop iteration into one MGET."""
-        fut = self._gets.get(key)
-        if fut is None:
-            if not self._gets:
-                asyncio.get_running_loop().call_soon(self._spawn, self._flush_gets())
-            fut = self._gets[key] = asyncio.get_running_loop().create_future()
+        """GET coalesced with every other GET of this loop iteration into one MGET.
+
+        Each caller gets its own future: a cancelled wait cancels only its own, so it needs
+        no shield (one loop iteration less per read)."""
+        loop = asyncio.get_running_loop()
+        gets = self._gets
+        if not gets:
+            loop.call_soon(self._flush_gets)
+        fut: asyncio.Future[bytes | None] = loop.create_future()
+        waiting = gets.get(key)
+        if waiting is None:
+            gets[key] = [fut]
+        else:
+            waiting.append(fut)
         return fut
 
     def _spawn(self, coro: Awaitable[None]) -> None:
@@ -246,18 +279,53 @@ class RedisBackend:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _flush_gets(self) -> None:
+    def _flush_gets(self) -> None:
+        """The iteration's reads as one MGET: written from this callback on a single node
+        (no task to start), through the pool in a task on a cluster."""
         batch, self._gets = self._gets, {}
+        pipe = self._pipe
+        if pipe is not None:
+            pipe.submit(("MGET", *batch), lambda reply, error: self._got(batch, reply, error))
+        elif self._redis is not None:
+            self._spawn(self._fetch_batch(batch))
+        else:
+            self._got(batch, None, BrokerConnectionError("the Redis result backend was closed"))
+
+    async def _fetch_batch(self, batch: dict[str, list[asyncio.Future[bytes | None]]]) -> None:
         try:
             values = await self._fetch_many(list(batch))
         except BrokerConnectionError as exc:
-            for fut in batch.values():
-                if not fut.done():
-                    fut.set_exception(exc)
+            self._got(batch, None, exc)
             return
-        for fut, value in zip(batch.values(), values, strict=True):
-            if not fut.done():
-                fut.set_result(value)
+        self._got(batch, values, None)
+
+    def _got(
+        self,
+        batch: dict[str, list[asyncio.Future[bytes | None]]],
+        values: Sequence[bytes | str | None] | None,
+        error: BaseException | None,
+    ) -> None:
+        """Resolve each caller's future with its key's value (or the error, mapped)."""
+        if error is not None or values is None:
+            mapped = self._mapped(error)
+            for futs in batch.values():
+                for fut in futs:
+                    if not fut.done():
+                        fut.set_exception(mapped)
+            return
+        for futs, value in zip(batch.values(), values, strict=True):
+            raw = None if value is None else _bytes(value)
+            for fut in futs:
+                if not fut.done():
+                    fut.set_result(raw)
+
+    def _mapped(self, error: BaseException | None) -> BaseException:
+        """`error` as the BrokerConnectionError map_errors makes of it."""
+        try:
+            with self._map_errors():
+                raise error or BrokerConnectionError("no reply from the result backend")
+        except BaseException as exc:  # returned, to be set on the futures
+            return exc
 
     async def wait(self, task_id: str, timeout: float | None) -> ResultRecord:
         key = self._key(task_id)
@@ -266,10 +334,10 @@ class RedisBackend:
             raise BrokerConnectionError("the Redis result backend is not connected")
         try:
             async with asyncio.timeout(timeout):
-                raw = await asyncio.shield(self._fetch(key))
+                raw = await self._fetch(key)
                 if raw is not None and raw[:1] == b"1":
                     return decode_record(raw[1:])
-                data = await sub.wait(key.encode(), lambda: asyncio.shield(self._fetch(key)))
+                data = await sub.wait(key.encode(), lambda: self._fetch(key))
         except TimeoutError:
             raise ResultTimeout(
                 f"task {task_id} not ready after {timeout}s; is a worker consuming its queue?"
