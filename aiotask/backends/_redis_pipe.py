@@ -31,6 +31,10 @@ if TYPE_CHECKING:
 _ERRORS = (RedisError, OSError)
 
 
+class Unsupported(RuntimeError):
+    """This redis-py's connection keeps no `_writer` (a version after 8): use the pool."""
+
+
 class Pipe:
     """Commands written as they come, replies read in order by one reader task.
 
@@ -49,11 +53,16 @@ class Pipe:
         self._tasks: set[asyncio.Task[None]] = set()
         self._connecting = False
         self._closed = False
+        #: the connection has no stream writer to write to (see _writer): every call fails
+        self._unsupported = False
 
     def submit(self, args: tuple[Any, ...], done: Done) -> None:
         """Write the command now (or once connected); `done` gets its reply or error."""
         if self._closed:
             done(None, RedisConnectionError("the Redis result backend was closed"))
+            return
+        if self._unsupported:
+            done(None, Unsupported("redis-py's connection has no stream writer"))
             return
         conn = self._conn
         writer = None if conn is None else _writer(conn)
@@ -103,6 +112,14 @@ class Pipe:
             return
         self._connecting = False
         if self._closed:
+            with contextlib.suppress(*_ERRORS):
+                await conn.disconnect()
+            return
+        if _writer(conn) is None:  # would reconnect forever: fail now, the backend falls back
+            self._unsupported = True
+            queued, self._queued = self._queued, []
+            for _, done in queued:
+                done(None, Unsupported("redis-py's connection has no stream writer"))
             with contextlib.suppress(*_ERRORS):
                 await conn.disconnect()
             return

@@ -21,7 +21,7 @@ from aiotask._backoff import Backoff
 from aiotask._redis import cluster
 from aiotask._redis.client import SharedClient, map_errors
 from aiotask.backends._redis_groups import ADD_TO_GROUPS, GROUPS_SENT
-from aiotask.backends._redis_pipe import Pipe
+from aiotask.backends._redis_pipe import Pipe, Unsupported
 from aiotask.backends._redis_subscriber import Subscriber
 from aiotask.backends.base import (
     EncodedResult,
@@ -166,7 +166,12 @@ class RedisBackend:
         try:
             async with self._guard():
                 if self._pipe is not None:  # opens the connection the first task's store uses
-                    await self._pipe.call("PING")
+                    try:
+                        await self._pipe.call("PING")
+                    except Unsupported:  # a redis-py this was not written for: the pool
+                        await self._pipe.close()
+                        self._pipe = None
+                        await self._redis.ping()
                 else:
                     await self._redis.ping()
         except BrokerConnectionError:

@@ -134,3 +134,22 @@ async def test_the_reads_of_one_iteration_are_one_mget(
     assert [r.result for r in records] == list(range(50))
     assert [c[0] for c in commands] == ["MGET"]
     assert len(commands[0]) == 51
+
+
+async def test_a_redis_py_without_a_stream_writer_falls_back_to_the_pool(
+    redis_server: PrivateRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A later redis-py that renames the connection's writer must not reconnect forever:
+    connect() finds out on its PING and the backend uses redis-py's client instead."""
+    from aiotask.backends import _redis_pipe
+
+    monkeypatch.setattr(_redis_pipe, "_writer", lambda conn: None)
+    b = RedisBackend(redis_server.url, Settings(key_prefix="pipe-fallback"))
+    await asyncio.wait_for(b.connect(), 10)
+    try:
+        assert b._pipe is None
+        await b.store([_result("f", 7)])
+        record = await asyncio.wait_for(b.wait("f", 5), 10)
+        assert record.result == 7
+    finally:
+        await b.close()
