@@ -49,6 +49,9 @@ _next_name = tasks._task_name_counter  # type: ignore[attr-defined]
 _future_init = futures._PyFuture.__init__  # type: ignore[attr-defined]
 _PENDING = futures._PENDING  # type: ignore[attr-defined]
 _FINISHED = futures._FINISHED  # type: ignore[attr-defined]
+#: read by the consumer for done() and result() without their calls (on any Task: the C
+#: Task has these attributes too)
+PENDING, FINISHED = _PENDING, _FINISHED
 
 
 class EagerTask(_PyTask):
@@ -99,42 +102,38 @@ def start(coro: Coroutine[Any, Any, Any], loop: asyncio.AbstractEventLoop) -> as
     caller = _current.get(loop)  # tasks.current_task(loop) without its Python call
     if caller is not None:
         _leave(loop, caller)
+    # 3.11's Task.__step written out for a coroutine that returns without a cancel request
+    # (its result set as set_result would, with no callbacks to schedule: nobody had the Task
+    # yet); anything else the send gave (a yield, an exception, a cancel request made during
+    # the step) is handed to asyncio's own step through a _Replay
     try:
-        _first_step(task, coro, loop)
+        _enter(loop, task)
+        try:
+            yielded = task._context.run(coro.send, None)
+        except StopIteration as stop:
+            if not task._must_cancel:  # the common case: finished, nothing to call back
+                task._result = stop.value  # type: ignore[attr-defined]
+                task._state = _FINISHED
+                return task  # (the finally clauses leave the task and restore the caller)
+            replay = _Replay(task, None, stop)
+        except BaseException as exc:  # re-raised by the replay inside asyncio's own step
+            replay = _Replay(task, None, exc)
+        else:
+            replay = _Replay(task, yielded, None)
+        finally:
+            _leave(loop, task)
+        # __step reads _coro once, at its start: the replay stands in for that step only
+        task._coro = replay  # type: ignore[assignment]
+        try:
+            task._context.run(task._Task__step)  # type: ignore[attr-defined]
+        finally:
+            task._coro = coro
     finally:
         if caller is not None:
             _enter(loop, caller)
     if task._state == _PENDING:  # not done (done() is a Python call on this Task)
         _register(task)  # asyncio.all_tasks() sees it, as it sees any pending Task
     return task
-
-
-def _first_step(task: EagerTask, coro: Coroutine[Any, Any, Any], loop: Any) -> None:
-    """3.11's `Task.__step` for a first step, written out for a coroutine that returns
-    without a cancel request (its result set as `set_result` would, with no callbacks to
-    schedule yet: nobody had the Task); anything else the send gave (a yield, an exception, a
-    cancel request made during the step) is handed to asyncio's own step through `_Replay`."""
-    _enter(loop, task)
-    try:
-        yielded = task._context.run(coro.send, None)
-    except StopIteration as stop:
-        if not task._must_cancel:  # the common case: finished, nothing to call back
-            task._result = stop.value  # type: ignore[attr-defined]
-            task._state = _FINISHED
-            return
-        replay = _Replay(task, None, stop)
-    except BaseException as exc:  # re-raised by the replay inside asyncio's own step
-        replay = _Replay(task, None, exc)
-    else:
-        replay = _Replay(task, yielded, None)
-    finally:
-        _leave(loop, task)
-    # __step reads _coro once, at its start: the replay stands in for that step only
-    task._coro = replay  # type: ignore[assignment]
-    try:
-        task._context.run(task._Task__step)  # type: ignore[attr-defined]
-    finally:
-        task._coro = coro
 
 
 class _Replay:

@@ -434,8 +434,8 @@ class Executor:
             return Settlement(delivery)
         info = exception_to_info(exc) if exc is not None else None
         try:  # encoded straight from the fields: no ResultRecord on the task path
-            data = encode_fields(
-                message.id, state, value, info, message.task, message.retries, now()
+            data = encode_fields(  # time.time(): now() without its call
+                message.id, state, value, info, message.task, message.retries, time.time()
             )
             if self.result_keyring is not None:
                 data = signed.seal(self.result_keyring, data)
