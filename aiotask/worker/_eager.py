@@ -48,6 +48,10 @@ running: Callable[[asyncio.AbstractEventLoop], asyncio.Task[Any] | None] | None 
 _next_name = tasks._task_name_counter  # type: ignore[attr-defined]
 _future_init = futures._PyFuture.__init__  # type: ignore[attr-defined]
 _PENDING = futures._PENDING  # type: ignore[attr-defined]
+_FINISHED = futures._FINISHED  # type: ignore[attr-defined]
+#: read by the consumer for done() and result() without their calls (on any Task: the C
+#: Task has these attributes too)
+PENDING, FINISHED = _PENDING, _FINISHED
 
 
 class EagerTask(_PyTask):
@@ -98,11 +102,54 @@ def start(coro: Coroutine[Any, Any, Any], loop: asyncio.AbstractEventLoop) -> as
     caller = _current.get(loop)  # tasks.current_task(loop) without its Python call
     if caller is not None:
         _leave(loop, caller)
+    # 3.11's Task.__step written out for a coroutine that returns without a cancel request
+    # (its result set as set_result would, with no callbacks to schedule: nobody had the Task
+    # yet); anything else the send gave (a yield, an exception, a cancel request made during
+    # the step) is handed to asyncio's own step through a _Replay
     try:
-        task._context.run(task._Task__step)  # type: ignore[attr-defined]
+        _enter(loop, task)
+        try:
+            yielded = task._context.run(coro.send, None)
+        except StopIteration as stop:
+            if not task._must_cancel:  # the common case: finished, nothing to call back
+                task._result = stop.value  # type: ignore[attr-defined]
+                task._state = _FINISHED
+                return task  # (the finally clauses leave the task and restore the caller)
+            replay = _Replay(task, None, stop)
+        except BaseException as exc:  # re-raised by the replay inside asyncio's own step
+            replay = _Replay(task, None, exc)
+        else:
+            replay = _Replay(task, yielded, None)
+        finally:
+            _leave(loop, task)
+        # __step reads _coro once, at its start: the replay stands in for that step only
+        task._coro = replay  # type: ignore[assignment]
+        try:
+            task._context.run(task._Task__step)  # type: ignore[attr-defined]
+        finally:
+            task._coro = coro
     finally:
         if caller is not None:
             _enter(loop, caller)
     if task._state == _PENDING:  # not done (done() is a Python call on this Task)
         _register(task)  # asyncio.all_tasks() sees it, as it sees any pending Task
     return task
+
+
+class _Replay:
+    """Gives asyncio's step what the coroutine's first send gave (its value or exception),
+    with the cancel request made during that send (if any) restored first, as the step would
+    find it after calling send itself."""
+
+    __slots__ = ("error", "must_cancel", "task", "yielded")
+
+    def __init__(self, task: EagerTask, yielded: Any, error: BaseException | None) -> None:
+        self.task, self.yielded, self.error = task, yielded, error
+        self.must_cancel = task._must_cancel
+        task._must_cancel = False  # as __step expects at its start (it would throw otherwise)
+
+    def send(self, _: None) -> Any:
+        self.task._must_cancel = self.must_cancel
+        if self.error is not None:
+            raise self.error
+        return self.yielded

@@ -276,7 +276,7 @@ class Dispatcher:
         # its first step runs now (_eager.py): a task that never waits is done here already
         coro = self.executor.execute(delivery, message, revoked)
         task = eager.start(coro, asyncio.get_running_loop())
-        if task.done():
+        if task._state != eager.PENDING:  # done() without its call (Python on 3.11's Task)
             self._outcome(delivery, task)
             return
         running = self.running
@@ -297,16 +297,21 @@ class Dispatcher:
         """A finished task: free its slot and hand its settlement to the settler."""
         if self.gates.slots:  # its concurrency slot, if any, is free again
             self.gates.finished(delivery)
-        try:  # one call on the common path (not cancelled(), exception() and result())
-            settlement = task.result()
-        except asyncio.CancelledError:
-            return
-        except BaseException as exc:
-            self._internal_error(delivery, exc)
+        # result() without its call (a Python one on 3.11's Task) when it would just return
+        if task._state == eager.FINISHED and task._exception is None:
+            settlement: Settlement = task._result  # type: ignore[attr-defined]
         else:
-            if settlement.store is not None and settlement.store.state == FAILURE:
-                self.failed += 1
-            self.settler.add(settlement)
+            try:
+                settlement = task.result()
+            except asyncio.CancelledError:
+                return
+            except BaseException as exc:
+                self._internal_error(delivery, exc)
+                self.processed += 1
+                return
+        if settlement.store is not None and settlement.store.state == FAILURE:
+            self.failed += 1
+        self.settler.add(settlement)
         self.processed += 1
 
     def settled(self, deliveries: Sequence[Delivery]) -> None:

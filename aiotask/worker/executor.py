@@ -109,8 +109,18 @@ class Executor:
         self, delivery: Delivery, message: Message, revoked: bool = False
     ) -> Coroutine[Any, Any, Settlement]:
         """Run one delivery whose body the dispatcher already decoded (once) into `message`.
-        Returns the coroutine itself in the common case (one coroutine less per task)."""
-        if not message.headers or not coordinated(message):  # no headers: no call
+        Returns the coroutine itself in the common case (one coroutine less per task): with no
+        headers (no chord-body or coordination check), not revoked, not expired and a known
+        task, `_run`'s own coroutine, without `_execute`'s around it (the checks are the same
+        ones, made at the same moment: the consumer starts the coroutine's first step at once).
+        """
+        if not message.headers:  # no headers: no coordination call
+            if not revoked and message.id not in self.revoked and message.expires is None:
+                task = self.app.tasks.get(message.task)
+                if task is not None:
+                    return self._run(delivery, message, task)
+            return self._execute(delivery, message, revoked)
+        if not coordinated(message):
             return self._execute(delivery, message, revoked)
         return self._coordinated(delivery, message, revoked)
 
@@ -139,11 +149,14 @@ class Executor:
                 return self._skip(delivery, message, True)
             if verdict is Verdict.DEFER:
                 return self.gate.defer(delivery, message)
+        return await self._run(delivery, message, task)
+
+    def _started(self, delivery: Delivery, message: Message) -> None:
+        """The probe's and the task-started event's record of a task about to run."""
         if self.probe is not None:
             self.probe.started(delivery, message)
         if self.events is not None:
             self.events.task(TASK_STARTED, message.id, message.task, delivery.queue)
-        return await self._run(delivery, message, task)
 
     def _skip(self, delivery: Delivery, message: Message, revoked: bool) -> Settlement:
         """A revoked or expired message: recorded REVOKED, never run; its canvas fails on."""
@@ -180,6 +193,8 @@ class Executor:
         return settlement
 
     async def _run(self, delivery: Delivery, message: Message, task: Task[Any, Any]) -> Settlement:
+        if self.probe is not None or self.events is not None:
+            self._started(delivery, message)
         ctx = TaskContext(
             message.id,
             message.task,
@@ -209,15 +224,9 @@ class Executor:
                 )
             else:
                 value = await self._call(task, ctx, message)
-            outcome: Outcome = Succeeded(value)
+            outcome: Outcome | None = None  # a success: no Succeeded built unless needed
         except asyncio.CancelledError:
-            if message.id not in self.terminating:
-                raise  # cold shutdown: the settler never sees this delivery, it is handed back
-            self.terminating.discard(message.id)
-            if this is not None:
-                this.uncancel()
-            log.warning("task %s[%s] terminated by revoke", message.task, message.id)
-            outcome = Revoked("terminated")
+            outcome = self._terminated(message, this)
         except BaseException as exc:
             outcome = classify(exc, task.options.retry, message.retries)
         finally:
@@ -225,13 +234,29 @@ class Executor:
             self.running.pop(message.id, None)
             self.terminating.discard(message.id)
         elapsed = time.perf_counter() - started
+        canvas = message.chain or message.links or message.errbacks or message.chord is not None
+        if outcome is None and not canvas and not task.has_hooks:
+            return self._succeeded(delivery, message, value, elapsed)  # nothing reads outcome
+        outcome = outcome or Succeeded(value)  # an outcome is never falsy
         settlement = self._settle(delivery, message, task, outcome, elapsed)
         outcome = _as_stored(settlement, outcome)
-        if message.chain or message.links or message.errbacks or message.chord is not None:
+        if canvas:
             self._advance(settlement, message, outcome)
         if task.has_hooks:
             await _run_hooks(task, message, outcome)
         return settlement
+
+    def _terminated(self, message: Message, this: asyncio.Task[Any] | None) -> Outcome:
+        """A task cancelled while it ran: terminated by revoke (REVOKED), or, if not, a cold
+        shutdown's cancel, re-raised (the settler never sees the delivery; it is handed back).
+        Called inside `_run`'s `except CancelledError`: the bare raise re-raises that one."""
+        if message.id not in self.terminating:
+            raise  # the CancelledError being handled in _run
+        self.terminating.discard(message.id)
+        if this is not None:
+            this.uncancel()
+        log.warning("task %s[%s] terminated by revoke", message.task, message.id)
+        return Revoked("terminated")
 
     def _call(self, task: Task[Any, Any], ctx: TaskContext, message: Message) -> Awaitable[Any]:
         """What to await for the task's value (no coroutine of its own: one less per task)."""
@@ -279,23 +304,13 @@ class Executor:
         outcome: Outcome,
         elapsed: float,
     ) -> Settlement:
+        if isinstance(outcome, Succeeded):
+            return self._succeeded(delivery, message, outcome.value, elapsed)
         name, ident = message.task, message.id
         if self.events is not None:  # its task-* event (checked here: no call when off)
             _outcome_event(self.events, delivery, message, outcome, elapsed)
         if self.probe is not None:
             self.probe.finished(delivery, message, _STATES[type(outcome)], elapsed)
-        if isinstance(outcome, Succeeded):  # the common case: no match (a class pattern)
-            if log.isEnabledFor(logging.INFO):
-                log.info(
-                    "task %s[%s] succeeded in %.4fs",
-                    name,
-                    ident,
-                    elapsed,
-                    extra={"task_name": name, "task_id": ident},
-                )
-            if message.ignore_result and message.chord is None:  # _final, inlined
-                return Settlement(delivery)
-            return self._record(delivery, message, SUCCESS, outcome.value, None)
         match outcome:
             case Retrying(decision):
                 log.warning(
@@ -333,6 +348,28 @@ class Executor:
                 return Settlement(delivery, "requeue" if requeue else "dead", reason=reason)
             case Revoked(reason):
                 return self._final(delivery, message, REVOKED, None, None)
+
+    def _succeeded(
+        self, delivery: Delivery, message: Message, value: Any, elapsed: float
+    ) -> Settlement:
+        """A success: its event, probe record and log line, and its result to store (no
+        Succeeded outcome built for it: `_run` builds one only for a canvas step or hooks)."""
+        if self.events is not None:  # its task-* event (checked here: no call when off)
+            _outcome_event(self.events, delivery, message, Succeeded(value), elapsed)
+        if self.probe is not None:
+            self.probe.finished(delivery, message, _probe.SUCCEEDED, elapsed)
+        if log.isEnabledFor(logging.INFO):
+            name, ident = message.task, message.id
+            log.info(
+                "task %s[%s] succeeded in %.4fs",
+                name,
+                ident,
+                elapsed,
+                extra={"task_name": name, "task_id": ident},
+            )
+        if message.ignore_result and message.chord is None:  # _final, inlined
+            return Settlement(delivery)
+        return self._record(delivery, message, SUCCESS, value, None)
 
     def _advance(self, settlement: Settlement, message: Message, outcome: Outcome) -> None:
         """Canvas: hand the settler what this outcome means for the workflow (it derives and
@@ -397,8 +434,8 @@ class Executor:
             return Settlement(delivery)
         info = exception_to_info(exc) if exc is not None else None
         try:  # encoded straight from the fields: no ResultRecord on the task path
-            data = encode_fields(
-                message.id, state, value, info, message.task, message.retries, now()
+            data = encode_fields(  # time.time(): now() without its call
+                message.id, state, value, info, message.task, message.retries, time.time()
             )
             if self.result_keyring is not None:
                 data = signed.seal(self.result_keyring, data)

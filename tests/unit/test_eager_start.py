@@ -63,6 +63,45 @@ async def test_exceptions_and_cancellation_end_the_task_as_a_task() -> None:
     assert task.cancelled()
 
 
+async def test_a_cancel_requested_in_the_first_step_cancels_the_task() -> None:
+    """The written-out first step takes a returning coroutine's value only when no cancel
+    was requested during the step; otherwise the Task ends cancelled, as asyncio's does."""
+
+    async def returns() -> int:
+        asyncio.current_task().cancel()  # type: ignore[union-attr]
+        return 1
+
+    task = start(returns(), asyncio.get_running_loop())
+    assert task.cancelled()
+
+    async def waits() -> int:
+        asyncio.current_task().cancel()  # type: ignore[union-attr]
+        await asyncio.sleep(3600)
+        return 1
+
+    task = start(waits(), asyncio.get_running_loop())
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert task.cancelled()
+
+
+async def test_a_first_step_that_raises_or_yields_is_stepped_as_asyncio_steps_it() -> None:
+    async def cancelled() -> None:
+        raise asyncio.CancelledError
+
+    task = start(cancelled(), asyncio.get_running_loop())
+    assert task.cancelled()
+
+    async def bare_yield() -> str:
+        await asyncio.sleep(0)  # a bare yield: asyncio schedules the next step
+        return "again"
+
+    coro = bare_yield()
+    task = start(coro, asyncio.get_running_loop())
+    assert task.get_coro() is coro and not task.done()
+    assert await task == "again"
+
+
 async def test_a_timeout_entered_in_the_first_step_cancels_this_task_only() -> None:
     async def limited() -> str:
         try:
