@@ -17,8 +17,9 @@ The hooks:
 
 `DirectDeliveries` then hands each delivery to aiotask's consumer callback in the channel's
 reader instead of in a new task (see its docstring), and `InlineFrames` in the connection's
-reader when the channel's reader is idle (one loop turn fewer per delivery and per confirm). Instructions per drained no-op task: 0.74x
-aiormq's path (docs/benchmarks.md, "Reading frames").
+reader when the channel's reader is idle (one loop turn fewer per delivery and per confirm).
+Instructions per drained no-op task: 0.74x aiormq's path (docs/benchmarks.md, "Reading
+frames").
 """
 
 from __future__ import annotations
