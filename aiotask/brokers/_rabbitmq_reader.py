@@ -263,6 +263,8 @@ class InlineFrames:
         self.direct = direct
         self.queue = queue
         self._getters: Any = getattr(queue, GETTERS, None)  # asyncio.Queue's waiting get()s
+        #: aiormq's handler of a publish confirm (None in an aiormq without it: all queued)
+        self._confirm: Any = getattr(direct.channel, "_confirm_delivery", None)
         #: the queued items of a delivery being put together: deliver, header, bodies
         self._held: list[tuple[Any, Any]] = []
         self._size = 0
@@ -292,12 +294,13 @@ class InlineFrames:
             channel = self.direct.channel
             if (
                 frame.multiple
+                or self._confirm is None
                 or not channel.publisher_confirms
                 or frame.delivery_tag not in channel.confirmations
                 or not self._idle()
             ):
                 return False
-            channel._confirm_delivery(frame.delivery_tag, frame)
+            self._confirm(frame.delivery_tag, frame)
             return True
         if (
             isinstance(frame, Basic.Deliver)
