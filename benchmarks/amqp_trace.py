@@ -103,6 +103,7 @@ def hook() -> None:
     mark(RedisBackend, "wait", "backend.wait")
     mark(BufferedFrames, "_read", "frames.read")  # both: a socket read that yields frames
     mark(DirectDeliveries, "_on_deliver_frame", "on_deliver")  # worker
+    mark(DirectDeliveries, "deliver", "deliver")  # worker: also inline (InlineFrames)
     mark(RabbitMQBroker, "receive", "receive")
     mark(Settler, "flush", "settle.flush")
     mark(RedisBackend, "store", "backend.store")

@@ -31,6 +31,7 @@ from aiotask._backoff import Backoff
 from aiotask._urls import redact
 from aiotask.brokers._common import clamp_priority
 from aiotask.brokers._rabbitmq_nodes import connect_node, node_urls
+from aiotask.brokers._rabbitmq_reader import DirectDeliveries
 from aiotask.brokers._rabbitmq_topology import HEADER_QUORUM_COUNT, MAX_PRIORITY, SERVER_HEADERS
 from aiotask.exceptions import AiotaskError, BrokerConnectionError, ConfigurationError
 
@@ -327,6 +328,9 @@ async def _attempt(
     """One concurrent publish of `items` on `channel`; per index None or the error."""
     if channel.is_closed:
         return {i: NotSent() for i in items}
+    if len(items) == 1:
+        ((i, item),) = items.items()
+        return {i: await _attempt_one(channel, item, timeout)}
     tasks = {i: asyncio.ensure_future(_publish_one(channel, *item)) for i, item in items.items()}
     closed = await _cancel_on_close(channel, tasks.values())
     try:
@@ -350,6 +354,47 @@ async def _attempt(
         else:
             out[i] = task.exception()
     return out
+
+
+async def _attempt_one(
+    channel: AbstractRobustChannel, item: tuple[str, Outbound], timeout: float
+) -> BaseException | None:
+    """`_attempt` for one message, in the caller's task: the same outcomes, two hops fewer.
+
+    A task per message and asyncio.wait() put a turn of the loop between send() and the
+    publish, and two between the confirm and send() returning; a batch still publishes
+    concurrently (`_attempt`). A channel that closes mid-publish cancels this task, as it
+    cancels `_attempt`'s tasks; that cancel is taken back here and becomes the outcome.
+    """
+    task = asyncio.current_task()
+    assert task is not None  # noqa: S101 - called from a coroutine
+    closing: asyncio.Future[object] = (await channel.get_underlay_channel()).closing
+    state = {"done": False, "closed": False}
+
+    def cancel(observer: asyncio.Future[object]) -> None:
+        if not state["done"] and not observer.cancelled():
+            state["closed"] = True
+            task.cancel()
+
+    closing.add_done_callback(cancel)
+    scope = asyncio.timeout(timeout)
+    try:
+        async with scope:
+            await _publish_one(channel, *item)
+        return None
+    except asyncio.CancelledError:
+        if state["closed"] and task.uncancel() == 0:  # ours alone: the caller was not cancelled
+            return asyncio.CancelledError("its channel closed mid-publish")
+        raise
+    except TimeoutError as exc:
+        if scope.expired():
+            return TimeoutError("no confirm within broker_unreachable_timeout")
+        return exc
+    except Exception as exc:  # the outcome of this message, as in _attempt
+        return exc
+    finally:
+        state["done"] = True
+        closing.remove_done_callback(cancel)
 
 
 async def _cancel_on_close(
@@ -422,6 +467,7 @@ async def _publish_one(channel: AbstractRobustChannel, key: str, msg: Outbound) 
     if channel.is_closed:  # checked in the same step as aiormq's own check: nothing written
         raise NotSent
     raw = await channel.get_underlay_channel()
+    DirectDeliveries.of(raw)  # its confirms are handled in the connection's reader (InlineFrames)
     # wait=False: the channel lock is not held until this frame reaches the socket, so a
     # batch's publishes are queued back to back and share the writer's drains.
     await raw.basic_publish(  # type: ignore[call-arg]

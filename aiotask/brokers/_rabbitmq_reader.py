@@ -16,12 +16,15 @@ The hooks:
   A unit test fails if aiormq stops building the receiver that way.
 
 `DirectDeliveries` then hands each delivery to aiotask's consumer callback in the channel's
-reader instead of in a new task (see its docstring). Instructions per drained no-op task: 0.74x
-aiormq's path (docs/benchmarks.md, "Reading frames").
+reader instead of in a new task (see its docstring), and `InlineFrames` in the connection's
+reader when the channel's reader is idle (one loop turn fewer per delivery and per confirm).
+Instructions per drained no-op task: 0.74x aiormq's path (docs/benchmarks.md, "Reading
+frames").
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import weakref
 from typing import TYPE_CHECKING, Any, cast
@@ -33,18 +36,17 @@ from aiormq.connection import FrameReceiver, TCPTransportFactory, TLSTransportFa
 from aiormq.connection import TransportFactory as _TransportFactory
 from aiormq.exceptions import AMQPConnectionError, InvalidFrameError, ProtocolSyntaxError
 from pamqp.body import ContentBody
+from pamqp.commands import Basic
 from pamqp.exceptions import PAMQPException
 from pamqp.frame import frame_parts, unmarshal
 from pamqp.header import ContentHeader
 
 if TYPE_CHECKING:
-    import asyncio
     from collections.abc import Callable
 
     from aiormq.abc import AbstractChannel
     from aiormq.channel import Channel
     from aiormq.connection import ReceivedFrame
-    from pamqp.commands import Basic
     from yarl import URL
 
 log = logging.getLogger("aiotask.brokers.rabbitmq")
@@ -55,6 +57,10 @@ CHUNK = 256 * 1024
 ENABLED = True
 #: off: aiotask's consumers are called in a task per delivery, as aiormq does (benchmarks)
 DIRECT = True
+#: off: every frame goes through the channel's queue and reader task, as in aiormq (benchmarks)
+INLINE = True
+#: asyncio.Queue's deque of waiting get() futures (InlineFrames tells an idle reader by it)
+GETTERS = "_getters"
 #: the attribute of aiormq.connection that Connection.connect builds its receiver from
 HOOK = "FrameReceiver"
 #: the method of aiormq's Channel that its reader calls with a Basic.Deliver frame
@@ -180,6 +186,9 @@ class DirectDeliveries:
         self.callbacks: dict[str, Callable[[DeliveredMessage], None]] = {}
         self._stock = getattr(channel, HOOK_DELIVER)
         setattr(channel, HOOK_DELIVER, self._on_deliver_frame)
+        frames = getattr(channel, "frames", None)
+        if INLINE and isinstance(frames, asyncio.Queue):
+            channel.frames = InlineFrames(self, frames)  # type: ignore[assignment]
 
     @classmethod
     def of(cls, channel: AbstractChannel) -> DirectDeliveries:
@@ -209,20 +218,115 @@ class DirectDeliveries:
 
     async def _on_deliver_frame(self, frame: Basic.Deliver) -> None:
         tag = frame.consumer_tag or ""
-        callback = self.callbacks.get(tag)
-        if callback is None:
+        if tag not in self.callbacks:
             await self._stock(frame)
             return
-        channel = self.channel
-        header = await channel._get_frame()
+        header = await self.channel._get_frame()
         if not isinstance(header, ContentHeader):
             raise ValueError(f"Unexpected frame {header!r} instead of ContentHeader", header)
-        body = await self._body(header.body_size)
-        message = DeliveredMessage(delivery=frame, header=header, body=body, channel=channel)
+        self.deliver(frame, header, await self._body(header.body_size))
+
+    def deliver(self, frame: Basic.Deliver, header: ContentHeader, body: bytes) -> None:
+        """Call the consumer of `frame` (dropped when it was cancelled, as aiormq drops it)."""
+        tag = frame.consumer_tag or ""
+        channel = self.channel
+        callback = self.callbacks.get(tag)
+        if callback is None:
+            return
         if tag not in channel.consumers:  # cancelled (aiormq drops those deliveries too)
             self.callbacks.pop(tag, None)
             return
+        message = DeliveredMessage(delivery=frame, header=header, body=body, channel=channel)
         try:
             callback(message)
         except Exception:
             log.exception("Consumer callback failed")
+
+
+class InlineFrames:
+    """A channel's frame queue that handles a delivery or a confirm in the connection's reader.
+
+    aiormq's connection reader puts each frame on its channel's queue, and the channel's
+    reader task takes it off in a later turn of the loop: one more hop, on the worker between
+    the socket read and the task, on the producer between the confirm and send() returning.
+    When the channel's reader is idle (waiting on the empty queue: every earlier frame is
+    handled), this handles the frames it would handle next the same way, at once:
+    a `Basic.Deliver` to an aiotask consumer (with its header and body frames, which follow it
+    on the channel) goes to `DirectDeliveries.deliver`; a single `Basic.Ack` or `Basic.Nack` of
+    a publish goes to aiormq's own `Channel._confirm_delivery`, the method its reader calls.
+    Every other frame, and every frame while the reader is busy, is queued as before, so the
+    order of the channel's frames is kept. Under load (the reader busy, acks with multiple)
+    nothing changes.
+    """
+
+    def __init__(self, direct: DirectDeliveries, queue: asyncio.Queue[Any]) -> None:
+        self.direct = direct
+        self.queue = queue
+        self._getters: Any = getattr(queue, GETTERS, None)  # asyncio.Queue's waiting get()s
+        #: aiormq's handler of a publish confirm (None in an aiormq without it: all queued)
+        self._confirm: Any = getattr(direct.channel, "_confirm_delivery", None)
+        #: the queued items of a delivery being put together: deliver, header, bodies
+        self._held: list[tuple[Any, Any]] = []
+        self._size = 0
+        self._got = 0
+
+    def __getattr__(self, name: str) -> Any:  # get, task_done, qsize...: the queue's own
+        return getattr(self.queue, name)
+
+    async def put(self, item: tuple[Any, Any]) -> None:
+        if not self._take(item):
+            await self.queue.put(item)
+
+    def put_nowait(self, item: tuple[Any, Any]) -> None:
+        if not self._take(item):
+            self.queue.put_nowait(item)
+
+    def _idle(self) -> bool:
+        """The channel's reader waits on the empty queue: it has handled every earlier frame."""
+        getters = self._getters
+        return bool(getters) and self.queue.empty() and any(not g.done() for g in getters)
+
+    def _take(self, item: tuple[Any, Any]) -> bool:
+        frame = item[1]
+        if self._held:
+            return self._content(item)
+        if isinstance(frame, (Basic.Ack, Basic.Nack)):
+            channel = self.direct.channel
+            if (
+                frame.multiple
+                or self._confirm is None
+                or not channel.publisher_confirms
+                or frame.delivery_tag not in channel.confirmations
+                or not self._idle()
+            ):
+                return False
+            self._confirm(frame.delivery_tag, frame)
+            return True
+        if (
+            isinstance(frame, Basic.Deliver)
+            and (frame.consumer_tag or "") in self.direct.callbacks
+            and self._idle()
+        ):
+            self._held = [item]
+            return True
+        return False
+
+    def _content(self, item: tuple[Any, Any]) -> bool:
+        """The next frame of the held delivery; anything else hands it all to the queue."""
+        frame = item[1]
+        self._held.append(item)
+        if len(self._held) == 2 and isinstance(frame, ContentHeader):
+            self._size, self._got = frame.body_size, 0
+        elif len(self._held) > 2 and isinstance(frame, ContentBody):
+            self._got += len(frame.value)
+        else:  # not what AMQP sends: aiormq's reader raises on it, in order
+            held, self._held = self._held, []
+            for queued in held:
+                self.queue.put_nowait(queued)
+            return True
+        if self._got >= self._size:
+            held, self._held = self._held, []
+            bodies = [f.value for _, f in held[2:]]
+            body = bodies[0] if len(bodies) == 1 else b"".join(bodies)
+            self.direct.deliver(held[0][1], held[1][1], body)
+        return True
