@@ -112,9 +112,10 @@ def options(url: str, schema: str) -> Options:
 #: A FROM item that makes its statement's transaction commit without waiting for the WAL
 #: flush (`synchronous_commit = off` for this transaction only; works through PgBouncer, no
 #: session state). Only for commits whose loss in a server crash means a redelivery and on
-#: which nothing made later relies: claims, acks, nacks, lease renewals, heartbeats. Never for
-#: a write that a later step takes as done, such as a result store before its ack: the crash
-#: need not reach the writer as an error, the next step may simply run on the restarted server
+#: which nothing made later relies: claims, acks, nacks, lease renewals, heartbeats, and a
+#: worker's result store that carries its ack (one transaction). Never for a write that a later
+#: step takes as done, such as a result store before a separate ack: the crash need not reach
+#: the writer as an error, the next step may simply run on the restarted server
 #: (docs/postgres.md, "Reliability").
 NO_SYNC_VALUE = "SELECT set_config('synchronous_commit', 'off', true)"
 NO_SYNC = f"({NO_SYNC_VALUE}) AS no_sync"
