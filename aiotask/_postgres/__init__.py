@@ -112,25 +112,24 @@ def options(url: str, schema: str) -> Options:
 #: A FROM item that makes its statement's transaction commit without waiting for the WAL
 #: flush (`synchronous_commit = off` for this transaction only; works through PgBouncer, no
 #: session state). Only for commits whose loss in a server crash means a redelivery and on
-#: which nothing made later relies: claims, acks, nacks, lease renewals, heartbeats, and a
-#: worker's result store that carries its ack (one transaction). Never for a write that a later
-#: step takes as done, such as a result store before a separate ack: the crash need not reach
-#: the writer as an error, the next step may simply run on the restarted server
+#: which nothing made later relies: claims, acks, nacks, lease renewals, heartbeats. Never for
+#: a write that a later step takes as done, such as a result store before its ack: the crash
+#: need not reach the writer as an error, the next step may simply run on the restarted server
 #: (docs/postgres.md, "Reliability").
-NO_SYNC_VALUE = "SELECT set_config('synchronous_commit', 'off', true)"
-NO_SYNC = f"({NO_SYNC_VALUE}) AS no_sync"
+NO_SYNC = "(SELECT set_config('synchronous_commit', 'off', true)) AS no_sync"
 
 
-def ack_rows(s: str, ids: int, owners: int) -> str:
+def ack_rows(s: str, ids: int, owners: int, *, no_sync: bool = True) -> str:
     """The ack: delete the rows of schema `s` held by the (id, owner) pairs in parameters
-    `$ids` and `$owners`, without waiting for the WAL flush (NO_SYNC). Shared by the broker's
-    ack and the backend's joint store and ack (one transaction: see docs/postgres.md,
-    "Reliability"). `m.id = ANY(...)` bounds the scan to the held rows whatever the planner
-    estimates: on statistics of an empty table it hashed the whole primary key for the join
-    (~20 ms per settle of 200 on a backlog of 100,000, until the next analyze)."""
+    `$ids` and `$owners`, without waiting for the WAL flush (NO_SYNC) unless `no_sync` is
+    False (the backend's joint store and ack, flushed: docs/postgres.md, "Reliability").
+    `m.id = ANY(...)` bounds the scan to the held rows whatever the planner estimates: on
+    statistics of an empty table it hashed the whole primary key for the join (~20 ms per
+    settle of 200 on a backlog of 100,000, until the next analyze)."""
     return (
         f"DELETE FROM {s}.messages m USING unnest(${ids}::bigint[], ${owners}::text[]) "
-        f"AS t(id, owner), {NO_SYNC} WHERE m.id = ANY(${ids}::bigint[]) AND m.id = t.id "
+        f"AS t(id, owner){', ' + NO_SYNC if no_sync else ''} WHERE m.id = ANY(${ids}::bigint[]) "
+        "AND m.id = t.id "
         "AND m.lease_owner = t.owner"
     )
 

@@ -114,7 +114,7 @@ class PostgresBackend:
     async def store_and_ack(
         self, results: Sequence[EncodedResult], deliveries: Sequence[Delivery]
     ) -> bool:
-        """Store `results` and ack `deliveries` in one transaction that skips the WAL flush
+        """Store `results` and ack `deliveries` in one statement, one flushed transaction
         (aiotask/backends/_postgres_results.py, upsert); False, doing nothing, when the
         broker is not on this database (then store, and ack through the broker)."""
         held = getattr(self._broker, "held", None)

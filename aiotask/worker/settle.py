@@ -195,7 +195,7 @@ class Settler:
         """Store the results. A batch of plain acks (no follow-ups, locks or nacks: no stage
         between the store and the ack has work) goes to a backend that can ack in the
         store's transaction in one call (PostgreSQL broker and backend on one database:
-        one statement, and no WAL flush on the result's way to its waiter)."""
+        one statement instead of two)."""
         backend = self.app.backend
         stores = [s.store for s in flush.batch if s.store is not None]
         if not stores or backend is None:

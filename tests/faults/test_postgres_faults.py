@@ -310,8 +310,8 @@ async def test_a_result_stored_before_a_crash_outlives_an_ack_made_after_the_res
 async def test_a_result_stored_with_its_ack_is_kept_or_lost_with_it(
     postgres_server: PrivatePostgres, namespace: str
 ) -> None:
-    """A plain batch's results are stored and its messages acked in one transaction that
-    skips the WAL flush. With the WAL writers stopped and every server process killed (-9)
+    """A plain batch's results are stored and its messages acked in one transaction. With the
+    WAL writers stopped and every server process killed (-9)
     right after it, the restarted server has both (the result, and the message gone) or
     neither (the message is there to run again): never the result beside its message, as
     after a flushed store and a lost async ack (the old split path), nor the message gone

@@ -2,10 +2,10 @@
 wait whose notification never comes.
 
 Claims, acks, nacks, lease renewals and heartbeats commit without waiting: losing one in a
-server crash means a redelivery; so does a worker's result store that carries its ack (one
-transaction: lost with it). Every other write waits, a result store with follow-ups and chord
-reports included: the ack that follows may run on the restarted server, which must not have
-lost them (the crash itself is in tests/faults/test_postgres_faults.py)."""
+server crash means a redelivery. Every other write waits: a worker's result store that
+carries its ack (one transaction: no finished task's ack is lost), a result store with
+follow-ups and chord reports, whose separate ack may run on the restarted server, which must
+not have lost them (the crash itself is in tests/faults/test_postgres_faults.py)."""
 
 from __future__ import annotations
 
@@ -71,8 +71,9 @@ def _skips(statements: list[tuple[str, str]], what: str) -> set[bool]:
 async def test_a_worker_acks_in_its_result_stores_transaction_which_skips_the_flush(
     postgres_url: str, namespace: str, statements: list[tuple[str, str]]
 ) -> None:
-    """A plain task's result and ack are one statement, which skips the flush (a crash loses
-    both or neither); claims and heartbeats skip it, a publish waits for it."""
+    """A plain task's result and ack are one statement, which waits for the flush (a crash
+    loses both or neither, and no finished task's ack); claims and heartbeats skip it, a
+    publish waits for it."""
     app = App("commits", broker=postgres_url, key_prefix=namespace)
 
     @app.task(name="commits.add")
@@ -87,7 +88,7 @@ async def test_a_worker_acks_in_its_result_stores_transaction_which_skips_the_fl
     assert {".claim(" in sql for what, sql in statements if what == "claim messages"} == {True}
     stores = [sql for what, sql in statements if what == "store results"]
     assert stores and all("DELETE" in sql and ".messages" in sql for sql in stores)
-    assert _skips(statements, "store results") == {True}
+    assert _skips(statements, "store results") == {False}
     assert _skips(statements, "ack") == set()  # no separate ack
     assert _skips(statements, "heartbeat") <= {True}
     assert _skips(statements, "publish") == {False}
