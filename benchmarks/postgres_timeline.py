@@ -8,8 +8,7 @@ round trip with `time.perf_counter_ns()` (CLOCK_MONOTONIC on Linux: one clock fo
 processes) by wrapping the broker's and backend's SQL functions, the NOTIFY callbacks, the
 settler and the task. Prints the median (p10, p90) of each stage: the publish INSERT (its
 commit waits for the WAL flush), its NOTIFY reaching the worker, the claim, the task, the
-result store (with the ack in the same statement, not flushed; before issue #21's fifth
-pass: flushed, then a separate ack), its NOTIFY reaching the waiter. A measurement tool: the
+result store (WAL flush too), its NOTIFY reaching the waiter. A measurement tool: the
 wrappers cost a few microseconds each.
 """
 
@@ -42,7 +41,7 @@ STAGES = (
     ("claim end to task start", "W claim.end", "W task"),
     ("task to result store start", "W task", "W upsert.start"),
     ("store start to waiter NOTIFY", "W upsert.start", "P result_notified"),
-    ("store (+ ack) statement", "W upsert.start", "W upsert.end"),
+    ("store statement (+ WAL flush)", "W upsert.start", "W upsert.end"),
     ("waiter NOTIFY to get() return", "P result_notified", "P get.end"),
     ("waiter's subscribe-time read", "P fetch.start", "P fetch.end"),
     ("round trip", "P send.start", "P get.end"),

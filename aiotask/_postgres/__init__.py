@@ -119,21 +119,6 @@ def options(url: str, schema: str) -> Options:
 NO_SYNC = "(SELECT set_config('synchronous_commit', 'off', true)) AS no_sync"
 
 
-def ack_rows(s: str, ids: int, owners: int, *, no_sync: bool = True) -> str:
-    """The ack: delete the rows of schema `s` held by the (id, owner) pairs in parameters
-    `$ids` and `$owners`, without waiting for the WAL flush (NO_SYNC) unless `no_sync` is
-    False (the backend's joint store and ack, flushed: docs/postgres.md, "Reliability").
-    `m.id = ANY(...)` bounds the scan to the held rows whatever the planner estimates: on
-    statistics of an empty table it hashed the whole primary key for the join (~20 ms per
-    settle of 200 on a backlog of 100,000, until the next analyze)."""
-    return (
-        f"DELETE FROM {s}.messages m USING unnest(${ids}::bigint[], ${owners}::text[]) "
-        f"AS t(id, owner){', ' + NO_SYNC if no_sync else ''} WHERE m.id = ANY(${ids}::bigint[]) "
-        "AND m.id = t.id "
-        "AND m.lease_owner = t.owner"
-    )
-
-
 def ident(name: str) -> str:
     """`name` as a quoted SQL identifier (schema names come from settings, not users' data)."""
     return '"' + name.replace('"', '""') + '"'

@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 from typing import TYPE_CHECKING
 
-from aiotask._postgres import ack_rows
 from aiotask.backends.base import GroupProgress, MemberReport, decode_record, group_step
 from aiotask.states import FAILURE, SUCCESS
 
@@ -30,7 +29,6 @@ async def upsert(
     rows: tuple[list[str], list[str], list[bool], list[bytes], list[float]],
     wall: float,
     channel: str,
-    acks: tuple[list[int], list[str]] | None = None,
 ) -> None:
     """First final writer wins: the update applies only while the stored row is not ready
     (or expired), in the same statement as the check. One statement, one round trip: the
@@ -40,19 +38,14 @@ async def upsert(
 
     The commit waits for the WAL flush, a worker's too: its ack follows, and after a server
     crash the ack may run on the restarted server, where a result that skipped the flush is
-    gone. With `acks` (row ids, claim owners of the broker's messages in this schema) the same
-    statement deletes those messages too: stored and acked in one flushed transaction, one
-    statement instead of two (docs/postgres.md, "Reliability")."""
-    # Flushed, ack included: skipping the flush here lost up to ~0.6 s of finished tasks' acks
-    # in a server crash, which then ran again (docs/postgres.md, "Reliability")
-    gone = f", gone AS ({ack_rows(s, 9, 10, no_sync=False)})" if acks else ""
+    gone (docs/postgres.md, "Reliability")."""
     await conn.fetchval(
         f"WITH up AS (INSERT INTO {s}.results (task_id, state, ready, data, expires_at) "
         "SELECT * FROM unnest($1::text[], $2::text[], $3::bool[], $4::bytea[], $5::float8[]) "
         "ON CONFLICT (task_id) DO UPDATE SET state = excluded.state, "
         "ready = excluded.ready, data = excluded.data, expires_at = excluded.expires_at "
         f"WHERE NOT {s}.results.ready OR {s}.results.expires_at <= $6 "
-        f"RETURNING task_id, ready, data){gone} "
+        "RETURNING task_id, ready, data) "
         "SELECT count(pg_notify($7, CASE WHEN octet_length(up.data) <= $8 "
         "AND octet_length(up.task_id) <= 512 "
         "THEN encode(up.data, 'base64') || ' ' || up.task_id ELSE ' ' || up.task_id END)) "
@@ -61,7 +54,6 @@ async def upsert(
         wall,
         channel,
         NOTIFY_DATA_MAX,
-        *(acks or ()),
     )
 
 

@@ -47,7 +47,6 @@ from aiotask.exceptions import BrokerConnectionError
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Sequence
 
-    from aiotask.brokers.base import Delivery
     from aiotask.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -85,8 +84,6 @@ class PostgresBackend:
         self._db.subscribe(REPLIES, lambda _p: _set_all(self._reply_events))
         self._db.on_listen_lost = self._listen_lost
         self._stores = self._stored_rows = 0
-        #: a broker on this database (use_client_of): store_and_ack acks its deliveries
-        self._broker: object = None
         self._cleaned_at = monotonic()
 
     async def connect(self) -> None:
@@ -105,28 +102,7 @@ class PostgresBackend:
     def _channel(self, topic: str) -> str | None:
         return self._channels[topic] if self._opts.listen else None
 
-    def use_client_of(self, broker: object) -> None:
-        """Remember a PostgreSQL broker on the same database and schema: `store_and_ack`
-        then acks its deliveries in the result store's transaction."""
-        if getattr(broker, "database", None) == (self._opts.dsn, self._opts.schema):
-            self._broker = broker
-
-    async def store_and_ack(
-        self, results: Sequence[EncodedResult], deliveries: Sequence[Delivery]
-    ) -> bool:
-        """Store `results` and ack `deliveries` in one statement, one flushed transaction
-        (aiotask/backends/_postgres_results.py, upsert); False, doing nothing, when the
-        broker is not on this database (then store, and ack through the broker)."""
-        held = getattr(self._broker, "held", None)
-        acks = held(deliveries) if held is not None else None
-        if not acks or not acks[0] or not results:
-            return False
-        await self.store(results, acks=acks)
-        return True
-
-    async def store(
-        self, results: Sequence[EncodedResult], *, acks: tuple[list[int], list[str]] | None = None
-    ) -> None:
+    async def store(self, results: Sequence[EncodedResult]) -> None:
         if not results:
             return
         wall = now()
@@ -145,9 +121,7 @@ class PostgresBackend:
             [wall + r.ttl for r in results],
         )
         channel = self._channel(RESULTS) or ""
-        await self._db.run(
-            lambda c: sql.upsert(c, self._s, rows, wall, channel, acks), "store results"
-        )
+        await self._db.run(lambda c: sql.upsert(c, self._s, rows, wall, channel), "store results")
         self._stores += 1
         self._stored_rows += len(results)
         if (

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, NamedTuple
 
-from aiotask._postgres import NO_SYNC, ack_rows, fair
+from aiotask._postgres import NO_SYNC, fair
 from aiotask.brokers._common import DEAD_LETTER_CAP
 
 if TYPE_CHECKING:
@@ -134,7 +134,7 @@ class SQL:
         # estimates: on statistics of an empty table it hashed the whole primary key for the
         # join to `t` (~20 ms per settle of 200 on a backlog of 100,000, until the next analyze).
         _match = "m.id = ANY($1::bigint[]) AND m.id = t.id AND m.lease_owner = t.owner"
-        self.ack = ack_rows(s, 1, 2)
+        self.ack = f"DELETE FROM {s}.messages m USING {_held}, {NO_SYNC} WHERE {_match}"
         self.nack_counted = (
             f"UPDATE {s}.messages m SET lease_until = $3, eta = $3, lease_owner = NULL "
             f"FROM {_held}, {NO_SYNC} WHERE {_match}"

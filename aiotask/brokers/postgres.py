@@ -317,17 +317,6 @@ class PostgresBroker:
         if held:
             await self._db.run(lambda c: q.settle(c, self._sql.ack, held), "ack")
 
-    @property
-    def database(self) -> tuple[str, str]:
-        """(DSN, schema): a PostgreSQL result backend with the same ones may ack this broker's
-        deliveries in its result store's transaction (PostgresBackend.store_and_ack)."""
-        return self._opts.dsn, self._opts.schema
-
-    def held(self, deliveries: Sequence[Delivery]) -> tuple[list[int], list[str]]:
-        """(row ids, claim owners) that an ack of `deliveries` deletes (_postgres.ack_rows)."""
-        held = tokens(deliveries, Token)
-        return [t.row for t in held], [t.owner for t in held]
-
     async def heartbeat(self) -> None:
         """This consumer is alive until now + worker_lost_after; then any claim takes its work."""
         expires = now() + self._lost_after

@@ -93,8 +93,6 @@ class _Flush:
     decided: set[str] = field(default_factory=set)
     #: dead-letter reasons already nacked (a retry of the `dead` stage skips them)
     dead_done: set[str] = field(default_factory=set)
-    #: the store stage acked the batch in its transaction (`Settler._store`)
-    acked: bool = False
 
 
 class Settler:
@@ -192,23 +190,10 @@ class Settler:
             backoff.reset()
 
     async def _store(self, flush: _Flush) -> None:
-        """Store the results. A batch of plain acks (no follow-ups, locks or nacks: no stage
-        between the store and the ack has work) goes to a backend that can ack in the
-        store's transaction in one call (PostgreSQL broker and backend on one database:
-        one statement instead of two)."""
         backend = self.app.backend
         stores = [s.store for s in flush.batch if s.store is not None]
-        if not stores or backend is None:
-            return
-        joint = getattr(backend, "store_and_ack", None)
-        if joint is not None and all(
-            s.action == "ack" and s.finished is None and not s.publish and not s.release
-            for s in flush.batch
-        ):
-            flush.acked = await joint(stores, [s.delivery for s in flush.batch])
-            if flush.acked:
-                return
-        await backend.store(stores)
+        if stores and backend is not None:
+            await backend.store(stores)
 
     async def _canvas(self, flush: _Flush) -> None:
         """Derive the batch's follow-ups; report chord members (one round trip per round).
@@ -367,7 +352,7 @@ class Settler:
 
     async def _ack(self, flush: _Flush) -> None:
         acks = [s.delivery for s in flush.batch if s.action == "ack"]
-        if acks and not flush.acked:
+        if acks:
             await self.app.broker.ack(acks)
 
     async def _requeue(self, flush: _Flush) -> None:

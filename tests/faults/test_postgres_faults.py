@@ -277,12 +277,9 @@ async def test_a_result_stored_before_a_crash_outlives_an_ack_made_after_the_res
     message, and the task's outcome is lost (about a third of the runs of
     test_server_restart_mid_run_loses_nothing when worker stores skipped the flush). Here the
     WAL writers are stopped (SIGSTOP), so a commit that its own backend did not flush surely
-    stays in shared memory, and every server process is killed (-9) just before the ack.
-    A store with a separate ack is a batch with follow-ups or locks to release (a plain
-    batch is acked in the store's transaction: the test below); here the joint path is off."""
+    stays in shared memory, and every server process is killed (-9) just before the ack."""
     url = postgres_server.url
     async with App("proc", broker=url, key_prefix=namespace) as app:
-        monkeypatch.setattr(app.backend, "store_and_ack", None)
         sent = await app.send_task("proc.add", args=[1, 2])
         [delivery] = await app.broker.receive([app.conf.default_queue], 1)
         await app.send_task("proc.add", args=[0, 0])  # a flushed commit: the claim is on disk
@@ -305,44 +302,6 @@ async def test_a_result_stored_before_a_crash_outlives_an_ack_made_after_the_res
         # at-least-once: the result is stored, or the message is still there to run again
         assert kept is not None or stats[0].ready + (stats[0].in_flight or 0) == 2, "lost"
         assert kept is not None and kept.result == 3  # stores wait for the flush
-
-
-async def test_a_result_stored_with_its_ack_is_kept_or_lost_with_it(
-    postgres_server: PrivatePostgres, namespace: str
-) -> None:
-    """A plain batch's results are stored and its messages acked in one transaction. With the
-    WAL writers stopped and every server process killed (-9)
-    right after it, the restarted server has both (the result, and the message gone) or
-    neither (the message is there to run again): never the result beside its message, as
-    after a flushed store and a lost async ack (the old split path), nor the message gone
-    without its result."""
-    url = postgres_server.url
-    async with App("proc", broker=url, key_prefix=namespace) as app:
-        sent = await app.send_task("proc.add", args=[1, 2])
-        [delivery] = await app.broker.receive([app.conf.default_queue], 1)
-        await app.send_task("proc.add", args=[0, 0])  # a flushed commit: the claim is on disk
-        for pid in _children(postgres_server, "walwriter", "background writer"):
-            os.kill(pid, signal.SIGSTOP)
-        record = EncodedResult.of(ResultRecord(sent.id, SUCCESS, 3), 3600)
-        settler = Settler(app, lambda _done: None)
-        settler.add(Settlement(delivery, store=record))
-        await settler.flush()
-        _kill_9_cluster(postgres_server)
-        await asyncio.to_thread(postgres_server.start)
-        conn = await asyncpg.connect(url)
-        try:
-            left = await conn.fetchval(
-                f'SELECT count(*) FROM "{namespace}".messages WHERE message_id = $1',  # noqa: S608
-                sent.id,
-            )
-            kept = await conn.fetchval(
-                f'SELECT count(*) FROM "{namespace}".results WHERE task_id = $1',  # noqa: S608
-                sent.id,
-            )
-        finally:
-            await conn.close()
-        print(f"after the crash: result {'kept' if kept else 'lost'}, message left {left}")
-        assert (kept, left) in {(1, 0), (0, 1)}
 
 
 async def _until_async(check: Callable[[], Awaitable[bool]], timeout: float = 30) -> None:

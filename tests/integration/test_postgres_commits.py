@@ -2,10 +2,9 @@
 wait whose notification never comes.
 
 Claims, acks, nacks, lease renewals and heartbeats commit without waiting: losing one in a
-server crash means a redelivery. Every other write waits: a worker's result store that
-carries its ack (one transaction: no finished task's ack is lost), a result store with
-follow-ups and chord reports, whose separate ack may run on the restarted server, which must
-not have lost them (the crash itself is in tests/faults/test_postgres_faults.py)."""
+server crash means a redelivery. Every other write waits, a worker's result store and chord
+reports included: the ack that follows may run on the restarted server, which must not have
+lost them (the crash itself is in tests/faults/test_postgres_faults.py)."""
 
 from __future__ import annotations
 
@@ -64,57 +63,33 @@ def statements(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
     return seen
 
 
-def _skips(statements: list[tuple[str, str]], what: str) -> set[bool]:
-    return {"synchronous_commit" in sql for w, sql in statements if w == what}
-
-
-async def test_a_worker_acks_in_its_result_stores_transaction_which_skips_the_flush(
+async def test_a_worker_skips_the_flush_for_claims_and_acks_only(
     postgres_url: str, namespace: str, statements: list[tuple[str, str]]
 ) -> None:
-    """A plain task's result and ack are one statement, which waits for the flush (a crash
-    loses both or neither, and no finished task's ack); claims and heartbeats skip it, a
-    publish waits for it."""
     app = App("commits", broker=postgres_url, key_prefix=namespace)
 
     @app.task(name="commits.add")
     async def add(x: int, y: int) -> int:
         return x + y
 
-    async with app, start_worker(app):
-        assert await (await add.send(1, 2)).get(timeout=10) == 3
-        stats = await app.broker.queue_stats(["default"])
-    assert (stats[0].ready, stats[0].in_flight or 0) == (0, 0)  # acked by the time of get()
-    # the claims run in functions of the schema, which skip the flush (the test below)
-    assert {".claim(" in sql for what, sql in statements if what == "claim messages"} == {True}
-    stores = [sql for what, sql in statements if what == "store results"]
-    assert stores and all("DELETE" in sql and ".messages" in sql for sql in stores)
-    assert _skips(statements, "store results") == {False}
-    assert _skips(statements, "ack") == set()  # no separate ack
-    assert _skips(statements, "heartbeat") <= {True}
-    assert _skips(statements, "publish") == {False}
-
-
-async def test_a_result_with_follow_ups_waits_for_the_flush_before_its_ack(
-    postgres_url: str, namespace: str, statements: list[tuple[str, str]]
-) -> None:
-    """A chain step's result is stored (flushed) before its follow-up is published and its
-    message acked (not flushed): the ack may run on a restarted server, which must have kept
-    the result (tests/faults/test_postgres_faults.py)."""
-    app = App("commits", broker=postgres_url, key_prefix=namespace)
-
-    @app.task(name="commits.add")
-    async def add(x: int, y: int) -> int:
-        return x + y
-
-    async with app, start_worker(app):
-        assert await (await (add.s(1, 2) | add.s(3)).send()).get(timeout=10) == 6
-        for _ in range(200):  # the last step's ack follows its result: wait for the first
+    async with app:
+        async with start_worker(app):
+            assert await (await add.send(1, 2)).get(timeout=10) == 3
+        # the ack follows the result off the waiter's path: wait for it
+        for _ in range(200):
             if any(what == "ack" for what, _ in statements):
                 break
             await asyncio.sleep(0.05)
-    first = next(i for i, (what, _) in enumerate(statements) if what == "store results")
-    assert "DELETE" not in statements[first][1] and "synchronous_commit" not in statements[first][1]
-    assert _skips(statements, "ack") == {True}
+
+    def skips(what: str) -> set[bool]:
+        return {"synchronous_commit" in sql for w, sql in statements if w == what}
+
+    # the claims run in functions of the schema, which skip the flush (the test below)
+    assert {".claim(" in sql for what, sql in statements if what == "claim messages"} == {True}
+    assert skips("ack") == {True}
+    assert skips("heartbeat") <= {True}
+    assert skips("publish") == {False}
+    assert skips("store results") == {False}  # a worker's result, before its ack
 
 
 async def test_the_claim_functions_skip_the_flush_until_their_commit(
