@@ -146,7 +146,15 @@ def test_beat_embedded_in_two_workers_sends_each_slot_once(
     env = _env(tmp_path, sqlite_url, sqlite_url, namespace)
     workers = [_start(tmp_path, env, "worker", "--beat") for _ in range(2)]
     try:
-        time.sleep(6.0)
+        # both beats run before the window opens: a fixed 6 s from the spawn left one slot
+        # when a loaded machine took 5 s to import the workers (assert 1 >= 3)
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline and (
+            sum(" embedded in the worker" in p.read_text() for p in tmp_path.glob("worker-*.log"))
+            < 2
+        ):
+            time.sleep(0.1)
+        time.sleep(4.0)
     finally:
         codes = [stop(w) for w in workers]
     assert codes == [0, 0], _logs(tmp_path)
