@@ -17,11 +17,13 @@ PY312 ?= python3.12
 # The newest Python the machine has: unit and CLI tests also run there (.venv313).
 PY313 ?= python3.13
 # Test processes for `make test` (pytest-xdist; a file's tests stay in one process, so its
-# private servers start once). 4 on 2 cores starve the fault tests' worker processes
-# (timing-sensitive failover tests flaked), so 2. Files are handed out slowest first
+# private servers start once). The suite mostly waits (leases, windows, "nothing arrives
+# within"), so a third process uses cores two leave idle: 9 min 50 s against 13 min 27 s with
+# 2, back to back on a quiet machine (2026-11-30). 4 on 2 cores starved the fault tests'
+# worker processes (timing-sensitive failover tests flaked). Files are handed out slowest first
 # (tests/schedule.py, tests/durations.txt; --no-loadscope-reorder keeps that order): xdist's own
 # order (most tests first) left the slow process files to the end, on one process.
-TEST_WORKERS ?= 2
+TEST_WORKERS ?= 3
 PYTEST_XDIST := -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 VENV313 := .venv313
 
