@@ -320,6 +320,11 @@ def _ids(group: Sequence[tuple[str, BaseException]], shown: int = 5) -> str:
     return ids if len(group) <= shown else f"{ids} and {len(group) - shown} more"
 
 
+#: a message's outcome when its confirm did not come in time, or its channel closed first
+_NO_CONFIRM = "no confirm within broker_unreachable_timeout"
+_CLOSED = "its channel closed mid-publish"
+
+
 async def _attempt(
     channel: AbstractRobustChannel,
     items: dict[int, tuple[str, Outbound]],
@@ -348,9 +353,9 @@ async def _attempt(
     out: dict[int, BaseException | None] = {}
     for i, task in tasks.items():
         if task in pending:
-            out[i] = TimeoutError("no confirm within broker_unreachable_timeout")
+            out[i] = TimeoutError(_NO_CONFIRM)
         elif task.cancelled():
-            out[i] = asyncio.CancelledError("its channel closed mid-publish")
+            out[i] = asyncio.CancelledError(_CLOSED)
         else:
             out[i] = task.exception()
     return out
@@ -384,11 +389,11 @@ async def _attempt_one(
         return None
     except asyncio.CancelledError:
         if state["closed"] and task.uncancel() == 0:  # ours alone: the caller was not cancelled
-            return asyncio.CancelledError("its channel closed mid-publish")
+            return asyncio.CancelledError(_CLOSED)
         raise
     except TimeoutError as exc:
         if scope.expired():
-            return TimeoutError("no confirm within broker_unreachable_timeout")
+            return TimeoutError(_NO_CONFIRM)
         return exc
     except Exception as exc:  # the outcome of this message, as in _attempt
         return exc
