@@ -131,6 +131,10 @@ def floor_worker(py: Path, workload: str, ns: str) -> list[str]:
     return [str(py), "-m", "benchmarks.workloads.floor"]
 
 
+def floor_amqp_worker(py: Path, workload: str, ns: str) -> list[str]:
+    return [str(py), "-m", "benchmarks.workloads.floor_amqp"]
+
+
 @dataclass(frozen=True)
 class Framework:
     key: str
@@ -322,6 +326,21 @@ FRAMEWORKS: dict[str, Framework] = {
             },
             setup="XADD / XREADGROUP + SET + PUBLISH + XACK, nothing else",
             distributions=("redis", "hiredis"),
+        ),
+        Framework(
+            "floor-amqp",
+            "floor (raw aiormq)",
+            "floor_amqp",
+            floor_amqp_worker,
+            broker="amqp",
+            skips={
+                "chord": NO_CHORD,
+                "cpu": "n/a: the floor covers enqueue, drain and round trip",
+                "io": "n/a: the floor covers enqueue, drain and round trip",
+            },
+            setup="confirmed persistent basic.publish / basic.consume + SET + PUBLISH +"
+            " basic.ack (multiple), nothing else",
+            distributions=("aiormq", "pamqp", "redis", "hiredis"),
         ),
     )
 }

@@ -1,0 +1,139 @@
+"""The RabbitMQ floor: raw aiormq and redis-py doing only what an aiotask task on RabbitMQ must.
+
+A send is one persistent, mandatory basic.publish on a durable classic queue, returning once
+RabbitMQ confirms it (aiotask's default). The worker consumes with basic.qos = aiotask's
+prefetch and, per batch of deliveries, pipelines SET result + PUBLISH in Redis, then acks the
+batch with one basic.ack (multiple). A round trip is publish -> confirm, delivery -> SET +
+PUBLISH -> ack, and the producer's pub/sub wake-up on a channel it subscribed to once (so no
+read after the confirm). No serialization beyond a task id, no retries, no priorities: the
+distance to the physical limit on this broker, not a framework.
+
+Worker: `python -m benchmarks.workloads.floor_amqp` (stops on SIGTERM).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import uuid
+from typing import Any
+
+import aiormq
+import redis.asyncio as aioredis
+from pamqp.commands import Basic
+
+from benchmarks.common import NotSupported, amqp_url, concurrency, ns, redis_url
+
+PERSISTENT = Basic.Properties(delivery_mode=2)
+
+
+def names() -> tuple[str, str, str]:
+    """(queue, result key prefix, completion channel)"""
+    n = ns()
+    return n, f"{n}:r:", f"{n}:done"
+
+
+async def _channel(confirms: bool) -> tuple[aiormq.abc.AbstractConnection, Any]:
+    conn = await aiormq.connect(amqp_url())
+    channel = await conn.channel(publisher_confirms=confirms)
+    await channel.queue_declare(names()[0], durable=True)
+    return conn, channel
+
+
+class FloorAmqpAdapter:
+    batch_note = "concurrent confirmed publishes"
+
+    def __init__(self) -> None:
+        self.r = aioredis.Redis.from_url(redis_url())
+        self.queue, self.result_prefix, self.done = names()
+        self.conn: Any = None
+        self.channel: Any = None
+        self.pubsub: Any = None
+
+    async def start(self) -> None:
+        self.conn, self.channel = await _channel(confirms=True)
+
+    async def close(self) -> None:
+        if self.pubsub is not None:
+            await self.pubsub.aclose()
+        if self.conn is not None:
+            await self.conn.close()
+        await self.r.aclose()
+
+    async def send(self, kind: str) -> str:
+        tid = uuid.uuid4().hex
+        await self.channel.basic_publish(
+            f"{tid} {kind}".encode(),
+            routing_key=self.queue,
+            properties=PERSISTENT,
+            mandatory=True,
+        )
+        return tid
+
+    async def send_many(self, kind: str, count: int) -> list[str]:
+        return list(await asyncio.gather(*(self.send(kind) for _ in range(count))))
+
+    async def done_flags(self, handles: list[str]) -> list[bool]:
+        async with self.r.pipeline(transaction=False) as pipe:
+            for tid in handles:
+                pipe.exists(self.result_prefix + tid)
+            return [bool(x) for x in await pipe.execute()]
+
+    async def roundtrip(self) -> None:
+        if self.pubsub is None:
+            self.pubsub = self.r.pubsub()
+            await self.pubsub.subscribe(self.done)
+            await self.pubsub.get_message(timeout=1.0)  # the subscribe confirmation
+        tid = await self.send("noop")
+        while True:
+            msg = await self.pubsub.get_message(ignore_subscribe_messages=True, timeout=10.0)
+            if msg is None:
+                raise TimeoutError("no completion published")
+            if msg["data"] == tid.encode():
+                return
+
+    async def chord(self, size: int) -> None:
+        raise NotSupported("the floor has no canvas")
+
+
+def make_adapter() -> FloorAmqpAdapter:
+    return FloorAmqpAdapter()
+
+
+async def worker() -> None:
+    _, result_prefix, done = names()
+    r = aioredis.Redis.from_url(redis_url())
+    conn, channel = await _channel(confirms=False)
+    await channel.basic_qos(prefetch_count=2 * concurrency())  # as aiotask's --prefetch
+    inbox: list[aiormq.abc.DeliveredMessage] = []
+    ready = asyncio.Event()
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+
+    async def on_message(message: aiormq.abc.DeliveredMessage) -> None:
+        inbox.append(message)
+        ready.set()
+
+    await channel.basic_consume(names()[0], on_message)
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(0.5):
+                await ready.wait()
+        ready.clear()
+        batch, inbox[:] = inbox[:], []
+        if not batch:
+            continue
+        async with r.pipeline(transaction=False) as pipe:
+            for message in batch:
+                tid = message.body.split(b" ", 1)[0]
+                pipe.set(result_prefix + tid.decode(), b"null", ex=3600)
+                pipe.publish(done, tid)
+            await pipe.execute()
+        await channel.basic_ack(max(m.delivery_tag for m in batch), multiple=True)  # type: ignore[type-var]
+    await conn.close()
+    await r.aclose()
+
+
+if __name__ == "__main__":
+    asyncio.run(worker())
