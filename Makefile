@@ -18,12 +18,14 @@ PY312 ?= python3.12
 PY313 ?= python3.13
 # Test processes for `make test` (pytest-xdist; a file's tests stay in one process, so its
 # private servers start once). The suite mostly waits (leases, windows, "nothing arrives
-# within"), so a third process uses cores two leave idle: 9 min 50 s against 13 min 27 s with
-# 2, back to back on a quiet machine (2026-11-30). 4 on 2 cores starved the fault tests'
-# worker processes (timing-sensitive failover tests flaked). Files are handed out slowest first
-# (tests/schedule.py, tests/durations.txt; --no-loadscope-reorder keeps that order): xdist's own
-# order (most tests first) left the slow process files to the end, on one process.
-TEST_WORKERS ?= 3
+# within"), so more processes than cores use the idle time: on a quiet 2-core machine
+# (2026-11-30) the pytest step took 13 min 27 s with 2, 9 min 38 s-10 min 16 s with 3, and
+# 6 min 28 s and 6 min 54 s with 4 (the whole `make test` 7 min 19 s and 7 min 3 s; all 2,019
+# passing each time). An earlier trial of 4 under other load flaked timing-sensitive fault
+# tests; if they flake, `make test TEST_WORKERS=3` is the way back. Files are handed out
+# slowest first (tests/schedule.py, tests/durations.txt; --no-loadscope-reorder keeps that
+# order): xdist's own order (most tests first) left the slow process files to the end.
+TEST_WORKERS ?= 4
 PYTEST_XDIST := -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 VENV313 := .venv313
 
