@@ -373,7 +373,8 @@ def write_docs(doc: dict[str, Any], table: str) -> None:
     text = f"""# Benchmarks
 
 aiotask against Celery, the asyncio task queues taskiq, arq, SAQ and streaQ, and a "floor": a
-raw redis-py loop doing only the Redis commands a task strictly needs. Every framework runs the
+raw redis-py loop doing only the Redis commands a task strictly needs (and its RabbitMQ twin in
+raw aiormq, `floor-amqp`). Every framework runs the
 same workloads, as separate producer and worker processes, against the same local Redis (and
 RabbitMQ for the RabbitMQ columns), in the same run.
 
