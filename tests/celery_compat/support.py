@@ -285,6 +285,8 @@ def check_mixed_fleet(apps_dir: Path, env: dict[str, str], ns: str, redis_url: s
     celery_worker = start_celery_worker(apps_dir, env, ns)
     aiotask_worker = start_aiotask_worker(apps_dir, env, ns)
     counter = Redis.from_url(redis_url, decode_responses=True)
+    logs: dict[str, str] = {}
+    waited = 0.0
     try:
         run_producer(
             apps_dir,
@@ -294,18 +296,27 @@ def check_mixed_fleet(apps_dir: Path, env: dict[str, str], ns: str, redis_url: s
                 count.apply_async((str(i),), task_id=f"{{NS}}-{{i}}", ignore_result=True)
             """,
         )
-        deadline = time.monotonic() + 240
+        started = time.monotonic()
+        deadline = started + 240
         while counter.hlen(ns + ":runs") < n and time.monotonic() < deadline:
             time.sleep(0.5)
+        waited = time.monotonic() - started
         time.sleep(1.0)  # a duplicate run would land here
         runs = {k: int(v) for k, v in counter.hgetall(ns + ":runs").items()}
         by = {k: int(v) for k, v in counter.hgetall(ns + ":by").items()}
     finally:
         try:
-            stop(aiotask_worker)
+            logs["aiotask"] = stop(aiotask_worker)
         finally:
-            stop(celery_worker)
+            logs["celery"] = stop(celery_worker)
             counter.close()
+    missing = sorted({str(i) for i in range(n)} - set(runs), key=int)
+    # on a failure, say who ran what and show the end of both workers' logs
+    assert not missing, (
+        f"{len(missing)} of {n} never ran within {waited:.0f} s (first: {missing[:10]}); "
+        f"runs by kind {by}\n--- aiotask worker ---\n{logs['aiotask'][-3000:]}"
+        f"\n--- celery worker ---\n{logs['celery'][-3000:]}"
+    )
     assert set(runs) == {str(i) for i in range(n)}  # none lost
     assert set(runs.values()) == {1}  # each ran once
     assert by.get("celery", 0) > 0 and by.get("aiotask", 0) > 0  # both kinds took a share
