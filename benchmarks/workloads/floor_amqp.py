@@ -23,7 +23,8 @@ import aiormq
 import redis.asyncio as aioredis
 from pamqp.commands import Basic
 
-from benchmarks.common import NotSupported, amqp_url, concurrency, ns, redis_url
+from benchmarks.common import amqp_url, concurrency, ns, redis_url
+from benchmarks.workloads.floor import FloorAdapter
 
 PERSISTENT = Basic.Properties(delivery_mode=2)
 
@@ -41,29 +42,30 @@ async def _channel(confirms: bool) -> tuple[aiormq.abc.AbstractConnection, Any]:
     return conn, channel
 
 
-class FloorAmqpAdapter:
+class FloorAmqpAdapter(FloorAdapter):
+    """The Redis floor's adapter with RabbitMQ sends: its result checks (`done_flags`) and its
+    round trip (one pub/sub channel subscribed once) are the Redis floor's own."""
+
     batch_note = "concurrent confirmed publishes"
 
-    def __init__(self) -> None:
+    def __init__(self) -> None:  # not the Redis floor's: no stream here
         self.r = aioredis.Redis.from_url(redis_url())
-        self.queue, self.result_prefix, self.done = names()
+        self.queue, self.result_prefix, self.channel = names()
         self.conn: Any = None
-        self.channel: Any = None
+        self.amqp: Any = None
         self.pubsub: Any = None
 
     async def start(self) -> None:
-        self.conn, self.channel = await _channel(confirms=True)
+        self.conn, self.amqp = await _channel(confirms=True)
 
     async def close(self) -> None:
-        if self.pubsub is not None:
-            await self.pubsub.aclose()
         if self.conn is not None:
             await self.conn.close()
-        await self.r.aclose()
+        await super().close()
 
     async def send(self, kind: str) -> str:
         tid = uuid.uuid4().hex
-        await self.channel.basic_publish(
+        await self.amqp.basic_publish(
             f"{tid} {kind}".encode(),
             routing_key=self.queue,
             properties=PERSISTENT,
@@ -73,28 +75,6 @@ class FloorAmqpAdapter:
 
     async def send_many(self, kind: str, count: int) -> list[str]:
         return list(await asyncio.gather(*(self.send(kind) for _ in range(count))))
-
-    async def done_flags(self, handles: list[str]) -> list[bool]:
-        async with self.r.pipeline(transaction=False) as pipe:
-            for tid in handles:
-                pipe.exists(self.result_prefix + tid)
-            return [bool(x) for x in await pipe.execute()]
-
-    async def roundtrip(self) -> None:
-        if self.pubsub is None:
-            self.pubsub = self.r.pubsub()
-            await self.pubsub.subscribe(self.done)
-            await self.pubsub.get_message(timeout=1.0)  # the subscribe confirmation
-        tid = await self.send("noop")
-        while True:
-            msg = await self.pubsub.get_message(ignore_subscribe_messages=True, timeout=10.0)
-            if msg is None:
-                raise TimeoutError("no completion published")
-            if msg["data"] == tid.encode():
-                return
-
-    async def chord(self, size: int) -> None:
-        raise NotSupported("the floor has no canvas")
 
 
 def make_adapter() -> FloorAmqpAdapter:
