@@ -139,7 +139,7 @@ class SQLiteBackend:
             return
         wall = now()
         rows = [(r.task_id, r.state, int(r.ready), r.data, wall + r.ttl, wall) for r in results]
-        await self._db.run(_upsert, rows)
+        await self._db.sized(len(rows))(_upsert, rows)
         if any(r.ready for r in results):
             _sqlite.notify(self.path, TOPIC)
         self._stores += 1
@@ -158,7 +158,7 @@ class SQLiteBackend:
         return (await self.get_many([task_id]))[0]
 
     async def get_many(self, task_ids: Sequence[str]) -> list[ResultRecord | None]:
-        found = dict(await self._db.run(_fetch, list(task_ids), now(), False))
+        found = dict(await self._db.sized(len(task_ids))(_fetch, list(task_ids), now(), False))
         return [decode_record(found[t]) if t in found else None for t in task_ids]
 
     async def wait(self, task_id: str, timeout: float | None) -> ResultRecord:
@@ -182,7 +182,8 @@ class SQLiteBackend:
             while self._waiters:
                 signal.clear()
                 try:
-                    found = await self._db.run(_fetch, list(self._waiters), now(), True)
+                    waited = list(self._waiters)
+                    found = await self._db.sized(len(waited))(_fetch, waited, now(), True)
                 except BrokerConnectionError as exc:
                     if not outage.failing:  # once per outage, not once per tick
                         log.warning(

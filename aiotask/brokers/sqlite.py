@@ -21,13 +21,14 @@ without a doorbell it polls with a backoff from POLL_MIN to POLL_MAX. See docs/s
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 import os
 import socket
 import uuid
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, cast
 
 from aiotask import _sqlite, _sqlite_wake
 from aiotask._backoff import Backoff
@@ -220,7 +221,7 @@ class SQLiteBroker:
             )
             for o in batch
         ]
-        await self._db.run(_insert, rows)
+        await self._db.sized(len(rows))(_insert, rows)
         _sqlite.notify(self.path, TOPIC)  # a delayed one too: waiters sleep until the next due
 
     async def receive(self, queues: Sequence[str], limit: int) -> list[Delivery]:
@@ -246,23 +247,27 @@ class SQLiteBroker:
     async def _claim(self, queues: list[str], limit: int) -> list[Delivery]:
         owner = f"{self._owner}:{next(self._seq)}"
         await self._ensure_fair()
-        claim = asyncio.ensure_future(
-            self._db.run(
-                _claim_rows,
-                queues,
-                limit,
-                owner,
-                lease=self._lease,
-                max_deliveries=self._max_deliveries,
-                check_first=not self._maybe_more,
-            )
+        claim_rows = functools.partial(
+            _claim_rows,
+            queues=queues,
+            limit=limit,
+            owner=owner,
+            lease=self._lease,
+            max_deliveries=self._max_deliveries,
+            check_first=not self._maybe_more,
         )
-        try:
-            rows, buried, lost, self._due = await asyncio.shield(claim)
-        except asyncio.CancelledError:
-            # The claim may still commit on the thread; hand its rows back once it does.
-            claim.add_done_callback(lambda fut: self._release_orphans(fut, owner))
-            raise
+        done, claimed = (
+            self._db.attempt(claim_rows) if limit <= _sqlite.QUICK_ROWS else (False, None)
+        )
+        if not done:
+            claim = asyncio.ensure_future(self._db.run(claim_rows))
+            try:
+                claimed = await asyncio.shield(claim)
+            except asyncio.CancelledError:
+                # The claim may still commit on the thread; hand its rows back once it does.
+                claim.add_done_callback(lambda fut: self._release_orphans(fut, owner))
+                raise
+        rows, buried, lost, self._due = cast("Claimed", claimed)
         self._maybe_more = len(rows) >= limit
         for consumer, count in lost:
             log.log(
@@ -294,7 +299,7 @@ class SQLiteBroker:
     async def ack(self, deliveries: Sequence[Delivery]) -> None:
         held = tokens(deliveries, Token)
         if held:
-            await self._db.run(
+            await self._db.sized(len(held))(
                 _settle, "DELETE FROM aiotask_messages WHERE id=? AND lease_owner=?", held
             )
 
