@@ -1,12 +1,15 @@
 """Round trip on the embedded default (SQLite) across two processes, with and without doorbells.
 
     .venv/bin/python -m benchmarks.sqlite_wake [--samples 40] [--gap 0.5] [--rounds 3]
+        [--redis redis://127.0.0.1:6379/0]
 
 A worker process and this producer share one SQLite file. Each sample sends a no-op task and
 waits for its result; `busy` samples follow each other at once, `idle` samples wait `--gap`
 seconds first (long enough for every poll backoff to reach its maximum). "bells off" blocks the
 doorbell directory with a plain file, which is the documented fallback (polling only), so both
-modes run the same code otherwise. Rounds alternate the modes; the figures are medians.
+modes run the same code otherwise. With --redis, the same producer and worker also run on
+Redis (a unique key prefix, its keys deleted afterwards), for the ratio to Redis in the same
+run. Rounds alternate the modes; the figures are medians.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import sys
 import tempfile
 import textwrap
 import time
+import uuid
 from pathlib import Path
 
 from aiotask import App, _sqlite_wake
@@ -36,9 +40,9 @@ TASKS = textwrap.dedent(
 )
 
 
-async def _samples(url: str, n: int, gap: float) -> list[float]:
+async def _samples(url: str, n: int, gap: float, prefix: str) -> list[float]:
     out = []
-    async with App("wakebench", broker=url) as app:
+    async with App("wakebench", broker=url, backend=url, key_prefix=prefix) as app:
         await (await app.send_task("noop")).get(timeout=30)  # warm both sides
         for _ in range(n):
             if gap:
@@ -49,28 +53,50 @@ async def _samples(url: str, n: int, gap: float) -> list[float]:
     return out
 
 
-def _measure(workdir: Path, bells: bool, samples: int, gap: float) -> dict[str, float]:
-    db = workdir / f"wake-{'on' if bells else 'off'}-{time.monotonic_ns()}.db"
-    url = f"sqlite:///{db}"
+def _measure(workdir: Path, mode: str, samples: int, gap: float, redis: str) -> dict[str, float]:
+    """mode: "on" (SQLite with doorbells), "off" (SQLite, polling only) or "redis"."""
+    db = workdir / f"wake-{mode}-{time.monotonic_ns()}.db"
+    url = redis if mode == "redis" else f"sqlite:///{db}"
+    prefix = f"wakebench-{uuid.uuid4().hex[:12]}"
     blocker = Path(_sqlite_wake.wake_dir(str(db)))
-    if not bells:
+    if mode == "off":
         blocker.parent.mkdir(parents=True, exist_ok=True)
         blocker.write_text("doorbells off for this measurement")
-    env = dict(os.environ, AIOTASK_BROKER_URL=url, PYTHONPATH=str(workdir))
+    env = dict(
+        os.environ,
+        AIOTASK_BROKER_URL=url,
+        AIOTASK_RESULT_BACKEND=url,
+        AIOTASK_KEY_PREFIX=prefix,
+        PYTHONPATH=str(workdir),
+    )
     worker = subprocess.Popen(
         [sys.executable, "-m", "aiotask", "worker", "-A", "wake_tasks:app", "-l", "WARNING"],
         cwd=workdir,
         env=env,
     )
     try:
-        busy = asyncio.run(_samples(url, samples, 0.0))
-        idle = asyncio.run(_samples(url, max(samples // 4, 5), gap))
+        busy = asyncio.run(_samples(url, samples, 0.0, prefix))
+        idle = asyncio.run(_samples(url, max(samples // 4, 5), gap, prefix))
     finally:
         worker.terminate()
         worker.wait(30)
-        if not bells:
+        if mode == "off":
             blocker.unlink()
+        if mode == "redis":
+            asyncio.run(_delete_keys(redis, prefix))
     return {"busy_p50_ms": statistics.median(busy), "idle_p50_ms": statistics.median(idle)}
+
+
+async def _delete_keys(url: str, prefix: str) -> None:
+    import redis.asyncio as aioredis  # only with --redis
+
+    client = aioredis.Redis.from_url(url)
+    try:
+        keys = [key async for key in client.scan_iter(match=f"{prefix}*", count=1000)]
+        if keys:
+            await client.delete(*keys)
+    finally:
+        await client.aclose()
 
 
 def main() -> None:
@@ -78,21 +104,32 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=40)
     parser.add_argument("--gap", type=float, default=0.5)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--redis", default="", help="also measure aiotask on this Redis")
     args = parser.parse_args()
-    results: dict[bool, list[dict[str, float]]] = {True: [], False: []}
+    modes = ("on", "off", "redis") if args.redis else ("on", "off")
+    results: dict[str, list[dict[str, float]]] = {mode: [] for mode in modes}
     with tempfile.TemporaryDirectory(prefix="wakebench") as tmp:
         workdir = Path(tmp)
         (workdir / "wake_tasks.py").write_text(TASKS)
         for _ in range(args.rounds):
-            for bells in (True, False):
-                results[bells].append(_measure(workdir, bells, args.samples, args.gap))
-    print("| SQLite round trip, worker in another process | bells on | bells off | on/off |")
-    print("|---|---:|---:|---:|")
-    rows = (("busy_p50_ms", "back to back, p50 ms"), ("idle_p50_ms", "after idle, p50 ms"))
+            for mode in modes:
+                results[mode].append(_measure(workdir, mode, args.samples, args.gap, args.redis))
+    redis_cols = (" Redis | SQLite/Redis |", "---:|---:|") if args.redis else ("", "")
+    print(
+        f"| round trip, worker in another process | bells on | bells off | on/off |{redis_cols[0]}"
+    )
+    print(f"|---|---:|---:|---:|{redis_cols[1]}")
+    rows = (
+        ("busy_p50_ms", "back to back, p50 ms"),
+        ("idle_p50_ms", f"after {args.gap} s idle, p50 ms"),
+    )
     for key, label in rows:
-        on = statistics.median(r[key] for r in results[True])
-        off = statistics.median(r[key] for r in results[False])
-        print(f"| {label} | {on:.2f} | {off:.2f} | {on / off:.2f}x |")
+        on, off = (statistics.median(r[key] for r in results[m]) for m in ("on", "off"))
+        line = f"| {label} | {on:.2f} | {off:.2f} | {on / off:.2f}x |"
+        if args.redis:
+            red = statistics.median(r[key] for r in results["redis"])
+            line += f" {red:.2f} | {on / red:.2f}x |"
+        print(line)
 
 
 if __name__ == "__main__":
