@@ -27,6 +27,7 @@ import uuid
 from pathlib import Path
 
 from aiotask import App, _sqlite_wake
+from benchmarks.harness import cleanup_redis
 
 TASKS = textwrap.dedent(
     """
@@ -83,20 +84,8 @@ def _measure(workdir: Path, mode: str, samples: int, gap: float, redis: str) -> 
         if mode == "off":
             blocker.unlink()
         if mode == "redis":
-            asyncio.run(_delete_keys(redis, prefix))
+            asyncio.run(cleanup_redis(redis, prefix))
     return {"busy_p50_ms": statistics.median(busy), "idle_p50_ms": statistics.median(idle)}
-
-
-async def _delete_keys(url: str, prefix: str) -> None:
-    import redis.asyncio as aioredis  # only with --redis
-
-    client = aioredis.Redis.from_url(url)
-    try:
-        keys = [key async for key in client.scan_iter(match=f"{prefix}*", count=1000)]
-        if keys:
-            await client.delete(*keys)
-    finally:
-        await client.aclose()
 
 
 def main() -> None:
