@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from redis.asyncio.connection import Connection, SSLConnection
+from redis.asyncio.connection import AbstractConnection, Connection, SSLConnection
 from redis.asyncio.sentinel import SentinelManagedConnection
 
 from aiotask._tls import context_for
@@ -38,14 +38,38 @@ def _pack(conn: Connection, args: tuple[Any, ...]) -> list[bytes]:
     return Connection.pack_command(conn, *args)
 
 
-class FastPackConnection(Connection):
+class _ClosesItsSocket(AbstractConnection):
+    """A disconnect that leaves no socket open behind it.
+
+    redis-py's `disconnect(nowait=True)`, which it calls itself on a read or write error,
+    closes the stream and forgets it. A TLS stream then stays half closed, its socket open,
+    until the server answers the close_notify; a graceful `disconnect()` that times out
+    leaves the same. If the event loop ends first (a worker stopping, a test), that socket is
+    never closed ("ResourceWarning: unclosed transport"). Here the transport is aborted
+    whenever the close was not waited for to its end: its socket closes on the loop's next
+    turn. (A broken connection has no goodbye worth waiting for.)
+    """
+
+    async def disconnect(self, *args: Any, **kwargs: Any) -> None:  # redis-py's, any version
+        nowait = bool(args[0] if args else kwargs.get("nowait", False))
+        writer = self._writer
+        closed = False
+        try:
+            await super().disconnect(*args, **kwargs)
+            closed = not nowait
+        finally:
+            if writer is not None and not closed:
+                writer.transport.abort()
+
+
+class FastPackConnection(_ClosesItsSocket, Connection):
     """redis:// connection with C command packing."""
 
     def pack_command(self, *args: Any) -> list[bytes]:
         return _pack(self, args)
 
 
-class FastPackSSLConnection(SSLConnection):
+class FastPackSSLConnection(_ClosesItsSocket, SSLConnection):
     """rediss:// connection with C command packing and aiotask's SSLContext (aiotask._tls).
 
     Each new connection asks for the context again: once a CA or client certificate file is
@@ -65,7 +89,7 @@ class FastPackSSLConnection(SSLConnection):
         return _pack(self, args)
 
 
-class FastPackSentinelConnection(SentinelManagedConnection):
+class FastPackSentinelConnection(_ClosesItsSocket, SentinelManagedConnection):
     """redis+sentinel:// connection: asks the sentinels for the primary, C command packing."""
 
     def pack_command(self, *args: Any) -> list[bytes]:

@@ -3,19 +3,26 @@
 One server per module (a CA made here, nothing committed); each test has its own key prefix.
 Covers: a worker process running a task and storing its result over TLS (options from
 settings) for a producer whose options are in the URL; mutual TLS; a wrong CA and a host name
-mismatch failing at once with one line that names TLS, from the API and from `aiotask worker`.
+mismatch failing at once with one line that names TLS, from the API and from `aiotask worker`;
+a dropped connection's socket closed at once, though the server never answers its goodbye.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
+import signal
 import uuid
 from typing import TYPE_CHECKING
 
 import pytest
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from aiotask import App
+from aiotask._redis.client import make_client
+from aiotask._tls import for_broker
 from aiotask.backends.redis import RedisBackend
 from aiotask.brokers.redis_streams import RedisStreamsBroker
 from aiotask.exceptions import BrokerConnectionError
@@ -23,6 +30,7 @@ from aiotask.settings import Settings
 from tests.procs import run_cli, start_worker, stop, worker_env, write_tasks
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from pathlib import Path
 
     from tests.tls_support import PKI, TLSRedis
@@ -145,3 +153,43 @@ async def test_worker_cli_with_a_wrong_ca_exits_1_with_the_tls_line(
     output = done.stdout + done.stderr
     assert PASSWORD not in output
     assert str(tls_dir) not in output
+
+
+@contextlib.contextmanager
+def paused(server: TLSRedis) -> Iterator[None]:
+    """The private server stopped (SIGSTOP, by our PID): it answers nothing, TLS goodbyes
+    included, until the block ends."""
+    assert server.proc is not None
+    os.kill(server.proc.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(server.proc.pid, signal.SIGCONT)
+
+
+@pytest.mark.parametrize("nowait", [True, False])
+async def test_a_dropped_tls_connection_closes_its_socket_without_the_servers_goodbye(
+    tls_redis: TLSRedis, nowait: bool
+) -> None:
+    """redis-py drops a broken connection with disconnect(nowait=True): asyncio then keeps a
+    TLS socket open until the server answers the close_notify (up to 30 s). A loop that ends
+    first (a test, a worker stopping) never closes it: the unclosed-transport warning that
+    failed CI runs at random. The socket must be closed at once, with or without nowait."""
+    resolved = for_broker(Settings(broker_url=tls_redis.url()))
+    client = make_client(resolved.url, tls=resolved.tls)
+    conn = client.connection_pool.make_connection()  # type: ignore[union-attr]
+    conn.socket_connect_timeout = 0.3  # redis-py's bound on a graceful close's wait
+    try:
+        await conn.connect()
+        sock = conn._writer.get_extra_info("socket")
+        assert sock.fileno() != -1
+        with paused(tls_redis):
+            if nowait:
+                await conn.disconnect(nowait=True)
+            else:  # the goodbye is waited for, and times out
+                with pytest.raises(RedisTimeoutError):
+                    await conn.disconnect()
+            await asyncio.sleep(0)  # the loop's next turn
+            assert sock.fileno() == -1
+    finally:
+        await client.aclose()
