@@ -30,6 +30,7 @@ from aiotask import App
 from aiotask.control import WorkerInfo
 from aiotask.dashboard import Auth, create_app
 from aiotask.events import EventType, TaskEvent
+from benchmarks.harness import cleanup_redis
 
 WORKERS = 50
 SIZES = (1_000, 100_000)
@@ -134,20 +135,8 @@ async def measure(kind: str, n: int, repeats: int) -> tuple[dict[str, float], fl
             finally:
                 await web.state.dashboard.close()
                 if kind == "redis":
-                    await _drop_keys(prefix)
+                    await cleanup_redis(REDIS, prefix)
     return out, rate
-
-
-async def _drop_keys(prefix: str) -> None:
-    import redis.asyncio as aioredis
-
-    client = aioredis.from_url(REDIS)
-    try:
-        keys = [k async for k in client.scan_iter(match=f"{prefix}:*", count=1000)]
-        for low in range(0, len(keys), 1000):
-            await client.delete(*keys[low : low + 1000])
-    finally:
-        await client.aclose()
 
 
 def main() -> None:

@@ -28,6 +28,8 @@ import time
 import uuid
 from pathlib import Path
 
+from benchmarks.harness import cleanup_redis
+
 MODULE = textwrap.dedent(
     """
     import os, time
@@ -144,17 +146,8 @@ async def _cleanup(url: str, prefix: str) -> None:
             for queue in (f"{prefix}.default", f"{prefix}.default.dead"):
                 await channel.queue_delete(queue)
         return
-    if not url.startswith("redis"):
-        return
-    from redis.asyncio import Redis
-
-    client = Redis.from_url(url)
-    try:
-        keys = [k async for k in client.scan_iter(match=f"{prefix}:*", count=1000)]
-        if keys:
-            await client.unlink(*keys)
-    finally:
-        await client.aclose()
+    if url.startswith("redis"):
+        await cleanup_redis(url, prefix)
 
 
 def main() -> None:

@@ -31,6 +31,7 @@ import uuid
 from pathlib import Path
 
 from aiotask import App
+from benchmarks.harness import cleanup_redis
 
 _PG = os.environ.get("BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 URLS = {
@@ -165,15 +166,7 @@ async def cleanup(kind: str, url: str, prefix: str) -> None:
         finally:
             await conn.close()
         return
-    from redis.asyncio import Redis
-
-    client = Redis.from_url(url)
-    try:
-        keys = [k async for k in client.scan_iter(match=f"{prefix}:*", count=1000)]
-        if keys:
-            await client.unlink(*keys)
-    finally:
-        await client.aclose()
+    await cleanup_redis(url, prefix)
 
 
 def main() -> None:

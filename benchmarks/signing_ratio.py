@@ -31,6 +31,7 @@ from aiotask import App
 from aiotask.protocol import Message
 from aiotask.testing import start_worker
 from benchmarks.common import redis_url
+from benchmarks.harness import cleanup_redis
 
 KEY = {"k1": "benchmark-signing-key-0123456789ab"}
 
@@ -123,15 +124,7 @@ async def local_drains(pairs: int, n: int) -> None:
 
 
 async def _cleanup(prefix: str) -> None:
-    from redis.asyncio import Redis
-
-    client = Redis.from_url(redis_url())
-    try:
-        keys = [k async for k in client.scan_iter(match=f"{prefix}*", count=1000)]
-        for i in range(0, len(keys), 500):
-            await client.delete(*keys[i : i + 500])
-    finally:
-        await client.aclose()
+    await cleanup_redis(redis_url(), prefix)
 
 
 async def main() -> None:
