@@ -424,6 +424,12 @@ class App:
 
             await emit_sent(self, messages)
 
+    def _reply_to(self, task_id: str) -> str | None:
+        """The channel this process hears `task_id`'s result on, when its result backend
+        pushes results to waiting producers (Redis: RedisBackend.expect); None otherwise."""
+        expect = getattr(self._conns().backend, "expect", None)
+        return expect(task_id) if expect is not None else None
+
     async def _before_send(self, message: Message) -> Message:
         for mw in self.middleware:
             message = await mw.before_send(message)

@@ -288,6 +288,8 @@ class Task(Generic[P, R, L]):
         if coord is not None:  # unique/debounce sends stay confirmed: their lock depends on it
             sig = signature_of(self.fn, self.options.bind)
             return await _coordinated.send(self.app, message, coord, sig)
+        if not message.ignore_result:  # before the publish: it may be built into the bytes
+            message.reply_to = self.app._reply_to(message.id)
         await self.app.publish([message], confirm=confirm)
         return self.app.AsyncResult(message.id)
 

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import logging
 import math
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import RedisError
@@ -20,9 +21,34 @@ if TYPE_CHECKING:
 
     from redis.asyncio.connection import AbstractConnection
 
+    from aiotask.backends._redis_replies import Replies
+
 logger = logging.getLogger(__name__)
 
 _ERRORS = (RedisError, OSError)
+
+
+def _pass_on(fut: asyncio.Future[bytes], pushed: asyncio.Future[bytes]) -> None:
+    """A push that came during a wait answers it."""
+    if not fut.done() and not pushed.cancelled():
+        fut.set_result(pushed.result())
+
+
+async def _read_unless(
+    read: Awaitable[bytes | None], message: asyncio.Future[bytes]
+) -> bytes | None:
+    """The read's reply; None once `message` resolved first (the read is then dropped)."""
+    reading = asyncio.ensure_future(read)
+    try:
+        await asyncio.wait((reading, message), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not reading.done():
+            reading.cancel()
+    if message.done() or reading.cancelled():
+        if not reading.cancelled():
+            reading.exception()  # retrieved: a failed read the message made moot is not logged
+        return None
+    return reading.result()
 
 
 class Subscriber:
@@ -36,8 +62,13 @@ class Subscriber:
         self,
         make_connection: Callable[[], AbstractConnection],
         fetch_many: Callable[[Sequence[str]], Awaitable[list[bytes | None]]],
+        replies: Replies | None = None,
     ) -> None:
         self._make = make_connection
+        #: this process's reply channel and expectations (None: no pushed results)
+        self._replies = replies
+        #: a future that never resolves: the reply channel's standing "waiter" (kept subscribed)
+        self._keep: asyncio.Future[bytes] | None = None
         self._fetch_many = fetch_many
         self._conn: AbstractConnection | None = None
         self._lock = asyncio.Lock()
@@ -51,21 +82,48 @@ class Subscriber:
         self._closed = False  # after close(): no new subscriptions, connections or tasks
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def wait(self, channel: bytes, check: Callable[[], Awaitable[bytes | None]]) -> bytes:
-        loop = asyncio.get_running_loop()
+    def listen_replies(self) -> None:
+        """Subscribe to the reply channel (once; it stays subscribed until close)."""
+        replies = self._replies
+        if replies is None or self._keep is not None or self._closed:
+            return
+        self._keep = self._add(asyncio.get_running_loop(), replies.channel)
+
+    def _add(self, loop: asyncio.AbstractEventLoop, channel: bytes) -> asyncio.Future[bytes]:
+        """A future resolved by the channel's next message; subscribes if not yet."""
         if self._reader is None:
             self._reader = loop.create_task(self._read_loop())
         fut: asyncio.Future[bytes] = loop.create_future()
         self._waiters.setdefault(channel, set()).add(fut)
         self._to_unsub.discard(channel)
-        confirmed = self._confirmed.get(channel)
-        if confirmed is None:
-            confirmed = self._confirmed[channel] = loop.create_future()
+        if channel not in self._confirmed:
+            self._confirmed[channel] = loop.create_future()
             self._to_sub.add(channel)
             self._schedule()
+        return fut
+
+    async def wait(
+        self,
+        channel: bytes,
+        check: Callable[[], Awaitable[bytes | None]],
+        pushed: asyncio.Future[bytes] | None = None,
+    ) -> bytes:
+        """The record published on `channel`; `pushed`, the expected push on the reply
+        channel, answers too (whichever comes first: subscribe, read or push)."""
+        fut = self._add(asyncio.get_running_loop(), channel)
+        confirmed = self._confirmed[channel]
         try:
-            await asyncio.shield(confirmed)
-            raw = await check()  # read after subscribe: a record stored before is seen
+            if pushed is None:
+                await asyncio.shield(confirmed)
+                raw = await check()  # read after subscribe: a record stored before is seen
+            else:
+                pushed.add_done_callback(partial(_pass_on, fut))
+                await asyncio.wait((confirmed, fut), return_when=asyncio.FIRST_COMPLETED)
+                if fut.done():
+                    return fut.result()
+                raw = await _read_unless(check(), fut)
+                if fut.done():
+                    return fut.result()
             if raw is not None and raw[:1] == b"1":
                 return raw[1:]
             return await fut
@@ -168,7 +226,11 @@ class Subscriber:
     def _dispatch(self, reply: list[Any]) -> None:
         kind, channel = reply[0], reply[1]
         if kind == b"message":
-            self._resolve(channel, reply[2])
+            replies = self._replies
+            if replies is not None and channel == replies.channel:
+                replies.pushed(reply[2])
+            else:
+                self._resolve(channel, reply[2])
         elif kind == b"subscribe":
             confirmed = self._confirmed.get(channel)
             if confirmed is not None and not confirmed.done():
@@ -197,6 +259,10 @@ class Subscriber:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._reader = None
+        if self._replies is not None:
+            self._replies.close()
+        if self._keep is not None:  # the reply channel's standing waiter: nobody awaits it
+            self._keep.cancel()
         closed = BrokerConnectionError("the Redis result backend was closed during a wait")
         for fut in [f for futs in self._waiters.values() for f in futs]:
             if not fut.done():

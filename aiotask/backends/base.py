@@ -79,6 +79,8 @@ class EncodedResult:
     state: str
     data: bytes
     ttl: float
+    #: the producer's channel (Message.reply_to), for a backend that pushes results there
+    reply_to: str | None = None
 
     @property
     def ready(self) -> bool:
@@ -95,12 +97,14 @@ class EncodedResult:
 
 
 _new = object.__new__
-_set_task_id, _set_state, _set_data, _set_ttl = (
-    EncodedResult.__dict__[name].__set__ for name in ("task_id", "state", "data", "ttl")
+_set_task_id, _set_state, _set_data, _set_ttl, _set_reply_to = (
+    EncodedResult.__dict__[name].__set__ for name in ("task_id", "state", "data", "ttl", "reply_to")
 )
 
 
-def encoded_result(task_id: str, state: str, data: bytes, ttl: float) -> EncodedResult:
+def encoded_result(
+    task_id: str, state: str, data: bytes, ttl: float, reply_to: str | None = None
+) -> EncodedResult:
     """`EncodedResult(task_id, state, data, ttl)` for the worker's hot path: the same frozen
     object, its slots set directly (a frozen dataclass's __init__ goes through
     object.__setattr__ per field: ~3,400 instructions more per result)."""
@@ -109,6 +113,7 @@ def encoded_result(task_id: str, state: str, data: bytes, ttl: float) -> Encoded
     _set_state(result, state)
     _set_data(result, data)
     _set_ttl(result, ttl)
+    _set_reply_to(result, reply_to)
     return result
 
 

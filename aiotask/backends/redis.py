@@ -22,6 +22,7 @@ from aiotask._redis import cluster
 from aiotask._redis.client import SharedClient, map_errors
 from aiotask.backends._redis_groups import ADD_TO_GROUPS, GROUPS_SENT
 from aiotask.backends._redis_pipe import Pipe, Unsupported
+from aiotask.backends._redis_replies import Replies
 from aiotask.backends._redis_subscriber import Subscriber
 from aiotask.backends.base import (
     EncodedResult,
@@ -31,6 +32,7 @@ from aiotask.backends.base import (
     decode_record,
 )
 from aiotask.exceptions import BrokerConnectionError, ResultTimeout
+from aiotask.protocol import new_id
 from aiotask.states import FAILURE, READY_STATES, SUCCESS
 
 if TYPE_CHECKING:
@@ -49,14 +51,21 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-#: KEYS: result keys. ARGV: value (flag byte + data), ttl_ms, ... per key.
+#: KEYS: result keys. ARGV: value (flag byte + data), ttl_ms, reply channel ('' for none), ...
+#: per key. A ready record is published on the key's channel and, when the producer named
+#: one, on its reply channel as `<len(key)> <key><data>` (one channel per producer process).
 _STORE = """
 for i, key in ipairs(KEYS) do
-  local value = ARGV[2 * i - 1]
+  local value = ARGV[3 * i - 2]
   local cur = redis.call('GET', key)
   if not (cur and string.sub(cur, 1, 1) == '1') then
-    redis.call('SET', key, value, 'PX', ARGV[2 * i])
-    if string.sub(value, 1, 1) == '1' then redis.call('PUBLISH', key, string.sub(value, 2)) end
+    redis.call('SET', key, value, 'PX', ARGV[3 * i - 1])
+    if string.sub(value, 1, 1) == '1' then
+      local data = string.sub(value, 2)
+      redis.call('PUBLISH', key, data)
+      local reply = ARGV[3 * i]
+      if reply ~= '' then redis.call('PUBLISH', reply, #key .. ' ' .. key .. data) end
+    end
   end
 end
 return #KEYS
@@ -96,6 +105,8 @@ class RedisBackend:
         self._redis: Client | None = None
         self._scripts: tuple[AsyncScript, ...] | None = None
         self._sub: Subscriber | None = None
+        #: this process's reply channel: results it waits for are pushed there
+        self._replies: Replies | None = None
         #: stores and waits' reads on a single-node server (None on a cluster: the pool)
         self._pipe: Pipe | None = None
         #: reads asked for in this loop iteration: key -> one future per caller
@@ -162,7 +173,8 @@ class RedisBackend:
         else:
             make = cast("Redis", client).connection_pool.make_connection
             self._pipe = Pipe(make)
-        self._sub = Subscriber(make, self._fetch_many)
+        self._replies = Replies(f"{self._prefix}:reply:{new_id()}".encode())
+        self._sub = Subscriber(make, self._fetch_many, self._replies)
         try:
             async with self._guard():
                 if self._pipe is not None:  # opens the connection the first task's store uses
@@ -195,17 +207,18 @@ class RedisBackend:
         """One script call for the batch: first ready writer wins; ready records are published."""
         if not results:
             return
-        # per result: its key, then its flagged bytes and TTL in ms (the same bulk strings
-        # as `_key`, `ready` and `_ms` give, built inline: this runs once per task)
+        # per result: its key, then its flagged bytes, TTL in ms and reply channel (the same
+        # bulk strings as `_key`, `ready` and `_ms` give, built inline: once per task)
         keys: list[str] = []
-        args: list[bytes] = []
+        args: list[bytes | str] = []
         prefix = self._key("")
         ttl, ms = None, b""
         for r in results:
             if r.ttl != ttl:
                 ttl, ms = r.ttl, b"%d" % _ms(r.ttl)
             keys.append(prefix + r.task_id)
-            args += (b"1" + r.data if r.state in READY_STATES else b"0" + r.data, ms)
+            flagged = b"1" + r.data if r.state in READY_STATES else b"0" + r.data
+            args += (flagged, ms, r.reply_to or b"")
         pipe = self._pipe
         if pipe is not None:  # a single node: written now, on the dedicated connection
             with self._map_errors():
@@ -217,14 +230,14 @@ class RedisBackend:
                 *(
                     self._script(0)(
                         keys=[keys[i] for i in idx],
-                        args=[a for i in idx for a in args[2 * i : 2 * i + 2]],
+                        args=[a for i in idx for a in args[3 * i : 3 * i + 3]],
                     )
                     for idx in self._slots(keys)
                 )
             )
 
     async def _eval(
-        self, pipe: Pipe, index: int, keys: Sequence[str], args: Sequence[bytes]
+        self, pipe: Pipe, index: int, keys: Sequence[str], args: Sequence[bytes | str]
     ) -> Any:
         """EVALSHA on the pipe; after NOSCRIPT (a restarted or flushed server) SCRIPT LOAD
         and EVALSHA again, as redis-py's Script does."""
@@ -332,17 +345,33 @@ class RedisBackend:
         except BaseException as exc:  # returned, to be set on the futures
             return exc
 
+    def expect(self, task_id: str) -> str | None:
+        """A task is being sent and its result likely waited for: the channel to name in its
+        message (`Message.reply_to`), or None (this process has not waited lately)."""
+        replies, sub = self._replies, self._sub
+        if replies is None or sub is None:
+            return None
+        if not replies.expect(self._key(task_id).encode(), asyncio.get_running_loop()):
+            return None
+        sub.listen_replies()
+        return replies.channel.decode()
+
     async def wait(self, task_id: str, timeout: float | None) -> ResultRecord:
         key = self._key(task_id)
-        sub = self._sub
-        if sub is None:
+        sub, replies = self._sub, self._replies
+        if sub is None or replies is None:
             raise BrokerConnectionError("the Redis result backend is not connected")
+        channel = key.encode()
+        pushed = replies.begin_wait(channel)
+        if pushed is not None and pushed.done() and not pushed.cancelled():
+            return decode_record(pushed.result())  # pushed before the wait: no read
         try:
             async with asyncio.timeout(timeout):
-                raw = await self._fetch(key)
-                if raw is not None and raw[:1] == b"1":
-                    return decode_record(raw[1:])
-                data = await sub.wait(key.encode(), lambda: self._fetch(key))
+                if pushed is None:
+                    raw = await self._fetch(key)
+                    if raw is not None and raw[:1] == b"1":
+                        return decode_record(raw[1:])
+                data = await sub.wait(channel, lambda: self._fetch(key), pushed)
         except TimeoutError:
             raise ResultTimeout(
                 f"task {task_id} not ready after {timeout}s; is a worker consuming its queue?"

@@ -439,7 +439,7 @@ class Executor:
             )
             if self.result_keyring is not None:
                 data = signed.seal(self.result_keyring, data)
-            stored = encoded_result(message.id, state, data, self.ttl)
+            stored = encoded_result(message.id, state, data, self.ttl, message.reply_to)
             if self.max_result and len(stored.data) > self.max_result:
                 raise MessageTooLarge(message.task, len(stored.data), self.max_result, "result")
         except SerializationError as err:
