@@ -102,6 +102,8 @@ class RedisBackend:
         resolved = _tls.for_backend(settings, url)
         self.shared_client = SharedClient(resolved.url, resolved.tls)
         self._prefix = settings.key_prefix
+        #: what a reply channel's name starts with (Replies): a store pushes to no other channel
+        self._reply_prefix = f"{self._prefix}:reply:"
         self._redis: Client | None = None
         self._scripts: tuple[AsyncScript, ...] | None = None
         self._sub: Subscriber | None = None
@@ -173,7 +175,7 @@ class RedisBackend:
         else:
             make = cast("Redis", client).connection_pool.make_connection
             self._pipe = Pipe(make)
-        self._replies = Replies(f"{self._prefix}:reply:{new_id()}".encode())
+        self._replies = Replies(f"{self._reply_prefix}{new_id()}".encode())
         self._sub = Subscriber(make, self._fetch_many, self._replies)
         try:
             async with self._guard():
@@ -218,7 +220,10 @@ class RedisBackend:
                 ttl, ms = r.ttl, b"%d" % _ms(r.ttl)
             keys.append(prefix + r.task_id)
             flagged = b"1" + r.data if r.state in READY_STATES else b"0" + r.data
-            args += (flagged, ms, r.reply_to or b"")
+            reply = r.reply_to
+            # a message can name any string: only a reply channel of this prefix is pushed to,
+            # never, say, another task's result channel
+            args += (flagged, ms, reply if reply and reply.startswith(self._reply_prefix) else b"")
         pipe = self._pipe
         if pipe is not None:  # a single node: written now, on the dedicated connection
             with self._map_errors():

@@ -128,10 +128,14 @@ async def test_the_store_publishes_on_the_reply_channel(
     client = aioredis.Redis.from_url(redis_url)
     pubsub = client.pubsub()
     channel = f"{backend._prefix}:reply:listener"
-    await pubsub.subscribe(channel)
+    await pubsub.subscribe(channel, backend._key("other"))
     try:
         await backend.store([_result("pushed", 5, reply_to=channel)])
         await backend.store([_result("plain", 6)])  # no reply channel: nothing published
+        # a channel that is not a reply channel of this prefix (here: another task's result
+        # channel, whose waiter would take the push for its record): nothing published there
+        other = backend._key("other")
+        await backend.store([_result("forged", 7, reply_to=other)])
         progress = encode_record(ResultRecord("running", STARTED))
         await backend.store([EncodedResult("running", STARTED, progress, 60, channel)])
         got: list[bytes] = []
